@@ -1,0 +1,18 @@
+-- deregister.lua: remove an executor; one that is leased is drained instead.
+--
+-- KEYS: see lib.lua.
+-- ARGV[1] url
+-- Returns: 'removed' (it was available, it is gone now) | 'draining' (it is
+-- leased: never handed out again, removed when its lease ends) | 'unknown'.
+
+local url = ARGV[1]
+if redis.call('HEXISTS', K_EXECUTORS, url) == 0 then
+  return 'unknown'
+end
+if redis.call('HEXISTS', K_LEASES, url) == 1 then
+  redis.call('SADD', K_DRAINING, url)
+  return 'draining'
+end
+redis.call('ZREM', K_AVAILABLE, url)
+redis.call('HDEL', K_EXECUTORS, url)
+return 'removed'

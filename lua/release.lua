@@ -1,0 +1,33 @@
+-- release.lua: give a leased executor back; idempotent and owner-checked.
+--
+-- KEYS: see lib.lua.
+-- ARGV[1] url
+-- ARGV[2] token of the lease being released
+-- Returns: {outcome, now_ms, last_available_ms, holder_eval_id, removed}
+--   outcome 'released'        the token held the lease: it ended, the executor
+--                             is available again (or removed, if draining)
+--           'already_in_pool' the executor is available: a double release
+--           'stale_lease'     another lease holds it: a double release; nothing
+--                             changes, the holder keeps its executor
+--           'not_leased'      unknown, removed, or neither leased nor available
+--   last_available_ms  when the executor last became available (its previous
+--                      release, reclaim or registration), -1 if unknown
+--   holder_eval_id     the eval holding the lease for 'stale_lease', else ''
+--   removed            1 when a draining executor left the pool
+
+local url, token = ARGV[1], ARGV[2]
+local now = now_ms()
+local raw = redis.call('HGET', K_LEASES, url)
+if raw then
+  local lease = cjson.decode(raw)
+  if lease.token == token then
+    local removed = end_lease(url, now)
+    return { 'released', now, lease.available_since, '', removed }
+  end
+  return { 'stale_lease', now, lease.available_since, lease.eval_id, 0 }
+end
+local since = redis.call('ZSCORE', K_AVAILABLE, url)
+if since then
+  return { 'already_in_pool', now, tonumber(since), '', 0 }
+end
+return { 'not_leased', now, -1, '', 0 }

@@ -1,0 +1,433 @@
+// Package pool keeps a fixed set of executors in Redis and leases them to
+// evals, one eval per executor at a time.
+//
+// Every change is one Lua script (package lua), so a change is atomic and no
+// client sees half of it. A lease carries a random token and a fencing number:
+// release is owner-checked by the token, so a late or duplicate release of an
+// executor that has since been leased to another eval changes nothing
+// (StaleLease) instead of freeing the other eval's executor; the fencing
+// number lets the executor itself refuse a zombie holder. Leases are short and
+// renewed, and a lease that is not renewed in time is reclaimed by Reap and
+// by the next Acquire, so an executor whose holder died comes back without
+// anyone releasing it.
+//
+// The package knows Redis and Lua and nothing of Asynq.
+package pool
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/evalpool/evalpool/lua"
+)
+
+// Sentinel errors, wrapped with context; check them with errors.Is.
+var (
+	// ErrNoExecutor means every executor is leased (or none is registered).
+	ErrNoExecutor = errors.New("pool: no executor available")
+	// ErrLeaseLost means the lease ended before the renew: released,
+	// reclaimed after its deadline, or taken over by a newer attempt of the
+	// same eval. Its holder must stop using the executor.
+	ErrLeaseLost = errors.New("pool: lease lost")
+	// ErrUnknownExecutor means the URL is not registered in the pool.
+	ErrUnknownExecutor = errors.New("pool: unknown executor")
+	// ErrInvalid means an argument was refused before Redis was touched.
+	ErrInvalid = errors.New("pool: invalid argument")
+)
+
+// Defaults of Options.
+const (
+	DefaultName         = "default"
+	DefaultReclaimBatch = 16
+	reapBatch           = 1000
+	registerChunk       = 1000
+)
+
+// Options configure a Pool. The zero value is usable.
+type Options struct {
+	// Name names the pool; all of its keys share the hash tag {Name}, so one
+	// Redis (or cluster) can hold many pools. It may not contain '{' or '}'.
+	// Defaults to "default".
+	Name string
+	// ReclaimBatch bounds how many expired leases one Acquire reclaims before
+	// it leases, so that Acquire stays cheap however many leases expired at
+	// once; Reap reclaims the rest. Defaults to 16.
+	ReclaimBatch int
+	// Logger receives the "double release detected" warnings. Defaults to a
+	// logger that discards everything.
+	Logger *zerolog.Logger
+	// Metrics counts every operation's outcome. Defaults to a private set that
+	// nobody scrapes; pass NewMetrics() registered with your Prometheus
+	// registry to export them.
+	Metrics *Metrics
+}
+
+func (o *Options) validate() error {
+	if strings.ContainsAny(o.Name, "{}") {
+		return fmt.Errorf("%w: pool name %q may not contain '{' or '}'", ErrInvalid, o.Name)
+	}
+	if o.ReclaimBatch < 0 {
+		return fmt.Errorf("%w: ReclaimBatch may not be negative, got %d", ErrInvalid, o.ReclaimBatch)
+	}
+	return nil
+}
+
+// Pool is a handle on one pool in Redis. It is safe for concurrent use and
+// holds no state of its own beyond the client: any number of processes may
+// use the same pool at once.
+type Pool struct {
+	client  redis.UniversalClient
+	name    string
+	keys    []string
+	reclaim int
+	log     zerolog.Logger
+	metrics *Metrics
+}
+
+// New returns a handle on the pool named by opts.Name. It does not touch
+// Redis. Any go-redis UniversalClient works: standalone, Sentinel, Cluster.
+func New(client redis.UniversalClient, opts Options) (*Pool, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	p := &Pool{
+		client:  client,
+		name:    opts.Name,
+		reclaim: opts.ReclaimBatch,
+		log:     zerolog.Nop(),
+		metrics: opts.Metrics,
+	}
+	if p.name == "" {
+		p.name = DefaultName
+	}
+	if p.reclaim == 0 {
+		p.reclaim = DefaultReclaimBatch
+	}
+	if opts.Logger != nil {
+		p.log = *opts.Logger
+	}
+	if p.metrics == nil {
+		p.metrics = NewMetrics()
+	}
+	prefix := "evalpool:{" + p.name + "}:"
+	// The order is the one lib.lua gives to KEYS.
+	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence"} {
+		p.keys = append(p.keys, prefix+suffix)
+	}
+	return p, nil
+}
+
+// Name is the pool's name.
+func (p *Pool) Name() string { return p.name }
+
+// Keys lists every Redis key of the pool. They share one hash slot.
+func (p *Pool) Keys() []string { return append([]string(nil), p.keys...) }
+
+// Load puts every script in Redis's script cache (on every shard of a
+// cluster), so that the scripts can be pipelined with EVALSHA.
+func (p *Pool) Load(ctx context.Context) error {
+	for name, s := range lua.All {
+		if err := s.Load(ctx, p.client).Err(); err != nil {
+			return fmt.Errorf("pool: load script %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Executor is what a pool knows of an executor before it registers it.
+type Executor struct {
+	// URL is the executor's base URL, http or https.
+	URL string `json:"url"`
+	// Labels are free-form and shown by Status.
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// ParseURL checks that s is an absolute http(s) URL with a host and returns it
+// without a trailing slash, the form under which the pool keys executors.
+func ParseURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: executor URL %q: %w", ErrInvalid, s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("%w: executor URL %q: scheme must be http or https", ErrInvalid, s)
+	}
+	if u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return "", fmt.Errorf("%w: executor URL %q: want scheme://host[:port][/path] and nothing else", ErrInvalid, s)
+	}
+	return strings.TrimRight(s, "/"), nil
+}
+
+// RegisterOutcome says what Register did with one executor.
+type RegisterOutcome string
+
+// Register outcomes.
+const (
+	Added             RegisterOutcome = "added"
+	AlreadyRegistered RegisterOutcome = "already_registered"
+)
+
+// Register adds executors to the pool; an executor that is already there is
+// left as it is (and a drain of it is cancelled). Every URL is checked before
+// Redis is touched, so a bad one registers nothing. The outcomes are in the
+// order of execs.
+func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]RegisterOutcome, error) {
+	type arg struct{ url, labels string }
+	args := make([]arg, len(execs))
+	for i, e := range execs {
+		u, err := ParseURL(e.URL)
+		if err != nil {
+			return nil, err
+		}
+		args[i].url = u
+		if len(e.Labels) > 0 {
+			b, err := json.Marshal(e.Labels)
+			if err != nil {
+				return nil, fmt.Errorf("%w: labels of %s: %w", ErrInvalid, u, err)
+			}
+			args[i].labels = string(b)
+		}
+	}
+	if len(args) == 1 {
+		out, err := lua.Register.Run(ctx, p.client, p.keys, args[0].url, args[0].labels).Text()
+		if err != nil {
+			return nil, fmt.Errorf("pool: register %s: %w", args[0].url, err)
+		}
+		return []RegisterOutcome{RegisterOutcome(out)}, nil
+	}
+	if err := lua.Register.Load(ctx, p.client).Err(); err != nil {
+		return nil, fmt.Errorf("pool: register: load script: %w", err)
+	}
+	outcomes := make([]RegisterOutcome, 0, len(args))
+	for start := 0; start < len(args); start += registerChunk {
+		chunk := args[start:min(start+registerChunk, len(args))]
+		cmds, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, a := range chunk {
+				lua.Register.EvalSha(ctx, pipe, p.keys, a.url, a.labels)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("pool: register: %w", err)
+		}
+		for _, c := range cmds {
+			outcomes = append(outcomes, RegisterOutcome(c.(*redis.Cmd).Val().(string)))
+		}
+	}
+	return outcomes, nil
+}
+
+// DeregisterOutcome says what Deregister did.
+type DeregisterOutcome string
+
+// Deregister outcomes.
+const (
+	// Removed: the executor was available and is gone.
+	Removed DeregisterOutcome = "removed"
+	// Draining: the executor is leased; it is never handed out again and
+	// leaves the pool when its lease ends (release or reclaim).
+	Draining DeregisterOutcome = "draining"
+)
+
+// Deregister takes an executor out of the pool without cutting off the eval
+// that holds it. An unknown URL is ErrUnknownExecutor.
+func (p *Pool) Deregister(ctx context.Context, rawURL string) (DeregisterOutcome, error) {
+	u, err := ParseURL(rawURL)
+	if err != nil {
+		return "", err
+	}
+	out, err := lua.Deregister.Run(ctx, p.client, p.keys, u).Text()
+	if err != nil {
+		return "", fmt.Errorf("pool: deregister %s: %w", u, err)
+	}
+	if out == "unknown" {
+		return "", fmt.Errorf("%w: %s", ErrUnknownExecutor, u)
+	}
+	return DeregisterOutcome(out), nil
+}
+
+// Lease is an eval's hold on an executor. Token is the capability to renew
+// and release it; Fence, higher for every acquire, is sent to the executor so
+// that it can refuse an older holder.
+type Lease struct {
+	URL        string    `json:"url"`
+	EvalID     string    `json:"eval_id"`
+	Token      string    `json:"token"`
+	Fence      int64     `json:"fence"`
+	AcquiredAt time.Time `json:"acquired_at"`
+	Deadline   time.Time `json:"deadline"`
+	// Reentered is true when the eval already held this executor: a retried
+	// attempt got it back under a new token and fence.
+	Reentered bool `json:"reentered,omitempty"`
+}
+
+// Acquire leases the executor idle longest to evalID for ttl, after
+// reclaiming a bounded batch of expired leases. It is re-entrant: an eval
+// that holds a live lease gets the same executor back with a new token and a
+// higher fence, so that only the newest attempt of an eval can renew, release
+// or be served. With nothing free it returns ErrNoExecutor.
+func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (Lease, error) {
+	if evalID == "" {
+		return Lease{}, fmt.Errorf("%w: empty eval ID", ErrInvalid)
+	}
+	if ttl < time.Millisecond {
+		return Lease{}, fmt.Errorf("%w: lease TTL must be at least 1ms, got %s", ErrInvalid, ttl)
+	}
+	token, err := newToken()
+	if err != nil {
+		return Lease{}, err
+	}
+	vals, err := lua.Acquire.Run(ctx, p.client, p.keys, evalID, token, ttl.Milliseconds(), p.reclaim).Slice()
+	if errors.Is(err, redis.Nil) {
+		p.metrics.acquires.WithLabelValues("none").Inc()
+		return Lease{}, ErrNoExecutor
+	}
+	if err != nil {
+		return Lease{}, fmt.Errorf("pool: acquire for eval %s: %w", evalID, err)
+	}
+	l := Lease{
+		URL:        vals[0].(string),
+		EvalID:     evalID,
+		Token:      vals[1].(string),
+		Fence:      vals[2].(int64),
+		Deadline:   time.UnixMilli(vals[3].(int64)),
+		AcquiredAt: time.UnixMilli(vals[4].(int64)),
+		Reentered:  vals[6].(int64) == 1,
+	}
+	if l.Reentered {
+		p.metrics.acquires.WithLabelValues("reentered").Inc()
+	} else {
+		p.metrics.acquires.WithLabelValues("acquired").Inc()
+	}
+	return l, nil
+}
+
+// Renew moves the lease's deadline to ttl from now (Redis's clock) and
+// returns the lease with its new deadline. A lease that has ended, or whose
+// deadline has passed even if nobody reclaimed it yet, is ErrLeaseLost: its
+// holder must stop, because the executor may already be someone else's.
+func (p *Pool) Renew(ctx context.Context, l Lease, ttl time.Duration) (Lease, error) {
+	if ttl < time.Millisecond {
+		return l, fmt.Errorf("%w: lease TTL must be at least 1ms, got %s", ErrInvalid, ttl)
+	}
+	deadline, err := lua.Renew.Run(ctx, p.client, p.keys, l.URL, l.Token, ttl.Milliseconds()).Int64()
+	if err != nil {
+		return l, fmt.Errorf("pool: renew %s for eval %s: %w", l.URL, l.EvalID, err)
+	}
+	if deadline == 0 {
+		p.metrics.renewals.WithLabelValues("lost").Inc()
+		return l, fmt.Errorf("%w: %s for eval %s", ErrLeaseLost, l.URL, l.EvalID)
+	}
+	p.metrics.renewals.WithLabelValues("renewed").Inc()
+	l.Deadline = time.UnixMilli(deadline)
+	return l, nil
+}
+
+// ReleaseOutcome says what a release found.
+type ReleaseOutcome string
+
+// Release outcomes. Only Released changes the pool.
+const (
+	// Released: the token held the lease; the executor is available again,
+	// or gone if it was draining.
+	Released ReleaseOutcome = "released"
+	// AlreadyInPool: the executor is already available. A double release.
+	AlreadyInPool ReleaseOutcome = "already_in_pool"
+	// StaleLease: another lease holds the executor now; it keeps it. A
+	// double release, and the one the original LIST design got wrong.
+	StaleLease ReleaseOutcome = "stale_lease"
+	// NotLeased: the executor is unknown, removed, or neither leased nor
+	// available.
+	NotLeased ReleaseOutcome = "not_leased"
+)
+
+// ReleaseResult is what Release found and did.
+type ReleaseResult struct {
+	Outcome ReleaseOutcome `json:"outcome"`
+	// Double is true for AlreadyInPool and StaleLease: somebody released an
+	// executor that was not theirs to release.
+	Double bool `json:"double"`
+	// Removed is true when the release ended a drain: the executor left.
+	Removed bool `json:"removed,omitempty"`
+	// Holder is the eval that holds the executor, for StaleLease.
+	Holder string `json:"holder,omitempty"`
+	// At is when Redis ran the release.
+	At time.Time `json:"at"`
+	// SinceLastRelease is how long before At the executor last became
+	// available (released, reclaimed or registered); 0 when unknown.
+	SinceLastRelease time.Duration `json:"since_last_release"`
+}
+
+// Release gives the leased executor back, if and only if l still holds it.
+// It is idempotent: a second release, or a release by a holder whose lease
+// was reclaimed and given to someone else, changes nothing and says so in
+// its outcome, which is not an error. path names the caller's route to the
+// release ("success", "failure", "cli", ...) for metrics and logs. Every
+// outcome is counted, and a double release is logged at warn level.
+func (p *Pool) Release(ctx context.Context, l Lease, path string) (ReleaseResult, error) {
+	vals, err := lua.Release.Run(ctx, p.client, p.keys, l.URL, l.Token).Slice()
+	if err != nil {
+		return ReleaseResult{}, fmt.Errorf("pool: release %s for eval %s: %w", l.URL, l.EvalID, err)
+	}
+	r := ReleaseResult{
+		Outcome: ReleaseOutcome(vals[0].(string)),
+		At:      time.UnixMilli(vals[1].(int64)),
+		Holder:  vals[3].(string),
+		Removed: vals[4].(int64) == 1,
+	}
+	if last := vals[2].(int64); last >= 0 {
+		r.SinceLastRelease = r.At.Sub(time.UnixMilli(last))
+	}
+	r.Double = r.Outcome == AlreadyInPool || r.Outcome == StaleLease
+	p.metrics.releases.WithLabelValues(string(r.Outcome), path).Inc()
+	if r.Double {
+		p.metrics.doubles.WithLabelValues(path).Inc()
+		p.log.Warn().
+			Str("pool", p.name).
+			Str("executor", l.URL).
+			Str("eval", l.EvalID).
+			Str("path", path).
+			Str("outcome", string(r.Outcome)).
+			Str("holder", r.Holder).
+			Dur("since_last_release", r.SinceLastRelease).
+			Msg("double release detected")
+	}
+	return r, nil
+}
+
+// Reap reclaims every lease whose deadline has passed: the executor becomes
+// available again, or leaves the pool if it was draining. It works in bounded
+// batches so that Redis is never blocked for long, and returns how many it
+// reclaimed.
+func (p *Pool) Reap(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		n, err := lua.Reap.Run(ctx, p.client, p.keys, reapBatch).Int()
+		if err != nil {
+			return total, fmt.Errorf("pool: reap: %w", err)
+		}
+		total += n
+		p.metrics.reaped.Add(float64(n))
+		if n < reapBatch {
+			return total, nil
+		}
+	}
+}
+
+func newToken() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("pool: lease token: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}

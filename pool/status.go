@@ -1,0 +1,272 @@
+package pool
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// State is where an executor is in its life.
+type State string
+
+// Executor states.
+const (
+	// StateAvailable: in the available set, waiting for an eval.
+	StateAvailable State = "available"
+	// StateLeased: held by an eval whose lease is live.
+	StateLeased State = "leased"
+	// StateExpired: its lease passed its deadline; the next Reap or Acquire
+	// reclaims it.
+	StateExpired State = "expired"
+	// StateDraining: deregistered while leased; it leaves when the lease ends.
+	StateDraining State = "draining"
+	// StateLost: registered, yet neither available nor leased. Check reports
+	// it; it never happens unless something other than evalpool wrote to the
+	// pool's keys.
+	StateLost State = "lost"
+)
+
+// Status is a consistent snapshot of the whole pool, read in one MULTI.
+type Status struct {
+	Pool      string           `json:"pool"`
+	Now       time.Time        `json:"now"`
+	Counts    map[State]int    `json:"counts"`
+	Executors []ExecutorStatus `json:"executors"`
+}
+
+// ExecutorStatus is one executor in a Status.
+type ExecutorStatus struct {
+	URL     string            `json:"url"`
+	State   State             `json:"state"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	AddedAt time.Time         `json:"added_at"`
+	// InAvailable counts the executor's entries in the available set: 0 or
+	// 1, by construction (a set cannot hold a member twice).
+	InAvailable int `json:"in_available"`
+	// LastRelease is when it last became available (released, reclaimed or
+	// registered); zero when unknown.
+	LastRelease time.Time    `json:"last_release,omitzero"`
+	Lease       *LeaseStatus `json:"lease,omitempty"`
+}
+
+// LeaseStatus is a lease as Status shows it: without its token, which is the
+// capability to release the executor.
+type LeaseStatus struct {
+	EvalID     string    `json:"eval_id"`
+	Fence      int64     `json:"fence"`
+	AcquiredAt time.Time `json:"acquired_at"`
+	Deadline   time.Time `json:"deadline"`
+}
+
+// Violation is a broken invariant found by Check.
+type Violation struct {
+	// Invariant is the number of the invariant in DESIGN.md.
+	Invariant int    `json:"invariant"`
+	Executor  string `json:"executor,omitempty"`
+	Problem   string `json:"problem"`
+}
+
+func (v Violation) String() string {
+	return fmt.Sprintf("invariant %d: %s: %s", v.Invariant, v.Executor, v.Problem)
+}
+
+type leaseRecord struct {
+	Token          string `json:"token"`
+	EvalID         string `json:"eval_id"`
+	Fence          int64  `json:"fence"`
+	AcquiredAt     int64  `json:"acquired_at"`
+	AvailableSince int64  `json:"available_since"`
+}
+
+type executorRecord struct {
+	AddedAt int64             `json:"added_at"`
+	Labels  map[string]string `json:"labels"`
+}
+
+// snapshot is the raw content of the pool's keys at one instant.
+type snapshot struct {
+	now       time.Time
+	executors map[string]string
+	available map[string]float64
+	leases    map[string]string
+	deadlines map[string]float64
+	holders   map[string]string
+	draining  map[string]bool
+}
+
+func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
+	var (
+		executors, leases, holders *redis.MapStringStringCmd
+		available, deadlines       *redis.ZSliceCmd
+		draining                   *redis.StringSliceCmd
+		now                        *redis.TimeCmd
+	)
+	k := p.keys
+	_, err := p.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		executors = pipe.HGetAll(ctx, k[0])
+		available = pipe.ZRangeWithScores(ctx, k[1], 0, -1)
+		leases = pipe.HGetAll(ctx, k[2])
+		deadlines = pipe.ZRangeWithScores(ctx, k[3], 0, -1)
+		holders = pipe.HGetAll(ctx, k[4])
+		draining = pipe.SMembers(ctx, k[5])
+		now = pipe.Time(ctx)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pool: read pool %s: %w", p.name, err)
+	}
+	s := &snapshot{
+		now:       now.Val(),
+		executors: executors.Val(),
+		available: zmap(available.Val()),
+		leases:    leases.Val(),
+		deadlines: zmap(deadlines.Val()),
+		holders:   holders.Val(),
+		draining:  map[string]bool{},
+	}
+	for _, u := range draining.Val() {
+		s.draining[u] = true
+	}
+	return s, nil
+}
+
+func zmap(zs []redis.Z) map[string]float64 {
+	m := make(map[string]float64, len(zs))
+	for _, z := range zs {
+		m[z.Member.(string)] = z.Score
+	}
+	return m
+}
+
+func msTime(ms float64) time.Time { return time.UnixMilli(int64(ms)) }
+
+// Status reads the whole pool at one instant. It is O(pool size): for people
+// and dashboards, not for the hot path.
+func (p *Pool) Status(ctx context.Context) (*Status, error) {
+	s, err := p.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{Pool: p.name, Now: s.now, Counts: map[State]int{}}
+	for _, u := range slices.Sorted(maps.Keys(s.executors)) {
+		e := ExecutorStatus{URL: u}
+		var rec executorRecord
+		if json.Unmarshal([]byte(s.executors[u]), &rec) == nil {
+			e.AddedAt, e.Labels = time.UnixMilli(rec.AddedAt), rec.Labels
+		}
+		since, avail := s.available[u]
+		if avail {
+			e.InAvailable = 1
+			e.LastRelease = msTime(since)
+		}
+		var lr leaseRecord
+		raw, leased := s.leases[u]
+		if leased && json.Unmarshal([]byte(raw), &lr) == nil {
+			e.Lease = &LeaseStatus{
+				EvalID:     lr.EvalID,
+				Fence:      lr.Fence,
+				AcquiredAt: time.UnixMilli(lr.AcquiredAt),
+				Deadline:   msTime(s.deadlines[u]),
+			}
+			e.LastRelease = time.UnixMilli(lr.AvailableSince)
+		}
+		switch {
+		case s.draining[u]:
+			e.State = StateDraining
+		case leased && !e.Lease.Deadline.After(s.now):
+			e.State = StateExpired
+		case leased:
+			e.State = StateLeased
+		case avail:
+			e.State = StateAvailable
+		default:
+			e.State = StateLost
+		}
+		st.Counts[e.State]++
+		st.Executors = append(st.Executors, e)
+	}
+	return st, nil
+}
+
+// Check verifies the pool's invariants (DESIGN.md) on one snapshot and
+// returns every violation, sorted; none means the pool is whole. It is
+// O(pool size).
+func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
+	s, err := p.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var vs []Violation
+	add := func(inv int, url, format string, args ...any) {
+		vs = append(vs, Violation{Invariant: inv, Executor: url, Problem: fmt.Sprintf(format, args...)})
+	}
+	for u := range s.executors {
+		_, avail := s.available[u]
+		_, leased := s.leases[u]
+		switch {
+		case avail && leased:
+			add(1, u, "both available and leased")
+		case !avail && !leased:
+			add(4, u, "lost: registered but neither available nor leased")
+		}
+	}
+	for u := range s.available {
+		if _, ok := s.executors[u]; !ok {
+			add(2, u, "available but not registered")
+		}
+	}
+	evals := map[string][]string{}
+	for u, raw := range s.leases {
+		if _, ok := s.executors[u]; !ok {
+			add(2, u, "leased but not registered")
+		}
+		if _, ok := s.deadlines[u]; !ok {
+			add(2, u, "lease without a deadline")
+		}
+		var lr leaseRecord
+		if err := json.Unmarshal([]byte(raw), &lr); err != nil || lr.Token == "" || lr.EvalID == "" {
+			add(2, u, "unreadable lease record %q", raw)
+			continue
+		}
+		evals[lr.EvalID] = append(evals[lr.EvalID], u)
+		if s.holders[lr.EvalID] != u {
+			add(3, u, "lease of eval %s missing from the holders index", lr.EvalID)
+		}
+	}
+	for u := range s.deadlines {
+		if _, ok := s.leases[u]; !ok {
+			add(2, u, "deadline without a lease")
+		}
+	}
+	for id, urls := range evals {
+		if len(urls) > 1 {
+			slices.Sort(urls)
+			add(3, urls[0], "eval %s holds %d executors: %v", id, len(urls), urls)
+		}
+	}
+	for id, u := range s.holders {
+		if !slices.Contains(evals[id], u) {
+			add(3, u, "holders index names eval %s, which holds no lease on it", id)
+		}
+	}
+	for u := range s.draining {
+		if _, ok := s.leases[u]; !ok {
+			add(2, u, "draining but not leased: should have been removed")
+		}
+		if _, ok := s.executors[u]; !ok {
+			add(2, u, "draining but not registered")
+		}
+	}
+	slices.SortFunc(vs, func(a, b Violation) int {
+		return cmp.Or(cmp.Compare(a.Invariant, b.Invariant),
+			strings.Compare(a.Executor, b.Executor), strings.Compare(a.Problem, b.Problem))
+	})
+	return vs, nil
+}
