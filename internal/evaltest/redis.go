@@ -1,12 +1,4 @@
-// Package redistest gives tests a real Redis: a redis-server process of their
-// own on a free loopback port, or the server named by EVALPOOL_TEST_REDIS_URL.
-//
-// The pool's guarantees live in Lua scripts run by Redis, so a mock would test
-// nothing of them. Tests share one server per package (Client) and isolate
-// themselves by pool name (Pool); tests that kill or restart Redis start their
-// own (Start). When no redis-server can be found the helpers fail and say how
-// to install one: a skipped test proves nothing.
-package redistest
+package evaltest
 
 import (
 	"context"
@@ -58,13 +50,13 @@ type Server struct {
 func Start(opts Options) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		return nil, fmt.Errorf("redistest: redis-server not found in PATH (install it: apt-get install redis-server, or brew install redis; or set %s to a Redis to use): %w", EnvURL, err)
+		return nil, fmt.Errorf("evaltest: redis-server not found in PATH (install it: apt-get install redis-server, or brew install redis; or set %s to a Redis to use): %w", EnvURL, err)
 	}
 	s := &Server{opts: opts}
 	if s.opts.Dir == "" {
 		dir, err := os.MkdirTemp("", "evalpool-redis-")
 		if err != nil {
-			return nil, fmt.Errorf("redistest: %w", err)
+			return nil, fmt.Errorf("evaltest: %w", err)
 		}
 		s.opts.Dir, s.tempDir = dir, true
 	}
@@ -94,7 +86,7 @@ func (s *Server) run(bin string) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	setDeathSignal(cmd.SysProcAttr)
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("redistest: start redis-server: %w", err)
+		return fmt.Errorf("evaltest: start redis-server: %w", err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -105,7 +97,7 @@ func (s *Server) run(bin string) error {
 	if err := s.waitReady(10 * time.Second); err != nil {
 		_ = cmd.Process.Kill()
 		<-exited
-		return fmt.Errorf("redistest: redis-server on %s did not start: %w; log: %s", s.Addr, err, s.logTail())
+		return fmt.Errorf("evaltest: redis-server on %s did not start: %w; log: %s", s.Addr, err, s.logTail())
 	}
 	return nil
 }
@@ -151,7 +143,7 @@ func (s *Server) signal(sig syscall.Signal) error {
 	default:
 	}
 	if err := s.cmd.Process.Signal(sig); err != nil {
-		return fmt.Errorf("redistest: signal redis-server: %w", err)
+		return fmt.Errorf("evaltest: signal redis-server: %w", err)
 	}
 	<-s.exited
 	return nil
@@ -162,7 +154,7 @@ func (s *Server) signal(sig syscall.Signal) error {
 func (s *Server) Restart() error {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		return fmt.Errorf("redistest: %w", err)
+		return fmt.Errorf("evaltest: %w", err)
 	}
 	return s.run(bin)
 }
@@ -192,7 +184,7 @@ func (s *Server) logTail() string {
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, fmt.Errorf("redistest: find a free port: %w", err)
+		return 0, fmt.Errorf("evaltest: find a free port: %w", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
@@ -241,7 +233,7 @@ func Client(t testing.TB) *redis.Client {
 	t.Helper()
 	opt, err := redis.ParseURL(URL(t))
 	if err != nil {
-		t.Fatalf("redistest: %s: %v", EnvURL, err)
+		t.Fatalf("evaltest: %s: %v", EnvURL, err)
 	}
 	c := redis.NewClient(opt)
 	t.Cleanup(func() { _ = c.Close() })

@@ -1,0 +1,9 @@
+package pool
+
+import (
+	"testing"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
+)
+
+func TestMain(m *testing.M) { evaltest.Main(m) }

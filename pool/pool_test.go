@@ -1,0 +1,405 @@
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
+)
+
+type testBundle struct {
+	client  *redis.Client
+	logs    *evaltest.LogBuffer
+	metrics *Metrics
+}
+
+// setup returns a pool of its own on the package's Redis, with urls
+// registered, and the bundle to look inside it.
+func setup(t *testing.T, urls ...string) (*Pool, *testBundle) {
+	t.Helper()
+	client := evaltest.Client(t)
+	logger, logs := evaltest.Logger()
+	b := &testBundle{client: client, logs: logs, metrics: NewMetrics()}
+	p, err := New(client, Options{Name: evaltest.Pool(t, client), Logger: logger, Metrics: b.metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(t, p, urls...)
+	return p, b
+}
+
+func register(t *testing.T, p *Pool, urls ...string) {
+	t.Helper()
+	execs := make([]Executor, len(urls))
+	for i, u := range urls {
+		execs[i] = Executor{URL: u}
+	}
+	if len(execs) == 0 {
+		return
+	}
+	if _, err := p.Register(t.Context(), execs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func acquire(t *testing.T, p *Pool, evalID string, ttl time.Duration) Lease {
+	t.Helper()
+	l, err := p.Acquire(t.Context(), evalID, ttl)
+	if err != nil {
+		t.Fatalf("acquire for %s: %v", evalID, err)
+	}
+	return l
+}
+
+func release(t *testing.T, p *Pool, l Lease, want ReleaseOutcome) ReleaseResult {
+	t.Helper()
+	r, err := p.Release(t.Context(), l, "test")
+	if err != nil {
+		t.Fatalf("release %s: %v", l.URL, err)
+	}
+	if r.Outcome != want {
+		t.Fatalf("release %s by %s (token %s): outcome %s, want %s", l.URL, l.EvalID, l.Token, r.Outcome, want)
+	}
+	return r
+}
+
+// assertWhole fails the test unless Check is clean and every executor in
+// want is available exactly once.
+func assertWhole(t *testing.T, p *Pool, want ...string) {
+	t.Helper()
+	vs, err := p.Check(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		t.Errorf("violation: %s", v)
+	}
+	st, err := p.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Executors) != len(want) {
+		t.Fatalf("status lists %d executors, want %d: %+v", len(st.Executors), len(want), st.Executors)
+	}
+	for i, e := range st.Executors {
+		if e.URL != want[i] || e.State != StateAvailable || e.InAvailable != 1 {
+			t.Errorf("executor %d: %s %s in_available=%d, want %s available once", i, e.URL, e.State, e.InAvailable, want[i])
+		}
+	}
+}
+
+func TestAcquireEmptyPool(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t)
+	_, err := p.Acquire(t.Context(), "e1", time.Second)
+	if !errors.Is(err, ErrNoExecutor) {
+		t.Fatalf("err = %v, want ErrNoExecutor", err)
+	}
+	if got := testutil.ToFloat64(b.metrics.acquires.WithLabelValues("none")); got != 1 {
+		t.Errorf("acquire_total{none} = %v, want 1", got)
+	}
+}
+
+// The original talk's test, made stronger: the outcomes are exact, the
+// executor is in the pool once, and the log names the double release.
+func TestDoubleReleaseIsAbsorbed(t *testing.T) {
+	t.Parallel()
+	const e1 = "http://executor-1"
+	p, b := setup(t, e1)
+	l := acquire(t, p, "eval-a", time.Minute)
+
+	release(t, p, l, Released)
+	r := release(t, p, l, AlreadyInPool)
+	if !r.Double {
+		t.Error("second release not flagged as double")
+	}
+	assertWhole(t, p, e1)
+	if n := b.logs.Count(`"message":"double release detected"`); n != 1 {
+		t.Fatalf("%d double release log lines, want 1; log:\n%s", n, b.logs)
+	}
+	for _, field := range []string{`"executor":"` + e1 + `"`, `"eval":"eval-a"`, `"path":"test"`, `"since_last_release":`} {
+		if b.logs.Count(field) != 1 {
+			t.Errorf("log lacks %s:\n%s", field, b.logs)
+		}
+	}
+	for outcome, want := range map[ReleaseOutcome]float64{Released: 1, AlreadyInPool: 1, StaleLease: 0} {
+		if got := testutil.ToFloat64(b.metrics.releases.WithLabelValues(string(outcome), "test")); got != want {
+			t.Errorf("release_total{%s} = %v, want %v", outcome, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(b.metrics.doubles.WithLabelValues("test")); got != 1 {
+		t.Errorf("double_release_total = %v, want 1", got)
+	}
+}
+
+// The hole in the original design: a late duplicate release of A's executor,
+// after B acquired it, must not free B's executor.
+func TestStaleReleaseKeepsTheHoldersLease(t *testing.T) {
+	t.Parallel()
+	const e = "http://only"
+	p, _ := setup(t, e)
+	a := acquire(t, p, "eval-a", time.Minute)
+	release(t, p, a, Released)
+	bl := acquire(t, p, "eval-b", time.Minute)
+	if bl.URL != e || bl.Fence <= a.Fence {
+		t.Fatalf("B got %s fence %d, want %s with fence > %d", bl.URL, bl.Fence, e, a.Fence)
+	}
+
+	r := release(t, p, a, StaleLease)
+	if !r.Double || r.Holder != "eval-b" {
+		t.Errorf("stale release: double=%v holder=%q, want true, eval-b", r.Double, r.Holder)
+	}
+	if _, err := p.Acquire(t.Context(), "eval-c", time.Minute); !errors.Is(err, ErrNoExecutor) {
+		t.Fatalf("third eval acquire: err = %v, want ErrNoExecutor: B's executor was freed", err)
+	}
+	if _, err := p.Renew(t.Context(), bl, time.Minute); err != nil {
+		t.Fatalf("B lost its lease: %v", err)
+	}
+	release(t, p, bl, Released)
+	assertWhole(t, p, e)
+}
+
+func TestExpiredLeaseIsReclaimed(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		reclaim func(t *testing.T, p *Pool) // must make the executor usable again
+	}{
+		{"by Reap", func(t *testing.T, p *Pool) {
+			n, err := p.Reap(t.Context())
+			if err != nil || n != 1 {
+				t.Fatalf("Reap = %d, %v; want 1", n, err)
+			}
+			if n, _ := p.Reap(t.Context()); n != 0 {
+				t.Fatalf("second Reap reclaimed %d, want 0", n)
+			}
+		}},
+		{"by the next Acquire", func(t *testing.T, p *Pool) {
+			l := acquire(t, p, "eval-next", time.Minute)
+			release(t, p, l, Released)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			const e = "http://e"
+			p, _ := setup(t, e)
+			old := acquire(t, p, "eval-old", 20*time.Millisecond)
+			evaltest.Eventually(t, 5*time.Second, "lease never showed as expired", func() bool {
+				st, err := p.Status(t.Context())
+				return err == nil && st.Executors[0].State == StateExpired
+			})
+			if _, err := p.Renew(t.Context(), old, time.Minute); !errors.Is(err, ErrLeaseLost) {
+				t.Fatalf("renew of an expired lease: err = %v, want ErrLeaseLost", err)
+			}
+			tt.reclaim(t, p)
+			assertWhole(t, p, e)
+
+			// The old holder wakes up: its release must not add a copy.
+			release(t, p, old, AlreadyInPool)
+			next := acquire(t, p, "eval-2", time.Minute)
+			release(t, p, old, StaleLease)
+			release(t, p, next, Released)
+			assertWhole(t, p, e)
+		})
+	}
+}
+
+func TestAcquireIsReentrant(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t, "http://e1", "http://e2", "http://e3")
+	first := acquire(t, p, "eval-a", time.Minute)
+	again := acquire(t, p, "eval-a", time.Minute)
+	if again.URL != first.URL || !again.Reentered {
+		t.Fatalf("re-acquire got %s reentered=%v, want %s reentered", again.URL, again.Reentered, first.URL)
+	}
+	if again.Fence <= first.Fence || again.Token == first.Token {
+		t.Fatalf("re-acquire kept fence %d / token: the older attempt could still act", again.Fence)
+	}
+	// The older attempt is fenced off: it can neither renew nor release.
+	if _, err := p.Renew(t.Context(), first, time.Minute); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("older attempt renewed: err = %v", err)
+	}
+	release(t, p, first, StaleLease)
+	other := acquire(t, p, "eval-b", time.Minute)
+	if other.URL == first.URL {
+		t.Fatalf("eval-b got eval-a's executor %s", other.URL)
+	}
+	release(t, p, again, Released)
+	release(t, p, other, Released)
+	assertWhole(t, p, "http://e1", "http://e2", "http://e3")
+}
+
+func TestReentryAfterExpiryTakesAFreshLease(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t, "http://e1")
+	old := acquire(t, p, "eval-a", 10*time.Millisecond)
+	evaltest.Eventually(t, 5*time.Second, "lease never expired", func() bool {
+		_, err := p.Renew(t.Context(), old, 10*time.Millisecond)
+		return errors.Is(err, ErrLeaseLost)
+	})
+	l := acquire(t, p, "eval-a", time.Minute)
+	if l.Reentered {
+		t.Fatal("an expired lease was re-entered instead of reclaimed")
+	}
+	release(t, p, l, Released)
+	assertWhole(t, p, "http://e1")
+}
+
+func TestRenew(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t, "http://e1")
+	l := acquire(t, p, "eval-a", 50*time.Millisecond)
+	renewed, err := p.Renew(t.Context(), l, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !renewed.Deadline.After(l.Deadline.Add(50 * time.Minute)) {
+		t.Fatalf("deadline %s not pushed an hour past %s", renewed.Deadline, l.Deadline)
+	}
+	if n, err := p.Reap(t.Context()); err != nil || n != 0 {
+		t.Fatalf("Reap took a renewed lease: %d, %v", n, err)
+	}
+	release(t, p, l, Released)
+	if _, err := p.Renew(t.Context(), l, time.Hour); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("renew after release: err = %v, want ErrLeaseLost", err)
+	}
+	if _, err := p.Renew(t.Context(), l, 0); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("renew with TTL 0: err = %v, want ErrInvalid", err)
+	}
+}
+
+func TestDeregister(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t, "http://idle", "http://busy")
+	l := acquire(t, p, "eval-a", time.Minute)
+	idle := "http://idle"
+	if l.URL == idle {
+		idle = "http://busy"
+	}
+
+	for _, tt := range []struct {
+		url     string
+		want    DeregisterOutcome
+		wantErr error
+	}{
+		{idle, Removed, nil},
+		{l.URL, Draining, nil},
+		{l.URL, Draining, nil},
+		{"http://never-registered", "", ErrUnknownExecutor},
+		{"ftp://nope", "", ErrInvalid},
+	} {
+		got, err := p.Deregister(t.Context(), tt.url)
+		if got != tt.want || !errors.Is(err, tt.wantErr) {
+			t.Fatalf("Deregister(%s) = %q, %v; want %q, %v", tt.url, got, err, tt.want, tt.wantErr)
+		}
+	}
+	st, err := p.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Executors) != 1 || st.Executors[0].State != StateDraining {
+		t.Fatalf("status = %+v, want only %s draining", st.Executors, l.URL)
+	}
+	// A draining executor is never handed out again, even to its holder's
+	// retry, and leaves at its release.
+	if _, err := p.Acquire(t.Context(), "eval-b", time.Minute); !errors.Is(err, ErrNoExecutor) {
+		t.Fatalf("acquire while draining: err = %v, want ErrNoExecutor", err)
+	}
+	r := release(t, p, l, Released)
+	if !r.Removed {
+		t.Error("release of a draining executor did not report its removal")
+	}
+	release(t, p, l, NotLeased)
+	assertWhole(t, p)
+}
+
+func TestDrainEndsAtReclaim(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t, "http://e1")
+	acquire(t, p, "eval-a", 10*time.Millisecond)
+	if out, err := p.Deregister(t.Context(), "http://e1"); out != Draining || err != nil {
+		t.Fatalf("Deregister = %s, %v", out, err)
+	}
+	evaltest.Eventually(t, 5*time.Second, "expired draining lease never reaped", func() bool {
+		n, err := p.Reap(t.Context())
+		return err == nil && n == 1
+	})
+	assertWhole(t, p)
+}
+
+func TestRegister(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t)
+	out, err := p.Register(t.Context(), Executor{URL: "http://e1/", Labels: map[string]string{"gpu": "a100"}}, Executor{URL: "https://e2:8443/base"})
+	if err != nil || out[0] != Added || out[1] != Added {
+		t.Fatalf("Register = %v, %v", out, err)
+	}
+	out, err = p.Register(t.Context(), Executor{URL: "http://e1"})
+	if err != nil || out[0] != AlreadyRegistered {
+		t.Fatalf("second Register = %v, %v; want already_registered", out, err)
+	}
+	st, err := p.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Executors[0].Labels["gpu"] != "a100" || st.Executors[0].AddedAt.IsZero() {
+		t.Errorf("e1 = %+v, want label gpu=a100 and added_at", st.Executors[0])
+	}
+	assertWhole(t, p, "http://e1", "https://e2:8443/base")
+
+	for _, bad := range []string{"", "e3", "127.0.0.1:80", "ftp://e3", "http://", "http://e3?x=1", "http://u:p@e3", "http://[::1"} {
+		_, err := p.Register(t.Context(), Executor{URL: "http://good"}, Executor{URL: bad})
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("Register(%q): err = %v, want ErrInvalid", bad, err)
+		}
+	}
+	assertWhole(t, p, "http://e1", "https://e2:8443/base") // nothing of the bad batches landed
+}
+
+func TestRegisterManyIsPipelined(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t)
+	execs := make([]Executor, 2500)
+	want := make([]string, len(execs))
+	for i := range execs {
+		execs[i].URL = fmt.Sprintf("http://e%05d", i)
+		want[i] = execs[i].URL
+	}
+	if _, err := p.Register(t.Context(), execs...); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.client.ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.Register(t.Context(), execs...)
+	if err != nil {
+		t.Fatalf("register after SCRIPT FLUSH: %v", err)
+	}
+	for i, o := range out {
+		if o != AlreadyRegistered {
+			t.Fatalf("outcome %d = %s, want already_registered", i, o)
+		}
+	}
+	assertWhole(t, p, want...)
+}
+
+func TestOptionsValidate(t *testing.T) {
+	t.Parallel()
+	for _, opts := range []Options{{Name: "a{b"}, {Name: "a}"}, {ReclaimBatch: -1}} {
+		if _, err := New(nil, opts); !errors.Is(err, ErrInvalid) {
+			t.Errorf("New(%+v): err = %v, want ErrInvalid", opts, err)
+		}
+	}
+	for _, ttl := range []time.Duration{0, -time.Second, time.Microsecond} {
+		p, _ := New(nil, Options{})
+		if _, err := p.Acquire(t.Context(), "e", ttl); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Acquire(ttl=%s): err = %v, want ErrInvalid", ttl, err)
+		}
+	}
+}

@@ -1,0 +1,188 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/lua"
+)
+
+// lifecycle drives every script once and checks the pool is whole after.
+func lifecycle(t *testing.T, p *Pool) {
+	t.Helper()
+	ctx := t.Context()
+	register(t, p, "http://e1", "http://e2")
+	register(t, p, "http://e3")
+	a := acquire(t, p, "eval-a", time.Minute)
+	a = acquire(t, p, "eval-a", time.Minute)
+	if _, err := p.Renew(ctx, a, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	release(t, p, a, Released)
+	release(t, p, a, AlreadyInPool)
+	acquire(t, p, "eval-b", time.Millisecond)
+	evaltest.Eventually(t, 5*time.Second, "short lease never reaped", func() bool {
+		n, err := p.Reap(ctx)
+		return err == nil && n == 1
+	})
+	if out, err := p.Deregister(ctx, "http://e3"); err != nil || out != Removed {
+		t.Fatalf("Deregister = %s, %v", out, err)
+	}
+	assertWhole(t, p, "http://e1", "http://e2")
+}
+
+func TestScriptsRunAfterScriptFlush(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t)
+	lifecycle(t, p) // loads every script through EVAL-on-NOSCRIPT
+	for name, s := range lua.All {
+		if ok, err := s.Exists(t.Context(), b.client).Result(); err != nil || !ok[0] {
+			t.Errorf("script %s not cached after use: %v, %v", name, ok, err)
+		}
+	}
+	if err := b.client.ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range lua.All {
+		err := s.EvalSha(t.Context(), b.client, p.keys).Err()
+		if err == nil || !redis.HasErrorPrefix(err, "NOSCRIPT") {
+			t.Fatalf("EVALSHA %s after SCRIPT FLUSH: err = %v, want NOSCRIPT", name, err)
+		}
+	}
+	p2, _ := setup(t)
+	lifecycle(t, p2)
+	if err := p2.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestClusterOneSlotPerPool runs every operation on a real 3-master Redis
+// Cluster through go-redis's cluster client. Redis refuses a script whose
+// keys span slots (CROSSSLOT), and the pools below land on different nodes.
+func TestClusterOneSlotPerPool(t *testing.T) {
+	t.Parallel()
+	addrs := evaltest.StartCluster(t, 3)
+	c := evaltest.ClusterClient(t, addrs)
+	nodes := map[string]bool{}
+	for i := range 6 {
+		p, err := New(c, Options{Name: fmt.Sprintf("pool-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slots := map[int64]bool{}
+		for _, k := range p.Keys() {
+			slot, err := c.ClusterKeySlot(t.Context(), k).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			slots[slot] = true
+		}
+		if len(slots) != 1 {
+			t.Fatalf("pool %s keys span slots %v", p.Name(), slots)
+		}
+		node, err := c.MasterForKey(t.Context(), p.Keys()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[node.Options().Addr] = true
+		t.Run(p.Name(), func(t *testing.T) { lifecycle(t, p) })
+	}
+	if len(nodes) < 2 {
+		t.Errorf("all pools landed on one node %v: the test did not exercise routing", nodes)
+	}
+	// A script given keys of two pools is refused by Redis: the check above
+	// is not vacuous.
+	a, _ := New(c, Options{Name: "pool-0"})
+	b, _ := New(c, Options{Name: "pool-1"})
+	err := lua.Reap.Run(t.Context(), c, []string{a.keys[0], b.keys[1], a.keys[2], a.keys[3], a.keys[4], a.keys[5], a.keys[6]}, 10).Err()
+	if err == nil || !redis.HasErrorPrefix(err, "CROSSSLOT") {
+		t.Fatalf("cross-slot script: err = %v, want CROSSSLOT", err)
+	}
+}
+
+// TestCheckFindsViolations corrupts pools behind evalpool's back and makes
+// sure Check reports each corruption: a Check that cannot fail proves nothing.
+func TestCheckFindsViolations(t *testing.T) {
+	t.Parallel()
+	lease := func(eval string) string {
+		return fmt.Sprintf(`{"token":"t-%s","eval_id":"%s","fence":1,"acquired_at":1,"available_since":1}`, eval, eval)
+	}
+	tests := []struct {
+		name    string
+		corrupt func(ctx context.Context, c *redis.Client, k []string) error
+		want    string
+	}{
+		{"lost executor", func(ctx context.Context, c *redis.Client, k []string) error {
+			return c.ZRem(ctx, k[1], "http://e1").Err()
+		}, "invariant 4: http://e1: lost: registered but neither available nor leased"},
+		{"available and leased", func(ctx context.Context, c *redis.Client, k []string) error {
+			c.HSet(ctx, k[2], "http://e1", lease("x"))
+			c.ZAdd(ctx, k[3], redis.Z{Score: 1e15, Member: "http://e1"})
+			return c.HSet(ctx, k[4], "x", "http://e1").Err()
+		}, "invariant 1: http://e1: both available and leased"},
+		{"unregistered available", func(ctx context.Context, c *redis.Client, k []string) error {
+			return c.ZAdd(ctx, k[1], redis.Z{Score: 1, Member: "http://ghost"}).Err()
+		}, "invariant 2: http://ghost: available but not registered"},
+		{"deadline without lease", func(ctx context.Context, c *redis.Client, k []string) error {
+			return c.ZAdd(ctx, k[3], redis.Z{Score: 1, Member: "http://e2"}).Err()
+		}, "invariant 2: http://e2: deadline without a lease"},
+		{"eval holds two", func(ctx context.Context, c *redis.Client, k []string) error {
+			for _, u := range []string{"http://e1", "http://e2"} {
+				c.ZRem(ctx, k[1], u)
+				c.HSet(ctx, k[2], u, lease("x"))
+				c.ZAdd(ctx, k[3], redis.Z{Score: 1e15, Member: u})
+			}
+			return c.HSet(ctx, k[4], "x", "http://e1").Err()
+		}, "invariant 3: http://e1: eval x holds 2 executors: [http://e1 http://e2]"},
+		{"draining but idle", func(ctx context.Context, c *redis.Client, k []string) error {
+			return c.SAdd(ctx, k[5], "http://e2").Err()
+		}, "invariant 2: http://e2: draining but not leased: should have been removed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, "http://e1", "http://e2")
+			if err := tt.corrupt(t.Context(), b.client, p.keys); err != nil {
+				t.Fatal(err)
+			}
+			vs, err := p.Check(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, v := range vs {
+				got = append(got, v.String())
+				if v.String() == tt.want {
+					return
+				}
+			}
+			t.Fatalf("Check = %q, want it to hold %q", got, tt.want)
+		})
+	}
+}
+
+// TestForeignDataIsAnError: keys of the pool holding data of another type
+// make operations fail with Redis's error, not panic or corrupt anything.
+func TestForeignDataIsAnError(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t)
+	if err := b.client.Set(t.Context(), p.keys[1], "not a zset", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := p.Register(t.Context(), Executor{URL: "http://e1"})
+	if err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Fatalf("register over foreign data: err = %v, want a WRONGTYPE error", err)
+	}
+	if _, err := p.Acquire(t.Context(), "e", time.Second); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Fatalf("acquire over foreign data: err = %v, want an error", err)
+	}
+	if _, err := p.Status(t.Context()); err == nil {
+		t.Fatal("status over foreign data: no error")
+	}
+}
