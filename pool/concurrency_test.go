@@ -94,7 +94,9 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(g), 42))
 			ctx := t.Context()
 			held := map[string]Lease{} // eval -> live long lease
-			fail := func(format string, args ...any) { errs <- fmt.Errorf("goroutine %d: "+format, append([]any{g}, args...)...) }
+			fail := func(format string, args ...any) {
+				errs <- fmt.Errorf("goroutine %d: "+format, append([]any{g}, args...)...)
+			}
 			for i := range opsEach {
 				switch op := rng.IntN(10); {
 				case op < 3 || len(held) == 0 && op < 6: // acquire a new eval; one in four is left to expire
