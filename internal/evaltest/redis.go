@@ -204,14 +204,23 @@ func StartT(t testing.TB, opts Options) *Server {
 var shared struct {
 	once   sync.Once
 	server *Server
-	url    string
-	err    error
+	url     string
+	err     error
+	clients []*redis.Client
 }
 
 // URL returns the package's shared Redis: EVALPOOL_TEST_REDIS_URL if set,
 // else a server started on first use and stopped by Main.
 func URL(t testing.TB) string {
 	t.Helper()
+	u, err := sharedURL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func sharedURL() (string, error) {
 	shared.once.Do(func() {
 		if shared.url = os.Getenv(EnvURL); shared.url != "" {
 			return
@@ -221,10 +230,24 @@ func URL(t testing.TB) string {
 			shared.url = shared.server.URL()
 		}
 	})
-	if shared.err != nil {
-		t.Fatal(shared.err)
+	return shared.url, shared.err
+}
+
+// ExampleClient is Client for Example functions, which have no testing.T:
+// it panics when there is no Redis, and the client lives as long as the
+// package's tests.
+func ExampleClient() *redis.Client {
+	u, err := sharedURL()
+	if err != nil {
+		panic(err)
 	}
-	return shared.url
+	opt, err := redis.ParseURL(u)
+	if err != nil {
+		panic(err)
+	}
+	c := redis.NewClient(opt)
+	shared.clients = append(shared.clients, c)
+	return c
 }
 
 // Client returns a client of the package's shared Redis, closed when the test
@@ -263,6 +286,9 @@ func Pool(t testing.TB, c redis.UniversalClient) string {
 // a test left goroutines behind. Call it from TestMain.
 func Main(m *testing.M) {
 	code := m.Run()
+	for _, c := range shared.clients {
+		_ = c.Close()
+	}
 	if shared.server != nil {
 		_ = shared.server.Close()
 	}
