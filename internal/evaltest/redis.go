@@ -202,8 +202,8 @@ func StartT(t testing.TB, opts Options) *Server {
 }
 
 var shared struct {
-	once   sync.Once
-	server *Server
+	once    sync.Once
+	server  *Server
 	url     string
 	err     error
 	clients []*redis.Client
