@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/pool"
+)
+
+func TestMain(m *testing.M) { evaltest.Main(m) }
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// evalpool runs one command line in-process against the test's Redis and pool.
+func evalpool(t *testing.T, redisURL, poolName string, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	full := append([]string{"--redis", redisURL, "--pool", poolName}, args...)
+	code := run(t.Context(), full, &out, &errb)
+	return result{code, out.String(), errb.String()}
+}
+
+func TestPoolCommands(t *testing.T) {
+	t.Parallel()
+	client := evaltest.Client(t)
+	url, name := evaltest.URL(t), evaltest.Pool(t, client)
+	cli := func(args ...string) result { return evalpool(t, url, name, args...) }
+	expect := func(r result, code int, stdout string) {
+		t.Helper()
+		if r.code != code || !strings.Contains(r.stdout, stdout) {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and stdout holding %q", r.code, r.stdout, r.stderr, code, stdout)
+		}
+	}
+
+	expect(cli("pool", "add", "http://e1", "http://e1/"), 0, "added http://e1\nalready_registered http://e1\n")
+	r := cli("pool", "acquire", "--eval", "eval-a", "--json")
+	expect(r, 0, `"url": "http://e1"`)
+	var lease pool.Lease
+	if err := json.Unmarshal([]byte(r.stdout), &lease); err != nil {
+		t.Fatalf("acquire --json: stdout is not one JSON lease: %v: %q", err, r.stdout)
+	}
+	expect(cli("pool", "acquire", "--eval", "eval-b"), 3, "")
+	expect(cli("pool", "status"), 0, "1 leased")
+
+	r = cli("pool", "status", "--json")
+	var st pool.Status
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || len(st.Executors) != 1 || st.Executors[0].Lease.EvalID != "eval-a" {
+		t.Fatalf("status --json = %+v, %v", st, err)
+	}
+	if strings.Contains(r.stdout, lease.Token) {
+		t.Fatal("status shows the lease token, the capability to release it")
+	}
+
+	expect(cli("pool", "release", "http://e1", "--token", lease.Token), 0, "released\n")
+	r = cli("pool", "release", "http://e1", "--token", lease.Token, "--json")
+	expect(r, 0, `"outcome": "already_in_pool"`)
+	if !strings.Contains(r.stderr, "double release detected") {
+		t.Fatalf("second release logged no double release: %q", r.stderr)
+	}
+	expect(cli("pool", "check"), 0, "ok")
+	expect(cli("pool", "reap"), 0, "reaped 0")
+	expect(cli("pool", "remove", "http://e1"), 0, "removed http://e1")
+	expect(cli("pool", "status"), 0, "0 executors")
+}
+
+func TestCheckFailsWithExit3(t *testing.T) {
+	t.Parallel()
+	client := evaltest.Client(t)
+	url, name := evaltest.URL(t), evaltest.Pool(t, client)
+	evalpool(t, url, name, "pool", "add", "http://e1")
+	if err := client.Del(t.Context(), "evalpool:{"+name+"}:available").Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := evalpool(t, url, name, "pool", "check")
+	if r.code != 3 || !strings.Contains(r.stdout, "lost") || !strings.Contains(r.stderr, "1 violations") {
+		t.Fatalf("check of a broken pool: %+v", r)
+	}
+}
+
+// Bad input: one clear line on stderr, the right exit code, nothing changed.
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	client := evaltest.Client(t)
+	url, name := evaltest.URL(t), evaltest.Pool(t, client)
+	tests := []struct {
+		args   []string
+		code   int
+		stderr string
+	}{
+		{[]string{"pool", "add", "http://ok", "not a url"}, 2, `executor URL "not a url"`},
+		{[]string{"pool", "add", "ftp://x"}, 2, "scheme must be http or https"},
+		{[]string{"pool", "add"}, 2, "requires at least 1 arg"},
+		{[]string{"pool", "add", "--label", "nokey", "http://ok"}, 2, "want key=value"},
+		{[]string{"pool", "remove", "http://unknown"}, 1, "unknown executor: http://unknown"},
+		{[]string{"pool", "acquire"}, 2, "--eval is required"},
+		{[]string{"pool", "acquire", "--eval", "x", "--ttl", "-1s"}, 2, "lease TTL must be at least 1ms"},
+		{[]string{"pool", "acquire", "--eval", "x", "--ttl", "soon"}, 2, "invalid argument"},
+		{[]string{"pool", "release", "http://ok"}, 2, "--token is required"},
+		{[]string{"pool", "release", "http://ok", "--token", "t", "extra"}, 2, "accepts 1 arg"},
+		{[]string{"pool", "frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"--log-format", "xml", "pool", "status"}, 2, "--log-format must be json or console"},
+		{[]string{"--redis", "http://nope", "pool", "status"}, 2, "invalid URL scheme"},
+		{[]string{"--redis", "redis://127.0.0.1:1/0", "pool", "status"}, 1, "connection refused"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			args := append([]string{"--redis", url, "--pool", name}, tt.args...)
+			code := run(t.Context(), args, &out, &errb)
+			lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
+			last := lines[len(lines)-1]
+			if code != tt.code || !strings.Contains(last, tt.stderr) || !strings.HasPrefix(last, "evalpool: ") {
+				t.Fatalf("exit %d, stderr %q; want exit %d and one line holding %q", code, errb.String(), tt.code, tt.stderr)
+			}
+		})
+	}
+	if n, err := client.Exists(t.Context(), "evalpool:{"+name+"}:executors").Result(); err != nil || n != 0 {
+		t.Fatalf("bad input left state behind: %d keys, %v", n, err)
+	}
+}

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/evalpool/evalpool/pool"
+)
+
+func (a *app) poolCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "pool",
+		Short: "Manage the executor pool",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  group,
+	}
+	c.AddCommand(a.poolAdd(), a.poolRemove(), a.poolStatus(), a.poolCheck(), a.poolReap(), a.poolAcquire(), a.poolRelease())
+	return c
+}
+
+func (a *app) poolAdd() *cobra.Command {
+	var labels []string
+	c := &cobra.Command{
+		Use:   "add URL...",
+		Short: "Register executors (idempotent); a bad URL registers none",
+		Args:  positional(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			lm := map[string]string{}
+			for _, l := range labels {
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || k == "" {
+					return usagef("--label %q: want key=value", l)
+				}
+				lm[k] = v
+			}
+			execs := make([]pool.Executor, len(args))
+			for i, u := range args {
+				execs[i] = pool.Executor{URL: u, Labels: lm}
+			}
+			p, err := a.pool()
+			if err != nil {
+				return err
+			}
+			out, err := p.Register(c.Context(), execs...)
+			if err != nil {
+				return err
+			}
+			for i, o := range out {
+				fmt.Fprintf(a.stdout, "%s %s\n", o, strings.TrimRight(args[i], "/"))
+			}
+			return nil
+		},
+	}
+	c.Flags().StringArrayVar(&labels, "label", nil, "label key=value for every executor added (repeatable)")
+	return c
+}
+
+func (a *app) poolRemove() *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove URL...",
+		Short: "Deregister executors; a leased one drains and leaves at its release",
+		Args:  positional(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			for _, u := range args {
+				if _, err := pool.ParseURL(u); err != nil {
+					return err
+				}
+			}
+			p, err := a.pool()
+			if err != nil {
+				return err
+			}
+			for _, u := range args {
+				out, err := p.Deregister(c.Context(), u)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "%s %s\n", out, strings.TrimRight(u, "/"))
+			}
+			return nil
+		},
+	}
+}
+
+func (a *app) poolStatus() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Show every executor: state, lease, last release",
+		Args:  positional(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			p, err := a.pool()
+			if err != nil {
+				return err
+			}
+			st, err := p.Status(c.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return a.printJSON(st)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "EXECUTOR\tSTATE\tEVAL\tFENCE\tLEASE AGE\tDEADLINE IN\tIDLE SINCE")
+			for _, e := range st.Executors {
+				eval, fence, age, left, idle := "-", "-", "-", "-", "-"
+				if l := e.Lease; l != nil {
+					eval, fence = l.EvalID, fmt.Sprint(l.Fence)
+					age = st.Now.Sub(l.AcquiredAt).Round(time.Millisecond).String()
+					left = l.Deadline.Sub(st.Now).Round(time.Millisecond).String()
+				} else if !e.LastRelease.IsZero() {
+					idle = st.Now.Sub(e.LastRelease).Round(time.Second).String()
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.URL, e.State, eval, fence, age, left, idle)
+			}
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "pool %s: %d executors, %d available, %d leased, %d expired, %d draining\n",
+				st.Pool, len(st.Executors), st.Counts[pool.StateAvailable], st.Counts[pool.StateLeased],
+				st.Counts[pool.StateExpired], st.Counts[pool.StateDraining])
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
+	return c
+}
+
+func (a *app) poolCheck() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check",
+		Short: "Verify the pool's invariants; exit 3 on any violation",
+		Args:  positional(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			p, err := a.pool()
+			if err != nil {
+				return err
+			}
+			vs, err := p.Check(c.Context())
+			if err != nil {
+				return err
+			}
+			for _, v := range vs {
+				fmt.Fprintln(a.stdout, v)
+			}
+			if len(vs) > 0 {
+				return fmt.Errorf("%w: %d violations in pool %s", errCheckFailed, len(vs), p.Name())
+			}
+			fmt.Fprintf(a.stdout, "pool %s: ok\n", p.Name())
+			return nil
+		},
+	}
+}
+
+func (a *app) poolReap() *cobra.Command {
+	return &cobra.Command{
+		Use:   "reap",
+		Short: "Reclaim every lease past its deadline",
+		Args:  positional(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			p, err := a.pool()
+			if err != nil {
+				return err
+			}
+			n, err := p.Reap(c.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "reaped %d\n", n)
+			return nil
+		},
+	}
+}
+
+func (a *app) poolAcquire() *cobra.Command {
+	var (
+		evalID string
+		ttl    time.Duration
+		asJSON bool
+	)
+	c := &cobra.Command{
+		Use:   "acquire --eval ID",
+		Short: "Lease an executor to an eval; exit 3 when none is free",
+		Args:  positional(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if evalID == "" {
+				return usagef("--eval is required")
+			}
+			p, err := a.pool()
+			if err != nil {
+				return err
+			}
+			l, err := p.Acquire(c.Context(), evalID, ttl)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return a.printJSON(l)
+			}
+			fmt.Fprintf(a.stdout, "%s token=%s fence=%d deadline=%s\n", l.URL, l.Token, l.Fence, l.Deadline.Format(time.RFC3339Nano))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&evalID, "eval", "", "eval ID (required)")
+	c.Flags().DurationVar(&ttl, "ttl", 30*time.Second, "lease TTL")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
+	return c
+}
+
+func (a *app) poolRelease() *cobra.Command {
+	var (
+		token  string
+		asJSON bool
+	)
+	c := &cobra.Command{
+		Use:   "release URL --token T",
+		Short: "Release a lease; prints the outcome (a double release is not an error)",
+		Args:  positional(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			if token == "" {
+				return usagef("--token is required")
+			}
+			u, err := pool.ParseURL(args[0])
+			if err != nil {
+				return err
+			}
+			p, err := a.pool()
+			if err != nil {
+				return err
+			}
+			r, err := p.Release(c.Context(), pool.Lease{URL: u, Token: token}, "cli")
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return a.printJSON(r)
+			}
+			fmt.Fprintln(a.stdout, r.Outcome)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&token, "token", "", "the lease's token (required)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
+	return c
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
