@@ -26,7 +26,7 @@ lint: ## gofmt and go vet
 .PHONY: bench
 bench: ## Run the benchmarks (ours vs the original LIST design) and write bench/results.txt
 	@mkdir -p $(dir $(BENCHOUT))
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 5 ./pool | tee $(BENCHOUT)
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 6 ./pool | tee $(BENCHOUT)
 
 .PHONY: demo
 demo: ## Run the zero-setup demo (not built yet: see README)
