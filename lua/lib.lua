@@ -9,7 +9,7 @@
 --   KEYS[4] deadlines  ZSET  url -> lease deadline (ms)
 --   KEYS[5] holders    HASH  eval_id -> url (one lease per eval, O(1) re-entry)
 --   KEYS[6] draining   SET   urls deregistered while leased
---   KEYS[7] fence      STRING counter, INCR on every acquire
+--   KEYS[7] fence      STRING counter, INCR on every acquire, never below now (ms)
 --
 -- Time is Redis's own (TIME), never the caller's clock.
 

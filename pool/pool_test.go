@@ -403,3 +403,23 @@ func TestOptionsValidate(t *testing.T) {
 		}
 	}
 }
+
+// The fence keeps rising even when Redis loses the counter, so executors
+// that remember the highest fence they saw do not refuse every new lease.
+func TestFenceSurvivesALostCounter(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1")
+	first := acquire(t, p, "eval-a", time.Minute)
+	release(t, p, first, Released)
+	if first.Fence < first.AcquiredAt.UnixMilli() {
+		t.Fatalf("fence %d below the clock %d", first.Fence, first.AcquiredAt.UnixMilli())
+	}
+	if err := b.client.Del(t.Context(), p.keys[6]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Eventually(t, time.Second, "fence did not rise after the counter was lost", func() bool {
+		l := acquire(t, p, "eval-b", time.Minute)
+		release(t, p, l, Released)
+		return l.Fence > first.Fence
+	})
+}

@@ -1,0 +1,278 @@
+// Package tasks names evalpool's Asynq tasks and holds their payloads.
+//
+// Everything that crosses the queue is built and checked here, so that a
+// worker never has to guess at a payload: constructors validate before a task
+// is enqueued, and Parse functions validate again when it is dequeued (a
+// payload can also be put on the queue by any Asynq client). A payload that
+// fails validation is ErrBadPayload, which the worker archives at once rather
+// than retrying something that can never succeed.
+//
+// The package knows Asynq's task types and options, nothing of Redis keys.
+package tasks
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/hibiken/asynq"
+)
+
+// Task type names.
+const (
+	TypeEval           = "eval:run"
+	TypeCleanupSuccess = "eval:cleanup:success"
+	TypeCleanupFailure = "eval:cleanup:failure"
+	TypeReap           = "pool:reap"
+)
+
+// Queue names. A worker serves them in strict priority, maintenance first,
+// then cleanup, then evals: a release never waits behind a backlog of evals.
+const (
+	QueueEvals       = "evals"
+	QueueCleanup     = "cleanup"
+	QueueMaintenance = "maintenance"
+)
+
+// Cleanup paths: who enqueued a cleanup. Success and failure are the eval
+// handler's own outcome; ErrorHandler is the server's error handler, the
+// second path that fires for the same failed attempt.
+const (
+	PathSuccess      = "success"
+	PathFailure      = "failure"
+	PathErrorHandler = "error_handler"
+)
+
+// Limits and defaults of an eval.
+const (
+	MaxEvalIDLen    = 200
+	MaxSpecBytes    = 1 << 20
+	DefaultTimeout  = 10 * time.Minute
+	DefaultLeaseTTL = 30 * time.Second
+	DefaultMaxRetry = 3
+	// CleanupMaxRetry is high: a cleanup that cannot reach Redis must keep
+	// trying, and a duplicate release is not a failure.
+	CleanupMaxRetry = 25
+	// ResultRetention keeps finished evals and their results readable.
+	ResultRetention = 7 * 24 * time.Hour
+	// CleanupRetention keeps a finished cleanup's TaskID taken, so that a
+	// duplicate enqueue of it is refused for that long.
+	CleanupRetention = 24 * time.Hour
+)
+
+// ErrBadPayload means a task's payload can never be processed.
+var ErrBadPayload = errors.New("tasks: bad payload")
+
+// Eval is the payload of TypeEval.
+type Eval struct {
+	// ID identifies the eval; it is also the Asynq task ID, so an eval is
+	// enqueued once and looked up by its ID.
+	ID string `json:"eval_id"`
+	// Spec is any JSON the executor understands.
+	Spec json.RawMessage `json:"spec"`
+	// LeaseTTLMs is the executor lease's TTL; 0 means the worker's default.
+	LeaseTTLMs int64 `json:"lease_ttl_ms,omitempty"`
+	// TimeoutS bounds one attempt, in whole seconds as Asynq stores it.
+	TimeoutS int64 `json:"timeout_s"`
+}
+
+// LeaseTTL is the eval's lease TTL, or def when it names none.
+func (e Eval) LeaseTTL(def time.Duration) time.Duration {
+	if e.LeaseTTLMs == 0 {
+		return def
+	}
+	return time.Duration(e.LeaseTTLMs) * time.Millisecond
+}
+
+// Timeout is how long one attempt may run.
+func (e Eval) Timeout() time.Duration { return time.Duration(e.TimeoutS) * time.Second }
+
+func (e Eval) validate() error {
+	if err := validateID(e.ID); err != nil {
+		return err
+	}
+	if len(e.Spec) == 0 {
+		return fmt.Errorf("%w: eval %s: spec is missing", ErrBadPayload, e.ID)
+	}
+	if len(e.Spec) > MaxSpecBytes {
+		return fmt.Errorf("%w: eval %s: spec is %d bytes, more than %d", ErrBadPayload, e.ID, len(e.Spec), MaxSpecBytes)
+	}
+	if !json.Valid(e.Spec) {
+		return fmt.Errorf("%w: eval %s: spec is not valid JSON", ErrBadPayload, e.ID)
+	}
+	if e.LeaseTTLMs < 0 || e.LeaseTTLMs > 0 && e.LeaseTTLMs < 10 {
+		return fmt.Errorf("%w: eval %s: lease TTL %dms: want 0 (the worker's) or at least 10ms", ErrBadPayload, e.ID, e.LeaseTTLMs)
+	}
+	if e.TimeoutS < 1 {
+		return fmt.Errorf("%w: eval %s: timeout %ds: want at least 1s", ErrBadPayload, e.ID, e.TimeoutS)
+	}
+	return nil
+}
+
+func validateID(id string) error {
+	if id == "" {
+		return fmt.Errorf("%w: eval ID is empty", ErrBadPayload)
+	}
+	if len(id) > MaxEvalIDLen {
+		return fmt.Errorf("%w: eval ID is %d bytes, more than %d", ErrBadPayload, len(id), MaxEvalIDLen)
+	}
+	if strings.IndexFunc(id, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return fmt.Errorf("%w: eval ID %q holds spaces or control characters", ErrBadPayload, id)
+	}
+	return nil
+}
+
+// EvalOptions tune NewEval. The zero value is usable.
+type EvalOptions struct {
+	// MaxRetry is how many times a failed attempt is retried. Defaults to 3;
+	// set NoRetry for none.
+	MaxRetry int
+	NoRetry  bool
+}
+
+// NewEval builds the task of an eval: queue evals, task ID the eval ID, the
+// attempt timeout, and its result retained for ResultRetention. A zero
+// timeout means DefaultTimeout; a timeout is rounded up to whole seconds,
+// since Asynq would turn 300ms into no timeout at all.
+func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
+	if e.TimeoutS == 0 {
+		e.TimeoutS = int64(DefaultTimeout / time.Second)
+	}
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	payload, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("%w: eval %s: %w", ErrBadPayload, e.ID, err)
+	}
+	retry := opts.MaxRetry
+	switch {
+	case opts.NoRetry:
+		retry = 0
+	case retry == 0:
+		retry = DefaultMaxRetry
+	}
+	return asynq.NewTask(TypeEval, payload,
+		asynq.Queue(QueueEvals),
+		asynq.TaskID(e.ID),
+		asynq.MaxRetry(retry),
+		asynq.Timeout(e.Timeout()),
+		asynq.Retention(ResultRetention),
+	), nil
+}
+
+// TimeoutSeconds rounds d up to whole seconds, at least 1.
+func TimeoutSeconds(d time.Duration) int64 {
+	return max(1, int64((d+time.Second-1)/time.Second))
+}
+
+// ParseEval decodes and validates an eval payload.
+func ParseEval(data []byte) (Eval, error) {
+	var e Eval
+	if err := decodeStrict(data, &e); err != nil {
+		return Eval{}, err
+	}
+	return e, e.validate()
+}
+
+// Cleanup is the payload of both cleanup task types.
+type Cleanup struct {
+	EvalID string `json:"eval_id"`
+	URL    string `json:"url"`
+	Token  string `json:"token"`
+	Fence  int64  `json:"fence"`
+	Path   string `json:"path"`
+	// Error is the attempt's error, for failure cleanups.
+	Error string `json:"error,omitempty"`
+}
+
+func (c Cleanup) validate() error {
+	if err := validateID(c.EvalID); err != nil {
+		return err
+	}
+	if c.URL == "" || c.Token == "" {
+		return fmt.Errorf("%w: cleanup of eval %s: url and token are required", ErrBadPayload, c.EvalID)
+	}
+	switch c.Path {
+	case PathSuccess, PathFailure, PathErrorHandler:
+	default:
+		return fmt.Errorf("%w: cleanup of eval %s: unknown path %q", ErrBadPayload, c.EvalID, c.Path)
+	}
+	return nil
+}
+
+// CleanupTaskID is the task ID of a cleanup: one per path, eval and lease,
+// so that enqueueing the same cleanup twice is refused by Asynq
+// (ErrTaskIDConflict) while the two paths stay two tasks.
+func CleanupTaskID(typ string, c Cleanup) string {
+	return typ + ":" + c.Path + ":" + c.EvalID + ":" + c.Token
+}
+
+// NewCleanup builds a cleanup task of type TypeCleanupSuccess or
+// TypeCleanupFailure: queue cleanup, many retries, and a task ID that makes a
+// duplicate enqueue a no-op.
+func NewCleanup(typ string, c Cleanup) (*asynq.Task, error) {
+	if typ != TypeCleanupSuccess && typ != TypeCleanupFailure {
+		return nil, fmt.Errorf("%w: %q is not a cleanup task type", ErrBadPayload, typ)
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cleanup of eval %s: %w", ErrBadPayload, c.EvalID, err)
+	}
+	return asynq.NewTask(typ, payload,
+		asynq.Queue(QueueCleanup),
+		asynq.TaskID(CleanupTaskID(typ, c)),
+		asynq.MaxRetry(CleanupMaxRetry),
+		asynq.Retention(CleanupRetention),
+	), nil
+}
+
+// ParseCleanup decodes and validates a cleanup payload.
+func ParseCleanup(data []byte) (Cleanup, error) {
+	var c Cleanup
+	if err := decodeStrict(data, &c); err != nil {
+		return Cleanup{}, err
+	}
+	return c, c.validate()
+}
+
+// Reap is the payload of TypeReap.
+type Reap struct {
+	Pool string `json:"pool"`
+}
+
+// NewReap builds the periodic reap task of a pool.
+func NewReap(pool string) (*asynq.Task, error) {
+	payload, err := json.Marshal(Reap{Pool: pool})
+	if err != nil {
+		return nil, fmt.Errorf("%w: reap: %w", ErrBadPayload, err)
+	}
+	return asynq.NewTask(TypeReap, payload, asynq.Queue(QueueMaintenance), asynq.MaxRetry(0)), nil
+}
+
+// ParseReap decodes a reap payload.
+func ParseReap(data []byte) (Reap, error) {
+	var r Reap
+	return r, decodeStrict(data, &r)
+}
+
+// decodeStrict decodes one JSON object, refusing unknown fields and trailing
+// data, so that a payload meant for another version or task type is caught.
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadPayload, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after the JSON object", ErrBadPayload)
+	}
+	return nil
+}
