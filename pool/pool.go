@@ -89,6 +89,7 @@ type Pool struct {
 	client  redis.UniversalClient
 	name    string
 	keys    []string
+	reapKey string
 	reclaim int
 	log     zerolog.Logger
 	metrics *Metrics
@@ -124,6 +125,7 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence"} {
 		p.keys = append(p.keys, prefix+suffix)
 	}
+	p.reapKey = prefix + "reaped"
 	return p, nil
 }
 
@@ -131,7 +133,7 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 func (p *Pool) Name() string { return p.name }
 
 // Keys lists every Redis key of the pool. They share one hash slot.
-func (p *Pool) Keys() []string { return append([]string(nil), p.keys...) }
+func (p *Pool) Keys() []string { return append(append([]string(nil), p.keys...), p.reapKey) }
 
 // Load puts every script in Redis's script cache (on every shard of a
 // cluster), so that the scripts can be pipelined with EVALSHA.
@@ -422,6 +424,24 @@ func (p *Pool) Reap(ctx context.Context) (int, error) {
 			return total, nil
 		}
 	}
+}
+
+// ReapEvery is Reap at most once per interval across every caller of the
+// pool: a worker fleet whose schedulers all fire reaps the pool once. ran is
+// false when another caller reaped within the interval.
+func (p *Pool) ReapEvery(ctx context.Context, interval time.Duration) (n int, ran bool, err error) {
+	if interval < time.Millisecond {
+		return 0, false, fmt.Errorf("%w: reap interval must be at least 1ms, got %s", ErrInvalid, interval)
+	}
+	ok, err := p.client.SetNX(ctx, p.reapKey, 1, interval).Result()
+	if err != nil {
+		return 0, false, fmt.Errorf("pool: reap: %w", err)
+	}
+	if !ok {
+		return 0, false, nil
+	}
+	n, err = p.Reap(ctx)
+	return n, true, err
 }
 
 func newToken() (string, error) {

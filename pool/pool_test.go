@@ -423,3 +423,30 @@ func TestFenceSurvivesALostCounter(t *testing.T) {
 		return l.Fence > first.Fence
 	})
 }
+
+func TestReapEveryRunsOncePerInterval(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t, "http://e1")
+	acquire(t, p, "eval-a", time.Millisecond)
+	evaltest.Eventually(t, 5*time.Second, "lease never expired", func() bool {
+		st, err := p.Status(t.Context())
+		return err == nil && st.Counts[StateExpired] == 1
+	})
+	var ran int
+	for range 5 {
+		n, ok, err := p.ReapEvery(t.Context(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			ran++
+			if n != 1 {
+				t.Fatalf("the reap that ran reclaimed %d, want 1", n)
+			}
+		}
+	}
+	if ran != 1 {
+		t.Fatalf("ReapEvery ran %d times in one interval, want 1", ran)
+	}
+	assertWhole(t, p, "http://e1")
+}
