@@ -1,0 +1,48 @@
+package worker
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics counts what a worker does with evals and cleanups. Release
+// outcomes are the pool's (pool.Metrics).
+type Metrics struct {
+	evals            *prometheus.CounterVec
+	duration         *prometheus.HistogramVec
+	cleanupsEnqueued *prometheus.CounterVec
+}
+
+// NewMetrics returns the worker's metrics, not yet registered anywhere.
+func NewMetrics() *Metrics {
+	return &Metrics{
+		evals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_eval_attempts_total",
+			Help: "Eval attempts by outcome (passed, failed, error, no_executor, bad_payload).",
+		}, []string{"outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "evalpool_eval_duration_seconds",
+			Help:    "Time an eval attempt held its executor, by outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 4, 10),
+		}, []string{"outcome"}),
+		cleanupsEnqueued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_cleanup_enqueued_total",
+			Help: "Cleanup enqueues by path and result (enqueued, duplicate, error).",
+		}, []string{"path", "result"}),
+	}
+}
+
+func (m *Metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued}
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range m.collectors() {
+		c.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range m.collectors() {
+		c.Collect(ch)
+	}
+}

@@ -1,0 +1,467 @@
+// Package worker runs evals: the Asynq handlers for evals, cleanups and
+// reaps, the server's error handler, and the scheduler that reaps the pool.
+//
+// An eval attempt leases an executor, keeps the lease alive with a heartbeat
+// while the executor works (a lost lease cancels the call), and then enqueues
+// the cleanup for its outcome. Cleanup is wired twice on purpose: the
+// server's error handler enqueues a failure cleanup for every attempt that
+// errored or panicked, so an attempt that fails is released by both paths,
+// and with CleanupBoth every attempt is. Both paths end in the pool's
+// owner-checked release, so the second one finds the executor already back
+// (or already someone else's) and changes nothing.
+//
+// Asynq's recovery of a crashed worker's task calls no error handler, and a
+// crashed worker enqueues no cleanup: the executor it held comes back when
+// its lease expires and the periodic reap (or the next acquire) reclaims it.
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
+)
+
+// CleanupMode says which cleanups an eval attempt enqueues itself.
+type CleanupMode string
+
+const (
+	// CleanupOutcome enqueues the cleanup of the attempt's outcome: success
+	// or failure. The error handler adds a failure cleanup for failures.
+	CleanupOutcome CleanupMode = "outcome"
+	// CleanupBoth enqueues both cleanups for every attempt, the original
+	// belt and suspenders, to prove that a double release is harmless.
+	CleanupBoth CleanupMode = "both"
+)
+
+// Config configures a Worker.
+type Config struct {
+	// Redis is the client Asynq and the pool share. Required.
+	Redis redis.UniversalClient
+	// Pool is the executor pool the evals run on. Required.
+	Pool *pool.Pool
+	// Concurrency is how many tasks run at once. Defaults to 10.
+	Concurrency int
+	// Cleanup says which cleanups an attempt enqueues. Defaults to
+	// CleanupOutcome.
+	Cleanup CleanupMode
+	// LeaseTTL is the executor lease TTL of evals that name none; the lease is
+	// renewed every LeaseTTL/3. Defaults to 30 s.
+	LeaseTTL time.Duration
+	// ReapInterval is how often the pool is reaped, at most once per interval
+	// across all workers. Defaults to 10 s.
+	ReapInterval time.Duration
+	// NoExecutorDelay is the mean delay before an eval that found no free
+	// executor tries again (jittered by ±50%); such a retry does not count
+	// against the eval's retries. Defaults to 500 ms.
+	NoExecutorDelay time.Duration
+	// RetryDelay is the delay before retrying attempt n of a failed eval.
+	// Defaults to Asynq's (n⁴ + 15 + rand(30)·(n+1) seconds, from Sidekiq).
+	RetryDelay func(n int) time.Duration
+	// PollInterval is how long an idle worker waits before it looks at empty
+	// queues again, and how often due retries are moved to their queue.
+	// Defaults to 1 s.
+	PollInterval time.Duration
+	// ShutdownTimeout is how long a stopping worker waits for running tasks
+	// before it hands them back to the queue. Defaults to 10 s.
+	ShutdownTimeout time.Duration
+	// Executor calls the executors. Defaults to a zero executor.Client.
+	Executor *executor.Client
+	// Logger receives the worker's and Asynq's logs. Defaults to discarding.
+	Logger *zerolog.Logger
+	// Metrics counts evals and cleanups. Defaults to a private set.
+	Metrics *Metrics
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Redis == nil:
+		return errors.New("worker: Config.Redis is required")
+	case c.Pool == nil:
+		return errors.New("worker: Config.Pool is required")
+	case c.Concurrency < 0:
+		return fmt.Errorf("worker: concurrency may not be negative, got %d", c.Concurrency)
+	case c.Cleanup != "" && c.Cleanup != CleanupOutcome && c.Cleanup != CleanupBoth:
+		return fmt.Errorf("worker: cleanup must be %q or %q, got %q", CleanupOutcome, CleanupBoth, c.Cleanup)
+	case c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < 10*time.Millisecond:
+		return fmt.Errorf("worker: lease TTL must be at least 10ms, got %s", c.LeaseTTL)
+	case c.ReapInterval < 0, c.NoExecutorDelay < 0, c.ShutdownTimeout < 0, c.PollInterval < 0:
+		return errors.New("worker: intervals and timeouts may not be negative")
+	}
+	return nil
+}
+
+func (c *Config) withDefaults() {
+	if c.Concurrency == 0 {
+		c.Concurrency = 10
+	}
+	if c.Cleanup == "" {
+		c.Cleanup = CleanupOutcome
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = tasks.DefaultLeaseTTL
+	}
+	if c.ReapInterval == 0 {
+		c.ReapInterval = 10 * time.Second
+	}
+	if c.NoExecutorDelay == 0 {
+		c.NoExecutorDelay = 500 * time.Millisecond
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = time.Second
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.Executor == nil {
+		c.Executor = &executor.Client{}
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics()
+	}
+}
+
+// Worker processes evalpool's tasks.
+type Worker struct {
+	cfg    Config
+	log    zerolog.Logger
+	client *asynq.Client
+
+	// panicked holds the lease of each attempt that panicked, by task ID,
+	// for the error handler: a panic carries no error value of ours.
+	panicked sync.Map
+}
+
+// New returns a worker; Run starts it.
+func New(cfg Config) (*Worker, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.withDefaults()
+	w := &Worker{cfg: cfg, log: zerolog.Nop(), client: asynq.NewClientFromRedisClient(cfg.Redis)}
+	if cfg.Logger != nil {
+		w.log = *cfg.Logger
+	}
+	return w, nil
+}
+
+// Handler routes each task type to its handler.
+func (w *Worker) Handler() asynq.Handler {
+	mux := asynq.NewServeMux()
+	mux.HandleFunc(tasks.TypeEval, w.handleEval)
+	mux.HandleFunc(tasks.TypeCleanupSuccess, w.handleCleanup)
+	mux.HandleFunc(tasks.TypeCleanupFailure, w.handleCleanup)
+	mux.HandleFunc(tasks.TypeReap, w.handleReap)
+	return mux
+}
+
+// Run processes tasks until ctx is done, then shuts down gracefully: running
+// evals get ShutdownTimeout to finish; those that do not go back to the
+// queue, and their leases, still valid, bring the retry back to the same
+// executor. Run fails at once if Redis cannot be reached.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.cfg.Redis.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("worker: redis: %w", err)
+	}
+	logger := asynqLogger{w.log}
+	srv := asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
+		Concurrency:              w.cfg.Concurrency,
+		BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
+		Queues:                   map[string]int{tasks.QueueMaintenance: 3, tasks.QueueCleanup: 2, tasks.QueueEvals: 1},
+		StrictPriority:           true,
+		IsFailure:                func(err error) bool { return !errors.Is(err, pool.ErrNoExecutor) },
+		RetryDelayFunc:           w.retryDelay,
+		ErrorHandler:             asynq.ErrorHandlerFunc(w.handleError),
+		Logger:                   logger,
+		TaskCheckInterval:        w.cfg.PollInterval,
+		DelayedTaskCheckInterval: w.cfg.PollInterval,
+		ShutdownTimeout:          w.cfg.ShutdownTimeout,
+	})
+	reap, err := tasks.NewReap(w.cfg.Pool.Name())
+	if err != nil {
+		return err
+	}
+	sched := asynq.NewSchedulerFromRedisClient(w.cfg.Redis, &asynq.SchedulerOpts{
+		Logger: logger,
+		EnqueueErrorHandler: func(_ *asynq.Task, _ []asynq.Option, err error) {
+			if !errors.Is(err, asynq.ErrDuplicateTask) {
+				w.log.Warn().Err(err).Msg("reap not scheduled")
+			}
+		},
+	})
+	if _, err := sched.Register(fmt.Sprintf("@every %s", w.cfg.ReapInterval), reap, asynq.Unique(w.cfg.ReapInterval)); err != nil {
+		return fmt.Errorf("worker: schedule reap: %w", err)
+	}
+	if err := srv.Start(w.Handler()); err != nil {
+		return fmt.Errorf("worker: start: %w", err)
+	}
+	if err := sched.Start(); err != nil {
+		srv.Shutdown()
+		return fmt.Errorf("worker: start scheduler: %w", err)
+	}
+	w.log.Info().Str("pool", w.cfg.Pool.Name()).Int("concurrency", w.cfg.Concurrency).
+		Str("cleanup", string(w.cfg.Cleanup)).Dur("lease_ttl", w.cfg.LeaseTTL).Msg("worker started")
+	<-ctx.Done()
+	w.log.Info().Msg("worker stopping")
+	sched.Shutdown()
+	srv.Shutdown()
+	w.log.Info().Msg("worker stopped")
+	return nil
+}
+
+// Close releases the worker's Asynq client; the Redis client is the
+// caller's.
+func (w *Worker) Close() error { return w.client.Close() }
+
+func (w *Worker) retryDelay(n int, err error, t *asynq.Task) time.Duration {
+	if errors.Is(err, pool.ErrNoExecutor) {
+		d := w.cfg.NoExecutorDelay
+		return d/2 + rand.N(d)
+	}
+	if w.cfg.RetryDelay != nil {
+		return w.cfg.RetryDelay(n)
+	}
+	return asynq.DefaultRetryDelayFunc(n, err, t)
+}
+
+// AttemptError is the error of an eval attempt that held a lease: the error
+// handler reads the lease from it to enqueue its failure cleanup.
+type AttemptError struct {
+	Lease pool.Lease
+	Err   error
+}
+
+func (e *AttemptError) Error() string { return e.Err.Error() }
+func (e *AttemptError) Unwrap() error { return e.Err }
+
+// EvalResult is what a finished eval writes with Asynq's ResultWriter.
+type EvalResult struct {
+	EvalID   string          `json:"eval_id"`
+	Executor string          `json:"executor"`
+	Fence    int64           `json:"fence"`
+	Attempt  int             `json:"attempt"`
+	Status   string          `json:"status"`
+	Score    *float64        `json:"score,omitempty"`
+	Output   json.RawMessage `json:"output,omitempty"`
+	Duration float64         `json:"duration_seconds"`
+}
+
+func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
+	e, err := tasks.ParseEval(t.Payload())
+	if err != nil {
+		w.cfg.Metrics.evals.WithLabelValues("bad_payload").Inc()
+		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
+	}
+	ttl := e.LeaseTTL(w.cfg.LeaseTTL)
+	lease, err := w.cfg.Pool.Acquire(ctx, e.ID, ttl)
+	if errors.Is(err, pool.ErrNoExecutor) {
+		w.cfg.Metrics.evals.WithLabelValues("no_executor").Inc()
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("eval %s: %w", e.ID, err)
+	}
+	taskID, _ := asynq.GetTaskID(ctx)
+	defer func() {
+		if r := recover(); r != nil {
+			w.panicked.Store(taskID, lease)
+			panic(r)
+		}
+	}()
+	attempt, _ := asynq.GetRetryCount(ctx)
+	log := w.log.With().Str("eval", e.ID).Str("executor", lease.URL).Int64("fence", lease.Fence).Int("attempt", attempt).Logger()
+	log.Debug().Bool("reentered", lease.Reentered).Msg("eval leased an executor")
+
+	start := time.Now()
+	res, runErr := w.runOnLease(ctx, e, lease, ttl)
+	took := time.Since(start)
+	if runErr == nil {
+		runErr = w.writeResult(t, EvalResult{
+			EvalID: e.ID, Executor: lease.URL, Fence: lease.Fence, Attempt: attempt,
+			Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(),
+		})
+	}
+	outcome := res.Status
+	if runErr != nil {
+		outcome = "error"
+		log.Warn().Err(runErr).Dur("took", took).Msg("eval attempt failed")
+	} else {
+		log.Info().Str("status", res.Status).Dur("took", took).Msg("eval done")
+	}
+	w.cfg.Metrics.evals.WithLabelValues(outcome).Inc()
+	w.cfg.Metrics.duration.WithLabelValues(outcome).Observe(took.Seconds())
+
+	c := tasks.Cleanup{EvalID: e.ID, URL: lease.URL, Token: lease.Token, Fence: lease.Fence}
+	if runErr == nil || w.cfg.Cleanup == CleanupBoth {
+		c.Path = tasks.PathSuccess
+		w.enqueueCleanup(ctx, tasks.TypeCleanupSuccess, c)
+	}
+	if runErr != nil || w.cfg.Cleanup == CleanupBoth {
+		c.Path = tasks.PathFailure
+		if runErr != nil {
+			c.Error = runErr.Error()
+		}
+		w.enqueueCleanup(ctx, tasks.TypeCleanupFailure, c)
+	}
+	if runErr != nil {
+		return &AttemptError{Lease: lease, Err: runErr}
+	}
+	return nil
+}
+
+// runOnLease calls the executor while a heartbeat renews the lease every
+// ttl/3. A lease that is lost, or that cannot be renewed before its
+// deadline, cancels the call: the executor may be someone else's by then.
+func (w *Worker) runOnLease(ctx context.Context, e tasks.Eval, lease pool.Lease, ttl time.Duration) (executor.Result, error) {
+	callCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	beat := make(chan struct{})
+	go func() {
+		defer close(beat)
+		w.heartbeat(callCtx, cancel, lease, ttl)
+	}()
+	res, err := w.cfg.Executor.Run(callCtx, lease.URL, executor.Request{EvalID: e.ID, Fence: lease.Fence, Spec: e.Spec})
+	lost := context.Cause(callCtx)
+	cancel(nil)
+	<-beat
+	if err != nil && errors.Is(lost, pool.ErrLeaseLost) {
+		return res, fmt.Errorf("eval %s: %w", e.ID, lost)
+	}
+	if err != nil {
+		return res, fmt.Errorf("eval %s: %w", e.ID, err)
+	}
+	return res, nil
+}
+
+func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, lease pool.Lease, ttl time.Duration) {
+	tick := time.NewTicker(ttl / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		renewed, err := w.cfg.Pool.Renew(ctx, lease, ttl)
+		switch {
+		case err == nil:
+			lease = renewed
+		case errors.Is(err, pool.ErrLeaseLost):
+			cancel(err)
+			return
+		case ctx.Err() != nil:
+			return
+		case time.Now().After(lease.Deadline):
+			cancel(fmt.Errorf("%w: %s could not be renewed before its deadline: %w", pool.ErrLeaseLost, lease.URL, err))
+			return
+		default:
+			w.log.Warn().Err(err).Str("executor", lease.URL).Str("eval", lease.EvalID).Msg("lease renew failed; retrying")
+		}
+	}
+}
+
+func (w *Worker) writeResult(t *asynq.Task, r EvalResult) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("eval %s: encode result: %w", r.EvalID, err)
+	}
+	if _, err := t.ResultWriter().Write(b); err != nil {
+		return fmt.Errorf("eval %s: write result: %w", r.EvalID, err)
+	}
+	return nil
+}
+
+// enqueueCleanup enqueues a cleanup even when the attempt's context is done
+// (a timeout is a failure that needs its cleanup most). A duplicate, same
+// path, eval and lease, is refused by its task ID: that is success.
+func (w *Worker) enqueueCleanup(ctx context.Context, typ string, c tasks.Cleanup) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	t, err := tasks.NewCleanup(typ, c)
+	if err == nil {
+		_, err = w.client.EnqueueContext(ctx, t)
+	}
+	switch {
+	case err == nil:
+		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Path, "enqueued").Inc()
+	case errors.Is(err, asynq.ErrTaskIDConflict):
+		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Path, "duplicate").Inc()
+	default:
+		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Path, "error").Inc()
+		w.log.Error().Err(err).Str("eval", c.EvalID).Str("executor", c.URL).Str("path", c.Path).
+			Msg("cleanup not enqueued; the lease will be reclaimed at its deadline")
+	}
+}
+
+// handleError is the second cleanup path: every eval attempt that failed
+// while holding a lease, by error or panic, gets a failure cleanup.
+func (w *Worker) handleError(ctx context.Context, t *asynq.Task, err error) {
+	if t.Type() != tasks.TypeEval {
+		return
+	}
+	var lease pool.Lease
+	var ae *AttemptError
+	if errors.As(err, &ae) {
+		lease = ae.Lease
+	} else if taskID, ok := asynq.GetTaskID(ctx); ok {
+		v, found := w.panicked.LoadAndDelete(taskID)
+		if !found {
+			return // failed before it held a lease: nothing to release
+		}
+		lease = v.(pool.Lease)
+	}
+	if lease.Token == "" {
+		return
+	}
+	w.enqueueCleanup(ctx, tasks.TypeCleanupFailure, tasks.Cleanup{
+		EvalID: lease.EvalID, URL: lease.URL, Token: lease.Token, Fence: lease.Fence,
+		Path: tasks.PathErrorHandler, Error: err.Error(),
+	})
+}
+
+func (w *Worker) handleCleanup(ctx context.Context, t *asynq.Task) error {
+	c, err := tasks.ParseCleanup(t.Payload())
+	if err != nil {
+		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
+	}
+	r, err := w.cfg.Pool.Release(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID, Fence: c.Fence}, c.Path)
+	if err != nil {
+		return fmt.Errorf("cleanup of eval %s: %w", c.EvalID, err)
+	}
+	w.log.Debug().Str("eval", c.EvalID).Str("executor", c.URL).Str("path", c.Path).Str("outcome", string(r.Outcome)).Msg("cleanup")
+	return nil
+}
+
+func (w *Worker) handleReap(ctx context.Context, t *asynq.Task) error {
+	if _, err := tasks.ParseReap(t.Payload()); err != nil {
+		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
+	}
+	n, ran, err := w.cfg.Pool.ReapEvery(ctx, w.cfg.ReapInterval)
+	if err != nil {
+		return err
+	}
+	if ran && n > 0 {
+		w.log.Info().Int("reclaimed", n).Msg("reaped expired leases")
+	}
+	return nil
+}
+
+// asynqLogger adapts zerolog to Asynq's Logger.
+type asynqLogger struct{ l zerolog.Logger }
+
+func (a asynqLogger) Debug(args ...any) { a.l.Debug().Str("component", "asynq").Msg(fmt.Sprint(args...)) }
+func (a asynqLogger) Info(args ...any)  { a.l.Info().Str("component", "asynq").Msg(fmt.Sprint(args...)) }
+func (a asynqLogger) Warn(args ...any)  { a.l.Warn().Str("component", "asynq").Msg(fmt.Sprint(args...)) }
+func (a asynqLogger) Error(args ...any) { a.l.Error().Str("component", "asynq").Msg(fmt.Sprint(args...)) }
+func (a asynqLogger) Fatal(args ...any) { a.l.Fatal().Str("component", "asynq").Msg(fmt.Sprint(args...)) }
