@@ -235,6 +235,18 @@ func (w *Worker) retryDelay(n int, err error, t *asynq.Task) time.Duration {
 	return asynq.DefaultRetryDelayFunc(n, err, t)
 }
 
+// ExponentialBackoff returns a RetryDelay that starts at base and doubles
+// per retry, up to limit, with ±25% jitter so that retries spread out.
+func ExponentialBackoff(base, limit time.Duration) func(n int) time.Duration {
+	return func(n int) time.Duration {
+		d := limit
+		if n < 32 && base<<n > 0 && base<<n < limit {
+			d = base << n
+		}
+		return d*3/4 + rand.N(d/2+1)
+	}
+}
+
 // AttemptError is the error of an eval attempt that held a lease: the error
 // handler reads the lease from it to enqueue its failure cleanup.
 type AttemptError struct {

@@ -65,7 +65,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch {
 	case errors.As(err, &ue), errors.Is(err, pool.ErrInvalid):
 		return exitUsage
-	case errors.Is(err, pool.ErrNoExecutor), errors.Is(err, errCheckFailed):
+	case errors.Is(err, pool.ErrNoExecutor), errors.Is(err, errCheckFailed), errors.Is(err, errNotFinished):
 		return exitNone
 	default:
 		return exitError
@@ -109,7 +109,7 @@ func (a *app) rootCommand() *cobra.Command {
 	f.StringVar(&a.poolName, "pool", envOr("EVALPOOL_POOL", pool.DefaultName), "pool name (env EVALPOOL_POOL)")
 	f.StringVar(&a.logFormat, "log-format", "json", "log format: json or console")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.poolCommand())
+	root.AddCommand(a.poolCommand(), a.workerCommand(), a.enqueueCommand(), a.evalCommand(), a.executorCommand())
 	return root
 }
 
@@ -164,7 +164,6 @@ func (a *app) redis() (redis.UniversalClient, error) {
 		return nil, usagef("--redis %q: %w", a.redisURL, err)
 	}
 	opt.DialTimeout = 2 * time.Second
-	opt.MaxRetries = 1
 	a.client = redis.NewClient(opt)
 	return a.client, nil
 }

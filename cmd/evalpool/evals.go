@@ -1,0 +1,357 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hibiken/asynq"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/evalpool/evalpool/tasks"
+	"github.com/evalpool/evalpool/worker"
+)
+
+// errEvalsFailed is returned by a wait whose evals did not all complete.
+var errEvalsFailed = errors.New("evals failed")
+
+// errNotFinished is returned by `eval result` for an eval still running.
+var errNotFinished = errors.New("eval not finished")
+
+func (a *app) enqueueCommand() *cobra.Command {
+	var (
+		spec, file string
+		count      int
+		wait       bool
+		timeout    time.Duration
+		leaseTTL   time.Duration
+		maxRetry   int
+	)
+	c := &cobra.Command{
+		Use:   "enqueue (--spec JSON [--count N] | --file evals.jsonl)",
+		Short: "Enqueue evals and print their IDs; --wait follows them to the end",
+		Long: `Enqueue evals and print their IDs, one per line.
+
+--file reads JSON Lines: one {"eval_id"?: ID, "spec": ANY} object per line
+(blank lines are skipped). Every line is checked before anything is
+enqueued: a malformed line rejects the whole file, naming the line.
+An eval whose ID is already enqueued is left as it is and reported.`,
+		Args: positional(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if (spec == "") == (file == "") {
+				return usagef("give exactly one of --spec and --file")
+			}
+			if count < 1 {
+				return usagef("--count must be at least 1, got %d", count)
+			}
+			if timeout < time.Second {
+				return usagef("--timeout must be at least 1s, got %s", timeout)
+			}
+			if leaseTTL != 0 && leaseTTL < 10*time.Millisecond {
+				return usagef("--lease-ttl must be at least 10ms, got %s", leaseTTL)
+			}
+			var evals []tasks.Eval
+			var err error
+			if file != "" {
+				evals, err = readEvalFile(file)
+			} else {
+				evals, err = specEvals(spec, count)
+			}
+			if err != nil {
+				return err
+			}
+			opts := tasks.EvalOptions{MaxRetry: maxRetry, NoRetry: maxRetry == 0}
+			batch := make([]*asynq.Task, len(evals))
+			for i := range evals {
+				evals[i].TimeoutS = tasks.TimeoutSeconds(timeout)
+				evals[i].LeaseTTLMs = leaseTTL.Milliseconds()
+				if batch[i], err = tasks.NewEval(evals[i], opts); err != nil {
+					return fmt.Errorf("eval %d of %d: %w", i+1, len(evals), err)
+				}
+			}
+			client, err := a.redis()
+			if err != nil {
+				return err
+			}
+			aq := asynq.NewClientFromRedisClient(client)
+			defer aq.Close()
+			ids := make([]string, 0, len(evals))
+			for i, t := range batch {
+				_, err := aq.EnqueueContext(c.Context(), t)
+				switch {
+				case errors.Is(err, asynq.ErrTaskIDConflict):
+					fmt.Fprintf(a.stderr, "eval %s is already enqueued; left as it is\n", evals[i].ID)
+				case err != nil:
+					return fmt.Errorf("enqueue eval %s (%d of %d; those before it are enqueued): %w", evals[i].ID, i+1, len(evals), err)
+				}
+				ids = append(ids, evals[i].ID)
+				fmt.Fprintln(a.stdout, evals[i].ID)
+			}
+			if !wait {
+				return nil
+			}
+			return a.waitEvals(c.Context(), ids)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&spec, "spec", "", "the eval's spec: any JSON the executor understands")
+	f.StringVar(&file, "file", "", "JSON Lines file of evals ({\"eval_id\"?, \"spec\"} per line)")
+	f.IntVar(&count, "count", 1, "with --spec: how many evals to enqueue")
+	f.BoolVar(&wait, "wait", false, "wait for every eval to finish, with a progress bar; exit 1 if any failed")
+	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
+	f.DurationVar(&leaseTTL, "lease-ttl", 0, "executor lease TTL; 0 uses the worker's --lease-ttl")
+	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt")
+	return c
+}
+
+func specEvals(spec string, count int) ([]tasks.Eval, error) {
+	if !json.Valid([]byte(spec)) {
+		return nil, fmt.Errorf("%w: --spec is not valid JSON", tasks.ErrBadPayload)
+	}
+	evals := make([]tasks.Eval, count)
+	for i := range evals {
+		evals[i] = tasks.Eval{ID: uuid.NewString(), Spec: json.RawMessage(spec)}
+	}
+	return evals, nil
+}
+
+// readEvalFile reads a JSON Lines file of evals, all or nothing.
+func readEvalFile(path string) ([]tasks.Eval, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var evals []tasks.Eval
+	seen := map[string]int{}
+	r := bufio.NewReader(f)
+	for n := 1; ; n++ {
+		line, err := r.ReadBytes('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
+		}
+		if len(line) > tasks.MaxSpecBytes+1024 {
+			return nil, fmt.Errorf("%s:%d: line is %d bytes, more than a spec may be", path, n, len(line))
+		}
+		if trimmed := bytes.TrimSpace(line); len(trimmed) > 0 {
+			var e struct {
+				ID   string          `json:"eval_id"`
+				Spec json.RawMessage `json:"spec"`
+			}
+			dec := json.NewDecoder(bytes.NewReader(trimmed))
+			dec.DisallowUnknownFields()
+			if derr := dec.Decode(&e); derr != nil || dec.More() {
+				if derr == nil {
+					derr = errors.New("trailing data after the object")
+				}
+				return nil, fmt.Errorf("%s:%d: %w: want {\"eval_id\"?, \"spec\"}: %w", path, n, tasks.ErrBadPayload, derr)
+			}
+			if len(e.Spec) == 0 || string(e.Spec) == "null" {
+				return nil, fmt.Errorf("%s:%d: %w: \"spec\" is missing", path, n, tasks.ErrBadPayload)
+			}
+			if e.ID == "" {
+				e.ID = uuid.NewString()
+			}
+			if prev, dup := seen[e.ID]; dup {
+				return nil, fmt.Errorf("%s:%d: %w: eval ID %q already used on line %d", path, n, tasks.ErrBadPayload, e.ID, prev)
+			}
+			seen[e.ID] = n
+			evals = append(evals, tasks.Eval{ID: e.ID, Spec: e.Spec})
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+	}
+	if len(evals) == 0 {
+		return nil, fmt.Errorf("%s: %w: no evals in the file", path, tasks.ErrBadPayload)
+	}
+	return evals, nil
+}
+
+func (a *app) evalCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "eval",
+		Short: "Look at evals by ID",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  group,
+	}
+	var asJSON bool
+	status := &cobra.Command{
+		Use:   "status ID...",
+		Short: "Show each eval's state, retries and last error",
+		Args:  positional(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, ids []string) error {
+			insp, err := a.inspector()
+			if err != nil {
+				return err
+			}
+			infos := make([]evalInfo, 0, len(ids))
+			for _, id := range ids {
+				info, err := lookupEval(insp, id)
+				if err != nil {
+					return err
+				}
+				infos = append(infos, info)
+			}
+			if asJSON {
+				return a.printJSON(infos)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "EVAL\tSTATE\tRETRIED\tLAST ERROR")
+			for _, i := range infos {
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", i.ID, i.State, i.Retried, i.LastError)
+			}
+			return w.Flush()
+		},
+	}
+	status.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
+	result := &cobra.Command{
+		Use:   "result ID...",
+		Short: "Print each finished eval's result (JSON); exit 1 if one failed, 3 if one is not finished",
+		Args:  positional(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, ids []string) error {
+			insp, err := a.inspector()
+			if err != nil {
+				return err
+			}
+			var failed, unfinished []string
+			for _, id := range ids {
+				info, err := lookupEval(insp, id)
+				if err != nil {
+					return err
+				}
+				switch info.State {
+				case asynq.TaskStateCompleted.String():
+					fmt.Fprintln(a.stdout, string(info.Result))
+				case asynq.TaskStateArchived.String():
+					failed = append(failed, id)
+					fmt.Fprintf(a.stderr, "eval %s failed after %d retries: %s\n", id, info.Retried, info.LastError)
+				default:
+					unfinished = append(unfinished, id)
+				}
+			}
+			if len(failed) > 0 {
+				return fmt.Errorf("%w: %d of %d", errEvalsFailed, len(failed), len(ids))
+			}
+			if len(unfinished) > 0 {
+				return fmt.Errorf("%w: %s", errNotFinished, strings.Join(unfinished, ", "))
+			}
+			return nil
+		},
+	}
+	wait := &cobra.Command{
+		Use:   "wait ID...",
+		Short: "Wait for evals to finish, with a progress bar; exit 1 if any failed",
+		Args:  positional(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, ids []string) error {
+			return a.waitEvals(c.Context(), ids)
+		},
+	}
+	c.AddCommand(status, result, wait)
+	return c
+}
+
+func (a *app) inspector() (*asynq.Inspector, error) {
+	client, err := a.redis()
+	if err != nil {
+		return nil, err
+	}
+	return asynq.NewInspectorFromRedisClient(client), nil
+}
+
+// evalInfo is an eval as the CLI shows it.
+type evalInfo struct {
+	ID        string          `json:"eval_id"`
+	State     string          `json:"state"`
+	Retried   int             `json:"retried"`
+	LastError string          `json:"last_error,omitempty"`
+	Result    json.RawMessage `json:"result,omitempty"`
+}
+
+func (i evalInfo) finished() bool {
+	return i.State == asynq.TaskStateCompleted.String() || i.State == asynq.TaskStateArchived.String()
+}
+
+func lookupEval(insp *asynq.Inspector, id string) (evalInfo, error) {
+	t, err := insp.GetTaskInfo(tasks.QueueEvals, id)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		return evalInfo{}, fmt.Errorf("eval %s not found", id)
+	}
+	if err != nil {
+		return evalInfo{}, fmt.Errorf("eval %s: %w", id, err)
+	}
+	info := evalInfo{ID: id, State: t.State.String(), Retried: t.Retried, LastError: t.LastErr}
+	if len(t.Result) > 0 && json.Valid(t.Result) {
+		info.Result = t.Result
+	}
+	return info, nil
+}
+
+// waitEvals polls the evals until each is completed or archived, showing a
+// progress bar on stderr, and fails if any was archived.
+func (a *app) waitEvals(ctx context.Context, ids []string) error {
+	insp, err := a.inspector()
+	if err != nil {
+		return err
+	}
+	bar := progressbar.NewOptions(len(ids),
+		progressbar.OptionSetWriter(a.stderr),
+		progressbar.OptionSetDescription("evals"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionThrottle(200*time.Millisecond),
+	)
+	pending := append([]string(nil), ids...)
+	var passed, failed, archived int
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for len(pending) > 0 {
+		still := pending[:0]
+		for _, id := range pending {
+			info, err := lookupEval(insp, id)
+			if err != nil {
+				return err
+			}
+			if !info.finished() {
+				still = append(still, id)
+				continue
+			}
+			_ = bar.Add(1)
+			if info.State == asynq.TaskStateArchived.String() {
+				archived++
+				continue
+			}
+			var r worker.EvalResult
+			if json.Unmarshal(info.Result, &r) == nil && r.Status == "failed" {
+				failed++
+			} else {
+				passed++
+			}
+		}
+		pending = still
+		if len(pending) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait: %w (%d of %d evals still running)", context.Cause(ctx), len(pending), len(ids))
+		case <-tick.C:
+		}
+	}
+	_ = bar.Finish()
+	fmt.Fprintf(a.stderr, "\n%d evals: %d passed, %d failed, %d errored (archived)\n", len(ids), passed, failed, archived)
+	if archived > 0 {
+		return fmt.Errorf("%w: %d of %d archived; see `evalpool eval result`", errEvalsFailed, archived, len(ids))
+	}
+	return nil
+}

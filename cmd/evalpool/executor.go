@@ -1,0 +1,42 @@
+package main
+
+import (
+	"net"
+
+	"github.com/spf13/cobra"
+
+	"github.com/evalpool/evalpool/executor"
+)
+
+func (a *app) executorCommand() *cobra.Command {
+	var (
+		listen string
+		opts   executor.ServerOptions
+	)
+	c := &cobra.Command{
+		Use:   "executor --listen ADDR",
+		Short: "Run the reference executor: a command per eval, or simulated work",
+		Args:  positional(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			opts.Logger = &a.log
+			srv, err := executor.NewServer(opts)
+			if err != nil {
+				return usageError{err}
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			a.log.Info().Str("addr", l.Addr().String()).Str("exec", opts.Exec).Dur("latency", opts.Latency).
+				Float64("fail_rate", opts.FailRate).Msg("executor listening")
+			serveHTTP(c.Context(), l, srv, &a.log)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&listen, "listen", "127.0.0.1:9001", "address to listen on")
+	f.StringVar(&opts.Exec, "exec", "", "shell command run per eval: spec on stdin, JSON result on stdout")
+	f.DurationVar(&opts.Latency, "latency", 0, "simulated time per eval (without --exec)")
+	f.Float64Var(&opts.FailRate, "fail-rate", 0, "share of simulated evals that fail, 0 to 1 (without --exec)")
+	return c
+}

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/worker"
+)
+
+func (a *app) workerCommand() *cobra.Command {
+	var (
+		cfg         worker.Config
+		cleanup     string
+		metricsAddr string
+		retryDelay  time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "worker",
+		Short: "Process evals, cleanups and reaps until SIGINT or SIGTERM",
+		Args:  positional(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			client, err := a.redis()
+			if err != nil {
+				return err
+			}
+			reg := prometheus.NewRegistry()
+			poolMetrics, workerMetrics := pool.NewMetrics(), worker.NewMetrics()
+			reg.MustRegister(poolMetrics, workerMetrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			p, err := pool.New(client, pool.Options{Name: a.poolName, Logger: &a.log, Metrics: poolMetrics})
+			if err != nil {
+				return err
+			}
+			cfg.Redis, cfg.Pool, cfg.Cleanup, cfg.Logger, cfg.Metrics = client, p, worker.CleanupMode(cleanup), &a.log, workerMetrics
+			if retryDelay > 0 {
+				cfg.RetryDelay = worker.ExponentialBackoff(retryDelay, 10*time.Minute)
+			}
+			w, err := worker.New(cfg)
+			if err != nil {
+				return usageError{err}
+			}
+			defer w.Close()
+			var l net.Listener
+			if metricsAddr != "" {
+				if l, err = net.Listen("tcp", metricsAddr); err != nil {
+					return fmt.Errorf("metrics: %w", err)
+				}
+				a.log.Info().Str("addr", l.Addr().String()).Msg("metrics at /metrics")
+			}
+			ctx, stop := context.WithCancel(c.Context())
+			defer stop()
+			var wg sync.WaitGroup
+			if l != nil {
+				mux := http.NewServeMux()
+				mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+				wg.Go(func() { serveHTTP(ctx, l, mux, &a.log) })
+			}
+			err = w.Run(ctx)
+			stop()
+			wg.Wait()
+			return err
+		},
+	}
+	f := c.Flags()
+	f.IntVar(&cfg.Concurrency, "concurrency", 10, "tasks processed at once")
+	f.StringVar(&cleanup, "cleanup", string(worker.CleanupOutcome), "cleanups each eval enqueues: outcome or both")
+	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at ADDR/metrics (e.g. :9090); off when empty")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 30*time.Second, "executor lease TTL for evals that name none; renewed every TTL/3")
+	f.DurationVar(&cfg.ReapInterval, "reap-interval", 10*time.Second, "how often the pool is reaped (once per interval across workers)")
+	f.DurationVar(&cfg.PollInterval, "poll-interval", time.Second, "how often an idle worker looks at empty queues and due retries")
+	f.DurationVar(&retryDelay, "retry-delay", 0, "first retry delay of a failed eval, doubling per retry up to 10m; 0 uses Asynq's backoff (15s and up)")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a stopping worker waits for running evals")
+	return c
+}
+
+// serveHTTP serves h on l until ctx is done, then shuts down gracefully and
+// returns once the server has stopped.
+func serveHTTP(ctx context.Context, l net.Listener, h http.Handler, log *zerolog.Logger) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Str("addr", l.Addr().String()).Msg("http server failed")
+		}
+	}()
+	select {
+	case <-ctx.Done():
+	case <-done:
+		return
+	}
+	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdown)
+	<-done
+}
