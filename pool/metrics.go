@@ -1,6 +1,9 @@
 package pool
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
 
 // Metrics counts the outcomes of pool operations. One Metrics may serve many
 // Pools; register it once with a Prometheus registry.
@@ -36,6 +39,45 @@ func NewMetrics() *Metrics {
 			Help: "Expired leases reclaimed by Reap.",
 		}),
 	}
+}
+
+// Releases returns how many releases had the outcome on the path; an empty
+// outcome or path matches all. Demos and tests read the counts here.
+func (m *Metrics) Releases(outcome ReleaseOutcome, path string) float64 {
+	return sum(m.releases, map[string]string{"outcome": string(outcome), "path": path})
+}
+
+// DoubleReleases returns how many double releases came by path; an empty
+// path matches all.
+func (m *Metrics) DoubleReleases(path string) float64 {
+	return sum(m.doubles, map[string]string{"path": path})
+}
+
+// sum adds up the counters of vec whose labels match want; an empty wanted
+// value matches any.
+func sum(vec *prometheus.CounterVec, want map[string]string) float64 {
+	ch := make(chan prometheus.Metric, 64)
+	go func() {
+		vec.Collect(ch)
+		close(ch)
+	}()
+	total := 0.0
+	for m := range ch {
+		var d dto.Metric
+		if m.Write(&d) != nil {
+			continue
+		}
+		match := true
+		for _, l := range d.GetLabel() {
+			if v := want[l.GetName()]; v != "" && v != l.GetValue() {
+				match = false
+			}
+		}
+		if match {
+			total += d.GetCounter().GetValue()
+		}
+	}
+	return total
 }
 
 func (m *Metrics) collectors() []prometheus.Collector {

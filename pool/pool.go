@@ -207,20 +207,30 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]RegisterOutco
 		}
 		return []RegisterOutcome{RegisterOutcome(out)}, nil
 	}
-	if err := lua.Register.Load(ctx, p.client).Err(); err != nil {
-		return nil, fmt.Errorf("pool: register: load script: %w", err)
-	}
 	outcomes := make([]RegisterOutcome, 0, len(args))
 	for start := 0; start < len(args); start += registerChunk {
 		chunk := args[start:min(start+registerChunk, len(args))]
-		cmds, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for _, a := range chunk {
-				lua.Register.EvalSha(ctx, pipe, p.keys, a.url, a.labels)
+		var cmds []redis.Cmder
+		// A script cache flushed between the load and the pipeline fails
+		// the chunk with NOSCRIPT; registering is idempotent, so the chunk
+		// is simply sent again after a new load.
+		for attempt := 0; ; attempt++ {
+			if err := lua.Register.Load(ctx, p.client).Err(); err != nil {
+				return nil, fmt.Errorf("pool: register: load script: %w", err)
 			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("pool: register: %w", err)
+			var err error
+			cmds, err = p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+				for _, a := range chunk {
+					lua.Register.EvalSha(ctx, pipe, p.keys, a.url, a.labels)
+				}
+				return nil
+			})
+			if err == nil {
+				break
+			}
+			if attempt > 0 || !redis.HasErrorPrefix(err, "NOSCRIPT") {
+				return nil, fmt.Errorf("pool: register: %w", err)
+			}
 		}
 		for _, c := range cmds {
 			outcomes = append(outcomes, RegisterOutcome(c.(*redis.Cmd).Val().(string)))

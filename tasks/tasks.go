@@ -126,6 +126,14 @@ func validateID(id string) error {
 	return nil
 }
 
+// NoExecutorReserve is added to an eval task's MaxRetry. Asynq archives a
+// task whose retries are spent before it asks IsFailure, so without it an
+// eval on its last attempt that finds no free executor would be archived
+// instead of waiting. The worker archives an eval itself after MaxRetry real
+// failures (which are all Asynq counts in Retried), so Asynqmon shows one
+// retry more than the eval has.
+const NoExecutorReserve = 1
+
 // EvalOptions tune NewEval. The zero value is usable.
 type EvalOptions struct {
 	// MaxRetry is how many times a failed attempt is retried. Defaults to 3;
@@ -159,7 +167,7 @@ func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
 	return asynq.NewTask(TypeEval, payload,
 		asynq.Queue(QueueEvals),
 		asynq.TaskID(e.ID),
-		asynq.MaxRetry(retry),
+		asynq.MaxRetry(retry+NoExecutorReserve),
 		asynq.Timeout(e.Timeout()),
 		asynq.Retention(ResultRetention),
 	), nil

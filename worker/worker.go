@@ -21,7 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"sync"
+	"runtime/debug"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -137,10 +137,6 @@ type Worker struct {
 	cfg    Config
 	log    zerolog.Logger
 	client *asynq.Client
-
-	// panicked holds the lease of each attempt that panicked, by task ID,
-	// for the error handler: a panic carries no error value of ours.
-	panicked sync.Map
 }
 
 // New returns a worker; Run starts it.
@@ -284,11 +280,12 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	if err != nil {
 		return fmt.Errorf("eval %s: %w", e.ID, err)
 	}
-	taskID, _ := asynq.GetTaskID(ctx)
 	defer func() {
+		// A panic skips the handler's own cleanup; turned into an error that
+		// carries the lease, it still reaches the error handler's.
 		if r := recover(); r != nil {
-			w.panicked.Store(taskID, lease)
-			panic(r)
+			w.log.Error().Str("eval", e.ID).Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("eval attempt panicked")
+			err = w.attemptError(ctx, lease, fmt.Errorf("eval %s: panic: %v", e.ID, r))
 		}
 	}()
 	attempt, _ := asynq.GetRetryCount(ctx)
@@ -327,9 +324,20 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		w.enqueueCleanup(ctx, tasks.TypeCleanupFailure, c)
 	}
 	if runErr != nil {
-		return &AttemptError{Lease: lease, Err: runErr}
+		return w.attemptError(ctx, lease, runErr)
 	}
 	return nil
+}
+
+// attemptError wraps a failed attempt's error with its lease, and with
+// SkipRetry on its last attempt (see tasks.NoExecutorReserve).
+func (w *Worker) attemptError(ctx context.Context, lease pool.Lease, err error) error {
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	if retried+tasks.NoExecutorReserve >= maxRetry {
+		err = fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
+	}
+	return &AttemptError{Lease: lease, Err: err}
 }
 
 // runOnLease calls the executor while a heartbeat renews the lease every
@@ -417,25 +425,18 @@ func (w *Worker) enqueueCleanup(ctx context.Context, typ string, c tasks.Cleanup
 }
 
 // handleError is the second cleanup path: every eval attempt that failed
-// while holding a lease, by error or panic, gets a failure cleanup.
+// while holding a lease, by error or panic, gets a failure cleanup. Asynq
+// calls it for every failed attempt, after the handler returned or its
+// context ended.
 func (w *Worker) handleError(ctx context.Context, t *asynq.Task, err error) {
 	if t.Type() != tasks.TypeEval {
 		return
 	}
-	var lease pool.Lease
 	var ae *AttemptError
-	if errors.As(err, &ae) {
-		lease = ae.Lease
-	} else if taskID, ok := asynq.GetTaskID(ctx); ok {
-		v, found := w.panicked.LoadAndDelete(taskID)
-		if !found {
-			return // failed before it held a lease: nothing to release
-		}
-		lease = v.(pool.Lease)
+	if !errors.As(err, &ae) {
+		return // failed before it held a lease: nothing to release
 	}
-	if lease.Token == "" {
-		return
-	}
+	lease := ae.Lease
 	w.enqueueCleanup(ctx, tasks.TypeCleanupFailure, tasks.Cleanup{
 		EvalID: lease.EvalID, URL: lease.URL, Token: lease.Token, Fence: lease.Fence,
 		Path: tasks.PathErrorHandler, Error: err.Error(),

@@ -1,0 +1,51 @@
+package evaltest
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/evalpool/evalpool/tasks"
+)
+
+// queueInfo is a queue's counts; a queue nobody used yet counts zero.
+func queueInfo(insp *asynq.Inspector, q string) (*asynq.QueueInfo, error) {
+	queues, err := insp.Queues()
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(queues, q) {
+		return &asynq.QueueInfo{Queue: q}, nil
+	}
+	return insp.GetQueueInfo(q)
+}
+
+// WaitEvalsDone waits until n evals are finished (completed or archived) and
+// no eval or cleanup is pending, running, scheduled or waiting to retry. It
+// returns the completed and archived counts of the evals queue.
+func WaitEvalsDone(t testing.TB, insp *asynq.Inspector, n int, timeout time.Duration) (completed, archived int) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	busy := func(q *asynq.QueueInfo) int { return q.Pending + q.Active + q.Scheduled + q.Retry }
+	for {
+		evals, err := queueInfo(insp, tasks.QueueEvals)
+		if err != nil {
+			t.Fatalf("evaltest: %s queue: %v", tasks.QueueEvals, err)
+		}
+		cleanup, err := queueInfo(insp, tasks.QueueCleanup)
+		if err != nil {
+			t.Fatalf("evaltest: %s queue: %v", tasks.QueueCleanup, err)
+		}
+		completed, archived = evals.Completed, evals.Archived
+		if completed+archived == n && busy(evals) == 0 && busy(cleanup) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("evaltest: after %s, %d of %d evals finished; evals %+v; cleanup %+v", timeout, completed+archived, n, *evals, *cleanup)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return completed, archived
+}

@@ -1,0 +1,373 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
+)
+
+func TestMain(m *testing.M) { evaltest.Main(m) }
+
+type testBundle struct {
+	client      *redis.Client
+	pool        *pool.Pool
+	poolMetrics *pool.Metrics
+	metrics     *Metrics
+	logs        *evaltest.LogBuffer
+	aq          *asynq.Client
+	insp        *asynq.Inspector
+	executors   []*executor.Server
+	urls        []string
+}
+
+// setup gives the test a Redis of its own (Asynq's queues are per Redis),
+// a pool of simulated executors served over loopback HTTP, and a worker
+// configured by cfg, not yet running.
+func setup(t *testing.T, cfg Config, execs ...executor.ServerOptions) (*Worker, *testBundle) {
+	t.Helper()
+	srv := evaltest.StartT(t, evaltest.Options{})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	logger, logs := evaltest.Logger()
+	b := &testBundle{client: client, logs: logs, poolMetrics: pool.NewMetrics(), metrics: NewMetrics()}
+	var err error
+	if b.pool, err = pool.New(client, pool.Options{Name: "test", Logger: logger, Metrics: b.poolMetrics}); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range execs {
+		s, err := executor.NewServer(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts := httptest.NewServer(s)
+		t.Cleanup(ts.Close)
+		b.executors, b.urls = append(b.executors, s), append(b.urls, ts.URL)
+	}
+	for _, u := range b.urls {
+		if _, err := b.pool.Register(t.Context(), pool.Executor{URL: u}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.aq = asynq.NewClientFromRedisClient(client)
+	t.Cleanup(func() { _ = b.aq.Close() })
+	b.insp = asynq.NewInspectorFromRedisClient(client)
+	cfg.Redis, cfg.Pool, cfg.Logger, cfg.Metrics = client, b.pool, logger, b.metrics
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 20 * time.Millisecond
+	}
+	if cfg.NoExecutorDelay == 0 {
+		cfg.NoExecutorDelay = 20 * time.Millisecond
+	}
+	if cfg.RetryDelay == nil {
+		cfg.RetryDelay = func(int) time.Duration { return 10 * time.Millisecond }
+	}
+	w, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	return w, b
+}
+
+// start runs the worker until the test ends.
+func start(t *testing.T, w *Worker) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	})
+}
+
+func enqueueEvals(t *testing.T, b *testBundle, n int, opts tasks.EvalOptions, timeout time.Duration) []string {
+	t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("eval-%04d", i)
+		task, err := tasks.NewEval(tasks.Eval{ID: ids[i], Spec: json.RawMessage(`{"n":1}`), TimeoutS: tasks.TimeoutSeconds(timeout)}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.aq.EnqueueContext(t.Context(), task); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ids
+}
+
+// assertPoolWhole fails unless Check is clean and every executor is
+// available exactly once.
+func assertPoolWhole(t *testing.T, b *testBundle) {
+	t.Helper()
+	if _, err := b.pool.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	vs, err := b.pool.Check(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		t.Errorf("violation: %s", v)
+	}
+	st, err := b.pool.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Counts[pool.StateAvailable] != len(b.urls) || len(st.Executors) != len(b.urls) {
+		t.Fatalf("pool: %v of %d executors, want all available once", st.Counts, len(b.urls))
+	}
+	for _, e := range st.Executors {
+		if e.InAvailable != 1 {
+			t.Errorf("%s is in the available set %d times", e.URL, e.InAvailable)
+		}
+	}
+}
+
+func assertNoOverlap(t *testing.T, b *testBundle) {
+	t.Helper()
+	for i, s := range b.executors {
+		if st := s.Stats(); st.Overlaps != 0 {
+			t.Errorf("executor %s saw %d overlapping evals: double booking", b.urls[i], st.Overlaps)
+		}
+	}
+}
+
+func releases(b *testBundle, outcome pool.ReleaseOutcome, path string) float64 {
+	return b.poolMetrics.Releases(outcome, path)
+}
+
+// The talk's test_double_callback_resilience at worker level: both cleanup
+// handlers run for one lease through a real Asynq server.
+func TestBothCleanupsForOneLease(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{}, executor.ServerOptions{})
+	lease, err := b.pool.Acquire(t.Context(), "eval-1", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tasks.Cleanup{EvalID: "eval-1", URL: lease.URL, Token: lease.Token, Fence: lease.Fence}
+	for _, typ := range []string{tasks.TypeCleanupSuccess, tasks.TypeCleanupFailure} {
+		c.Path = map[string]string{tasks.TypeCleanupSuccess: tasks.PathSuccess, tasks.TypeCleanupFailure: tasks.PathFailure}[typ]
+		task, err := tasks.NewCleanup(typ, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 { // the second enqueue of the same cleanup is absorbed by its task ID
+			if _, err := b.aq.EnqueueContext(t.Context(), task); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+				t.Fatal(err)
+			}
+		}
+	}
+	start(t, w)
+	evaltest.Eventually(t, 10*time.Second, "cleanups never ran", func() bool {
+		q, err := b.insp.GetQueueInfo(tasks.QueueCleanup)
+		return err == nil && q.Completed == 2
+	})
+	released, absorbed := releases(b, pool.Released, ""), releases(b, pool.AlreadyInPool, "")
+	if released != 1 || absorbed != 1 {
+		t.Fatalf("released %v, already_in_pool %v; want 1 and 1", released, absorbed)
+	}
+	if n := b.logs.Count("double release detected"); n != 1 {
+		t.Fatalf("%d double release log lines, want 1", n)
+	}
+	assertPoolWhole(t, b)
+}
+
+// End to end in-process: three simulated executors failing 20% of evals,
+// both cleanups for every eval.
+func TestEvalsWithBothCleanups(t *testing.T) {
+	t.Parallel()
+	sim := executor.ServerOptions{Latency: 2 * time.Millisecond, FailRate: 0.2}
+	w, b := setup(t, Config{Cleanup: CleanupBoth, Concurrency: 6}, sim, sim, sim)
+	start(t, w)
+	ids := enqueueEvals(t, b, 60, tasks.EvalOptions{MaxRetry: 2}, time.Minute)
+	completed, archived := evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute)
+	t.Logf("completed %d, archived %d", completed, archived)
+	if completed == 0 {
+		t.Fatal("no eval completed")
+	}
+	for _, id := range ids {
+		info, err := b.insp.GetTaskInfo(tasks.QueueEvals, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch info.State {
+		case asynq.TaskStateCompleted:
+			var r EvalResult
+			if err := json.Unmarshal(info.Result, &r); err != nil || r.EvalID != id || r.Status != executor.StatusPassed {
+				t.Errorf("eval %s result %s: %v", id, info.Result, err)
+			}
+		case asynq.TaskStateArchived:
+			if !strings.Contains(info.LastErr, "simulated failure") {
+				t.Errorf("eval %s archived with %q", id, info.LastErr)
+			}
+		default:
+			t.Errorf("eval %s ended %s", id, info.State)
+		}
+	}
+	if b.poolMetrics.DoubleReleases("") == 0 {
+		t.Fatal("no double release: the cleanup paths were not both exercised")
+	}
+	assertPoolWhole(t, b)
+	assertNoOverlap(t, b)
+}
+
+func TestBadPayloadIsArchivedAtOnce(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{}, executor.ServerOptions{})
+	start(t, w)
+	for i, payload := range []string{`not json`, `{"eval_id":"x"}`, `{"eval_id":"x","spec":{},"timeout_s":0}`, `{"eval_id":"x y","spec":{},"timeout_s":1}`} {
+		task := asynq.NewTask(tasks.TypeEval, []byte(payload), asynq.Queue(tasks.QueueEvals), asynq.MaxRetry(5), asynq.TaskID(fmt.Sprint("bad-", i)))
+		if _, err := b.aq.EnqueueContext(t.Context(), task); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evaltest.WaitEvalsDone(t, b.insp, 4, 10*time.Second)
+	for i := range 4 {
+		info, err := b.insp.GetTaskInfo(tasks.QueueEvals, fmt.Sprint("bad-", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State != asynq.TaskStateArchived || info.Retried != 0 || !strings.Contains(info.LastErr, "bad payload") {
+			t.Errorf("bad payload %d: %s after %d retries, %q; want archived at once", i, info.State, info.Retried, info.LastErr)
+		}
+	}
+	assertPoolWhole(t, b)
+}
+
+// No free executor: the eval waits without spending its retry budget.
+func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{}, executor.ServerOptions{})
+	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, w)
+	enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	evaltest.Eventually(t, 10*time.Second, "eval never found the pool empty", func() bool {
+		return testutil.ToFloat64(b.metrics.evals.WithLabelValues("no_executor")) >= 3
+	})
+	if _, err := b.pool.Release(t.Context(), hog, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second); completed != 1 {
+		t.Fatal("eval with no retries did not complete after waiting for an executor")
+	}
+	assertPoolWhole(t, b)
+}
+
+// A lease taken over (here by a newer attempt of the same eval) cancels the
+// executor call at the next heartbeat, long before the executor answers.
+func TestLostLeaseCancelsTheCall(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{LeaseTTL: 150 * time.Millisecond}, executor.ServerOptions{Latency: time.Hour})
+	start(t, w)
+	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Hour)
+	evaltest.Eventually(t, 10*time.Second, "eval never reached the executor", func() bool { return b.executors[0].Stats().Running })
+	newer, err := b.pool.Acquire(t.Context(), ids[0], time.Minute)
+	if err != nil || !newer.Reentered {
+		t.Fatalf("take-over acquire: %+v, %v", newer, err)
+	}
+	evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second)
+	info, err := b.insp.GetTaskInfo(tasks.QueueEvals, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != asynq.TaskStateArchived || !strings.Contains(info.LastErr, "lease lost") {
+		t.Fatalf("eval %s: %q, want archived with the lease lost", info.State, info.LastErr)
+	}
+	// Its cleanups were stale: the newer holder keeps the executor.
+	if got := releases(b, pool.StaleLease, tasks.PathFailure); got != 1 {
+		t.Fatalf("stale failure cleanups = %v, want 1", got)
+	}
+	if _, err := b.pool.Renew(t.Context(), newer, time.Minute); err != nil {
+		t.Fatalf("the newer holder lost its lease: %v", err)
+	}
+	if _, err := b.pool.Release(t.Context(), newer, "test"); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Eventually(t, 5*time.Second, "executor still running the cancelled eval", func() bool { return !b.executors[0].Stats().Running })
+	assertPoolWhole(t, b)
+}
+
+// panickingTransport stands for a bug anywhere under the handler.
+type panickingTransport struct{}
+
+func (panickingTransport) RoundTrip(*http.Request) (*http.Response, error) { panic("bug in transport") }
+
+// A panicking attempt carries no error of ours: the error handler still
+// finds its lease and releases it.
+func TestPanicIsCleanedUpByTheErrorHandler(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{Executor: &executor.Client{HTTP: &http.Client{Transport: panickingTransport{}}}}, executor.ServerOptions{})
+	start(t, w)
+	enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	if _, archived := evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second); archived != 1 {
+		t.Fatal("panicking eval not archived")
+	}
+	if got := releases(b, pool.Released, tasks.PathErrorHandler); got != 1 {
+		t.Fatalf("error-handler releases = %v, want 1", got)
+	}
+	assertPoolWhole(t, b)
+}
+
+// A dead executor fails its attempts with a clear error; the retries land
+// on live executors and the pool stays whole.
+func TestDeadExecutor(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{Concurrency: 4}, executor.ServerOptions{}, executor.ServerOptions{})
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close() // nothing listens there any more
+	if _, err := b.pool.Register(t.Context(), pool.Executor{URL: dead.URL}); err != nil {
+		t.Fatal(err)
+	}
+	start(t, w)
+	ids := enqueueEvals(t, b, 30, tasks.EvalOptions{MaxRetry: 10}, time.Minute)
+	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute); completed != len(ids) {
+		t.Fatalf("%d of %d evals completed", completed, len(ids))
+	}
+	if n := b.logs.Count("connection refused"); n == 0 {
+		t.Fatal("no attempt met the dead executor: the test proves nothing")
+	}
+	b.urls = append(b.urls, dead.URL)
+	assertPoolWhole(t, b)
+	assertNoOverlap(t, b)
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	c := redis.NewClient(&redis.Options{})
+	defer c.Close()
+	p, _ := pool.New(c, pool.Options{})
+	for _, cfg := range []Config{
+		{Pool: p},
+		{Redis: c},
+		{Redis: c, Pool: p, Cleanup: "sometimes"},
+		{Redis: c, Pool: p, LeaseTTL: time.Millisecond},
+		{Redis: c, Pool: p, Concurrency: -1},
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("New(%+v) accepted", cfg)
+		}
+	}
+}
