@@ -60,7 +60,8 @@ type Config struct {
 	// renewed every LeaseTTL/3. Defaults to 30 s.
 	LeaseTTL time.Duration
 	// ReapInterval is how often the pool is reaped, at most once per interval
-	// across all workers. Defaults to 10 s.
+	// across all workers: whole seconds, at least 1 s (the scheduler's cron
+	// and Asynq's uniqueness both count in seconds). Defaults to 10 s.
 	ReapInterval time.Duration
 	// NoExecutorDelay is the mean delay before an eval that found no free
 	// executor tries again (jittered by ±50%); such a retry does not count
@@ -96,7 +97,9 @@ func (c *Config) validate() error {
 		return fmt.Errorf("worker: cleanup must be %q or %q, got %q", CleanupOutcome, CleanupBoth, c.Cleanup)
 	case c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < 10*time.Millisecond:
 		return fmt.Errorf("worker: lease TTL must be at least 10ms, got %s", c.LeaseTTL)
-	case c.ReapInterval < 0, c.NoExecutorDelay < 0, c.ShutdownTimeout < 0, c.PollInterval < 0:
+	case c.ReapInterval != 0 && (c.ReapInterval < time.Second || c.ReapInterval%time.Second != 0):
+		return fmt.Errorf("worker: reap interval must be whole seconds, at least 1s, got %s", c.ReapInterval)
+	case c.NoExecutorDelay < 0, c.ShutdownTimeout < 0, c.PollInterval < 0:
 		return errors.New("worker: intervals and timeouts may not be negative")
 	}
 	return nil
@@ -344,6 +347,14 @@ func (w *Worker) attemptError(ctx context.Context, lease pool.Lease, err error) 
 // ttl/3. A lease that is lost, or that cannot be renewed before its
 // deadline, cancels the call: the executor may be someone else's by then.
 func (w *Worker) runOnLease(ctx context.Context, e tasks.Eval, lease pool.Lease, ttl time.Duration) (executor.Result, error) {
+	if d, ok := ctx.Deadline(); ok {
+		// Give up a little before Asynq's own deadline, so that the attempt
+		// fails here, with its lease, its cleanup and its retry decision,
+		// rather than in Asynq, which would ignore what the handler returns.
+		var stop context.CancelFunc
+		ctx, stop = context.WithDeadline(ctx, d.Add(-min(time.Until(d)/10, time.Second)))
+		defer stop()
+	}
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	beat := make(chan struct{})

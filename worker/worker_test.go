@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -365,9 +367,54 @@ func TestConfigValidate(t *testing.T) {
 		{Redis: c, Pool: p, Cleanup: "sometimes"},
 		{Redis: c, Pool: p, LeaseTTL: time.Millisecond},
 		{Redis: c, Pool: p, Concurrency: -1},
+		{Redis: c, Pool: p, ReapInterval: 300 * time.Millisecond},
+		{Redis: c, Pool: p, ReapInterval: 1500 * time.Millisecond},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
 	}
+}
+
+// A real command per eval: one grades its input, one hangs and is killed at
+// the eval's deadline; the hung eval fails with a clear error and its
+// executor comes back.
+func TestExecCommandThroughTheWorker(t *testing.T) {
+	t.Parallel()
+	grader := filepath.Join(t.TempDir(), "grade.sh")
+	script := `spec=$(cat)
+case "$spec" in *hang*) sleep 300 ;; esac
+case "$spec" in *42*) s=passed ;; *) s=failed ;; esac
+printf '{"status":"%s","score":1}' "$s"
+`
+	if err := os.WriteFile(grader, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w, b := setup(t, Config{}, executor.ServerOptions{Exec: grader})
+	start(t, w)
+	for id, spec := range map[string]string{"good": `{"answer":42}`, "wrong": `{"answer":7}`, "hang": `{"hang":true}`} {
+		task, err := tasks.NewEval(tasks.Eval{ID: id, Spec: json.RawMessage(spec), TimeoutS: 1}, tasks.EvalOptions{NoRetry: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.aq.EnqueueContext(t.Context(), task); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evaltest.WaitEvalsDone(t, b.insp, 3, 30*time.Second)
+	for id, want := range map[string]string{"good": `"status":"passed"`, "wrong": `"status":"failed"`} {
+		info, err := b.insp.GetTaskInfo(tasks.QueueEvals, id)
+		if err != nil || info.State != asynq.TaskStateCompleted || !strings.Contains(string(info.Result), want) {
+			t.Errorf("eval %s: %v %s %v; want completed with %s", id, info.State, info.Result, err, want)
+		}
+	}
+	info, err := b.insp.GetTaskInfo(tasks.QueueEvals, "hang")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != asynq.TaskStateArchived || !strings.Contains(info.LastErr, "deadline") {
+		t.Fatalf("hung eval: %s %q; want archived with a deadline error", info.State, info.LastErr)
+	}
+	evaltest.Eventually(t, 5*time.Second, "executor still running the hung command", func() bool { return !b.executors[0].Stats().Running })
+	assertPoolWhole(t, b)
 }

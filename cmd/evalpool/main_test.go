@@ -3,14 +3,26 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
 )
 
-func TestMain(m *testing.M) { evaltest.Main(m) }
+// TestMain doubles as the evalpool binary: with EVALPOOL_TEST_MAIN=1 the
+// test binary runs the command line in its arguments, so that tests can run
+// real evalpool processes (and SIGKILL them) without building anything.
+func TestMain(m *testing.M) {
+	if os.Getenv("EVALPOOL_TEST_MAIN") == "1" {
+		main()
+	}
+	evaltest.Main(m)
+}
 
 type result struct {
 	code           int
@@ -123,5 +135,77 @@ func TestBadInput(t *testing.T) {
 	}
 	if n, err := client.Exists(t.Context(), "evalpool:{"+name+"}:executors").Result(); err != nil || n != 0 {
 		t.Fatalf("bad input left state behind: %d keys, %v", n, err)
+	}
+}
+
+// A malformed line rejects the whole file before anything is enqueued.
+func TestEnqueueFileIsAllOrNothing(t *testing.T) {
+	t.Parallel()
+	url := evaltest.StartT(t, evaltest.Options{}).URL()
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := `{"eval_id":"a","spec":{"q":1}}` + "\n\n" + `{"spec":[1,2]}` + "\n"
+	tests := []struct {
+		name, content, want string
+	}{
+		{"malformed", good + `{"eval_id":"c","spec":` + "\n", "bad.jsonl:4: tasks: bad payload"},
+		{"no spec", good + `{"eval_id":"c"}` + "\n", `bad.jsonl:4: tasks: bad payload: "spec" is missing`},
+		{"unknown field", good + `{"eval_id":"c","spec":1,"prio":9}` + "\n", `bad.jsonl:4: tasks: bad payload: want {"eval_id"?, "spec"}: json: unknown field "prio"`},
+		{"duplicate ID", good + `{"eval_id":"a","spec":1}` + "\n", `bad.jsonl:4: tasks: bad payload: eval ID "a" already used on line 1`},
+		{"bad ID", `{"eval_id":"has space","spec":1}`, "holds spaces"},
+		{"empty", "\n\n", "no evals in the file"},
+	}
+	for _, tt := range tests {
+		path := write("bad.jsonl", tt.content)
+		r := evalpool(t, url, "default", "enqueue", "--file", path)
+		if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, tt.want) || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%s: %+v; want exit 1, nothing on stdout, one line holding %q", tt.name, r, tt.want)
+		}
+	}
+	opt, _ := redis.ParseURL(url)
+	own := redis.NewClient(opt)
+	defer own.Close()
+	if keys, _ := own.Keys(t.Context(), "asynq:*").Result(); len(keys) != 0 {
+		t.Fatalf("rejected files left Asynq keys behind: %v", keys)
+	}
+
+	r := evalpool(t, url, "default", "enqueue", "--file", write("good.jsonl", good))
+	if r.code != 0 || len(strings.Fields(r.stdout)) != 2 || !strings.HasPrefix(r.stdout, "a\n") {
+		t.Fatalf("good file: %+v", r)
+	}
+	r = evalpool(t, url, "default", "eval", "status", "a")
+	if r.code != 0 || !strings.Contains(r.stdout, "pending") {
+		t.Fatalf("eval status: %+v", r)
+	}
+	r = evalpool(t, url, "default", "eval", "result", "a")
+	if r.code != 3 {
+		t.Fatalf("result of a pending eval: %+v, want exit 3", r)
+	}
+	r = evalpool(t, url, "default", "eval", "status", "nope")
+	if r.code != 1 || !strings.Contains(r.stderr, "eval nope not found") {
+		t.Fatalf("status of an unknown eval: %+v", r)
+	}
+	r = evalpool(t, url, "default", "enqueue", "--file", write("again.jsonl", `{"eval_id":"a","spec":{}}`))
+	if r.code != 0 || !strings.Contains(r.stderr, "eval a is already enqueued") {
+		t.Fatalf("re-enqueue: %+v", r)
+	}
+	for _, args := range [][]string{
+		{"enqueue"},
+		{"enqueue", "--spec", "{}", "--file", "x"},
+		{"enqueue", "--spec", "{}", "--count", "0"},
+		{"enqueue", "--spec", "{}", "--timeout", "300ms"},
+	} {
+		if r := evalpool(t, url, "default", args...); r.code != 2 {
+			t.Errorf("%v: %+v, want exit 2", args, r)
+		}
+	}
+	if r := evalpool(t, url, "default", "enqueue", "--spec", "{nope"); r.code != 1 || !strings.Contains(r.stderr, "--spec is not valid JSON") {
+		t.Errorf("bad --spec: %+v", r)
 	}
 }

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/internal/evaltest"
+)
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startExecutors serves n reference executors over loopback HTTP.
+func startExecutors(t *testing.T, n int, opts executor.ServerOptions) ([]*executor.Server, []string) {
+	t.Helper()
+	var servers []*executor.Server
+	var urls []string
+	for range n {
+		s, err := executor.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts := httptest.NewServer(s)
+		t.Cleanup(ts.Close)
+		servers, urls = append(servers, s), append(urls, ts.URL)
+	}
+	return servers, urls
+}
+
+// startWorker runs `evalpool worker` in-process until the test ends and
+// returns its log.
+func startWorker(t *testing.T, redisURL string, args ...string) *syncBuffer {
+	t.Helper()
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	done := make(chan int, 1)
+	full := append([]string{"--redis", redisURL, "worker"}, args...)
+	go func() { done <- run(ctx, full, &bytes.Buffer{}, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("worker exited %d: %s", code, lastLines(logs.String(), 5))
+		}
+	})
+	return logs
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+var metricsAddr = regexp.MustCompile(`"addr":"([^"]+)"[^}]*"message":"metrics at /metrics"`)
+
+// scrape reads a worker's /metrics with the Prometheus text parser.
+func scrape(t *testing.T, logs *syncBuffer) map[string]float64 {
+	t.Helper()
+	var addr string
+	evaltest.Eventually(t, 5*time.Second, "worker never logged its metrics address", func() bool {
+		m := metricsAddr.FindStringSubmatch(logs.String())
+		if m != nil {
+			addr = m[1]
+		}
+		return m != nil
+	})
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	out := map[string]float64{}
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			key := name
+			for _, l := range m.GetLabel() {
+				key += fmt.Sprintf(",%s=%s", l.GetName(), l.GetValue())
+			}
+			out[key] = m.GetCounter().GetValue()
+		}
+	}
+	return out
+}
+
+// The main job end to end through the CLI: 3 executors failing 20% of
+// evals, one worker with both cleanups, 300 evals.
+func TestEndToEnd(t *testing.T) {
+	t.Parallel()
+	url := evaltest.StartT(t, evaltest.Options{}).URL()
+	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	servers, urls := startExecutors(t, 3, executor.ServerOptions{Latency: 2 * time.Millisecond, FailRate: 0.2})
+	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
+		t.Fatalf("pool add: %+v", r)
+	}
+	logs := startWorker(t, url, "--cleanup", "both", "--concurrency", "8", "--poll-interval", "20ms",
+		"--retry-delay", "10ms", "--reap-interval", "1s", "--metrics-addr", "127.0.0.1:0")
+
+	r := cli("enqueue", "--spec", `{"task":"add","a":2,"b":2}`, "--count", "300", "--max-retry", "2", "--timeout", "30s")
+	if r.code != 0 {
+		t.Fatalf("enqueue: %+v", r)
+	}
+	ids := strings.Fields(r.stdout)
+	if len(ids) != 300 {
+		t.Fatalf("enqueue printed %d IDs, want 300", len(ids))
+	}
+	r = cli(append([]string{"eval", "wait"}, ids...)...)
+	if r.code != 0 && r.code != 1 || !strings.Contains(r.stderr, "300 evals:") {
+		t.Fatalf("eval wait: %+v", r)
+	}
+
+	var completed, archived int
+	for _, id := range ids {
+		r := cli("eval", "result", id)
+		switch r.code {
+		case 0:
+			var res struct{ EvalID, Status string }
+			if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || !strings.Contains(r.stdout, `"eval_id":"`+id+`"`) || !strings.Contains(r.stdout, `"status":"passed"`) {
+				t.Fatalf("eval result %s: %q, %v", id, r.stdout, err)
+			}
+			completed++
+		case 1:
+			if !strings.Contains(r.stderr, "simulated failure") {
+				t.Fatalf("failed eval %s: %q, want its error", id, r.stderr)
+			}
+			archived++
+		default:
+			t.Fatalf("eval result %s: %+v", id, r)
+		}
+	}
+	t.Logf("completed %d, archived %d", completed, archived)
+
+	if r := cli("pool", "check"); r.code != 0 {
+		t.Fatalf("pool check: %+v", r)
+	}
+	r = cli("pool", "status", "--json")
+	if !strings.Contains(r.stdout, `"available": 3`) {
+		t.Fatalf("pool status: %s", r.stdout)
+	}
+	for i, s := range servers {
+		if st := s.Stats(); st.Overlaps != 0 {
+			t.Errorf("executor %s: %d overlaps", urls[i], st.Overlaps)
+		}
+	}
+	m := scrape(t, logs)
+	var doubles, absorbed, freed float64
+	for k, v := range m {
+		switch {
+		case strings.HasPrefix(k, "evalpool_double_release_total,"):
+			doubles += v
+		case strings.HasPrefix(k, "evalpool_release_total,outcome=already_in_pool"), strings.HasPrefix(k, "evalpool_release_total,outcome=stale_lease"):
+			absorbed += v
+		case strings.HasPrefix(k, "evalpool_release_total,outcome=released"):
+			freed += v
+		}
+	}
+	if doubles == 0 || doubles != absorbed {
+		t.Fatalf("double releases %v, absorbed (already_in_pool + stale_lease) %v: want > 0 and equal", doubles, absorbed)
+	}
+	// One release per attempt that held a lease: a double release that
+	// freed a lease would show as a second "released".
+	attempts := m["evalpool_eval_attempts_total,outcome=passed"] + m["evalpool_eval_attempts_total,outcome=error"]
+	if freed != attempts {
+		t.Fatalf("%v releases freed an executor for %v attempts", freed, attempts)
+	}
+}
+
+// A worker process killed with SIGKILL in the middle of an eval: a second
+// worker finishes the eval after Asynq recovers the task (about a minute:
+// Asynq's task lease is 30 s, recovered 30 s after it lapses), the first
+// lease is reclaimed by the reaper, and the executor never runs two evals.
+func TestWorkerKilledMidEval(t *testing.T) {
+	t.Parallel()
+	url := evaltest.StartT(t, evaltest.Options{}).URL()
+	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	servers, urls := startExecutors(t, 1, executor.ServerOptions{Latency: 2 * time.Second})
+	cli("pool", "add", urls[0])
+
+	cmd := exec.Command(os.Args[0], "--redis", url, "worker", "--lease-ttl", "1s", "--poll-interval", "50ms", "--reap-interval", "1s")
+	cmd.Env = append(os.Environ(), "EVALPOOL_TEST_MAIN=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	go func() { // drain the victim's log
+		s := bufio.NewScanner(stderr)
+		for s.Scan() {
+		}
+	}()
+
+	r := cli("enqueue", "--spec", `{}`, "--max-retry", "0", "--timeout", "5m")
+	id := strings.TrimSpace(r.stdout)
+	evaltest.Eventually(t, 10*time.Second, "eval never reached the executor", func() bool { return servers[0].Stats().Running })
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	killed := time.Now()
+
+	logs := startWorker(t, url, "--lease-ttl", "1s", "--poll-interval", "50ms", "--reap-interval", "1s", "--retry-delay", "10ms")
+	evaltest.Eventually(t, 10*time.Second, "the dead worker's lease was never reaped", func() bool {
+		return strings.Contains(logs.String(), `"reclaimed":1`)
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	var out, errb bytes.Buffer
+	if code := run(ctx, []string{"--redis", url, "eval", "wait", id}, &out, &errb); code != 0 {
+		r := result{code, out.String(), errb.String()}
+		t.Fatalf("eval %s never finished after the kill: %+v", id, r)
+	}
+	if r := cli("eval", "result", id); r.code != 0 || !strings.Contains(r.stdout, `"status":"passed"`) {
+		t.Fatalf("eval result: %+v", r)
+	}
+	t.Logf("eval finished %s after its worker was killed", time.Since(killed).Round(time.Second))
+	if r := cli("pool", "check"); r.code != 0 {
+		t.Fatalf("pool check: %+v", r)
+	}
+	if st := servers[0].Stats(); st.Overlaps != 0 {
+		t.Fatalf("executor stats %+v: overlap", st)
+	}
+}
