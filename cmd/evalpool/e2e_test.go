@@ -258,3 +258,45 @@ func TestWorkerKilledMidEval(t *testing.T) {
 		t.Fatalf("executor stats %+v: overlap", st)
 	}
 }
+
+// SIGTERM lets the running eval finish, then the worker exits 0 and the
+// pool is whole.
+func TestWorkerStopsGracefully(t *testing.T) {
+	t.Parallel()
+	url := evaltest.StartT(t, evaltest.Options{}).URL()
+	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	servers, urls := startExecutors(t, 1, executor.ServerOptions{Latency: time.Second})
+	cli("pool", "add", urls[0])
+	cmd := exec.Command(os.Args[0], "--redis", url, "worker", "--poll-interval", "50ms")
+	cmd.Env = append(os.Environ(), "EVALPOOL_TEST_MAIN=1")
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	id := strings.TrimSpace(cli("enqueue", "--spec", `{}`, "--max-retry", "0").stdout)
+	evaltest.Eventually(t, 10*time.Second, "eval never reached the executor", func() bool { return servers[0].Stats().Running })
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("worker exit: %v; log: %s", err, lastLines(logs.String(), 5))
+	}
+	if !strings.Contains(logs.String(), "worker stopped") {
+		t.Fatalf("no clean stop in the log: %s", lastLines(logs.String(), 5))
+	}
+	if r := cli("eval", "result", id); r.code != 0 || !strings.Contains(r.stdout, `"status":"passed"`) {
+		t.Fatalf("the in-flight eval did not finish: %+v", r)
+	}
+	// Its cleanup was enqueued before the worker stopped; the next worker
+	// runs it and the pool is whole.
+	startWorker(t, url, "--poll-interval", "50ms")
+	evaltest.Eventually(t, 10*time.Second, "executor never came back", func() bool {
+		r := cli("pool", "status", "--json")
+		return strings.Contains(r.stdout, `"available": 1`)
+	})
+	if r := cli("pool", "check"); r.code != 0 {
+		t.Fatalf("pool check: %+v", r)
+	}
+}
