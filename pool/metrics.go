@@ -80,20 +80,8 @@ func sum(vec *prometheus.CounterVec, want map[string]string) float64 {
 	return total
 }
 
-func (m *Metrics) collectors() []prometheus.Collector {
+// Collectors lists the metrics, for a Prometheus registry:
+// reg.MustRegister(m.Collectors()...).
+func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.releases, m.doubles, m.acquires, m.renewals, m.reaped}
-}
-
-// Describe implements prometheus.Collector.
-func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, c := range m.collectors() {
-		c.Describe(ch)
-	}
-}
-
-// Collect implements prometheus.Collector.
-func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
-	for _, c := range m.collectors() {
-		c.Collect(ch)
-	}
 }

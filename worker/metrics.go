@@ -29,20 +29,8 @@ func NewMetrics() *Metrics {
 	}
 }
 
-func (m *Metrics) collectors() []prometheus.Collector {
+// Collectors lists the metrics, for a Prometheus registry:
+// reg.MustRegister(m.Collectors()...).
+func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued}
-}
-
-// Describe implements prometheus.Collector.
-func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, c := range m.collectors() {
-		c.Describe(ch)
-	}
-}
-
-// Collect implements prometheus.Collector.
-func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
-	for _, c := range m.collectors() {
-		c.Collect(ch)
-	}
 }

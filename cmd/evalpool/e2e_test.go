@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,24 +22,6 @@ import (
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 )
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // startExecutors serves n reference executors over loopback HTTP.
 func startExecutors(t *testing.T, n int, opts executor.ServerOptions) ([]*executor.Server, []string) {
@@ -61,9 +42,9 @@ func startExecutors(t *testing.T, n int, opts executor.ServerOptions) ([]*execut
 
 // startWorker runs `evalpool worker` in-process until the test ends and
 // returns its log.
-func startWorker(t *testing.T, redisURL string, args ...string) *syncBuffer {
+func startWorker(t *testing.T, redisURL string, args ...string) *evaltest.LogBuffer {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &evaltest.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 	done := make(chan int, 1)
 	full := append([]string{"--redis", redisURL, "worker"}, args...)
@@ -85,7 +66,7 @@ func lastLines(s string, n int) string {
 var metricsAddr = regexp.MustCompile(`"addr":"([^"]+)"[^}]*"message":"metrics at /metrics"`)
 
 // scrape reads a worker's /metrics with the Prometheus text parser.
-func scrape(t *testing.T, logs *syncBuffer) map[string]float64 {
+func scrape(t *testing.T, logs *evaltest.LogBuffer) map[string]float64 {
 	t.Helper()
 	var addr string
 	evaltest.Eventually(t, 5*time.Second, "worker never logged its metrics address", func() bool {
@@ -269,7 +250,7 @@ func TestWorkerStopsGracefully(t *testing.T) {
 	cli("pool", "add", urls[0])
 	cmd := exec.Command(os.Args[0], "--redis", url, "worker", "--poll-interval", "50ms")
 	cmd.Env = append(os.Environ(), "EVALPOOL_TEST_MAIN=1")
-	logs := &syncBuffer{}
+	logs := &evaltest.LogBuffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

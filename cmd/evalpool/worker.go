@@ -37,7 +37,9 @@ func (a *app) workerCommand() *cobra.Command {
 			}
 			reg := prometheus.NewRegistry()
 			poolMetrics, workerMetrics := pool.NewMetrics(), worker.NewMetrics()
-			reg.MustRegister(poolMetrics, workerMetrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			reg.MustRegister(poolMetrics.Collectors()...)
+			reg.MustRegister(workerMetrics.Collectors()...)
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			p, err := pool.New(client, pool.Options{Name: a.poolName, Logger: &a.log, Metrics: poolMetrics})
 			if err != nil {
 				return err
