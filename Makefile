@@ -29,9 +29,8 @@ bench: ## Run the benchmarks (ours vs the original LIST design) and write bench/
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 6 ./pool | tee $(BENCHOUT)
 
 .PHONY: demo
-demo: ## Run the zero-setup demo (not built yet: see README)
-	@echo "evalpool demo is not built yet (issue: zero-setup demo). Try the pool instead:"
-	@echo "  make build && bin/evalpool pool add http://127.0.0.1:9001 && bin/evalpool pool status"
+demo: ## Run the zero-setup demo: embedded Redis, simulated executors, a worker, 200 evals, a report
+	$(GO) run ./cmd/evalpool demo $(DEMOFLAGS)
 
 .PHONY: clean
 clean: ## Remove build output

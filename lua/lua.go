@@ -30,6 +30,8 @@ var (
 	release string
 	//go:embed reap.lua
 	reap string
+	//go:embed counts.lua
+	counts string
 )
 
 // The pool's scripts. Each takes the pool's keys in the order lib.lua gives;
@@ -41,6 +43,7 @@ var (
 	Renew      = redis.NewScript(lib + renew)
 	Release    = redis.NewScript(lib + release)
 	Reap       = redis.NewScript(lib + reap)
+	Counts     = redis.NewScript(lib + counts)
 )
 
 // All lists every script, for loading them before a pipeline and for tests.
@@ -51,4 +54,5 @@ var All = map[string]*redis.Script{
 	"renew":      Renew,
 	"release":    Release,
 	"reap":       Reap,
+	"counts":     Counts,
 }

@@ -15,19 +15,36 @@
 --   holder_eval_id     the eval holding the lease for 'stale_lease', else ''
 --   removed            1 when a draining executor left the pool
 
+--
+-- The executor's record counts its releases and double releases, for the
+-- dashboard: no key of its own, so an executor costs nothing more.
+
 local url, token = ARGV[1], ARGV[2]
+
+local function count(field)
+  local raw = redis.call('HGET', K_EXECUTORS, url)
+  if raw then
+    local record = cjson.decode(raw)
+    record[field] = (record[field] or 0) + 1
+    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+  end
+end
+
 local now = now_ms()
 local raw = redis.call('HGET', K_LEASES, url)
 if raw then
   local lease = cjson.decode(raw)
   if lease.token == token then
+    count('releases')
     local removed = end_lease(url, now)
     return { 'released', now, lease.available_since, '', removed }
   end
+  count('double_releases')
   return { 'stale_lease', now, lease.available_since, lease.eval_id, 0 }
 end
 local since = redis.call('ZSCORE', K_AVAILABLE, url)
 if since then
+  count('double_releases')
   return { 'already_in_pool', now, tonumber(since), '', 0 }
 end
 return { 'not_leased', now, -1, '', 0 }

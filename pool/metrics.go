@@ -1,6 +1,9 @@
 package pool
 
 import (
+	"context"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -84,4 +87,34 @@ func sum(vec *prometheus.CounterVec, want map[string]string) float64 {
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.releases, m.doubles, m.acquires, m.renewals, m.reaped}
+}
+
+// NewStateCollector returns a collector of the pool's executors by state,
+// evalpool_executors{pool,state}, read with one O(log N) script per scrape.
+func NewStateCollector(p *Pool) prometheus.Collector {
+	return &stateCollector{pool: p, desc: prometheus.NewDesc("evalpool_executors",
+		"Executors by state (registered, available, leased, expired, draining); expired leases are counted as leased too.",
+		[]string{"state"}, prometheus.Labels{"pool": p.Name()})}
+}
+
+type stateCollector struct {
+	pool *Pool
+	desc *prometheus.Desc
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	// A scrape carries no context; bound the read so a dead Redis cannot
+	// hang it.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	n, err := c.pool.Counts(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for state, v := range map[string]int64{"registered": n.Registered, "available": n.Available, "leased": n.Leased, "expired": n.Expired, "draining": n.Draining} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v), state)
+	}
 }

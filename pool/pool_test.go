@@ -119,6 +119,13 @@ func TestDoubleReleaseIsAbsorbed(t *testing.T) {
 		t.Error("second release not flagged as double")
 	}
 	assertWhole(t, p, e1)
+	st, err := p.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := st.Executors[0]; e.Releases != 1 || e.DoubleReleases != 1 {
+		t.Errorf("status counts %d releases, %d double; want 1 and 1", e.Releases, e.DoubleReleases)
+	}
 	if n := b.logs.Count(`"message":"double release detected"`); n != 1 {
 		t.Fatalf("%d double release log lines, want 1; log:\n%s", n, b.logs)
 	}

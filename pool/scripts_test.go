@@ -34,6 +34,19 @@ func lifecycle(t *testing.T, p *Pool) {
 	if out, err := p.Deregister(ctx, "http://e3"); err != nil || out != Removed {
 		t.Fatalf("Deregister = %s, %v", out, err)
 	}
+	acquire(t, p, "eval-d", time.Minute)
+	acquire(t, p, "eval-c", 20*time.Millisecond)
+	evaltest.Eventually(t, 5*time.Second, "short lease never expired", func() bool {
+		c, err := p.Counts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c == Counts{Registered: 2, Available: 0, Leased: 2, Expired: 1}
+	})
+	if n, err := p.Reap(ctx); err != nil || n != 1 {
+		t.Fatalf("Reap = %d, %v", n, err)
+	}
+	release(t, p, acquire(t, p, "eval-d", time.Minute), Released)
 	assertWhole(t, p, "http://e1", "http://e2")
 }
 

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/lua"
 )
 
 // State is where an executor is in its life.
@@ -52,8 +54,12 @@ type ExecutorStatus struct {
 	InAvailable int `json:"in_available"`
 	// LastRelease is when it last became available (released, reclaimed or
 	// registered); zero when unknown.
-	LastRelease time.Time    `json:"last_release,omitzero"`
-	Lease       *LeaseStatus `json:"lease,omitempty"`
+	LastRelease time.Time `json:"last_release,omitzero"`
+	// Releases counts the releases that returned it; DoubleReleases the
+	// releases it absorbed (already_in_pool or stale_lease).
+	Releases       int64        `json:"releases"`
+	DoubleReleases int64        `json:"double_releases"`
+	Lease          *LeaseStatus `json:"lease,omitempty"`
 }
 
 // LeaseStatus is a lease as Status shows it: without its token, which is the
@@ -86,8 +92,10 @@ type leaseRecord struct {
 }
 
 type executorRecord struct {
-	AddedAt int64             `json:"added_at"`
-	Labels  map[string]string `json:"labels"`
+	AddedAt        int64             `json:"added_at"`
+	Labels         map[string]string `json:"labels"`
+	Releases       int64             `json:"releases"`
+	DoubleReleases int64             `json:"double_releases"`
 }
 
 // snapshot is the raw content of the pool's keys at one instant.
@@ -147,6 +155,25 @@ func zmap(zs []redis.Z) map[string]float64 {
 
 func msTime(ms float64) time.Time { return time.UnixMilli(int64(ms)) }
 
+// Counts is how many executors are in each state. Expired leases are
+// counted among Leased too.
+type Counts struct {
+	Registered int64 `json:"registered"`
+	Available  int64 `json:"available"`
+	Leased     int64 `json:"leased"`
+	Expired    int64 `json:"expired"`
+	Draining   int64 `json:"draining"`
+}
+
+// Counts reads the pool's state counts in O(log N), for gauges.
+func (p *Pool) Counts(ctx context.Context) (Counts, error) {
+	v, err := lua.Counts.Run(ctx, p.client, p.keys).Int64Slice()
+	if err != nil {
+		return Counts{}, fmt.Errorf("pool: counts of %s: %w", p.name, err)
+	}
+	return Counts{Registered: v[0], Available: v[1], Leased: v[2], Expired: v[3], Draining: v[4]}, nil
+}
+
 // Status reads the whole pool at one instant. It is O(pool size): for people
 // and dashboards, not for the hot path.
 func (p *Pool) Status(ctx context.Context) (*Status, error) {
@@ -160,6 +187,7 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 		var rec executorRecord
 		if json.Unmarshal([]byte(s.executors[u]), &rec) == nil {
 			e.AddedAt, e.Labels = time.UnixMilli(rec.AddedAt), rec.Labels
+			e.Releases, e.DoubleReleases = rec.Releases, rec.DoubleReleases
 		}
 		since, avail := s.available[u]
 		if avail {

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -218,10 +219,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info().Msg("worker stopped")
 	return nil
 }
-
-// Close releases the worker's Asynq client; the Redis client is the
-// caller's.
-func (w *Worker) Close() error { return w.client.Close() }
 
 func (w *Worker) retryDelay(n int, err error, t *asynq.Task) time.Duration {
 	if errors.Is(err, pool.ErrNoExecutor) {
@@ -484,14 +481,21 @@ func (w *Worker) handleReap(ctx context.Context, t *asynq.Task) error {
 // asynqLogger adapts zerolog to Asynq's Logger.
 type asynqLogger struct{ l zerolog.Logger }
 
-func (a asynqLogger) Debug(args ...any) {
-	a.l.Debug().Str("component", "asynq").Msg(fmt.Sprint(args...))
-}
-func (a asynqLogger) Info(args ...any) { a.l.Info().Str("component", "asynq").Msg(fmt.Sprint(args...)) }
-func (a asynqLogger) Warn(args ...any) { a.l.Warn().Str("component", "asynq").Msg(fmt.Sprint(args...)) }
+func (a asynqLogger) Debug(args ...any) { a.log(a.l.Debug(), args) }
+func (a asynqLogger) Info(args ...any)  { a.log(a.l.Info(), args) }
+func (a asynqLogger) Warn(args ...any)  { a.log(a.l.Warn(), args) }
+func (a asynqLogger) Fatal(args ...any) { a.log(a.l.Fatal(), args) }
+
 func (a asynqLogger) Error(args ...any) {
-	a.l.Error().Str("component", "asynq").Msg(fmt.Sprint(args...))
+	if msg := fmt.Sprint(args...); strings.Contains(msg, "redis connection is shared") {
+		// Asynq reports on every shutdown that it did not close the client
+		// it shares with the pool, as it should not.
+		a.log(a.l.Debug(), args)
+		return
+	}
+	a.log(a.l.Error(), args)
 }
-func (a asynqLogger) Fatal(args ...any) {
-	a.l.Fatal().Str("component", "asynq").Msg(fmt.Sprint(args...))
+
+func (asynqLogger) log(e *zerolog.Event, args []any) {
+	e.Str("component", "asynq").Msg(fmt.Sprint(args...))
 }

@@ -66,7 +66,6 @@ func setup(t *testing.T, cfg Config, execs ...executor.ServerOptions) (*Worker, 
 		}
 	}
 	b.aq = asynq.NewClientFromRedisClient(client)
-	t.Cleanup(func() { _ = b.aq.Close() })
 	b.insp = asynq.NewInspectorFromRedisClient(client)
 	cfg.Redis, cfg.Pool, cfg.Logger, cfg.Metrics = client, b.pool, logger, b.metrics
 	if cfg.PollInterval == 0 {
@@ -82,7 +81,6 @@ func setup(t *testing.T, cfg Config, execs ...executor.ServerOptions) (*Worker, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = w.Close() })
 	return w, b
 }
 

@@ -93,7 +93,14 @@ func scrape(t *testing.T, logs *evaltest.LogBuffer) map[string]float64 {
 			for _, l := range m.GetLabel() {
 				key += fmt.Sprintf(",%s=%s", l.GetName(), l.GetValue())
 			}
-			out[key] = m.GetCounter().GetValue()
+			switch {
+			case m.Counter != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[key] = m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				out[key] = float64(m.GetHistogram().GetSampleCount())
+			}
 		}
 	}
 	return out
@@ -178,6 +185,20 @@ func TestEndToEnd(t *testing.T) {
 	attempts := m["evalpool_eval_attempts_total,outcome=passed"] + m["evalpool_eval_attempts_total,outcome=error"]
 	if freed != attempts {
 		t.Fatalf("%v releases freed an executor for %v attempts", freed, attempts)
+	}
+	for _, k := range []string{
+		"evalpool_executors,pool=default,state=available",
+		"evalpool_eval_duration_seconds,outcome=passed",
+		"evalpool_cleanup_enqueued_total,path=success,result=enqueued",
+		"asynq_tasks_processed_total,queue=evals",
+		"asynq_tasks_enqueued_total,queue=evals,state=completed",
+	} {
+		if m[k] == 0 {
+			t.Errorf("/metrics lacks %s (or it is 0)", k)
+		}
+	}
+	if m["evalpool_executors,pool=default,state=available"] != 3 {
+		t.Errorf("gauge of available executors = %v, want 3", m["evalpool_executors,pool=default,state=available"])
 	}
 }
 

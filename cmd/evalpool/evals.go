@@ -83,8 +83,7 @@ An eval whose ID is already enqueued is left as it is and reported.`,
 			if err != nil {
 				return err
 			}
-			aq := asynq.NewClientFromRedisClient(client)
-			defer aq.Close()
+			aq := asynq.NewClientFromRedisClient(client) // shares client: nothing to close
 			ids := make([]string, 0, len(evals))
 			for i, t := range batch {
 				_, err := aq.EnqueueContext(c.Context(), t)

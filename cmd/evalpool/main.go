@@ -50,7 +50,7 @@ var errCheckFailed = errors.New("pool check failed")
 // run executes one command line and returns its exit code; errors go to
 // stderr as one line.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	app := &app{stdout: stdout, stderr: stderr}
+	app := &app{stdout: stdout, stderr: stderr, logLevel: zerolog.InfoLevel}
 	root := app.rootCommand()
 	root.SetArgs(args)
 	root.SetOut(stdout)
@@ -80,8 +80,9 @@ type app struct {
 	poolName  string
 	logFormat string
 
-	log    zerolog.Logger
-	client redis.UniversalClient
+	log      zerolog.Logger
+	logLevel zerolog.Level
+	client   redis.UniversalClient
 }
 
 func envOr(name, def string) string {
@@ -108,8 +109,9 @@ func (a *app) rootCommand() *cobra.Command {
 	f.StringVar(&a.redisURL, "redis", envOr("EVALPOOL_REDIS_URL", "redis://127.0.0.1:6379/0"), "Redis URL (env EVALPOOL_REDIS_URL)")
 	f.StringVar(&a.poolName, "pool", envOr("EVALPOOL_POOL", pool.DefaultName), "pool name (env EVALPOOL_POOL)")
 	f.StringVar(&a.logFormat, "log-format", "json", "log format: json or console")
+	f.Var(levelFlag{&a.logLevel}, "log-level", "log level: debug, info, warn, error")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.poolCommand(), a.workerCommand(), a.enqueueCommand(), a.evalCommand(), a.executorCommand())
+	root.AddCommand(a.poolCommand(), a.workerCommand(), a.enqueueCommand(), a.evalCommand(), a.executorCommand(), a.dashboardCommand(), a.demoCommand())
 	return root
 }
 
@@ -141,10 +143,31 @@ func (a *app) setup() error {
 	default:
 		return usagef("--log-format must be json or console, got %q", a.logFormat)
 	}
-	a.log = a.log.Level(zerolog.InfoLevel)
+	a.log = a.log.Level(a.logLevel)
 	redis.SetLogger(redisLog{a.log})
 	return nil
 }
+
+// levelFlag parses a zerolog level.
+type levelFlag struct{ l *zerolog.Level }
+
+func (f levelFlag) String() string {
+	if f.l == nil {
+		return zerolog.InfoLevel.String()
+	}
+	return f.l.String()
+}
+
+func (f levelFlag) Set(s string) error {
+	l, err := zerolog.ParseLevel(s)
+	if err != nil || s == "" {
+		return fmt.Errorf("want debug, info, warn or error, got %q", s)
+	}
+	*f.l = l
+	return nil
+}
+
+func (levelFlag) Type() string { return "level" }
 
 // redisLog sends go-redis's own messages (dial retries and the like) to our
 // log at debug level: the error that reaches the user already says it.

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hibiken/asynq"
+	"github.com/hibiken/asynq/x/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -35,15 +37,16 @@ func (a *app) workerCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reg := prometheus.NewRegistry()
 			poolMetrics, workerMetrics := pool.NewMetrics(), worker.NewMetrics()
-			reg.MustRegister(poolMetrics.Collectors()...)
-			reg.MustRegister(workerMetrics.Collectors()...)
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			p, err := pool.New(client, pool.Options{Name: a.poolName, Logger: &a.log, Metrics: poolMetrics})
 			if err != nil {
 				return err
 			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(poolMetrics.Collectors()...)
+			reg.MustRegister(workerMetrics.Collectors()...)
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			reg.MustRegister(pool.NewStateCollector(p), metrics.NewQueueMetricsCollector(asynq.NewInspectorFromRedisClient(client)))
 			cfg.Redis, cfg.Pool, cfg.Cleanup, cfg.Logger, cfg.Metrics = client, p, worker.CleanupMode(cleanup), &a.log, workerMetrics
 			if retryDelay > 0 {
 				cfg.RetryDelay = worker.ExponentialBackoff(retryDelay, 10*time.Minute)
@@ -52,7 +55,6 @@ func (a *app) workerCommand() *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			defer w.Close()
 			var l net.Listener
 			if metricsAddr != "" {
 				if l, err = net.Listen("tcp", metricsAddr); err != nil {
