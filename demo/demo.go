@@ -210,13 +210,13 @@ type Report struct {
 	DoubleReleases int                         `json:"double_releases"`
 	// LateDuplicates counts the zombie releases the demo replayed;
 	// LateDuplicatesFreed those that freed an executor (must be 0).
-	LateDuplicates      int `json:"late_duplicates"`
-	LateDuplicatesFreed int `json:"late_duplicates_freed"`
-	StaleRefused   int                         `json:"stale_refused"`
-	Overlaps       int64                       `json:"overlaps"`
-	ExecutorsLost  int                         `json:"executors_lost"`
-	Violations     []pool.Violation            `json:"violations"`
-	Wall           time.Duration               `json:"wall_ns"`
+	LateDuplicates      int              `json:"late_duplicates"`
+	LateDuplicatesFreed int              `json:"late_duplicates_freed"`
+	StaleRefused        int              `json:"stale_refused"`
+	Overlaps            int64            `json:"overlaps"`
+	ExecutorsLost       int              `json:"executors_lost"`
+	Violations          []pool.Violation `json:"violations"`
+	Wall                time.Duration    `json:"wall_ns"`
 }
 
 // Run enqueues the evals, waits for them and every cleanup to finish, and
