@@ -18,10 +18,27 @@ build: ## Build bin/evalpool
 test: ## Run every test with the race detector against a real redis-server the tests start
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
+.PHONY: test-browser
+test-browser: ## Drive the pool page and Asynqmon in headless Chromium (needs the chromium package)
+	$(GO) test -race -count=1 -tags browser -run Chromium ./dashboard
+
+.PHONY: compose-config
+compose-config: ## Validate docker-compose.yml (needs docker-compose, no engine)
+	docker-compose -f docker-compose.yml config -q
+
+.PHONY: compose-up
+compose-up: ## Build the image and start Redis, 3 executors, 2 workers and the dashboard (needs Docker)
+	docker compose up -d --build
+
+.PHONY: compose-down
+compose-down: ## Stop and remove the compose services (the Redis volume stays)
+	docker compose down
+
 .PHONY: lint
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags browser ./dashboard
 
 .PHONY: bench
 bench: ## Run the benchmarks (ours vs the original LIST design) and write bench/results.txt

@@ -302,3 +302,21 @@ func TestWorkerStopsGracefully(t *testing.T) {
 		t.Fatalf("pool check: %+v", r)
 	}
 }
+
+// `evalpool demo` with no --redis: the zero-setup path of `make demo`.
+func TestDemoCommand(t *testing.T) {
+	t.Setenv("EVALPOOL_REDIS_URL", "") // not parallel: it sets the environment
+	var out, errb bytes.Buffer
+	code := run(t.Context(), []string{"demo", "--evals", "60", "--executors", "3"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("demo exit %d\nstdout: %s\nstderr: %s", code, out.String(), lastLines(errb.String(), 5))
+	}
+	for _, want := range []string{"embedded Redis", "executors lost:   0", "pool check:       ok", "overlaps:         0", "0 freed an executor"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo report lacks %q:\n%s", want, out.String())
+		}
+	}
+	if !strings.Contains(errb.String(), "(60/60)") {
+		t.Errorf("no progress bar on stderr: %q", lastLines(errb.String(), 2))
+	}
+}

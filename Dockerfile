@@ -1,0 +1,14 @@
+# evalpool: one static binary; every service of docker-compose.yml runs it.
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -o /out/evalpool ./cmd/evalpool
+
+# Debian slim rather than scratch: `evalpool executor --exec` runs sh -c.
+FROM debian:bookworm-slim
+RUN useradd --system --no-create-home evalpool
+COPY --from=build /out/evalpool /usr/local/bin/evalpool
+USER evalpool
+ENTRYPOINT ["evalpool"]
