@@ -18,6 +18,14 @@ build: ## Build bin/evalpool
 test: ## Run every test with the race detector against a real redis-server the tests start
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
+FUZZTIME ?= 10s
+
+.PHONY: fuzz
+fuzz: ## Fuzz payload decoding and executor-answer parsing, FUZZTIME each (seed corpus in testdata/fuzz)
+	$(GO) test -run '^$$' -fuzz '^FuzzParseEval$$' -fuzztime $(FUZZTIME) ./tasks
+	$(GO) test -run '^$$' -fuzz '^FuzzParseCleanup$$' -fuzztime $(FUZZTIME) ./tasks
+	$(GO) test -run '^$$' -fuzz '^FuzzParseResult$$' -fuzztime $(FUZZTIME) ./executor
+
 .PHONY: test-browser
 test-browser: ## Drive the pool page and Asynqmon in headless Chromium (needs the chromium package)
 	$(GO) test -race -count=1 -tags browser -run Chromium ./dashboard
