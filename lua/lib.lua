@@ -22,6 +22,17 @@ local K_HOLDERS = KEYS[5]
 local K_DRAINING = KEYS[6]
 local K_FENCE = KEYS[7]
 
+-- Refuse to touch a pool whose keys hold data of another kind, before any
+-- write: Redis does not roll a script back, so a WRONGTYPE half way through
+-- would leave the pool half changed. Seven O(1) TYPE calls.
+local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string' }
+for i, want in ipairs(KEY_TYPES) do
+  local got = redis.call('TYPE', KEYS[i]).ok
+  if got ~= 'none' and got ~= want then
+    return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. KEYS[i] .. ' holds a ' .. got .. ', not a ' .. want)
+  end
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

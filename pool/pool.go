@@ -43,7 +43,20 @@ var (
 	ErrUnknownExecutor = errors.New("pool: unknown executor")
 	// ErrInvalid means an argument was refused before Redis was touched.
 	ErrInvalid = errors.New("pool: invalid argument")
+	// ErrForeignData means a key of the pool holds data of another type
+	// (something other than evalpool wrote there); the operation changed
+	// nothing.
+	ErrForeignData = errors.New("pool: foreign data under the pool's keys")
 )
+
+// scriptErr names a script's refusal to touch foreign data.
+func scriptErr(err error) error {
+	const prefix = "EVALPOOL_FOREIGN_DATA "
+	if redis.HasErrorPrefix(err, strings.TrimSpace(prefix)) {
+		return fmt.Errorf("%w: %s", ErrForeignData, strings.TrimPrefix(err.Error(), prefix))
+	}
+	return err
+}
 
 // Defaults of Options.
 const (
@@ -203,7 +216,7 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]RegisterOutco
 	if len(args) == 1 {
 		out, err := lua.Register.Run(ctx, p.client, p.keys, args[0].url, args[0].labels).Text()
 		if err != nil {
-			return nil, fmt.Errorf("pool: register %s: %w", args[0].url, err)
+			return nil, fmt.Errorf("pool: register %s: %w", args[0].url, scriptErr(err))
 		}
 		return []RegisterOutcome{RegisterOutcome(out)}, nil
 	}
@@ -229,7 +242,7 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]RegisterOutco
 				break
 			}
 			if attempt > 0 || !redis.HasErrorPrefix(err, "NOSCRIPT") {
-				return nil, fmt.Errorf("pool: register: %w", err)
+				return nil, fmt.Errorf("pool: register: %w", scriptErr(err))
 			}
 		}
 		for _, c := range cmds {
@@ -260,7 +273,7 @@ func (p *Pool) Deregister(ctx context.Context, rawURL string) (DeregisterOutcome
 	}
 	out, err := lua.Deregister.Run(ctx, p.client, p.keys, u).Text()
 	if err != nil {
-		return "", fmt.Errorf("pool: deregister %s: %w", u, err)
+		return "", fmt.Errorf("pool: deregister %s: %w", u, scriptErr(err))
 	}
 	if out == "unknown" {
 		return "", fmt.Errorf("%w: %s", ErrUnknownExecutor, u)
@@ -305,7 +318,7 @@ func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (L
 		return Lease{}, ErrNoExecutor
 	}
 	if err != nil {
-		return Lease{}, fmt.Errorf("pool: acquire for eval %s: %w", evalID, err)
+		return Lease{}, fmt.Errorf("pool: acquire for eval %s: %w", evalID, scriptErr(err))
 	}
 	l := Lease{
 		URL:        vals[0].(string),
@@ -334,7 +347,7 @@ func (p *Pool) Renew(ctx context.Context, l Lease, ttl time.Duration) (Lease, er
 	}
 	deadline, err := lua.Renew.Run(ctx, p.client, p.keys, l.URL, l.Token, ttl.Milliseconds()).Int64()
 	if err != nil {
-		return l, fmt.Errorf("pool: renew %s for eval %s: %w", l.URL, l.EvalID, err)
+		return l, fmt.Errorf("pool: renew %s for eval %s: %w", l.URL, l.EvalID, scriptErr(err))
 	}
 	if deadline == 0 {
 		p.metrics.renewals.WithLabelValues("lost").Inc()
@@ -389,7 +402,7 @@ type ReleaseResult struct {
 func (p *Pool) Release(ctx context.Context, l Lease, path string) (ReleaseResult, error) {
 	vals, err := lua.Release.Run(ctx, p.client, p.keys, l.URL, l.Token).Slice()
 	if err != nil {
-		return ReleaseResult{}, fmt.Errorf("pool: release %s for eval %s: %w", l.URL, l.EvalID, err)
+		return ReleaseResult{}, fmt.Errorf("pool: release %s for eval %s: %w", l.URL, l.EvalID, scriptErr(err))
 	}
 	r := ReleaseResult{
 		Outcome: ReleaseOutcome(vals[0].(string)),
@@ -426,7 +439,7 @@ func (p *Pool) Reap(ctx context.Context) (int, error) {
 	for {
 		n, err := lua.Reap.Run(ctx, p.client, p.keys, reapBatch).Int()
 		if err != nil {
-			return total, fmt.Errorf("pool: reap: %w", err)
+			return total, fmt.Errorf("pool: reap: %w", scriptErr(err))
 		}
 		total += n
 		p.metrics.reaped.Add(float64(n))

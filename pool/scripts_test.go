@@ -2,7 +2,9 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -190,22 +192,75 @@ func TestCheckFindsViolations(t *testing.T) {
 	}
 }
 
-// TestForeignDataIsAnError: keys of the pool holding data of another type
-// make operations fail with Redis's error, not panic or corrupt anything.
-func TestForeignDataIsAnError(t *testing.T) {
+// TestForeignDataChangesNothing puts data of the wrong type under each key
+// of a working pool in turn: every operation fails with ErrForeignData (or
+// Redis's WRONGTYPE, for the reads) and leaves every key as it was.
+func TestForeignDataChangesNothing(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t)
-	if err := b.client.Set(t.Context(), p.keys[1], "not a zset", 0).Err(); err != nil {
-		t.Fatal(err)
+	ops := map[string]func(p *Pool) error{
+		"register": func(p *Pool) error { _, err := p.Register(t.Context(), Executor{URL: "http://new"}); return err },
+		"register many": func(p *Pool) error {
+			_, err := p.Register(t.Context(), Executor{URL: "http://n1"}, Executor{URL: "http://n2"})
+			return err
+		},
+		"deregister": func(p *Pool) error { _, err := p.Deregister(t.Context(), "http://e1"); return err },
+		"acquire":    func(p *Pool) error { _, err := p.Acquire(t.Context(), "eval-x", time.Minute); return err },
+		"renew": func(p *Pool) error {
+			_, err := p.Renew(t.Context(), Lease{URL: "http://e2", Token: "t"}, time.Minute)
+			return err
+		},
+		"release": func(p *Pool) error {
+			_, err := p.Release(t.Context(), Lease{URL: "http://e2", Token: "t"}, "test")
+			return err
+		},
+		"reap":   func(p *Pool) error { _, err := p.Reap(t.Context()); return err },
+		"counts": func(p *Pool) error { _, err := p.Counts(t.Context()); return err },
+		"status": func(p *Pool) error { _, err := p.Status(t.Context()); return err },
+		"check":  func(p *Pool) error { _, err := p.Check(t.Context()); return err },
 	}
-	_, err := p.Register(t.Context(), Executor{URL: "http://e1"})
-	if err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
-		t.Fatalf("register over foreign data: err = %v, want a WRONGTYPE error", err)
+	for i, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence"} {
+		t.Run(suffix, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, "http://e1", "http://e2", "http://e3")
+			acquire(t, p, "eval-a", time.Minute)
+			key := p.keys[i]
+			if err := b.client.Del(t.Context(), key).Err(); err != nil {
+				t.Fatal(err)
+			}
+			foreign := func() error { return b.client.Set(t.Context(), key, "not ours", 0).Err() }
+			if suffix == "fence" { // the fence is a string: a list is foreign to it
+				foreign = func() error { return b.client.LPush(t.Context(), key, "not ours").Err() }
+			}
+			if err := foreign(); err != nil {
+				t.Fatal(err)
+			}
+			before := dumpKeys(t, b.client, p.Keys())
+			for name, op := range ops {
+				err := op(p)
+				if err == nil || !errors.Is(err, ErrForeignData) && !strings.Contains(err.Error(), "WRONGTYPE") {
+					t.Errorf("%s over a foreign %s: err = %v, want ErrForeignData", name, suffix, err)
+				}
+				if err != nil && strings.Contains(err.Error(), "\n") {
+					t.Errorf("%s: error is not one line: %q", name, err)
+				}
+			}
+			if after := dumpKeys(t, b.client, p.Keys()); !maps.Equal(before, after) {
+				t.Fatalf("operations over foreign data changed the pool:\nbefore %v\nafter  %v", before, after)
+			}
+		})
 	}
-	if _, err := p.Acquire(t.Context(), "e", time.Second); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
-		t.Fatalf("acquire over foreign data: err = %v, want an error", err)
+}
+
+// dumpKeys serializes each key, to compare a pool before and after.
+func dumpKeys(t *testing.T, c *redis.Client, keys []string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, k := range keys {
+		v, err := c.Dump(t.Context(), k).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			t.Fatal(err)
+		}
+		out[k] = v
 	}
-	if _, err := p.Status(t.Context()); err == nil {
-		t.Fatal("status over foreign data: no error")
-	}
+	return out
 }

@@ -4,9 +4,11 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,8 +39,10 @@ const (
 
 // Status is a consistent snapshot of the whole pool, read in one MULTI.
 type Status struct {
-	Pool      string           `json:"pool"`
-	Now       time.Time        `json:"now"`
+	Pool string    `json:"pool"`
+	Now  time.Time `json:"now"`
+	// Fence is the highest fencing number handed out so far.
+	Fence     int64            `json:"fence"`
 	Counts    map[State]int    `json:"counts"`
 	Executors []ExecutorStatus `json:"executors"`
 }
@@ -107,6 +111,7 @@ type snapshot struct {
 	deadlines map[string]float64
 	holders   map[string]string
 	draining  map[string]bool
+	fence     int64
 }
 
 func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
@@ -114,19 +119,32 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 		executors, leases, holders *redis.MapStringStringCmd
 		available, deadlines       *redis.ZSliceCmd
 		draining                   *redis.StringSliceCmd
+		fence                      *redis.StringCmd
 		now                        *redis.TimeCmd
 	)
 	k := p.keys
-	_, err := p.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+	cmds, err := p.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 		executors = pipe.HGetAll(ctx, k[0])
 		available = pipe.ZRangeWithScores(ctx, k[1], 0, -1)
 		leases = pipe.HGetAll(ctx, k[2])
 		deadlines = pipe.ZRangeWithScores(ctx, k[3], 0, -1)
 		holders = pipe.HGetAll(ctx, k[4])
 		draining = pipe.SMembers(ctx, k[5])
+		fence = pipe.Get(ctx, k[6])
 		now = pipe.Time(ctx)
 		return nil
 	})
+	if errors.Is(err, redis.Nil) {
+		// The fence's GET answers nil before the first acquire: no error,
+		// unless another command failed.
+		err = nil
+		for _, c := range cmds {
+			if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
+				err = e
+				break
+			}
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pool: read pool %s: %w", p.name, err)
 	}
@@ -141,6 +159,11 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 	}
 	for _, u := range draining.Val() {
 		s.draining[u] = true
+	}
+	if v := fence.Val(); v != "" {
+		if s.fence, err = strconv.ParseInt(v, 10, 64); err != nil {
+			return nil, fmt.Errorf("%w: fence %q is not a number", ErrForeignData, v)
+		}
 	}
 	return s, nil
 }
@@ -169,7 +192,7 @@ type Counts struct {
 func (p *Pool) Counts(ctx context.Context) (Counts, error) {
 	v, err := lua.Counts.Run(ctx, p.client, p.keys).Int64Slice()
 	if err != nil {
-		return Counts{}, fmt.Errorf("pool: counts of %s: %w", p.name, err)
+		return Counts{}, fmt.Errorf("pool: counts of %s: %w", p.name, scriptErr(err))
 	}
 	return Counts{Registered: v[0], Available: v[1], Leased: v[2], Expired: v[3], Draining: v[4]}, nil
 }
@@ -181,7 +204,7 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Pool: p.name, Now: s.now, Counts: map[State]int{}}
+	st := &Status{Pool: p.name, Now: s.now, Fence: s.fence, Counts: map[State]int{}}
 	for _, u := range slices.Sorted(maps.Keys(s.executors)) {
 		e := ExecutorStatus{URL: u}
 		var rec executorRecord
