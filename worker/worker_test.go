@@ -26,6 +26,7 @@ import (
 func TestMain(m *testing.M) { evaltest.Main(m) }
 
 type testBundle struct {
+	redis       *evaltest.Server
 	client      *redis.Client
 	pool        *pool.Pool
 	poolMetrics *pool.Metrics
@@ -42,11 +43,16 @@ type testBundle struct {
 // configured by cfg, not yet running.
 func setup(t *testing.T, cfg Config, execs ...executor.ServerOptions) (*Worker, *testBundle) {
 	t.Helper()
-	srv := evaltest.StartT(t, evaltest.Options{})
+	return setupOn(t, evaltest.StartT(t, evaltest.Options{}), cfg, execs...)
+}
+
+// setupOn is setup on a given Redis server.
+func setupOn(t *testing.T, srv *evaltest.Server, cfg Config, execs ...executor.ServerOptions) (*Worker, *testBundle) {
+	t.Helper()
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
 	logger, logs := evaltest.Logger()
-	b := &testBundle{client: client, logs: logs, poolMetrics: pool.NewMetrics(), metrics: NewMetrics()}
+	b := &testBundle{redis: srv, client: client, logs: logs, poolMetrics: pool.NewMetrics(), metrics: NewMetrics()}
 	var err error
 	if b.pool, err = pool.New(client, pool.Options{Name: "test", Logger: logger, Metrics: b.poolMetrics}); err != nil {
 		t.Fatal(err)
@@ -415,4 +421,34 @@ printf '{"status":"%s","score":1}' "$s"
 	}
 	evaltest.Eventually(t, 5*time.Second, "executor still running the hung command", func() bool { return !b.executors[0].Stats().Running })
 	assertPoolWhole(t, b)
+}
+
+// Redis dies (SIGKILL) under a running worker and comes back on the same
+// AOF: the worker keeps running, logs, resumes, and no eval or executor is
+// lost.
+func TestRedisRestartUnderAWorker(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}})
+	sim := executor.ServerOptions{Latency: 30 * time.Millisecond}
+	w, b := setupOn(t, srv, Config{Concurrency: 4, LeaseTTL: time.Second}, sim, sim, sim)
+	start(t, w)
+	ids := enqueueEvals(t, b, 60, tasks.EvalOptions{MaxRetry: 10}, time.Minute)
+	evaltest.Eventually(t, 30*time.Second, "no eval finished before the crash", func() bool {
+		q, err := b.insp.GetQueueInfo(tasks.QueueEvals)
+		return err == nil && q.Completed >= 10
+	})
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Eventually(t, 30*time.Second, "the worker never noticed Redis was gone", func() bool {
+		return b.logs.Count("connection refused") > 0
+	})
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(ids), 2*time.Minute); completed != len(ids) {
+		t.Fatalf("%d of %d evals completed after the restart", completed, len(ids))
+	}
+	assertPoolWhole(t, b)
+	assertNoOverlap(t, b)
 }
