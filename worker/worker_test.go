@@ -26,8 +26,6 @@ import (
 func TestMain(m *testing.M) { evaltest.Main(m) }
 
 type testBundle struct {
-	redis       *evaltest.Server
-	client      *redis.Client
 	pool        *pool.Pool
 	poolMetrics *pool.Metrics
 	metrics     *Metrics
@@ -43,16 +41,18 @@ type testBundle struct {
 // configured by cfg, not yet running.
 func setup(t *testing.T, cfg Config, execs ...executor.ServerOptions) (*Worker, *testBundle) {
 	t.Helper()
-	return setupOn(t, evaltest.StartT(t, evaltest.Options{}), cfg, execs...)
-}
-
-// setupOn is setup on a given Redis server.
-func setupOn(t *testing.T, srv *evaltest.Server, cfg Config, execs ...executor.ServerOptions) (*Worker, *testBundle) {
-	t.Helper()
+	srv := evaltest.StartT(t, evaltest.Options{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
+	return setupOn(t, client, cfg, execs...)
+}
+
+// setupOn is setup on a given Redis: a server of the test's own, or a
+// cluster.
+func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...executor.ServerOptions) (*Worker, *testBundle) {
+	t.Helper()
 	logger, logs := evaltest.Logger()
-	b := &testBundle{redis: srv, client: client, logs: logs, poolMetrics: pool.NewMetrics(), metrics: NewMetrics()}
+	b := &testBundle{logs: logs, poolMetrics: pool.NewMetrics(), metrics: NewMetrics()}
 	var err error
 	if b.pool, err = pool.New(client, pool.Options{Name: "test", Logger: logger, Metrics: b.poolMetrics}); err != nil {
 		t.Fatal(err)
@@ -429,8 +429,10 @@ printf '{"status":"%s","score":1}' "$s"
 func TestRedisRestartUnderAWorker(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
 	sim := executor.ServerOptions{Latency: 30 * time.Millisecond}
-	w, b := setupOn(t, srv, Config{Concurrency: 4, LeaseTTL: time.Second}, sim, sim, sim)
+	w, b := setupOn(t, client, Config{Concurrency: 4, LeaseTTL: time.Second}, sim, sim, sim)
 	start(t, w)
 	ids := enqueueEvals(t, b, 60, tasks.EvalOptions{MaxRetry: 10}, time.Minute)
 	evaltest.Eventually(t, 30*time.Second, "no eval finished before the crash", func() bool {
@@ -448,6 +450,24 @@ func TestRedisRestartUnderAWorker(t *testing.T) {
 	}
 	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(ids), 2*time.Minute); completed != len(ids) {
 		t.Fatalf("%d of %d evals completed after the restart", completed, len(ids))
+	}
+	assertPoolWhole(t, b)
+	assertNoOverlap(t, b)
+}
+
+// The end-to-end run on a real 3-master Redis Cluster: Asynq's queues and
+// the pool's keys each live in their own hash slot, spread over the nodes.
+func TestEvalsOnRedisCluster(t *testing.T) {
+	t.Parallel()
+	cluster := evaltest.ClusterClient(t, evaltest.StartCluster(t, 3))
+	sim := executor.ServerOptions{Latency: 2 * time.Millisecond, FailRate: 0.2}
+	w, b := setupOn(t, cluster, Config{Cleanup: CleanupBoth, Concurrency: 6}, sim, sim, sim)
+	start(t, w)
+	ids := enqueueEvals(t, b, 60, tasks.EvalOptions{MaxRetry: 5}, time.Minute)
+	completed, archived := evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute)
+	t.Logf("completed %d, archived %d", completed, archived)
+	if completed == 0 || b.poolMetrics.DoubleReleases("") == 0 {
+		t.Fatalf("completed %d, double releases %v: the cluster run proves nothing", completed, b.poolMetrics.DoubleReleases(""))
 	}
 	assertPoolWhole(t, b)
 	assertNoOverlap(t, b)

@@ -23,9 +23,9 @@ func (a *app) dashboardCommand() *cobra.Command {
 		Short: "Serve the pool page (/), Asynqmon (/monitoring/), /api/pool and /metrics",
 		Args:  positional(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			conn, err := asynq.ParseRedisURI(a.redisURL)
+			conn, err := a.asynqConn()
 			if err != nil {
-				return usagef("--redis %q: %w", a.redisURL, err)
+				return err
 			}
 			client, err := a.redis()
 			if err != nil {

@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
@@ -177,9 +179,20 @@ func (l redisLog) Printf(_ context.Context, format string, v ...any) {
 	l.log.Debug().Str("component", "go-redis").Msgf(format, v...)
 }
 
-// redis opens the client named by --redis on first use.
+// redis opens the client named by --redis on first use: a cluster client
+// when the URL names more nodes (redis://n1:7000?addr=n2:7000&addr=n3:7000),
+// else a standalone one.
 func (a *app) redis() (redis.UniversalClient, error) {
 	if a.client != nil {
+		return a.client, nil
+	}
+	if isClusterURL(a.redisURL) {
+		opt, err := redis.ParseClusterURL(a.redisURL)
+		if err != nil {
+			return nil, usagef("--redis %q: %w", a.redisURL, err)
+		}
+		opt.DialTimeout = 2 * time.Second
+		a.client = redis.NewClusterClient(opt)
 		return a.client, nil
 	}
 	opt, err := redis.ParseURL(a.redisURL)
@@ -189,6 +202,28 @@ func (a *app) redis() (redis.UniversalClient, error) {
 	opt.DialTimeout = 2 * time.Second
 	a.client = redis.NewClient(opt)
 	return a.client, nil
+}
+
+func isClusterURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && u.Query().Has("addr")
+}
+
+// asynqConn is --redis as Asynq's connection option, for Asynqmon, which
+// wants a connection of its own.
+func (a *app) asynqConn() (asynq.RedisConnOpt, error) {
+	if isClusterURL(a.redisURL) {
+		opt, err := redis.ParseClusterURL(a.redisURL)
+		if err != nil {
+			return nil, usagef("--redis %q: %w", a.redisURL, err)
+		}
+		return asynq.RedisClusterClientOpt{Addrs: opt.Addrs, Username: opt.Username, Password: opt.Password, TLSConfig: opt.TLSConfig}, nil
+	}
+	conn, err := asynq.ParseRedisURI(a.redisURL)
+	if err != nil {
+		return nil, usagef("--redis %q: %w", a.redisURL, err)
+	}
+	return conn, nil
 }
 
 func (a *app) pool() (*pool.Pool, error) {

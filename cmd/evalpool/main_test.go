@@ -209,3 +209,26 @@ func TestEnqueueFileIsAllOrNothing(t *testing.T) {
 		t.Errorf("bad --spec: %+v", r)
 	}
 }
+
+// --redis naming several nodes is a Redis Cluster.
+func TestPoolCommandsOnACluster(t *testing.T) {
+	t.Parallel()
+	addrs := evaltest.StartCluster(t, 3)
+	url := "redis://" + addrs[0] + "?addr=" + addrs[1] + "&addr=" + addrs[2]
+	for _, name := range []string{"alpha", "beta", "gamma"} {
+		if r := evalpool(t, url, name, "pool", "add", "http://e1", "http://e2"); r.code != 0 {
+			t.Fatalf("pool add on the cluster: %+v", r)
+		}
+		r := evalpool(t, url, name, "pool", "acquire", "--eval", "x", "--json")
+		var l pool.Lease
+		if err := json.Unmarshal([]byte(r.stdout), &l); r.code != 0 || err != nil {
+			t.Fatalf("acquire on the cluster: %+v", r)
+		}
+		if r := evalpool(t, url, name, "pool", "release", l.URL, "--token", l.Token); r.code != 0 || r.stdout != "released\n" {
+			t.Fatalf("release on the cluster: %+v", r)
+		}
+		if r := evalpool(t, url, name, "pool", "check"); r.code != 0 {
+			t.Fatalf("check on the cluster: %+v", r)
+		}
+	}
+}
