@@ -237,25 +237,111 @@ func TestEvalsWithBothCleanups(t *testing.T) {
 	assertNoOverlap(t, b)
 }
 
-func TestBadPayloadIsArchivedAtOnce(t *testing.T) {
+// Junk put straight on the queues by a plain Asynq client is archived at
+// once with a clear error; the worker goes on and the pool stays whole.
+func TestJunkPayloadsAreArchivedAtOnce(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{}, executor.ServerOptions{})
 	start(t, w)
-	for i, payload := range []string{`not json`, `{"eval_id":"x"}`, `{"eval_id":"x","spec":{},"timeout_s":0}`, `{"eval_id":"x y","spec":{},"timeout_s":1}`} {
-		task := asynq.NewTask(tasks.TypeEval, []byte(payload), asynq.Queue(tasks.QueueEvals), asynq.MaxRetry(5), asynq.TaskID(fmt.Sprint("bad-", i)))
+	junk := []struct{ typ, queue, payload string }{
+		{tasks.TypeEval, tasks.QueueEvals, `not json`},
+		{tasks.TypeEval, tasks.QueueEvals, `{"eval_id":"x"}`},
+		{tasks.TypeEval, tasks.QueueEvals, `{"eval_id":"x","spec":{},"timeout_s":0}`},
+		{tasks.TypeEval, tasks.QueueEvals, `{"eval_id":"x y","spec":{},"timeout_s":1}`},
+		{tasks.TypeEval, tasks.QueueEvals, `{"eval_id":7,"spec":{},"timeout_s":1}`},
+		{tasks.TypeEval, tasks.QueueEvals, `{"eval_id":"x","spec":{},"timeout_s":1,"lease_ttl_ms":-3}`},
+		{tasks.TypeCleanupSuccess, tasks.QueueCleanup, `{"eval_id":"x","url":"http://e","path":"success"}`},
+		{tasks.TypeCleanupFailure, tasks.QueueCleanup, `{"eval_id":"x","url":"http://e","token":"t","path":"sideways"}`},
+		{tasks.TypeCleanupFailure, tasks.QueueCleanup, `[]`},
+		{tasks.TypeReap, tasks.QueueMaintenance, `{"pool":1}`},
+	}
+	for i, j := range junk {
+		task := asynq.NewTask(j.typ, []byte(j.payload), asynq.Queue(j.queue), asynq.MaxRetry(5), asynq.TaskID(fmt.Sprint("junk-", i)))
 		if _, err := b.aq.EnqueueContext(t.Context(), task); err != nil {
 			t.Fatal(err)
 		}
 	}
-	evaltest.WaitEvalsDone(t, b.insp, 4, 10*time.Second)
-	for i := range 4 {
-		info, err := b.insp.GetTaskInfo(tasks.QueueEvals, fmt.Sprint("bad-", i))
+	for i, j := range junk {
+		var info *asynq.TaskInfo
+		evaltest.Eventually(t, 10*time.Second, "junk never archived: "+j.payload, func() bool {
+			var err error
+			info, err = b.insp.GetTaskInfo(j.queue, fmt.Sprint("junk-", i))
+			return err == nil && info.State == asynq.TaskStateArchived
+		})
+		if info.Retried != 0 || !strings.Contains(info.LastErr, "bad payload") || strings.Contains(info.LastErr, "\n") {
+			t.Errorf("%s %s: archived after %d retries with %q; want at once, one line naming the bad payload", j.typ, j.payload, info.Retried, info.LastErr)
+		}
+	}
+	// The worker is still at work.
+	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(enqueueEvals(t, b, 3, tasks.EvalOptions{}, time.Minute))+6, 10*time.Second); completed != 3 {
+		t.Fatalf("%d good evals completed after the junk, want 3", completed)
+	}
+	assertPoolWhole(t, b)
+}
+
+// Executors that answer junk fail their evals with one clear line each;
+// every executor comes back and none is double-booked.
+func TestJunkExecutorAnswers(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{Concurrency: 6})
+	answers := map[string]http.HandlerFunc{
+		"not json":   func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("<html>hello")) },
+		"500":        func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "disk full", 500) },
+		"bad status": func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"status":"perhaps"}`)) },
+		"huge body": func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = w.Write([]byte(`{"status":"passed","output":"`))
+			_, _ = w.Write(make([]byte, executor.MaxAnswerBytes+10))
+		},
+		"closed connection": func(w http.ResponseWriter, _ *http.Request) {
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			_ = conn.Close()
+		},
+		"slow drip": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(200)
+			for r.Context().Err() == nil {
+				_, _ = w.Write([]byte(" "))
+				w.(http.Flusher).Flush()
+				time.Sleep(50 * time.Millisecond)
+			}
+		},
+	}
+	wantErr := map[string]string{
+		"not json": "bad answer", "500": "500 Internal Server Error: disk full", "bad status": `status "perhaps"`,
+		"huge body": "longer than", "closed connection": "EOF", "slow drip": "deadline exceeded",
+	}
+	byURL := map[string]string{}
+	for name, h := range answers {
+		ts := httptest.NewServer(h)
+		t.Cleanup(ts.Close)
+		if _, err := b.pool.Register(t.Context(), pool.Executor{URL: ts.URL}); err != nil {
+			t.Fatal(err)
+		}
+		b.urls = append(b.urls, ts.URL)
+		byURL[ts.URL] = name
+	}
+	start(t, w)
+	ids := enqueueEvals(t, b, 24, tasks.EvalOptions{NoRetry: true}, time.Second)
+	if _, archived := evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute); archived != len(ids) {
+		t.Fatalf("%d of %d junk-answered evals archived", archived, len(ids))
+	}
+	seen := map[string]bool{}
+	for _, id := range ids {
+		info, err := b.insp.GetTaskInfo(tasks.QueueEvals, id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.State != asynq.TaskStateArchived || info.Retried != 0 || !strings.Contains(info.LastErr, "bad payload") {
-			t.Errorf("bad payload %d: %s after %d retries, %q; want archived at once", i, info.State, info.Retried, info.LastErr)
+		matched := false
+		for url, name := range byURL {
+			if strings.Contains(info.LastErr, url) && strings.Contains(info.LastErr, wantErr[name]) {
+				matched, seen[name] = true, true
+			}
 		}
+		if !matched || strings.Contains(info.LastErr, "\n") {
+			t.Errorf("eval %s failed with %q: not one line naming its executor and the junk", id, info.LastErr)
+		}
+	}
+	if len(seen) < len(answers)-1 {
+		t.Errorf("only %d of %d kinds of junk were met: %v", len(seen), len(answers), seen)
 	}
 	assertPoolWhole(t, b)
 }

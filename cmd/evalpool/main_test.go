@@ -81,6 +81,47 @@ func TestPoolCommands(t *testing.T) {
 	expect(cli("pool", "status"), 0, "0 executors")
 }
 
+// A wrong token is not an error: the release is absorbed and says so.
+func TestWrongTokenIsAbsorbed(t *testing.T) {
+	t.Parallel()
+	client := evaltest.Client(t)
+	url, name := evaltest.URL(t), evaltest.Pool(t, client)
+	evalpool(t, url, name, "pool", "add", "http://e1")
+	if r := evalpool(t, url, name, "pool", "release", "http://e1", "--token", "forged"); r.code != 0 || r.stdout != "already_in_pool\n" {
+		t.Fatalf("forged release of an idle executor: %+v", r)
+	}
+	evalpool(t, url, name, "pool", "acquire", "--eval", "a")
+	if r := evalpool(t, url, name, "pool", "release", "http://e1", "--token", "forged"); r.code != 0 || r.stdout != "stale_lease\n" {
+		t.Fatalf("forged release of a leased executor: %+v", r)
+	}
+	if r := evalpool(t, url, name, "pool", "release", "http://nobody", "--token", "forged"); r.code != 0 || r.stdout != "not_leased\n" {
+		t.Fatalf("release of an unknown executor: %+v", r)
+	}
+	if r := evalpool(t, url, name, "pool", "status", "--json"); !strings.Contains(r.stdout, `"leased": 1`) {
+		t.Fatalf("a forged release changed the pool: %s", r.stdout)
+	}
+}
+
+// Data of another type under a pool's keys: one clear line, exit 1.
+func TestForeignDataInTheCLI(t *testing.T) {
+	t.Parallel()
+	client := evaltest.Client(t)
+	url, name := evaltest.URL(t), evaltest.Pool(t, client)
+	if err := client.Set(t.Context(), "evalpool:{"+name+"}:available", "hello", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"pool", "add", "http://e1"}, {"pool", "acquire", "--eval", "a"}, {"pool", "status"}, {"pool", "reap"}} {
+		r := evalpool(t, url, name, args...)
+		if r.code != 1 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 ||
+			!strings.Contains(r.stderr, "foreign data") && !strings.Contains(r.stderr, "WRONGTYPE") {
+			t.Errorf("%v over foreign data: %+v", args, r)
+		}
+	}
+	if n, _ := client.Exists(t.Context(), "evalpool:{"+name+"}:executors").Result(); n != 0 {
+		t.Fatal("pool add wrote beside the foreign data")
+	}
+}
+
 func TestCheckFailsWithExit3(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
@@ -120,21 +161,31 @@ func TestBadInput(t *testing.T) {
 		{[]string{"--log-format", "xml", "pool", "status"}, 2, "--log-format must be json or console"},
 		{[]string{"--redis", "http://nope", "pool", "status"}, 2, "invalid URL scheme"},
 		{[]string{"--redis", "redis://127.0.0.1:1/0", "pool", "status"}, 1, "connection refused"},
+		{[]string{"pool", "add", "http://bad host"}, 2, "invalid"},
+		{[]string{"enqueue", "--spec", `{"a":`}, 1, "--spec is not valid JSON"},
+		{[]string{"enqueue", "--spec", `"` + strings.Repeat("x", 2<<20) + `"`}, 1, "more than"},
+		{[]string{"enqueue", "--spec", "{}", "--count", "many"}, 2, "invalid argument"},
+		{[]string{"enqueue", "--spec", "{}", "--timeout", "banana"}, 2, "invalid argument"},
+		{[]string{"enqueue", "--file", "/nonexistent/evals.jsonl"}, 1, "no such file"},
+		{[]string{"eval", "result"}, 2, "requires at least 1 arg"},
 	}
 	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+		t.Run(strings.Join(tt.args, " ")[:min(60, len(strings.Join(tt.args, " ")))], func(t *testing.T) {
 			var out, errb bytes.Buffer
 			args := append([]string{"--redis", url, "--pool", name}, tt.args...)
 			code := run(t.Context(), args, &out, &errb)
 			lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
 			last := lines[len(lines)-1]
-			if code != tt.code || !strings.Contains(last, tt.stderr) || !strings.HasPrefix(last, "evalpool: ") {
-				t.Fatalf("exit %d, stderr %q; want exit %d and one line holding %q", code, errb.String(), tt.code, tt.stderr)
+			if code != tt.code || !strings.Contains(last, tt.stderr) || !strings.HasPrefix(last, "evalpool: ") || len(last) > 500 {
+				t.Fatalf("exit %d, stderr %.300q; want exit %d and one short line holding %q", code, errb.String(), tt.code, tt.stderr)
 			}
 		})
 	}
 	if n, err := client.Exists(t.Context(), "evalpool:{"+name+"}:executors").Result(); err != nil || n != 0 {
 		t.Fatalf("bad input left state behind: %d keys, %v", n, err)
+	}
+	if n, err := client.Keys(t.Context(), "asynq:*").Result(); err != nil || len(n) != 0 {
+		t.Fatalf("bad input enqueued something: %v, %v", n, err)
 	}
 }
 
