@@ -3,7 +3,7 @@
 -- Every script receives the same KEYS, all under one hash tag
 -- (evalpool:{<pool>}:...) so that a script touches a single cluster slot:
 --   KEYS[1] executors  HASH  url -> executor record JSON {added_at, labels?,
---                            releases?, double_releases?}
+--                            releases?, double_releases?, stale_releases?}
 --   KEYS[2] available  ZSET  url -> ms when it last became available
 --   KEYS[3] leases     HASH  url -> lease record JSON {token, eval_id, fence,
 --                            acquired_at, available_since}

@@ -16,8 +16,9 @@
 --   removed            1 when a draining executor left the pool
 
 --
--- The executor's record counts its releases and double releases, for the
--- dashboard: no key of its own, so an executor costs nothing more.
+-- The executor's record counts its releases, double releases and (among
+-- those) stale ones, for the dashboard: no key of its own, so an executor
+-- costs nothing more.
 
 local url, token = ARGV[1], ARGV[2]
 
@@ -40,6 +41,7 @@ if raw then
     return { 'released', now, lease.available_since, '', removed }
   end
   count('double_releases')
+  count('stale_releases')
   return { 'stale_lease', now, lease.available_since, lease.eval_id, 0 }
 end
 local since = redis.call('ZSCORE', K_AVAILABLE, url)

@@ -161,6 +161,9 @@ func TestStaleReleaseKeepsTheHoldersLease(t *testing.T) {
 	if !r.Double || r.Holder != "eval-b" {
 		t.Errorf("stale release: double=%v holder=%q, want true, eval-b", r.Double, r.Holder)
 	}
+	if st, err := p.Status(t.Context()); err != nil || st.Executors[0].StaleReleases != 1 || st.Executors[0].DoubleReleases != 1 {
+		t.Errorf("status after a stale release: %+v, %v", st.Executors[0], err)
+	}
 	if _, err := p.Acquire(t.Context(), "eval-c", time.Minute); !errors.Is(err, ErrNoExecutor) {
 		t.Fatalf("third eval acquire: err = %v, want ErrNoExecutor: B's executor was freed", err)
 	}

@@ -60,9 +60,11 @@ type ExecutorStatus struct {
 	// registered); zero when unknown.
 	LastRelease time.Time `json:"last_release,omitzero"`
 	// Releases counts the releases that returned it; DoubleReleases the
-	// releases it absorbed (already_in_pool or stale_lease).
+	// releases it absorbed (already_in_pool or stale_lease); StaleReleases
+	// those of them that found it leased by another eval.
 	Releases       int64        `json:"releases"`
 	DoubleReleases int64        `json:"double_releases"`
+	StaleReleases  int64        `json:"stale_releases"`
 	Lease          *LeaseStatus `json:"lease,omitempty"`
 }
 
@@ -100,6 +102,7 @@ type executorRecord struct {
 	Labels         map[string]string `json:"labels"`
 	Releases       int64             `json:"releases"`
 	DoubleReleases int64             `json:"double_releases"`
+	StaleReleases  int64             `json:"stale_releases"`
 }
 
 // snapshot is the raw content of the pool's keys at one instant.
@@ -210,7 +213,7 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 		var rec executorRecord
 		if json.Unmarshal([]byte(s.executors[u]), &rec) == nil {
 			e.AddedAt, e.Labels = time.UnixMilli(rec.AddedAt), rec.Labels
-			e.Releases, e.DoubleReleases = rec.Releases, rec.DoubleReleases
+			e.Releases, e.DoubleReleases, e.StaleReleases = rec.Releases, rec.DoubleReleases, rec.StaleReleases
 		}
 		since, avail := s.available[u]
 		if avail {
