@@ -5,6 +5,8 @@ PKGS     ?= ./...
 BENCHOUT ?= bench/results.txt
 
 .DEFAULT_GOAL := help
+SHELL         := /bin/bash
+.SHELLFLAGS   := -o pipefail -c
 
 .PHONY: help
 help: ## List the targets
@@ -25,6 +27,10 @@ fuzz: ## Fuzz payload decoding and executor-answer parsing, FUZZTIME each (seed 
 	$(GO) test -run '^$$' -fuzz '^FuzzParseEval$$' -fuzztime $(FUZZTIME) ./tasks
 	$(GO) test -run '^$$' -fuzz '^FuzzParseCleanup$$' -fuzztime $(FUZZTIME) ./tasks
 	$(GO) test -run '^$$' -fuzz '^FuzzParseResult$$' -fuzztime $(FUZZTIME) ./executor
+
+.PHONY: chaos
+chaos: ## The chaos suite: 1,000 evals on real processes under seeded faults (EVALPOOL_CHAOS_SEED=N replays)
+	$(GO) test -tags chaos -run '^TestChaos$$' -count=1 -timeout 20m -v ./cmd/evalpool | tee chaos.out | grep -E '^(chaos seed|--- |ok|FAIL|PASS)'
 
 .PHONY: test-browser
 test-browser: ## Drive the pool page and Asynqmon in headless Chromium (needs the chromium package)
