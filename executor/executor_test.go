@@ -190,3 +190,29 @@ func TestServerOptionsValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestFleet(t *testing.T) {
+	t.Parallel()
+	f, err := NewFleet(3, ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(f)
+	defer ts.Close()
+	c := &Client{}
+	for i := range 3 {
+		if _, err := c.Run(t.Context(), ts.URL+FleetPath(i), Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`)}); err != nil {
+			t.Fatalf("executor %d: %v", i, err)
+		}
+	}
+	// Each has its own fence: fence 1 again on executor 0 is refused.
+	if _, err := c.Run(t.Context(), ts.URL+FleetPath(0), Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`)}); !errors.Is(err, ErrFenced) {
+		t.Fatalf("stale fence on executor 0: %v", err)
+	}
+	if st := f.Stats(); st.Served != 3 || st.Fenced != 1 {
+		t.Fatalf("fleet stats %+v", st)
+	}
+	if _, err := NewFleet(0, ServerOptions{}); err == nil {
+		t.Fatal("empty fleet accepted")
+	}
+}

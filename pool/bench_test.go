@@ -3,8 +3,11 @@ package pool
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,37 +16,130 @@ import (
 	"github.com/evalpool/evalpool/internal/evaltest"
 )
 
-var benchSizes = []int{10, 1000, 100_000}
+var benchSizes = []int{10, 1000, 10_000, 100_000}
 
-// BenchmarkAcquireRelease measures one acquire plus one release on a pool of
-// n idle executors: O(log n) sorted-set work, so flat in n.
-func BenchmarkAcquireRelease(b *testing.B) {
-	for _, n := range benchSizes {
-		b.Run("executors="+strconv.Itoa(n), func(b *testing.B) {
-			client := evaltest.Client(b)
-			p, err := New(client, Options{Name: evaltest.Pool(b, client)})
+// design is one way to keep a pool: ours, or the original talk's.
+type design struct {
+	name string
+	// setup fills a pool of n idle executors and returns acquire+release of
+	// one executor by one eval.
+	setup func(b *testing.B, n int) func(ctx context.Context, i int64) error
+}
+
+var designs = []design{
+	{"evalpool", func(b *testing.B, n int) func(context.Context, int64) error {
+		client := evaltest.Client(b)
+		p, err := New(client, Options{Name: evaltest.Pool(b, client)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		execs := make([]Executor, n)
+		for i := range execs {
+			execs[i].URL = executorURL(i)
+		}
+		if _, err := p.Register(b.Context(), execs...); err != nil {
+			b.Fatal(err)
+		}
+		return func(ctx context.Context, i int64) error {
+			l, err := p.Acquire(ctx, "eval-"+strconv.FormatInt(i, 10), time.Minute)
+			if errors.Is(err, ErrNoExecutor) {
+				return nil // a busy pool under parallel load: nothing to release
+			}
 			if err != nil {
-				b.Fatal(err)
+				return err
 			}
-			execs := make([]Executor, n)
-			for i := range execs {
-				execs[i].URL = fmt.Sprintf("http://10.0.%d.%d:8080", i/256, i%256)
+			r, err := p.Release(ctx, l, "bench")
+			if err == nil && r.Outcome != Released {
+				err = fmt.Errorf("release: %s", r.Outcome)
 			}
-			if _, err := p.Register(b.Context(), execs...); err != nil {
-				b.Fatal(err)
+			return err
+		}
+	}},
+	{"original", func(b *testing.B, n int) func(context.Context, int64) error {
+		client := evaltest.Client(b)
+		prefix := "evalpool:{" + evaltest.Pool(b, client) + "}:"
+		available := prefix + "available_list"
+		if err := loadOriginal(b.Context(), client, available, n); err != nil {
+			b.Fatal(err)
+		}
+		return func(ctx context.Context, i int64) error {
+			raw, err := client.RPop(ctx, available).Result()
+			if errors.Is(err, redis.Nil) {
+				return nil
 			}
-			ctx := b.Context()
-			b.ResetTimer()
-			for i := range b.N {
-				l, err := p.Acquire(ctx, "eval-"+strconv.Itoa(i), time.Minute)
-				if err != nil {
-					b.Fatal(err)
+			if err != nil {
+				return err
+			}
+			var item struct {
+				URL string `json:"url"`
+			}
+			if err := json.Unmarshal([]byte(raw), &item); err != nil {
+				return err
+			}
+			busy := prefix + "busy:" + item.URL
+			if err := client.SetEx(ctx, busy, "eval-"+strconv.FormatInt(i, 10), 600*time.Second).Err(); err != nil {
+				return err
+			}
+			res, err := originalRelease.Run(ctx, client, []string{busy, available}, item.URL, raw).Slice()
+			if err == nil && res[2] != "released" {
+				err = fmt.Errorf("original release: %v", res)
+			}
+			return err
+		}
+	}},
+}
+
+func executorURL(i int) string { return fmt.Sprintf("http://10.0.%d.%d:8080", i/256, i%256) }
+
+// BenchmarkAcquireRelease: one client, one acquire plus one release at a
+// time, on a pool of n idle executors; p50 and p99 of the pair.
+func BenchmarkAcquireRelease(b *testing.B) {
+	for _, d := range designs {
+		for _, n := range benchSizes {
+			b.Run(fmt.Sprintf("design=%s/executors=%d", d.name, n), func(b *testing.B) {
+				pair := d.setup(b, n)
+				ctx := b.Context()
+				took := make([]time.Duration, 0, b.N)
+				b.ResetTimer()
+				for i := range b.N {
+					start := time.Now()
+					if err := pair(ctx, int64(i)); err != nil {
+						b.Fatal(err)
+					}
+					took = append(took, time.Since(start))
 				}
-				if r, err := p.Release(ctx, l, "bench"); err != nil || r.Outcome != Released {
-					b.Fatal(r, err)
-				}
-			}
-		})
+				b.StopTimer()
+				slices.Sort(took)
+				b.ReportMetric(float64(took[len(took)/2].Nanoseconds()), "p50-ns")
+				b.ReportMetric(float64(took[(len(took)-1)*99/100].Nanoseconds()), "p99-ns")
+			})
+		}
+	}
+}
+
+// BenchmarkParallelAcquireRelease: eight clients at once, so that Redis,
+// not the round trip, is what limits; pairs/s is the throughput.
+func BenchmarkParallelAcquireRelease(b *testing.B) {
+	for _, d := range designs {
+		for _, n := range benchSizes {
+			b.Run(fmt.Sprintf("design=%s/executors=%d", d.name, n), func(b *testing.B) {
+				pair := d.setup(b, n)
+				ctx := b.Context()
+				var next atomic.Int64
+				b.SetParallelism(4) // × GOMAXPROCS 2 = 8 clients
+				b.ResetTimer()
+				start := time.Now()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if err := pair(ctx, next.Add(1)); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "pairs/s")
+			})
+		}
 	}
 }
 
@@ -67,48 +163,11 @@ end
 return {was_busy, 0, "not_busy"}
 `)
 
-// BenchmarkOriginalAcquireRelease measures the original design on the same
-// Redis: RPOP then SETEX to acquire, the scanning script to release.
-func BenchmarkOriginalAcquireRelease(b *testing.B) {
-	for _, n := range benchSizes {
-		b.Run("executors="+strconv.Itoa(n), func(b *testing.B) {
-			client := evaltest.Client(b)
-			prefix := "evalpool:{" + evaltest.Pool(b, client) + "}:"
-			available := prefix + "available_list"
-			ctx := b.Context()
-			if err := loadOriginal(ctx, client, available, n); err != nil {
-				b.Fatal(err)
-			}
-			b.ResetTimer()
-			for i := range b.N {
-				raw, err := client.RPop(ctx, available).Result()
-				if err != nil {
-					b.Fatal(err)
-				}
-				var item struct {
-					URL string `json:"url"`
-				}
-				if err := json.Unmarshal([]byte(raw), &item); err != nil {
-					b.Fatal(err)
-				}
-				busy := prefix + "busy:" + item.URL
-				if err := client.SetEx(ctx, busy, "eval-"+strconv.Itoa(i), 600*time.Second).Err(); err != nil {
-					b.Fatal(err)
-				}
-				res, err := originalRelease.Run(ctx, client, []string{busy, available}, item.URL, raw).Slice()
-				if err != nil || res[2] != "released" {
-					b.Fatal(res, err)
-				}
-			}
-		})
-	}
-}
-
 func loadOriginal(ctx context.Context, c *redis.Client, key string, n int) error {
 	for start := 0; start < n; start += 1000 {
 		_, err := c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for i := start; i < min(start+1000, n); i++ {
-				item, _ := json.Marshal(map[string]string{"url": fmt.Sprintf("http://10.0.%d.%d:8080", i/256, i%256)})
+				item, _ := json.Marshal(map[string]string{"url": executorURL(i)})
 				pipe.LPush(ctx, key, item)
 			}
 			return nil

@@ -1,0 +1,59 @@
+package executor
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+)
+
+// Fleet is many reference executors behind one listener, executor i under
+// /e/{i}/, for load tests that need a large pool without a process or a
+// port per executor. Each is a Server of its own: its own fence, its own
+// overlap count.
+type Fleet struct {
+	Servers []*Server
+	mux     *http.ServeMux
+}
+
+// NewFleet returns n servers with the same options.
+func NewFleet(n int, opts ServerOptions) (*Fleet, error) {
+	if n < 1 {
+		return nil, fmt.Errorf("executor: a fleet needs at least 1 executor, got %d", n)
+	}
+	f := &Fleet{mux: http.NewServeMux()}
+	for i := range n {
+		s, err := NewServer(opts)
+		if err != nil {
+			return nil, err
+		}
+		prefix := FleetPath(i)
+		f.mux.Handle(prefix+"/", http.StripPrefix(prefix, s))
+		f.Servers = append(f.Servers, s)
+	}
+	return f, nil
+}
+
+// FleetPath is the path under which executor i of a fleet answers.
+func FleetPath(i int) string { return "/e/" + strconv.Itoa(i) }
+
+// ServeHTTP implements http.Handler.
+func (f *Fleet) ServeHTTP(w http.ResponseWriter, r *http.Request) { f.mux.ServeHTTP(w, r) }
+
+// Stats adds up the fleet's counters.
+func (f *Fleet) Stats() Stats {
+	var total Stats
+	for _, s := range f.Servers {
+		st := s.Stats()
+		total.Served += st.Served
+		total.Passed += st.Passed
+		total.Failed += st.Failed
+		total.Errors += st.Errors
+		total.Timeout += st.Timeout
+		total.Fenced += st.Fenced
+		total.Preempted += st.Preempted
+		total.Overlaps += st.Overlaps
+		total.MaxFence = max(total.MaxFence, st.MaxFence)
+		total.Running = total.Running || st.Running
+	}
+	return total
+}

@@ -1,0 +1,139 @@
+//go:build bench
+
+package benchmarks
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
+	"github.com/evalpool/evalpool/worker"
+)
+
+// stamped is an executor that answers after delay and records, for each
+// eval, how long after its enqueue it was called (the spec carries the
+// enqueue time).
+type stamped struct {
+	delay time.Duration
+	mu    sync.Mutex
+	waits []time.Duration
+}
+
+func (s *stamped) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Spec struct {
+			Enqueued int64 `json:"enqueued"`
+		} `json:"spec"`
+	}
+	_ = json.NewDecoder(r.Body).Decode(&req)
+	s.mu.Lock()
+	s.waits = append(s.waits, time.Since(time.Unix(0, req.Spec.Enqueued)))
+	s.mu.Unlock()
+	time.Sleep(s.delay)
+	_, _ = w.Write([]byte(`{"status":"passed"}`))
+}
+
+// latencyRun enqueues n evals, gap apart, onto a worker with the given
+// executors, and returns each eval's wait from enqueue to executor call.
+func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap time.Duration) []time.Duration {
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
+	defer client.Close()
+	if err := client.FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := pool.New(client, pool.Options{Name: "latency"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := &stamped{delay: delay}
+	mux := http.NewServeMux()
+	for i := range executors {
+		mux.Handle(executor.FleetPath(i)+"/", http.StripPrefix(executor.FleetPath(i), ex))
+	}
+	ts := httptest.NewServer(mux)
+	defer ts.Close()
+	for i := range executors {
+		if _, err := p.Register(t.Context(), pool.Executor{URL: ts.URL + executor.FleetPath(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	metrics := pool.NewMetrics()
+	p, _ = pool.New(client, pool.Options{Name: "latency", Metrics: metrics})
+	w, err := worker.New(worker.Config{Redis: client, Pool: p, Concurrency: 16, PollInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx) }()
+	time.Sleep(300 * time.Millisecond) // let the worker reach its idle polling
+	aq := asynq.NewClientFromRedisClient(client)
+	for i := range n {
+		spec, _ := json.Marshal(map[string]int64{"enqueued": time.Now().UnixNano()})
+		task, err := tasks.NewEval(tasks.Eval{ID: fmt.Sprintf("lat-%04d", i), Spec: spec, TimeoutS: 60}, tasks.EvalOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := aq.Enqueue(task); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(gap)
+	}
+	for metrics.Releases("", "") < float64(n) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	return ex.waits
+}
+
+func latency(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
+	var p50, p99, satMean, satP99 []float64
+	const satExecutors, satEvals, satDelay = 4, 200, 20 * time.Millisecond
+	for range runs() {
+		free := latencyRun(t, srv, 16, 200, 0, 10*time.Millisecond)
+		p50 = append(p50, float64(percentile(free, 50)))
+		p99 = append(p99, float64(percentile(free, 99)))
+		sat := latencyRun(t, srv, satExecutors, satEvals, satDelay, 0)
+		var sum time.Duration
+		for _, d := range sat {
+			sum += d
+		}
+		satMean = append(satMean, float64(sum)/float64(len(sat)))
+		satP99 = append(satP99, float64(percentile(sat, 99)))
+	}
+	// Ideal FIFO on a saturated pool: eval k starts after k/executors
+	// rounds of the executors' latency.
+	var ideal []time.Duration
+	for k := range satEvals {
+		ideal = append(ideal, time.Duration(k/satExecutors)*satDelay)
+	}
+	var idealSum time.Duration
+	for _, d := range ideal {
+		idealSum += d
+	}
+	slices.Sort(ideal)
+	md.WriteString("## 4. Latency\n\n")
+	fmt.Fprintf(md, "Enqueue to executor call with executors free (200 evals, 10 ms apart, 16 executors, one worker, `--poll-interval 100ms`: an idle Asynq worker looks at its queues every 50–150 ms, which is most of this): p50 %s, p99 %s.\n\n",
+		time.Duration(median(p50)).Round(time.Millisecond), time.Duration(median(p99)).Round(time.Millisecond))
+	fmt.Fprintf(md, "Saturated pool (%d evals at once, %d executors of %s, concurrency 16): an eval that finds no free executor is retried after 500 ms ± 50%% (the default `NoExecutorDelay`), not queued in order:\n\n", satEvals, satExecutors, satDelay)
+	md.WriteString("| wait for an executor | mean | p99 |\n| --- | ---: | ---: |\n")
+	fmt.Fprintf(md, "| evalpool | %s | %s |\n", time.Duration(median(satMean)).Round(time.Millisecond), time.Duration(median(satP99)).Round(time.Millisecond))
+	fmt.Fprintf(md, "| ideal FIFO | %s | %s |\n\n", (idealSum / satEvals).Round(time.Millisecond), percentile(ideal, 99).Round(time.Millisecond))
+}

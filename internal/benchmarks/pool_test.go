@@ -1,0 +1,92 @@
+//go:build bench
+
+package benchmarks
+
+import (
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var benchLine = regexp.MustCompile(`^Benchmark(\w+)/design=(\w+)/executors=(\d+)-\d+\s+\d+\s+(.*)$`)
+
+// poolVsSize runs the pool package's Go benchmarks (ours next to the
+// original LIST design, in one process on one Redis) and tabulates them.
+func poolVsSize(t *testing.T, _ redis.UniversalClient, md *strings.Builder) {
+	out, err := exec.Command("go", "test", "-run", "^$", "-bench", "AcquireRelease", "-benchtime", "1s",
+		"-count", strconv.Itoa(runs()), "../../pool").CombinedOutput()
+	if err != nil {
+		t.Fatalf("pool benchmarks: %v\n%s", err, out)
+	}
+	// figures[bench][design][size][unit] = values
+	figures := map[string]map[string]map[int]map[string][]float64{}
+	for line := range strings.Lines(string(out)) {
+		m := benchLine.FindStringSubmatch(strings.TrimSpace(line))
+		if m == nil {
+			continue
+		}
+		size, _ := strconv.Atoi(m[3])
+		f := strings.Fields(m[4])
+		for i := 0; i+1 < len(f); i += 2 {
+			v, _ := strconv.ParseFloat(f[i], 64)
+			if figures[m[1]] == nil {
+				figures[m[1]] = map[string]map[int]map[string][]float64{}
+			}
+			if figures[m[1]][m[2]] == nil {
+				figures[m[1]][m[2]] = map[int]map[string][]float64{}
+			}
+			if figures[m[1]][m[2]][size] == nil {
+				figures[m[1]][m[2]][size] = map[string][]float64{}
+			}
+			figures[m[1]][m[2]][size][f[i+1]] = append(figures[m[1]][m[2]][size][f[i+1]], v)
+		}
+	}
+	get := func(bench, design string, size int, unit string) float64 {
+		return median(figures[bench][design][size][unit])
+	}
+	sizes := []int{10, 1000, 10_000, 100_000}
+	md.WriteString("## 1. Pool operations vs pool size\n\n")
+	md.WriteString("One acquire + one release of an idle executor, through go-redis over loopback: evalpool's scripts next to the original design (a LIST of JSON; RPOP then SETEX to acquire; the talk's release script, which scans and decodes the whole list). Sequential: one client, p50/p99 of the pair. Parallel: 8 clients, pairs per second (Redis-bound; for the original, its release is nearly all of the pair).\n\n")
+	md.WriteString("| executors | evalpool p50 | p99 | pairs/s, 8 clients | original p50 | p99 | pairs/s, 8 clients | throughput evalpool / original |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, n := range sizes {
+		ours := get("ParallelAcquireRelease", "evalpool", n, "pairs/s")
+		orig := get("ParallelAcquireRelease", "original", n, "pairs/s")
+		fmt.Fprintf(md, "| %s | %s | %s | %.0f | %s | %s | %.0f | %.1f× |\n", thousands(n),
+			micros(get("AcquireRelease", "evalpool", n, "p50-ns")), micros(get("AcquireRelease", "evalpool", n, "p99-ns")), ours,
+			micros(get("AcquireRelease", "original", n, "p50-ns")), micros(get("AcquireRelease", "original", n, "p99-ns")), orig, ours/orig)
+	}
+	flatP50 := get("AcquireRelease", "evalpool", 100_000, "p50-ns") / get("AcquireRelease", "evalpool", 10, "p50-ns")
+	flatThr := get("ParallelAcquireRelease", "evalpool", 10, "pairs/s") / get("ParallelAcquireRelease", "evalpool", 100_000, "pairs/s")
+	ratio10k := get("ParallelAcquireRelease", "evalpool", 10_000, "pairs/s") / get("ParallelAcquireRelease", "original", 10_000, "pairs/s")
+	fmt.Fprintf(md, "\n- evalpool at 100,000 executors vs at 10: p50 %.2f×, throughput cost %.2f× (target ≤ 1.5×): %s\n", flatP50, flatThr, verdict(flatP50 <= 1.5 && flatThr <= 1.5))
+	fmt.Fprintf(md, "- evalpool vs the original at 10,000 executors: %.0f× the throughput (target ≥ 50×): %s\n\n", ratio10k, verdict(ratio10k >= 50))
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "**met**"
+	}
+	return "**missed**"
+}
+
+func micros(ns float64) string {
+	switch {
+	case ns >= 1e6:
+		return fmt.Sprintf("%.1f ms", ns/1e6)
+	default:
+		return fmt.Sprintf("%.0f µs", ns/1e3)
+	}
+}
+
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
