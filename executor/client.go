@@ -76,9 +76,24 @@ func ParseResult(body []byte) (Result, error) {
 
 // Client calls executors. The zero value is usable.
 type Client struct {
-	// HTTP sends the requests. Defaults to a client with no overall timeout:
-	// the context given to Run bounds every call.
+	// HTTP sends the requests. Defaults to a client with no overall timeout
+	// (the context given to Run bounds every call) that keeps up to 64 idle
+	// connections per host, not net/http's 2: executors behind one address
+	// (a gateway, a fleet) would otherwise cost a new connection per eval.
 	HTTP *http.Client
+}
+
+var defaultHTTP = &http.Client{Transport: func() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	return t
+}()}
+
+func (c *Client) httpClient() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	return defaultHTTP
 }
 
 // Run sends one eval to the executor at baseURL and waits for its answer.
@@ -97,11 +112,7 @@ func (c *Client) Run(ctx context.Context, baseURL string, req Request) (Result, 
 	if d, ok := ctx.Deadline(); ok {
 		hr.Header.Set(deadlineHdr, strconv.FormatInt(d.UnixMilli(), 10))
 	}
-	hc := c.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(hr)
+	resp, err := c.httpClient().Do(hr)
 	if err != nil {
 		return Result{}, fmt.Errorf("executor %s: %w", baseURL, err)
 	}
@@ -131,11 +142,7 @@ func (c *Client) Healthy(ctx context.Context, baseURL string) error {
 	if err != nil {
 		return fmt.Errorf("executor %s: %w", baseURL, err)
 	}
-	hc := c.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(hr)
+	resp, err := c.httpClient().Do(hr)
 	if err != nil {
 		return fmt.Errorf("executor %s: %w", baseURL, err)
 	}

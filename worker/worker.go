@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,8 +53,12 @@ type Config struct {
 	Redis redis.UniversalClient
 	// Pool is the executor pool the evals run on. Required.
 	Pool *pool.Pool
-	// Concurrency is how many tasks run at once. Defaults to 10.
+	// Concurrency is how many evals run at once. Defaults to 10.
 	Concurrency int
+	// CleanupConcurrency is how many cleanups and reaps run at once, in
+	// slots of their own so that a release never waits behind evals.
+	// Defaults to half of Concurrency, at least 4.
+	CleanupConcurrency int
 	// Cleanup says which cleanups an attempt enqueues. Defaults to
 	// CleanupOutcome.
 	Cleanup CleanupMode
@@ -75,6 +80,12 @@ type Config struct {
 	// queues again, and how often due retries are moved to their queue.
 	// Defaults to 1 s.
 	PollInterval time.Duration
+	// CleanupPollInterval is PollInterval for the cleanup queue. An executor
+	// stays leased until its cleanup runs, so a cleanup that waits for an
+	// idle worker's next look at its queue is an executor kept idle: this
+	// poll is short, at the cost of one small round trip per interval per
+	// idle worker. Defaults to 20 ms, or PollInterval if shorter.
+	CleanupPollInterval time.Duration
 	// ShutdownTimeout is how long a stopping worker waits for running tasks
 	// before it hands them back to the queue. Defaults to 10 s.
 	ShutdownTimeout time.Duration
@@ -92,8 +103,8 @@ func (c *Config) validate() error {
 		return errors.New("worker: Config.Redis is required")
 	case c.Pool == nil:
 		return errors.New("worker: Config.Pool is required")
-	case c.Concurrency < 0:
-		return fmt.Errorf("worker: concurrency may not be negative, got %d", c.Concurrency)
+	case c.Concurrency < 0 || c.CleanupConcurrency < 0:
+		return fmt.Errorf("worker: concurrency may not be negative, got %d and %d", c.Concurrency, c.CleanupConcurrency)
 	case c.Cleanup != "" && c.Cleanup != CleanupOutcome && c.Cleanup != CleanupBoth:
 		return fmt.Errorf("worker: cleanup must be %q or %q, got %q", CleanupOutcome, CleanupBoth, c.Cleanup)
 	case c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < 10*time.Millisecond:
@@ -110,6 +121,9 @@ func (c *Config) withDefaults() {
 	if c.Concurrency == 0 {
 		c.Concurrency = 10
 	}
+	if c.CleanupConcurrency == 0 {
+		c.CleanupConcurrency = max(4, c.Concurrency/2)
+	}
 	if c.Cleanup == "" {
 		c.Cleanup = CleanupOutcome
 	}
@@ -125,6 +139,9 @@ func (c *Config) withDefaults() {
 	if c.PollInterval == 0 {
 		c.PollInterval = time.Second
 	}
+	if c.CleanupPollInterval == 0 {
+		c.CleanupPollInterval = min(20*time.Millisecond, c.PollInterval)
+	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
@@ -135,6 +152,9 @@ func (c *Config) withDefaults() {
 		c.Metrics = NewMetrics()
 	}
 }
+
+// cleanupServers is how many Asynq servers a worker runs for cleanups.
+const cleanupServers = 2
 
 // Worker processes evalpool's tasks.
 type Worker struct {
@@ -172,14 +192,21 @@ func (w *Worker) Handler() asynq.Handler {
 // executor. Run fails at once if Redis cannot be reached.
 func (w *Worker) Run(ctx context.Context) error {
 	if err := w.cfg.Redis.Ping(ctx).Err(); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it started
+		}
 		return fmt.Errorf("worker: redis: %w", err)
 	}
 	logger := asynqLogger{w.log}
-	srv := asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
+	// An Asynq server for evals and others for cleanups and reaps: a release
+	// never waits for a slot behind long evals, and since a server dequeues
+	// one task at a time (a round trip per queue it asks), each asks only
+	// its own queues, and cleanups, one or two per eval attempt, get
+	// cleanupServers dequeue loops to keep up.
+	evals := asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
 		Concurrency:              w.cfg.Concurrency,
 		BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
-		Queues:                   map[string]int{tasks.QueueMaintenance: 3, tasks.QueueCleanup: 2, tasks.QueueEvals: 1},
-		StrictPriority:           true,
+		Queues:                   map[string]int{tasks.QueueEvals: 1},
 		IsFailure:                func(err error) bool { return !errors.Is(err, pool.ErrNoExecutor) },
 		RetryDelayFunc:           w.retryDelay,
 		ErrorHandler:             asynq.ErrorHandlerFunc(w.handleError),
@@ -188,6 +215,19 @@ func (w *Worker) Run(ctx context.Context) error {
 		DelayedTaskCheckInterval: w.cfg.PollInterval,
 		ShutdownTimeout:          w.cfg.ShutdownTimeout,
 	})
+	cleanups := make([]*asynq.Server, cleanupServers)
+	for i := range cleanups {
+		cleanups[i] = asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
+			Concurrency:              max(1, w.cfg.CleanupConcurrency/cleanupServers),
+			BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
+			Queues:                   map[string]int{tasks.QueueCleanup: 2, tasks.QueueMaintenance: 1},
+			StrictPriority:           true,
+			Logger:                   logger,
+			TaskCheckInterval:        w.cfg.CleanupPollInterval,
+			DelayedTaskCheckInterval: w.cfg.PollInterval,
+			ShutdownTimeout:          w.cfg.ShutdownTimeout,
+		})
+	}
 	reap, err := tasks.NewReap(w.cfg.Pool.Name())
 	if err != nil {
 		return err
@@ -203,11 +243,21 @@ func (w *Worker) Run(ctx context.Context) error {
 	if _, err := sched.Register(fmt.Sprintf("@every %s", w.cfg.ReapInterval), reap, asynq.Unique(w.cfg.ReapInterval)); err != nil {
 		return fmt.Errorf("worker: schedule reap: %w", err)
 	}
-	if err := srv.Start(w.Handler()); err != nil {
-		return fmt.Errorf("worker: start: %w", err)
+	started := []*asynq.Server{}
+	stop := func() {
+		for _, s := range slices.Backward(started) {
+			s.Shutdown() // evals first: running evals finish and enqueue their cleanups
+		}
+	}
+	for _, s := range append(cleanups, evals) {
+		if err := s.Start(w.Handler()); err != nil {
+			stop()
+			return fmt.Errorf("worker: start: %w", err)
+		}
+		started = append(started, s)
 	}
 	if err := sched.Start(); err != nil {
-		srv.Shutdown()
+		stop()
 		return fmt.Errorf("worker: start scheduler: %w", err)
 	}
 	w.log.Info().Str("pool", w.cfg.Pool.Name()).Int("concurrency", w.cfg.Concurrency).
@@ -215,7 +265,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-ctx.Done()
 	w.log.Info().Msg("worker stopping")
 	sched.Shutdown()
-	srv.Shutdown()
+	stop()
 	w.log.Info().Msg("worker stopped")
 	return nil
 }

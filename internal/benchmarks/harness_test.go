@@ -206,16 +206,19 @@ func parallel(n int, total int64, budget time.Duration, f func() error) (int64, 
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
-			for time.Since(start) < budget && done.Load() < total {
+			for time.Since(start) < budget {
+				if done.Add(1) > total { // a call reserved before it is made
+					done.Add(-1)
+					return
+				}
 				if err := f(); err != nil {
+					done.Add(-1)
 					once.Do(func() { firstErr = err })
 					return
 				}
-				done.Add(1)
 			}
 		})
 	}
 	wg.Wait()
 	return done.Load(), time.Since(start), firstErr
 }
-

@@ -29,21 +29,22 @@ func WaitEvalsDone(t testing.TB, insp *asynq.Inspector, n int, timeout time.Dura
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	busy := func(q *asynq.QueueInfo) int { return q.Pending + q.Active + q.Scheduled + q.Retry }
+	// Errors are retried until the deadline: callers wait across faults
+	// (a Redis restart) on purpose.
 	for {
 		evals, err := queueInfo(insp, tasks.QueueEvals)
-		if err != nil {
-			t.Fatalf("evaltest: %s queue: %v", tasks.QueueEvals, err)
+		var cleanup *asynq.QueueInfo
+		if err == nil {
+			cleanup, err = queueInfo(insp, tasks.QueueCleanup)
 		}
-		cleanup, err := queueInfo(insp, tasks.QueueCleanup)
-		if err != nil {
-			t.Fatalf("evaltest: %s queue: %v", tasks.QueueCleanup, err)
-		}
-		completed, archived = evals.Completed, evals.Archived
-		if completed+archived == n && busy(evals) == 0 && busy(cleanup) == 0 {
-			break
+		if err == nil {
+			completed, archived = evals.Completed, evals.Archived
+			if completed+archived == n && busy(evals) == 0 && busy(cleanup) == 0 {
+				break
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("evaltest: after %s, %d of %d evals finished; evals %+v; cleanup %+v", timeout, completed+archived, n, *evals, *cleanup)
+			t.Fatalf("evaltest: after %s, %d of %d evals finished; evals %+v; cleanup %+v; %v", timeout, completed+archived, n, evals, cleanup, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
