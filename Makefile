@@ -2,7 +2,6 @@
 GO       ?= go
 BIN      ?= bin/evalpool
 PKGS     ?= ./...
-BENCHOUT ?= bench/results.txt
 
 .DEFAULT_GOAL := help
 SHELL         := /bin/bash
@@ -55,9 +54,8 @@ lint: ## gofmt and go vet
 	$(GO) vet -tags browser ./dashboard
 
 .PHONY: bench
-bench: ## Run the benchmarks (ours vs the original LIST design) and write bench/results.txt
-	@mkdir -p $(dir $(BENCHOUT))
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 6 ./pool | tee $(BENCHOUT)
+bench: ## Measure everything side by side and write BENCHMARKS.md (EVALPOOL_BENCH_RUNS, default 5 runs each)
+	$(GO) test -tags bench -run '^TestWriteBenchmarks$$' -count=1 -timeout 60m -v ./internal/benchmarks | tee bench.out | grep -E '^(    harness|--- |ok|FAIL)'
 
 .PHONY: demo
 demo: ## Run the zero-setup demo: embedded Redis, simulated executors, a worker, 200 evals, a report

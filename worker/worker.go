@@ -187,9 +187,11 @@ func (w *Worker) Handler() asynq.Handler {
 }
 
 // Run processes tasks until ctx is done, then shuts down gracefully: running
-// evals get ShutdownTimeout to finish; those that do not go back to the
-// queue, and their leases, still valid, bring the retry back to the same
-// executor. Run fails at once if Redis cannot be reached.
+// evals get ShutdownTimeout to finish; those that do not are cancelled,
+// release their executors through their failure cleanup, and go back to the
+// queue without spending a retry. Cleanups stop last, so the cleanups of the
+// evals that finished run before the worker exits. Run fails at once if
+// Redis cannot be reached.
 func (w *Worker) Run(ctx context.Context) error {
 	if err := w.cfg.Redis.Ping(ctx).Err(); err != nil {
 		if ctx.Err() != nil {
