@@ -47,7 +47,7 @@ func memory(t *testing.T, client *redis.Client, md *strings.Builder) {
 		perExec = append(perExec, (m1-m0)/memExecutors)
 		perLease = append(perLease, (m2-m1)/memExecutors)
 	}
-	fmt.Fprintf(md, "## 3b. Redis memory\n\n`used_memory` deltas with %s executors (URLs like `http://10.1.134.160:8080`, no labels):\n\n", thousands(memExecutors))
+	fmt.Fprintf(md, "## 3. Redis memory (the commands and round trips per eval are in the table above)\n\n`used_memory` deltas with %s executors (URLs like `http://10.1.134.160:8080`, no labels):\n\n", thousands(memExecutors))
 	md.WriteString("| what | bytes each |\n| --- | ---: |\n")
 	fmt.Fprintf(md, "| an idle registered executor (its record, its place in `available`) | %.0f |\n", median(perExec))
 	fmt.Fprintf(md, "| an in-flight lease (lease record, deadline, holder index; less its place in `available`) | %.0f |\n", median(perLease))
