@@ -5,6 +5,7 @@ package benchmarks
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,8 +37,9 @@ func memory(t *testing.T, client *redis.Client, md *strings.Builder) {
 			t.Fatal(err)
 		}
 		m1 := info(t, client, "memory", "used_memory")
+		var next atomic.Int64
 		n, _, err := parallel(8, memExecutors, time.Minute, func() error {
-			_, err := p.Acquire(t.Context(), fmt.Sprintf("eval-%d", time.Now().UnixNano()), time.Hour)
+			_, err := p.Acquire(t.Context(), fmt.Sprint("eval-", next.Add(1)), time.Hour)
 			return err
 		})
 		if err != nil || n != memExecutors {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -64,8 +65,9 @@ func scale(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	}
 	aq := asynq.NewClientFromRedisClient(client)
 	spec := json.RawMessage(`{"task":"scale"}`)
+	var next atomic.Int64
 	if n, _, err := parallel(8, scaleEvals, 5*time.Minute, func() error {
-		task, err := tasks.NewEval(tasks.Eval{ID: fmt.Sprint("scale-", time.Now().UnixNano()), Spec: spec, TimeoutS: 300}, tasks.EvalOptions{})
+		task, err := tasks.NewEval(tasks.Eval{ID: fmt.Sprint("scale-", next.Add(1)), Spec: spec, TimeoutS: 300}, tasks.EvalOptions{})
 		if err != nil {
 			return err
 		}
