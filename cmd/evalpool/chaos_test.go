@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -77,15 +76,6 @@ func chaosDir(t *testing.T) string {
 	return t.TempDir()
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func executorStats(url string) (executor.Stats, error) {
 	var st executor.Stats
 	resp, err := http.Get(url + executor.PathStats)
@@ -123,7 +113,7 @@ func TestChaos(t *testing.T) {
 	var executors []*proc
 	var urls []string
 	for i := range 4 {
-		addr := freeAddr(t)
+		addr := evaltest.FreeAddr(t)
 		executors = append(executors, startProc(t, fmt.Sprint("executor-", i), "executor", "--listen", addr, "--latency", "30ms", "--fail-rate", "0.1"))
 		urls = append(urls, "http://"+addr)
 	}

@@ -38,7 +38,7 @@ func scale(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	if err := client.FlushAll(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := evaltest.FreeAddr(t)
 	fleet := exec.Command(bin, "--log-level", "error", "executor", "--listen", addr, "--count", fmt.Sprint(scaleExecutors))
 	if err := fleet.Start(); err != nil {
 		t.Fatal(err)

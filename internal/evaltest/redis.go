@@ -181,6 +181,17 @@ func (s *Server) logTail() string {
 	return strings.Join(lines[max(0, len(lines)-5):], " | ")
 }
 
+// FreeAddr returns a loopback address nothing listens on yet, for a process
+// the test starts.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+}
+
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
