@@ -80,8 +80,8 @@ type Options struct {
 	// logger that discards everything.
 	Logger *zerolog.Logger
 	// Metrics counts every operation's outcome. Defaults to a private set that
-	// nobody scrapes; pass NewMetrics() registered with your Prometheus
-	// registry to export them.
+	// nobody scrapes; to export them, pass NewMetrics() and register it:
+	// reg.MustRegister(m.Collectors()...).
 	Metrics *Metrics
 }
 
