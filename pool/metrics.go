@@ -50,6 +50,12 @@ func (m *Metrics) Releases(outcome ReleaseOutcome, path string) float64 {
 	return sum(m.releases, map[string]string{"outcome": string(outcome), "path": path})
 }
 
+// AcquireCounter is the counter of acquires with the outcome (acquired,
+// reentered, none).
+func (m *Metrics) AcquireCounter(outcome string) prometheus.Counter {
+	return m.acquires.WithLabelValues(outcome)
+}
+
 // DoubleReleases returns how many double releases came by path; an empty
 // path matches all.
 func (m *Metrics) DoubleReleases(path string) float64 {

@@ -69,9 +69,14 @@ type Config struct {
 	// across all workers: whole seconds, at least 1 s (the scheduler's cron
 	// and Asynq's uniqueness both count in seconds). Defaults to 10 s.
 	ReapInterval time.Duration
-	// NoExecutorDelay is the mean delay before an eval that found no free
-	// executor tries again (jittered by ±50%); such a retry does not count
-	// against the eval's retries. Defaults to 500 ms.
+	// ExecutorWait is how long an attempt that finds no free executor keeps
+	// asking (every 20 ms or so) before it hands its task back to the queue.
+	// Defaults to 2 s; set NoExecutorWait for none.
+	ExecutorWait   time.Duration
+	NoExecutorWait bool
+	// NoExecutorDelay is the mean delay before an eval handed back for want
+	// of an executor tries again (jittered by ±50%); such a retry does not
+	// count against the eval's retries. Defaults to 500 ms.
 	NoExecutorDelay time.Duration
 	// RetryDelay is the delay before retrying attempt n of a failed eval.
 	// Defaults to Asynq's (n⁴ + 15 + rand(30)·(n+1) seconds, from Sidekiq).
@@ -111,7 +116,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("worker: lease TTL must be at least 10ms, got %s", c.LeaseTTL)
 	case c.ReapInterval != 0 && (c.ReapInterval < time.Second || c.ReapInterval%time.Second != 0):
 		return fmt.Errorf("worker: reap interval must be whole seconds, at least 1s, got %s", c.ReapInterval)
-	case c.NoExecutorDelay < 0, c.ShutdownTimeout < 0, c.PollInterval < 0:
+	case c.NoExecutorDelay < 0, c.ExecutorWait < 0, c.ShutdownTimeout < 0, c.PollInterval < 0, c.CleanupPollInterval < 0:
 		return errors.New("worker: intervals and timeouts may not be negative")
 	}
 	return nil
@@ -132,6 +137,12 @@ func (c *Config) withDefaults() {
 	}
 	if c.ReapInterval == 0 {
 		c.ReapInterval = 10 * time.Second
+	}
+	switch {
+	case c.NoExecutorWait:
+		c.ExecutorWait = 0
+	case c.ExecutorWait == 0:
+		c.ExecutorWait = 2 * time.Second
 	}
 	if c.NoExecutorDelay == 0 {
 		c.NoExecutorDelay = 500 * time.Millisecond
@@ -324,7 +335,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
 	ttl := e.LeaseTTL(w.cfg.LeaseTTL)
-	lease, err := w.cfg.Pool.Acquire(ctx, e.ID, ttl)
+	lease, err := w.acquire(ctx, e.ID, ttl)
 	if errors.Is(err, pool.ErrNoExecutor) {
 		w.cfg.Metrics.evals.WithLabelValues("no_executor").Inc()
 		return err
@@ -391,6 +402,31 @@ func (w *Worker) attemptError(ctx context.Context, lease pool.Lease, err error) 
 	}
 	return &AttemptError{Lease: lease, Err: err}
 }
+
+// acquire leases an executor, waiting up to ExecutorWait for one to be
+// released: polling in the handler picks a freed executor up within
+// milliseconds, where a retry through Asynq's schedule takes a second or
+// more. Waiting holds an eval slot, never a cleanup slot, so it cannot keep
+// the releases it waits for from running.
+func (w *Worker) acquire(ctx context.Context, evalID string, ttl time.Duration) (pool.Lease, error) {
+	deadline := time.Now().Add(w.cfg.ExecutorWait)
+	for {
+		lease, err := w.cfg.Pool.Acquire(ctx, evalID, ttl)
+		if !errors.Is(err, pool.ErrNoExecutor) || !time.Now().Before(deadline) {
+			return lease, err
+		}
+		t := time.NewTimer(executorPoll/2 + rand.N(executorPoll))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return lease, err
+		case <-t.C:
+		}
+	}
+}
+
+// executorPoll is the mean interval at which a waiting attempt asks again.
+const executorPoll = 20 * time.Millisecond
 
 // runOnLease calls the executor while a heartbeat renews the lease every
 // ttl/3. A lease that is lost, or that cannot be renewed before its

@@ -349,7 +349,7 @@ func TestJunkExecutorAnswers(t *testing.T) {
 // No free executor: the eval waits without spending its retry budget.
 func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{}, executor.ServerOptions{})
+	w, b := setup(t, Config{NoExecutorWait: true}, executor.ServerOptions{})
 	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -364,6 +364,35 @@ func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
 	}
 	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second); completed != 1 {
 		t.Fatal("eval with no retries did not complete after waiting for an executor")
+	}
+	assertPoolWhole(t, b)
+}
+
+// An attempt that finds the pool busy waits in the handler and takes the
+// executor within milliseconds of its release, without handing its task back.
+func TestAttemptWaitsForAnExecutor(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{ExecutorWait: time.Minute}, executor.ServerOptions{})
+	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, w)
+	enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	evaltest.Eventually(t, 10*time.Second, "eval never started waiting", func() bool {
+		return testutil.ToFloat64(b.poolMetrics.AcquireCounter("none")) >= 3
+	})
+	released := time.Now()
+	if _, err := b.pool.Release(t.Context(), hog, "test"); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Eventually(t, 10*time.Second, "waiting eval never got the executor", func() bool { return b.executors[0].Stats().Served == 1 })
+	if waited := time.Since(released); waited > time.Second {
+		t.Errorf("the executor was taken %s after its release", waited)
+	}
+	evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second)
+	if n := testutil.ToFloat64(b.metrics.evals.WithLabelValues("no_executor")); n != 0 {
+		t.Errorf("%v attempts handed back for want of an executor, want 0", n)
 	}
 	assertPoolWhole(t, b)
 }

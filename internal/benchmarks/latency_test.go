@@ -132,7 +132,7 @@ func latency(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	md.WriteString("## 4. Latency\n\n")
 	fmt.Fprintf(md, "Enqueue to executor call with executors free (200 evals, 10 ms apart, 16 executors, one worker, `--poll-interval 100ms`: an idle Asynq worker looks at its queues every 50–150 ms, which is most of this): p50 %s, p99 %s.\n\n",
 		time.Duration(median(p50)).Round(time.Millisecond), time.Duration(median(p99)).Round(time.Millisecond))
-	fmt.Fprintf(md, "Saturated pool (%d evals at once, %d executors of %s, concurrency 16): an eval that finds no free executor is retried after 500 ms ± 50%% (the default `NoExecutorDelay`), not queued in order:\n\n", satEvals, satExecutors, satDelay)
+	fmt.Fprintf(md, "Saturated pool (%d evals at once, %d executors of %s, concurrency 16): an attempt that finds no free executor asks again every ~20 ms for up to `ExecutorWait` (2 s), then hands its task back for a retry 500 ms ± 50%% later (`NoExecutorDelay`); waiting evals are not served in order:\n\n", satEvals, satExecutors, satDelay)
 	md.WriteString("| wait for an executor | mean | p99 |\n| --- | ---: | ---: |\n")
 	fmt.Fprintf(md, "| evalpool | %s | %s |\n", time.Duration(median(satMean)).Round(time.Millisecond), time.Duration(median(satP99)).Round(time.Millisecond))
 	fmt.Fprintf(md, "| ideal FIFO | %s | %s |\n\n", (idealSum / satEvals).Round(time.Millisecond), percentile(ideal, 99).Round(time.Millisecond))
