@@ -48,6 +48,9 @@ func (a *app) workerCommand() *cobra.Command {
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			reg.MustRegister(pool.NewStateCollector(p), metrics.NewQueueMetricsCollector(asynq.NewInspectorFromRedisClient(client)))
 			cfg.Redis, cfg.Pool, cfg.Cleanup, cfg.Logger, cfg.Metrics = client, p, worker.CleanupMode(cleanup), &a.log, workerMetrics
+			if c.Flags().Changed("executor-wait") && cfg.ExecutorWait == 0 {
+				cfg.NoExecutorWait = true
+			}
 			if retryDelay > 0 {
 				cfg.RetryDelay = worker.ExponentialBackoff(retryDelay, 10*time.Minute)
 			}
@@ -83,6 +86,7 @@ func (a *app) workerCommand() *cobra.Command {
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 30*time.Second, "executor lease TTL for evals that name none; renewed every TTL/3")
 	f.DurationVar(&cfg.ReapInterval, "reap-interval", 10*time.Second, "how often the pool is reaped (once per interval across workers)")
 	f.DurationVar(&cfg.PollInterval, "poll-interval", time.Second, "how often an idle worker looks at empty queues and due retries")
+	f.DurationVar(&cfg.ExecutorWait, "executor-wait", 2*time.Second, "how long an eval waits in the handler for a busy pool before its task goes back to the queue; 0 for no wait")
 	f.DurationVar(&retryDelay, "retry-delay", 0, "first retry delay of a failed eval, doubling per retry up to 10m; 0 uses Asynq's backoff (15s and up)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a stopping worker waits for running evals")
 	return c
