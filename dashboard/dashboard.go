@@ -9,7 +9,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynq/x/metrics"
@@ -123,6 +122,3 @@ func (d *Dashboard) apiPool(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(PoolView{Status: st, MonitoringPath: MonitoringPath})
 }
-
-// ReadHeaderTimeout is the timeout servers of the dashboard should use.
-const ReadHeaderTimeout = 10 * time.Second

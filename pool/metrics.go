@@ -50,10 +50,10 @@ func (m *Metrics) Releases(outcome ReleaseOutcome, path string) float64 {
 	return sum(m.releases, map[string]string{"outcome": string(outcome), "path": path})
 }
 
-// AcquireCounter is the counter of acquires with the outcome (acquired,
-// reentered, none).
-func (m *Metrics) AcquireCounter(outcome string) prometheus.Counter {
-	return m.acquires.WithLabelValues(outcome)
+// Acquires returns how many acquires had the outcome (acquired,
+// reentered, none); an empty outcome matches all.
+func (m *Metrics) Acquires(outcome string) float64 {
+	return sum(m.acquires, map[string]string{"outcome": outcome})
 }
 
 // DoubleReleases returns how many double releases came by path; an empty

@@ -148,17 +148,6 @@ func (p *Pool) Name() string { return p.name }
 // Keys lists every Redis key of the pool. They share one hash slot.
 func (p *Pool) Keys() []string { return append(append([]string(nil), p.keys...), p.reapKey) }
 
-// Load puts every script in Redis's script cache (on every shard of a
-// cluster), so that the scripts can be pipelined with EVALSHA.
-func (p *Pool) Load(ctx context.Context) error {
-	for name, s := range lua.All {
-		if err := s.Load(ctx, p.client).Err(); err != nil {
-			return fmt.Errorf("pool: load script %s: %w", name, err)
-		}
-	}
-	return nil
-}
-
 // Executor is what a pool knows of an executor before it registers it.
 type Executor struct {
 	// URL is the executor's base URL, http or https.

@@ -82,9 +82,6 @@ func TestScriptsRunAfterScriptFlush(t *testing.T) {
 		}
 	}
 	lifecycle(t, p)
-	if err := p.Load(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestClusterOneSlotPerPool runs every operation on a real 3-master Redis

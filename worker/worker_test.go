@@ -380,7 +380,7 @@ func TestAttemptWaitsForAnExecutor(t *testing.T) {
 	start(t, w)
 	enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
 	evaltest.Eventually(t, 10*time.Second, "eval never started waiting", func() bool {
-		return testutil.ToFloat64(b.poolMetrics.AcquireCounter("none")) >= 3
+		return b.poolMetrics.Acquires("none") >= 3
 	})
 	if _, err := b.pool.Release(t.Context(), hog, "test"); err != nil {
 		t.Fatal(err)

@@ -118,7 +118,9 @@ func TestChaos(t *testing.T) {
 		urls = append(urls, "http://"+addr)
 	}
 	for _, u := range urls {
-		evaltest.Eventually(t, 10*time.Second, "executor never came up", func() bool { _, err := executorStats(u); return err == nil })
+		evaltest.Eventually(t, 10*time.Second, "executor never came up", func() bool {
+			return (&executor.Client{}).Healthy(t.Context(), u) == nil
+		})
 	}
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)

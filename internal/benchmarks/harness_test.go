@@ -161,7 +161,7 @@ func TestWriteBenchmarks(t *testing.T) {
 		name string
 		run  func()
 	}{
-		{"pool", func() { poolVsSize(t, client, &md) }},
+		{"pool", func() { poolVsSize(t, &md) }},
 		{"e2e", func() { endToEnd(t, srv, &md) }},
 		{"memory", func() { memory(t, client, &md) }},
 		{"latency", func() { latency(t, srv, &md) }},

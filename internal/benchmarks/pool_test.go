@@ -9,15 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/redis/go-redis/v9"
 )
 
 var benchLine = regexp.MustCompile(`^Benchmark(\w+)/design=(\w+)/executors=(\d+)-\d+\s+\d+\s+(.*)$`)
 
 // poolVsSize runs the pool package's Go benchmarks (ours next to the
 // original LIST design, in one process on one Redis) and tabulates them.
-func poolVsSize(t *testing.T, _ redis.UniversalClient, md *strings.Builder) {
+func poolVsSize(t *testing.T, md *strings.Builder) {
 	out, err := exec.Command("go", "test", "-run", "^$", "-bench", "AcquireRelease", "-benchtime", "1s",
 		"-count", strconv.Itoa(runs()), "../../pool").CombinedOutput()
 	if err != nil {

@@ -46,11 +46,7 @@ func scale(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	defer func() { _ = fleet.Process.Kill(); _ = fleet.Wait() }()
 	base := "http://" + addr
 	evaltest.Eventually(t, 10*time.Second, "executor fleet never came up", func() bool {
-		resp, err := http.Get(base + executor.FleetPath(0) + executor.PathHealth)
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil
+		return (&executor.Client{}).Healthy(t.Context(), base+executor.FleetPath(0)) == nil
 	})
 	p, err := pool.New(client, pool.Options{})
 	if err != nil {

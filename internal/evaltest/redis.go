@@ -127,9 +127,6 @@ func (s *Server) waitReady(timeout time.Duration) error {
 // URL is the server's redis:// URL.
 func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
 
-// Dir is the server's working directory, where its AOF and log live.
-func (s *Server) Dir() string { return s.opts.Dir }
-
 // Kill ends the server with SIGKILL, as a crash would, and waits for it.
 func (s *Server) Kill() error { return s.signal(syscall.SIGKILL) }
 
