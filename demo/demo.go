@@ -248,42 +248,23 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 		stopZombie()
 		zombie.Wait()
 	}()
-	pending := ids
-	for len(pending) > 0 {
-		still := pending[:0]
-		for _, id := range pending {
-			info, err := insp.GetTaskInfo(tasks.QueueEvals, id)
-			if err != nil {
-				return nil, fmt.Errorf("demo: eval %s: %w", id, err)
-			}
-			switch info.State {
-			case asynq.TaskStateCompleted:
-				var r worker.EvalResult
-				if json.Unmarshal(info.Result, &r) == nil && r.Status == executor.StatusFailed {
-					rep.Failed++
-				} else {
-					rep.Passed++
-				}
-			case asynq.TaskStateArchived:
-				rep.Errored++
-			default:
-				still = append(still, id)
-				continue
-			}
-			if info.Retried > 0 {
-				rep.Retried++
-			}
-			rep.Attempts += info.Retried + 1
-			_ = bar.Add(1)
+	err := worker.WaitEvals(ctx, insp, ids, 50*time.Millisecond, func(f worker.Finished) {
+		switch f.Outcome {
+		case worker.OutcomePassed:
+			rep.Passed++
+		case worker.OutcomeFailed:
+			rep.Failed++
+		default:
+			rep.Errored++
 		}
-		pending = still
-		if len(pending) > 0 {
-			select {
-			case <-ctx.Done():
-				return nil, fmt.Errorf("demo: %w with %d evals left", context.Cause(ctx), len(pending))
-			case <-time.After(50 * time.Millisecond):
-			}
+		if f.Retried > 0 {
+			rep.Retried++
 		}
+		rep.Attempts += f.Retried + 1
+		_ = bar.Add(1)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
 	}
 	_ = bar.Finish()
 	fmt.Fprintln(d.opts.Progress)

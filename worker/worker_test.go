@@ -558,9 +558,10 @@ func TestRedisRestartUnderAWorker(t *testing.T) {
 	if err := srv.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	// Tasks that were active when Redis died may wait for Asynq's recoverer,
-	// which runs every minute.
-	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(ids), 3*time.Minute); completed != len(ids) {
+	// A task being dequeued when Redis died stays "active" until Asynq's
+	// recoverer takes it back: its lease (30 s) must have lapsed 30 s
+	// before, and the recoverer runs once a minute, so up to about 2 min.
+	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(ids), 4*time.Minute); completed != len(ids) {
 		t.Fatalf("%d of %d evals completed after the restart", completed, len(ids))
 	}
 	assertPoolWhole(t, b)

@@ -277,17 +277,10 @@ type evalInfo struct {
 	Result    json.RawMessage `json:"result,omitempty"`
 }
 
-func (i evalInfo) finished() bool {
-	return i.State == asynq.TaskStateCompleted.String() || i.State == asynq.TaskStateArchived.String()
-}
-
 func lookupEval(insp *asynq.Inspector, id string) (evalInfo, error) {
-	t, err := insp.GetTaskInfo(tasks.QueueEvals, id)
-	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
-		return evalInfo{}, fmt.Errorf("eval %s not found", id)
-	}
+	t, err := worker.EvalInfo(insp, id)
 	if err != nil {
-		return evalInfo{}, fmt.Errorf("eval %s: %w", id, err)
+		return evalInfo{}, err
 	}
 	info := evalInfo{ID: id, State: t.State.String(), Retried: t.Retried, LastError: t.LastErr}
 	if len(t.Result) > 0 && json.Valid(t.Result) {
@@ -310,42 +303,20 @@ func (a *app) waitEvals(ctx context.Context, ids []string) error {
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionThrottle(200*time.Millisecond),
 	)
-	pending := append([]string(nil), ids...)
 	var passed, failed, archived int
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	for len(pending) > 0 {
-		still := pending[:0]
-		for _, id := range pending {
-			info, err := lookupEval(insp, id)
-			if err != nil {
-				return err
-			}
-			if !info.finished() {
-				still = append(still, id)
-				continue
-			}
-			_ = bar.Add(1)
-			if info.State == asynq.TaskStateArchived.String() {
-				archived++
-				continue
-			}
-			var r worker.EvalResult
-			if json.Unmarshal(info.Result, &r) == nil && r.Status == "failed" {
-				failed++
-			} else {
-				passed++
-			}
+	err = worker.WaitEvals(ctx, insp, ids, 250*time.Millisecond, func(f worker.Finished) {
+		_ = bar.Add(1)
+		switch f.Outcome {
+		case worker.OutcomePassed:
+			passed++
+		case worker.OutcomeFailed:
+			failed++
+		default:
+			archived++
 		}
-		pending = still
-		if len(pending) == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait: %w (%d of %d evals still running)", context.Cause(ctx), len(pending), len(ids))
-		case <-tick.C:
-		}
+	})
+	if err != nil {
+		return fmt.Errorf("wait: %w", err)
 	}
 	_ = bar.Finish()
 	fmt.Fprintf(a.stderr, "\n%d evals: %d passed, %d failed, %d errored (archived)\n", len(ids), passed, failed, archived)

@@ -239,7 +239,7 @@ func TestEnqueueFileIsAllOrNothing(t *testing.T) {
 		t.Fatalf("result of a pending eval: %+v, want exit 3", r)
 	}
 	r = evalpool(t, url, "default", "eval", "status", "nope")
-	if r.code != 1 || !strings.Contains(r.stderr, "eval nope not found") {
+	if r.code != 1 || !strings.Contains(r.stderr, "eval not found: nope") {
 		t.Fatalf("status of an unknown eval: %+v", r)
 	}
 	r = evalpool(t, url, "default", "enqueue", "--file", write("again.jsonl", `{"eval_id":"a","spec":{}}`))

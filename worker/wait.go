@@ -1,0 +1,89 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/tasks"
+)
+
+// ErrEvalNotFound means Asynq holds no eval of that ID (never enqueued, or
+// its retention has passed).
+var ErrEvalNotFound = errors.New("eval not found")
+
+// Outcomes of a finished eval.
+const (
+	OutcomePassed  = "passed"  // completed, its executor said passed
+	OutcomeFailed  = "failed"  // completed, its executor said failed
+	OutcomeErrored = "errored" // archived: its attempts failed
+)
+
+// Finished is an eval that has ended.
+type Finished struct {
+	ID      string
+	Outcome string
+	// Retried counts its failed attempts.
+	Retried int
+	// Result is what it wrote, for passed and failed evals.
+	Result EvalResult
+	// Err is its last error, for errored evals.
+	Err string
+}
+
+// EvalInfo looks an eval up in Asynq.
+func EvalInfo(insp *asynq.Inspector, id string) (*asynq.TaskInfo, error) {
+	info, err := insp.GetTaskInfo(tasks.QueueEvals, id)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrEvalNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("eval %s: %w", id, err)
+	}
+	return info, nil
+}
+
+// WaitEvals polls Asynq every interval until each eval in ids is completed
+// or archived, calling finished for each as it ends. It returns the
+// context's cause, with how many are left, if the context ends first.
+func WaitEvals(ctx context.Context, insp *asynq.Inspector, ids []string, every time.Duration, finished func(Finished)) error {
+	pending := append([]string(nil), ids...)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		still := pending[:0]
+		for _, id := range pending {
+			info, err := EvalInfo(insp, id)
+			if err != nil {
+				return err
+			}
+			f := Finished{ID: id, Retried: info.Retried}
+			switch info.State {
+			case asynq.TaskStateCompleted:
+				f.Outcome = OutcomePassed
+				if json.Unmarshal(info.Result, &f.Result) == nil && f.Result.Status == executor.StatusFailed {
+					f.Outcome = OutcomeFailed
+				}
+			case asynq.TaskStateArchived:
+				f.Outcome, f.Err = OutcomeErrored, info.LastErr
+			default:
+				still = append(still, id)
+				continue
+			}
+			finished(f)
+		}
+		if pending = still; len(pending) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%d of %d evals still running)", context.Cause(ctx), len(pending), len(ids))
+		case <-tick.C:
+		}
+	}
+}
