@@ -427,11 +427,15 @@ func TestFenceSurvivesALostCounter(t *testing.T) {
 	if err := b.client.Del(t.Context(), p.keys[6]).Err(); err != nil {
 		t.Fatal(err)
 	}
-	evaltest.Eventually(t, time.Second, "fence did not rise after the counter was lost", func() bool {
-		l := acquire(t, p, "eval-b", time.Minute)
-		release(t, p, l, Released)
-		return l.Fence > first.Fence
+	// Once Redis's clock has passed the old fence, the first acquire on the
+	// lost counter (INCR gives 1) must still hand out a higher fence.
+	evaltest.Eventually(t, time.Second, "Redis's clock never passed the old fence", func() bool {
+		now, err := b.client.Time(t.Context()).Result()
+		return err == nil && now.UnixMilli() > first.Fence
 	})
+	if l := acquire(t, p, "eval-b", time.Minute); l.Fence <= first.Fence {
+		t.Fatalf("fence %d after the counter was lost, want above %d", l.Fence, first.Fence)
+	}
 }
 
 func TestReapEveryRunsOncePerInterval(t *testing.T) {
