@@ -80,7 +80,11 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
 	go func() { errc <- w.Run(ctx) }()
-	time.Sleep(300 * time.Millisecond) // let the worker reach its idle polling
+	insp := asynq.NewInspectorFromRedisClient(client)
+	evaltest.Eventually(t, 10*time.Second, "the worker's servers never came up", func() bool {
+		servers, err := insp.Servers()
+		return err == nil && len(servers) > 0
+	})
 	aq := asynq.NewClientFromRedisClient(client)
 	for i := range n {
 		spec, _ := json.Marshal(map[string]int64{"enqueued": time.Now().UnixNano()})
