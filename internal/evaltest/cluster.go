@@ -30,22 +30,13 @@ func StartCluster(t testing.TB, n int) []string {
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
 		t.Fatalf("evaltest: redis-cli --cluster create: %v\n%s", err, out)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	for _, a := range addrs {
 		c := redis.NewClient(&redis.Options{Addr: a})
-		for {
-			info, err := c.ClusterInfo(ctx).Result()
-			if err == nil && strings.Contains(info, "cluster_state:ok") {
-				break
-			}
-			if ctx.Err() != nil {
-				_ = c.Close()
-				t.Fatalf("evaltest: cluster node %s never reached cluster_state:ok: %v %s", a, err, info)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		_ = c.Close()
+		t.Cleanup(func() { _ = c.Close() })
+		Eventually(t, 30*time.Second, "cluster node "+a+" never reached cluster_state:ok", func() bool {
+			info, err := c.ClusterInfo(t.Context()).Result()
+			return err == nil && strings.Contains(info, "cluster_state:ok")
+		})
 	}
 	return addrs
 }
