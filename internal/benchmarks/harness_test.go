@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -112,6 +113,21 @@ func commandCalls(t *testing.T, c redis.UniversalClient) float64 {
 		}
 	}
 	return total
+}
+
+// redisCPU is the CPU Redis has used, user and system, in seconds.
+func redisCPU(t *testing.T, c redis.UniversalClient) float64 {
+	t.Helper()
+	return info(t, c, "cpu", "used_cpu_sys") + info(t, c, "cpu", "used_cpu_user")
+}
+
+// processCPU is the CPU this process has used, user and system, in seconds.
+func processCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func machine(t *testing.T, c redis.UniversalClient) string {
