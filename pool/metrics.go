@@ -56,6 +56,12 @@ func (m *Metrics) Acquires(outcome string) float64 {
 	return sum(m.acquires, map[string]string{"outcome": outcome})
 }
 
+// Renewals returns how many lease renewals had the outcome (renewed,
+// lost); an empty outcome matches all.
+func (m *Metrics) Renewals(outcome string) float64 {
+	return sum(m.renewals, map[string]string{"outcome": outcome})
+}
+
 // DoubleReleases returns how many double releases came by path; an empty
 // path matches all.
 func (m *Metrics) DoubleReleases(path string) float64 {

@@ -331,20 +331,60 @@ func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (L
 // deadline has passed even if nobody reclaimed it yet, is ErrLeaseLost: its
 // holder must stop, because the executor may already be someone else's.
 func (p *Pool) Renew(ctx context.Context, l Lease, ttl time.Duration) (Lease, error) {
-	if ttl < time.Millisecond {
-		return l, fmt.Errorf("%w: lease TTL must be at least 1ms, got %s", ErrInvalid, ttl)
+	rs := []Renewal{{Lease: l, TTL: ttl}}
+	if err := p.RenewAll(ctx, rs); err != nil {
+		return l, err
 	}
-	deadline, err := lua.Renew.Run(ctx, p.client, p.keys, l.URL, l.Token, ttl.Milliseconds()).Int64()
+	return rs[0].Lease, rs[0].Err
+}
+
+// A Renewal asks RenewAll to renew one lease for TTL, and holds the answer.
+type Renewal struct {
+	Lease Lease
+	TTL   time.Duration
+	// Err is set by RenewAll: nil when Lease has its new deadline, or
+	// ErrLeaseLost, as for Renew.
+	Err error
+}
+
+// RenewAll renews many leases in one round trip and one script, so that a
+// worker holding hundreds of leases sends one heartbeat, not hundreds. Each
+// renewal gets its own answer in Err; the error RenewAll returns is for the
+// call as a whole (Redis unreachable, a TTL below 1ms), and then no lease was
+// renewed.
+func (p *Pool) RenewAll(ctx context.Context, rs []Renewal) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 3*len(rs))
+	for _, r := range rs {
+		if r.TTL < time.Millisecond {
+			return fmt.Errorf("%w: lease TTL must be at least 1ms, got %s for %s", ErrInvalid, r.TTL, r.Lease.URL)
+		}
+		args = append(args, r.Lease.URL, r.Lease.Token, r.TTL.Milliseconds())
+	}
+	deadlines, err := lua.Renew.Run(ctx, p.client, p.keys, args...).Int64Slice()
 	if err != nil {
-		return l, fmt.Errorf("pool: renew %s for eval %s: %w", l.URL, l.EvalID, scriptErr(err))
+		if len(rs) == 1 {
+			return fmt.Errorf("pool: renew %s for eval %s: %w", rs[0].Lease.URL, rs[0].Lease.EvalID, scriptErr(err))
+		}
+		return fmt.Errorf("pool: renew %d leases: %w", len(rs), scriptErr(err))
 	}
-	if deadline == 0 {
-		p.metrics.renewals.WithLabelValues("lost").Inc()
-		return l, fmt.Errorf("%w: %s for eval %s", ErrLeaseLost, l.URL, l.EvalID)
+	if len(deadlines) != len(rs) {
+		return fmt.Errorf("pool: renew %d leases: the script answered for %d", len(rs), len(deadlines))
 	}
-	p.metrics.renewals.WithLabelValues("renewed").Inc()
-	l.Deadline = time.UnixMilli(deadline)
-	return l, nil
+	for i, d := range deadlines {
+		r := &rs[i]
+		if d == 0 {
+			p.metrics.renewals.WithLabelValues("lost").Inc()
+			r.Err = fmt.Errorf("%w: %s for eval %s", ErrLeaseLost, r.Lease.URL, r.Lease.EvalID)
+			continue
+		}
+		p.metrics.renewals.WithLabelValues("renewed").Inc()
+		r.Lease.Deadline = time.UnixMilli(d)
+		r.Err = nil
+	}
+	return nil
 }
 
 // ReleaseOutcome says what a release found.

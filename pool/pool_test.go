@@ -284,6 +284,69 @@ func TestRenew(t *testing.T) {
 	}
 }
 
+func TestRenewAll(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t, "http://e1", "http://e2", "http://e3", "http://e4", "http://e5")
+	live := acquire(t, p, "eval-live", time.Minute)
+	other := acquire(t, p, "eval-other", 2*time.Minute)
+	released := acquire(t, p, "eval-released", time.Minute)
+	release(t, p, released, Released)
+	older := acquire(t, p, "eval-reentered", time.Minute)
+	newer := acquire(t, p, "eval-reentered", time.Minute) // takes the lease over with a new token
+	expired := acquire(t, p, "eval-expired", 5*time.Millisecond)
+	evaltest.Eventually(t, 5*time.Second, "lease never expired", func() bool {
+		st, err := p.Status(t.Context())
+		return err == nil && st.Counts[StateExpired] == 1
+	})
+
+	rs := []Renewal{
+		{Lease: live, TTL: time.Hour},
+		{Lease: other, TTL: 2 * time.Hour},
+		{Lease: released, TTL: time.Hour},
+		{Lease: older, TTL: time.Hour},
+		{Lease: expired, TTL: time.Hour},
+		{Lease: Lease{URL: "http://unknown", Token: "t"}, TTL: time.Hour},
+		{Lease: newer, TTL: time.Hour},
+	}
+	if err := p.RenewAll(t.Context(), rs); err != nil {
+		t.Fatal(err)
+	}
+	for i, wantLost := range []bool{false, false, true, true, true, true, false} {
+		r := rs[i]
+		if got := errors.Is(r.Err, ErrLeaseLost); got != wantLost {
+			t.Errorf("renewal %d (%s): err = %v, want lost %t", i, r.Lease.EvalID, r.Err, wantLost)
+		}
+		if left := time.Until(r.Lease.Deadline); !wantLost && (left < r.TTL-time.Minute || left > r.TTL) {
+			t.Errorf("renewal %d (%s): deadline %s not pushed to about %s from now", i, r.Lease.EvalID, r.Lease.Deadline, r.TTL)
+		}
+	}
+	st, err := p.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range st.Executors {
+		for _, r := range rs {
+			if r.Err == nil && r.Lease.URL == e.URL && (e.Lease == nil || !e.Lease.Deadline.Equal(r.Lease.Deadline)) {
+				t.Errorf("%s: the pool holds lease %+v, the renewal answered deadline %s", e.URL, e.Lease, r.Lease.Deadline)
+			}
+		}
+	}
+	// Only the live leases moved: the expired one stays expired for the reaper.
+	if n, err := p.Reap(t.Context()); err != nil || n != 1 {
+		t.Fatalf("Reap reclaimed %d leases (err %v), want the expired one only", n, err)
+	}
+	for _, l := range []Lease{live, other, newer} {
+		release(t, p, l, Released)
+	}
+
+	if err := p.RenewAll(t.Context(), []Renewal{{Lease: live, TTL: time.Hour}, {Lease: other, TTL: 0}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a TTL of 0 in the batch: err = %v, want ErrInvalid", err)
+	}
+	if err := p.RenewAll(t.Context(), nil); err != nil {
+		t.Fatalf("an empty batch: %v", err)
+	}
+}
+
 func TestDeregister(t *testing.T) {
 	t.Parallel()
 	p, _ := setup(t, "http://idle", "http://busy")
