@@ -172,6 +172,7 @@ type Worker struct {
 	cfg    Config
 	log    zerolog.Logger
 	client *asynq.Client
+	beats  *heartbeat
 }
 
 // New returns a worker; Run starts it.
@@ -184,6 +185,7 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger != nil {
 		w.log = *cfg.Logger
 	}
+	w.beats = newHeartbeat(cfg.Pool, w.log)
 	return w, nil
 }
 
@@ -428,8 +430,8 @@ func (w *Worker) acquire(ctx context.Context, evalID string, ttl time.Duration) 
 // executorPoll is the mean interval at which a waiting attempt asks again.
 const executorPoll = 20 * time.Millisecond
 
-// runOnLease calls the executor while a heartbeat renews the lease every
-// ttl/3. A lease that is lost, or that cannot be renewed before its
+// runOnLease calls the executor while the worker's heartbeat renews the
+// lease every ttl/3. A lease that is lost, or that cannot be renewed before its
 // deadline, cancels the call: the executor may be someone else's by then.
 func (w *Worker) runOnLease(ctx context.Context, e tasks.Eval, lease pool.Lease, ttl time.Duration) (executor.Result, error) {
 	if d, ok := ctx.Deadline(); ok {
@@ -442,49 +444,16 @@ func (w *Worker) runOnLease(ctx context.Context, e tasks.Eval, lease pool.Lease,
 	}
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	beat := make(chan struct{})
-	go func() {
-		defer close(beat)
-		w.heartbeat(callCtx, cancel, lease, ttl)
-	}()
+	stop := w.beats.keep(callCtx, lease, ttl, cancel)
 	res, err := w.cfg.Executor.Run(callCtx, lease.URL, executor.Request{EvalID: e.ID, Fence: lease.Fence, Spec: e.Spec})
-	lost := context.Cause(callCtx)
-	cancel(nil)
-	<-beat
-	if err != nil && errors.Is(lost, pool.ErrLeaseLost) {
+	stop()
+	if lost := context.Cause(callCtx); err != nil && errors.Is(lost, pool.ErrLeaseLost) {
 		return res, fmt.Errorf("eval %s: %w", e.ID, lost)
 	}
 	if err != nil {
 		return res, fmt.Errorf("eval %s: %w", e.ID, err)
 	}
 	return res, nil
-}
-
-func (w *Worker) heartbeat(ctx context.Context, cancel context.CancelCauseFunc, lease pool.Lease, ttl time.Duration) {
-	tick := time.NewTicker(ttl / 3)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		renewed, err := w.cfg.Pool.Renew(ctx, lease, ttl)
-		switch {
-		case err == nil:
-			lease = renewed
-		case errors.Is(err, pool.ErrLeaseLost):
-			cancel(err)
-			return
-		case ctx.Err() != nil:
-			return
-		case time.Now().After(lease.Deadline):
-			cancel(fmt.Errorf("%w: %s could not be renewed before its deadline: %w", pool.ErrLeaseLost, lease.URL, err))
-			return
-		default:
-			w.log.Warn().Err(err).Str("executor", lease.URL).Str("eval", lease.EvalID).Msg("lease renew failed; retrying")
-		}
-	}
 }
 
 func (w *Worker) writeResult(t *asynq.Task, r EvalResult) error {

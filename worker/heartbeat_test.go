@@ -1,0 +1,104 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/lua"
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
+)
+
+// renewHook counts the round trips that carry the renew script (by its
+// hash: the one EVAL that loads it is not counted).
+type renewHook struct{ trips atomic.Int64 }
+
+func (h *renewHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *renewHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if args := cmd.Args(); cmd.Name() == "evalsha" && len(args) > 1 && args[1] == lua.Renew.Hash() {
+			h.trips.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *renewHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A worker's heartbeat renews the leases of all its running evals in one
+// round trip, not one per eval.
+func TestHeartbeatRenewsAllLeasesAtOnce(t *testing.T) {
+	t.Parallel()
+	const evals = 6
+	srv := evaltest.StartT(t, evaltest.Options{})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	hook := &renewHook{}
+	client.AddHook(hook)
+	execs := make([]executor.ServerOptions, evals)
+	for i := range execs {
+		execs[i].Latency = 1500 * time.Millisecond
+	}
+	w, b := setupOn(t, client, Config{Concurrency: evals, LeaseTTL: 300 * time.Millisecond}, execs...)
+	start(t, w)
+	enqueueEvals(t, b, evals, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, evals, 30*time.Second); completed != evals {
+		t.Fatalf("%d of %d evals completed", completed, evals)
+	}
+	renewed, trips := b.poolMetrics.Renewals("renewed"), float64(hook.trips.Load())
+	t.Logf("%v lease renewals in %v round trips", renewed, trips)
+	// Each eval outlives its 300 ms lease five times over: at least 4 renewals.
+	if renewed < evals*4 {
+		t.Fatalf("%v lease renewals, want at least %d", renewed, evals*4)
+	}
+	if trips > renewed/3 {
+		t.Fatalf("%v renewals took %v round trips: the heartbeat is not shared", renewed, trips)
+	}
+	assertPoolWhole(t, b)
+}
+
+// A lease that cannot be renewed before its deadline, here because Redis is
+// gone, is lost: its eval is told, since the executor may be someone else's
+// by the time Redis is back.
+func TestHeartbeatLosesAnUnrenewableLease(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
+	t.Cleanup(func() { _ = client.Close() })
+	p, err := pool.New(client, pool.Options{Name: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Register(t.Context(), pool.Executor{URL: "http://e1"}); err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 300 * time.Millisecond
+	lease, err := p.Acquire(t.Context(), "eval-a", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger, _ := evaltest.Logger()
+	h := newHeartbeat(p, *logger)
+	ctx, lost := context.WithCancelCause(t.Context())
+	stop := h.keep(ctx, lease, ttl, lost)
+	defer stop()
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * ttl):
+		t.Fatal("the lease was never given up")
+	}
+	if cause := context.Cause(ctx); !errors.Is(cause, pool.ErrLeaseLost) || time.Now().Before(lease.Deadline) {
+		t.Fatalf("given up at %s (deadline %s) with %v, want ErrLeaseLost after the deadline", time.Now(), lease.Deadline, cause)
+	}
+}
