@@ -143,6 +143,58 @@ func BenchmarkParallelAcquireRelease(b *testing.B) {
 	}
 }
 
+// BenchmarkRenew: a worker's heartbeat over its leases, one Renew per lease
+// (a heartbeat per eval) or one RenewAll for all of them; per lease: time,
+// and Redis's own CPU from INFO.
+func BenchmarkRenew(b *testing.B) {
+	for _, n := range []int{16, 256} {
+		for _, batch := range []string{"each", "all"} {
+			b.Run(fmt.Sprintf("leases=%d/batch=%s", n, batch), func(b *testing.B) {
+				client := evaltest.Client(b)
+				p, err := New(client, Options{Name: evaltest.Pool(b, client)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				execs := make([]Executor, n)
+				for i := range execs {
+					execs[i].URL = executorURL(i)
+				}
+				if _, err := p.Register(b.Context(), execs...); err != nil {
+					b.Fatal(err)
+				}
+				rs := make([]Renewal, n)
+				for i := range rs {
+					if rs[i].Lease, err = p.Acquire(b.Context(), "eval-"+strconv.Itoa(i), time.Hour); err != nil {
+						b.Fatal(err)
+					}
+					rs[i].TTL = time.Hour
+				}
+				ctx := b.Context()
+				cpu0 := evaltest.RedisCPU(b, client)
+				b.ResetTimer()
+				for range b.N {
+					if batch == "all" {
+						err = p.RenewAll(ctx, rs)
+					} else {
+						for _, r := range rs {
+							if _, err = p.Renew(ctx, r.Lease, r.TTL); err != nil {
+								break
+							}
+						}
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				leases := float64(b.N * n)
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/leases, "ns/lease")
+				b.ReportMetric(1e9*(evaltest.RedisCPU(b, client)-cpu0)/leases, "redis-cpu-ns/lease")
+			})
+		}
+	}
+}
+
 // originalRelease is the release of the talk that started evalpool, kept only
 // to measure against: it scans the whole available LIST and decodes every
 // entry on every release, O(pool size) inside Redis.

@@ -139,7 +139,7 @@ func e2eSample(t *testing.T, client redis.UniversalClient, hook *countingHook, f
 		time.Sleep(time.Millisecond)
 	}
 	s := e2eSnapshot{at: time.Now(), done: finished(), trips: hook.trips.Load(), goCPU: processCPU()}
-	s.cmds, s.redisCPU = commandCalls(t, client), redisCPU(t, client)
+	s.cmds, s.redisCPU = commandCalls(t, client), evaltest.RedisCPU(t, client)
 	return s
 }
 

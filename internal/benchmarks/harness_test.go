@@ -75,23 +75,6 @@ func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 	}
 }
 
-// info reads one field of INFO section.
-func info(t *testing.T, c redis.UniversalClient, section, field string) float64 {
-	t.Helper()
-	s, err := c.Info(t.Context(), section).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.Lines(s) {
-		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && k == field {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	t.Fatalf("INFO %s has no %s", section, field)
-	return 0
-}
-
 // commandCalls sums the calls in INFO commandstats, less INFO's own.
 func commandCalls(t *testing.T, c redis.UniversalClient) float64 {
 	t.Helper()
@@ -113,12 +96,6 @@ func commandCalls(t *testing.T, c redis.UniversalClient) float64 {
 		}
 	}
 	return total
-}
-
-// redisCPU is the CPU Redis has used, user and system, in seconds.
-func redisCPU(t *testing.T, c redis.UniversalClient) float64 {
-	t.Helper()
-	return info(t, c, "cpu", "used_cpu_sys") + info(t, c, "cpu", "used_cpu_user")
 }
 
 // processCPU is the CPU this process has used, user and system, in seconds.
@@ -182,6 +159,7 @@ func TestWriteBenchmarks(t *testing.T) {
 		{"memory", func() { memory(t, client, &md) }},
 		{"latency", func() { latency(t, srv, &md) }},
 		{"scale", func() { scale(t, srv, &md) }},
+		{"heartbeats", func() { heartbeats(t, &md) }},
 	}
 	only := os.Getenv("EVALPOOL_BENCH_ONLY") // e.g. "e2e,memory", for working on one figure
 	for _, s := range sections {

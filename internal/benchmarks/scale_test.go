@@ -73,7 +73,7 @@ func scale(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 		t.Fatalf("enqueued %d of %d: %v", n, scaleEvals, err)
 	}
 
-	cpu0 := redisCPU(t, client)
+	cpu0 := evaltest.RedisCPU(t, client)
 	start := time.Now()
 	var workers []*exec.Cmd
 	for range scaleWorkers {
@@ -86,7 +86,7 @@ func scale(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	insp := asynq.NewInspectorFromRedisClient(client)
 	completed, archived := evaltest.WaitEvalsDone(t, insp, scaleEvals, 10*time.Minute)
 	took := time.Since(start)
-	cpu := redisCPU(t, client) - cpu0
+	cpu := evaltest.RedisCPU(t, client) - cpu0
 	for _, w := range workers {
 		_ = w.Process.Signal(syscall.SIGTERM)
 	}
