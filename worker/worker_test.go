@@ -444,6 +444,12 @@ func TestPanicIsCleanedUpByTheErrorHandler(t *testing.T) {
 	if got := releases(b, pool.Released, tasks.PathErrorHandler); got != 1 {
 		t.Fatalf("error-handler releases = %v, want 1", got)
 	}
+	w.beats.mu.Lock()
+	kept := len(w.beats.beats)
+	w.beats.mu.Unlock()
+	if kept != 0 {
+		t.Fatalf("the heartbeat still keeps %d leases after the panic", kept)
+	}
 	assertPoolWhole(t, b)
 }
 
