@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,23 +15,6 @@ import (
 	"github.com/evalpool/evalpool/tasks"
 )
 
-// renewHook counts the round trips that carry the renew script (by its
-// hash: the one EVAL that loads it is not counted).
-type renewHook struct{ trips atomic.Int64 }
-
-func (h *renewHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *renewHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if args := cmd.Args(); cmd.Name() == "evalsha" && len(args) > 1 && args[1] == lua.Renew.Hash() {
-			h.trips.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-func (h *renewHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // A worker's heartbeat renews the leases of all its running evals in one
 // round trip, not one per eval.
 func TestHeartbeatRenewsAllLeasesAtOnce(t *testing.T) {
@@ -41,8 +23,7 @@ func TestHeartbeatRenewsAllLeasesAtOnce(t *testing.T) {
 	srv := evaltest.StartT(t, evaltest.Options{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
-	hook := &renewHook{}
-	client.AddHook(hook)
+	renews := evaltest.CountScript(client, lua.Renew)
 	execs := make([]executor.ServerOptions, evals)
 	for i := range execs {
 		execs[i].Latency = 1500 * time.Millisecond
@@ -53,7 +34,7 @@ func TestHeartbeatRenewsAllLeasesAtOnce(t *testing.T) {
 	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, evals, 30*time.Second); completed != evals {
 		t.Fatalf("%d of %d evals completed", completed, evals)
 	}
-	renewed, trips := b.poolMetrics.Renewals("renewed"), float64(hook.trips.Load())
+	renewed, trips := b.poolMetrics.Renewals("renewed"), float64(renews.N())
 	t.Logf("%v lease renewals in %v round trips", renewed, trips)
 	// Each eval outlives its 300 ms lease five times over: at least 4 renewals.
 	if renewed < evals*4 {
