@@ -63,7 +63,7 @@ const (
 	DefaultName         = "default"
 	DefaultReclaimBatch = 16
 	reapBatch           = 1000
-	registerChunk       = 1000
+	registerChunk       = 1000 // executors per register call, so that Redis is never blocked for long
 )
 
 // Options configure a Pool. The zero value is usable.
@@ -183,59 +183,35 @@ const (
 
 // Register adds executors to the pool; an executor that is already there is
 // left as it is (and a drain of it is cancelled). Every URL is checked before
-// Redis is touched, so a bad one registers nothing. The outcomes are in the
-// order of execs.
+// Redis is touched, so a bad one registers nothing. A thousand executors are
+// one script call, registered at once. The outcomes are in the order of
+// execs.
 func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]RegisterOutcome, error) {
-	type arg struct{ url, labels string }
-	args := make([]arg, len(execs))
-	for i, e := range execs {
+	args := make([]any, 0, 2*len(execs))
+	for _, e := range execs {
 		u, err := ParseURL(e.URL)
 		if err != nil {
 			return nil, err
 		}
-		args[i].url = u
+		labels := ""
 		if len(e.Labels) > 0 {
 			b, err := json.Marshal(e.Labels)
 			if err != nil {
 				return nil, fmt.Errorf("%w: labels of %s: %w", ErrInvalid, u, err)
 			}
-			args[i].labels = string(b)
+			labels = string(b)
 		}
+		args = append(args, u, labels)
 	}
-	if len(args) == 1 {
-		out, err := lua.Register.Run(ctx, p.client, p.keys, args[0].url, args[0].labels).Text()
+	outcomes := make([]RegisterOutcome, 0, len(execs))
+	for start := 0; start < len(args); start += 2 * registerChunk {
+		chunk := args[start:min(start+2*registerChunk, len(args))]
+		out, err := lua.Register.Run(ctx, p.client, p.keys, chunk...).StringSlice()
 		if err != nil {
-			return nil, fmt.Errorf("pool: register %s: %w", args[0].url, scriptErr(err))
+			return nil, fmt.Errorf("pool: register %d executors: %w", len(chunk)/2, scriptErr(err))
 		}
-		return []RegisterOutcome{RegisterOutcome(out)}, nil
-	}
-	outcomes := make([]RegisterOutcome, 0, len(args))
-	for start := 0; start < len(args); start += registerChunk {
-		chunk := args[start:min(start+registerChunk, len(args))]
-		var cmds []redis.Cmder
-		// A script cache flushed between the load and the pipeline fails
-		// the chunk with NOSCRIPT; registering is idempotent, so the chunk
-		// is simply sent again after a new load.
-		for attempt := 0; ; attempt++ {
-			if err := lua.Register.Load(ctx, p.client).Err(); err != nil {
-				return nil, fmt.Errorf("pool: register: load script: %w", err)
-			}
-			var err error
-			cmds, err = p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-				for _, a := range chunk {
-					lua.Register.EvalSha(ctx, pipe, p.keys, a.url, a.labels)
-				}
-				return nil
-			})
-			if err == nil {
-				break
-			}
-			if attempt > 0 || !redis.HasErrorPrefix(err, "NOSCRIPT") {
-				return nil, fmt.Errorf("pool: register: %w", scriptErr(err))
-			}
-		}
-		for _, c := range cmds {
-			outcomes = append(outcomes, RegisterOutcome(c.(*redis.Cmd).Val().(string)))
+		for _, o := range out {
+			outcomes = append(outcomes, RegisterOutcome(o))
 		}
 	}
 	return outcomes, nil

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/lua"
 )
 
 type testBundle struct {
@@ -286,7 +287,7 @@ func TestRenew(t *testing.T) {
 
 func TestRenewAll(t *testing.T) {
 	t.Parallel()
-	p, _ := setup(t, "http://e1", "http://e2", "http://e3", "http://e4", "http://e5")
+	p, b := setup(t, "http://e1", "http://e2", "http://e3", "http://e4", "http://e5")
 	live := acquire(t, p, "eval-live", time.Minute)
 	other := acquire(t, p, "eval-other", 2*time.Minute)
 	released := acquire(t, p, "eval-released", time.Minute)
@@ -308,8 +309,15 @@ func TestRenewAll(t *testing.T) {
 		{Lease: Lease{URL: "http://unknown", Token: "t"}, TTL: time.Hour},
 		{Lease: newer, TTL: time.Hour},
 	}
+	if err := lua.Renew.Load(t.Context(), b.client).Err(); err != nil {
+		t.Fatal(err)
+	}
+	calls := evaltest.CountScript(b.client, lua.Renew)
 	if err := p.RenewAll(t.Context(), rs); err != nil {
 		t.Fatal(err)
+	}
+	if n := calls.N(); n != 1 {
+		t.Fatalf("%d renewals took %d calls, want 1", len(rs), n)
 	}
 	for i, wantLost := range []bool{false, false, true, true, true, true, false} {
 		r := rs[i]
@@ -435,9 +443,15 @@ func TestRegister(t *testing.T) {
 	assertWhole(t, p, "http://e1", "https://e2:8443/base") // nothing of the bad batches landed
 }
 
-func TestRegisterManyIsPipelined(t *testing.T) {
+// Registering many executors is one script call per thousand, and a flushed
+// script cache costs nothing but the script's one EVAL.
+func TestRegisterMany(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t)
+	if err := lua.Register.Load(t.Context(), b.client).Err(); err != nil {
+		t.Fatal(err)
+	}
+	calls := evaltest.CountScript(b.client, lua.Register)
 	execs := make([]Executor, 2500)
 	want := make([]string, len(execs))
 	for i := range execs {
@@ -446,6 +460,9 @@ func TestRegisterManyIsPipelined(t *testing.T) {
 	}
 	if _, err := p.Register(t.Context(), execs...); err != nil {
 		t.Fatal(err)
+	}
+	if n := calls.N(); n != 3 {
+		t.Fatalf("2,500 executors registered in %d calls, want 3", n)
 	}
 	if err := b.client.ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
