@@ -61,7 +61,8 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 	if err := client.FlushAll(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	p, err := pool.New(client, pool.Options{Name: "latency"})
+	metrics := pool.NewMetrics()
+	p, err := pool.New(client, pool.Options{Name: "latency", Metrics: metrics})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +78,6 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 			t.Fatal(err)
 		}
 	}
-	metrics := pool.NewMetrics()
-	p, _ = pool.New(client, pool.Options{Name: "latency", Metrics: metrics})
 	w, err := worker.New(worker.Config{Redis: client, Pool: p, Concurrency: 16, PollInterval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

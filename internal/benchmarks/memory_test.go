@@ -29,7 +29,7 @@ func memory(t *testing.T, client *redis.Client, md *strings.Builder) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m0 := evaltest.Info(t, client, "memory", "used_memory")
+		m0 := evaltest.Info(t, client, "memory", "used_memory")[0]
 		execs := make([]pool.Executor, memExecutors)
 		for i := range execs {
 			execs[i].URL = fmt.Sprintf("http://10.%d.%d.%d:8080", i/65536, i/256%256, i%256)
@@ -37,7 +37,7 @@ func memory(t *testing.T, client *redis.Client, md *strings.Builder) {
 		if _, err := p.Register(t.Context(), execs...); err != nil {
 			t.Fatal(err)
 		}
-		m1 := evaltest.Info(t, client, "memory", "used_memory")
+		m1 := evaltest.Info(t, client, "memory", "used_memory")[0]
 		var next atomic.Int64
 		n, _, err := parallel(8, memExecutors, time.Minute, func() error {
 			_, err := p.Acquire(t.Context(), fmt.Sprint("eval-", next.Add(1)), time.Hour)
@@ -46,7 +46,7 @@ func memory(t *testing.T, client *redis.Client, md *strings.Builder) {
 		if err != nil || n != memExecutors {
 			t.Fatalf("acquired %d of %d: %v", n, memExecutors, err)
 		}
-		m2 := evaltest.Info(t, client, "memory", "used_memory")
+		m2 := evaltest.Info(t, client, "memory", "used_memory")[0]
 		perExec = append(perExec, (m1-m0)/memExecutors)
 		perLease = append(perLease, (m2-m1)/memExecutors)
 	}
