@@ -28,18 +28,7 @@ type design struct {
 
 var designs = []design{
 	{"evalpool", func(b *testing.B, n int) func(context.Context, int64) error {
-		client := evaltest.Client(b)
-		p, err := New(client, Options{Name: evaltest.Pool(b, client)})
-		if err != nil {
-			b.Fatal(err)
-		}
-		execs := make([]Executor, n)
-		for i := range execs {
-			execs[i].URL = executorURL(i)
-		}
-		if _, err := p.Register(b.Context(), execs...); err != nil {
-			b.Fatal(err)
-		}
+		p := benchPool(b, n)
 		return func(ctx context.Context, i int64) error {
 			l, err := p.Acquire(ctx, "eval-"+strconv.FormatInt(i, 10), time.Minute)
 			if errors.Is(err, ErrNoExecutor) {
@@ -87,6 +76,23 @@ var designs = []design{
 			return err
 		}
 	}},
+}
+
+// benchPool is a pool of its own with n idle executors.
+func benchPool(b *testing.B, n int) *Pool {
+	client := evaltest.Client(b)
+	p, err := New(client, Options{Name: evaltest.Pool(b, client)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	execs := make([]Executor, n)
+	for i := range execs {
+		execs[i].URL = executorURL(i)
+	}
+	if _, err := p.Register(b.Context(), execs...); err != nil {
+		b.Fatal(err)
+	}
+	return p
 }
 
 func executorURL(i int) string { return fmt.Sprintf("http://10.0.%d.%d:8080", i/256, i%256) }
@@ -150,19 +156,9 @@ func BenchmarkRenew(b *testing.B) {
 	for _, n := range []int{16, 256} {
 		for _, batch := range []string{"each", "all"} {
 			b.Run(fmt.Sprintf("leases=%d/batch=%s", n, batch), func(b *testing.B) {
-				client := evaltest.Client(b)
-				p, err := New(client, Options{Name: evaltest.Pool(b, client)})
-				if err != nil {
-					b.Fatal(err)
-				}
-				execs := make([]Executor, n)
-				for i := range execs {
-					execs[i].URL = executorURL(i)
-				}
-				if _, err := p.Register(b.Context(), execs...); err != nil {
-					b.Fatal(err)
-				}
+				p := benchPool(b, n)
 				rs := make([]Renewal, n)
+				var err error
 				for i := range rs {
 					if rs[i].Lease, err = p.Acquire(b.Context(), "eval-"+strconv.Itoa(i), time.Hour); err != nil {
 						b.Fatal(err)
@@ -170,7 +166,7 @@ func BenchmarkRenew(b *testing.B) {
 					rs[i].TTL = time.Hour
 				}
 				ctx := b.Context()
-				cpu0 := evaltest.RedisCPU(b, client)
+				cpu0 := evaltest.RedisCPU(b, p.client)
 				b.ResetTimer()
 				for range b.N {
 					if batch == "all" {
@@ -189,7 +185,7 @@ func BenchmarkRenew(b *testing.B) {
 				b.StopTimer()
 				leases := float64(b.N * n)
 				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/leases, "ns/lease")
-				b.ReportMetric(1e9*(evaltest.RedisCPU(b, client)-cpu0)/leases, "redis-cpu-ns/lease")
+				b.ReportMetric(1e9*(evaltest.RedisCPU(b, p.client)-cpu0)/leases, "redis-cpu-ns/lease")
 			})
 		}
 	}
