@@ -42,7 +42,7 @@ func newHeartbeat(p *pool.Pool, log zerolog.Logger) *heartbeat {
 // keep renews lease every ttl/3 or a little earlier, until stop is called.
 // A lease that is lost, or that cannot be renewed before its deadline, is
 // given to lost as the cause: the executor may already be someone else's.
-// Once stop has returned, lost is not called; stop may be called again. Renewals run under ctx's
+// Once stop has returned, lost is not called. Renewals run under ctx's
 // values but not its cancellation: the heartbeat outlives the eval that
 // started it.
 func (h *heartbeat) keep(ctx context.Context, lease pool.Lease, ttl time.Duration, lost context.CancelCauseFunc) (stop func()) {

@@ -444,10 +444,8 @@ func (w *Worker) runOnLease(ctx context.Context, e tasks.Eval, lease pool.Lease,
 	}
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stop := w.beats.keep(callCtx, lease, ttl, cancel)
-	defer stop() // a panic in the call must not leave the lease renewed for ever
+	defer w.beats.keep(callCtx, lease, ttl, cancel)() // deferred: a panicking call must not leave its lease renewed for ever
 	res, err := w.cfg.Executor.Run(callCtx, lease.URL, executor.Request{EvalID: e.ID, Fence: lease.Fence, Spec: e.Spec})
-	stop()
 	if lost := context.Cause(callCtx); err != nil && errors.Is(lost, pool.ErrLeaseLost) {
 		return res, fmt.Errorf("eval %s: %w", e.ID, lost)
 	}
