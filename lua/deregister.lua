@@ -2,7 +2,7 @@
 --
 -- KEYS: see lib.lua.
 -- ARGV[1] url
--- Returns: 'removed' (it was available, it is gone now) | 'draining' (it is
+-- Returns: 'removed' (it was not leased, it is gone now) | 'draining' (it is
 -- leased: never handed out again, removed when its lease ends) | 'unknown'.
 
 local url = ARGV[1]
@@ -12,6 +12,10 @@ end
 if redis.call('HEXISTS', K_LEASES, url) == 1 then
   redis.call('SADD', K_DRAINING, url)
   return 'draining'
+end
+local record = decode(redis.call('HGET', K_EXECUTORS, url))
+if record and record.instance_id and redis.call('HGET', K_INSTANCES, record.instance_id) == url then
+  redis.call('HDEL', K_INSTANCES, record.instance_id)
 end
 redis.call('ZREM', K_AVAILABLE, url)
 redis.call('HDEL', K_EXECUTORS, url)

@@ -2,27 +2,66 @@
 -- one call; idempotent.
 --
 -- KEYS: see lib.lua.
--- ARGV: url, labels (a JSON object, or '' for none); the two repeated once
--- per executor.
--- Returns: one status per executor, in ARGV's order: 'added' |
--- 'already_registered'. Registering an executor that is draining cancels
--- the drain: it stays and returns at its release.
+-- ARGV[1] a fresh random epoch, written only if the pool has none yet
+-- ARGV[2..]: url, labels (a JSON object, or '' for none), instance_id (the
+-- executor's own ID, or '' when unknown); the three repeated once per
+-- executor.
+-- Returns: {epoch, status...}: the pool's epoch, then one status per
+-- executor, in ARGV's order:
+--   'added'              new; available now, or left with its lease when the
+--                        record was lost while it was leased
+--   'already_registered' known; a drain of it is cancelled
+--   'repaired'           known, yet neither available nor leased (lost):
+--                        made available again
+--   'duplicate <url>'    its instance ID is registered under another URL:
+--                        one executor is never in the pool twice; nothing
+--                        changed
 
+-- A new pool, or one whose data was lost: the marker starts again.
+redis.call('SET', K_EPOCH, ARGV[1], 'NX')
+local epoch = redis.call('GET', K_EPOCH)
 local now = now_ms()
-local out = {}
-for i = 1, #ARGV, 2 do
-  local url, labels = ARGV[i], ARGV[i + 1]
-  if redis.call('HEXISTS', K_EXECUTORS, url) == 1 then
-    redis.call('SREM', K_DRAINING, url)
-    out[#out + 1] = 'already_registered'
+local out = { epoch }
+for i = 2, #ARGV, 3 do
+  local url, labels, instance = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local other = instance ~= '' and redis.call('HGET', K_INSTANCES, instance)
+  if other and other ~= url and redis.call('HEXISTS', K_EXECUTORS, other) == 1 then
+    out[#out + 1] = 'duplicate ' .. other
   else
-    local record = { added_at = now }
-    if labels ~= '' then
-      record.labels = cjson.decode(labels)
+    local record = decode(redis.call('HGET', K_EXECUTORS, url))
+    local leased = redis.call('HEXISTS', K_LEASES, url) == 1
+    local available = redis.call('ZSCORE', K_AVAILABLE, url)
+    if record then
+      redis.call('SREM', K_DRAINING, url)
+      if instance ~= '' and record.instance_id ~= instance then
+        record.instance_id = instance
+        redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+      end
+      if not leased and not available then
+        redis.call('ZADD', K_AVAILABLE, now, url)
+        out[#out + 1] = 'repaired'
+      else
+        out[#out + 1] = 'already_registered'
+      end
+    else
+      record = { added_at = now }
+      if labels ~= '' then
+        record.labels = cjson.decode(labels)
+      end
+      if instance ~= '' then
+        record.instance_id = instance
+      end
+      redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+      -- An executor still leased (its record was lost under a live lease)
+      -- returns at its release or reclaim, never now.
+      if not leased then
+        redis.call('ZADD', K_AVAILABLE, now, url)
+      end
+      out[#out + 1] = 'added'
     end
-    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
-    redis.call('ZADD', K_AVAILABLE, now, url)
-    out[#out + 1] = 'added'
+    if instance ~= '' then
+      redis.call('HSET', K_INSTANCES, instance, url)
+    end
   end
 end
 return out

@@ -23,26 +23,24 @@
 local url, token = ARGV[1], ARGV[2]
 
 local function count(field)
-  local raw = redis.call('HGET', K_EXECUTORS, url)
-  if raw then
-    local record = cjson.decode(raw)
+  local record = decode(redis.call('HGET', K_EXECUTORS, url))
+  if record then
     record[field] = (record[field] or 0) + 1
     redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
   end
 end
 
 local now = now_ms()
-local raw = redis.call('HGET', K_LEASES, url)
-if raw then
-  local lease = cjson.decode(raw)
+local lease = lease_of(url)
+if lease then
   if lease.token == token then
     count('releases')
     local removed = end_lease(url, now)
-    return { 'released', now, lease.available_since, '', removed }
+    return { 'released', now, tonumber(lease.available_since) or -1, '', removed }
   end
   count('double_releases')
   count('stale_releases')
-  return { 'stale_lease', now, lease.available_since, lease.eval_id, 0 }
+  return { 'stale_lease', now, tonumber(lease.available_since) or -1, tostring(lease.eval_id), 0 }
 end
 local since = redis.call('ZSCORE', K_AVAILABLE, url)
 if since then

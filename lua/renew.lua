@@ -15,8 +15,8 @@ local out = {}
 for i = 1, #ARGV, 3 do
   local url, token, ttl = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local renewed = 0
-  local raw = redis.call('HGET', K_LEASES, url)
-  if raw and cjson.decode(raw).token == token then
+  local lease = lease_of(url)
+  if lease and lease.token == token then
     local deadline = tonumber(redis.call('ZSCORE', K_DEADLINES, url))
     if deadline and deadline > now then
       redis.call('ZADD', K_DEADLINES, now + ttl, url)

@@ -21,7 +21,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,13 +50,19 @@ var (
 	// (something other than evalpool wrote there); the operation changed
 	// nothing.
 	ErrForeignData = errors.New("pool: foreign data under the pool's keys")
+	// ErrPoolMissing means the pool's epoch marker is gone: the pool was
+	// never created (no executor was ever registered), or its data was lost
+	// (FLUSHALL, an evicting Redis, a restart without persistence).
+	// Registering executors creates it again.
+	ErrPoolMissing = errors.New("pool: the pool's data is missing (never created, or lost)")
 )
 
-// scriptErr names a script's refusal to touch foreign data.
+// scriptErr turns a script's refusals into the package's sentinel errors.
 func scriptErr(err error) error {
-	const prefix = "EVALPOOL_FOREIGN_DATA "
-	if redis.HasErrorPrefix(err, strings.TrimSpace(prefix)) {
-		return fmt.Errorf("%w: %s", ErrForeignData, strings.TrimPrefix(err.Error(), prefix))
+	for prefix, sentinel := range map[string]error{"EVALPOOL_FOREIGN_DATA": ErrForeignData, "EVALPOOL_NO_POOL": ErrPoolMissing} {
+		if redis.HasErrorPrefix(err, prefix) {
+			return fmt.Errorf("%w: %s", sentinel, strings.TrimPrefix(err.Error(), prefix+" "))
+		}
 	}
 	return err
 }
@@ -62,6 +71,7 @@ func scriptErr(err error) error {
 const (
 	DefaultName         = "default"
 	DefaultReclaimBatch = 16
+	DefaultLeaseGrace   = 2 * time.Second
 	reapBatch           = 1000
 	registerChunk       = 1000 // executors per register call, so that Redis is never blocked for long
 )
@@ -76,6 +86,14 @@ type Options struct {
 	// it leases, so that Acquire stays cheap however many leases expired at
 	// once; Reap reclaims the rest. Defaults to 16.
 	ReclaimBatch int
+	// LeaseGrace is how long after its deadline an expired lease is
+	// reclaimed, by Reap or Acquire. It must cover the one-way delay from a
+	// worker to its executors and the drift between their clocks: a
+	// lease-aware executor stops the eval of a lease that was not extended,
+	// and the grace makes sure it has done so before anyone else gets the
+	// executor. Every process using a pool should use the same grace.
+	// Defaults to 2 s.
+	LeaseGrace time.Duration
 	// Logger receives the "double release detected" warnings. Defaults to a
 	// logger that discards everything.
 	Logger *zerolog.Logger
@@ -86,11 +104,14 @@ type Options struct {
 }
 
 func (o *Options) validate() error {
-	if strings.ContainsAny(o.Name, "{}") {
-		return fmt.Errorf("%w: pool name %q may not contain '{' or '}'", ErrInvalid, o.Name)
+	if strings.ContainsAny(o.Name, "{},") {
+		return fmt.Errorf("%w: pool name %q may not contain '{', '}' or ','", ErrInvalid, o.Name)
 	}
 	if o.ReclaimBatch < 0 {
 		return fmt.Errorf("%w: ReclaimBatch may not be negative, got %d", ErrInvalid, o.ReclaimBatch)
+	}
+	if o.LeaseGrace < 0 {
+		return fmt.Errorf("%w: LeaseGrace may not be negative, got %s", ErrInvalid, o.LeaseGrace)
 	}
 	return nil
 }
@@ -104,6 +125,7 @@ type Pool struct {
 	keys    []string
 	reapKey string
 	reclaim int
+	grace   time.Duration
 	log     zerolog.Logger
 	metrics *Metrics
 }
@@ -118,6 +140,7 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 		client:  client,
 		name:    opts.Name,
 		reclaim: opts.ReclaimBatch,
+		grace:   opts.LeaseGrace,
 		log:     zerolog.Nop(),
 		metrics: opts.Metrics,
 	}
@@ -127,6 +150,9 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 	if p.reclaim == 0 {
 		p.reclaim = DefaultReclaimBatch
 	}
+	if p.grace == 0 {
+		p.grace = DefaultLeaseGrace
+	}
 	if opts.Logger != nil {
 		p.log = *opts.Logger
 	}
@@ -135,7 +161,7 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 	}
 	prefix := "evalpool:{" + p.name + "}:"
 	// The order is the one lib.lua gives to KEYS.
-	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence"} {
+	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances"} {
 		p.keys = append(p.keys, prefix+suffix)
 	}
 	p.reapKey = prefix + "reaped"
@@ -144,6 +170,24 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 
 // Name is the pool's name.
 func (p *Pool) Name() string { return p.name }
+
+// LeaseGrace is how long after its deadline an expired lease is reclaimed.
+func (p *Pool) LeaseGrace() time.Duration { return p.grace }
+
+// Epoch reads the pool's epoch marker: a random value written by the first
+// Register. It is empty when the pool was never created or its data was
+// lost; a value that changes under a running worker means the pool was lost
+// and created anew.
+func (p *Pool) Epoch(ctx context.Context) (string, error) {
+	v, err := p.client.Get(ctx, p.keys[7]).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("pool: read the epoch of %s: %w", p.name, err)
+	}
+	return v, nil
+}
 
 // Keys lists every Redis key of the pool. They share one hash slot.
 func (p *Pool) Keys() []string { return append(append([]string(nil), p.keys...), p.reapKey) }
@@ -154,22 +198,57 @@ type Executor struct {
 	URL string `json:"url"`
 	// Labels are free-form and shown by Status.
 	Labels map[string]string `json:"labels,omitempty"`
+	// InstanceID is the executor's own stable ID, as its health check
+	// reports it. A second URL for an instance already in the pool is
+	// refused (Duplicate): two spellings of one executor would double-book
+	// it. Empty when unknown.
+	InstanceID string `json:"instance_id,omitempty"`
 }
 
-// ParseURL checks that s is an absolute http(s) URL with a host and returns it
-// without a trailing slash, the form under which the pool keys executors.
+// ParseURL checks that s is an absolute http(s) URL with a host and returns
+// its canonical form, the one under which the pool keys executors: scheme
+// and host in lower case, no default port, no leading zeros in the port, a
+// cleaned path with no trailing slash. So HTTP://E:080/./ and http://e:80
+// are one executor, http://e. Spellings that differ in the host itself
+// (localhost and 127.0.0.1) are told apart by the executor's instance ID.
 func ParseURL(s string) (string, error) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return "", fmt.Errorf("%w: executor URL %q: %w", ErrInvalid, s, err)
 	}
-	if u.Scheme != "http" && u.Scheme != "https" {
+	scheme := strings.ToLower(u.Scheme)
+	if scheme != "http" && scheme != "https" {
 		return "", fmt.Errorf("%w: executor URL %q: scheme must be http or https", ErrInvalid, s)
 	}
-	if u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+	if u.Host == "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil || u.Opaque != "" {
 		return "", fmt.Errorf("%w: executor URL %q: want scheme://host[:port][/path] and nothing else", ErrInvalid, s)
 	}
-	return strings.TrimRight(s, "/"), nil
+	host, port := strings.ToLower(u.Hostname()), u.Port()
+	if host == "" {
+		return "", fmt.Errorf("%w: executor URL %q: no host", ErrInvalid, s)
+	}
+	if port != "" {
+		n, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || n == 0 {
+			return "", fmt.Errorf("%w: executor URL %q: port %q is not in 1-65535", ErrInvalid, s, port)
+		}
+		port = strconv.FormatUint(n, 10)
+		if scheme == "http" && port == "80" || scheme == "https" && port == "443" {
+			port = ""
+		}
+	}
+	hostport := host
+	if strings.Contains(host, ":") {
+		hostport = "[" + host + "]"
+	}
+	if port != "" {
+		hostport = net.JoinHostPort(host, port)
+	}
+	p := ""
+	if u.EscapedPath() != "" {
+		p = strings.TrimRight(path.Clean("/"+u.EscapedPath()), "/")
+	}
+	return scheme + "://" + hostport + p, nil
 }
 
 // RegisterOutcome says what Register did with one executor.
@@ -177,22 +256,48 @@ type RegisterOutcome string
 
 // Register outcomes.
 const (
-	Added             RegisterOutcome = "added"
+	// Added: new in the pool, available at once (or, when its record was
+	// lost under a live lease, at that lease's end).
+	Added RegisterOutcome = "added"
+	// AlreadyRegistered: known; left as it is, and a drain of it cancelled.
 	AlreadyRegistered RegisterOutcome = "already_registered"
+	// Repaired: known, yet neither available nor leased (lost, after keys
+	// were deleted or evicted): it is available again.
+	Repaired RegisterOutcome = "repaired"
+	// Duplicate: its instance ID is in the pool under another URL
+	// (Registration.DuplicateOf); nothing changed.
+	Duplicate RegisterOutcome = "duplicate"
 )
 
-// Register adds executors to the pool; an executor that is already there is
-// left as it is (and a drain of it is cancelled). Every URL is checked before
-// Redis is touched, so a bad one registers nothing. A thousand executors are
-// one script call, registered at once. The outcomes are in the order of
-// execs.
-func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]RegisterOutcome, error) {
-	args := make([]any, 0, 2*len(execs))
-	for _, e := range execs {
+// Registration is what Register did with one executor.
+type Registration struct {
+	// URL is the executor's canonical URL (ParseURL).
+	URL     string          `json:"url"`
+	Outcome RegisterOutcome `json:"outcome"`
+	// DuplicateOf is the URL the executor is registered under, for
+	// Duplicate.
+	DuplicateOf string `json:"duplicate_of,omitempty"`
+}
+
+// Register adds executors to the pool under their canonical URLs; an
+// executor that is already there is left as it is (a drain of it is
+// cancelled, and a lost one repaired). Every URL is checked before Redis is
+// touched, so a bad one registers nothing. A thousand executors are one
+// script call, registered at once. The first Register of a pool writes its
+// epoch marker. The registrations are in the order of execs.
+func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]Registration, error) {
+	epoch, err := newToken()
+	if err != nil {
+		return nil, err
+	}
+	urls := make([]string, len(execs))
+	args := make([]any, 0, 3*len(execs))
+	for i, e := range execs {
 		u, err := ParseURL(e.URL)
 		if err != nil {
 			return nil, err
 		}
+		urls[i] = u
 		labels := ""
 		if len(e.Labels) > 0 {
 			b, err := json.Marshal(e.Labels)
@@ -201,20 +306,24 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]RegisterOutco
 			}
 			labels = string(b)
 		}
-		args = append(args, u, labels)
+		args = append(args, u, labels, e.InstanceID)
 	}
-	outcomes := make([]RegisterOutcome, 0, len(execs))
-	for start := 0; start < len(args); start += 2 * registerChunk {
-		chunk := args[start:min(start+2*registerChunk, len(args))]
+	regs := make([]Registration, 0, len(execs))
+	for start := 0; start < len(args); start += 3 * registerChunk {
+		chunk := append([]any{epoch}, args[start:min(start+3*registerChunk, len(args))]...)
 		out, err := lua.Register.Run(ctx, p.client, p.keys, chunk...).StringSlice()
 		if err != nil {
-			return nil, fmt.Errorf("pool: register %d executors: %w", len(chunk)/2, scriptErr(err))
+			return nil, fmt.Errorf("pool: register %d executors: %w", len(chunk)/3, scriptErr(err))
 		}
-		for _, o := range out {
-			outcomes = append(outcomes, RegisterOutcome(o))
+		for _, o := range out[1:] {
+			r := Registration{URL: urls[len(regs)], Outcome: RegisterOutcome(o)}
+			if other, ok := strings.CutPrefix(o, string(Duplicate)+" "); ok {
+				r.Outcome, r.DuplicateOf = Duplicate, other
+			}
+			regs = append(regs, r)
 		}
 	}
-	return outcomes, nil
+	return regs, nil
 }
 
 // DeregisterOutcome says what Deregister did.
@@ -259,13 +368,25 @@ type Lease struct {
 	// Reentered is true when the eval already held this executor: a retried
 	// attempt got it back under a new token and fence.
 	Reentered bool `json:"reentered,omitempty"`
+	// Expires is, on this process's monotonic clock, a moment before which
+	// the lease surely holds: when the call that granted or last renewed it
+	// was sent, plus its TTL. Redis's clock and this one never meet: Redis
+	// set the deadline after the call was sent, so the lease ends after
+	// Expires. Zero for a lease that did not come from Acquire or Renew.
+	Expires time.Time `json:"-"`
 }
 
+// Remaining is how long the lease surely holds from now, by Expires; 0 when
+// it may have ended.
+func (l Lease) Remaining() time.Duration { return max(0, time.Until(l.Expires)) }
+
 // Acquire leases the executor idle longest to evalID for ttl, after
-// reclaiming a bounded batch of expired leases. It is re-entrant: an eval
-// that holds a live lease gets the same executor back with a new token and a
-// higher fence, so that only the newest attempt of an eval can renew, release
-// or be served. With nothing free it returns ErrNoExecutor.
+// reclaiming a bounded batch of leases expired for longer than the grace. It
+// is re-entrant: an eval that still holds an executor (not yet reclaimed, not
+// draining) gets the same one back with a new token and a higher fence, so
+// that only the newest attempt of an eval can renew, release or be served.
+// With nothing free it returns ErrNoExecutor; when the pool's epoch marker is
+// gone, ErrPoolMissing.
 func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (Lease, error) {
 	if evalID == "" {
 		return Lease{}, fmt.Errorf("%w: empty eval ID", ErrInvalid)
@@ -277,13 +398,20 @@ func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (L
 	if err != nil {
 		return Lease{}, err
 	}
-	vals, err := lua.Acquire.Run(ctx, p.client, p.keys, evalID, token, ttl.Milliseconds(), p.reclaim).Slice()
+	sent := time.Now()
+	vals, err := lua.Acquire.Run(ctx, p.client, p.keys, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds()).Slice()
 	if errors.Is(err, redis.Nil) {
 		p.metrics.acquires.WithLabelValues("none").Inc()
 		return Lease{}, ErrNoExecutor
 	}
+	if err = scriptErr(err); errors.Is(err, ErrPoolMissing) {
+		// No executor can be had, for a reason to say out loud: callers that
+		// wait for a free executor wait, and can tell this case apart.
+		p.metrics.acquires.WithLabelValues("pool_missing").Inc()
+		return Lease{}, fmt.Errorf("%w: pool %s: %w", ErrNoExecutor, p.name, err)
+	}
 	if err != nil {
-		return Lease{}, fmt.Errorf("pool: acquire for eval %s: %w", evalID, scriptErr(err))
+		return Lease{}, fmt.Errorf("pool: acquire for eval %s: %w", evalID, err)
 	}
 	l := Lease{
 		URL:        vals[0].(string),
@@ -293,6 +421,7 @@ func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (L
 		Deadline:   time.UnixMilli(vals[3].(int64)),
 		AcquiredAt: time.UnixMilli(vals[4].(int64)),
 		Reentered:  vals[6].(int64) == 1,
+		Expires:    sent.Add(ttl),
 	}
 	if l.Reentered {
 		p.metrics.acquires.WithLabelValues("reentered").Inc()
@@ -339,6 +468,7 @@ func (p *Pool) RenewAll(ctx context.Context, rs []Renewal) error {
 		}
 		args = append(args, r.Lease.URL, r.Lease.Token, r.TTL.Milliseconds())
 	}
+	sent := time.Now()
 	deadlines, err := lua.Renew.Run(ctx, p.client, p.keys, args...).Int64Slice()
 	if err != nil {
 		if len(rs) == 1 {
@@ -358,6 +488,7 @@ func (p *Pool) RenewAll(ctx context.Context, rs []Renewal) error {
 		}
 		p.metrics.renewals.WithLabelValues("renewed").Inc()
 		r.Lease.Deadline = time.UnixMilli(d)
+		r.Lease.Expires = sent.Add(r.TTL)
 		r.Err = nil
 	}
 	return nil
@@ -435,14 +566,15 @@ func (p *Pool) Release(ctx context.Context, l Lease, path string) (ReleaseResult
 	return r, nil
 }
 
-// Reap reclaims every lease whose deadline has passed: the executor becomes
+// Reap reclaims every lease whose deadline passed more than the lease grace
+// ago: the executor becomes
 // available again, or leaves the pool if it was draining. It works in bounded
 // batches so that Redis is never blocked for long, and returns how many it
 // reclaimed.
 func (p *Pool) Reap(ctx context.Context) (int, error) {
 	total := 0
 	for {
-		n, err := lua.Reap.Run(ctx, p.client, p.keys, reapBatch).Int()
+		n, err := lua.Reap.Run(ctx, p.client, p.keys, reapBatch, p.grace.Milliseconds()).Int()
 		if err != nil {
 			return total, fmt.Errorf("pool: reap: %w", scriptErr(err))
 		}

@@ -19,14 +19,26 @@ type testBundle struct {
 	metrics *Metrics
 }
 
+// testGrace is the lease grace of the tests' pools, short so that expired
+// leases are reclaimed quickly.
+const testGrace = 50 * time.Millisecond
+
 // setup returns a pool of its own on the package's Redis, with urls
 // registered, and the bundle to look inside it.
 func setup(t *testing.T, urls ...string) (*Pool, *testBundle) {
 	t.Helper()
+	return setupWith(t, Options{LeaseGrace: testGrace}, urls...)
+}
+
+// setupWith is setup with options; their Name, Logger and Metrics are the
+// test's own.
+func setupWith(t *testing.T, opts Options, urls ...string) (*Pool, *testBundle) {
+	t.Helper()
 	client := evaltest.Client(t)
 	logger, logs := evaltest.Logger()
 	b := &testBundle{client: client, logs: logs, metrics: NewMetrics()}
-	p, err := New(client, Options{Name: evaltest.Pool(t, client), Logger: logger, Metrics: b.metrics})
+	opts.Name, opts.Logger, opts.Metrics = evaltest.Pool(t, client), logger, b.metrics
+	p, err := New(client, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,6 +58,16 @@ func register(t *testing.T, p *Pool, urls ...string) {
 	if _, err := p.Register(t.Context(), execs...); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// waitReclaimable waits until Redis's clock has passed l's deadline by the
+// pool's grace, when Reap and Acquire reclaim it.
+func waitReclaimable(t *testing.T, p *Pool, l Lease) {
+	t.Helper()
+	evaltest.Eventually(t, 10*time.Second, "lease never became reclaimable", func() bool {
+		now, err := p.client.Time(t.Context()).Result()
+		return err == nil && now.After(l.Deadline.Add(p.grace))
+	})
 }
 
 func acquire(t *testing.T, p *Pool, evalID string, ttl time.Duration) Lease {
@@ -96,10 +118,13 @@ func assertWhole(t *testing.T, p *Pool, want ...string) {
 
 func TestAcquireEmptyPool(t *testing.T) {
 	t.Parallel()
-	p, b := setup(t)
+	p, b := setup(t, "http://e1")
+	if _, err := p.Deregister(t.Context(), "http://e1"); err != nil {
+		t.Fatal(err)
+	}
 	_, err := p.Acquire(t.Context(), "e1", time.Second)
-	if !errors.Is(err, ErrNoExecutor) {
-		t.Fatalf("err = %v, want ErrNoExecutor", err)
+	if !errors.Is(err, ErrNoExecutor) || errors.Is(err, ErrPoolMissing) {
+		t.Fatalf("err = %v, want ErrNoExecutor alone", err)
 	}
 	if got := testutil.ToFloat64(b.metrics.acquires.WithLabelValues("none")); got != 1 {
 		t.Errorf("acquire_total{none} = %v, want 1", got)
@@ -208,6 +233,7 @@ func TestExpiredLeaseIsReclaimed(t *testing.T) {
 			if _, err := p.Renew(t.Context(), old, time.Minute); !errors.Is(err, ErrLeaseLost) {
 				t.Fatalf("renew of an expired lease: err = %v, want ErrLeaseLost", err)
 			}
+			waitReclaimable(t, p, old)
 			tt.reclaim(t, p)
 			assertWhole(t, p, e)
 
@@ -246,20 +272,36 @@ func TestAcquireIsReentrant(t *testing.T) {
 	assertWhole(t, p, "http://e1", "http://e2", "http://e3")
 }
 
-func TestReentryAfterExpiryTakesAFreshLease(t *testing.T) {
+// An expired lease is re-entered by its own eval while the grace runs
+// (nobody else can hold the executor, and the higher fence drops the older
+// attempt) and reclaimed after it.
+func TestReentryAfterExpiry(t *testing.T) {
 	t.Parallel()
-	p, _ := setup(t, "http://e1")
-	old := acquire(t, p, "eval-a", 10*time.Millisecond)
-	evaltest.Eventually(t, 5*time.Second, "lease never expired", func() bool {
-		st, err := p.Status(t.Context())
-		return err == nil && st.Counts[StateExpired] == 1
-	})
-	l := acquire(t, p, "eval-a", time.Minute)
-	if l.Reentered || l.Token == old.Token {
-		t.Fatal("an expired lease was re-entered instead of reclaimed")
+	for _, tt := range []struct {
+		name          string
+		grace         time.Duration
+		wantReentered bool
+	}{
+		{"within the grace", time.Minute, true},
+		{"after the grace", testGrace, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, _ := setupWith(t, Options{LeaseGrace: tt.grace}, "http://e1")
+			old := acquire(t, p, "eval-a", 10*time.Millisecond)
+			evaltest.Eventually(t, 5*time.Second, "lease never expired", func() bool {
+				st, err := p.Status(t.Context())
+				return err == nil && st.Counts[StateExpired] == 1 && (tt.wantReentered || st.Now.After(old.Deadline.Add(tt.grace)))
+			})
+			l := acquire(t, p, "eval-a", time.Minute)
+			if l.Reentered != tt.wantReentered || l.Token == old.Token || l.Fence <= old.Fence {
+				t.Fatalf("reentered = %v, want %v (fence %d after %d)", l.Reentered, tt.wantReentered, l.Fence, old.Fence)
+			}
+			release(t, p, old, StaleLease)
+			release(t, p, l, Released)
+			assertWhole(t, p, "http://e1")
+		})
 	}
-	release(t, p, l, Released)
-	assertWhole(t, p, "http://e1")
 }
 
 func TestRenew(t *testing.T) {
@@ -340,6 +382,7 @@ func TestRenewAll(t *testing.T) {
 		}
 	}
 	// Only the live leases moved: the expired one stays expired for the reaper.
+	waitReclaimable(t, p, expired)
 	if n, err := p.Reap(t.Context()); err != nil || n != 1 {
 		t.Fatalf("Reap reclaimed %d leases (err %v), want the expired one only", n, err)
 	}
@@ -418,11 +461,11 @@ func TestRegister(t *testing.T) {
 	t.Parallel()
 	p, _ := setup(t)
 	out, err := p.Register(t.Context(), Executor{URL: "http://e1/", Labels: map[string]string{"gpu": "a100"}}, Executor{URL: "https://e2:8443/base"})
-	if err != nil || out[0] != Added || out[1] != Added {
+	if err != nil || out[0].Outcome != Added || out[1].Outcome != Added || out[0].URL != "http://e1" {
 		t.Fatalf("Register = %v, %v", out, err)
 	}
 	out, err = p.Register(t.Context(), Executor{URL: "http://e1"})
-	if err != nil || out[0] != AlreadyRegistered {
+	if err != nil || out[0].Outcome != AlreadyRegistered {
 		t.Fatalf("second Register = %v, %v; want already_registered", out, err)
 	}
 	st, err := p.Status(t.Context())
@@ -472,7 +515,7 @@ func TestRegisterMany(t *testing.T) {
 		t.Fatalf("register after SCRIPT FLUSH: %v", err)
 	}
 	for i, o := range out {
-		if o != AlreadyRegistered {
+		if o.Outcome != AlreadyRegistered {
 			t.Fatalf("outcome %d = %s, want already_registered", i, o)
 		}
 	}
@@ -521,11 +564,7 @@ func TestFenceSurvivesALostCounter(t *testing.T) {
 func TestReapEveryRunsOncePerInterval(t *testing.T) {
 	t.Parallel()
 	p, _ := setup(t, "http://e1")
-	acquire(t, p, "eval-a", time.Millisecond)
-	evaltest.Eventually(t, 5*time.Second, "lease never expired", func() bool {
-		st, err := p.Status(t.Context())
-		return err == nil && st.Counts[StateExpired] == 1
-	})
+	waitReclaimable(t, p, acquire(t, p, "eval-a", time.Millisecond))
 	var ran int
 	for range 5 {
 		n, ok, err := p.ReapEvery(t.Context(), time.Hour)

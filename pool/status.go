@@ -32,8 +32,8 @@ const (
 	// StateDraining: deregistered while leased; it leaves when the lease ends.
 	StateDraining State = "draining"
 	// StateLost: registered, yet neither available nor leased. Check reports
-	// it; it never happens unless something other than evalpool wrote to the
-	// pool's keys.
+	// it; it never happens unless keys were deleted or evicted, or something
+	// other than evalpool wrote to them. Registering it again repairs it.
 	StateLost State = "lost"
 )
 
@@ -42,17 +42,22 @@ type Status struct {
 	Pool string    `json:"pool"`
 	Now  time.Time `json:"now"`
 	// Fence is the highest fencing number handed out so far.
-	Fence     int64            `json:"fence"`
+	Fence int64 `json:"fence"`
+	// Epoch is the pool's marker, written by its first Register; empty when
+	// the pool was never created or its data was lost.
+	Epoch     string           `json:"epoch"`
 	Counts    map[State]int    `json:"counts"`
 	Executors []ExecutorStatus `json:"executors"`
 }
 
 // ExecutorStatus is one executor in a Status.
 type ExecutorStatus struct {
-	URL     string            `json:"url"`
-	State   State             `json:"state"`
-	Labels  map[string]string `json:"labels,omitempty"`
-	AddedAt time.Time         `json:"added_at"`
+	URL    string            `json:"url"`
+	State  State             `json:"state"`
+	Labels map[string]string `json:"labels,omitempty"`
+	// InstanceID is the executor's own ID, when it reported one.
+	InstanceID string    `json:"instance_id,omitempty"`
+	AddedAt    time.Time `json:"added_at"`
 	// InAvailable counts the executor's entries in the available set: 0 or
 	// 1, by construction (a set cannot hold a member twice).
 	InAvailable int `json:"in_available"`
@@ -66,6 +71,9 @@ type ExecutorStatus struct {
 	DoubleReleases int64        `json:"double_releases"`
 	StaleReleases  int64        `json:"stale_releases"`
 	Lease          *LeaseStatus `json:"lease,omitempty"`
+	// Corrupt says which of its records could not be read, if any: Status
+	// shows such an executor instead of failing, and Check reports it.
+	Corrupt string `json:"corrupt,omitempty"`
 }
 
 // LeaseStatus is a lease as Status shows it: without its token, which is the
@@ -99,6 +107,7 @@ type leaseRecord struct {
 
 type executorRecord struct {
 	AddedAt        int64             `json:"added_at"`
+	InstanceID     string            `json:"instance_id"`
 	Labels         map[string]string `json:"labels"`
 	Releases       int64             `json:"releases"`
 	DoubleReleases int64             `json:"double_releases"`
@@ -115,15 +124,17 @@ type snapshot struct {
 	holders   map[string]string
 	draining  map[string]bool
 	fence     int64
+	epoch     string
+	instances map[string]string
 }
 
 func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 	var (
-		executors, leases, holders *redis.MapStringStringCmd
-		available, deadlines       *redis.ZSliceCmd
-		draining                   *redis.StringSliceCmd
-		fence                      *redis.StringCmd
-		now                        *redis.TimeCmd
+		executors, leases, holders, instances *redis.MapStringStringCmd
+		available, deadlines                  *redis.ZSliceCmd
+		draining                              *redis.StringSliceCmd
+		fence, epoch                          *redis.StringCmd
+		now                                   *redis.TimeCmd
 	)
 	k := p.keys
 	cmds, err := p.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
@@ -134,12 +145,14 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 		holders = pipe.HGetAll(ctx, k[4])
 		draining = pipe.SMembers(ctx, k[5])
 		fence = pipe.Get(ctx, k[6])
+		epoch = pipe.Get(ctx, k[7])
+		instances = pipe.HGetAll(ctx, k[8])
 		now = pipe.Time(ctx)
 		return nil
 	})
 	if errors.Is(err, redis.Nil) {
-		// The fence's GET answers nil before the first acquire: no error,
-		// unless another command failed.
+		// The fence's and the epoch's GET answer nil before the first
+		// acquire and register: no error, unless another command failed.
 		err = nil
 		for _, c := range cmds {
 			if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
@@ -159,6 +172,8 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 		deadlines: zmap(deadlines.Val()),
 		holders:   holders.Val(),
 		draining:  map[string]bool{},
+		epoch:     epoch.Val(),
+		instances: instances.Val(),
 	}
 	for _, u := range draining.Val() {
 		s.draining[u] = true
@@ -207,13 +222,15 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Pool: p.name, Now: s.now, Fence: s.fence, Counts: map[State]int{}}
+	st := &Status{Pool: p.name, Now: s.now, Fence: s.fence, Epoch: s.epoch, Counts: map[State]int{}}
 	for _, u := range slices.Sorted(maps.Keys(s.executors)) {
 		e := ExecutorStatus{URL: u}
 		var rec executorRecord
-		if json.Unmarshal([]byte(s.executors[u]), &rec) == nil {
-			e.AddedAt, e.Labels = time.UnixMilli(rec.AddedAt), rec.Labels
+		if err := json.Unmarshal([]byte(s.executors[u]), &rec); err == nil {
+			e.AddedAt, e.Labels, e.InstanceID = time.UnixMilli(rec.AddedAt), rec.Labels, rec.InstanceID
 			e.Releases, e.DoubleReleases, e.StaleReleases = rec.Releases, rec.DoubleReleases, rec.StaleReleases
+		} else {
+			e.Corrupt = "unreadable executor record"
 		}
 		since, avail := s.available[u]
 		if avail {
@@ -222,7 +239,10 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 		}
 		var lr leaseRecord
 		raw, leased := s.leases[u]
-		if leased && json.Unmarshal([]byte(raw), &lr) == nil {
+		if leased {
+			if err := json.Unmarshal([]byte(raw), &lr); err != nil {
+				e.Corrupt = "unreadable lease record"
+			}
 			e.Lease = &LeaseStatus{
 				EvalID:     lr.EvalID,
 				Fence:      lr.Fence,
@@ -260,6 +280,24 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 	var vs []Violation
 	add := func(inv int, url, format string, args ...any) {
 		vs = append(vs, Violation{Invariant: inv, Executor: url, Problem: fmt.Sprintf(format, args...)})
+	}
+	if s.epoch == "" {
+		add(5, "", "the pool's epoch marker is missing: the pool was never created, or its data was lost (FLUSHALL, eviction, a restart without persistence)")
+	}
+	byInstance := map[string][]string{}
+	for u, raw := range s.executors {
+		var rec executorRecord
+		if err := json.Unmarshal([]byte(raw), &rec); err != nil {
+			add(2, u, "unreadable executor record %q", raw)
+		} else if rec.InstanceID != "" {
+			byInstance[rec.InstanceID] = append(byInstance[rec.InstanceID], u)
+		}
+	}
+	for id, urls := range byInstance {
+		if len(urls) > 1 {
+			slices.Sort(urls)
+			add(3, urls[0], "one executor (instance %s) registered under %d URLs: %v", id, len(urls), urls)
+		}
 	}
 	for u := range s.executors {
 		_, avail := s.available[u]

@@ -46,12 +46,21 @@ func (a *app) poolAdd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out, err := p.Register(c.Context(), execs...)
+			regs, err := p.Register(c.Context(), execs...)
 			if err != nil {
 				return err
 			}
-			for i, o := range out {
-				fmt.Fprintf(a.stdout, "%s %s\n", o, strings.TrimRight(args[i], "/"))
+			var dups []string
+			for _, r := range regs {
+				if r.Outcome == pool.Duplicate {
+					fmt.Fprintf(a.stdout, "%s %s (registered as %s)\n", r.Outcome, r.URL, r.DuplicateOf)
+					dups = append(dups, r.URL)
+					continue
+				}
+				fmt.Fprintf(a.stdout, "%s %s\n", r.Outcome, r.URL)
+			}
+			if len(dups) > 0 {
+				return fmt.Errorf("refused %s: the same executor is already in the pool under another URL", strings.Join(dups, ", "))
 			}
 			return nil
 		},
@@ -66,10 +75,12 @@ func (a *app) poolRemove() *cobra.Command {
 		Short: "Deregister executors; a leased one drains and leaves at its release",
 		Args:  positional(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
-			for _, u := range args {
-				if _, err := pool.ParseURL(u); err != nil {
+			for i, u := range args {
+				canonical, err := pool.ParseURL(u)
+				if err != nil {
 					return err
 				}
+				args[i] = canonical
 			}
 			p, err := a.pool()
 			if err != nil {
@@ -80,7 +91,7 @@ func (a *app) poolRemove() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(a.stdout, "%s %s\n", out, strings.TrimRight(u, "/"))
+				fmt.Fprintf(a.stdout, "%s %s\n", out, u)
 			}
 			return nil
 		},

@@ -1,0 +1,307 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// One executor written many ways is one executor: every spelling registers
+// under one canonical URL, so the pool can never hold it twice.
+func TestParseURLCanonicalForm(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		want      string
+		spellings []string
+	}{
+		{"http://127.0.0.1:17401", []string{
+			"http://127.0.0.1:17401", "HTTP://127.0.0.1:17401/", "http://127.0.0.1:017401",
+			"http://127.0.0.1:17401/.", "http://127.0.0.1:17401//", "Http://127.0.0.1:17401/./",
+		}},
+		{"http://e1", []string{"http://e1", "http://E1:80/", "http://e1:0080", "http://e1/a/.."}},
+		{"https://e2/base", []string{"https://e2/base", "https://E2:443/base/", "https://e2/base/./", "https://e2//base"}},
+		{"http://[::1]:8080", []string{"http://[::1]:8080/", "http://[::1]:08080"}},
+		{"http://[::1]", []string{"http://[::1]:80"}},
+	} {
+		for _, s := range tt.spellings {
+			got, err := ParseURL(s)
+			if err != nil || got != tt.want {
+				t.Errorf("ParseURL(%q) = %q, %v; want %q", s, got, err, tt.want)
+			}
+		}
+	}
+	for _, bad := range []string{"http://e:0", "http://e:65536", "http://e:x", "http://:80", "http:e", "http://e?", "http://e#f"} {
+		if got, err := ParseURL(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseURL(%q) = %q, %v; want ErrInvalid", bad, got, err)
+		}
+	}
+
+	p, _ := setup(t)
+	var execs []Executor
+	for _, s := range []string{"http://127.0.0.1:17401", "HTTP://127.0.0.1:17401/", "http://127.0.0.1:017401", "http://127.0.0.1:17401/."} {
+		execs = append(execs, Executor{URL: s})
+	}
+	regs, err := p.Register(t.Context(), execs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range regs {
+		want := AlreadyRegistered
+		if i == 0 {
+			want = Added
+		}
+		if r.Outcome != want || r.URL != "http://127.0.0.1:17401" {
+			t.Errorf("spelling %q: %+v, want %s under the canonical URL", execs[i].URL, r, want)
+		}
+	}
+	assertWhole(t, p, "http://127.0.0.1:17401")
+}
+
+// Spellings that differ in the host itself are told apart by the executor's
+// instance ID: a second URL for a registered instance is refused.
+func TestRegisterRefusesASecondURLForOneInstance(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t)
+	regs, err := p.Register(t.Context(),
+		Executor{URL: "http://127.0.0.1:17401", InstanceID: "i-1"},
+		Executor{URL: "http://localhost:17401", InstanceID: "i-1"},
+		Executor{URL: "http://other:1", InstanceID: "i-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if regs[0].Outcome != Added || regs[1].Outcome != Duplicate || regs[1].DuplicateOf != "http://127.0.0.1:17401" || regs[2].Outcome != Added {
+		t.Fatalf("Register = %+v; want added, duplicate of the first, added", regs)
+	}
+	assertWhole(t, p, "http://127.0.0.1:17401", "http://other:1")
+
+	// Once the first URL has left, the instance may come back under another.
+	if _, err := p.Deregister(t.Context(), "http://127.0.0.1:17401"); err != nil {
+		t.Fatal(err)
+	}
+	regs, err = p.Register(t.Context(), Executor{URL: "http://localhost:17401", InstanceID: "i-1"})
+	if err != nil || regs[0].Outcome != Added {
+		t.Fatalf("Register after the first URL left = %+v, %v; want added", regs, err)
+	}
+	assertWhole(t, p, "http://localhost:17401", "http://other:1")
+}
+
+// Acquire believes the holders index only when the lease it points to is
+// the eval's own, live, and not draining.
+func TestAcquireTrustsNoStaleHolder(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		// break leaves eval-a's holders entry pointing at e1 in some bad way
+		// and returns the lease, if any, that must stay untouched.
+		brk     func(t *testing.T, p *Pool, b *testBundle) *Lease
+		wantErr error // of eval-a's next acquire, with e1 the only executor
+	}{
+		{"lease record gone, executor since leased to another eval", func(t *testing.T, p *Pool, b *testBundle) *Lease {
+			b.client.HDel(t.Context(), p.keys[2], "http://e1")
+			b.client.ZRem(t.Context(), p.keys[3], "http://e1")
+			if regs, err := p.Register(t.Context(), Executor{URL: "http://e1"}); err != nil || regs[0].Outcome != Repaired {
+				t.Fatalf("Register of the lost executor = %+v, %v; want repaired", regs, err)
+			}
+			other := acquire(t, p, "eval-b", time.Minute)
+			return &other
+		}, ErrNoExecutor},
+		{"lease record gone, nothing else", func(t *testing.T, p *Pool, b *testBundle) *Lease {
+			b.client.HDel(t.Context(), p.keys[2], "http://e1")
+			b.client.ZAdd(t.Context(), p.keys[1], redis.Z{Score: 1, Member: "http://e1"})
+			return nil
+		}, nil},
+		{"lease record unreadable", func(t *testing.T, p *Pool, b *testBundle) *Lease {
+			b.client.HSet(t.Context(), p.keys[2], "http://e1", "{not json")
+			return nil
+		}, ErrNoExecutor},
+		{"executor draining", func(t *testing.T, p *Pool, b *testBundle) *Lease {
+			if out, err := p.Deregister(t.Context(), "http://e1"); err != nil || out != Draining {
+				t.Fatalf("Deregister = %s, %v", out, err)
+			}
+			return nil
+		}, ErrNoExecutor},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, "http://e1")
+			first := acquire(t, p, "eval-a", time.Minute)
+			keep := tt.brk(t, p, b)
+			l, err := p.Acquire(t.Context(), "eval-a", time.Minute)
+			if !errors.Is(err, tt.wantErr) || err == nil && (l.Reentered || l.Token == first.Token) {
+				t.Fatalf("acquire = %+v, %v; want a fresh lease or %v", l, err, tt.wantErr)
+			}
+			if keep != nil {
+				if _, err := p.Renew(t.Context(), *keep, time.Minute); err != nil {
+					t.Fatalf("the other eval's lease was taken: renew = %v", err)
+				}
+			}
+			if held, _ := b.client.HGet(t.Context(), p.keys[4], "eval-a").Result(); err != nil && held != "" {
+				t.Errorf("holders still names %s for eval-a after it got nothing", held)
+			}
+		})
+	}
+}
+
+// A lost executors hash, then `pool add`: an executor still leased stays
+// leased (making it available would double-book it), the others come back.
+func TestRegisterAfterTheExecutorsHashIsGone(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1", "http://e2")
+	held := acquire(t, p, "eval-a", time.Minute)
+	if err := b.client.Del(t.Context(), p.keys[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	regs, err := p.Register(t.Context(), Executor{URL: "http://e1"}, Executor{URL: "http://e2"})
+	if err != nil || regs[0].Outcome != Added || regs[1].Outcome != Added {
+		t.Fatalf("Register = %+v, %v", regs, err)
+	}
+	if err := b.client.ZScore(t.Context(), p.keys[1], held.URL).Err(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("register put the leased %s in the available set (err %v)", held.URL, err)
+	}
+	other := acquire(t, p, "eval-b", time.Minute)
+	if other.URL == held.URL {
+		t.Fatalf("eval-b got %s, which eval-a holds", other.URL)
+	}
+	if _, err := p.Acquire(t.Context(), "eval-c", time.Minute); !errors.Is(err, ErrNoExecutor) {
+		t.Fatalf("a third acquire on two executors: err = %v, want ErrNoExecutor", err)
+	}
+	release(t, p, held, Released)
+	release(t, p, other, Released)
+	assertWhole(t, p, "http://e1", "http://e2")
+}
+
+// A registered executor that is neither available nor leased is lost;
+// registering it again repairs it.
+func TestRegisterRepairsALostExecutor(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1")
+	if err := b.client.Del(t.Context(), p.keys[1]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	vs, err := p.Check(t.Context())
+	if err != nil || len(vs) != 1 || vs[0].Invariant != 4 {
+		t.Fatalf("Check = %v, %v; want the lost executor", vs, err)
+	}
+	regs, err := p.Register(t.Context(), Executor{URL: "http://e1"})
+	if err != nil || regs[0].Outcome != Repaired {
+		t.Fatalf("Register = %+v, %v; want repaired", regs, err)
+	}
+	assertWhole(t, p, "http://e1")
+}
+
+// Unreadable records are shown and reported, never a panic or a script
+// error.
+func TestStatusReportsCorruptRecords(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1", "http://e2")
+	acquire(t, p, "eval-a", time.Minute)
+	st, err := p.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leased := st.Executors[slices.IndexFunc(st.Executors, func(e ExecutorStatus) bool { return e.State == StateLeased })].URL
+	idle := "http://e1"
+	if leased == idle {
+		idle = "http://e2"
+	}
+	b.client.HSet(t.Context(), p.keys[2], leased, "{not json")
+	b.client.HSet(t.Context(), p.keys[0], idle, "[1,2")
+	st, err = p.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range st.Executors {
+		if e.Corrupt == "" {
+			t.Errorf("%s: corrupt record not reported: %+v", e.URL, e)
+		}
+	}
+	vs, err := p.Check(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range vs {
+		got = append(got, v.String())
+	}
+	joined := strings.Join(got, "; ")
+	if !strings.Contains(joined, "unreadable lease record") || !strings.Contains(joined, "unreadable executor record") {
+		t.Errorf("Check = %q; want both unreadable records", got)
+	}
+	// The scripts go on: the idle executor can be leased and released.
+	l := acquire(t, p, "eval-b", time.Minute)
+	release(t, p, l, Released)
+}
+
+// A pool whose keys vanished (FLUSHALL, eviction) says so: Acquire fails with
+// ErrPoolMissing (which is also ErrNoExecutor, so waiters wait), Check
+// reports the missing marker, and the next Register starts a new epoch.
+func TestLostPoolIsNoticed(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1")
+	epoch, err := p.Epoch(t.Context())
+	if err != nil || epoch == "" {
+		t.Fatalf("Epoch = %q, %v; want one after Register", epoch, err)
+	}
+	if err := b.client.Del(t.Context(), p.Keys()...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.Acquire(t.Context(), "eval-a", time.Minute)
+	if !errors.Is(err, ErrPoolMissing) || !errors.Is(err, ErrNoExecutor) {
+		t.Fatalf("acquire on a lost pool: err = %v, want ErrPoolMissing and ErrNoExecutor", err)
+	}
+	vs, err := p.Check(t.Context())
+	if err != nil || len(vs) != 1 || vs[0].Invariant != 5 {
+		t.Fatalf("Check = %v, %v; want the missing marker", vs, err)
+	}
+	register(t, p, "http://e1")
+	again, err := p.Epoch(t.Context())
+	if err != nil || again == "" || again == epoch {
+		t.Fatalf("epoch after re-register = %q (was %q), %v; want a new one", again, epoch, err)
+	}
+	assertWhole(t, p, "http://e1")
+}
+
+// An expired lease is reclaimed only once the grace has passed since its
+// deadline: until then a lease-aware executor may still be stopping the old
+// holder's eval.
+func TestExpiredLeaseWaitsForTheGrace(t *testing.T) {
+	t.Parallel()
+	const grace = 500 * time.Millisecond
+	p, b := setupWith(t, Options{LeaseGrace: grace}, "http://e1")
+	old := acquire(t, p, "eval-a", 10*time.Millisecond)
+	for {
+		l, err := p.Acquire(t.Context(), "eval-b", time.Minute)
+		now, terr := b.client.Time(t.Context()).Result()
+		if terr != nil {
+			t.Fatal(terr)
+		}
+		if err == nil {
+			if now.Before(old.Deadline.Add(grace)) {
+				t.Fatalf("eval-b got the executor %s after the deadline, within the %s grace", now.Sub(old.Deadline), grace)
+			}
+			release(t, p, l, Released)
+			break
+		}
+		if !errors.Is(err, ErrNoExecutor) {
+			t.Fatal(err)
+		}
+		if now.After(old.Deadline.Add(grace + 2*time.Second)) {
+			t.Fatal("the expired lease was never reclaimed")
+		}
+		select {
+		case <-t.Context().Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if n, err := p.Reap(context.WithoutCancel(t.Context())); err != nil || n != 0 {
+		t.Fatalf("Reap = %d, %v; want nothing left", n, err)
+	}
+	assertWhole(t, p, "http://e1")
+}
