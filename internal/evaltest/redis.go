@@ -3,6 +3,7 @@ package evaltest
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -33,6 +34,14 @@ type Options struct {
 	// Dir is the server's working directory (AOF, RDB, log). Defaults to a
 	// new temporary directory, removed by Close.
 	Dir string
+	// Config is the text of a redis.conf, written to Dir and given to the
+	// server before the arguments. A Sentinel needs one: it saves its state
+	// there.
+	Config string
+	// TLS, when set, makes the server serve TLS only, on its port (Args name
+	// the certificate files; see StartTLS), and Start checks that it is up
+	// over TLS with this client configuration.
+	TLS *tls.Config
 }
 
 // Server is a redis-server process owned by a test.
@@ -60,6 +69,12 @@ func Start(opts Options) (*Server, error) {
 		}
 		s.opts.Dir, s.tempDir = dir, true
 	}
+	if s.opts.Config != "" {
+		if err := os.WriteFile(s.configFile(), []byte(s.opts.Config), 0o600); err != nil {
+			s.removeDir()
+			return nil, fmt.Errorf("evaltest: %w", err)
+		}
+	}
 	var lastErr error
 	for range 5 {
 		port, err := freePort()
@@ -77,10 +92,15 @@ func Start(opts Options) (*Server, error) {
 
 func (s *Server) run(bin string) error {
 	_, port, _ := net.SplitHostPort(s.Addr)
-	args := []string{
-		"--port", port, "--bind", "127.0.0.1", "--dir", s.opts.Dir,
-		"--save", "", "--appendonly", "no", "--logfile", "redis.log",
+	args := []string{"--port", port}
+	if s.opts.TLS != nil {
+		args = []string{"--port", "0", "--tls-port", port}
 	}
+	if s.opts.Config != "" {
+		args = append([]string{s.configFile()}, args...)
+	}
+	args = append(args, "--bind", "127.0.0.1", "--dir", s.opts.Dir,
+		"--save", "", "--appendonly", "no", "--logfile", "redis.log")
 	args = append(args, s.opts.Args...)
 	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -105,7 +125,7 @@ func (s *Server) run(bin string) error {
 func (s *Server) waitReady(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second, TLSConfig: s.opts.TLS})
 	defer c.Close()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -123,6 +143,8 @@ func (s *Server) waitReady(timeout time.Duration) error {
 		}
 	}
 }
+
+func (s *Server) configFile() string { return filepath.Join(s.opts.Dir, "redis.conf") }
 
 // URL is the server's redis:// URL.
 func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
