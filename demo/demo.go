@@ -27,14 +27,18 @@ import (
 
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/redisconn"
 	"github.com/evalpool/evalpool/tasks"
 	"github.com/evalpool/evalpool/worker"
 )
 
 // Options configure a demo. The zero value runs the default demo.
 type Options struct {
-	// RedisURL is the Redis to use. Defaults to an embedded, in-process one.
+	// RedisURL is the Redis to use, in any form redisconn.Parse reads.
+	// Defaults to an embedded, in-process one.
 	RedisURL string
+	// RedisTLS names the CA and client certificate of a rediss:// RedisURL.
+	RedisTLS redisconn.TLSFiles
 	// Pool names the pool. Defaults to "demo".
 	Pool string
 	// Executors is how many simulated executors to start. Defaults to 4.
@@ -89,8 +93,8 @@ type Demo struct {
 	opts     Options
 	log      zerolog.Logger
 	mini     *miniredis.Miniredis
-	client   *redis.Client
-	conn     asynq.RedisClientOpt
+	client   redis.UniversalClient
+	conn     asynq.RedisConnOpt
 	pool     *pool.Pool
 	metrics  *pool.Metrics
 	execs    []*executor.Server
@@ -143,23 +147,22 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 }
 
 func (d *Demo) startRedis(ctx context.Context) error {
-	url := d.opts.RedisURL
-	if url == "" {
+	cfg := redisconn.Config{URL: d.opts.RedisURL, TLS: d.opts.RedisTLS}
+	if cfg.URL == "" {
 		d.mini = miniredis.NewMiniRedis()
 		d.mini.ClockTTL(true)
 		if err := d.mini.StartAddr("127.0.0.1:0"); err != nil {
 			return fmt.Errorf("demo: embedded redis: %w", err)
 		}
-		url, d.embedded = "redis://"+d.mini.Addr(), true
+		cfg, d.embedded = redisconn.Config{URL: "redis://" + d.mini.Addr()}, true
 	}
-	opt, err := redis.ParseURL(url)
+	conn, err := redisconn.Parse(cfg)
 	if err != nil {
-		return fmt.Errorf("demo: --redis %q: %w", url, err)
+		return fmt.Errorf("demo: %w", err)
 	}
-	d.client = redis.NewClient(opt)
-	d.conn = asynq.RedisClientOpt{Addr: opt.Addr, Username: opt.Username, Password: opt.Password, DB: opt.DB, TLSConfig: opt.TLSConfig}
-	if err := d.client.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("demo: redis at %s: %w", opt.Addr, err)
+	d.client, d.conn = conn.NewClient(), conn.AsynqConnOpt()
+	if err := conn.Ping(ctx, d.client); err != nil {
+		return fmt.Errorf("demo: %w", err)
 	}
 	return nil
 }

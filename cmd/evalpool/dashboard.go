@@ -76,8 +76,13 @@ in-process Redis that keeps nothing. --serve keeps the dashboard up after the
 report until Ctrl-C.`,
 		Args: positional(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
+			where := "an embedded Redis (in-process, keeps nothing)"
 			if c.Flags().Changed("redis") || envOr("EVALPOOL_REDIS_URL", "") != "" {
-				opts.RedisURL = a.redisURL
+				conn, err := a.redisConn() // a bad URL is a usage error here too
+				if err != nil {
+					return err
+				}
+				opts.RedisURL, opts.RedisTLS, where = a.redisURL, a.redisTLS, "Redis at "+conn.String()
 			}
 			if c.Flags().Changed("pool") {
 				opts.Pool = a.poolName
@@ -92,10 +97,6 @@ report until Ctrl-C.`,
 				return err
 			}
 			defer d.Close()
-			where := "an embedded Redis (in-process, keeps nothing)"
-			if !d.Embedded() {
-				where = "Redis at " + opts.RedisURL
-			}
 			fmt.Fprintf(a.stdout, "evalpool demo on %s\n", where)
 			rep, err := d.Run(c.Context())
 			if err != nil {

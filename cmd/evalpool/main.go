@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/redisconn"
 )
 
 // Exit codes, as DESIGN.md gives them.
@@ -79,11 +79,13 @@ type app struct {
 	stdout, stderr io.Writer
 
 	redisURL  string
+	redisTLS  redisconn.TLSFiles
 	poolName  string
 	logFormat string
 
 	log      zerolog.Logger
 	logLevel zerolog.Level
+	conn     *redisconn.Conn
 	client   redis.UniversalClient
 }
 
@@ -108,7 +110,11 @@ func (a *app) rootCommand() *cobra.Command {
 		PersistentPreRunE: func(*cobra.Command, []string) error { return a.setup() },
 	}
 	f := root.PersistentFlags()
-	f.StringVar(&a.redisURL, "redis", envOr("EVALPOOL_REDIS_URL", "redis://127.0.0.1:6379/0"), "Redis URL (env EVALPOOL_REDIS_URL)")
+	f.StringVar(&a.redisURL, "redis", envOr("EVALPOOL_REDIS_URL", "redis://127.0.0.1:6379/0"),
+		"Redis URL: redis[s]://[user:pass@]host:port/db, a cluster redis://n1:p?addr=n2:p&addr=n3:p, or Sentinel redis[s]-sentinel://[user:pass@]s1:p,s2:p,s3:p/db?master=NAME (env EVALPOOL_REDIS_URL)")
+	f.StringVar(&a.redisTLS.CA, "redis-ca", os.Getenv("EVALPOOL_REDIS_CA"), "PEM file of the CA of Redis's TLS certificate, for rediss:// URLs; default: the system's roots (env EVALPOOL_REDIS_CA)")
+	f.StringVar(&a.redisTLS.Cert, "redis-cert", os.Getenv("EVALPOOL_REDIS_CERT"), "PEM client certificate for Redis's mutual TLS, with --redis-key (env EVALPOOL_REDIS_CERT)")
+	f.StringVar(&a.redisTLS.Key, "redis-key", os.Getenv("EVALPOOL_REDIS_KEY"), "PEM key of --redis-cert (env EVALPOOL_REDIS_KEY)")
 	f.StringVar(&a.poolName, "pool", envOr("EVALPOOL_POOL", pool.DefaultName), "pool name (env EVALPOOL_POOL)")
 	f.StringVar(&a.logFormat, "log-format", "json", "log format: json or console")
 	f.Var(levelFlag{&a.logLevel}, "log-level", "log level: debug, info, warn, error")
@@ -179,51 +185,43 @@ func (l redisLog) Printf(_ context.Context, format string, v ...any) {
 	l.log.Debug().Str("component", "go-redis").Msgf(format, v...)
 }
 
-// redis opens the client named by --redis on first use: a cluster client
-// when the URL names more nodes (redis://n1:7000?addr=n2:7000&addr=n3:7000),
-// else a standalone one.
+// redisConn parses --redis and the TLS flags on first use. A URL or TLS
+// file it cannot use is a usage error.
+func (a *app) redisConn() (*redisconn.Conn, error) {
+	if a.conn != nil {
+		return a.conn, nil
+	}
+	conn, err := redisconn.Parse(redisconn.Config{URL: a.redisURL, TLS: a.redisTLS, DialTimeout: 2 * time.Second})
+	if err != nil {
+		return nil, usageError{err}
+	}
+	a.conn = conn
+	return conn, nil
+}
+
+// redis opens the client of --redis on first use, shared by the pool and
+// Asynq: a failover client for a Sentinel URL, a cluster client for a
+// cluster URL, else a plain one.
 func (a *app) redis() (redis.UniversalClient, error) {
 	if a.client != nil {
 		return a.client, nil
 	}
-	if isClusterURL(a.redisURL) {
-		opt, err := redis.ParseClusterURL(a.redisURL)
-		if err != nil {
-			return nil, usagef("--redis %q: %w", a.redisURL, err)
-		}
-		opt.DialTimeout = 2 * time.Second
-		a.client = redis.NewClusterClient(opt)
-		return a.client, nil
-	}
-	opt, err := redis.ParseURL(a.redisURL)
+	conn, err := a.redisConn()
 	if err != nil {
-		return nil, usagef("--redis %q: %w", a.redisURL, err)
+		return nil, err
 	}
-	opt.DialTimeout = 2 * time.Second
-	a.client = redis.NewClient(opt)
+	a.client = conn.NewClient()
 	return a.client, nil
 }
 
-func isClusterURL(s string) bool {
-	u, err := url.Parse(s)
-	return err == nil && u.Query().Has("addr")
-}
-
-// asynqConn is --redis as Asynq's connection option, for Asynqmon, which
-// wants a connection of its own.
+// asynqConn is --redis as Asynq's connection option, user and TLS included,
+// for Asynqmon, which wants a connection of its own.
 func (a *app) asynqConn() (asynq.RedisConnOpt, error) {
-	if isClusterURL(a.redisURL) {
-		opt, err := redis.ParseClusterURL(a.redisURL)
-		if err != nil {
-			return nil, usagef("--redis %q: %w", a.redisURL, err)
-		}
-		return asynq.RedisClusterClientOpt{Addrs: opt.Addrs, Username: opt.Username, Password: opt.Password, TLSConfig: opt.TLSConfig}, nil
-	}
-	conn, err := asynq.ParseRedisURI(a.redisURL)
+	conn, err := a.redisConn()
 	if err != nil {
-		return nil, usagef("--redis %q: %w", a.redisURL, err)
+		return nil, err
 	}
-	return conn, nil
+	return conn.AsynqConnOpt(), nil
 }
 
 func (a *app) pool() (*pool.Pool, error) {
