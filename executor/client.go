@@ -1,22 +1,17 @@
-// Package executor is the HTTP protocol between evalpool and an executor: the
-// client a worker uses, and the reference server behind `evalpool executor`.
-//
-// The protocol is small on purpose (DESIGN.md, "Executor protocol"): one POST
-// per eval carrying the lease's fencing number, so that the executor itself
-// can refuse a holder whose lease has passed to someone else. The pool makes
-// double booking impossible as long as every holder behaves; the fence makes
-// it harmless when one does not (a worker paused past its lease, a zombie
-// request still in flight).
 package executor
 
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -24,11 +19,34 @@ import (
 
 // Paths of the protocol.
 const (
-	PathEvals   = "/v1/evals"
-	PathHealth  = "/healthz"
-	PathStats   = "/v1/stats"
-	deadlineHdr = "X-Evalpool-Deadline" // unix ms: when the executor must give up
+	PathEvals  = "/v1/evals"
+	PathLease  = "/v1/lease"
+	PathHealth = "/healthz"
+	PathStats  = "/v1/stats"
 )
+
+// Headers of the protocol.
+const (
+	// DeadlineHeader carries, in unix milliseconds, when the caller stops
+	// waiting for an eval: the executor gives up then.
+	DeadlineHeader = "X-Evalpool-Deadline"
+	// SignatureHeader carries a request's signature, "v1=" and the hex of
+	// its HMAC-SHA256 (see Sign).
+	SignatureHeader = "X-Evalpool-Signature"
+)
+
+// EnvSecret is the environment variable that holds the secret shared by
+// executors and the workers that call them.
+const EnvSecret = "EVALPOOL_EXECUTOR_SECRET"
+
+// SecretFromEnv returns the secret in EnvSecret, or nil when it is unset or
+// empty.
+func SecretFromEnv() []byte {
+	if s := os.Getenv(EnvSecret); s != "" {
+		return []byte(s)
+	}
+	return nil
+}
 
 // Eval outcomes an executor reports.
 const (
@@ -39,10 +57,27 @@ const (
 // MaxAnswerBytes bounds an executor's answer; a longer one is a bad answer.
 const MaxAnswerBytes = 4 << 20
 
+// MaxRequestBytes bounds the body of a request to an executor: a spec is at
+// most 1 MiB, and the rest is room for the envelope and JSON escaping. The
+// reference server refuses a longer body with a 413.
+const MaxRequestBytes = 2 << 20
+
+// maxSmallAnswer bounds answers that are not results: health, extensions.
+const maxSmallAnswer = 64 << 10
+
 var (
 	// ErrFenced means the executor refused the eval: it has seen a higher
-	// fence, so the lease that sent it is no longer the executor's holder.
+	// fence, so the lease that sent it is no longer the executor's holder,
+	// or the eval's lease passed at the executor without an extension.
 	ErrFenced = errors.New("executor: refused: a newer lease holds the executor")
+	// ErrNotRunning means an extension found no eval under that eval ID and
+	// fence: it has finished, or its request has not reached the executor
+	// yet. An executor that does not know extensions answers the same. It is
+	// no reason to give up the eval: its own answer says how it ended.
+	ErrNotRunning = errors.New("executor: no such eval running")
+	// ErrUnauthorized means the executor refused a request whose signature
+	// it could not verify: the client has no secret, or not the executor's.
+	ErrUnauthorized = errors.New("executor: unauthorized: bad or missing signature")
 	// ErrBadAnswer means the executor answered something that is not a
 	// result: not JSON, an unknown status, too big.
 	ErrBadAnswer = errors.New("executor: bad answer")
@@ -53,6 +88,20 @@ type Request struct {
 	EvalID string          `json:"eval_id"`
 	Fence  int64           `json:"fence"`
 	Spec   json.RawMessage `json:"spec"`
+	// LeaseMs is the time left on the caller's lease when it sent the
+	// request, in milliseconds. A lease-aware executor stops the eval when
+	// that much time has passed since it received the request, unless an
+	// extension (Client.Extend) moved the lease's end. 0 means no lease: only
+	// the deadline bounds the eval.
+	LeaseMs int64 `json:"lease_ms,omitempty"`
+}
+
+// Extension is the body of POST /v1/lease: the lease of the eval running
+// under EvalID and Fence ends LeaseMs after the executor receives it.
+type Extension struct {
+	EvalID  string `json:"eval_id"`
+	Fence   int64  `json:"fence"`
+	LeaseMs int64  `json:"lease_ms"`
 }
 
 // Result is an executor's answer to an eval.
@@ -60,6 +109,14 @@ type Result struct {
 	Status string          `json:"status"`
 	Score  *float64        `json:"score,omitempty"`
 	Output json.RawMessage `json:"output,omitempty"`
+}
+
+// Health is an executor's answer to GET /healthz.
+type Health struct {
+	Status string `json:"status"`
+	// InstanceID names the executor process: the same for its whole life,
+	// new when it restarts. Empty for an executor that does not say.
+	InstanceID string `json:"instance_id"`
 }
 
 // ParseResult decodes and checks an executor's answer.
@@ -74,6 +131,32 @@ func ParseResult(body []byte) (Result, error) {
 	return r, nil
 }
 
+// parseHealth reads a 200 answer to GET /healthz: the JSON of the reference
+// server, or the plain "ok" of an executor that predates instance IDs.
+func parseHealth(body []byte) Health {
+	var h Health
+	if json.Unmarshal(body, &h) == nil {
+		return h
+	}
+	return Health{Status: strings.TrimSpace(string(body[:min(len(body), 64)]))}
+}
+
+// Sign returns the value of the SignatureHeader of a request: "v1=" and the
+// hex of HMAC-SHA256(secret, method "\n" path "\n" deadline "\n" body), where
+// path is the path on the request line and deadline the DeadlineHeader's
+// value, empty when there is none. The deadline is signed so that a replayed
+// request cannot be given more time.
+func Sign(secret []byte, method, path, deadline string, body []byte) string {
+	return "v1=" + hex.EncodeToString(mac(secret, method, path, deadline, body))
+}
+
+func mac(secret []byte, method, path, deadline string, body []byte) []byte {
+	m := hmac.New(sha256.New, secret)
+	_, _ = io.WriteString(m, method+"\n"+path+"\n"+deadline+"\n")
+	_, _ = m.Write(body)
+	return m.Sum(nil)
+}
+
 // Client calls executors. The zero value is usable.
 type Client struct {
 	// HTTP sends the requests. Defaults to a client with no overall timeout
@@ -81,6 +164,10 @@ type Client struct {
 	// connections per host, not net/http's 2: executors behind one address
 	// (a gateway, a fleet) would otherwise cost a new connection per eval.
 	HTTP *http.Client
+	// Secret, when set, signs every POST (see Sign), as executors started
+	// with the same secret require. An executor without a secret ignores the
+	// signature. Defaults to none.
+	Secret []byte
 }
 
 var defaultHTTP = &http.Client{Transport: func() *http.Transport {
@@ -96,34 +183,50 @@ func (c *Client) httpClient() *http.Client {
 	return defaultHTTP
 }
 
+// post sends a POST, signed when the client has a secret, and reads up to
+// limit+1 bytes of the answer.
+func (c *Client) post(ctx context.Context, baseURL, path string, body []byte, limit int64) (*http.Response, []byte, error) {
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, baseURL+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, nil, fmt.Errorf("executor %s: %w", baseURL, err)
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	if d, ok := ctx.Deadline(); ok {
+		hr.Header.Set(DeadlineHeader, strconv.FormatInt(d.UnixMilli(), 10))
+	}
+	if len(c.Secret) > 0 {
+		hr.Header.Set(SignatureHeader, Sign(c.Secret, hr.Method, hr.URL.EscapedPath(), hr.Header.Get(DeadlineHeader), body))
+	}
+	resp, err := c.httpClient().Do(hr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("executor %s: %w", baseURL, err)
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("executor %s: read answer: %w", baseURL, err)
+	}
+	return resp, answer, nil
+}
+
 // Run sends one eval to the executor at baseURL and waits for its answer.
 // The context's deadline travels with the request, so the executor stops
-// the eval when the caller stops waiting.
+// the eval when the caller stops waiting; so does req.LeaseMs, so a
+// lease-aware executor stops it when the lease passes unextended.
 func (c *Client) Run(ctx context.Context, baseURL string, req Request) (Result, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return Result{}, fmt.Errorf("executor: encode eval %s: %w", req.EvalID, err)
 	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, baseURL+PathEvals, bytes.NewReader(body))
+	resp, answer, err := c.post(ctx, baseURL, PathEvals, body, MaxAnswerBytes)
 	if err != nil {
-		return Result{}, fmt.Errorf("executor %s: %w", baseURL, err)
-	}
-	hr.Header.Set("Content-Type", "application/json")
-	if d, ok := ctx.Deadline(); ok {
-		hr.Header.Set(deadlineHdr, strconv.FormatInt(d.UnixMilli(), 10))
-	}
-	resp, err := c.httpClient().Do(hr)
-	if err != nil {
-		return Result{}, fmt.Errorf("executor %s: %w", baseURL, err)
-	}
-	defer resp.Body.Close()
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, MaxAnswerBytes+1))
-	if err != nil {
-		return Result{}, fmt.Errorf("executor %s: read answer: %w", baseURL, err)
+		return Result{}, err
 	}
 	switch {
 	case resp.StatusCode == http.StatusConflict:
 		return Result{}, fmt.Errorf("%w: %s: %s", ErrFenced, baseURL, snippet(answer))
+	case resp.StatusCode == http.StatusUnauthorized:
+		return Result{}, fmt.Errorf("%w: %s: %s", ErrUnauthorized, baseURL, snippet(answer))
 	case resp.StatusCode/100 != 2:
 		return Result{}, fmt.Errorf("executor %s answered %s: %s", baseURL, resp.Status, snippet(answer))
 	case len(answer) > MaxAnswerBytes:
@@ -136,21 +239,69 @@ func (c *Client) Run(ctx context.Context, baseURL string, req Request) (Result, 
 	return r, nil
 }
 
-// Healthy reports whether GET /healthz answers 200.
-func (c *Client) Healthy(ctx context.Context, baseURL string) error {
+// Extend tells the executor at baseURL that the lease of the eval it runs
+// under evalID and fence has remaining time left from now, so that a
+// lease-aware executor keeps running it. remaining is sent in whole
+// milliseconds, rounded down: the executor counts from when it receives the
+// extension, a little later than now, so it must not also be given the
+// fraction. The errors that matter wrap ErrFenced (the executor belongs to a
+// newer lease, or the eval's lease already passed there: stop waiting for
+// the eval) and ErrNotRunning (nothing to extend: keep waiting for Run's
+// answer).
+func (c *Client) Extend(ctx context.Context, baseURL, evalID string, fence int64, remaining time.Duration) error {
+	ms := remaining.Milliseconds()
+	if ms <= 0 {
+		return fmt.Errorf("executor %s: extend eval %s fence %d: the lease has no time left (%s)", baseURL, evalID, fence, remaining)
+	}
+	body, err := json.Marshal(Extension{EvalID: evalID, Fence: fence, LeaseMs: ms})
+	if err != nil {
+		return fmt.Errorf("executor: encode extension of eval %s: %w", evalID, err)
+	}
+	resp, answer, err := c.post(ctx, baseURL, PathLease, body, maxSmallAnswer)
+	if err != nil {
+		return err
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return nil
+	case http.StatusConflict:
+		return fmt.Errorf("%w: %s: %s", ErrFenced, baseURL, snippet(answer))
+	case http.StatusNotFound:
+		return fmt.Errorf("%w: %s: %s", ErrNotRunning, baseURL, snippet(answer))
+	case http.StatusUnauthorized:
+		return fmt.Errorf("%w: %s: %s", ErrUnauthorized, baseURL, snippet(answer))
+	default:
+		return fmt.Errorf("executor %s: extension answered %s: %s", baseURL, resp.Status, snippet(answer))
+	}
+}
+
+// Health asks the executor at baseURL how it is: GET /healthz. Any 200 is
+// healthy; an executor that answers plain text instead of JSON has that
+// text as its status and no instance ID.
+func (c *Client) Health(ctx context.Context, baseURL string) (Health, error) {
 	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+PathHealth, nil)
 	if err != nil {
-		return fmt.Errorf("executor %s: %w", baseURL, err)
+		return Health{}, fmt.Errorf("executor %s: %w", baseURL, err)
 	}
 	resp, err := c.httpClient().Do(hr)
 	if err != nil {
-		return fmt.Errorf("executor %s: %w", baseURL, err)
+		return Health{}, fmt.Errorf("executor %s: %w", baseURL, err)
 	}
-	resp.Body.Close()
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSmallAnswer))
+	if err != nil {
+		return Health{}, fmt.Errorf("executor %s: read health: %w", baseURL, err)
+	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("executor %s: health check answered %s", baseURL, resp.Status)
+		return Health{}, fmt.Errorf("executor %s: health check answered %s", baseURL, resp.Status)
 	}
-	return nil
+	return parseHealth(body), nil
+}
+
+// Healthy reports whether GET /healthz answers 200.
+func (c *Client) Healthy(ctx context.Context, baseURL string) error {
+	_, err := c.Health(ctx, baseURL)
+	return err
 }
 
 // snippet is the start of a body, on one line, for error messages.
@@ -167,7 +318,7 @@ func snippet(b []byte) string {
 
 // deadlineFrom reads the caller's deadline from a request, if it sent one.
 func deadlineFrom(r *http.Request) (time.Time, bool) {
-	ms, err := strconv.ParseInt(r.Header.Get(deadlineHdr), 10, 64)
+	ms, err := strconv.ParseInt(r.Header.Get(DeadlineHeader), 10, 64)
 	if err != nil || ms <= 0 {
 		return time.Time{}, false
 	}

@@ -9,20 +9,26 @@ import (
 // Fleet is many reference executors behind one listener, executor i under
 // /e/{i}/, for load tests that need a large pool without a process or a
 // port per executor. Each is a Server of its own: its own fence, its own
-// overlap count.
+// overlap count, its own instance ID.
 type Fleet struct {
 	Servers []*Server
 	mux     *http.ServeMux
+	opts    ServerOptions // with defaults, for Serve
 }
 
-// NewFleet returns n servers with the same options.
+// NewFleet returns n servers with the same options. When opts name an
+// instance ID, executor i is "ID-i"; otherwise each gets a random one.
 func NewFleet(n int, opts ServerOptions) (*Fleet, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("executor: a fleet needs at least 1 executor, got %d", n)
 	}
 	f := &Fleet{mux: http.NewServeMux()}
 	for i := range n {
-		s, err := NewServer(opts)
+		o := opts
+		if opts.InstanceID != "" {
+			o.InstanceID = opts.InstanceID + "-" + strconv.Itoa(i)
+		}
+		s, err := NewServer(o)
 		if err != nil {
 			return nil, err
 		}
@@ -30,6 +36,7 @@ func NewFleet(n int, opts ServerOptions) (*Fleet, error) {
 		f.mux.Handle(prefix+"/", http.StripPrefix(prefix, s))
 		f.Servers = append(f.Servers, s)
 	}
+	f.opts = f.Servers[0].opts
 	return f, nil
 }
 
@@ -52,6 +59,9 @@ func (f *Fleet) Stats() Stats {
 		total.Fenced += st.Fenced
 		total.Preempted += st.Preempted
 		total.Overlaps += st.Overlaps
+		total.LeaseExpired += st.LeaseExpired
+		total.Extensions += st.Extensions
+		total.Unauthorized += st.Unauthorized
 		total.MaxFence = max(total.MaxFence, st.MaxFence)
 		total.Running = total.Running || st.Running
 	}

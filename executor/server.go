@@ -1,28 +1,37 @@
 package executor
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
+	mrand "math/rand/v2"
+	"net"
 	"net/http"
+	"net/url"
 	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/rs/zerolog"
 )
 
 // ServerOptions configure the reference executor. The zero value simulates
-// an executor that passes every eval at once.
+// an executor that passes every eval at once, accepts unsigned requests, and
+// serves within the default limits.
 type ServerOptions struct {
 	// Exec, when set, is a shell command run per eval (sh -c): the spec on
 	// its stdin, a JSON result on its stdout. It runs in a process group of
-	// its own, killed whole at the caller's deadline.
+	// its own, killed whole at the caller's deadline, at a preemption, or
+	// when the eval's lease passes.
 	Exec string
 	// Latency is how long a simulated eval takes. Ignored with Exec.
 	Latency time.Duration
@@ -31,7 +40,44 @@ type ServerOptions struct {
 	FailRate float64
 	// Logger receives a line per eval. Defaults to discarding.
 	Logger *zerolog.Logger
+	// Secret, when set, is the key every POST must be signed with (see
+	// Sign): one without a valid signature is refused with a 401 before it
+	// can touch the fence or the running eval. Without a secret, anyone who
+	// reaches the executor can send it a fence high enough to lock every
+	// holder out. Defaults to none.
+	Secret []byte
+	// InstanceID names this executor in GET /healthz, so that a caller can
+	// tell a restarted executor, which forgot every fence and lease, from
+	// the one it knew. Defaults to a random ID made by NewServer.
+	InstanceID string
+
+	// MaxConns caps the connections Serve keeps open at once; more wait in
+	// the kernel's backlog until one closes. Each costs up to
+	// MaxRequestBytes of buffer while its request is read. A Fleet allows
+	// MaxConns per executor. Defaults to 64.
+	MaxConns int
+	// ReadHeaderTimeout bounds reading a request's headers in Serve.
+	// Defaults to 5s.
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, body included, in Serve;
+	// the eval that follows is not bound by it. Defaults to 30s.
+	ReadTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long in Serve,
+	// giving its slot back. Defaults to 60s.
+	IdleTimeout time.Duration
+	// ShutdownTimeout is how long Serve waits for running requests once its
+	// context ends before it closes their connections. Defaults to 5s.
+	ShutdownTimeout time.Duration
+
+	// stopDelay is how long a simulated eval takes to stop once cancelled,
+	// as a command slow to die would: tests use it to look at an executor
+	// whose old eval is still stopping.
+	stopDelay time.Duration
 }
+
+// maxLease bounds lease_ms: a week is far more than any lease, and keeps the
+// duration well inside time.Duration.
+const maxLease = 7 * 24 * time.Hour
 
 func (o *ServerOptions) validate() error {
 	if o.Latency < 0 {
@@ -40,7 +86,43 @@ func (o *ServerOptions) validate() error {
 	if o.FailRate < 0 || o.FailRate > 1 {
 		return fmt.Errorf("executor: fail rate must be in [0, 1], got %g", o.FailRate)
 	}
+	if len(o.InstanceID) > 128 || strings.IndexFunc(o.InstanceID, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0 {
+		return fmt.Errorf("executor: instance ID must be at most 128 printable characters without spaces, got %q", o.InstanceID)
+	}
+	if o.MaxConns < 0 {
+		return fmt.Errorf("executor: max conns may not be negative, got %d", o.MaxConns)
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"read header timeout", o.ReadHeaderTimeout}, {"read timeout", o.ReadTimeout}, {"idle timeout", o.IdleTimeout}, {"shutdown timeout", o.ShutdownTimeout}} {
+		if d.d < 0 {
+			return fmt.Errorf("executor: %s may not be negative, got %s", d.name, d.d)
+		}
+	}
 	return nil
+}
+
+func (o *ServerOptions) setDefaults() {
+	o.Secret = bytes.Clone(o.Secret) // the caller's slice may change under us
+	if o.InstanceID == "" {
+		o.InstanceID = rand.Text()
+	}
+	if o.MaxConns == 0 {
+		o.MaxConns = defaultMaxConns
+	}
+	if o.ReadHeaderTimeout == 0 {
+		o.ReadHeaderTimeout = defaultReadHeaderTimeout
+	}
+	if o.ReadTimeout == 0 {
+		o.ReadTimeout = defaultReadTimeout
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = defaultIdleTimeout
+	}
+	if o.ShutdownTimeout == 0 {
+		o.ShutdownTimeout = defaultShutdownTimeout
+	}
 }
 
 // Stats are the reference executor's counters, served at GET /v1/stats.
@@ -53,34 +135,68 @@ type Stats struct {
 	Timeout int64 `json:"timeouts"`
 	// Fenced counts requests refused for a fence not above the highest seen.
 	Fenced int64 `json:"fenced"`
-	// Preempted counts running evals cancelled by a request with a higher
-	// fence.
+	// Preempted counts live evals cancelled by a request with a higher
+	// fence: by a newer attempt of the same eval, or by another eval (an
+	// overlap).
 	Preempted int64 `json:"preempted"`
-	// Overlaps counts evals that arrived while another was running: the
-	// witness of double booking. It must stay 0.
+	// Overlaps counts evals admitted while another eval's lease was live:
+	// the witness of double booking. It must stay 0.
 	Overlaps int64 `json:"overlaps"`
-	MaxFence int64 `json:"max_fence"`
-	Running  bool  `json:"running"`
+	// LeaseExpired counts evals stopped because their lease passed at the
+	// executor without an extension.
+	LeaseExpired int64 `json:"lease_expired"`
+	// Extensions counts leases extended.
+	Extensions int64 `json:"extensions"`
+	// Unauthorized counts requests refused for a missing or bad signature.
+	Unauthorized int64 `json:"unauthorized"`
+	MaxFence     int64 `json:"max_fence"`
+	Running      bool  `json:"running"`
 }
 
-var errPreempted = errors.New("preempted by a higher fence")
+var (
+	errPreempted    = errors.New("preempted by a higher fence")
+	errLeaseExpired = errors.New("lease expired at the executor")
+	errStaleFence   = errors.New("stale fence")
+)
 
+// running is an admitted eval, from its admission until its handler is done
+// with it.
 type running struct {
+	evalID string
 	fence  int64
+	ctx    context.Context
 	cancel context.CancelCauseFunc
-	done   chan struct{}
+	// done is closed once the eval has stopped, and every eval it waited
+	// for before it: a newcomer that waits on it waits on them all.
+	done chan struct{}
+
+	// Guarded by Server.mu.
+	leaseEnd  time.Time // zero: no lease, only the deadline bounds the eval
+	timer     *time.Timer
+	executing bool
+	finished  bool
+}
+
+// live reports whether the eval still holds the executor: nothing cancelled
+// it (no preemption, its caller is connected, its deadline has not passed)
+// and its lease, if it has one, has not passed.
+func (r *running) live(now time.Time) bool {
+	return r.ctx.Err() == nil && (r.leaseEnd.IsZero() || now.Before(r.leaseEnd))
 }
 
 // Server is the reference executor: it runs one eval at a time, refuses
-// stale fences, and counts overlaps.
+// stale fences, stops evals whose lease passes, and counts overlaps.
 type Server struct {
 	opts ServerOptions
 	log  zerolog.Logger
 	mux  *http.ServeMux
 
-	mu      sync.Mutex
-	stats   Stats
-	current *running
+	mu     sync.Mutex
+	stats  Stats
+	holder *running // the eval with the highest fence admitted, until it stops
+	// executing and peakExecuting count evals between admission and
+	// their end: peakExecuting above 1 would be two evals at once.
+	executing, peakExecuting int
 }
 
 // NewServer returns the reference executor as an http.Handler.
@@ -88,42 +204,141 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+	opts.setDefaults()
 	s := &Server{opts: opts, log: zerolog.Nop(), mux: http.NewServeMux()}
 	if opts.Logger != nil {
 		s.log = *opts.Logger
 	}
 	s.mux.HandleFunc("POST "+PathEvals, s.handleEval)
-	s.mux.HandleFunc("GET "+PathHealth, func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	s.mux.HandleFunc("GET "+PathStats, func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(s.Stats())
+	s.mux.HandleFunc("POST "+PathLease, s.handleLease)
+	s.mux.HandleFunc("GET "+PathHealth, func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, Health{Status: "ok", InstanceID: s.opts.InstanceID})
 	})
+	s.mux.HandleFunc("GET "+PathStats, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Stats()) })
 	return s, nil
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
+// InstanceID is the ID the server reports in GET /healthz.
+func (s *Server) InstanceID() string { return s.opts.InstanceID }
+
 // Stats returns a copy of the counters.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.stats
-	st.Running = s.current != nil
+	st.Running = s.holder != nil
 	return st
 }
 
-func httpError(w http.ResponseWriter, code int, format string, args ...any) {
+func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": fmt.Sprintf(format, args...)})
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func httpError(w http.ResponseWriter, code int, format string, args ...any) {
+	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
+}
+
+// readBody reads a POST's body, at most MaxRequestBytes, and checks its
+// signature when the server has a secret. When it returns false it has
+// answered the request, and changed nothing but the Unauthorized count.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	if len(s.opts.Secret) > 0 && r.Header.Get(SignatureHeader) == "" {
+		s.unauthorized(w, "missing %s header", SignatureHeader)
+		return nil, false
+	}
+	if r.ContentLength > MaxRequestBytes {
+		httpError(w, http.StatusRequestEntityTooLarge, "body of %d bytes is over the limit of %d", r.ContentLength, MaxRequestBytes)
+		return nil, false
+	}
+	body, err := readAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes), r.ContentLength, MaxRequestBytes)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		var netErr net.Error
+		switch {
+		case errors.As(err, &tooBig):
+			httpError(w, http.StatusRequestEntityTooLarge, "body over the limit of %d bytes", MaxRequestBytes)
+		case errors.As(err, &netErr) && netErr.Timeout():
+			httpError(w, http.StatusRequestTimeout, "body not read in time")
+		default:
+			httpError(w, http.StatusBadRequest, "read body: %v", err)
+		}
+		return nil, false
+	}
+	if len(s.opts.Secret) > 0 && !s.verify(r, body) {
+		s.unauthorized(w, "bad %s", SignatureHeader)
+		return nil, false
+	}
+	return body, true
+}
+
+// readAll reads r to its end, at most limit bytes and the one more that
+// tells http.MaxBytesReader a body is too long. A body of announced length
+// costs one allocation; one of unknown length doubles its buffer up to that
+// bound, so reading it costs at most about twice the bound.
+func readAll(r io.Reader, length, limit int64) ([]byte, error) {
+	b := make([]byte, 0, min(max(length, 0), limit)+1)
+	for {
+		if len(b) == cap(b) {
+			grown := make([]byte, len(b), min(max(2*int64(cap(b)), 512), limit+1))
+			if cap(grown) == len(b) {
+				return b, fmt.Errorf("body over %d bytes", limit)
+			}
+			copy(grown, b)
+			b = grown
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+}
+
+// verify checks a request's signature, in constant time. The path signed is
+// the one on the request line, which is what the client sent even when this
+// server is mounted under a prefix (a Fleet).
+func (s *Server) verify(r *http.Request, body []byte) bool {
+	hexMAC, ok := strings.CutPrefix(r.Header.Get(SignatureHeader), "v1=")
+	if !ok {
+		return false
+	}
+	got, err := hex.DecodeString(hexMAC)
+	if err != nil {
+		return false
+	}
+	path := r.URL.EscapedPath()
+	if u, err := url.ParseRequestURI(r.RequestURI); err == nil {
+		path = u.EscapedPath()
+	}
+	return hmac.Equal(got, mac(s.opts.Secret, r.Method, path, r.Header.Get(DeadlineHeader), body))
+}
+
+func (s *Server) unauthorized(w http.ResponseWriter, format string, args ...any) {
+	s.count(func(st *Stats) { st.Unauthorized++ })
+	httpError(w, http.StatusUnauthorized, format, args...)
 }
 
 func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
+	received := time.Now()
+	body, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
 	var req Request
-	dec := json.NewDecoder(io.LimitReader(r.Body, 2*MaxAnswerBytes))
-	if err := dec.Decode(&req); err != nil || req.EvalID == "" || len(req.Spec) == 0 {
-		httpError(w, http.StatusBadRequest, "want {\"eval_id\", \"fence\", \"spec\"}: %v", err)
+	if err := json.Unmarshal(body, &req); err != nil {
+		httpError(w, http.StatusBadRequest, "want {\"eval_id\", \"fence\", \"spec\", \"lease_ms\"}: %v", err)
+		return
+	}
+	if req.EvalID == "" || len(req.Spec) == 0 || req.LeaseMs < 0 || req.LeaseMs > maxLease.Milliseconds() {
+		httpError(w, http.StatusBadRequest, "want a non-empty eval_id and spec, and lease_ms in [0, %d]", maxLease.Milliseconds())
 		return
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
@@ -133,20 +348,31 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 		ctx, stop = context.WithDeadline(ctx, d)
 		defer stop()
 	}
-	me, err := s.admit(req.Fence, cancel)
-	if err != nil {
+	me := &running{evalID: req.EvalID, fence: req.Fence, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	if req.LeaseMs > 0 {
+		me.leaseEnd = received.Add(time.Duration(req.LeaseMs) * time.Millisecond)
+	}
+	err := s.admit(me)
+	if errors.Is(err, errStaleFence) {
 		httpError(w, http.StatusConflict, "eval %s fence %d: %v", req.EvalID, req.Fence, err)
 		return
 	}
 	start := time.Now()
-	res, err := s.execute(ctx, req)
-	s.finish(me)
+	var res Result
+	if err == nil {
+		res, err = s.execute(ctx, req)
+		s.finish(me)
+	}
 
 	log := s.log.Info().Str("eval", req.EvalID).Int64("fence", req.Fence).Dur("took", time.Since(start))
-	switch {
-	case errors.Is(context.Cause(ctx), errPreempted):
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errPreempted):
 		log.Str("outcome", "preempted").Msg("eval")
 		httpError(w, http.StatusConflict, "eval %s fence %d: %v", req.EvalID, req.Fence, errPreempted)
+		return
+	case errors.Is(cause, errLeaseExpired):
+		log.Str("outcome", "lease expired").Msg("eval")
+		httpError(w, http.StatusConflict, "eval %s fence %d: lease expired at the executor: no extension came within the lease; the eval was stopped", req.EvalID, req.Fence)
 		return
 	case ctx.Err() != nil && r.Context().Err() == nil:
 		s.count(func(st *Stats) { st.Served++; st.Timeout++ })
@@ -168,44 +394,133 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	log.Str("outcome", res.Status).Msg("eval")
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(res)
+	writeJSON(w, http.StatusOK, res)
 }
 
-// admit lets an eval run if its fence is the highest seen, after cancelling
-// and waiting out an older one that still runs.
-func (s *Server) admit(fence int64, cancel context.CancelCauseFunc) (*running, error) {
+// admit makes an eval the executor's holder if its fence is the highest
+// seen, cancels the eval it supersedes, and waits until that one has
+// stopped. It returns errStaleFence for a fence not above the highest seen,
+// and the cause when the eval was cancelled while it waited (a higher fence,
+// its lease, its caller); it is then done with the eval.
+func (s *Server) admit(me *running) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if fence <= s.stats.MaxFence {
+	if me.fence <= s.stats.MaxFence {
 		s.stats.Fenced++
-		return nil, fmt.Errorf("stale fence: %d is not above %d", fence, s.stats.MaxFence)
+		return fmt.Errorf("%w: %d is not above %d", errStaleFence, me.fence, s.stats.MaxFence)
 	}
-	s.stats.MaxFence = fence
-	if s.current != nil {
-		s.stats.Overlaps++
+	s.stats.MaxFence = me.fence
+	prev := s.holder
+	s.holder = me
+	if !me.leaseEnd.IsZero() {
+		// The lease runs from when the request came, waiting included.
+		me.timer = time.AfterFunc(time.Until(me.leaseEnd), func() { s.expire(me) })
 	}
-	for s.current != nil {
-		old := s.current
-		s.stats.Preempted++
-		old.cancel(errPreempted)
+	if prev != nil {
+		s.supersede(prev, me)
 		s.mu.Unlock()
-		<-old.done
+		<-prev.done
 		s.mu.Lock()
-		if s.stats.MaxFence != fence {
-			return nil, errPreempted
-		}
 	}
-	me := &running{fence: fence, cancel: cancel, done: make(chan struct{})}
-	s.current = me
-	return me, nil
+	if me.ctx.Err() != nil {
+		s.finishLocked(me)
+		return context.Cause(me.ctx)
+	}
+	me.executing = true
+	s.executing++
+	s.peakExecuting = max(s.peakExecuting, s.executing)
+	return nil
+}
+
+// supersede cancels the holder prev for the newcomer me, and counts what
+// that was: an overlap if prev is another eval whose lease is live (the
+// executor was double-booked), a takeover if it is the same eval, nothing if
+// prev had already lost the executor (its lease passed, its caller left).
+func (s *Server) supersede(prev, me *running) {
+	switch now := time.Now(); {
+	case prev.ctx.Err() != nil:
+	case !prev.leaseEnd.IsZero() && !now.Before(prev.leaseEnd):
+		// Passed, and its timer about to say so.
+		s.stats.LeaseExpired++
+		prev.cancel(errLeaseExpired)
+	case prev.evalID == me.evalID:
+		s.stats.Preempted++
+	default:
+		s.stats.Overlaps++
+		s.stats.Preempted++
+	}
+	prev.cancel(errPreempted) // no-op if already cancelled: the first cause stays
+}
+
+// expire stops an eval whose lease has passed, unless an extension moved it.
+func (s *Server) expire(me *running) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if me.finished || me.ctx.Err() != nil {
+		return
+	}
+	if d := time.Until(me.leaseEnd); d > 0 {
+		me.timer.Reset(d)
+		return
+	}
+	s.stats.LeaseExpired++
+	me.cancel(errLeaseExpired)
+}
+
+func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
+	received := time.Now()
+	body, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	var ext Extension
+	if err := json.Unmarshal(body, &ext); err != nil {
+		httpError(w, http.StatusBadRequest, "want {\"eval_id\", \"fence\", \"lease_ms\"}: %v", err)
+		return
+	}
+	if ext.EvalID == "" || ext.LeaseMs <= 0 || ext.LeaseMs > maxLease.Milliseconds() {
+		httpError(w, http.StatusBadRequest, "want a non-empty eval_id and lease_ms in [1, %d]", maxLease.Milliseconds())
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.holder
+	switch {
+	case ext.Fence < s.stats.MaxFence:
+		httpError(w, http.StatusConflict, "eval %s fence %d: a newer lease (fence %d) holds the executor", ext.EvalID, ext.Fence, s.stats.MaxFence)
+	case h == nil || h.fence != ext.Fence || h.evalID != ext.EvalID:
+		httpError(w, http.StatusNotFound, "eval %s fence %d is not running", ext.EvalID, ext.Fence)
+	case h.ctx.Err() != nil:
+		httpError(w, http.StatusConflict, "eval %s fence %d is stopping: %v", ext.EvalID, ext.Fence, context.Cause(h.ctx))
+	default:
+		h.leaseEnd = received.Add(time.Duration(ext.LeaseMs) * time.Millisecond)
+		if h.timer == nil {
+			h.timer = time.AfterFunc(time.Until(h.leaseEnd), func() { s.expire(h) })
+		} else {
+			h.timer.Reset(time.Until(h.leaseEnd))
+		}
+		s.stats.Extensions++
+		writeJSON(w, http.StatusOK, map[string]int64{"lease_ms": ext.LeaseMs})
+	}
 }
 
 func (s *Server) finish(me *running) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.current == me {
-		s.current = nil
+	s.finishLocked(me)
+}
+
+func (s *Server) finishLocked(me *running) {
+	me.finished = true
+	if me.timer != nil {
+		me.timer.Stop()
+	}
+	if me.executing {
+		me.executing = false
+		s.executing--
+	}
+	if s.holder == me {
+		s.holder = nil
 	}
 	close(me.done)
 }
@@ -225,11 +540,12 @@ func (s *Server) execute(ctx context.Context, req Request) (Result, error) {
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
+			time.Sleep(s.opts.stopDelay)
 			return Result{}, context.Cause(ctx)
 		case <-t.C:
 		}
 	}
-	if s.opts.FailRate > 0 && rand.Float64() < s.opts.FailRate {
+	if s.opts.FailRate > 0 && mrand.Float64() < s.opts.FailRate {
 		return Result{}, errors.New("simulated failure")
 	}
 	score := 1.0
@@ -237,8 +553,8 @@ func (s *Server) execute(ctx context.Context, req Request) (Result, error) {
 }
 
 // runCommand runs the --exec command with the spec on stdin. At the
-// deadline (or a preemption) the whole process group is killed, so a command
-// that forked children leaves nothing running.
+// deadline, a preemption or the lease's end the whole process group is
+// killed, so a command that forked children leaves nothing running.
 func (s *Server) runCommand(ctx context.Context, req Request) (Result, error) {
 	cmd := exec.CommandContext(ctx, "sh", "-c", s.opts.Exec)
 	cmd.Stdin = strings.NewReader(string(req.Spec))

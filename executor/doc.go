@@ -1,0 +1,84 @@
+// Package executor is the HTTP protocol between evalpool and an executor: the
+// client a worker uses, and the reference server behind `evalpool executor`.
+//
+// The protocol is small on purpose: one POST per eval carrying the lease's
+// fencing number, so that the executor itself can refuse a holder whose lease
+// has passed to someone else. The pool makes double booking impossible as
+// long as every holder behaves; the fence makes it harmless when one does not
+// (a worker paused past its lease, a zombie request still in flight), and the
+// lease below bounds how long a holder that went silent keeps the executor.
+//
+// # Evals
+//
+// POST /v1/evals with a [Request]: {"eval_id", "fence", "spec", "lease_ms"}.
+// The X-Evalpool-Deadline header, in unix milliseconds, is when the caller
+// stops waiting; the executor stops the eval then. The answer is a [Result]
+// (200), 409 when the eval was refused or stopped because the executor
+// belongs to someone else (a fence not above the highest seen, preemption by
+// a higher fence, the lease passed), 504 at the deadline, 413 for a body over
+// [MaxRequestBytes], 400 for a malformed one.
+//
+// # Leases
+//
+// lease_ms is the time left on the caller's lease when it sent the request. A
+// lease-aware executor sets its own lease end to the moment it received the
+// request plus lease_ms, on its monotonic clock, and stops the eval (cancels
+// it, kills its command's process group) and answers 409 when that passes
+// without an extension. The caller keeps the lease alive with
+//
+//	POST /v1/lease {"eval_id", "fence", "lease_ms"}
+//
+// which moves the lease end to its receive time plus lease_ms: 200
+// {"lease_ms": N} when that eval under that fence is the executor's holder,
+// 409 when a newer fence holds the executor (the caller lost it) or the eval
+// is already stopping, 404 when nothing runs under that eval and fence (it
+// finished, or its POST has not arrived yet). A request without lease_ms is
+// bounded by its deadline alone, as before leases.
+//
+// Leases are what makes "never double-booked" hold against a holder that
+// cannot be reached: the pool gives an executor whose lease passed (plus a
+// grace period) to someone else, and by then a lease-aware executor has
+// stopped the old eval on its own. The rule for third-party executors: a
+// lease-aware executor must stop an eval when lease_ms passes without an
+// extension. A fencing-only executor, which ignores lease_ms, still refuses
+// older fences and preempts on newer ones, so it never runs a stale holder's
+// eval after the new holder's has arrived; but it can run a paused or
+// partitioned holder's eval alongside the pool's next lease for up to the
+// grace period, until the next holder's request preempts it.
+//
+// # Overlaps
+//
+// The reference server counts an overlap ([Stats].Overlaps) when an eval for
+// a different eval_id is admitted, with a higher fence, while the executor's
+// holder is still live: its lease has not passed, its caller is still
+// connected, and nothing has cancelled it. That is double booking seen from
+// the executor, and it must stay 0. A higher fence for the same eval_id is a
+// newer attempt of that eval taking over, counted in Preempted. Either way
+// the newcomer waits for the old eval to stop before it runs, so two evals
+// never run at once.
+//
+// # Authentication
+//
+// An executor started with a secret refuses with 401, changing nothing, any
+// POST without a valid X-Evalpool-Signature header:
+//
+//	v1=<hex HMAC-SHA256(secret, method "\n" path "\n" deadline "\n" body)>
+//
+// where path is the request's path as sent on the request line (the prefix
+// of an executor mounted under one included) and deadline is the
+// X-Evalpool-Deadline header's value, empty when there is none; see [Sign].
+// Without a secret anyone who reaches the executor could send fence
+// 9223372036854775807 and lock every holder out. The signature proves who
+// sent a request, not when: a replayed eval is refused by its fence, but the
+// secret guards nothing on a network where requests can be read, so use TLS
+// or a private network there. GET /healthz and GET /v1/stats stay open: they
+// change nothing.
+//
+// # Identity
+//
+// GET /healthz answers 200 {"status": "ok", "instance_id": "..."}. The
+// instance ID is stable for the life of the executor process and new when it
+// restarts, so a caller can tell that the executor behind a URL is not the
+// one it knew (a restart forgets every fence and lease). An executor that
+// answers a plain 200 "ok" is healthy with an empty instance ID.
+package executor

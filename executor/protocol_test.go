@@ -1,0 +1,561 @@
+package executor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
+)
+
+var testSecret = []byte("k3y-of-the-fleet")
+
+// post sends one raw POST and returns its status and body.
+func post(t *testing.T, url, path, body string, header map[string]string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// holder is the eval the server holds, if any, white-box.
+func holder(s *Server) (evalID string, live, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holder == nil {
+		return "", false, false
+	}
+	return s.holder.evalID, s.holder.live(time.Now()), true
+}
+
+func peakExecuting(s *Server) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peakExecuting
+}
+
+// TestSignVector pins the signature to vectors computed by openssl:
+// printf 'POST\n/e/3/v1/evals\n1700000000000\n{...}' | openssl dgst -sha256 -hmac k3y-of-the-fleet
+func TestSignVector(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ method, path, deadline, body, want string }{
+		{"POST", "/e/3/v1/evals", "1700000000000", `{"eval_id":"e","fence":1,"spec":{}}`, "v1=f21307ae33bdcff89101c176b9ca9b8dec3a5b85521d7ef602887c6945a8c36f"},
+		{"POST", "/v1/lease", "", `{}`, "v1=dbc319563fd59cbca22ce6faf28b154a87cf8f696bb3c937d957756c3cba06bf"},
+	}
+	for _, tt := range tests {
+		if got := Sign(testSecret, tt.method, tt.path, tt.deadline, []byte(tt.body)); got != tt.want {
+			t.Errorf("Sign(%s %s %q) = %s, want %s", tt.method, tt.path, tt.deadline, got, tt.want)
+		}
+	}
+}
+
+// A forged POST, whatever its fence, is refused with a 401 and changes
+// nothing: a signed eval with an ordinary fence runs after it.
+func TestForgedRequestsChangeNothing(t *testing.T) {
+	t.Parallel()
+	forged := `{"eval_id":"forged","fence":9223372036854775807,"spec":{}}`
+	deadline := strconv.FormatInt(time.Now().Add(time.Hour).UnixMilli(), 10)
+	tests := []struct {
+		name   string
+		path   string
+		header map[string]string
+	}{
+		{"no signature", PathEvals, nil},
+		{"empty signature", PathEvals, map[string]string{SignatureHeader: ""}},
+		{"zero signature", PathEvals, map[string]string{SignatureHeader: "v1=" + strings.Repeat("00", 32)}},
+		{"not hex", PathEvals, map[string]string{SignatureHeader: "v1=zz"}},
+		{"no version", PathEvals, map[string]string{SignatureHeader: strings.TrimPrefix(Sign(testSecret, "POST", PathEvals, "", []byte(forged)), "v1=")}},
+		{"another secret", PathEvals, map[string]string{SignatureHeader: Sign([]byte("not-the-key"), "POST", PathEvals, "", []byte(forged))}},
+		{"signed for another path", PathEvals, map[string]string{SignatureHeader: Sign(testSecret, "POST", PathLease, "", []byte(forged))}},
+		{"deadline added after signing", PathEvals, map[string]string{SignatureHeader: Sign(testSecret, "POST", PathEvals, "", []byte(forged)), DeadlineHeader: deadline}},
+		{"extension without signature", PathLease, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, url := setup(t, ServerOptions{Secret: testSecret})
+			code, body := post(t, url, tt.path, forged, tt.header)
+			var answer struct{ Error string }
+			if code != http.StatusUnauthorized || json.Unmarshal([]byte(body), &answer) != nil || answer.Error == "" {
+				t.Fatalf("forged POST %s: %d %s, want a 401 with a JSON error", tt.path, code, body)
+			}
+			if st := s.Stats(); st != (Stats{Unauthorized: 1}) {
+				t.Fatalf("stats after a forged request = %+v, want only unauthorized 1", st)
+			}
+			res, err := (&Client{Secret: testSecret}).Run(t.Context(), url, Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`), LeaseMs: 10_000})
+			if err != nil || res.Status != StatusPassed {
+				t.Fatalf("signed eval with fence 1 after the forgery: %+v, %v", res, err)
+			}
+		})
+	}
+}
+
+// A forgery while an eval runs neither preempts it nor touches its lease.
+func TestForgeryDoesNotTouchRunningEval(t *testing.T) {
+	t.Parallel()
+	s, url := setup(t, ServerOptions{Secret: testSecret, Latency: 500 * time.Millisecond})
+	c := &Client{Secret: testSecret}
+	var wg sync.WaitGroup
+	var res Result
+	var err error
+	wg.Go(func() {
+		res, err = c.Run(t.Context(), url, Request{EvalID: "e", Fence: 5, Spec: []byte(`{}`), LeaseMs: 10_000})
+	})
+	evaltest.Eventually(t, 5*time.Second, "eval never started", func() bool { return s.Stats().Running })
+	for _, f := range []struct{ path, body string }{
+		{PathEvals, `{"eval_id":"x","fence":9223372036854775807,"spec":{}}`},
+		{PathLease, `{"eval_id":"e","fence":5,"lease_ms":1}`},
+	} {
+		if code, body := post(t, url, f.path, f.body, nil); code != http.StatusUnauthorized {
+			t.Fatalf("forged %s: %d %s", f.path, code, body)
+		}
+	}
+	wg.Wait()
+	if err != nil || res.Status != StatusPassed {
+		t.Fatalf("the running eval: %+v, %v; want it to pass, untouched", res, err)
+	}
+	if st := s.Stats(); st.Unauthorized != 2 || st.Preempted != 0 || st.LeaseExpired != 0 || st.MaxFence != 5 || st.Passed != 1 {
+		t.Fatalf("stats = %+v", st)
+	}
+}
+
+func TestAuthentication(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name               string
+		server, client     []byte
+		wantUnauthorized   bool
+		wantServerCounting int64
+	}{
+		{"both share the secret", testSecret, testSecret, false, 0},
+		{"client without the secret", testSecret, nil, true, 2},
+		{"client with another secret", testSecret, []byte("another"), true, 2},
+		{"server without a secret accepts anyone", nil, nil, false, 0},
+		{"server without a secret ignores a signature", nil, testSecret, false, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, url := setup(t, ServerOptions{Secret: tt.server})
+			c := &Client{Secret: tt.client}
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // a deadline header, signed too
+			defer cancel()
+			_, runErr := c.Run(ctx, url, Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`)})
+			extErr := c.Extend(t.Context(), url, "e", 1, time.Second)
+			if tt.wantUnauthorized {
+				if !errors.Is(runErr, ErrUnauthorized) || !errors.Is(extErr, ErrUnauthorized) {
+					t.Fatalf("Run: %v; Extend: %v; want ErrUnauthorized", runErr, extErr)
+				}
+			} else if runErr != nil || !errors.Is(extErr, ErrNotRunning) {
+				t.Fatalf("Run: %v; Extend: %v; want the eval to pass and ErrNotRunning", runErr, extErr)
+			}
+			if got := s.Stats().Unauthorized; got != tt.wantServerCounting {
+				t.Fatalf("unauthorized = %d, want %d", got, tt.wantServerCounting)
+			}
+			// Reading stays open.
+			if _, err := c.Health(t.Context(), url); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.Get(url + PathStats)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET %s: %s", PathStats, resp.Status)
+			}
+		})
+	}
+}
+
+// A fleet's executors are mounted under a prefix; the signature covers the
+// path the client sent, prefix included.
+func TestFleetAuthentication(t *testing.T) {
+	t.Parallel()
+	f, err := NewFleet(4, ServerOptions{Secret: testSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(f)
+	defer ts.Close()
+	c := &Client{Secret: testSecret}
+	if _, err := c.Run(t.Context(), ts.URL+FleetPath(3), Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	// Signed for executor 3, replayed to executor 2.
+	body := `{"eval_id":"e","fence":2,"spec":{}}`
+	sig := Sign(testSecret, "POST", FleetPath(3)+PathEvals, "", []byte(body))
+	if code, answer := post(t, ts.URL+FleetPath(2), PathEvals, body, map[string]string{SignatureHeader: sig}); code != http.StatusUnauthorized {
+		t.Fatalf("replayed to another executor: %d %s", code, answer)
+	}
+	if code, answer := post(t, ts.URL+FleetPath(3), PathEvals, body, map[string]string{SignatureHeader: sig}); code != http.StatusOK {
+		t.Fatalf("sent where signed: %d %s", code, answer)
+	}
+	if st := f.Stats(); st.Passed != 2 || st.Unauthorized != 1 {
+		t.Fatalf("fleet stats %+v", st)
+	}
+}
+
+// An eval whose lease passes without an extension is stopped there, long
+// before its deadline, and its command's processes with it.
+func TestLeaseExpiryStopsEval(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		opts ServerOptions
+	}{
+		{"simulated", ServerOptions{Latency: 5 * time.Second}},
+		{"command", ServerOptions{Exec: "sleep 5 & wait"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, url := setup(t, tt.opts)
+			start := time.Now()
+			_, err := (&Client{}).Run(t.Context(), url, Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`), LeaseMs: 200})
+			took := time.Since(start)
+			if !errors.Is(err, ErrFenced) || !strings.Contains(err.Error(), "lease expired") {
+				t.Fatalf("err = %v, want ErrFenced saying the lease expired", err)
+			}
+			if took < 200*time.Millisecond || took > 2*time.Second {
+				t.Fatalf("answered after %s, want soon after the 200ms lease", took)
+			}
+			evaltest.Eventually(t, 5*time.Second, "executor still busy", func() bool { return !s.Stats().Running })
+			if st := s.Stats(); st.LeaseExpired != 1 || st.Served != 0 || st.Preempted != 0 {
+				t.Fatalf("stats = %+v, want lease expired 1 and nothing served", st)
+			}
+		})
+	}
+}
+
+// Regular extensions keep an eval that outlives its first lease running to
+// its end.
+func TestExtensionsKeepEvalAlive(t *testing.T) {
+	t.Parallel()
+	s, url := setup(t, ServerOptions{Latency: time.Second})
+	c := &Client{}
+	done := make(chan struct{})
+	var extErr error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(40 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			// ErrNotRunning: the eval has not arrived yet, or is over.
+			if err := c.Extend(t.Context(), url, "e", 1, 250*time.Millisecond); err != nil && !errors.Is(err, ErrNotRunning) {
+				extErr = err
+				return
+			}
+		}
+	})
+	res, err := c.Run(t.Context(), url, Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`), LeaseMs: 250})
+	close(done)
+	wg.Wait()
+	if err != nil || res.Status != StatusPassed || extErr != nil {
+		t.Fatalf("Run = %+v, %v; extension: %v", res, err, extErr)
+	}
+	if st := s.Stats(); st.LeaseExpired != 0 || st.Extensions < 10 || st.Passed != 1 {
+		t.Fatalf("stats = %+v, want no expiry, many extensions, one pass", st)
+	}
+}
+
+func TestExtend(t *testing.T) {
+	t.Parallel()
+	// stopDelay keeps a cancelled eval in place, stopping, for a while.
+	s, url := setup(t, ServerOptions{Latency: time.Hour, stopDelay: 2 * time.Second})
+	c := &Client{}
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { _, _ = c.Run(ctx, url, Request{EvalID: "e", Fence: 5, Spec: []byte(`{}`), LeaseMs: 10_000}) })
+	evaltest.Eventually(t, 5*time.Second, "eval never started", func() bool { return s.Stats().MaxFence == 5 })
+
+	tests := []struct {
+		name      string
+		evalID    string
+		fence     int64
+		remaining time.Duration
+		want      error // nil: extended
+	}{
+		{"the running eval", "e", 5, time.Minute, nil},
+		{"a fence below the highest seen", "e", 4, time.Minute, ErrFenced},
+		{"a fence never seen", "e", 6, time.Minute, ErrNotRunning},
+		{"another eval under the fence", "other", 5, time.Minute, ErrNotRunning},
+	}
+	for _, tt := range tests {
+		err := c.Extend(t.Context(), url, tt.evalID, tt.fence, tt.remaining)
+		if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
+			t.Errorf("%s: Extend = %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	if err := c.Extend(t.Context(), url, "e", 5, 0); err == nil || errors.Is(err, ErrFenced) || errors.Is(err, ErrNotRunning) {
+		t.Errorf("Extend with no time left = %v, want an error of its own", err)
+	}
+	if st := s.Stats(); st.Extensions != 1 || st.MaxFence != 5 || st.Fenced != 0 {
+		t.Errorf("stats = %+v, want one extension and the fence untouched", st)
+	}
+
+	// Its caller leaves: the eval is stopping, and cannot be extended.
+	cancel()
+	evaltest.Eventually(t, 5*time.Second, "the server never saw the caller leave", func() bool {
+		_, live, ok := holder(s)
+		return ok && !live
+	})
+	if err := c.Extend(t.Context(), url, "e", 5, time.Minute); !errors.Is(err, ErrFenced) || !strings.Contains(err.Error(), "stopping") {
+		t.Errorf("Extend of a stopping eval = %v, want ErrFenced", err)
+	}
+	evaltest.Eventually(t, 5*time.Second, "eval never stopped", func() bool { return !s.Stats().Running })
+	if err := c.Extend(t.Context(), url, "e", 5, time.Minute); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Extend of a finished eval = %v, want ErrNotRunning", err)
+	}
+}
+
+// An extension cannot revive a lease that has passed.
+func TestExtendAfterExpiry(t *testing.T) {
+	t.Parallel()
+	s, url := setup(t, ServerOptions{Latency: time.Hour, stopDelay: 2 * time.Second})
+	c := &Client{}
+	var wg sync.WaitGroup
+	var err error
+	wg.Go(func() {
+		_, err = c.Run(t.Context(), url, Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`), LeaseMs: 100})
+	})
+	evaltest.Eventually(t, 5*time.Second, "lease never expired", func() bool { return s.Stats().LeaseExpired == 1 })
+	if err := c.Extend(t.Context(), url, "e", 1, time.Minute); !errors.Is(err, ErrFenced) || !strings.Contains(err.Error(), "lease expired") {
+		t.Errorf("Extend after expiry = %v, want ErrFenced", err)
+	}
+	wg.Wait()
+	if !errors.Is(err, ErrFenced) {
+		t.Fatalf("Run = %v, want ErrFenced", err)
+	}
+}
+
+// An overlap is a newcomer for another eval admitted while the holder's
+// lease is live, and only that.
+func TestOverlaps(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		first      Request
+		second     string // eval ID of the newcomer
+		loseFirst  func(t *testing.T, s *Server, cancelCaller context.CancelFunc)
+		wantFirst  error
+		wantCounts Stats // Overlaps, Preempted, LeaseExpired
+	}{
+		{
+			name:       "another eval while the lease is live",
+			first:      Request{EvalID: "a", LeaseMs: 60_000},
+			second:     "b",
+			wantFirst:  ErrFenced,
+			wantCounts: Stats{Overlaps: 1, Preempted: 1},
+		},
+		{
+			name:       "another eval, first sent without a lease",
+			first:      Request{EvalID: "a"},
+			second:     "b",
+			wantFirst:  ErrFenced,
+			wantCounts: Stats{Overlaps: 1, Preempted: 1},
+		},
+		{
+			name:       "a newer attempt of the same eval takes over",
+			first:      Request{EvalID: "a", LeaseMs: 60_000},
+			second:     "a",
+			wantFirst:  ErrFenced,
+			wantCounts: Stats{Preempted: 1},
+		},
+		{
+			name:   "another eval after the first's lease expired",
+			first:  Request{EvalID: "a", LeaseMs: 100},
+			second: "b",
+			loseFirst: func(t *testing.T, s *Server, _ context.CancelFunc) {
+				evaltest.Eventually(t, 5*time.Second, "lease never expired", func() bool { return s.Stats().LeaseExpired == 1 })
+			},
+			wantFirst:  ErrFenced,
+			wantCounts: Stats{LeaseExpired: 1},
+		},
+		{
+			name:   "another eval after the first's caller left",
+			first:  Request{EvalID: "a", LeaseMs: 60_000},
+			second: "b",
+			loseFirst: func(t *testing.T, s *Server, cancelCaller context.CancelFunc) {
+				cancelCaller()
+				evaltest.Eventually(t, 5*time.Second, "the server never saw the caller leave", func() bool {
+					_, live, ok := holder(s)
+					return ok && !live
+				})
+			},
+			wantFirst: context.Canceled,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			// stopDelay: a cancelled eval takes 1s to stop, so the newcomer
+			// finds the first still there however it was lost.
+			s, url := setup(t, ServerOptions{Latency: time.Hour, stopDelay: time.Second})
+			c := &Client{}
+			first := tt.first
+			first.Fence, first.Spec = 1, []byte(`{}`)
+			ctx1, cancel1 := context.WithCancel(t.Context())
+			defer cancel1()
+			ctx2, cancel2 := context.WithCancel(t.Context())
+			defer cancel2()
+			var wg sync.WaitGroup
+			var err1 error
+			wg.Go(func() { _, err1 = c.Run(ctx1, url, first) })
+			evaltest.Eventually(t, 5*time.Second, "first eval never started", func() bool { return s.Stats().MaxFence == 1 })
+			if tt.loseFirst != nil {
+				tt.loseFirst(t, s, cancel1)
+			}
+			if id, _, ok := holder(s); !ok || id != "a" {
+				t.Fatalf("the first eval is gone before the newcomer came: the case tests nothing")
+			}
+			wg.Go(func() { _, _ = c.Run(ctx2, url, Request{EvalID: tt.second, Fence: 2, Spec: []byte(`{}`)}) })
+			evaltest.Eventually(t, 5*time.Second, "newcomer never admitted", func() bool { return s.Stats().MaxFence == 2 })
+			st := s.Stats()
+			if got := (Stats{Overlaps: st.Overlaps, Preempted: st.Preempted, LeaseExpired: st.LeaseExpired}); got != tt.wantCounts {
+				t.Errorf("overlaps, preempted, lease expired = %+v, want %+v", got, tt.wantCounts)
+			}
+			// The newcomer runs once the first has stopped, never beside it.
+			evaltest.Eventually(t, 10*time.Second, "newcomer never ran", func() bool {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return s.holder != nil && s.holder.fence == 2 && s.holder.executing
+			})
+			cancel2()
+			cancel1()
+			wg.Wait()
+			if !errors.Is(err1, tt.wantFirst) {
+				t.Errorf("first eval: %v, want %v", err1, tt.wantFirst)
+			}
+			if p := peakExecuting(s); p != 1 {
+				t.Errorf("%d evals ran at once", p)
+			}
+		})
+	}
+}
+
+func TestHealth(t *testing.T) {
+	t.Parallel()
+	ref, err := NewServer(ServerOptions{InstanceID: "exec-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		handler http.Handler
+		want    Health
+		wantErr bool
+	}{
+		{"reference executor", ref, Health{Status: "ok", InstanceID: "exec-a"}, false},
+		{"plain ok", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }), Health{Status: "ok"}, false},
+		{"JSON without an ID", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, `{"status":"ok"}`) }), Health{Status: "ok"}, false},
+		{"503", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "draining", http.StatusServiceUnavailable) }), Health{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ts := httptest.NewServer(tt.handler)
+			defer ts.Close()
+			c := &Client{}
+			h, err := c.Health(t.Context(), ts.URL)
+			if (err != nil) != tt.wantErr || h != tt.want {
+				t.Fatalf("Health = %+v, %v; want %+v, error %t", h, err, tt.want, tt.wantErr)
+			}
+			if err := c.Healthy(t.Context(), ts.URL); (err != nil) != tt.wantErr {
+				t.Fatalf("Healthy = %v", err)
+			}
+		})
+	}
+}
+
+// Every executor, in a fleet or not, has an ID of its own.
+func TestInstanceIDs(t *testing.T) {
+	t.Parallel()
+	f, err := NewFleet(3, ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	named, err := NewFleet(2, ServerOptions{InstanceID: "box7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lone, err := NewServer(ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, s := range append(f.Servers, lone) {
+		id := s.InstanceID()
+		if len(id) < 16 || seen[id] {
+			t.Fatalf("instance ID %q: empty, short or seen before", id)
+		}
+		seen[id] = true
+	}
+	ts := httptest.NewServer(named)
+	defer ts.Close()
+	for i, want := range []string{"box7-0", "box7-1"} {
+		h, err := (&Client{}).Health(t.Context(), ts.URL+FleetPath(i))
+		if err != nil || h.InstanceID != want || h.Status != "ok" {
+			t.Fatalf("executor %d: %+v, %v; want instance %s", i, h, err, want)
+		}
+	}
+}
+
+func TestMalformedRequests(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, path, body string
+		want             int
+	}{
+		{"not JSON", PathEvals, `{`, http.StatusBadRequest},
+		{"no eval ID", PathEvals, `{"fence":1,"spec":{}}`, http.StatusBadRequest},
+		{"no spec", PathEvals, `{"eval_id":"e","fence":1}`, http.StatusBadRequest},
+		{"negative lease", PathEvals, `{"eval_id":"e","fence":1,"spec":{},"lease_ms":-1}`, http.StatusBadRequest},
+		{"lease past the bound", PathEvals, `{"eval_id":"e","fence":1,"spec":{},"lease_ms":` + strconv.FormatInt(math.MaxInt64, 10) + `}`, http.StatusBadRequest},
+		{"extension without lease", PathLease, `{"eval_id":"e","fence":1}`, http.StatusBadRequest},
+		{"extension without eval", PathLease, `{"fence":1,"lease_ms":5}`, http.StatusBadRequest},
+		{"extension not JSON", PathLease, `[]`, http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, url := setup(t, ServerOptions{})
+			if code, body := post(t, url, tt.path, tt.body, nil); code != tt.want || !strings.Contains(body, `"error"`) {
+				t.Fatalf("%d %s, want %d with a JSON error", code, body, tt.want)
+			}
+			if st := s.Stats(); st != (Stats{}) {
+				t.Fatalf("stats = %+v, want untouched", st)
+			}
+		})
+	}
+}
