@@ -1,8 +1,8 @@
 package main
 
 import (
+	"context"
 	"net"
-	"net/http"
 
 	"github.com/spf13/cobra"
 
@@ -13,6 +13,7 @@ func (a *app) executorCommand() *cobra.Command {
 	var (
 		listen string
 		count  int
+		secret string
 		opts   executor.ServerOptions
 	)
 	c := &cobra.Command{
@@ -20,29 +21,41 @@ func (a *app) executorCommand() *cobra.Command {
 		Short: "Run the reference executor: a command per eval, or simulated work",
 		Args:  positional(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			var h http.Handler
+			// The secret is never a flag default: cobra would print it in
+			// the usage text.
+			if secret != "" {
+				opts.Secret = []byte(secret)
+			} else {
+				opts.Secret = executor.SecretFromEnv()
+			}
+			var (
+				serve    func(context.Context, net.Listener) error
+				instance = opts.InstanceID // a fleet's prefix
+			)
 			if count > 1 {
 				fleet, err := executor.NewFleet(count, opts)
 				if err != nil {
 					return usageError{err}
 				}
-				h = fleet
+				serve = fleet.Serve
 			} else {
 				opts.Logger = &a.log
 				srv, err := executor.NewServer(opts)
 				if err != nil {
 					return usageError{err}
 				}
-				h = srv
+				serve, instance = srv.Serve, srv.InstanceID()
+			}
+			if len(opts.Secret) == 0 {
+				a.log.Warn().Msg("executor has no secret (--executor-secret or " + executor.EnvSecret + "): it accepts evals from anyone who can reach it, and one request with a high fence locks every lease holder out")
 			}
 			l, err := net.Listen("tcp", listen)
 			if err != nil {
 				return err
 			}
-			a.log.Info().Str("addr", l.Addr().String()).Int("count", count).Str("exec", opts.Exec).Dur("latency", opts.Latency).
-				Float64("fail_rate", opts.FailRate).Msg("executor listening")
-			serveHTTP(c.Context(), l, h, &a.log)
-			return nil
+			a.log.Info().Str("addr", l.Addr().String()).Int("count", count).Str("instance_id", instance).Bool("auth", len(opts.Secret) > 0).
+				Int("max_conns", opts.MaxConns).Str("exec", opts.Exec).Dur("latency", opts.Latency).Float64("fail_rate", opts.FailRate).Msg("executor listening")
+			return serve(c.Context(), l)
 		},
 	}
 	f := c.Flags()
@@ -51,5 +64,8 @@ func (a *app) executorCommand() *cobra.Command {
 	f.StringVar(&opts.Exec, "exec", "", "shell command run per eval: spec on stdin, JSON result on stdout")
 	f.DurationVar(&opts.Latency, "latency", 0, "simulated time per eval (without --exec)")
 	f.Float64Var(&opts.FailRate, "fail-rate", 0, "share of simulated evals that fail, 0 to 1 (without --exec)")
+	f.StringVar(&secret, "executor-secret", "", "secret every POST must be signed with (env "+executor.EnvSecret+", which keeps it out of ps); without one, anyone is accepted")
+	f.StringVar(&opts.InstanceID, "instance-id", "", "ID reported at /healthz (default random per start; with --count, executor i is ID-i)")
+	f.IntVar(&opts.MaxConns, "max-conns", 64, "cap on open connections, per executor served (--count multiplies it)")
 	return c
 }
