@@ -131,7 +131,7 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 		return nil, err
 	}
 	d.worker, err = worker.New(worker.Config{
-		Redis: d.client, Pool: d.pool, Concurrency: 2 * opts.Executors, Cleanup: worker.CleanupBoth,
+		Redis: d.client, Pools: []*pool.Pool{d.pool}, Concurrency: 2 * opts.Executors, Cleanup: worker.CleanupBoth,
 		LeaseTTL: 5 * time.Second, ReapInterval: time.Second, PollInterval: 50 * time.Millisecond,
 		NoExecutorDelay: 50 * time.Millisecond, RetryDelay: worker.ExponentialBackoff(50*time.Millisecond, time.Second),
 		Logger: &d.log,
@@ -233,7 +233,7 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("demo-%s-%04d", runID, i)
 		spec, _ := json.Marshal(map[string]any{"task": "add", "a": i, "b": i})
-		t, err := tasks.NewEval(tasks.Eval{ID: ids[i], Spec: spec, TimeoutS: 60}, tasks.EvalOptions{MaxRetry: 2})
+		t, err := tasks.NewEval(tasks.Eval{ID: ids[i], Pool: d.pool.Name(), Spec: spec, TimeoutS: 60}, tasks.EvalOptions{MaxRetry: 2})
 		if err != nil {
 			return nil, err
 		}
@@ -251,7 +251,7 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 		stopZombie()
 		zombie.Wait()
 	}()
-	err := worker.WaitEvals(ctx, insp, ids, 50*time.Millisecond, func(f worker.Finished) {
+	err := worker.WaitEvals(ctx, insp, d.pool.Name(), ids, 50*time.Millisecond, func(f worker.Finished) {
 		switch f.Outcome {
 		case worker.OutcomePassed:
 			rep.Passed++
@@ -311,7 +311,7 @@ func (d *Demo) replayLateReleases(ctx context.Context, insp *asynq.Inspector, re
 			return
 		case <-tick.C:
 		}
-		done, err := insp.ListCompletedTasks(tasks.QueueCleanup, asynq.PageSize(20))
+		done, err := insp.ListCompletedTasks(tasks.Queues(d.pool.Name()).Cleanup, asynq.PageSize(20))
 		if err != nil || len(done) == 0 {
 			continue
 		}
@@ -336,7 +336,7 @@ const PathLateDuplicate = "late_duplicate"
 // waitCleanups waits until no cleanup is pending, running or retrying.
 func (d *Demo) waitCleanups(ctx context.Context, insp *asynq.Inspector) error {
 	for {
-		q, err := insp.GetQueueInfo(tasks.QueueCleanup)
+		q, err := insp.GetQueueInfo(tasks.Queues(d.pool.Name()).Cleanup)
 		if err != nil {
 			return fmt.Errorf("demo: cleanup queue: %w", err)
 		}

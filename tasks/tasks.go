@@ -30,13 +30,63 @@ const (
 	TypeReap           = "pool:reap"
 )
 
-// Queue names. A worker serves them in strict priority, maintenance first,
-// then cleanup, then evals: a release never waits behind a backlog of evals.
+// Queue names of the default pool. Every other pool has queues of its own
+// (Queues), so that a worker never dequeues another pool's task.
 const (
 	QueueEvals       = "evals"
 	QueueCleanup     = "cleanup"
 	QueueMaintenance = "maintenance"
 )
+
+// DefaultPool is the pool a payload that names none belongs to (one written
+// before payloads named their pool). It is the pool package's default name.
+const DefaultPool = "default"
+
+// PoolQueues are the Asynq queues of one pool. A worker serves maintenance
+// and cleanup apart from evals, so that a release never waits behind a
+// backlog of evals.
+type PoolQueues struct {
+	Evals, Cleanup, Maintenance string
+}
+
+// Queues returns the queues of a pool: evals, cleanup and maintenance for
+// the default pool, and the same names suffixed with ":" and the pool's name
+// for the others.
+func Queues(pool string) PoolQueues {
+	if pool == "" || pool == DefaultPool {
+		return PoolQueues{QueueEvals, QueueCleanup, QueueMaintenance}
+	}
+	return PoolQueues{QueueEvals + ":" + pool, QueueCleanup + ":" + pool, QueueMaintenance + ":" + pool}
+}
+
+// PoolOfQueue returns the pool whose queue q is, and false when q is no
+// evalpool queue.
+func PoolOfQueue(q string) (string, bool) {
+	for _, base := range []string{QueueEvals, QueueCleanup, QueueMaintenance} {
+		if q == base {
+			return DefaultPool, true
+		}
+		if pool, ok := strings.CutPrefix(q, base+":"); ok && pool != "" {
+			return pool, true
+		}
+	}
+	return "", false
+}
+
+// poolOrDefault is the pool a payload names, or DefaultPool for none.
+func poolOrDefault(pool string) string {
+	if pool == "" {
+		return DefaultPool
+	}
+	return pool
+}
+
+func validatePool(pool string) error {
+	if strings.ContainsAny(pool, "{},") || len(pool) > MaxEvalIDLen {
+		return fmt.Errorf("%w: pool name %q: at most %d bytes, without '{', '}' or ','", ErrBadPayload, pool, MaxEvalIDLen)
+	}
+	return nil
+}
 
 // Cleanup paths: who enqueued a cleanup. Success and failure are the eval
 // handler's own outcome; ErrorHandler is the server's error handler, the
@@ -70,8 +120,12 @@ var ErrBadPayload = errors.New("tasks: bad payload")
 // Eval is the payload of TypeEval.
 type Eval struct {
 	// ID identifies the eval; it is also the Asynq task ID, so an eval is
-	// enqueued once and looked up by its ID.
+	// enqueued once and looked up by its ID. A worker refuses a task whose
+	// ID differs: the pool keys leases by eval, and two tasks sharing one
+	// eval ID would share one lease.
 	ID string `json:"eval_id"`
+	// Pool names the pool the eval runs on. Empty means DefaultPool.
+	Pool string `json:"pool,omitempty"`
 	// Spec is any JSON the executor understands.
 	Spec json.RawMessage `json:"spec"`
 	// LeaseTTLMs is the executor lease's TTL; 0 means the worker's default.
@@ -93,6 +147,9 @@ func (e Eval) Timeout() time.Duration { return time.Duration(e.TimeoutS) * time.
 
 func (e Eval) validate() error {
 	if err := validateID(e.ID); err != nil {
+		return err
+	}
+	if err := validatePool(e.Pool); err != nil {
 		return err
 	}
 	if len(e.Spec) == 0 {
@@ -142,7 +199,7 @@ type EvalOptions struct {
 	NoRetry  bool
 }
 
-// NewEval builds the task of an eval: queue evals, task ID the eval ID, the
+// NewEval builds the task of an eval: its pool's evals queue, task ID the eval ID, the
 // attempt timeout, and its result retained for ResultRetention. A zero
 // timeout means DefaultTimeout; a timeout is rounded up to whole seconds,
 // since Asynq would turn 300ms into no timeout at all.
@@ -150,6 +207,7 @@ func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
 	if e.TimeoutS == 0 {
 		e.TimeoutS = int64(DefaultTimeout / time.Second)
 	}
+	e.Pool = poolOrDefault(e.Pool)
 	if err := e.validate(); err != nil {
 		return nil, err
 	}
@@ -165,7 +223,7 @@ func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
 		retry = DefaultMaxRetry
 	}
 	return asynq.NewTask(TypeEval, payload,
-		asynq.Queue(QueueEvals),
+		asynq.Queue(Queues(e.Pool).Evals),
 		asynq.TaskID(e.ID),
 		asynq.MaxRetry(retry+NoExecutorReserve),
 		asynq.Timeout(e.Timeout()),
@@ -178,28 +236,35 @@ func TimeoutSeconds(d time.Duration) int64 {
 	return max(1, int64((d+time.Second-1)/time.Second))
 }
 
-// ParseEval decodes and validates an eval payload.
+// ParseEval decodes and validates an eval payload. A payload that names no
+// pool is the default pool's.
 func ParseEval(data []byte) (Eval, error) {
 	var e Eval
 	if err := decodeStrict(data, &e); err != nil {
 		return Eval{}, err
 	}
+	e.Pool = poolOrDefault(e.Pool)
 	return e, e.validate()
 }
 
 // Cleanup is the payload of both cleanup task types.
 type Cleanup struct {
 	EvalID string `json:"eval_id"`
-	URL    string `json:"url"`
-	Token  string `json:"token"`
-	Fence  int64  `json:"fence"`
-	Path   string `json:"path"`
+	// Pool names the pool the lease is of. Empty means DefaultPool.
+	Pool  string `json:"pool,omitempty"`
+	URL   string `json:"url"`
+	Token string `json:"token"`
+	Fence int64  `json:"fence"`
+	Path  string `json:"path"`
 	// Error is the attempt's error, for failure cleanups.
 	Error string `json:"error,omitempty"`
 }
 
 func (c Cleanup) validate() error {
 	if err := validateID(c.EvalID); err != nil {
+		return err
+	}
+	if err := validatePool(c.Pool); err != nil {
 		return err
 	}
 	if c.URL == "" || c.Token == "" {
@@ -221,12 +286,13 @@ func CleanupTaskID(typ string, c Cleanup) string {
 }
 
 // NewCleanup builds a cleanup task of type TypeCleanupSuccess or
-// TypeCleanupFailure: queue cleanup, many retries, and a task ID that makes a
+// TypeCleanupFailure: its pool's cleanup queue, many retries, and a task ID that makes a
 // duplicate enqueue a no-op.
 func NewCleanup(typ string, c Cleanup) (*asynq.Task, error) {
 	if typ != TypeCleanupSuccess && typ != TypeCleanupFailure {
 		return nil, fmt.Errorf("%w: %q is not a cleanup task type", ErrBadPayload, typ)
 	}
+	c.Pool = poolOrDefault(c.Pool)
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
@@ -235,7 +301,7 @@ func NewCleanup(typ string, c Cleanup) (*asynq.Task, error) {
 		return nil, fmt.Errorf("%w: cleanup of eval %s: %w", ErrBadPayload, c.EvalID, err)
 	}
 	return asynq.NewTask(typ, payload,
-		asynq.Queue(QueueCleanup),
+		asynq.Queue(Queues(c.Pool).Cleanup),
 		asynq.TaskID(CleanupTaskID(typ, c)),
 		asynq.MaxRetry(CleanupMaxRetry),
 		asynq.Retention(CleanupRetention),
@@ -248,6 +314,7 @@ func ParseCleanup(data []byte) (Cleanup, error) {
 	if err := decodeStrict(data, &c); err != nil {
 		return Cleanup{}, err
 	}
+	c.Pool = poolOrDefault(c.Pool)
 	return c, c.validate()
 }
 
@@ -256,19 +323,28 @@ type Reap struct {
 	Pool string `json:"pool"`
 }
 
-// NewReap builds the periodic reap task of a pool.
+// NewReap builds the periodic reap task of a pool, on its maintenance queue.
 func NewReap(pool string) (*asynq.Task, error) {
+	pool = poolOrDefault(pool)
+	if err := validatePool(pool); err != nil {
+		return nil, err
+	}
 	payload, err := json.Marshal(Reap{Pool: pool})
 	if err != nil {
 		return nil, fmt.Errorf("%w: reap: %w", ErrBadPayload, err)
 	}
-	return asynq.NewTask(TypeReap, payload, asynq.Queue(QueueMaintenance), asynq.MaxRetry(0)), nil
+	return asynq.NewTask(TypeReap, payload, asynq.Queue(Queues(pool).Maintenance), asynq.MaxRetry(0)), nil
 }
 
-// ParseReap decodes a reap payload.
+// ParseReap decodes a reap payload. A payload that names no pool is the
+// default pool's.
 func ParseReap(data []byte) (Reap, error) {
 	var r Reap
-	return r, decodeStrict(data, &r)
+	if err := decodeStrict(data, &r); err != nil {
+		return Reap{}, err
+	}
+	r.Pool = poolOrDefault(r.Pool)
+	return r, validatePool(r.Pool)
 }
 
 // decodeStrict decodes one JSON object, refusing unknown fields and trailing

@@ -8,6 +8,7 @@ type Metrics struct {
 	evals            *prometheus.CounterVec
 	duration         *prometheus.HistogramVec
 	cleanupsEnqueued *prometheus.CounterVec
+	poolLost         *prometheus.CounterVec
 }
 
 // NewMetrics returns the worker's metrics, not yet registered anywhere.
@@ -26,11 +27,15 @@ func NewMetrics() *Metrics {
 			Name: "evalpool_cleanup_enqueued_total",
 			Help: "Cleanup enqueues by path and result (enqueued, duplicate, error).",
 		}, []string{"path", "result"}),
+		poolLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_pool_data_lost_total",
+			Help: "Times a worker saw its pool's data vanish (its epoch marker gone or changed): FLUSHALL, eviction, a Redis restart without persistence. Alert on any increase.",
+		}, []string{"pool"}),
 	}
 }
 
 // Collectors lists the metrics, for a Prometheus registry:
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued}
+	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost}
 }

@@ -36,9 +36,9 @@ type Finished struct {
 	Err string
 }
 
-// EvalInfo looks an eval up in Asynq.
-func EvalInfo(insp *asynq.Inspector, id string) (*asynq.TaskInfo, error) {
-	info, err := insp.GetTaskInfo(tasks.QueueEvals, id)
+// EvalInfo looks an eval of a pool up in Asynq.
+func EvalInfo(insp *asynq.Inspector, pool, id string) (*asynq.TaskInfo, error) {
+	info, err := insp.GetTaskInfo(tasks.Queues(pool).Evals, id)
 	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrEvalNotFound, id)
 	}
@@ -51,14 +51,14 @@ func EvalInfo(insp *asynq.Inspector, id string) (*asynq.TaskInfo, error) {
 // WaitEvals polls Asynq every interval until each eval in ids is completed
 // or archived, calling finished for each as it ends. It returns the
 // context's cause, with how many are left, if the context ends first.
-func WaitEvals(ctx context.Context, insp *asynq.Inspector, ids []string, every time.Duration, finished func(Finished)) error {
+func WaitEvals(ctx context.Context, insp *asynq.Inspector, pool string, ids []string, every time.Duration, finished func(Finished)) error {
 	pending := append([]string(nil), ids...)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		still := pending[:0]
 		for _, id := range pending {
-			info, err := EvalInfo(insp, id)
+			info, err := EvalInfo(insp, pool, id)
 			if err != nil {
 				return err
 			}

@@ -20,10 +20,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -49,10 +51,17 @@ const (
 
 // Config configures a Worker.
 type Config struct {
-	// Redis is the client Asynq and the pool share. Required.
+	// Redis is the client Asynq and the pools share. Required.
 	Redis redis.UniversalClient
-	// Pool is the executor pool the evals run on. Required.
-	Pool *pool.Pool
+	// Pools are the executor pools whose evals this worker runs: it serves
+	// their queues and no other, and refuses a task that names another pool.
+	// At least one is required; their names must differ.
+	Pools []*pool.Pool
+	// AllowEvictingRedis lets the worker start on a Redis whose
+	// maxmemory-policy may evict keys (anything but noeviction). Such a
+	// Redis can drop a pool's keys under memory pressure and lose executors
+	// and evals without a word; the worker refuses it unless told otherwise.
+	AllowEvictingRedis bool
 	// Concurrency is how many evals run at once. Defaults to 10.
 	Concurrency int
 	// CleanupConcurrency is how many cleanups and reaps run at once, in
@@ -106,8 +115,8 @@ func (c *Config) validate() error {
 	switch {
 	case c.Redis == nil:
 		return errors.New("worker: Config.Redis is required")
-	case c.Pool == nil:
-		return errors.New("worker: Config.Pool is required")
+	case len(c.Pools) == 0:
+		return errors.New("worker: Config.Pools needs at least one pool")
 	case c.Concurrency < 0 || c.CleanupConcurrency < 0:
 		return fmt.Errorf("worker: concurrency may not be negative, got %d and %d", c.Concurrency, c.CleanupConcurrency)
 	case c.Cleanup != "" && c.Cleanup != CleanupOutcome && c.Cleanup != CleanupBoth:
@@ -118,6 +127,13 @@ func (c *Config) validate() error {
 		return fmt.Errorf("worker: reap interval must be whole seconds, at least 1s, got %s", c.ReapInterval)
 	case c.NoExecutorDelay < 0, c.ExecutorWait < 0, c.ShutdownTimeout < 0, c.PollInterval < 0, c.CleanupPollInterval < 0:
 		return errors.New("worker: intervals and timeouts may not be negative")
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Pools {
+		if p == nil || seen[p.Name()] {
+			return errors.New("worker: Config.Pools holds a nil pool or one name twice")
+		}
+		seen[p.Name()] = true
 	}
 	return nil
 }
@@ -172,7 +188,15 @@ type Worker struct {
 	cfg    Config
 	log    zerolog.Logger
 	client *asynq.Client
-	beats  *heartbeat
+	pools  map[string]*served
+}
+
+// served is a pool the worker serves, with its heartbeat and what it knows
+// of the pool's epoch.
+type served struct {
+	pool  *pool.Pool
+	beats *heartbeat
+	epoch epochWatch
 }
 
 // New returns a worker; Run starts it.
@@ -185,7 +209,10 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger != nil {
 		w.log = *cfg.Logger
 	}
-	w.beats = newHeartbeat(cfg.Pool, w.log)
+	w.pools = map[string]*served{}
+	for _, p := range cfg.Pools {
+		w.pools[p.Name()] = &served{pool: p, beats: newHeartbeat(p, cfg.Executor, w.log)}
+	}
 	return w, nil
 }
 
@@ -212,6 +239,23 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("worker: redis: %w", err)
 	}
+	if err := w.checkEviction(ctx); err != nil {
+		return err
+	}
+	evalQueues, cleanupQueues := map[string]int{}, map[string]int{}
+	for name, sp := range w.pools {
+		q := tasks.Queues(name)
+		evalQueues[q.Evals] = 1
+		cleanupQueues[q.Cleanup], cleanupQueues[q.Maintenance] = 2, 1
+		epoch, err := sp.pool.Epoch(ctx)
+		if err != nil {
+			return fmt.Errorf("worker: %w", err)
+		}
+		sp.epoch.last = epoch
+		if sp.epoch.last == "" {
+			w.log.Warn().Str("pool", name).Msg("pool has no executors registered yet: evals wait until `evalpool pool add` registers some")
+		}
+	}
 	logger := asynqLogger{w.log}
 	// An Asynq server for evals and others for cleanups and reaps: a release
 	// never waits for a slot behind long evals, and since a server dequeues
@@ -221,7 +265,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	evals := asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
 		Concurrency:              w.cfg.Concurrency,
 		BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
-		Queues:                   map[string]int{tasks.QueueEvals: 1},
+		Queues:                   evalQueues,
 		IsFailure:                func(err error) bool { return !errors.Is(err, pool.ErrNoExecutor) },
 		RetryDelayFunc:           w.retryDelay,
 		ErrorHandler:             asynq.ErrorHandlerFunc(w.handleError),
@@ -235,17 +279,13 @@ func (w *Worker) Run(ctx context.Context) error {
 		cleanups[i] = asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
 			Concurrency:              max(1, w.cfg.CleanupConcurrency/cleanupServers),
 			BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
-			Queues:                   map[string]int{tasks.QueueCleanup: 2, tasks.QueueMaintenance: 1},
+			Queues:                   cleanupQueues,
 			StrictPriority:           true,
 			Logger:                   logger,
 			TaskCheckInterval:        w.cfg.CleanupPollInterval,
 			DelayedTaskCheckInterval: w.cfg.PollInterval,
 			ShutdownTimeout:          w.cfg.ShutdownTimeout,
 		})
-	}
-	reap, err := tasks.NewReap(w.cfg.Pool.Name())
-	if err != nil {
-		return err
 	}
 	sched := asynq.NewSchedulerFromRedisClient(w.cfg.Redis, &asynq.SchedulerOpts{
 		Logger: logger,
@@ -255,8 +295,14 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		},
 	})
-	if _, err := sched.Register(fmt.Sprintf("@every %s", w.cfg.ReapInterval), reap, asynq.Unique(w.cfg.ReapInterval)); err != nil {
-		return fmt.Errorf("worker: schedule reap: %w", err)
+	for name := range w.pools {
+		reap, err := tasks.NewReap(name)
+		if err != nil {
+			return err
+		}
+		if _, err := sched.Register(fmt.Sprintf("@every %s", w.cfg.ReapInterval), reap, asynq.Unique(w.cfg.ReapInterval)); err != nil {
+			return fmt.Errorf("worker: schedule the reap of pool %s: %w", name, err)
+		}
 	}
 	started := []*asynq.Server{}
 	stop := func() {
@@ -275,12 +321,20 @@ func (w *Worker) Run(ctx context.Context) error {
 		stop()
 		return fmt.Errorf("worker: start scheduler: %w", err)
 	}
-	w.log.Info().Str("pool", w.cfg.Pool.Name()).Int("concurrency", w.cfg.Concurrency).
+	w.log.Info().Strs("pools", slices.Sorted(maps.Keys(w.pools))).Int("concurrency", w.cfg.Concurrency).
 		Str("cleanup", string(w.cfg.Cleanup)).Dur("lease_ttl", w.cfg.LeaseTTL).Msg("worker started")
+	var watch sync.WaitGroup
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watch.Go(func() { w.watchEpochs(watchCtx) })
 	<-ctx.Done()
+	stopWatch()
+	watch.Wait()
 	w.log.Info().Msg("worker stopping")
 	sched.Shutdown()
 	stop()
+	for _, sp := range w.pools {
+		sp.beats.wait()
+	}
 	w.log.Info().Msg("worker stopped")
 	return nil
 }
@@ -311,6 +365,7 @@ func ExponentialBackoff(base, limit time.Duration) func(n int) time.Duration {
 // AttemptError is the error of an eval attempt that held a lease: the error
 // handler reads the lease from it to enqueue its failure cleanup.
 type AttemptError struct {
+	Pool  string
 	Lease pool.Lease
 	Err   error
 }
@@ -330,14 +385,41 @@ type EvalResult struct {
 	Duration float64         `json:"duration_seconds"`
 }
 
+// servedFor returns the served pool a task names, after checking that the
+// task came from that pool's queue: a task put on another pool's queue (by
+// hand, or by a hostile client) is refused, never run on the wrong pool.
+func (w *Worker) servedFor(ctx context.Context, name string) (*served, error) {
+	sp, ok := w.pools[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: the task names pool %q, which this worker does not serve", tasks.ErrBadPayload, name)
+	}
+	if q, ok := asynq.GetQueueName(ctx); ok {
+		if owner, _ := tasks.PoolOfQueue(q); owner != name {
+			return nil, fmt.Errorf("%w: the task names pool %q but came from queue %q", tasks.ErrBadPayload, name, q)
+		}
+	}
+	return sp, nil
+}
+
 func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	e, err := tasks.ParseEval(t.Payload())
+	if err == nil {
+		if id, ok := asynq.GetTaskID(ctx); ok && id != e.ID {
+			// The pool keys leases by eval ID: two tasks sharing one would
+			// re-enter each other's lease.
+			err = fmt.Errorf("%w: eval %s: its task ID is %s; an eval's task ID must be its eval ID", tasks.ErrBadPayload, e.ID, id)
+		}
+	}
+	var sp *served
+	if err == nil {
+		sp, err = w.servedFor(ctx, e.Pool)
+	}
 	if err != nil {
 		w.cfg.Metrics.evals.WithLabelValues("bad_payload").Inc()
 		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
 	ttl := e.LeaseTTL(w.cfg.LeaseTTL)
-	lease, err := w.acquire(ctx, e.ID, ttl)
+	lease, err := w.acquire(ctx, sp, e.ID, ttl)
 	if errors.Is(err, pool.ErrNoExecutor) {
 		w.cfg.Metrics.evals.WithLabelValues("no_executor").Inc()
 		return err
@@ -350,7 +432,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		// carries the lease, it still reaches the error handler's.
 		if r := recover(); r != nil {
 			w.log.Error().Str("eval", e.ID).Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("eval attempt panicked")
-			err = w.attemptError(ctx, lease, fmt.Errorf("eval %s: panic: %v", e.ID, r))
+			err = w.attemptError(ctx, sp, lease, fmt.Errorf("eval %s: panic: %v", e.ID, r))
 		}
 	}()
 	attempt, _ := asynq.GetRetryCount(ctx)
@@ -358,7 +440,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	log.Debug().Bool("reentered", lease.Reentered).Msg("eval leased an executor")
 
 	start := time.Now()
-	res, runErr := w.runOnLease(ctx, e, lease, ttl)
+	res, runErr := w.runOnLease(ctx, sp, e, lease, ttl)
 	took := time.Since(start)
 	if runErr == nil {
 		runErr = w.writeResult(t, EvalResult{
@@ -376,7 +458,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	w.cfg.Metrics.evals.WithLabelValues(outcome).Inc()
 	w.cfg.Metrics.duration.WithLabelValues(outcome).Observe(took.Seconds())
 
-	c := tasks.Cleanup{EvalID: e.ID, URL: lease.URL, Token: lease.Token, Fence: lease.Fence}
+	c := tasks.Cleanup{EvalID: e.ID, Pool: sp.pool.Name(), URL: lease.URL, Token: lease.Token, Fence: lease.Fence}
 	if runErr == nil || w.cfg.Cleanup == CleanupBoth {
 		c.Path = tasks.PathSuccess
 		w.enqueueCleanup(ctx, tasks.TypeCleanupSuccess, c)
@@ -389,20 +471,20 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		w.enqueueCleanup(ctx, tasks.TypeCleanupFailure, c)
 	}
 	if runErr != nil {
-		return w.attemptError(ctx, lease, runErr)
+		return w.attemptError(ctx, sp, lease, runErr)
 	}
 	return nil
 }
 
 // attemptError wraps a failed attempt's error with its lease, and with
 // SkipRetry on its last attempt (see tasks.NoExecutorReserve).
-func (w *Worker) attemptError(ctx context.Context, lease pool.Lease, err error) error {
+func (w *Worker) attemptError(ctx context.Context, sp *served, lease pool.Lease, err error) error {
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
 	if retried+tasks.NoExecutorReserve >= maxRetry {
 		err = fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
-	return &AttemptError{Lease: lease, Err: err}
+	return &AttemptError{Pool: sp.pool.Name(), Lease: lease, Err: err}
 }
 
 // acquire leases an executor, waiting up to ExecutorWait for one to be
@@ -410,10 +492,13 @@ func (w *Worker) attemptError(ctx context.Context, lease pool.Lease, err error) 
 // milliseconds, where a retry through Asynq's schedule takes a second or
 // more. Waiting holds an eval slot, never a cleanup slot, so it cannot keep
 // the releases it waits for from running.
-func (w *Worker) acquire(ctx context.Context, evalID string, ttl time.Duration) (pool.Lease, error) {
+func (w *Worker) acquire(ctx context.Context, sp *served, evalID string, ttl time.Duration) (pool.Lease, error) {
 	deadline := time.Now().Add(w.cfg.ExecutorWait)
 	for {
-		lease, err := w.cfg.Pool.Acquire(ctx, evalID, ttl)
+		lease, err := sp.pool.Acquire(ctx, evalID, ttl)
+		if errors.Is(err, pool.ErrPoolMissing) {
+			w.noteMissing(sp, evalID)
+		}
 		if !errors.Is(err, pool.ErrNoExecutor) || !time.Now().Before(deadline) {
 			return lease, err
 		}
@@ -433,7 +518,7 @@ const executorPoll = 20 * time.Millisecond
 // runOnLease calls the executor while the worker's heartbeat renews the
 // lease every ttl/3. A lease that is lost, or that cannot be renewed before its
 // deadline, cancels the call: the executor may be someone else's by then.
-func (w *Worker) runOnLease(ctx context.Context, e tasks.Eval, lease pool.Lease, ttl time.Duration) (executor.Result, error) {
+func (w *Worker) runOnLease(ctx context.Context, sp *served, e tasks.Eval, lease pool.Lease, ttl time.Duration) (executor.Result, error) {
 	if d, ok := ctx.Deadline(); ok {
 		// Give up a little before Asynq's own deadline, so that the attempt
 		// fails here, with its lease, its cleanup and its retry decision,
@@ -444,8 +529,12 @@ func (w *Worker) runOnLease(ctx context.Context, e tasks.Eval, lease pool.Lease,
 	}
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	defer w.beats.keep(callCtx, lease, ttl, cancel)() // deferred: a panicking call must not leave its lease renewed for ever
-	res, err := w.cfg.Executor.Run(callCtx, lease.URL, executor.Request{EvalID: e.ID, Fence: lease.Fence, Spec: e.Spec})
+	defer sp.beats.keep(callCtx, lease, ttl, cancel)() // deferred: a panicking call must not leave its lease renewed for ever
+	req := executor.Request{EvalID: e.ID, Fence: lease.Fence, Spec: e.Spec, LeaseMs: lease.Remaining().Milliseconds()}
+	if req.LeaseMs <= 0 {
+		return executor.Result{}, fmt.Errorf("eval %s: %w: %s expired before the call", e.ID, pool.ErrLeaseLost, lease.URL)
+	}
+	res, err := w.cfg.Executor.Run(callCtx, lease.URL, req)
 	if lost := context.Cause(callCtx); err != nil && errors.Is(lost, pool.ErrLeaseLost) {
 		return res, fmt.Errorf("eval %s: %w", e.ID, lost)
 	}
@@ -502,17 +591,21 @@ func (w *Worker) handleError(ctx context.Context, t *asynq.Task, err error) {
 	}
 	lease := ae.Lease
 	w.enqueueCleanup(ctx, tasks.TypeCleanupFailure, tasks.Cleanup{
-		EvalID: lease.EvalID, URL: lease.URL, Token: lease.Token, Fence: lease.Fence,
+		EvalID: lease.EvalID, Pool: ae.Pool, URL: lease.URL, Token: lease.Token, Fence: lease.Fence,
 		Path: tasks.PathErrorHandler, Error: err.Error(),
 	})
 }
 
 func (w *Worker) handleCleanup(ctx context.Context, t *asynq.Task) error {
 	c, err := tasks.ParseCleanup(t.Payload())
+	var sp *served
+	if err == nil {
+		sp, err = w.servedFor(ctx, c.Pool)
+	}
 	if err != nil {
 		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
-	r, err := w.cfg.Pool.Release(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID, Fence: c.Fence}, c.Path)
+	r, err := sp.pool.Release(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID, Fence: c.Fence}, c.Path)
 	if err != nil {
 		return fmt.Errorf("cleanup of eval %s: %w", c.EvalID, err)
 	}
@@ -521,15 +614,20 @@ func (w *Worker) handleCleanup(ctx context.Context, t *asynq.Task) error {
 }
 
 func (w *Worker) handleReap(ctx context.Context, t *asynq.Task) error {
-	if _, err := tasks.ParseReap(t.Payload()); err != nil {
+	r, err := tasks.ParseReap(t.Payload())
+	var sp *served
+	if err == nil {
+		sp, err = w.servedFor(ctx, r.Pool)
+	}
+	if err != nil {
 		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
-	n, ran, err := w.cfg.Pool.ReapEvery(ctx, w.cfg.ReapInterval)
+	n, ran, err := sp.pool.ReapEvery(ctx, w.cfg.ReapInterval)
 	if err != nil {
 		return err
 	}
 	if ran && n > 0 {
-		w.log.Info().Int("reclaimed", n).Msg("reaped expired leases")
+		w.log.Info().Str("pool", r.Pool).Int("reclaimed", n).Msg("reaped expired leases")
 	}
 	return nil
 }

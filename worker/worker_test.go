@@ -54,7 +54,7 @@ func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...ex
 	logger, logs := evaltest.Logger()
 	b := &testBundle{logs: logs, poolMetrics: pool.NewMetrics(), metrics: NewMetrics()}
 	var err error
-	if b.pool, err = pool.New(client, pool.Options{Name: "test", Logger: logger, Metrics: b.poolMetrics}); err != nil {
+	if b.pool, err = pool.New(client, pool.Options{Name: tasks.DefaultPool, LeaseGrace: 100 * time.Millisecond, Logger: logger, Metrics: b.poolMetrics}); err != nil {
 		t.Fatal(err)
 	}
 	for _, o := range execs {
@@ -73,7 +73,7 @@ func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...ex
 	}
 	b.aq = asynq.NewClientFromRedisClient(client)
 	b.insp = asynq.NewInspectorFromRedisClient(client)
-	cfg.Redis, cfg.Pool, cfg.Logger, cfg.Metrics = client, b.pool, logger, b.metrics
+	cfg.Redis, cfg.Pools, cfg.Logger, cfg.Metrics = client, []*pool.Pool{b.pool}, logger, b.metrics
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 20 * time.Millisecond
 	}
@@ -444,9 +444,10 @@ func TestPanicIsCleanedUpByTheErrorHandler(t *testing.T) {
 	if got := releases(b, pool.Released, tasks.PathErrorHandler); got != 1 {
 		t.Fatalf("error-handler releases = %v, want 1", got)
 	}
-	w.beats.mu.Lock()
-	kept := len(w.beats.beats)
-	w.beats.mu.Unlock()
+	beats := w.pools[b.pool.Name()].beats
+	beats.mu.Lock()
+	kept := len(beats.beats)
+	beats.mu.Unlock()
 	if kept != 0 {
 		t.Fatalf("the heartbeat still keeps %d leases after the panic", kept)
 	}
@@ -481,14 +482,18 @@ func TestConfigValidate(t *testing.T) {
 	c := redis.NewClient(&redis.Options{})
 	defer c.Close()
 	p, _ := pool.New(c, pool.Options{})
+	same, _ := pool.New(c, pool.Options{})
+	ps := []*pool.Pool{p}
 	for _, cfg := range []Config{
-		{Pool: p},
+		{Pools: ps},
 		{Redis: c},
-		{Redis: c, Pool: p, Cleanup: "sometimes"},
-		{Redis: c, Pool: p, LeaseTTL: time.Millisecond},
-		{Redis: c, Pool: p, Concurrency: -1},
-		{Redis: c, Pool: p, ReapInterval: 300 * time.Millisecond},
-		{Redis: c, Pool: p, ReapInterval: 1500 * time.Millisecond},
+		{Redis: c, Pools: []*pool.Pool{p, same}},
+		{Redis: c, Pools: []*pool.Pool{nil}},
+		{Redis: c, Pools: ps, Cleanup: "sometimes"},
+		{Redis: c, Pools: ps, LeaseTTL: time.Millisecond},
+		{Redis: c, Pools: ps, Concurrency: -1},
+		{Redis: c, Pools: ps, ReapInterval: 300 * time.Millisecond},
+		{Redis: c, Pools: ps, ReapInterval: 1500 * time.Millisecond},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)

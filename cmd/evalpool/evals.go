@@ -75,6 +75,7 @@ An eval whose ID is already enqueued is left as it is and reported.`,
 			for i := range evals {
 				evals[i].TimeoutS = tasks.TimeoutSeconds(timeout)
 				evals[i].LeaseTTLMs = leaseTTL.Milliseconds()
+				evals[i].Pool = a.poolName
 				if batch[i], err = tasks.NewEval(evals[i], opts); err != nil {
 					return fmt.Errorf("eval %d of %d: %w", i+1, len(evals), err)
 				}
@@ -196,7 +197,7 @@ func (a *app) evalCommand() *cobra.Command {
 			}
 			infos := make([]evalInfo, 0, len(ids))
 			for _, id := range ids {
-				info, err := lookupEval(insp, id)
+				info, err := lookupEval(insp, a.poolName, id)
 				if err != nil {
 					return err
 				}
@@ -225,7 +226,7 @@ func (a *app) evalCommand() *cobra.Command {
 			}
 			var failed, unfinished []string
 			for _, id := range ids {
-				info, err := lookupEval(insp, id)
+				info, err := lookupEval(insp, a.poolName, id)
 				if err != nil {
 					return err
 				}
@@ -277,8 +278,8 @@ type evalInfo struct {
 	Result    json.RawMessage `json:"result,omitempty"`
 }
 
-func lookupEval(insp *asynq.Inspector, id string) (evalInfo, error) {
-	t, err := worker.EvalInfo(insp, id)
+func lookupEval(insp *asynq.Inspector, pool, id string) (evalInfo, error) {
+	t, err := worker.EvalInfo(insp, pool, id)
 	if err != nil {
 		return evalInfo{}, err
 	}
@@ -304,7 +305,7 @@ func (a *app) waitEvals(ctx context.Context, ids []string) error {
 		progressbar.OptionThrottle(200*time.Millisecond),
 	)
 	var passed, failed, archived int
-	err = worker.WaitEvals(ctx, insp, ids, 250*time.Millisecond, func(f worker.Finished) {
+	err = worker.WaitEvals(ctx, insp, a.poolName, ids, 250*time.Millisecond, func(f worker.Finished) {
 		_ = bar.Add(1)
 		switch f.Outcome {
 		case worker.OutcomePassed:

@@ -50,7 +50,7 @@ func TestPoolCommands(t *testing.T) {
 		}
 	}
 
-	expect(cli("pool", "add", "http://e1", "http://e1/"), 0, "added http://e1\nalready_registered http://e1\n")
+	expect(cli("pool", "add", "--no-probe", "http://e1", "http://e1/"), 0, "added http://e1\nalready_registered http://e1\n")
 	r := cli("pool", "acquire", "--eval", "eval-a", "--json")
 	expect(r, 0, `"url": "http://e1"`)
 	var lease pool.Lease
@@ -86,7 +86,7 @@ func TestWrongTokenIsAbsorbed(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	evalpool(t, url, name, "pool", "add", "http://e1")
+	evalpool(t, url, name, "pool", "add", "--no-probe", "http://e1")
 	if r := evalpool(t, url, name, "pool", "release", "http://e1", "--token", "forged"); r.code != 0 || r.stdout != "already_in_pool\n" {
 		t.Fatalf("forged release of an idle executor: %+v", r)
 	}
@@ -110,7 +110,7 @@ func TestForeignDataInTheCLI(t *testing.T) {
 	if err := client.Set(t.Context(), "evalpool:{"+name+"}:available", "hello", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	for _, args := range [][]string{{"pool", "add", "http://e1"}, {"pool", "acquire", "--eval", "a"}, {"pool", "status"}, {"pool", "reap"}} {
+	for _, args := range [][]string{{"pool", "add", "--no-probe", "http://e1"}, {"pool", "acquire", "--eval", "a"}, {"pool", "status"}, {"pool", "reap"}} {
 		r := evalpool(t, url, name, args...)
 		if r.code != 1 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 ||
 			!strings.Contains(r.stderr, "foreign data") && !strings.Contains(r.stderr, "WRONGTYPE") {
@@ -126,7 +126,7 @@ func TestCheckFailsWithExit3(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	evalpool(t, url, name, "pool", "add", "http://e1")
+	evalpool(t, url, name, "pool", "add", "--no-probe", "http://e1")
 	if err := client.Del(t.Context(), "evalpool:{"+name+"}:available").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestPoolCommandsOnACluster(t *testing.T) {
 	addrs := evaltest.StartCluster(t, 3)
 	url := "redis://" + addrs[0] + "?addr=" + addrs[1] + "&addr=" + addrs[2]
 	for _, name := range []string{"alpha", "beta", "gamma"} {
-		if r := evalpool(t, url, name, "pool", "add", "http://e1", "http://e2"); r.code != 0 {
+		if r := evalpool(t, url, name, "pool", "add", "--no-probe", "http://e1", "http://e2"); r.code != 0 {
 			t.Fatalf("pool add on the cluster: %+v", r)
 		}
 		r := evalpool(t, url, name, "pool", "acquire", "--eval", "x", "--json")

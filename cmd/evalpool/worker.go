@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/worker"
 )
@@ -27,6 +30,7 @@ func (a *app) workerCommand() *cobra.Command {
 		cleanup     string
 		metricsAddr string
 		retryDelay  time.Duration
+		secret      string
 	)
 	c := &cobra.Command{
 		Use:   "worker",
@@ -38,16 +42,27 @@ func (a *app) workerCommand() *cobra.Command {
 				return err
 			}
 			poolMetrics, workerMetrics := pool.NewMetrics(), worker.NewMetrics()
-			p, err := pool.New(client, pool.Options{Name: a.poolName, Logger: &a.log, Metrics: poolMetrics})
-			if err != nil {
-				return err
-			}
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(poolMetrics.Collectors()...)
 			reg.MustRegister(workerMetrics.Collectors()...)
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			reg.MustRegister(pool.NewStateCollector(p), metrics.NewQueueMetricsCollector(asynq.NewInspectorFromRedisClient(client)))
-			cfg.Redis, cfg.Pool, cfg.Cleanup, cfg.Logger, cfg.Metrics = client, p, worker.CleanupMode(cleanup), &a.log, workerMetrics
+			reg.MustRegister(metrics.NewQueueMetricsCollector(asynq.NewInspectorFromRedisClient(client)))
+			// --pool a,b serves several pools; the worker refuses a task of any other.
+			for _, name := range strings.Split(a.poolName, ",") {
+				p, err := pool.New(client, pool.Options{Name: name, Logger: &a.log, Metrics: poolMetrics})
+				if err != nil {
+					return err
+				}
+				cfg.Pools = append(cfg.Pools, p)
+			}
+			if len(cfg.Pools) == 1 {
+				reg.MustRegister(pool.NewStateCollector(cfg.Pools[0]))
+			}
+			if secret == "" {
+				a.log.Warn().Msg("no executor secret (--executor-secret, or " + executor.EnvSecret + "): calls to executors are not signed, and an executor that requires a secret refuses them")
+			}
+			cfg.Executor = &executor.Client{Secret: []byte(secret)}
+			cfg.Redis, cfg.Cleanup, cfg.Logger, cfg.Metrics = client, worker.CleanupMode(cleanup), &a.log, workerMetrics
 			if c.Flags().Changed("executor-wait") && cfg.ExecutorWait == 0 {
 				cfg.NoExecutorWait = true
 			}
@@ -89,6 +104,8 @@ func (a *app) workerCommand() *cobra.Command {
 	f.DurationVar(&cfg.ExecutorWait, "executor-wait", 2*time.Second, "how long an eval waits in the handler for a busy pool before its task goes back to the queue; 0 for no wait")
 	f.DurationVar(&retryDelay, "retry-delay", 0, "first retry delay of a failed eval, doubling per retry up to 10m; 0 uses Asynq's backoff (15s and up)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a stopping worker waits for running evals")
+	f.StringVar(&secret, "executor-secret", os.Getenv(executor.EnvSecret), "secret shared with the executors, to sign every call (env "+executor.EnvSecret+")")
+	f.BoolVar(&cfg.AllowEvictingRedis, "allow-evicting-redis", false, "start even on a Redis whose maxmemory-policy may evict the pool's keys")
 	return c
 }
 

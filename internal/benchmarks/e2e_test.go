@@ -95,7 +95,7 @@ func e2eRun(t *testing.T, srv *evaltest.Server, mode string) e2eResult {
 			if mode == "both" {
 				cleanup, releasesPerEval = worker.CleanupBoth, 2
 			}
-			w, err := worker.New(worker.Config{Redis: client, Pool: p, Concurrency: e2eConcurrency, Cleanup: cleanup, PollInterval: e2ePoll})
+			w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: e2eConcurrency, Cleanup: cleanup, PollInterval: e2ePoll})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -78,7 +78,7 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 			t.Fatal(err)
 		}
 	}
-	w, err := worker.New(worker.Config{Redis: client, Pool: p, Concurrency: 16, PollInterval: 100 * time.Millisecond})
+	w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: 16, PollInterval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

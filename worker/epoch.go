@@ -1,0 +1,125 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// epochWatch remembers a pool's epoch marker, so that a worker notices when
+// the pool's data vanishes under it (FLUSHALL, an evicting Redis, a restart
+// without persistence): evals would otherwise wait for ever in silence.
+type epochWatch struct {
+	mu          sync.Mutex
+	last        string
+	lastMissing time.Time // when a waiting eval last logged the missing pool
+}
+
+// watchEpochs reads every served pool's epoch once per reap interval until
+// ctx ends.
+func (w *Worker) watchEpochs(ctx context.Context) {
+	t := time.NewTicker(w.cfg.ReapInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for name, sp := range w.pools {
+			epoch, err := sp.pool.Epoch(ctx)
+			if err != nil {
+				continue // Redis is away: the heartbeat and the tasks say so
+			}
+			sp.epoch.mu.Lock()
+			last := sp.epoch.last
+			sp.epoch.last = epoch
+			sp.epoch.mu.Unlock()
+			switch {
+			case last != "" && epoch == "":
+				w.cfg.Metrics.poolLost.WithLabelValues(name).Inc()
+				w.log.Error().Str("pool", name).Msg("pool data lost: its keys vanished (FLUSHALL, eviction, or a Redis restart without persistence); evals wait until executors are registered again with `evalpool pool add`")
+			case last != "" && epoch != last:
+				w.cfg.Metrics.poolLost.WithLabelValues(name).Inc()
+				w.log.Error().Str("pool", name).Msg("pool data lost and created anew: leases held before are gone; check the executors with `evalpool pool status`")
+			case last == "" && epoch != "":
+				w.log.Info().Str("pool", name).Msg("pool created: executors registered")
+			}
+		}
+	}
+}
+
+// noteMissing logs, at most once per reap interval for a pool, that an eval
+// found the pool without data and waits.
+func (w *Worker) noteMissing(sp *served, evalID string) {
+	sp.epoch.mu.Lock()
+	due := time.Since(sp.epoch.lastMissing) >= w.cfg.ReapInterval
+	if due {
+		sp.epoch.lastMissing = time.Now()
+	}
+	sp.epoch.mu.Unlock()
+	if due {
+		w.log.Error().Str("pool", sp.pool.Name()).Str("eval", evalID).
+			Msg("eval waits: the pool has no data (never created, or lost); register executors with `evalpool pool add`")
+	}
+}
+
+// checkEviction refuses a Redis that may evict keys: the pool's keys have no
+// TTL, and an allkeys-* policy drops them under memory pressure, losing
+// executors and evals without a word. A Redis that does not let us read the
+// policy (managed services often disable CONFIG) gets a warning.
+func (w *Worker) checkEviction(ctx context.Context) error {
+	policy, err := maxmemoryPolicy(ctx, w.cfg.Redis)
+	switch {
+	case err != nil:
+		w.log.Warn().Err(err).Msg("cannot read Redis's maxmemory-policy; make sure it is noeviction, or Redis may drop the pool's keys")
+		return nil
+	case policy == "noeviction":
+		return nil
+	case w.cfg.AllowEvictingRedis:
+		w.log.Warn().Str("maxmemory_policy", policy).Msg("Redis may evict keys, and with them executors and evals; allowed by configuration")
+		return nil
+	}
+	return fmt.Errorf("%w: maxmemory-policy is %s, so Redis may evict the pool's keys and lose executors and evals; set it to noeviction (CONFIG SET maxmemory-policy noeviction), or allow it explicitly (--allow-evicting-redis)", ErrEvictingRedis, policy)
+}
+
+// ErrEvictingRedis means the worker refused a Redis whose maxmemory-policy
+// may evict keys.
+var ErrEvictingRedis = errors.New("worker: redis may evict keys")
+
+// maxmemoryPolicy reads the policy, from every master of a cluster: one
+// evicting master is enough to lose a pool.
+func maxmemoryPolicy(ctx context.Context, c redis.UniversalClient) (string, error) {
+	cluster, ok := c.(*redis.ClusterClient)
+	if !ok {
+		return policyOf(ctx, c)
+	}
+	var mu sync.Mutex
+	worst := "noeviction"
+	err := cluster.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		p, err := policyOf(ctx, m)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		if p != "noeviction" {
+			worst = p
+		}
+		mu.Unlock()
+		return nil
+	})
+	return worst, err
+}
+
+func policyOf(ctx context.Context, c redis.Cmdable) (string, error) {
+	v, err := c.ConfigGet(ctx, "maxmemory-policy").Result()
+	if err != nil {
+		return "", fmt.Errorf("read maxmemory-policy: %w", err)
+	}
+	return strings.ToLower(v["maxmemory-policy"]), nil
+}

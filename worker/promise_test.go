@@ -1,0 +1,188 @@
+package worker
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
+)
+
+// Tasks put on the queues by a plain Asynq client that break the rules the
+// pool relies on are archived with a plain reason and never reach an
+// executor: a task whose eval ID is not its task ID would share a lease with
+// the real eval, and one that names another pool would run on this pool's
+// executors or release another pool's lease.
+func TestHostileTasksAreRefused(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{}, executor.ServerOptions{Latency: 300 * time.Millisecond})
+	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	eval := func(id, pool string) []byte {
+		p, _ := json.Marshal(tasks.Eval{ID: id, Pool: pool, Spec: json.RawMessage(`{}`), TimeoutS: 60})
+		return p
+	}
+	cleanup, _ := json.Marshal(tasks.Cleanup{EvalID: ids[0], Pool: "other", URL: b.urls[0], Token: "t", Path: tasks.PathSuccess})
+	hostile := []struct {
+		taskID, typ, queue string
+		payload            []byte
+		want               string
+	}{
+		{"copy-of-" + ids[0], tasks.TypeEval, tasks.QueueEvals, eval(ids[0], ""), "its task ID is copy-of-" + ids[0]},
+		{"foreign-eval", tasks.TypeEval, tasks.QueueEvals, eval("foreign-eval", "other"), `names pool "other", which this worker does not serve`},
+		{"foreign-cleanup", tasks.TypeCleanupSuccess, tasks.QueueCleanup, cleanup, `names pool "other"`},
+	}
+	for _, h := range hostile {
+		if _, err := b.aq.EnqueueContext(t.Context(), asynq.NewTask(h.typ, h.payload), asynq.TaskID(h.taskID), asynq.Queue(h.queue), asynq.MaxRetry(3)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start(t, w)
+	for _, h := range hostile {
+		evaltest.Eventually(t, 10*time.Second, h.taskID+" never archived", func() bool {
+			info, err := b.insp.GetTaskInfo(h.queue, h.taskID)
+			return err == nil && info.State == asynq.TaskStateArchived
+		})
+		info, _ := b.insp.GetTaskInfo(h.queue, h.taskID)
+		if !strings.Contains(info.LastErr, h.want) || info.Retried != 0 {
+			t.Errorf("%s archived after %d retries with %q; want at once with %q", h.taskID, info.Retried, info.LastErr, h.want)
+		}
+	}
+	evaltest.WaitEvalsDone(t, b.insp, 3, 10*time.Second) // the real eval and the two hostile ones
+	if st := b.executors[0].Stats(); st.Served != 1 || st.Overlaps != 0 {
+		t.Fatalf("executor served %d evals with %d overlaps; want the real eval alone", st.Served, st.Overlaps)
+	}
+	assertPoolWhole(t, b)
+}
+
+// A worker refuses a Redis that may evict the pool's keys, unless told to
+// allow it.
+func TestEvictingRedisIsRefused(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{Args: []string{"--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"}})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	w, _ := setupOn(t, client, Config{}, executor.ServerOptions{})
+	err := w.Run(t.Context())
+	if !errors.Is(err, ErrEvictingRedis) || !strings.Contains(err.Error(), "allkeys-lru") {
+		t.Fatalf("Run on an allkeys-lru Redis = %v, want ErrEvictingRedis naming the policy", err)
+	}
+
+	allowed, ab := setupOn(t, client, Config{AllowEvictingRedis: true}, executor.ServerOptions{})
+	start(t, allowed)
+	enqueueEvals(t, ab, 1, tasks.EvalOptions{}, time.Minute)
+	evaltest.WaitEvalsDone(t, ab.insp, 1, 10*time.Second)
+	if ab.logs.Count("Redis may evict keys") == 0 {
+		t.Error("no warning that Redis may evict keys")
+	}
+}
+
+// FLUSHALL under a running worker: the worker says so at error level and
+// counts it, evals enqueued after it wait (they are not archived), and they
+// run once executors are registered again.
+func TestPoolDataLossIsNoticed(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	w, b := setupOn(t, client, Config{ReapInterval: time.Second}, executor.ServerOptions{})
+	start(t, w)
+	enqueueEvals(t, b, 1, tasks.EvalOptions{}, time.Minute)
+	evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second)
+
+	if err := client.FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Eventually(t, 10*time.Second, "the lost pool was never noticed", func() bool {
+		return testutil.ToFloat64(b.metrics.poolLost.WithLabelValues(b.pool.Name())) == 1
+	})
+	if n := b.logs.Count(`"message":"pool data lost`); n != 1 || b.logs.Count(`"level":"error","pool":"default"`) != 1 {
+		t.Errorf("%d error lines about the lost pool, want 1:\n%s", n, b.logs)
+	}
+	// A fresh client: Asynq's remembers the queues it has published, which
+	// FLUSHALL removed.
+	b.aq = asynq.NewClientFromRedisClient(client)
+	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	evaltest.Eventually(t, 10*time.Second, "the waiting eval never said why", func() bool {
+		return b.logs.Count("eval waits: the pool has no data") > 0
+	})
+	info, err := b.insp.GetTaskInfo(tasks.QueueEvals, ids[0])
+	if err != nil || info.State == asynq.TaskStateArchived || info.State == asynq.TaskStateCompleted {
+		t.Fatalf("eval on a lost pool: %+v, %v; want it still waiting", info, err)
+	}
+	for _, u := range b.urls {
+		if _, err := b.pool.Register(t.Context(), pool.Executor{URL: u}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evaltest.WaitEvalsDone(t, b.insp, 1, 20*time.Second)
+	// The cleanup queue is missing from Asynq's list of queues since the
+	// flush (its clients publish a queue once), so WaitEvalsDone cannot see
+	// the cleanup: wait for the executor itself.
+	evaltest.Eventually(t, 10*time.Second, "the executor never came back", func() bool {
+		c, err := b.pool.Counts(t.Context())
+		return err == nil && c.Available == 1
+	})
+	assertPoolWhole(t, b)
+}
+
+// A worker cut off from Redis by a partition cannot renew its lease: it
+// cancels the executor call before the lease's deadline in Redis, so that
+// the executor is free by the time Redis may hand it on.
+func TestPartitionedWorkerGivesUpBeforeTheDeadline(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{})
+	direct := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = direct.Close() })
+	proxy := evaltest.StartProxy(t, srv.Addr)
+	client := redis.NewClient(&redis.Options{Addr: proxy.Addr, MaxRetries: -1, ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { _ = client.Close() })
+	const ttl = 900 * time.Millisecond
+	w, b := setupOn(t, client, Config{LeaseTTL: ttl}, executor.ServerOptions{Latency: time.Hour})
+	start(t, w)
+	t.Cleanup(proxy.Heal) // before the worker stops: it needs Redis to shut down
+	insp := asynq.NewInspectorFromRedisClient(direct)
+	aq := asynq.NewClientFromRedisClient(direct)
+	task, err := tasks.NewEval(tasks.Eval{ID: "eval-long", Spec: json.RawMessage(`{}`), TimeoutS: 3600}, tasks.EvalOptions{NoRetry: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := aq.EnqueueContext(t.Context(), task); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Eventually(t, 10*time.Second, "eval never reached the executor", func() bool { return b.executors[0].Stats().Running })
+	p, err := pool.New(direct, pool.Options{Name: b.pool.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy.Cut()
+	st, err := p.Status(t.Context())
+	if err != nil || st.Executors[0].Lease == nil {
+		t.Fatalf("status after the cut: %+v, %v", st, err)
+	}
+	deadline := st.Executors[0].Lease.Deadline
+	for b.executors[0].Stats().Running {
+		now, err := direct.Time(t.Context()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !now.Before(deadline) {
+			t.Fatalf("the executor still ran the eval at Redis time %s, past its lease deadline %s", now, deadline)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	proxy.Heal()
+	evaltest.Eventually(t, 20*time.Second, "the eval never ended", func() bool {
+		info, err := insp.GetTaskInfo(tasks.QueueEvals, "eval-long")
+		return err == nil && info.State == asynq.TaskStateArchived && strings.Contains(info.LastErr, "lease lost")
+	})
+	assertNoOverlap(t, b)
+}
