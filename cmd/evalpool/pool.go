@@ -1,14 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/pool"
 )
 
@@ -24,11 +27,19 @@ func (a *app) poolCommand() *cobra.Command {
 }
 
 func (a *app) poolAdd() *cobra.Command {
-	var labels []string
+	var (
+		labels  []string
+		noProbe bool
+	)
 	c := &cobra.Command{
 		Use:   "add URL...",
-		Short: "Register executors (idempotent); a bad URL registers none",
-		Args:  positional(cobra.MinimumNArgs(1)),
+		Short: "Register executors (idempotent); a bad or silent URL registers none",
+		Long: `Register executors under their canonical URLs. Each is first asked for its
+health (GET /healthz) and its instance ID, so that an executor that does not
+answer, or that is already in the pool under another URL, is refused. With
+--no-probe, URLs are registered without asking (and without the instance
+check).`,
+		Args: positional(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			lm := map[string]string{}
 			for _, l := range labels {
@@ -39,8 +50,17 @@ func (a *app) poolAdd() *cobra.Command {
 				lm[k] = v
 			}
 			execs := make([]pool.Executor, len(args))
-			for i, u := range args {
+			for i, raw := range args {
+				u, err := pool.ParseURL(raw)
+				if err != nil {
+					return err
+				}
 				execs[i] = pool.Executor{URL: u, Labels: lm}
+			}
+			if !noProbe {
+				if err := probe(c.Context(), execs); err != nil {
+					return err
+				}
 			}
 			p, err := a.pool()
 			if err != nil {
@@ -66,7 +86,30 @@ func (a *app) poolAdd() *cobra.Command {
 		},
 	}
 	c.Flags().StringArrayVar(&labels, "label", nil, "label key=value for every executor added (repeatable)")
+	c.Flags().BoolVar(&noProbe, "no-probe", false, "register without asking the executors for their health and instance ID")
 	return c
+}
+
+// probe asks every executor for its health and instance ID, all at once,
+// and fails naming the first that does not answer.
+func probe(ctx context.Context, execs []pool.Executor) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	errs := make([]error, len(execs))
+	var wg sync.WaitGroup
+	for i := range execs {
+		wg.Go(func() {
+			h, err := (&executor.Client{}).Health(ctx, execs[i].URL)
+			execs[i].InstanceID, errs[i] = h.InstanceID, err
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			return fmt.Errorf("%s did not answer its health check, so nothing was registered (--no-probe registers it anyway): %w", execs[i].URL, err)
+		}
+	}
+	return nil
 }
 
 func (a *app) poolRemove() *cobra.Command {
