@@ -167,3 +167,17 @@ func TestRedisTLS(t *testing.T) {
 		}
 	}
 }
+
+// The TLS files may come from the environment, as the URL does.
+func TestRedisTLSFromEnv(t *testing.T) {
+	certs := evaltest.NewCerts(t)
+	s := evaltest.StartTLS(t, certs, evaltest.Options{})
+	t.Setenv("EVALPOOL_REDIS_URL", "rediss://"+s.Addr+"/0") // not parallel: it sets the environment
+	t.Setenv("EVALPOOL_REDIS_CA", certs.CAFile)
+	t.Setenv("EVALPOOL_REDIS_CERT", certs.ClientCert)
+	t.Setenv("EVALPOOL_REDIS_KEY", certs.ClientKey)
+	var out, errb bytes.Buffer
+	if code := run(t.Context(), []string{"pool", "status"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "0 executors") {
+		t.Fatalf("pool status with TLS from the environment: exit %d, %q, %q", code, out.String(), errb.String())
+	}
+}
