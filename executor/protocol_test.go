@@ -559,3 +559,22 @@ func TestMalformedRequests(t *testing.T) {
 		})
 	}
 }
+
+// A simulated eval takes the spec's sleep_ms when it names one, else the
+// server's latency.
+func TestSpecSleepOverridesLatency(t *testing.T) {
+	t.Parallel()
+	s, err := NewServer(ServerOptions{Latency: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s)
+	t.Cleanup(ts.Close)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	res, err := (&Client{}).Run(ctx, ts.URL, Request{EvalID: "e", Fence: 1, Spec: json.RawMessage(`{"sleep_ms":50}`)})
+	if err != nil || res.Status != StatusPassed || time.Since(start) < 50*time.Millisecond {
+		t.Fatalf("Run = %+v, %v after %s; want passed after 50ms", res, err, time.Since(start))
+	}
+}

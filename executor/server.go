@@ -33,7 +33,9 @@ type ServerOptions struct {
 	// its own, killed whole at the caller's deadline, at a preemption, or
 	// when the eval's lease passes.
 	Exec string
-	// Latency is how long a simulated eval takes. Ignored with Exec.
+	// Latency is how long a simulated eval takes, unless its spec says
+	// otherwise with a "sleep_ms" field (load tests mix short and long
+	// evals that way). Ignored with Exec.
 	Latency time.Duration
 	// FailRate is the share of simulated evals that fail with a 500, in
 	// [0, 1]. Ignored with Exec.
@@ -535,8 +537,15 @@ func (s *Server) execute(ctx context.Context, req Request) (Result, error) {
 	if s.opts.Exec != "" {
 		return s.runCommand(ctx, req)
 	}
-	if s.opts.Latency > 0 {
-		t := time.NewTimer(s.opts.Latency)
+	latency := s.opts.Latency
+	var sim struct {
+		SleepMs *int64 `json:"sleep_ms"`
+	}
+	if json.Unmarshal(req.Spec, &sim) == nil && sim.SleepMs != nil && *sim.SleepMs >= 0 {
+		latency = time.Duration(*sim.SleepMs) * time.Millisecond
+	}
+	if latency > 0 {
+		t := time.NewTimer(latency)
 		defer t.Stop()
 		select {
 		case <-ctx.Done():

@@ -62,7 +62,7 @@ func (a *app) executorCommand() *cobra.Command {
 	f.StringVar(&listen, "listen", "127.0.0.1:9001", "address to listen on")
 	f.IntVar(&count, "count", 1, "serve this many executors, executor i at http://ADDR/e/i (for load tests)")
 	f.StringVar(&opts.Exec, "exec", "", "shell command run per eval: spec on stdin, JSON result on stdout")
-	f.DurationVar(&opts.Latency, "latency", 0, "simulated time per eval (without --exec)")
+	f.DurationVar(&opts.Latency, "latency", 0, "simulated time per eval (without --exec); a spec field \"sleep_ms\" overrides it for its eval")
 	f.Float64Var(&opts.FailRate, "fail-rate", 0, "share of simulated evals that fail, 0 to 1 (without --exec)")
 	f.StringVar(&secret, "executor-secret", "", "secret every POST must be signed with (env "+executor.EnvSecret+", which keeps it out of ps); without one, anyone is accepted")
 	f.StringVar(&opts.InstanceID, "instance-id", "", "ID reported at /healthz (default random per start; with --count, executor i is ID-i)")
