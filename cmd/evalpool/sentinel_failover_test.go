@@ -22,10 +22,14 @@ import (
 // and no executor ever runs two evals at once.
 //
 // Replication is asynchronous, so the writes the old master took between
-// the promotion and the moment the clients left it are lost: Asynq tasks
-// whose completion was among them stay active on the new master until
-// their lease (30 s) lapses and Asynq's recoverer (every minute) retries
-// them. That takes one to two minutes, hence the build tag:
+// the promotion and the moment the clients left it (about a second) are
+// lost: evals whose completion was among them run again (at least once, as
+// Asynq promises), and a few tasks stay active on the new master with no
+// worker on them until their lease (30 s) lapses and Asynq's recoverer
+// (every minute, for leases lapsed 30 s ago) retries them. That takes one
+// to two minutes, hence the build tag. (min-replicas-to-write 1 on a master
+// with one replica trades the re-runs for a stall of about 15 s, until the
+// old master rejoins as a replica, and still orphans tasks.)
 //
 //	go test -race -tags sentinel -run TestSentinelFailoverUnderLoad -count=1 -v ./cmd/evalpool/
 func TestSentinelFailoverUnderLoad(t *testing.T) {
