@@ -275,55 +275,138 @@ type Registration struct {
 	URL     string          `json:"url"`
 	Outcome RegisterOutcome `json:"outcome"`
 	// DuplicateOf is the URL the executor is registered under, for
-	// Duplicate.
-	DuplicateOf string `json:"duplicate_of,omitempty"`
+	// Duplicate, and DuplicatePool the pool, which may be another one: an
+	// executor in two pools would be leased by both.
+	DuplicateOf   string `json:"duplicate_of,omitempty"`
+	DuplicatePool string `json:"duplicate_pool,omitempty"`
+}
+
+// instancesKey is the one key evalpool keeps outside any pool: instance ID
+// -> "pool url" for every executor that reported an ID, so that a pool can
+// see that an executor already belongs to another. It lives in its own hash
+// slot, so it is read and written beside the scripts, never inside them.
+const instancesKey = "evalpool:instances"
+
+// claim records that pool p registers the executor e, unless another pool
+// holds it: then it returns that pool's registration of it. A claim whose
+// pool no longer has the executor is stale and taken over. Register points
+// the claim at the URL its script kept, once it has run.
+func (p *Pool) claim(ctx context.Context, e Executor) (otherPool, otherURL string, err error) {
+	mine := p.name + " " + e.URL
+	for range 3 {
+		ok, err := p.client.HSetNX(ctx, instancesKey, e.InstanceID, mine).Result()
+		if err != nil || ok {
+			return "", "", err
+		}
+		held, err := p.client.HGet(ctx, instancesKey, e.InstanceID).Result()
+		if errors.Is(err, redis.Nil) {
+			continue // released meanwhile: claim again
+		}
+		if err != nil {
+			return "", "", err
+		}
+		pool, url, _ := strings.Cut(held, " ")
+		if pool == p.name {
+			return "", "", nil // this pool's own: its script checks the URL, atomically
+		}
+		other, err := New(p.client, Options{Name: pool})
+		if err != nil {
+			return "", "", p.client.HSet(ctx, instancesKey, e.InstanceID, mine).Err() // not a pool name: junk
+		}
+		registered, err := p.client.HExists(ctx, other.keys[0], url).Result()
+		if err != nil {
+			return "", "", err
+		}
+		if registered {
+			return pool, url, nil
+		}
+		if err := p.client.HSet(ctx, instancesKey, e.InstanceID, mine).Err(); err != nil {
+			return "", "", err
+		}
+		return "", "", nil
+	}
+	return "", "", nil
 }
 
 // Register adds executors to the pool under their canonical URLs; an
 // executor that is already there is left as it is (a drain of it is
-// cancelled, and a lost one repaired). Every URL is checked before Redis is
-// touched, so a bad one registers nothing. A thousand executors are one
-// script call, registered at once. The first Register of a pool writes its
-// epoch marker. The registrations are in the order of execs.
+// cancelled, and a lost one repaired). An executor whose instance ID is
+// registered already, under another URL or in another pool, is refused
+// (Duplicate). Every URL is checked before Redis is touched, so a bad one
+// registers nothing. A thousand executors are one script call, registered at
+// once. The first Register of a pool writes its epoch marker. The
+// registrations are in the order of execs.
 func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]Registration, error) {
 	epoch, err := newToken()
 	if err != nil {
 		return nil, err
 	}
-	urls := make([]string, len(execs))
-	args := make([]any, 0, 3*len(execs))
+	regs := make([]Registration, len(execs))
 	for i, e := range execs {
-		u, err := ParseURL(e.URL)
-		if err != nil {
+		if regs[i].URL, err = ParseURL(e.URL); err != nil {
 			return nil, err
 		}
-		urls[i] = u
-		labels := ""
-		if len(e.Labels) > 0 {
-			b, err := json.Marshal(e.Labels)
-			if err != nil {
-				return nil, fmt.Errorf("%w: labels of %s: %w", ErrInvalid, u, err)
-			}
-			labels = string(b)
+		if _, err := encodeLabels(regs[i].URL, e.Labels); err != nil {
+			return nil, err
 		}
-		args = append(args, u, labels, e.InstanceID)
 	}
-	regs := make([]Registration, 0, len(execs))
-	for start := 0; start < len(args); start += 3 * registerChunk {
-		chunk := append([]any{epoch}, args[start:min(start+3*registerChunk, len(args))]...)
-		out, err := lua.Register.Run(ctx, p.client, p.keys, chunk...).StringSlice()
-		if err != nil {
-			return nil, fmt.Errorf("pool: register %d executors: %w", len(chunk)/3, scriptErr(err))
-		}
-		for _, o := range out[1:] {
-			r := Registration{URL: urls[len(regs)], Outcome: RegisterOutcome(o)}
-			if other, ok := strings.CutPrefix(o, string(Duplicate)+" "); ok {
-				r.Outcome, r.DuplicateOf = Duplicate, other
+	// Executors another pool holds are refused here; the script refuses a
+	// second URL within this pool, atomically.
+	var todo []int
+	for i, e := range execs {
+		if e.InstanceID != "" {
+			e.URL = regs[i].URL
+			pool, url, err := p.claim(ctx, e)
+			if err != nil {
+				return nil, fmt.Errorf("pool: register %s: %w", e.URL, err)
 			}
-			regs = append(regs, r)
+			if pool != "" {
+				regs[i].Outcome, regs[i].DuplicateOf, regs[i].DuplicatePool = Duplicate, url, pool
+				continue
+			}
+		}
+		todo = append(todo, i)
+	}
+	for start := 0; start < len(todo); start += registerChunk {
+		chunk := todo[start:min(start+registerChunk, len(todo))]
+		args := []any{epoch}
+		for _, i := range chunk {
+			labels, _ := encodeLabels(regs[i].URL, execs[i].Labels)
+			args = append(args, regs[i].URL, labels, execs[i].InstanceID)
+		}
+		out, err := lua.Register.Run(ctx, p.client, p.keys, args...).StringSlice()
+		if err != nil {
+			return nil, fmt.Errorf("pool: register %d executors: %w", len(chunk), scriptErr(err))
+		}
+		for k, o := range out[1:] {
+			i := chunk[k]
+			r := &regs[i]
+			r.Outcome = RegisterOutcome(o)
+			if other, ok := strings.CutPrefix(o, string(Duplicate)+" "); ok {
+				r.Outcome, r.DuplicateOf, r.DuplicatePool = Duplicate, other, p.name
+				continue
+			}
+			if id := execs[i].InstanceID; id != "" {
+				if err := p.client.HSet(ctx, instancesKey, id, p.name+" "+r.URL).Err(); err != nil {
+					return nil, fmt.Errorf("pool: register %s: %w", r.URL, err)
+				}
+			}
 		}
 	}
 	return regs, nil
+}
+
+// encodeLabels is labels as register.lua takes them: a JSON object, or the
+// empty string for none.
+func encodeLabels(url string, labels map[string]string) (string, error) {
+	if len(labels) == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(labels)
+	if err != nil {
+		return "", fmt.Errorf("%w: labels of %s: %w", ErrInvalid, url, err)
+	}
+	return string(b), nil
 }
 
 // DeregisterOutcome says what Deregister did.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
 )
 
 // One executor written many ways is one executor: every spelling registers
@@ -67,10 +69,11 @@ func TestParseURLCanonicalForm(t *testing.T) {
 func TestRegisterRefusesASecondURLForOneInstance(t *testing.T) {
 	t.Parallel()
 	p, _ := setup(t)
+	i1, i2 := p.Name()+"-1", p.Name()+"-2" // instance IDs of this test's own
 	regs, err := p.Register(t.Context(),
-		Executor{URL: "http://127.0.0.1:17401", InstanceID: "i-1"},
-		Executor{URL: "http://localhost:17401", InstanceID: "i-1"},
-		Executor{URL: "http://other:1", InstanceID: "i-2"})
+		Executor{URL: "http://127.0.0.1:17401", InstanceID: i1},
+		Executor{URL: "http://localhost:17401", InstanceID: i1},
+		Executor{URL: "http://other:1", InstanceID: i2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +86,7 @@ func TestRegisterRefusesASecondURLForOneInstance(t *testing.T) {
 	if _, err := p.Deregister(t.Context(), "http://127.0.0.1:17401"); err != nil {
 		t.Fatal(err)
 	}
-	regs, err = p.Register(t.Context(), Executor{URL: "http://localhost:17401", InstanceID: "i-1"})
+	regs, err = p.Register(t.Context(), Executor{URL: "http://localhost:17401", InstanceID: i1})
 	if err != nil || regs[0].Outcome != Added {
 		t.Fatalf("Register after the first URL left = %+v, %v; want added", regs, err)
 	}
@@ -304,4 +307,37 @@ func TestExpiredLeaseWaitsForTheGrace(t *testing.T) {
 		t.Fatalf("Reap = %d, %v; want nothing left", n, err)
 	}
 	assertWhole(t, p, "http://e1")
+}
+
+// One executor in two pools would be leased by both: a pool refuses an
+// executor that another pool holds, and takes it once that pool let it go.
+func TestRegisterRefusesAnExecutorOfAnotherPool(t *testing.T) {
+	t.Parallel()
+	a, b := setup(t)
+	other, err := New(b.client, Options{Name: evaltest.Pool(t, b.client), LeaseGrace: testGrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "instance-of-" + a.Name()
+	if regs, err := a.Register(t.Context(), Executor{URL: "http://127.0.0.1:17401", InstanceID: id}); err != nil || regs[0].Outcome != Added {
+		t.Fatalf("Register in the first pool = %+v, %v", regs, err)
+	}
+	regs, err := other.Register(t.Context(), Executor{URL: "http://localhost:17401", InstanceID: id})
+	if err != nil || regs[0].Outcome != Duplicate || regs[0].DuplicatePool != a.Name() || regs[0].DuplicateOf != "http://127.0.0.1:17401" {
+		t.Fatalf("Register in the second pool = %+v, %v; want refused as the first pool's", regs, err)
+	}
+	if c, err := other.Counts(t.Context()); err != nil || c.Registered != 0 {
+		t.Fatalf("the refused executor is in the second pool: %+v, %v", c, err)
+	}
+	if _, err := a.Deregister(t.Context(), "http://127.0.0.1:17401"); err != nil {
+		t.Fatal(err)
+	}
+	regs, err = other.Register(t.Context(), Executor{URL: "http://localhost:17401", InstanceID: id})
+	if err != nil || regs[0].Outcome != Added {
+		t.Fatalf("Register once the first pool let it go = %+v, %v; want added", regs, err)
+	}
+	if regs, err := a.Register(t.Context(), Executor{URL: "http://127.0.0.1:17401", InstanceID: id}); err != nil || regs[0].Outcome != Duplicate || regs[0].DuplicatePool != other.Name() {
+		t.Fatalf("Register back in the first pool = %+v, %v; want refused as the second pool's", regs, err)
+	}
+	assertWhole(t, other, "http://localhost:17401")
 }

@@ -73,14 +73,14 @@ check).`,
 			var dups []string
 			for _, r := range regs {
 				if r.Outcome == pool.Duplicate {
-					fmt.Fprintf(a.stdout, "%s %s (registered as %s)\n", r.Outcome, r.URL, r.DuplicateOf)
+					fmt.Fprintf(a.stdout, "%s %s (registered as %s in pool %s)\n", r.Outcome, r.URL, r.DuplicateOf, r.DuplicatePool)
 					dups = append(dups, r.URL)
 					continue
 				}
 				fmt.Fprintf(a.stdout, "%s %s\n", r.Outcome, r.URL)
 			}
 			if len(dups) > 0 {
-				return fmt.Errorf("refused %s: the same executor is already in the pool under another URL", strings.Join(dups, ", "))
+				return fmt.Errorf("refused %s: the same executor is already registered under another URL or in another pool", strings.Join(dups, ", "))
 			}
 			return nil
 		},

@@ -29,8 +29,8 @@ func TestPoolAddRefusesSecondSpellingsAndSilentURLs(t *testing.T) {
 		"http://localhost:" + port, "HTTP://LOCALHOST:" + port + "/", "http://localhost:0" + port + "/.",
 	} {
 		r := cli("pool", "add", spelling)
-		if r.code != 1 || !strings.Contains(r.stdout, "duplicate http://localhost:"+port+" (registered as "+urls[0]+")") ||
-			!strings.Contains(r.stderr, "already in the pool under another URL") {
+		if r.code != 1 || !strings.Contains(r.stdout, "duplicate http://localhost:"+port+" (registered as "+urls[0]+" in pool "+name+")") ||
+			!strings.Contains(r.stderr, "already registered under another URL or in another pool") {
 			t.Errorf("pool add %s: %+v; want it refused as a duplicate", spelling, r)
 		}
 	}
