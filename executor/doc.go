@@ -77,8 +77,12 @@
 // # Identity
 //
 // GET /healthz answers 200 {"status": "ok", "instance_id": "..."}. The
-// instance ID is stable for the life of the executor process and new when it
-// restarts, so a caller can tell that the executor behind a URL is not the
-// one it knew (a restart forgets every fence and lease). An executor that
-// answers a plain 200 "ok" is healthy with an empty instance ID.
+// instance ID names the executor itself, whatever URL reaches it, and stays
+// the same across its restarts: `evalpool pool add` asks for it and refuses
+// a second URL for an executor already in the pool (localhost and 127.0.0.1,
+// a proxy in front of it), which would otherwise be handed out twice. The
+// reference executor's ID defaults to HOSTNAME:PORT (--instance-id sets
+// it); a Server made without one gets a random ID. An executor that answers
+// a plain 200 "ok" is healthy with an empty instance ID, and only its
+// canonical URL keeps it from being registered twice.
 package executor

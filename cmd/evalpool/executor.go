@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -28,6 +30,16 @@ func (a *app) executorCommand() *cobra.Command {
 			} else {
 				opts.Secret = executor.SecretFromEnv()
 			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			if opts.InstanceID == "" {
+				// Stable across restarts and the same under every spelling of
+				// the address: the host and the port this process serves.
+				host, _ := os.Hostname()
+				opts.InstanceID = fmt.Sprintf("%s:%d", host, l.Addr().(*net.TCPAddr).Port)
+			}
 			var (
 				serve    func(context.Context, net.Listener) error
 				instance = opts.InstanceID // a fleet's prefix
@@ -35,6 +47,7 @@ func (a *app) executorCommand() *cobra.Command {
 			if count > 1 {
 				fleet, err := executor.NewFleet(count, opts)
 				if err != nil {
+					_ = l.Close()
 					return usageError{err}
 				}
 				serve = fleet.Serve
@@ -42,16 +55,13 @@ func (a *app) executorCommand() *cobra.Command {
 				opts.Logger = &a.log
 				srv, err := executor.NewServer(opts)
 				if err != nil {
+					_ = l.Close()
 					return usageError{err}
 				}
 				serve, instance = srv.Serve, srv.InstanceID()
 			}
 			if len(opts.Secret) == 0 {
 				a.log.Warn().Msg("executor has no secret (--executor-secret or " + executor.EnvSecret + "): it accepts evals from anyone who can reach it, and one request with a high fence locks every lease holder out")
-			}
-			l, err := net.Listen("tcp", listen)
-			if err != nil {
-				return err
 			}
 			a.log.Info().Str("addr", l.Addr().String()).Int("count", count).Str("instance_id", instance).Bool("auth", len(opts.Secret) > 0).
 				Int("max_conns", opts.MaxConns).Str("exec", opts.Exec).Dur("latency", opts.Latency).Float64("fail_rate", opts.FailRate).Msg("executor listening")
@@ -65,7 +75,7 @@ func (a *app) executorCommand() *cobra.Command {
 	f.DurationVar(&opts.Latency, "latency", 0, "simulated time per eval (without --exec); a spec field \"sleep_ms\" overrides it for its eval")
 	f.Float64Var(&opts.FailRate, "fail-rate", 0, "share of simulated evals that fail, 0 to 1 (without --exec)")
 	f.StringVar(&secret, "executor-secret", "", "secret every POST must be signed with (env "+executor.EnvSecret+", which keeps it out of ps); without one, anyone is accepted")
-	f.StringVar(&opts.InstanceID, "instance-id", "", "ID reported at /healthz (default random per start; with --count, executor i is ID-i)")
+	f.StringVar(&opts.InstanceID, "instance-id", "", "ID reported at /healthz, by which the pool knows one executor under any URL (default HOSTNAME:PORT, stable across restarts; with --count, executor i is ID-i)")
 	f.IntVar(&opts.MaxConns, "max-conns", 64, "cap on open connections, per executor served (--count multiplies it)")
 	return c
 }
