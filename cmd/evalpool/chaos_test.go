@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,10 +87,21 @@ func executorStats(url string) (executor.Stats, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-// TestChaos runs 1,000 evals on real processes (Redis with AOF, 4
-// executors, 3 workers) while it injects faults on a seeded schedule, then
-// proves that no eval and no executor was lost and none was double-booked.
-// EVALPOOL_CHAOS_SEED replays a run.
+// chaosPool is one pool of the chaos run: its executors and its evals.
+type chaosPool struct {
+	name      string
+	executors []*proc
+	urls      []string
+	ids       []string
+}
+
+// TestChaos runs evals on real processes (Redis with AOF, two pools on it,
+// executors that enforce their leases and require a secret, three workers
+// each behind a TCP proxy of the test's) while it injects faults on a seeded
+// schedule; some evals are longer than the lease, so that a paused or
+// partitioned worker runs past it. It then proves that no eval and no
+// executor was lost, none was double-booked, and no eval ran on another
+// pool's executor. EVALPOOL_CHAOS_SEED replays a run.
 func TestChaos(t *testing.T) {
 	seed := uint64(time.Now().UnixNano() % 100000)
 	if s := os.Getenv("EVALPOOL_CHAOS_SEED"); s != "" {
@@ -98,48 +110,85 @@ func TestChaos(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	t.Logf("seed %d (EVALPOOL_CHAOS_SEED=%d replays it)", seed, seed)
 	const (
-		nEvals    = 1000
-		nWorkers  = 3
-		leaseTTL  = 2 * time.Second
+		leaseTTL  = time.Second
+		past      = leaseTTL + pool.DefaultLeaseGrace + time.Second // a pause or a cut past the lease and its grace
 		injectFor = 45 * time.Second
+		secret    = "chaos-secret"
 	)
 
 	srv := evaltest.StartT(t, evaltest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}})
 	url := srv.URL()
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer client.Close()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	t.Setenv(executor.EnvSecret, secret) // the executors' and workers' secret
 
-	var executors []*proc
-	var urls []string
-	for i := range 4 {
-		addr := evaltest.FreeAddr(t)
-		executors = append(executors, startProc(t, fmt.Sprint("executor-", i), "executor", "--listen", addr, "--latency", "30ms", "--fail-rate", "0.1"))
-		urls = append(urls, "http://"+addr)
+	pools := []*chaosPool{{name: "default"}, {name: "b"}}
+	for pi, p := range pools {
+		for i := range 4 - 2*pi { // 4 executors in default, 2 in b
+			addr := evaltest.FreeAddr(t)
+			p.executors = append(p.executors, startProc(t, fmt.Sprintf("executor-%s-%d", p.name, i), "executor", "--listen", addr, "--latency", "30ms", "--fail-rate", "0.1"))
+			p.urls = append(p.urls, "http://"+addr)
+		}
+		for _, u := range p.urls {
+			evaltest.Eventually(t, 10*time.Second, "executor never came up", func() bool {
+				return (&executor.Client{}).Healthy(t.Context(), u) == nil
+			})
+		}
+		if r := evalpool(t, url, p.name, append([]string{"pool", "add"}, p.urls...)...); r.code != 0 {
+			t.Fatalf("pool add to %s: %+v", p.name, r)
+		}
 	}
-	for _, u := range urls {
-		evaltest.Eventually(t, 10*time.Second, "executor never came up", func() bool {
-			return (&executor.Client{}).Healthy(t.Context(), u) == nil
-		})
+	// Other spellings of registered executors, in their pool or the other:
+	// one executor is never in a pool twice, nor in two pools.
+	port := func(u string) string { _, p, _ := strings.Cut(strings.TrimPrefix(u, "http://"), ":"); return p }
+	refused := 0
+	for name, spellings := range map[string][]string{
+		"default": {"http://localhost:" + port(pools[0].urls[0]), "HTTP://LOCALHOST:0" + port(pools[0].urls[1]) + "/."},
+		"b":       {"http://localhost:" + port(pools[0].urls[2])},
+	} {
+		r := evalpool(t, url, name, append([]string{"pool", "add"}, spellings...)...)
+		if r.code != 1 || strings.Count(r.stdout, "duplicate ") != len(spellings) {
+			t.Fatalf("pool add of other spellings to %s: %+v; want all %d refused", name, r, len(spellings))
+		}
+		refused += len(spellings)
 	}
-	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
-		t.Fatalf("pool add: %+v", r)
-	}
-	workerArgs := []string{"--redis", url, "worker", "--cleanup", "both", "--concurrency", "8", "--lease-ttl", leaseTTL.String(),
+
+	// Each worker reaches Redis through a proxy the test can cut.
+	workerArgs := []string{"worker", "--cleanup", "both", "--concurrency", "8", "--lease-ttl", leaseTTL.String(),
 		"--reap-interval", "1s", "--poll-interval", "100ms", "--retry-delay", "200ms", "--shutdown-timeout", "2s"}
 	var workers []*proc
-	for i := range nWorkers {
-		workers = append(workers, startProc(t, fmt.Sprint("worker-", i), workerArgs...))
+	var proxies []*evaltest.Proxy
+	for i, serves := range []string{"default", "default,b", "b,default"} {
+		proxy := evaltest.StartProxy(t, srv.Addr)
+		proxies = append(proxies, proxy)
+		args := append([]string{"--redis", "redis://" + proxy.Addr + "/0", "--pool", serves}, workerArgs...)
+		workers = append(workers, startProc(t, fmt.Sprint("worker-", i), args...))
 	}
 
-	r := cli("enqueue", "--spec", `{"task":"chaos"}`, "--count", strconv.Itoa(nEvals), "--max-retry", "10", "--timeout", "30s")
-	if r.code != 0 {
-		t.Fatalf("enqueue: %+v", r)
+	// One eval in twenty outlives its lease two times over.
+	for pi, p := range pools {
+		n := []int{1000, 200}[pi]
+		file := filepath.Join(t.TempDir(), p.name+".jsonl")
+		var lines strings.Builder
+		for i := range n {
+			sleep := 30
+			if rng.IntN(20) == 0 {
+				sleep = 2500
+			}
+			fmt.Fprintf(&lines, `{"eval_id":"%s-%04d","spec":{"sleep_ms":%d}}`+"\n", p.name, i, sleep)
+		}
+		if err := os.WriteFile(file, []byte(lines.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := evalpool(t, url, p.name, "enqueue", "--file", file, "--max-retry", "10", "--timeout", "30s")
+		if r.code != 0 {
+			t.Fatalf("enqueue to %s: %+v", p.name, r)
+		}
+		p.ids = strings.Fields(r.stdout)
 	}
-	ids := strings.Fields(r.stdout)
 
 	// Counters of executors that get restarted, carried over.
-	var fencedGone, overlapsGone int64
+	gone := executor.Stats{}
 	faults := map[string]int{}
 	insp := asynq.NewInspectorFromRedisClient(client)
 	aq := asynq.NewClientFromRedisClient(client)
@@ -152,23 +201,31 @@ func TestChaos(t *testing.T) {
 			w.signal(syscall.SIGKILL)
 			w.start()
 			faults["worker_kill"]++
-		case 1: // a zombie: stopped longer than its lease, then woken
+		case 1: // a zombie: stopped past its lease and the grace, then woken
 			w := workers[rng.IntN(len(workers))]
 			w.signal(syscall.SIGSTOP)
-			time.Sleep(leaseTTL + time.Second)
+			time.Sleep(past)
 			w.signal(syscall.SIGCONT)
 			faults["worker_stop"]++
-		case 2: // an executor dies and comes back on its port
-			i := rng.IntN(len(executors))
-			if st, err := executorStats(urls[i]); err == nil {
-				fencedGone += st.Fenced
-				overlapsGone += st.Overlaps
+		case 2: // a partition: a worker cut off from Redis past its lease
+			p := proxies[rng.IntN(len(proxies))]
+			p.Cut()
+			time.Sleep(past)
+			p.Heal()
+			faults["worker_cut"]++
+		case 3: // an executor dies and comes back on its port
+			p := pools[rng.IntN(len(pools))]
+			i := rng.IntN(len(p.executors))
+			if st, err := executorStats(p.urls[i]); err == nil {
+				gone.Fenced += st.Fenced
+				gone.Overlaps += st.Overlaps
+				gone.LeaseExpired += st.LeaseExpired
 			}
-			executors[i].signal(syscall.SIGKILL)
+			p.executors[i].signal(syscall.SIGKILL)
 			time.Sleep(300 * time.Millisecond)
-			executors[i].start()
+			p.executors[i].start()
 			faults["executor_kill"]++
-		case 3: // Redis restarts on its AOF, cleanly or not
+		case 4: // Redis restarts on its AOF, cleanly or not
 			stop, kind := srv.Stop, "redis_term"
 			if rng.IntN(2) == 0 {
 				stop, kind = srv.Kill, "redis_kill"
@@ -182,12 +239,13 @@ func TestChaos(t *testing.T) {
 			}
 			faults[kind]++
 		default: // late duplicate cleanups for finished evals, by hand
-			done, err := insp.ListCompletedTasks(tasks.QueueCleanup, asynq.PageSize(20))
+			q := tasks.Queues(pools[rng.IntN(len(pools))].name).Cleanup
+			done, err := insp.ListCompletedTasks(q, asynq.PageSize(20))
 			if err != nil || len(done) == 0 {
 				continue
 			}
 			for _, d := range done[:min(3, len(done))] {
-				dup := asynq.NewTask(d.Type, d.Payload, asynq.Queue(tasks.QueueCleanup), asynq.MaxRetry(tasks.CleanupMaxRetry),
+				dup := asynq.NewTask(d.Type, d.Payload, asynq.Queue(q), asynq.MaxRetry(tasks.CleanupMaxRetry),
 					asynq.TaskID(fmt.Sprintf("dup-%d-%s", n, d.ID)), asynq.Retention(time.Hour))
 				if _, err := aq.Enqueue(dup); err == nil {
 					faults["dup_cleanup"]++
@@ -201,79 +259,100 @@ func TestChaos(t *testing.T) {
 	// or so after their lease lapses.
 	ctx, cancel := context.WithTimeout(t.Context(), 6*time.Minute)
 	defer cancel()
-	var completed, archived int
+	var completed, archived, foreign int
 	reasons := map[string]int{}
-	for _, id := range ids {
-		for {
-			info, err := insp.GetTaskInfo(tasks.QueueEvals, id)
-			if err == nil && info.State == asynq.TaskStateCompleted {
-				completed++
-				break
-			}
-			if err == nil && info.State == asynq.TaskStateArchived {
-				archived++
-				reasons[reason(info.LastErr)]++
-				break
-			}
-			select {
-			case <-ctx.Done():
-				t.Fatalf("eval %s never finished: %v %v", id, info, err)
-			case <-time.After(200 * time.Millisecond):
+	for _, p := range pools {
+		for _, id := range p.ids {
+			for {
+				info, err := insp.GetTaskInfo(tasks.Queues(p.name).Evals, id)
+				if err == nil && info.State == asynq.TaskStateCompleted {
+					completed++
+					var res struct{ Executor string }
+					if json.Unmarshal(info.Result, &res) != nil || !slices.Contains(p.urls, res.Executor) {
+						foreign++
+						t.Errorf("eval %s of pool %s ran on %q, not one of its executors", id, p.name, res.Executor)
+					}
+					break
+				}
+				if err == nil && info.State == asynq.TaskStateArchived {
+					archived++
+					reasons[reason(info.LastErr)]++
+					break
+				}
+				select {
+				case <-ctx.Done():
+					t.Fatalf("eval %s never finished: %v %v", id, info, err)
+				case <-time.After(200 * time.Millisecond):
+				}
 			}
 		}
 	}
-	evaltest.WaitEvalsDone(t, insp, nEvals, 3*time.Minute)
-	if r := cli("pool", "reap"); r.code != 0 {
-		t.Fatalf("reap: %+v", r)
-	}
 
-	var fenced, overlaps int64 = fencedGone, overlapsGone
-	for _, u := range urls {
-		st, err := executorStats(u)
+	var doubles, stale, lost, violations, total int64
+	overlaps, fenced, expired := gone.Overlaps, gone.Fenced, gone.LeaseExpired
+	for _, p := range pools {
+		total += int64(len(p.ids))
+		ps, err := pool.New(client, pool.Options{Name: p.name})
 		if err != nil {
 			t.Fatal(err)
 		}
-		fenced += st.Fenced
-		overlaps += st.Overlaps
+		// Cleanups may still be on their way: wait for every executor.
+		evaltest.Eventually(t, 3*time.Minute, "pool "+p.name+" never whole", func() bool {
+			if _, err := ps.Reap(t.Context()); err != nil {
+				return false
+			}
+			c, err := ps.Counts(t.Context())
+			return err == nil && c.Available == int64(len(p.urls))
+		})
+		status, err := ps.Status(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range status.Executors {
+			doubles += e.DoubleReleases
+			stale += e.StaleReleases
+		}
+		vs, err := ps.Check(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range vs {
+			t.Errorf("pool %s: %s", p.name, v)
+		}
+		violations += int64(len(vs))
+		lost += int64(len(p.urls) - status.Counts[pool.StateAvailable])
+		for _, u := range p.urls {
+			st, err := executorStats(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			overlaps += st.Overlaps
+			fenced += st.Fenced
+			expired += st.LeaseExpired
+		}
 	}
-	p, err := pool.New(client, pool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	status, err := p.Status(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doubles, stale int64
-	for _, e := range status.Executors {
-		doubles += e.DoubleReleases
-		stale += e.StaleReleases
-	}
-	violations, err := p.Check(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	lost := len(urls) - status.Counts[pool.StateAvailable]
 
-	line := fmt.Sprintf("chaos seed=%d: evals %d enqueued, %d completed, %d archived %s; faults %s; "+
-		"double releases %d caught, %d stale refused; fencing rejections %d; overlaps %d; executors lost %d; check violations %d",
-		seed, len(ids), completed, archived, formatCounts(reasons), formatCounts(faults), doubles, stale, fenced, overlaps, lost, len(violations))
+	line := fmt.Sprintf("chaos seed=%d: evals %d enqueued in 2 pools, %d completed, %d archived %s, %d on a foreign executor; faults %s; "+
+		"spellings refused %d; double releases %d caught, %d stale refused; fencing rejections %d; leases expired at executors %d; "+
+		"overlaps %d; executors lost %d; check violations %d",
+		seed, total, completed, archived, formatCounts(reasons), foreign, formatCounts(faults), refused, doubles, stale, fenced, expired,
+		overlaps, lost, violations)
 	t.Log(line)
 	fmt.Println(line)
-	if completed+archived != nEvals {
-		t.Errorf("evals lost: %d + %d of %d", completed, archived, nEvals)
+	if int64(completed+archived) != total {
+		t.Errorf("evals lost: %d + %d of %d", completed, archived, total)
 	}
-	if overlaps != 0 || lost != 0 || len(violations) != 0 {
-		t.Errorf("the promise broke: overlaps %d, executors lost %d, violations %v", overlaps, lost, violations)
+	if overlaps != 0 || lost != 0 || violations != 0 || foreign != 0 {
+		t.Errorf("the promise broke: overlaps %d, executors lost %d, violations %d, evals on foreign executors %d", overlaps, lost, violations, foreign)
 	}
-	if doubles == 0 || len(faults) < 5 {
+	if doubles == 0 || len(faults) < 6 {
 		t.Errorf("the run proves too little: %d double releases, faults %v", doubles, faults)
 	}
 }
 
 // reason shortens an archived eval's last error to its kind.
 func reason(err string) string {
-	for _, k := range []string{"simulated failure", "lease lost", "connection refused", "task lease expired", "deadline", "refused: a newer lease", "EOF"} {
+	for _, k := range []string{"simulated failure", "lease lost", "lease expired at the executor", "connection refused", "task lease expired", "deadline", "refused: a newer lease", "EOF"} {
 		if strings.Contains(err, k) {
 			return strings.ReplaceAll(k, " ", "_")
 		}
