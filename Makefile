@@ -31,6 +31,10 @@ fuzz: ## Fuzz payload decoding and executor-answer parsing, FUZZTIME each (seed 
 chaos: ## The chaos suite: 1,000 evals on real processes under seeded faults (EVALPOOL_CHAOS_SEED=N replays)
 	$(GO) test -tags chaos -run '^TestChaos$$' -count=1 -timeout 20m -v ./cmd/evalpool | tee chaos.out | grep -E '^(chaos seed|--- |ok|FAIL|PASS)'
 
+.PHONY: sentinel
+sentinel: ## A Sentinel failover under a run of evals, on real processes (about 2 min)
+	$(GO) test -race -tags sentinel -run '^TestSentinelFailoverUnderLoad$$' -count=1 -timeout 10m -v ./cmd/evalpool | tee sentinel.out | grep -E '^(sentinel:|--- |ok|FAIL|PASS)'
+
 .PHONY: test-browser
 test-browser: ## Drive the pool page and Asynqmon in headless Chromium (needs the chromium package)
 	$(GO) test -race -count=1 -tags browser -run Chromium ./dashboard
@@ -52,6 +56,7 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags browser ./dashboard
+	$(GO) vet -tags chaos,sentinel,bench ./...
 
 .PHONY: bench
 bench: ## Measure everything side by side and write BENCHMARKS.md (EVALPOOL_BENCH_RUNS, default 5 runs each)
