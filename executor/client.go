@@ -75,6 +75,11 @@ var (
 	// yet. An executor that does not know extensions answers the same. It is
 	// no reason to give up the eval: its own answer says how it ended.
 	ErrNotRunning = errors.New("executor: no such eval running")
+	// ErrBusy means the executor refused the eval, untouched, because
+	// another eval runs there under a lease that is still live: the pool
+	// handed the executor out twice (Redis lost writes, or one executor is
+	// registered twice). The eval never ran; its lease should go back.
+	ErrBusy = errors.New("executor: busy: another eval holds it under a live lease")
 	// ErrUnauthorized means the executor refused a request whose signature
 	// it could not verify: the client has no secret, or not the executor's.
 	ErrUnauthorized = errors.New("executor: unauthorized: bad or missing signature")
@@ -94,14 +99,22 @@ type Request struct {
 	// extension (Client.Extend) moved the lease's end. 0 means no lease: only
 	// the deadline bounds the eval.
 	LeaseMs int64 `json:"lease_ms,omitempty"`
+	// SentAtMs is the caller's wall clock (unix ms) when it measured
+	// LeaseMs. The executor ends the lease at the earlier of its receive
+	// time plus LeaseMs and SentAtMs plus LeaseMs on its own clock, so that
+	// a request delayed in the network, or replayed, never carries the lease
+	// past its end by more than the two clocks differ. Run sets it.
+	SentAtMs int64 `json:"sent_at_ms,omitempty"`
 }
 
 // Extension is the body of POST /v1/lease: the lease of the eval running
-// under EvalID and Fence ends LeaseMs after the executor receives it.
+// under EvalID and Fence ends LeaseMs after the executor receives it, and
+// no later than SentAtMs plus LeaseMs (see Request).
 type Extension struct {
-	EvalID  string `json:"eval_id"`
-	Fence   int64  `json:"fence"`
-	LeaseMs int64  `json:"lease_ms"`
+	EvalID   string `json:"eval_id"`
+	Fence    int64  `json:"fence"`
+	LeaseMs  int64  `json:"lease_ms"`
+	SentAtMs int64  `json:"sent_at_ms,omitempty"`
 }
 
 // Result is an executor's answer to an eval.
@@ -214,6 +227,9 @@ func (c *Client) post(ctx context.Context, baseURL, path string, body []byte, li
 // the eval when the caller stops waiting; so does req.LeaseMs, so a
 // lease-aware executor stops it when the lease passes unextended.
 func (c *Client) Run(ctx context.Context, baseURL string, req Request) (Result, error) {
+	if req.LeaseMs > 0 && req.SentAtMs == 0 {
+		req.SentAtMs = time.Now().UnixMilli()
+	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return Result{}, fmt.Errorf("executor: encode eval %s: %w", req.EvalID, err)
@@ -225,6 +241,8 @@ func (c *Client) Run(ctx context.Context, baseURL string, req Request) (Result, 
 	switch {
 	case resp.StatusCode == http.StatusConflict:
 		return Result{}, fmt.Errorf("%w: %s: %s", ErrFenced, baseURL, snippet(answer))
+	case resp.StatusCode == http.StatusLocked:
+		return Result{}, fmt.Errorf("%w: %s: %s", ErrBusy, baseURL, snippet(answer))
 	case resp.StatusCode == http.StatusUnauthorized:
 		return Result{}, fmt.Errorf("%w: %s: %s", ErrUnauthorized, baseURL, snippet(answer))
 	case resp.StatusCode/100 != 2:
@@ -253,7 +271,7 @@ func (c *Client) Extend(ctx context.Context, baseURL, evalID string, fence int64
 	if ms <= 0 {
 		return fmt.Errorf("executor %s: extend eval %s fence %d: the lease has no time left (%s)", baseURL, evalID, fence, remaining)
 	}
-	body, err := json.Marshal(Extension{EvalID: evalID, Fence: fence, LeaseMs: ms})
+	body, err := json.Marshal(Extension{EvalID: evalID, Fence: fence, LeaseMs: ms, SentAtMs: time.Now().UnixMilli()})
 	if err != nil {
 		return fmt.Errorf("executor: encode extension of eval %s: %w", evalID, err)
 	}

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -359,8 +360,9 @@ func TestExtendAfterExpiry(t *testing.T) {
 	}
 }
 
-// An overlap is a newcomer for another eval admitted while the holder's
-// lease is live, and only that.
+// An overlap is a newcomer for another eval that arrives while the holder's
+// lease is live, and only that: the newcomer is refused as busy and the
+// holder runs on. Without a lease, the holder is preempted instead.
 func TestOverlaps(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -369,14 +371,14 @@ func TestOverlaps(t *testing.T) {
 		second     string // eval ID of the newcomer
 		loseFirst  func(t *testing.T, s *Server, cancelCaller context.CancelFunc)
 		wantFirst  error
-		wantCounts Stats // Overlaps, Preempted, LeaseExpired
+		wantCounts Stats // Overlaps, Busy, Preempted, LeaseExpired
 	}{
 		{
 			name:       "another eval while the lease is live",
 			first:      Request{EvalID: "a", LeaseMs: 60_000},
 			second:     "b",
-			wantFirst:  ErrFenced,
-			wantCounts: Stats{Overlaps: 1, Preempted: 1},
+			wantFirst:  context.Canceled, // it ran on until its caller left
+			wantCounts: Stats{Overlaps: 1, Busy: 1},
 		},
 		{
 			name:       "another eval, first sent without a lease",
@@ -439,11 +441,32 @@ func TestOverlaps(t *testing.T) {
 			if id, _, ok := holder(s); !ok || id != "a" {
 				t.Fatalf("the first eval is gone before the newcomer came: the case tests nothing")
 			}
+			counts := func() Stats {
+				st := s.Stats()
+				return Stats{Overlaps: st.Overlaps, Busy: st.Busy, Preempted: st.Preempted, LeaseExpired: st.LeaseExpired}
+			}
+			if tt.wantCounts.Busy > 0 {
+				_, err := c.Run(ctx2, url, Request{EvalID: tt.second, Fence: 2, Spec: []byte(`{}`)})
+				if !errors.Is(err, ErrBusy) {
+					t.Fatalf("newcomer: %v, want ErrBusy", err)
+				}
+				if got := counts(); got != tt.wantCounts || s.Stats().MaxFence != 1 {
+					t.Errorf("counts = %+v, max fence %d; want %+v and the fence untouched", got, s.Stats().MaxFence, tt.wantCounts)
+				}
+				if id, live, ok := holder(s); !ok || id != "a" || !live {
+					t.Fatal("the refused newcomer disturbed the holder")
+				}
+				cancel1()
+				wg.Wait()
+				if !errors.Is(err1, tt.wantFirst) {
+					t.Errorf("first eval: %v, want %v", err1, tt.wantFirst)
+				}
+				return
+			}
 			wg.Go(func() { _, _ = c.Run(ctx2, url, Request{EvalID: tt.second, Fence: 2, Spec: []byte(`{}`)}) })
 			evaltest.Eventually(t, 5*time.Second, "newcomer never admitted", func() bool { return s.Stats().MaxFence == 2 })
-			st := s.Stats()
-			if got := (Stats{Overlaps: st.Overlaps, Preempted: st.Preempted, LeaseExpired: st.LeaseExpired}); got != tt.wantCounts {
-				t.Errorf("overlaps, preempted, lease expired = %+v, want %+v", got, tt.wantCounts)
+			if got := counts(); got != tt.wantCounts {
+				t.Errorf("overlaps, busy, preempted, lease expired = %+v, want %+v", got, tt.wantCounts)
 			}
 			// The newcomer runs once the first has stopped, never beside it.
 			evaltest.Eventually(t, 10*time.Second, "newcomer never ran", func() bool {
@@ -576,5 +599,50 @@ func TestSpecSleepOverridesLatency(t *testing.T) {
 	res, err := (&Client{}).Run(ctx, ts.URL, Request{EvalID: "e", Fence: 1, Spec: json.RawMessage(`{"sleep_ms":50}`)})
 	if err != nil || res.Status != StatusPassed || time.Since(start) < 50*time.Millisecond {
 		t.Fatalf("Run = %+v, %v after %s; want passed after 50ms", res, err, time.Since(start))
+	}
+}
+
+// A request delayed in the network, or replayed, carries its lease no
+// further than the caller's clock allows: the lease ends at sent_at +
+// lease_ms by the executor's clock when that is earlier than the arrival
+// plus lease_ms, and a lease already over on arrival is refused untouched.
+func TestDelayedOrReplayedLeaseIsCapped(t *testing.T) {
+	t.Parallel()
+	s, url := setup(t, ServerOptions{Latency: time.Hour})
+	c := &Client{}
+	now := time.Now().UnixMilli()
+	_, err := c.Run(t.Context(), url, Request{EvalID: "late", Fence: 1, Spec: []byte(`{}`), LeaseMs: 1000, SentAtMs: now - 2000})
+	if !errors.Is(err, ErrFenced) || !strings.Contains(err.Error(), "lease was over when the request arrived") || s.Stats().MaxFence != 0 {
+		t.Fatalf("a request whose lease ended before it arrived: %v, max fence %d; want refused untouched", err, s.Stats().MaxFence)
+	}
+
+	start := time.Now()
+	_, err = c.Run(t.Context(), url, Request{EvalID: "delayed", Fence: 2, Spec: []byte(`{}`), LeaseMs: 1000, SentAtMs: time.Now().UnixMilli() - 800})
+	if took := time.Since(start); !errors.Is(err, ErrFenced) || took > 700*time.Millisecond {
+		t.Fatalf("a request delayed 800ms with a 1s lease: %v after %s; want its lease over about 200ms after it arrived", err, took)
+	}
+
+	var wg sync.WaitGroup
+	var runErr error
+	wg.Go(func() {
+		_, runErr = c.Run(t.Context(), url, Request{EvalID: "held", Fence: 3, Spec: []byte(`{}`), LeaseMs: 500})
+	})
+	evaltest.Eventually(t, 5*time.Second, "eval never started", func() bool { return s.Stats().MaxFence == 3 })
+	err = c.Extend(t.Context(), url, "held", 3, time.Second) // fresh: fine
+	if err != nil {
+		t.Fatalf("a fresh extension: %v", err)
+	}
+	replayed, _ := json.Marshal(Extension{EvalID: "held", Fence: 3, LeaseMs: 1000, SentAtMs: time.Now().UnixMilli() - 5000})
+	resp, err := http.Post(url+PathLease, "application/json", bytes.NewReader(replayed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict {
+		t.Fatalf("a replayed extension answered %s, want 409", resp.Status)
+	}
+	wg.Wait() // the fresh extension's second ran out: the eval was stopped
+	if !errors.Is(runErr, ErrFenced) || s.Stats().LeaseExpired < 2 {
+		t.Fatalf("held eval: %v, stats %+v; want its lease to have run out", runErr, s.Stats())
 	}
 }

@@ -141,9 +141,14 @@ type Stats struct {
 	// fence: by a newer attempt of the same eval, or by another eval (an
 	// overlap).
 	Preempted int64 `json:"preempted"`
-	// Overlaps counts evals admitted while another eval's lease was live:
-	// the witness of double booking. It must stay 0.
+	// Overlaps counts evals of another eval that arrived while an eval held
+	// the executor under a live lease: the witness of the pool's double
+	// booking. It must stay 0. The newcomer is refused (Busy) and nothing
+	// runs twice; only a holder without a lease is preempted instead.
 	Overlaps int64 `json:"overlaps"`
+	// Busy counts the newcomers refused with 423 because another eval's
+	// lease was live.
+	Busy int64 `json:"busy"`
 	// LeaseExpired counts evals stopped because their lease passed at the
 	// executor without an extension.
 	LeaseExpired int64 `json:"lease_expired"`
@@ -159,13 +164,38 @@ var (
 	errPreempted    = errors.New("preempted by a higher fence")
 	errLeaseExpired = errors.New("lease expired at the executor")
 	errStaleFence   = errors.New("stale fence")
+	errBusy         = errors.New("busy: another eval holds the executor under a live lease")
+	errLeaseOver    = errors.New("the lease was over when the request arrived (delayed, replayed, or the clocks differ by more than the lease)")
 )
+
+// busyWait is how long a newcomer for another eval waits for a live holder
+// to stop before it is refused as busy: the holder's caller may be giving
+// the executor up at this very moment (its connection closing), and the
+// pool's next holder may be quicker than that news.
+const busyWait = 250 * time.Millisecond
+
+// leaseEnd is when a lease of leaseMs, measured by the caller at its wall
+// clock sentAtMs (0: unknown), ends on this executor's monotonic clock: no
+// later than received plus leaseMs, and no later than sentAtMs plus leaseMs
+// by this executor's wall clock, so that a delayed or replayed request
+// cannot carry a lease past its end.
+func leaseEnd(received time.Time, leaseMs, sentAtMs int64) time.Time {
+	end := received.Add(time.Duration(leaseMs) * time.Millisecond)
+	if sentAtMs > 0 {
+		byClock := received.Add(time.Duration(sentAtMs+leaseMs-received.UnixMilli()) * time.Millisecond)
+		if byClock.Before(end) {
+			end = byClock
+		}
+	}
+	return end
+}
 
 // running is an admitted eval, from its admission until its handler is done
 // with it.
 type running struct {
 	evalID string
 	fence  int64
+	caller context.Context // the request's: done when the caller leaves
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	// done is closed once the eval has stopped, and every eval it waited
@@ -177,6 +207,7 @@ type running struct {
 	timer     *time.Timer
 	executing bool
 	finished  bool
+	completed bool // finished with its context intact: it ran to its end
 }
 
 // live reports whether the eval still holds the executor: nothing cancelled
@@ -350,13 +381,22 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 		ctx, stop = context.WithDeadline(ctx, d)
 		defer stop()
 	}
-	me := &running{evalID: req.EvalID, fence: req.Fence, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	me := &running{evalID: req.EvalID, fence: req.Fence, caller: r.Context(), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	if req.LeaseMs > 0 {
-		me.leaseEnd = received.Add(time.Duration(req.LeaseMs) * time.Millisecond)
+		me.leaseEnd = leaseEnd(received, req.LeaseMs, req.SentAtMs)
+		if !me.leaseEnd.After(received) {
+			s.count(func(st *Stats) { st.LeaseExpired++ })
+			httpError(w, http.StatusConflict, "eval %s fence %d: %v", req.EvalID, req.Fence, errLeaseOver)
+			return
+		}
 	}
 	err := s.admit(me)
-	if errors.Is(err, errStaleFence) {
+	switch {
+	case errors.Is(err, errStaleFence):
 		httpError(w, http.StatusConflict, "eval %s fence %d: %v", req.EvalID, req.Fence, err)
+		return
+	case errors.Is(err, errBusy):
+		httpError(w, http.StatusLocked, "eval %s fence %d: %v", req.EvalID, req.Fence, err)
 		return
 	}
 	start := time.Now()
@@ -407,6 +447,30 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 func (s *Server) admit(me *running) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if prev := s.holder; prev != nil && prev.evalID != me.evalID && !prev.leaseEnd.IsZero() && prev.live(time.Now()) {
+		// Another eval holds the executor under a live lease: the pool
+		// handed it out twice, unless the holder is being given up at this
+		// very moment (its caller's connection closing may be slower than
+		// the pool's next holder). Wait a little to tell.
+		s.mu.Unlock()
+		t := time.NewTimer(busyWait)
+		select {
+		case <-prev.ctx.Done():
+		case <-prev.done:
+		case <-me.ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		s.mu.Lock()
+		if prev.completed || prev.caller.Err() == nil {
+			// Its caller did not give it up: it was a live holder.
+			s.stats.Overlaps++
+		}
+		if s.holder == prev && prev.live(time.Now()) && me.fence > s.stats.MaxFence {
+			s.stats.Busy++
+			return errBusy
+		}
+	}
 	if me.fence <= s.stats.MaxFence {
 		s.stats.Fenced++
 		return fmt.Errorf("%w: %d is not above %d", errStaleFence, me.fence, s.stats.MaxFence)
@@ -494,8 +558,14 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusNotFound, "eval %s fence %d is not running", ext.EvalID, ext.Fence)
 	case h.ctx.Err() != nil:
 		httpError(w, http.StatusConflict, "eval %s fence %d is stopping: %v", ext.EvalID, ext.Fence, context.Cause(h.ctx))
+	case !leaseEnd(received, ext.LeaseMs, ext.SentAtMs).After(received):
+		httpError(w, http.StatusConflict, "eval %s fence %d: %v", ext.EvalID, ext.Fence, errLeaseOver)
 	default:
-		h.leaseEnd = received.Add(time.Duration(ext.LeaseMs) * time.Millisecond)
+		// An extension only extends: one delayed behind a newer one must
+		// not cut the lease short.
+		if end := leaseEnd(received, ext.LeaseMs, ext.SentAtMs); end.After(h.leaseEnd) {
+			h.leaseEnd = end
+		}
 		if h.timer == nil {
 			h.timer = time.AfterFunc(time.Until(h.leaseEnd), func() { s.expire(h) })
 		} else {
@@ -514,6 +584,7 @@ func (s *Server) finish(me *running) {
 
 func (s *Server) finishLocked(me *running) {
 	me.finished = true
+	me.completed = me.ctx.Err() == nil
 	if me.timer != nil {
 		me.timer.Stop()
 	}
