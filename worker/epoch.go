@@ -20,16 +20,24 @@ type epochWatch struct {
 	lastMissing time.Time // when a waiting eval last logged the missing pool
 }
 
-// watchEpochs reads every served pool's epoch once per reap interval until
-// ctx ends.
+// watchEpochs reads every served pool's epoch, and Redis's eviction policy,
+// once per reap interval until ctx ends.
 func (w *Worker) watchEpochs(ctx context.Context) {
 	t := time.NewTicker(w.cfg.ReapInterval)
 	defer t.Stop()
+	lastPolicy := ""
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		// The policy can change under a running worker (CONFIG SET).
+		if policy, err := maxmemoryPolicy(ctx, w.cfg.Redis); err == nil && policy != lastPolicy {
+			if policy != "noeviction" && !w.cfg.AllowEvictingRedis {
+				w.log.Error().Str("maxmemory_policy", policy).Msg("Redis's maxmemory-policy changed: it may now evict the pool's keys and lose executors and evals; set it back to noeviction")
+			}
+			lastPolicy = policy
 		}
 		for name, sp := range w.pools {
 			epoch, err := sp.pool.Epoch(ctx)

@@ -16,7 +16,7 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		evals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_eval_attempts_total",
-			Help: "Eval attempts by outcome (passed, failed, error, no_executor, bad_payload).",
+			Help: "Eval attempts by outcome (passed, failed, error, busy, no_executor, bad_payload).",
 		}, []string{"outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "evalpool_eval_duration_seconds",

@@ -186,3 +186,28 @@ func TestPartitionedWorkerGivesUpBeforeTheDeadline(t *testing.T) {
 	})
 	assertNoOverlap(t, b)
 }
+
+// When the pool does hand one executor out twice (here: registered under two
+// spellings without the instance check), a lease-aware executor refuses the
+// second eval as busy while the first's lease is live: the second eval
+// waits, spends no retry, and runs later. Nothing runs twice at once.
+func TestBusyExecutorRefusesTheSecondHolder(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{Concurrency: 4}, executor.ServerOptions{Latency: 600 * time.Millisecond})
+	alias := strings.Replace(b.urls[0], "127.0.0.1", "localhost", 1)
+	if regs, err := b.pool.Register(t.Context(), pool.Executor{URL: alias}); err != nil || regs[0].Outcome != pool.Added {
+		t.Fatalf("register the alias: %+v, %v", regs, err)
+	}
+	start(t, w)
+	ids := enqueueEvals(t, b, 4, tasks.EvalOptions{MaxRetry: 1}, time.Minute)
+	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(ids), 30*time.Second); completed != len(ids) {
+		t.Fatalf("%d of %d evals completed", completed, len(ids))
+	}
+	st := b.executors[0].Stats()
+	if st.Busy == 0 || st.Overlaps < st.Busy || st.Served != int64(len(ids)) {
+		t.Fatalf("executor stats %+v: want some newcomers refused as busy and every eval run exactly once\n%s", st, b.logs)
+	}
+	if n := b.logs.Count("the pool handed it out twice"); n == 0 {
+		t.Error("no error line says the pool handed the executor out twice")
+	}
+}

@@ -121,8 +121,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("worker: concurrency may not be negative, got %d and %d", c.Concurrency, c.CleanupConcurrency)
 	case c.Cleanup != "" && c.Cleanup != CleanupOutcome && c.Cleanup != CleanupBoth:
 		return fmt.Errorf("worker: cleanup must be %q or %q, got %q", CleanupOutcome, CleanupBoth, c.Cleanup)
-	case c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < 10*time.Millisecond:
-		return fmt.Errorf("worker: lease TTL must be at least 10ms, got %s", c.LeaseTTL)
+	case c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < 10*time.Millisecond || c.LeaseTTL > tasks.MaxLeaseTTL:
+		return fmt.Errorf("worker: lease TTL must be from 10ms to %s, got %s", tasks.MaxLeaseTTL, c.LeaseTTL)
 	case c.ReapInterval != 0 && (c.ReapInterval < time.Second || c.ReapInterval%time.Second != 0):
 		return fmt.Errorf("worker: reap interval must be whole seconds, at least 1s, got %s", c.ReapInterval)
 	case c.NoExecutorDelay < 0, c.ExecutorWait < 0, c.ShutdownTimeout < 0, c.PollInterval < 0, c.CleanupPollInterval < 0:
@@ -266,7 +266,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		Concurrency:              w.cfg.Concurrency,
 		BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
 		Queues:                   evalQueues,
-		IsFailure:                func(err error) bool { return !errors.Is(err, pool.ErrNoExecutor) },
+		IsFailure:                func(err error) bool { return !waitsForExecutor(err) },
 		RetryDelayFunc:           w.retryDelay,
 		ErrorHandler:             asynq.ErrorHandlerFunc(w.handleError),
 		Logger:                   logger,
@@ -339,8 +339,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
+// waitsForExecutor reports whether an attempt ended without running for want
+// of an executor: none was free, or the one it leased was busy with another
+// eval's live lease. Such an attempt is retried soon and spends no retry.
+func waitsForExecutor(err error) bool {
+	return errors.Is(err, pool.ErrNoExecutor) || errors.Is(err, executor.ErrBusy)
+}
+
 func (w *Worker) retryDelay(n int, err error, t *asynq.Task) time.Duration {
-	if errors.Is(err, pool.ErrNoExecutor) {
+	if waitsForExecutor(err) {
 		d := w.cfg.NoExecutorDelay
 		return d/2 + rand.N(d)
 	}
@@ -449,10 +456,14 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		})
 	}
 	outcome := res.Status
-	if runErr != nil {
+	switch {
+	case errors.Is(runErr, executor.ErrBusy):
+		outcome = "busy"
+		log.Error().Err(runErr).Msg("the executor refused the eval: another eval holds it under a live lease, so the pool handed it out twice (Redis lost writes, or one executor is registered twice); the eval will try again")
+	case runErr != nil:
 		outcome = "error"
 		log.Warn().Err(runErr).Dur("took", took).Msg("eval attempt failed")
-	} else {
+	default:
 		log.Info().Str("status", res.Status).Dur("took", took).Msg("eval done")
 	}
 	w.cfg.Metrics.evals.WithLabelValues(outcome).Inc()
@@ -481,7 +492,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 func (w *Worker) attemptError(ctx context.Context, sp *served, lease pool.Lease, err error) error {
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
-	if retried+tasks.NoExecutorReserve >= maxRetry {
+	if retried+tasks.NoExecutorReserve >= maxRetry && !waitsForExecutor(err) {
 		err = fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
 	return &AttemptError{Pool: sp.pool.Name(), Lease: lease, Err: err}
