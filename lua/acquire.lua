@@ -21,6 +21,12 @@ local eval_id, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if redis.call('EXISTS', K_EPOCH) == 0 then
   return redis.error_reply('EVALPOOL_NO_POOL the pool has no epoch marker: never created, or its data was lost')
 end
+-- INCR fails on a fence that is not an integer, and Redis would not roll
+-- back the ZPOPMIN before it: refuse first, so no executor is dropped.
+local fence_value = redis.call('GET', K_FENCE)
+if fence_value and not string.match(fence_value, '^%-?%d+$') then
+  return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' holds ' .. string.format('%q', fence_value) .. ', not an integer')
+end
 local now = now_ms()
 reclaim_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
 

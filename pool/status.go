@@ -94,6 +94,9 @@ type Violation struct {
 }
 
 func (v Violation) String() string {
+	if v.Executor == "" {
+		return fmt.Sprintf("invariant %d: %s", v.Invariant, v.Problem)
+	}
 	return fmt.Sprintf("invariant %d: %s: %s", v.Invariant, v.Executor, v.Problem)
 }
 

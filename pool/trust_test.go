@@ -341,3 +341,33 @@ func TestRegisterRefusesAnExecutorOfAnotherPool(t *testing.T) {
 	}
 	assertWhole(t, other, "http://localhost:17401")
 }
+
+// Corruption that a script would trip over half way is refused before any
+// write, and corruption that would hold an executor for ever is repaired by
+// the reaper.
+func TestCorruptionLosesNoExecutor(t *testing.T) {
+	t.Parallel()
+	t.Run("a fence that is not an integer", func(t *testing.T) {
+		t.Parallel()
+		p, b := setup(t, "http://e1")
+		for _, junk := range []string{"abc", "1.5"} {
+			b.client.Set(t.Context(), p.keys[6], junk, 0)
+			if _, err := p.Acquire(t.Context(), "eval-a", time.Minute); !errors.Is(err, ErrForeignData) {
+				t.Fatalf("acquire over fence %q: err = %v, want ErrForeignData", junk, err)
+			}
+		}
+		b.client.Del(t.Context(), p.keys[6])
+		assertWhole(t, p, "http://e1")
+	})
+	t.Run("a lease whose deadline was deleted", func(t *testing.T) {
+		t.Parallel()
+		p, b := setup(t, "http://e1")
+		acquire(t, p, "eval-a", time.Minute)
+		b.client.Del(t.Context(), p.keys[3])
+		evaltest.Eventually(t, 5*time.Second, "the lease without a deadline was never reclaimed", func() bool {
+			n, err := p.Reap(t.Context())
+			return err == nil && n == 1
+		})
+		assertWhole(t, p, "http://e1")
+	})
+}
