@@ -103,6 +103,9 @@ const (
 	MaxSpecBytes    = 1 << 20
 	DefaultTimeout  = 10 * time.Minute
 	DefaultLeaseTTL = 30 * time.Second
+	// MaxLeaseTTL bounds a lease's TTL: a lease is renewed while its eval
+	// runs, so a long TTL only delays the return of a dead worker's executor.
+	MaxLeaseTTL     = 24 * time.Hour
 	DefaultMaxRetry = 3
 	// CleanupMaxRetry is high: a cleanup that cannot reach Redis must keep
 	// trying, and a duplicate release is not a failure.
@@ -161,8 +164,8 @@ func (e Eval) validate() error {
 	if !json.Valid(e.Spec) {
 		return fmt.Errorf("%w: eval %s: spec is not valid JSON", ErrBadPayload, e.ID)
 	}
-	if e.LeaseTTLMs < 0 || e.LeaseTTLMs > 0 && e.LeaseTTLMs < 10 {
-		return fmt.Errorf("%w: eval %s: lease TTL %dms: want 0 (the worker's) or at least 10ms", ErrBadPayload, e.ID, e.LeaseTTLMs)
+	if e.LeaseTTLMs < 0 || e.LeaseTTLMs > 0 && e.LeaseTTLMs < 10 || e.LeaseTTLMs > MaxLeaseTTL.Milliseconds() {
+		return fmt.Errorf("%w: eval %s: lease TTL %dms: want 0 (the worker's), or from 10ms to %s", ErrBadPayload, e.ID, e.LeaseTTLMs, MaxLeaseTTL)
 	}
 	if e.TimeoutS < 1 {
 		return fmt.Errorf("%w: eval %s: timeout %ds: want at least 1s", ErrBadPayload, e.ID, e.TimeoutS)

@@ -57,8 +57,8 @@ An eval whose ID is already enqueued is left as it is and reported.`,
 			if timeout < time.Second {
 				return usagef("--timeout must be at least 1s, got %s", timeout)
 			}
-			if leaseTTL != 0 && leaseTTL < 10*time.Millisecond {
-				return usagef("--lease-ttl must be at least 10ms, got %s", leaseTTL)
+			if leaseTTL != 0 && (leaseTTL < 10*time.Millisecond || leaseTTL > tasks.MaxLeaseTTL) {
+				return usagef("--lease-ttl must be from 10ms to %s, got %s", tasks.MaxLeaseTTL, leaseTTL)
 			}
 			var evals []tasks.Eval
 			var err error
@@ -69,6 +69,9 @@ An eval whose ID is already enqueued is left as it is and reported.`,
 			}
 			if err != nil {
 				return err
+			}
+			if maxRetry < 0 {
+				return usagef("--max-retry must be 0 or more, got %d", maxRetry)
 			}
 			opts := tasks.EvalOptions{MaxRetry: maxRetry, NoRetry: maxRetry == 0}
 			batch := make([]*asynq.Task, len(evals))
