@@ -20,15 +20,20 @@
 //
 // # Leases
 //
-// lease_ms is the time left on the caller's lease when it sent the request. A
+// lease_ms is the time left on the caller's lease when it sent the request,
+// and sent_at_ms the caller's wall clock (unix ms) at that moment. A
 // lease-aware executor sets its own lease end to the moment it received the
-// request plus lease_ms, on its monotonic clock, and stops the eval (cancels
-// it, kills its command's process group) and answers 409 when that passes
-// without an extension. The caller keeps the lease alive with
+// request plus lease_ms, on its monotonic clock, and no later than
+// sent_at_ms plus lease_ms by its own wall clock: a request delayed in the
+// network or replayed cannot carry the lease further than the two clocks
+// differ, and one whose lease is already over on arrival is refused (409).
+// The executor stops the eval (cancels it, kills its command's process
+// group) and answers 409 when the lease end passes without an extension.
+// The caller keeps the lease alive with
 //
-//	POST /v1/lease {"eval_id", "fence", "lease_ms"}
+//	POST /v1/lease {"eval_id", "fence", "lease_ms", "sent_at_ms"}
 //
-// which moves the lease end to its receive time plus lease_ms: 200
+// which moves the lease end, never back, the same way: 200
 // {"lease_ms": N} when that eval under that fence is the executor's holder,
 // 409 when a newer fence holds the executor (the caller lost it) or the eval
 // is already stopping, 404 when nothing runs under that eval and fence (it
@@ -49,13 +54,17 @@
 // # Overlaps
 //
 // The reference server counts an overlap ([Stats].Overlaps) when an eval for
-// a different eval_id is admitted, with a higher fence, while the executor's
-// holder is still live: its lease has not passed, its caller is still
-// connected, and nothing has cancelled it. That is double booking seen from
-// the executor, and it must stay 0. A higher fence for the same eval_id is a
-// newer attempt of that eval taking over, counted in Preempted. Either way
-// the newcomer waits for the old eval to stop before it runs, so two evals
-// never run at once.
+// a different eval_id arrives while the executor's holder is still live: its
+// lease has not passed and its caller has not given it up (it waits a
+// quarter of a second to tell a holder being abandoned at that moment). That
+// is double booking by the pool, seen from the executor, and it must stay 0.
+// A lease-aware executor then refuses the newcomer with 423 Locked
+// ([ErrBusy], counted in Busy) and changes nothing: the holder runs on, and
+// the pool's mistake costs an attempt, not an eval run twice at once. A
+// holder without a lease is preempted instead, as fencing alone would. A
+// higher fence for the same eval_id is a newer attempt of that eval taking
+// over, counted in Preempted. In every case a newcomer waits for the old
+// eval to stop before it runs, so two evals never run at once.
 //
 // # Authentication
 //
