@@ -6,7 +6,14 @@
 -- ARGV[3] ttl in ms
 -- ARGV[4] how many expired leases to reclaim first, at most
 -- ARGV[5] grace in ms: a lease is reclaimed only this long after its deadline
--- Returns: nil when no executor is free, else
+-- ARGV[6] wake list (evalpool:{pool}:wake:<worker>) to join the wait list
+--         with when no executor is free, or '' not to wait
+-- ARGV[7] how long the wait list entry lives, in ms, unless renewed by the
+--         eval's next acquire
+-- Returns: nil when no executor is free and the eval does not wait;
+--   {'waiting', position (0 first)} when it joined (or stays in) the wait
+--   list: the next executor freed for it is leased under ARGV[2] and pushed
+--   to the wake list; else
 --   {url, token, fence, deadline_ms, acquired_at_ms, available_since_ms, reentered}
 -- Fails with EVALPOOL_NO_POOL when the pool's epoch marker is missing: the
 -- pool was never created, or its data was lost (FLUSHALL, eviction).
@@ -30,25 +37,6 @@ end
 local now = now_ms()
 reclaim_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
 
-local function grant(url, available_since, reentered)
-  -- The fence never falls below the clock in ms, so that a Redis that lost
-  -- its data (no persistence) still hands out fences above those executors
-  -- have already seen, unless acquires outran 1,000 a second for long.
-  local fence = redis.call('INCR', K_FENCE)
-  if fence < now then
-    fence = now
-    redis.call('SET', K_FENCE, fence)
-  end
-  local deadline = now + ttl
-  redis.call('HSET', K_LEASES, url, cjson.encode({
-    token = token, eval_id = eval_id, fence = fence,
-    acquired_at = now, available_since = available_since,
-  }))
-  redis.call('ZADD', K_DEADLINES, deadline, url)
-  redis.call('HSET', K_HOLDERS, eval_id, url)
-  return { url, token, fence, deadline, now, available_since, reentered }
-end
-
 local held = redis.call('HGET', K_HOLDERS, eval_id)
 if held then
   local lease = lease_of(held)
@@ -57,7 +45,7 @@ if held then
       -- Its own executor, live or expired within the grace: nobody else can
       -- hold it, and the higher fence makes the executor drop the older
       -- attempt.
-      return grant(held, tonumber(lease.available_since) or now, 1)
+      return grant(held, eval_id, token, ttl, now, tonumber(lease.available_since) or now, 1)
     end
     -- Draining: never handed out again, not even to its holder. Ending the
     -- lease removes the executor, so the older attempt loses it too.
@@ -71,16 +59,28 @@ end
 -- Pop the executor idle longest. An entry that is not a registered, unleased,
 -- undrained executor (only foreign writes or lost keys make one) is dropped,
 -- never granted: handing out a leased executor would double-book it.
+local wake = ARGV[6]
 for _ = 1, 16 do
   local popped = redis.call('ZPOPMIN', K_AVAILABLE)
   if #popped == 0 then
-    return nil
+    break
   end
   local url = popped[1]
   if redis.call('HEXISTS', K_EXECUTORS, url) == 1
       and redis.call('HEXISTS', K_LEASES, url) == 0
       and redis.call('SISMEMBER', K_DRAINING, url) == 0 then
-    return grant(url, tonumber(popped[2]), 0)
+    redis.call('ZREM', K_WAITERS, eval_id)
+    redis.call('HDEL', K_WAITING, eval_id)
+    return grant(url, eval_id, token, ttl, now, tonumber(popped[2]), 0)
   end
 end
-return nil
+if wake == '' or not is_wake_key(wake) then
+  return nil
+end
+-- Join the wait list, keeping the place of an eval that waited before (an
+-- attempt handed back to the queue comes again with its first place).
+redis.call('ZADD', K_WAITERS, 'NX', now, eval_id)
+redis.call('HSET', K_WAITING, eval_id, cjson.encode({
+  token = token, ttl = ttl, wake = wake, expires = now + tonumber(ARGV[7]),
+}))
+return { 'waiting', redis.call('ZRANK', K_WAITERS, eval_id) }

@@ -2,8 +2,8 @@
 --
 -- KEYS: see lib.lua.
 -- ARGV: none.
--- Returns: {registered, available, leased, expired, draining}; expired leases
--- are counted among the leased too. O(log N).
+-- Returns: {registered, available, leased, expired, draining, waiters};
+-- expired leases are counted among the leased too. O(log N).
 
 return {
   redis.call('HLEN', K_EXECUTORS),
@@ -11,4 +11,5 @@ return {
   redis.call('HLEN', K_LEASES),
   redis.call('ZCOUNT', K_DEADLINES, '-inf', now_ms()),
   redis.call('SCARD', K_DRAINING),
+  redis.call('ZCARD', K_WAITERS),
 }

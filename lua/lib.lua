@@ -16,6 +16,11 @@
 --                            pool whose marker is gone has lost its data
 --   KEYS[9] instances  HASH  executor instance ID -> url, so that one executor
 --                            is never registered under two URLs
+--   KEYS[10] waiters   ZSET  eval_id -> ms when it first began to wait: the
+--                            FIFO wait list for a free executor
+--   KEYS[11] waiting   HASH  eval_id -> waiter JSON {token, ttl, wake, expires}:
+--                            the lease to grant it and the list (in this
+--                            hash slot) to push the grant to
 --
 -- Time is Redis's own (TIME), never the caller's clock. Nothing read from a
 -- key is trusted before it is checked: records are decoded with pcall, and
@@ -31,11 +36,13 @@ local K_DRAINING = KEYS[6]
 local K_FENCE = KEYS[7]
 local K_EPOCH = KEYS[8]
 local K_INSTANCES = KEYS[9]
+local K_WAITERS = KEYS[10]
+local K_WAITING = KEYS[11]
 
 -- Refuse to touch a pool whose keys hold data of another kind, before any
 -- write: Redis does not roll a script back, so a WRONGTYPE half way through
 -- would leave the pool half changed. One O(1) TYPE call per key.
-local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash' }
+local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash' }
 for i, want in ipairs(KEY_TYPES) do
   local got = redis.call('TYPE', KEYS[i]).ok
   if got ~= 'none' and got ~= want then
@@ -67,9 +74,70 @@ local function lease_of(url)
   return decode(redis.call('HGET', K_LEASES, url))
 end
 
--- end_lease drops the lease of url and returns the executor to the pool, or
--- removes it when it was deregistered while leased. It returns 1 when the
--- executor was removed, 0 when it became available (or is not registered).
+-- grant leases url to eval_id under token for ttl ms, at a fence above
+-- every one before. The fence never falls below the clock in ms, so that a
+-- Redis that lost its data (no persistence) still hands out fences above
+-- those executors have already seen, unless acquires outran 1,000 a second
+-- for long.
+local function grant(url, eval_id, token, ttl, now, available_since, reentered)
+  local fence = redis.call('INCR', K_FENCE)
+  if fence < now then
+    fence = now
+    redis.call('SET', K_FENCE, fence)
+  end
+  local deadline = now + ttl
+  redis.call('HSET', K_LEASES, url, cjson.encode({
+    token = token, eval_id = eval_id, fence = fence,
+    acquired_at = now, available_since = available_since,
+  }))
+  redis.call('ZADD', K_DEADLINES, deadline, url)
+  redis.call('HSET', K_HOLDERS, eval_id, url)
+  return { url, token, fence, deadline, now, available_since, reentered }
+end
+
+-- is_wake_key reports whether key is a wake list of this pool: in its hash
+-- slot, so that a handoff never writes outside the pool.
+local WAKE_PREFIX = string.sub(K_WAITERS, 1, #K_WAITERS - #'waiters') .. 'wake:'
+local function is_wake_key(key)
+  return string.sub(key, 1, #WAKE_PREFIX) == WAKE_PREFIX
+end
+
+-- How many entries one handoff may look at: dead ones are dropped as it
+-- goes, and any left for the next handoff, so that no call walks the list.
+local HANDOFF_LOOK = 16
+
+-- free makes url available, or hands it straight to the oldest live waiter:
+-- the lease is granted inside this script, so no newcomer can take the
+-- executor first, and the grant is pushed to the waiter's wake list, where
+-- its worker's one blocking connection picks it up. A waiter whose entry
+-- outlived its expiry, or that already holds a lease, is dropped.
+local function free(url, now)
+  for _ = 1, HANDOFF_LOOK do
+    local head = redis.call('ZRANGE', K_WAITERS, 0, 0)
+    if #head == 0 then
+      break
+    end
+    local eval_id = head[1]
+    local w = decode(redis.call('HGET', K_WAITING, eval_id))
+    redis.call('ZREM', K_WAITERS, eval_id)
+    redis.call('HDEL', K_WAITING, eval_id)
+    if w and tonumber(w.expires) and tonumber(w.expires) > now and type(w.token) == 'string'
+        and tonumber(w.ttl) and type(w.wake) == 'string' and is_wake_key(w.wake)
+        and redis.call('HEXISTS', K_HOLDERS, eval_id) == 0 then
+      local g = grant(url, eval_id, w.token, tonumber(w.ttl), now, now, 0)
+      redis.call('LPUSH', w.wake, table.concat({ eval_id, g[2], g[1], g[3], g[4], g[5] }, '\t'))
+      redis.call('PEXPIRE', w.wake, 600000)
+      return eval_id
+    end
+  end
+  redis.call('ZADD', K_AVAILABLE, now, url)
+  return nil
+end
+
+-- end_lease drops the lease of url and returns the executor to the pool
+-- (to its oldest waiter first), or removes it when it was deregistered while
+-- leased. It returns 1 when the executor was removed, 0 when it was freed
+-- (or is not registered).
 local function end_lease(url, now)
   local lease = lease_of(url)
   redis.call('HDEL', K_LEASES, url)
@@ -86,7 +154,7 @@ local function end_lease(url, now)
     return 1
   end
   if redis.call('HEXISTS', K_EXECUTORS, url) == 1 then
-    redis.call('ZADD', K_AVAILABLE, now, url)
+    free(url, now)
   end
   return 0
 end

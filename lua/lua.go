@@ -32,6 +32,8 @@ var (
 	reap string
 	//go:embed counts.lua
 	counts string
+	//go:embed leave.lua
+	leave string
 )
 
 // The pool's scripts. Each takes the pool's keys in the order lib.lua gives;
@@ -44,6 +46,7 @@ var (
 	Release    = redis.NewScript(lib + release)
 	Reap       = redis.NewScript(lib + reap)
 	Counts     = redis.NewScript(lib + counts)
+	Leave      = redis.NewScript(lib + leave)
 )
 
 // All lists every script, for loading them before a pipeline and for tests.
@@ -55,4 +58,5 @@ var All = map[string]*redis.Script{
 	"release":    Release,
 	"reap":       Reap,
 	"counts":     Counts,
+	"leave":      Leave,
 }

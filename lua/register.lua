@@ -13,6 +13,8 @@
 --   'already_registered' known; a drain of it is cancelled
 --   'repaired'           known, yet neither available nor leased (lost):
 --                        made available again
+-- An executor made available goes to the oldest waiter first (free, in
+-- lib.lua).
 --   'duplicate <url>'    its instance ID is registered under another URL:
 --                        one executor is never in the pool twice; nothing
 --                        changed
@@ -38,7 +40,7 @@ for i = 2, #ARGV, 3 do
         redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
       end
       if not leased and not available then
-        redis.call('ZADD', K_AVAILABLE, now, url)
+        free(url, now)
         out[#out + 1] = 'repaired'
       else
         out[#out + 1] = 'already_registered'
@@ -55,7 +57,7 @@ for i = 2, #ARGV, 3 do
       -- An executor still leased (its record was lost under a live lease)
       -- returns at its release or reclaim, never now.
       if not leased then
-        redis.call('ZADD', K_AVAILABLE, now, url)
+        free(url, now)
       end
       out[#out + 1] = 'added'
     end

@@ -42,6 +42,10 @@ var (
 	// reclaimed after its deadline, or taken over by a newer attempt of the
 	// same eval. Its holder must stop using the executor.
 	ErrLeaseLost = errors.New("pool: lease lost")
+	// ErrWaiting means no executor was free and the eval is in the pool's
+	// wait list: the next executor freed is leased to it (AcquireOrWait).
+	// It is also ErrNoExecutor.
+	ErrWaiting = fmt.Errorf("%w, waiting for one", ErrNoExecutor)
 	// ErrUnknownExecutor means the URL is not registered in the pool.
 	ErrUnknownExecutor = errors.New("pool: unknown executor")
 	// ErrInvalid means an argument was refused before Redis was touched.
@@ -161,7 +165,7 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 	}
 	prefix := "evalpool:{" + p.name + "}:"
 	// The order is the one lib.lua gives to KEYS.
-	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances"} {
+	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting"} {
 		p.keys = append(p.keys, prefix+suffix)
 	}
 	p.reapKey = prefix + "reaped"
@@ -170,6 +174,55 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 
 // Name is the pool's name.
 func (p *Pool) Name() string { return p.name }
+
+// WakeKey is the list a worker's waiting evals get their grants on: one per
+// worker process, in the pool's hash slot, read by one blocking connection.
+func (p *Pool) WakeKey(worker string) string { return p.wakePrefix() + worker }
+
+func (p *Pool) wakePrefix() string { return "evalpool:{" + p.name + "}:wake:" }
+
+// ParseGrant reads a grant the pool pushed to a wake list: a lease handed to
+// a waiting eval. Its Expires is zero: the pool granted it at a moment this
+// process does not know, so the waiter renews it before use.
+func ParseGrant(msg string) (Lease, error) {
+	f := strings.Split(msg, "\t")
+	if len(f) != 6 {
+		return Lease{}, fmt.Errorf("%w: grant %q: want 6 fields", ErrForeignData, msg)
+	}
+	var n [3]int64
+	for i, s := range f[3:] {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return Lease{}, fmt.Errorf("%w: grant %q: %w", ErrForeignData, msg, err)
+		}
+		n[i] = v
+	}
+	return Lease{EvalID: f[0], Token: f[1], URL: f[2], Fence: n[0], Deadline: time.UnixMilli(n[1]), AcquiredAt: time.UnixMilli(n[2])}, nil
+}
+
+// LeaveOutcome says what Leave found.
+type LeaveOutcome string
+
+// Leave outcomes.
+const (
+	// Left: the eval's entry in the wait list is gone.
+	Left LeaveOutcome = "left"
+	// ReleasedOnLeave: an executor had been handed to the eval; it went to
+	// the next waiter, or back to the pool.
+	ReleasedOnLeave LeaveOutcome = "released"
+	// NotWaiting: nothing waited, or held, under that token.
+	NotWaiting LeaveOutcome = "none"
+)
+
+// Leave takes an eval that stops waiting out of the wait list; an executor
+// handed to it meanwhile under token goes to the next waiter at once.
+func (p *Pool) Leave(ctx context.Context, evalID, token string) (LeaveOutcome, error) {
+	out, err := lua.Leave.Run(ctx, p.client, p.keys, evalID, token).Text()
+	if err != nil {
+		return "", fmt.Errorf("pool: eval %s leaves the wait list: %w", evalID, scriptErr(err))
+	}
+	return LeaveOutcome(out), nil
+}
 
 // LeaseGrace is how long after its deadline an expired lease is reclaimed.
 func (p *Pool) LeaseGrace() time.Duration { return p.grace }
@@ -471,6 +524,35 @@ func (l Lease) Remaining() time.Duration { return max(0, time.Until(l.Expires)) 
 // With nothing free it returns ErrNoExecutor; when the pool's epoch marker is
 // gone, ErrPoolMissing.
 func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (Lease, error) {
+	return p.acquire(ctx, evalID, ttl, Wait{})
+}
+
+// Wait says how an eval that finds no free executor waits for one.
+type Wait struct {
+	// Wake is the list the pool pushes the eval's grant to: WakeKey of the
+	// waiting worker.
+	Wake string
+	// For is how long the eval's place in the wait list lives unless its
+	// next acquire renews it: long enough to cover a hand-back to the queue
+	// and the next attempt, so that the eval keeps its place.
+	For time.Duration
+}
+
+// AcquireOrWait is Acquire for an eval that waits: with no executor free, it
+// joins the pool's FIFO wait list (or keeps its place there) and returns
+// ErrWaiting with a Lease holding only its EvalID and Token. Every path that
+// frees an executor then leases it, inside the same script, to the oldest
+// live waiter under that token, and pushes the grant to wait.Wake (see
+// ParseGrant). A waiter that stops waiting calls Leave, which gives back an
+// executor handed to it in the race.
+func (p *Pool) AcquireOrWait(ctx context.Context, evalID string, ttl time.Duration, wait Wait) (Lease, error) {
+	if !strings.HasPrefix(wait.Wake, p.wakePrefix()) || wait.For < time.Millisecond {
+		return Lease{}, fmt.Errorf("%w: a wait needs a wake key of pool %s and a duration of at least 1ms", ErrInvalid, p.name)
+	}
+	return p.acquire(ctx, evalID, ttl, wait)
+}
+
+func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, wait Wait) (Lease, error) {
 	if evalID == "" {
 		return Lease{}, fmt.Errorf("%w: empty eval ID", ErrInvalid)
 	}
@@ -482,7 +564,7 @@ func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (L
 		return Lease{}, err
 	}
 	sent := time.Now()
-	vals, err := lua.Acquire.Run(ctx, p.client, p.keys, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds()).Slice()
+	vals, err := lua.Acquire.Run(ctx, p.client, p.keys, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds()).Slice()
 	if errors.Is(err, redis.Nil) {
 		p.metrics.acquires.WithLabelValues("none").Inc()
 		return Lease{}, ErrNoExecutor
@@ -495,6 +577,10 @@ func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (L
 	}
 	if err != nil {
 		return Lease{}, fmt.Errorf("pool: acquire for eval %s: %w", evalID, err)
+	}
+	if len(vals) == 2 {
+		p.metrics.acquires.WithLabelValues("waiting").Inc()
+		return Lease{EvalID: evalID, Token: token}, fmt.Errorf("%w: eval %s is number %d in line", ErrWaiting, evalID, vals[1].(int64)+1)
 	}
 	l := Lease{
 		URL:        vals[0].(string),

@@ -48,6 +48,28 @@ type Status struct {
 	Epoch     string           `json:"epoch"`
 	Counts    map[State]int    `json:"counts"`
 	Executors []ExecutorStatus `json:"executors"`
+	// Waiters are the evals waiting for an executor, first in line first.
+	Waiters []WaiterStatus `json:"waiters"`
+}
+
+// WaiterStatus is an eval in the wait list. An operator tells it from a
+// running eval by this: Asynq shows both as active.
+type WaiterStatus struct {
+	EvalID string `json:"eval_id"`
+	// Position is its place in line, 1 first.
+	Position int `json:"position"`
+	// Since is when it first began to wait: hand-backs keep it.
+	Since time.Time `json:"since"`
+	// Until is when its entry lapses unless its next attempt renews it;
+	// zero when the entry is unreadable.
+	Until time.Time `json:"until,omitzero"`
+}
+
+type waiterRecord struct {
+	Token string `json:"token"`
+	TTL   int64  `json:"ttl"`
+	Wake  string `json:"wake"`
+	Until int64  `json:"expires"`
 }
 
 // ExecutorStatus is one executor in a Status.
@@ -129,15 +151,17 @@ type snapshot struct {
 	fence     int64
 	epoch     string
 	instances map[string]string
+	waiters   []redis.Z
+	waiting   map[string]string
 }
 
 func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 	var (
-		executors, leases, holders, instances *redis.MapStringStringCmd
-		available, deadlines                  *redis.ZSliceCmd
-		draining                              *redis.StringSliceCmd
-		fence, epoch                          *redis.StringCmd
-		now                                   *redis.TimeCmd
+		executors, leases, holders, instances, waiting *redis.MapStringStringCmd
+		available, deadlines, waiters                  *redis.ZSliceCmd
+		draining                                       *redis.StringSliceCmd
+		fence, epoch                                   *redis.StringCmd
+		now                                            *redis.TimeCmd
 	)
 	k := p.keys
 	cmds, err := p.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
@@ -150,6 +174,8 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 		fence = pipe.Get(ctx, k[6])
 		epoch = pipe.Get(ctx, k[7])
 		instances = pipe.HGetAll(ctx, k[8])
+		waiters = pipe.ZRangeWithScores(ctx, k[9], 0, -1)
+		waiting = pipe.HGetAll(ctx, k[10])
 		now = pipe.Time(ctx)
 		return nil
 	})
@@ -177,6 +203,8 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 		draining:  map[string]bool{},
 		epoch:     epoch.Val(),
 		instances: instances.Val(),
+		waiters:   waiters.Val(),
+		waiting:   waiting.Val(),
 	}
 	for _, u := range draining.Val() {
 		s.draining[u] = true
@@ -207,6 +235,8 @@ type Counts struct {
 	Leased     int64 `json:"leased"`
 	Expired    int64 `json:"expired"`
 	Draining   int64 `json:"draining"`
+	// Waiters is how many evals are in the wait list.
+	Waiters int64 `json:"waiters"`
 }
 
 // Counts reads the pool's state counts in O(log N), for gauges.
@@ -215,7 +245,7 @@ func (p *Pool) Counts(ctx context.Context) (Counts, error) {
 	if err != nil {
 		return Counts{}, fmt.Errorf("pool: counts of %s: %w", p.name, scriptErr(err))
 	}
-	return Counts{Registered: v[0], Available: v[1], Leased: v[2], Expired: v[3], Draining: v[4]}, nil
+	return Counts{Registered: v[0], Available: v[1], Leased: v[2], Expired: v[3], Draining: v[4], Waiters: v[5]}, nil
 }
 
 // Status reads the whole pool at one instant. It is O(pool size): for people
@@ -268,6 +298,14 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 		}
 		st.Counts[e.State]++
 		st.Executors = append(st.Executors, e)
+	}
+	for i, z := range s.waiters {
+		w := WaiterStatus{EvalID: z.Member.(string), Position: i + 1, Since: msTime(z.Score)}
+		var rec waiterRecord
+		if json.Unmarshal([]byte(s.waiting[w.EvalID]), &rec) == nil {
+			w.Until = time.UnixMilli(rec.Until)
+		}
+		st.Waiters = append(st.Waiters, w)
 	}
 	return st, nil
 }
@@ -358,6 +396,31 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 		if _, ok := s.executors[u]; !ok {
 			add(2, u, "draining but not registered")
 		}
+	}
+	// The wait list: an entry in both keys, and never a live waiter while an
+	// executor sits free (every path that frees one hands it to the oldest
+	// live waiter in the same script).
+	live := 0
+	inLine := map[string]bool{}
+	for _, z := range s.waiters {
+		id := z.Member.(string)
+		inLine[id] = true
+		var rec waiterRecord
+		if err := json.Unmarshal([]byte(s.waiting[id]), &rec); err != nil {
+			add(6, "", "waiter %s has no readable entry", id)
+			continue
+		}
+		if rec.Until > s.now.UnixMilli() {
+			live++
+		}
+	}
+	for id := range s.waiting {
+		if !inLine[id] {
+			add(6, "", "waiter entry of %s is not in line", id)
+		}
+	}
+	if live > 0 && len(s.available) > 0 {
+		add(6, "", "%d live waiters while %d executors are available", live, len(s.available))
 	}
 	slices.SortFunc(vs, func(a, b Violation) int {
 		return cmp.Or(cmp.Compare(a.Invariant, b.Invariant),
