@@ -5,8 +5,9 @@
 -- KEYS: see lib.lua.
 -- ARGV[1] eval_id
 -- ARGV[2] token the eval waited with
--- Returns: 'left' (its entry is gone) | 'released' (an executor had been
--- handed to it: freed again) | 'none' (nothing under that token).
+-- Returns: {outcome, now_ms}: outcome 'left' (its entry is gone) |
+-- 'released' (an executor had been handed to it: freed again) | 'none'
+-- (nothing under that token).
 
 local eval_id, token = ARGV[1], ARGV[2]
 local now = now_ms()
@@ -14,14 +15,14 @@ local w = decode(redis.call('HGET', K_WAITING, eval_id))
 if w and w.token == token then
   redis.call('ZREM', K_WAITERS, eval_id)
   redis.call('HDEL', K_WAITING, eval_id)
-  return 'left'
+  return { 'left', now }
 end
 local url = redis.call('HGET', K_HOLDERS, eval_id)
 if url then
   local lease = lease_of(url)
   if lease and lease.token == token then
     end_lease(url, now)
-    return 'released'
+    return { 'released', now }
   end
 end
-return 'none'
+return { 'none', now }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/evalpool/evalpool/internal/evaltest"
 )
 
@@ -58,8 +60,9 @@ func (l *ledger) overlaps() []string {
 	return bad
 }
 
-// TestNoDoubleBookingUnderConcurrency runs thousands of random acquires,
-// renews, releases, duplicate and stale releases, expiries and reaps from 64
+// TestNoDoubleBookingUnderConcurrency runs thousands of random acquires
+// (half of them waiting in the wait list for a handoff), renews, releases,
+// duplicate and stale releases, expiries, reaps and waiters leaving from 64
 // goroutines on a pool of 8, and proves from a ledger kept by the callers
 // that no executor was ever held by two evals at once, and that the pool is
 // whole at the end.
@@ -94,17 +97,87 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(g), 42))
 			ctx := t.Context()
 			held := map[string]Lease{} // eval -> live long lease
+			waiting := map[string]string{} // eval -> the token it waits with
+			wake := p.WakeKey(fmt.Sprint("g", g))
 			fail := func(format string, args ...any) {
 				errs <- fmt.Errorf("goroutine %d: "+format, append([]any{g}, args...)...)
 			}
+			// collect takes the grants handed to this goroutine's waiters;
+			// the grant of left, which left the line at leftAt, ended then.
+			collect := func(left string, leftAt time.Time) bool {
+				for {
+					msg, err := p.client.RPop(ctx, wake).Result()
+					if errors.Is(err, redis.Nil) {
+						return true
+					}
+					if err != nil {
+						fail("wake list: %v", err)
+						return false
+					}
+					l, err := ParseGrant(msg)
+					if err != nil || waiting[l.EvalID] != l.Token {
+						fail("grant %q: %+v, %v; not one of ours", msg, l, err)
+						return false
+					}
+					led.begin(l)
+					if l.EvalID == left {
+						led.end(l.Token, leftAt)
+						count("leave_released")
+					} else {
+						held[l.EvalID] = l
+						count("handoff")
+					}
+					delete(waiting, l.EvalID)
+				}
+			}
+			// leave takes one waiter out of line; an executor handed to it in
+			// the race went back at once.
+			leave := func(evalID string) bool {
+				out, at, err := p.Leave(ctx, evalID, waiting[evalID])
+				if err != nil {
+					fail("leave: %v", err)
+					return false
+				}
+				if out != ReleasedOnLeave {
+					delete(waiting, evalID)
+					count("leave")
+					return true
+				}
+				if !collect(evalID, at) {
+					return false
+				}
+				if _, still := waiting[evalID]; still {
+					fail("released on leave, but no grant for %s", evalID)
+					return false
+				}
+				return true
+			}
 			for i := range opsEach {
+				if !collect("", time.Time{}) {
+					return
+				}
 				switch op := rng.IntN(10); {
 				case op < 3 || len(held) == 0 && op < 6: // acquire a new eval; one in four is left to expire
 					ttl := long
 					if rng.IntN(4) == 0 {
 						ttl = time.Duration(10+rng.IntN(30)) * time.Millisecond
 					}
-					l, err := p.Acquire(ctx, fmt.Sprintf("g%d-%d", g, i), ttl)
+					id := fmt.Sprintf("g%d-%d", g, i)
+					var l Lease
+					var err error
+					if ttl == long && rng.IntN(2) == 0 {
+						l, err = p.AcquireOrWait(ctx, id, ttl, Wait{Wake: wake, For: time.Minute})
+						if errors.Is(err, ErrWaiting) {
+							waiting[id] = l.Token
+							count("wait")
+							if rng.IntN(4) == 0 && !leave(id) {
+								return
+							}
+							continue
+						}
+					} else {
+						l, err = p.Acquire(ctx, id, ttl)
+					}
 					if errors.Is(err, ErrNoExecutor) {
 						count("acquire_none")
 						continue
@@ -185,6 +258,14 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 					count("reap")
 				}
 			}
+			for id := range waiting {
+				if !leave(id) {
+					return
+				}
+			}
+			if !collect("", time.Time{}) {
+				return
+			}
 			for _, l := range held {
 				r, err := p.Release(ctx, l, "success")
 				if err != nil || r.Outcome != Released {
@@ -201,7 +282,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 		t.Error(err)
 	}
 	t.Logf("operations: %v", ops)
-	for _, op := range []string{"acquire", "acquire_none", "reenter", "release", "duplicate", "stale", "renew", "reap"} {
+	for _, op := range []string{"acquire", "acquire_none", "wait", "handoff", "leave", "leave_released", "reenter", "release", "duplicate", "stale", "renew", "reap"} {
 		if ops[op] == 0 {
 			t.Errorf("the run never did %s: it proves less than it claims", op)
 		}

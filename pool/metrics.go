@@ -104,17 +104,21 @@ func (m *Metrics) Collectors() []prometheus.Collector {
 // NewStateCollector returns a collector of the pool's executors by state,
 // evalpool_executors{pool,state}, read with one O(log N) script per scrape.
 func NewStateCollector(p *Pool) prometheus.Collector {
-	return &stateCollector{pool: p, desc: prometheus.NewDesc("evalpool_executors",
-		"Executors by state (registered, available, leased, expired, draining); expired leases are counted as leased too.",
-		[]string{"state"}, prometheus.Labels{"pool": p.Name()})}
+	return &stateCollector{pool: p,
+		desc: prometheus.NewDesc("evalpool_executors",
+			"Executors by state (registered, available, leased, expired, draining); expired leases are counted as leased too.",
+			[]string{"state"}, prometheus.Labels{"pool": p.Name()}),
+		waiters: prometheus.NewDesc("evalpool_waiters", "Evals in the pool's wait list for a free executor.",
+			nil, prometheus.Labels{"pool": p.Name()}),
+	}
 }
 
 type stateCollector struct {
-	pool *Pool
-	desc *prometheus.Desc
+	pool          *Pool
+	desc, waiters *prometheus.Desc
 }
 
-func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.waiters }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	// A scrape carries no context; bound the read so a dead Redis cannot
@@ -124,9 +128,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	n, err := c.pool.Counts(ctx)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		ch <- prometheus.NewInvalidMetric(c.waiters, err)
 		return
 	}
 	for state, v := range map[string]int64{"registered": n.Registered, "available": n.Available, "leased": n.Leased, "expired": n.Expired, "draining": n.Draining} {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v), state)
 	}
+	ch <- prometheus.MustNewConstMetric(c.waiters, prometheus.GaugeValue, float64(n.Waiters))
 }

@@ -215,13 +215,14 @@ const (
 )
 
 // Leave takes an eval that stops waiting out of the wait list; an executor
-// handed to it meanwhile under token goes to the next waiter at once.
-func (p *Pool) Leave(ctx context.Context, evalID, token string) (LeaveOutcome, error) {
-	out, err := lua.Leave.Run(ctx, p.client, p.keys, evalID, token).Text()
+// handed to it meanwhile under token goes to the next waiter at once. at is
+// when Redis ran it.
+func (p *Pool) Leave(ctx context.Context, evalID, token string) (out LeaveOutcome, at time.Time, err error) {
+	vals, err := lua.Leave.Run(ctx, p.client, p.keys, evalID, token).Slice()
 	if err != nil {
-		return "", fmt.Errorf("pool: eval %s leaves the wait list: %w", evalID, scriptErr(err))
+		return "", time.Time{}, fmt.Errorf("pool: eval %s leaves the wait list: %w", evalID, scriptErr(err))
 	}
-	return LeaveOutcome(out), nil
+	return LeaveOutcome(vals[0].(string)), time.UnixMilli(vals[1].(int64)), nil
 }
 
 // LeaseGrace is how long after its deadline an expired lease is reclaimed.

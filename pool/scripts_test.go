@@ -50,16 +50,16 @@ func lifecycle(t *testing.T, p *Pool) {
 		return err == nil && n == 1
 	})
 	release(t, p, acquire(t, p, "eval-d", time.Minute), Released)
-	// The wait list: join, then leave.
+	// The wait list: join, a handoff through the wake list, leave.
 	x, y := acquire(t, p, "eval-x", time.Minute), acquire(t, p, "eval-y", time.Minute)
-	w, err := p.AcquireOrWait(ctx, "eval-w", time.Minute, Wait{Wake: p.WakeKey("lifecycle"), For: time.Minute})
-	if !errors.Is(err, ErrWaiting) {
-		t.Fatalf("AcquireOrWait on a busy pool: %v", err)
-	}
-	if out, err := p.Leave(ctx, "eval-w", w.Token); err != nil || out != Left {
+	wake, token := waitFor(t, p, "eval-w", 1, time.Minute)
+	release(t, p, x, Released)
+	w := granted(t, p, wake, "eval-w", token)
+	_, vToken := waitFor(t, p, "eval-v", 1, time.Minute)
+	if out, _, err := p.Leave(ctx, "eval-v", vToken); err != nil || out != Left {
 		t.Fatalf("Leave = %s, %v", out, err)
 	}
-	release(t, p, x, Released)
+	release(t, p, w, Released)
 	release(t, p, y, Released)
 	assertWhole(t, p, "http://e1", "http://e2")
 }

@@ -106,15 +106,15 @@ func TestLeaveGivesBackAHandedExecutor(t *testing.T) {
 	_, tokB := waitFor(t, p, "eval-b", 1, time.Minute)
 	wakeC, tokC := waitFor(t, p, "eval-c", 2, time.Minute)
 	release(t, p, a, Released) // handed to eval-b, which is leaving
-	if out, err := p.Leave(t.Context(), "eval-b", tokB); err != nil || out != ReleasedOnLeave {
+	if out, _, err := p.Leave(t.Context(), "eval-b", tokB); err != nil || out != ReleasedOnLeave {
 		t.Fatalf("Leave = %s, %v; want released", out, err)
 	}
 	lc := granted(t, p, wakeC, "eval-c", tokC)
-	if out, err := p.Leave(t.Context(), "eval-b", tokB); err != nil || out != NotWaiting {
+	if out, _, err := p.Leave(t.Context(), "eval-b", tokB); err != nil || out != NotWaiting {
 		t.Fatalf("second Leave = %s, %v; want none", out, err)
 	}
 	_, tokD := waitFor(t, p, "eval-d", 1, time.Minute)
-	if out, err := p.Leave(t.Context(), "eval-d", tokD); err != nil || out != Left {
+	if out, _, err := p.Leave(t.Context(), "eval-d", tokD); err != nil || out != Left {
 		t.Fatalf("Leave while waiting = %s, %v; want left", out, err)
 	}
 	release(t, p, lc, Released)
