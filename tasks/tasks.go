@@ -95,6 +95,9 @@ const (
 	PathSuccess      = "success"
 	PathFailure      = "failure"
 	PathErrorHandler = "error_handler"
+	// PathInline is the attempt releasing its own executor in its handler
+	// (worker.CleanupInline); it is never a cleanup task's path.
+	PathInline = "inline"
 )
 
 // Limits and defaults of an eval.
@@ -103,6 +106,10 @@ const (
 	MaxSpecBytes    = 1 << 20
 	DefaultTimeout  = 10 * time.Minute
 	DefaultLeaseTTL = 30 * time.Second
+	// WaitAllowance is added to an eval task's timeout in Asynq: an attempt
+	// may spend up to half of it waiting for an executor, and the eval's own
+	// timeout starts when it has one, so that waiting never eats it.
+	WaitAllowance = 2 * time.Minute
 	// MaxLeaseTTL bounds a lease's TTL: a lease is renewed while its eval
 	// runs, so a long TTL only delays the return of a dead worker's executor.
 	MaxLeaseTTL     = 24 * time.Hour
@@ -202,9 +209,11 @@ type EvalOptions struct {
 	NoRetry  bool
 }
 
-// NewEval builds the task of an eval: its pool's evals queue, task ID the eval ID, the
-// attempt timeout, and its result retained for ResultRetention. A zero
-// timeout means DefaultTimeout; a timeout is rounded up to whole seconds,
+// NewEval builds the task of an eval: its pool's evals queue, task ID the
+// eval ID, the attempt timeout plus WaitAllowance (the worker applies the
+// timeout itself from when the eval has an executor), and its result
+// retained for ResultRetention. A zero timeout means DefaultTimeout; a
+// timeout is rounded up to whole seconds,
 // since Asynq would turn 300ms into no timeout at all.
 func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
 	if e.TimeoutS == 0 {
@@ -229,7 +238,7 @@ func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
 		asynq.Queue(Queues(e.Pool).Evals),
 		asynq.TaskID(e.ID),
 		asynq.MaxRetry(retry+NoExecutorReserve),
-		asynq.Timeout(e.Timeout()),
+		asynq.Timeout(e.Timeout()+WaitAllowance),
 		asynq.Retention(ResultRetention),
 	), nil
 }

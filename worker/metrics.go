@@ -9,6 +9,7 @@ type Metrics struct {
 	duration         *prometheus.HistogramVec
 	cleanupsEnqueued *prometheus.CounterVec
 	poolLost         *prometheus.CounterVec
+	executorWait     prometheus.Histogram
 }
 
 // NewMetrics returns the worker's metrics, not yet registered anywhere.
@@ -31,11 +32,16 @@ func NewMetrics() *Metrics {
 			Name: "evalpool_pool_data_lost_total",
 			Help: "Times a worker saw its pool's data vanish (its epoch marker gone or changed): FLUSHALL, eviction, a Redis restart without persistence. Alert on any increase.",
 		}, []string{"pool"}),
+		executorWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "evalpool_executor_wait_seconds",
+			Help:    "Time an attempt waited in the wait list before an executor was handed to it.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 12),
+		}),
 	}
 }
 
 // Collectors lists the metrics, for a Prometheus registry:
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost}
+	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait}
 }

@@ -17,6 +17,8 @@ package worker
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,7 +49,18 @@ const (
 	// CleanupBoth enqueues both cleanups for every attempt, the original
 	// belt and suspenders, to prove that a double release is harmless.
 	CleanupBoth CleanupMode = "both"
+	// CleanupInline releases the executor in the attempt's own handler as
+	// soon as its result is written (path inline), and enqueues a cleanup
+	// only if that release fails. The error handler's failure cleanup stays,
+	// so a failed attempt is still released on two paths. It saves a task
+	// per eval: the price of the two-task contract is in BENCHMARKS.md.
+	CleanupInline CleanupMode = "inline"
 )
+
+// MaxExecutorWait bounds ExecutorWait: an eval's task is given its timeout
+// plus tasks.WaitAllowance, so an attempt that waits this long for an
+// executor still has its whole timeout on it.
+const MaxExecutorWait = tasks.WaitAllowance / 2
 
 // Config configures a Worker.
 type Config struct {
@@ -78,9 +91,12 @@ type Config struct {
 	// across all workers: whole seconds, at least 1 s (the scheduler's cron
 	// and Asynq's uniqueness both count in seconds). Defaults to 10 s.
 	ReapInterval time.Duration
-	// ExecutorWait is how long an attempt that finds no free executor keeps
-	// asking (every 20 ms or so) before it hands its task back to the queue.
-	// Defaults to 2 s; set NoExecutorWait for none.
+	// ExecutorWait is how long an attempt that finds no free executor waits
+	// in the pool's FIFO wait list before it hands its task back to the
+	// queue (keeping its place in line for its next attempt). Waiting costs
+	// no Redis call: the pool hands a freed executor straight to the oldest
+	// waiter and wakes its worker. At most MaxExecutorWait. Defaults to
+	// MaxExecutorWait; set NoExecutorWait for none.
 	ExecutorWait   time.Duration
 	NoExecutorWait bool
 	// NoExecutorDelay is the mean delay before an eval handed back for want
@@ -119,8 +135,10 @@ func (c *Config) validate() error {
 		return errors.New("worker: Config.Pools needs at least one pool")
 	case c.Concurrency < 0 || c.CleanupConcurrency < 0:
 		return fmt.Errorf("worker: concurrency may not be negative, got %d and %d", c.Concurrency, c.CleanupConcurrency)
-	case c.Cleanup != "" && c.Cleanup != CleanupOutcome && c.Cleanup != CleanupBoth:
-		return fmt.Errorf("worker: cleanup must be %q or %q, got %q", CleanupOutcome, CleanupBoth, c.Cleanup)
+	case c.Cleanup != "" && c.Cleanup != CleanupOutcome && c.Cleanup != CleanupBoth && c.Cleanup != CleanupInline:
+		return fmt.Errorf("worker: cleanup must be %q, %q or %q, got %q", CleanupOutcome, CleanupBoth, CleanupInline, c.Cleanup)
+	case c.ExecutorWait > MaxExecutorWait:
+		return fmt.Errorf("worker: executor wait may be at most %s, got %s", MaxExecutorWait, c.ExecutorWait)
 	case c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < 10*time.Millisecond || c.LeaseTTL > tasks.MaxLeaseTTL:
 		return fmt.Errorf("worker: lease TTL must be from 10ms to %s, got %s", tasks.MaxLeaseTTL, c.LeaseTTL)
 	case c.ReapInterval != 0 && (c.ReapInterval < time.Second || c.ReapInterval%time.Second != 0):
@@ -158,7 +176,7 @@ func (c *Config) withDefaults() {
 	case c.NoExecutorWait:
 		c.ExecutorWait = 0
 	case c.ExecutorWait == 0:
-		c.ExecutorWait = 2 * time.Second
+		c.ExecutorWait = MaxExecutorWait
 	}
 	if c.NoExecutorDelay == 0 {
 		c.NoExecutorDelay = 500 * time.Millisecond
@@ -189,6 +207,7 @@ type Worker struct {
 	log    zerolog.Logger
 	client *asynq.Client
 	pools  map[string]*served
+	id     string // names this process's wake lists
 }
 
 // served is a pool the worker serves, with its heartbeat and what it knows
@@ -196,6 +215,7 @@ type Worker struct {
 type served struct {
 	pool  *pool.Pool
 	beats *heartbeat
+	wakes *wakes
 	epoch epochWatch
 }
 
@@ -209,9 +229,12 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger != nil {
 		w.log = *cfg.Logger
 	}
+	id := make([]byte, 8)
+	_, _ = crand.Read(id)
+	w.id = hex.EncodeToString(id)
 	w.pools = map[string]*served{}
 	for _, p := range cfg.Pools {
-		w.pools[p.Name()] = &served{pool: p, beats: newHeartbeat(p, cfg.Executor, w.log)}
+		w.pools[p.Name()] = &served{pool: p, beats: newHeartbeat(p, cfg.Executor, w.log), wakes: newWakes(p, w.id, w.log)}
 	}
 	return w, nil
 }
@@ -256,6 +279,29 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.log.Warn().Str("pool", name).Msg("pool has no executors registered yet: evals wait until `evalpool pool add` registers some")
 		}
 	}
+	// One blocking connection per served pool hears of the executors handed
+	// to this worker's waiting evals. It outlives the servers: evals still
+	// waiting while they stop must hear of theirs.
+	wakeCtx, stopWakes := context.WithCancel(context.WithoutCancel(ctx))
+	var listeners sync.WaitGroup
+	var conns []redis.UniversalClient
+	closeWakes := func() {
+		stopWakes()
+		listeners.Wait()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
+	for _, sp := range w.pools {
+		conn, err := blockingConn(w.cfg.Redis)
+		if err != nil {
+			closeWakes()
+			return err
+		}
+		conns = append(conns, conn)
+		listeners.Go(func() { sp.wakes.listen(wakeCtx, conn) })
+	}
+	defer closeWakes()
 	logger := asynqLogger{w.log}
 	// An Asynq server for evals and others for cleanups and reaps: a release
 	// never waits for a slot behind long evals, and since a server dequeues
@@ -470,6 +516,13 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	w.cfg.Metrics.duration.WithLabelValues(outcome).Observe(took.Seconds())
 
 	c := tasks.Cleanup{EvalID: e.ID, Pool: sp.pool.Name(), URL: lease.URL, Token: lease.Token, Fence: lease.Fence}
+	if w.cfg.Cleanup == CleanupInline {
+		w.releaseInline(ctx, sp, lease, c, runErr)
+		if runErr != nil {
+			return w.attemptError(ctx, sp, lease, runErr)
+		}
+		return nil
+	}
 	if runErr == nil || w.cfg.Cleanup == CleanupBoth {
 		c.Path = tasks.PathSuccess
 		w.enqueueCleanup(ctx, tasks.TypeCleanupSuccess, c)
@@ -487,6 +540,27 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	return nil
 }
 
+// releaseInline releases the attempt's executor in its own handler (path
+// inline), and enqueues the cleanup of its outcome only when that release
+// fails: one Redis round trip instead of a task. The error handler still
+// enqueues its failure cleanup for a failed attempt.
+func (w *Worker) releaseInline(ctx context.Context, sp *served, lease pool.Lease, c tasks.Cleanup, runErr error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	r, err := sp.pool.Release(rctx, lease, tasks.PathInline)
+	if err == nil {
+		w.log.Debug().Str("eval", lease.EvalID).Str("executor", lease.URL).Str("outcome", string(r.Outcome)).Msg("released inline")
+		return
+	}
+	w.log.Warn().Err(err).Str("eval", lease.EvalID).Str("executor", lease.URL).Msg("inline release failed; a cleanup task will release it")
+	typ := tasks.TypeCleanupSuccess
+	c.Path = tasks.PathSuccess
+	if runErr != nil {
+		typ, c.Path, c.Error = tasks.TypeCleanupFailure, tasks.PathFailure, runErr.Error()
+	}
+	w.enqueueCleanup(ctx, typ, c)
+}
+
 // attemptError wraps a failed attempt's error with its lease, and with
 // SkipRetry on its last attempt (see tasks.NoExecutorReserve).
 func (w *Worker) attemptError(ctx context.Context, sp *served, lease pool.Lease, err error) error {
@@ -498,38 +572,72 @@ func (w *Worker) attemptError(ctx context.Context, sp *served, lease pool.Lease,
 	return &AttemptError{Pool: sp.pool.Name(), Lease: lease, Err: err}
 }
 
-// acquire leases an executor, waiting up to ExecutorWait for one to be
-// released: polling in the handler picks a freed executor up within
-// milliseconds, where a retry through Asynq's schedule takes a second or
-// more. Waiting holds an eval slot, never a cleanup slot, so it cannot keep
-// the releases it waits for from running.
+// acquire leases an executor. With none free it waits up to ExecutorWait in
+// the pool's FIFO wait list, where the pool hands it the next executor
+// freed, ahead of any newcomer, and this worker's wake connection brings the
+// grant: waiting costs no Redis call, however long. An attempt that gives up
+// hands its task back with ErrNoExecutor, keeping its place in line for the
+// next; one whose context ends leaves the line, giving back an executor
+// handed to it in the race. Waiting holds an eval slot, never a cleanup
+// slot, so it cannot keep the releases it waits for from running.
 func (w *Worker) acquire(ctx context.Context, sp *served, evalID string, ttl time.Duration) (pool.Lease, error) {
-	deadline := time.Now().Add(w.cfg.ExecutorWait)
-	for {
+	if w.cfg.ExecutorWait <= 0 {
 		lease, err := sp.pool.Acquire(ctx, evalID, ttl)
 		if errors.Is(err, pool.ErrPoolMissing) {
 			w.noteMissing(sp, evalID)
 		}
-		if !errors.Is(err, pool.ErrNoExecutor) || !time.Now().Before(deadline) {
-			return lease, err
-		}
-		t := time.NewTimer(executorPoll/2 + rand.N(executorPoll))
+		return lease, err
+	}
+	grants, done := sp.wakes.expect(evalID)
+	defer done()
+	started := time.Now()
+	// The place in line outlives the attempt long enough for its task's
+	// next attempt to come back to it.
+	place := pool.Wait{Wake: sp.wakes.key, For: w.cfg.ExecutorWait + 2*w.cfg.NoExecutorDelay + 10*time.Second}
+	lease, err := sp.pool.AcquireOrWait(ctx, evalID, ttl, place)
+	if errors.Is(err, pool.ErrPoolMissing) {
+		w.noteMissing(sp, evalID)
+	}
+	if !errors.Is(err, pool.ErrWaiting) {
+		return lease, err
+	}
+	token := lease.Token
+	timer := time.NewTimer(w.cfg.ExecutorWait)
+	defer timer.Stop()
+	for {
 		select {
+		case g := <-grants:
+			if g.Token != token {
+				continue // a grant to an earlier attempt: the next acquire re-enters it
+			}
+			// Renewed at once, so that its expiry is known on this clock.
+			l, err := sp.pool.Renew(ctx, g, ttl)
+			if err != nil {
+				return pool.Lease{}, fmt.Errorf("eval %s: the executor handed to it: %w", evalID, err)
+			}
+			w.cfg.Metrics.executorWait.Observe(time.Since(started).Seconds())
+			return l, nil
+		case <-timer.C:
+			return pool.Lease{}, err // back to the queue; its place in line stays
 		case <-ctx.Done():
-			t.Stop()
-			return lease, err
-		case <-t.C:
+			leaveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if _, _, lerr := sp.pool.Leave(leaveCtx, evalID, token); lerr != nil {
+				w.log.Warn().Err(lerr).Str("eval", evalID).Msg("could not leave the wait list; an executor handed to this eval returns when its lease expires")
+			}
+			return pool.Lease{}, fmt.Errorf("eval %s stopped waiting for an executor: %w", evalID, context.Cause(ctx))
 		}
 	}
 }
-
-// executorPoll is the mean interval at which a waiting attempt asks again.
-const executorPoll = 20 * time.Millisecond
 
 // runOnLease calls the executor while the worker's heartbeat renews the
 // lease every ttl/3. A lease that is lost, or that cannot be renewed before its
 // deadline, cancels the call: the executor may be someone else's by then.
 func (w *Worker) runOnLease(ctx context.Context, sp *served, e tasks.Eval, lease pool.Lease, ttl time.Duration) (executor.Result, error) {
+	// The eval's timeout runs from now, when it has its executor: the wait
+	// before is paid from Asynq's allowance (tasks.WaitAllowance).
+	ctx, stopTimeout := context.WithTimeout(ctx, e.Timeout())
+	defer stopTimeout()
 	if d, ok := ctx.Deadline(); ok {
 		// Give up a little before Asynq's own deadline, so that the attempt
 		// fails here, with its lease, its cleanup and its retry decision,
