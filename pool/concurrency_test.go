@@ -96,7 +96,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(g), 42))
 			ctx := t.Context()
-			held := map[string]Lease{} // eval -> live long lease
+			held := map[string]Lease{}     // eval -> live long lease
 			waiting := map[string]string{} // eval -> the token it waits with
 			wake := p.WakeKey(fmt.Sprint("g", g))
 			fail := func(format string, args ...any) {
