@@ -211,3 +211,31 @@ func TestBusyExecutorRefusesTheSecondHolder(t *testing.T) {
 		t.Error("no error line says the pool handed the executor out twice")
 	}
 }
+
+// Waiting does not eat an eval's time: an eval whose wait for an executor
+// outlasts its whole timeout still gets that timeout on the executor, and
+// completes.
+func TestWaitDoesNotEatTheTimeout(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{}, executor.ServerOptions{Latency: 700 * time.Millisecond})
+	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, w)
+	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Second) // a 1 s timeout
+	evaltest.Eventually(t, 10*time.Second, "eval never started waiting", func() bool {
+		c, err := b.pool.Counts(t.Context())
+		return err == nil && c.Waiters == 1
+	})
+	time.Sleep(1500 * time.Millisecond) // longer than the eval's timeout
+	if _, err := b.pool.Release(t.Context(), hog, "test"); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second)
+	info, err := b.insp.GetTaskInfo(tasks.QueueEvals, ids[0])
+	if err != nil || info.State != asynq.TaskStateCompleted {
+		t.Fatalf("eval after a wait longer than its timeout: %+v, %v; want completed", info, err)
+	}
+	assertPoolWhole(t, b)
+}
