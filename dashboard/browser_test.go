@@ -5,15 +5,19 @@ package dashboard
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/hibiken/asynq"
 
+	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -97,12 +101,25 @@ func TestPoolPageInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	screenshot(t, ctx, "pool-page")
-	if link.Value != "monitoring/queues/evals/tasks/eval-browser" {
-		t.Fatalf("eval link = %q", link.Value)
+	if want := "monitoring/queues/" + strings.ReplaceAll(url.PathEscape(tasks.Queues(b.pool.Name()).Evals), ":", "%3A") + "/tasks/eval-browser"; link.Value != want {
+		t.Fatalf("eval link = %q, want %q", link.Value, want)
 	}
 	if n := countState("available"); n != 2 {
 		t.Fatalf("page shows %d available executors after an acquire, want 2", n)
 	}
+	// A waiting eval is shown in line, apart from the running ones.
+	for _, id := range []string{"eval-2", "eval-3"} {
+		if _, err := b.pool.Acquire(t.Context(), id, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.pool.AcquireOrWait(t.Context(), "eval-waiting", time.Minute, pool.Wait{Wake: b.pool.WakeKey("browser"), For: time.Minute}); !errors.Is(err, pool.ErrWaiting) {
+		t.Fatalf("AcquireOrWait on a busy pool: %v", err)
+	}
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`tr[data-eval="eval-waiting"]`))); err != nil {
+		t.Fatalf("the page never showed the waiting eval: %v", err)
+	}
+	screenshot(t, ctx, "pool-page-waiting")
 }
 
 func TestAsynqmonInChromium(t *testing.T) {

@@ -175,9 +175,20 @@ func (a *app) poolStatus() *cobra.Command {
 			if err := w.Flush(); err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "pool %s: %d executors, %d available, %d leased, %d expired, %d draining\n",
+			if len(st.Waiters) > 0 {
+				// Waiting evals are "active" in Asynq, like running ones:
+				// this is where to tell them apart.
+				fmt.Fprintln(w, "\nWAITING EVAL\tPOSITION\tWAITING FOR")
+				for _, wt := range st.Waiters {
+					fmt.Fprintf(w, "%s\t%d\t%s\n", wt.EvalID, wt.Position, st.Now.Sub(wt.Since).Round(time.Millisecond))
+				}
+				if err := w.Flush(); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(a.stdout, "pool %s: %d executors, %d available, %d leased, %d expired, %d draining; %d evals waiting\n",
 				st.Pool, len(st.Executors), st.Counts[pool.StateAvailable], st.Counts[pool.StateLeased],
-				st.Counts[pool.StateExpired], st.Counts[pool.StateDraining])
+				st.Counts[pool.StateExpired], st.Counts[pool.StateDraining], len(st.Waiters))
 			return nil
 		},
 	}
