@@ -78,7 +78,7 @@ func e2eRun(t *testing.T, srv *evaltest.Server, mode string) e2eResult {
 			}
 		}
 		for i := range e2eEvals {
-			task, err := tasks.NewEval(tasks.Eval{ID: fmt.Sprintf("eval-%05d", i), Spec: spec, TimeoutS: 60}, tasks.EvalOptions{})
+			task, err := tasks.NewEval(tasks.Eval{ID: fmt.Sprintf("eval-%05d", i), Pool: p.Name(), Spec: spec, TimeoutS: 60}, tasks.EvalOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -87,20 +87,14 @@ func e2eRun(t *testing.T, srv *evaltest.Server, mode string) e2eResult {
 			}
 		}
 		releasesPerEval := 1.0
-		switch mode {
-		case "inline":
-			run = plainServer(client, tasks.TypeEval, inlineEval(p, &executor.Client{}))
-		default:
-			cleanup := worker.CleanupOutcome
-			if mode == "both" {
-				cleanup, releasesPerEval = worker.CleanupBoth, 2
-			}
-			w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: e2eConcurrency, Cleanup: cleanup, PollInterval: e2ePoll})
-			if err != nil {
-				t.Fatal(err)
-			}
-			run = w.Run
+		if mode == string(worker.CleanupBoth) {
+			releasesPerEval = 2
 		}
+		w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: e2eConcurrency, Cleanup: worker.CleanupMode(mode), PollInterval: e2ePoll})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run = w.Run
 		finished = func() float64 { return metrics.Releases("", "") / releasesPerEval }
 	}
 	client.AddHook(hook)
@@ -166,33 +160,6 @@ func plainServer(client redis.UniversalClient, typ string, h asynq.HandlerFunc) 
 	}
 }
 
-// inlineEval is not evalpool's contract: it releases the executor in the
-// eval's own handler, with no cleanup task and no second path. It is here to
-// show what the cleanup task, the contract's price, costs.
-func inlineEval(p *pool.Pool, exec *executor.Client) asynq.HandlerFunc {
-	return func(ctx context.Context, t *asynq.Task) error {
-		e, err := tasks.ParseEval(t.Payload())
-		if err != nil {
-			return err
-		}
-		lease, err := p.Acquire(ctx, e.ID, e.LeaseTTL(tasks.DefaultLeaseTTL))
-		if err != nil {
-			return err
-		}
-		res, err := exec.Run(ctx, lease.URL, executor.Request{EvalID: e.ID, Fence: lease.Fence, Spec: e.Spec})
-		if err == nil {
-			var b []byte
-			if b, err = json.Marshal(res); err == nil {
-				_, err = t.ResultWriter().Write(b)
-			}
-		}
-		if _, rerr := p.Release(ctx, lease, tasks.PathSuccess); rerr != nil {
-			return rerr
-		}
-		return err
-	}
-}
-
 // quiet is an Asynq logger that drops everything.
 type quiet struct{}
 
@@ -222,7 +189,7 @@ func endToEnd(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	fmt.Fprintf(md, "## 2. End to end vs plain Asynq\n\n%d tasks through one worker of concurrency %d on one Redis, already enqueued; the executors (%d) answer at once over loopback HTTP. There are many of them because an executor stays leased until its cleanup runs, up to one cleanup poll (20 ms) after its eval: at thousands of zero-length evals a second that empties a small pool (with 64 executors the outcome figure fell to 15%%, the pool, not the worker, limiting), while real evals take seconds and make that holdover noise. Plain Asynq runs a no-op handler on tasks of the same payload. An eval counts when its release is done (with `--cleanup both`, both releases). Rates, commands, round trips and CPU are measured in the steady state, from the 10%% mark to the 90%% mark of the tasks done, so that neither the servers' start nor the tail of the last cleanups counts. CPU is per task: Go is this process (worker and executors; `getrusage`), Redis is `INFO cpu`; cores busy is their sum times the rate.\n\n", e2eEvals, e2eConcurrency, e2eExecutors)
 	md.WriteString("| run | tasks/s | vs plain Asynq | Redis commands per eval | round trips per eval | CPU per eval: Go | Redis | cores busy |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	names := map[string]string{"plain": "plain Asynq no-op", "outcome": "evalpool, outcome cleanup", "both": "evalpool, `--cleanup both`",
-		"inline": "*not the contract*: release in the eval's handler, no cleanup task"}
+		"inline": "evalpool, `--cleanup inline`"}
 	for _, m := range modes {
 		rate, goCPU, redisCPU := med(m, perSec), med(m, func(r e2eResult) float64 { return r.goCPU }), med(m, func(r e2eResult) float64 { return r.redisCPU })
 		fmt.Fprintf(md, "| %s | %.0f | %.0f%% | %.1f | %.1f | %.0f µs | %.0f µs | %.2f |\n", names[m], rate, 100*rate/plain,

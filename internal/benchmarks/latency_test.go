@@ -93,7 +93,7 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 	aq := asynq.NewClientFromRedisClient(client)
 	for i := range n {
 		spec, _ := json.Marshal(map[string]int64{"enqueued": time.Now().UnixNano()})
-		task, err := tasks.NewEval(tasks.Eval{ID: fmt.Sprintf("lat-%04d", i), Spec: spec, TimeoutS: 60}, tasks.EvalOptions{})
+		task, err := tasks.NewEval(tasks.Eval{ID: fmt.Sprintf("lat-%04d", i), Pool: p.Name(), Spec: spec, TimeoutS: 60}, tasks.EvalOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
