@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/executor"
@@ -51,17 +52,28 @@ func (s *stamped) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte(`{"status":"passed"}`))
 }
 
+// satRun is what latencyRun measured.
+type satRun struct {
+	waits []time.Duration
+	// busy is the share of the time the executors were busy, from the
+	// first call to the last release.
+	busy float64
+	// acquires is the acquire script calls per eval; handed, the share of
+	// evals handed an executor from the wait list (each costs a renewal and
+	// a wake on the worker's one blocking connection).
+	acquires, handed float64
+}
+
 // latencyRun enqueues n evals, gap apart, onto a worker with the given
-// executors, and returns each eval's wait from enqueue to executor call, the
-// share of the time the executors were busy from the first call to the last
-// release, and the acquire calls per eval.
-func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap time.Duration) (waits []time.Duration, busy, acquires float64) {
+// executors and cleanup mode, and measures each eval's wait from enqueue to
+// executor call, how busy the executors were and what waiting cost.
+func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap time.Duration, mode worker.CleanupMode) satRun {
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
 	defer client.Close()
 	if err := client.FlushAll(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	metrics := pool.NewMetrics()
+	metrics, wmetrics := pool.NewMetrics(), worker.NewMetrics()
 	p, err := pool.New(client, pool.Options{Name: "latency", Metrics: metrics})
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +90,7 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 			t.Fatal(err)
 		}
 	}
-	w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: 16, PollInterval: 100 * time.Millisecond})
+	w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: 16, PollInterval: 100 * time.Millisecond, Cleanup: mode, Metrics: wmetrics})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +105,7 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 	aq := asynq.NewClientFromRedisClient(client)
 	for i := range n {
 		spec, _ := json.Marshal(map[string]int64{"enqueued": time.Now().UnixNano()})
-		task, err := tasks.NewEval(tasks.Eval{ID: fmt.Sprintf("lat-%04d", i), Pool: p.Name(), Spec: spec, TimeoutS: 60}, tasks.EvalOptions{})
+		task, err := tasks.NewEval(tasks.Eval{ID: fmt.Sprintf("lat-%04d", i), Pool: p.Name(), Spec: spec, TimeoutS: 600}, tasks.EvalOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -102,51 +114,165 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 		}
 		time.Sleep(gap)
 	}
-	for metrics.Releases("", "") < float64(n) {
+	releases := float64(n)
+	if mode == worker.CleanupBoth {
+		releases = 2 * float64(n)
+	}
+	for metrics.Releases("", "") < releases {
 		time.Sleep(time.Millisecond)
 	}
-	busy = float64(time.Duration(n)*delay) / float64(time.Duration(executors)*time.Since(ex.first))
-	acquires = metrics.Acquires("") / float64(n)
+	r := satRun{waits: ex.waits}
+	r.busy = float64(time.Duration(n)*delay) / float64(time.Duration(executors)*time.Since(ex.first))
+	r.acquires = metrics.Acquires("") / float64(n)
+	r.handed = histogramCount(t, wmetrics, "evalpool_executor_wait_seconds") / float64(n)
 	cancel()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	return ex.waits, busy, acquires
+	return r
+}
+
+// histogramCount reads the sample count of a worker histogram.
+func histogramCount(t *testing.T, m *worker.Metrics, name string) float64 {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m.Collectors()...)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			var n float64
+			for _, m := range f.GetMetric() {
+				n += float64(m.GetHistogram().GetSampleCount())
+			}
+			return n
+		}
+	}
+	return 0
+}
+
+// idealFIFO is the mean and p99 wait of n evals arriving at once on
+// executors of the given latency, served first in, first out with no idle
+// time: eval k starts after k/executors rounds.
+func idealFIFO(n, executors int, delay time.Duration) (mean, p99 time.Duration) {
+	var ideal []time.Duration
+	var sum time.Duration
+	for k := range n {
+		d := time.Duration(k/executors) * delay
+		ideal = append(ideal, d)
+		sum += d
+	}
+	slices.Sort(ideal)
+	return sum / time.Duration(n), percentile(ideal, 99)
+}
+
+func meanOf(ds []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, d := range ds {
+		sum += d
+	}
+	return sum / time.Duration(max(1, len(ds)))
 }
 
 func latency(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
-	var p50, p99, satMean, satP99, satBusy, satAcquires []float64
-	const satExecutors, satEvals, satDelay = 4, 200, 20 * time.Millisecond
+	var p50, p99 []float64
 	for range runs() {
-		free, _, _ := latencyRun(t, srv, 16, 200, 0, 10*time.Millisecond)
-		p50 = append(p50, float64(percentile(free, 50)))
-		p99 = append(p99, float64(percentile(free, 99)))
-		sat, busy, acquires := latencyRun(t, srv, satExecutors, satEvals, satDelay, 0)
-		satBusy, satAcquires = append(satBusy, busy), append(satAcquires, acquires)
-		var sum time.Duration
-		for _, d := range sat {
-			sum += d
-		}
-		satMean = append(satMean, float64(sum)/float64(len(sat)))
-		satP99 = append(satP99, float64(percentile(sat, 99)))
+		free := latencyRun(t, srv, 16, 200, 0, 10*time.Millisecond, worker.CleanupOutcome)
+		p50 = append(p50, float64(percentile(free.waits, 50)))
+		p99 = append(p99, float64(percentile(free.waits, 99)))
 	}
-	// Ideal FIFO on a saturated pool: eval k starts after k/executors
-	// rounds of the executors' latency.
-	var ideal []time.Duration
-	for k := range satEvals {
-		ideal = append(ideal, time.Duration(k/satExecutors)*satDelay)
-	}
-	var idealSum time.Duration
-	for _, d := range ideal {
-		idealSum += d
-	}
-	slices.Sort(ideal)
-	md.WriteString("## 4. Latency\n\n")
+	md.WriteString("## 4. Latency and a saturated pool\n\n")
 	fmt.Fprintf(md, "Enqueue to executor call with executors free (200 evals, 10 ms apart, 16 executors, one worker, `--poll-interval 100ms`: an idle Asynq worker looks at its queues every 50–150 ms, which is most of this): p50 %s, p99 %s.\n\n",
 		time.Duration(median(p50)).Round(time.Millisecond), time.Duration(median(p99)).Round(time.Millisecond))
-	fmt.Fprintf(md, "Saturated pool (%d evals at once, %d executors of %s, concurrency 16): an attempt that finds no free executor asks again every ~20 ms for up to `ExecutorWait` (2 s), then hands its task back for a retry 500 ms ± 50%% later (`NoExecutorDelay`); waiting evals are not served in order (those not yet dequeued wait in Asynq's queue, in order):\n\n", satEvals, satExecutors, satDelay)
-	md.WriteString("| wait for an executor | mean | p99 |\n| --- | ---: | ---: |\n")
-	fmt.Fprintf(md, "| evalpool | %s | %s |\n", time.Duration(median(satMean)).Round(time.Millisecond), time.Duration(median(satP99)).Round(time.Millisecond))
-	fmt.Fprintf(md, "| ideal FIFO | %s | %s |\n\n", (idealSum / satEvals).Round(time.Millisecond), percentile(ideal, 99).Round(time.Millisecond))
-	fmt.Fprintf(md, "Most of the difference is not order but idle executors: they were busy %.0f%% of the time from the first call to the last release, because an executor comes back only when its cleanup task runs (an idle cleanup server looks at its queue every 10–30 ms) and then waits for the next poll of a waiting attempt. At the ideal FIFO order and that share of busy time the mean wait would be %s, so serving waiters in order would win little. With evals of seconds the gap is a percent or two; with these 20 ms evals it is a third. Waiting costs Redis %.1f acquire calls per eval.\n\n", 100*median(satBusy), time.Duration(float64(idealSum/satEvals)/median(satBusy)).Round(time.Millisecond), median(satAcquires))
+
+	const satExecutors = 4
+	fmt.Fprintf(md, "A saturated pool: %d executors, one worker of concurrency 16, all evals enqueued at once, by cleanup mode and eval length. An attempt that finds no free executor waits in the pool's FIFO wait list; every release, reclaim or registration hands the executor straight to the oldest waiter, and the worker's one blocking connection wakes it. *Ideal FIFO* is the same arrivals served in order with no idle executor time. Acquire calls are the acquire script's calls per eval; a handed eval also costs one renewal and one wake (a `BLPOP` answer on the worker's connection). Busy is the executors' share of busy time from the first call to the last release.\n\n", satExecutors)
+	md.WriteString("| mode | eval | evals | wait mean / ideal | wait p99 / ideal | executors busy | acquire calls per eval | handed from the wait list |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, c := range []struct {
+		delay time.Duration
+		n     int
+		runs  int
+	}{{20 * time.Millisecond, 200, runs()}, {time.Second, 32, min(runs(), 3)}, {10 * time.Second, 12, 1}} {
+		for _, mode := range []worker.CleanupMode{worker.CleanupOutcome, worker.CleanupBoth, worker.CleanupInline} {
+			var mean, p99, busy, acq, handed []float64
+			for range c.runs {
+				r := latencyRun(t, srv, satExecutors, c.n, c.delay, 0, mode)
+				mean, p99 = append(mean, float64(meanOf(r.waits))), append(p99, float64(percentile(r.waits, 99)))
+				busy, acq, handed = append(busy, r.busy), append(acq, r.acquires), append(handed, r.handed)
+			}
+			im, ip := idealFIFO(c.n, satExecutors, c.delay)
+			fmt.Fprintf(md, "| %s | %s | %d | %s / %s (%.2f×) | %s / %s (%.2f×) | %.1f%% | %.2f | %.0f%% |\n", mode, c.delay, c.n,
+				time.Duration(median(mean)).Round(time.Millisecond), im.Round(time.Millisecond), median(mean)/float64(im),
+				time.Duration(median(p99)).Round(time.Millisecond), ip.Round(time.Millisecond), median(p99)/float64(ip),
+				100*median(busy), median(acq), 100*median(handed))
+		}
+	}
+	waitCPU, waitAcq := waitingCPU(t, srv, true)
+	pollCPU, pollAcq := waitingCPU(t, srv, false)
+	fmt.Fprintf(md, "\nWhat waiting costs Redis: 8 workers × 32 slots on 8 executors of 1 s evals (248 attempts waiting at any time), Redis CPU over 10 s: waiting in the wait list %.1f%% of a core (%.0f acquire calls/s); handing the task back and coming again every ~20 ms, as polling does, %.1f%% of a core (%.0f acquire calls/s).\n", 100*waitCPU, waitAcq, 100*pollCPU, pollAcq)
+	md.WriteString("\nTargets: acquire-related calls per eval at most 3 at every length; executors busy at least 97% with 1 s evals and 90% with 20 ms evals in inline mode; mean and p99 wait within 1.2× of the ideal FIFO. With `outcome` and `both`, an executor comes back only when its cleanup task runs (an idle cleanup server looks at its queue every 20 ms), which short evals feel and long ones do not.\n\n")
+}
+
+// waitingCPU measures what waiting costs Redis: 8 workers of concurrency 32
+// (in this process) on 8 executors of 1 s evals, 800 evals enqueued at
+// once, so that 248 attempts wait at any time. It returns Redis's CPU share
+// of one core over a 10 s window in the middle of the run, and the acquire
+// calls per second in that window.
+func waitingCPU(t *testing.T, srv *evaltest.Server, wait bool) (cpu, acquiresPerSec float64) {
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 256})
+	defer client.Close()
+	if err := client.FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	metrics := pool.NewMetrics()
+	p, err := pool.New(client, pool.Options{Name: "waiting", Metrics: metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := &stamped{delay: time.Second}
+	mux := http.NewServeMux()
+	for i := range 8 {
+		mux.Handle(executor.FleetPath(i)+"/", http.StripPrefix(executor.FleetPath(i), ex))
+	}
+	ts := httptest.NewServer(mux)
+	defer ts.Close()
+	for i := range 8 {
+		if _, err := p.Register(t.Context(), pool.Executor{URL: ts.URL + executor.FleetPath(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for range 8 {
+		cfg := worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: 32, PollInterval: 100 * time.Millisecond}
+		if !wait {
+			// Hand the task back at once and come again: Asynq's retry
+			// schedule does the polling.
+			cfg.NoExecutorWait, cfg.NoExecutorDelay = true, 20*time.Millisecond
+		}
+		w, err := worker.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() { _ = w.Run(ctx) })
+	}
+	aq := asynq.NewClientFromRedisClient(client)
+	for i := range 800 {
+		task, err := tasks.NewEval(tasks.Eval{ID: fmt.Sprintf("w-%04d", i), Pool: p.Name(), Spec: json.RawMessage(`{}`), TimeoutS: 600}, tasks.EvalOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := aq.Enqueue(task); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(5 * time.Second) // every slot busy or waiting
+	cpu0, acq0, t0 := evaltest.RedisCPU(t, client), metrics.Acquires(""), time.Now()
+	time.Sleep(10 * time.Second)
+	cpu1, acq1, t1 := evaltest.RedisCPU(t, client), metrics.Acquires(""), time.Now()
+	cancel()
+	wg.Wait()
+	window := t1.Sub(t0).Seconds()
+	return (cpu1 - cpu0) / window, (acq1 - acq0) / window
 }
