@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -238,4 +239,36 @@ func TestWaitDoesNotEatTheTimeout(t *testing.T) {
 		t.Fatalf("eval after a wait longer than its timeout: %+v, %v; want completed", info, err)
 	}
 	assertPoolWhole(t, b)
+}
+
+// A worker that stops while its evals wait takes them out of line: an
+// executor freed afterwards is not handed to an attempt that is gone.
+func TestStoppingWorkerLeavesTheLine(t *testing.T) {
+	t.Parallel()
+	w, b := setup(t, Config{ShutdownTimeout: 200 * time.Millisecond}, executor.ServerOptions{})
+	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	enqueueEvals(t, b, 1, tasks.EvalOptions{}, time.Minute)
+	evaltest.Eventually(t, 10*time.Second, "eval never began to wait", func() bool {
+		c, err := b.pool.Counts(t.Context())
+		return err == nil && c.Waiters == 1
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if c, err := b.pool.Counts(t.Context()); err != nil || c.Waiters != 0 {
+		t.Fatalf("counts after the worker stopped: %+v, %v; want nobody in line", c, err)
+	}
+	if _, err := b.pool.Release(t.Context(), hog, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := b.pool.Counts(t.Context()); err != nil || c.Available != 1 {
+		t.Fatalf("counts after the release: %+v, %v; want the executor available, not handed to a stopped worker", c, err)
+	}
 }
