@@ -34,14 +34,26 @@ func startWorkerProc(t *testing.T, redisURL string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// holdExecutor leases the pool's one executor by hand and returns a release.
-func holdExecutor(t *testing.T, p *pool.Pool) func() {
+// heldPool starts a Redis of the test's own with the default pool of one
+// executor, already leased by hand; release gives it back.
+func heldPool(t *testing.T, opts executor.ServerOptions) (srv *evaltest.Server, client *redis.Client, p *pool.Pool, servers []*executor.Server, release func()) {
 	t.Helper()
+	srv = evaltest.StartT(t, evaltest.Options{})
+	client = redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	p, err := pool.New(client, pool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servers, urls := startExecutors(t, 1, opts)
+	if r := evalpool(t, srv.URL(), "default", "pool", "add", urls[0]); r.code != 0 {
+		t.Fatalf("pool add: %+v", r)
+	}
 	hog, err := p.Acquire(t.Context(), "hog", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return func() {
+	return srv, client, p, servers, func() {
 		if _, err := p.Release(t.Context(), hog, "test"); err != nil {
 			t.Fatal(err)
 		}
@@ -52,18 +64,7 @@ func holdExecutor(t *testing.T, p *pool.Pool) func() {
 // to wait: the fences the pool handed them rise in that order.
 func TestWaitersAreServedFirstInFirstOut(t *testing.T) {
 	t.Parallel()
-	srv := evaltest.StartT(t, evaltest.Options{})
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer client.Close()
-	p, err := pool.New(client, pool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	servers, urls := startExecutors(t, 1, executor.ServerOptions{Latency: 20 * time.Millisecond})
-	if r := evalpool(t, srv.URL(), "default", "pool", "add", urls[0]); r.code != 0 {
-		t.Fatalf("pool add: %+v", r)
-	}
-	release := holdExecutor(t, p)
+	srv, client, p, servers, release := heldPool(t, executor.ServerOptions{Latency: 20 * time.Millisecond})
 	for range 2 {
 		startWorkerProc(t, srv.URL(), "--concurrency", "8", "--poll-interval", "50ms")
 	}
@@ -117,18 +118,7 @@ func TestWaitersAreServedFirstInFirstOut(t *testing.T) {
 // returns the executor within its TTL, the grace and the reap interval.
 func TestKilledWaiterDoesNotStrandAHandedExecutor(t *testing.T) {
 	t.Parallel()
-	srv := evaltest.StartT(t, evaltest.Options{})
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer client.Close()
-	p, err := pool.New(client, pool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	servers, urls := startExecutors(t, 1, executor.ServerOptions{})
-	if r := evalpool(t, srv.URL(), "default", "pool", "add", urls[0]); r.code != 0 {
-		t.Fatalf("pool add: %+v", r)
-	}
-	release := holdExecutor(t, p)
+	srv, _, p, servers, release := heldPool(t, executor.ServerOptions{})
 	const ttl, reapEvery = time.Second, time.Second
 	victim := startWorkerProc(t, srv.URL(), "--lease-ttl", ttl.String(), "--poll-interval", "50ms")
 	if r := evalpool(t, srv.URL(), "default", "enqueue", "--spec", `{}`); r.code != 0 {
