@@ -590,7 +590,7 @@ func (w *Worker) acquire(ctx context.Context, sp *served, evalID string, ttl tim
 	}
 	grants, done := sp.wakes.expect(evalID)
 	defer done()
-	started := time.Now()
+	started := time.Now() // before the join: a grant comes after it
 	// The place in line outlives the attempt long enough for its task's
 	// next attempt to come back to it.
 	place := pool.Wait{Wake: sp.wakes.key, For: w.cfg.ExecutorWait + 2*w.cfg.NoExecutorDelay + 10*time.Second}
@@ -610,12 +610,17 @@ func (w *Worker) acquire(ctx context.Context, sp *served, evalID string, ttl tim
 			if g.Token != token {
 				continue // a grant to an earlier attempt: the next acquire re-enters it
 			}
-			// Renewed at once, so that its expiry is known on this clock.
+			w.cfg.Metrics.executorWait.Observe(time.Since(started).Seconds())
+			// The grant came after the join was sent, so the lease holds at
+			// least ttl from then. While most of that is left, that is its
+			// expiry on this clock; past that it is renewed at once.
+			if g.Expires = started.Add(ttl); g.Remaining() > ttl/2 {
+				return g, nil
+			}
 			l, err := sp.pool.Renew(ctx, g, ttl)
 			if err != nil {
 				return pool.Lease{}, fmt.Errorf("eval %s: the executor handed to it: %w", evalID, err)
 			}
-			w.cfg.Metrics.executorWait.Observe(time.Since(started).Seconds())
 			return l, nil
 		case <-timer.C:
 			return pool.Lease{}, err // back to the queue; its place in line stays

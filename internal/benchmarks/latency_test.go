@@ -36,6 +36,10 @@ type stamped struct {
 }
 
 func (s *stamped) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != executor.PathEvals {
+		http.NotFound(w, r) // a lease extension: this executor enforces no lease
+		return
+	}
 	var req struct {
 		Spec struct {
 			Enqueued int64 `json:"enqueued"`
