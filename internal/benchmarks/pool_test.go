@@ -83,7 +83,7 @@ func heartbeats(t *testing.T, md *strings.Builder) {
 			get(each, "ns/lease")/1e3, get(each, "redis-cpu-ns/lease")/1e3, get(all, "ns/lease")/1e3, get(all, "redis-cpu-ns/lease")/1e3,
 			get(each, "ns/lease")/get(all, "ns/lease"))
 	}
-	md.WriteString("\nWith 30 s leases a worker sends about two renewals per 10 s whatever it holds; the worker test `TestHeartbeatRenewsAllLeasesAtOnce` holds it to at most a third as many calls as renewals (6 evals of 1.5 s on 300 ms leases; one heartbeat per eval fails it, a call per renewal).\n\n")
+	md.WriteString("\nWith 30 s leases a worker sends about two renewals per 10 s whatever it holds; the worker test `TestHeartbeatRenewsAllLeasesAtOnce` holds it to at most a third as many calls as renewals (6 evals of 5 s on 1 s leases; one heartbeat per eval fails it, a call per renewal).\n\n")
 }
 
 func verdict(ok bool) string {
