@@ -78,8 +78,11 @@ if wake == '' or not is_wake_key(wake) then
   return nil
 end
 -- Join the wait list, keeping the place of an eval that waited before (an
--- attempt handed back to the queue comes again with its first place).
-redis.call('ZADD', K_WAITERS, 'NX', now, eval_id)
+-- attempt handed back to the queue comes again with its first place). The
+-- place is the time in microseconds: evals that join within one millisecond
+-- still keep their order.
+local t = redis.call('TIME')
+redis.call('ZADD', K_WAITERS, 'NX', tonumber(t[1]) * 1000000 + tonumber(t[2]), eval_id)
 redis.call('HSET', K_WAITING, eval_id, cjson.encode({
   token = token, ttl = ttl, wake = wake, expires = now + tonumber(ARGV[7]),
 }))

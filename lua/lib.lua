@@ -16,7 +16,7 @@
 --                            pool whose marker is gone has lost its data
 --   KEYS[9] instances  HASH  executor instance ID -> url, so that one executor
 --                            is never registered under two URLs
---   KEYS[10] waiters   ZSET  eval_id -> ms when it first began to wait: the
+--   KEYS[10] waiters   ZSET  eval_id -> µs when it first began to wait: the
 --                            FIFO wait list for a free executor
 --   KEYS[11] waiting   HASH  eval_id -> waiter JSON {token, ttl, wake, expires}:
 --                            the lease to grant it and the list (in this

@@ -300,7 +300,7 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 		st.Executors = append(st.Executors, e)
 	}
 	for i, z := range s.waiters {
-		w := WaiterStatus{EvalID: z.Member.(string), Position: i + 1, Since: msTime(z.Score)}
+		w := WaiterStatus{EvalID: z.Member.(string), Position: i + 1, Since: time.UnixMicro(int64(z.Score))}
 		var rec waiterRecord
 		if json.Unmarshal([]byte(s.waiting[w.EvalID]), &rec) == nil {
 			w.Until = time.UnixMilli(rec.Until)
