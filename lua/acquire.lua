@@ -34,7 +34,8 @@ local fence_value = redis.call('GET', K_FENCE)
 if fence_value and not string.match(fence_value, '^%-?%d+$') then
   return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' holds ' .. string.format('%q', fence_value) .. ', not an integer')
 end
-local now = now_ms()
+local now_micro = now_us()
+local now = math.floor(now_micro / 1000)
 reclaim_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
 
 local held = redis.call('HGET', K_HOLDERS, eval_id)
@@ -69,8 +70,11 @@ for _ = 1, 16 do
   if redis.call('HEXISTS', K_EXECUTORS, url) == 1
       and redis.call('HEXISTS', K_LEASES, url) == 0
       and redis.call('SISMEMBER', K_DRAINING, url) == 0 then
-    redis.call('ZREM', K_WAITERS, eval_id)
-    redis.call('HDEL', K_WAITING, eval_id)
+    -- An eval that waited before leaves the line; the two keys hold an
+    -- entry together or not at all, so most acquires stop at the ZREM.
+    if redis.call('ZREM', K_WAITERS, eval_id) == 1 then
+      redis.call('HDEL', K_WAITING, eval_id)
+    end
     return grant(url, eval_id, token, ttl, now, tonumber(popped[2]), 0)
   end
 end
@@ -81,8 +85,7 @@ end
 -- attempt handed back to the queue comes again with its first place). The
 -- place is the time in microseconds: evals that join within one millisecond
 -- still keep their order.
-local t = redis.call('TIME')
-redis.call('ZADD', K_WAITERS, 'NX', tonumber(t[1]) * 1000000 + tonumber(t[2]), eval_id)
+redis.call('ZADD', K_WAITERS, 'NX', now_micro, eval_id)
 redis.call('HSET', K_WAITING, eval_id, cjson.encode({
   token = token, ttl = ttl, wake = wake, expires = now + tonumber(ARGV[7]),
 }))

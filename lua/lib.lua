@@ -50,9 +50,13 @@ for i, want in ipairs(KEY_TYPES) do
   end
 end
 
-local function now_ms()
+local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function now_ms()
+  return math.floor(now_us() / 1000)
 end
 
 -- decode returns the table a JSON record holds, or nil when raw is missing
