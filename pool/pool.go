@@ -163,7 +163,7 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 	if p.metrics == nil {
 		p.metrics = NewMetrics()
 	}
-	prefix := "evalpool:{" + p.name + "}:"
+	prefix := keyPrefix(p.name)
 	// The order is the one lib.lua gives to KEYS.
 	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting"} {
 		p.keys = append(p.keys, prefix+suffix)
@@ -179,7 +179,10 @@ func (p *Pool) Name() string { return p.name }
 // worker process, in the pool's hash slot, read by one blocking connection.
 func (p *Pool) WakeKey(worker string) string { return p.wakePrefix() + worker }
 
-func (p *Pool) wakePrefix() string { return "evalpool:{" + p.name + "}:wake:" }
+func (p *Pool) wakePrefix() string { return keyPrefix(p.name) + "wake:" }
+
+// keyPrefix starts every key of the pool name: one hash tag, one slot.
+func keyPrefix(name string) string { return "evalpool:{" + name + "}:" }
 
 // ParseGrant reads a grant the pool pushed to a wake list: a lease handed to
 // a waiting eval. Its Expires is zero: the pool granted it at a moment this
@@ -343,43 +346,26 @@ const instancesKey = "evalpool:instances"
 
 // claim records that pool p registers the executor e, unless another pool
 // holds it: then it returns that pool's registration of it. A claim whose
-// pool no longer has the executor is stale and taken over. Register points
-// the claim at the URL its script kept, once it has run.
+// pool no longer has the executor is stale. Register points the claim at
+// the URL its script kept, once it has run, taking stale claims over.
 func (p *Pool) claim(ctx context.Context, e Executor) (otherPool, otherURL string, err error) {
-	mine := p.name + " " + e.URL
-	for range 3 {
-		ok, err := p.client.HSetNX(ctx, instancesKey, e.InstanceID, mine).Result()
-		if err != nil || ok {
-			return "", "", err
-		}
-		held, err := p.client.HGet(ctx, instancesKey, e.InstanceID).Result()
-		if errors.Is(err, redis.Nil) {
-			continue // released meanwhile: claim again
-		}
-		if err != nil {
-			return "", "", err
-		}
-		pool, url, _ := strings.Cut(held, " ")
-		if pool == p.name {
-			return "", "", nil // this pool's own: its script checks the URL, atomically
-		}
-		other, err := New(p.client, Options{Name: pool})
-		if err != nil {
-			return "", "", p.client.HSet(ctx, instancesKey, e.InstanceID, mine).Err() // not a pool name: junk
-		}
-		registered, err := p.client.HExists(ctx, other.keys[0], url).Result()
-		if err != nil {
-			return "", "", err
-		}
-		if registered {
-			return pool, url, nil
-		}
-		if err := p.client.HSet(ctx, instancesKey, e.InstanceID, mine).Err(); err != nil {
-			return "", "", err
-		}
-		return "", "", nil
+	ok, err := p.client.HSetNX(ctx, instancesKey, e.InstanceID, p.name+" "+e.URL).Result()
+	if err != nil || ok {
+		return "", "", err
 	}
-	return "", "", nil
+	held, err := p.client.HGet(ctx, instancesKey, e.InstanceID).Result()
+	if err != nil {
+		return "", "", err
+	}
+	pool, url, _ := strings.Cut(held, " ")
+	if pool == p.name || (&Options{Name: pool}).validate() != nil {
+		return "", "", nil // this pool's own (its script checks the URL), or junk
+	}
+	registered, err := p.client.HExists(ctx, keyPrefix(pool)+"executors", url).Result()
+	if err != nil || !registered {
+		return "", "", err // a stale claim: Register takes it over
+	}
+	return pool, url, nil
 }
 
 // Register adds executors to the pool under their canonical URLs; an
@@ -432,6 +418,7 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]Registration,
 		if err != nil {
 			return nil, fmt.Errorf("pool: register %d executors: %w", len(chunk), scriptErr(err))
 		}
+		claims := []any{} // instance ID, "pool url": one HSET for the chunk
 		for k, o := range out[1:] {
 			i := chunk[k]
 			r := &regs[i]
@@ -441,9 +428,12 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]Registration,
 				continue
 			}
 			if id := execs[i].InstanceID; id != "" {
-				if err := p.client.HSet(ctx, instancesKey, id, p.name+" "+r.URL).Err(); err != nil {
-					return nil, fmt.Errorf("pool: register %s: %w", r.URL, err)
-				}
+				claims = append(claims, id, p.name+" "+r.URL)
+			}
+		}
+		if len(claims) > 0 {
+			if err := p.client.HSet(ctx, instancesKey, claims...).Err(); err != nil {
+				return nil, fmt.Errorf("pool: register %d executors: claim their instances: %w", len(chunk), err)
 			}
 		}
 	}
