@@ -312,10 +312,7 @@ func heapPeak() (stop func() int64) {
 //
 // Not parallel: it measures the whole process's heap.
 func TestBoundedResources(t *testing.T) {
-	const (
-		clients   = 300
-		heapBound = 200 << 20
-	)
+	const clients = 300
 	t.Run("huge bodies", func(t *testing.T) {
 		const hugeBytes = 9 << 20
 		// The default read timeout, 30s: it does not cut these short, so
@@ -353,14 +350,7 @@ func TestBoundedResources(t *testing.T) {
 				}
 			}
 		})
-		growth := stop()
-		t.Logf("heap peak growth %d MiB; outcomes %v", growth>>20, outcomes)
-		if growth > heapBound {
-			t.Errorf("heap grew by %d MiB, want under %d MiB", growth>>20, heapBound>>20)
-		}
-		if outcomes["413"] < clients/2 || outcomes["413"]+outcomes["closed"] != clients {
-			t.Errorf("outcomes %v: want every huge body refused, most with a 413", outcomes)
-		}
+		checkFlood(t, stop(), outcomes, "413", clients)
 		afterFlood(t, s, url)
 	})
 	t.Run("slow bodies", func(t *testing.T) {
@@ -389,16 +379,25 @@ func TestBoundedResources(t *testing.T) {
 				}
 			}
 		})
-		growth := stop()
-		t.Logf("heap peak growth %d MiB; outcomes %v", growth>>20, outcomes)
-		if growth > heapBound {
-			t.Errorf("heap grew by %d MiB, want under %d MiB", growth>>20, heapBound>>20)
-		}
-		if outcomes["408"] < clients/2 || outcomes["408"]+outcomes["closed"] != clients {
-			t.Errorf("outcomes %v: want every trickle cut off, most with a 408", outcomes)
-		}
+		checkFlood(t, stop(), outcomes, "408", clients)
 		afterFlood(t, s, url)
 	})
+}
+
+// heapBound is how much a flood may grow the heap.
+const heapBound = 200 << 20
+
+// checkFlood checks a flood's bill: the heap grew less than heapBound, and
+// every client was refused, most with the status code want.
+func checkFlood(t *testing.T, growth int64, outcomes map[string]int, want string, clients int) {
+	t.Helper()
+	t.Logf("heap peak growth %d MiB; outcomes %v", growth>>20, outcomes)
+	if growth > heapBound {
+		t.Errorf("heap grew by %d MiB, want under %d MiB", growth>>20, heapBound>>20)
+	}
+	if outcomes[want] < clients/2 || outcomes[want]+outcomes["closed"] != clients {
+		t.Errorf("outcomes %v: want every client refused, most with a %s", outcomes, want)
+	}
 }
 
 // afterFlood checks that a flood changed nothing and the executor still
