@@ -622,17 +622,25 @@ func TestDelayedOrReplayedLeaseIsCapped(t *testing.T) {
 		t.Fatalf("a request delayed 800ms with a 1s lease: %v after %s; want its lease over about 200ms after it arrived", err, took)
 	}
 
+	// A caller whose clock runs an hour ahead gains nothing: the lease still
+	// ends lease_ms after the request arrived.
+	start = time.Now()
+	_, err = c.Run(t.Context(), url, Request{EvalID: "ahead", Fence: 4, Spec: []byte(`{}`), LeaseMs: 300, SentAtMs: time.Now().Add(time.Hour).UnixMilli()})
+	if took := time.Since(start); !errors.Is(err, ErrFenced) || took > 2*time.Second {
+		t.Fatalf("a caller an hour ahead with a 300ms lease: %v after %s; want its lease over about 300ms after it arrived", err, took)
+	}
+
 	var wg sync.WaitGroup
 	var runErr error
 	wg.Go(func() {
-		_, runErr = c.Run(t.Context(), url, Request{EvalID: "held", Fence: 3, Spec: []byte(`{}`), LeaseMs: 500})
+		_, runErr = c.Run(t.Context(), url, Request{EvalID: "held", Fence: 5, Spec: []byte(`{}`), LeaseMs: 500})
 	})
-	evaltest.Eventually(t, 5*time.Second, "eval never started", func() bool { return s.Stats().MaxFence == 3 })
-	err = c.Extend(t.Context(), url, "held", 3, time.Second) // fresh: fine
+	evaltest.Eventually(t, 5*time.Second, "eval never started", func() bool { return s.Stats().MaxFence == 5 })
+	err = c.Extend(t.Context(), url, "held", 5, time.Second) // fresh: fine
 	if err != nil {
 		t.Fatalf("a fresh extension: %v", err)
 	}
-	replayed, _ := json.Marshal(Extension{EvalID: "held", Fence: 3, LeaseMs: 1000, SentAtMs: time.Now().UnixMilli() - 5000})
+	replayed, _ := json.Marshal(Extension{EvalID: "held", Fence: 5, LeaseMs: 1000, SentAtMs: time.Now().UnixMilli() - 5000})
 	resp, err := http.Post(url+PathLease, "application/json", bytes.NewReader(replayed))
 	if err != nil {
 		t.Fatal(err)
@@ -642,7 +650,7 @@ func TestDelayedOrReplayedLeaseIsCapped(t *testing.T) {
 		t.Fatalf("a replayed extension answered %s, want 409", resp.Status)
 	}
 	wg.Wait() // the fresh extension's second ran out: the eval was stopped
-	if !errors.Is(runErr, ErrFenced) || s.Stats().LeaseExpired < 2 {
+	if !errors.Is(runErr, ErrFenced) || s.Stats().LeaseExpired < 3 {
 		t.Fatalf("held eval: %v, stats %+v; want its lease to have run out", runErr, s.Stats())
 	}
 }
