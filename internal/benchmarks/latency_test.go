@@ -271,7 +271,14 @@ func waitingCPU(t *testing.T, srv *evaltest.Server, wait bool) (cpu, acquiresPer
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(5 * time.Second) // every slot busy or waiting
+	// Every slot busy or waiting: 248 in line, or as many asking in vain.
+	evaltest.Eventually(t, time.Minute, "the workers never filled their slots", func() bool {
+		c, err := p.Counts(t.Context())
+		if wait {
+			return err == nil && c.Waiters >= 248
+		}
+		return err == nil && c.Leased == 8 && metrics.Acquires("none") >= 248
+	})
 	cpu0, acq0, t0 := evaltest.RedisCPU(t, client), metrics.Acquires(""), time.Now()
 	time.Sleep(10 * time.Second)
 	cpu1, acq1, t1 := evaltest.RedisCPU(t, client), metrics.Acquires(""), time.Now()
