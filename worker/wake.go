@@ -81,6 +81,33 @@ func (ws *wakes) listen(ctx context.Context, conn redis.UniversalClient) {
 	}
 }
 
+// listenWakes starts one blocking connection per served pool, on which this
+// worker hears of the executors handed to its waiting evals. The listeners
+// outlive ctx until stop: evals still waiting while the servers stop must
+// hear of theirs.
+func (w *Worker) listenWakes(ctx context.Context) (stop func(), err error) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var listeners sync.WaitGroup
+	var conns []redis.UniversalClient
+	stop = func() {
+		cancel()
+		listeners.Wait()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
+	for _, sp := range w.pools {
+		conn, err := blockingConn(w.cfg.Redis)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		conns = append(conns, conn)
+		listeners.Go(func() { sp.wakes.listen(ctx, conn) })
+	}
+	return stop, nil
+}
+
 // blockingConn opens a connection of its own to the Redis c talks to, for a
 // blocking read.
 func blockingConn(c redis.UniversalClient) (redis.UniversalClient, error) {

@@ -279,27 +279,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.log.Warn().Str("pool", name).Msg("pool has no executors registered yet: evals wait until `evalpool pool add` registers some")
 		}
 	}
-	// One blocking connection per served pool hears of the executors handed
-	// to this worker's waiting evals. It outlives the servers: evals still
-	// waiting while they stop must hear of theirs.
-	wakeCtx, stopWakes := context.WithCancel(context.WithoutCancel(ctx))
-	var listeners sync.WaitGroup
-	var conns []redis.UniversalClient
-	closeWakes := func() {
-		stopWakes()
-		listeners.Wait()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	}
-	for _, sp := range w.pools {
-		conn, err := blockingConn(w.cfg.Redis)
-		if err != nil {
-			closeWakes()
-			return err
-		}
-		conns = append(conns, conn)
-		listeners.Go(func() { sp.wakes.listen(wakeCtx, conn) })
+	closeWakes, err := w.listenWakes(ctx)
+	if err != nil {
+		return err
 	}
 	defer closeWakes()
 	logger := asynqLogger{w.log}
