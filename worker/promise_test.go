@@ -272,3 +272,28 @@ func TestStoppingWorkerLeavesTheLine(t *testing.T) {
 		t.Fatalf("counts after the release: %+v, %v; want the executor available, not handed to a stopped worker", c, err)
 	}
 }
+
+// --cleanup inline: an attempt releases its executor in its handler and
+// enqueues no cleanup task; a failed one is still released on a second path
+// (the error handler's), whose release is absorbed.
+func TestInlineCleanup(t *testing.T) {
+	t.Parallel()
+	sim := executor.ServerOptions{Latency: 2 * time.Millisecond, FailRate: 0.3}
+	w, b := setup(t, Config{Cleanup: CleanupInline, Concurrency: 6}, sim, sim, sim)
+	start(t, w)
+	ids := enqueueEvals(t, b, 40, tasks.EvalOptions{MaxRetry: 3}, time.Minute)
+	evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute)
+	inline := releases(b, pool.Released, tasks.PathInline)
+	failed := testutil.ToFloat64(b.metrics.evals.WithLabelValues("error"))
+	if inline < float64(len(ids)) || failed == 0 {
+		t.Fatalf("%v inline releases for %d evals and %v failed attempts; want one per attempt, some failed", inline, len(ids), failed)
+	}
+	if got := testutil.ToFloat64(b.metrics.cleanupsEnqueued.WithLabelValues(tasks.PathSuccess, "enqueued")); got != 0 {
+		t.Errorf("%v success cleanup tasks enqueued in inline mode, want 0", got)
+	}
+	if absorbed := releases(b, pool.AlreadyInPool, tasks.PathErrorHandler) + releases(b, pool.StaleLease, tasks.PathErrorHandler); absorbed != failed {
+		t.Errorf("%v error-handler releases absorbed for %v failed attempts: each failed attempt must be released on the second path too", absorbed, failed)
+	}
+	assertPoolWhole(t, b)
+	assertNoOverlap(t, b)
+}
