@@ -11,7 +11,6 @@
 package tasks
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -252,7 +251,7 @@ func TimeoutSeconds(d time.Duration) int64 {
 // pool is the default pool's.
 func ParseEval(data []byte) (Eval, error) {
 	var e Eval
-	if err := decodeStrict(data, &e); err != nil {
+	if err := decodePayload(data, &e); err != nil {
 		return Eval{}, err
 	}
 	e.Pool = poolOrDefault(e.Pool)
@@ -323,7 +322,7 @@ func NewCleanup(typ string, c Cleanup) (*asynq.Task, error) {
 // ParseCleanup decodes and validates a cleanup payload.
 func ParseCleanup(data []byte) (Cleanup, error) {
 	var c Cleanup
-	if err := decodeStrict(data, &c); err != nil {
+	if err := decodePayload(data, &c); err != nil {
 		return Cleanup{}, err
 	}
 	c.Pool = poolOrDefault(c.Pool)
@@ -352,23 +351,20 @@ func NewReap(pool string) (*asynq.Task, error) {
 // default pool's.
 func ParseReap(data []byte) (Reap, error) {
 	var r Reap
-	if err := decodeStrict(data, &r); err != nil {
+	if err := decodePayload(data, &r); err != nil {
 		return Reap{}, err
 	}
 	r.Pool = poolOrDefault(r.Pool)
 	return r, validatePool(r.Pool)
 }
 
-// decodeStrict decodes one JSON object, refusing unknown fields and trailing
-// data, so that a payload meant for another version or task type is caught.
-func decodeStrict(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+// decodePayload decodes one JSON object. Unknown fields are ignored: in a
+// rolling upgrade a producer one version ahead of the workers adds fields,
+// and refusing them would archive every eval it sends. What the fields hold
+// is still checked by each payload's validate.
+func decodePayload(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadPayload, err)
-	}
-	if dec.More() {
-		return fmt.Errorf("%w: trailing data after the JSON object", ErrBadPayload)
 	}
 	return nil
 }

@@ -53,13 +53,27 @@ func TestBadEvals(t *testing.T) {
 
 func TestParseRejectsJunk(t *testing.T) {
 	t.Parallel()
-	for _, payload := range []string{``, `null`, `[]`, `"x"`, `{"eval_id":"e","spec":{},"timeout_s":1,"extra":1}`, `{"eval_id":"e","spec":{},"timeout_s":1} {}`, `{"eval_id":1}`} {
+	for _, payload := range []string{``, `null`, `[]`, `"x"`, `{"eval_id":"e","spec":{},"timeout_s":1} {}`, `{"eval_id":1}`} {
 		if _, err := ParseEval([]byte(payload)); !errors.Is(err, ErrBadPayload) {
 			t.Errorf("ParseEval(%q): err = %v, want ErrBadPayload", payload, err)
 		}
 		if _, err := ParseCleanup([]byte(payload)); !errors.Is(err, ErrBadPayload) {
 			t.Errorf("ParseCleanup(%q): err = %v, want ErrBadPayload", payload, err)
 		}
+	}
+}
+
+// TestParseAcceptsNewerPayloads: a producer one version ahead adds fields; a
+// worker that refused them would archive every eval of a rolling upgrade.
+func TestParseAcceptsNewerPayloads(t *testing.T) {
+	t.Parallel()
+	e, err := ParseEval([]byte(`{"eval_id":"e","spec":{"k":1},"timeout_s":5,"priority":9,"labels":{"gpu":"a100"}}`))
+	if err != nil || e.ID != "e" || e.TimeoutS != 5 || string(e.Spec) != `{"k":1}` {
+		t.Fatalf("ParseEval(newer payload) = %+v, %v", e, err)
+	}
+	c, err := ParseCleanup([]byte(`{"eval_id":"e","url":"http://x","token":"t","path":"success","retries":2}`))
+	if err != nil || c.URL != "http://x" || c.Token != "t" {
+		t.Fatalf("ParseCleanup(newer payload) = %+v, %v", c, err)
 	}
 }
 
