@@ -36,9 +36,19 @@ if fence_value and not string.match(fence_value, '^%-?%d+$') then
 end
 local now_micro = now_us()
 local now = math.floor(now_micro / 1000)
-reclaim_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+local _, bad = reclaim_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if bad then
+  return redis.error_reply(bad)
+end
 
+-- Read so far with typed commands: the fence, the deadlines (by the
+-- reclaim) and the holders. The keys written after the next write are
+-- checked here; the epoch is never written.
 local held = redis.call('HGET', K_HOLDERS, eval_id)
+bad = foreign({ 1, 3, 6, 10, 11 })
+if bad then
+  return redis.error_reply(bad)
+end
 if held then
   local lease = lease_of(held)
   if lease and lease.eval_id == eval_id and redis.call('HEXISTS', K_EXECUTORS, held) == 1 then
@@ -50,7 +60,11 @@ if held then
     end
     -- Draining: never handed out again, not even to its holder. Ending the
     -- lease removes the executor, so the older attempt loses it too.
-    end_lease(held, now)
+    bad = foreign({ 2, 9 })
+    if bad then
+      return redis.error_reply(bad)
+    end
+    end_lease(held, now, lease)
   elseif not lease or lease.eval_id ~= eval_id then
     -- A stale entry: the lease it points to is gone or another eval's.
     redis.call('HDEL', K_HOLDERS, eval_id)

@@ -5,6 +5,10 @@
 -- Returns: 'removed' (it was not leased, it is gone now) | 'draining' (it is
 -- leased: never handed out again, removed when its lease ends) | 'unknown'.
 
+local bad = foreign(ALL_KEYS)
+if bad then
+  return redis.error_reply(bad)
+end
 local url = ARGV[1]
 if redis.call('HEXISTS', K_EXECUTORS, url) == 0 then
   return 'unknown'

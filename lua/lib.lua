@@ -39,15 +39,23 @@ local K_INSTANCES = KEYS[9]
 local K_WAITERS = KEYS[10]
 local K_WAITING = KEYS[11]
 
--- Refuse to touch a pool whose keys hold data of another kind, before any
--- write: Redis does not roll a script back, so a WRONGTYPE half way through
--- would leave the pool half changed. One O(1) TYPE call per key.
+-- foreign returns an EVALPOOL_FOREIGN_DATA error for the first of the keys
+-- named (indexes into KEYS) that holds data of another kind, or nil. Redis
+-- does not roll a script back, so a WRONGTYPE half way through would leave
+-- the pool half changed: each script calls this before its first write,
+-- naming every key it may touch after that write and has not already read
+-- with a typed command (a typed read fails on foreign data before anything
+-- changed). One O(1) TYPE call per key named.
 local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash' }
-for i, want in ipairs(KEY_TYPES) do
-  local got = redis.call('TYPE', KEYS[i]).ok
-  if got ~= 'none' and got ~= want then
-    return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. KEYS[i] .. ' holds a ' .. got .. ', not a ' .. want)
+local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 }
+local function foreign(indexes)
+  for _, i in ipairs(indexes) do
+    local got = redis.call('TYPE', KEYS[i]).ok
+    if got ~= 'none' and got ~= KEY_TYPES[i] then
+      return 'EVALPOOL_FOREIGN_DATA ' .. KEYS[i] .. ' holds a ' .. got .. ', not a ' .. KEY_TYPES[i]
+    end
   end
+  return nil
 end
 
 local function now_us()
@@ -106,6 +114,14 @@ local function is_wake_key(key)
   return string.sub(key, 1, #WAKE_PREFIX) == WAKE_PREFIX
 end
 
+-- is_list_or_none reports whether key may take an LPUSH: a grant is pushed
+-- only after it is written, so a wake list holding foreign data would leave
+-- a lease nobody was told of.
+local function is_list_or_none(key)
+  local t = redis.call('TYPE', key).ok
+  return t == 'list' or t == 'none'
+end
+
 -- How many entries one handoff may look at: dead ones are dropped as it
 -- goes, and any left for the next handoff, so that no call walks the list.
 local HANDOFF_LOOK = 16
@@ -127,7 +143,8 @@ local function free(url, now)
     redis.call('HDEL', K_WAITING, eval_id)
     if w and tonumber(w.expires) and tonumber(w.expires) > now and type(w.token) == 'string'
         and tonumber(w.ttl) and type(w.wake) == 'string' and is_wake_key(w.wake)
-        and redis.call('HEXISTS', K_HOLDERS, eval_id) == 0 then
+        and redis.call('HEXISTS', K_HOLDERS, eval_id) == 0
+        and is_list_or_none(w.wake) then
       local g = grant(url, eval_id, w.token, tonumber(w.ttl), now, now, 0)
       redis.call('LPUSH', w.wake, table.concat({ eval_id, g[2], g[1], g[3], g[4], g[5] }, '\t'))
       redis.call('PEXPIRE', w.wake, 600000)
@@ -141,9 +158,10 @@ end
 -- end_lease drops the lease of url and returns the executor to the pool
 -- (to its oldest waiter first), or removes it when it was deregistered while
 -- leased. It returns 1 when the executor was removed, 0 when it was freed
--- (or is not registered).
-local function end_lease(url, now)
-  local lease = lease_of(url)
+-- (or is not registered). lease is url's lease record when the caller has
+-- already read it.
+local function end_lease(url, now, lease)
+  lease = lease or lease_of(url)
   redis.call('HDEL', K_LEASES, url)
   redis.call('ZREM', K_DEADLINES, url)
   if lease and type(lease.eval_id) == 'string' and redis.call('HGET', K_HOLDERS, lease.eval_id) == url then
@@ -167,10 +185,19 @@ end
 -- grace ms ago, the oldest first, so that one call never walks the whole
 -- pool. The grace covers the one-way delay to the executor and the drift of
 -- clocks: a lease-aware executor has stopped the old holder's eval by then.
+-- It returns how many it ended, and a foreign-data error (nothing ended)
+-- when a key it would touch holds data of another kind.
 local function reclaim_expired(now, limit, grace)
   local expired = redis.call('ZRANGE', K_DEADLINES, '-inf', now - grace, 'BYSCORE', 'LIMIT', 0, limit)
+  if #expired == 0 then
+    return 0, nil
+  end
+  local bad = foreign({ 1, 2, 3, 5, 6, 7, 9, 10, 11 })
+  if bad then
+    return 0, bad
+  end
   for _, url in ipairs(expired) do
     end_lease(url, now)
   end
-  return #expired
+  return #expired, nil
 end

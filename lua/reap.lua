@@ -7,6 +7,10 @@
 -- Returns: the number reclaimed; the caller repeats while it equals ARGV[1],
 -- so that Redis is never blocked by a long walk.
 
+local bad = foreign(ALL_KEYS)
+if bad then
+  return redis.error_reply(bad)
+end
 local now = now_ms()
 -- A lease without a deadline (its entry deleted or evicted) would be held
 -- for ever: give it one that has passed, so that it is reclaimed after the
@@ -18,4 +22,4 @@ if redis.call('HLEN', K_LEASES) > redis.call('ZCARD', K_DEADLINES) then
     end
   end
 end
-return reclaim_expired(now, tonumber(ARGV[1]), tonumber(ARGV[2]))
+return (reclaim_expired(now, tonumber(ARGV[1]), tonumber(ARGV[2])))

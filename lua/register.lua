@@ -19,6 +19,10 @@
 --                        one executor is never in the pool twice; nothing
 --                        changed
 
+local bad = foreign(ALL_KEYS)
+if bad then
+  return redis.error_reply(bad)
+end
 -- A new pool, or one whose data was lost: the marker starts again.
 redis.call('SET', K_EPOCH, ARGV[1], 'NX')
 local epoch = redis.call('GET', K_EPOCH)
