@@ -26,16 +26,20 @@ import (
 )
 
 // stamped is an executor that answers after delay and records, for each
-// eval, how long after its enqueue it was called (the spec carries the
-// enqueue time).
+// eval, when it was enqueued (the spec carries it) and when its call began
+// and ended.
 type stamped struct {
 	delay time.Duration
 	mu    sync.Mutex
-	waits []time.Duration
+	calls []call
 	first time.Time // of the first call
+	busy  time.Duration
 }
 
+type call struct{ enqueued, began time.Time }
+
 func (s *stamped) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	began := time.Now()
 	if r.URL.Path != executor.PathEvals {
 		http.NotFound(w, r) // a lease extension: this executor enforces no lease
 		return
@@ -46,19 +50,41 @@ func (s *stamped) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} `json:"spec"`
 	}
 	_ = json.NewDecoder(r.Body).Decode(&req)
-	s.mu.Lock()
-	if s.first.IsZero() {
-		s.first = time.Now()
-	}
-	s.waits = append(s.waits, time.Since(time.Unix(0, req.Spec.Enqueued)))
-	s.mu.Unlock()
 	time.Sleep(s.delay)
 	_, _ = w.Write([]byte(`{"status":"passed"}`))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.first.IsZero() || began.Before(s.first) {
+		s.first = began
+	}
+	s.calls = append(s.calls, call{enqueued: time.Unix(0, req.Spec.Enqueued), began: began})
+	s.busy += time.Since(began)
+}
+
+// waits is each eval's wait for its executor, from its enqueue or from the
+// first call, whichever is later: before the first call the worker had not
+// yet looked at its queue (an idle Asynq server polls every PollInterval),
+// which is Asynq's start, not the pool's waiting. arrivals are the same
+// moments, for idealFIFO.
+func (s *stamped) waits() (waits, arrivals []time.Duration) {
+	for _, c := range s.calls {
+		arrived := c.enqueued
+		if arrived.Before(s.first) {
+			arrived = s.first
+		}
+		waits = append(waits, c.began.Sub(arrived))
+		arrivals = append(arrivals, arrived.Sub(s.first))
+	}
+	return waits, arrivals
 }
 
 // satRun is what latencyRun measured.
 type satRun struct {
-	waits []time.Duration
+	// latencies is each eval's enqueue to executor call; waits, the same
+	// from the first call on (see stamped.waits).
+	latencies, waits []time.Duration
+	// ideal is the waits of the same arrivals under an ideal FIFO.
+	ideal []time.Duration
 	// busy is the share of the time the executors were busy, from the
 	// first call to the last release.
 	busy float64
@@ -125,8 +151,14 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 	for metrics.Releases("", "") < releases {
 		time.Sleep(time.Millisecond)
 	}
-	r := satRun{waits: ex.waits}
-	r.busy = float64(time.Duration(n)*delay) / float64(time.Duration(executors)*time.Since(ex.first))
+	ex.mu.Lock()
+	waits, arrivals := ex.waits()
+	r := satRun{waits: waits, ideal: idealFIFO(arrivals, executors, delay)}
+	for _, c := range ex.calls {
+		r.latencies = append(r.latencies, c.began.Sub(c.enqueued))
+	}
+	r.busy = float64(ex.busy) / float64(time.Duration(executors)*time.Since(ex.first))
+	ex.mu.Unlock()
 	r.acquires = metrics.Acquires("") / float64(n)
 	r.handed = histogramCount(t, wmetrics, "evalpool_executor_wait_seconds") / float64(n)
 	cancel()
@@ -156,19 +188,20 @@ func histogramCount(t *testing.T, m *worker.Metrics, name string) float64 {
 	return 0
 }
 
-// idealFIFO is the mean and p99 wait of n evals arriving at once on
+// idealFIFO is the waits of evals arriving at the given moments on
 // executors of the given latency, served first in, first out with no idle
-// time: eval k starts after k/executors rounds.
-func idealFIFO(n, executors int, delay time.Duration) (mean, p99 time.Duration) {
-	var ideal []time.Duration
-	var sum time.Duration
-	for k := range n {
-		d := time.Duration(k/executors) * delay
-		ideal = append(ideal, d)
-		sum += d
+// executor time.
+func idealFIFO(arrivals []time.Duration, executors int, delay time.Duration) []time.Duration {
+	arrivals = slices.Sorted(slices.Values(arrivals))
+	free := make([]time.Duration, executors) // when each executor is next free
+	var waits []time.Duration
+	for _, a := range arrivals {
+		i := slices.Index(free, slices.Min(free))
+		start := max(a, free[i])
+		waits = append(waits, start-a)
+		free[i] = start + delay
 	}
-	slices.Sort(ideal)
-	return sum / time.Duration(n), percentile(ideal, 99)
+	return waits
 }
 
 func meanOf(ds []time.Duration) time.Duration {
@@ -183,15 +216,15 @@ func latency(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	var p50, p99 []float64
 	for range runs() {
 		free := latencyRun(t, srv, 16, 200, 0, 10*time.Millisecond, worker.CleanupOutcome)
-		p50 = append(p50, float64(percentile(free.waits, 50)))
-		p99 = append(p99, float64(percentile(free.waits, 99)))
+		p50 = append(p50, float64(percentile(free.latencies, 50)))
+		p99 = append(p99, float64(percentile(free.latencies, 99)))
 	}
 	md.WriteString("## 4. Latency and a saturated pool\n\n")
 	fmt.Fprintf(md, "Enqueue to executor call with executors free (200 evals, 10 ms apart, 16 executors, one worker, `--poll-interval 100ms`: an idle Asynq worker looks at its queues every 50–150 ms, which is most of this): p50 %s, p99 %s.\n\n",
 		time.Duration(median(p50)).Round(time.Millisecond), time.Duration(median(p99)).Round(time.Millisecond))
 
 	const satExecutors = 4
-	fmt.Fprintf(md, "A saturated pool: %d executors, one worker of concurrency 16, all evals enqueued at once, by cleanup mode and eval length. An attempt that finds no free executor waits in the pool's FIFO wait list; every release, reclaim or registration hands the executor straight to the oldest waiter, and the worker's one blocking connection wakes it. *Ideal FIFO* is the same arrivals served in order with no idle executor time. Acquire calls are the acquire script's calls per eval; a handed eval also costs one renewal and one wake (a `BLPOP` answer on the worker's connection). Busy is the executors' share of busy time from the first call to the last release.\n\n", satExecutors)
+	fmt.Fprintf(md, "A saturated pool: %d executors, one worker of concurrency 16, all evals enqueued at once, by cleanup mode and eval length. An attempt that finds no free executor waits in the pool's FIFO wait list; every release, reclaim or registration hands the executor straight to the oldest waiter, and the worker's one blocking connection wakes it. Waits count from the enqueue, or from the first executor call when that is later: until then the worker had not looked at its queue (an idle Asynq server polls every `--poll-interval`, 100 ms here), which is Asynq's start and the same in every mode. *Ideal FIFO* is the same arrivals served in order with no idle executor time, simulated per run. Acquire calls are the acquire script's calls per eval; a handed eval also costs one renewal and one wake (a `BLPOP` answer on the worker's connection). Busy is the time the executors spent serving calls (from a call's arrival to its answer), as a share of their time from the first call to the last release.\n\n", satExecutors)
 	md.WriteString("| mode | eval | evals | wait mean / ideal | wait p99 / ideal | executors busy | acquire calls per eval | handed from the wait list |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, c := range []struct {
 		delay time.Duration
@@ -199,13 +232,14 @@ func latency(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 		runs  int
 	}{{20 * time.Millisecond, 200, runs()}, {time.Second, 32, min(runs(), 3)}, {10 * time.Second, 12, 1}} {
 		for _, mode := range []worker.CleanupMode{worker.CleanupOutcome, worker.CleanupBoth, worker.CleanupInline} {
-			var mean, p99, busy, acq, handed []float64
+			var mean, p99, imean, ip99, busy, acq, handed []float64
 			for range c.runs {
 				r := latencyRun(t, srv, satExecutors, c.n, c.delay, 0, mode)
 				mean, p99 = append(mean, float64(meanOf(r.waits))), append(p99, float64(percentile(r.waits, 99)))
+				imean, ip99 = append(imean, float64(meanOf(r.ideal))), append(ip99, float64(percentile(r.ideal, 99)))
 				busy, acq, handed = append(busy, r.busy), append(acq, r.acquires), append(handed, r.handed)
 			}
-			im, ip := idealFIFO(c.n, satExecutors, c.delay)
+			im, ip := time.Duration(median(imean)), time.Duration(median(ip99))
 			fmt.Fprintf(md, "| %s | %s | %d | %s / %s (%.2f×) | %s / %s (%.2f×) | %.1f%% | %.2f | %.0f%% |\n", mode, c.delay, c.n,
 				time.Duration(median(mean)).Round(time.Millisecond), im.Round(time.Millisecond), median(mean)/float64(im),
 				time.Duration(median(p99)).Round(time.Millisecond), ip.Round(time.Millisecond), median(p99)/float64(ip),
