@@ -117,8 +117,14 @@ func TestEndpoints(t *testing.T) {
 			}
 		}
 	}
-	if got["registered"] != 3 || got["available"] != 2 || got["leased"] != 1 {
-		t.Fatalf("evalpool_executors = %v", got)
+	// The states are exclusive: their sum is the registered total.
+	sum := 0.0
+	for _, v := range got {
+		sum += v
+	}
+	registered := families["evalpool_executors_registered"].GetMetric()
+	if got["available"] != 2 || got["leased"] != 1 || sum != 3 || len(registered) != 1 || registered[0].GetGauge().GetValue() != 3 {
+		t.Fatalf("evalpool_executors = %v (sum %g), registered %v", got, sum, registered)
 	}
 }
 

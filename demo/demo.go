@@ -122,7 +122,9 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 		return nil, err
 	}
 	var err error
-	if d.pool, err = pool.New(d.client, pool.Options{Name: opts.Pool, Logger: &d.log, Metrics: d.metrics}); err != nil {
+	// The demo's executors fail calls at random on purpose (FailRate): they
+	// are not dead, and quarantining them would only shrink the demo.
+	if d.pool, err = pool.New(d.client, pool.Options{Name: opts.Pool, Logger: &d.log, Metrics: d.metrics, QuarantineAfter: -1}); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -291,7 +293,7 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep.ExecutorsLost = len(d.urls) - int(counts.Available)
+	rep.ExecutorsLost = len(d.urls) - int(counts.Available+counts.Quarantined)
 	if rep.Violations, err = d.pool.Check(ctx); err != nil {
 		return nil, err
 	}

@@ -86,7 +86,20 @@ var (
 	// ErrBadAnswer means the executor answered something that is not a
 	// result: not JSON, an unknown status, too big.
 	ErrBadAnswer = errors.New("executor: bad answer")
+	// ErrUnavailable means the executor did not serve the call: the
+	// connection failed, or no answer came before the call's deadline, or
+	// it answered 5xx. With ErrBadAnswer, it is what Unavailable reports:
+	// the executor's fault, not the eval's.
+	ErrUnavailable = errors.New("executor: unavailable")
 )
+
+// Unavailable reports whether err says the executor itself failed the call
+// (ErrUnavailable, ErrBadAnswer), as opposed to the eval failing, the
+// caller giving up, or the executor refusing an eval it should refuse. The
+// pool counts these to quarantine an executor.
+func Unavailable(err error) bool {
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, ErrBadAnswer)
+}
 
 // Request is the body of POST /v1/evals.
 type Request struct {
@@ -212,14 +225,23 @@ func (c *Client) post(ctx context.Context, baseURL, path string, body []byte, li
 	}
 	resp, err := c.httpClient().Do(hr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("executor %s: %w", baseURL, err)
+		return nil, nil, unavailable(ctx, baseURL, "", err)
 	}
 	defer resp.Body.Close()
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return nil, nil, fmt.Errorf("executor %s: read answer: %w", baseURL, err)
+		return nil, nil, unavailable(ctx, baseURL, "read answer: ", err)
 	}
 	return resp, answer, nil
+}
+
+// unavailable wraps a failed call in ErrUnavailable, unless it failed
+// because the caller cancelled it: that says nothing of the executor.
+func unavailable(ctx context.Context, baseURL, what string, err error) error {
+	if errors.Is(context.Cause(ctx), context.Canceled) || errors.Is(ctx.Err(), context.Canceled) {
+		return fmt.Errorf("executor %s: %s%w", baseURL, what, err)
+	}
+	return fmt.Errorf("%w: %s: %s%w", ErrUnavailable, baseURL, what, err)
 }
 
 // Run sends one eval to the executor at baseURL and waits for its answer.
@@ -245,6 +267,8 @@ func (c *Client) Run(ctx context.Context, baseURL string, req Request) (Result, 
 		return Result{}, fmt.Errorf("%w: %s: %s", ErrBusy, baseURL, snippet(answer))
 	case resp.StatusCode == http.StatusUnauthorized:
 		return Result{}, fmt.Errorf("%w: %s: %s", ErrUnauthorized, baseURL, snippet(answer))
+	case resp.StatusCode/100 == 5:
+		return Result{}, fmt.Errorf("%w: %s answered %s: %s", ErrUnavailable, baseURL, resp.Status, snippet(answer))
 	case resp.StatusCode/100 != 2:
 		return Result{}, fmt.Errorf("executor %s answered %s: %s", baseURL, resp.Status, snippet(answer))
 	case len(answer) > MaxAnswerBytes:

@@ -10,13 +10,19 @@
 --         with when no executor is free, or '' not to wait
 -- ARGV[7] how long the wait list entry lives, in ms, unless renewed by the
 --         eval's next acquire
+-- ARGV[8] the label set the executor must have ('' for any executor)
 -- Returns: nil when no executor is free and the eval does not wait;
 --   {'waiting', position (0 first)} when it joined (or stays in) the wait
 --   list: the next executor freed for it is leased under ARGV[2] and pushed
 --   to the wake list; else
 --   {url, token, fence, deadline_ms, acquired_at_ms, available_since_ms, reentered}
 -- Fails with EVALPOOL_NO_POOL when the pool's epoch marker is missing: the
--- pool was never created, or its data was lost (FLUSHALL, eviction).
+-- pool was never created, or its data was lost (FLUSHALL, eviction); with
+-- EVALPOOL_UNSERVABLE when no registered executor has the label set.
+--
+-- The executor is the one idle longest among those with the label set: the
+-- head of that set's available index. An eval whose last attempt found its
+-- executor unavailable (avoid) gets the next one instead when there is one.
 --
 -- Acquire is re-entrant per eval: an eval that still holds its executor (its
 -- lease not yet reclaimed, the executor not draining) gets it back under the
@@ -24,9 +30,12 @@
 -- nor release it and the executor refuses it. The holders index is believed
 -- only when the lease it points to is this eval's.
 
-local eval_id, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local eval_id, token, ttl, set = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[8] or ''
 if redis.call('EXISTS', K_EPOCH) == 0 then
   return redis.error_reply('EVALPOOL_NO_POOL the pool has no epoch marker: never created, or its data was lost')
+end
+if set ~= '' and not redis.call('HGET', K_LABELSETS, set) then
+  return redis.error_reply('EVALPOOL_UNSERVABLE no registered executor has the labels ' .. set)
 end
 -- INCR fails on a fence that is not an integer, and Redis would not roll
 -- back the ZPOPMIN before it: refuse first, so no executor is dropped.
@@ -41,25 +50,27 @@ if bad then
   return redis.error_reply(bad)
 end
 
--- Read so far with typed commands: the fence, the deadlines (by the
--- reclaim) and the holders. The keys written after the next write are
--- checked here; the epoch is never written.
+-- Read so far with typed commands: the fence, the label sets, the
+-- deadlines (by the reclaim), the holders and the avoid list. The keys
+-- written after the next write are checked here; the epoch is never written.
 local held = redis.call('HGET', K_HOLDERS, eval_id)
-bad = foreign({ 1, 3, 6, 10, 11 })
+local avoid = redis.call('HGET', K_AVOID, eval_id)
+bad = foreign(set == '' and { 1, 3, 6, 10, 11, 12 } or { 1, 2, 3, 6, 10, 11, 12 })
 if bad then
   return redis.error_reply(bad)
 end
 if held then
   local lease = lease_of(held)
   if lease and lease.eval_id == eval_id and redis.call('HEXISTS', K_EXECUTORS, held) == 1 then
-    if redis.call('SISMEMBER', K_DRAINING, held) == 0 then
+    if redis.call('SISMEMBER', K_DRAINING, held) == 0 and not redis.call('ZSCORE', K_QUARANTINE, held) then
       -- Its own executor, live or expired within the grace: nobody else can
       -- hold it, and the higher fence makes the executor drop the older
       -- attempt.
       return grant(held, eval_id, token, ttl, now, tonumber(lease.available_since) or now, 1)
     end
-    -- Draining: never handed out again, not even to its holder. Ending the
-    -- lease removes the executor, so the older attempt loses it too.
+    -- Draining or quarantined: never handed out again, not even to its
+    -- holder. Ending the lease removes the executor (or leaves it out of
+    -- service), so the older attempt loses it too.
     bad = foreign({ 2, 9 })
     if bad then
       return redis.error_reply(bad)
@@ -72,24 +83,47 @@ if held then
 end
 
 -- Pop the executor idle longest. An entry that is not a registered, unleased,
--- undrained executor (only foreign writes or lost keys make one) is dropped,
--- never granted: handing out a leased executor would double-book it.
+-- undrained, unquarantined executor (only foreign writes or lost keys make
+-- one) is dropped, never granted: handing out a leased executor would
+-- double-book it.
 local wake = ARGV[6]
+local key = available_key(set)
 for _ = 1, 16 do
-  local popped = redis.call('ZPOPMIN', K_AVAILABLE)
-  if #popped == 0 then
-    break
+  local url, since
+  if avoid then
+    local two = redis.call('ZRANGE', key, 0, 1, 'WITHSCORES')
+    if #two == 0 then
+      break
+    end
+    url, since = two[1], two[2]
+    if url == avoid and #two == 4 then
+      url, since = two[3], two[4]
+    end
+    redis.call('ZREM', key, url)
+  else
+    local popped = redis.call('ZPOPMIN', key)
+    if #popped == 0 then
+      break
+    end
+    url, since = popped[1], popped[2]
   end
-  local url = popped[1]
-  if redis.call('HEXISTS', K_EXECUTORS, url) == 1
-      and redis.call('HEXISTS', K_LEASES, url) == 0
-      and redis.call('SISMEMBER', K_DRAINING, url) == 0 then
+  local raw = redis.call('HGET', K_EXECUTORS, url)
+  if raw and redis.call('HEXISTS', K_LEASES, url) == 0
+      and redis.call('SISMEMBER', K_DRAINING, url) == 0
+      and not redis.call('ZSCORE', K_QUARANTINE, url) then
+    local record = decode(raw)
+    if set ~= '' or #label_list(record) > 0 then
+      take_out(url, record) -- out of the other label sets' indexes too
+    end
+    if avoid then
+      redis.call('HDEL', K_AVOID, eval_id)
+    end
     -- An eval that waited before leaves the line; the two keys hold an
     -- entry together or not at all, so most acquires stop at the ZREM.
-    if redis.call('ZREM', K_WAITERS, eval_id) == 1 then
+    if redis.call('ZREM', waiters_key(set), eval_id) == 1 then
       redis.call('HDEL', K_WAITING, eval_id)
     end
-    return grant(url, eval_id, token, ttl, now, tonumber(popped[2]), 0)
+    return grant(url, eval_id, token, ttl, now, tonumber(since), 0)
   end
 end
 if wake == '' or not is_wake_key(wake) then
@@ -99,8 +133,9 @@ end
 -- attempt handed back to the queue comes again with its first place). The
 -- place is the time in microseconds: evals that join within one millisecond
 -- still keep their order.
-redis.call('ZADD', K_WAITERS, 'NX', now_micro, eval_id)
+local line = waiters_key(set)
+redis.call('ZADD', line, 'NX', now_micro, eval_id)
 redis.call('HSET', K_WAITING, eval_id, cjson.encode({
-  token = token, ttl = ttl, wake = wake, expires = now + tonumber(ARGV[7]),
+  token = token, ttl = ttl, wake = wake, expires = now + tonumber(ARGV[7]), set = set,
 }))
-return { 'waiting', redis.call('ZRANK', K_WAITERS, eval_id) }
+return { 'waiting', redis.call('ZRANK', line, eval_id) }

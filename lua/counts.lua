@@ -2,14 +2,31 @@
 --
 -- KEYS: see lib.lua.
 -- ARGV: none.
--- Returns: {registered, available, leased, expired, draining, waiters};
--- expired leases are counted among the leased too. O(log N).
+-- Returns: {registered, available, leased, expired, draining, waiters,
+-- quarantined, lost}. The states available, leased, draining, quarantined
+-- and lost are exclusive and add up to registered: leased counts live and
+-- expired leases of executors not draining (a quarantined executor still
+-- serving its eval among them), quarantined those out of service and idle.
+-- expired counts the leases past their deadline, of any state. O(log N),
+-- plus one lookup per quarantined executor.
 
+local registered = redis.call('HLEN', K_EXECUTORS)
+local available = redis.call('ZCARD', K_AVAILABLE)
+local leases = redis.call('HLEN', K_LEASES)
+local draining = redis.call('SCARD', K_DRAINING)
+local quarantined = 0
+for _, url in ipairs(redis.call('ZRANGE', K_QUARANTINE, 0, -1)) do
+  if redis.call('HEXISTS', K_LEASES, url) == 0 then
+    quarantined = quarantined + 1
+  end
+end
 return {
-  redis.call('HLEN', K_EXECUTORS),
-  redis.call('ZCARD', K_AVAILABLE),
-  redis.call('HLEN', K_LEASES),
+  registered,
+  available,
+  leases - draining,
   redis.call('ZCOUNT', K_DEADLINES, '-inf', now_ms()),
-  redis.call('SCARD', K_DRAINING),
-  redis.call('ZCARD', K_WAITERS),
+  draining,
+  redis.call('HLEN', K_WAITING),
+  quarantined,
+  math.max(0, registered - available - leases - quarantined),
 }

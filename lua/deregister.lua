@@ -4,6 +4,7 @@
 -- ARGV[1] url
 -- Returns: 'removed' (it was not leased, it is gone now) | 'draining' (it is
 -- leased: never handed out again, removed when its lease ends) | 'unknown'.
+-- A quarantined executor leaves the quarantine with it.
 
 local bad = foreign(ALL_KEYS)
 if bad then
@@ -21,6 +22,8 @@ local record = decode(redis.call('HGET', K_EXECUTORS, url))
 if record and record.instance_id and redis.call('HGET', K_INSTANCES, record.instance_id) == url then
   redis.call('HDEL', K_INSTANCES, record.instance_id)
 end
-redis.call('ZREM', K_AVAILABLE, url)
+take_out(url, record)
+count_sets(record, -1)
+redis.call('ZREM', K_QUARANTINE, url)
 redis.call('HDEL', K_EXECUTORS, url)
 return 'removed'

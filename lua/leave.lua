@@ -17,7 +17,7 @@ local eval_id, token = ARGV[1], ARGV[2]
 local now = now_ms()
 local w = decode(redis.call('HGET', K_WAITING, eval_id))
 if w and w.token == token then
-  redis.call('ZREM', K_WAITERS, eval_id)
+  redis.call('ZREM', waiters_key(type(w.set) == 'string' and w.set or ''), eval_id)
   redis.call('HDEL', K_WAITING, eval_id)
   return { 'left', now }
 end

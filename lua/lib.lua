@@ -4,8 +4,14 @@
 -- (evalpool:{<pool>}:...) so that a script touches a single cluster slot:
 --   KEYS[1] executors  HASH  url -> executor record JSON {added_at, labels?,
 --                            instance_id?, releases?, double_releases?,
---                            stale_releases?}
---   KEYS[2] available  ZSET  url -> ms when it last became available
+--                            stale_releases?, fails?, passed?, failed?,
+--                            window_n?, window_failed?, quarantined_at?,
+--                            quarantine_reason?, probes?}
+--   KEYS[2] available  ZSET  url -> ms when it last became available; an
+--                            executor with labels is also in the available
+--                            index of each set of its labels
+--                            (available:<set>), so that an eval requiring a
+--                            set pops from one index, in O(log N)
 --   KEYS[3] leases     HASH  url -> lease record JSON {token, eval_id, fence,
 --                            acquired_at, available_since}
 --   KEYS[4] deadlines  ZSET  url -> lease deadline (ms)
@@ -17,10 +23,24 @@
 --   KEYS[9] instances  HASH  executor instance ID -> url, so that one executor
 --                            is never registered under two URLs
 --   KEYS[10] waiters   ZSET  eval_id -> µs when it first began to wait: the
---                            FIFO wait list for a free executor
---   KEYS[11] waiting   HASH  eval_id -> waiter JSON {token, ttl, wake, expires}:
---                            the lease to grant it and the list (in this
---                            hash slot) to push the grant to
+--                            FIFO wait list for a free executor; evals that
+--                            require labels wait in waiters:<set>
+--   KEYS[11] waiting   HASH  eval_id -> waiter JSON {token, ttl, wake, expires,
+--                            set?}: the lease to grant it, the list (in this
+--                            hash slot) to push the grant to, and the label
+--                            set it requires
+--   KEYS[12] quarantine ZSET url -> ms of its next health probe: executors
+--                            taken out of service (never handed out); a
+--                            leased one goes out of service at its release
+--   KEYS[13] avoid     HASH  eval_id -> url its last attempt found unavailable:
+--                            its next acquire prefers another executor
+--   KEYS[14] labelsets HASH  label set -> how many registered executors have
+--                            it, so that an eval no executor could serve is
+--                            refused, not parked for ever
+--
+-- A label set is its labels as sorted "key=value" strings joined by ",".
+-- An executor has at most MAX_LABELS labels: it is in 2^k - 1 label-set
+-- indexes, each a ZADD on release and a ZREM on acquire.
 --
 -- Time is Redis's own (TIME), never the caller's clock. Nothing read from a
 -- key is trusted before it is checked: records are decoded with pcall, and
@@ -38,6 +58,11 @@ local K_EPOCH = KEYS[8]
 local K_INSTANCES = KEYS[9]
 local K_WAITERS = KEYS[10]
 local K_WAITING = KEYS[11]
+local K_QUARANTINE = KEYS[12]
+local K_AVOID = KEYS[13]
+local K_LABELSETS = KEYS[14]
+local PREFIX = string.sub(K_AVAILABLE, 1, #K_AVAILABLE - #'available')
+local MAX_LABELS = 4
 
 -- foreign returns an EVALPOOL_FOREIGN_DATA error for the first of the keys
 -- named (indexes into KEYS) that holds data of another kind, or nil. Redis
@@ -46,8 +71,8 @@ local K_WAITING = KEYS[11]
 -- naming every key it may touch after that write and has not already read
 -- with a typed command (a typed read fails on foreign data before anything
 -- changed). One O(1) TYPE call per key named.
-local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash' }
-local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 }
+local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash', 'zset', 'hash', 'hash' }
+local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14 }
 local function foreign(indexes)
   for _, i in ipairs(indexes) do
     local got = redis.call('TYPE', KEYS[i]).ok
@@ -86,6 +111,79 @@ local function lease_of(url)
   return decode(redis.call('HGET', K_LEASES, url))
 end
 
+-- label_list is a record's labels as sorted "key=value" strings.
+local function label_list(record)
+  local out = {}
+  if record and type(record.labels) == 'table' then
+    for k, v in pairs(record.labels) do
+      if type(k) == 'string' and type(v) == 'string' then
+        out[#out + 1] = k .. '=' .. v
+      end
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+-- label_sets is every non-empty subset of a sorted label list, by name: the
+-- label sets an eval may require that this executor can serve.
+local function label_sets(list)
+  local sets = {}
+  local n = math.min(#list, MAX_LABELS)
+  for mask = 1, 2 ^ n - 1 do
+    local parts = {}
+    for i = 1, n do
+      if math.floor(mask / 2 ^ (i - 1)) % 2 == 1 then
+        parts[#parts + 1] = list[i]
+      end
+    end
+    sets[#sets + 1] = table.concat(parts, ',')
+  end
+  return sets
+end
+
+-- available_key and waiters_key name the index of a label set: the pool's
+-- own keys for the empty set, which every executor has.
+local function available_key(set)
+  if set == nil or set == '' then
+    return K_AVAILABLE
+  end
+  return PREFIX .. 'available:' .. set
+end
+
+local function waiters_key(set)
+  if set == nil or set == '' then
+    return K_WAITERS
+  end
+  return PREFIX .. 'waiters:' .. set
+end
+
+-- make_available puts url in the available index of every label set it has.
+local function make_available(url, record, since)
+  redis.call('ZADD', K_AVAILABLE, since, url)
+  for _, set in ipairs(label_sets(label_list(record))) do
+    redis.call('ZADD', available_key(set), since, url)
+  end
+end
+
+-- take_out removes url from every available index.
+local function take_out(url, record)
+  redis.call('ZREM', K_AVAILABLE, url)
+  for _, set in ipairs(label_sets(label_list(record))) do
+    redis.call('ZREM', available_key(set), url)
+  end
+end
+
+-- count_sets adds delta to the registered count of each label set of a
+-- record, so that labelsets says which requirements some executor meets.
+local function count_sets(record, delta)
+  for _, set in ipairs(label_sets(label_list(record))) do
+    if redis.call('HINCRBY', K_LABELSETS, set, delta) <= 0 then
+      redis.call('HDEL', K_LABELSETS, set)
+    end
+  end
+end
+
 -- grant leases url to eval_id under token for ttl ms, at a fence above
 -- every one before. The fence never falls below the clock in ms, so that a
 -- Redis that lost its data (no persistence) still hands out fences above
@@ -109,7 +207,7 @@ end
 
 -- is_wake_key reports whether key is a wake list of this pool: in its hash
 -- slot, so that a handoff never writes outside the pool.
-local WAKE_PREFIX = string.sub(K_WAITERS, 1, #K_WAITERS - #'waiters') .. 'wake:'
+local WAKE_PREFIX = PREFIX .. 'wake:'
 local function is_wake_key(key)
   return string.sub(key, 1, #WAKE_PREFIX) == WAKE_PREFIX
 end
@@ -126,20 +224,37 @@ end
 -- goes, and any left for the next handoff, so that no call walks the list.
 local HANDOFF_LOOK = 16
 
--- free makes url available, or hands it straight to the oldest live waiter:
--- the lease is granted inside this script, so no newcomer can take the
--- executor first, and the grant is pushed to the waiter's wake list, where
--- its worker's one blocking connection picks it up. A waiter whose entry
--- outlived its expiry, or that already holds a lease, is dropped.
-local function free(url, now)
+-- free makes url available, or hands it straight to the oldest live waiter
+-- it can serve: the lease is granted inside this script, so no newcomer can
+-- take the executor first, and the grant is pushed to the waiter's wake
+-- list, where its worker's one blocking connection picks it up. The oldest
+-- is the first in line among the wait lists of the label sets the executor
+-- has (the empty set's first), so that a waiter for labels it lacks never
+-- holds up one it can serve. A waiter whose entry outlived its expiry, or
+-- that already holds a lease, is dropped. A quarantined executor stays out
+-- of service. record is url's executor record when the caller has read it.
+local function free(url, now, record)
+  if redis.call('ZSCORE', K_QUARANTINE, url) then
+    return nil
+  end
+  record = record or decode(redis.call('HGET', K_EXECUTORS, url))
+  local lists = { K_WAITERS }
+  for _, set in ipairs(label_sets(label_list(record))) do
+    lists[#lists + 1] = waiters_key(set)
+  end
   for _ = 1, HANDOFF_LOOK do
-    local head = redis.call('ZRANGE', K_WAITERS, 0, 0)
-    if #head == 0 then
+    local list, eval_id, first
+    for _, key in ipairs(lists) do
+      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if #head > 0 and (not first or tonumber(head[2]) < first) then
+        list, eval_id, first = key, head[1], tonumber(head[2])
+      end
+    end
+    if not eval_id then
       break
     end
-    local eval_id = head[1]
     local w = decode(redis.call('HGET', K_WAITING, eval_id))
-    redis.call('ZREM', K_WAITERS, eval_id)
+    redis.call('ZREM', list, eval_id)
     redis.call('HDEL', K_WAITING, eval_id)
     if w and tonumber(w.expires) and tonumber(w.expires) > now and type(w.token) == 'string'
         and tonumber(w.ttl) and type(w.wake) == 'string' and is_wake_key(w.wake)
@@ -151,32 +266,90 @@ local function free(url, now)
       return eval_id
     end
   end
-  redis.call('ZADD', K_AVAILABLE, now, url)
+  make_available(url, record, now)
   return nil
+end
+
+-- valid_labels reports whether raw is a JSON object of at most MAX_LABELS
+-- string values, none holding the ',' or '=' that label set names use.
+local function valid_labels(raw)
+  local labels = decode(raw)
+  if not labels then
+    return false
+  end
+  local n = 0
+  for k, v in pairs(labels) do
+    n = n + 1
+    if type(k) ~= 'string' or type(v) ~= 'string' or string.find(k .. v, '[,=]') then
+      return false
+    end
+  end
+  return n <= MAX_LABELS
+end
+
+-- set_labels gives a registered executor new labels (a table) and writes
+-- its record; false when they are the ones it has. An available executor
+-- moves to its new sets' indexes, to the oldest waiter it can now serve
+-- first.
+local function set_labels(url, record, labels, now)
+  if next(labels) == nil then
+    labels = nil
+  end
+  if table.concat(label_list(record), ',') == table.concat(label_list({ labels = labels }), ',') then
+    return false
+  end
+  local available = redis.call('ZSCORE', K_AVAILABLE, url)
+  if available then
+    take_out(url, record)
+  end
+  count_sets(record, -1)
+  record.labels = labels
+  count_sets(record, 1)
+  redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+  if available then
+    free(url, now, record)
+  end
+  return true
+end
+
+-- quarantine takes url out of service until a health probe (or an operator)
+-- returns it: out of every available index now, and, when it is leased, at
+-- its release (free leaves a quarantined executor alone). Its first probe is
+-- due after interval ms. The caller writes record.
+local function quarantine(url, record, now, reason, interval)
+  redis.call('ZADD', K_QUARANTINE, now + interval, url)
+  record.quarantined_at, record.quarantine_reason, record.probes = now, reason, 0
+  take_out(url, record)
 end
 
 -- end_lease drops the lease of url and returns the executor to the pool
 -- (to its oldest waiter first), or removes it when it was deregistered while
 -- leased. It returns 1 when the executor was removed, 0 when it was freed
--- (or is not registered). lease is url's lease record when the caller has
--- already read it.
-local function end_lease(url, now, lease)
+-- (or is not registered). lease and record are url's lease and executor
+-- records when the caller has already read them.
+local function end_lease(url, now, lease, record)
   lease = lease or lease_of(url)
   redis.call('HDEL', K_LEASES, url)
   redis.call('ZREM', K_DEADLINES, url)
   if lease and type(lease.eval_id) == 'string' and redis.call('HGET', K_HOLDERS, lease.eval_id) == url then
     redis.call('HDEL', K_HOLDERS, lease.eval_id)
   end
+  local registered = record ~= nil
+  if not record then
+    local raw = redis.call('HGET', K_EXECUTORS, url)
+    registered, record = raw ~= false, decode(raw)
+  end
   if redis.call('SREM', K_DRAINING, url) == 1 then
-    local record = decode(redis.call('HGET', K_EXECUTORS, url))
     if record and record.instance_id and redis.call('HGET', K_INSTANCES, record.instance_id) == url then
       redis.call('HDEL', K_INSTANCES, record.instance_id)
     end
+    count_sets(record, -1)
+    redis.call('ZREM', K_QUARANTINE, url)
     redis.call('HDEL', K_EXECUTORS, url)
     return 1
   end
-  if redis.call('HEXISTS', K_EXECUTORS, url) == 1 then
-    free(url, now)
+  if registered then
+    free(url, now, record or {})
   end
   return 0
 end
@@ -192,7 +365,7 @@ local function reclaim_expired(now, limit, grace)
   if #expired == 0 then
     return 0, nil
   end
-  local bad = foreign({ 1, 2, 3, 5, 6, 7, 9, 10, 11 })
+  local bad = foreign({ 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 14 })
   if bad then
     return 0, bad
   end

@@ -34,6 +34,12 @@ var (
 	counts string
 	//go:embed leave.lua
 	leave string
+	//go:embed label.lua
+	label string
+	//go:embed quarantine.lua
+	quarantine string
+	//go:embed probe.lua
+	probe string
 )
 
 // The pool's scripts. Each takes the pool's keys in the order lib.lua gives;
@@ -47,6 +53,9 @@ var (
 	Reap       = redis.NewScript(lib + reap)
 	Counts     = redis.NewScript(lib + counts)
 	Leave      = redis.NewScript(lib + leave)
+	Label      = redis.NewScript(lib + label)
+	Quarantine = redis.NewScript(lib + quarantine)
+	Probe      = redis.NewScript(lib + probe)
 )
 
 // All lists every script, for loading them before a pipeline and for tests.
@@ -59,4 +68,7 @@ var All = map[string]*redis.Script{
 	"reap":       Reap,
 	"counts":     Counts,
 	"leave":      Leave,
+	"label":      Label,
+	"quarantine": Quarantine,
+	"probe":      Probe,
 }

@@ -3,25 +3,34 @@
 --
 -- KEYS: see lib.lua.
 -- ARGV[1] a fresh random epoch, written only if the pool has none yet
--- ARGV[2..]: url, labels (a JSON object, or '' for none), instance_id (the
--- executor's own ID, or '' when unknown); the three repeated once per
--- executor.
+-- ARGV[2..]: url, labels (a JSON object of at most MAX_LABELS string
+-- values, or '' to keep a known executor's labels and give a new one
+-- none), instance_id (the executor's own ID, or '' when unknown); the three
+-- repeated once per executor.
 -- Returns: {epoch, status...}: the pool's epoch, then one status per
 -- executor, in ARGV's order:
 --   'added'              new; available now, or left with its lease when the
 --                        record was lost while it was leased
---   'already_registered' known; a drain of it is cancelled
---   'repaired'           known, yet neither available nor leased (lost):
---                        made available again
--- An executor made available goes to the oldest waiter first (free, in
--- lib.lua).
+--   'already_registered' known, same labels; a drain of it is cancelled
+--   'relabeled'          known, with other labels: they replace the old ones
+--   'repaired'           known, yet neither available, leased nor
+--                        quarantined (lost): made available again
+-- An executor made available goes to the oldest waiter it can serve first
+-- (free, in lib.lua).
 --   'duplicate <url>'    its instance ID is registered under another URL:
 --                        one executor is never in the pool twice; nothing
 --                        changed
+-- Fails with EVALPOOL_BAD_LABELS, changing nothing, when labels are not such
+-- an object.
 
 local bad = foreign(ALL_KEYS)
 if bad then
   return redis.error_reply(bad)
+end
+for i = 2, #ARGV, 3 do
+  if ARGV[i + 1] ~= '' and not valid_labels(ARGV[i + 1]) then
+    return redis.error_reply('EVALPOOL_BAD_LABELS labels of ' .. ARGV[i] .. ': want a JSON object of at most ' .. MAX_LABELS .. ' string values')
+  end
 end
 -- A new pool, or one whose data was lost: the marker starts again.
 redis.call('SET', K_EPOCH, ARGV[1], 'NX')
@@ -37,31 +46,36 @@ for i = 2, #ARGV, 3 do
     local record = decode(redis.call('HGET', K_EXECUTORS, url))
     local leased = redis.call('HEXISTS', K_LEASES, url) == 1
     local available = redis.call('ZSCORE', K_AVAILABLE, url)
+    local quarantined = redis.call('ZSCORE', K_QUARANTINE, url)
     if record then
       redis.call('SREM', K_DRAINING, url)
       if instance ~= '' and record.instance_id ~= instance then
         record.instance_id = instance
         redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
       end
-      if not leased and not available then
-        free(url, now)
+      if labels ~= '' and set_labels(url, record, cjson.decode(labels), now) then
+        out[#out + 1] = 'relabeled'
+      elseif not leased and not available and not quarantined then
+        free(url, now, record)
         out[#out + 1] = 'repaired'
       else
         out[#out + 1] = 'already_registered'
       end
     else
       record = { added_at = now }
-      if labels ~= '' then
+      if labels ~= '' and next(cjson.decode(labels)) then
         record.labels = cjson.decode(labels)
       end
       if instance ~= '' then
         record.instance_id = instance
       end
       redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+      count_sets(record, 1)
+      redis.call('ZREM', K_QUARANTINE, url)
       -- An executor still leased (its record was lost under a live lease)
       -- returns at its release or reclaim, never now.
       if not leased then
-        free(url, now)
+        free(url, now, record)
       end
       out[#out + 1] = 'added'
     end

@@ -1,11 +1,26 @@
 -- release.lua: give a leased executor back; idempotent and owner-checked.
+-- The release that ends the lease also records what the attempt made of the
+-- executor, and may take it out of service.
 --
 -- KEYS: see lib.lua.
 -- ARGV[1] url
 -- ARGV[2] token of the lease being released
--- Returns: {outcome, now_ms, last_available_ms, holder_eval_id, removed}
+-- ARGV[3] verdict: 'passed' or 'failed' (the executor answered, the eval was
+--         graded), 'unavailable' (the executor did not serve the call:
+--         refused connection, timeout, 5xx, malformed answer), or '' (no
+--         verdict on the executor: the attempt was cancelled, lost its
+--         lease, ...)
+-- ARGV[4] '1' when the eval will be retried: after 'unavailable', its next
+--         acquire prefers another executor
+-- ARGV[5] quarantine after this many 'unavailable' in a row (0: never)
+-- ARGV[6] quarantine when this share of the last 20 graded evals failed
+--         (0: never)
+-- ARGV[7] ms until a quarantined executor's first health probe
+-- Returns: {outcome, now_ms, last_available_ms, holder_eval_id, removed,
+--           quarantined}
 --   outcome 'released'        the token held the lease: it ended, the executor
---                             is available again (or removed, if draining)
+--                             is available again (or removed, if draining,
+--                             or out of service, if quarantined)
 --           'already_in_pool' the executor is available: a double release
 --           'stale_lease'     another lease holds it: a double release; nothing
 --                             changes, the holder keeps its executor
@@ -14,42 +29,82 @@
 --                      release, reclaim or registration), -1 if unknown
 --   holder_eval_id     the eval holding the lease for 'stale_lease', else ''
 --   removed            1 when a draining executor left the pool
-
+--   quarantined        why this release took the executor out of service
+--                      ('unavailable' or 'fail_rate'), else ''
 --
--- The executor's record counts its releases, double releases and (among
--- those) stale ones, for the dashboard: no key of its own, so an executor
--- costs nothing more.
+-- The executor's record counts its releases, double releases, stale ones and
+-- graded results, for the dashboard: no key of its own, so an executor costs
+-- nothing more.
 
-local url, token = ARGV[1], ARGV[2]
-
-local function count(field)
-  local record = decode(redis.call('HGET', K_EXECUTORS, url))
-  if record then
-    record[field] = (record[field] or 0) + 1
-    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
-  end
-end
-
+local url, token, verdict = ARGV[1], ARGV[2], ARGV[3]
 local now = now_ms()
 local lease = lease_of(url)
--- The leases were read just now and the epoch is never written here.
-local bad = foreign({ 1, 2, 4, 5, 6, 7, 9, 10, 11 })
+local raw = redis.call('HGET', K_EXECUTORS, url)
+local record = decode(raw)
+-- The leases and the executors were read just now and the epoch is never
+-- written here.
+local bad = foreign({ 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14 })
 if bad then
   return redis.error_reply(bad)
 end
-if lease then
-  if lease.token == token then
-    count('releases')
-    local removed = end_lease(url, now, lease)
-    return { 'released', now, tonumber(lease.available_since) or -1, '', removed }
+
+local function bump(field)
+  record[field] = (tonumber(record[field]) or 0) + 1
+end
+
+local WINDOW = 20
+
+if lease and lease.token == token then
+  local quarantined = ''
+  if record then
+    bump('releases')
+    if verdict == 'unavailable' then
+      bump('fails')
+      if ARGV[4] == '1' and type(lease.eval_id) == 'string' then
+        redis.call('HSET', K_AVOID, lease.eval_id, url)
+      end
+      local after = tonumber(ARGV[5]) or 0
+      if after > 0 and record.fails >= after and not redis.call('ZSCORE', K_QUARANTINE, url) then
+        quarantined = 'unavailable'
+      end
+    elseif verdict == 'passed' or verdict == 'failed' then
+      record.fails = 0
+      bump(verdict)
+      bump('window_n')
+      if verdict == 'failed' then
+        bump('window_failed')
+      end
+      if record.window_n >= WINDOW then
+        local rate = tonumber(ARGV[6]) or 0
+        if rate > 0 and (tonumber(record.window_failed) or 0) / record.window_n >= rate
+            and not redis.call('ZSCORE', K_QUARANTINE, url) then
+          quarantined = 'fail_rate'
+        end
+        record.window_n, record.window_failed = 0, 0
+      end
+    end
+    if quarantined ~= '' then
+      quarantine(url, record, now, quarantined, tonumber(ARGV[7]) or 10000)
+    end
+    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
   end
-  count('double_releases')
-  count('stale_releases')
-  return { 'stale_lease', now, tonumber(lease.available_since) or -1, tostring(lease.eval_id), 0 }
+  local removed = end_lease(url, now, lease, raw and (record or {}) or nil)
+  return { 'released', now, tonumber(lease.available_since) or -1, '', removed, quarantined }
+end
+if lease then
+  if record then
+    bump('double_releases')
+    bump('stale_releases')
+    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+  end
+  return { 'stale_lease', now, tonumber(lease.available_since) or -1, tostring(lease.eval_id), 0, '' }
 end
 local since = redis.call('ZSCORE', K_AVAILABLE, url)
 if since then
-  count('double_releases')
-  return { 'already_in_pool', now, tonumber(since), '', 0 }
+  if record then
+    bump('double_releases')
+    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+  end
+  return { 'already_in_pool', now, tonumber(since), '', 0, '' }
 end
-return { 'not_leased', now, -1, '', 0 }
+return { 'not_leased', now, -1, '', 0, '' }

@@ -16,6 +16,10 @@ type Metrics struct {
 	acquires *prometheus.CounterVec
 	renewals *prometheus.CounterVec
 	reaped   prometheus.Counter
+	// quarantines, returns and probes carry the pool's name.
+	quarantines *prometheus.CounterVec
+	returns     *prometheus.CounterVec
+	probes      *prometheus.CounterVec
 }
 
 // NewMetrics returns counters, all at zero, not yet registered anywhere.
@@ -41,7 +45,25 @@ func NewMetrics() *Metrics {
 			Name: "evalpool_reaped_total",
 			Help: "Expired leases reclaimed by Reap.",
 		}),
+		quarantines: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_quarantines_total",
+			Help: "Executors taken out of service, by reason (unavailable, fail_rate, operator).",
+		}, []string{"pool", "reason"}),
+		returns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_quarantine_returns_total",
+			Help: "Quarantined executors returned to service, by whom (probe, operator).",
+		}, []string{"pool", "by"}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_probes_total",
+			Help: "Health probes of quarantined executors, by result (healthy, unhealthy).",
+		}, []string{"pool", "result"}),
 	}
+}
+
+// Quarantines returns how many executors were quarantined for reason; an
+// empty reason matches all.
+func (m *Metrics) Quarantines(reason string) float64 {
+	return sum(m.quarantines, map[string]string{"reason": reason})
 }
 
 // Releases returns how many releases had the outcome on the path; an empty
@@ -98,27 +120,36 @@ func sum(vec *prometheus.CounterVec, want map[string]string) float64 {
 // Collectors lists the metrics, for a Prometheus registry:
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.releases, m.doubles, m.acquires, m.renewals, m.reaped}
+	return []prometheus.Collector{m.releases, m.doubles, m.acquires, m.renewals, m.reaped, m.quarantines, m.returns, m.probes}
 }
 
 // NewStateCollector returns a collector of the pool's executors by state,
 // evalpool_executors{pool,state}, read with one O(log N) script per scrape.
+// The states are exclusive, so that sum() is the registered total, which
+// evalpool_executors_registered also gives.
 func NewStateCollector(p *Pool) prometheus.Collector {
+	labels := prometheus.Labels{"pool": p.Name()}
 	return &stateCollector{pool: p,
 		desc: prometheus.NewDesc("evalpool_executors",
-			"Executors by state (registered, available, leased, expired, draining); expired leases are counted as leased too.",
-			[]string{"state"}, prometheus.Labels{"pool": p.Name()}),
-		waiters: prometheus.NewDesc("evalpool_waiters", "Evals in the pool's wait list for a free executor.",
-			nil, prometheus.Labels{"pool": p.Name()}),
+			"Executors by state: available, leased (live or expired, a quarantined one still serving its eval among them), draining, quarantined (out of service, idle), lost. Exclusive: they add up to evalpool_executors_registered.",
+			[]string{"state"}, labels),
+		registered: prometheus.NewDesc("evalpool_executors_registered", "Executors registered in the pool.", nil, labels),
+		expired:    prometheus.NewDesc("evalpool_leases_expired", "Leases past their deadline, not yet reclaimed.", nil, labels),
+		waiters:    prometheus.NewDesc("evalpool_waiters", "Evals in the pool's wait lists for a free executor.", nil, labels),
 	}
 }
 
 type stateCollector struct {
-	pool          *Pool
-	desc, waiters *prometheus.Desc
+	pool                               *Pool
+	desc, registered, expired, waiters *prometheus.Desc
 }
 
-func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.waiters }
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	ch <- c.registered
+	ch <- c.expired
+	ch <- c.waiters
+}
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	// A scrape carries no context; bound the read so a dead Redis cannot
@@ -127,12 +158,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	n, err := c.pool.Counts(ctx)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.desc, err)
-		ch <- prometheus.NewInvalidMetric(c.waiters, err)
+		for _, d := range []*prometheus.Desc{c.desc, c.registered, c.expired, c.waiters} {
+			ch <- prometheus.NewInvalidMetric(d, err)
+		}
 		return
 	}
-	for state, v := range map[string]int64{"registered": n.Registered, "available": n.Available, "leased": n.Leased, "expired": n.Expired, "draining": n.Draining} {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v), state)
+	for state, v := range map[State]int64{StateAvailable: n.Available, StateLeased: n.Leased, StateDraining: n.Draining, StateQuarantined: n.Quarantined, StateLost: n.Lost} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v), string(state))
 	}
+	ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, float64(n.Registered))
+	ch <- prometheus.MustNewConstMetric(c.expired, prometheus.GaugeValue, float64(n.Expired))
 	ch <- prometheus.MustNewConstMetric(c.waiters, prometheus.GaugeValue, float64(n.Waiters))
 }

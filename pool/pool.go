@@ -15,6 +15,7 @@
 package pool
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -31,6 +32,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/lua"
 )
 
@@ -63,7 +65,7 @@ var (
 
 // scriptErr turns a script's refusals into the package's sentinel errors.
 func scriptErr(err error) error {
-	for prefix, sentinel := range map[string]error{"EVALPOOL_FOREIGN_DATA": ErrForeignData, "EVALPOOL_NO_POOL": ErrPoolMissing} {
+	for prefix, sentinel := range map[string]error{"EVALPOOL_FOREIGN_DATA": ErrForeignData, "EVALPOOL_NO_POOL": ErrPoolMissing, "EVALPOOL_UNSERVABLE": ErrUnservable, "EVALPOOL_BAD_LABELS": ErrInvalid} {
 		if redis.HasErrorPrefix(err, prefix) {
 			return fmt.Errorf("%w: %s", sentinel, strings.TrimPrefix(err.Error(), prefix+" "))
 		}
@@ -76,6 +78,9 @@ const (
 	DefaultName         = "default"
 	DefaultReclaimBatch = 16
 	DefaultLeaseGrace   = 2 * time.Second
+	DefaultQuarantine   = 3
+	DefaultProbe        = 10 * time.Second
+	DefaultProbeMax     = time.Minute
 	reapBatch           = 1000
 	registerChunk       = 1000 // executors per register call, so that Redis is never blocked for long
 )
@@ -105,6 +110,22 @@ type Options struct {
 	// nobody scrapes; to export them, pass NewMetrics() and register it:
 	// reg.MustRegister(m.Collectors()...).
 	Metrics *Metrics
+	// QuarantineAfter takes an executor out of service after this many
+	// releases in a row reported it unavailable (VerdictUnavailable: refused
+	// connections, timeouts, 5xx, malformed answers); a graded eval resets
+	// the count. Negative: never. Defaults to 3.
+	QuarantineAfter int
+	// QuarantineFailRate takes an executor out of service when at least this
+	// share of its last 20 graded evals failed (a broken sandbox that
+	// answers "failed" to everything). Zero: never, the default: a suite
+	// whose evals all fail is not the executor's fault.
+	QuarantineFailRate float64
+	// ProbeInterval is how long after its quarantine an executor is first
+	// probed, and the first backoff between probes. Defaults to 10 s.
+	ProbeInterval time.Duration
+	// ProbeMaxInterval caps the backoff, which doubles with every failed
+	// probe. Defaults to 1 min.
+	ProbeMaxInterval time.Duration
 }
 
 func (o *Options) validate() error {
@@ -116,6 +137,15 @@ func (o *Options) validate() error {
 	}
 	if o.LeaseGrace < 0 {
 		return fmt.Errorf("%w: LeaseGrace may not be negative, got %s", ErrInvalid, o.LeaseGrace)
+	}
+	if o.QuarantineFailRate < 0 || o.QuarantineFailRate > 1 {
+		return fmt.Errorf("%w: QuarantineFailRate is a share between 0 and 1, got %g", ErrInvalid, o.QuarantineFailRate)
+	}
+	if o.ProbeInterval < 0 || o.ProbeInterval > 0 && o.ProbeInterval < time.Millisecond {
+		return fmt.Errorf("%w: ProbeInterval must be at least 1ms, got %s", ErrInvalid, o.ProbeInterval)
+	}
+	if o.ProbeMaxInterval < 0 || o.ProbeMaxInterval > 0 && o.ProbeMaxInterval < max(o.ProbeInterval, time.Millisecond) {
+		return fmt.Errorf("%w: ProbeMaxInterval must be at least ProbeInterval, got %s", ErrInvalid, o.ProbeMaxInterval)
 	}
 	return nil
 }
@@ -132,6 +162,10 @@ type Pool struct {
 	grace   time.Duration
 	log     zerolog.Logger
 	metrics *Metrics
+	// quarantineAfter is 0 for never; failRate 0 for never.
+	quarantineAfter      int
+	failRate             float64
+	probeEvery, probeMax time.Duration
 }
 
 // New returns a handle on the pool named by opts.Name. It does not touch
@@ -163,9 +197,15 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 	if p.metrics == nil {
 		p.metrics = NewMetrics()
 	}
+	p.quarantineAfter, p.failRate = cmp.Or(opts.QuarantineAfter, DefaultQuarantine), opts.QuarantineFailRate
+	if p.quarantineAfter < 0 {
+		p.quarantineAfter = 0
+	}
+	p.probeEvery = cmp.Or(opts.ProbeInterval, DefaultProbe)
+	p.probeMax = max(cmp.Or(opts.ProbeMaxInterval, DefaultProbeMax), p.probeEvery)
 	prefix := keyPrefix(p.name)
 	// The order is the one lib.lua gives to KEYS.
-	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting"} {
+	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets"} {
 		p.keys = append(p.keys, prefix+suffix)
 	}
 	p.reapKey = prefix + "reaped"
@@ -253,7 +293,10 @@ func (p *Pool) Keys() []string { return append(append([]string(nil), p.keys...),
 type Executor struct {
 	// URL is the executor's base URL, http or https.
 	URL string `json:"url"`
-	// Labels are free-form and shown by Status.
+	// Labels say what kind of executor it is (gpu=a100); an eval that
+	// requires labels is served only by executors that have them all. At
+	// most MaxLabels (ValidateLabels). Registering a known executor with
+	// other labels replaces them (Relabeled); nil keeps them.
 	Labels map[string]string `json:"labels,omitempty"`
 	// InstanceID is the executor's own stable ID, as its health check
 	// reports it. A second URL for an instance already in the pool is
@@ -318,6 +361,9 @@ const (
 	Added RegisterOutcome = "added"
 	// AlreadyRegistered: known; left as it is, and a drain of it cancelled.
 	AlreadyRegistered RegisterOutcome = "already_registered"
+	// RegisteredRelabeled: known, with other labels, which replaced its old
+	// ones (a drain of it is cancelled too).
+	RegisteredRelabeled RegisterOutcome = "relabeled"
 	// Repaired: known, yet neither available nor leased (lost, after keys
 	// were deleted or evicted): it is available again.
 	Repaired RegisterOutcome = "repaired"
@@ -386,8 +432,8 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]Registration,
 		if regs[i].URL, err = ParseURL(e.URL); err != nil {
 			return nil, err
 		}
-		if _, err := encodeLabels(regs[i].URL, e.Labels); err != nil {
-			return nil, err
+		if err := ValidateLabels(e.Labels); err != nil {
+			return nil, fmt.Errorf("executor %s: %w", regs[i].URL, err)
 		}
 	}
 	// Executors another pool holds are refused here; the script refuses a
@@ -441,9 +487,9 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]Registration,
 }
 
 // encodeLabels is labels as register.lua takes them: a JSON object, or the
-// empty string for none.
+// empty string to keep a known executor's (nil).
 func encodeLabels(url string, labels map[string]string) (string, error) {
-	if len(labels) == 0 {
+	if labels == nil {
 		return "", nil
 	}
 	b, err := json.Marshal(labels)
@@ -515,7 +561,32 @@ func (l Lease) Remaining() time.Duration { return max(0, time.Until(l.Expires)) 
 // With nothing free it returns ErrNoExecutor; when the pool's epoch marker is
 // gone, ErrPoolMissing.
 func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (Lease, error) {
-	return p.acquire(ctx, evalID, ttl, Wait{})
+	return p.acquire(ctx, evalID, ttl, AcquireArgs{})
+}
+
+// AcquireArgs are the optional parts of an acquire.
+type AcquireArgs struct {
+	// Require lists the labels the executor must have, all of them: the
+	// eval gets the executor idle longest among those that have them. A set
+	// no registered executor has is ErrUnservable. Empty: any executor.
+	Require map[string]string
+	// Wait, when set, makes the eval wait for an executor as AcquireOrWait
+	// does.
+	Wait Wait
+}
+
+// AcquireWith is Acquire, or AcquireOrWait when args.Wait is set, for an
+// eval that may require labels.
+func (p *Pool) AcquireWith(ctx context.Context, evalID string, ttl time.Duration, args AcquireArgs) (Lease, error) {
+	if args.Wait != (Wait{}) {
+		if err := p.checkWait(args.Wait); err != nil {
+			return Lease{}, err
+		}
+	}
+	if err := ValidateLabels(args.Require); err != nil {
+		return Lease{}, err
+	}
+	return p.acquire(ctx, evalID, ttl, args)
 }
 
 // Wait says how an eval that finds no free executor waits for one.
@@ -537,13 +608,21 @@ type Wait struct {
 // ParseGrant). A waiter that stops waiting calls Leave, which gives back an
 // executor handed to it in the race.
 func (p *Pool) AcquireOrWait(ctx context.Context, evalID string, ttl time.Duration, wait Wait) (Lease, error) {
-	if !strings.HasPrefix(wait.Wake, p.wakePrefix()) || wait.For < time.Millisecond {
-		return Lease{}, fmt.Errorf("%w: a wait needs a wake key of pool %s and a duration of at least 1ms", ErrInvalid, p.name)
+	if err := p.checkWait(wait); err != nil {
+		return Lease{}, err
 	}
-	return p.acquire(ctx, evalID, ttl, wait)
+	return p.acquire(ctx, evalID, ttl, AcquireArgs{Wait: wait})
 }
 
-func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, wait Wait) (Lease, error) {
+func (p *Pool) checkWait(wait Wait) error {
+	if !strings.HasPrefix(wait.Wake, p.wakePrefix()) || wait.For < time.Millisecond {
+		return fmt.Errorf("%w: a wait needs a wake key of pool %s and a duration of at least 1ms", ErrInvalid, p.name)
+	}
+	return nil
+}
+
+func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, args AcquireArgs) (Lease, error) {
+	wait := args.Wait
 	if evalID == "" {
 		return Lease{}, fmt.Errorf("%w: empty eval ID", ErrInvalid)
 	}
@@ -555,12 +634,16 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, wa
 		return Lease{}, err
 	}
 	sent := time.Now()
-	vals, err := lua.Acquire.Run(ctx, p.client, p.keys, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds()).Slice()
+	vals, err := lua.Acquire.Run(ctx, p.client, p.keys, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds(), labels.Name(args.Require)).Slice()
 	if errors.Is(err, redis.Nil) {
 		p.metrics.acquires.WithLabelValues("none").Inc()
 		return Lease{}, ErrNoExecutor
 	}
-	if err = scriptErr(err); errors.Is(err, ErrPoolMissing) {
+	if err = scriptErr(err); errors.Is(err, ErrUnservable) {
+		p.metrics.acquires.WithLabelValues("unservable").Inc()
+		return Lease{}, fmt.Errorf("eval %s: %w", evalID, err)
+	}
+	if errors.Is(err, ErrPoolMissing) {
 		// No executor can be had, for a reason to say out loud: callers that
 		// wait for a free executor wait, and can tell this case apart.
 		p.metrics.acquires.WithLabelValues("pool_missing").Inc()
@@ -687,6 +770,40 @@ type ReleaseResult struct {
 	// SinceLastRelease is how long before At the executor last became
 	// available (released, reclaimed or registered); 0 when unknown.
 	SinceLastRelease time.Duration `json:"since_last_release"`
+	// Quarantined is why this release took the executor out of service
+	// (ReasonUnavailable, ReasonFailRate); empty when it did not.
+	Quarantined string `json:"quarantined,omitempty"`
+}
+
+// Verdict is what an attempt made of its executor. The release that ends
+// the lease records it: the pool counts an executor's failed calls in a row
+// and its graded results, and quarantines it by Options.QuarantineAfter and
+// QuarantineFailRate.
+type Verdict string
+
+// Verdicts.
+const (
+	// VerdictNone: nothing to say of the executor (the attempt was
+	// cancelled, lost its lease, ...).
+	VerdictNone Verdict = ""
+	// VerdictPassed and VerdictFailed: the executor served the eval and
+	// graded it; a failed grade is the eval's, not the executor's fault.
+	VerdictPassed Verdict = "passed"
+	VerdictFailed Verdict = "failed"
+	// VerdictUnavailable: the executor did not serve the call: refused
+	// connection, timeout, 5xx, a malformed answer.
+	VerdictUnavailable Verdict = "unavailable"
+)
+
+// ReleaseArgs are the optional parts of a release.
+type ReleaseArgs struct {
+	// Path names the caller's route to the release ("success", "failure",
+	// "cli", ...) for metrics and logs.
+	Path    string
+	Verdict Verdict
+	// Retrying says the eval will be tried again: after VerdictUnavailable
+	// its next acquire prefers another executor when one is free.
+	Retrying bool
 }
 
 // Release gives the leased executor back, if and only if l still holds it.
@@ -696,15 +813,29 @@ type ReleaseResult struct {
 // release ("success", "failure", "cli", ...) for metrics and logs. Every
 // outcome is counted, and a double release is logged at warn level.
 func (p *Pool) Release(ctx context.Context, l Lease, path string) (ReleaseResult, error) {
-	vals, err := lua.Release.Run(ctx, p.client, p.keys, l.URL, l.Token).Slice()
+	return p.ReleaseWith(ctx, l, ReleaseArgs{Path: path})
+}
+
+// ReleaseWith is Release with what the attempt made of the executor: the
+// release that ends the lease records the verdict, and may take the
+// executor out of service (ReleaseResult.Quarantined).
+func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (ReleaseResult, error) {
+	path := args.Path
+	retrying := "0"
+	if args.Retrying {
+		retrying = "1"
+	}
+	vals, err := lua.Release.Run(ctx, p.client, p.keys, l.URL, l.Token, string(args.Verdict), retrying,
+		p.quarantineAfter, strconv.FormatFloat(p.failRate, 'g', -1, 64), p.probeEvery.Milliseconds()).Slice()
 	if err != nil {
 		return ReleaseResult{}, fmt.Errorf("pool: release %s for eval %s: %w", l.URL, l.EvalID, scriptErr(err))
 	}
 	r := ReleaseResult{
-		Outcome: ReleaseOutcome(vals[0].(string)),
-		At:      time.UnixMilli(vals[1].(int64)),
-		Holder:  vals[3].(string),
-		Removed: vals[4].(int64) == 1,
+		Outcome:     ReleaseOutcome(vals[0].(string)),
+		At:          time.UnixMilli(vals[1].(int64)),
+		Holder:      vals[3].(string),
+		Removed:     vals[4].(int64) == 1,
+		Quarantined: vals[5].(string),
 	}
 	if last := vals[2].(int64); last >= 0 {
 		r.SinceLastRelease = r.At.Sub(time.UnixMilli(last))
@@ -722,6 +853,10 @@ func (p *Pool) Release(ctx context.Context, l Lease, path string) (ReleaseResult
 			Str("holder", r.Holder).
 			Dur("since_last_release", r.SinceLastRelease).
 			Msg("double release detected")
+	}
+	if r.Quarantined != "" {
+		p.metrics.quarantines.WithLabelValues(p.name, r.Quarantined).Inc()
+		p.log.Warn().Str("pool", p.name).Str("executor", l.URL).Str("eval", l.EvalID).Str("reason", r.Quarantined).Msg("executor quarantined")
 	}
 	return r, nil
 }

@@ -62,6 +62,19 @@ func lifecycle(t *testing.T, p *Pool) {
 	}
 	release(t, p, w, Released)
 	release(t, p, y, Released)
+	// Labels and quarantine.
+	if _, err := p.Relabel(ctx, "http://e1", map[string]string{"gpu": "a100"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Quarantine(ctx, "http://e2", ReasonOperator); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ProbeQuarantined(ctx, 10, func(context.Context, string) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ReturnToService(ctx, "http://e2"); err != nil {
+		t.Fatal(err)
+	}
 	assertWhole(t, p, "http://e1", "http://e2")
 }
 
@@ -155,7 +168,7 @@ func TestCheckFindsViolations(t *testing.T) {
 	}{
 		{"lost executor", func(ctx context.Context, c *redis.Client, k []string) error {
 			return c.ZRem(ctx, k[1], "http://e1").Err()
-		}, "invariant 4: http://e1: lost: registered but neither available nor leased"},
+		}, "invariant 4: http://e1: lost: registered but neither available, leased nor quarantined"},
 		{"available and leased", func(ctx context.Context, c *redis.Client, k []string) error {
 			c.HSet(ctx, k[2], "http://e1", lease("x"))
 			c.ZAdd(ctx, k[3], redis.Z{Score: 1e15, Member: "http://e1"})
@@ -209,6 +222,7 @@ func TestCheckFindsViolations(t *testing.T) {
 // counts.
 func TestForeignDataChangesNothing(t *testing.T) {
 	t.Parallel()
+	readByStatus := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "instances", "waiters", "waiting", "quarantine", "labelsets"}
 	type op struct {
 		run func(p *Pool, held Lease) error
 		// touches is the keys the operation reads or writes, when not all;
@@ -226,7 +240,7 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		}},
 		"deregister": {run: func(p *Pool, _ Lease) error { _, err := p.Deregister(t.Context(), "http://e1"); return err }},
 		"acquire": {run: func(p *Pool, _ Lease) error { _, err := p.Acquire(t.Context(), "eval-x", time.Minute); return err },
-			touches: []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "waiters", "waiting"}},
+			touches: []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "waiters", "waiting", "quarantine", "avoid"}},
 		"renew": {run: func(p *Pool, held Lease) error {
 			_, err := p.Renew(t.Context(), held, time.Minute)
 			return err
@@ -242,11 +256,20 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		}},
 		"reap": {run: func(p *Pool, _ Lease) error { _, err := p.Reap(t.Context()); return err }},
 		"counts": {run: func(p *Pool, _ Lease) error { _, err := p.Counts(t.Context()); return err },
-			touches: []string{"executors", "available", "leases", "deadlines", "draining", "waiters"}},
-		"status": {run: func(p *Pool, _ Lease) error { _, err := p.Status(t.Context()); return err }},
-		"check":  {run: func(p *Pool, _ Lease) error { _, err := p.Check(t.Context()); return err }},
+			touches: []string{"executors", "available", "leases", "deadlines", "draining", "waiting", "quarantine"}},
+		"relabel": {run: func(p *Pool, _ Lease) error {
+			_, err := p.Relabel(t.Context(), "http://e1", map[string]string{"gpu": "a100"})
+			return err
+		}},
+		"quarantine": {run: func(p *Pool, _ Lease) error {
+			_, err := p.Quarantine(t.Context(), "http://e3", ReasonOperator)
+			return err
+		}},
+		// Status and Check read every key but the avoid list.
+		"status": {run: func(p *Pool, _ Lease) error { _, err := p.Status(t.Context()); return err }, touches: readByStatus},
+		"check":  {run: func(p *Pool, _ Lease) error { _, err := p.Check(t.Context()); return err }, touches: readByStatus},
 	}
-	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting"}
+	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets"}
 	for i, suffix := range suffixes {
 		if suffix == "epoch" {
 			continue

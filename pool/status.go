@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/lua"
 )
 
@@ -31,6 +32,10 @@ const (
 	StateExpired State = "expired"
 	// StateDraining: deregistered while leased; it leaves when the lease ends.
 	StateDraining State = "draining"
+	// StateQuarantined: out of service and idle; a health probe or an
+	// operator returns it. (A quarantined executor still serving its eval
+	// is leased, with its Quarantine set.)
+	StateQuarantined State = "quarantined"
 	// StateLost: registered, yet neither available nor leased. Check reports
 	// it; it never happens unless keys were deleted or evicted, or something
 	// other than evalpool wrote to them. Registering it again repairs it.
@@ -70,6 +75,8 @@ type waiterRecord struct {
 	TTL   int64  `json:"ttl"`
 	Wake  string `json:"wake"`
 	Until int64  `json:"expires"`
+	// Set is the label set the eval requires; empty for any executor.
+	Set string `json:"set"`
 }
 
 // ExecutorStatus is one executor in a Status.
@@ -89,13 +96,38 @@ type ExecutorStatus struct {
 	// Releases counts the releases that returned it; DoubleReleases the
 	// releases it absorbed (already_in_pool or stale_lease); StaleReleases
 	// those of them that found it leased by another eval.
-	Releases       int64        `json:"releases"`
-	DoubleReleases int64        `json:"double_releases"`
-	StaleReleases  int64        `json:"stale_releases"`
-	Lease          *LeaseStatus `json:"lease,omitempty"`
+	Releases       int64 `json:"releases"`
+	DoubleReleases int64 `json:"double_releases"`
+	StaleReleases  int64 `json:"stale_releases"`
+	// Fails counts its calls in a row that found it unavailable; Passed
+	// and Failed its graded evals.
+	Fails  int64 `json:"fails"`
+	Passed int64 `json:"passed"`
+	Failed int64 `json:"failed"`
+	// Quarantine is set while it is out of service.
+	Quarantine *QuarantineStatus `json:"quarantine,omitempty"`
+	Lease      *LeaseStatus      `json:"lease,omitempty"`
 	// Corrupt says which of its records could not be read, if any: Status
 	// shows such an executor instead of failing, and Check reports it.
 	Corrupt string `json:"corrupt,omitempty"`
+}
+
+// PassRate is the share of its graded evals that passed; -1 before any.
+func (e ExecutorStatus) PassRate() float64 {
+	if e.Passed+e.Failed == 0 {
+		return -1
+	}
+	return float64(e.Passed) / float64(e.Passed+e.Failed)
+}
+
+// QuarantineStatus is why and since when an executor is out of service.
+type QuarantineStatus struct {
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+	// NextProbe is when its next health probe is due; Probes how many
+	// found it unhealthy so far.
+	NextProbe time.Time `json:"next_probe"`
+	Probes    int64     `json:"probes"`
 }
 
 // LeaseStatus is a lease as Status shows it: without its token, which is the
@@ -131,12 +163,18 @@ type leaseRecord struct {
 }
 
 type executorRecord struct {
-	AddedAt        int64             `json:"added_at"`
-	InstanceID     string            `json:"instance_id"`
-	Labels         map[string]string `json:"labels"`
-	Releases       int64             `json:"releases"`
-	DoubleReleases int64             `json:"double_releases"`
-	StaleReleases  int64             `json:"stale_releases"`
+	AddedAt          int64             `json:"added_at"`
+	InstanceID       string            `json:"instance_id"`
+	Labels           map[string]string `json:"labels"`
+	Releases         int64             `json:"releases"`
+	DoubleReleases   int64             `json:"double_releases"`
+	StaleReleases    int64             `json:"stale_releases"`
+	Fails            int64             `json:"fails"`
+	Passed           int64             `json:"passed"`
+	Failed           int64             `json:"failed"`
+	QuarantinedAt    int64             `json:"quarantined_at"`
+	QuarantineReason string            `json:"quarantine_reason"`
+	Probes           int64             `json:"probes"`
 }
 
 // snapshot is the raw content of the pool's keys at one instant.
@@ -153,17 +191,45 @@ type snapshot struct {
 	instances map[string]string
 	waiters   []redis.Z
 	waiting   map[string]string
+	// quarantine is url -> its next probe (ms); labelSets is label set ->
+	// registered executors with it; setAvailable and setWaiters are the
+	// indexes of each of those sets, waiters those of every set, merged.
+	quarantine   map[string]float64
+	labelSets    map[string]string
+	setAvailable map[string]map[string]float64
+	setWaiters   map[string][]redis.Z
 }
 
 func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
+	// The label sets name keys of their own: read them first, then
+	// everything in one MULTI, and again if the sets changed in between.
+	sets, err := p.client.HKeys(ctx, p.keys[13]).Result()
+	if err != nil {
+		return nil, fmt.Errorf("pool: read pool %s: %w", p.name, err)
+	}
+	for range 5 {
+		s, again, err := p.snapshotOf(ctx, sets)
+		if err != nil || !again {
+			return s, err
+		}
+		sets = slices.Collect(maps.Keys(s.labelSets))
+	}
+	return nil, fmt.Errorf("pool: read pool %s: its label sets kept changing", p.name)
+}
+
+// snapshotOf reads the pool in one MULTI, the indexes of the label sets
+// named among it; again is true when the sets are not those.
+func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, again bool, err error) {
 	var (
-		executors, leases, holders, instances, waiting *redis.MapStringStringCmd
-		available, deadlines, waiters                  *redis.ZSliceCmd
-		draining                                       *redis.StringSliceCmd
-		fence, epoch                                   *redis.StringCmd
-		now                                            *redis.TimeCmd
+		executors, leases, holders, instances, waiting, labelSets *redis.MapStringStringCmd
+		available, deadlines, waiters, quarantine                 *redis.ZSliceCmd
+		draining                                                  *redis.StringSliceCmd
+		fence, epoch                                              *redis.StringCmd
+		now                                                       *redis.TimeCmd
 	)
+	setAvailable, setWaiters := map[string]*redis.ZSliceCmd{}, map[string]*redis.ZSliceCmd{}
 	k := p.keys
+	prefix := keyPrefix(p.name)
 	cmds, err := p.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 		executors = pipe.HGetAll(ctx, k[0])
 		available = pipe.ZRangeWithScores(ctx, k[1], 0, -1)
@@ -176,6 +242,12 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 		instances = pipe.HGetAll(ctx, k[8])
 		waiters = pipe.ZRangeWithScores(ctx, k[9], 0, -1)
 		waiting = pipe.HGetAll(ctx, k[10])
+		quarantine = pipe.ZRangeWithScores(ctx, k[11], 0, -1)
+		labelSets = pipe.HGetAll(ctx, k[13])
+		for _, set := range sets {
+			setAvailable[set] = pipe.ZRangeWithScores(ctx, prefix+"available:"+set, 0, -1)
+			setWaiters[set] = pipe.ZRangeWithScores(ctx, prefix+"waiters:"+set, 0, -1)
+		}
 		now = pipe.Time(ctx)
 		return nil
 	})
@@ -191,30 +263,41 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("pool: read pool %s: %w", p.name, err)
+		return nil, false, fmt.Errorf("pool: read pool %s: %w", p.name, err)
 	}
-	s := &snapshot{
-		now:       now.Val(),
-		executors: executors.Val(),
-		available: zmap(available.Val()),
-		leases:    leases.Val(),
-		deadlines: zmap(deadlines.Val()),
-		holders:   holders.Val(),
-		draining:  map[string]bool{},
-		epoch:     epoch.Val(),
-		instances: instances.Val(),
-		waiters:   waiters.Val(),
-		waiting:   waiting.Val(),
+	s = &snapshot{
+		now:          now.Val(),
+		executors:    executors.Val(),
+		available:    zmap(available.Val()),
+		leases:       leases.Val(),
+		deadlines:    zmap(deadlines.Val()),
+		holders:      holders.Val(),
+		draining:     map[string]bool{},
+		epoch:        epoch.Val(),
+		instances:    instances.Val(),
+		waiters:      waiters.Val(),
+		waiting:      waiting.Val(),
+		quarantine:   zmap(quarantine.Val()),
+		labelSets:    labelSets.Val(),
+		setAvailable: map[string]map[string]float64{},
+		setWaiters:   map[string][]redis.Z{},
 	}
+	for _, set := range sets {
+		s.setAvailable[set] = zmap(setAvailable[set].Val())
+		s.setWaiters[set] = setWaiters[set].Val()
+		s.waiters = append(s.waiters, setWaiters[set].Val()...)
+	}
+	slices.SortStableFunc(s.waiters, func(a, b redis.Z) int { return cmp.Compare(a.Score, b.Score) })
 	for _, u := range draining.Val() {
 		s.draining[u] = true
 	}
 	if v := fence.Val(); v != "" {
 		if s.fence, err = strconv.ParseInt(v, 10, 64); err != nil {
-			return nil, fmt.Errorf("%w: fence %q is not a number", ErrForeignData, v)
+			return nil, false, fmt.Errorf("%w: fence %q is not a number", ErrForeignData, v)
 		}
 	}
-	return s, nil
+	read := slices.Sorted(slices.Values(sets))
+	return s, !slices.Equal(read, slices.Sorted(maps.Keys(s.labelSets))), nil
 }
 
 func zmap(zs []redis.Z) map[string]float64 {
@@ -227,15 +310,20 @@ func zmap(zs []redis.Z) map[string]float64 {
 
 func msTime(ms float64) time.Time { return time.UnixMilli(int64(ms)) }
 
-// Counts is how many executors are in each state. Expired leases are
-// counted among Leased too.
+// Counts is how many executors are in each state. Available, Leased,
+// Draining, Quarantined and Lost are exclusive and add up to Registered.
 type Counts struct {
 	Registered int64 `json:"registered"`
 	Available  int64 `json:"available"`
-	Leased     int64 `json:"leased"`
-	Expired    int64 `json:"expired"`
-	Draining   int64 `json:"draining"`
-	// Waiters is how many evals are in the wait list.
+	// Leased counts live and expired leases of executors not draining.
+	Leased int64 `json:"leased"`
+	// Expired counts the leases past their deadline, in any state.
+	Expired  int64 `json:"expired"`
+	Draining int64 `json:"draining"`
+	// Quarantined counts the executors out of service and idle.
+	Quarantined int64 `json:"quarantined"`
+	Lost        int64 `json:"lost"`
+	// Waiters is how many evals are in the wait lists.
 	Waiters int64 `json:"waiters"`
 }
 
@@ -245,7 +333,7 @@ func (p *Pool) Counts(ctx context.Context) (Counts, error) {
 	if err != nil {
 		return Counts{}, fmt.Errorf("pool: counts of %s: %w", p.name, scriptErr(err))
 	}
-	return Counts{Registered: v[0], Available: v[1], Leased: v[2], Expired: v[3], Draining: v[4], Waiters: v[5]}, nil
+	return Counts{Registered: v[0], Available: v[1], Leased: v[2], Expired: v[3], Draining: v[4], Waiters: v[5], Quarantined: v[6], Lost: v[7]}, nil
 }
 
 // Status reads the whole pool at one instant. It is O(pool size): for people
@@ -262,8 +350,12 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 		if err := json.Unmarshal([]byte(s.executors[u]), &rec); err == nil {
 			e.AddedAt, e.Labels, e.InstanceID = time.UnixMilli(rec.AddedAt), rec.Labels, rec.InstanceID
 			e.Releases, e.DoubleReleases, e.StaleReleases = rec.Releases, rec.DoubleReleases, rec.StaleReleases
+			e.Fails, e.Passed, e.Failed = rec.Fails, rec.Passed, rec.Failed
 		} else {
 			e.Corrupt = "unreadable executor record"
+		}
+		if next, q := s.quarantine[u]; q {
+			e.Quarantine = &QuarantineStatus{Reason: rec.QuarantineReason, Since: time.UnixMilli(rec.QuarantinedAt), NextProbe: msTime(next), Probes: rec.Probes}
 		}
 		since, avail := s.available[u]
 		if avail {
@@ -293,6 +385,8 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 			e.State = StateLeased
 		case avail:
 			e.State = StateAvailable
+		case e.Quarantine != nil:
+			e.State = StateQuarantined
 		default:
 			e.State = StateLost
 		}
@@ -343,13 +437,22 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 	for u := range s.executors {
 		_, avail := s.available[u]
 		_, leased := s.leases[u]
+		_, q := s.quarantine[u]
 		switch {
 		case avail && leased:
 			add(1, u, "both available and leased")
-		case !avail && !leased:
-			add(4, u, "lost: registered but neither available nor leased")
+		case !avail && !leased && !q:
+			add(4, u, "lost: registered but neither available, leased nor quarantined")
+		case avail && q:
+			add(7, u, "both available and quarantined")
 		}
 	}
+	for u := range s.quarantine {
+		if _, ok := s.executors[u]; !ok {
+			add(7, u, "quarantined but not registered")
+		}
+	}
+	checkLabelIndexes(s, add)
 	for u := range s.available {
 		if _, ok := s.executors[u]; !ok {
 			add(2, u, "available but not registered")
@@ -410,7 +513,7 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 			add(6, "", "waiter %s has no readable entry", id)
 			continue
 		}
-		if rec.Until > s.now.UnixMilli() {
+		if rec.Until > s.now.UnixMilli() && rec.Set == "" {
 			live++
 		}
 	}
@@ -422,9 +525,75 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 	if live > 0 && len(s.available) > 0 {
 		add(6, "", "%d live waiters while %d executors are available", live, len(s.available))
 	}
+	for set, line := range s.setWaiters {
+		if n := liveWaiters(s, line); n > 0 && len(s.setAvailable[set]) > 0 {
+			add(6, "", "%d live waiters for %s while %d executors with it are available", n, set, len(s.setAvailable[set]))
+		}
+	}
 	slices.SortFunc(vs, func(a, b Violation) int {
 		return cmp.Or(cmp.Compare(a.Invariant, b.Invariant),
 			strings.Compare(a.Executor, b.Executor), strings.Compare(a.Problem, b.Problem))
 	})
 	return vs, nil
+}
+
+// liveWaiters counts the entries of a wait list that have not lapsed.
+func liveWaiters(s *snapshot, line []redis.Z) int {
+	n := 0
+	for _, z := range line {
+		var rec waiterRecord
+		if json.Unmarshal([]byte(s.waiting[z.Member.(string)]), &rec) == nil && rec.Until > s.now.UnixMilli() {
+			n++
+		}
+	}
+	return n
+}
+
+// checkLabelIndexes checks invariant 8: an available executor is in the
+// index of each of its label sets, under the same score, and in no other;
+// labelsets counts the registered executors of each set; a waiter waits in
+// the list of the set it requires.
+func checkLabelIndexes(s *snapshot, add func(inv int, url, format string, args ...any)) {
+	counts := map[string]int64{}
+	for u, raw := range s.executors {
+		var rec executorRecord
+		if json.Unmarshal([]byte(raw), &rec) != nil {
+			continue
+		}
+		for _, set := range labels.Subsets(rec.Labels) {
+			counts[set]++
+			if since, avail := s.available[u]; avail {
+				if got, ok := s.setAvailable[set][u]; !ok || got != since {
+					add(8, u, "available but missing from the index of its label set %s", set)
+				}
+			}
+		}
+	}
+	for set, members := range s.setAvailable {
+		for u := range members {
+			var rec executorRecord
+			_, avail := s.available[u]
+			if json.Unmarshal([]byte(s.executors[u]), &rec) != nil || !avail || !slices.Contains(labels.Subsets(rec.Labels), set) {
+				add(8, u, "in the index of label set %s, but not an available executor with it", set)
+			}
+		}
+	}
+	for set, raw := range s.labelSets {
+		if n, err := strconv.ParseInt(raw, 10, 64); err != nil || n != counts[set] {
+			add(8, "", "label set %s counts %s registered executors, %d have it", set, raw, counts[set])
+		}
+	}
+	for set, n := range counts {
+		if _, ok := s.labelSets[set]; !ok {
+			add(8, "", "label set %s of %d registered executors is not counted", set, n)
+		}
+	}
+	for set, line := range s.setWaiters {
+		for _, z := range line {
+			var rec waiterRecord
+			if json.Unmarshal([]byte(s.waiting[z.Member.(string)]), &rec) == nil && rec.Set != set {
+				add(8, "", "waiter %s requires %q yet waits for %s", z.Member, rec.Set, set)
+			}
+		}
+	}
 }

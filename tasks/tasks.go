@@ -19,6 +19,8 @@ import (
 	"unicode"
 
 	"github.com/hibiken/asynq"
+
+	"github.com/evalpool/evalpool/labels"
 )
 
 // Task type names.
@@ -141,6 +143,11 @@ type Eval struct {
 	LeaseTTLMs int64 `json:"lease_ttl_ms,omitempty"`
 	// TimeoutS bounds one attempt, in whole seconds as Asynq stores it.
 	TimeoutS int64 `json:"timeout_s"`
+	// Require lists labels its executor must have, all of them (gpu=a100):
+	// it runs only on such an executor. Check with pool.CanServe before
+	// enqueueing: an eval no registered executor could serve is retried
+	// until it is archived. At most labels.Max.
+	Require map[string]string `json:"require,omitempty"`
 }
 
 // LeaseTTL is the eval's lease TTL, or def when it names none.
@@ -175,6 +182,9 @@ func (e Eval) validate() error {
 	}
 	if e.TimeoutS < 1 {
 		return fmt.Errorf("%w: eval %s: timeout %ds: want at least 1s", ErrBadPayload, e.ID, e.TimeoutS)
+	}
+	if err := labels.Validate(e.Require); err != nil {
+		return fmt.Errorf("%w: eval %s: required labels: %w", ErrBadPayload, e.ID, err)
 	}
 	return nil
 }
@@ -269,6 +279,11 @@ type Cleanup struct {
 	Path  string `json:"path"`
 	// Error is the attempt's error, for failure cleanups.
 	Error string `json:"error,omitempty"`
+	// Verdict is what the attempt made of the executor (pool.Verdict), and
+	// Retrying whether the eval will be tried again: the release that ends
+	// the lease records them.
+	Verdict  string `json:"verdict,omitempty"`
+	Retrying bool   `json:"retrying,omitempty"`
 }
 
 func (c Cleanup) validate() error {

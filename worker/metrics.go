@@ -10,6 +10,7 @@ type Metrics struct {
 	cleanupsEnqueued *prometheus.CounterVec
 	poolLost         *prometheus.CounterVec
 	executorWait     prometheus.Histogram
+	verdicts         *prometheus.CounterVec
 }
 
 // NewMetrics returns the worker's metrics, not yet registered anywhere.
@@ -37,11 +38,15 @@ func NewMetrics() *Metrics {
 			Help:    "Time an attempt waited in the wait list before an executor was handed to it.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 12),
 		}),
+		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_executor_verdicts_total",
+			Help: "Eval attempts by executor and what they made of it: passed, failed (graded), unavailable (the executor did not serve the call). One series per executor and verdict.",
+		}, []string{"pool", "executor", "verdict"}),
 	}
 }
 
 // Collectors lists the metrics, for a Prometheus registry:
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait}
+	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts}
 }

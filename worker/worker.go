@@ -121,6 +121,10 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Executor calls the executors. Defaults to a zero executor.Client.
 	Executor *executor.Client
+	// ProbeTimeout bounds the health probe of a quarantined executor, which
+	// every reap runs on the executors due (pool.Options.ProbeInterval).
+	// Defaults to 2 s.
+	ProbeTimeout time.Duration
 	// Logger receives the worker's and Asynq's logs. Defaults to discarding.
 	Logger *zerolog.Logger
 	// Metrics counts evals and cleanups. Defaults to a private set.
@@ -143,7 +147,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("worker: lease TTL must be from 10ms to %s, got %s", tasks.MaxLeaseTTL, c.LeaseTTL)
 	case c.ReapInterval != 0 && (c.ReapInterval < time.Second || c.ReapInterval%time.Second != 0):
 		return fmt.Errorf("worker: reap interval must be whole seconds, at least 1s, got %s", c.ReapInterval)
-	case c.NoExecutorDelay < 0, c.ExecutorWait < 0, c.ShutdownTimeout < 0, c.PollInterval < 0, c.CleanupPollInterval < 0:
+	case c.NoExecutorDelay < 0, c.ExecutorWait < 0, c.ShutdownTimeout < 0, c.PollInterval < 0, c.CleanupPollInterval < 0, c.ProbeTimeout < 0:
 		return errors.New("worker: intervals and timeouts may not be negative")
 	}
 	seen := map[string]bool{}
@@ -192,6 +196,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.Executor == nil {
 		c.Executor = &executor.Client{}
+	}
+	if c.ProbeTimeout == 0 {
+		c.ProbeTimeout = 2 * time.Second
 	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics()
@@ -403,6 +410,10 @@ type AttemptError struct {
 	Pool  string
 	Lease pool.Lease
 	Err   error
+	// Verdict is what the attempt made of the executor, and Retrying
+	// whether the eval will be tried again: its failure cleanup reports them.
+	Verdict  pool.Verdict
+	Retrying bool
 }
 
 func (e *AttemptError) Error() string { return e.Err.Error() }
@@ -454,7 +465,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
 	ttl := e.LeaseTTL(w.cfg.LeaseTTL)
-	lease, err := w.acquire(ctx, sp, e.ID, ttl)
+	lease, err := w.acquire(ctx, sp, e, ttl)
 	if errors.Is(err, pool.ErrNoExecutor) {
 		w.cfg.Metrics.evals.WithLabelValues("no_executor").Inc()
 		return err
@@ -467,7 +478,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		// carries the lease, it still reaches the error handler's.
 		if r := recover(); r != nil {
 			w.log.Error().Str("eval", e.ID).Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("eval attempt panicked")
-			err = w.attemptError(ctx, sp, lease, fmt.Errorf("eval %s: panic: %v", e.ID, r))
+			err = w.attemptError(ctx, sp, lease, pool.VerdictNone, fmt.Errorf("eval %s: panic: %v", e.ID, r))
 		}
 	}()
 	attempt, _ := asynq.GetRetryCount(ctx)
@@ -496,12 +507,17 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	}
 	w.cfg.Metrics.evals.WithLabelValues(outcome).Inc()
 	w.cfg.Metrics.duration.WithLabelValues(outcome).Observe(took.Seconds())
+	verdict := verdictOf(res, runErr)
+	if verdict != pool.VerdictNone {
+		w.cfg.Metrics.verdicts.WithLabelValues(sp.pool.Name(), lease.URL, string(verdict)).Inc()
+	}
 
-	c := tasks.Cleanup{EvalID: e.ID, Pool: sp.pool.Name(), URL: lease.URL, Token: lease.Token, Fence: lease.Fence}
+	c := tasks.Cleanup{EvalID: e.ID, Pool: sp.pool.Name(), URL: lease.URL, Token: lease.Token, Fence: lease.Fence,
+		Verdict: string(verdict), Retrying: runErr != nil && w.retries(ctx, runErr)}
 	if w.cfg.Cleanup == CleanupInline {
 		w.releaseInline(ctx, sp, lease, c, runErr)
 		if runErr != nil {
-			return w.attemptError(ctx, sp, lease, runErr)
+			return w.attemptError(ctx, sp, lease, verdict, runErr)
 		}
 		return nil
 	}
@@ -517,9 +533,24 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		w.enqueueCleanup(ctx, tasks.TypeCleanupFailure, c)
 	}
 	if runErr != nil {
-		return w.attemptError(ctx, sp, lease, runErr)
+		return w.attemptError(ctx, sp, lease, verdict, runErr)
 	}
 	return nil
+}
+
+// verdictOf is what an attempt made of its executor: its grade when it
+// answered, unavailable when it did not serve the call, and nothing when the
+// attempt ended for another reason (cancelled, lease lost, refused as busy).
+func verdictOf(res executor.Result, runErr error) pool.Verdict {
+	switch {
+	case runErr == nil && res.Status == executor.StatusPassed:
+		return pool.VerdictPassed
+	case runErr == nil && res.Status == executor.StatusFailed:
+		return pool.VerdictFailed
+	case runErr != nil && executor.Unavailable(runErr):
+		return pool.VerdictUnavailable
+	}
+	return pool.VerdictNone
 }
 
 // releaseInline releases the attempt's executor in its own handler (path
@@ -529,7 +560,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 func (w *Worker) releaseInline(ctx context.Context, sp *served, lease pool.Lease, c tasks.Cleanup, runErr error) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	r, err := sp.pool.Release(rctx, lease, tasks.PathInline)
+	r, err := sp.pool.ReleaseWith(rctx, lease, pool.ReleaseArgs{Path: tasks.PathInline, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying})
 	if err == nil {
 		w.log.Debug().Str("eval", lease.EvalID).Str("executor", lease.URL).Str("outcome", string(r.Outcome)).Msg("released inline")
 		return
@@ -543,15 +574,22 @@ func (w *Worker) releaseInline(ctx context.Context, sp *served, lease pool.Lease
 	w.enqueueCleanup(ctx, typ, c)
 }
 
-// attemptError wraps a failed attempt's error with its lease, and with
-// SkipRetry on its last attempt (see tasks.NoExecutorReserve).
-func (w *Worker) attemptError(ctx context.Context, sp *served, lease pool.Lease, err error) error {
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
-	if retried+tasks.NoExecutorReserve >= maxRetry && !waitsForExecutor(err) {
+// attemptError wraps a failed attempt's error with its lease and verdict,
+// and with SkipRetry on its last attempt (see tasks.NoExecutorReserve).
+func (w *Worker) attemptError(ctx context.Context, sp *served, lease pool.Lease, verdict pool.Verdict, err error) error {
+	retrying := w.retries(ctx, err)
+	if !retrying {
 		err = fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
-	return &AttemptError{Pool: sp.pool.Name(), Lease: lease, Err: err}
+	return &AttemptError{Pool: sp.pool.Name(), Lease: lease, Err: err, Verdict: verdict, Retrying: retrying}
+}
+
+// retries reports whether an attempt that failed with err will be tried
+// again.
+func (w *Worker) retries(ctx context.Context, err error) bool {
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	return retried+tasks.NoExecutorReserve < maxRetry || waitsForExecutor(err)
 }
 
 // acquire leases an executor. With none free it waits up to ExecutorWait in
@@ -562,9 +600,10 @@ func (w *Worker) attemptError(ctx context.Context, sp *served, lease pool.Lease,
 // next; one whose context ends leaves the line, giving back an executor
 // handed to it in the race. Waiting holds an eval slot, never a cleanup
 // slot, so it cannot keep the releases it waits for from running.
-func (w *Worker) acquire(ctx context.Context, sp *served, evalID string, ttl time.Duration) (pool.Lease, error) {
+func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time.Duration) (pool.Lease, error) {
+	evalID := e.ID
 	if w.cfg.ExecutorWait <= 0 {
-		lease, err := sp.pool.Acquire(ctx, evalID, ttl)
+		lease, err := sp.pool.AcquireWith(ctx, evalID, ttl, pool.AcquireArgs{Require: e.Require})
 		if errors.Is(err, pool.ErrPoolMissing) {
 			w.noteMissing(sp, evalID)
 		}
@@ -576,7 +615,7 @@ func (w *Worker) acquire(ctx context.Context, sp *served, evalID string, ttl tim
 	// The place in line outlives the attempt long enough for its task's
 	// next attempt to come back to it.
 	place := pool.Wait{Wake: sp.wakes.key, For: w.cfg.ExecutorWait + 2*w.cfg.NoExecutorDelay + 10*time.Second}
-	lease, err := sp.pool.AcquireOrWait(ctx, evalID, ttl, place)
+	lease, err := sp.pool.AcquireWith(ctx, evalID, ttl, pool.AcquireArgs{Require: e.Require, Wait: place})
 	if errors.Is(err, pool.ErrPoolMissing) {
 		w.noteMissing(sp, evalID)
 	}
@@ -698,7 +737,7 @@ func (w *Worker) handleError(ctx context.Context, t *asynq.Task, err error) {
 	lease := ae.Lease
 	w.enqueueCleanup(ctx, tasks.TypeCleanupFailure, tasks.Cleanup{
 		EvalID: lease.EvalID, Pool: ae.Pool, URL: lease.URL, Token: lease.Token, Fence: lease.Fence,
-		Path: tasks.PathErrorHandler, Error: err.Error(),
+		Path: tasks.PathErrorHandler, Error: err.Error(), Verdict: string(ae.Verdict), Retrying: ae.Retrying,
 	})
 }
 
@@ -711,7 +750,8 @@ func (w *Worker) handleCleanup(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
-	r, err := sp.pool.Release(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID, Fence: c.Fence}, c.Path)
+	r, err := sp.pool.ReleaseWith(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID, Fence: c.Fence},
+		pool.ReleaseArgs{Path: c.Path, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying})
 	if err != nil {
 		return fmt.Errorf("cleanup of eval %s: %w", c.EvalID, err)
 	}
@@ -735,7 +775,22 @@ func (w *Worker) handleReap(ctx context.Context, t *asynq.Task) error {
 	if ran && n > 0 {
 		w.log.Info().Str("pool", r.Pool).Int("reclaimed", n).Msg("reaped expired leases")
 	}
-	return nil
+	// Each due executor is claimed in Redis before it is probed, so the
+	// reaps of many workers probe it once.
+	_, err = sp.pool.ProbeQuarantined(ctx, probeBatch, w.probe)
+	return err
+}
+
+// probeBatch bounds the quarantined executors one reap probes; the rest
+// are due at the next.
+const probeBatch = 16
+
+// probe is the health check of a quarantined executor: GET /healthz,
+// bounded so that a hung executor cannot hold up the reap.
+func (w *Worker) probe(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.ProbeTimeout)
+	defer cancel()
+	return w.cfg.Executor.Healthy(ctx, url)
 }
 
 // asynqLogger adapts zerolog to Asynq's Logger.

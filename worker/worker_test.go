@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -124,6 +125,13 @@ func enqueueEvals(t *testing.T, b *testBundle, n int, opts tasks.EvalOptions, ti
 // available exactly once.
 func assertPoolWhole(t *testing.T, b *testBundle) {
 	t.Helper()
+	assertPoolWholeBut(t, b)
+}
+
+// assertPoolWholeBut is assertPoolWhole for a pool where the executors
+// named are quarantined (found unavailable), not available.
+func assertPoolWholeBut(t *testing.T, b *testBundle, quarantined ...string) {
+	t.Helper()
 	if _, err := b.pool.Reap(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -138,11 +146,15 @@ func assertPoolWhole(t *testing.T, b *testBundle) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Counts[pool.StateAvailable] != len(b.urls) || len(st.Executors) != len(b.urls) {
-		t.Fatalf("pool: %v of %d executors, want all available once", st.Counts, len(b.urls))
+	if st.Counts[pool.StateAvailable] != len(b.urls)-len(quarantined) || st.Counts[pool.StateQuarantined] != len(quarantined) || len(st.Executors) != len(b.urls) {
+		t.Fatalf("pool: %v of %d executors, want all available once but %d quarantined", st.Counts, len(b.urls), len(quarantined))
 	}
 	for _, e := range st.Executors {
-		if e.InAvailable != 1 {
+		if slices.Contains(quarantined, e.URL) {
+			if e.Quarantine == nil || e.Quarantine.Reason != pool.ReasonUnavailable {
+				t.Errorf("%s: quarantine %+v, want one for being unavailable", e.URL, e.Quarantine)
+			}
+		} else if e.InAvailable != 1 {
 			t.Errorf("%s is in the available set %d times", e.URL, e.InAvailable)
 		}
 	}
@@ -280,7 +292,9 @@ func TestJunkPayloadsAreArchivedAtOnce(t *testing.T) {
 }
 
 // Executors that answer junk fail their evals with one clear line each;
-// every executor comes back and none is double-booked.
+// every executor comes back, or is quarantined as unavailable (12 evals on
+// 6 executors: never all of them, at 3 failures each), and none is
+// double-booked.
 func TestJunkExecutorAnswers(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{Concurrency: 6})
@@ -320,7 +334,7 @@ func TestJunkExecutorAnswers(t *testing.T) {
 		byURL[ts.URL] = name
 	}
 	start(t, w)
-	ids := enqueueEvals(t, b, 24, tasks.EvalOptions{NoRetry: true}, time.Second)
+	ids := enqueueEvals(t, b, 12, tasks.EvalOptions{NoRetry: true}, time.Second)
 	if _, archived := evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute); archived != len(ids) {
 		t.Fatalf("%d of %d junk-answered evals archived", archived, len(ids))
 	}
@@ -343,7 +357,17 @@ func TestJunkExecutorAnswers(t *testing.T) {
 	if len(seen) < len(answers)-1 {
 		t.Errorf("only %d of %d kinds of junk were met: %v", len(seen), len(answers), seen)
 	}
-	assertPoolWhole(t, b)
+	st, err := b.pool.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range st.Executors {
+		if e.State == pool.StateQuarantined {
+			out = append(out, e.URL)
+		}
+	}
+	assertPoolWholeBut(t, b, out...)
 }
 
 // No free executor: the eval waits without spending its retry budget.
@@ -461,8 +485,9 @@ func TestPanicIsCleanedUpByTheErrorHandler(t *testing.T) {
 	assertPoolWhole(t, b)
 }
 
-// A dead executor fails its attempts with a clear error; the retries land
-// on live executors and the pool stays whole.
+// A dead executor fails its attempts with a clear error, at most
+// QuarantineAfter of them before it is quarantined; the retries land on
+// live executors and the pool stays whole.
 func TestDeadExecutor(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{Concurrency: 4}, executor.ServerOptions{}, executor.ServerOptions{})
@@ -476,11 +501,11 @@ func TestDeadExecutor(t *testing.T) {
 	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute); completed != len(ids) {
 		t.Fatalf("%d of %d evals completed", completed, len(ids))
 	}
-	if n := b.logs.Count("connection refused"); n == 0 {
-		t.Fatal("no attempt met the dead executor: the test proves nothing")
+	if n := b.logs.Count("connection refused"); n == 0 || n > pool.DefaultQuarantine+1 {
+		t.Fatalf("%d attempts met the dead executor; want 1 to %d (it is quarantined after %d in a row)", n, pool.DefaultQuarantine+1, pool.DefaultQuarantine)
 	}
 	b.urls = append(b.urls, dead.URL)
-	assertPoolWhole(t, b)
+	assertPoolWholeBut(t, b, dead.URL)
 	assertNoOverlap(t, b)
 }
 

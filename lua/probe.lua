@@ -1,0 +1,39 @@
+-- probe.lua: claim the quarantined executors whose health probe is due, so
+-- that of all the workers running maintenance exactly one probes each, at
+-- most once per backoff interval.
+--
+-- KEYS: see lib.lua.
+-- ARGV[1] how many to claim at most
+-- ARGV[2] the probe interval in ms: the first probe is due this long after
+--         the quarantine; after the nth probe the next is due in
+--         interval * 2^n, so that a dead executor costs less and less
+-- ARGV[3] the longest backoff in ms
+-- Returns: {url, quarantined_at, ...}: pass quarantined_at to quarantine.lua
+-- 'off' when the probe answers, so that a probe claimed before the executor
+-- was quarantined again cannot return it. A leased executor (quarantined
+-- while it served, going out of service at its release) is not probed; its
+-- probe is put off by one interval.
+
+local bad = foreign(ALL_KEYS)
+if bad then
+  return redis.error_reply(bad)
+end
+local now = now_ms()
+local interval, longest = tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for _, url in ipairs(redis.call('ZRANGE', K_QUARANTINE, '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[1]))) do
+  local raw = redis.call('HGET', K_EXECUTORS, url)
+  local record = decode(raw)
+  if not raw then
+    redis.call('ZREM', K_QUARANTINE, url) -- not registered: nothing to probe
+  elseif redis.call('HEXISTS', K_LEASES, url) == 1 or not record then
+    redis.call('ZADD', K_QUARANTINE, now + interval, url)
+  else
+    record.probes = (tonumber(record.probes) or 0) + 1
+    redis.call('ZADD', K_QUARANTINE, now + math.min(interval * 2 ^ record.probes, longest), url)
+    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+    out[#out + 1] = url
+    out[#out + 1] = tostring(record.quarantined_at)
+  end
+end
+return out

@@ -1,0 +1,88 @@
+package pool
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/labels"
+	"github.com/evalpool/evalpool/lua"
+)
+
+// MaxLabels is how many labels an executor may carry (labels.Max).
+const MaxLabels = labels.Max
+
+// ErrUnservable means no registered executor has every label an eval
+// requires: it would wait for ever, so it is refused.
+var ErrUnservable = errors.New("pool: no registered executor has the required labels")
+
+// ValidateLabels checks labels (labels.Validate), as ErrInvalid.
+func ValidateLabels(ls map[string]string) error {
+	if err := labels.Validate(ls); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+// CanServe reports whether some registered executor (available, leased or
+// quarantined) has every label in require: an eval that none could serve
+// should be refused when it is submitted, not left waiting.
+func (p *Pool) CanServe(ctx context.Context, require map[string]string) (bool, error) {
+	if err := ValidateLabels(require); err != nil {
+		return false, err
+	}
+	var n int64
+	var err error
+	if set := labels.Name(require); set == "" {
+		n, err = p.client.HLen(ctx, p.keys[0]).Result()
+	} else {
+		err = p.client.HGet(ctx, p.keys[13], set).Scan(&n)
+		if errors.Is(err, redis.Nil) {
+			err = nil
+		}
+	}
+	if err != nil {
+		return false, fmt.Errorf("pool: can %s serve %s: %w", p.name, labels.Name(require), err)
+	}
+	return n > 0, nil
+}
+
+// RelabelOutcome says what Relabel did.
+type RelabelOutcome string
+
+// Relabel outcomes.
+const (
+	Relabeled RelabelOutcome = "relabeled"
+	Unchanged RelabelOutcome = "unchanged"
+)
+
+// Relabel replaces a registered executor's labels (none, for an empty
+// map). An available executor serves its new label sets at once; a leased
+// one from its release. An unknown URL is ErrUnknownExecutor.
+func (p *Pool) Relabel(ctx context.Context, rawURL string, ls map[string]string) (RelabelOutcome, error) {
+	u, err := ParseURL(rawURL)
+	if err != nil {
+		return "", err
+	}
+	if err := ValidateLabels(ls); err != nil {
+		return "", err
+	}
+	if ls == nil {
+		ls = map[string]string{}
+	}
+	b, err := json.Marshal(ls)
+	if err != nil {
+		return "", fmt.Errorf("%w: labels of %s: %w", ErrInvalid, u, err)
+	}
+	out, err := lua.Label.Run(ctx, p.client, p.keys, u, string(b)).Text()
+	if err != nil {
+		return "", fmt.Errorf("pool: relabel %s: %w", u, scriptErr(err))
+	}
+	if out == "unknown" {
+		return "", fmt.Errorf("%w: %s", ErrUnknownExecutor, u)
+	}
+	return RelabelOutcome(out), nil
+}
