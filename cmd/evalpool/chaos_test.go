@@ -154,8 +154,9 @@ func TestChaos(t *testing.T) {
 	}
 
 	// Each worker reaches Redis through a proxy the test can cut.
+	// Killed executors are quarantined and probed back, every second.
 	workerArgs := []string{"worker", "--cleanup", "both", "--concurrency", "8", "--lease-ttl", leaseTTL.String(),
-		"--reap-interval", "1s", "--poll-interval", "100ms", "--retry-delay", "200ms", "--shutdown-timeout", "2s"}
+		"--reap-interval", "1s", "--poll-interval", "100ms", "--retry-delay", "200ms", "--shutdown-timeout", "2s", "--probe-interval", "1s"}
 	var workers []*proc
 	var proxies []*evaltest.Proxy
 	for i, serves := range []string{"default", "default,b", "b,default"} {

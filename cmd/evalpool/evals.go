@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -18,6 +19,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/tasks"
 	"github.com/evalpool/evalpool/worker"
 )
@@ -36,16 +38,21 @@ func (a *app) enqueueCommand() *cobra.Command {
 		timeout    time.Duration
 		leaseTTL   time.Duration
 		maxRetry   int
+		require    []string
 	)
 	c := &cobra.Command{
 		Use:   "enqueue (--spec JSON [--count N] | --file evals.jsonl)",
 		Short: "Enqueue evals and print their IDs; --wait follows them to the end",
 		Long: `Enqueue evals and print their IDs, one per line.
 
---file reads JSON Lines: one {"eval_id"?: ID, "spec": ANY} object per line
-(blank lines are skipped). Every line is checked before anything is
-enqueued: a malformed line rejects the whole file, naming the line.
-An eval whose ID is already enqueued is left as it is and reported.`,
+--file reads JSON Lines: one {"eval_id"?: ID, "spec": ANY, "require"?: {k: v}}
+object per line (blank lines are skipped). Every line is checked before
+anything is enqueued: a malformed line rejects the whole file, naming the line.
+An eval whose ID is already enqueued is left as it is and reported.
+
+--require k=v (repeatable) makes every eval run only on executors with all
+those labels, on top of a line's own "require". An eval that no registered
+executor could serve is refused, and nothing is enqueued.`,
 		Args: positional(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if (spec == "") == (file == "") {
@@ -73,18 +80,32 @@ An eval whose ID is already enqueued is left as it is and reported.`,
 			if maxRetry < 0 {
 				return usagef("--max-retry must be 0 or more, got %d", maxRetry)
 			}
+			required, err := labels.Parse(require)
+			if err != nil {
+				return usageError{err}
+			}
 			opts := tasks.EvalOptions{MaxRetry: maxRetry, NoRetry: maxRetry == 0}
 			batch := make([]*asynq.Task, len(evals))
 			for i := range evals {
 				evals[i].TimeoutS = tasks.TimeoutSeconds(timeout)
 				evals[i].LeaseTTLMs = leaseTTL.Milliseconds()
 				evals[i].Pool = a.poolName
+				if len(required) > 0 {
+					evals[i].Require = maps.Clone(evals[i].Require)
+					if evals[i].Require == nil {
+						evals[i].Require = map[string]string{}
+					}
+					maps.Copy(evals[i].Require, required)
+				}
 				if batch[i], err = tasks.NewEval(evals[i], opts); err != nil {
 					return fmt.Errorf("eval %d of %d: %w", i+1, len(evals), err)
 				}
 			}
 			client, err := a.redis()
 			if err != nil {
+				return err
+			}
+			if err := a.servable(c.Context(), evals); err != nil {
 				return err
 			}
 			aq := asynq.NewClientFromRedisClient(client) // shares client: nothing to close
@@ -114,7 +135,33 @@ An eval whose ID is already enqueued is left as it is and reported.`,
 	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 0, "executor lease TTL; 0 uses the worker's --lease-ttl")
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt")
+	f.StringArrayVar(&require, "require", nil, "run only on executors with label key=value (repeatable)")
 	return c
+}
+
+// servable refuses evals that no executor registered in the pool could
+// serve, before any is enqueued: one lookup per distinct requirement.
+func (a *app) servable(ctx context.Context, evals []tasks.Eval) error {
+	p, err := a.pool()
+	if err != nil {
+		return err
+	}
+	checked := map[string]bool{}
+	for _, e := range evals {
+		set := labels.Name(e.Require)
+		if set == "" || checked[set] {
+			continue
+		}
+		checked[set] = true
+		ok, err := p.CanServe(ctx, e.Require)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("eval %s requires %s, which no executor registered in pool %s has (pool status lists them; pool add --label or pool label gives them): nothing was enqueued", e.ID, set, p.Name())
+		}
+	}
+	return nil
 }
 
 func specEvals(spec string, count int) ([]tasks.Eval, error) {
@@ -148,8 +195,9 @@ func readEvalFile(path string) ([]tasks.Eval, error) {
 		}
 		if trimmed := bytes.TrimSpace(line); len(trimmed) > 0 {
 			var e struct {
-				ID   string          `json:"eval_id"`
-				Spec json.RawMessage `json:"spec"`
+				ID      string            `json:"eval_id"`
+				Spec    json.RawMessage   `json:"spec"`
+				Require map[string]string `json:"require"`
 			}
 			dec := json.NewDecoder(bytes.NewReader(trimmed))
 			dec.DisallowUnknownFields()
@@ -157,7 +205,7 @@ func readEvalFile(path string) ([]tasks.Eval, error) {
 				if derr == nil {
 					derr = errors.New("trailing data after the object")
 				}
-				return nil, fmt.Errorf("%s:%d: %w: want {\"eval_id\"?, \"spec\"}: %w", path, n, tasks.ErrBadPayload, derr)
+				return nil, fmt.Errorf("%s:%d: %w: want {\"eval_id\"?, \"spec\", \"require\"?}: %w", path, n, tasks.ErrBadPayload, derr)
 			}
 			if len(e.Spec) == 0 || string(e.Spec) == "null" {
 				return nil, fmt.Errorf("%s:%d: %w: \"spec\" is missing", path, n, tasks.ErrBadPayload)
@@ -169,7 +217,7 @@ func readEvalFile(path string) ([]tasks.Eval, error) {
 				return nil, fmt.Errorf("%s:%d: %w: eval ID %q already used on line %d", path, n, tasks.ErrBadPayload, e.ID, prev)
 			}
 			seen[e.ID] = n
-			evals = append(evals, tasks.Eval{ID: e.ID, Spec: e.Spec})
+			evals = append(evals, tasks.Eval{ID: e.ID, Spec: e.Spec, Require: e.Require})
 		}
 		if errors.Is(err, io.EOF) {
 			break

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -107,7 +108,14 @@ func TestForeignDataInTheCLI(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
+	if r := evalpool(t, url, name, "pool", "add", "--no-probe", "http://e0"); r.code != 0 {
+		t.Fatalf("pool add: %+v", r)
+	}
 	if err := client.Set(t.Context(), "evalpool:{"+name+"}:available", "hello", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before, err := client.HGetAll(t.Context(), "evalpool:{"+name+"}:executors").Result()
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, args := range [][]string{{"pool", "add", "--no-probe", "http://e1"}, {"pool", "acquire", "--eval", "a"}, {"pool", "status"}, {"pool", "reap"}} {
@@ -117,8 +125,8 @@ func TestForeignDataInTheCLI(t *testing.T) {
 			t.Errorf("%v over foreign data: %+v", args, r)
 		}
 	}
-	if n, _ := client.Exists(t.Context(), "evalpool:{"+name+"}:executors").Result(); n != 0 {
-		t.Fatal("pool add wrote beside the foreign data")
+	if after, _ := client.HGetAll(t.Context(), "evalpool:{"+name+"}:executors").Result(); !maps.Equal(before, after) {
+		t.Fatalf("the commands wrote beside the foreign data: %v, then %v", before, after)
 	}
 }
 
@@ -207,7 +215,7 @@ func TestEnqueueFileIsAllOrNothing(t *testing.T) {
 	}{
 		{"malformed", good + `{"eval_id":"c","spec":` + "\n", "bad.jsonl:4: tasks: bad payload"},
 		{"no spec", good + `{"eval_id":"c"}` + "\n", `bad.jsonl:4: tasks: bad payload: "spec" is missing`},
-		{"unknown field", good + `{"eval_id":"c","spec":1,"prio":9}` + "\n", `bad.jsonl:4: tasks: bad payload: want {"eval_id"?, "spec"}: json: unknown field "prio"`},
+		{"unknown field", good + `{"eval_id":"c","spec":1,"prio":9}` + "\n", `bad.jsonl:4: tasks: bad payload: want {"eval_id"?, "spec", "require"?}: json: unknown field "prio"`},
 		{"duplicate ID", good + `{"eval_id":"a","spec":1}` + "\n", `bad.jsonl:4: tasks: bad payload: eval ID "a" already used on line 1`},
 		{"bad ID", `{"eval_id":"has space","spec":1}`, "holds spaces"},
 		{"empty", "\n\n", "no evals in the file"},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/pool"
 )
 
@@ -22,14 +24,15 @@ func (a *app) poolCommand() *cobra.Command {
 		Args:  cobra.ArbitraryArgs,
 		RunE:  group,
 	}
-	c.AddCommand(a.poolAdd(), a.poolRemove(), a.poolStatus(), a.poolCheck(), a.poolReap(), a.poolAcquire(), a.poolRelease())
+	c.AddCommand(a.poolAdd(), a.poolRemove(), a.poolLabel(), a.poolQuarantine(), a.poolReleaseQuarantine(),
+		a.poolStatus(), a.poolCheck(), a.poolReap(), a.poolAcquire(), a.poolRelease())
 	return c
 }
 
 func (a *app) poolAdd() *cobra.Command {
 	var (
-		labels  []string
-		noProbe bool
+		labelArgs []string
+		noProbe   bool
 	)
 	c := &cobra.Command{
 		Use:   "add URL...",
@@ -38,16 +41,17 @@ func (a *app) poolAdd() *cobra.Command {
 health (GET /healthz) and its instance ID, so that an executor that does not
 answer, or that is already in the pool under another URL, is refused. With
 --no-probe, URLs are registered without asking (and without the instance
-check).`,
+check).
+
+--label gives every executor added these labels (at most 4); evals that
+require labels run only on executors that have them all. A known executor
+added with other labels is relabeled (and says so); added with none, it
+keeps its own. "pool label" changes labels later.`,
 		Args: positional(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
-			lm := map[string]string{}
-			for _, l := range labels {
-				k, v, ok := strings.Cut(l, "=")
-				if !ok || k == "" {
-					return usagef("--label %q: want key=value", l)
-				}
-				lm[k] = v
+			lm, err := labels.Parse(labelArgs)
+			if err != nil {
+				return usageError{err}
 			}
 			execs := make([]pool.Executor, len(args))
 			for i, raw := range args {
@@ -57,8 +61,9 @@ check).`,
 				}
 				execs[i] = pool.Executor{URL: u, Labels: lm}
 			}
+			found := map[string]string{}
 			if !noProbe {
-				if err := probe(c.Context(), execs); err != nil {
+				if found, err = probe(c.Context(), execs); err != nil {
 					return err
 				}
 			}
@@ -77,7 +82,7 @@ check).`,
 					dups = append(dups, r.URL)
 					continue
 				}
-				fmt.Fprintf(a.stdout, "%s %s\n", r.Outcome, r.URL)
+				fmt.Fprintf(a.stdout, "%s %s%s\n", r.Outcome, r.URL, found[r.URL])
 			}
 			if len(dups) > 0 {
 				return fmt.Errorf("refused %s: the same executor is already registered under another URL or in another pool", strings.Join(dups, ", "))
@@ -85,29 +90,132 @@ check).`,
 			return nil
 		},
 	}
-	c.Flags().StringArrayVar(&labels, "label", nil, "label key=value for every executor added (repeatable)")
+	c.Flags().StringArrayVar(&labelArgs, "label", nil, "label key=value for every executor added (repeatable, at most 4)")
 	c.Flags().BoolVar(&noProbe, "no-probe", false, "register without asking the executors for their health and instance ID")
 	return c
 }
 
 // probe asks every executor for its health and instance ID, all at once,
-// and fails naming the first that does not answer.
-func probe(ctx context.Context, execs []pool.Executor) error {
+// and fails naming the first that does not answer. It returns what each
+// said, to print beside its URL.
+func probe(ctx context.Context, execs []pool.Executor) (map[string]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	errs := make([]error, len(execs))
+	health := make([]executor.Health, len(execs))
 	var wg sync.WaitGroup
 	for i := range execs {
 		wg.Go(func() {
-			h, err := (&executor.Client{}).Health(ctx, execs[i].URL)
-			execs[i].InstanceID, errs[i] = h.InstanceID, err
+			health[i], errs[i] = (&executor.Client{}).Health(ctx, execs[i].URL)
+			execs[i].InstanceID = health[i].InstanceID
 		})
 	}
 	wg.Wait()
+	found := map[string]string{}
 	for i, err := range errs {
 		if err != nil {
-			return fmt.Errorf("%s did not answer its health check, so nothing was registered (--no-probe registers it anyway): %w", execs[i].URL, err)
+			return nil, fmt.Errorf("%s did not answer its health check, so nothing was registered (--no-probe registers it anyway): %w", execs[i].URL, err)
 		}
+		id := health[i].InstanceID
+		if id == "" {
+			id = "none reported"
+		}
+		found[execs[i].URL] = fmt.Sprintf(" (healthy: %s, instance %s)", cmp.Or(health[i].Status, "ok"), id)
+	}
+	return found, nil
+}
+
+func (a *app) poolLabel() *cobra.Command {
+	var clear bool
+	c := &cobra.Command{
+		Use:   "label URL key=value...",
+		Short: "Replace an executor's labels (--clear for none)",
+		Long: `Replace an executor's labels with those given (at most 4). An available
+executor serves its new label sets at once; a leased one from its release.`,
+		Args: positional(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			if clear != (len(args) == 1) {
+				return usagef("give labels, or --clear for none")
+			}
+			lm, err := labels.Parse(args[1:])
+			if err != nil {
+				return usageError{err}
+			}
+			u, err := pool.ParseURL(args[0])
+			if err != nil {
+				return err
+			}
+			p, err := a.pool()
+			if err != nil {
+				return err
+			}
+			out, err := p.Relabel(c.Context(), u, lm)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s %s %s\n", out, u, cmp.Or(labels.Name(lm), "(no labels)"))
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&clear, "clear", false, "remove every label")
+	return c
+}
+
+func (a *app) poolQuarantine() *cobra.Command {
+	var reason string
+	c := &cobra.Command{
+		Use:   "quarantine URL...",
+		Short: "Take executors out of service until a health probe or release-quarantine returns them",
+		Long: `Take executors out of service: never handed out until a health probe by a
+worker's reap finds them healthy, or "pool release-quarantine" returns them. A
+leased executor finishes its eval first.`,
+		Args: positional(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			return a.eachExecutor(c.Context(), args, func(ctx context.Context, p *pool.Pool, u string) (string, error) {
+				out, err := p.Quarantine(ctx, u, reason)
+				return string(out), err
+			})
+		},
+	}
+	c.Flags().StringVar(&reason, "reason", pool.ReasonOperator, "why, as status and the logs will show it")
+	return c
+}
+
+func (a *app) poolReleaseQuarantine() *cobra.Command {
+	return &cobra.Command{
+		Use:   "release-quarantine URL...",
+		Short: "Return quarantined executors to service now, without a probe",
+		Args:  positional(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			return a.eachExecutor(c.Context(), args, func(ctx context.Context, p *pool.Pool, u string) (string, error) {
+				out, err := p.ReturnToService(ctx, u)
+				return string(out), err
+			})
+		},
+	}
+}
+
+// eachExecutor checks every URL, then runs op on each in turn and prints
+// its outcome: a bad URL changes nothing.
+func (a *app) eachExecutor(ctx context.Context, args []string, op func(context.Context, *pool.Pool, string) (string, error)) error {
+	urls := make([]string, len(args))
+	for i, raw := range args {
+		u, err := pool.ParseURL(raw)
+		if err != nil {
+			return err
+		}
+		urls[i] = u
+	}
+	p, err := a.pool()
+	if err != nil {
+		return err
+	}
+	for _, u := range urls {
+		out, err := op(ctx, p, u)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "%s %s\n", out, u)
 	}
 	return nil
 }
@@ -160,17 +268,29 @@ func (a *app) poolStatus() *cobra.Command {
 				return a.printJSON(st)
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "EXECUTOR\tSTATE\tEVAL\tFENCE\tLEASE AGE\tDEADLINE IN\tIDLE SINCE")
+			fmt.Fprintln(w, "EXECUTOR\tSTATE\tLABELS\tHEALTH\tPASS RATE\tEVAL\tFENCE\tLEASE AGE\tDEADLINE IN\tIDLE SINCE")
 			for _, e := range st.Executors {
 				eval, fence, age, left, idle := "-", "-", "-", "-", "-"
 				if l := e.Lease; l != nil {
 					eval, fence = l.EvalID, fmt.Sprint(l.Fence)
 					age = st.Now.Sub(l.AcquiredAt).Round(time.Millisecond).String()
 					left = l.Deadline.Sub(st.Now).Round(time.Millisecond).String()
-				} else if !e.LastRelease.IsZero() {
+				} else if !e.LastRelease.IsZero() && e.Quarantine == nil {
 					idle = st.Now.Sub(e.LastRelease).Round(time.Second).String()
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.URL, e.State, eval, fence, age, left, idle)
+				health := "ok"
+				switch {
+				case e.Quarantine != nil:
+					health = fmt.Sprintf("quarantined (%s) %s ago, probe in %s", e.Quarantine.Reason,
+						st.Now.Sub(e.Quarantine.Since).Round(time.Second), max(0, e.Quarantine.NextProbe.Sub(st.Now)).Round(time.Second))
+				case e.Fails > 0:
+					health = fmt.Sprintf("%d failed calls in a row", e.Fails)
+				}
+				rate := "-"
+				if r := e.PassRate(); r >= 0 {
+					rate = fmt.Sprintf("%.0f%% of %d", 100*r, e.Passed+e.Failed)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.URL, e.State, cmp.Or(labels.Name(e.Labels), "-"), health, rate, eval, fence, age, left, idle)
 			}
 			if err := w.Flush(); err != nil {
 				return err
@@ -186,9 +306,9 @@ func (a *app) poolStatus() *cobra.Command {
 					return err
 				}
 			}
-			fmt.Fprintf(a.stdout, "pool %s: %d executors, %d available, %d leased, %d expired, %d draining; %d evals waiting\n",
+			fmt.Fprintf(a.stdout, "pool %s: %d executors, %d available, %d leased, %d expired, %d draining, %d quarantined; %d evals waiting\n",
 				st.Pool, len(st.Executors), st.Counts[pool.StateAvailable], st.Counts[pool.StateLeased],
-				st.Counts[pool.StateExpired], st.Counts[pool.StateDraining], len(st.Waiters))
+				st.Counts[pool.StateExpired], st.Counts[pool.StateDraining], st.Counts[pool.StateQuarantined], len(st.Waiters))
 			return nil
 		},
 	}

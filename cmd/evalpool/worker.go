@@ -31,6 +31,10 @@ func (a *app) workerCommand() *cobra.Command {
 		metricsAddr string
 		retryDelay  time.Duration
 		secret      string
+		// Health: the pool's quarantine options.
+		quarantineAfter int
+		failRate        float64
+		probeInterval   time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "worker",
@@ -48,10 +52,14 @@ func (a *app) workerCommand() *cobra.Command {
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			reg.MustRegister(metrics.NewQueueMetricsCollector(asynq.NewInspectorFromRedisClient(client)))
 			// --pool a,b serves several pools; the worker refuses a task of any other.
+			if quarantineAfter == 0 {
+				quarantineAfter = -1 // the flag's 0 is never; the option's 0 is its default
+			}
 			for _, name := range strings.Split(a.poolName, ",") {
-				p, err := pool.New(client, pool.Options{Name: name, Logger: &a.log, Metrics: poolMetrics})
+				p, err := pool.New(client, pool.Options{Name: name, Logger: &a.log, Metrics: poolMetrics,
+					QuarantineAfter: quarantineAfter, QuarantineFailRate: failRate, ProbeInterval: probeInterval})
 				if err != nil {
-					return err
+					return usageError{err}
 				}
 				cfg.Pools = append(cfg.Pools, p)
 			}
@@ -106,6 +114,10 @@ func (a *app) workerCommand() *cobra.Command {
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a stopping worker waits for running evals")
 	f.StringVar(&secret, "executor-secret", os.Getenv(executor.EnvSecret), "secret shared with the executors, to sign every call (env "+executor.EnvSecret+")")
 	f.BoolVar(&cfg.AllowEvictingRedis, "allow-evicting-redis", false, "start even on a Redis whose maxmemory-policy may evict the pool's keys")
+	f.IntVar(&quarantineAfter, "quarantine-after", pool.DefaultQuarantine, "quarantine an executor after this many calls in a row it did not serve (refused, timed out, 5xx, junk); 0 never")
+	f.Float64Var(&failRate, "quarantine-on-fail-rate", 0, "also quarantine an executor when this share of its last 20 graded evals failed (e.g. 0.9); 0 never")
+	f.DurationVar(&probeInterval, "probe-interval", pool.DefaultProbe, "first health probe of a quarantined executor after this long, then doubling up to 1m; probes run with the reap")
+	f.DurationVar(&cfg.ProbeTimeout, "probe-timeout", 2*time.Second, "time limit of one health probe")
 	return c
 }
 
