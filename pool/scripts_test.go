@@ -66,6 +66,11 @@ func lifecycle(t *testing.T, p *Pool) {
 	if _, err := p.Relabel(ctx, "http://e1", map[string]string{"gpu": "a100"}); err != nil {
 		t.Fatal(err)
 	}
+	gpu, err := p.AcquireWith(ctx, "eval-gpu", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
+	if err != nil || gpu.URL != "http://e1" {
+		t.Fatalf("acquire gpu=a100: %s, %v", gpu.URL, err)
+	}
+	release(t, p, gpu, Released)
 	if _, err := p.Quarantine(ctx, "http://e2", ReasonOperator); err != nil {
 		t.Fatal(err)
 	}
