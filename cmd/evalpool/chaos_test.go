@@ -7,9 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -27,65 +25,6 @@ import (
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/tasks"
 )
-
-// proc is an evalpool process: this test binary, run as main.
-type proc struct {
-	t    *testing.T
-	name string
-	args []string
-	cmd  *exec.Cmd
-	log  *os.File
-}
-
-func startProc(t *testing.T, name string, args ...string) *proc {
-	p := &proc{t: t, name: name, args: args}
-	p.start()
-	t.Cleanup(func() { p.signal(syscall.SIGKILL); _ = p.log.Close() })
-	return p
-}
-
-func (p *proc) start() {
-	var err error
-	if p.log == nil {
-		if p.log, err = os.Create(filepath.Join(chaosDir(p.t), p.name+".log")); err != nil {
-			p.t.Fatal(err)
-		}
-	}
-	p.cmd = exec.Command(os.Args[0], p.args...)
-	p.cmd.Env = append(os.Environ(), "EVALPOOL_TEST_MAIN=1")
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := p.cmd.Start(); err != nil {
-		p.t.Fatal(err)
-	}
-}
-
-func (p *proc) signal(sig syscall.Signal) {
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(sig)
-		if sig == syscall.SIGKILL {
-			_ = p.cmd.Wait()
-		}
-	}
-}
-
-// chaosDir keeps the processes' logs: EVALPOOL_CHAOS_DIR, or a temp dir.
-func chaosDir(t *testing.T) string {
-	if d := os.Getenv("EVALPOOL_CHAOS_DIR"); d != "" {
-		_ = os.MkdirAll(d, 0o755)
-		return d
-	}
-	return t.TempDir()
-}
-
-func executorStats(url string) (executor.Stats, error) {
-	var st executor.Stats
-	resp, err := http.Get(url + executor.PathStats)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
 
 // chaosPool is one pool of the chaos run: its executors and its evals.
 type chaosPool struct {
