@@ -44,6 +44,36 @@ var designs = []design{
 			return err
 		}
 	}},
+	// labeled: the executors spread over 10 label sets (two labels each, so
+	// each sits in three indexes), every eval requiring one of the sets.
+	{"labeled", func(b *testing.B, n int) func(context.Context, int64) error {
+		client := evaltest.Client(b)
+		p, err := New(client, Options{Name: evaltest.Pool(b, client)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		execs := make([]Executor, n)
+		for i := range execs {
+			execs[i] = Executor{URL: executorURL(i), Labels: map[string]string{"kind": fmt.Sprint("k", i%10), "tier": fmt.Sprint("t", i%10%2)}}
+		}
+		if _, err := p.Register(b.Context(), execs...); err != nil {
+			b.Fatal(err)
+		}
+		return func(ctx context.Context, i int64) error {
+			l, err := p.AcquireWith(ctx, "eval-"+strconv.FormatInt(i, 10), time.Minute, AcquireArgs{Require: map[string]string{"kind": fmt.Sprint("k", i%10)}})
+			if errors.Is(err, ErrNoExecutor) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			r, err := p.Release(ctx, l, "bench")
+			if err == nil && r.Outcome != Released {
+				err = fmt.Errorf("release: %s", r.Outcome)
+			}
+			return err
+		}
+	}},
 	{"original", func(b *testing.B, n int) func(context.Context, int64) error {
 		client := evaltest.Client(b)
 		prefix := "evalpool:{" + evaltest.Pool(b, client) + "}:"
