@@ -6,10 +6,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -151,4 +153,133 @@ func TestAsynqmonInChromium(t *testing.T) {
 	if err != nil || !shown {
 		t.Fatalf("Asynqmon's queues view never listed the evals and cleanup queues: %v", err)
 	}
+}
+
+// The page shows the fleet's health: each executor's labels, its calls in
+// a row that found it unavailable, its pass rate, and its quarantine (why,
+// since when, the next probe, the failed probes), for an idle executor and
+// for one still serving its eval alike; and it shows the API's strings as
+// text, never as markup.
+func TestPoolHealthInChromium(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t)
+	ctx := t.Context()
+	p := b.pool
+	const (
+		gpu1   = "http://gpu1:9001"
+		gpu2   = "http://gpu2:9001"
+		markup = `<img id="injected" src="x" onerror="document.body.dataset.injected=1">`
+	)
+	if _, err := p.Register(ctx,
+		pool.Executor{URL: gpu1, Labels: map[string]string{"gpu": "a100", "zone": "eu-1"}},
+		pool.Executor{URL: gpu2, Labels: map[string]string{"gpu": "h100"}},
+	); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := p.Quarantine(ctx, gpu1, pool.ReasonOperator); err != nil || out != pool.Quarantined {
+		t.Fatalf("Quarantine(%s) = %s, %v", gpu1, out, err)
+	}
+	// gpu2 grades two evals passed and one failed, then fails a call.
+	for i, v := range []pool.Verdict{pool.VerdictPassed, pool.VerdictPassed, pool.VerdictFailed, pool.VerdictUnavailable} {
+		l, err := p.AcquireWith(ctx, fmt.Sprintf("graded-%d", i), time.Minute, pool.AcquireArgs{Require: map[string]string{"gpu": "h100"}})
+		if err != nil || l.URL != gpu2 {
+			t.Fatalf("acquire on gpu=h100: %s, %v", l.URL, err)
+		}
+		if _, err := p.ReleaseWith(ctx, l, pool.ReleaseArgs{Path: "test", Verdict: v}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Quarantined while leased: it serves its eval, then goes out of service.
+	if l, err := p.AcquireWith(ctx, "eval-serving", time.Minute, pool.AcquireArgs{Require: map[string]string{"gpu": "h100"}}); err != nil || l.URL != gpu2 {
+		t.Fatalf("acquire on gpu=h100: %s, %v", l.URL, err)
+	}
+	if out, err := p.Quarantine(ctx, gpu2, pool.ReasonOperator); err != nil || out != pool.Quarantined {
+		t.Fatalf("Quarantine(%s) while leased = %s, %v", gpu2, out, err)
+	}
+	// A reason is free text: the page must show it as text.
+	if _, err := p.Quarantine(ctx, "http://e3:9001", markup); err != nil {
+		t.Fatal(err)
+	}
+
+	bctx := browser(t)
+	if err := chromedp.Do(bctx,
+		chromedp.Navigate(b.url+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-url="`+gpu2+`"]`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, bctx, "pool-health")
+	type row struct {
+		State, Text, Labels, Fails, PassRate, Quarantine, Badge string
+		Badges                                                  []string
+	}
+	rows, err := chromedp.Run(bctx, chromedp.Evaluate[map[string]row](`(() => {
+		const rows = {};
+		for (const tr of document.querySelectorAll("#executors tr")) {
+			const q = tr.querySelector(".state.quarantined");
+			rows[tr.dataset.url] = {
+				State: tr.dataset.state,
+				Text: tr.innerText,
+				Labels: tr.querySelector("td.labels").innerText.trim(),
+				Fails: tr.querySelector("td.fails").innerText.trim(),
+				PassRate: tr.querySelector("td.pass-rate").innerText.trim(),
+				Quarantine: tr.querySelector("td.quarantine").innerText.trim(),
+				Badge: q ? getComputedStyle(q).backgroundColor : "",
+				Badges: [...tr.querySelectorAll(".state")].map((s) => s.innerText.trim()),
+			};
+		}
+		return rows;
+	})()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	summary, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS("#summary")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(url, what, got string, want ...string) {
+		t.Helper()
+		for _, w := range want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: %s = %q, want it to contain %q", url, what, got, w)
+			}
+		}
+	}
+
+	q := rows[gpu1]
+	if q.State != "quarantined" || !slices.Equal(q.Badges, []string{"quarantined"}) {
+		t.Errorf("%s: state %q, badges %q, want quarantined", gpu1, q.State, q.Badges)
+	}
+	if q.Badge == "" || q.Badge == "rgba(0, 0, 0, 0)" {
+		t.Errorf("%s: the quarantined badge has no background (%q)", gpu1, q.Badge)
+	}
+	check(gpu1, "labels", q.Labels, "gpu=a100", "zone=eu-1")
+	check(gpu1, "quarantine", q.Quarantine, "operator", "ago", "next probe in", "0 failed probes")
+	check(gpu1, "pass rate", q.PassRate, "–")
+
+	g := rows[gpu2]
+	if g.State != "leased" || !slices.Equal(g.Badges, []string{"leased", "quarantined"}) {
+		t.Errorf("%s: state %q, badges %q, want leased and quarantined", gpu2, g.State, g.Badges)
+	}
+	check(gpu2, "quarantine", g.Quarantine, "operator", "out of service at release")
+	check(gpu2, "row", g.Text, "eval-serving")
+	check(gpu2, "labels", g.Labels, "gpu=h100")
+	check(gpu2, "pass rate", g.PassRate, "67% of 3")
+	if g.Fails != "1" {
+		t.Errorf("%s: fails = %q, want 1", gpu2, g.Fails)
+	}
+
+	e1 := rows["http://e1:9001"]
+	if e1.Labels != "–" || e1.PassRate != "–" || e1.Quarantine != "–" || e1.Fails != "0" || e1.State != "available" {
+		t.Errorf("http://e1:9001: %+v, want available with no labels, no grades, no fails, no quarantine", e1)
+	}
+
+	e3 := rows["http://e3:9001"]
+	check("http://e3:9001", "quarantine", e3.Quarantine, markup)
+	injected, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`document.getElementById("injected") !== null || "injected" in document.body.dataset`))
+	if err != nil || injected {
+		t.Errorf("the page rendered a quarantine reason as markup: %v, %v", injected, err)
+	}
+
+	check("summary", "text", summary, "5 executors", "2 quarantined", "+1 leased, out of service at release")
 }
