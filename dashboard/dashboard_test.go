@@ -128,6 +128,60 @@ func TestEndpoints(t *testing.T) {
 	}
 }
 
+// /api/pool carries, under the names index.html reads, each executor's
+// labels, fails, graded results and quarantine, and the quarantined count.
+func TestAPIPoolHealth(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t)
+	ctx := t.Context()
+	const gpu = "http://gpu:9001"
+	if _, err := b.pool.Register(ctx, pool.Executor{URL: gpu, Labels: map[string]string{"gpu": "a100"}}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := b.pool.AcquireWith(ctx, "graded", time.Minute, pool.AcquireArgs{Require: map[string]string{"gpu": "a100"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.ReleaseWith(ctx, l, pool.ReleaseArgs{Path: "test", Verdict: pool.VerdictPassed}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Quarantine(ctx, gpu, pool.ReasonOperator); err != nil {
+		t.Fatal(err)
+	}
+	code, body := get(t, b.url+"/api/pool")
+	var v struct {
+		Counts    map[string]int   `json:"counts"`
+		Executors []map[string]any `json:"executors"`
+	}
+	if err := json.Unmarshal([]byte(body), &v); code != 200 || err != nil {
+		t.Fatalf("/api/pool: %d %s: %v", code, body, err)
+	}
+	if v.Counts["quarantined"] != 1 {
+		t.Errorf("counts = %v, want 1 quarantined", v.Counts)
+	}
+	var e map[string]any
+	for _, x := range v.Executors {
+		if x["url"] == gpu {
+			e = x
+		}
+	}
+	q, _ := e["quarantine"].(map[string]any)
+	ls, _ := e["labels"].(map[string]any)
+	if e["state"] != "quarantined" || ls["gpu"] != "a100" || e["fails"] != 0.0 || e["passed"] != 1.0 || e["failed"] != 0.0 || q == nil {
+		t.Fatalf("%s in /api/pool: %v", gpu, e)
+	}
+	for _, k := range []string{"since", "next_probe"} {
+		if s, _ := q[k].(string); s == "" {
+			t.Errorf("quarantine.%s = %v, want a time", k, q[k])
+		} else if _, err := time.Parse(time.RFC3339Nano, s); err != nil {
+			t.Errorf("quarantine.%s: %v", k, err)
+		}
+	}
+	if q["reason"] != pool.ReasonOperator || q["probes"] != 0.0 {
+		t.Errorf("quarantine = %v, want reason operator, 0 probes", q)
+	}
+}
+
 // Redis gone: the API says so with a 503, the page stays up.
 func TestRedisDown(t *testing.T) {
 	t.Parallel()
