@@ -40,6 +40,8 @@ var (
 	quarantine string
 	//go:embed probe.lua
 	probe string
+	//go:embed run_finish.lua
+	runFinish string
 )
 
 // The pool's scripts. Each takes the pool's keys in the order lib.lua gives;
@@ -56,6 +58,8 @@ var (
 	Label      = redis.NewScript(lib + label)
 	Quarantine = redis.NewScript(lib + quarantine)
 	Probe      = redis.NewScript(lib + probe)
+	// RunFinish is a run's, not a pool's: it takes the run's keys.
+	RunFinish = redis.NewScript(runFinish)
 )
 
 // All lists every script, for loading them before a pipeline and for tests.

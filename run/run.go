@@ -1,0 +1,445 @@
+// Package run keeps runs: suites of evals submitted together under one name,
+// watched while they run, judged by their pass rate and compared with the
+// run before.
+//
+// A run is a few Redis keys under the hash tag {<name>}. The worker records
+// each eval's end in the run as it happens, once, in one script (Finish), so
+// that a summary is a read of the run's own keys: never a scan of Asynq's
+// task lists, and O(1) Redis work per eval. The keys live as long as the
+// evals' results (tasks.ResultRetention).
+package run
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/lua"
+)
+
+// Sentinel errors, wrapped with context; check them with errors.Is.
+var (
+	// ErrNotFound means no run has that name (never submitted, or its
+	// retention passed).
+	ErrNotFound = errors.New("run not found")
+	// ErrExists means a run of that name was submitted already.
+	ErrExists = errors.New("run exists")
+	// ErrInvalid means a name or key was refused before Redis was touched.
+	ErrInvalid = errors.New("invalid run")
+)
+
+// Statuses an eval of a run ends in, and those it has before.
+const (
+	Passed    = "passed"    // completed, graded passed
+	Failed    = "failed"    // completed, graded failed
+	Errored   = "errored"   // archived: its attempts failed
+	Cancelled = "cancelled" // cancelled before it ended
+	Pending   = "pending"   // not started, or between attempts
+	Running   = "running"   // an attempt runs
+)
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$`)
+
+// ValidateName checks a run's name: 1 to 100 letters, digits or "_.:-",
+// starting with a letter or digit. Eval IDs are the run's name, "/", and the
+// eval's key, so a name must not hold "/".
+func ValidateName(name string) error {
+	if !namePattern.MatchString(name) {
+		return fmt.Errorf("%w: name %q: want 1 to 100 letters, digits or _.:- (starting with a letter or digit)", ErrInvalid, name)
+	}
+	return nil
+}
+
+// EvalID is the eval ID (and Asynq task ID) of the eval key of a run: its
+// key within the run is what compares across runs.
+func EvalID(name, key string) string { return name + "/" + key }
+
+// Store keeps runs in Redis. It is safe for concurrent use.
+type Store struct {
+	client    redis.UniversalClient
+	retention time.Duration
+}
+
+// Options configure a Store. The zero value is usable.
+type Options struct {
+	// Retention is how long a run's keys live after its last eval ended.
+	// Defaults to 7 days (tasks.ResultRetention).
+	Retention time.Duration
+}
+
+// DefaultRetention is Options.Retention's default: the evals' results'.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// NewStore returns a Store on client. It does not touch Redis.
+func NewStore(client redis.UniversalClient, opts Options) *Store {
+	return &Store{client: client, retention: cmp.Or(opts.Retention, DefaultRetention)}
+}
+
+// indexKey lists every run: name -> ms it was created.
+const indexKey = "evalpool:runs"
+
+type keys struct{ done, counts, running, meta, evals string }
+
+func keysOf(name string) keys {
+	p := "evalpool:run:{" + name + "}:"
+	return keys{p + "done", p + "counts", p + "running", p + "meta", p + "evals"}
+}
+
+func (k keys) all() []string { return []string{k.done, k.counts, k.running, k.meta, k.evals} }
+
+// Run is what a run was submitted as.
+type Run struct {
+	Name      string    `json:"name"`
+	Pool      string    `json:"pool"`
+	CreatedAt time.Time `json:"created_at"`
+	// Keys are its evals' keys, in the order they were submitted.
+	Keys []string `json:"-"`
+	Size int      `json:"size"`
+	// Require is what every eval of the run required, if anything.
+	Require map[string]string `json:"require,omitempty"`
+}
+
+// Create records a new run and its eval keys, before any of its evals is
+// enqueued. A name in use is ErrExists.
+func (s *Store) Create(ctx context.Context, r Run) error {
+	if err := ValidateName(r.Name); err != nil {
+		return err
+	}
+	if len(r.Keys) == 0 {
+		return fmt.Errorf("%w: run %s has no evals", ErrInvalid, r.Name)
+	}
+	req, err := json.Marshal(r.Require)
+	if err != nil {
+		return fmt.Errorf("%w: run %s: %w", ErrInvalid, r.Name, err)
+	}
+	k := keysOf(r.Name)
+	created, err := s.client.HSetNX(ctx, k.meta, "name", r.Name).Result()
+	if err != nil {
+		return fmt.Errorf("run %s: %w", r.Name, err)
+	}
+	if !created {
+		return fmt.Errorf("%w: %s", ErrExists, r.Name)
+	}
+	keys := make([]any, len(r.Keys))
+	for i, key := range r.Keys {
+		keys[i] = key
+	}
+	_, err = s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.HSet(ctx, k.meta, "pool", r.Pool, "created_at", r.CreatedAt.UnixMilli(), "size", len(r.Keys), "require", string(req))
+		for start := 0; start < len(keys); start += 10_000 {
+			pipe.RPush(ctx, k.evals, keys[start:min(start+10_000, len(keys))]...)
+		}
+		for _, key := range k.all() {
+			pipe.PExpire(ctx, key, s.retention)
+		}
+		return nil
+	})
+	if err == nil {
+		err = s.client.ZAdd(ctx, indexKey, redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name}).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("run %s: %w", r.Name, err)
+	}
+	return nil
+}
+
+// Get reads a run as it was submitted, with its eval keys.
+func (s *Store) Get(ctx context.Context, name string) (Run, error) {
+	if err := ValidateName(name); err != nil {
+		return Run{}, err
+	}
+	k := keysOf(name)
+	var meta *redis.MapStringStringCmd
+	var evals *redis.StringSliceCmd
+	if _, err := s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		meta = pipe.HGetAll(ctx, k.meta)
+		evals = pipe.LRange(ctx, k.evals, 0, -1)
+		return nil
+	}); err != nil {
+		return Run{}, fmt.Errorf("run %s: %w", name, err)
+	}
+	return runOf(name, meta.Val(), evals.Val())
+}
+
+func runOf(name string, meta map[string]string, evals []string) (Run, error) {
+	if meta["name"] != name || meta["pool"] == "" {
+		return Run{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	r := Run{Name: name, Pool: meta["pool"], Keys: evals, Size: len(evals)}
+	ms, _ := strconv.ParseInt(meta["created_at"], 10, 64)
+	r.CreatedAt = time.UnixMilli(ms)
+	_ = json.Unmarshal([]byte(meta["require"]), &r.Require)
+	return r, nil
+}
+
+// List returns the runs still kept, newest first, at most limit.
+func (s *Store) List(ctx context.Context, limit int) ([]Run, error) {
+	names, err := s.client.ZRevRange(ctx, indexKey, 0, int64(limit)-1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("runs: %w", err)
+	}
+	var runs []Run
+	for _, name := range names {
+		meta, err := s.client.HGetAll(ctx, keysOf(name).meta).Result()
+		if err != nil {
+			return nil, fmt.Errorf("runs: %w", err)
+		}
+		n, _ := strconv.Atoi(meta["size"])
+		r, err := runOf(name, meta, nil)
+		if errors.Is(err, ErrNotFound) {
+			// Its keys expired: drop it from the index too.
+			_ = s.client.ZRem(ctx, indexKey, name).Err()
+			continue
+		}
+		r.Size = n
+		runs = append(runs, r)
+	}
+	return runs, nil
+}
+
+// Record is how one eval of a run ended.
+type Record struct {
+	Key      string   `json:"key"`
+	Status   string   `json:"status"`
+	Score    *float64 `json:"score,omitempty"`
+	Duration float64  `json:"duration_seconds,omitempty"`
+	Retries  int      `json:"retries"`
+	Error    string   `json:"error,omitempty"`
+	Executor string   `json:"executor,omitempty"`
+	// Output is what the executor answered besides its grade.
+	Output json.RawMessage `json:"output,omitempty"`
+	At     time.Time       `json:"at"`
+}
+
+// Started notes that an attempt of the eval runs on executor, so that the
+// summary tells running evals from pending ones. Its end (Finish) clears it.
+func (s *Store) Started(ctx context.Context, name, key, executor string) error {
+	if err := s.client.HSet(ctx, keysOf(name).running, key, executor).Err(); err != nil {
+		return fmt.Errorf("run %s: eval %s started: %w", name, key, err)
+	}
+	return nil
+}
+
+// Finish records how an eval of the run ended, unless it ended already: the
+// first end wins, so a cancel and the attempt that was running when it came
+// count once. recorded says whether this one counted.
+func (s *Store) Finish(ctx context.Context, name string, rec Record) (recorded bool, err error) {
+	switch rec.Status {
+	case Passed, Failed, Errored, Cancelled:
+	default:
+		return false, fmt.Errorf("%w: eval %s of run %s: status %q", ErrInvalid, rec.Key, name, rec.Status)
+	}
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return false, fmt.Errorf("run %s: eval %s: %w", name, rec.Key, err)
+	}
+	score := ""
+	if rec.Score != nil && !math.IsNaN(*rec.Score) && !math.IsInf(*rec.Score, 0) {
+		score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
+	}
+	n, err := lua.RunFinish.Run(ctx, s.client, keysOf(name).all(), rec.Key, rec.Status, string(raw), rec.Retries, score, s.retention.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("run %s: eval %s ended: %w", name, rec.Key, err)
+	}
+	return n == 1, nil
+}
+
+// Records reads how each ended eval of the run ended, in the run's order.
+// O(run size): for summaries and exports, not the hot path.
+func (s *Store) Records(ctx context.Context, name string) (Run, []Record, map[string]string, error) {
+	r, err := s.Get(ctx, name)
+	if err != nil {
+		return Run{}, nil, nil, err
+	}
+	k := keysOf(name)
+	var done, running *redis.MapStringStringCmd
+	if _, err := s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		done = pipe.HGetAll(ctx, k.done)
+		running = pipe.HGetAll(ctx, k.running)
+		return nil
+	}); err != nil {
+		return Run{}, nil, nil, fmt.Errorf("run %s: %w", name, err)
+	}
+	var recs []Record
+	for _, key := range r.Keys {
+		raw, ok := done.Val()[key]
+		if !ok {
+			continue
+		}
+		var rec Record
+		if err := json.Unmarshal([]byte(raw), &rec); err != nil {
+			return Run{}, nil, nil, fmt.Errorf("run %s: eval %s: unreadable record: %w", name, key, err)
+		}
+		recs = append(recs, rec)
+	}
+	return r, recs, running.Val(), nil
+}
+
+// Counts is a run's progress, read in O(1).
+type Counts struct {
+	Size                                                int
+	Passed, Failed, Errored, Cancelled, Running, Pending int
+}
+
+// Done is how many evals have ended.
+func (c Counts) Done() int { return c.Passed + c.Failed + c.Errored + c.Cancelled }
+
+// Progress reads a run's counts without reading its records.
+func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
+	if err := ValidateName(name); err != nil {
+		return Counts{}, err
+	}
+	k := keysOf(name)
+	var counts *redis.MapStringStringCmd
+	var size *redis.StringCmd
+	var running *redis.IntCmd
+	if _, err := s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		counts = pipe.HGetAll(ctx, k.counts)
+		size = pipe.HGet(ctx, k.meta, "size")
+		running = pipe.HLen(ctx, k.running)
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return Counts{}, fmt.Errorf("run %s: %w", name, err)
+	}
+	n, err := strconv.Atoi(size.Val())
+	if err != nil {
+		return Counts{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	atoi := func(s string) int { v, _ := strconv.Atoi(s); return v }
+	c := Counts{Size: n, Passed: atoi(counts.Val()[Passed]), Failed: atoi(counts.Val()[Failed]),
+		Errored: atoi(counts.Val()[Errored]), Cancelled: atoi(counts.Val()[Cancelled]), Running: int(running.Val())}
+	c.Pending = max(0, n-c.Done()-c.Running)
+	return c, nil
+}
+
+// Summary is how a run went.
+type Summary struct {
+	Name      string    `json:"name"`
+	Pool      string    `json:"pool"`
+	CreatedAt time.Time `json:"created_at"`
+	Counts
+	// PassRate is passed over passed, failed and errored; -1 before any
+	// ended. Cancelled evals do not count.
+	PassRate    float64  `json:"pass_rate"`
+	MeanScore   *float64 `json:"mean_score,omitempty"`
+	MedianScore *float64 `json:"median_score,omitempty"`
+	// DurationP50 and DurationP95 are of the graded evals' last attempts,
+	// in seconds.
+	DurationP50 float64 `json:"duration_p50_seconds"`
+	DurationP95 float64 `json:"duration_p95_seconds"`
+	Retries     int     `json:"retries"`
+	// Failures are the failed and errored evals, with their errors.
+	Failures []Record `json:"failures"`
+	// Compare is what changed against another run, when asked.
+	Compare *Comparison `json:"compare,omitempty"`
+}
+
+// Comparison lists the evals (by key) whose outcome changed between two
+// runs.
+type Comparison struct {
+	Against      string   `json:"against"`
+	NewlyFailing []string `json:"newly_failing"`
+	NewlyPassing []string `json:"newly_passing"`
+}
+
+// Summarize reads a run and sums it up; with against set, it compares it
+// with that run, eval key by eval key.
+func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, error) {
+	r, recs, running, err := s.Records(ctx, name)
+	if err != nil {
+		return Summary{}, err
+	}
+	sum := Summary{Name: r.Name, Pool: r.Pool, CreatedAt: r.CreatedAt, PassRate: -1, Failures: []Record{}}
+	sum.Size = r.Size
+	var scores, durations []float64
+	ended := make(map[string]bool, len(recs))
+	for _, rec := range recs {
+		ended[rec.Key] = true
+		sum.Retries += rec.Retries
+		switch rec.Status {
+		case Passed:
+			sum.Passed++
+		case Failed:
+			sum.Failed++
+		case Errored:
+			sum.Errored++
+		case Cancelled:
+			sum.Cancelled++
+		}
+		if rec.Status == Failed || rec.Status == Errored {
+			sum.Failures = append(sum.Failures, rec)
+		}
+		if rec.Score != nil {
+			scores = append(scores, *rec.Score)
+		}
+		if rec.Status == Passed || rec.Status == Failed {
+			durations = append(durations, rec.Duration)
+		}
+	}
+	for key := range running {
+		if !ended[key] {
+			sum.Running++
+		}
+	}
+	sum.Pending = max(0, sum.Size-sum.Done()-sum.Running)
+	if graded := sum.Passed + sum.Failed + sum.Errored; graded > 0 {
+		sum.PassRate = float64(sum.Passed) / float64(graded)
+	}
+	if len(scores) > 0 {
+		mean, median := 0.0, quantile(scores, 0.5)
+		for _, v := range scores {
+			mean += v
+		}
+		mean /= float64(len(scores))
+		sum.MeanScore, sum.MedianScore = &mean, &median
+	}
+	if len(durations) > 0 {
+		sum.DurationP50, sum.DurationP95 = quantile(durations, 0.5), quantile(durations, 0.95)
+	}
+	if against != "" {
+		_, other, _, err := s.Records(ctx, against)
+		if err != nil {
+			return Summary{}, fmt.Errorf("compare with %s: %w", against, err)
+		}
+		sum.Compare = compare(against, recs, other)
+	}
+	return sum, nil
+}
+
+// compare lists the keys that passed in before and fail (or errored) now,
+// and the other way round. Keys in only one run are neither.
+func compare(against string, now, before []Record) *Comparison {
+	was := map[string]string{}
+	for _, rec := range before {
+		was[rec.Key] = rec.Status
+	}
+	c := &Comparison{Against: against, NewlyFailing: []string{}, NewlyPassing: []string{}}
+	bad := func(status string) bool { return status == Failed || status == Errored }
+	for _, rec := range now {
+		switch prev, ok := was[rec.Key]; {
+		case !ok:
+		case prev == Passed && bad(rec.Status):
+			c.NewlyFailing = append(c.NewlyFailing, rec.Key)
+		case bad(prev) && rec.Status == Passed:
+			c.NewlyPassing = append(c.NewlyPassing, rec.Key)
+		}
+	}
+	return c
+}
+
+// quantile is the q-quantile of vs by the nearest rank; vs is sorted in
+// place.
+func quantile(vs []float64, q float64) float64 {
+	slices.Sort(vs)
+	i := int(math.Ceil(q*float64(len(vs)))) - 1
+	return vs[max(0, min(i, len(vs)-1))]
+}

@@ -1,0 +1,147 @@
+package run
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
+)
+
+func TestMain(m *testing.M) { evaltest.Main(m) }
+
+func setup(t *testing.T, keys ...string) (*Store, string) {
+	t.Helper()
+	client := evaltest.Client(t)
+	s := NewStore(client, Options{})
+	name := evaltest.Pool(t, client) // a unique name, cleaned up with the test
+	if err := s.Create(t.Context(), Run{Name: name, Pool: "default", CreatedAt: time.Now(), Keys: keys}); err != nil {
+		t.Fatal(err)
+	}
+	return s, name
+}
+
+func score(v float64) *float64 { return &v }
+
+func TestFinishCountsOnce(t *testing.T) {
+	t.Parallel()
+	s, name := setup(t, "a", "b", "c")
+	if err := s.Create(t.Context(), Run{Name: name, Pool: "default", Keys: []string{"x"}}); !errors.Is(err, ErrExists) {
+		t.Fatalf("second create: %v", err)
+	}
+	if err := s.Started(t.Context(), name, "a", "http://e1"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := s.Progress(t.Context(), name)
+	if c.Running != 1 || c.Pending != 2 {
+		t.Fatalf("progress %+v", c)
+	}
+	// A cancel and the attempt that was running, at once: one counts.
+	var wg sync.WaitGroup
+	var counted sync.Map
+	for _, st := range []string{Cancelled, Passed, Failed} {
+		wg.Go(func() {
+			ok, err := s.Finish(t.Context(), name, Record{Key: "a", Status: st, Score: score(1)})
+			if err != nil {
+				t.Error(err)
+			}
+			counted.Store(st, ok)
+		})
+	}
+	wg.Wait()
+	n := 0
+	counted.Range(func(_, v any) bool {
+		if v.(bool) {
+			n++
+		}
+		return true
+	})
+	if n != 1 {
+		t.Fatalf("%d ends of one eval counted", n)
+	}
+	c, _ = s.Progress(t.Context(), name)
+	if c.Done() != 1 || c.Running != 0 || c.Pending != 2 {
+		t.Fatalf("progress %+v", c)
+	}
+	if _, err := s.Finish(t.Context(), name, Record{Key: "b", Status: "weird"}); !errors.Is(err, ErrInvalid) {
+		t.Fatal(err)
+	}
+}
+
+func TestSummary(t *testing.T) {
+	t.Parallel()
+	var keys []string
+	for i := range 10 {
+		keys = append(keys, fmt.Sprint("k", i))
+	}
+	s, name := setup(t, keys...)
+	for i, key := range keys[:8] {
+		rec := Record{Key: key, Status: Passed, Score: score(float64(i)), Duration: float64(i + 1), Retries: i % 2}
+		switch i {
+		case 5:
+			rec.Status, rec.Score = Failed, score(0)
+		case 6:
+			rec.Status, rec.Score, rec.Error = Errored, nil, "executor: unavailable"
+		case 7:
+			rec.Status, rec.Score = Cancelled, nil
+		}
+		if _, err := s.Finish(t.Context(), name, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = s.Started(t.Context(), name, "k8", "http://e1")
+	sum, err := s.Summarize(t.Context(), name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Counts{Size: 10, Passed: 5, Failed: 1, Errored: 1, Cancelled: 1, Running: 1, Pending: 1}
+	if sum.Counts != want {
+		t.Fatalf("counts %+v, want %+v", sum.Counts, want)
+	}
+	if sum.PassRate != 5.0/7 || sum.Retries != 4 || len(sum.Failures) != 2 || sum.Failures[1].Error != "executor: unavailable" {
+		t.Fatalf("summary %+v", sum)
+	}
+	// Scores 0,1,2,3,4 and 0: mean 10/6, median (nearest rank) 1.
+	if *sum.MeanScore != 10.0/6 || *sum.MedianScore != 1 || sum.DurationP50 != 3 || sum.DurationP95 != 6 {
+		t.Fatalf("mean %v median %v p50 %v p95 %v", *sum.MeanScore, *sum.MedianScore, sum.DurationP50, sum.DurationP95)
+	}
+	p, _ := s.Progress(t.Context(), name)
+	if p != want {
+		t.Fatalf("Progress %+v disagrees with Summarize %+v", p, want)
+	}
+}
+
+func TestCompare(t *testing.T) {
+	t.Parallel()
+	keys := []string{"a", "b", "c", "d"}
+	s, before := setup(t, keys...)
+	_, now := setup(t, keys...)
+	was := map[string]string{"a": Passed, "b": Passed, "c": Failed, "d": Errored}
+	is := map[string]string{"a": Passed, "b": Errored, "c": Passed, "d": Errored}
+	for _, k := range keys {
+		_, _ = s.Finish(t.Context(), before, Record{Key: k, Status: was[k]})
+		_, _ = s.Finish(t.Context(), now, Record{Key: k, Status: is[k]})
+	}
+	sum, err := s.Summarize(t.Context(), now, before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(sum.Compare.NewlyFailing, []string{"b"}) || !slices.Equal(sum.Compare.NewlyPassing, []string{"c"}) {
+		t.Fatalf("compare %+v", sum.Compare)
+	}
+	if _, err := s.Summarize(t.Context(), now, "no-such-run"); !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+}
+
+func TestNames(t *testing.T) {
+	t.Parallel()
+	for name, ok := range map[string]bool{"nightly-2026.11.25": true, "a": true, "": false, "a/b": false, "-x": false, "x y": false} {
+		if err := ValidateName(name); (err == nil) != ok {
+			t.Errorf("ValidateName(%q) = %v", name, err)
+		}
+	}
+}
