@@ -40,6 +40,10 @@ type ServerOptions struct {
 	// FailRate is the share of simulated evals that fail with a 500, in
 	// [0, 1]. Ignored with Exec.
 	FailRate float64
+	// GradeFailRate is the share of simulated evals that run and are graded
+	// failed (score 0), in [0, 1], unless the spec says {"grade": "passed"
+	// or "failed"}. Ignored with Exec.
+	GradeFailRate float64
 	// Logger receives a line per eval. Defaults to discarding.
 	Logger *zerolog.Logger
 	// Secret, when set, is the key every POST must be signed with (see
@@ -85,8 +89,8 @@ func (o *ServerOptions) validate() error {
 	if o.Latency < 0 {
 		return fmt.Errorf("executor: latency may not be negative, got %s", o.Latency)
 	}
-	if o.FailRate < 0 || o.FailRate > 1 {
-		return fmt.Errorf("executor: fail rate must be in [0, 1], got %g", o.FailRate)
+	if o.FailRate < 0 || o.FailRate > 1 || o.GradeFailRate < 0 || o.GradeFailRate > 1 {
+		return fmt.Errorf("executor: fail rates must be in [0, 1], got %g and %g", o.FailRate, o.GradeFailRate)
 	}
 	if len(o.InstanceID) > 128 || strings.IndexFunc(o.InstanceID, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0 {
 		return fmt.Errorf("executor: instance ID must be at most 128 printable characters without spaces, got %q", o.InstanceID)
@@ -611,6 +615,8 @@ func (s *Server) execute(ctx context.Context, req Request) (Result, error) {
 	latency := s.opts.Latency
 	var sim struct {
 		SleepMs *int64 `json:"sleep_ms"`
+		// Grade forces the simulated grade: "passed" or "failed".
+		Grade string `json:"grade"`
 	}
 	if json.Unmarshal(req.Spec, &sim) == nil && sim.SleepMs != nil && *sim.SleepMs >= 0 {
 		latency = time.Duration(*sim.SleepMs) * time.Millisecond
@@ -628,8 +634,11 @@ func (s *Server) execute(ctx context.Context, req Request) (Result, error) {
 	if s.opts.FailRate > 0 && mrand.Float64() < s.opts.FailRate {
 		return Result{}, errors.New("simulated failure")
 	}
-	score := 1.0
-	return Result{Status: StatusPassed, Score: &score}, nil
+	score, status := 1.0, StatusPassed
+	if sim.Grade == StatusFailed || sim.Grade == "" && s.opts.GradeFailRate > 0 && mrand.Float64() < s.opts.GradeFailRate {
+		score, status = 0, StatusFailed
+	}
+	return Result{Status: status, Score: &score}, nil
 }
 
 // runCommand runs the --exec command with the spec on stdin. At the

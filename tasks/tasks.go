@@ -21,6 +21,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/evalpool/evalpool/labels"
+	"github.com/evalpool/evalpool/run"
 )
 
 // Task type names.
@@ -143,6 +144,11 @@ type Eval struct {
 	LeaseTTLMs int64 `json:"lease_ttl_ms,omitempty"`
 	// TimeoutS bounds one attempt, in whole seconds as Asynq stores it.
 	TimeoutS int64 `json:"timeout_s"`
+	// Run names the run the eval belongs to, if any, and Key the eval within
+	// it: its ID is then run.EvalID(Run, Key), and the worker records its end
+	// in the run.
+	Run string `json:"run,omitempty"`
+	Key string `json:"key,omitempty"`
 	// Require lists labels its executor must have, all of them (gpu=a100):
 	// it runs only on such an executor. Check with pool.CanServe before
 	// enqueueing: an eval no registered executor could serve is retried
@@ -185,6 +191,14 @@ func (e Eval) validate() error {
 	}
 	if err := labels.Validate(e.Require); err != nil {
 		return fmt.Errorf("%w: eval %s: required labels: %w", ErrBadPayload, e.ID, err)
+	}
+	if e.Run != "" || e.Key != "" {
+		if err := run.ValidateName(e.Run); err != nil {
+			return fmt.Errorf("%w: eval %s: %w", ErrBadPayload, e.ID, err)
+		}
+		if e.Key == "" || e.ID != run.EvalID(e.Run, e.Key) {
+			return fmt.Errorf("%w: eval %s of run %s: its ID must be %q", ErrBadPayload, e.ID, e.Run, run.EvalID(e.Run, e.Key))
+		}
 	}
 	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -86,4 +88,69 @@ func WaitEvals(ctx context.Context, insp *asynq.Inspector, pool string, ids []st
 		case <-tick.C:
 		}
 	}
+}
+
+// Cancelled is what CancelEvals did.
+type Cancelled struct {
+	// Pending evals were taken off the queue: they never run. Running ones
+	// had their attempt cancelled: Asynq's cancelation reaches the handler,
+	// which abandons the call (the executor stops the eval) and releases
+	// the executor. Ended ones had ended already; Unknown ones were not
+	// found.
+	Pending, Running, Ended, Unknown int
+}
+
+// CancelEvals cancels evals of a pool by ID. It marks them in the pool
+// first (pool.Cancel), so that one Asynq hands to a worker after this never
+// gets an executor, then deletes the pending ones, then cancels the running
+// ones (in that order: a cancelled attempt frees its worker's slot at once,
+// and the next task it takes is refused, not deleted), and records each in
+// its run as cancelled.
+func CancelEvals(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *run.Store, ids []string) (Cancelled, error) {
+	var c Cancelled
+	if err := p.Cancel(ctx, ids...); err != nil {
+		return c, err
+	}
+	queue := tasks.Queues(p.Name()).Evals
+	var active []*asynq.TaskInfo
+	for _, id := range ids {
+		info, err := EvalInfo(insp, p.Name(), id)
+		switch {
+		case errors.Is(err, ErrEvalNotFound):
+			c.Unknown++
+			continue
+		case err != nil:
+			return c, err
+		case info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived:
+			c.Ended++
+			continue
+		case info.State == asynq.TaskStateActive || insp.DeleteTask(queue, id) != nil:
+			active = append(active, info) // or it became active meanwhile
+			continue
+		}
+		c.Pending++
+		if err := recordCancel(ctx, runs, info); err != nil {
+			return c, err
+		}
+	}
+	for _, info := range active {
+		if err := insp.CancelProcessing(info.ID); err != nil {
+			return c, fmt.Errorf("cancel eval %s: %w", info.ID, err)
+		}
+		c.Running++
+		if err := recordCancel(ctx, runs, info); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// recordCancel records a cancelled eval in its run, if it has one.
+func recordCancel(ctx context.Context, runs *run.Store, info *asynq.TaskInfo) error {
+	e, err := tasks.ParseEval(info.Payload)
+	if err != nil || e.Run == "" {
+		return nil
+	}
+	_, err = runs.Finish(ctx, e.Run, run.Record{Key: e.Key, Status: run.Cancelled, At: time.Now()})
+	return err
 }

@@ -36,6 +36,7 @@ import (
 
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -215,6 +216,7 @@ type Worker struct {
 	client *asynq.Client
 	pools  map[string]*served
 	id     string // names this process's wake lists
+	runs   *run.Store
 }
 
 // served is a pool the worker serves, with its heartbeat and what it knows
@@ -232,7 +234,7 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	cfg.withDefaults()
-	w := &Worker{cfg: cfg, log: zerolog.Nop(), client: asynq.NewClientFromRedisClient(cfg.Redis)}
+	w := &Worker{cfg: cfg, log: zerolog.Nop(), client: asynq.NewClientFromRedisClient(cfg.Redis), runs: run.NewStore(cfg.Redis, run.Options{})}
 	if cfg.Logger != nil {
 		w.log = *cfg.Logger
 	}
@@ -466,6 +468,11 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	}
 	ttl := e.LeaseTTL(w.cfg.LeaseTTL)
 	lease, err := w.acquire(ctx, sp, e, ttl)
+	if errors.Is(err, pool.ErrCancelled) || err != nil && ctx.Err() != nil && w.cancelled(ctx, sp, e) {
+		w.cfg.Metrics.evals.WithLabelValues("cancelled").Inc()
+		w.endInRun(ctx, e, run.Record{Status: run.Cancelled})
+		return fmt.Errorf("eval %s: cancelled (%w)", e.ID, asynq.SkipRetry)
+	}
 	if errors.Is(err, pool.ErrNoExecutor) {
 		w.cfg.Metrics.evals.WithLabelValues("no_executor").Inc()
 		return err
@@ -484,6 +491,11 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	attempt, _ := asynq.GetRetryCount(ctx)
 	log := w.log.With().Str("eval", e.ID).Str("executor", lease.URL).Int64("fence", lease.Fence).Int("attempt", attempt).Logger()
 	log.Debug().Bool("reentered", lease.Reentered).Msg("eval leased an executor")
+	if e.Run != "" {
+		if err := w.runs.Started(ctx, e.Run, e.Key, lease.URL); err != nil {
+			log.Warn().Err(err).Msg("could not note the eval running in its run")
+		}
+	}
 
 	start := time.Now()
 	res, runErr := w.runOnLease(ctx, sp, e, lease, ttl)
@@ -495,7 +507,18 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		})
 	}
 	outcome := res.Status
+	cancelled := runErr != nil && ctx.Err() != nil && w.cancelled(ctx, sp, e)
 	switch {
+	case cancelled:
+		outcome = "cancelled"
+		log.Info().Err(runErr).Msg("eval cancelled; its call to the executor was abandoned")
+		w.endInRun(ctx, e, run.Record{Status: run.Cancelled, Executor: lease.URL, Retries: attempt})
+		runErr = fmt.Errorf("eval %s: cancelled: %w (%w)", e.ID, runErr, asynq.SkipRetry)
+	case runErr == nil:
+		w.endInRun(ctx, e, run.Record{Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(), Retries: attempt, Executor: lease.URL})
+	}
+	switch {
+	case cancelled:
 	case errors.Is(runErr, executor.ErrBusy):
 		outcome = "busy"
 		log.Error().Err(runErr).Msg("the executor refused the eval: another eval holds it under a live lease, so the pool handed it out twice (Redis lost writes, or one executor is registered twice); the eval will try again")
@@ -536,6 +559,31 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		return w.attemptError(ctx, sp, lease, verdict, runErr)
 	}
 	return nil
+}
+
+// cancelled reports whether the eval was cancelled (pool.Cancel): asked
+// when its attempt ends in error with its context done, to tell a cancel
+// from a stopping worker.
+func (w *Worker) cancelled(ctx context.Context, sp *served, e tasks.Eval) bool {
+	ok, err := sp.pool.Cancelled(context.WithoutCancel(ctx), e.ID)
+	if err != nil {
+		w.log.Warn().Err(err).Str("eval", e.ID).Msg("could not tell whether the eval was cancelled")
+	}
+	return ok
+}
+
+// endInRun records how an eval of a run ended, if it belongs to one. The
+// first end recorded wins (run.Store.Finish).
+func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) {
+	if e.Run == "" {
+		return
+	}
+	rec.Key, rec.At = e.Key, time.Now()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := w.runs.Finish(rctx, e.Run, rec); err != nil {
+		w.log.Warn().Err(err).Str("eval", e.ID).Str("run", e.Run).Msg("could not record the eval's end in its run")
+	}
 }
 
 // verdictOf is what an attempt made of its executor: its grade when it
@@ -729,6 +777,13 @@ func (w *Worker) enqueueCleanup(ctx context.Context, typ string, c tasks.Cleanup
 func (w *Worker) handleError(ctx context.Context, t *asynq.Task, err error) {
 	if t.Type() != tasks.TypeEval {
 		return
+	}
+	// Asynq archives the task after this when its retries are spent or it
+	// is SkipRetry: its end, for its run.
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	if e, perr := tasks.ParseEval(t.Payload()); perr == nil && (errors.Is(err, asynq.SkipRetry) || retried >= maxRetry) {
+		w.endInRun(ctx, e, run.Record{Status: run.Errored, Error: err.Error(), Retries: retried})
 	}
 	var ae *AttemptError
 	if !errors.As(err, &ae) {

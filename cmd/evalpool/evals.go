@@ -19,6 +19,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/tasks"
 	"github.com/evalpool/evalpool/worker"
@@ -71,6 +72,11 @@ executor could serve is refused, and nothing is enqueued.`,
 			var err error
 			if file != "" {
 				evals, err = readEvalFile(file)
+				for i := range evals {
+					if evals[i].ID == "" {
+						evals[i].ID = uuid.NewString()
+					}
+				}
 			} else {
 				evals, err = specEvals(spec, count)
 			}
@@ -131,7 +137,7 @@ executor could serve is refused, and nothing is enqueued.`,
 	f.StringVar(&spec, "spec", "", "the eval's spec: any JSON the executor understands")
 	f.StringVar(&file, "file", "", "JSON Lines file of evals ({\"eval_id\"?, \"spec\"} per line)")
 	f.IntVar(&count, "count", 1, "with --spec: how many evals to enqueue")
-	f.BoolVar(&wait, "wait", false, "wait for every eval to finish, with a progress bar; exit 1 if any failed")
+	f.BoolVar(&wait, "wait", false, "wait for every eval to finish, with a progress bar; exit 1 if any failed its grading or errored")
 	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 0, "executor lease TTL; 0 uses the worker's --lease-ttl")
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt")
@@ -175,7 +181,8 @@ func specEvals(spec string, count int) ([]tasks.Eval, error) {
 	return evals, nil
 }
 
-// readEvalFile reads a JSON Lines file of evals, all or nothing.
+// readEvalFile reads a JSON Lines file of evals, all or nothing. An eval
+// whose line names no ID has none.
 func readEvalFile(path string) ([]tasks.Eval, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -210,13 +217,12 @@ func readEvalFile(path string) ([]tasks.Eval, error) {
 			if len(e.Spec) == 0 || string(e.Spec) == "null" {
 				return nil, fmt.Errorf("%s:%d: %w: \"spec\" is missing", path, n, tasks.ErrBadPayload)
 			}
-			if e.ID == "" {
-				e.ID = uuid.NewString()
-			}
-			if prev, dup := seen[e.ID]; dup {
+			if prev, dup := seen[e.ID]; dup && e.ID != "" {
 				return nil, fmt.Errorf("%s:%d: %w: eval ID %q already used on line %d", path, n, tasks.ErrBadPayload, e.ID, prev)
 			}
-			seen[e.ID] = n
+			if e.ID != "" {
+				seen[e.ID] = n
+			}
 			evals = append(evals, tasks.Eval{ID: e.ID, Spec: e.Spec, Require: e.Require})
 		}
 		if errors.Is(err, io.EOF) {
@@ -268,7 +274,7 @@ func (a *app) evalCommand() *cobra.Command {
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
 	result := &cobra.Command{
 		Use:   "result ID...",
-		Short: "Print each finished eval's result (JSON); exit 1 if one failed, 3 if one is not finished",
+		Short: "Print each finished eval's result (JSON); exit 1 if one failed its grading or errored, 3 if one is not finished",
 		Args:  positional(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, ids []string) error {
 			insp, err := a.inspector()
@@ -284,6 +290,10 @@ func (a *app) evalCommand() *cobra.Command {
 				switch info.State {
 				case asynq.TaskStateCompleted.String():
 					fmt.Fprintln(a.stdout, string(info.Result))
+					var r worker.EvalResult
+					if json.Unmarshal(info.Result, &r) == nil && r.Status == executor.StatusFailed {
+						failed = append(failed, id)
+					}
 				case asynq.TaskStateArchived.String():
 					failed = append(failed, id)
 					fmt.Fprintf(a.stderr, "eval %s failed after %d retries: %s\n", id, info.Retried, info.LastError)
@@ -302,13 +312,21 @@ func (a *app) evalCommand() *cobra.Command {
 	}
 	wait := &cobra.Command{
 		Use:   "wait ID...",
-		Short: "Wait for evals to finish, with a progress bar; exit 1 if any failed",
+		Short: "Wait for evals to finish, with a progress bar; exit 1 if any failed its grading or errored",
 		Args:  positional(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, ids []string) error {
 			return a.waitEvals(c.Context(), ids)
 		},
 	}
-	c.AddCommand(status, result, wait)
+	cancel := &cobra.Command{
+		Use:   "cancel ID...",
+		Short: "Cancel evals: pending ones never run, running ones stop at the executor and release it",
+		Args:  positional(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, ids []string) error {
+			return a.cancel(c.Context(), ids)
+		},
+	}
+	c.AddCommand(status, result, wait, cancel)
 	return c
 }
 
@@ -372,8 +390,8 @@ func (a *app) waitEvals(ctx context.Context, ids []string) error {
 	}
 	_ = bar.Finish()
 	fmt.Fprintf(a.stderr, "\n%d evals: %d passed, %d failed, %d errored (archived)\n", len(ids), passed, failed, archived)
-	if archived > 0 {
-		return fmt.Errorf("%w: %d of %d archived; see `evalpool eval result`", errEvalsFailed, archived, len(ids))
+	if failed+archived > 0 {
+		return fmt.Errorf("%w: %d failed and %d errored of %d; see `evalpool eval result`", errEvalsFailed, failed, archived, len(ids))
 	}
 	return nil
 }

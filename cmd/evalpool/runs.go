@@ -1,0 +1,435 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/evalpool/evalpool/labels"
+	evalrun "github.com/evalpool/evalpool/run"
+	"github.com/evalpool/evalpool/tasks"
+	"github.com/evalpool/evalpool/worker"
+)
+
+func (a *app) runCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "run",
+		Short: "Submit suites of evals as named runs; follow, sum up, compare and cancel them",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  group,
+	}
+	c.AddCommand(a.runSubmit(), a.runList(), a.runStatus(), a.runSummary(), a.runResults(), a.runCancel())
+	return c
+}
+
+func (a *app) runs() (*evalrun.Store, error) {
+	client, err := a.redis()
+	if err != nil {
+		return nil, err
+	}
+	return evalrun.NewStore(client, evalrun.Options{}), nil
+}
+
+func (a *app) runSubmit() *cobra.Command {
+	var (
+		file, name  string
+		require     []string
+		wait        bool
+		minPassRate float64
+		timeout     time.Duration
+		maxRetry    int
+	)
+	c := &cobra.Command{
+		Use:   "submit --file suite.jsonl [--name N] [--wait]",
+		Short: "Submit a suite of evals as one run; --wait follows it and gates on its pass rate",
+		Long: `Submit the evals of a JSON Lines file ({"eval_id"?, "spec", "require"?} per
+line) as one run and print its name. An eval's "eval_id" is its key in the
+run, which --compare matches across runs (the line number when absent); its
+eval ID is NAME/KEY. Every line, and that some executor can serve every eval,
+is checked before anything is enqueued.
+
+--wait follows the run with a progress bar, prints its summary, and exits 1
+when its pass rate (passed over passed, failed and errored) is under
+--min-pass-rate; by default any failed or errored eval fails the run.`,
+		Args: positional(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if file == "" {
+				return usagef("--file is required")
+			}
+			if name == "" {
+				name = "run-" + time.Now().UTC().Format("20060102-150405")
+			}
+			if err := evalrun.ValidateName(name); err != nil {
+				return usageError{err}
+			}
+			if minPassRate > 1 {
+				return usagef("--min-pass-rate is a share from 0 to 1, got %g", minPassRate)
+			}
+			if timeout < time.Second || maxRetry < 0 {
+				return usagef("--timeout must be at least 1s and --max-retry 0 or more")
+			}
+			required, err := labels.Parse(require)
+			if err != nil {
+				return usageError{err}
+			}
+			evals, err := readEvalFile(file)
+			if err != nil {
+				return err
+			}
+			keys := make([]string, len(evals))
+			opts := tasks.EvalOptions{MaxRetry: maxRetry, NoRetry: maxRetry == 0}
+			batch := make([]*asynq.Task, len(evals))
+			for i := range evals {
+				e := &evals[i]
+				keys[i] = cmp.Or(e.ID, strconv.Itoa(i+1))
+				e.Run, e.Key, e.ID, e.Pool = name, keys[i], evalrun.EvalID(name, keys[i]), a.poolName
+				e.TimeoutS = tasks.TimeoutSeconds(timeout)
+				if len(required) > 0 {
+					e.Require = maps.Clone(e.Require)
+					if e.Require == nil {
+						e.Require = map[string]string{}
+					}
+					maps.Copy(e.Require, required)
+				}
+				if batch[i], err = tasks.NewEval(*e, opts); err != nil {
+					return fmt.Errorf("%s: eval %d: %w", file, i+1, err)
+				}
+			}
+			if err := a.servable(c.Context(), evals); err != nil {
+				return err
+			}
+			store, err := a.runs()
+			if err != nil {
+				return err
+			}
+			if err := store.Create(c.Context(), evalrun.Run{Name: name, Pool: a.poolName, CreatedAt: time.Now(), Keys: keys, Require: required}); err != nil {
+				return err
+			}
+			client, err := a.redis()
+			if err != nil {
+				return err
+			}
+			aq := asynq.NewClientFromRedisClient(client)
+			for i, t := range batch {
+				if _, err := aq.EnqueueContext(c.Context(), t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+					return fmt.Errorf("run %s: enqueue eval %s (%d of %d; those before it are enqueued: `run cancel %s` stops them): %w", name, evals[i].ID, i+1, len(evals), name, err)
+				}
+			}
+			fmt.Fprintln(a.stdout, name)
+			if !wait {
+				return nil
+			}
+			return a.waitRun(c.Context(), store, name, minPassRate)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&file, "file", "", "JSON Lines file of evals ({\"eval_id\"?, \"spec\", \"require\"?} per line)")
+	f.StringVar(&name, "name", "", "the run's name (default run-YYYYMMDD-HHMMSS)")
+	f.StringArrayVar(&require, "require", nil, "run every eval only on executors with label key=value (repeatable)")
+	f.BoolVar(&wait, "wait", false, "follow the run to its end, print its summary, exit 1 under --min-pass-rate")
+	f.Float64Var(&minPassRate, "min-pass-rate", 1, "with --wait: the least pass rate that passes the run (default: every eval must pass)")
+	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
+	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt")
+	return c
+}
+
+// waitRun follows a run until every eval ended, then prints its summary
+// and fails under minPassRate.
+func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, minPassRate float64) error {
+	c, err := store.Progress(ctx, name)
+	if err != nil {
+		return err
+	}
+	bar := progressbar.NewOptions(c.Size,
+		progressbar.OptionSetWriter(a.stderr),
+		progressbar.OptionSetDescription(name),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionThrottle(200*time.Millisecond),
+	)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for c.Done() < c.Size {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(a.stderr, "\nstopped waiting; run %s goes on (%d of %d ended): `evalpool run status %s`, or `run submit` again is refused, so wait with `evalpool run summary %s`\n", name, c.Done(), c.Size, name, name)
+			return fmt.Errorf("wait for run %s: %w", name, context.Cause(ctx))
+		case <-tick.C:
+		}
+		if c, err = store.Progress(ctx, name); err != nil {
+			return err
+		}
+		_ = bar.Set(c.Done())
+	}
+	_ = bar.Finish()
+	fmt.Fprintln(a.stderr)
+	sum, err := store.Summarize(ctx, name, "")
+	if err != nil {
+		return err
+	}
+	printSummary(a.stdout, sum)
+	return gate(sum, minPassRate)
+}
+
+// gate is the one rule of exit codes for a run: its pass rate under
+// minPassRate fails it.
+func gate(sum evalrun.Summary, minPassRate float64) error {
+	if sum.PassRate >= 0 && sum.PassRate < minPassRate {
+		return fmt.Errorf("%w: run %s passed %.1f%%, under the %.1f%% required (%d failed, %d errored)", errEvalsFailed, sum.Name, 100*sum.PassRate, 100*minPassRate, sum.Failed, sum.Errored)
+	}
+	return nil
+}
+
+func printSummary(w io.Writer, s evalrun.Summary) {
+	fmt.Fprintf(w, "run %s (pool %s, %d evals, submitted %s)\n", s.Name, s.Pool, s.Size, s.CreatedAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "  passed %d, failed %d, errored %d, cancelled %d, running %d, pending %d\n", s.Passed, s.Failed, s.Errored, s.Cancelled, s.Running, s.Pending)
+	if s.PassRate >= 0 {
+		fmt.Fprintf(w, "  pass rate %.1f%%\n", 100*s.PassRate)
+	}
+	if s.MeanScore != nil {
+		fmt.Fprintf(w, "  score mean %.3f, median %.3f\n", *s.MeanScore, *s.MedianScore)
+	}
+	fmt.Fprintf(w, "  duration p50 %.3fs, p95 %.3fs; %d retries\n", s.DurationP50, s.DurationP95, s.Retries)
+	for i, f := range s.Failures {
+		if i == 20 {
+			fmt.Fprintf(w, "  … and %d more (run results)\n", len(s.Failures)-20)
+			break
+		}
+		fmt.Fprintf(w, "  %s %s %s\n", f.Status, f.Key, f.Error)
+	}
+	if c := s.Compare; c != nil {
+		fmt.Fprintf(w, "  against %s: %d newly failing, %d newly passing\n", c.Against, len(c.NewlyFailing), len(c.NewlyPassing))
+		for _, k := range c.NewlyFailing {
+			fmt.Fprintf(w, "    newly failing %s\n", k)
+		}
+		for _, k := range c.NewlyPassing {
+			fmt.Fprintf(w, "    newly passing %s\n", k)
+		}
+	}
+}
+
+func (a *app) runList() *cobra.Command {
+	var limit int
+	c := &cobra.Command{
+		Use:   "list",
+		Short: "List runs, newest first",
+		Args:  positional(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			store, err := a.runs()
+			if err != nil {
+				return err
+			}
+			runs, err := store.List(c.Context(), limit)
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "RUN\tPOOL\tSUBMITTED\tEVALS\tENDED\tPASS RATE")
+			for _, r := range runs {
+				p, err := store.Progress(c.Context(), r.Name)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\n", r.Name, r.Pool, r.CreatedAt.UTC().Format(time.RFC3339), r.Size, p.Done(), passRate(p))
+			}
+			return w.Flush()
+		},
+	}
+	c.Flags().IntVar(&limit, "limit", 50, "how many runs")
+	return c
+}
+
+func passRate(c evalrun.Counts) string {
+	if n := c.Passed + c.Failed + c.Errored; n > 0 {
+		return fmt.Sprintf("%.1f%%", 100*float64(c.Passed)/float64(n))
+	}
+	return "-"
+}
+
+func (a *app) runStatus() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status NAME",
+		Short: "A run's progress: counts by status (O(1), for polling)",
+		Args:  positional(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			store, err := a.runs()
+			if err != nil {
+				return err
+			}
+			p, err := store.Progress(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "run %s: %d of %d ended: passed %d, failed %d, errored %d, cancelled %d, running %d, pending %d; pass rate %s\n",
+				args[0], p.Done(), p.Size, p.Passed, p.Failed, p.Errored, p.Cancelled, p.Running, p.Pending, passRate(p))
+			return nil
+		},
+	}
+}
+
+func (a *app) runSummary() *cobra.Command {
+	var (
+		against     string
+		asJSON      bool
+		minPassRate float64
+	)
+	c := &cobra.Command{
+		Use:   "summary NAME [--compare OTHER]",
+		Short: "How a run went: counts, pass rate, scores, durations, failures; what changed against another run",
+		Long: `How a run went. With --min-pass-rate it exits 1 when the pass rate is under
+it, as run submit --wait does.`,
+		Args: positional(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			store, err := a.runs()
+			if err != nil {
+				return err
+			}
+			sum, err := store.Summarize(c.Context(), args[0], against)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if err := a.printJSON(sum); err != nil {
+					return err
+				}
+			} else {
+				printSummary(a.stdout, sum)
+			}
+			if c.Flags().Changed("min-pass-rate") {
+				return gate(sum, minPassRate)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&against, "compare", "", "another run to compare with, eval key by eval key")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
+	c.Flags().Float64Var(&minPassRate, "min-pass-rate", 1, "exit 1 when the pass rate is under this")
+	return c
+}
+
+func (a *app) runResults() *cobra.Command {
+	var format string
+	c := &cobra.Command{
+		Use:   "results NAME [--format jsonl|csv]",
+		Short: "Each eval of a run, in order: how it ended, or that it has not",
+		Args:  positional(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			if format != "jsonl" && format != "csv" {
+				return usagef("--format is jsonl or csv, got %q", format)
+			}
+			store, err := a.runs()
+			if err != nil {
+				return err
+			}
+			r, recs, running, err := store.Records(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			ended := map[string]evalrun.Record{}
+			for _, rec := range recs {
+				ended[rec.Key] = rec
+			}
+			rows := make([]evalrun.Record, len(r.Keys))
+			for i, key := range r.Keys {
+				rec, ok := ended[key]
+				switch {
+				case ok:
+				case running[key] != "":
+					rec = evalrun.Record{Key: key, Status: evalrun.Running, Executor: running[key]}
+				default:
+					rec = evalrun.Record{Key: key, Status: evalrun.Pending}
+				}
+				rows[i] = rec
+			}
+			if format == "jsonl" {
+				enc := json.NewEncoder(a.stdout)
+				for _, rec := range rows {
+					if err := enc.Encode(struct {
+						EvalID string `json:"eval_id"`
+						evalrun.Record
+					}{evalrun.EvalID(r.Name, rec.Key), rec}); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			w := csv.NewWriter(a.stdout)
+			_ = w.Write([]string{"key", "eval_id", "status", "score", "duration_seconds", "retries", "executor", "error"})
+			for _, rec := range rows {
+				score := ""
+				if rec.Score != nil {
+					score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
+				}
+				_ = w.Write([]string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, score, strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error})
+			}
+			w.Flush()
+			return w.Error()
+		},
+	}
+	c.Flags().StringVar(&format, "format", "jsonl", "jsonl or csv")
+	return c
+}
+
+func (a *app) runCancel() *cobra.Command {
+	return &cobra.Command{
+		Use:   "cancel NAME",
+		Short: "Cancel a run's evals that have not ended: pending ones never run, running ones stop",
+		Args:  positional(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			store, err := a.runs()
+			if err != nil {
+				return err
+			}
+			r, recs, _, err := store.Records(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			ended := map[string]bool{}
+			for _, rec := range recs {
+				ended[rec.Key] = true
+			}
+			var ids []string
+			for _, key := range r.Keys {
+				if !ended[key] {
+					ids = append(ids, evalrun.EvalID(r.Name, key))
+				}
+			}
+			a.poolName = r.Pool
+			return a.cancel(c.Context(), ids)
+		},
+	}
+}
+
+// cancel cancels evals by ID and says what it did.
+func (a *app) cancel(ctx context.Context, ids []string) error {
+	p, err := a.pool()
+	if err != nil {
+		return err
+	}
+	insp, err := a.inspector()
+	if err != nil {
+		return err
+	}
+	store, err := a.runs()
+	if err != nil {
+		return err
+	}
+	n, err := worker.CancelEvals(ctx, insp, p, store, ids)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "cancelled %d pending and %d running evals; %d had ended, %d unknown\n", n.Pending, n.Running, n.Ended, n.Unknown)
+	return nil
+}
