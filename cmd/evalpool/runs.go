@@ -1,14 +1,11 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"encoding/csv"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -68,11 +65,10 @@ when its pass rate (passed over passed, failed and errored) is under
 			if file == "" {
 				return usagef("--file is required")
 			}
-			if name == "" {
-				name = "run-" + time.Now().UTC().Format("20060102-150405")
-			}
-			if err := evalrun.ValidateName(name); err != nil {
-				return usageError{err}
+			if name != "" {
+				if err := evalrun.ValidateName(name); err != nil {
+					return usageError{err}
+				}
 			}
 			if minPassRate > 1 {
 				return usagef("--min-pass-rate is a share from 0 to 1, got %g", minPassRate)
@@ -88,45 +84,26 @@ when its pass rate (passed over passed, failed and errored) is under
 			if err != nil {
 				return err
 			}
-			keys := make([]string, len(evals))
-			opts := tasks.EvalOptions{MaxRetry: maxRetry, NoRetry: maxRetry == 0}
-			batch := make([]*asynq.Task, len(evals))
-			for i := range evals {
-				e := &evals[i]
-				keys[i] = cmp.Or(e.ID, strconv.Itoa(i+1))
-				e.Run, e.Key, e.ID, e.Pool = name, keys[i], evalrun.EvalID(name, keys[i]), a.poolName
-				e.TimeoutS = tasks.TimeoutSeconds(timeout)
-				if len(required) > 0 {
-					e.Require = maps.Clone(e.Require)
-					if e.Require == nil {
-						e.Require = map[string]string{}
-					}
-					maps.Copy(e.Require, required)
-				}
-				if batch[i], err = tasks.NewEval(*e, opts); err != nil {
-					return fmt.Errorf("%s: eval %d: %w", file, i+1, err)
-				}
-			}
-			if err := a.servable(c.Context(), evals); err != nil {
+			p, err := a.pool()
+			if err != nil {
 				return err
 			}
 			store, err := a.runs()
 			if err != nil {
 				return err
 			}
-			if err := store.Create(c.Context(), evalrun.Run{Name: name, Pool: a.poolName, CreatedAt: time.Now(), Keys: keys, Require: required}); err != nil {
-				return err
-			}
 			client, err := a.redis()
 			if err != nil {
 				return err
 			}
-			aq := asynq.NewClientFromRedisClient(client)
-			for i, t := range batch {
-				if _, err := aq.EnqueueContext(c.Context(), t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
-					return fmt.Errorf("run %s: enqueue eval %s (%d of %d; those before it are enqueued: `run cancel %s` stops them): %w", name, evals[i].ID, i+1, len(evals), name, err)
-				}
+			r, err := worker.SubmitRun(c.Context(), asynq.NewClientFromRedisClient(client), p, store, worker.RunRequest{
+				Name: name, Evals: evals, Require: required, Timeout: timeout,
+				Options: tasks.EvalOptions{MaxRetry: maxRetry, NoRetry: maxRetry == 0},
+			})
+			if err != nil {
+				return err
 			}
+			name = r.Name
 			fmt.Fprintln(a.stdout, name)
 			if !wait {
 				return nil
