@@ -286,8 +286,13 @@ func (s *Store) Records(ctx context.Context, name string) (Run, []Record, map[st
 
 // Counts is a run's progress, read in O(1).
 type Counts struct {
-	Size                                                int
-	Passed, Failed, Errored, Cancelled, Running, Pending int
+	Size      int `json:"size"`
+	Passed    int `json:"passed"`
+	Failed    int `json:"failed"`
+	Errored   int `json:"errored"`
+	Cancelled int `json:"cancelled"`
+	Running   int `json:"running"`
+	Pending   int `json:"pending"`
 }
 
 // Done is how many evals have ended.
