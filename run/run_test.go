@@ -1,4 +1,4 @@
-package run
+package run_test
 
 import (
 	"errors"
@@ -9,16 +9,17 @@ import (
 	"time"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/run"
 )
 
 func TestMain(m *testing.M) { evaltest.Main(m) }
 
-func setup(t *testing.T, keys ...string) (*Store, string) {
+func setup(t *testing.T, keys ...string) (*run.Store, string) {
 	t.Helper()
 	client := evaltest.Client(t)
-	s := NewStore(client, Options{})
+	s := run.NewStore(client, run.Options{})
 	name := evaltest.Pool(t, client) // a unique name, cleaned up with the test
-	if err := s.Create(t.Context(), Run{Name: name, Pool: "default", CreatedAt: time.Now(), Keys: keys}); err != nil {
+	if err := s.Create(t.Context(), run.Run{Name: name, Pool: "default", CreatedAt: time.Now(), Keys: keys}); err != nil {
 		t.Fatal(err)
 	}
 	return s, name
@@ -29,7 +30,7 @@ func score(v float64) *float64 { return &v }
 func TestFinishCountsOnce(t *testing.T) {
 	t.Parallel()
 	s, name := setup(t, "a", "b", "c")
-	if err := s.Create(t.Context(), Run{Name: name, Pool: "default", Keys: []string{"x"}}); !errors.Is(err, ErrExists) {
+	if err := s.Create(t.Context(), run.Run{Name: name, Pool: "default", Keys: []string{"x"}}); !errors.Is(err, run.ErrExists) {
 		t.Fatalf("second create: %v", err)
 	}
 	if err := s.Started(t.Context(), name, "a", "http://e1"); err != nil {
@@ -42,9 +43,9 @@ func TestFinishCountsOnce(t *testing.T) {
 	// A cancel and the attempt that was running, at once: one counts.
 	var wg sync.WaitGroup
 	var counted sync.Map
-	for _, st := range []string{Cancelled, Passed, Failed} {
+	for _, st := range []string{run.Cancelled, run.Passed, run.Failed} {
 		wg.Go(func() {
-			ok, err := s.Finish(t.Context(), name, Record{Key: "a", Status: st, Score: score(1)})
+			ok, err := s.Finish(t.Context(), name, run.Record{Key: "a", Status: st, Score: score(1)})
 			if err != nil {
 				t.Error(err)
 			}
@@ -66,7 +67,7 @@ func TestFinishCountsOnce(t *testing.T) {
 	if c.Done() != 1 || c.Running != 0 || c.Pending != 2 {
 		t.Fatalf("progress %+v", c)
 	}
-	if _, err := s.Finish(t.Context(), name, Record{Key: "b", Status: "weird"}); !errors.Is(err, ErrInvalid) {
+	if _, err := s.Finish(t.Context(), name, run.Record{Key: "b", Status: "weird"}); !errors.Is(err, run.ErrInvalid) {
 		t.Fatal(err)
 	}
 }
@@ -79,14 +80,14 @@ func TestSummary(t *testing.T) {
 	}
 	s, name := setup(t, keys...)
 	for i, key := range keys[:8] {
-		rec := Record{Key: key, Status: Passed, Score: score(float64(i)), Duration: float64(i + 1), Retries: i % 2}
+		rec := run.Record{Key: key, Status: run.Passed, Score: score(float64(i)), Duration: float64(i + 1), Retries: i % 2}
 		switch i {
 		case 5:
-			rec.Status, rec.Score = Failed, score(0)
+			rec.Status, rec.Score = run.Failed, score(0)
 		case 6:
-			rec.Status, rec.Score, rec.Error = Errored, nil, "executor: unavailable"
+			rec.Status, rec.Score, rec.Error = run.Errored, nil, "executor: unavailable"
 		case 7:
-			rec.Status, rec.Score = Cancelled, nil
+			rec.Status, rec.Score = run.Cancelled, nil
 		}
 		if _, err := s.Finish(t.Context(), name, rec); err != nil {
 			t.Fatal(err)
@@ -97,7 +98,7 @@ func TestSummary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Counts{Size: 10, Passed: 5, Failed: 1, Errored: 1, Cancelled: 1, Running: 1, Pending: 1}
+	want := run.Counts{Size: 10, Passed: 5, Failed: 1, Errored: 1, Cancelled: 1, Running: 1, Pending: 1}
 	if sum.Counts != want {
 		t.Fatalf("counts %+v, want %+v", sum.Counts, want)
 	}
@@ -119,11 +120,11 @@ func TestCompare(t *testing.T) {
 	keys := []string{"a", "b", "c", "d"}
 	s, before := setup(t, keys...)
 	_, now := setup(t, keys...)
-	was := map[string]string{"a": Passed, "b": Passed, "c": Failed, "d": Errored}
-	is := map[string]string{"a": Passed, "b": Errored, "c": Passed, "d": Errored}
+	was := map[string]string{"a": run.Passed, "b": run.Passed, "c": run.Failed, "d": run.Errored}
+	is := map[string]string{"a": run.Passed, "b": run.Errored, "c": run.Passed, "d": run.Errored}
 	for _, k := range keys {
-		_, _ = s.Finish(t.Context(), before, Record{Key: k, Status: was[k]})
-		_, _ = s.Finish(t.Context(), now, Record{Key: k, Status: is[k]})
+		_, _ = s.Finish(t.Context(), before, run.Record{Key: k, Status: was[k]})
+		_, _ = s.Finish(t.Context(), now, run.Record{Key: k, Status: is[k]})
 	}
 	sum, err := s.Summarize(t.Context(), now, before)
 	if err != nil {
@@ -132,7 +133,7 @@ func TestCompare(t *testing.T) {
 	if !slices.Equal(sum.Compare.NewlyFailing, []string{"b"}) || !slices.Equal(sum.Compare.NewlyPassing, []string{"c"}) {
 		t.Fatalf("compare %+v", sum.Compare)
 	}
-	if _, err := s.Summarize(t.Context(), now, "no-such-run"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Summarize(t.Context(), now, "no-such-run"); !errors.Is(err, run.ErrNotFound) {
 		t.Fatal(err)
 	}
 }
@@ -140,8 +141,8 @@ func TestCompare(t *testing.T) {
 func TestNames(t *testing.T) {
 	t.Parallel()
 	for name, ok := range map[string]bool{"nightly-2026.11.25": true, "a": true, "": false, "a/b": false, "-x": false, "x y": false} {
-		if err := ValidateName(name); (err == nil) != ok {
-			t.Errorf("ValidateName(%q) = %v", name, err)
+		if err := run.ValidateName(name); (err == nil) != ok {
+			t.Errorf("run.ValidateName(%q) = %v", name, err)
 		}
 	}
 }
