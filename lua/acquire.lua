@@ -18,7 +18,8 @@
 --   {url, token, fence, deadline_ms, acquired_at_ms, available_since_ms, reentered}
 -- Fails with EVALPOOL_NO_POOL when the pool's epoch marker is missing: the
 -- pool was never created, or its data was lost (FLUSHALL, eviction); with
--- EVALPOOL_UNSERVABLE when no registered executor has the label set.
+-- EVALPOOL_UNSERVABLE when no registered executor has the label set; with
+-- EVALPOOL_CANCELLED when the eval was cancelled.
 --
 -- The executor is the one idle longest among those with the label set: the
 -- head of that set's available index. An eval whose last attempt found its
@@ -33,6 +34,9 @@
 local eval_id, token, ttl, set = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[8] or ''
 if redis.call('EXISTS', K_EPOCH) == 0 then
   return redis.error_reply('EVALPOOL_NO_POOL the pool has no epoch marker: never created, or its data was lost')
+end
+if redis.call('ZSCORE', K_CANCELLED, eval_id) then
+  return redis.error_reply('EVALPOOL_CANCELLED eval ' .. eval_id .. ' was cancelled')
 end
 if set ~= '' and not redis.call('HGET', K_LABELSETS, set) then
   return redis.error_reply('EVALPOOL_UNSERVABLE no registered executor has the labels ' .. set)
@@ -71,11 +75,11 @@ if held then
     -- Draining or quarantined: never handed out again, not even to its
     -- holder. Ending the lease removes the executor (or leaves it out of
     -- service), so the older attempt loses it too.
-    bad = foreign({ 2, 9 })
+    bad = foreign({ 2, 9, 16 })
     if bad then
       return redis.error_reply(bad)
     end
-    end_lease(held, now, lease)
+    end_lease(held, now, 'drained', lease)
   elseif not lease or lease.eval_id ~= eval_id then
     -- A stale entry: the lease it points to is gone or another eval's.
     redis.call('HDEL', K_HOLDERS, eval_id)

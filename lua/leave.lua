@@ -25,7 +25,7 @@ local url = redis.call('HGET', K_HOLDERS, eval_id)
 if url then
   local lease = lease_of(url)
   if lease and lease.token == token then
-    end_lease(url, now)
+    end_lease(url, now, 'left')
     return { 'released', now }
   end
 end

@@ -37,6 +37,13 @@
 --   KEYS[14] labelsets HASH  label set -> how many registered executors have
 --                            it, so that an eval no executor could serve is
 --                            refused, not parked for ever
+--   KEYS[15] cancelled ZSET  eval_id -> ms it was cancelled: acquire refuses
+--                            it, so a cancelled eval never reaches an
+--                            executor, whatever Asynq still delivers
+--   KEYS[16] history   STREAM one entry per lease that ended, its ID the end
+--                            (ms): {url, eval, from (ms), how: released |
+--                            reclaimed | left | drained}; the last
+--                            HISTORY_LEN, for the leases' timeline
 --
 -- A label set is its labels as sorted "key=value" strings joined by ",".
 -- An executor has at most MAX_LABELS labels: it is in 2^k - 1 label-set
@@ -61,6 +68,9 @@ local K_WAITING = KEYS[11]
 local K_QUARANTINE = KEYS[12]
 local K_AVOID = KEYS[13]
 local K_LABELSETS = KEYS[14]
+local K_CANCELLED = KEYS[15]
+local K_HISTORY = KEYS[16]
+local HISTORY_LEN = 100000
 local PREFIX = string.sub(K_AVAILABLE, 1, #K_AVAILABLE - #'available')
 local MAX_LABELS = 4
 
@@ -71,8 +81,8 @@ local MAX_LABELS = 4
 -- naming every key it may touch after that write and has not already read
 -- with a typed command (a typed read fails on foreign data before anything
 -- changed). One O(1) TYPE call per key named.
-local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash', 'zset', 'hash', 'hash' }
-local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14 }
+local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash', 'zset', 'hash', 'hash', 'zset', 'stream' }
+local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 }
 local function foreign(indexes)
   for _, i in ipairs(indexes) do
     local got = redis.call('TYPE', KEYS[i]).ok
@@ -325,12 +335,15 @@ end
 -- end_lease drops the lease of url and returns the executor to the pool
 -- (to its oldest waiter first), or removes it when it was deregistered while
 -- leased. It returns 1 when the executor was removed, 0 when it was freed
--- (or is not registered). lease and record are url's lease and executor
--- records when the caller has already read them.
-local function end_lease(url, now, lease, record)
+-- (or is not registered). how says why it ended, for the history. lease and
+-- record are url's lease and executor records when the caller has already
+-- read them.
+local function end_lease(url, now, how, lease, record)
   lease = lease or lease_of(url)
   redis.call('HDEL', K_LEASES, url)
   redis.call('ZREM', K_DEADLINES, url)
+  redis.call('XADD', K_HISTORY, 'MAXLEN', '~', HISTORY_LEN, '*', 'url', url,
+    'eval', lease and tostring(lease.eval_id) or '', 'from', lease and tostring(lease.acquired_at) or '', 'how', how)
   if lease and type(lease.eval_id) == 'string' and redis.call('HGET', K_HOLDERS, lease.eval_id) == url then
     redis.call('HDEL', K_HOLDERS, lease.eval_id)
   end
@@ -365,12 +378,12 @@ local function reclaim_expired(now, limit, grace)
   if #expired == 0 then
     return 0, nil
   end
-  local bad = foreign({ 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 14 })
+  local bad = foreign({ 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 14, 16 })
   if bad then
     return 0, bad
   end
   for _, url in ipairs(expired) do
-    end_lease(url, now)
+    end_lease(url, now, 'reclaimed')
   end
   return #expired, nil
 end

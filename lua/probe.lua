@@ -12,7 +12,10 @@
 -- 'off' when the probe answers, so that a probe claimed before the executor
 -- was quarantined again cannot return it. A leased executor (quarantined
 -- while it served, going out of service at its release) is not probed; its
--- probe is put off by one interval.
+-- probe is put off by one interval. Only an executor quarantined for being
+-- unavailable is probed: a healthy /healthz says nothing of a sandbox that
+-- fails its evals (fail_rate), and an operator's quarantine holds until the
+-- operator returns it; theirs are put off by the longest backoff.
 
 local bad = foreign(ALL_KEYS)
 if bad then
@@ -26,6 +29,8 @@ for _, url in ipairs(redis.call('ZRANGE', K_QUARANTINE, '-inf', now, 'BYSCORE', 
   local record = decode(raw)
   if not raw then
     redis.call('ZREM', K_QUARANTINE, url) -- not registered: nothing to probe
+  elseif record and record.quarantine_reason ~= 'unavailable' then
+    redis.call('ZADD', K_QUARANTINE, now + longest, url)
   elseif redis.call('HEXISTS', K_LEASES, url) == 1 or not record then
     redis.call('ZADD', K_QUARANTINE, now + interval, url)
   else

@@ -43,7 +43,7 @@ local raw = redis.call('HGET', K_EXECUTORS, url)
 local record = decode(raw)
 -- The leases and the executors were read just now and the epoch is never
 -- written here.
-local bad = foreign({ 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14 })
+local bad = foreign({ 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 16 })
 if bad then
   return redis.error_reply(bad)
 end
@@ -88,7 +88,7 @@ if lease and lease.token == token then
     end
     redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
   end
-  local removed = end_lease(url, now, lease, raw and (record or {}) or nil)
+  local removed = end_lease(url, now, 'released', lease, raw and (record or {}) or nil)
   return { 'released', now, tonumber(lease.available_since) or -1, '', removed, quarantined }
 end
 if lease then

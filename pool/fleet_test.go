@@ -94,10 +94,10 @@ func TestFailureCounter(t *testing.T) {
 func TestQuarantinedIsNeverHandedOut(t *testing.T) {
 	t.Parallel()
 	p, _ := setupWith(t, Options{LeaseGrace: testGrace, ProbeInterval: time.Millisecond}, "http://e1", "http://e2")
-	if out, err := p.Quarantine(t.Context(), "http://e1", ReasonOperator); err != nil || out != Quarantined {
+	if out, err := p.Quarantine(t.Context(), "http://e1", ReasonUnavailable); err != nil || out != Quarantined {
 		t.Fatalf("quarantine: %s, %v", out, err)
 	}
-	if out, err := p.Quarantine(t.Context(), "http://e1", ReasonOperator); err != nil || out != AlreadyQuarantined {
+	if out, err := p.Quarantine(t.Context(), "http://e1", ReasonUnavailable); err != nil || out != AlreadyQuarantined {
 		t.Fatalf("quarantine again: %s, %v", out, err)
 	}
 	for i := range 20 {
@@ -136,7 +136,7 @@ func TestQuarantinedIsNeverHandedOut(t *testing.T) {
 func TestProbeBackoffAndClaims(t *testing.T) {
 	t.Parallel()
 	p, _ := setupWith(t, Options{LeaseGrace: testGrace, ProbeInterval: 200 * time.Millisecond, ProbeMaxInterval: time.Second}, "http://e1")
-	if _, err := p.Quarantine(t.Context(), "http://e1", ReasonOperator); err != nil {
+	if _, err := p.Quarantine(t.Context(), "http://e1", ReasonUnavailable); err != nil {
 		t.Fatal(err)
 	}
 	var probes atomic.Int64
@@ -169,7 +169,7 @@ func TestProbeBackoffAndClaims(t *testing.T) {
 func TestProbeRacesRelease(t *testing.T) {
 	t.Parallel()
 	p, _ := setupWith(t, Options{LeaseGrace: testGrace, ProbeInterval: time.Millisecond, QuarantineAfter: 1}, "http://e1")
-	if _, err := p.Quarantine(t.Context(), "http://e1", ReasonOperator); err != nil {
+	if _, err := p.Quarantine(t.Context(), "http://e1", ReasonUnavailable); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Millisecond)
@@ -196,6 +196,34 @@ func TestProbeRacesRelease(t *testing.T) {
 		t.Fatalf("state %s, want quarantined", e.State)
 	}
 	assertClean(t, p)
+}
+
+// TestOperatorQuarantineHolds: probes return only executors quarantined
+// for being unavailable; an operator's quarantine, or one for a failing
+// sandbox (whose /healthz may well answer), holds until an operator ends it.
+func TestOperatorQuarantineHolds(t *testing.T) {
+	t.Parallel()
+	p, _ := setupWith(t, Options{LeaseGrace: testGrace, ProbeInterval: time.Millisecond, ProbeMaxInterval: time.Millisecond}, "http://e1", "http://e2")
+	for url, reason := range map[string]string{"http://e1": ReasonOperator, "http://e2": ReasonFailRate} {
+		if _, err := p.Quarantine(t.Context(), url, reason); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var probed atomic.Int64
+	for range 3 {
+		time.Sleep(5 * time.Millisecond)
+		back, err := p.ProbeQuarantined(t.Context(), 10, func(context.Context, string) error { probed.Add(1); return nil })
+		if err != nil || len(back) != 0 {
+			t.Fatalf("probes returned %v, %v", back, err)
+		}
+	}
+	if probed.Load() != 0 {
+		t.Fatalf("probed %d times", probed.Load())
+	}
+	st, _ := p.Status(t.Context())
+	if st.Counts[StateQuarantined] != 2 {
+		t.Fatalf("counts %v", st.Counts)
+	}
 }
 
 // TestQuarantineWhileLeased: an operator's quarantine of a leased executor

@@ -61,11 +61,58 @@ var (
 	// (FLUSHALL, an evicting Redis, a restart without persistence).
 	// Registering executors creates it again.
 	ErrPoolMissing = errors.New("pool: the pool's data is missing (never created, or lost)")
+	// ErrCancelled means the eval was cancelled (Cancel): it is never
+	// given an executor again.
+	ErrCancelled = errors.New("pool: eval cancelled")
 )
+
+// cancelledFor is how long Cancel remembers a cancelled eval: longer than
+// any eval is retried.
+const cancelledFor = 7 * 24 * time.Hour
+
+// Cancel marks evals cancelled: from now on Acquire refuses them
+// (ErrCancelled), so that an eval cancelled while Asynq still holds it, or
+// hands it to a worker, never reaches an executor. A lease an eval holds
+// already is not touched: its worker stops the call (Asynq's cancelation)
+// and releases it. Marks older than a week are dropped.
+func (p *Pool) Cancel(ctx context.Context, evalIDs ...string) error {
+	if len(evalIDs) == 0 {
+		return nil
+	}
+	now, err := p.client.Time(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("pool: cancel %d evals: %w", len(evalIDs), err)
+	}
+	members := make([]redis.Z, len(evalIDs))
+	for i, id := range evalIDs {
+		members[i] = redis.Z{Score: float64(now.UnixMilli()), Member: id}
+	}
+	_, err = p.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.ZAdd(ctx, p.keys[14], members...)
+		pipe.ZRemRangeByScore(ctx, p.keys[14], "-inf", strconv.FormatInt(now.Add(-cancelledFor).UnixMilli(), 10))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("pool: cancel %d evals: %w", len(evalIDs), err)
+	}
+	return nil
+}
+
+// Cancelled reports whether Cancel marked the eval.
+func (p *Pool) Cancelled(ctx context.Context, evalID string) (bool, error) {
+	err := p.client.ZScore(ctx, p.keys[14], evalID).Err()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("pool: is eval %s cancelled: %w", evalID, err)
+	}
+	return true, nil
+}
 
 // scriptErr turns a script's refusals into the package's sentinel errors.
 func scriptErr(err error) error {
-	for prefix, sentinel := range map[string]error{"EVALPOOL_FOREIGN_DATA": ErrForeignData, "EVALPOOL_NO_POOL": ErrPoolMissing, "EVALPOOL_UNSERVABLE": ErrUnservable, "EVALPOOL_BAD_LABELS": ErrInvalid} {
+	for prefix, sentinel := range map[string]error{"EVALPOOL_FOREIGN_DATA": ErrForeignData, "EVALPOOL_NO_POOL": ErrPoolMissing, "EVALPOOL_UNSERVABLE": ErrUnservable, "EVALPOOL_BAD_LABELS": ErrInvalid, "EVALPOOL_CANCELLED": ErrCancelled} {
 		if redis.HasErrorPrefix(err, prefix) {
 			return fmt.Errorf("%w: %s", sentinel, strings.TrimPrefix(err.Error(), prefix+" "))
 		}
@@ -205,7 +252,7 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 	p.probeMax = max(cmp.Or(opts.ProbeMaxInterval, DefaultProbeMax), p.probeEvery)
 	prefix := keyPrefix(p.name)
 	// The order is the one lib.lua gives to KEYS.
-	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets"} {
+	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history"} {
 		p.keys = append(p.keys, prefix+suffix)
 	}
 	p.reapKey = prefix + "reaped"
@@ -499,6 +546,28 @@ func encodeLabels(url string, labels map[string]string) (string, error) {
 	return string(b), nil
 }
 
+// Unknown returns those of urls (canonical, as ParseURL gives them) that
+// are not registered, in one round trip: a command over many executors
+// checks them all before it changes any.
+func (p *Pool) Unknown(ctx context.Context, urls ...string) ([]string, error) {
+	cmds, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, u := range urls {
+			pipe.HExists(ctx, p.keys[0], u)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pool: look up %d executors: %w", len(urls), err)
+	}
+	var unknown []string
+	for i, c := range cmds {
+		if !c.(*redis.BoolCmd).Val() {
+			unknown = append(unknown, urls[i])
+		}
+	}
+	return unknown, nil
+}
+
 // DeregisterOutcome says what Deregister did.
 type DeregisterOutcome string
 
@@ -639,7 +708,11 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 		p.metrics.acquires.WithLabelValues("none").Inc()
 		return Lease{}, ErrNoExecutor
 	}
-	if err = scriptErr(err); errors.Is(err, ErrUnservable) {
+	if err = scriptErr(err); errors.Is(err, ErrCancelled) {
+		p.metrics.acquires.WithLabelValues("cancelled").Inc()
+		return Lease{}, err
+	}
+	if errors.Is(err, ErrUnservable) {
 		p.metrics.acquires.WithLabelValues("unservable").Inc()
 		return Lease{}, fmt.Errorf("eval %s: %w", evalID, err)
 	}

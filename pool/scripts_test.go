@@ -228,6 +228,7 @@ func TestCheckFindsViolations(t *testing.T) {
 func TestForeignDataChangesNothing(t *testing.T) {
 	t.Parallel()
 	readByStatus := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "instances", "waiters", "waiting", "quarantine", "labelsets"}
+	releases := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "history"}
 	type op struct {
 		run func(p *Pool, held Lease) error
 		// touches is the keys the operation reads or writes, when not all;
@@ -245,16 +246,16 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		}},
 		"deregister": {run: func(p *Pool, _ Lease) error { _, err := p.Deregister(t.Context(), "http://e1"); return err }},
 		"acquire": {run: func(p *Pool, _ Lease) error { _, err := p.Acquire(t.Context(), "eval-x", time.Minute); return err },
-			touches: []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "waiters", "waiting", "quarantine", "avoid"}},
+			touches: []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "waiters", "waiting", "quarantine", "avoid", "cancelled"}},
 		"renew": {run: func(p *Pool, held Lease) error {
 			_, err := p.Renew(t.Context(), held, time.Minute)
 			return err
 		}, touches: []string{"leases", "deadlines"}},
-		"release": {run: func(p *Pool, held Lease) error { _, err := p.Release(t.Context(), held, "test"); return err }},
+		"release": {run: func(p *Pool, held Lease) error { _, err := p.Release(t.Context(), held, "test"); return err }, touches: releases},
 		"release stale": {run: func(p *Pool, held Lease) error {
 			_, err := p.Release(t.Context(), Lease{URL: held.URL, Token: "t"}, "test")
 			return err
-		}},
+		}, touches: releases},
 		"leave": {run: func(p *Pool, held Lease) error {
 			_, _, err := p.Leave(t.Context(), held.EvalID, held.Token)
 			return err
@@ -274,7 +275,7 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		"status": {run: func(p *Pool, _ Lease) error { _, err := p.Status(t.Context()); return err }, touches: readByStatus},
 		"check":  {run: func(p *Pool, _ Lease) error { _, err := p.Check(t.Context()); return err }, touches: readByStatus},
 	}
-	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets"}
+	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history"}
 	for i, suffix := range suffixes {
 		if suffix == "epoch" {
 			continue

@@ -195,8 +195,9 @@ func (a *app) poolReleaseQuarantine() *cobra.Command {
 	}
 }
 
-// eachExecutor checks every URL, then runs op on each in turn and prints
-// its outcome: a bad URL changes nothing.
+// eachExecutor checks every URL, and that each is registered, then runs op
+// on each in turn and prints its outcome: a bad or unknown URL changes
+// nothing.
 func (a *app) eachExecutor(ctx context.Context, args []string, op func(context.Context, *pool.Pool, string) (string, error)) error {
 	urls := make([]string, len(args))
 	for i, raw := range args {
@@ -209,6 +210,13 @@ func (a *app) eachExecutor(ctx context.Context, args []string, op func(context.C
 	p, err := a.pool()
 	if err != nil {
 		return err
+	}
+	unknown, err := p.Unknown(ctx, urls...)
+	if err != nil {
+		return err
+	}
+	if len(unknown) > 0 {
+		return fmt.Errorf("%w: %s, so nothing was changed", pool.ErrUnknownExecutor, strings.Join(unknown, ", "))
 	}
 	for _, u := range urls {
 		out, err := op(ctx, p, u)
@@ -226,25 +234,10 @@ func (a *app) poolRemove() *cobra.Command {
 		Short: "Deregister executors; a leased one drains and leaves at its release",
 		Args:  positional(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
-			for i, u := range args {
-				canonical, err := pool.ParseURL(u)
-				if err != nil {
-					return err
-				}
-				args[i] = canonical
-			}
-			p, err := a.pool()
-			if err != nil {
-				return err
-			}
-			for _, u := range args {
-				out, err := p.Deregister(c.Context(), u)
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(a.stdout, "%s %s\n", out, u)
-			}
-			return nil
+			return a.eachExecutor(c.Context(), args, func(ctx context.Context, p *pool.Pool, u string) (string, error) {
+				out, err := p.Deregister(ctx, u)
+				return string(out), err
+			})
 		},
 	}
 }

@@ -22,7 +22,7 @@ func TestPoolAddRefusesSecondSpellingsAndSilentURLs(t *testing.T) {
 	_, urls := startExecutors(t, 1, executor.ServerOptions{})
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(urls[0], "http://"))
 
-	if r := cli("pool", "add", urls[0]); r.code != 0 || r.stdout != "added "+urls[0]+"\n" {
+	if r := cli("pool", "add", urls[0]); r.code != 0 || !strings.HasPrefix(r.stdout, "added "+urls[0]+" (healthy: ") {
 		t.Fatalf("pool add: %+v", r)
 	}
 	for _, spelling := range []string{
