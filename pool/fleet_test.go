@@ -482,3 +482,30 @@ func TestDeregisterLabeled(t *testing.T) {
 		t.Fatalf("%+v", st.Executors)
 	}
 }
+
+// TestHistory: every lease that ends is in the history, with how it ended.
+func TestHistory(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t, "http://e1", "http://e2")
+	start := time.Now().Add(-time.Second)
+	a := acquire(t, p, "eval-a", time.Minute)
+	release(t, p, a, Released)
+	b := acquire(t, p, "eval-b", time.Millisecond)
+	waitReclaimable(t, p, b)
+	if _, err := p.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	spans, err := p.History(t.Context(), start, 100)
+	if err != nil || len(spans) != 2 {
+		t.Fatalf("history %+v, %v", spans, err)
+	}
+	if spans[0].EvalID != "eval-b" || spans[0].How != "reclaimed" || spans[1].EvalID != "eval-a" || spans[1].How != "released" || spans[1].To.Before(spans[1].From) {
+		t.Fatalf("history %+v", spans)
+	}
+	only, _ := p.History(t.Context(), start, 100, a.URL)
+	for _, s := range only {
+		if s.URL != a.URL {
+			t.Fatalf("filtered history holds %s", s.URL)
+		}
+	}
+}

@@ -597,3 +597,38 @@ func checkLabelIndexes(s *snapshot, add func(inv int, url, format string, args .
 		}
 	}
 }
+
+// LeaseSpan is a lease that ended: on which executor, for which eval, from
+// when to when, and how it ended (released, reclaimed, left, drained).
+type LeaseSpan struct {
+	URL    string    `json:"url"`
+	EvalID string    `json:"eval_id"`
+	From   time.Time `json:"from"`
+	To     time.Time `json:"to"`
+	How    string    `json:"how"`
+}
+
+// History returns the leases that ended since since, newest first, at most
+// limit of them (the pool keeps the last 100,000), of the executors in urls
+// only when urls is not empty: a timeline of a page of executors reads a
+// bounded slice of the history, never the whole pool.
+func (p *Pool) History(ctx context.Context, since time.Time, limit int, urls ...string) ([]LeaseSpan, error) {
+	msgs, err := p.client.XRevRangeN(ctx, p.keys[15], "+", strconv.FormatInt(since.UnixMilli(), 10), int64(limit)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("pool: history of %s: %w", p.name, err)
+	}
+	var spans []LeaseSpan
+	for _, m := range msgs {
+		s := LeaseSpan{EvalID: fmt.Sprint(m.Values["eval"]), How: fmt.Sprint(m.Values["how"])}
+		s.URL, _ = m.Values["url"].(string)
+		if len(urls) > 0 && !slices.Contains(urls, s.URL) {
+			continue
+		}
+		ms, _, _ := strings.Cut(m.ID, "-")
+		end, _ := strconv.ParseInt(ms, 10, 64)
+		from, _ := strconv.ParseInt(fmt.Sprint(m.Values["from"]), 10, 64)
+		s.From, s.To = time.UnixMilli(from), time.UnixMilli(end)
+		spans = append(spans, s)
+	}
+	return spans, nil
+}
