@@ -1,0 +1,359 @@
+// Package api is evalpool's JSON API under /api/v1, which the dashboard
+// mounts: it exists so that programs (CI jobs, notebooks, other services)
+// can submit and follow runs and evals over HTTP without a Go build or the
+// CLI, with the same checks and semantics as the CLI — it calls the same
+// functions (worker.SubmitRun, worker.CancelEvals, run.Store).
+//
+// Choices:
+//
+//   - Bodies are one JSON object, read strictly: unknown fields, trailing
+//     data and bad values are 400; a body over Options.MaxBodyBytes is 413.
+//     Errors are {"error": "one line"}: unknown run or eval 404, wrong
+//     method 405 (with Allow), a run name in use 409, an eval no registered
+//     executor could serve 422, anything from Redis (or unexpected) 503.
+//   - Eval IDs of runs are NAME/KEY: in a path, escape the slash (%2F).
+//   - POST /api/v1/evals is idempotent by eval ID (its Asynq task ID): the
+//     same ID again answers 200 with the eval as it is, and enqueues
+//     nothing; the second body is not compared with the first.
+//   - A submission or cancel, once its body is read, finishes even if the
+//     client goes away, so that a run is never left half enqueued.
+//   - Evals are submitted to and looked up in Options.Pool; a run is
+//     cancelled in the pool it was submitted to.
+//   - Results are NDJSON, one line per eval in the run's order. With
+//     ?follow=1 the same lines come first, then one line per eval as it
+//     ends (a reader keeps the last line of each eval_id), polling the
+//     run's O(1) progress every Options.FollowInterval and its records only
+//     when an eval ended; the response ends when every eval has, or with a
+//     last {"error"} line when the run can no longer be read.
+//
+// The API has no authentication of its own: the dashboard puts it behind
+// its own (a bearer token, or a login cookie with a same-origin check on
+// anything but GET and HEAD; see the dashboard package).
+package api
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/run"
+	"github.com/evalpool/evalpool/tasks"
+	"github.com/evalpool/evalpool/worker"
+)
+
+// Prefix is where the API lives; the dashboard mounts the handler at
+// Prefix + "/".
+const Prefix = "/api/v1"
+
+// DefaultMaxBodyBytes is Options.MaxBodyBytes's default: a run of many
+// evals is one body.
+const DefaultMaxBodyBytes = 32 << 20
+
+// DefaultFollowInterval is Options.FollowInterval's default.
+const DefaultFollowInterval = 250 * time.Millisecond
+
+// Limits of the values a request may give.
+const (
+	// MaxTimeoutS bounds timeout_s: a week.
+	MaxTimeoutS = 7 * 24 * 3600
+	// MaxRetry bounds max_retry.
+	MaxRetry = 100
+	// DefaultListLimit and MaxListLimit are GET /runs's ?limit.
+	DefaultListLimit = 50
+	MaxListLimit     = 1000
+)
+
+// Options configure the API.
+type Options struct {
+	// Redis is the client the API reads and enqueues with. Required.
+	Redis redis.UniversalClient
+	// Pool is the pool evals are submitted to, looked up and cancelled in.
+	// Required.
+	Pool *pool.Pool
+	// Runs keeps runs. Defaults to a store on Redis with run's defaults.
+	Runs *run.Store
+	// Logger receives the errors answered with a 5xx. Defaults to
+	// discarding.
+	Logger *zerolog.Logger
+	// MaxBodyBytes bounds a request's body; a larger one is refused with a
+	// 413. Defaults to DefaultMaxBodyBytes (32 MiB).
+	MaxBodyBytes int64
+	// FollowInterval is how often results?follow=1 polls a run's progress.
+	// Defaults to DefaultFollowInterval (250 ms).
+	FollowInterval time.Duration
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.Redis == nil:
+		return errors.New("api: Options.Redis is required")
+	case o.Pool == nil:
+		return errors.New("api: Options.Pool is required")
+	case o.MaxBodyBytes < 0:
+		return fmt.Errorf("api: Options.MaxBodyBytes may not be negative, got %d", o.MaxBodyBytes)
+	case o.FollowInterval < 0:
+		return fmt.Errorf("api: Options.FollowInterval may not be negative, got %s", o.FollowInterval)
+	}
+	return nil
+}
+
+// Handler serves the API. It is safe for concurrent use.
+type Handler struct {
+	opts Options
+	log  zerolog.Logger
+	aq   *asynq.Client
+	insp *asynq.Inspector
+	mux  *http.ServeMux
+}
+
+// New returns the API's handler. It does not touch Redis, and holds nothing
+// to close: Asynq's client and inspector share Options.Redis.
+func New(opts Options) (*Handler, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	if opts.Runs == nil {
+		opts.Runs = run.NewStore(opts.Redis, run.Options{})
+	}
+	if opts.MaxBodyBytes == 0 {
+		opts.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if opts.FollowInterval == 0 {
+		opts.FollowInterval = DefaultFollowInterval
+	}
+	h := &Handler{
+		opts: opts,
+		log:  zerolog.Nop(),
+		aq:   asynq.NewClientFromRedisClient(opts.Redis),
+		insp: asynq.NewInspectorFromRedisClient(opts.Redis),
+		mux:  http.NewServeMux(),
+	}
+	if opts.Logger != nil {
+		h.log = *opts.Logger
+	}
+	methods := map[string][]string{}
+	var paths []string
+	for _, rt := range h.routes() {
+		h.mux.HandleFunc(rt.method+" "+rt.path, rt.handler)
+		if methods[rt.path] == nil {
+			paths = append(paths, rt.path)
+		}
+		methods[rt.path] = append(methods[rt.path], rt.method)
+	}
+	// A known path with another method: 405, in JSON, saying what is allowed.
+	for _, path := range paths {
+		allow := methods[path]
+		if slices.Contains(allow, http.MethodGet) {
+			allow = append(allow, http.MethodHead)
+		}
+		h.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s: use %s", r.Method, path, strings.Join(allow, ", ")))
+		})
+	}
+	h.mux.HandleFunc(Prefix+"/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s (see %s/openapi.json)", r.URL.Path, Prefix))
+	})
+	return h, nil
+}
+
+// route is one endpoint: the mux serves exactly these, and openapi.json
+// describes exactly these (TestOpenAPICoversRoutes).
+type route struct {
+	method, path string
+	handler      http.HandlerFunc
+}
+
+func (h *Handler) routes() []route {
+	return []route{
+		{http.MethodPost, Prefix + "/runs", h.submitRun},
+		{http.MethodGet, Prefix + "/runs", h.listRuns},
+		{http.MethodGet, Prefix + "/runs/{name}", h.getRun},
+		{http.MethodGet, Prefix + "/runs/{name}/progress", h.runProgress},
+		{http.MethodGet, Prefix + "/runs/{name}/results", h.runResults},
+		{http.MethodPost, Prefix + "/runs/{name}/cancel", h.cancelRun},
+		{http.MethodPost, Prefix + "/evals", h.submitEval},
+		{http.MethodGet, Prefix + "/evals/{id}", h.getEval},
+		{http.MethodPost, Prefix + "/evals/{id}/cancel", h.cancelEval},
+		{http.MethodGet, Prefix + "/openapi.json", h.openAPI},
+	}
+}
+
+// ServeHTTP implements http.Handler. A panic in a handler is logged and
+// answered with a 500, never passed on to net/http.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler { //nolint:errorlint // a sentinel panic value, not an error chain
+				panic(v)
+			}
+			h.log.Error().Str("method", r.Method).Str("path", r.URL.Path).Interface("panic", v).Msg("api: handler panicked")
+			writeError(w, http.StatusInternalServerError, "internal error")
+		}
+	}()
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	h.mux.ServeHTTP(w, r)
+}
+
+//go:embed openapi.json
+var openAPIDoc []byte
+
+func (h *Handler) openAPI(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(openAPIDoc)
+}
+
+// errorBody is every error's body.
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers {"error": msg}, msg on one line.
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, errorBody{Error: oneLine(msg)})
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// statusOf is the HTTP status of an error of the packages the API calls.
+// Anything it does not know is Redis's (or unexpected): 503, retry.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, run.ErrNotFound), errors.Is(err, worker.ErrEvalNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, run.ErrExists):
+		return http.StatusConflict
+	case errors.Is(err, pool.ErrUnservable):
+		return http.StatusUnprocessableEntity
+	case errors.Is(err, run.ErrInvalid), errors.Is(err, tasks.ErrBadPayload), errors.Is(err, pool.ErrInvalid):
+		return http.StatusBadRequest
+	}
+	return http.StatusServiceUnavailable
+}
+
+// fail answers err with its status; a 5xx is logged.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status := statusOf(err)
+	if status >= 500 {
+		if r.Context().Err() != nil {
+			return // the client went away: nobody reads the answer
+		}
+		h.log.Error().Err(err).Str("method", r.Method).Str("path", r.URL.Path).Msg("api: request failed")
+	}
+	writeError(w, status, err.Error())
+}
+
+// errTooLarge is a body over MaxBodyBytes.
+var errTooLarge = errors.New("request body too large")
+
+// decode reads the request's body, one JSON object, strictly, into v. It
+// answers the error itself and returns false on failure. With optional, an
+// empty body leaves v as it is.
+func (h *Handler) decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
+	limit := h.opts.MaxBodyBytes
+	if r.ContentLength > limit {
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("%s: %d bytes, more than %d", errTooLarge, r.ContentLength, limit))
+		return false
+	}
+	body := http.MaxBytesReader(w, r.Body, limit)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		// One object, and nothing after it but space.
+		if extra := dec.Decode(&json.RawMessage{}); !errors.Is(extra, io.EOF) {
+			err = extra
+			if err == nil {
+				err = errors.New("data after the JSON object")
+			}
+		}
+	}
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("%s: more than %d bytes", errTooLarge, limit))
+	case errors.Is(err, io.EOF) && optional:
+		return true
+	case errors.Is(err, io.EOF):
+		writeError(w, http.StatusBadRequest, "the request body is empty: want a JSON object")
+	default:
+		writeError(w, http.StatusBadRequest, "malformed request body: "+err.Error())
+	}
+	return false
+}
+
+// detach is the context of a write that must finish once started: the
+// request's values, without its cancelation.
+func detach(r *http.Request) context.Context { return context.WithoutCancel(r.Context()) }
+
+// missingSpec reports whether a spec was not given (absent, or null).
+func missingSpec(spec json.RawMessage) bool {
+	s := strings.TrimSpace(string(spec))
+	return s == "" || s == "null"
+}
+
+// retryOptions turns max_retry (nil: the default) into Asynq's retries.
+func retryOptions(maxRetry *int) (tasks.EvalOptions, error) {
+	if maxRetry == nil {
+		return tasks.EvalOptions{}, nil
+	}
+	if *maxRetry < 0 || *maxRetry > MaxRetry {
+		return tasks.EvalOptions{}, fmt.Errorf("%w: max_retry %d: want 0 to %d", tasks.ErrBadPayload, *maxRetry, MaxRetry)
+	}
+	return tasks.EvalOptions{MaxRetry: *maxRetry, NoRetry: *maxRetry == 0}, nil
+}
+
+// timeoutOf turns timeout_s (nil: the default) into a duration.
+func timeoutOf(timeoutS *int64) (time.Duration, error) {
+	if timeoutS == nil {
+		return tasks.DefaultTimeout, nil
+	}
+	if *timeoutS < 1 || *timeoutS > MaxTimeoutS {
+		return 0, fmt.Errorf("%w: timeout_s %d: want 1 to %d", tasks.ErrBadPayload, *timeoutS, MaxTimeoutS)
+	}
+	return time.Duration(*timeoutS) * time.Second, nil
+}
+
+// poolOf is the pool of that name: Options.Pool, or another handle on the
+// same Redis.
+func (h *Handler) poolOf(name string) (*pool.Pool, error) {
+	if name == h.opts.Pool.Name() {
+		return h.opts.Pool, nil
+	}
+	return pool.New(h.opts.Redis, pool.Options{Name: name, Logger: &h.log})
+}
+
+// Cancelled is what a cancel did (worker.Cancelled).
+type Cancelled struct {
+	Pending int `json:"pending"`
+	Running int `json:"running"`
+	Ended   int `json:"ended"`
+	Unknown int `json:"unknown"`
+}
+
+func cancelledOf(c worker.Cancelled) Cancelled {
+	return Cancelled{Pending: c.Pending, Running: c.Running, Ended: c.Ended, Unknown: c.Unknown}
+}

@@ -1,0 +1,156 @@
+package api
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+
+	"github.com/google/uuid"
+	"github.com/hibiken/asynq"
+
+	"github.com/evalpool/evalpool/labels"
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
+	"github.com/evalpool/evalpool/worker"
+)
+
+// EvalRequest is the body of POST /evals. EvalID defaults to a new UUID.
+type EvalRequest struct {
+	EvalID   string            `json:"eval_id,omitempty"`
+	Spec     json.RawMessage   `json:"spec"`
+	Require  map[string]string `json:"require,omitempty"`
+	TimeoutS *int64            `json:"timeout_s,omitempty"`
+	MaxRetry *int              `json:"max_retry,omitempty"`
+}
+
+// EvalCreated is the answer of POST /evals that enqueued the eval.
+type EvalCreated struct {
+	EvalID string `json:"eval_id"`
+}
+
+// Eval is an eval as Asynq holds it (as `evalpool eval status --json`
+// shows it): its state (pending, active, scheduled, retry, archived,
+// completed), failed attempts, last error, and its result once completed.
+type Eval struct {
+	EvalID    string          `json:"eval_id"`
+	State     string          `json:"state"`
+	Retried   int             `json:"retried"`
+	LastError string          `json:"last_error,omitempty"`
+	Result    json.RawMessage `json:"result,omitempty"`
+}
+
+// lookup reads an eval of the API's pool.
+func (h *Handler) lookup(id string) (Eval, error) {
+	t, err := worker.EvalInfo(h.insp, h.opts.Pool.Name(), id)
+	if err != nil {
+		return Eval{}, err
+	}
+	e := Eval{EvalID: id, State: t.State.String(), Retried: t.Retried, LastError: t.LastErr}
+	if len(t.Result) > 0 && json.Valid(t.Result) {
+		e.Result = t.Result
+	}
+	return e, nil
+}
+
+func (h *Handler) submitEval(w http.ResponseWriter, r *http.Request) {
+	var req EvalRequest
+	if !h.decode(w, r, &req, false) {
+		return
+	}
+	if missingSpec(req.Spec) {
+		h.fail(w, r, fmt.Errorf("%w: \"spec\" is missing", tasks.ErrBadPayload))
+		return
+	}
+	timeout, err := timeoutOf(req.TimeoutS)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	opts, err := retryOptions(req.MaxRetry)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	p := h.opts.Pool
+	e := tasks.Eval{ID: cmp.Or(req.EvalID, uuid.NewString()), Pool: p.Name(), Spec: req.Spec, Require: req.Require, TimeoutS: tasks.TimeoutSeconds(timeout)}
+	task, err := tasks.NewEval(e, opts)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	ctx := detach(r)
+	// An eval submitted again is answered as it is, whatever executors
+	// there are now.
+	if req.EvalID != "" {
+		if h.existing(w, r, e.ID) {
+			return
+		}
+	}
+	if set := labels.Name(e.Require); set != "" {
+		ok, err := p.CanServe(ctx, e.Require)
+		if err == nil && !ok {
+			err = fmt.Errorf("eval %s requires %s, which no executor registered in pool %s has: %w", e.ID, set, p.Name(), pool.ErrUnservable)
+		}
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+	}
+	_, err = h.aq.EnqueueContext(ctx, task)
+	if errors.Is(err, asynq.ErrTaskIDConflict) && h.existing(w, r, e.ID) {
+		return
+	}
+	if err != nil {
+		h.fail(w, r, fmt.Errorf("enqueue eval %s: %w", e.ID, err))
+		return
+	}
+	w.Header().Set("Location", Prefix+"/evals/"+url.PathEscape(e.ID))
+	writeJSON(w, http.StatusCreated, EvalCreated{EvalID: e.ID})
+}
+
+// existing answers 200 with the eval of that ID if Asynq holds one, and
+// says whether it did (it answers errors too, other than not found).
+func (h *Handler) existing(w http.ResponseWriter, r *http.Request, id string) bool {
+	e, err := h.lookup(id)
+	switch {
+	case errors.Is(err, worker.ErrEvalNotFound):
+		return false
+	case err != nil:
+		h.fail(w, r, err)
+		return true
+	}
+	w.Header().Set("Location", Prefix+"/evals/"+url.PathEscape(id))
+	writeJSON(w, http.StatusOK, e)
+	return true
+}
+
+func (h *Handler) getEval(w http.ResponseWriter, r *http.Request) {
+	e, err := h.lookup(r.PathValue("id"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, e)
+}
+
+func (h *Handler) cancelEval(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	var none struct{}
+	if !h.decode(w, r, &none, true) {
+		return
+	}
+	// Unknown is 404, and leaves no cancel mark behind.
+	if _, err := h.lookup(id); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	c, err := worker.CancelEvals(detach(r), h.insp, h.opts.Pool, h.opts.Runs, []string{id})
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, cancelledOf(c))
+}

@@ -1,0 +1,325 @@
+package api
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/evalpool/evalpool/run"
+	"github.com/evalpool/evalpool/tasks"
+	"github.com/evalpool/evalpool/worker"
+)
+
+// RunRequest is the body of POST /runs. Name defaults to
+// run-YYYYMMDD-HHMMSS-XXXXXX (UTC, and 6 random hex digits).
+type RunRequest struct {
+	Name     string            `json:"name,omitempty"`
+	Require  map[string]string `json:"require,omitempty"`
+	TimeoutS *int64            `json:"timeout_s,omitempty"`
+	MaxRetry *int              `json:"max_retry,omitempty"`
+	Evals    []RunEval         `json:"evals"`
+}
+
+// RunEval is one eval of a RunRequest: EvalID is its key in the run (its
+// position, from 1, when empty).
+type RunEval struct {
+	EvalID  string            `json:"eval_id,omitempty"`
+	Spec    json.RawMessage   `json:"spec"`
+	Require map[string]string `json:"require,omitempty"`
+}
+
+// RunCreated is the answer of POST /runs.
+type RunCreated struct {
+	Name string `json:"name"`
+	Size int    `json:"size"`
+	Pool string `json:"pool"`
+}
+
+func (h *Handler) submitRun(w http.ResponseWriter, r *http.Request) {
+	var req RunRequest
+	if !h.decode(w, r, &req, false) {
+		return
+	}
+	rr, err := runRequestOf(req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	created, err := worker.SubmitRun(detach(r), h.aq, h.opts.Pool, h.opts.Runs, rr)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Location", Prefix+"/runs/"+url.PathEscape(created.Name))
+	writeJSON(w, http.StatusCreated, RunCreated{Name: created.Name, Size: created.Size, Pool: created.Pool})
+}
+
+// runRequestOf checks what SubmitRun does not: that evals were given, each
+// with a spec, and the bounds of timeout_s and max_retry.
+func runRequestOf(req RunRequest) (worker.RunRequest, error) {
+	if len(req.Evals) == 0 {
+		return worker.RunRequest{}, fmt.Errorf("%w: \"evals\" is missing or empty", tasks.ErrBadPayload)
+	}
+	timeout, err := timeoutOf(req.TimeoutS)
+	if err != nil {
+		return worker.RunRequest{}, err
+	}
+	opts, err := retryOptions(req.MaxRetry)
+	if err != nil {
+		return worker.RunRequest{}, err
+	}
+	evals := make([]tasks.Eval, len(req.Evals))
+	for i, e := range req.Evals {
+		if missingSpec(e.Spec) {
+			return worker.RunRequest{}, fmt.Errorf("%w: eval %d: \"spec\" is missing", tasks.ErrBadPayload, i+1)
+		}
+		evals[i] = tasks.Eval{ID: e.EvalID, Spec: e.Spec, Require: e.Require}
+	}
+	name := req.Name
+	if name == "" {
+		// The CLI's default name, made unique: two runs submitted in one
+		// second must not collide.
+		suffix := make([]byte, 3)
+		_, _ = rand.Read(suffix)
+		name = "run-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(suffix)
+	}
+	return worker.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts}, nil
+}
+
+// RunItem is a run in GET /runs: as submitted, with its progress.
+type RunItem struct {
+	run.Run
+	Progress run.Counts `json:"progress"`
+	// PassRate is passed over passed, failed and errored; -1 before any
+	// ended.
+	PassRate float64 `json:"pass_rate"`
+}
+
+// RunList is the answer of GET /runs.
+type RunList struct {
+	Runs []RunItem `json:"runs"`
+}
+
+func (h *Handler) listRuns(w http.ResponseWriter, r *http.Request) {
+	limit := DefaultListLimit
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxListLimit {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q: want 1 to %d", s, MaxListLimit))
+			return
+		}
+		limit = n
+	}
+	runs, err := h.opts.Runs.List(r.Context(), limit)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	list := RunList{Runs: []RunItem{}}
+	for _, rn := range runs {
+		c, err := h.opts.Runs.Progress(r.Context(), rn.Name)
+		if errors.Is(err, run.ErrNotFound) {
+			continue // its keys expired since
+		}
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		list.Runs = append(list.Runs, RunItem{Run: rn, Progress: c, PassRate: passRate(c)})
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+func passRate(c run.Counts) float64 {
+	if n := c.Passed + c.Failed + c.Errored; n > 0 {
+		return float64(c.Passed) / float64(n)
+	}
+	return -1
+}
+
+// runName is the {name} of the path, or a 404 for a name no run can have.
+func runName(w http.ResponseWriter, r *http.Request) (string, bool) {
+	name := r.PathValue("name")
+	if err := run.ValidateName(name); err != nil {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("%s: %s", run.ErrNotFound, err))
+		return "", false
+	}
+	return name, true
+}
+
+func (h *Handler) getRun(w http.ResponseWriter, r *http.Request) {
+	name, ok := runName(w, r)
+	if !ok {
+		return
+	}
+	against := r.URL.Query().Get("compare")
+	if against != "" {
+		if err := run.ValidateName(against); err != nil {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("compare with %s: %s", against, run.ErrNotFound))
+			return
+		}
+	}
+	sum, err := h.opts.Runs.Summarize(r.Context(), name, against)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sum)
+}
+
+func (h *Handler) runProgress(w http.ResponseWriter, r *http.Request) {
+	name, ok := runName(w, r)
+	if !ok {
+		return
+	}
+	c, err := h.opts.Runs.Progress(r.Context(), name)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, c)
+}
+
+// ResultLine is a line of GET /runs/{name}/results: an eval of the run, by
+// its eval ID, with its record once it ended, else its status (pending, or
+// running with its executor).
+type ResultLine struct {
+	EvalID string `json:"eval_id"`
+	run.Record
+}
+
+// FollowError is the last line of a followed results stream that could not
+// go on.
+type FollowError struct {
+	Error string `json:"error"`
+}
+
+func (h *Handler) runResults(w http.ResponseWriter, r *http.Request) {
+	name, ok := runName(w, r)
+	if !ok {
+		return
+	}
+	follow := false
+	if s := r.URL.Query().Get("follow"); s != "" {
+		var err error
+		if follow, err = strconv.ParseBool(s); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("follow %q: want 1 or 0", s))
+			return
+		}
+	}
+	ctx := r.Context()
+	rn, recs, running, err := h.opts.Runs.Records(ctx, name)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	ended := make(map[string]run.Record, len(recs))
+	for _, rec := range recs {
+		ended[rec.Key] = rec
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	for _, key := range rn.Keys {
+		rec, ok := ended[key]
+		switch {
+		case ok:
+		case running[key] != "":
+			rec = run.Record{Key: key, Status: run.Running, Executor: running[key]}
+		default:
+			rec = run.Record{Key: key, Status: run.Pending}
+		}
+		if enc.Encode(ResultLine{EvalID: run.EvalID(name, key), Record: rec}) != nil {
+			return // the client went away
+		}
+	}
+	if !follow {
+		return
+	}
+	rc := http.NewResponseController(w)
+	// A followed run may take hours: no write deadline of the server's.
+	_ = rc.SetWriteDeadline(time.Time{})
+	_ = rc.Flush()
+	tick := time.NewTicker(h.opts.FollowInterval)
+	defer tick.Stop()
+	done := len(ended)
+	for len(ended) < len(rn.Keys) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		c, err := h.opts.Runs.Progress(ctx, name)
+		if err == nil && c.Done() == done {
+			continue // nothing ended since: the records are not read
+		}
+		var recs []run.Record
+		if err == nil {
+			_, recs, _, err = h.opts.Runs.Records(ctx, name)
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				h.log.Warn().Err(err).Str("run", name).Msg("api: following a run's results")
+				_ = enc.Encode(FollowError{Error: oneLine(err.Error())})
+			}
+			return
+		}
+		for _, rec := range recs {
+			if _, seen := ended[rec.Key]; seen {
+				continue
+			}
+			ended[rec.Key] = rec
+			if enc.Encode(ResultLine{EvalID: run.EvalID(name, rec.Key), Record: rec}) != nil {
+				return
+			}
+		}
+		done = len(ended)
+		if rc.Flush() != nil {
+			return
+		}
+	}
+}
+
+func (h *Handler) cancelRun(w http.ResponseWriter, r *http.Request) {
+	name, ok := runName(w, r)
+	if !ok {
+		return
+	}
+	var none struct{}
+	if !h.decode(w, r, &none, true) {
+		return
+	}
+	ctx := detach(r)
+	rn, recs, _, err := h.opts.Runs.Records(ctx, name)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	ended := make(map[string]bool, len(recs))
+	for _, rec := range recs {
+		ended[rec.Key] = true
+	}
+	var ids []string
+	for _, key := range rn.Keys {
+		if !ended[key] {
+			ids = append(ids, run.EvalID(rn.Name, key))
+		}
+	}
+	p, err := h.poolOf(rn.Pool)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	c, err := worker.CancelEvals(ctx, h.insp, p, h.opts.Runs, ids)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, cancelledOf(c))
+}
