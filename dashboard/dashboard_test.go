@@ -2,9 +2,11 @@ package dashboard
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
 )
 
 func TestMain(m *testing.M) { evaltest.Main(m) }
@@ -30,6 +33,13 @@ type testBundle struct {
 // queue of its Redis) with three executors registered.
 func setup(t *testing.T) (*Dashboard, *testBundle) {
 	t.Helper()
+	return setupWith(t, Options{})
+}
+
+// setupWith is setup with the options given (Pool, Redis and Asynqmon are
+// the test's).
+func setupWith(t *testing.T, opts Options) (*Dashboard, *testBundle) {
+	t.Helper()
 	srv := evaltest.StartT(t, evaltest.Options{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
@@ -42,7 +52,8 @@ func setup(t *testing.T) (*Dashboard, *testBundle) {
 			t.Fatal(err)
 		}
 	}
-	d, err := New(Options{Pool: p, Redis: client, Asynqmon: asynq.RedisClientOpt{Addr: srv.Addr}})
+	opts.Pool, opts.Redis, opts.Asynqmon = p, client, asynq.RedisClientOpt{Addr: srv.Addr}
+	d, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +208,284 @@ func TestRedisDown(t *testing.T) {
 
 func TestOptionsValidate(t *testing.T) {
 	t.Parallel()
-	if _, err := New(Options{}); err == nil {
-		t.Fatal("New accepted empty options")
+	_, b := setup(t)
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"empty", Options{}, "Options.Pool is required"},
+		{"no redis", Options{Pool: b.pool}, "Options.Redis is required"},
+		{"token with spaces", Options{Pool: b.pool, Redis: b.client, Asynqmon: asynq.RedisClientOpt{Addr: "x"}, AuthToken: " t "}, "AuthToken"},
+		{"negative session", Options{Pool: b.pool, Redis: b.client, Asynqmon: asynq.RedisClientOpt{Addr: "x"}, SessionTTL: -time.Second}, "SessionTTL"},
+	} {
+		if _, err := New(tc.opts); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: New: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+const testToken = "test-token-0123456789abcdef"
+
+// req sends a request with the headers given ("Cookie" and the rest as
+// they are); it does not follow redirects.
+func req(t *testing.T, method, url, body string, headers ...string) (*http.Response, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	r, err := http.NewRequestWithContext(t.Context(), method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		r.Header.Set(headers[i], headers[i+1])
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+// login posts the token to /login from the dashboard's own page and
+// returns the session cookie's header.
+func login(t *testing.T, base string) string {
+	t.Helper()
+	resp, body := req(t, "POST", base+"/login", url.Values{"token": {testToken}, "next": {"/api/pool"}}.Encode(),
+		"Content-Type", "application/x-www-form-urlencoded", "Origin", base)
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "./api/pool" {
+		t.Fatalf("login: %d %q %.200s", resp.StatusCode, resp.Header.Get("Location"), body)
+	}
+	for _, c := range resp.Cookies() {
+		if c.Name == SessionCookie {
+			if !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" || c.Value == "" || strings.Contains(c.Value, testToken) {
+				t.Fatalf("session cookie %+v: want HttpOnly, SameSite=Strict, Path=/, not the token", c)
+			}
+			return c.Name + "=" + c.Value
+		}
+	}
+	t.Fatalf("login set no session cookie: %v", resp.Header["Set-Cookie"])
+	return ""
+}
+
+// With a token, every route but /healthz and the login page answers 401
+// to a request without it or with a wrong one, and serves the right one.
+func TestAuthRequired(t *testing.T) {
+	t.Parallel()
+	_, b := setupWith(t, Options{AuthToken: testToken})
+	routes := []struct {
+		method, path, body string
+		code               int // with the right bearer
+	}{
+		{"GET", "/", "", 200},
+		{"GET", "/api/pool", "", 200},
+		{"GET", "/metrics", "", 200},
+		{"GET", "/monitoring/", "", 200},
+		{"GET", "/monitoring/api/queues", "", 200},
+		{"GET", "/api/v1/runs", "", 200},
+		{"GET", "/api/v1/openapi.json", "", 200},
+		{"GET", "/api/v1/evals/nope", "", 404},
+		{"POST", "/api/v1/evals", `{"eval_id":"e1","spec":{}}`, 201},
+		{"GET", "/nothing", "", 404},
+		{"HEAD", "/api/pool", "", 200},
+	}
+	for _, rt := range routes {
+		for _, tc := range []struct {
+			name    string
+			headers []string
+			code    int
+		}{
+			{"no token", nil, 401},
+			{"wrong token", []string{"Authorization", "Bearer wrong-" + testToken}, 401},
+			{"token prefix", []string{"Authorization", "Bearer " + testToken[:10]}, 401},
+			{"basic scheme", []string{"Authorization", "Basic " + testToken}, 401},
+			{"forged cookie", []string{"Cookie", SessionCookie + "=99999999999.00ff"}, 401},
+			{"right token", []string{"Authorization", "Bearer " + testToken}, rt.code},
+		} {
+			resp, body := req(t, rt.method, b.url+rt.path, rt.body, tc.headers...)
+			if resp.StatusCode != tc.code {
+				t.Errorf("%s %s, %s: %d %.100q, want %d", rt.method, rt.path, tc.name, resp.StatusCode, body, tc.code)
+			}
+			if tc.code == 401 && resp.Header.Get("WWW-Authenticate") == "" {
+				t.Errorf("%s %s, %s: 401 without WWW-Authenticate", rt.method, rt.path, tc.name)
+			}
+		}
+	}
+	// Open: /healthz, and the login form.
+	if resp, body := req(t, "GET", b.url+"/healthz", ""); resp.StatusCode != 200 || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", resp.StatusCode, body)
+	}
+	if resp, body := req(t, "GET", b.url+"/login?next=/monitoring/", ""); resp.StatusCode != 200 || !strings.Contains(body, `name="token"`) || !strings.Contains(body, `value="/monitoring/"`) {
+		t.Errorf("/login: %d %.300s", resp.StatusCode, body)
+	}
+	// A page asks the browser to log in; the API answers in JSON.
+	if resp, body := req(t, "GET", b.url+"/monitoring/queues", ""); resp.StatusCode != 401 || !strings.Contains(body, "../login?next=%2Fmonitoring%2Fqueues") {
+		t.Errorf("/monitoring/queues without a token: %d %.300s", resp.StatusCode, body)
+	}
+	if resp, body := req(t, "GET", b.url+"/api/v1/runs", ""); resp.StatusCode != 401 || !strings.Contains(body, `"error":"authentication required`) {
+		t.Errorf("/api/v1/runs without a token: %d %.300s", resp.StatusCode, body)
+	}
+}
+
+// The login cookie: set by the right token posted from the dashboard's own
+// page; good for reads; for writes only from the dashboard's own pages.
+func TestLoginCookie(t *testing.T) {
+	t.Parallel()
+	_, b := setupWith(t, Options{AuthToken: testToken})
+	form := func(token string) string { return url.Values{"token": {token}}.Encode() }
+	const formType = "application/x-www-form-urlencoded"
+	for _, tc := range []struct {
+		name    string
+		headers []string
+		code    int
+	}{
+		{"wrong token", []string{"Origin", b.url}, 401},
+		{"cross-site form", []string{"Origin", "https://evil.example"}, 403},
+		{"cross-site fetch metadata", []string{"Sec-Fetch-Site", "cross-site"}, 403},
+		{"opaque origin", []string{"Origin", "null"}, 403},
+		{"cross-site referer", []string{"Referer", "https://evil.example/x"}, 403},
+		{"no origin at all", nil, 403},
+	} {
+		token := testToken
+		if tc.name == "wrong token" {
+			token = "wrong"
+		}
+		resp, body := req(t, "POST", b.url+"/login", form(token), append(tc.headers, "Content-Type", formType)...)
+		if resp.StatusCode != tc.code || len(resp.Cookies()) != 0 {
+			t.Errorf("login, %s: %d, cookies %v, %.100q; want %d and no cookie", tc.name, resp.StatusCode, resp.Cookies(), body, tc.code)
+		}
+	}
+	cookie := login(t, b.url)
+	for _, path := range []string{"/", "/api/pool", "/monitoring/", "/api/v1/runs", "/metrics"} {
+		if resp, body := req(t, "GET", b.url+path, "", "Cookie", cookie); resp.StatusCode != 200 {
+			t.Errorf("GET %s with the cookie: %d %.100q", path, resp.StatusCode, body)
+		}
+	}
+	// A session of another token, or one past its expiry, is no session.
+	stale := newAuth(testToken, time.Minute)
+	stale.now = func() time.Time { return time.Now().Add(-time.Hour) }
+	for name, c := range map[string]string{
+		"expired":       SessionCookie + "=" + stale.session(),
+		"another token": SessionCookie + "=" + newAuth("other-token-0123456789", time.Hour).session(),
+		"tampered":      cookie[:len(cookie)-1] + map[bool]string{true: "0", false: "1"}[!strings.HasSuffix(cookie, "0")],
+	} {
+		if resp, _ := req(t, "GET", b.url+"/api/pool", "", "Cookie", c); resp.StatusCode != 401 {
+			t.Errorf("%s session: %d, want 401", name, resp.StatusCode)
+		}
+	}
+
+	// Writes with the cookie: refused unless they come from the dashboard.
+	eval := func(id string) string { return `{"eval_id":"` + id + `","spec":{}}` }
+	for i, tc := range []struct {
+		name    string
+		headers []string
+		code    int
+	}{
+		{"cross-site form POST", []string{"Origin", "https://evil.example", "Content-Type", formType}, 403},
+		{"cross-site fetch metadata", []string{"Sec-Fetch-Site", "cross-site"}, 403},
+		{"same-site, another origin", []string{"Sec-Fetch-Site", "same-site", "Origin", "http://sub." + strings.TrimPrefix(b.url, "http://")}, 403},
+		{"cross-site referer", []string{"Referer", "https://evil.example/page"}, 403},
+		{"no origin at all", nil, 403},
+		{"same origin", []string{"Origin", b.url, "Sec-Fetch-Site", "same-origin"}, 201},
+		{"same-origin referer", []string{"Referer", b.url + "/monitoring/"}, 201},
+	} {
+		resp, body := req(t, "POST", b.url+"/api/v1/evals", eval(fmt.Sprint("c", i)), append(tc.headers, "Cookie", cookie)...)
+		if resp.StatusCode != tc.code {
+			t.Errorf("POST with the cookie, %s: %d %.100q, want %d", tc.name, resp.StatusCode, body, tc.code)
+		}
+	}
+	// The bearer token is no ambient credential: no origin check.
+	if resp, body := req(t, "POST", b.url+"/api/v1/evals", eval("bearer"), "Authorization", "Bearer "+testToken, "Origin", "https://evil.example"); resp.StatusCode != 201 {
+		t.Errorf("POST with the bearer: %d %.100q", resp.StatusCode, body)
+	}
+	// What was refused never reached the queue: c5, c6 and bearer did.
+	q, err := asynq.NewInspectorFromRedisClient(b.client).GetQueueInfo(tasks.Queues(b.pool.Name()).Evals)
+	if err != nil || q.Size != 3 {
+		t.Fatalf("evals queue: %+v, %v; want 3", q, err)
+	}
+}
+
+// Asynqmon changes nothing without Admin, whatever the credentials; with
+// it, pausing a queue works (204) (by bearer, or cookie from the dashboard).
+func TestAsynqmonReadOnly(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		admin  bool
+		cookie bool
+		code   int
+	}{
+		{"bearer, read-only", false, false, 403},
+		{"cookie, read-only", false, true, 403},
+		{"bearer, admin", true, false, 204},
+		{"cookie, admin", true, true, 204},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, b := setupWith(t, Options{AuthToken: testToken, Admin: tc.admin})
+			queue := tasks.Queues(b.pool.Name()).Evals
+			task, err := tasks.NewEval(tasks.Eval{ID: "e1", Pool: b.pool.Name(), Spec: json.RawMessage(`{}`)}, tasks.EvalOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := asynq.NewClientFromRedisClient(b.client).EnqueueContext(t.Context(), task); err != nil {
+				t.Fatal(err)
+			}
+			creds := []string{"Authorization", "Bearer " + testToken}
+			if tc.cookie {
+				creds = []string{"Cookie", login(t, b.url), "Origin", b.url}
+			}
+			resp, body := req(t, "POST", b.url+"/monitoring/api/queues/"+queue+":pause", "", creds...)
+			if resp.StatusCode != tc.code {
+				t.Fatalf("pause: %d %.200q, want %d", resp.StatusCode, body, tc.code)
+			}
+			info, err := asynq.NewInspectorFromRedisClient(b.client).GetQueueInfo(queue)
+			if err != nil || info.Paused != (tc.code == 204) {
+				t.Fatalf("queue paused = %v (%v) after a %d", info.Paused, err, resp.StatusCode)
+			}
+			// Deleting a task is as refused (or not) as pausing.
+			if resp, _ := req(t, "DELETE", b.url+"/monitoring/api/queues/"+queue+"/pending_tasks/e1", "", creds...); (resp.StatusCode == 403) != (tc.code == 403) {
+				t.Fatalf("delete: %d", resp.StatusCode)
+			}
+			// Reads stay open to both.
+			if resp, _ := req(t, "GET", b.url+"/monitoring/api/queues", "", creds...); resp.StatusCode != 200 {
+				t.Fatalf("queues: %d", resp.StatusCode)
+			}
+		})
+	}
+}
+
+// Without a token: no 401, but a write that names another origin is
+// refused (a page the user visits cannot drive the dashboard), one that
+// names none goes through (curl), and Asynqmon stays read-only.
+func TestNoTokenCrossOrigin(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t)
+	for _, tc := range []struct {
+		name    string
+		path    string
+		headers []string
+		code    int
+	}{
+		{"cross-site", "/api/v1/evals", []string{"Origin", "https://evil.example", "Content-Type", "text/plain"}, 403},
+		{"cross-site fetch metadata", "/api/v1/evals", []string{"Sec-Fetch-Site", "cross-site"}, 403},
+		{"cross-site referer", "/api/v1/evals", []string{"Referer", "https://evil.example/"}, 403},
+		{"a program", "/api/v1/evals", nil, 201},
+		{"same origin", "/api/v1/evals", []string{"Origin", b.url}, 200}, // the same eval again
+		{"asynqmon", "/monitoring/api/queues/evals:pause", []string{"Origin", b.url}, 403},
+		{"no login", "/login", []string{"Origin", b.url}, 404},
+	} {
+		resp, body := req(t, "POST", b.url+tc.path, `{"eval_id":"e1","spec":{}}`, tc.headers...)
+		if resp.StatusCode != tc.code {
+			t.Errorf("%s: %d %.100q, want %d", tc.name, resp.StatusCode, body, tc.code)
+		}
+	}
+	if resp, _ := req(t, "GET", b.url+"/api/v1/runs", "", "Origin", "https://evil.example"); resp.StatusCode != 200 {
+		t.Errorf("a read: %d", resp.StatusCode)
 	}
 }
