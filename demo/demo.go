@@ -213,6 +213,10 @@ type Report struct {
 	// Releases counts releases by outcome.
 	Releases       map[pool.ReleaseOutcome]int `json:"releases"`
 	DoubleReleases int                         `json:"double_releases"`
+	// DuplicateReleases counts the releases that were a released lease's
+	// other path (the second cleanup, the zombie's replays): absorbed,
+	// expected.
+	DuplicateReleases int `json:"duplicate_releases"`
 	// LateDuplicates counts the zombie releases the demo replayed;
 	// LateDuplicatesFreed those that freed an executor (must be 0).
 	LateDuplicates      int              `json:"late_duplicates"`
@@ -285,6 +289,7 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 		rep.Releases[o] = int(d.metrics.Releases(o, ""))
 	}
 	rep.DoubleReleases = int(d.metrics.DoubleReleases(""))
+	rep.DuplicateReleases = int(d.metrics.Releases(pool.DuplicateRelease, ""))
 	rep.StaleRefused = rep.Releases[pool.StaleLease]
 	for _, e := range d.execs {
 		rep.Overlaps += e.Stats().Overlaps
@@ -386,7 +391,8 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "evals:            %d passed, %d failed, %d errored (archived); %d retried, %d attempts\n", r.Passed, r.Failed, r.Errored, r.Retried, r.Attempts)
 	fmt.Fprintf(w, "releases:         %d released, %d already_in_pool, %d stale_lease, %d not_leased\n",
 		r.Releases[pool.Released], r.Releases[pool.AlreadyInPool], r.Releases[pool.StaleLease], r.Releases[pool.NotLeased])
-	fmt.Fprintf(w, "double releases:  %d caught, all absorbed; %d stale releases refused\n", r.DoubleReleases, r.StaleRefused)
+	fmt.Fprintf(w, "second releases:  %d of a lease already released (the other cleanup path, the zombie): absorbed, expected\n", r.DuplicateReleases)
+	fmt.Fprintf(w, "double releases:  %d by a token that never held the executor or outlived its lease, all absorbed; %d of them while another eval held it\n", r.DoubleReleases, r.StaleRefused)
 	fmt.Fprintf(w, "late duplicates:  %d replayed by a zombie, %d freed an executor\n", r.LateDuplicates, r.LateDuplicatesFreed)
 	fmt.Fprintf(w, "overlaps:         %d at the executors\n", r.Overlaps)
 	fmt.Fprintf(w, "executors lost:   %d\n", r.ExecutorsLost)

@@ -44,6 +44,10 @@
 --                            (ms): {url, eval, from (ms), how: released |
 --                            reclaimed | left | drained}; the last
 --                            HISTORY_LEN, for the leases' timeline
+--   KEYS[17] released  ZSET  lease token -> ms it was released, the last
+--                            RELEASED_LEN: a release by one of these tokens is
+--                            the expected second path of a lease already
+--                            released, not a late or stale one
 --
 -- A label set is its labels as sorted "key=value" strings joined by ",".
 -- An executor has at most MAX_LABELS labels: it is in 2^k - 1 label-set
@@ -71,6 +75,8 @@ local K_LABELSETS = KEYS[14]
 local K_CANCELLED = KEYS[15]
 local K_HISTORY = KEYS[16]
 local HISTORY_LEN = 100000
+local K_RELEASED = KEYS[17]
+local RELEASED_LEN = 100000
 local PREFIX = string.sub(K_AVAILABLE, 1, #K_AVAILABLE - #'available')
 local MAX_LABELS = 4
 
@@ -81,8 +87,8 @@ local MAX_LABELS = 4
 -- naming every key it may touch after that write and has not already read
 -- with a typed command (a typed read fails on foreign data before anything
 -- changed). One O(1) TYPE call per key named.
-local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash', 'zset', 'hash', 'hash', 'zset', 'stream' }
-local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 }
+local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash', 'zset', 'hash', 'hash', 'zset', 'stream', 'zset' }
+local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17 }
 local function foreign(indexes)
   for _, i in ipairs(indexes) do
     local got = redis.call('TYPE', KEYS[i]).ok

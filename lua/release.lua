@@ -17,7 +17,7 @@
 --         (0: never)
 -- ARGV[7] ms until a quarantined executor's first health probe
 -- Returns: {outcome, now_ms, last_available_ms, holder_eval_id, removed,
---           quarantined}
+--           quarantined, expected}
 --   outcome 'released'        the token held the lease: it ended, the executor
 --                             is available again (or removed, if draining,
 --                             or out of service, if quarantined)
@@ -25,6 +25,12 @@
 --           'stale_lease'     another lease holds it: a double release; nothing
 --                             changes, the holder keeps its executor
 --           'not_leased'      unknown, removed, or neither leased nor available
+--   expected     1 when the token's lease was released already (the last
+--                RELEASED_LEN released tokens): the designed second path of
+--                a lease (--cleanup both, a failed attempt's two cleanups),
+--                absorbed like any; 0 for a real double release, by a token
+--                whose lease was reclaimed (its holder outlived it) or that
+--                never held the executor
 --   last_available_ms  when the executor last became available (its previous
 --                      release, reclaim or registration), -1 if unknown
 --   holder_eval_id     the eval holding the lease for 'stale_lease', else ''
@@ -43,7 +49,7 @@ local raw = redis.call('HGET', K_EXECUTORS, url)
 local record = decode(raw)
 -- The leases and the executors were read just now and the epoch is never
 -- written here.
-local bad = foreign({ 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 16 })
+local bad = foreign({ 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 16, 17 })
 if bad then
   return redis.error_reply(bad)
 end
@@ -88,23 +94,34 @@ if lease and lease.token == token then
     end
     redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
   end
+  redis.call('ZADD', K_RELEASED, now, token)
+  redis.call('ZREMRANGEBYRANK', K_RELEASED, 0, -RELEASED_LEN - 1)
   local removed = end_lease(url, now, 'released', lease, raw and (record or {}) or nil)
-  return { 'released', now, tonumber(lease.available_since) or -1, '', removed, quarantined }
+  return { 'released', now, tonumber(lease.available_since) or -1, '', removed, quarantined, 0 }
 end
-if lease then
+local expected = redis.call('ZSCORE', K_RELEASED, token) and 1 or 0
+-- count notes an absorbed release in the executor's record: a duplicate
+-- when expected, else a double release (and stale when another holds it).
+local function count(stale)
   if record then
-    bump('double_releases')
-    bump('stale_releases')
+    if expected == 1 then
+      bump('duplicates')
+    else
+      bump('double_releases')
+      if stale then
+        bump('stale_releases')
+      end
+    end
     redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
   end
-  return { 'stale_lease', now, tonumber(lease.available_since) or -1, tostring(lease.eval_id), 0, '' }
+end
+if lease then
+  count(true)
+  return { 'stale_lease', now, tonumber(lease.available_since) or -1, tostring(lease.eval_id), 0, '', expected }
 end
 local since = redis.call('ZSCORE', K_AVAILABLE, url)
 if since then
-  if record then
-    bump('double_releases')
-    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
-  end
-  return { 'already_in_pool', now, tonumber(since), '', 0, '' }
+  count(false)
+  return { 'already_in_pool', now, tonumber(since), '', 0, '', expected }
 end
-return { 'not_leased', now, -1, '', 0, '' }
+return { 'not_leased', now, -1, '', 0, '', expected }

@@ -9,7 +9,8 @@ import (
 	"github.com/evalpool/evalpool/pool"
 )
 
-// Cleanup wired twice releases twice; the second release changes nothing.
+// Cleanup wired twice releases twice; the second release changes nothing,
+// and is known for the lease's other path, not a double release to alert on.
 func Example() {
 	ctx := context.Background()
 	client := evaltest.ExampleClient()
@@ -33,14 +34,14 @@ func Example() {
 		if err != nil {
 			panic(err)
 		}
-		fmt.Println(path, "cleanup:", r.Outcome, "double:", r.Double)
+		fmt.Println(path, "cleanup:", r.Outcome, "duplicate:", r.Duplicate, "double:", r.Double)
 	}
 	vs, _ := p.Check(ctx)
 	fmt.Println("violations:", len(vs))
 	// Output:
 	// leased http://executor-1:8080 to eval-42
-	// success cleanup: released double: false
-	// failure cleanup: already_in_pool double: true
+	// success cleanup: released duplicate: false double: false
+	// failure cleanup: already_in_pool duplicate: true double: false
 	// violations: 0
 }
 

@@ -252,7 +252,7 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 	p.probeMax = max(cmp.Or(opts.ProbeMaxInterval, DefaultProbeMax), p.probeEvery)
 	prefix := keyPrefix(p.name)
 	// The order is the one lib.lua gives to KEYS.
-	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history"} {
+	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history", "released"} {
 		p.keys = append(p.keys, prefix+suffix)
 	}
 	p.reapKey = prefix + "reaped"
@@ -826,14 +826,27 @@ const (
 	// NotLeased: the executor is unknown, removed, or neither leased nor
 	// available.
 	NotLeased ReleaseOutcome = "not_leased"
+	// DuplicateRelease is not an outcome of the script but the label
+	// evalpool_release_total counts a Duplicate release under, whatever
+	// the executor's state: the expected second path of a lease.
+	DuplicateRelease ReleaseOutcome = "duplicate"
 )
 
 // ReleaseResult is what Release found and did.
 type ReleaseResult struct {
 	Outcome ReleaseOutcome `json:"outcome"`
-	// Double is true for AlreadyInPool and StaleLease: somebody released an
-	// executor that was not theirs to release.
+	// Double is true for AlreadyInPool and StaleLease by a token that was
+	// never released: somebody released an executor that was not theirs to
+	// release (a holder that outlived its lease, or one that never held
+	// it). Worth an alert: counted in evalpool_double_release_total and
+	// logged at warn level.
 	Double bool `json:"double"`
+	// Duplicate is true for AlreadyInPool, StaleLease or NotLeased by a
+	// token whose lease was released already (the pool remembers the last
+	// 100,000): the designed second path of one lease (--cleanup both, a
+	// failed attempt's two cleanups). Absorbed like any, counted under the
+	// outcome "duplicate" of evalpool_release_total, logged at debug level.
+	Duplicate bool `json:"duplicate,omitempty"`
 	// Removed is true when the release ended a drain: the executor left.
 	Removed bool `json:"removed,omitempty"`
 	// Holder is the eval that holds the executor, for StaleLease.
@@ -909,12 +922,17 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 		Holder:      vals[3].(string),
 		Removed:     vals[4].(int64) == 1,
 		Quarantined: vals[5].(string),
+		Duplicate:   vals[6].(int64) == 1,
 	}
 	if last := vals[2].(int64); last >= 0 {
 		r.SinceLastRelease = r.At.Sub(time.UnixMilli(last))
 	}
-	r.Double = r.Outcome == AlreadyInPool || r.Outcome == StaleLease
-	p.metrics.releases.WithLabelValues(string(r.Outcome), path).Inc()
+	r.Double = (r.Outcome == AlreadyInPool || r.Outcome == StaleLease) && !r.Duplicate
+	outcome := r.Outcome
+	if r.Duplicate {
+		outcome = DuplicateRelease
+	}
+	p.metrics.releases.WithLabelValues(string(outcome), path).Inc()
 	if r.Double {
 		p.metrics.doubles.WithLabelValues(path).Inc()
 		p.log.Warn().
@@ -926,6 +944,9 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 			Str("holder", r.Holder).
 			Dur("since_last_release", r.SinceLastRelease).
 			Msg("double release detected")
+	}
+	if r.Duplicate {
+		p.log.Debug().Str("pool", p.name).Str("executor", l.URL).Str("eval", l.EvalID).Str("path", path).Msg("duplicate release absorbed: the lease's other path released it")
 	}
 	if r.Quarantined != "" {
 		p.metrics.quarantines.WithLabelValues(p.name, r.Quarantined).Inc()

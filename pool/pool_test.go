@@ -133,7 +133,10 @@ func TestAcquireEmptyPool(t *testing.T) {
 
 // The original talk's test, made stronger: the outcomes are exact, the
 // executor is in the pool once, and the log names the double release.
-func TestDoubleReleaseIsAbsorbed(t *testing.T) {
+// TestDuplicateAndDoubleReleases: the second path of a released lease is
+// absorbed quietly, under its own label; a release by a token that never
+// held the executor is absorbed too, and is the alert.
+func TestDuplicateAndDoubleReleases(t *testing.T) {
 	t.Parallel()
 	const e1 = "http://executor-1"
 	p, b := setup(t, e1)
@@ -141,27 +144,34 @@ func TestDoubleReleaseIsAbsorbed(t *testing.T) {
 
 	release(t, p, l, Released)
 	r := release(t, p, l, AlreadyInPool)
-	if !r.Double {
-		t.Error("second release not flagged as double")
+	if !r.Duplicate || r.Double {
+		t.Errorf("the lease's second path: duplicate=%v double=%v, want true, false", r.Duplicate, r.Double)
+	}
+	if n := b.logs.Count(`"message":"double release detected"`); n != 0 {
+		t.Fatalf("the expected second path logged %d warnings:\n%s", n, b.logs)
+	}
+	forged := release(t, p, Lease{URL: e1, EvalID: "eval-z", Token: "never-held"}, AlreadyInPool)
+	if !forged.Double || forged.Duplicate {
+		t.Errorf("a token that never held it: duplicate=%v double=%v, want false, true", forged.Duplicate, forged.Double)
 	}
 	assertWhole(t, p, e1)
 	st, err := p.Status(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e := st.Executors[0]; e.Releases != 1 || e.DoubleReleases != 1 {
-		t.Errorf("status counts %d releases, %d double; want 1 and 1", e.Releases, e.DoubleReleases)
+	if e := st.Executors[0]; e.Releases != 1 || e.DoubleReleases != 1 || e.Duplicates != 1 {
+		t.Errorf("status counts %d releases, %d double, %d duplicates; want 1, 1, 1", e.Releases, e.DoubleReleases, e.Duplicates)
 	}
 	if n := b.logs.Count(`"message":"double release detected"`); n != 1 {
 		t.Fatalf("%d double release log lines, want 1; log:\n%s", n, b.logs)
 	}
-	for _, field := range []string{`"executor":"` + e1 + `"`, `"eval":"eval-a"`, `"path":"test"`, `"since_last_release":`} {
-		if b.logs.Count(field) != 1 {
+	for _, field := range []string{`"executor":"` + e1 + `"`, `"eval":"eval-z"`, `"path":"test"`, `"since_last_release":`} {
+		if b.logs.Count(field) == 0 {
 			t.Errorf("log lacks %s:\n%s", field, b.logs)
 		}
 	}
-	for outcome, want := range map[ReleaseOutcome]float64{Released: 1, AlreadyInPool: 1, StaleLease: 0} {
-		if got := testutil.ToFloat64(b.metrics.releases.WithLabelValues(string(outcome), "test")); got != want {
+	for outcome, want := range map[string]float64{"released": 1, "duplicate": 1, "already_in_pool": 1, "stale_lease": 0} {
+		if got := testutil.ToFloat64(b.metrics.releases.WithLabelValues(outcome, "test")); got != want {
 			t.Errorf("release_total{%s} = %v, want %v", outcome, got, want)
 		}
 	}
@@ -170,34 +180,49 @@ func TestDoubleReleaseIsAbsorbed(t *testing.T) {
 	}
 }
 
-// The hole in the original design: a late duplicate release of A's executor,
-// after B acquired it, must not free B's executor.
+// The hole in the original design: a late release of A's executor, after B
+// acquired it, must not free B's executor: neither the second path of A's
+// released lease (expected), nor A's own release after its lease was
+// reclaimed (the alert: A outlived its lease).
 func TestStaleReleaseKeepsTheHoldersLease(t *testing.T) {
 	t.Parallel()
-	const e = "http://only"
-	p, _ := setup(t, e)
-	a := acquire(t, p, "eval-a", time.Minute)
-	release(t, p, a, Released)
-	bl := acquire(t, p, "eval-b", time.Minute)
-	if bl.URL != e || bl.Fence <= a.Fence {
-		t.Fatalf("B got %s fence %d, want %s with fence > %d", bl.URL, bl.Fence, e, a.Fence)
+	for _, reclaimed := range []bool{false, true} {
+		t.Run(fmt.Sprint("reclaimed=", reclaimed), func(t *testing.T) {
+			t.Parallel()
+			const e = "http://only"
+			p, _ := setup(t, e)
+			ttl := time.Minute
+			if reclaimed {
+				ttl = 10 * time.Millisecond
+			}
+			a := acquire(t, p, "eval-a", ttl)
+			if reclaimed {
+				waitReclaimable(t, p, a)
+			} else {
+				release(t, p, a, Released)
+			}
+			bl := acquire(t, p, "eval-b", time.Minute) // reclaims A's, if expired
+			if bl.URL != e || bl.Fence <= a.Fence {
+				t.Fatalf("B got %s fence %d, want %s with fence > %d", bl.URL, bl.Fence, e, a.Fence)
+			}
+			r := release(t, p, a, StaleLease)
+			if r.Double != reclaimed || r.Duplicate == reclaimed || r.Holder != "eval-b" {
+				t.Errorf("late release: double=%v duplicate=%v holder=%q, want double=%v, eval-b", r.Double, r.Duplicate, r.Holder, reclaimed)
+			}
+			st, err := p.Status(t.Context())
+			if wantStale := map[bool]int64{true: 1}[reclaimed]; err != nil || st.Executors[0].StaleReleases != wantStale || st.Executors[0].DoubleReleases != wantStale {
+				t.Errorf("status after a late release: %+v, %v", st.Executors[0], err)
+			}
+			if _, err := p.Acquire(t.Context(), "eval-c", time.Minute); !errors.Is(err, ErrNoExecutor) {
+				t.Fatalf("third eval acquire: err = %v, want ErrNoExecutor: B's executor was freed", err)
+			}
+			if _, err := p.Renew(t.Context(), bl, time.Minute); err != nil {
+				t.Fatalf("B lost its lease: %v", err)
+			}
+			release(t, p, bl, Released)
+			assertWhole(t, p, e)
+		})
 	}
-
-	r := release(t, p, a, StaleLease)
-	if !r.Double || r.Holder != "eval-b" {
-		t.Errorf("stale release: double=%v holder=%q, want true, eval-b", r.Double, r.Holder)
-	}
-	if st, err := p.Status(t.Context()); err != nil || st.Executors[0].StaleReleases != 1 || st.Executors[0].DoubleReleases != 1 {
-		t.Errorf("status after a stale release: %+v, %v", st.Executors[0], err)
-	}
-	if _, err := p.Acquire(t.Context(), "eval-c", time.Minute); !errors.Is(err, ErrNoExecutor) {
-		t.Fatalf("third eval acquire: err = %v, want ErrNoExecutor: B's executor was freed", err)
-	}
-	if _, err := p.Renew(t.Context(), bl, time.Minute); err != nil {
-		t.Fatalf("B lost its lease: %v", err)
-	}
-	release(t, p, bl, Released)
-	assertWhole(t, p, e)
 }
 
 func TestExpiredLeaseIsReclaimed(t *testing.T) {

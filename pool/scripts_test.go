@@ -228,7 +228,7 @@ func TestCheckFindsViolations(t *testing.T) {
 func TestForeignDataChangesNothing(t *testing.T) {
 	t.Parallel()
 	readByStatus := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "instances", "waiters", "waiting", "quarantine", "labelsets"}
-	releases := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "history"}
+	releases := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "history", "released"}
 	type op struct {
 		run func(p *Pool, held Lease) error
 		// touches is the keys the operation reads or writes, when not all;
@@ -275,7 +275,7 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		"status": {run: func(p *Pool, _ Lease) error { _, err := p.Status(t.Context()); return err }, touches: readByStatus},
 		"check":  {run: func(p *Pool, _ Lease) error { _, err := p.Check(t.Context()); return err }, touches: readByStatus},
 	}
-	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history"}
+	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history", "released"}
 	for i, suffix := range suffixes {
 		if suffix == "epoch" {
 			continue

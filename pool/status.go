@@ -99,6 +99,9 @@ type ExecutorStatus struct {
 	Releases       int64 `json:"releases"`
 	DoubleReleases int64 `json:"double_releases"`
 	StaleReleases  int64 `json:"stale_releases"`
+	// Duplicates counts the releases it absorbed that were a released
+	// lease's other path (ReleaseResult.Duplicate): expected, not double.
+	Duplicates int64 `json:"duplicates"`
 	// Fails counts its calls in a row that found it unavailable; Passed
 	// and Failed its graded evals.
 	Fails  int64 `json:"fails"`
@@ -169,6 +172,7 @@ type executorRecord struct {
 	Releases         int64             `json:"releases"`
 	DoubleReleases   int64             `json:"double_releases"`
 	StaleReleases    int64             `json:"stale_releases"`
+	Duplicates       int64             `json:"duplicates"`
 	Fails            int64             `json:"fails"`
 	Passed           int64             `json:"passed"`
 	Failed           int64             `json:"failed"`
@@ -350,7 +354,7 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 		if err := json.Unmarshal([]byte(s.executors[u]), &rec); err == nil {
 			e.AddedAt, e.Labels, e.InstanceID = time.UnixMilli(rec.AddedAt), rec.Labels, rec.InstanceID
 			e.Releases, e.DoubleReleases, e.StaleReleases = rec.Releases, rec.DoubleReleases, rec.StaleReleases
-			e.Fails, e.Passed, e.Failed = rec.Fails, rec.Passed, rec.Failed
+			e.Fails, e.Passed, e.Failed, e.Duplicates = rec.Fails, rec.Passed, rec.Failed, rec.Duplicates
 		} else {
 			e.Corrupt = "unreadable executor record"
 		}

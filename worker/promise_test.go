@@ -291,7 +291,7 @@ func TestInlineCleanup(t *testing.T) {
 	if got := testutil.ToFloat64(b.metrics.cleanupsEnqueued.WithLabelValues(tasks.PathSuccess, "enqueued")); got != 0 {
 		t.Errorf("%v success cleanup tasks enqueued in inline mode, want 0", got)
 	}
-	if absorbed := releases(b, pool.AlreadyInPool, tasks.PathErrorHandler) + releases(b, pool.StaleLease, tasks.PathErrorHandler); absorbed != failed {
+	if absorbed := releases(b, pool.DuplicateRelease, tasks.PathErrorHandler); absorbed != failed {
 		t.Errorf("%v error-handler releases absorbed for %v failed attempts: each failed attempt must be released on the second path too", absorbed, failed)
 	}
 	assertPoolWhole(t, b)

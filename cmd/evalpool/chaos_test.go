@@ -255,7 +255,7 @@ func TestChaos(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, e := range status.Executors {
-			doubles += e.DoubleReleases
+			doubles += e.DoubleReleases + e.Duplicates
 			stale += e.StaleReleases
 		}
 		vs, err := ps.Check(t.Context())
@@ -279,7 +279,7 @@ func TestChaos(t *testing.T) {
 	}
 
 	line := fmt.Sprintf("chaos seed=%d: evals %d enqueued in 2 pools, %d completed, %d archived %s, %d on a foreign executor; faults %s; "+
-		"spellings refused %d; double releases %d caught, %d stale refused; fencing rejections %d; leases expired at executors %d; "+
+		"spellings refused %d; second and double releases %d absorbed, %d of them stale; fencing rejections %d; leases expired at executors %d; "+
 		"overlaps %d; executors lost %d; check violations %d",
 		seed, total, completed, archived, formatCounts(reasons), foreign, formatCounts(faults), refused, doubles, stale, fenced, expired,
 		overlaps, lost, violations)

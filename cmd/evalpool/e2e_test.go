@@ -168,19 +168,21 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 	m := scrape(t, logs)
-	var doubles, absorbed, freed float64
+	var doubles, duplicates, freed float64
 	for k, v := range m {
 		switch {
 		case strings.HasPrefix(k, "evalpool_double_release_total,"):
 			doubles += v
-		case strings.HasPrefix(k, "evalpool_release_total,outcome=already_in_pool"), strings.HasPrefix(k, "evalpool_release_total,outcome=stale_lease"):
-			absorbed += v
+		case strings.HasPrefix(k, "evalpool_release_total,outcome=duplicate"):
+			duplicates += v
 		case strings.HasPrefix(k, "evalpool_release_total,outcome=released"):
 			freed += v
 		}
 	}
-	if doubles == 0 || doubles != absorbed {
-		t.Fatalf("double releases %v, absorbed (already_in_pool + stale_lease) %v: want > 0 and equal", doubles, absorbed)
+	// Both cleanups of every lease: the second is a known duplicate, and a
+	// healthy run raises no double-release alert.
+	if duplicates == 0 || doubles != 0 || strings.Contains(logs.String(), "double release detected") {
+		t.Fatalf("duplicate releases %v, double releases %v: want some duplicates and no double release in a healthy run", duplicates, doubles)
 	}
 	// One release per lease taken, straight or handed over from the wait
 	// list (a retry that re-entered its live lease took none; no lease
