@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -16,13 +17,51 @@ import (
 	"github.com/evalpool/evalpool/pool"
 )
 
+// dashboardFlags are the dashboard's access flags, shared by dashboard and
+// demo --serve.
+type dashboardFlags struct {
+	authToken      string
+	admin          bool
+	insecureListen bool
+}
+
+func (f *dashboardFlags) register(c *cobra.Command) {
+	fs := c.Flags()
+	// No env default in the flag itself: --help would print the token.
+	fs.StringVar(&f.authToken, "auth-token", "", "token every route but /healthz requires, as \"Authorization: Bearer TOKEN\" or through the /login page's cookie (env EVALPOOL_AUTH_TOKEN)")
+	fs.BoolVar(&f.admin, "admin", false, "let Asynqmon change queues and tasks (pause, delete, run, archive, cancel); without it, it is read-only")
+	fs.BoolVar(&f.insecureListen, "insecure-listen", false, "without a token, serve on a non-loopback address anyway: anyone who reaches it can submit and cancel evals")
+}
+
+// token is --auth-token, else EVALPOOL_AUTH_TOKEN.
+func (f *dashboardFlags) token() string {
+	if f.authToken != "" {
+		return f.authToken
+	}
+	return os.Getenv("EVALPOOL_AUTH_TOKEN")
+}
+
 func (a *app) dashboardCommand() *cobra.Command {
-	var listen string
+	var (
+		listen string
+		flags  dashboardFlags
+	)
 	c := &cobra.Command{
-		Use:   "dashboard --listen ADDR",
-		Short: "Serve the pool page (/), Asynqmon (/monitoring/), /api/pool and /metrics",
-		Args:  positional(cobra.NoArgs),
+		Use:   "dashboard --listen ADDR [--auth-token T] [--admin]",
+		Short: "Serve the pool page (/), the API (/api/v1/), Asynqmon (/monitoring/), /api/pool and /metrics",
+		Long: `Serve the pool page (/), the JSON API (/api/v1/, described at
+/api/v1/openapi.json), Asynqmon (/monitoring/), /api/pool, /metrics and
+/healthz.
+
+With --auth-token (or EVALPOOL_AUTH_TOKEN) every route but /healthz needs the
+token: "Authorization: Bearer TOKEN", or the cookie the /login page sets.
+Without one, the dashboard serves on loopback addresses only, unless
+--insecure-listen. Asynqmon is read-only unless --admin.`,
+		Args: positional(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
+			if err := flags.check(listen); err != nil {
+				return err
+			}
 			conn, err := a.asynqConn()
 			if err != nil {
 				return err
@@ -35,25 +74,68 @@ func (a *app) dashboardCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.serveDashboard(c.Context(), listen, client, p, conn)
+			return a.serveDashboard(c.Context(), listen, flags, client, p, conn)
 		},
 	}
 	c.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to serve on")
+	flags.register(c)
 	return c
 }
 
-func (a *app) serveDashboard(ctx context.Context, listen string, client redis.UniversalClient, p *pool.Pool, conn asynq.RedisConnOpt) error {
-	d, err := dashboard.New(dashboard.Options{Pool: p, Redis: client, Asynqmon: conn, Logger: &a.log})
+// check refuses, without a token, an address that is not loopback unless
+// --insecure-listen.
+func (f *dashboardFlags) check(listen string) error {
+	if f.token() != "" || f.insecureListen {
+		return nil
+	}
+	if !loopback(listen) {
+		return usagef("dashboard: %s is not a loopback address and there is no --auth-token (or EVALPOOL_AUTH_TOKEN): anyone who reaches it could submit and cancel evals; give a token, or --insecure-listen", listen)
+	}
+	return nil
+}
+
+// loopback reports whether every address listen may bind is a loopback
+// one: an IP of 127.0.0.0/8 or ::1, or a name that resolves only to such.
+// An empty host (":8080") is every interface.
+func loopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || host == "" {
+		return false
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil || len(ips) == 0 {
+		return false
+	}
+	for _, ip := range ips {
+		if !ip.IsLoopback() {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *app) serveDashboard(ctx context.Context, listen string, flags dashboardFlags, client redis.UniversalClient, p *pool.Pool, conn asynq.RedisConnOpt) error {
+	token := flags.token()
+	d, err := dashboard.New(dashboard.Options{Pool: p, Redis: client, Asynqmon: conn, Logger: &a.log, AuthToken: token, Admin: flags.admin})
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	defer d.Close()
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
 	}
-	a.log.Info().Str("url", "http://"+l.Addr().String()+"/").Msg("dashboard listening")
-	fmt.Fprintf(a.stderr, "dashboard: http://%s/ (queues at /monitoring/); Ctrl-C to stop\n", l.Addr())
+	a.log.Info().Str("url", "http://"+l.Addr().String()+"/").Bool("auth", token != "").Bool("admin", flags.admin).Msg("dashboard listening")
+	fmt.Fprintf(a.stderr, "dashboard: http://%s/ (queues at /monitoring/, API at /api/v1/); Ctrl-C to stop\n", l.Addr())
+	if token == "" {
+		a.log.Warn().Str("addr", l.Addr().String()).Msg("dashboard runs without authentication: anyone who reaches it can submit and cancel evals (--auth-token)")
+		fmt.Fprintln(a.stderr, "dashboard: WARNING: no --auth-token: runs without authentication")
+	} else if len(token) < 16 {
+		a.log.Warn().Msg("dashboard: the auth token is shorter than 16 characters: easy to guess")
+	}
 	serveHTTP(ctx, l, d, &a.log)
 	return nil
 }
@@ -65,6 +147,7 @@ func (a *app) demoCommand() *cobra.Command {
 	var (
 		opts  demo.Options
 		serve string
+		flags dashboardFlags
 	)
 	c := &cobra.Command{
 		Use:   "demo",
@@ -76,6 +159,11 @@ in-process Redis that keeps nothing. --serve keeps the dashboard up after the
 report until Ctrl-C.`,
 		Args: positional(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
+			if serve != "" {
+				if err := flags.check(serve); err != nil {
+					return err
+				}
+			}
 			where := "an embedded Redis (in-process, keeps nothing)"
 			if c.Flags().Changed("redis") || envOr("EVALPOOL_REDIS_URL", "") != "" {
 				conn, err := a.redisConn() // a bad URL is a usage error here too
@@ -104,7 +192,7 @@ report until Ctrl-C.`,
 			}
 			rep.Print(a.stdout)
 			if serve != "" {
-				if err := a.serveDashboard(c.Context(), serve, d.Redis(), d.Pool(), d.AsynqConn()); err != nil {
+				if err := a.serveDashboard(c.Context(), serve, flags, d.Redis(), d.Pool(), d.AsynqConn()); err != nil {
 					return err
 				}
 			}
@@ -119,5 +207,6 @@ report until Ctrl-C.`,
 	f.IntVar(&opts.Evals, "evals", 200, "evals to run")
 	f.Float64Var(&opts.FailRate, "fail-rate", 0.2, "share of executor calls that fail")
 	f.StringVar(&serve, "serve", "", "after the report, serve the dashboard at ADDR until Ctrl-C")
+	flags.register(c)
 	return c
 }
