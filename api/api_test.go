@@ -529,6 +529,15 @@ func TestNotFoundAndMethods(t *testing.T) {
 			}
 		})
 	}
+	// HEAD of results, followed or not, answers the GET's headers.
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	head, _ := http.NewRequestWithContext(ctx, "HEAD", b.url+"/runs/r1/results?follow=1", nil)
+	resp, err := http.DefaultClient.Do(head)
+	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("HEAD results?follow=1: %v, %v", resp, err)
+	}
+	_ = resp.Body.Close()
 	// A 404 for a run or eval leaves nothing behind: no cancel mark.
 	if cancelled, err := b.pool.Cancelled(t.Context(), "nope"); err != nil || cancelled {
 		t.Fatalf("cancel of an unknown eval marked it: %v, %v", cancelled, err)

@@ -239,8 +239,8 @@ func (h *Handler) runResults(w http.ResponseWriter, r *http.Request) {
 			return // the client went away
 		}
 	}
-	if !follow {
-		return
+	if !follow || r.Method == http.MethodHead {
+		return // a HEAD has no body to follow in
 	}
 	rc := http.NewResponseController(w)
 	// A followed run may take hours: no write deadline of the server's.
