@@ -28,6 +28,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -217,6 +218,67 @@ type Worker struct {
 	pools  map[string]*served
 	id     string // names this process's wake lists
 	runs   *run.Store
+	// stopping is set when Run begins to stop: from then on an attempt
+	// releases its executor itself, since the cleanup servers are going.
+	stopping atomic.Bool
+	attempts inflight
+}
+
+// errStopping is the cause an attempt still running when Asynq gave up on
+// it (Config.ShutdownTimeout) is cancelled with.
+var errStopping = errors.New("worker stopping: the attempt outlived the shutdown timeout")
+
+// inflight are the eval attempts running, so that a stopping worker can end
+// those Asynq abandoned and return their executors before it exits.
+type inflight struct {
+	mu sync.Mutex
+	m  map[*attempt]struct{}
+}
+
+type attempt struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+}
+
+func (f *inflight) add(cancel context.CancelCauseFunc) *attempt {
+	a := &attempt{cancel: cancel, done: make(chan struct{})}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil {
+		f.m = map[*attempt]struct{}{}
+	}
+	f.m[a] = struct{}{}
+	return a
+}
+
+func (f *inflight) remove(a *attempt) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.m, a)
+	close(a.done)
+}
+
+// end cancels every attempt still running and waits for them to return,
+// up to d: each releases its executor on its way out. It returns how many
+// did not return in time.
+func (f *inflight) end(d time.Duration) int {
+	f.mu.Lock()
+	var left []*attempt
+	for a := range f.m {
+		a.cancel(errStopping)
+		left = append(left, a)
+	}
+	f.mu.Unlock()
+	timeout := time.NewTimer(d)
+	defer timeout.Stop()
+	for i, a := range left {
+		select {
+		case <-a.done:
+		case <-timeout.C:
+			return len(left) - i
+		}
+	}
+	return 0
 }
 
 // served is a pool the worker serves, with its heartbeat and what it knows
@@ -366,15 +428,26 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-ctx.Done()
 	stopWatch()
 	watch.Wait()
-	w.log.Info().Msg("worker stopping")
+	w.log.Info().Dur("shutdown_timeout", w.cfg.ShutdownTimeout).Msg("worker stopping: running evals finish, or go back to the queue after the shutdown timeout and return their executors; a second interrupt forces the exit")
+	w.stopping.Store(true)
 	sched.Shutdown()
 	stop()
+	// Asynq stops waiting for an attempt after ShutdownTimeout and hands its
+	// task back to the queue, but the attempt runs on, holding its lease:
+	// end it, and wait (bounded) for it to release its executor.
+	if left := w.attempts.end(returnTimeout); left > 0 {
+		w.log.Error().Int("attempts", left).Msg("attempts still holding executors at exit; their leases expire and are reclaimed")
+	}
 	for _, sp := range w.pools {
 		sp.beats.wait()
 	}
 	w.log.Info().Msg("worker stopped")
 	return nil
 }
+
+// returnTimeout bounds how long a stopping worker waits, after Asynq's
+// ShutdownTimeout, for abandoned attempts to release their executors.
+const returnTimeout = 10 * time.Second
 
 // waitsForExecutor reports whether an attempt ended without running for want
 // of an executor: none was free, or the one it leased was busy with another
@@ -450,6 +523,8 @@ func (w *Worker) servedFor(ctx context.Context, name string) (*served, error) {
 }
 
 func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer w.attempts.remove(w.attempts.add(cancel))
 	e, err := tasks.ParseEval(t.Payload())
 	if err == nil {
 		if id, ok := asynq.GetTaskID(ctx); ok && id != e.ID {
@@ -537,7 +612,9 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 
 	c := tasks.Cleanup{EvalID: e.ID, Pool: sp.pool.Name(), URL: lease.URL, Token: lease.Token, Fence: lease.Fence,
 		Verdict: string(verdict), Retrying: runErr != nil && w.retries(ctx, runErr)}
-	if w.cfg.Cleanup == CleanupInline {
+	// A stopping worker's cleanup servers are going: an attempt that ends
+	// then releases its executor itself, before the worker exits.
+	if w.cfg.Cleanup == CleanupInline || w.stopping.Load() {
 		w.releaseInline(ctx, sp, lease, c, runErr)
 		if runErr != nil {
 			return w.attemptError(ctx, sp, lease, verdict, runErr)

@@ -641,3 +641,53 @@ func TestEvalsOnRedisCluster(t *testing.T) {
 	assertPoolWhole(t, b)
 	assertNoOverlap(t, b)
 }
+
+// TestStopReturnsAbandonedLeases: an eval running longer than the shutdown
+// timeout, then a stop: Asynq hands the task back, and the worker does not
+// exit before the attempt has given its executor back.
+func TestStopReturnsAbandonedLeases(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []CleanupMode{CleanupOutcome, CleanupBoth, CleanupInline} {
+		t.Run(string(mode), func(t *testing.T) {
+			t.Parallel()
+			// Idle cleanup servers look at their queue once a second: a
+			// cleanup enqueued as the worker stops would wait for the next
+			// worker, its executor leased until then.
+			w, b := setup(t, Config{Cleanup: mode, ShutdownTimeout: 300 * time.Millisecond, CleanupPollInterval: time.Second},
+				executor.ServerOptions{Latency: 20 * time.Second})
+			ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+			done := make(chan error, 1)
+			go func() { done <- w.Run(ctx) }()
+			ids := enqueueEvals(t, b, 1, tasks.EvalOptions{}, time.Minute)
+			evaltest.Eventually(t, 10*time.Second, "the eval never leased its executor", func() bool {
+				st, err := b.pool.Status(t.Context())
+				return err == nil && st.Counts[pool.StateLeased] == 1
+			})
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("the worker never stopped")
+			}
+			// By the attempt itself, not by a cleanup task that the
+			// stopping cleanup servers may never run.
+			if n := releases(b, pool.Released, tasks.PathInline); n != 1 {
+				t.Fatalf("%v releases by the attempt itself, want 1", n)
+			}
+			// The worker has exited: its executor must be back now, not
+			// when its lease expires.
+			st, err := b.pool.Status(t.Context())
+			if err != nil || st.Counts[pool.StateAvailable] != 1 {
+				t.Fatalf("after the worker exited: %v, %v; want the executor available", st.Counts, err)
+			}
+			info, err := b.insp.GetTaskInfo(tasks.QueueEvals, ids[0])
+			if err != nil || info.State == asynq.TaskStateArchived || info.State == asynq.TaskStateCompleted {
+				t.Fatalf("the eval after the stop: %+v, %v; want it back in the queue", info, err)
+			}
+			assertPoolWhole(t, b)
+		})
+	}
+}
