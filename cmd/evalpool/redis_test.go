@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,14 +100,19 @@ func TestRedisACLUser(t *testing.T) {
 var dashboardURL = regexp.MustCompile(`dashboard: (http://\S+)/ `)
 
 // startDashboard runs `evalpool dashboard` in-process until the test ends
-// and returns its base URL.
+// and returns its base URL. args are global flags, then, after a "--", the
+// dashboard's own.
 func startDashboard(t *testing.T, redisURL string, args ...string) string {
 	t.Helper()
 	logs := &evaltest.LogBuffer{}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 	done := make(chan int, 1)
-	full := append([]string{"--redis", redisURL}, args...)
-	full = append(full, "dashboard", "--listen", "127.0.0.1:0")
+	global, own := args, []string(nil)
+	if i := slices.Index(args, "--"); i >= 0 {
+		global, own = args[:i], args[i+1:]
+	}
+	full := append([]string{"--redis", redisURL}, global...)
+	full = append(append(full, "dashboard", "--listen", "127.0.0.1:0"), own...)
 	go func() { done <- run(ctx, full, io.Discard, logs) }()
 	t.Cleanup(func() {
 		cancel()
