@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,7 +21,7 @@ func releaseWith(t *testing.T, p *Pool, l Lease, v Verdict) ReleaseResult {
 	return r
 }
 
-func executorStatus(t *testing.T, p *Pool, url string) ExecutorStatus {
+func statusOf(t *testing.T, p *Pool, url string) ExecutorStatus {
 	t.Helper()
 	st, err := p.Status(t.Context())
 	if err != nil {
@@ -70,7 +71,7 @@ func TestFailureCounter(t *testing.T) {
 			for i, v := range tt.verdicts {
 				last = releaseWith(t, p, acquire(t, p, fmt.Sprintf("eval-%d", i), time.Minute), v)
 			}
-			e := executorStatus(t, p, "http://e1")
+			e := statusOf(t, p, "http://e1")
 			if (e.Quarantine != nil) != tt.wantOut || (last.Quarantined != "") != tt.wantOut {
 				t.Fatalf("quarantine = %+v, last release said %q; want quarantined=%v", e.Quarantine, last.Quarantined, tt.wantOut)
 			}
@@ -120,7 +121,7 @@ func TestQuarantinedIsNeverHandedOut(t *testing.T) {
 	if back, err := p.ProbeQuarantined(t.Context(), 10, unhealthy); err != nil || len(back) != 0 {
 		t.Fatalf("an unhealthy probe returned %v, %v", back, err)
 	}
-	if e := executorStatus(t, p, "http://e1"); e.Quarantine == nil || e.Quarantine.Probes != 1 {
+	if e := statusOf(t, p, "http://e1"); e.Quarantine == nil || e.Quarantine.Probes != 1 {
 		t.Fatalf("after one failed probe: %+v", e.Quarantine)
 	}
 	time.Sleep(5 * time.Millisecond)
@@ -157,7 +158,7 @@ func TestProbeBackoffAndClaims(t *testing.T) {
 	if probes.Load() != 1 {
 		t.Fatalf("8 concurrent probers probed %d times, want 1", probes.Load())
 	}
-	next := executorStatus(t, p, "http://e1").Quarantine.NextProbe
+	next := statusOf(t, p, "http://e1").Quarantine.NextProbe
 	st, _ := p.Status(t.Context())
 	if d := next.Sub(st.Now); d < 250*time.Millisecond || d > 400*time.Millisecond {
 		t.Fatalf("next probe in %s, want the doubled backoff, 400ms", d)
@@ -192,7 +193,7 @@ func TestProbeRacesRelease(t *testing.T) {
 	if err != nil || len(returned) != 0 {
 		t.Fatalf("a stale probe returned %v (%v): it must not undo the newer quarantine", returned, err)
 	}
-	if e := executorStatus(t, p, "http://e1"); e.State != StateQuarantined {
+	if e := statusOf(t, p, "http://e1"); e.State != StateQuarantined {
 		t.Fatalf("state %s, want quarantined", e.State)
 	}
 	assertClean(t, p)
@@ -241,7 +242,7 @@ func TestQuarantineWhileLeased(t *testing.T) {
 	if _, err := p.Acquire(t.Context(), "eval-a", time.Minute); !errors.Is(err, ErrNoExecutor) {
 		t.Fatalf("re-entry into a quarantined executor: %v", err)
 	}
-	if e := executorStatus(t, p, l.URL); e.State != StateQuarantined {
+	if e := statusOf(t, p, l.URL); e.State != StateQuarantined {
 		t.Fatalf("state %s after its lease ended, want quarantined", e.State)
 	}
 	if out, err := p.ReturnToService(t.Context(), l.URL); err != nil || out != Returned {
@@ -290,7 +291,7 @@ func TestFailRateQuarantine(t *testing.T) {
 		if got := r.Quarantined == ReasonFailRate; got != (rate > 0) {
 			t.Fatalf("rate %g: 20 failed evals quarantined=%v", rate, got)
 		}
-		if e := executorStatus(t, p, "http://e1"); e.Failed != 20 || e.PassRate() != 0 {
+		if e := statusOf(t, p, "http://e1"); e.Failed != 20 || e.PassRate() != 0 {
 			t.Fatalf("failed %d pass rate %g", e.Failed, e.PassRate())
 		}
 	}
@@ -507,5 +508,51 @@ func TestHistory(t *testing.T) {
 		if s.URL != a.URL {
 			t.Fatalf("filtered history holds %s", s.URL)
 		}
+	}
+}
+
+// TestPage: the pool read a page at a time, every executor once, each as
+// Status shows it.
+func TestPage(t *testing.T) {
+	t.Parallel()
+	var urls []string
+	for i := range 25 {
+		urls = append(urls, fmt.Sprintf("http://e%02d", i))
+	}
+	p, _ := setup(t, urls...)
+	l := acquire(t, p, "eval-a", time.Minute)
+	if _, err := p.Quarantine(t.Context(), urls[3], ReasonOperator); err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]State{}
+	for _, e := range st.Executors {
+		want[e.URL] = e.State
+	}
+	got := map[string]State{}
+	var cursor uint64
+	for pages := 0; ; pages++ {
+		page, next, counts, err := p.Page(t.Context(), cursor, 10)
+		if err != nil || counts.Registered != 25 || counts.Leased != 1 || counts.Quarantined != 1 {
+			t.Fatalf("page: %d executors, counts %+v, %v", len(page), counts, err)
+		}
+		for _, e := range page {
+			if _, dup := got[e.URL]; dup {
+				t.Fatalf("%s on two pages", e.URL)
+			}
+			got[e.URL] = e.State
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("pages %v, status %v", got, want)
+	}
+	if got[l.URL] != StateLeased || got[urls[3]] != StateQuarantined {
+		t.Fatalf("leased %s, quarantined %s", got[l.URL], got[urls[3]])
 	}
 }
