@@ -48,6 +48,11 @@ func TestDemo(t *testing.T) {
 			if rep.DuplicateReleases == 0 || rep.LateDuplicates == 0 {
 				t.Fatalf("the demo exercised no second release: %+v", rep)
 			}
+			// The cleanups' second paths are duplicates; the zombie's late
+			// replays are each a double release, the alert.
+			if rep.DoubleReleases != rep.LateDuplicates {
+				t.Fatalf("%d double releases for %d late replays by the zombie", rep.DoubleReleases, rep.LateDuplicates)
+			}
 			// At least one lease per eval, at most one per attempt (a retry may
 			// re-enter its live lease).
 			if r := rep.Releases[pool.Released]; r < rep.Evals || r > rep.Attempts {

@@ -16,6 +16,8 @@
 -- ARGV[6] quarantine when this share of the last 20 graded evals failed
 --         (0: never)
 -- ARGV[7] ms until a quarantined executor's first health probe
+-- ARGV[8] '1' when the release comes by one of the lease's designed paths
+--         (the cleanups): only such a release can be an expected duplicate
 -- Returns: {outcome, now_ms, last_available_ms, holder_eval_id, removed,
 --           quarantined, expected}
 --   outcome 'released'        the token held the lease: it ended, the executor
@@ -26,11 +28,13 @@
 --                             changes, the holder keeps its executor
 --           'not_leased'      unknown, removed, or neither leased nor available
 --   expected     1 when the token's lease was released already (the last
---                RELEASED_LEN released tokens): the designed second path of
---                a lease (--cleanup both, a failed attempt's two cleanups),
---                absorbed like any; 0 for a real double release, by a token
---                whose lease was reclaimed (its holder outlived it) or that
---                never held the executor
+--                RELEASED_LEN released tokens) and this release comes by a
+--                designed path (ARGV[8]): the second path of a lease
+--                (--cleanup both, a failed attempt's two cleanups), absorbed
+--                like any; 0 for a real double release: by a token whose
+--                lease was reclaimed (its holder outlived it), that never
+--                held the executor, or by anything but a designed path (a
+--                late callback replayed)
 --   last_available_ms  when the executor last became available (its previous
 --                      release, reclaim or registration), -1 if unknown
 --   holder_eval_id     the eval holding the lease for 'stale_lease', else ''
@@ -99,7 +103,7 @@ if lease and lease.token == token then
   local removed = end_lease(url, now, 'released', lease, raw and (record or {}) or nil)
   return { 'released', now, tonumber(lease.available_since) or -1, '', removed, quarantined, 0 }
 end
-local expected = redis.call('ZSCORE', K_RELEASED, token) and 1 or 0
+local expected = ARGV[8] == '1' and redis.call('ZSCORE', K_RELEASED, token) and 1 or 0
 -- count notes an absorbed release in the executor's record: a duplicate
 -- when expected, else a double release (and stale when another holds it).
 local function count(stale)

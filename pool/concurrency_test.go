@@ -219,7 +219,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 					mu.Unlock()
 					count("release")
 					if rng.IntN(2) == 0 {
-						r, err := p.Release(ctx, l, "failure")
+						r, err := p.ReleaseWith(ctx, l, ReleaseArgs{Path: "failure", Designed: true})
 						// The lease's other path: absorbed, and known as
 						// such, never an alert.
 						if err != nil || r.Outcome == Released || !r.Duplicate || r.Double {

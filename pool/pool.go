@@ -842,10 +842,11 @@ type ReleaseResult struct {
 	// logged at warn level.
 	Double bool `json:"double"`
 	// Duplicate is true for AlreadyInPool, StaleLease or NotLeased by a
-	// token whose lease was released already (the pool remembers the last
-	// 100,000): the designed second path of one lease (--cleanup both, a
-	// failed attempt's two cleanups). Absorbed like any, counted under the
-	// outcome "duplicate" of evalpool_release_total, logged at debug level.
+	// designed path (ReleaseArgs.Designed) of a lease released already (the
+	// pool remembers the last 100,000): the second path of one lease
+	// (--cleanup both, a failed attempt's two cleanups). Absorbed like any,
+	// counted under the outcome "duplicate" of evalpool_release_total,
+	// logged at debug level.
 	Duplicate bool `json:"duplicate,omitempty"`
 	// Removed is true when the release ended a drain: the executor left.
 	Removed bool `json:"removed,omitempty"`
@@ -890,6 +891,12 @@ type ReleaseArgs struct {
 	// Retrying says the eval will be tried again: after VerdictUnavailable
 	// its next acquire prefers another executor when one is free.
 	Retrying bool
+	// Designed says the release comes by one of the paths a lease is
+	// released on by design (the worker's cleanups). Only such a release,
+	// of a lease released already, is a Duplicate; any other release of a
+	// lease that is not the caller's (a late callback replayed, an old
+	// token) is a double release, the one to alert on.
+	Designed bool
 }
 
 // Release gives the leased executor back, if and only if l still holds it.
@@ -911,8 +918,12 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 	if args.Retrying {
 		retrying = "1"
 	}
+	designed := "0"
+	if args.Designed {
+		designed = "1"
+	}
 	vals, err := lua.Release.Run(ctx, p.client, p.keys, l.URL, l.Token, string(args.Verdict), retrying,
-		p.quarantineAfter, strconv.FormatFloat(p.failRate, 'g', -1, 64), p.probeEvery.Milliseconds()).Slice()
+		p.quarantineAfter, strconv.FormatFloat(p.failRate, 'g', -1, 64), p.probeEvery.Milliseconds(), designed).Slice()
 	if err != nil {
 		return ReleaseResult{}, fmt.Errorf("pool: release %s for eval %s: %w", l.URL, l.EvalID, scriptErr(err))
 	}

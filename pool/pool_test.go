@@ -143,9 +143,9 @@ func TestDuplicateAndDoubleReleases(t *testing.T) {
 	l := acquire(t, p, "eval-a", time.Minute)
 
 	release(t, p, l, Released)
-	r := release(t, p, l, AlreadyInPool)
-	if !r.Duplicate || r.Double {
-		t.Errorf("the lease's second path: duplicate=%v double=%v, want true, false", r.Duplicate, r.Double)
+	r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Designed: true})
+	if err != nil || r.Outcome != AlreadyInPool || !r.Duplicate || r.Double {
+		t.Errorf("the lease's second path: %+v, %v; want already_in_pool, a duplicate, not double", r, err)
 	}
 	if n := b.logs.Count(`"message":"double release detected"`); n != 0 {
 		t.Fatalf("the expected second path logged %d warnings:\n%s", n, b.logs)
@@ -154,29 +154,34 @@ func TestDuplicateAndDoubleReleases(t *testing.T) {
 	if !forged.Double || forged.Duplicate {
 		t.Errorf("a token that never held it: duplicate=%v double=%v, want false, true", forged.Duplicate, forged.Double)
 	}
+	// The same token again, by anything but a designed path (a late
+	// callback replayed): the alert too.
+	if late := release(t, p, l, AlreadyInPool); !late.Double || late.Duplicate {
+		t.Errorf("a replay of a released lease: duplicate=%v double=%v, want false, true", late.Duplicate, late.Double)
+	}
 	assertWhole(t, p, e1)
 	st, err := p.Status(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e := st.Executors[0]; e.Releases != 1 || e.DoubleReleases != 1 || e.Duplicates != 1 {
-		t.Errorf("status counts %d releases, %d double, %d duplicates; want 1, 1, 1", e.Releases, e.DoubleReleases, e.Duplicates)
+	if e := st.Executors[0]; e.Releases != 1 || e.DoubleReleases != 2 || e.Duplicates != 1 {
+		t.Errorf("status counts %d releases, %d double, %d duplicates; want 1, 2, 1", e.Releases, e.DoubleReleases, e.Duplicates)
 	}
-	if n := b.logs.Count(`"message":"double release detected"`); n != 1 {
-		t.Fatalf("%d double release log lines, want 1; log:\n%s", n, b.logs)
+	if n := b.logs.Count(`"message":"double release detected"`); n != 2 {
+		t.Fatalf("%d double release log lines, want 2; log:\n%s", n, b.logs)
 	}
 	for _, field := range []string{`"executor":"` + e1 + `"`, `"eval":"eval-z"`, `"path":"test"`, `"since_last_release":`} {
 		if b.logs.Count(field) == 0 {
 			t.Errorf("log lacks %s:\n%s", field, b.logs)
 		}
 	}
-	for outcome, want := range map[string]float64{"released": 1, "duplicate": 1, "already_in_pool": 1, "stale_lease": 0} {
+	for outcome, want := range map[string]float64{"released": 1, "duplicate": 1, "already_in_pool": 2, "stale_lease": 0} {
 		if got := testutil.ToFloat64(b.metrics.releases.WithLabelValues(outcome, "test")); got != want {
 			t.Errorf("release_total{%s} = %v, want %v", outcome, got, want)
 		}
 	}
-	if got := testutil.ToFloat64(b.metrics.doubles.WithLabelValues("test")); got != 1 {
-		t.Errorf("double_release_total = %v, want 1", got)
+	if got := testutil.ToFloat64(b.metrics.doubles.WithLabelValues("test")); got != 2 {
+		t.Errorf("double_release_total = %v, want 2", got)
 	}
 }
 
@@ -205,9 +210,9 @@ func TestStaleReleaseKeepsTheHoldersLease(t *testing.T) {
 			if bl.URL != e || bl.Fence <= a.Fence {
 				t.Fatalf("B got %s fence %d, want %s with fence > %d", bl.URL, bl.Fence, e, a.Fence)
 			}
-			r := release(t, p, a, StaleLease)
-			if r.Double != reclaimed || r.Duplicate == reclaimed || r.Holder != "eval-b" {
-				t.Errorf("late release: double=%v duplicate=%v holder=%q, want double=%v, eval-b", r.Double, r.Duplicate, r.Holder, reclaimed)
+			r, err := p.ReleaseWith(t.Context(), a, ReleaseArgs{Path: "failure", Designed: true})
+			if err != nil || r.Outcome != StaleLease || r.Double != reclaimed || r.Duplicate == reclaimed || r.Holder != "eval-b" {
+				t.Errorf("late release: %+v, %v; want stale_lease, double=%v, held by eval-b", r, err, reclaimed)
 			}
 			st, err := p.Status(t.Context())
 			if wantStale := map[bool]int64{true: 1}[reclaimed]; err != nil || st.Executors[0].StaleReleases != wantStale || st.Executors[0].DoubleReleases != wantStale {

@@ -685,7 +685,7 @@ func verdictOf(res executor.Result, runErr error) pool.Verdict {
 func (w *Worker) releaseInline(ctx context.Context, sp *served, lease pool.Lease, c tasks.Cleanup, runErr error) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	r, err := sp.pool.ReleaseWith(rctx, lease, pool.ReleaseArgs{Path: tasks.PathInline, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying})
+	r, err := sp.pool.ReleaseWith(rctx, lease, pool.ReleaseArgs{Path: tasks.PathInline, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, Designed: true})
 	if err == nil {
 		w.log.Debug().Str("eval", lease.EvalID).Str("executor", lease.URL).Str("outcome", string(r.Outcome)).Msg("released inline")
 		return
@@ -883,7 +883,7 @@ func (w *Worker) handleCleanup(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
 	r, err := sp.pool.ReleaseWith(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID, Fence: c.Fence},
-		pool.ReleaseArgs{Path: c.Path, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying})
+		pool.ReleaseArgs{Path: c.Path, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, Designed: true})
 	if err != nil {
 		return fmt.Errorf("cleanup of eval %s: %w", c.EvalID, err)
 	}
