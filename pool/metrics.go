@@ -15,8 +15,8 @@ type Metrics struct {
 	doubles  *prometheus.CounterVec
 	acquires *prometheus.CounterVec
 	renewals *prometheus.CounterVec
-	reaped   prometheus.Counter
-	// quarantines, returns and probes carry the pool's name.
+	reaped   *prometheus.CounterVec
+	// Every metric carries the pool's name.
 	quarantines *prometheus.CounterVec
 	returns     *prometheus.CounterVec
 	probes      *prometheus.CounterVec
@@ -27,24 +27,24 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_release_total",
-			Help: "Executor releases by outcome (released, already_in_pool, stale_lease, not_leased) and path.",
-		}, []string{"outcome", "path"}),
+			Help: "Executor releases by outcome (released; duplicate: a lease's designed second path; already_in_pool, stale_lease, not_leased: double releases) and path (success, failure, error_handler, inline, cli, other).",
+		}, []string{"pool", "outcome", "path"}),
 		doubles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_double_release_total",
-			Help: "Releases of an executor that was already available or leased by another eval; each was absorbed.",
-		}, []string{"path"}),
+			Help: "Double releases: a release by a token that never held the executor, whose lease was reclaimed, or of a released lease by anything but a designed path; each was absorbed. Alert on any increase. (A lease's designed second path is outcome=\"duplicate\" of evalpool_release_total, not here.)",
+		}, []string{"pool", "path"}),
 		acquires: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_acquire_total",
-			Help: "Acquire calls by outcome (acquired, reentered, none).",
-		}, []string{"outcome"}),
+			Help: "Acquire calls by outcome (acquired, reentered, waiting, none, cancelled, unservable, pool_missing).",
+		}, []string{"pool", "outcome"}),
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_renew_total",
 			Help: "Lease renewals by outcome (renewed, lost).",
-		}, []string{"outcome"}),
-		reaped: prometheus.NewCounter(prometheus.CounterOpts{
+		}, []string{"pool", "outcome"}),
+		reaped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_reaped_total",
 			Help: "Expired leases reclaimed by Reap.",
-		}),
+		}, []string{"pool"}),
 		quarantines: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_quarantines_total",
 			Help: "Executors taken out of service, by reason (unavailable, fail_rate, operator).",
@@ -58,6 +58,18 @@ func NewMetrics() *Metrics {
 			Help: "Health probes of quarantined executors, by result (healthy, unhealthy).",
 		}, []string{"pool", "result"}),
 	}
+}
+
+// Paths a release is counted under: the worker's cleanup paths, the CLI's,
+// and other for anything else, so that a caller's path never grows the
+// metric's label set.
+var metricPaths = map[string]bool{"success": true, "failure": true, "error_handler": true, "inline": true, "cli": true}
+
+func metricPath(path string) string {
+	if metricPaths[path] {
+		return path
+	}
+	return "other"
 }
 
 // Quarantines returns how many executors were quarantined for reason; an

@@ -705,28 +705,28 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 	sent := time.Now()
 	vals, err := lua.Acquire.Run(ctx, p.client, p.keys, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds(), labels.Name(args.Require)).Slice()
 	if errors.Is(err, redis.Nil) {
-		p.metrics.acquires.WithLabelValues("none").Inc()
+		p.metrics.acquires.WithLabelValues(p.name, "none").Inc()
 		return Lease{}, ErrNoExecutor
 	}
 	if err = scriptErr(err); errors.Is(err, ErrCancelled) {
-		p.metrics.acquires.WithLabelValues("cancelled").Inc()
+		p.metrics.acquires.WithLabelValues(p.name, "cancelled").Inc()
 		return Lease{}, err
 	}
 	if errors.Is(err, ErrUnservable) {
-		p.metrics.acquires.WithLabelValues("unservable").Inc()
+		p.metrics.acquires.WithLabelValues(p.name, "unservable").Inc()
 		return Lease{}, fmt.Errorf("eval %s: %w", evalID, err)
 	}
 	if errors.Is(err, ErrPoolMissing) {
 		// No executor can be had, for a reason to say out loud: callers that
 		// wait for a free executor wait, and can tell this case apart.
-		p.metrics.acquires.WithLabelValues("pool_missing").Inc()
+		p.metrics.acquires.WithLabelValues(p.name, "pool_missing").Inc()
 		return Lease{}, fmt.Errorf("%w: pool %s: %w", ErrNoExecutor, p.name, err)
 	}
 	if err != nil {
 		return Lease{}, fmt.Errorf("pool: acquire for eval %s: %w", evalID, err)
 	}
 	if len(vals) == 2 {
-		p.metrics.acquires.WithLabelValues("waiting").Inc()
+		p.metrics.acquires.WithLabelValues(p.name, "waiting").Inc()
 		return Lease{EvalID: evalID, Token: token}, fmt.Errorf("%w: eval %s is number %d in line", ErrWaiting, evalID, vals[1].(int64)+1)
 	}
 	l := Lease{
@@ -740,9 +740,9 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 		Expires:    sent.Add(ttl),
 	}
 	if l.Reentered {
-		p.metrics.acquires.WithLabelValues("reentered").Inc()
+		p.metrics.acquires.WithLabelValues(p.name, "reentered").Inc()
 	} else {
-		p.metrics.acquires.WithLabelValues("acquired").Inc()
+		p.metrics.acquires.WithLabelValues(p.name, "acquired").Inc()
 	}
 	return l, nil
 }
@@ -798,11 +798,11 @@ func (p *Pool) RenewAll(ctx context.Context, rs []Renewal) error {
 	for i, d := range deadlines {
 		r := &rs[i]
 		if d == 0 {
-			p.metrics.renewals.WithLabelValues("lost").Inc()
+			p.metrics.renewals.WithLabelValues(p.name, "lost").Inc()
 			r.Err = fmt.Errorf("%w: %s for eval %s", ErrLeaseLost, r.Lease.URL, r.Lease.EvalID)
 			continue
 		}
-		p.metrics.renewals.WithLabelValues("renewed").Inc()
+		p.metrics.renewals.WithLabelValues(p.name, "renewed").Inc()
 		r.Lease.Deadline = time.UnixMilli(d)
 		r.Lease.Expires = sent.Add(r.TTL)
 		r.Err = nil
@@ -943,9 +943,9 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 	if r.Duplicate {
 		outcome = DuplicateRelease
 	}
-	p.metrics.releases.WithLabelValues(string(outcome), path).Inc()
+	p.metrics.releases.WithLabelValues(p.name, string(outcome), metricPath(path)).Inc()
 	if r.Double {
-		p.metrics.doubles.WithLabelValues(path).Inc()
+		p.metrics.doubles.WithLabelValues(p.name, metricPath(path)).Inc()
 		p.log.Warn().
 			Str("pool", p.name).
 			Str("executor", l.URL).
@@ -979,7 +979,7 @@ func (p *Pool) Reap(ctx context.Context) (int, error) {
 			return total, fmt.Errorf("pool: reap: %w", scriptErr(err))
 		}
 		total += n
-		p.metrics.reaped.Add(float64(n))
+		p.metrics.reaped.WithLabelValues(p.name).Add(float64(n))
 		if n < reapBatch {
 			return total, nil
 		}

@@ -126,7 +126,7 @@ func TestAcquireEmptyPool(t *testing.T) {
 	if !errors.Is(err, ErrNoExecutor) || errors.Is(err, ErrPoolMissing) {
 		t.Fatalf("err = %v, want ErrNoExecutor alone", err)
 	}
-	if got := testutil.ToFloat64(b.metrics.acquires.WithLabelValues("none")); got != 1 {
+	if got := testutil.ToFloat64(b.metrics.acquires.WithLabelValues(p.Name(), "none")); got != 1 {
 		t.Errorf("acquire_total{none} = %v, want 1", got)
 	}
 }
@@ -176,11 +176,11 @@ func TestDuplicateAndDoubleReleases(t *testing.T) {
 		}
 	}
 	for outcome, want := range map[string]float64{"released": 1, "duplicate": 1, "already_in_pool": 2, "stale_lease": 0} {
-		if got := testutil.ToFloat64(b.metrics.releases.WithLabelValues(outcome, "test")); got != want {
+		if got := testutil.ToFloat64(b.metrics.releases.WithLabelValues(p.Name(), outcome, "other")); got != want {
 			t.Errorf("release_total{%s} = %v, want %v", outcome, got, want)
 		}
 	}
-	if got := testutil.ToFloat64(b.metrics.doubles.WithLabelValues("test")); got != 2 {
+	if got := testutil.ToFloat64(b.metrics.doubles.WithLabelValues(p.Name(), "other")); got != 2 {
 		t.Errorf("double_release_total = %v, want 2", got)
 	}
 }

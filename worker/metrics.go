@@ -9,7 +9,7 @@ type Metrics struct {
 	duration         *prometheus.HistogramVec
 	cleanupsEnqueued *prometheus.CounterVec
 	poolLost         *prometheus.CounterVec
-	executorWait     prometheus.Histogram
+	executorWait     *prometheus.HistogramVec
 	verdicts         *prometheus.CounterVec
 }
 
@@ -18,26 +18,26 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		evals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_eval_attempts_total",
-			Help: "Eval attempts by outcome (passed, failed, error, busy, no_executor, bad_payload).",
-		}, []string{"outcome"}),
+			Help: "Eval attempts by outcome (passed, failed, error, busy, cancelled, no_executor, bad_payload).",
+		}, []string{"pool", "outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "evalpool_eval_duration_seconds",
 			Help:    "Time an eval attempt held its executor, by outcome.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 4, 10),
-		}, []string{"outcome"}),
+		}, []string{"pool", "outcome"}),
 		cleanupsEnqueued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_cleanup_enqueued_total",
 			Help: "Cleanup enqueues by path and result (enqueued, duplicate, error).",
-		}, []string{"path", "result"}),
+		}, []string{"pool", "path", "result"}),
 		poolLost: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_pool_data_lost_total",
 			Help: "Times a worker saw its pool's data vanish (its epoch marker gone or changed): FLUSHALL, eviction, a Redis restart without persistence. Alert on any increase.",
 		}, []string{"pool"}),
-		executorWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+		executorWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "evalpool_executor_wait_seconds",
 			Help:    "Time an attempt waited in the wait list before an executor was handed to it.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 12),
-		}),
+		}, []string{"pool"}),
 		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_executor_verdicts_total",
 			Help: "Eval attempts by executor and what they made of it: passed, failed (graded), unavailable (the executor did not serve the call). One series per executor and verdict.",

@@ -284,11 +284,11 @@ func TestInlineCleanup(t *testing.T) {
 	ids := enqueueEvals(t, b, 40, tasks.EvalOptions{MaxRetry: 3}, time.Minute)
 	evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute)
 	inline := releases(b, pool.Released, tasks.PathInline)
-	failed := testutil.ToFloat64(b.metrics.evals.WithLabelValues("error"))
+	failed := testutil.ToFloat64(b.metrics.evals.WithLabelValues(b.pool.Name(), "error"))
 	if inline < float64(len(ids)) || failed == 0 {
 		t.Fatalf("%v inline releases for %d evals and %v failed attempts; want one per attempt, some failed", inline, len(ids), failed)
 	}
-	if got := testutil.ToFloat64(b.metrics.cleanupsEnqueued.WithLabelValues(tasks.PathSuccess, "enqueued")); got != 0 {
+	if got := testutil.ToFloat64(b.metrics.cleanupsEnqueued.WithLabelValues(b.pool.Name(), tasks.PathSuccess, "enqueued")); got != 0 {
 		t.Errorf("%v success cleanup tasks enqueued in inline mode, want 0", got)
 	}
 	if absorbed := releases(b, pool.DuplicateRelease, tasks.PathErrorHandler); absorbed != failed {

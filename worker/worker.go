@@ -538,18 +538,22 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		sp, err = w.servedFor(ctx, e.Pool)
 	}
 	if err != nil {
-		w.cfg.Metrics.evals.WithLabelValues("bad_payload").Inc()
+		// Labelled by the queue's pool, never the payload's: a hostile
+		// payload must not grow the metric's label set.
+		q, _ := asynq.GetQueueName(ctx)
+		owner, _ := tasks.PoolOfQueue(q)
+		w.cfg.Metrics.evals.WithLabelValues(owner, "bad_payload").Inc()
 		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
 	}
 	ttl := e.LeaseTTL(w.cfg.LeaseTTL)
 	lease, err := w.acquire(ctx, sp, e, ttl)
 	if errors.Is(err, pool.ErrCancelled) || err != nil && ctx.Err() != nil && w.cancelled(ctx, sp, e) {
-		w.cfg.Metrics.evals.WithLabelValues("cancelled").Inc()
+		w.cfg.Metrics.evals.WithLabelValues(e.Pool, "cancelled").Inc()
 		w.endInRun(ctx, e, run.Record{Status: run.Cancelled})
 		return fmt.Errorf("eval %s: cancelled (%w)", e.ID, asynq.SkipRetry)
 	}
 	if errors.Is(err, pool.ErrNoExecutor) {
-		w.cfg.Metrics.evals.WithLabelValues("no_executor").Inc()
+		w.cfg.Metrics.evals.WithLabelValues(e.Pool, "no_executor").Inc()
 		return err
 	}
 	if err != nil {
@@ -603,8 +607,8 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	default:
 		log.Info().Str("status", res.Status).Dur("took", took).Msg("eval done")
 	}
-	w.cfg.Metrics.evals.WithLabelValues(outcome).Inc()
-	w.cfg.Metrics.duration.WithLabelValues(outcome).Observe(took.Seconds())
+	w.cfg.Metrics.evals.WithLabelValues(e.Pool, outcome).Inc()
+	w.cfg.Metrics.duration.WithLabelValues(e.Pool, outcome).Observe(took.Seconds())
 	verdict := verdictOf(res, runErr)
 	if verdict != pool.VerdictNone {
 		w.cfg.Metrics.verdicts.WithLabelValues(sp.pool.Name(), lease.URL, string(verdict)).Inc()
@@ -756,7 +760,7 @@ func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time
 			if g.Token != token {
 				continue // a grant to an earlier attempt: the next acquire re-enters it
 			}
-			w.cfg.Metrics.executorWait.Observe(time.Since(started).Seconds())
+			w.cfg.Metrics.executorWait.WithLabelValues(sp.pool.Name()).Observe(time.Since(started).Seconds())
 			// The grant came after the join was sent, so the lease holds at
 			// least ttl from then. While most of that is left, that is its
 			// expiry on this clock; past that it is renewed at once.
@@ -837,11 +841,11 @@ func (w *Worker) enqueueCleanup(ctx context.Context, typ string, c tasks.Cleanup
 	}
 	switch {
 	case err == nil:
-		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Path, "enqueued").Inc()
+		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Pool, c.Path, "enqueued").Inc()
 	case errors.Is(err, asynq.ErrTaskIDConflict):
-		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Path, "duplicate").Inc()
+		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Pool, c.Path, "duplicate").Inc()
 	default:
-		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Path, "error").Inc()
+		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Pool, c.Path, "error").Inc()
 		w.log.Error().Err(err).Str("eval", c.EvalID).Str("executor", c.URL).Str("path", c.Path).
 			Msg("cleanup not enqueued; the lease will be reclaimed at its deadline")
 	}

@@ -394,7 +394,7 @@ func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
 	start(t, w)
 	enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
 	evaltest.Eventually(t, 10*time.Second, "eval never found the pool empty", func() bool {
-		return testutil.ToFloat64(b.metrics.evals.WithLabelValues("no_executor")) >= 3
+		return testutil.ToFloat64(b.metrics.evals.WithLabelValues(b.pool.Name(), "no_executor")) >= 3
 	})
 	if _, err := b.pool.Release(t.Context(), hog, "test"); err != nil {
 		t.Fatal(err)
@@ -426,7 +426,7 @@ func TestAttemptWaitsForAnExecutor(t *testing.T) {
 		t.Fatal(err)
 	}
 	evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second)
-	if n := testutil.ToFloat64(b.metrics.evals.WithLabelValues("no_executor")); n != 0 {
+	if n := testutil.ToFloat64(b.metrics.evals.WithLabelValues(b.pool.Name(), "no_executor")); n != 0 {
 		t.Errorf("%v attempts handed back for want of an executor, want 0", n)
 	}
 	if waited, none, got := b.poolMetrics.Acquires("waiting"), b.poolMetrics.Acquires("none"), b.poolMetrics.Acquires("acquired"); waited != 1 || none != 0 || got != 1 {

@@ -188,14 +188,14 @@ func TestEndToEnd(t *testing.T) {
 	// list (a retry that re-entered its live lease took none; no lease
 	// expired): a double release that freed a lease would show as a second
 	// "released".
-	taken := m["evalpool_acquire_total,outcome=acquired"] + m["evalpool_executor_wait_seconds"]
+	taken := m["evalpool_acquire_total,outcome=acquired,pool=default"] + m["evalpool_executor_wait_seconds,pool=default"]
 	if freed != taken || taken < 300 {
 		t.Fatalf("%v releases freed an executor for %v leases taken", freed, taken)
 	}
 	for _, k := range []string{
 		"evalpool_executors,pool=default,state=available",
-		"evalpool_eval_duration_seconds,outcome=passed",
-		"evalpool_cleanup_enqueued_total,path=success,result=enqueued",
+		"evalpool_eval_duration_seconds,outcome=passed,pool=default",
+		"evalpool_cleanup_enqueued_total,path=success,pool=default,result=enqueued",
 		"asynq_tasks_processed_total,queue=evals",
 		"asynq_tasks_enqueued_total,queue=evals,state=completed",
 	} {
