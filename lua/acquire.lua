@@ -66,10 +66,14 @@ end
 if held then
   local lease = lease_of(held)
   if lease and lease.eval_id == eval_id and redis.call('HEXISTS', K_EXECUTORS, held) == 1 then
-    if redis.call('SISMEMBER', K_DRAINING, held) == 0 and not redis.call('ZSCORE', K_QUARANTINE, held) then
+    local draining = redis.call('SISMEMBER', K_DRAINING, held) == 1
+    if not draining and not redis.call('ZSCORE', K_QUARANTINE, held) then
       -- Its own executor, live or expired within the grace: nobody else can
       -- hold it, and the higher fence makes the executor drop the older
-      -- attempt.
+      -- attempt. The older attempt's token counts as released, so that its
+      -- cleanup, when it comes, is the expected duplicate it is. (The ZADD
+      -- is this path's first write: foreign data there fails it whole.)
+      redis.call('ZADD', K_RELEASED, now, tostring(lease.token))
       return grant(held, eval_id, token, ttl, now, tonumber(lease.available_since) or now, 1)
     end
     -- Draining or quarantined: never handed out again, not even to its
@@ -79,7 +83,7 @@ if held then
     if bad then
       return redis.error_reply(bad)
     end
-    end_lease(held, now, 'drained', lease)
+    end_lease(held, now, draining and 'drained' or 'quarantined', lease)
   elseif not lease or lease.eval_id ~= eval_id then
     -- A stale entry: the lease it points to is gone or another eval's.
     redis.call('HDEL', K_HOLDERS, eval_id)

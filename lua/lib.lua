@@ -4,7 +4,8 @@
 -- (evalpool:{<pool>}:...) so that a script touches a single cluster slot:
 --   KEYS[1] executors  HASH  url -> executor record JSON {added_at, labels?,
 --                            instance_id?, releases?, double_releases?,
---                            stale_releases?, fails?, passed?, failed?,
+--                            stale_releases?, duplicates?, fails?, passed?,
+--                            failed?,
 --                            window_n?, window_failed?, quarantined_at?,
 --                            quarantine_reason?, probes?}
 --   KEYS[2] available  ZSET  url -> ms when it last became available; an
@@ -42,7 +43,7 @@
 --                            executor, whatever Asynq still delivers
 --   KEYS[16] history   STREAM one entry per lease that ended, its ID the end
 --                            (ms): {url, eval, from (ms), how: released |
---                            reclaimed | left | drained}; the last
+--                            reclaimed | left | drained | quarantined}; the last
 --                            HISTORY_LEN, for the leases' timeline
 --   KEYS[17] released  ZSET  lease token -> ms it was released, the last
 --                            RELEASED_LEN: a release by one of these tokens is

@@ -62,7 +62,8 @@ var (
 	RunFinish = redis.NewScript(runFinish)
 )
 
-// All lists every script, for loading them before a pipeline and for tests.
+// All lists every pool script (all but RunFinish, which takes a run's keys),
+// for loading them before a pipeline and for tests.
 var All = map[string]*redis.Script{
 	"register":   Register,
 	"deregister": Deregister,

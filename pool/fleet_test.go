@@ -556,3 +556,28 @@ func TestPage(t *testing.T) {
 		t.Fatalf("leased %s, quarantined %s", got[l.URL], got[urls[3]])
 	}
 }
+
+// TestReentrySupersedesQuietly: a retried attempt re-enters its eval's
+// lease under a new token; the older attempt's cleanup, a designed path,
+// is then a duplicate, not an alert, and changes nothing.
+func TestReentrySupersedesQuietly(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1")
+	old := acquire(t, p, "eval-a", time.Minute)
+	now := acquire(t, p, "eval-a", time.Minute)
+	if !now.Reentered || now.Token == old.Token {
+		t.Fatalf("re-entry: %+v", now)
+	}
+	r, err := p.ReleaseWith(t.Context(), old, ReleaseArgs{Path: "failure", Designed: true})
+	if err != nil || r.Outcome != StaleLease || !r.Duplicate || r.Double {
+		t.Fatalf("the superseded attempt's cleanup: %+v, %v; want stale_lease, a duplicate", r, err)
+	}
+	if n := b.logs.Count("double release detected"); n != 0 {
+		t.Fatalf("%d double release warnings", n)
+	}
+	if _, err := p.Renew(t.Context(), now, time.Minute); err != nil {
+		t.Fatalf("the newer attempt lost its lease: %v", err)
+	}
+	release(t, p, now, Released)
+	assertWhole(t, p, "http://e1")
+}

@@ -144,7 +144,7 @@ type LeaseStatus struct {
 
 // Violation is a broken invariant found by Check.
 type Violation struct {
-	// Invariant is the number of the invariant in DESIGN.md.
+	// Invariant is the number of the invariant in docs/design.md.
 	Invariant int    `json:"invariant"`
 	Executor  string `json:"executor,omitempty"`
 	Problem   string `json:"problem"`
@@ -364,7 +364,7 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 	return st, nil
 }
 
-// Check verifies the pool's invariants (DESIGN.md) on one snapshot and
+// Check verifies the pool's invariants (docs/design.md) on one snapshot and
 // returns every violation, sorted; none means the pool is whole. It is
 // O(pool size).
 func (p *Pool) Check(ctx context.Context) ([]Violation, error) {

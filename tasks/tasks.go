@@ -127,7 +127,7 @@ const (
 )
 
 // ErrBadPayload means a task's payload can never be processed.
-var ErrBadPayload = errors.New("tasks: bad payload")
+var ErrBadPayload = errors.New("bad payload")
 
 // Eval is the payload of TypeEval.
 type Eval struct {

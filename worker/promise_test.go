@@ -53,6 +53,10 @@ func TestHostileTasksAreRefused(t *testing.T) {
 			return err == nil && info.State == asynq.TaskStateArchived
 		})
 		info, _ := b.insp.GetTaskInfo(h.queue, h.taskID)
+		// One plain line: no package prefix, no Asynq "(skip retry ...)".
+		if strings.Contains(info.LastErr, "skip retry") || strings.Contains(info.LastErr, "tasks:") {
+			t.Errorf("%s archived with %q: internal text leaks into what the operator reads", h.taskID, info.LastErr)
+		}
 		if !strings.Contains(info.LastErr, h.want) || info.Retried != 0 {
 			t.Errorf("%s archived after %d retries with %q; want at once with %q", h.taskID, info.Retried, info.LastErr, h.want)
 		}

@@ -224,6 +224,16 @@ type Worker struct {
 	attempts inflight
 }
 
+// noRetry marks err so that Asynq archives the task at once (it is
+// asynq.SkipRetry) without Asynq's "(skip retry for the task)" in the
+// message an operator reads.
+func noRetry(err error) error { return skipRetry{err} }
+
+type skipRetry struct{ err error }
+
+func (e skipRetry) Error() string   { return e.err.Error() }
+func (e skipRetry) Unwrap() []error { return []error{e.err, asynq.SkipRetry} }
+
 // errStopping is the cause an attempt still running when Asynq gave up on
 // it (Config.ShutdownTimeout) is cancelled with.
 var errStopping = errors.New("worker stopping: the attempt outlived the shutdown timeout")
@@ -543,14 +553,14 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		q, _ := asynq.GetQueueName(ctx)
 		owner, _ := tasks.PoolOfQueue(q)
 		w.cfg.Metrics.evals.WithLabelValues(owner, "bad_payload").Inc()
-		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
+		return noRetry(err)
 	}
 	ttl := e.LeaseTTL(w.cfg.LeaseTTL)
 	lease, err := w.acquire(ctx, sp, e, ttl)
 	if errors.Is(err, pool.ErrCancelled) || err != nil && ctx.Err() != nil && w.cancelled(ctx, sp, e) {
 		w.cfg.Metrics.evals.WithLabelValues(e.Pool, "cancelled").Inc()
 		w.endInRun(ctx, e, run.Record{Status: run.Cancelled})
-		return fmt.Errorf("eval %s: cancelled (%w)", e.ID, asynq.SkipRetry)
+		return noRetry(fmt.Errorf("eval %s: cancelled", e.ID))
 	}
 	if errors.Is(err, pool.ErrNoExecutor) {
 		w.cfg.Metrics.evals.WithLabelValues(e.Pool, "no_executor").Inc()
@@ -592,7 +602,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		outcome = "cancelled"
 		log.Info().Err(runErr).Msg("eval cancelled; its call to the executor was abandoned")
 		w.endInRun(ctx, e, run.Record{Status: run.Cancelled, Executor: lease.URL, Retries: attempt})
-		runErr = fmt.Errorf("eval %s: cancelled: %w (%w)", e.ID, runErr, asynq.SkipRetry)
+		runErr = noRetry(fmt.Errorf("eval %s: cancelled: %w", e.ID, runErr))
 	case runErr == nil:
 		w.endInRun(ctx, e, run.Record{Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(), Retries: attempt, Executor: lease.URL})
 	}
@@ -708,7 +718,7 @@ func (w *Worker) releaseInline(ctx context.Context, sp *served, lease pool.Lease
 func (w *Worker) attemptError(ctx context.Context, sp *served, lease pool.Lease, verdict pool.Verdict, err error) error {
 	retrying := w.retries(ctx, err)
 	if !retrying {
-		err = fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
+		err = noRetry(err)
 	}
 	return &AttemptError{Pool: sp.pool.Name(), Lease: lease, Err: err, Verdict: verdict, Retrying: retrying}
 }
@@ -884,7 +894,7 @@ func (w *Worker) handleCleanup(ctx context.Context, t *asynq.Task) error {
 		sp, err = w.servedFor(ctx, c.Pool)
 	}
 	if err != nil {
-		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
+		return noRetry(err)
 	}
 	r, err := sp.pool.ReleaseWith(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID, Fence: c.Fence},
 		pool.ReleaseArgs{Path: c.Path, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, Designed: true})
@@ -902,7 +912,7 @@ func (w *Worker) handleReap(ctx context.Context, t *asynq.Task) error {
 		sp, err = w.servedFor(ctx, r.Pool)
 	}
 	if err != nil {
-		return fmt.Errorf("%w (%w)", err, asynq.SkipRetry)
+		return noRetry(err)
 	}
 	n, ran, err := sp.pool.ReapEvery(ctx, w.cfg.ReapInterval)
 	if err != nil {

@@ -23,7 +23,7 @@ import (
 	"github.com/evalpool/evalpool/redisconn"
 )
 
-// Exit codes, as DESIGN.md gives them.
+// Exit codes, as docs/design.md gives them.
 const (
 	exitOK    = 0
 	exitError = 1
