@@ -385,6 +385,10 @@ func (a *app) waitEvals(ctx context.Context, ids []string) error {
 			archived++
 		}
 	})
+	if err != nil && ctx.Err() != nil {
+		fmt.Fprintf(a.stderr, "\nstopped waiting; the evals go on in the queue: wait again with `evalpool eval wait ID...` (the IDs enqueue printed), or look with `evalpool eval status ID...`\n")
+		return fmt.Errorf("%w: %w", errInterrupted, err)
+	}
 	if err != nil {
 		return fmt.Errorf("wait: %w", err)
 	}

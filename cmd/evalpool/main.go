@@ -29,7 +29,13 @@ const (
 	exitError = 1
 	exitUsage = 2
 	exitNone  = 3 // nothing available, or check failed
+	// exitInterrupted is a wait stopped by Ctrl-C (128 + SIGINT, as a
+	// shell reports it): the evals go on.
+	exitInterrupted = 130
 )
+
+// errInterrupted is returned by a wait that Ctrl-C stopped.
+var errInterrupted = errors.New("interrupted")
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -71,6 +77,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "evalpool: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
 	var ue usageError
 	switch {
+	case errors.Is(err, errInterrupted):
+		return exitInterrupted
 	case errors.As(err, &ue), errors.Is(err, pool.ErrInvalid):
 		return exitUsage
 	case errors.Is(err, pool.ErrNoExecutor), errors.Is(err, errCheckFailed), errors.Is(err, errNotFinished):

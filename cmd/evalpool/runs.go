@@ -141,8 +141,8 @@ func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, mi
 	for c.Done() < c.Size {
 		select {
 		case <-ctx.Done():
-			fmt.Fprintf(a.stderr, "\nstopped waiting; run %s goes on (%d of %d ended): `evalpool run status %s`, or `run submit` again is refused, so wait with `evalpool run summary %s`\n", name, c.Done(), c.Size, name, name)
-			return fmt.Errorf("wait for run %s: %w", name, context.Cause(ctx))
+			fmt.Fprintf(a.stderr, "\nstopped waiting; the evals of run %s go on (%d of %d ended): follow it with `evalpool run status %s`, sum it up with `evalpool run summary %s`\n", name, c.Done(), c.Size, name, name)
+			return fmt.Errorf("%w: wait for run %s: %w", errInterrupted, name, context.Cause(ctx))
 		case <-tick.C:
 		}
 		if c, err = store.Progress(ctx, name); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -218,5 +219,29 @@ func TestRunCancel(t *testing.T) {
 	}
 	if r := cli("pool", "check"); r.code != 0 {
 		t.Fatalf("pool check: %+v", r)
+	}
+}
+
+// TestInterruptedWaitExits130: Ctrl-C on a wait stops the wait, not the
+// evals, says so, and exits 130 as a shell expects.
+func TestInterruptedWaitExits130(t *testing.T) {
+	t.Parallel()
+	url := evaltest.StartT(t, evaltest.Options{}).URL()
+	_, urls := startExecutors(t, 1, executor.ServerOptions{})
+	if r := evalpool(t, url, "default", append([]string{"pool", "add"}, urls...)...); r.code != 0 {
+		t.Fatalf("pool add: %+v", r)
+	}
+	// No worker: the evals wait in the queue until the interrupt.
+	for _, args := range [][]string{
+		{"enqueue", "--spec", "{}", "--count", "2", "--wait"},
+		{"run", "submit", "--file", writeSuite(t, "{}", "{}"), "--name", "waited", "--wait"},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		var out, errb bytes.Buffer
+		code := run(ctx, append([]string{"--redis", url}, args...), &out, &errb)
+		cancel()
+		if code != exitInterrupted || !strings.Contains(errb.String(), "go on") {
+			t.Errorf("%v interrupted: exit %d, stderr %q; want 130 and how to resume", args, code, errb.String())
+		}
 	}
 }
