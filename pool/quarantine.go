@@ -31,8 +31,8 @@ const (
 )
 
 // Quarantine takes an executor out of service: it is never handed out
-// until a health probe (ProbeQuarantined) or ReturnToService brings it
-// back. A leased executor keeps serving its eval and goes out of service at
+// until ReturnToService brings it back (a health probe returns only those
+// quarantined as ReasonUnavailable). A leased executor keeps serving its eval and goes out of service at
 // its release. An unknown URL is ErrUnknownExecutor.
 func (p *Pool) Quarantine(ctx context.Context, rawURL, reason string) (QuarantineOutcome, error) {
 	u, err := ParseURL(rawURL)
@@ -44,7 +44,13 @@ func (p *Pool) Quarantine(ctx context.Context, rawURL, reason string) (Quarantin
 		return "", err
 	}
 	if out == Quarantined {
-		p.metrics.quarantines.WithLabelValues(p.name, reason).Inc()
+		// The metric's reason is one of a closed set; the operator's own
+		// words go to the log and the executor's status.
+		label := reason
+		if label != ReasonUnavailable && label != ReasonFailRate {
+			label = ReasonOperator
+		}
+		p.metrics.quarantines.WithLabelValues(p.name, label).Inc()
 		p.log.Warn().Str("pool", p.name).Str("executor", u).Str("reason", reason).Msg("executor quarantined")
 	}
 	return out, nil

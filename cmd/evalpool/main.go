@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -133,7 +134,7 @@ func (a *app) rootCommand() *cobra.Command {
 	f.StringVar(&a.logFormat, "log-format", "json", "log format: json or console")
 	f.Var(levelFlag{&a.logLevel}, "log-level", "log level: debug, info, warn, error")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.poolCommand(), a.workerCommand(), a.enqueueCommand(), a.evalCommand(), a.executorCommand(), a.dashboardCommand(), a.demoCommand(), a.runCommand())
+	root.AddCommand(a.poolCommand(), a.workerCommand(), a.enqueueCommand(), a.evalCommand(), a.executorCommand(), a.dashboardCommand(), a.demoCommand(), a.runCommand(), a.healthcheckCommand())
 	return root
 }
 
@@ -250,4 +251,34 @@ func (a *app) close() {
 	if a.client != nil {
 		_ = a.client.Close()
 	}
+}
+
+// healthcheckCommand is a container's health check that needs no curl:
+// GET the URL, exit 0 on a 2xx answer.
+func (a *app) healthcheckCommand() *cobra.Command {
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "healthcheck URL",
+		Short: "GET URL and exit 0 on a 2xx answer (a container health check without curl)",
+		Args:  positional(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(c.Context(), timeout)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, args[0], nil)
+			if err != nil {
+				return usageError{err}
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("healthcheck: %w", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode/100 != 2 {
+				return fmt.Errorf("healthcheck: %s answered %s", args[0], resp.Status)
+			}
+			return nil
+		},
+	}
+	c.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "how long to wait for the answer")
+	return c
 }

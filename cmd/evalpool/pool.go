@@ -165,10 +165,11 @@ func (a *app) poolQuarantine() *cobra.Command {
 	var reason string
 	c := &cobra.Command{
 		Use:   "quarantine URL...",
-		Short: "Take executors out of service until a health probe or release-quarantine returns them",
-		Long: `Take executors out of service: never handed out until a health probe by a
-worker's reap finds them healthy, or "pool release-quarantine" returns them. A
-leased executor finishes its eval first.`,
+		Short: "Take executors out of service until release-quarantine returns them",
+		Long: `Take executors out of service: never handed out until "pool
+release-quarantine" returns them (health probes return only the executors the
+pool quarantined for failing their calls). A leased executor finishes its
+eval first. Every URL is checked before any is quarantined.`,
 		Args: positional(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			return a.eachExecutor(c.Context(), args, func(ctx context.Context, p *pool.Pool, u string) (string, error) {

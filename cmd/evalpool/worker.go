@@ -63,8 +63,8 @@ func (a *app) workerCommand() *cobra.Command {
 				}
 				cfg.Pools = append(cfg.Pools, p)
 			}
-			if len(cfg.Pools) == 1 {
-				reg.MustRegister(pool.NewStateCollector(cfg.Pools[0]))
+			for _, p := range cfg.Pools { // one gauge set per pool, told apart by its pool label
+				reg.MustRegister(pool.NewStateCollector(p))
 			}
 			if secret == "" {
 				a.log.Warn().Msg("no executor secret (--executor-secret, or " + executor.EnvSecret + "): calls to executors are not signed, and an executor that requires a secret refuses them")
@@ -94,6 +94,7 @@ func (a *app) workerCommand() *cobra.Command {
 			if l != nil {
 				mux := http.NewServeMux()
 				mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+				mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 				wg.Go(func() { serveHTTP(ctx, l, mux, &a.log) })
 			}
 			err = w.Run(ctx)
