@@ -52,11 +52,14 @@ compose-down: ## Stop and remove the compose services (the Redis volume stays)
 	docker compose down
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet, go mod tidy -diff, and a cross-build for Windows and macOS
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags browser ./dashboard
 	$(GO) vet -tags chaos,sentinel,bench ./...
+	$(GO) mod tidy -diff
+	GOOS=windows $(GO) build ./...
+	GOOS=darwin $(GO) build ./...
 
 .PHONY: bench
 bench: ## Measure everything side by side and write BENCHMARKS.md (EVALPOOL_BENCH_RUNS, default 5 runs each)

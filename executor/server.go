@@ -17,7 +17,6 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 	"unicode"
 
@@ -648,8 +647,7 @@ func (s *Server) runCommand(ctx context.Context, req Request) (Result, error) {
 	cmd := exec.CommandContext(ctx, "sh", "-c", s.opts.Exec)
 	cmd.Stdin = strings.NewReader(string(req.Spec))
 	cmd.Env = append(cmd.Environ(), fmt.Sprintf("EVALPOOL_EVAL_ID=%s", req.EvalID), fmt.Sprintf("EVALPOOL_FENCE=%d", req.Fence))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	inGroup(cmd)
 	cmd.WaitDelay = time.Second
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &stdout, n: MaxAnswerBytes}, &limitedWriter{w: &stderr, n: 4096}

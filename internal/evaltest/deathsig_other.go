@@ -5,3 +5,5 @@ package evaltest
 import "syscall"
 
 func setDeathSignal(*syscall.SysProcAttr) {}
+
+func ownGroup(*syscall.SysProcAttr) {}

@@ -103,7 +103,8 @@ func (s *Server) run(bin string) error {
 		"--save", "", "--appendonly", "no", "--logfile", "redis.log")
 	args = append(args, s.opts.Args...)
 	cmd := exec.Command(bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	ownGroup(cmd.SysProcAttr)
 	setDeathSignal(cmd.SysProcAttr)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("evaltest: start redis-server: %w", err)

@@ -1,0 +1,9 @@
+//go:build !unix
+
+package executor
+
+import "os/exec"
+
+// inGroup leaves cmd as it is: without process groups, cancelling it kills
+// the command alone, not the children it forked.
+func inGroup(*exec.Cmd) {}
