@@ -391,8 +391,8 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "evals:            %d passed, %d failed, %d errored (archived); %d retried, %d attempts\n", r.Passed, r.Failed, r.Errored, r.Retried, r.Attempts)
 	fmt.Fprintf(w, "releases:         %d released, %d already_in_pool, %d stale_lease, %d not_leased\n",
 		r.Releases[pool.Released], r.Releases[pool.AlreadyInPool], r.Releases[pool.StaleLease], r.Releases[pool.NotLeased])
-	fmt.Fprintf(w, "second releases:  %d of a lease already released (the other cleanup path, the zombie): absorbed, expected\n", r.DuplicateReleases)
-	fmt.Fprintf(w, "double releases:  %d by a token that never held the executor or outlived its lease, all absorbed; %d of them while another eval held it\n", r.DoubleReleases, r.StaleRefused)
+	fmt.Fprintf(w, "second releases:  %d by the other cleanup path of a lease already released: absorbed, expected\n", r.DuplicateReleases)
+	fmt.Fprintf(w, "double releases:  %d (the zombie's late replays, a token that never held the executor or outlived its lease), all absorbed; %d of them while another eval held it\n", r.DoubleReleases, r.StaleRefused)
 	fmt.Fprintf(w, "late duplicates:  %d replayed by a zombie, %d freed an executor\n", r.LateDuplicates, r.LateDuplicatesFreed)
 	fmt.Fprintf(w, "overlaps:         %d at the executors\n", r.Overlaps)
 	fmt.Fprintf(w, "executors lost:   %d\n", r.ExecutorsLost)
