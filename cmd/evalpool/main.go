@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net/http"
 	"os"
 	"os/signal"
@@ -168,6 +169,10 @@ func (a *app) setup() error {
 	}
 	a.log = a.log.Level(a.logLevel)
 	redis.SetLogger(redisLog{a.log})
+	// Libraries that log with the standard logger (Asynq's queue metrics
+	// collector does) log into ours, as JSON like every other line.
+	stdlog.SetFlags(0)
+	stdlog.SetOutput(stdLog{a.log})
 	return nil
 }
 
@@ -195,6 +200,14 @@ func (levelFlag) Type() string { return "level" }
 // redisLog sends go-redis's own messages (dial retries and the like) to our
 // log at debug level: the error that reaches the user already says it.
 type redisLog struct{ log zerolog.Logger }
+
+// stdLog is the standard logger's output, as warn lines of ours.
+type stdLog struct{ log zerolog.Logger }
+
+func (l stdLog) Write(p []byte) (int, error) {
+	l.log.Warn().Str("component", "stdlib").Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 func (l redisLog) Printf(_ context.Context, format string, v ...any) {
 	l.log.Debug().Str("component", "go-redis").Msgf(format, v...)

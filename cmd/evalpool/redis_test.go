@@ -187,3 +187,26 @@ func TestRedisTLSFromEnv(t *testing.T) {
 		t.Fatalf("pool status with TLS from the environment: exit %d, %q, %q", code, out.String(), errb.String())
 	}
 }
+
+// TestDeadRedisLogsAreJSON: a worker facing a dead Redis writes its log as
+// JSON, every line of it (Asynq's metrics collector logs with the standard
+// logger), and ends with one plain error line.
+func TestDeadRedisLogsAreJSON(t *testing.T) {
+	t.Parallel()
+	var out, errb bytes.Buffer
+	code := run(t.Context(), []string{"--redis", "redis://" + evaltest.FreeAddr(t) + "/0", "worker", "--metrics-addr", "127.0.0.1:0"}, &out, &errb)
+	lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
+	if code != 1 || len(lines) < 2 || !strings.HasPrefix(lines[len(lines)-1], "evalpool: ") {
+		t.Fatalf("exit %d, stderr %q", code, errb.String())
+	}
+	for _, l := range lines[:len(lines)-1] {
+		if !json.Valid([]byte(l)) {
+			t.Errorf("not a JSON log line: %q", l)
+		}
+	}
+	// The metrics collector's complaint reaches our log, not the process's
+	// stderr in the standard logger's format.
+	if !strings.Contains(errb.String(), `"component":"stdlib"`) {
+		t.Errorf("the standard logger's line is not in the worker's log: %q", errb.String())
+	}
+}
