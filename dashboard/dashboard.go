@@ -1,7 +1,20 @@
 // Package dashboard serves what people look at: a live page of the pool's
-// executors, Asynqmon for the queues, the pool as JSON, Prometheus metrics,
-// and the JSON API (package api, under /api/v1), from the Go binary alone
-// (no Node build at run time).
+// executors, a page a screen at a time with each executor's leases over the
+// last minutes (/), Asynqmon for the queues, the pool as JSON, Prometheus metrics, and the
+// JSON API (package api, under /api/v1), from the Go binary alone (no Node
+// build at run time).
+//
+// Cost: the pages poll, so what they poll stays cheap however large the
+// pool, and however many tabs are open. The pool page reads a page of
+// executors (/api/pool/page: pool.Pool.Page, O(page) plus the O(log N)
+// counts) every second, their leases that ended over the window
+// (/api/pool/timeline: one bounded read of the pool's lease history, shared
+// by every tab for historyTTL) every few seconds, and the evals waiting for
+// an executor (/api/pool/waiters) only when the counts say there are some,
+// every few seconds, from one read shared by every tab, and not at all for
+// pools over WaitersMaxExecutors (that list has no API but pool.Status,
+// which reads the whole pool). /api/pool still reads the whole pool, for compatibility: the
+// pages no longer poll it.
 //
 // Authentication (Options.AuthToken): when a token is set, every route but
 // /healthz and the login page needs it, as "Authorization: Bearer TOKEN"
@@ -25,19 +38,25 @@
 package dashboard
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
 	_ "embed"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"html/template"
 	"io"
 	"net/http"
 	"net/url"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -51,6 +70,7 @@ import (
 
 	"github.com/evalpool/evalpool/api"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
 )
 
 //go:embed index.html
@@ -107,15 +127,28 @@ func (o *Options) validate() error {
 	return nil
 }
 
-// Dashboard is an http.Handler for the pool page (/), /api/pool, the API
-// (/api/v1/), /monitoring/ (Asynqmon), /metrics, /healthz, and /login when
-// it has a token.
+// Dashboard is an http.Handler for the pool page (/), what it reads (/api/pool/page,
+// /api/pool/timeline, /api/pool/waiters), /api/pool, the API (/api/v1/),
+// /monitoring/ (Asynqmon), /metrics, /healthz, and /login when it has a
+// token.
 type Dashboard struct {
 	opts Options
 	log  zerolog.Logger
 	mux  *http.ServeMux
 	mon  *asynqmon.HTTPHandler
+	insp *asynq.Inspector
 	auth *auth // nil without a token
+
+	// The reads the pages' polls share (see the package doc); tests
+	// change the limits.
+	historyLimit int
+	historyTTL   time.Duration
+	historyMu    sync.Mutex
+	history      map[int]*historyRead // by the window's minutes
+	waitersMax   int64
+	waitersTTL   time.Duration
+	waitersMu    sync.Mutex
+	waiters      *waitersRead
 }
 
 // New builds a dashboard. Close it to release Asynqmon's connection.
@@ -129,7 +162,9 @@ func New(opts Options) (*Dashboard, error) {
 	if opts.SessionTTL == 0 {
 		opts.SessionTTL = DefaultSessionTTL
 	}
-	d := &Dashboard{opts: opts, log: zerolog.Nop(), mux: http.NewServeMux()}
+	d := &Dashboard{opts: opts, log: zerolog.Nop(), mux: http.NewServeMux(),
+		historyLimit: TimelineHistoryLimit, historyTTL: historyTTL, history: map[int]*historyRead{},
+		waitersMax: WaitersMaxExecutors, waitersTTL: waitersTTL}
 	if opts.Logger != nil {
 		d.log = *opts.Logger
 	}
@@ -140,11 +175,11 @@ func New(opts Options) (*Dashboard, error) {
 	if err != nil {
 		return nil, err
 	}
-	insp := asynq.NewInspectorFromRedisClient(opts.Redis)
+	d.insp = asynq.NewInspectorFromRedisClient(opts.Redis)
 	if err := opts.Registry.Register(pool.NewStateCollector(opts.Pool)); err != nil {
 		return nil, err
 	}
-	if err := opts.Registry.Register(metrics.NewQueueMetricsCollector(insp)); err != nil {
+	if err := opts.Registry.Register(metrics.NewQueueMetricsCollector(d.insp)); err != nil {
 		return nil, err
 	}
 	_ = opts.Registry.Register(collectors.NewGoCollector())
@@ -153,11 +188,11 @@ func New(opts Options) (*Dashboard, error) {
 	d.mux.Handle(api.Prefix+"/", apiHandler)
 	d.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
 	d.mux.HandleFunc("GET /api/pool", d.apiPool)
+	d.mux.HandleFunc("GET /api/pool/page", d.apiPoolPage)
+	d.mux.HandleFunc("GET /api/pool/timeline", d.apiPoolTimeline)
+	d.mux.HandleFunc("GET /api/pool/waiters", d.apiPoolWaiters)
 	d.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	d.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_, _ = w.Write(indexHTML)
-	})
+	d.mux.HandleFunc("GET /{$}", page(indexHTML))
 	if d.auth != nil {
 		d.mux.HandleFunc("GET /login", d.auth.loginPage)
 		d.mux.HandleFunc("POST /login", d.auth.login)
@@ -240,16 +275,407 @@ type PoolView struct {
 	MonitoringPath string `json:"monitoring_path"`
 }
 
+// apiPool reads the whole pool (O(N)): kept for programs that read it; the
+// pages poll /api/pool/page and the rest instead.
 func (d *Dashboard) apiPool(w http.ResponseWriter, r *http.Request) {
 	st, err := d.opts.Pool.Status(r.Context())
 	if err != nil {
-		d.log.Error().Err(err).Msg("dashboard: pool status")
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		d.unavailable(w, "pool status", err)
 		return
 	}
+	writeView(w, PoolView{Status: st, MonitoringPath: MonitoringPath})
+}
+
+// page serves one of the dashboard's pages, with a Content-Security-Policy
+// that runs the page's own inline scripts and no other, and lets it reach
+// its own origin only: should a string from the APIs ever get into the
+// page as markup, it could neither run nor send anything anywhere.
+func page(html []byte) http.HandlerFunc {
+	csp := pageCSP(html)
+	return func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Security-Policy", csp)
+		_, _ = w.Write(html)
+	}
+}
+
+var inlineScript = regexp.MustCompile(`(?s)<script>(.*?)</script>`)
+
+// pageCSP is the policy of a page: its inline scripts by their hashes.
+func pageCSP(html []byte) string {
+	var scripts []string
+	for _, m := range inlineScript.FindAllSubmatch(html, -1) {
+		sum := sha256.Sum256(m[1])
+		scripts = append(scripts, "'sha256-"+base64.StdEncoding.EncodeToString(sum[:])+"'")
+	}
+	return "default-src 'none'; script-src " + strings.Join(scripts, " ") +
+		"; style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+}
+
+// Limits of the pool page's endpoints.
+const (
+	// DefaultPageCount and MaxPageCount are /api/pool/page's ?count.
+	DefaultPageCount = 50
+	MaxPageCount     = 500
+	// DefaultTimelineMinutes and MaxTimelineMinutes are
+	// /api/pool/timeline's ?minutes; it takes at most MaxPageCount ?url.
+	DefaultTimelineMinutes = 5
+	MaxTimelineMinutes     = 60
+	// TimelineHistoryLimit bounds the ended leases (of the whole pool) one
+	// timeline read takes from the pool's history, newest first: about
+	// 1 MB, a few milliseconds of Redis. When the window holds more, the
+	// timeline is complete from the end of the oldest one read only
+	// (TimelineView.CompleteFrom), and says so.
+	TimelineHistoryLimit = 10000
+	// WaitersMaxExecutors: for a pool of more executors, /api/pool/waiters
+	// gives the waiters' count only. The list has no API but pool.Status,
+	// which reads the whole pool in one MULTI (two seconds for 100,000
+	// executors, Redis blocked all along).
+	WaitersMaxExecutors = 5000
+	// MaxWaitersShown bounds the waiters /api/pool/waiters lists, first in
+	// line first.
+	MaxWaitersShown = 100
+)
+
+const (
+	// historyTTL is how long a read of the lease history serves every
+	// timeline asked for, of any page, in any tab.
+	historyTTL = 2 * time.Second
+	// waitersTTL is how long a read of the waiters serves every tab; it is
+	// read again sooner (but not within waitersMinAge) when the count no
+	// longer matches.
+	waitersTTL    = 5 * time.Second
+	waitersMinAge = 2 * time.Second
+	// maxPageReads bounds the pool.Pool.Page calls that fill one page.
+	maxPageReads = 8
+)
+
+// badRequest answers a 400 in JSON.
+func badRequest(w http.ResponseWriter, msg string) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusBadRequest)
+	_ = json.NewEncoder(w).Encode(struct {
+		Error string `json:"error"`
+	}{msg})
+}
+
+// unavailable answers a 503 for an error of Redis.
+func (d *Dashboard) unavailable(w http.ResponseWriter, what string, err error) {
+	d.log.Error().Err(err).Msg("dashboard: " + what)
+	http.Error(w, err.Error(), http.StatusServiceUnavailable)
+}
+
+func writeView(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	_ = json.NewEncoder(w).Encode(PoolView{Status: st, MonitoringPath: MonitoringPath})
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// redisNow is Redis's clock, which the pool's times are of.
+func (d *Dashboard) redisNow(ctx context.Context) (time.Time, error) {
+	return d.opts.Redis.Time(ctx).Result()
+}
+
+// PageView is the body of /api/pool/page: a page of the pool's executors,
+// sorted by URL, with the counts of the whole pool.
+type PageView struct {
+	Pool string `json:"pool"`
+	// Now is Redis's clock, which the leases' times are of.
+	Now    time.Time   `json:"now"`
+	Counts pool.Counts `json:"counts"`
+	// Cursor is the page's; Next the next page's, "" after the last page.
+	// Offset is how many executors the pages before this one showed.
+	Cursor    string                `json:"cursor"`
+	Next      string                `json:"next"`
+	Offset    int                   `json:"offset"`
+	Executors []pool.ExecutorStatus `json:"executors"`
+	// MonitoringPath and EvalsQueue make an eval's link into Asynqmon.
+	MonitoringPath string `json:"monitoring_path"`
+	EvalsQueue     string `json:"evals_queue"`
+}
+
+// pageCursor is where a page starts: in the batch Redis's HSCAN answers
+// from cursor scan for the count hint, after its first skip executors
+// (sorted by URL). HSCAN answers about as many as asked for, often more
+// (and a small hash whole): a page of exactly count executors may end
+// inside a batch, which the next page reads again and skips. offset is how
+// many executors the pages before showed: HSCAN tells it has no more only
+// once it looked, and a page that ends at a batch's end would be followed
+// by an empty one; the pages end when they showed every registered
+// executor. Spelled "SCAN.SKIP.HINT.OFFSET"; "" is the first page.
+type pageCursor struct {
+	scan               uint64
+	skip, hint, offset int
+}
+
+func (c pageCursor) String() string {
+	if c == (pageCursor{}) {
+		return ""
+	}
+	return fmt.Sprintf("%d.%d.%d.%d", c.scan, c.skip, c.hint, c.offset)
+}
+
+func parsePageCursor(s string) (pageCursor, error) {
+	if s == "" {
+		return pageCursor{}, nil
+	}
+	bad := fmt.Errorf("cursor %q: want the next of a page", s)
+	parts := strings.Split(s, ".")
+	if len(parts) != 4 {
+		return pageCursor{}, bad
+	}
+	scan, err := strconv.ParseUint(parts[0], 10, 64)
+	if err != nil {
+		return pageCursor{}, bad
+	}
+	c := pageCursor{scan: scan}
+	for i, p := range []*int{&c.skip, &c.hint, &c.offset} {
+		if *p, err = strconv.Atoi(parts[i+1]); err != nil || *p < 0 {
+			return pageCursor{}, bad
+		}
+	}
+	if c.hint < 1 || c.hint > MaxPageCount || c.skip > 100*MaxPageCount {
+		return pageCursor{}, bad
+	}
+	return c, nil
+}
+
+// readPage reads count executors from cur on: one pool.Pool.Page, two
+// when the page straddles two batches, never more than maxPageReads (a
+// page may then be short). next is the zero cursor after the last page.
+func (d *Dashboard) readPage(ctx context.Context, cur pageCursor, count int) (page []pool.ExecutorStatus, next pageCursor, counts pool.Counts, err error) {
+	if cur.hint == 0 {
+		cur.hint = count
+	}
+	offset := cur.offset
+	defer func() {
+		if next != (pageCursor{}) {
+			next.offset = offset + len(page)
+			if int64(next.offset) >= counts.Registered {
+				next = pageCursor{}
+			}
+		}
+	}()
+	for range maxPageReads {
+		batch, after, c, err := d.opts.Pool.Page(ctx, cur.scan, int64(cur.hint))
+		if err != nil {
+			return nil, pageCursor{}, pool.Counts{}, err
+		}
+		counts = c
+		batch = batch[min(cur.skip, len(batch)):]
+		if need := count - len(page); len(batch) > need {
+			page = append(page, batch[:need]...)
+			cur.skip += need
+			return page, cur, counts, nil
+		}
+		page = append(page, batch...)
+		if after == 0 {
+			return page, pageCursor{}, counts, nil
+		}
+		cur = pageCursor{scan: after, hint: max(1, count-len(page))}
+		if len(page) == count {
+			cur.hint = count
+			break
+		}
+	}
+	return page, cur, counts, nil
+}
+
+func (d *Dashboard) apiPoolPage(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	count := DefaultPageCount
+	if s := q.Get("count"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxPageCount {
+			badRequest(w, fmt.Sprintf("count %q: want 1 to %d", s, MaxPageCount))
+			return
+		}
+		count = n
+	}
+	cur, err := parsePageCursor(q.Get("cursor"))
+	if err != nil {
+		badRequest(w, err.Error())
+		return
+	}
+	execs, next, counts, err := d.readPage(r.Context(), cur, count)
+	if err != nil {
+		d.unavailable(w, "pool page", err)
+		return
+	}
+	now, err := d.redisNow(r.Context())
+	if err != nil {
+		d.unavailable(w, "pool page", err)
+		return
+	}
+	slices.SortFunc(execs, func(a, b pool.ExecutorStatus) int { return strings.Compare(a.URL, b.URL) })
+	if execs == nil {
+		execs = []pool.ExecutorStatus{}
+	}
+	name := d.opts.Pool.Name()
+	writeView(w, PageView{Pool: name, Now: now, Counts: counts, Cursor: cur.String(), Next: next.String(), Offset: cur.offset,
+		Executors: execs, MonitoringPath: MonitoringPath, EvalsQueue: tasks.Queues(name).Evals})
+}
+
+// TimelineView is the body of /api/pool/timeline: the leases of the
+// executors asked for that ended in the window (From to Now), newest first.
+// Their running leases are on the page (ExecutorStatus.Lease).
+type TimelineView struct {
+	// Now is Redis's clock when the history was read (at most historyTTL
+	// ago).
+	Now  time.Time `json:"now"`
+	From time.Time `json:"from"`
+	// CompleteFrom is when Spans are complete from: From, unless the whole
+	// pool ended more leases in the window than a read takes
+	// (TimelineHistoryLimit); then the end of the oldest one read.
+	CompleteFrom time.Time        `json:"complete_from"`
+	Spans        []pool.LeaseSpan `json:"spans"`
+}
+
+// historyRead is one read of the lease history over a window, which every
+// timeline asked for within historyTTL is cut from.
+type historyRead struct {
+	read      time.Time // the dashboard's clock, for the TTL
+	now, from time.Time
+	complete  time.Time
+	spans     []pool.LeaseSpan
+}
+
+// leaseHistory reads the leases of the whole pool that ended in the last
+// minutes, or returns the read of another request made within historyTTL.
+// It reads the whole history (bounded) rather than pool.Pool.History's
+// filter by URL, which reads as much and drops the rest in the client, so
+// that one read serves every page and tab, and tells when it was cut.
+func (d *Dashboard) leaseHistory(ctx context.Context, minutes int) (*historyRead, error) {
+	d.historyMu.Lock()
+	defer d.historyMu.Unlock()
+	if h := d.history[minutes]; h != nil && time.Since(h.read) < d.historyTTL {
+		return h, nil
+	}
+	now, err := d.redisNow(ctx)
+	if err != nil {
+		return nil, err
+	}
+	from := now.Add(-time.Duration(minutes) * time.Minute)
+	spans, err := d.opts.Pool.History(ctx, from, d.historyLimit)
+	if err != nil {
+		return nil, err
+	}
+	h := &historyRead{read: time.Now(), now: now, from: from, complete: from, spans: spans}
+	if len(spans) >= d.historyLimit {
+		h.complete = spans[len(spans)-1].To
+	}
+	for m, old := range d.history {
+		if time.Since(old.read) >= d.historyTTL {
+			delete(d.history, m) // keep no stale read of another window
+		}
+	}
+	d.history[minutes] = h
+	return h, nil
+}
+
+func (d *Dashboard) apiPoolTimeline(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	minutes := DefaultTimelineMinutes
+	if s := q.Get("minutes"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxTimelineMinutes {
+			badRequest(w, fmt.Sprintf("minutes %q: want 1 to %d", s, MaxTimelineMinutes))
+			return
+		}
+		minutes = n
+	}
+	urls := map[string]bool{}
+	for _, u := range q["url"] {
+		urls[u] = true
+	}
+	if len(urls) == 0 || len(urls) > MaxPageCount {
+		badRequest(w, fmt.Sprintf("url: want 1 to %d executors (?url=A&url=B)", MaxPageCount))
+		return
+	}
+	h, err := d.leaseHistory(r.Context(), minutes)
+	if err != nil {
+		d.unavailable(w, "lease history", err)
+		return
+	}
+	v := TimelineView{Now: h.now, From: h.from, CompleteFrom: h.complete, Spans: []pool.LeaseSpan{}}
+	for _, s := range h.spans {
+		if urls[s.URL] {
+			v.Spans = append(v.Spans, s)
+		}
+	}
+	writeView(w, v)
+}
+
+// WaitersView is the body of /api/pool/waiters: the evals waiting for an
+// executor, first in line first.
+type WaitersView struct {
+	// Count is how many there are (pool.Counts, O(log N)).
+	Count int64 `json:"count"`
+	// Waiters are the first MaxWaitersShown of them, as read at ReadAt (at
+	// most waitersTTL ago): empty when Count is 0 or Skipped says why.
+	Waiters []pool.WaiterStatus `json:"waiters"`
+	ReadAt  time.Time           `json:"read_at,omitzero"`
+	Skipped string              `json:"skipped,omitempty"`
+}
+
+// waitersRead is one read of the waiters, which every tab is served from
+// within waitersTTL.
+type waitersRead struct {
+	read    time.Time // the dashboard's clock, for the TTL
+	now     time.Time // Redis's
+	waiters []pool.WaiterStatus
+}
+
+// apiPoolWaiters lists the waiters without reading the whole pool more than
+// once per waitersTTL (waitersMinAge when the count changed), whatever the
+// tabs open, and not at all while none wait or for a pool of more than
+// WaitersMaxExecutors: pool.Status is the only way to the list, and it is
+// O(N). (A bounded read of the wait line, in package pool, would lift
+// this.)
+func (d *Dashboard) apiPoolWaiters(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	counts, err := d.opts.Pool.Counts(ctx)
+	if err != nil {
+		d.unavailable(w, "pool counts", err)
+		return
+	}
+	v := WaitersView{Count: counts.Waiters, Waiters: []pool.WaiterStatus{}}
+	switch {
+	case counts.Waiters == 0:
+	case counts.Registered > d.waitersMax:
+		v.Skipped = fmt.Sprintf("not listed for a pool of more than %d executors: the list is read with the whole pool", d.waitersMax)
+	default:
+		rd, err := d.readWaiters(ctx, counts.Waiters)
+		if err != nil {
+			d.unavailable(w, "pool waiters", err)
+			return
+		}
+		v.ReadAt = rd.now
+		v.Waiters = rd.waiters[:min(len(rd.waiters), MaxWaitersShown)]
+	}
+	writeView(w, v)
+}
+
+func (d *Dashboard) readWaiters(ctx context.Context, count int64) (*waitersRead, error) {
+	d.waitersMu.Lock()
+	defer d.waitersMu.Unlock()
+	if rd := d.waiters; rd != nil {
+		age := time.Since(rd.read)
+		if age < d.waitersTTL && (int64(len(rd.waiters)) == count || age < min(waitersMinAge, d.waitersTTL)) {
+			return rd, nil
+		}
+	}
+	st, err := d.opts.Pool.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rd := &waitersRead{read: time.Now(), now: st.Now, waiters: st.Waiters}
+	if rd.waiters == nil {
+		rd.waiters = []pool.WaiterStatus{}
+	}
+	d.waiters = rd
+	return rd, nil
 }
 
 // How a request was authenticated.

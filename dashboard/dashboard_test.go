@@ -40,6 +40,13 @@ func setup(t *testing.T) (*Dashboard, *testBundle) {
 // the test's).
 func setupWith(t *testing.T, opts Options) (*Dashboard, *testBundle) {
 	t.Helper()
+	return setupTuned(t, opts, nil, "http://e1:9001", "http://e2:9001", "http://e3:9001")
+}
+
+// setupTuned is setupWith with the executors given registered, and tune,
+// when not nil, called on the dashboard before it serves.
+func setupTuned(t *testing.T, opts Options, tune func(*Dashboard), urls ...string) (*Dashboard, *testBundle) {
+	t.Helper()
 	srv := evaltest.StartT(t, evaltest.Options{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
@@ -47,7 +54,7 @@ func setupWith(t *testing.T, opts Options) (*Dashboard, *testBundle) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, u := range []string{"http://e1:9001", "http://e2:9001", "http://e3:9001"} {
+	for _, u := range urls {
 		if _, err := p.Register(t.Context(), pool.Executor{URL: u}); err != nil {
 			t.Fatal(err)
 		}
@@ -58,6 +65,9 @@ func setupWith(t *testing.T, opts Options) (*Dashboard, *testBundle) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d.Close() })
+	if tune != nil {
+		tune(d)
+	}
 	ts := httptest.NewServer(d)
 	t.Cleanup(ts.Close)
 	return d, &testBundle{client: client, pool: p, url: ts.URL}
@@ -284,6 +294,9 @@ func TestAuthRequired(t *testing.T) {
 	}{
 		{"GET", "/", "", 200},
 		{"GET", "/api/pool", "", 200},
+		{"GET", "/api/pool/page", "", 200},
+		{"GET", "/api/pool/timeline?url=http://e1:9001", "", 200},
+		{"GET", "/api/pool/waiters", "", 200},
 		{"GET", "/metrics", "", 200},
 		{"GET", "/monitoring/", "", 200},
 		{"GET", "/monitoring/api/queues", "", 200},
@@ -361,7 +374,7 @@ func TestLoginCookie(t *testing.T) {
 		}
 	}
 	cookie := login(t, b.url)
-	for _, path := range []string{"/", "/api/pool", "/monitoring/", "/api/v1/runs", "/metrics"} {
+	for _, path := range []string{"/", "/api/pool", "/api/pool/page", "/monitoring/", "/api/v1/runs", "/metrics"} {
 		if resp, body := req(t, "GET", b.url+path, "", "Cookie", cookie); resp.StatusCode != 200 {
 			t.Errorf("GET %s with the cookie: %d %.100q", path, resp.StatusCode, body)
 		}

@@ -1,0 +1,311 @@
+//go:build browser
+
+package dashboard
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/evalpool/evalpool/api"
+	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/run"
+	"github.com/evalpool/evalpool/worker"
+)
+
+// fleet serves n reference executors on loopback until the test ends and
+// registers them, labelled by labels(i) when labels is not nil.
+func fleet(t *testing.T, b *testBundle, n int, opts executor.ServerOptions, labels func(i int) map[string]string) []string {
+	t.Helper()
+	var urls []string
+	for i := range n {
+		s, err := executor.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts := httptest.NewServer(s)
+		t.Cleanup(ts.Close)
+		e := pool.Executor{URL: ts.URL}
+		if labels != nil {
+			e.Labels = labels(i)
+		}
+		if _, err := b.pool.Register(t.Context(), e); err != nil {
+			t.Fatal(err)
+		}
+		urls = append(urls, ts.URL)
+	}
+	return urls
+}
+
+// runWorker runs a real worker on the bundle's pool until the test ends.
+func runWorker(t *testing.T, b *testBundle, concurrency int) {
+	t.Helper()
+	w, err := worker.New(worker.Config{
+		Redis: b.client, Pools: []*pool.Pool{b.pool}, Concurrency: concurrency, Cleanup: worker.CleanupInline,
+		PollInterval: 20 * time.Millisecond, NoExecutorDelay: 20 * time.Millisecond,
+		RetryDelay: func(int) time.Duration { return 10 * time.Millisecond },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	})
+}
+
+// submitRun submits a run through the API.
+func submitRun(t *testing.T, b *testBundle, body any) {
+	t.Helper()
+	raw, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, out := req(t, "POST", b.url+api.Prefix+"/runs", string(raw), "Content-Type", "application/json"); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("submit run: %d %.300s", resp.StatusCode, out)
+	}
+}
+
+// waitRun waits until at least done evals of the run ended.
+func waitRun(t *testing.T, b *testBundle, name string, done int, timeout time.Duration) run.Counts {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var c run.Counts
+		code, body := get(t, b.url+api.Prefix+"/runs/"+name+"/progress")
+		if err := json.Unmarshal([]byte(body), &c); code != 200 || err != nil {
+			t.Fatalf("progress of %s: %d %.200s", name, code, body)
+		}
+		if c.Done() >= done {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run %s: %+v after %s, want %d done", name, c, timeout, done)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// results are the run's results by eval key.
+func results(t *testing.T, b *testBundle, name string) map[string]api.ResultLine {
+	t.Helper()
+	resp, err := http.Get(b.url + api.Prefix + "/runs/" + name + "/results")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]api.ResultLine{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var l api.ResultLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatal(err)
+		}
+		out[l.Key] = l
+	}
+	return out
+}
+
+type runEval struct {
+	EvalID  string            `json:"eval_id"`
+	Spec    map[string]any    `json:"spec"`
+	Require map[string]string `json:"require,omitempty"`
+}
+
+type runRequest struct {
+	Name     string    `json:"name"`
+	MaxRetry *int      `json:"max_retry,omitempty"`
+	Evals    []runEval `json:"evals"`
+}
+
+// pollTrue waits until the page's expression is true.
+func pollTrue(t *testing.T, ctx context.Context, what, expr string, timeout time.Duration) {
+	t.Helper()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(timeout))); err != nil {
+		text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
+		t.Fatalf("%s: %v; the page shows:\n%.2000s", what, err, text)
+	}
+}
+
+func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		t.Fatalf("%s: %v", expr, err)
+	}
+	return v
+}
+
+// The pool page draws each executor's leases of the last 5 minutes: a span
+// for each eval an executor ran, released, inside its bar, the rest of the
+// bar idle; an open-ended span to now for a lease still running; and each
+// executor's busy share.
+func TestPoolTimelineInChromium(t *testing.T) {
+	t.Parallel()
+	_, b := setupTuned(t, Options{}, nil)
+	urls := fleet(t, b, 3, executor.ServerOptions{}, nil)
+	runWorker(t, b, 3)
+	rr := runRequest{Name: "tl"}
+	for i := range 9 {
+		rr.Evals = append(rr.Evals, runEval{EvalID: fmt.Sprint("k", i), Spec: map[string]any{"sleep_ms": 200}})
+	}
+	submitRun(t, b, rr)
+	waitRun(t, b, "tl", 9, 30*time.Second)
+	ran := map[string][]string{} // executor -> eval IDs
+	for key, l := range results(t, b, "tl") {
+		if l.Status != run.Passed || l.Executor == "" {
+			t.Fatalf("eval %s: %+v", key, l)
+		}
+		ran[l.Executor] = append(ran[l.Executor], run.EvalID("tl", key))
+	}
+	held, err := b.pool.Acquire(t.Context(), "eval-held", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := browser(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(b.url+"/")); err != nil {
+		t.Fatal(err)
+	}
+	pollTrue(t, ctx, "the timeline", fmt.Sprintf(`document.querySelectorAll(".tl .span-released").length === 9 && document.querySelector('tr[data-url=%q] .tl .span-running') !== null`, held.URL), 15*time.Second)
+	screenshot(t, ctx, "pool-timeline")
+
+	type span struct {
+		How, Eval         string
+		Left, Right       float64
+		BarLeft, BarRight float64
+	}
+	type row struct {
+		Spans    []span
+		Busy     string
+		BusyFrac float64
+	}
+	rows := evalJS[map[string]row](t, ctx, `(() => {
+		const out = {};
+		for (const tr of document.querySelectorAll("#executors tr")) {
+			const bar = tr.querySelector(".tl").getBoundingClientRect();
+			out[tr.dataset.url] = {
+				Spans: [...tr.querySelectorAll(".tl .span")].map((s) => { const r = s.getBoundingClientRect(); return {How: s.dataset.how, Eval: s.dataset.eval, Left: r.left, Right: r.right, BarLeft: bar.left, BarRight: bar.right}; }),
+				Busy: tr.querySelector("td.busy").innerText, BusyFrac: Number(tr.querySelector("td.busy").dataset.busy),
+			};
+		}
+		return out;
+	})()`)
+	for _, u := range urls {
+		r := rows[u]
+		var released, running []string
+		width := 0.0
+		for _, s := range r.Spans {
+			if s.Left < s.BarLeft-0.5 || s.Right > s.BarRight+0.5 || s.Right <= s.Left {
+				t.Errorf("%s: span %+v outside its bar", u, s)
+			}
+			width += s.Right - s.Left
+			switch s.How {
+			case "released":
+				released = append(released, s.Eval)
+			case "running":
+				running = append(running, s.Eval)
+				if s.BarRight-s.Right > 1 {
+					t.Errorf("%s: the running lease ends %gpx before now", u, s.BarRight-s.Right)
+				}
+			default:
+				t.Errorf("%s: a span %+v", u, s)
+			}
+		}
+		slices.Sort(released)
+		want := slices.Sorted(slices.Values(ran[u]))
+		if !slices.Equal(released, want) {
+			t.Errorf("%s: released spans of %v, want those of the evals it ran, %v", u, released, want)
+		}
+		if u == held.URL != slices.Equal(running, []string{"eval-held"}) {
+			t.Errorf("%s: running spans %v (eval-held is on %s)", u, running, held.URL)
+		}
+		if len(r.Spans) > 0 && width >= r.Spans[0].BarRight-r.Spans[0].BarLeft-1 {
+			t.Errorf("%s: the spans fill the bar: no idle gap shows", u)
+		}
+		// 200 ms an eval in a 5-minute window: busy, yet far from full.
+		busy := len(ran[u]) > 0 || u == held.URL
+		if busy != (r.BusyFrac > 0) || r.BusyFrac > 0.05 || !strings.HasSuffix(r.Busy, "%") || busy == (r.Busy == "0%") {
+			t.Errorf("%s: busy %q (%g) after %d evals", u, r.Busy, r.BusyFrac, len(ran[u]))
+		}
+	}
+}
+
+// With 120 executors the pool page shows 50, and the next control brings
+// the next 50, then the last 20, and the previous control goes back.
+func TestPoolPaginationInChromium(t *testing.T) {
+	t.Parallel()
+	var urls []string
+	for i := range 120 {
+		urls = append(urls, fmt.Sprintf("http://exec-%03d:9001", i))
+	}
+	_, b := setupTuned(t, Options{}, nil, urls...)
+	ctx := browser(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(b.url+"/")); err != nil {
+		t.Fatal(err)
+	}
+	type page struct {
+		Info      string
+		URLs      []string
+		Next, Prv bool
+	}
+	read := func() page {
+		return evalJS[page](t, ctx, `({Info: document.getElementById("page-info").innerText,
+			URLs: [...document.querySelectorAll("#executors tr")].map((tr) => tr.dataset.url),
+			Next: !document.getElementById("next").disabled, Prv: !document.getElementById("prev").disabled})`)
+	}
+	wait := func(info string) page {
+		t.Helper()
+		pollTrue(t, ctx, "page "+info, fmt.Sprintf(`document.getElementById("page-info").innerText === %q`, info), 10*time.Second)
+		return read()
+	}
+	p1 := wait("executors 1–50 of 120")
+	if len(p1.URLs) != 50 || !p1.Next || p1.Prv {
+		t.Fatalf("first page: %d rows, next %v, previous %v", len(p1.URLs), p1.Next, p1.Prv)
+	}
+	screenshot(t, ctx, "pool-page-1")
+	seen := map[string]bool{}
+	for _, pg := range []struct {
+		info string
+		n    int
+		next bool
+	}{{"executors 51–100 of 120", 50, true}, {"executors 101–120 of 120", 20, false}} {
+		if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#next"))); err != nil {
+			t.Fatal(err)
+		}
+		p := wait(pg.info)
+		if len(p.URLs) != pg.n || p.Next != pg.next || !p.Prv {
+			t.Fatalf("%s: %d rows, next %v, previous %v", pg.info, len(p.URLs), p.Next, p.Prv)
+		}
+		for _, u := range p.URLs {
+			seen[u] = true
+		}
+	}
+	for _, u := range p1.URLs {
+		seen[u] = true
+	}
+	if len(seen) != 120 {
+		t.Errorf("the three pages show %d executors, want 120", len(seen))
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#prev"))); err != nil {
+		t.Fatal(err)
+	}
+	if p := wait("executors 51–100 of 120"); len(p.URLs) != 50 || !p.Next {
+		t.Errorf("back: %d rows, next %v", len(p.URLs), p.Next)
+	}
+}
