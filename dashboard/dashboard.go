@@ -1,6 +1,7 @@
 // Package dashboard serves what people look at: a live page of the pool's
 // executors, a page a screen at a time with each executor's leases over the
-// last minutes (/), Asynqmon for the queues, the pool as JSON, Prometheus metrics, and the
+// last minutes (/), the runs and how each went (/runs, /runs/NAME),
+// Asynqmon for the queues, the pool as JSON, Prometheus metrics, and the
 // JSON API (package api, under /api/v1), from the Go binary alone (no Node
 // build at run time).
 //
@@ -13,7 +14,9 @@
 // an executor (/api/pool/waiters) only when the counts say there are some,
 // every few seconds, from one read shared by every tab, and not at all for
 // pools over WaitersMaxExecutors (that list has no API but pool.Status,
-// which reads the whole pool). /api/pool still reads the whole pool, for compatibility: the
+// which reads the whole pool). The run page polls the run's O(1) progress
+// and reads its summary (O(run)) only when an eval ended, at most every few
+// seconds. /api/pool still reads the whole pool, for compatibility: the
 // pages no longer poll it.
 //
 // Authentication (Options.AuthToken): when a token is set, every route but
@@ -58,6 +61,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynq/x/metrics"
@@ -75,6 +80,9 @@ import (
 
 //go:embed index.html
 var indexHTML []byte
+
+//go:embed runs.html
+var runsHTML []byte
 
 // MonitoringPath is where Asynqmon is mounted.
 const MonitoringPath = "/monitoring"
@@ -127,7 +135,8 @@ func (o *Options) validate() error {
 	return nil
 }
 
-// Dashboard is an http.Handler for the pool page (/), what it reads (/api/pool/page,
+// Dashboard is an http.Handler for the pool page (/), the runs pages
+// (/runs, /runs/NAME), what the pool page reads (/api/pool/page,
 // /api/pool/timeline, /api/pool/waiters), /api/pool, the API (/api/v1/),
 // /monitoring/ (Asynqmon), /metrics, /healthz, and /login when it has a
 // token.
@@ -185,6 +194,7 @@ func New(opts Options) (*Dashboard, error) {
 	_ = opts.Registry.Register(collectors.NewGoCollector())
 	d.mon = asynqmon.New(asynqmon.Options{RootPath: MonitoringPath, RedisConnOpt: opts.Asynqmon, ReadOnly: !opts.Admin})
 	d.mux.Handle(MonitoringPath+"/", d.mon)
+	d.mux.HandleFunc("GET "+MonitoringPath+"/api/queues/{qname}/tasks/{id...}", d.asynqmonTask)
 	d.mux.Handle(api.Prefix+"/", apiHandler)
 	d.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
 	d.mux.HandleFunc("GET /api/pool", d.apiPool)
@@ -193,6 +203,8 @@ func New(opts Options) (*Dashboard, error) {
 	d.mux.HandleFunc("GET /api/pool/waiters", d.apiPoolWaiters)
 	d.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	d.mux.HandleFunc("GET /{$}", page(indexHTML))
+	d.mux.HandleFunc("GET /runs", page(runsHTML))
+	d.mux.HandleFunc("GET /runs/{name}", page(runsHTML))
 	if d.auth != nil {
 		d.mux.HandleFunc("GET /login", d.auth.loginPage)
 		d.mux.HandleFunc("POST /login", d.auth.login)
@@ -676,6 +688,86 @@ func (d *Dashboard) readWaiters(ctx context.Context, count int64) (*waitersRead,
 	}
 	d.waiters = rd
 	return rd, nil
+}
+
+// asynqmonTask answers Asynqmon's task API (GET
+// /api/queues/{qname}/tasks/{task_id}, which its task page reads) for the
+// task IDs Asynqmon's router cannot route: an eval of a run is NAME/KEY,
+// and Asynqmon matches {task_id} against the unescaped path, where the
+// escaped slash is a slash again, so its task page would find no such
+// task. The answer is Asynqmon's, with its default formatters (payload and
+// result as text when printable). Any other ID goes to Asynqmon.
+func (d *Dashboard) asynqmonTask(w http.ResponseWriter, r *http.Request) {
+	qname, id := r.PathValue("qname"), r.PathValue("id")
+	if !strings.Contains(id, "/") {
+		d.mon.ServeHTTP(w, r)
+		return
+	}
+	info, err := d.insp.GetTaskInfo(qname, id)
+	switch {
+	case errors.Is(err, asynq.ErrQueueNotFound), errors.Is(err, asynq.ErrTaskNotFound):
+		http.Error(w, strings.TrimPrefix(err.Error(), "asynq: "), http.StatusNotFound)
+		return
+	case err != nil:
+		http.Error(w, strings.TrimPrefix(err.Error(), "asynq: "), http.StatusInternalServerError)
+		return
+	}
+	rfc := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.Format(time.RFC3339)
+	}
+	var ttl int64
+	if info.State == asynq.TaskStateCompleted {
+		ttl = int64(time.Until(info.CompletedAt.Add(info.Retention)).Seconds())
+	}
+	writeView(w, asynqmonTaskInfo{
+		ID: info.ID, Queue: info.Queue, Type: info.Type, Payload: printable(info.Payload), State: info.State.String(),
+		MaxRetry: info.MaxRetry, Retried: info.Retried, LastErr: info.LastErr, LastFailedAt: rfc(info.LastFailedAt),
+		Timeout: int(info.Timeout.Seconds()), Deadline: rfc(info.Deadline), NextProcessAt: rfc(info.NextProcessAt),
+		CompletedAt: rfc(info.CompletedAt), Result: printable(info.Result), TTL: ttl,
+	})
+}
+
+// asynqmonTaskInfo is Asynqmon's JSON of a task.
+type asynqmonTaskInfo struct {
+	ID            string `json:"id"`
+	Queue         string `json:"queue"`
+	Type          string `json:"type"`
+	Payload       string `json:"payload"`
+	State         string `json:"state"`
+	MaxRetry      int    `json:"max_retry"`
+	Retried       int    `json:"retried"`
+	LastErr       string `json:"error_message"`
+	LastFailedAt  string `json:"last_failed_at"`
+	Timeout       int    `json:"timeout_seconds"`
+	Deadline      string `json:"deadline"`
+	NextProcessAt string `json:"next_process_at"`
+	CompletedAt   string `json:"completed_at"`
+	Result        string `json:"result"`
+	TTL           int64  `json:"ttl_seconds"`
+}
+
+// printable is Asynqmon's default formatting of a payload or result: the
+// bytes as text when they are printable and not all spaces.
+func printable(b []byte) string {
+	if !utf8.Valid(b) {
+		return "non-printable bytes"
+	}
+	blank := true
+	for _, r := range string(b) {
+		if !unicode.IsPrint(r) {
+			return "non-printable bytes"
+		}
+		if !unicode.IsSpace(r) {
+			blank = false
+		}
+	}
+	if blank {
+		return "non-printable bytes"
+	}
+	return string(b)
 }
 
 // How a request was authenticated.

@@ -297,6 +297,9 @@ func TestAuthRequired(t *testing.T) {
 		{"GET", "/api/pool/page", "", 200},
 		{"GET", "/api/pool/timeline?url=http://e1:9001", "", 200},
 		{"GET", "/api/pool/waiters", "", 200},
+		{"GET", "/runs", "", 200},
+		{"GET", "/runs/nightly", "", 200},
+		{"GET", "/monitoring/api/queues/evals:web/tasks/run%2Fk1", "", 404},
 		{"GET", "/metrics", "", 200},
 		{"GET", "/monitoring/", "", 200},
 		{"GET", "/monitoring/api/queues", "", 200},
@@ -374,7 +377,7 @@ func TestLoginCookie(t *testing.T) {
 		}
 	}
 	cookie := login(t, b.url)
-	for _, path := range []string{"/", "/api/pool", "/api/pool/page", "/monitoring/", "/api/v1/runs", "/metrics"} {
+	for _, path := range []string{"/", "/api/pool", "/api/pool/page", "/runs", "/monitoring/", "/api/v1/runs", "/metrics"} {
 		if resp, body := req(t, "GET", b.url+path, "", "Cookie", cookie); resp.StatusCode != 200 {
 			t.Errorf("GET %s with the cookie: %d %.100q", path, resp.StatusCode, body)
 		}

@@ -142,6 +142,18 @@ func pollTrue(t *testing.T, ctx context.Context, what, expr string, timeout time
 	}
 }
 
+// follow navigates to where the link sel leads, which must be want.
+func follow(t *testing.T, ctx context.Context, sel, want string) {
+	t.Helper()
+	href := evalJS[string](t, ctx, fmt.Sprintf(`document.querySelector(%q).href`, sel))
+	if href != want {
+		t.Fatalf("%s leads to %s, want %s", sel, href, want)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(href)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
 	t.Helper()
 	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
@@ -149,6 +161,112 @@ func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
 		t.Fatalf("%s: %v", expr, err)
 	}
 	return v
+}
+
+// The runs page lists a run with its progress and pass rate; the run's
+// page shows its progress live as evals end (no reload), its pass rate,
+// counts, scores, durations, and its failures with their errors (as text)
+// and links to their tasks in Asynqmon, whose task page shows the eval.
+func TestRunsPagesInChromium(t *testing.T) {
+	t.Parallel()
+	_, b := setupTuned(t, Options{}, nil)
+	fleet(t, b, 3, executor.ServerOptions{}, func(int) map[string]string { return map[string]string{"kind": "sim"} })
+	// One executor's command fails; another's grades failed, with markup in
+	// what it answers besides its grade.
+	fleet(t, b, 1, executor.ServerOptions{Exec: `echo 'CUDA error: out of memory' >&2; exit 3`}, func(int) map[string]string { return map[string]string{"kind": "broken"} })
+	const markup = `<b id=injected>markup</b>`
+	fleet(t, b, 1, executor.ServerOptions{Exec: `cat >/dev/null; echo '{"status":"failed","score":0.25,"output":{"note":"` + markup + `"}}'`},
+		func(int) map[string]string { return map[string]string{"kind": "noisy"} })
+	runWorker(t, b, 4)
+	ctx := browser(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(b.url+"/runs")); err != nil {
+		t.Fatal(err)
+	}
+	pollTrue(t, ctx, "the empty list", `document.querySelector("#runs td.muted") !== null`, 10*time.Second)
+
+	sim := map[string]string{"kind": "sim"}
+	rr := runRequest{Name: "nightly-1", MaxRetry: new(int)}
+	for i := 1; i <= 6; i++ {
+		rr.Evals = append(rr.Evals, runEval{EvalID: fmt.Sprint("k", i), Spec: map[string]any{"sleep_ms": 30}, Require: sim})
+	}
+	rr.Evals = append(rr.Evals,
+		runEval{EvalID: "bad-1", Spec: map[string]any{"grade": "failed", "sleep_ms": 30}, Require: sim},
+		runEval{EvalID: "broken-1", Spec: map[string]any{}, Require: map[string]string{"kind": "broken"}},
+		runEval{EvalID: "noisy-1", Spec: map[string]any{}, Require: map[string]string{"kind": "noisy"}},
+		// The slow one is still running when the page first looks.
+		runEval{EvalID: "slow", Spec: map[string]any{"sleep_ms": 8000}, Require: sim},
+	)
+	submitRun(t, b, rr)
+
+	pollTrue(t, ctx, "the list shows the run", `document.querySelector('#runs tr[data-run="nightly-1"] a') !== null`, 10*time.Second)
+	// Follow the link (a Navigate waits for the page, a click would not).
+	follow(t, ctx, `#runs tr[data-run="nightly-1"] a`, b.url+"/runs/nightly-1")
+	pollTrue(t, ctx, "the run's page while one eval runs",
+		`document.getElementById("progress-text").innerText.startsWith("9 of 10 done") && document.getElementById("progress-text").innerText.includes("1 running")`, 15*time.Second)
+	if p := evalJS[string](t, ctx, `location.pathname`); p != "/runs/nightly-1" {
+		t.Errorf("the run's page is at %s", p)
+	}
+	if pr := evalJS[string](t, ctx, `document.getElementById("pass-rate").innerText`); pr != "67% of 9" {
+		t.Errorf("pass rate while running = %q, want 67%% of 9", pr)
+	}
+	evalJS[bool](t, ctx, `window.notReloaded = true`)
+	pollTrue(t, ctx, "the failures listed", `document.querySelectorAll("#failures tr[data-key]").length === 3`, 10*time.Second)
+
+	type failure struct{ Status, Error, Href, Link string }
+	fails := evalJS[map[string]failure](t, ctx, `(() => {
+		const out = {};
+		for (const tr of document.querySelectorAll("#failures tr[data-key]")) out[tr.dataset.key] = {
+			Status: tr.dataset.status, Error: tr.querySelector("td.error").innerText,
+			Href: tr.querySelector("a.task").href, Link: tr.querySelector("td a").href,
+		};
+		return out;
+	})()`)
+	wantHref := b.url + "/monitoring/queues/evals%3Aweb/tasks/nightly-1%2Fbad-1"
+	if f := fails["bad-1"]; f.Status != "failed" || !strings.Contains(f.Error, "graded failed") || f.Href != wantHref || f.Link != wantHref {
+		t.Errorf("bad-1: %+v, want failed, graded, linked to %s", f, wantHref)
+	}
+	if f := fails["broken-1"]; f.Status != "errored" || !strings.Contains(f.Error, "exit status 3: CUDA error: out of memory") || !strings.HasSuffix(f.Href, "/tasks/nightly-1%2Fbroken-1") {
+		t.Errorf("broken-1: %+v, want errored with its error", f)
+	}
+	if f := fails["noisy-1"]; f.Status != "failed" || !strings.Contains(f.Error, markup) || !strings.HasSuffix(f.Href, "/tasks/nightly-1%2Fnoisy-1") {
+		t.Errorf("noisy-1: %+v, want failed with its output as text", f)
+	}
+	if evalJS[bool](t, ctx, `document.getElementById("injected") !== null`) {
+		t.Error("the page rendered an executor's output as markup")
+	}
+	screenshot(t, ctx, "run-running")
+
+	// The slow eval ends: the page shows it without a reload.
+	pollTrue(t, ctx, "the run's end", `document.getElementById("progress-text").innerText.startsWith("10 of 10 done (100%)") && document.getElementById("p95").innerText !== "–" && document.getElementById("mean-score").innerText === "0.806"`, 20*time.Second)
+	type view struct {
+		Reloaded                                     bool
+		PassRate, Mean, Median, P50, P95, Retries    string
+		Passed, Failed, Errored, Running, Pending, N string
+	}
+	v := evalJS[view](t, ctx, `(() => {
+		const txt = (id) => document.getElementById(id).innerText;
+		const n = (k) => document.querySelector('#counts td[data-status="' + k + '"]').innerText;
+		return {Reloaded: !window.notReloaded, PassRate: txt("pass-rate"), Mean: txt("mean-score"), Median: txt("median-score"),
+			P50: txt("p50"), P95: txt("p95"), Retries: txt("retries"),
+			Passed: n("passed"), Failed: n("failed"), Errored: n("errored"), Running: n("running"), Pending: n("pending"), N: n("size")};
+	})()`)
+	want := view{PassRate: "70% of 10", Mean: "0.806", Median: "1", P50: v.P50, P95: v.P95, Retries: "0",
+		Passed: "7", Failed: "2", Errored: "1", Running: "0", Pending: "0", N: "10"}
+	if v != want || !strings.HasSuffix(v.P50, " s") || !strings.HasSuffix(v.P95, " s") {
+		t.Errorf("the ended run: %+v, want %+v", v, want)
+	}
+	screenshot(t, ctx, "run-ended")
+
+	// Back to the list, and on to Asynqmon's page of the failed eval.
+	follow(t, ctx, `#runs-link`, b.url+"/runs")
+	pollTrue(t, ctx, "the list with the ended run",
+		`(() => { const tr = document.querySelector('#runs tr[data-run="nightly-1"]'); return tr !== null && tr.querySelector(".pass-rate").innerText === "70% of 10" && tr.querySelector(".done").innerText === "10 (100%)"; })()`, 10*time.Second)
+	screenshot(t, ctx, "runs")
+	if err := chromedp.Do(ctx, chromedp.Navigate(wantHref)); err != nil {
+		t.Fatal(err)
+	}
+	pollTrue(t, ctx, "Asynqmon's page of the failed eval", `document.body.innerText.includes("nightly-1/bad-1") && document.body.innerText.includes('"grade": "failed"')`, 20*time.Second)
+	screenshot(t, ctx, "asynqmon-task")
 }
 
 // The pool page draws each executor's leases of the last 5 minutes: a span

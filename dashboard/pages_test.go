@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
 )
 
 // getAs GETs path and decodes its JSON body, which must come with code.
@@ -354,11 +356,49 @@ func TestPoolWaitersEndpoint(t *testing.T) {
 	}
 }
 
-// The pool page is served with a policy that runs its own scripts only.
+// Asynqmon's task page works for an eval of a run, whose ID has a slash
+// that Asynqmon's own router cannot route; other IDs are Asynqmon's.
+func TestAsynqmonTaskWithSlash(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t)
+	aq := asynq.NewClientFromRedisClient(b.client)
+	for _, id := range []string{"nightly/k1", "plain"} {
+		task, err := tasks.NewEval(tasks.Eval{ID: id, Pool: "web", Spec: json.RawMessage(`{"grade":"failed"}`)}, tasks.EvalOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := aq.EnqueueContext(t.Context(), task); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type info struct {
+		ID, Queue, Type, Payload, State string
+		MaxRetry                        int `json:"max_retry"`
+		Timeout                         int `json:"timeout_seconds"`
+	}
+	for _, path := range []string{"evals%3Aweb/tasks/nightly%2Fk1", "evals:web/tasks/nightly/k1", "evals:web/tasks/plain"} {
+		v, body := getAs[info](t, b.url+"/monitoring/api/queues/"+path, 200)
+		want := "nightly/k1"
+		if strings.HasSuffix(path, "plain") {
+			want = "plain"
+		}
+		if v.ID != want || v.Queue != "evals:web" || v.Type != tasks.TypeEval || v.State != "pending" || !strings.Contains(v.Payload, `"grade":"failed"`) || v.MaxRetry == 0 || v.Timeout == 0 {
+			t.Errorf("%s: %s", path, body)
+		}
+	}
+	for _, path := range []string{"evals:web/tasks/nightly%2Fnope", "nope/tasks/nightly%2Fk1"} {
+		if code, body := get(t, b.url+"/monitoring/api/queues/"+path); code != 404 {
+			t.Errorf("%s: %d %.200s, want 404", path, code, body)
+		}
+	}
+}
+
+// The pages are served at /, /runs and /runs/NAME, each with a policy that
+// runs its own scripts only.
 func TestPages(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t)
-	for path, want := range map[string]string{"/": "api/pool/page"} {
+	for path, want := range map[string]string{"/": "api/pool/page", "/runs": "api/v1/runs", "/runs/nightly-1": "api/v1/runs"} {
 		resp, body := req(t, "GET", b.url+path, "")
 		csp := resp.Header.Get("Content-Security-Policy")
 		if resp.StatusCode != 200 || !strings.Contains(body, want) || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
@@ -367,5 +407,8 @@ func TestPages(t *testing.T) {
 		if !strings.Contains(csp, "script-src 'sha256-") || !strings.Contains(csp, "connect-src 'self'") || !strings.Contains(csp, "default-src 'none'") {
 			t.Errorf("%s: Content-Security-Policy %q", path, csp)
 		}
+	}
+	if code, _ := get(t, b.url+"/runs/a/b"); code != 404 {
+		t.Errorf("/runs/a/b: %d, want 404", code)
 	}
 }
