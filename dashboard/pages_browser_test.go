@@ -7,8 +7,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -426,4 +429,67 @@ func TestPoolPaginationInChromium(t *testing.T) {
 	if p := wait("executors 51–100 of 120"); len(p.URLs) != 50 || !p.Next {
 		t.Errorf("back: %d rows, next %v", len(p.URLs), p.Next)
 	}
+}
+
+// TestDocScreenshotsInChromium makes the screenshots of docs/img when
+// EVALPOOL_DOC_SCREENSHOTS=1: a pool of 8 executors that ran a few runs
+// over a minute and a half, one still running.
+func TestDocScreenshotsInChromium(t *testing.T) {
+	if os.Getenv("EVALPOOL_DOC_SCREENSHOTS") != "1" {
+		t.Skip("set EVALPOOL_DOC_SCREENSHOTS=1 to write docs/img/pool.png, runs.png and run.png")
+	}
+	_, b := setupTuned(t, Options{}, nil)
+	fleet(t, b, 8, executor.ServerOptions{}, func(i int) map[string]string {
+		return map[string]string{"gpu": []string{"a100", "h100"}[i%2], "zone": []string{"eu-1", "us-1"}[i/4]}
+	})
+	runWorker(t, b, 8)
+	rng := rand.New(rand.NewPCG(1, 2))
+	workload := func(name string, n, minMs, maxMs int, failRate float64) runRequest {
+		rr := runRequest{Name: name}
+		for i := range n {
+			spec := map[string]any{"sleep_ms": minMs + rng.IntN(maxMs-minMs)}
+			if rng.Float64() < failRate {
+				spec["grade"] = "failed"
+			}
+			rr.Evals = append(rr.Evals, runEval{EvalID: fmt.Sprintf("case-%03d", i), Spec: spec})
+		}
+		return rr
+	}
+	submitRun(t, b, workload("nightly-2026-11-24", 60, 1000, 6000, 0.08))
+	waitRun(t, b, "nightly-2026-11-24", 60, 2*time.Minute)
+	time.Sleep(15 * time.Second)
+	submitRun(t, b, workload("smoke-2026-11-25", 24, 300, 2000, 0))
+	waitRun(t, b, "smoke-2026-11-25", 24, time.Minute)
+	time.Sleep(10 * time.Second)
+	submitRun(t, b, workload("nightly-2026-11-25", 80, 1000, 5000, 0.12))
+	waitRun(t, b, "nightly-2026-11-25", 36, 2*time.Minute)
+
+	ctx := browser(t)
+	shoot := func(path, ready, name string, width int64) {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.EmulateViewport(width, 900), chromedp.Navigate(b.url+path)); err != nil {
+			t.Fatal(err)
+		}
+		pollTrue(t, ctx, name, ready, 20*time.Second)
+		time.Sleep(300 * time.Millisecond)
+		png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join("..", "docs", "img", name+".png")
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(out, png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if len(png) > 300<<10 {
+			t.Errorf("%s is %d KB, want at most 300", out, len(png)>>10)
+		}
+		t.Logf("%s: %d KB", out, len(png)>>10)
+	}
+	// The pool page is wide: every column in view.
+	shoot("/", `document.querySelectorAll(".tl .span-released").length > 20`, "pool", 1800)
+	shoot("/runs", `document.querySelectorAll("#runs tr[data-run]").length === 3`, "runs", 1400)
+	shoot("/runs/nightly-2026-11-25", `document.querySelectorAll("#failures tr[data-key]").length > 0 && document.getElementById("p95").innerText !== "–"`, "run", 1400)
 }
