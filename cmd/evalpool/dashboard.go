@@ -48,7 +48,7 @@ func (a *app) dashboardCommand() *cobra.Command {
 	)
 	c := &cobra.Command{
 		Use:   "dashboard --listen ADDR [--auth-token T] [--admin]",
-		Short: "Serve the pool page (/), the API (/api/v1/), Asynqmon (/monitoring/), /api/pool and /metrics",
+		Short: "Serve the pool page (/), the runs pages (/runs), the API (/api/v1/), Asynqmon (/monitoring/) and /metrics",
 		Long: `Serve the pool page (/), the JSON API (/api/v1/, described at
 /api/v1/openapi.json), Asynqmon (/monitoring/), /api/pool, /metrics and
 /healthz.
