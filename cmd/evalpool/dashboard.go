@@ -128,14 +128,15 @@ func (a *app) serveDashboard(ctx context.Context, listen string, flags dashboard
 	if err != nil {
 		return err
 	}
-	a.log.Info().Str("url", "http://"+l.Addr().String()+"/").Bool("auth", token != "").Bool("admin", flags.admin).Msg("dashboard listening")
-	fmt.Fprintf(a.stderr, "dashboard: http://%s/ (queues at /monitoring/, API at /api/v1/); Ctrl-C to stop\n", l.Addr())
+	// The warnings first: the line saying where it listens is the last.
 	if token == "" {
 		a.log.Warn().Str("addr", l.Addr().String()).Msg("dashboard runs without authentication: anyone who reaches it can submit and cancel evals (--auth-token)")
 		fmt.Fprintln(a.stderr, "dashboard: WARNING: no --auth-token: runs without authentication")
 	} else if len(token) < 16 {
 		a.log.Warn().Msg("dashboard: the auth token is shorter than 16 characters: easy to guess")
 	}
+	a.log.Info().Str("url", "http://"+l.Addr().String()+"/").Bool("auth", token != "").Bool("admin", flags.admin).Msg("dashboard listening")
+	fmt.Fprintf(a.stderr, "dashboard: http://%s/ (queues at /monitoring/, API at /api/v1/); Ctrl-C to stop\n", l.Addr())
 	serveHTTP(ctx, l, d, &a.log)
 	return nil
 }
