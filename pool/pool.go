@@ -32,8 +32,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/evalpool/evalpool/internal/lua"
 	"github.com/evalpool/evalpool/labels"
-	"github.com/evalpool/evalpool/lua"
 )
 
 // Sentinel errors, wrapped with context; check them with errors.Is.

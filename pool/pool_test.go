@@ -10,7 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
-	"github.com/evalpool/evalpool/lua"
+	"github.com/evalpool/evalpool/internal/lua"
 )
 
 type testBundle struct {

@@ -13,7 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
-	"github.com/evalpool/evalpool/lua"
+	"github.com/evalpool/evalpool/internal/lua"
 )
 
 // lifecycle drives every script once and checks the pool is whole after.

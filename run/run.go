@@ -23,7 +23,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/lua"
+	"github.com/evalpool/evalpool/internal/lua"
 )
 
 // Sentinel errors, wrapped with context; check them with errors.Is.
