@@ -897,6 +897,12 @@ type ReleaseArgs struct {
 	// lease that is not the caller's (a late callback replayed, an old
 	// token) is a double release, the one to alert on.
 	Designed bool
+	// Along adds commands to send in the same round trip as the release,
+	// ahead of it: the worker's inline release writes the eval's result with
+	// it, so that an eval costs one round trip fewer. Their replies and
+	// errors are read from the commands Along added; the release's own
+	// error is the only one ReleaseWith returns. Nil sends the release alone.
+	Along func(pipe redis.Pipeliner)
 }
 
 // Release gives the leased executor back, if and only if l still holds it.
@@ -922,8 +928,23 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 	if args.Designed {
 		designed = "1"
 	}
-	vals, err := lua.Release.Run(ctx, p.client, p.keys, l.URL, l.Token, string(args.Verdict), retrying,
-		p.quarantineAfter, strconv.FormatFloat(p.failRate, 'g', -1, 64), p.probeEvery.Milliseconds(), designed).Slice()
+	argv := []any{l.URL, l.Token, string(args.Verdict), retrying,
+		p.quarantineAfter, strconv.FormatFloat(p.failRate, 'g', -1, 64), p.probeEvery.Milliseconds(), designed}
+	var cmd *redis.Cmd
+	if args.Along != nil {
+		// The pipeline's error is the first of any command's: the release's
+		// own is read from its command. A script cache that lost the script
+		// (a restarted Redis) answers NOSCRIPT; Run then loads it.
+		_, _ = p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			args.Along(pipe)
+			cmd = lua.Release.EvalSha(ctx, pipe, p.keys, argv...)
+			return nil
+		})
+	}
+	if cmd == nil || redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		cmd = lua.Release.Run(ctx, p.client, p.keys, argv...)
+	}
+	vals, err := cmd.Slice()
 	if err != nil {
 		return ReleaseResult{}, fmt.Errorf("pool: release %s for eval %s: %w", l.URL, l.EvalID, scriptErr(err))
 	}

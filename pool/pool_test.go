@@ -613,3 +613,32 @@ func TestReapEveryRunsOncePerInterval(t *testing.T) {
 	}
 	assertWhole(t, p, "http://e1")
 }
+
+// TestReleaseAlong: commands sent along with a release run ahead of it in
+// its round trip, and a script cache that lost the release (a restarted
+// Redis, SCRIPT FLUSH) still releases.
+func TestReleaseAlong(t *testing.T) {
+	t.Parallel()
+	const e1 = "http://executor-1"
+	for _, flush := range []bool{false, true} {
+		p, b := setup(t, e1)
+		l := acquire(t, p, "eval-a", time.Minute)
+		if flush {
+			if err := b.client.ScriptFlush(t.Context()).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		key := "evalpool:{" + p.Name() + "}:test-along"
+		var set *redis.StatusCmd
+		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Along: func(pipe redis.Pipeliner) {
+			set = pipe.Set(t.Context(), key, "written", time.Minute)
+		}})
+		if err != nil || r.Outcome != Released {
+			t.Fatalf("flushed=%v: %+v, %v; want released", flush, r, err)
+		}
+		if got, err := b.client.Get(t.Context(), key).Result(); set.Err() != nil || err != nil || got != "written" {
+			t.Fatalf("flushed=%v: the command sent along: %v; read back %q, %v", flush, set.Err(), got, err)
+		}
+		assertWhole(t, p, e1)
+	}
+}

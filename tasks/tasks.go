@@ -75,6 +75,15 @@ func PoolOfQueue(q string) (string, bool) {
 	return "", false
 }
 
+// ResultKey is the Redis hash where Asynq keeps the task id of queue q,
+// whose "result" field holds what the task's ResultWriter wrote. The worker
+// writes an eval's result there itself, in the round trip that releases its
+// executor; the key is Asynq's own (v0.26), and a test checks that Asynq
+// reads back what is written there.
+func ResultKey(q, id string) string {
+	return "asynq:{" + q + "}:t:" + id
+}
+
 // poolOrDefault is the pool a payload names, or DefaultPool for none.
 func poolOrDefault(pool string) string {
 	if pool == "" {

@@ -589,11 +589,19 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	start := time.Now()
 	res, runErr := w.runOnLease(ctx, sp, e, lease, ttl)
 	took := time.Since(start)
+	// The result is written before the release, so that an eval's executor
+	// is never free while its result is not yet stored; in inline mode in
+	// the same round trip as the release.
+	var result []byte
 	if runErr == nil {
-		runErr = w.writeResult(t, EvalResult{
+		result, runErr = encodeResult(EvalResult{
 			EvalID: e.ID, Executor: lease.URL, Fence: lease.Fence, Attempt: attempt,
 			Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(),
 		})
+	}
+	if runErr == nil && w.cfg.Cleanup != CleanupInline {
+		runErr = writeResult(t, e.ID, result)
+		result = nil
 	}
 	outcome := res.Status
 	cancelled := runErr != nil && ctx.Err() != nil && w.cancelled(ctx, sp, e)
@@ -629,7 +637,9 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	// A stopping worker's cleanup servers are going: an attempt that ends
 	// then releases its executor itself, before the worker exits.
 	if w.cfg.Cleanup == CleanupInline || w.stopping.Load() {
-		w.releaseInline(ctx, sp, lease, c, runErr)
+		if err := w.releaseInline(ctx, t, sp, lease, c, runErr, result); err != nil {
+			runErr = err
+		}
 		if runErr != nil {
 			return w.attemptError(ctx, sp, lease, verdict, runErr)
 		}
@@ -694,23 +704,40 @@ func verdictOf(res executor.Result, runErr error) pool.Verdict {
 
 // releaseInline releases the attempt's executor in its own handler (path
 // inline), and enqueues the cleanup of its outcome only when that release
-// fails: one Redis round trip instead of a task. The error handler still
-// enqueues its failure cleanup for a failed attempt.
-func (w *Worker) releaseInline(ctx context.Context, sp *served, lease pool.Lease, c tasks.Cleanup, runErr error) {
+// fails: one Redis round trip instead of a task. A result not yet written
+// goes in the same round trip, ahead of the release; its error, if any, is
+// returned, and the attempt fails with it. The error handler still enqueues
+// its failure cleanup for a failed attempt.
+func (w *Worker) releaseInline(ctx context.Context, t *asynq.Task, sp *served, lease pool.Lease, c tasks.Cleanup, runErr error, result []byte) error {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	r, err := sp.pool.ReleaseWith(rctx, lease, pool.ReleaseArgs{Path: tasks.PathInline, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, Designed: true})
+	args := pool.ReleaseArgs{Path: tasks.PathInline, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, Designed: true}
+	var written *redis.IntCmd
+	if queue, ok := asynq.GetQueueName(ctx); ok && result != nil {
+		args.Along = func(pipe redis.Pipeliner) {
+			written = pipe.HSet(rctx, tasks.ResultKey(queue, t.ResultWriter().TaskID()), "result", result)
+		}
+	}
+	var writeErr error
+	if result != nil && args.Along == nil {
+		writeErr = writeResult(t, lease.EvalID, result)
+	}
+	r, err := sp.pool.ReleaseWith(rctx, lease, args)
+	if written != nil && written.Err() != nil {
+		writeErr = fmt.Errorf("eval %s: write result: %w", lease.EvalID, written.Err())
+	}
 	if err == nil {
 		w.log.Debug().Str("eval", lease.EvalID).Str("executor", lease.URL).Str("outcome", string(r.Outcome)).Msg("released inline")
-		return
+		return writeErr
 	}
 	w.log.Warn().Err(err).Str("eval", lease.EvalID).Str("executor", lease.URL).Msg("inline release failed; a cleanup task will release it")
 	typ := tasks.TypeCleanupSuccess
 	c.Path = tasks.PathSuccess
-	if runErr != nil {
-		typ, c.Path, c.Error = tasks.TypeCleanupFailure, tasks.PathFailure, runErr.Error()
+	if runErr != nil || writeErr != nil {
+		typ, c.Path, c.Error = tasks.TypeCleanupFailure, tasks.PathFailure, errors.Join(runErr, writeErr).Error()
 	}
 	w.enqueueCleanup(ctx, typ, c)
+	return writeErr
 }
 
 // attemptError wraps a failed attempt's error with its lease and verdict,
@@ -828,13 +855,19 @@ func (w *Worker) runOnLease(ctx context.Context, sp *served, e tasks.Eval, lease
 	return res, nil
 }
 
-func (w *Worker) writeResult(t *asynq.Task, r EvalResult) error {
+// encodeResult is what writeResult writes.
+func encodeResult(r EvalResult) ([]byte, error) {
 	b, err := json.Marshal(r)
 	if err != nil {
-		return fmt.Errorf("eval %s: encode result: %w", r.EvalID, err)
+		return nil, fmt.Errorf("eval %s: encode result: %w", r.EvalID, err)
 	}
+	return b, nil
+}
+
+// writeResult stores an eval's result with Asynq's ResultWriter.
+func writeResult(t *asynq.Task, evalID string, b []byte) error {
 	if _, err := t.ResultWriter().Write(b); err != nil {
-		return fmt.Errorf("eval %s: write result: %w", r.EvalID, err)
+		return fmt.Errorf("eval %s: write result: %w", evalID, err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -692,4 +693,62 @@ func TestStopReturnsAbandonedLeases(t *testing.T) {
 			assertPoolWhole(t, b)
 		})
 	}
+}
+
+// pipelineHook counts the pipelines that write an Asynq task's result
+// ahead of a script.
+type pipelineHook struct{ resultWithScript atomic.Int64 }
+
+func (h *pipelineHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *pipelineHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *pipelineHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		result := -1
+		for i, c := range cmds {
+			switch c.Name() {
+			case "hset":
+				if key, _ := c.Args()[1].(string); strings.HasPrefix(key, "asynq:") && strings.Contains(key, ":t:") {
+					result = i
+				}
+			case "evalsha", "eval":
+				if result >= 0 {
+					h.resultWithScript.Add(1)
+				}
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestInlineWritesResultWithRelease: with --cleanup inline an eval's result
+// goes in the round trip that releases its executor, ahead of the release,
+// and Asynq reads it back as the task's result.
+func TestInlineWritesResultWithRelease(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	hook := &pipelineHook{}
+	client.AddHook(hook)
+	sim := executor.ServerOptions{Latency: time.Millisecond}
+	w, b := setupOn(t, client, Config{Cleanup: CleanupInline, Concurrency: 4}, sim, sim)
+	start(t, w)
+	ids := enqueueEvals(t, b, 20, tasks.EvalOptions{}, time.Minute)
+	if completed, archived := evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute); completed != len(ids) {
+		t.Fatalf("completed %d, archived %d; want all %d completed", completed, archived, len(ids))
+	}
+	for _, id := range ids {
+		info, err := b.insp.GetTaskInfo(tasks.QueueEvals, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r EvalResult
+		if err := json.Unmarshal(info.Result, &r); err != nil || r.EvalID != id || r.Status != executor.StatusPassed {
+			t.Errorf("eval %s result %q: %v", id, info.Result, err)
+		}
+	}
+	if n, inline := hook.resultWithScript.Load(), releases(b, pool.Released, tasks.PathInline); n != int64(len(ids)) || inline != float64(len(ids)) {
+		t.Fatalf("%d results sent with a release, %v inline releases; want %d of each", n, inline, len(ids))
+	}
+	assertPoolWhole(t, b)
 }
