@@ -64,6 +64,19 @@ const (
 // executor still has its whole timeout on it.
 const MaxExecutorWait = tasks.WaitAllowance / 2
 
+// The defaults of Config, exported so that the CLI's flags show and use
+// the same values.
+const (
+	DefaultConcurrency         = 10
+	DefaultReapInterval        = 10 * time.Second
+	DefaultExecutorWait        = MaxExecutorWait
+	DefaultNoExecutorDelay     = 500 * time.Millisecond
+	DefaultPollInterval        = time.Second
+	DefaultCleanupPollInterval = 20 * time.Millisecond
+	DefaultShutdownTimeout     = 10 * time.Second
+	DefaultProbeTimeout        = 2 * time.Second
+)
+
 // Config configures a Worker.
 type Config struct {
 	// Redis is the client Asynq and the pools share. Required.
@@ -77,7 +90,8 @@ type Config struct {
 	// Redis can drop a pool's keys under memory pressure and lose executors
 	// and evals without a word; the worker refuses it unless told otherwise.
 	AllowEvictingRedis bool
-	// Concurrency is how many evals run at once. Defaults to 10.
+	// Concurrency is how many evals run at once. Defaults to
+	// DefaultConcurrency (10).
 	Concurrency int
 	// CleanupConcurrency is how many cleanups and reaps run at once, in
 	// slots of their own so that a release never waits behind evals.
@@ -91,41 +105,45 @@ type Config struct {
 	LeaseTTL time.Duration
 	// ReapInterval is how often the pool is reaped, at most once per interval
 	// across all workers: whole seconds, at least 1 s (the scheduler's cron
-	// and Asynq's uniqueness both count in seconds). Defaults to 10 s.
+	// and Asynq's uniqueness both count in seconds). Defaults to
+	// DefaultReapInterval (10 s).
 	ReapInterval time.Duration
 	// ExecutorWait is how long an attempt that finds no free executor waits
 	// in the pool's FIFO wait list before it hands its task back to the
 	// queue (keeping its place in line for its next attempt). Waiting costs
 	// no Redis call: the pool hands a freed executor straight to the oldest
 	// waiter and wakes its worker. At most MaxExecutorWait. Defaults to
-	// MaxExecutorWait; set NoExecutorWait for none.
-	ExecutorWait   time.Duration
-	NoExecutorWait bool
+	// DefaultExecutorWait (MaxExecutorWait); negative for none: the task
+	// goes back to the queue at once.
+	ExecutorWait time.Duration
 	// NoExecutorDelay is the mean delay before an eval handed back for want
 	// of an executor tries again (jittered by ±50%); such a retry does not
-	// count against the eval's retries. Defaults to 500 ms.
+	// count against the eval's retries. Defaults to DefaultNoExecutorDelay
+	// (500 ms).
 	NoExecutorDelay time.Duration
 	// RetryDelay is the delay before retrying attempt n of a failed eval.
 	// Defaults to Asynq's (n⁴ + 15 + rand(30)·(n+1) seconds, from Sidekiq).
 	RetryDelay func(n int) time.Duration
 	// PollInterval is how long an idle worker waits before it looks at empty
 	// queues again, and how often due retries are moved to their queue.
-	// Defaults to 1 s.
+	// Defaults to DefaultPollInterval (1 s).
 	PollInterval time.Duration
 	// CleanupPollInterval is PollInterval for the cleanup queue. An executor
 	// stays leased until its cleanup runs, so a cleanup that waits for an
 	// idle worker's next look at its queue is an executor kept idle: this
 	// poll is short, at the cost of one small round trip per interval per
-	// idle worker. Defaults to 20 ms, or PollInterval if shorter.
+	// idle worker. Defaults to DefaultCleanupPollInterval (20 ms), or
+	// PollInterval if shorter.
 	CleanupPollInterval time.Duration
 	// ShutdownTimeout is how long a stopping worker waits for running tasks
-	// before it hands them back to the queue. Defaults to 10 s.
+	// before it hands them back to the queue. Defaults to
+	// DefaultShutdownTimeout (10 s).
 	ShutdownTimeout time.Duration
 	// Executor calls the executors. Defaults to a zero executor.Client.
 	Executor *executor.Client
 	// ProbeTimeout bounds the health probe of a quarantined executor, which
 	// every reap runs on the executors due (pool.Options.ProbeInterval).
-	// Defaults to 2 s.
+	// Defaults to DefaultProbeTimeout (2 s).
 	ProbeTimeout time.Duration
 	// Logger receives the worker's and Asynq's logs. Defaults to discarding.
 	Logger *zerolog.Logger
@@ -149,7 +167,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("worker: lease TTL must be from 10ms to %s, got %s", tasks.MaxLeaseTTL, c.LeaseTTL)
 	case c.ReapInterval != 0 && (c.ReapInterval < time.Second || c.ReapInterval%time.Second != 0):
 		return fmt.Errorf("worker: reap interval must be whole seconds, at least 1s, got %s", c.ReapInterval)
-	case c.NoExecutorDelay < 0, c.ExecutorWait < 0, c.ShutdownTimeout < 0, c.PollInterval < 0, c.CleanupPollInterval < 0, c.ProbeTimeout < 0:
+	case c.NoExecutorDelay < 0, c.ShutdownTimeout < 0, c.PollInterval < 0, c.CleanupPollInterval < 0, c.ProbeTimeout < 0:
 		return errors.New("worker: intervals and timeouts may not be negative")
 	}
 	seen := map[string]bool{}
@@ -164,7 +182,7 @@ func (c *Config) validate() error {
 
 func (c *Config) withDefaults() {
 	if c.Concurrency == 0 {
-		c.Concurrency = 10
+		c.Concurrency = DefaultConcurrency
 	}
 	if c.CleanupConcurrency == 0 {
 		c.CleanupConcurrency = max(4, c.Concurrency/2)
@@ -176,31 +194,28 @@ func (c *Config) withDefaults() {
 		c.LeaseTTL = tasks.DefaultLeaseTTL
 	}
 	if c.ReapInterval == 0 {
-		c.ReapInterval = 10 * time.Second
+		c.ReapInterval = DefaultReapInterval
 	}
-	switch {
-	case c.NoExecutorWait:
-		c.ExecutorWait = 0
-	case c.ExecutorWait == 0:
-		c.ExecutorWait = MaxExecutorWait
+	if c.ExecutorWait == 0 {
+		c.ExecutorWait = DefaultExecutorWait
 	}
 	if c.NoExecutorDelay == 0 {
-		c.NoExecutorDelay = 500 * time.Millisecond
+		c.NoExecutorDelay = DefaultNoExecutorDelay
 	}
 	if c.PollInterval == 0 {
-		c.PollInterval = time.Second
+		c.PollInterval = DefaultPollInterval
 	}
 	if c.CleanupPollInterval == 0 {
-		c.CleanupPollInterval = min(20*time.Millisecond, c.PollInterval)
+		c.CleanupPollInterval = min(DefaultCleanupPollInterval, c.PollInterval)
 	}
 	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = 10 * time.Second
+		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	if c.Executor == nil {
 		c.Executor = &executor.Client{}
 	}
 	if c.ProbeTimeout == 0 {
-		c.ProbeTimeout = 2 * time.Second
+		c.ProbeTimeout = DefaultProbeTimeout
 	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics()
@@ -459,6 +474,11 @@ func (w *Worker) Run(ctx context.Context) error {
 // ShutdownTimeout, for abandoned attempts to release their executors.
 const returnTimeout = 10 * time.Second
 
+// afterTimeout bounds a Redis call an attempt makes after its own context
+// may have ended (a release, leaving the wait list, enqueueing a cleanup):
+// the call must go through even then, but never hang the handler.
+const afterTimeout = 5 * time.Second
+
 // waitsForExecutor reports whether an attempt ended without running for want
 // of an executor: none was free, or the one it leased was busy with another
 // eval's live lease. Such an attempt is retried soon and spends no retry.
@@ -680,7 +700,7 @@ func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) {
 		return
 	}
 	rec.Key, rec.At = e.Key, time.Now()
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 	defer cancel()
 	if _, err := w.runs.Finish(rctx, e.Run, rec); err != nil {
 		w.log.Warn().Err(err).Str("eval", e.ID).Str("run", e.Run).Msg("could not record the eval's end in its run")
@@ -709,7 +729,7 @@ func verdictOf(res executor.Result, runErr error) pool.Verdict {
 // returned, and the attempt fails with it. The error handler still enqueues
 // its failure cleanup for a failed attempt.
 func (w *Worker) releaseInline(ctx context.Context, t *asynq.Task, sp *served, lease pool.Lease, c tasks.Cleanup, runErr error, result []byte) error {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 	defer cancel()
 	args := pool.ReleaseArgs{Path: tasks.PathInline, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, Designed: true}
 	var written *redis.IntCmd
@@ -812,7 +832,7 @@ func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time
 		case <-timer.C:
 			return pool.Lease{}, err // back to the queue; its place in line stays
 		case <-ctx.Done():
-			leaveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			leaveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 			defer cancel()
 			if _, _, lerr := sp.pool.Leave(leaveCtx, evalID, token); lerr != nil {
 				w.log.Warn().Err(lerr).Str("eval", evalID).Msg("could not leave the wait list; an executor handed to this eval returns when its lease expires")
@@ -876,7 +896,7 @@ func writeResult(t *asynq.Task, evalID string, b []byte) error {
 // (a timeout is a failure that needs its cleanup most). A duplicate, same
 // path, eval and lease, is refused by its task ID: that is success.
 func (w *Worker) enqueueCleanup(ctx context.Context, typ string, c tasks.Cleanup) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 	defer cancel()
 	t, err := tasks.NewCleanup(typ, c)
 	if err == nil {

@@ -387,7 +387,7 @@ func TestJunkExecutorAnswers(t *testing.T) {
 // No free executor: the eval waits without spending its retry budget.
 func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{NoExecutorWait: true}, executor.ServerOptions{})
+	w, b := setup(t, Config{ExecutorWait: -1}, executor.ServerOptions{})
 	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -542,10 +542,46 @@ func TestConfigValidate(t *testing.T) {
 		{Redis: c, Pools: ps, Concurrency: -1},
 		{Redis: c, Pools: ps, ReapInterval: 300 * time.Millisecond},
 		{Redis: c, Pools: ps, ReapInterval: 1500 * time.Millisecond},
+		{Redis: c, Pools: ps, ExecutorWait: MaxExecutorWait + time.Second},
+		{Redis: c, Pools: ps, ShutdownTimeout: -time.Second},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
+	}
+}
+
+// TestConfigDefaults: a zero field takes its exported default, and a
+// negative ExecutorWait means no wait, not the default.
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	c := redis.NewClient(&redis.Options{})
+	defer c.Close()
+	p, _ := pool.New(c, pool.Options{})
+	w, err := New(Config{Redis: c, Pools: []*pool.Pool{p}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := w.cfg
+	for name, pair := range map[string][2]any{
+		"Concurrency":         {got.Concurrency, DefaultConcurrency},
+		"ReapInterval":        {got.ReapInterval, DefaultReapInterval},
+		"ExecutorWait":        {got.ExecutorWait, DefaultExecutorWait},
+		"NoExecutorDelay":     {got.NoExecutorDelay, DefaultNoExecutorDelay},
+		"PollInterval":        {got.PollInterval, DefaultPollInterval},
+		"CleanupPollInterval": {got.CleanupPollInterval, DefaultCleanupPollInterval},
+		"ShutdownTimeout":     {got.ShutdownTimeout, DefaultShutdownTimeout},
+		"ProbeTimeout":        {got.ProbeTimeout, DefaultProbeTimeout},
+		"LeaseTTL":            {got.LeaseTTL, tasks.DefaultLeaseTTL},
+		"Cleanup":             {got.Cleanup, CleanupOutcome},
+	} {
+		if pair[0] != pair[1] {
+			t.Errorf("%s defaults to %v, want %v", name, pair[0], pair[1])
+		}
+	}
+	w, err = New(Config{Redis: c, Pools: []*pool.Pool{p}, ExecutorWait: -1})
+	if err != nil || w.cfg.ExecutorWait >= 0 {
+		t.Fatalf("ExecutorWait -1: %v, %v; want no wait", w.cfg.ExecutorWait, err)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
 )
 
 func (a *app) poolCommand() *cobra.Command {
@@ -386,7 +387,7 @@ func (a *app) poolAcquire() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&evalID, "eval", "", "eval ID (required)")
-	c.Flags().DurationVar(&ttl, "ttl", 30*time.Second, "lease TTL")
+	c.Flags().DurationVar(&ttl, "ttl", tasks.DefaultLeaseTTL, "lease TTL")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
 	return c
 }

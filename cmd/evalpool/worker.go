@@ -21,6 +21,7 @@ import (
 
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/tasks"
 	"github.com/evalpool/evalpool/worker"
 )
 
@@ -71,8 +72,8 @@ func (a *app) workerCommand() *cobra.Command {
 			}
 			cfg.Executor = &executor.Client{Secret: []byte(secret)}
 			cfg.Redis, cfg.Cleanup, cfg.Logger, cfg.Metrics = client, worker.CleanupMode(cleanup), &a.log, workerMetrics
-			if c.Flags().Changed("executor-wait") && cfg.ExecutorWait == 0 {
-				cfg.NoExecutorWait = true
+			if cfg.ExecutorWait == 0 {
+				cfg.ExecutorWait = -1 // the flag's 0 is no wait; the option's 0 is its default
 			}
 			if retryDelay > 0 {
 				cfg.RetryDelay = worker.ExponentialBackoff(retryDelay, 10*time.Minute)
@@ -104,21 +105,21 @@ func (a *app) workerCommand() *cobra.Command {
 		},
 	}
 	f := c.Flags()
-	f.IntVar(&cfg.Concurrency, "concurrency", 10, "tasks processed at once")
+	f.IntVar(&cfg.Concurrency, "concurrency", worker.DefaultConcurrency, "tasks processed at once")
 	f.StringVar(&cleanup, "cleanup", string(worker.CleanupOutcome), "how each eval's executor is released: outcome (a cleanup task for its outcome), both (both cleanup tasks), or inline (in the handler; a task only if that fails)")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at ADDR/metrics (e.g. :9090); off when empty")
-	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 30*time.Second, "executor lease TTL for evals that name none; renewed every TTL/3")
-	f.DurationVar(&cfg.ReapInterval, "reap-interval", 10*time.Second, "how often the pool is reaped (once per interval across workers)")
-	f.DurationVar(&cfg.PollInterval, "poll-interval", time.Second, "how often an idle worker looks at empty queues and due retries")
-	f.DurationVar(&cfg.ExecutorWait, "executor-wait", worker.MaxExecutorWait, "how long an eval waits in the pool's FIFO wait list before its task goes back to the queue, keeping its place; 0 for no wait")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", tasks.DefaultLeaseTTL, "executor lease TTL for evals that name none; renewed every TTL/3")
+	f.DurationVar(&cfg.ReapInterval, "reap-interval", worker.DefaultReapInterval, "how often the pool is reaped (once per interval across workers)")
+	f.DurationVar(&cfg.PollInterval, "poll-interval", worker.DefaultPollInterval, "how often an idle worker looks at empty queues and due retries")
+	f.DurationVar(&cfg.ExecutorWait, "executor-wait", worker.DefaultExecutorWait, "how long an eval waits in the pool's FIFO wait list before its task goes back to the queue, keeping its place; 0 for no wait")
 	f.DurationVar(&retryDelay, "retry-delay", 0, "first retry delay of a failed eval, doubling per retry up to 10m; 0 uses Asynq's backoff (15s and up)")
-	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a stopping worker waits for running evals")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", worker.DefaultShutdownTimeout, "how long a stopping worker waits for running evals")
 	f.StringVar(&secret, "executor-secret", os.Getenv(executor.EnvSecret), "secret shared with the executors, to sign every call (env "+executor.EnvSecret+")")
 	f.BoolVar(&cfg.AllowEvictingRedis, "allow-evicting-redis", false, "start even on a Redis whose maxmemory-policy may evict the pool's keys")
 	f.IntVar(&quarantineAfter, "quarantine-after", pool.DefaultQuarantine, "quarantine an executor after this many calls in a row it did not serve (refused, timed out, 5xx, junk); 0 never")
 	f.Float64Var(&failRate, "quarantine-on-fail-rate", 0, "also quarantine an executor when this share of its last 20 graded evals failed (e.g. 0.9); 0 never")
-	f.DurationVar(&probeInterval, "probe-interval", pool.DefaultProbe, "first health probe of a quarantined executor after this long, then doubling up to 1m; probes run with the reap")
-	f.DurationVar(&cfg.ProbeTimeout, "probe-timeout", 2*time.Second, "time limit of one health probe")
+	f.DurationVar(&probeInterval, "probe-interval", pool.DefaultProbe, "first health probe of a quarantined executor after this long, then doubling up to "+pool.DefaultProbeMax.String()+"; probes run with the reap")
+	f.DurationVar(&cfg.ProbeTimeout, "probe-timeout", worker.DefaultProbeTimeout, "time limit of one health probe")
 	return c
 }
 

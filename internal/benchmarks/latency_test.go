@@ -287,7 +287,7 @@ func waitingCPU(t *testing.T, srv *evaltest.Server, wait bool) (cpu, acquiresPer
 		if !wait {
 			// Hand the task back at once and come again: Asynq's retry
 			// schedule does the polling.
-			cfg.NoExecutorWait, cfg.NoExecutorDelay = true, 20*time.Millisecond
+			cfg.ExecutorWait, cfg.NoExecutorDelay = -1, 20*time.Millisecond
 		}
 		w, err := worker.New(cfg)
 		if err != nil {
