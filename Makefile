@@ -16,8 +16,8 @@ build: ## Build bin/evalpool
 	$(GO) build -o $(BIN) ./cmd/evalpool
 
 .PHONY: test
-test: ## Run every test with the race detector against a real redis-server the tests start
-	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+test: ## Run every test with the race detector against a real redis-server the tests start; one line per test as it ends
+	$(GO) tool gotestsum --format testname --format-hide-empty-pkg -- -race -count=1 -timeout 15m $(PKGS)
 
 FUZZTIME ?= 10s
 
