@@ -140,7 +140,7 @@ func TestClusterOneSlotPerPool(t *testing.T) {
 		if len(slots) != 1 {
 			t.Fatalf("pool %s keys span slots %v", p.Name(), slots)
 		}
-		node, err := c.MasterForKey(t.Context(), p.Keys()[0])
+		node, err := c.MasterForKey(t.Context(), p.keys.Executors())
 		if err != nil {
 			t.Fatal(err)
 		}
