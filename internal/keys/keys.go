@@ -1,4 +1,4 @@
-// Package keys names every Redis key evalpool writes.
+// Package keys names every Redis key of evalpool's own (Asynq's keys are Asynq's).
 //
 // Every key of a pool shares one hash tag, {<pool>}, so that each script,
 // which is handed all of them, touches one cluster slot; a run's keys share
