@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/internal/keys"
 )
 
 var benchSizes = []int{10, 1000, 10_000, 100_000}
@@ -76,8 +77,8 @@ var designs = []design{
 	}},
 	{"original", func(b *testing.B, n int) func(context.Context, int64) error {
 		client := evaltest.Client(b)
-		prefix := "evalpool:{" + evaltest.Pool(b, client) + "}:"
-		available := prefix + "available_list"
+		k := keys.ForPool(evaltest.Pool(b, client))
+		available := k.Scratch("available_list")
 		if err := loadOriginal(b.Context(), client, available, n); err != nil {
 			b.Fatal(err)
 		}
@@ -95,7 +96,7 @@ var designs = []design{
 			if err := json.Unmarshal([]byte(raw), &item); err != nil {
 				return err
 			}
-			busy := prefix + "busy:" + item.URL
+			busy := k.Scratch("busy:" + item.URL)
 			if err := client.SetEx(ctx, busy, "eval-"+strconv.FormatInt(i, 10), 600*time.Second).Err(); err != nil {
 				return err
 			}

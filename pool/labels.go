@@ -37,9 +37,9 @@ func (p *Pool) CanServe(ctx context.Context, require map[string]string) (bool, e
 	var n int64
 	var err error
 	if set := labels.Name(require); set == "" {
-		n, err = p.client.HLen(ctx, p.keys[0]).Result()
+		n, err = p.client.HLen(ctx, p.keys.Executors()).Result()
 	} else {
-		err = p.client.HGet(ctx, p.keys[13], set).Scan(&n)
+		err = p.client.HGet(ctx, p.keys.LabelSets(), set).Scan(&n)
 		if errors.Is(err, redis.Nil) {
 			err = nil
 		}
@@ -77,7 +77,7 @@ func (p *Pool) Relabel(ctx context.Context, rawURL string, ls map[string]string)
 	if err != nil {
 		return "", fmt.Errorf("%w: labels of %s: %w", ErrInvalid, u, err)
 	}
-	out, err := lua.Label.Run(ctx, p.client, p.keys, u, string(b)).Text()
+	out, err := lua.Label.Run(ctx, p.client, p.script, u, string(b)).Text()
 	if err != nil {
 		return "", fmt.Errorf("pool: relabel %s: %w", u, scriptErr(err))
 	}

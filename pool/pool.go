@@ -32,6 +32,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/internal/lua"
 	"github.com/evalpool/evalpool/labels"
 )
@@ -88,8 +89,8 @@ func (p *Pool) Cancel(ctx context.Context, evalIDs ...string) error {
 		members[i] = redis.Z{Score: float64(now.UnixMilli()), Member: id}
 	}
 	_, err = p.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.ZAdd(ctx, p.keys[14], members...)
-		pipe.ZRemRangeByScore(ctx, p.keys[14], "-inf", strconv.FormatInt(now.Add(-cancelledFor).UnixMilli(), 10))
+		pipe.ZAdd(ctx, p.keys.Cancelled(), members...)
+		pipe.ZRemRangeByScore(ctx, p.keys.Cancelled(), "-inf", strconv.FormatInt(now.Add(-cancelledFor).UnixMilli(), 10))
 		return nil
 	})
 	if err != nil {
@@ -100,7 +101,7 @@ func (p *Pool) Cancel(ctx context.Context, evalIDs ...string) error {
 
 // Cancelled reports whether Cancel marked the eval.
 func (p *Pool) Cancelled(ctx context.Context, evalID string) (bool, error) {
-	err := p.client.ZScore(ctx, p.keys[14], evalID).Err()
+	err := p.client.ZScore(ctx, p.keys.Cancelled(), evalID).Err()
 	if errors.Is(err, redis.Nil) {
 		return false, nil
 	}
@@ -201,10 +202,11 @@ func (o *Options) validate() error {
 // holds no state of its own beyond the client: any number of processes may
 // use the same pool at once.
 type Pool struct {
-	client  redis.UniversalClient
-	name    string
-	keys    []string
-	reapKey string
+	client redis.UniversalClient
+	name   string
+	keys   keys.Pool
+	// script is keys.Script(), made once: every script call takes it.
+	script  []string
 	reclaim int
 	grace   time.Duration
 	log     zerolog.Logger
@@ -250,12 +252,8 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 	}
 	p.probeEvery = cmp.Or(opts.ProbeInterval, DefaultProbe)
 	p.probeMax = max(cmp.Or(opts.ProbeMaxInterval, DefaultProbeMax), p.probeEvery)
-	prefix := keyPrefix(p.name)
-	// The order is the one lib.lua gives to KEYS.
-	for _, suffix := range []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history", "released"} {
-		p.keys = append(p.keys, prefix+suffix)
-	}
-	p.reapKey = prefix + "reaped"
+	p.keys = keys.ForPool(p.name)
+	p.script = p.keys.Script()
 	return p, nil
 }
 
@@ -264,12 +262,7 @@ func (p *Pool) Name() string { return p.name }
 
 // WakeKey is the list a worker's waiting evals get their grants on: one per
 // worker process, in the pool's hash slot, read by one blocking connection.
-func (p *Pool) WakeKey(worker string) string { return p.wakePrefix() + worker }
-
-func (p *Pool) wakePrefix() string { return keyPrefix(p.name) + "wake:" }
-
-// keyPrefix starts every key of the pool name: one hash tag, one slot.
-func keyPrefix(name string) string { return "evalpool:{" + name + "}:" }
+func (p *Pool) WakeKey(worker string) string { return p.keys.Wake(worker) }
 
 // ParseGrant reads a grant the pool pushed to a wake list: a lease handed to
 // a waiting eval. Its Expires is zero: the pool granted it at a moment this
@@ -308,7 +301,7 @@ const (
 // handed to it meanwhile under token goes to the next waiter at once. at is
 // when Redis ran it.
 func (p *Pool) Leave(ctx context.Context, evalID, token string) (out LeaveOutcome, at time.Time, err error) {
-	vals, err := lua.Leave.Run(ctx, p.client, p.keys, evalID, token).Slice()
+	vals, err := lua.Leave.Run(ctx, p.client, p.script, evalID, token).Slice()
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("pool: eval %s leaves the wait list: %w", evalID, scriptErr(err))
 	}
@@ -323,7 +316,7 @@ func (p *Pool) LeaseGrace() time.Duration { return p.grace }
 // lost; a value that changes under a running worker means the pool was lost
 // and created anew.
 func (p *Pool) Epoch(ctx context.Context) (string, error) {
-	v, err := p.client.Get(ctx, p.keys[7]).Result()
+	v, err := p.client.Get(ctx, p.keys.Epoch()).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", nil
 	}
@@ -334,7 +327,7 @@ func (p *Pool) Epoch(ctx context.Context) (string, error) {
 }
 
 // Keys lists every Redis key of the pool. They share one hash slot.
-func (p *Pool) Keys() []string { return append(append([]string(nil), p.keys...), p.reapKey) }
+func (p *Pool) Keys() []string { return append(p.keys.Script(), p.keys.Reaped()) }
 
 // Executor is what a pool knows of an executor before it registers it.
 type Executor struct {
@@ -431,22 +424,16 @@ type Registration struct {
 	DuplicatePool string `json:"duplicate_pool,omitempty"`
 }
 
-// instancesKey is the one key evalpool keeps outside any pool: instance ID
-// -> "pool url" for every executor that reported an ID, so that a pool can
-// see that an executor already belongs to another. It lives in its own hash
-// slot, so it is read and written beside the scripts, never inside them.
-const instancesKey = "evalpool:instances"
-
 // claim records that pool p registers the executor e, unless another pool
 // holds it: then it returns that pool's registration of it. A claim whose
 // pool no longer has the executor is stale. Register points the claim at
 // the URL its script kept, once it has run, taking stale claims over.
 func (p *Pool) claim(ctx context.Context, e Executor) (otherPool, otherURL string, err error) {
-	ok, err := p.client.HSetNX(ctx, instancesKey, e.InstanceID, p.name+" "+e.URL).Result()
+	ok, err := p.client.HSetNX(ctx, keys.Instances, e.InstanceID, p.name+" "+e.URL).Result()
 	if err != nil || ok {
 		return "", "", err
 	}
-	held, err := p.client.HGet(ctx, instancesKey, e.InstanceID).Result()
+	held, err := p.client.HGet(ctx, keys.Instances, e.InstanceID).Result()
 	if err != nil {
 		return "", "", err
 	}
@@ -454,7 +441,7 @@ func (p *Pool) claim(ctx context.Context, e Executor) (otherPool, otherURL strin
 	if pool == p.name || (&Options{Name: pool}).validate() != nil {
 		return "", "", nil // this pool's own (its script checks the URL), or junk
 	}
-	registered, err := p.client.HExists(ctx, keyPrefix(pool)+"executors", url).Result()
+	registered, err := p.client.HExists(ctx, keys.ForPool(pool).Executors(), url).Result()
 	if err != nil || !registered {
 		return "", "", err // a stale claim: Register takes it over
 	}
@@ -507,7 +494,7 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]Registration,
 			labels, _ := encodeLabels(regs[i].URL, execs[i].Labels)
 			args = append(args, regs[i].URL, labels, execs[i].InstanceID)
 		}
-		out, err := lua.Register.Run(ctx, p.client, p.keys, args...).StringSlice()
+		out, err := lua.Register.Run(ctx, p.client, p.script, args...).StringSlice()
 		if err != nil {
 			return nil, fmt.Errorf("pool: register %d executors: %w", len(chunk), scriptErr(err))
 		}
@@ -525,7 +512,7 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]Registration,
 			}
 		}
 		if len(claims) > 0 {
-			if err := p.client.HSet(ctx, instancesKey, claims...).Err(); err != nil {
+			if err := p.client.HSet(ctx, keys.Instances, claims...).Err(); err != nil {
 				return nil, fmt.Errorf("pool: register %d executors: claim their instances: %w", len(chunk), err)
 			}
 		}
@@ -552,7 +539,7 @@ func encodeLabels(url string, labels map[string]string) (string, error) {
 func (p *Pool) Unknown(ctx context.Context, urls ...string) ([]string, error) {
 	cmds, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, u := range urls {
-			pipe.HExists(ctx, p.keys[0], u)
+			pipe.HExists(ctx, p.keys.Executors(), u)
 		}
 		return nil
 	})
@@ -587,7 +574,7 @@ func (p *Pool) Deregister(ctx context.Context, rawURL string) (DeregisterOutcome
 	if err != nil {
 		return "", err
 	}
-	out, err := lua.Deregister.Run(ctx, p.client, p.keys, u).Text()
+	out, err := lua.Deregister.Run(ctx, p.client, p.script, u).Text()
 	if err != nil {
 		return "", fmt.Errorf("pool: deregister %s: %w", u, scriptErr(err))
 	}
@@ -684,7 +671,7 @@ func (p *Pool) AcquireOrWait(ctx context.Context, evalID string, ttl time.Durati
 }
 
 func (p *Pool) checkWait(wait Wait) error {
-	if !strings.HasPrefix(wait.Wake, p.wakePrefix()) || wait.For < time.Millisecond {
+	if !strings.HasPrefix(wait.Wake, p.keys.WakePrefix()) || wait.For < time.Millisecond {
 		return fmt.Errorf("%w: a wait needs a wake key of pool %s and a duration of at least 1ms", ErrInvalid, p.name)
 	}
 	return nil
@@ -703,7 +690,7 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 		return Lease{}, err
 	}
 	sent := time.Now()
-	vals, err := lua.Acquire.Run(ctx, p.client, p.keys, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds(), labels.Name(args.Require)).Slice()
+	vals, err := lua.Acquire.Run(ctx, p.client, p.script, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds(), labels.Name(args.Require)).Slice()
 	if errors.Is(err, redis.Nil) {
 		p.metrics.acquires.WithLabelValues(p.name, "none").Inc()
 		return Lease{}, ErrNoExecutor
@@ -785,7 +772,7 @@ func (p *Pool) RenewAll(ctx context.Context, rs []Renewal) error {
 		args = append(args, r.Lease.URL, r.Lease.Token, r.TTL.Milliseconds())
 	}
 	sent := time.Now()
-	deadlines, err := lua.Renew.Run(ctx, p.client, p.keys, args...).Int64Slice()
+	deadlines, err := lua.Renew.Run(ctx, p.client, p.script, args...).Int64Slice()
 	if err != nil {
 		if len(rs) == 1 {
 			return fmt.Errorf("pool: renew %s for eval %s: %w", rs[0].Lease.URL, rs[0].Lease.EvalID, scriptErr(err))
@@ -937,12 +924,12 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 		// (a restarted Redis) answers NOSCRIPT; Run then loads it.
 		_, _ = p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			args.Along(pipe)
-			cmd = lua.Release.EvalSha(ctx, pipe, p.keys, argv...)
+			cmd = lua.Release.EvalSha(ctx, pipe, p.script, argv...)
 			return nil
 		})
 	}
 	if cmd == nil || redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-		cmd = lua.Release.Run(ctx, p.client, p.keys, argv...)
+		cmd = lua.Release.Run(ctx, p.client, p.script, argv...)
 	}
 	vals, err := cmd.Slice()
 	if err != nil {
@@ -995,7 +982,7 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 func (p *Pool) Reap(ctx context.Context) (int, error) {
 	total := 0
 	for {
-		n, err := lua.Reap.Run(ctx, p.client, p.keys, reapBatch, p.grace.Milliseconds()).Int()
+		n, err := lua.Reap.Run(ctx, p.client, p.script, reapBatch, p.grace.Milliseconds()).Int()
 		if err != nil {
 			return total, fmt.Errorf("pool: reap: %w", scriptErr(err))
 		}
@@ -1014,7 +1001,7 @@ func (p *Pool) ReapEvery(ctx context.Context, interval time.Duration) (n int, ra
 	if interval < time.Millisecond {
 		return 0, false, fmt.Errorf("%w: reap interval must be at least 1ms, got %s", ErrInvalid, interval)
 	}
-	ok, err := p.client.SetNX(ctx, p.reapKey, 1, interval).Result()
+	ok, err := p.client.SetNX(ctx, p.keys.Reaped(), 1, interval).Result()
 	if err != nil {
 		return 0, false, fmt.Errorf("pool: reap: %w", err)
 	}

@@ -577,7 +577,7 @@ func TestFenceSurvivesALostCounter(t *testing.T) {
 	if first.Fence < first.AcquiredAt.UnixMilli() {
 		t.Fatalf("fence %d below the clock %d", first.Fence, first.AcquiredAt.UnixMilli())
 	}
-	if err := b.client.Del(t.Context(), p.keys[6]).Err(); err != nil {
+	if err := b.client.Del(t.Context(), p.keys.Fence()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	// Once Redis's clock has passed the old fence, the first acquire on the
@@ -628,7 +628,7 @@ func TestReleaseAlong(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		key := "evalpool:{" + p.Name() + "}:test-along"
+		key := p.keys.Scratch("test-along")
 		var set *redis.StatusCmd
 		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Along: func(pipe redis.Pipeliner) {
 			set = pipe.Set(t.Context(), key, "written", time.Minute)

@@ -79,7 +79,7 @@ func (p *Pool) returnToService(ctx context.Context, u, since, by string) (Quaran
 }
 
 func (p *Pool) quarantine(ctx context.Context, u, action, arg string, probeMs int64) (QuarantineOutcome, string, error) {
-	vals, err := lua.Quarantine.Run(ctx, p.client, p.keys, u, action, arg, probeMs).StringSlice()
+	vals, err := lua.Quarantine.Run(ctx, p.client, p.script, u, action, arg, probeMs).StringSlice()
 	if err != nil {
 		return "", "", fmt.Errorf("pool: quarantine %s %s: %w", action, u, scriptErr(err))
 	}
@@ -97,7 +97,7 @@ func (p *Pool) quarantine(ctx context.Context, u, action, arg string, probeMs in
 // the health check (GET /healthz, for the reference executor); it returns
 // nil when the executor is healthy. It returns the URLs returned to service.
 func (p *Pool) ProbeQuarantined(ctx context.Context, limit int, probe func(ctx context.Context, url string) error) ([]string, error) {
-	claimed, err := lua.Probe.Run(ctx, p.client, p.keys, limit, p.probeEvery.Milliseconds(), p.probeMax.Milliseconds()).StringSlice()
+	claimed, err := lua.Probe.Run(ctx, p.client, p.script, limit, p.probeEvery.Milliseconds(), p.probeMax.Milliseconds()).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("pool: claim due probes of %s: %w", p.name, scriptErr(err))
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/internal/lua"
 )
 
@@ -107,7 +108,7 @@ func TestScriptsRunAfterScriptFlush(t *testing.T) {
 	}
 	p := newPool("second")
 	for name, s := range lua.All {
-		err := s.EvalSha(t.Context(), client, p.keys).Err()
+		err := s.EvalSha(t.Context(), client, p.script).Err()
 		if err == nil || !redis.HasErrorPrefix(err, "NOSCRIPT") {
 			t.Fatalf("EVALSHA %s after SCRIPT FLUSH: err = %v, want NOSCRIPT", name, err)
 		}
@@ -139,7 +140,7 @@ func TestClusterOneSlotPerPool(t *testing.T) {
 		if len(slots) != 1 {
 			t.Fatalf("pool %s keys span slots %v", p.Name(), slots)
 		}
-		node, err := c.MasterForKey(t.Context(), p.Keys()[0])
+		node, err := c.MasterForKey(t.Context(), p.keys.Executors())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,7 +154,9 @@ func TestClusterOneSlotPerPool(t *testing.T) {
 	// is not vacuous.
 	a, _ := New(c, Options{Name: "pool-0"})
 	b, _ := New(c, Options{Name: "pool-1"})
-	err := lua.Reap.Run(t.Context(), c, []string{a.keys[0], b.keys[1], a.keys[2], a.keys[3], a.keys[4], a.keys[5], a.keys[6]}, 10).Err()
+	mixed := a.keys.Script()
+	mixed[1] = b.keys.Available()
+	err := lua.Reap.Run(t.Context(), c, mixed, 10).Err()
 	if err == nil || !redis.HasErrorPrefix(err, "CROSSSLOT") {
 		t.Fatalf("cross-slot script: err = %v, want CROSSSLOT", err)
 	}
@@ -168,33 +171,33 @@ func TestCheckFindsViolations(t *testing.T) {
 	}
 	tests := []struct {
 		name    string
-		corrupt func(ctx context.Context, c *redis.Client, k []string) error
+		corrupt func(ctx context.Context, c *redis.Client, k keys.Pool) error
 		want    string
 	}{
-		{"lost executor", func(ctx context.Context, c *redis.Client, k []string) error {
-			return c.ZRem(ctx, k[1], "http://e1").Err()
+		{"lost executor", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
+			return c.ZRem(ctx, k.Available(), "http://e1").Err()
 		}, "invariant 4: http://e1: lost: registered but neither available, leased nor quarantined"},
-		{"available and leased", func(ctx context.Context, c *redis.Client, k []string) error {
-			c.HSet(ctx, k[2], "http://e1", lease("x"))
-			c.ZAdd(ctx, k[3], redis.Z{Score: 1e15, Member: "http://e1"})
-			return c.HSet(ctx, k[4], "x", "http://e1").Err()
+		{"available and leased", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
+			c.HSet(ctx, k.Leases(), "http://e1", lease("x"))
+			c.ZAdd(ctx, k.Deadlines(), redis.Z{Score: 1e15, Member: "http://e1"})
+			return c.HSet(ctx, k.Holders(), "x", "http://e1").Err()
 		}, "invariant 1: http://e1: both available and leased"},
-		{"unregistered available", func(ctx context.Context, c *redis.Client, k []string) error {
-			return c.ZAdd(ctx, k[1], redis.Z{Score: 1, Member: "http://ghost"}).Err()
+		{"unregistered available", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
+			return c.ZAdd(ctx, k.Available(), redis.Z{Score: 1, Member: "http://ghost"}).Err()
 		}, "invariant 2: http://ghost: available but not registered"},
-		{"deadline without lease", func(ctx context.Context, c *redis.Client, k []string) error {
-			return c.ZAdd(ctx, k[3], redis.Z{Score: 1, Member: "http://e2"}).Err()
+		{"deadline without lease", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
+			return c.ZAdd(ctx, k.Deadlines(), redis.Z{Score: 1, Member: "http://e2"}).Err()
 		}, "invariant 2: http://e2: deadline without a lease"},
-		{"eval holds two", func(ctx context.Context, c *redis.Client, k []string) error {
+		{"eval holds two", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
 			for _, u := range []string{"http://e1", "http://e2"} {
-				c.ZRem(ctx, k[1], u)
-				c.HSet(ctx, k[2], u, lease("x"))
-				c.ZAdd(ctx, k[3], redis.Z{Score: 1e15, Member: u})
+				c.ZRem(ctx, k.Available(), u)
+				c.HSet(ctx, k.Leases(), u, lease("x"))
+				c.ZAdd(ctx, k.Deadlines(), redis.Z{Score: 1e15, Member: u})
 			}
-			return c.HSet(ctx, k[4], "x", "http://e1").Err()
+			return c.HSet(ctx, k.Holders(), "x", "http://e1").Err()
 		}, "invariant 3: http://e1: eval x holds 2 executors: [http://e1 http://e2]"},
-		{"draining but idle", func(ctx context.Context, c *redis.Client, k []string) error {
-			return c.SAdd(ctx, k[5], "http://e2").Err()
+		{"draining but idle", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
+			return c.SAdd(ctx, k.Draining(), "http://e2").Err()
 		}, "invariant 2: http://e2: draining but not leased: should have been removed"},
 	}
 	for _, tt := range tests {
@@ -284,7 +287,7 @@ func TestForeignDataChangesNothing(t *testing.T) {
 			t.Parallel()
 			p, b := setup(t, "http://e1", "http://e2", "http://e3")
 			held := acquire(t, p, "eval-a", time.Minute)
-			key := p.keys[i]
+			key := p.script[i]
 			if err := b.client.Del(t.Context(), key).Err(); err != nil {
 				t.Fatal(err)
 			}

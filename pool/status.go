@@ -207,7 +207,7 @@ type snapshot struct {
 func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 	// The label sets name keys of their own: read them first, then
 	// everything in one MULTI, and again if the sets changed in between.
-	sets, err := p.client.HKeys(ctx, p.keys[13]).Result()
+	sets, err := p.client.HKeys(ctx, p.keys.LabelSets()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("pool: read pool %s: %w", p.name, err)
 	}
@@ -233,24 +233,23 @@ func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, agai
 	)
 	setAvailable, setWaiters := map[string]*redis.ZSliceCmd{}, map[string]*redis.ZSliceCmd{}
 	k := p.keys
-	prefix := keyPrefix(p.name)
 	cmds, err := p.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		executors = pipe.HGetAll(ctx, k[0])
-		available = pipe.ZRangeWithScores(ctx, k[1], 0, -1)
-		leases = pipe.HGetAll(ctx, k[2])
-		deadlines = pipe.ZRangeWithScores(ctx, k[3], 0, -1)
-		holders = pipe.HGetAll(ctx, k[4])
-		draining = pipe.SMembers(ctx, k[5])
-		fence = pipe.Get(ctx, k[6])
-		epoch = pipe.Get(ctx, k[7])
-		instances = pipe.HGetAll(ctx, k[8])
-		waiters = pipe.ZRangeWithScores(ctx, k[9], 0, -1)
-		waiting = pipe.HGetAll(ctx, k[10])
-		quarantine = pipe.ZRangeWithScores(ctx, k[11], 0, -1)
-		labelSets = pipe.HGetAll(ctx, k[13])
+		executors = pipe.HGetAll(ctx, k.Executors())
+		available = pipe.ZRangeWithScores(ctx, k.Available(), 0, -1)
+		leases = pipe.HGetAll(ctx, k.Leases())
+		deadlines = pipe.ZRangeWithScores(ctx, k.Deadlines(), 0, -1)
+		holders = pipe.HGetAll(ctx, k.Holders())
+		draining = pipe.SMembers(ctx, k.Draining())
+		fence = pipe.Get(ctx, k.Fence())
+		epoch = pipe.Get(ctx, k.Epoch())
+		instances = pipe.HGetAll(ctx, k.Instances())
+		waiters = pipe.ZRangeWithScores(ctx, k.Waiters(), 0, -1)
+		waiting = pipe.HGetAll(ctx, k.Waiting())
+		quarantine = pipe.ZRangeWithScores(ctx, k.Quarantine(), 0, -1)
+		labelSets = pipe.HGetAll(ctx, k.LabelSets())
 		for _, set := range sets {
-			setAvailable[set] = pipe.ZRangeWithScores(ctx, prefix+"available:"+set, 0, -1)
-			setWaiters[set] = pipe.ZRangeWithScores(ctx, prefix+"waiters:"+set, 0, -1)
+			setAvailable[set] = pipe.ZRangeWithScores(ctx, k.AvailableFor(set), 0, -1)
+			setWaiters[set] = pipe.ZRangeWithScores(ctx, k.WaitersFor(set), 0, -1)
 		}
 		now = pipe.Time(ctx)
 		return nil
@@ -333,7 +332,7 @@ type Counts struct {
 
 // Counts reads the pool's state counts in O(log N), for gauges.
 func (p *Pool) Counts(ctx context.Context) (Counts, error) {
-	v, err := lua.Counts.Run(ctx, p.client, p.keys).Int64Slice()
+	v, err := lua.Counts.Run(ctx, p.client, p.script).Int64Slice()
 	if err != nil {
 		return Counts{}, fmt.Errorf("pool: counts of %s: %w", p.name, scriptErr(err))
 	}
@@ -573,7 +572,7 @@ type LeaseSpan struct {
 // only when urls is not empty: a timeline of a page of executors reads a
 // bounded slice of the history, never the whole pool.
 func (p *Pool) History(ctx context.Context, since time.Time, limit int, urls ...string) ([]LeaseSpan, error) {
-	msgs, err := p.client.XRevRangeN(ctx, p.keys[15], "+", strconv.FormatInt(since.UnixMilli(), 10), int64(limit)).Result()
+	msgs, err := p.client.XRevRangeN(ctx, p.keys.History(), "+", strconv.FormatInt(since.UnixMilli(), 10), int64(limit)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("pool: history of %s: %w", p.name, err)
 	}
@@ -653,7 +652,7 @@ func (p *Pool) Page(ctx context.Context, cursor uint64, count int64) ([]Executor
 	if err != nil {
 		return nil, 0, Counts{}, err
 	}
-	kv, next, err := p.client.HScan(ctx, p.keys[0], cursor, "", count).Result()
+	kv, next, err := p.client.HScan(ctx, p.keys.Executors(), cursor, "", count).Result()
 	if err != nil {
 		return nil, 0, Counts{}, fmt.Errorf("pool: page of %s: %w", p.name, err)
 	}
@@ -673,8 +672,8 @@ func (p *Pool) Page(ctx context.Context, cursor uint64, count int64) ([]Executor
 	var now *redis.TimeCmd
 	if _, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, u := range urls {
-			rows[i] = row{pipe.ZScore(ctx, p.keys[1], u), pipe.ZScore(ctx, p.keys[3], u), pipe.ZScore(ctx, p.keys[11], u),
-				pipe.HGet(ctx, p.keys[2], u), pipe.SIsMember(ctx, p.keys[5], u)}
+			rows[i] = row{pipe.ZScore(ctx, p.keys.Available(), u), pipe.ZScore(ctx, p.keys.Deadlines(), u), pipe.ZScore(ctx, p.keys.Quarantine(), u),
+				pipe.HGet(ctx, p.keys.Leases(), u), pipe.SIsMember(ctx, p.keys.Draining(), u)}
 		}
 		now = pipe.Time(ctx)
 		return nil

@@ -105,8 +105,8 @@ func TestAcquireTrustsNoStaleHolder(t *testing.T) {
 		wantErr error // of eval-a's next acquire, with e1 the only executor
 	}{
 		{"lease record gone, executor since leased to another eval", func(t *testing.T, p *Pool, b *testBundle) *Lease {
-			b.client.HDel(t.Context(), p.keys[2], "http://e1")
-			b.client.ZRem(t.Context(), p.keys[3], "http://e1")
+			b.client.HDel(t.Context(), p.keys.Leases(), "http://e1")
+			b.client.ZRem(t.Context(), p.keys.Deadlines(), "http://e1")
 			if regs, err := p.Register(t.Context(), Executor{URL: "http://e1"}); err != nil || regs[0].Outcome != Repaired {
 				t.Fatalf("Register of the lost executor = %+v, %v; want repaired", regs, err)
 			}
@@ -114,12 +114,12 @@ func TestAcquireTrustsNoStaleHolder(t *testing.T) {
 			return &other
 		}, ErrNoExecutor},
 		{"lease record gone, nothing else", func(t *testing.T, p *Pool, b *testBundle) *Lease {
-			b.client.HDel(t.Context(), p.keys[2], "http://e1")
-			b.client.ZAdd(t.Context(), p.keys[1], redis.Z{Score: 1, Member: "http://e1"})
+			b.client.HDel(t.Context(), p.keys.Leases(), "http://e1")
+			b.client.ZAdd(t.Context(), p.keys.Available(), redis.Z{Score: 1, Member: "http://e1"})
 			return nil
 		}, nil},
 		{"lease record unreadable", func(t *testing.T, p *Pool, b *testBundle) *Lease {
-			b.client.HSet(t.Context(), p.keys[2], "http://e1", "{not json")
+			b.client.HSet(t.Context(), p.keys.Leases(), "http://e1", "{not json")
 			return nil
 		}, ErrNoExecutor},
 		{"executor draining", func(t *testing.T, p *Pool, b *testBundle) *Lease {
@@ -144,7 +144,7 @@ func TestAcquireTrustsNoStaleHolder(t *testing.T) {
 					t.Fatalf("the other eval's lease was taken: renew = %v", err)
 				}
 			}
-			if held, _ := b.client.HGet(t.Context(), p.keys[4], "eval-a").Result(); err != nil && held != "" {
+			if held, _ := b.client.HGet(t.Context(), p.keys.Holders(), "eval-a").Result(); err != nil && held != "" {
 				t.Errorf("holders still names %s for eval-a after it got nothing", held)
 			}
 		})
@@ -157,14 +157,14 @@ func TestRegisterAfterTheExecutorsHashIsGone(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, "http://e1", "http://e2")
 	held := acquire(t, p, "eval-a", time.Minute)
-	if err := b.client.Del(t.Context(), p.keys[0]).Err(); err != nil {
+	if err := b.client.Del(t.Context(), p.keys.Executors()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	regs, err := p.Register(t.Context(), Executor{URL: "http://e1"}, Executor{URL: "http://e2"})
 	if err != nil || regs[0].Outcome != Added || regs[1].Outcome != Added {
 		t.Fatalf("Register = %+v, %v", regs, err)
 	}
-	if err := b.client.ZScore(t.Context(), p.keys[1], held.URL).Err(); !errors.Is(err, redis.Nil) {
+	if err := b.client.ZScore(t.Context(), p.keys.Available(), held.URL).Err(); !errors.Is(err, redis.Nil) {
 		t.Fatalf("register put the leased %s in the available set (err %v)", held.URL, err)
 	}
 	other := acquire(t, p, "eval-b", time.Minute)
@@ -184,7 +184,7 @@ func TestRegisterAfterTheExecutorsHashIsGone(t *testing.T) {
 func TestRegisterRepairsALostExecutor(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, "http://e1")
-	if err := b.client.Del(t.Context(), p.keys[1]).Err(); err != nil {
+	if err := b.client.Del(t.Context(), p.keys.Available()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	vs, err := p.Check(t.Context())
@@ -213,8 +213,8 @@ func TestStatusReportsCorruptRecords(t *testing.T) {
 	if leased == idle {
 		idle = "http://e2"
 	}
-	b.client.HSet(t.Context(), p.keys[2], leased, "{not json")
-	b.client.HSet(t.Context(), p.keys[0], idle, "[1,2")
+	b.client.HSet(t.Context(), p.keys.Leases(), leased, "{not json")
+	b.client.HSet(t.Context(), p.keys.Executors(), idle, "[1,2")
 	st, err = p.Status(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -351,19 +351,19 @@ func TestCorruptionLosesNoExecutor(t *testing.T) {
 		t.Parallel()
 		p, b := setup(t, "http://e1")
 		for _, junk := range []string{"abc", "1.5"} {
-			b.client.Set(t.Context(), p.keys[6], junk, 0)
+			b.client.Set(t.Context(), p.keys.Fence(), junk, 0)
 			if _, err := p.Acquire(t.Context(), "eval-a", time.Minute); !errors.Is(err, ErrForeignData) {
 				t.Fatalf("acquire over fence %q: err = %v, want ErrForeignData", junk, err)
 			}
 		}
-		b.client.Del(t.Context(), p.keys[6])
+		b.client.Del(t.Context(), p.keys.Fence())
 		assertWhole(t, p, "http://e1")
 	})
 	t.Run("a lease whose deadline was deleted", func(t *testing.T) {
 		t.Parallel()
 		p, b := setup(t, "http://e1")
 		acquire(t, p, "eval-a", time.Minute)
-		b.client.Del(t.Context(), p.keys[3])
+		b.client.Del(t.Context(), p.keys.Deadlines())
 		evaltest.Eventually(t, 5*time.Second, "the lease without a deadline was never reclaimed", func() bool {
 			n, err := p.Reap(t.Context())
 			return err == nil && n == 1

@@ -128,10 +128,10 @@ func TestCheckFindsAMissedHandoff(t *testing.T) {
 	l := acquire(t, p, "eval-a", time.Minute)
 	waitFor(t, p, "eval-b", 1, time.Minute)
 	// By hand, as no script would: the executor back without a handoff.
-	b.client.HDel(t.Context(), p.keys[2], l.URL)
-	b.client.ZRem(t.Context(), p.keys[3], l.URL)
-	b.client.HDel(t.Context(), p.keys[4], "eval-a")
-	b.client.ZAdd(t.Context(), p.keys[1], redisZ(l.URL))
+	b.client.HDel(t.Context(), p.keys.Leases(), l.URL)
+	b.client.ZRem(t.Context(), p.keys.Deadlines(), l.URL)
+	b.client.HDel(t.Context(), p.keys.Holders(), "eval-a")
+	b.client.ZAdd(t.Context(), p.keys.Available(), redisZ(l.URL))
 	vs, err := p.Check(t.Context())
 	if err != nil {
 		t.Fatal(err)

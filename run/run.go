@@ -23,6 +23,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/internal/lua"
 )
 
@@ -84,18 +85,6 @@ func NewStore(client redis.UniversalClient, opts Options) *Store {
 	return &Store{client: client, retention: cmp.Or(opts.Retention, DefaultRetention)}
 }
 
-// indexKey lists every run: name -> ms it was created.
-const indexKey = "evalpool:runs"
-
-type keys struct{ done, counts, running, meta, evals string }
-
-func keysOf(name string) keys {
-	p := "evalpool:run:{" + name + "}:"
-	return keys{p + "done", p + "counts", p + "running", p + "meta", p + "evals"}
-}
-
-func (k keys) all() []string { return []string{k.done, k.counts, k.running, k.meta, k.evals} }
-
 // Run is what a run was submitted as.
 type Run struct {
 	Name      string    `json:"name"`
@@ -121,30 +110,30 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 	if err != nil {
 		return fmt.Errorf("%w: run %s: %w", ErrInvalid, r.Name, err)
 	}
-	k := keysOf(r.Name)
-	created, err := s.client.HSetNX(ctx, k.meta, "name", r.Name).Result()
+	k := keys.ForRun(r.Name)
+	created, err := s.client.HSetNX(ctx, k.Meta(), "name", r.Name).Result()
 	if err != nil {
 		return fmt.Errorf("run %s: %w", r.Name, err)
 	}
 	if !created {
 		return fmt.Errorf("%w: %s", ErrExists, r.Name)
 	}
-	keys := make([]any, len(r.Keys))
+	evals := make([]any, len(r.Keys))
 	for i, key := range r.Keys {
-		keys[i] = key
+		evals[i] = key
 	}
 	_, err = s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.HSet(ctx, k.meta, "pool", r.Pool, "created_at", r.CreatedAt.UnixMilli(), "size", len(r.Keys), "require", string(req))
-		for start := 0; start < len(keys); start += 10_000 {
-			pipe.RPush(ctx, k.evals, keys[start:min(start+10_000, len(keys))]...)
+		pipe.HSet(ctx, k.Meta(), "pool", r.Pool, "created_at", r.CreatedAt.UnixMilli(), "size", len(r.Keys), "require", string(req))
+		for start := 0; start < len(evals); start += 10_000 {
+			pipe.RPush(ctx, k.Evals(), evals[start:min(start+10_000, len(evals))]...)
 		}
-		for _, key := range k.all() {
+		for _, key := range k.Script() {
 			pipe.PExpire(ctx, key, s.retention)
 		}
 		return nil
 	})
 	if err == nil {
-		err = s.client.ZAdd(ctx, indexKey, redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name}).Err()
+		err = s.client.ZAdd(ctx, keys.Runs, redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name}).Err()
 	}
 	if err != nil {
 		return fmt.Errorf("run %s: %w", r.Name, err)
@@ -157,12 +146,12 @@ func (s *Store) Get(ctx context.Context, name string) (Run, error) {
 	if err := ValidateName(name); err != nil {
 		return Run{}, err
 	}
-	k := keysOf(name)
+	k := keys.ForRun(name)
 	var meta *redis.MapStringStringCmd
 	var evals *redis.StringSliceCmd
 	if _, err := s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		meta = pipe.HGetAll(ctx, k.meta)
-		evals = pipe.LRange(ctx, k.evals, 0, -1)
+		meta = pipe.HGetAll(ctx, k.Meta())
+		evals = pipe.LRange(ctx, k.Evals(), 0, -1)
 		return nil
 	}); err != nil {
 		return Run{}, fmt.Errorf("run %s: %w", name, err)
@@ -183,13 +172,13 @@ func runOf(name string, meta map[string]string, evals []string) (Run, error) {
 
 // List returns the runs still kept, newest first, at most limit.
 func (s *Store) List(ctx context.Context, limit int) ([]Run, error) {
-	names, err := s.client.ZRevRange(ctx, indexKey, 0, int64(limit)-1).Result()
+	names, err := s.client.ZRevRange(ctx, keys.Runs, 0, int64(limit)-1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("runs: %w", err)
 	}
 	var runs []Run
 	for _, name := range names {
-		meta, err := s.client.HGetAll(ctx, keysOf(name).meta).Result()
+		meta, err := s.client.HGetAll(ctx, keys.ForRun(name).Meta()).Result()
 		if err != nil {
 			return nil, fmt.Errorf("runs: %w", err)
 		}
@@ -197,7 +186,7 @@ func (s *Store) List(ctx context.Context, limit int) ([]Run, error) {
 		r, err := runOf(name, meta, nil)
 		if errors.Is(err, ErrNotFound) {
 			// Its keys expired: drop it from the index too.
-			_ = s.client.ZRem(ctx, indexKey, name).Err()
+			_ = s.client.ZRem(ctx, keys.Runs, name).Err()
 			continue
 		}
 		r.Size = n
@@ -223,7 +212,7 @@ type Record struct {
 // Started notes that an attempt of the eval runs on executor, so that the
 // summary tells running evals from pending ones. Its end (Finish) clears it.
 func (s *Store) Started(ctx context.Context, name, key, executor string) error {
-	if err := s.client.HSet(ctx, keysOf(name).running, key, executor).Err(); err != nil {
+	if err := s.client.HSet(ctx, keys.ForRun(name).Running(), key, executor).Err(); err != nil {
 		return fmt.Errorf("run %s: eval %s started: %w", name, key, err)
 	}
 	return nil
@@ -246,7 +235,7 @@ func (s *Store) Finish(ctx context.Context, name string, rec Record) (recorded b
 	if rec.Score != nil && !math.IsNaN(*rec.Score) && !math.IsInf(*rec.Score, 0) {
 		score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
 	}
-	n, err := lua.RunFinish.Run(ctx, s.client, keysOf(name).all(), rec.Key, rec.Status, string(raw), rec.Retries, score, s.retention.Milliseconds()).Int()
+	n, err := lua.RunFinish.Run(ctx, s.client, keys.ForRun(name).Script(), rec.Key, rec.Status, string(raw), rec.Retries, score, s.retention.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("run %s: eval %s ended: %w", name, rec.Key, err)
 	}
@@ -260,11 +249,11 @@ func (s *Store) Records(ctx context.Context, name string) (Run, []Record, map[st
 	if err != nil {
 		return Run{}, nil, nil, err
 	}
-	k := keysOf(name)
+	k := keys.ForRun(name)
 	var done, running *redis.MapStringStringCmd
 	if _, err := s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		done = pipe.HGetAll(ctx, k.done)
-		running = pipe.HGetAll(ctx, k.running)
+		done = pipe.HGetAll(ctx, k.Done())
+		running = pipe.HGetAll(ctx, k.Running())
 		return nil
 	}); err != nil {
 		return Run{}, nil, nil, fmt.Errorf("run %s: %w", name, err)
@@ -303,14 +292,14 @@ func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
 	if err := ValidateName(name); err != nil {
 		return Counts{}, err
 	}
-	k := keysOf(name)
+	k := keys.ForRun(name)
 	var counts *redis.MapStringStringCmd
 	var size *redis.StringCmd
 	var running *redis.IntCmd
 	if _, err := s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		counts = pipe.HGetAll(ctx, k.counts)
-		size = pipe.HGet(ctx, k.meta, "size")
-		running = pipe.HLen(ctx, k.running)
+		counts = pipe.HGetAll(ctx, k.Counts())
+		size = pipe.HGet(ctx, k.Meta(), "size")
+		running = pipe.HLen(ctx, k.Running())
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
 		return Counts{}, fmt.Errorf("run %s: %w", name, err)

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/pool"
 )
 
@@ -112,10 +113,10 @@ func TestForeignDataInTheCLI(t *testing.T) {
 	if r := evalpool(t, url, name, "pool", "add", "--no-probe", "http://e0"); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
-	if err := client.Set(t.Context(), "evalpool:{"+name+"}:available", "hello", 0).Err(); err != nil {
+	if err := client.Set(t.Context(), keys.ForPool(name).Available(), "hello", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	before, err := client.HGetAll(t.Context(), "evalpool:{"+name+"}:executors").Result()
+	before, err := client.HGetAll(t.Context(), keys.ForPool(name).Executors()).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +127,7 @@ func TestForeignDataInTheCLI(t *testing.T) {
 			t.Errorf("%v over foreign data: %+v", args, r)
 		}
 	}
-	if after, _ := client.HGetAll(t.Context(), "evalpool:{"+name+"}:executors").Result(); !maps.Equal(before, after) {
+	if after, _ := client.HGetAll(t.Context(), keys.ForPool(name).Executors()).Result(); !maps.Equal(before, after) {
 		t.Fatalf("the commands wrote beside the foreign data: %v, then %v", before, after)
 	}
 }
@@ -136,7 +137,7 @@ func TestCheckFailsWithExit3(t *testing.T) {
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
 	evalpool(t, url, name, "pool", "add", "--no-probe", "http://e1")
-	if err := client.Del(t.Context(), "evalpool:{"+name+"}:available").Err(); err != nil {
+	if err := client.Del(t.Context(), keys.ForPool(name).Available()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	r := evalpool(t, url, name, "pool", "check")
@@ -190,7 +191,7 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
-	if n, err := client.Exists(t.Context(), "evalpool:{"+name+"}:executors").Result(); err != nil || n != 0 {
+	if n, err := client.Exists(t.Context(), keys.ForPool(name).Executors()).Result(); err != nil || n != 0 {
 		t.Fatalf("bad input left state behind: %d keys, %v", n, err)
 	}
 	if n, err := client.Keys(t.Context(), "asynq:*").Result(); err != nil || len(n) != 0 {

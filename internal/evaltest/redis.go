@@ -21,6 +21,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
+
+	"github.com/evalpool/evalpool/internal/keys"
 )
 
 // EnvURL names the environment variable that points tests at an existing
@@ -305,7 +307,7 @@ func Pool(t testing.TB, c redis.UniversalClient) string {
 	name := unsafeName.ReplaceAllString(t.Name(), "_") + "-" + hex.EncodeToString(b)
 	t.Cleanup(func() {
 		ctx := context.Background()
-		iter := c.Scan(ctx, 0, "evalpool:{"+name+"}:*", 1000).Iterator()
+		iter := c.Scan(ctx, 0, keys.ForPool(name).Pattern(), 1000).Iterator()
 		for iter.Next(ctx) {
 			_ = c.Del(ctx, iter.Val()).Err()
 		}
