@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
 )
 
 // release with a verdict, asserting the lease ended.
@@ -34,6 +37,25 @@ func statusOf(t *testing.T, p *Pool, url string) ExecutorStatus {
 	}
 	t.Fatalf("%s not in the pool", url)
 	return ExecutorStatus{}
+}
+
+// waitDue waits until Redis's clock, the one the probe script reads, has
+// reached the next probe of every url: a probe run then finds them due.
+func waitDue(t *testing.T, p *Pool, urls ...string) {
+	t.Helper()
+	evaltest.Eventually(t, 5*time.Second, "the probes never came due", func() bool {
+		st, err := p.Status(t.Context())
+		if err != nil {
+			return false
+		}
+		due := 0
+		for _, e := range st.Executors {
+			if slices.Contains(urls, e.URL) && e.Quarantine != nil && !st.Now.Before(e.Quarantine.NextProbe) {
+				due++
+			}
+		}
+		return due == len(urls)
+	})
 }
 
 func assertClean(t *testing.T, p *Pool) {
@@ -117,14 +139,14 @@ func TestQuarantinedIsNeverHandedOut(t *testing.T) {
 		t.Fatalf("counts %+v, %v", c, err)
 	}
 	unhealthy := func(context.Context, string) error { return errors.New("connection refused") }
-	time.Sleep(5 * time.Millisecond) // the probe interval is 1ms
+	waitDue(t, p, "http://e1")
 	if back, err := p.ProbeQuarantined(t.Context(), 10, unhealthy); err != nil || len(back) != 0 {
 		t.Fatalf("an unhealthy probe returned %v, %v", back, err)
 	}
 	if e := statusOf(t, p, "http://e1"); e.Quarantine == nil || e.Quarantine.Probes != 1 {
 		t.Fatalf("after one failed probe: %+v", e.Quarantine)
 	}
-	time.Sleep(5 * time.Millisecond)
+	waitDue(t, p, "http://e1")
 	if back, err := p.ProbeQuarantined(t.Context(), 10, func(context.Context, string) error { return nil }); err != nil || len(back) != 1 {
 		t.Fatalf("a healthy probe returned %v, %v", back, err)
 	}
@@ -145,7 +167,7 @@ func TestProbeBackoffAndClaims(t *testing.T) {
 	if _, err := p.ProbeQuarantined(t.Context(), 10, unhealthy); err != nil || probes.Load() != 0 {
 		t.Fatalf("probed before the interval: %d, %v", probes.Load(), err)
 	}
-	time.Sleep(250 * time.Millisecond)
+	waitDue(t, p, "http://e1")
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
@@ -173,7 +195,7 @@ func TestProbeRacesRelease(t *testing.T) {
 	if _, err := p.Quarantine(t.Context(), "http://e1", ReasonUnavailable); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(5 * time.Millisecond)
+	waitDue(t, p, "http://e1")
 	returned, err := p.ProbeQuarantined(t.Context(), 10, func(ctx context.Context, url string) error {
 		// While this probe runs: an operator returns it, an eval leases it
 		// and finds it dead, which quarantines it again.
@@ -212,7 +234,7 @@ func TestOperatorQuarantineHolds(t *testing.T) {
 	}
 	var probed atomic.Int64
 	for range 3 {
-		time.Sleep(5 * time.Millisecond)
+		waitDue(t, p, "http://e1", "http://e2")
 		back, err := p.ProbeQuarantined(t.Context(), 10, func(context.Context, string) error { probed.Add(1); return nil })
 		if err != nil || len(back) != 0 {
 			t.Fatalf("probes returned %v, %v", back, err)
