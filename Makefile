@@ -40,8 +40,9 @@ test-browser: ## Drive the pool page and Asynqmon in headless Chromium (needs th
 	$(GO) test -race -count=1 -tags browser -run Chromium ./dashboard
 
 .PHONY: compose-config
-compose-config: ## Validate docker-compose.yml (needs docker-compose, no engine)
+compose-config: ## Validate docker-compose.yml with docker-compose v1 and the Compose v2 loader (deploy/composecheck); no engine needed
 	docker-compose -f docker-compose.yml config -q
+	cd deploy/composecheck && $(GO) run . ../../docker-compose.yml
 
 .PHONY: compose-up
 compose-up: ## Build the image and start Redis, 3 executors, 2 workers and the dashboard (needs Docker)
@@ -58,6 +59,7 @@ lint: ## gofmt, go vet, go mod tidy -diff, and a cross-build for Windows and mac
 	$(GO) vet -tags browser ./dashboard
 	$(GO) vet -tags chaos,sentinel,bench ./...
 	$(GO) mod tidy -diff
+	cd deploy/composecheck && $(GO) vet . && $(GO) mod tidy -diff
 	GOOS=windows $(GO) build ./...
 	GOOS=darwin $(GO) build ./...
 
