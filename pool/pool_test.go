@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/internal/lua"
 )
 
@@ -641,4 +642,38 @@ func TestReleaseAlong(t *testing.T) {
 		}
 		assertWhole(t, p, e1)
 	}
+}
+
+// TestDuplicateIsRememberedForALimit: the pool tells a lease's designed
+// second path from a double release by the last 100,000 released tokens.
+// A second path that comes after 100,000 other releases is no longer
+// known, and counts as a double release: the alert errs on the loud side.
+func TestDuplicateIsRememberedForALimit(t *testing.T) {
+	t.Parallel()
+	const e1, e2 = "http://executor-1", "http://executor-2"
+	p, b := setup(t, e1, e2)
+	first := acquire(t, p, "eval-first", time.Minute)
+	release(t, p, first, Released)
+	// 100,000 later releases, written straight into the set the release
+	// script keeps (their scores after the first's), then one real
+	// release, which trims the set to its cap.
+	released := keys.ForPool(p.Name()).Released()
+	for i := 0; i < 100_000; i += 10_000 {
+		members := make([]redis.Z, 10_000)
+		for j := range members {
+			members[j] = redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: fmt.Sprintf("later-%d", i+j)}
+		}
+		if err := b.client.ZAdd(t.Context(), released, members...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release(t, p, acquire(t, p, "eval-next", time.Minute), Released)
+	if n, err := b.client.ZCard(t.Context(), released).Result(); err != nil || n != 100_000 {
+		t.Fatalf("released tokens kept: %d, %v; want the cap, 100000", n, err)
+	}
+	r, err := p.ReleaseWith(t.Context(), first, ReleaseArgs{Path: "test", Designed: true})
+	if err != nil || r.Duplicate || !r.Double {
+		t.Fatalf("a designed second path past the memory: %+v, %v; want a double release", r, err)
+	}
+	assertWhole(t, p, e1, e2)
 }
