@@ -301,7 +301,7 @@ func TestRunLifecycle(t *testing.T) {
 
 	// A run's eval by its ID, the slash escaped.
 	e := decodeAs[Eval](t, do(t, "GET", b.url+"/evals/"+url.PathEscape("nightly/add"), ""), 200)
-	var res worker.EvalResult
+	var res tasks.EvalResult
 	if e.EvalID != "nightly/add" || e.State != "completed" || json.Unmarshal(e.Result, &res) != nil || res.Status != executor.StatusPassed {
 		t.Fatalf("eval nightly/add: %+v", e)
 	}
@@ -352,7 +352,7 @@ func TestEvalIdempotent(t *testing.T) {
 		e = decodeAs[Eval](t, do(t, "GET", b.url+"/evals/e-1", ""), 200)
 		return e.State == "completed"
 	})
-	var res worker.EvalResult
+	var res tasks.EvalResult
 	if err := json.Unmarshal(e.Result, &res); err != nil || res.Status != executor.StatusPassed || res.EvalID != "e-1" || e.Retried != 0 {
 		t.Fatalf("eval %+v: %v", e, err)
 	}

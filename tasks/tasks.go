@@ -291,6 +291,24 @@ func ParseEval(data []byte) (Eval, error) {
 	return e, e.validate()
 }
 
+// EvalResult is what a completed eval leaves as its task's result: the
+// worker writes it, and producers read it back from Asynq (TaskInfo.Result)
+// without importing the worker. It is kept for ResultRetention.
+type EvalResult struct {
+	EvalID   string `json:"eval_id"`
+	Executor string `json:"executor"`
+	Fence    int64  `json:"fence"`
+	// Attempt is Asynq's retry count of the attempt that ran it: 0 for
+	// the first.
+	Attempt int `json:"attempt"`
+	// Status is the executor's verdict: executor.StatusPassed or
+	// executor.StatusFailed.
+	Status   string          `json:"status"`
+	Score    *float64        `json:"score,omitempty"`
+	Output   json.RawMessage `json:"output,omitempty"`
+	Duration float64         `json:"duration_seconds"`
+}
+
 // Cleanup is the payload of both cleanup task types.
 type Cleanup struct {
 	EvalID string `json:"eval_id"`

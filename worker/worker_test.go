@@ -239,7 +239,7 @@ func TestEvalsWithBothCleanups(t *testing.T) {
 		}
 		switch info.State {
 		case asynq.TaskStateCompleted:
-			var r EvalResult
+			var r tasks.EvalResult
 			if err := json.Unmarshal(info.Result, &r); err != nil || r.EvalID != id || r.Status != executor.StatusPassed {
 				t.Errorf("eval %s result %s: %v", id, info.Result, err)
 			}
@@ -742,7 +742,7 @@ func TestInlineWritesResultWithRelease(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var r EvalResult
+		var r tasks.EvalResult
 		if err := json.Unmarshal(info.Result, &r); err != nil || r.EvalID != id || r.Status != executor.StatusPassed {
 			t.Errorf("eval %s result %q: %v", id, info.Result, err)
 		}
