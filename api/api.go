@@ -316,14 +316,17 @@ func missingSpec(spec json.RawMessage) bool {
 }
 
 // retryOptions turns max_retry (nil: the default) into Asynq's retries.
+// max_retry 0 is none, which EvalOptions spells negative.
 func retryOptions(maxRetry *int) (tasks.EvalOptions, error) {
-	if maxRetry == nil {
+	switch {
+	case maxRetry == nil:
 		return tasks.EvalOptions{}, nil
-	}
-	if *maxRetry < 0 || *maxRetry > MaxRetry {
+	case *maxRetry < 0 || *maxRetry > MaxRetry:
 		return tasks.EvalOptions{}, fmt.Errorf("%w: max_retry %d: want 0 to %d", tasks.ErrBadPayload, *maxRetry, MaxRetry)
+	case *maxRetry == 0:
+		return tasks.EvalOptions{MaxRetry: -1}, nil
 	}
-	return tasks.EvalOptions{MaxRetry: *maxRetry, NoRetry: *maxRetry == 0}, nil
+	return tasks.EvalOptions{MaxRetry: *maxRetry}, nil
 }
 
 // timeoutOf turns timeout_s (nil: the default) into a duration.

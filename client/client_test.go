@@ -254,6 +254,29 @@ func TestSubmit(t *testing.T) {
 	}
 }
 
+// The run's options reach Asynq: MaxRetry 0 is the default, negative none,
+// each plus NoExecutorReserve.
+func TestSubmitRetries(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, tc := range []struct{ maxRetry, want int }{
+		{0, tasks.DefaultMaxRetry},
+		{-1, 0},
+		{5, 5},
+	} {
+		name := fmt.Sprintf("retries%d", tc.maxRetry)
+		if _, err := client.Submit(t.Context(), b.aq, b.pool, b.runs, client.RunRequest{
+			Name: name, Evals: []tasks.Eval{{Spec: json.RawMessage(`{}`)}}, Options: tasks.EvalOptions{MaxRetry: tc.maxRetry},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		info, err := client.Lookup(b.insp, b.pool.Name(), run.EvalID(name, "1"))
+		if err != nil || info.MaxRetry != tc.want+tasks.NoExecutorReserve {
+			t.Errorf("MaxRetry %d: %+v, %v; want Asynq's max retry %d", tc.maxRetry, info, err, tc.want+tasks.NoExecutorReserve)
+		}
+	}
+}
+
 // A run that cannot be submitted leaves nothing behind: no run, no task.
 func TestSubmitRefused(t *testing.T) {
 	t.Parallel()

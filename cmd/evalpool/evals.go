@@ -90,7 +90,7 @@ executor could serve is refused, and nothing is enqueued.`,
 			if err != nil {
 				return usageError{err}
 			}
-			opts := tasks.EvalOptions{MaxRetry: maxRetry, NoRetry: maxRetry == 0}
+			opts := retryOptions(maxRetry)
 			batch := make([]*asynq.Task, len(evals))
 			for i := range evals {
 				evals[i].TimeoutS = tasks.TimeoutSeconds(timeout)
@@ -140,9 +140,19 @@ executor could serve is refused, and nothing is enqueued.`,
 	f.BoolVar(&wait, "wait", false, "wait for every eval to finish, with a progress bar; exit 1 if any failed its grading or errored")
 	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 0, "executor lease TTL; 0 uses the worker's --lease-ttl")
-	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt")
+	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
 	f.StringArrayVar(&require, "require", nil, "run only on executors with label key=value (repeatable)")
 	return c
+}
+
+// retryOptions are the eval options of --max-retry, which counts retries
+// as a user does: 0 is none, which EvalOptions spells negative (its 0 is
+// the default).
+func retryOptions(maxRetry int) tasks.EvalOptions {
+	if maxRetry == 0 {
+		return tasks.EvalOptions{MaxRetry: -1}
+	}
+	return tasks.EvalOptions{MaxRetry: maxRetry}
 }
 
 // servable refuses evals that no executor registered in the pool could

@@ -98,7 +98,7 @@ when its pass rate (passed over passed, failed and errored) is under
 			}
 			r, err := client.Submit(c.Context(), asynq.NewClientFromRedisClient(rdb), p, store, client.RunRequest{
 				Name: name, Evals: evals, Require: required, Timeout: timeout,
-				Options: tasks.EvalOptions{MaxRetry: maxRetry, NoRetry: maxRetry == 0},
+				Options: retryOptions(maxRetry),
 			})
 			if err != nil {
 				return err
@@ -118,7 +118,7 @@ when its pass rate (passed over passed, failed and errored) is under
 	f.BoolVar(&wait, "wait", false, "follow the run to its end, print its summary, exit 1 under --min-pass-rate")
 	f.Float64Var(&minPassRate, "min-pass-rate", 1, "with --wait: the least pass rate that passes the run (default: every eval must pass)")
 	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
-	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt")
+	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
 	return c
 }
 

@@ -94,6 +94,9 @@ func TestWaitersAreServedFirstInFirstOut(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if info.MaxRetry != tasks.NoExecutorReserve {
+			t.Fatalf("eval %s of --max-retry 0: Asynq's max retry %d, want only the no-executor reserve", id, info.MaxRetry)
+		}
 		var r tasks.EvalResult
 		if err := json.Unmarshal(info.Result, &r); err != nil {
 			t.Fatalf("eval %s: %s: %v", id, info.Result, err)
