@@ -2,7 +2,7 @@
 // mounts: it exists so that programs (CI jobs, notebooks, other services)
 // can submit and follow runs and evals over HTTP without a Go build or the
 // CLI, with the same checks and semantics as the CLI — it calls the same
-// functions (worker.SubmitRun, worker.CancelEvals, run.Store).
+// functions (client.Submit, client.Cancel, run.Store).
 //
 // Choices:
 //
@@ -47,10 +47,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
-	"github.com/evalpool/evalpool/worker"
 )
 
 // Prefix is where the API lives; the dashboard mounts the handler at
@@ -240,7 +240,7 @@ func oneLine(s string) string {
 // Anything it does not know is Redis's (or unexpected): 503, retry.
 func statusOf(err error) int {
 	switch {
-	case errors.Is(err, run.ErrNotFound), errors.Is(err, worker.ErrEvalNotFound):
+	case errors.Is(err, run.ErrNotFound), errors.Is(err, client.ErrEvalNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, run.ErrExists):
 		return http.StatusConflict
@@ -316,14 +316,17 @@ func missingSpec(spec json.RawMessage) bool {
 }
 
 // retryOptions turns max_retry (nil: the default) into Asynq's retries.
+// max_retry 0 is none, which EvalOptions spells negative.
 func retryOptions(maxRetry *int) (tasks.EvalOptions, error) {
-	if maxRetry == nil {
+	switch {
+	case maxRetry == nil:
 		return tasks.EvalOptions{}, nil
-	}
-	if *maxRetry < 0 || *maxRetry > MaxRetry {
+	case *maxRetry < 0 || *maxRetry > MaxRetry:
 		return tasks.EvalOptions{}, fmt.Errorf("%w: max_retry %d: want 0 to %d", tasks.ErrBadPayload, *maxRetry, MaxRetry)
+	case *maxRetry == 0:
+		return tasks.EvalOptions{MaxRetry: -1}, nil
 	}
-	return tasks.EvalOptions{MaxRetry: *maxRetry, NoRetry: *maxRetry == 0}, nil
+	return tasks.EvalOptions{MaxRetry: *maxRetry}, nil
 }
 
 // timeoutOf turns timeout_s (nil: the default) into a duration.
@@ -346,7 +349,7 @@ func (h *Handler) poolOf(name string) (*pool.Pool, error) {
 	return pool.New(h.opts.Redis, pool.Options{Name: name, Logger: &h.log})
 }
 
-// Cancelled is what a cancel did (worker.Cancelled).
+// Cancelled is what a cancel did (client.Cancelled).
 type Cancelled struct {
 	Pending int `json:"pending"`
 	Running int `json:"running"`
@@ -354,6 +357,6 @@ type Cancelled struct {
 	Unknown int `json:"unknown"`
 }
 
-func cancelledOf(c worker.Cancelled) Cancelled {
+func cancelledOf(c client.Cancelled) Cancelled {
 	return Cancelled{Pending: c.Pending, Running: c.Running, Ended: c.Ended, Unknown: c.Unknown}
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -301,7 +302,7 @@ func TestRunLifecycle(t *testing.T) {
 
 	// A run's eval by its ID, the slash escaped.
 	e := decodeAs[Eval](t, do(t, "GET", b.url+"/evals/"+url.PathEscape("nightly/add"), ""), 200)
-	var res worker.EvalResult
+	var res tasks.EvalResult
 	if e.EvalID != "nightly/add" || e.State != "completed" || json.Unmarshal(e.Result, &res) != nil || res.Status != executor.StatusPassed {
 		t.Fatalf("eval nightly/add: %+v", e)
 	}
@@ -333,6 +334,10 @@ func TestEvalIdempotent(t *testing.T) {
 			t.Fatalf("Location %q", loc)
 		}
 	}
+	// max_retry 0 is none: Asynq's retries are only the no-executor reserve.
+	if info, err := b.insp.GetTaskInfo(tasks.Queues("apitest").Evals, "e-1"); err != nil || info.MaxRetry != tasks.NoExecutorReserve {
+		t.Fatalf("e-1 with max_retry 0: %+v, %v; want Asynq's max retry %d", info, err, tasks.NoExecutorReserve)
+	}
 	// Even with another body: the ID decides.
 	decodeAs[Eval](t, do(t, "POST", b.url+"/evals", `{"eval_id":"e-1","spec":{"grade":"failed"}}`), 200)
 	q, err := b.insp.GetQueueInfo(tasks.Queues("apitest").Evals)
@@ -352,7 +357,7 @@ func TestEvalIdempotent(t *testing.T) {
 		e = decodeAs[Eval](t, do(t, "GET", b.url+"/evals/e-1", ""), 200)
 		return e.State == "completed"
 	})
-	var res worker.EvalResult
+	var res tasks.EvalResult
 	if err := json.Unmarshal(e.Result, &res); err != nil || res.Status != executor.StatusPassed || res.EvalID != "e-1" || e.Retried != 0 {
 		t.Fatalf("eval %+v: %v", e, err)
 	}
@@ -424,6 +429,32 @@ func TestCancel(t *testing.T) {
 	}
 	if a := do(t, "GET", b.url+"/evals/waits", ""); a.code != 404 {
 		t.Fatalf("a cancelled pending eval is deleted: %s", a)
+	}
+}
+
+// max_retry counts retries as a user does (0 is none); EvalOptions's 0 is
+// the default, and its none is negative.
+func TestRetryOptions(t *testing.T) {
+	t.Parallel()
+	n := func(v int) *int { return &v }
+	for _, tc := range []struct {
+		name     string
+		maxRetry *int
+		want     tasks.EvalOptions
+	}{
+		{"none given", nil, tasks.EvalOptions{}},
+		{"0", n(0), tasks.EvalOptions{MaxRetry: -1}},
+		{"2", n(2), tasks.EvalOptions{MaxRetry: 2}},
+		{"the most", n(MaxRetry), tasks.EvalOptions{MaxRetry: MaxRetry}},
+	} {
+		if got, err := retryOptions(tc.maxRetry); err != nil || got != tc.want {
+			t.Errorf("max_retry %s: %+v, %v; want %+v", tc.name, got, err, tc.want)
+		}
+	}
+	for _, bad := range []int{-1, MaxRetry + 1} {
+		if _, err := retryOptions(n(bad)); !errors.Is(err, tasks.ErrBadPayload) {
+			t.Errorf("max_retry %d: %v, want ErrBadPayload", bad, err)
+		}
 	}
 }
 

@@ -11,10 +11,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
 
+	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/tasks"
-	"github.com/evalpool/evalpool/worker"
 )
 
 // EvalRequest is the body of POST /evals. EvalID defaults to a new UUID.
@@ -44,7 +44,7 @@ type Eval struct {
 
 // lookup reads an eval of the API's pool.
 func (h *Handler) lookup(id string) (Eval, error) {
-	t, err := worker.EvalInfo(h.insp, h.opts.Pool.Name(), id)
+	t, err := client.Lookup(h.insp, h.opts.Pool.Name(), id)
 	if err != nil {
 		return Eval{}, err
 	}
@@ -116,7 +116,7 @@ func (h *Handler) submitEval(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) existing(w http.ResponseWriter, r *http.Request, id string) bool {
 	e, err := h.lookup(id)
 	switch {
-	case errors.Is(err, worker.ErrEvalNotFound):
+	case errors.Is(err, client.ErrEvalNotFound):
 		return false
 	case err != nil:
 		h.fail(w, r, err)
@@ -147,7 +147,7 @@ func (h *Handler) cancelEval(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	c, err := worker.CancelEvals(detach(r), h.insp, h.opts.Pool, h.opts.Runs, []string{id})
+	c, err := client.Cancel(detach(r), h.insp, h.opts.Pool, h.opts.Runs, []string{id})
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -11,9 +11,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
-	"github.com/evalpool/evalpool/worker"
 )
 
 // RunRequest is the body of POST /runs. Name defaults to
@@ -51,7 +51,7 @@ func (h *Handler) submitRun(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	created, err := worker.SubmitRun(detach(r), h.aq, h.opts.Pool, h.opts.Runs, rr)
+	created, err := client.Submit(detach(r), h.aq, h.opts.Pool, h.opts.Runs, rr)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -60,24 +60,24 @@ func (h *Handler) submitRun(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, RunCreated{Name: created.Name, Size: created.Size, Pool: created.Pool})
 }
 
-// runRequestOf checks what SubmitRun does not: that evals were given, each
+// runRequestOf checks what client.Submit does not: that evals were given, each
 // with a spec, and the bounds of timeout_s and max_retry.
-func runRequestOf(req RunRequest) (worker.RunRequest, error) {
+func runRequestOf(req RunRequest) (client.RunRequest, error) {
 	if len(req.Evals) == 0 {
-		return worker.RunRequest{}, fmt.Errorf("%w: \"evals\" is missing or empty", tasks.ErrBadPayload)
+		return client.RunRequest{}, fmt.Errorf("%w: \"evals\" is missing or empty", tasks.ErrBadPayload)
 	}
 	timeout, err := timeoutOf(req.TimeoutS)
 	if err != nil {
-		return worker.RunRequest{}, err
+		return client.RunRequest{}, err
 	}
 	opts, err := retryOptions(req.MaxRetry)
 	if err != nil {
-		return worker.RunRequest{}, err
+		return client.RunRequest{}, err
 	}
 	evals := make([]tasks.Eval, len(req.Evals))
 	for i, e := range req.Evals {
 		if missingSpec(e.Spec) {
-			return worker.RunRequest{}, fmt.Errorf("%w: eval %d: \"spec\" is missing", tasks.ErrBadPayload, i+1)
+			return client.RunRequest{}, fmt.Errorf("%w: eval %d: \"spec\" is missing", tasks.ErrBadPayload, i+1)
 		}
 		evals[i] = tasks.Eval{ID: e.EvalID, Spec: e.Spec, Require: e.Require}
 	}
@@ -89,7 +89,7 @@ func runRequestOf(req RunRequest) (worker.RunRequest, error) {
 		_, _ = rand.Read(suffix)
 		name = "run-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(suffix)
 	}
-	return worker.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts}, nil
+	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts}, nil
 }
 
 // RunItem is a run in GET /runs: as submitted, with its progress.
@@ -316,7 +316,7 @@ func (h *Handler) cancelRun(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	c, err := worker.CancelEvals(ctx, h.insp, p, h.opts.Runs, ids)
+	c, err := client.Cancel(ctx, h.insp, p, h.opts.Runs, ids)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/redisconn"
@@ -257,11 +258,11 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 		stopZombie()
 		zombie.Wait()
 	}()
-	err := worker.WaitEvals(ctx, insp, d.pool.Name(), ids, 50*time.Millisecond, func(f worker.Finished) {
+	err := client.Wait(ctx, insp, d.pool.Name(), ids, 50*time.Millisecond, func(f client.Finished) {
 		switch f.Outcome {
-		case worker.OutcomePassed:
+		case client.OutcomePassed:
 			rep.Passed++
-		case worker.OutcomeFailed:
+		case client.OutcomeFailed:
 			rep.Failed++
 		default:
 			rep.Errored++

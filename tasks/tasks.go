@@ -235,10 +235,22 @@ const NoExecutorReserve = 1
 
 // EvalOptions tune NewEval. The zero value is usable.
 type EvalOptions struct {
-	// MaxRetry is how many times a failed attempt is retried. Defaults to 3;
-	// set NoRetry for none.
+	// MaxRetry is how many times a failed attempt is retried. Defaults to
+	// DefaultMaxRetry (3), so that options left unset still retry. Negative
+	// for none.
 	MaxRetry int
-	NoRetry  bool
+}
+
+// retries is how many times NewEval has Asynq retry a failed attempt, not
+// counting NoExecutorReserve.
+func (o EvalOptions) retries() int {
+	switch {
+	case o.MaxRetry < 0:
+		return 0
+	case o.MaxRetry == 0:
+		return DefaultMaxRetry
+	}
+	return o.MaxRetry
 }
 
 // NewEval builds the task of an eval: its pool's evals queue, task ID the
@@ -259,17 +271,10 @@ func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: eval %s: %w", ErrBadPayload, e.ID, err)
 	}
-	retry := opts.MaxRetry
-	switch {
-	case opts.NoRetry:
-		retry = 0
-	case retry == 0:
-		retry = DefaultMaxRetry
-	}
 	return asynq.NewTask(TypeEval, payload,
 		asynq.Queue(Queues(e.Pool).Evals),
 		asynq.TaskID(e.ID),
-		asynq.MaxRetry(retry+NoExecutorReserve),
+		asynq.MaxRetry(opts.retries()+NoExecutorReserve),
 		asynq.Timeout(e.Timeout()+WaitAllowance),
 		asynq.Retention(ResultRetention),
 	), nil
@@ -289,6 +294,24 @@ func ParseEval(data []byte) (Eval, error) {
 	}
 	e.Pool = poolOrDefault(e.Pool)
 	return e, e.validate()
+}
+
+// EvalResult is what a completed eval leaves as its task's result: the
+// worker writes it, and producers read it back from Asynq (TaskInfo.Result)
+// without importing the worker. It is kept for ResultRetention.
+type EvalResult struct {
+	EvalID   string `json:"eval_id"`
+	Executor string `json:"executor"`
+	Fence    int64  `json:"fence"`
+	// Attempt is Asynq's retry count of the attempt that ran it: 0 for
+	// the first.
+	Attempt int `json:"attempt"`
+	// Status is the executor's verdict: executor.StatusPassed or
+	// executor.StatusFailed.
+	Status   string          `json:"status"`
+	Score    *float64        `json:"score,omitempty"`
+	Output   json.RawMessage `json:"output,omitempty"`
+	Duration float64         `json:"duration_seconds"`
 }
 
 // Cleanup is the payload of both cleanup task types.

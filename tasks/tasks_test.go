@@ -23,6 +23,23 @@ func TestNewEval(t *testing.T) {
 	}
 }
 
+// MaxRetry's zero value is the default, so that EvalOptions{} retries;
+// none takes a negative value.
+func TestRetries(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ maxRetry, want int }{
+		{0, DefaultMaxRetry},
+		{-1, 0},
+		{-100, 0},
+		{1, 1},
+		{DefaultMaxRetry + 7, DefaultMaxRetry + 7},
+	} {
+		if got := (EvalOptions{MaxRetry: tc.maxRetry}).retries(); got != tc.want {
+			t.Errorf("MaxRetry %d: %d retries, want %d", tc.maxRetry, got, tc.want)
+		}
+	}
+}
+
 func TestBadEvals(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

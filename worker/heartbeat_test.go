@@ -30,7 +30,7 @@ func TestHeartbeatRenewsAllLeasesAtOnce(t *testing.T) {
 	}
 	w, b := setupOn(t, client, Config{Concurrency: evals, LeaseTTL: time.Second}, execs...)
 	start(t, w)
-	enqueueEvals(t, b, evals, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	enqueueEvals(t, b, evals, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
 	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, evals, 30*time.Second); completed != evals {
 		t.Fatalf("%d of %d evals completed", completed, evals)
 	}

@@ -26,7 +26,7 @@ import (
 func TestHostileTasksAreRefused(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{}, executor.ServerOptions{Latency: 300 * time.Millisecond})
-	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
 	eval := func(id, pool string) []byte {
 		p, _ := json.Marshal(tasks.Eval{ID: id, Pool: pool, Spec: json.RawMessage(`{}`), TimeoutS: 60})
 		return p
@@ -115,7 +115,7 @@ func TestPoolDataLossIsNoticed(t *testing.T) {
 	// A fresh client: Asynq's remembers the queues it has published, which
 	// FLUSHALL removed.
 	b.aq = asynq.NewClientFromRedisClient(client)
-	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
 	evaltest.Eventually(t, 10*time.Second, "the waiting eval never said why", func() bool {
 		return b.logs.Count("eval waits: the pool has no data") > 0
 	})
@@ -156,7 +156,7 @@ func TestPartitionedWorkerGivesUpBeforeTheDeadline(t *testing.T) {
 	t.Cleanup(proxy.Heal) // before the worker stops: it needs Redis to shut down
 	insp := asynq.NewInspectorFromRedisClient(direct)
 	aq := asynq.NewClientFromRedisClient(direct)
-	task, err := tasks.NewEval(tasks.Eval{ID: "eval-long", Spec: json.RawMessage(`{}`), TimeoutS: 3600}, tasks.EvalOptions{NoRetry: true})
+	task, err := tasks.NewEval(tasks.Eval{ID: "eval-long", Spec: json.RawMessage(`{}`), TimeoutS: 3600}, tasks.EvalOptions{MaxRetry: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +228,7 @@ func TestWaitDoesNotEatTheTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	start(t, w)
-	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Second) // a 1 s timeout
+	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Second) // a 1 s timeout
 	evaltest.Eventually(t, 10*time.Second, "eval never started waiting", func() bool {
 		c, err := b.pool.Counts(t.Context())
 		return err == nil && c.Waiters == 1

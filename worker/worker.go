@@ -524,18 +524,6 @@ type AttemptError struct {
 func (e *AttemptError) Error() string { return e.Err.Error() }
 func (e *AttemptError) Unwrap() error { return e.Err }
 
-// EvalResult is what a finished eval writes with Asynq's ResultWriter.
-type EvalResult struct {
-	EvalID   string          `json:"eval_id"`
-	Executor string          `json:"executor"`
-	Fence    int64           `json:"fence"`
-	Attempt  int             `json:"attempt"`
-	Status   string          `json:"status"`
-	Score    *float64        `json:"score,omitempty"`
-	Output   json.RawMessage `json:"output,omitempty"`
-	Duration float64         `json:"duration_seconds"`
-}
-
 // servedFor returns the served pool a task names, after checking that the
 // task came from that pool's queue: a task put on another pool's queue (by
 // hand, or by a hostile client) is refused, never run on the wrong pool.
@@ -614,7 +602,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	// the same round trip as the release.
 	var result []byte
 	if runErr == nil {
-		result, runErr = encodeResult(EvalResult{
+		result, runErr = encodeResult(tasks.EvalResult{
 			EvalID: e.ID, Executor: lease.URL, Fence: lease.Fence, Attempt: attempt,
 			Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(),
 		})
@@ -876,7 +864,7 @@ func (w *Worker) runOnLease(ctx context.Context, sp *served, e tasks.Eval, lease
 }
 
 // encodeResult is what writeResult writes.
-func encodeResult(r EvalResult) ([]byte, error) {
+func encodeResult(r tasks.EvalResult) ([]byte, error) {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return nil, fmt.Errorf("eval %s: encode result: %w", r.EvalID, err)

@@ -239,7 +239,7 @@ func TestEvalsWithBothCleanups(t *testing.T) {
 		}
 		switch info.State {
 		case asynq.TaskStateCompleted:
-			var r EvalResult
+			var r tasks.EvalResult
 			if err := json.Unmarshal(info.Result, &r); err != nil || r.EvalID != id || r.Status != executor.StatusPassed {
 				t.Errorf("eval %s result %s: %v", id, info.Result, err)
 			}
@@ -348,7 +348,7 @@ func TestJunkExecutorAnswers(t *testing.T) {
 		byURL[ts.URL] = name
 	}
 	start(t, w)
-	ids := enqueueEvals(t, b, 12, tasks.EvalOptions{NoRetry: true}, time.Second)
+	ids := enqueueEvals(t, b, 12, tasks.EvalOptions{MaxRetry: -1}, time.Second)
 	if _, archived := evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute); archived != len(ids) {
 		t.Fatalf("%d of %d junk-answered evals archived", archived, len(ids))
 	}
@@ -393,7 +393,7 @@ func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
 		t.Fatal(err)
 	}
 	start(t, w)
-	enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
 	evaltest.Eventually(t, 10*time.Second, "eval never found the pool empty", func() bool {
 		return testutil.ToFloat64(b.metrics.evals.WithLabelValues(b.pool.Name(), "no_executor")) >= 3
 	})
@@ -417,7 +417,7 @@ func TestAttemptWaitsForAnExecutor(t *testing.T) {
 		t.Fatal(err)
 	}
 	start(t, w)
-	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
 	evaltest.Eventually(t, 10*time.Second, "eval never started waiting", func() bool {
 		st, err := b.pool.Status(t.Context())
 		return err == nil && len(st.Waiters) == 1 && st.Waiters[0].EvalID == ids[0]
@@ -442,7 +442,7 @@ func TestLostLeaseCancelsTheCall(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{LeaseTTL: 150 * time.Millisecond}, executor.ServerOptions{Latency: time.Hour})
 	start(t, w)
-	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Hour)
+	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Hour)
 	evaltest.Eventually(t, 10*time.Second, "eval never reached the executor", func() bool { return b.executors[0].Stats().Running })
 	newer, err := b.pool.Acquire(t.Context(), ids[0], time.Minute)
 	if err != nil || !newer.Reentered {
@@ -484,7 +484,7 @@ func TestPanicIsCleanedUpByTheErrorHandler(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{Executor: &executor.Client{HTTP: &http.Client{Transport: panickingTransport{}}}}, executor.ServerOptions{})
 	start(t, w)
-	enqueueEvals(t, b, 1, tasks.EvalOptions{NoRetry: true}, time.Minute)
+	enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
 	if _, archived := evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second); archived != 1 {
 		t.Fatal("panicking eval not archived")
 	}
@@ -602,7 +602,7 @@ printf '{"status":"%s","score":1}' "$s"
 	w, b := setup(t, Config{}, executor.ServerOptions{Exec: grader})
 	start(t, w)
 	for id, spec := range map[string]string{"good": `{"answer":42}`, "wrong": `{"answer":7}`, "hang": `{"hang":true}`} {
-		task, err := tasks.NewEval(tasks.Eval{ID: id, Spec: json.RawMessage(spec), TimeoutS: 1}, tasks.EvalOptions{NoRetry: true})
+		task, err := tasks.NewEval(tasks.Eval{ID: id, Spec: json.RawMessage(spec), TimeoutS: 1}, tasks.EvalOptions{MaxRetry: -1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -778,7 +778,7 @@ func TestInlineWritesResultWithRelease(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var r EvalResult
+		var r tasks.EvalResult
 		if err := json.Unmarshal(info.Result, &r); err != nil || r.EvalID != id || r.Status != executor.StatusPassed {
 			t.Errorf("eval %s result %q: %v", id, info.Result, err)
 		}

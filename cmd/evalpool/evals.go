@@ -19,10 +19,10 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/tasks"
-	"github.com/evalpool/evalpool/worker"
 )
 
 // errEvalsFailed is returned by a wait whose evals did not all complete.
@@ -90,7 +90,7 @@ executor could serve is refused, and nothing is enqueued.`,
 			if err != nil {
 				return usageError{err}
 			}
-			opts := tasks.EvalOptions{MaxRetry: maxRetry, NoRetry: maxRetry == 0}
+			opts := retryOptions(maxRetry)
 			batch := make([]*asynq.Task, len(evals))
 			for i := range evals {
 				evals[i].TimeoutS = tasks.TimeoutSeconds(timeout)
@@ -107,14 +107,14 @@ executor could serve is refused, and nothing is enqueued.`,
 					return fmt.Errorf("eval %d of %d: %w", i+1, len(evals), err)
 				}
 			}
-			client, err := a.redis()
+			rdb, err := a.redis()
 			if err != nil {
 				return err
 			}
 			if err := a.servable(c.Context(), evals); err != nil {
 				return err
 			}
-			aq := asynq.NewClientFromRedisClient(client) // shares client: nothing to close
+			aq := asynq.NewClientFromRedisClient(rdb) // shares rdb: nothing to close
 			ids := make([]string, 0, len(evals))
 			for i, t := range batch {
 				_, err := aq.EnqueueContext(c.Context(), t)
@@ -140,9 +140,19 @@ executor could serve is refused, and nothing is enqueued.`,
 	f.BoolVar(&wait, "wait", false, "wait for every eval to finish, with a progress bar; exit 1 if any failed its grading or errored")
 	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 0, "executor lease TTL; 0 uses the worker's --lease-ttl")
-	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt")
+	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
 	f.StringArrayVar(&require, "require", nil, "run only on executors with label key=value (repeatable)")
 	return c
+}
+
+// retryOptions are the eval options of --max-retry, which counts retries
+// as a user does: 0 is none, which EvalOptions spells negative (its 0 is
+// the default).
+func retryOptions(maxRetry int) tasks.EvalOptions {
+	if maxRetry == 0 {
+		return tasks.EvalOptions{MaxRetry: -1}
+	}
+	return tasks.EvalOptions{MaxRetry: maxRetry}
 }
 
 // servable refuses evals that no executor registered in the pool could
@@ -290,7 +300,7 @@ func (a *app) evalCommand() *cobra.Command {
 				switch info.State {
 				case asynq.TaskStateCompleted.String():
 					fmt.Fprintln(a.stdout, string(info.Result))
-					var r worker.EvalResult
+					var r tasks.EvalResult
 					if json.Unmarshal(info.Result, &r) == nil && r.Status == executor.StatusFailed {
 						failed = append(failed, id)
 					}
@@ -331,11 +341,11 @@ func (a *app) evalCommand() *cobra.Command {
 }
 
 func (a *app) inspector() (*asynq.Inspector, error) {
-	client, err := a.redis()
+	rdb, err := a.redis()
 	if err != nil {
 		return nil, err
 	}
-	return asynq.NewInspectorFromRedisClient(client), nil
+	return asynq.NewInspectorFromRedisClient(rdb), nil
 }
 
 // evalInfo is an eval as the CLI shows it.
@@ -348,7 +358,7 @@ type evalInfo struct {
 }
 
 func lookupEval(insp *asynq.Inspector, pool, id string) (evalInfo, error) {
-	t, err := worker.EvalInfo(insp, pool, id)
+	t, err := client.Lookup(insp, pool, id)
 	if err != nil {
 		return evalInfo{}, err
 	}
@@ -374,12 +384,12 @@ func (a *app) waitEvals(ctx context.Context, ids []string) error {
 		progressbar.OptionThrottle(200*time.Millisecond),
 	)
 	var passed, failed, archived int
-	err = worker.WaitEvals(ctx, insp, a.poolName, ids, 250*time.Millisecond, func(f worker.Finished) {
+	err = client.Wait(ctx, insp, a.poolName, ids, 250*time.Millisecond, func(f client.Finished) {
 		_ = bar.Add(1)
 		switch f.Outcome {
-		case worker.OutcomePassed:
+		case client.OutcomePassed:
 			passed++
-		case worker.OutcomeFailed:
+		case client.OutcomeFailed:
 			failed++
 		default:
 			archived++

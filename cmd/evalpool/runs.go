@@ -14,10 +14,10 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/labels"
 	evalrun "github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
-	"github.com/evalpool/evalpool/worker"
 )
 
 func (a *app) runCommand() *cobra.Command {
@@ -32,11 +32,11 @@ func (a *app) runCommand() *cobra.Command {
 }
 
 func (a *app) runs() (*evalrun.Store, error) {
-	client, err := a.redis()
+	rdb, err := a.redis()
 	if err != nil {
 		return nil, err
 	}
-	return evalrun.NewStore(client, evalrun.Options{}), nil
+	return evalrun.NewStore(rdb, evalrun.Options{}), nil
 }
 
 func (a *app) runSubmit() *cobra.Command {
@@ -92,13 +92,13 @@ when its pass rate (passed over passed, failed and errored) is under
 			if err != nil {
 				return err
 			}
-			client, err := a.redis()
+			rdb, err := a.redis()
 			if err != nil {
 				return err
 			}
-			r, err := worker.SubmitRun(c.Context(), asynq.NewClientFromRedisClient(client), p, store, worker.RunRequest{
+			r, err := client.Submit(c.Context(), asynq.NewClientFromRedisClient(rdb), p, store, client.RunRequest{
 				Name: name, Evals: evals, Require: required, Timeout: timeout,
-				Options: tasks.EvalOptions{MaxRetry: maxRetry, NoRetry: maxRetry == 0},
+				Options: retryOptions(maxRetry),
 			})
 			if err != nil {
 				return err
@@ -118,7 +118,7 @@ when its pass rate (passed over passed, failed and errored) is under
 	f.BoolVar(&wait, "wait", false, "follow the run to its end, print its summary, exit 1 under --min-pass-rate")
 	f.Float64Var(&minPassRate, "min-pass-rate", 1, "with --wait: the least pass rate that passes the run (default: every eval must pass)")
 	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
-	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt")
+	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
 	return c
 }
 
@@ -403,7 +403,7 @@ func (a *app) cancel(ctx context.Context, ids []string) error {
 	if err != nil {
 		return err
 	}
-	n, err := worker.CancelEvals(ctx, insp, p, store, ids)
+	n, err := client.Cancel(ctx, insp, p, store, ids)
 	if err != nil {
 		return err
 	}

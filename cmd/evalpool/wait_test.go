@@ -17,7 +17,6 @@ import (
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/tasks"
-	"github.com/evalpool/evalpool/worker"
 )
 
 // startWorkerProc runs `evalpool worker` as a process of its own until the
@@ -95,7 +94,10 @@ func TestWaitersAreServedFirstInFirstOut(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var r worker.EvalResult
+		if info.MaxRetry != tasks.NoExecutorReserve {
+			t.Fatalf("eval %s of --max-retry 0: Asynq's max retry %d, want only the no-executor reserve", id, info.MaxRetry)
+		}
+		var r tasks.EvalResult
 		if err := json.Unmarshal(info.Result, &r); err != nil {
 			t.Fatalf("eval %s: %s: %v", id, info.Result, err)
 		}

@@ -1,4 +1,4 @@
-package worker
+package client
 
 import (
 	"cmp"
@@ -32,11 +32,11 @@ type RunRequest struct {
 	Options tasks.EvalOptions
 }
 
-// SubmitRun checks every eval of a run, and that some executor of p can
+// Submit checks every eval of a run, and that some executor of p can
 // serve each, before anything is written; then records the run and enqueues
 // its evals. It returns the run as recorded. A name in use is
 // run.ErrExists; an eval no executor could serve, pool.ErrUnservable.
-func SubmitRun(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store, req RunRequest) (run.Run, error) {
+func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store, req RunRequest) (run.Run, error) {
 	r := run.Run{Name: cmp.Or(req.Name, "run-"+time.Now().UTC().Format("20060102-150405")), Pool: p.Name(), CreatedAt: time.Now(), Require: req.Require}
 	if err := run.ValidateName(r.Name); err != nil {
 		return run.Run{}, err

@@ -1,4 +1,4 @@
-package worker
+package client
 
 import (
 	"context"
@@ -33,13 +33,14 @@ type Finished struct {
 	// Retried counts its failed attempts.
 	Retried int
 	// Result is what it wrote, for passed and failed evals.
-	Result EvalResult
+	Result tasks.EvalResult
 	// Err is its last error, for errored evals.
 	Err string
 }
 
-// EvalInfo looks an eval of a pool up in Asynq.
-func EvalInfo(insp *asynq.Inspector, pool, id string) (*asynq.TaskInfo, error) {
+// Lookup finds an eval of a pool in Asynq, where its state, retries and
+// result are: evalpool keeps no copy of its own.
+func Lookup(insp *asynq.Inspector, pool, id string) (*asynq.TaskInfo, error) {
 	info, err := insp.GetTaskInfo(tasks.Queues(pool).Evals, id)
 	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrEvalNotFound, id)
@@ -50,17 +51,17 @@ func EvalInfo(insp *asynq.Inspector, pool, id string) (*asynq.TaskInfo, error) {
 	return info, nil
 }
 
-// WaitEvals polls Asynq every interval until each eval in ids is completed
-// or archived, calling finished for each as it ends. It returns the
-// context's cause, with how many are left, if the context ends first.
-func WaitEvals(ctx context.Context, insp *asynq.Inspector, pool string, ids []string, every time.Duration, finished func(Finished)) error {
+// Wait polls Asynq every interval until each eval in ids is completed or
+// archived, calling finished for each as it ends. It returns the context's
+// cause, with how many are left, if the context ends first.
+func Wait(ctx context.Context, insp *asynq.Inspector, pool string, ids []string, every time.Duration, finished func(Finished)) error {
 	pending := append([]string(nil), ids...)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		still := pending[:0]
 		for _, id := range pending {
-			info, err := EvalInfo(insp, pool, id)
+			info, err := Lookup(insp, pool, id)
 			if err != nil {
 				return err
 			}
@@ -90,7 +91,7 @@ func WaitEvals(ctx context.Context, insp *asynq.Inspector, pool string, ids []st
 	}
 }
 
-// Cancelled is what CancelEvals did.
+// Cancelled is what Cancel did.
 type Cancelled struct {
 	// Pending evals were taken off the queue: they never run. Running ones
 	// had their attempt cancelled: Asynq's cancelation reaches the handler,
@@ -100,13 +101,13 @@ type Cancelled struct {
 	Pending, Running, Ended, Unknown int
 }
 
-// CancelEvals cancels evals of a pool by ID. It marks them in the pool
+// Cancel cancels evals of a pool by ID. It marks them in the pool
 // first (pool.Cancel), so that one Asynq hands to a worker after this never
 // gets an executor, then deletes the pending ones, then cancels the running
 // ones (in that order: a cancelled attempt frees its worker's slot at once,
 // and the next task it takes is refused, not deleted), and records each in
 // its run as cancelled.
-func CancelEvals(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *run.Store, ids []string) (Cancelled, error) {
+func Cancel(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *run.Store, ids []string) (Cancelled, error) {
 	var c Cancelled
 	if err := p.Cancel(ctx, ids...); err != nil {
 		return c, err
@@ -114,7 +115,7 @@ func CancelEvals(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs 
 	queue := tasks.Queues(p.Name()).Evals
 	var active []*asynq.TaskInfo
 	for _, id := range ids {
-		info, err := EvalInfo(insp, p.Name(), id)
+		info, err := Lookup(insp, p.Name(), id)
 		switch {
 		case errors.Is(err, ErrEvalNotFound):
 			c.Unknown++
