@@ -214,28 +214,20 @@ func (h *Handler) runResults(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	ctx := r.Context()
-	rn, recs, running, err := h.opts.Runs.Records(ctx, name)
+	rn, rows, err := h.opts.Runs.Results(ctx, name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	ended := make(map[string]run.Record, len(recs))
-	for _, rec := range recs {
-		ended[rec.Key] = rec
-	}
+	ended := make(map[string]run.Record, len(rows))
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
-	for _, key := range rn.Keys {
-		rec, ok := ended[key]
-		switch {
-		case ok:
-		case running[key] != "":
-			rec = run.Record{Key: key, Status: run.Running, Executor: running[key]}
-		default:
-			rec = run.Record{Key: key, Status: run.Pending}
+	for _, rec := range rows {
+		if rec.Ended() {
+			ended[rec.Key] = rec
 		}
-		if enc.Encode(ResultLine{EvalID: run.EvalID(name, key), Record: rec}) != nil {
+		if enc.Encode(ResultLine{EvalID: run.EvalID(name, rec.Key), Record: rec}) != nil {
 			return // the client went away
 		}
 	}

@@ -273,6 +273,37 @@ func (s *Store) Records(ctx context.Context, name string) (Run, []Record, map[st
 	return r, recs, running.Val(), nil
 }
 
+// Results is every eval of the run, in the run's order: how it ended when
+// it did, else Running (on its executor) or Pending. O(run size), as
+// Records.
+func (s *Store) Results(ctx context.Context, name string) (Run, []Record, error) {
+	r, recs, running, err := s.Records(ctx, name)
+	if err != nil {
+		return Run{}, nil, err
+	}
+	ended := make(map[string]Record, len(recs))
+	for _, rec := range recs {
+		ended[rec.Key] = rec
+	}
+	rows := make([]Record, len(r.Keys))
+	for i, key := range r.Keys {
+		rec, ok := ended[key]
+		switch {
+		case ok:
+		case running[key] != "":
+			rec = Record{Key: key, Status: Running, Executor: running[key]}
+		default:
+			rec = Record{Key: key, Status: Pending}
+		}
+		rows[i] = rec
+	}
+	return r, rows, nil
+}
+
+// Ended reports whether the record is an eval's end, not a Running or
+// Pending row of Results.
+func (r Record) Ended() bool { return r.Status != Running && r.Status != Pending }
+
 // Counts is a run's progress, read in O(1).
 type Counts struct {
 	Size      int `json:"size"`

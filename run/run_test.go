@@ -146,3 +146,36 @@ func TestNames(t *testing.T) {
 		}
 	}
 }
+
+// TestResults: every eval of a run in its order, ended ones as recorded,
+// the others running on their executor or pending.
+func TestResults(t *testing.T) {
+	t.Parallel()
+	s, name := setup(t, "c", "a", "b")
+	if err := s.Started(t.Context(), name, "a", "http://e1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Finish(t.Context(), name, run.Record{Key: "b", Status: run.Passed, Score: score(1), Executor: "http://e2"}); err != nil {
+		t.Fatal(err)
+	}
+	_, rows, err := s.Results(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		key, status, executor string
+		ended                 bool
+	}{
+		{"c", run.Pending, "", false},
+		{"a", run.Running, "http://e1", false},
+		{"b", run.Passed, "http://e2", true},
+	}
+	if len(rows) != len(want) {
+		t.Fatalf("%d rows, want %d: %+v", len(rows), len(want), rows)
+	}
+	for i, w := range want {
+		if r := rows[i]; r.Key != w.key || r.Status != w.status || r.Executor != w.executor || r.Ended() != w.ended {
+			t.Errorf("row %d: %+v (ended %v), want %+v", i, r, r.Ended(), w)
+		}
+	}
+}

@@ -310,25 +310,9 @@ func (a *app) runResults() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, recs, running, err := store.Records(c.Context(), args[0])
+			r, rows, err := store.Results(c.Context(), args[0])
 			if err != nil {
 				return err
-			}
-			ended := map[string]evalrun.Record{}
-			for _, rec := range recs {
-				ended[rec.Key] = rec
-			}
-			rows := make([]evalrun.Record, len(r.Keys))
-			for i, key := range r.Keys {
-				rec, ok := ended[key]
-				switch {
-				case ok:
-				case running[key] != "":
-					rec = evalrun.Record{Key: key, Status: evalrun.Running, Executor: running[key]}
-				default:
-					rec = evalrun.Record{Key: key, Status: evalrun.Pending}
-				}
-				rows[i] = rec
 			}
 			if format == "jsonl" {
 				enc := json.NewEncoder(a.stdout)
