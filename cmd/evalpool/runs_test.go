@@ -16,9 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	evalrun "github.com/evalpool/evalpool/run"
+	"github.com/evalpool/evalpool/tasks"
 )
 
 // writeSuite writes a JSON Lines suite of evals, one line per spec, keyed
@@ -205,9 +209,33 @@ func TestRunCancel(t *testing.T) {
 		r := cli("pool", "status", "--json")
 		return strings.Contains(r.stdout, `"available": 3`)
 	})
-	// Long enough for a pending eval that slipped through to reach one:
-	// none may, ever; only the three that were running.
-	time.Sleep(time.Second)
+	// Once no task of the run is pending, active or scheduled, no eval that
+	// had not reached an executor can: the only tasks left are the three
+	// cancelled while running, which Asynq puts back for a retry (a task
+	// cancelled mid-run is not the handler's answer) and whose next acquire
+	// the pool refuses.
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { _ = rdb.Close() })
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	evaltest.Eventually(t, 10*time.Second, "the cancelled run's pending tasks never left the queue", func() bool {
+		q, err := insp.GetQueueInfo(tasks.QueueEvals)
+		return err == nil && q.Pending+q.Active+q.Scheduled == 0
+	})
+	retried, err := insp.ListRetryTasks(tasks.QueueEvals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	for _, task := range retried {
+		if !reached[task.ID] {
+			t.Errorf("eval %s waits for a retry though it never ran: only the running evals may be left", task.ID)
+		}
+	}
+	mu.Unlock()
 	mu.Lock()
 	if len(reached) != 3 {
 		t.Errorf("%d evals reached an executor, want the 3 running when the run was cancelled: %v", len(reached), reached)
