@@ -70,6 +70,12 @@ func TestSignVector(t *testing.T) {
 		if got := Sign(testSecret, tt.method, tt.path, tt.deadline, []byte(tt.body)); got != tt.want {
 			t.Errorf("Sign(%s %s %q) = %s, want %s", tt.method, tt.path, tt.deadline, got, tt.want)
 		}
+		if !Verify(testSecret, tt.want, tt.method, tt.path, tt.deadline, []byte(tt.body)) {
+			t.Errorf("Verify(%s %s %q) refused %s", tt.method, tt.path, tt.deadline, tt.want)
+		}
+		if Verify(testSecret, tt.want, tt.method, tt.path+"x", tt.deadline, []byte(tt.body)) || Verify([]byte("not-the-key"), tt.want, tt.method, tt.path, tt.deadline, []byte(tt.body)) {
+			t.Errorf("Verify(%s %s %q) accepted %s for another path or key", tt.method, tt.path, tt.deadline, tt.want)
+		}
 	}
 }
 

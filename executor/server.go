@@ -3,9 +3,7 @@ package executor
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -342,19 +340,11 @@ func readAll(r io.Reader, length, limit int64) ([]byte, error) {
 // the one on the request line, which is what the client sent even when this
 // server is mounted under a prefix (a Fleet).
 func (s *Server) verify(r *http.Request, body []byte) bool {
-	hexMAC, ok := strings.CutPrefix(r.Header.Get(SignatureHeader), "v1=")
-	if !ok {
-		return false
-	}
-	got, err := hex.DecodeString(hexMAC)
-	if err != nil {
-		return false
-	}
 	path := r.URL.EscapedPath()
 	if u, err := url.ParseRequestURI(r.RequestURI); err == nil {
 		path = u.EscapedPath()
 	}
-	return hmac.Equal(got, mac(s.opts.Secret, r.Method, path, r.Header.Get(DeadlineHeader), body))
+	return Verify(s.opts.Secret, r.Header.Get(SignatureHeader), r.Method, path, r.Header.Get(DeadlineHeader), body)
 }
 
 func (s *Server) unauthorized(w http.ResponseWriter, format string, args ...any) {
