@@ -23,6 +23,7 @@ import (
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
 	"github.com/evalpool/evalpool/worker"
@@ -36,7 +37,7 @@ type bundle struct {
 	handler   *Handler
 	url       string
 	insp      *asynq.Inspector
-	executors []*executor.Server
+	executors []*refexec.Server
 	execURLs  []string
 }
 
@@ -54,7 +55,7 @@ func setup(t *testing.T, opts Options, execs ...map[string]string) *bundle {
 	}
 	b := &bundle{client: client, pool: p, insp: asynq.NewInspectorFromRedisClient(client)}
 	for _, ls := range execs {
-		s, err := executor.NewServer(executor.ServerOptions{Latency: 5 * time.Millisecond})
+		s, err := refexec.New(refexec.Options{Latency: 5 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}

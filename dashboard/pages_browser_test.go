@@ -20,19 +20,19 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/evalpool/evalpool/api"
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/worker"
 )
 
 // fleet serves n reference executors on loopback until the test ends and
 // registers them, labelled by labels(i) when labels is not nil.
-func fleet(t *testing.T, b *testBundle, n int, opts executor.ServerOptions, labels func(i int) map[string]string) []string {
+func fleet(t *testing.T, b *testBundle, n int, opts refexec.Options, labels func(i int) map[string]string) []string {
 	t.Helper()
 	var urls []string
 	for i := range n {
-		s, err := executor.NewServer(opts)
+		s, err := refexec.New(opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,12 +173,12 @@ func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
 func TestRunsPagesInChromium(t *testing.T) {
 	t.Parallel()
 	_, b := setupTuned(t, Options{}, nil)
-	fleet(t, b, 3, executor.ServerOptions{}, func(int) map[string]string { return map[string]string{"kind": "sim"} })
+	fleet(t, b, 3, refexec.Options{}, func(int) map[string]string { return map[string]string{"kind": "sim"} })
 	// One executor's command fails; another's grades failed, with markup in
 	// what it answers besides its grade.
-	fleet(t, b, 1, executor.ServerOptions{Exec: `echo 'CUDA error: out of memory' >&2; exit 3`}, func(int) map[string]string { return map[string]string{"kind": "broken"} })
+	fleet(t, b, 1, refexec.Options{Exec: `echo 'CUDA error: out of memory' >&2; exit 3`}, func(int) map[string]string { return map[string]string{"kind": "broken"} })
 	const markup = `<b id=injected>markup</b>`
-	fleet(t, b, 1, executor.ServerOptions{Exec: `cat >/dev/null; echo '{"status":"failed","score":0.25,"output":{"note":"` + markup + `"}}'`},
+	fleet(t, b, 1, refexec.Options{Exec: `cat >/dev/null; echo '{"status":"failed","score":0.25,"output":{"note":"` + markup + `"}}'`},
 		func(int) map[string]string { return map[string]string{"kind": "noisy"} })
 	runWorker(t, b, 4)
 	ctx := browser(t)
@@ -279,7 +279,7 @@ func TestRunsPagesInChromium(t *testing.T) {
 func TestPoolTimelineInChromium(t *testing.T) {
 	t.Parallel()
 	_, b := setupTuned(t, Options{}, nil)
-	urls := fleet(t, b, 3, executor.ServerOptions{}, nil)
+	urls := fleet(t, b, 3, refexec.Options{}, nil)
 	runWorker(t, b, 3)
 	rr := runRequest{Name: "tl"}
 	for i := range 9 {
@@ -439,7 +439,7 @@ func TestDocScreenshotsInChromium(t *testing.T) {
 		t.Skip("set EVALPOOL_DOC_SCREENSHOTS=1 to write docs/img/pool.png, runs.png and run.png")
 	}
 	_, b := setupTuned(t, Options{}, nil)
-	fleet(t, b, 8, executor.ServerOptions{}, func(i int) map[string]string {
+	fleet(t, b, 8, refexec.Options{}, func(i int) map[string]string {
 		return map[string]string{"gpu": []string{"a100", "h100"}[i%2], "zone": []string{"eu-1", "us-1"}[i/4]}
 	})
 	runWorker(t, b, 8)

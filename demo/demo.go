@@ -26,9 +26,9 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/evalpool/evalpool/client"
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/redisconn"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 	"github.com/evalpool/evalpool/worker"
 )
@@ -98,7 +98,7 @@ type Demo struct {
 	conn     asynq.RedisConnOpt
 	pool     *pool.Pool
 	metrics  *pool.Metrics
-	execs    []*executor.Server
+	execs    []*refexec.Server
 	urls     []string
 	servers  []*http.Server
 	worker   *worker.Worker
@@ -172,7 +172,7 @@ func (d *Demo) startRedis(ctx context.Context) error {
 
 func (d *Demo) startExecutors(ctx context.Context) error {
 	for range d.opts.Executors {
-		s, err := executor.NewServer(executor.ServerOptions{Latency: d.opts.Latency, FailRate: d.opts.FailRate})
+		s, err := refexec.New(refexec.Options{Latency: d.opts.Latency, FailRate: d.opts.FailRate})
 		if err != nil {
 			return err
 		}

@@ -59,7 +59,7 @@ const MaxAnswerBytes = 4 << 20
 
 // MaxRequestBytes bounds the body of a request to an executor: a spec is at
 // most 1 MiB, and the rest is room for the envelope and JSON escaping. The
-// reference server refuses a longer body with a 413.
+// reference executor refuses a longer body with a 413.
 const MaxRequestBytes = 2 << 20
 
 // maxSmallAnswer bounds answers that are not results: health, extensions.
@@ -158,7 +158,7 @@ func ParseResult(body []byte) (Result, error) {
 }
 
 // parseHealth reads a 200 answer to GET /healthz: the JSON of the reference
-// server, or the plain "ok" of an executor that predates instance IDs.
+// executor, or the plain "ok" of an executor that predates instance IDs.
 func parseHealth(body []byte) Health {
 	var h Health
 	if json.Unmarshal(body, &h) == nil {
@@ -174,6 +174,23 @@ func parseHealth(body []byte) Health {
 // request cannot be given more time.
 func Sign(secret []byte, method, path, deadline string, body []byte) string {
 	return "v1=" + hex.EncodeToString(mac(secret, method, path, deadline, body))
+}
+
+// Verify reports whether signature, a SignatureHeader's value, is the one
+// Sign gives for the request, comparing in constant time: an executor that
+// checks signatures with it tells a forger nothing by how fast it refuses.
+// path is the path on the request line as received, the prefix of an
+// executor mounted under one included.
+func Verify(secret []byte, signature, method, path, deadline string, body []byte) bool {
+	hexMAC, ok := strings.CutPrefix(signature, "v1=")
+	if !ok {
+		return false
+	}
+	got, err := hex.DecodeString(hexMAC)
+	if err != nil {
+		return false
+	}
+	return hmac.Equal(got, mac(secret, method, path, deadline, body))
 }
 
 func mac(secret []byte, method, path, deadline string, body []byte) []byte {
@@ -356,13 +373,4 @@ func snippet(b []byte) string {
 		return "(empty)"
 	}
 	return s
-}
-
-// deadlineFrom reads the caller's deadline from a request, if it sent one.
-func deadlineFrom(r *http.Request) (time.Time, bool) {
-	ms, err := strconv.ParseInt(r.Header.Get(DeadlineHeader), 10, 64)
-	if err != nil || ms <= 0 {
-		return time.Time{}, false
-	}
-	return time.UnixMilli(ms), true
 }

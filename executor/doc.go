@@ -1,5 +1,9 @@
-// Package executor is the HTTP protocol between evalpool and an executor: the
-// client a worker uses, and the reference server behind `evalpool executor`.
+// Package executor is the HTTP protocol between evalpool and an executor,
+// and the client a worker calls executors with. The reference executor
+// behind `evalpool executor` is package
+// [github.com/evalpool/evalpool/refexec], kept out of this one so that a
+// worker imports the protocol alone, not a server that runs commands and
+// kills their process groups.
 //
 // The protocol is small on purpose: one POST per eval carrying the lease's
 // fencing number, so that the executor itself can refuse a holder whose lease
@@ -53,9 +57,9 @@
 //
 // # Overlaps
 //
-// The reference server counts an overlap ([Stats].Overlaps) when an eval for
-// a different eval_id arrives while the executor's holder is still live: its
-// lease has not passed and its caller has not given it up (it waits a
+// The reference executor counts an overlap (its Stats.Overlaps) when an eval
+// for a different eval_id arrives while the executor's holder is still live:
+// its lease has not passed and its caller has not given it up (it waits a
 // quarter of a second to tell a holder being abandoned at that moment). That
 // is double booking by the pool, seen from the executor, and it must stay 0.
 // A lease-aware executor then refuses the newcomer with 423 Locked
@@ -91,7 +95,7 @@
 // a second URL for an executor already in the pool (localhost and 127.0.0.1,
 // a proxy in front of it), which would otherwise be handed out twice. The
 // reference executor's ID defaults to HOSTNAME:PORT (--instance-id sets
-// it); a Server made without one gets a random ID. An executor that answers
+// it); one made by refexec.New without one gets a random ID. An executor that answers
 // a plain 200 "ok" is healthy with an empty instance ID, and only its
 // canonical URL keeps it from being registered twice.
 package executor

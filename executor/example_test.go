@@ -8,12 +8,13 @@ import (
 	"time"
 
 	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/refexec"
 )
 
 // A worker calls an executor with the eval's spec, its lease's fence and
-// how long the lease holds; the reference server grades it.
+// how long the lease holds; the reference executor grades it.
 func ExampleClient_Run() {
-	srv, err := executor.NewServer(executor.ServerOptions{})
+	srv, err := refexec.New(refexec.Options{})
 	if err != nil {
 		panic(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/internal/lua"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -24,7 +25,7 @@ func TestHeartbeatRenewsAllLeasesAtOnce(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
 	renews := evaltest.CountScript(client, lua.Renew)
-	execs := make([]executor.ServerOptions, evals)
+	execs := make([]refexec.Options, evals)
 	for i := range execs {
 		execs[i].Latency = 5 * time.Second
 	}

@@ -12,9 +12,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -25,7 +25,7 @@ import (
 // executors or release another pool's lease.
 func TestHostileTasksAreRefused(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{}, executor.ServerOptions{Latency: 300 * time.Millisecond})
+	w, b := setup(t, Config{}, refexec.Options{Latency: 300 * time.Millisecond})
 	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
 	eval := func(id, pool string) []byte {
 		p, _ := json.Marshal(tasks.Eval{ID: id, Pool: pool, Spec: json.RawMessage(`{}`), TimeoutS: 60})
@@ -75,13 +75,13 @@ func TestEvictingRedisIsRefused(t *testing.T) {
 	srv := evaltest.StartT(t, evaltest.Options{Args: []string{"--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"}})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
-	w, _ := setupOn(t, client, Config{}, executor.ServerOptions{})
+	w, _ := setupOn(t, client, Config{}, refexec.Options{})
 	err := w.Run(t.Context())
 	if !errors.Is(err, ErrEvictingRedis) || !strings.Contains(err.Error(), "allkeys-lru") {
 		t.Fatalf("Run on an allkeys-lru Redis = %v, want ErrEvictingRedis naming the policy", err)
 	}
 
-	allowed, ab := setupOn(t, client, Config{AllowEvictingRedis: true}, executor.ServerOptions{})
+	allowed, ab := setupOn(t, client, Config{AllowEvictingRedis: true}, refexec.Options{})
 	start(t, allowed)
 	enqueueEvals(t, ab, 1, tasks.EvalOptions{}, time.Minute)
 	evaltest.WaitEvalsDone(t, ab.insp, 1, 10*time.Second)
@@ -98,7 +98,7 @@ func TestPoolDataLossIsNoticed(t *testing.T) {
 	srv := evaltest.StartT(t, evaltest.Options{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
-	w, b := setupOn(t, client, Config{ReapInterval: time.Second}, executor.ServerOptions{})
+	w, b := setupOn(t, client, Config{ReapInterval: time.Second}, refexec.Options{})
 	start(t, w)
 	enqueueEvals(t, b, 1, tasks.EvalOptions{}, time.Minute)
 	evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second)
@@ -151,7 +151,7 @@ func TestPartitionedWorkerGivesUpBeforeTheDeadline(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: proxy.Addr, MaxRetries: -1, ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})
 	t.Cleanup(func() { _ = client.Close() })
 	const ttl = 900 * time.Millisecond
-	w, b := setupOn(t, client, Config{LeaseTTL: ttl}, executor.ServerOptions{Latency: time.Hour})
+	w, b := setupOn(t, client, Config{LeaseTTL: ttl}, refexec.Options{Latency: time.Hour})
 	start(t, w)
 	t.Cleanup(proxy.Heal) // before the worker stops: it needs Redis to shut down
 	insp := asynq.NewInspectorFromRedisClient(direct)
@@ -198,7 +198,7 @@ func TestPartitionedWorkerGivesUpBeforeTheDeadline(t *testing.T) {
 // waits, spends no retry, and runs later. Nothing runs twice at once.
 func TestBusyExecutorRefusesTheSecondHolder(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{Concurrency: 4}, executor.ServerOptions{Latency: 600 * time.Millisecond})
+	w, b := setup(t, Config{Concurrency: 4}, refexec.Options{Latency: 600 * time.Millisecond})
 	alias := strings.Replace(b.urls[0], "127.0.0.1", "localhost", 1)
 	if regs, err := b.pool.Register(t.Context(), pool.Executor{URL: alias}); err != nil || regs[0].Outcome != pool.Added {
 		t.Fatalf("register the alias: %+v, %v", regs, err)
@@ -222,7 +222,7 @@ func TestBusyExecutorRefusesTheSecondHolder(t *testing.T) {
 // completes.
 func TestWaitDoesNotEatTheTimeout(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{}, executor.ServerOptions{Latency: 700 * time.Millisecond})
+	w, b := setup(t, Config{}, refexec.Options{Latency: 700 * time.Millisecond})
 	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -249,7 +249,7 @@ func TestWaitDoesNotEatTheTimeout(t *testing.T) {
 // executor freed afterwards is not handed to an attempt that is gone.
 func TestStoppingWorkerLeavesTheLine(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{ShutdownTimeout: 200 * time.Millisecond}, executor.ServerOptions{})
+	w, b := setup(t, Config{ShutdownTimeout: 200 * time.Millisecond}, refexec.Options{})
 	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -282,7 +282,7 @@ func TestStoppingWorkerLeavesTheLine(t *testing.T) {
 // (the error handler's), whose release is absorbed.
 func TestInlineCleanup(t *testing.T) {
 	t.Parallel()
-	sim := executor.ServerOptions{Latency: 2 * time.Millisecond, FailRate: 0.3}
+	sim := refexec.Options{Latency: 2 * time.Millisecond, FailRate: 0.3}
 	w, b := setup(t, Config{Cleanup: CleanupInline, Concurrency: 6}, sim, sim, sim)
 	start(t, w)
 	ids := enqueueEvals(t, b, 40, tasks.EvalOptions{MaxRetry: 3}, time.Minute)

@@ -22,6 +22,7 @@ import (
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -34,14 +35,14 @@ type testBundle struct {
 	logs        *evaltest.LogBuffer
 	aq          *asynq.Client
 	insp        *asynq.Inspector
-	executors   []*executor.Server
+	executors   []*refexec.Server
 	urls        []string
 }
 
 // setup gives the test a Redis of its own (Asynq's queues are per Redis),
 // a pool of simulated executors served over loopback HTTP, and a worker
 // configured by cfg, not yet running.
-func setup(t *testing.T, cfg Config, execs ...executor.ServerOptions) (*Worker, *testBundle) {
+func setup(t *testing.T, cfg Config, execs ...refexec.Options) (*Worker, *testBundle) {
 	t.Helper()
 	srv := evaltest.StartT(t, evaltest.Options{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
@@ -51,7 +52,7 @@ func setup(t *testing.T, cfg Config, execs ...executor.ServerOptions) (*Worker, 
 
 // setupOn is setup on a given Redis: a server of the test's own, or a
 // cluster.
-func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...executor.ServerOptions) (*Worker, *testBundle) {
+func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...refexec.Options) (*Worker, *testBundle) {
 	t.Helper()
 	logger, logs := evaltest.Logger()
 	b := &testBundle{logs: logs, poolMetrics: pool.NewMetrics(), metrics: NewMetrics()}
@@ -68,7 +69,7 @@ func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...ex
 		t.Fatal(err)
 	}
 	for _, o := range execs {
-		s, err := executor.NewServer(o)
+		s, err := refexec.New(o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,7 +187,7 @@ func releases(b *testBundle, outcome pool.ReleaseOutcome, path string) float64 {
 // handlers run for one lease through a real Asynq server.
 func TestBothCleanupsForOneLease(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{}, executor.ServerOptions{})
+	w, b := setup(t, Config{}, refexec.Options{})
 	lease, err := b.pool.Acquire(t.Context(), "eval-1", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +224,7 @@ func TestBothCleanupsForOneLease(t *testing.T) {
 // both cleanups for every eval.
 func TestEvalsWithBothCleanups(t *testing.T) {
 	t.Parallel()
-	sim := executor.ServerOptions{Latency: 2 * time.Millisecond, FailRate: 0.2}
+	sim := refexec.Options{Latency: 2 * time.Millisecond, FailRate: 0.2}
 	w, b := setup(t, Config{Cleanup: CleanupBoth, Concurrency: 6}, sim, sim, sim)
 	start(t, w)
 	ids := enqueueEvals(t, b, 60, tasks.EvalOptions{MaxRetry: 2}, time.Minute)
@@ -267,7 +268,7 @@ func TestEvalsWithBothCleanups(t *testing.T) {
 // once with a clear error; the worker goes on and the pool stays whole.
 func TestJunkPayloadsAreArchivedAtOnce(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{}, executor.ServerOptions{})
+	w, b := setup(t, Config{}, refexec.Options{})
 	start(t, w)
 	junk := []struct{ typ, queue, payload string }{
 		{tasks.TypeEval, tasks.QueueEvals, `not json`},
@@ -387,7 +388,7 @@ func TestJunkExecutorAnswers(t *testing.T) {
 // No free executor: the eval waits without spending its retry budget.
 func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{ExecutorWait: -1}, executor.ServerOptions{})
+	w, b := setup(t, Config{ExecutorWait: -1}, refexec.Options{})
 	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -411,7 +412,7 @@ func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
 // hand-back.
 func TestAttemptWaitsForAnExecutor(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{ExecutorWait: time.Minute}, executor.ServerOptions{})
+	w, b := setup(t, Config{ExecutorWait: time.Minute}, refexec.Options{})
 	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -440,7 +441,7 @@ func TestAttemptWaitsForAnExecutor(t *testing.T) {
 // executor call at the next heartbeat, long before the executor answers.
 func TestLostLeaseCancelsTheCall(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{LeaseTTL: 150 * time.Millisecond}, executor.ServerOptions{Latency: time.Hour})
+	w, b := setup(t, Config{LeaseTTL: 150 * time.Millisecond}, refexec.Options{Latency: time.Hour})
 	start(t, w)
 	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Hour)
 	evaltest.Eventually(t, 10*time.Second, "eval never reached the executor", func() bool { return b.executors[0].Stats().Running })
@@ -482,7 +483,7 @@ func (panickingTransport) RoundTrip(*http.Request) (*http.Response, error) { pan
 // finds its lease and releases it.
 func TestPanicIsCleanedUpByTheErrorHandler(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{Executor: &executor.Client{HTTP: &http.Client{Transport: panickingTransport{}}}}, executor.ServerOptions{})
+	w, b := setup(t, Config{Executor: &executor.Client{HTTP: &http.Client{Transport: panickingTransport{}}}}, refexec.Options{})
 	start(t, w)
 	enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
 	if _, archived := evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second); archived != 1 {
@@ -506,7 +507,7 @@ func TestPanicIsCleanedUpByTheErrorHandler(t *testing.T) {
 // live executors and the pool stays whole.
 func TestDeadExecutor(t *testing.T) {
 	t.Parallel()
-	w, b := setup(t, Config{Concurrency: 4}, executor.ServerOptions{}, executor.ServerOptions{})
+	w, b := setup(t, Config{Concurrency: 4}, refexec.Options{}, refexec.Options{})
 	dead := httptest.NewServer(http.NotFoundHandler())
 	dead.Close() // nothing listens there any more
 	if _, err := b.pool.Register(t.Context(), pool.Executor{URL: dead.URL}); err != nil {
@@ -599,7 +600,7 @@ printf '{"status":"%s","score":1}' "$s"
 	if err := os.WriteFile(grader, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	w, b := setup(t, Config{}, executor.ServerOptions{Exec: grader})
+	w, b := setup(t, Config{}, refexec.Options{Exec: grader})
 	start(t, w)
 	for id, spec := range map[string]string{"good": `{"answer":42}`, "wrong": `{"answer":7}`, "hang": `{"hang":true}`} {
 		task, err := tasks.NewEval(tasks.Eval{ID: id, Spec: json.RawMessage(spec), TimeoutS: 1}, tasks.EvalOptions{MaxRetry: -1})
@@ -636,7 +637,7 @@ func TestRedisRestartUnderAWorker(t *testing.T) {
 	srv := evaltest.StartT(t, evaltest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
-	sim := executor.ServerOptions{Latency: 30 * time.Millisecond}
+	sim := refexec.Options{Latency: 30 * time.Millisecond}
 	w, b := setupOn(t, client, Config{Concurrency: 4, LeaseTTL: time.Second}, sim, sim, sim)
 	start(t, w)
 	ids := enqueueEvals(t, b, 60, tasks.EvalOptions{MaxRetry: 10}, time.Minute)
@@ -668,7 +669,7 @@ func TestRedisRestartUnderAWorker(t *testing.T) {
 func TestEvalsOnRedisCluster(t *testing.T) {
 	t.Parallel()
 	cluster := evaltest.ClusterClient(t, evaltest.StartCluster(t, 3))
-	sim := executor.ServerOptions{Latency: 2 * time.Millisecond, FailRate: 0.2}
+	sim := refexec.Options{Latency: 2 * time.Millisecond, FailRate: 0.2}
 	w, b := setupOn(t, cluster, Config{Cleanup: CleanupBoth, Concurrency: 6}, sim, sim, sim)
 	start(t, w)
 	ids := enqueueEvals(t, b, 60, tasks.EvalOptions{MaxRetry: 5}, time.Minute)
@@ -693,7 +694,7 @@ func TestStopReturnsAbandonedLeases(t *testing.T) {
 			// cleanup enqueued as the worker stops would wait for the next
 			// worker, its executor leased until then.
 			w, b := setup(t, Config{Cleanup: mode, ShutdownTimeout: 300 * time.Millisecond, CleanupPollInterval: time.Second},
-				executor.ServerOptions{Latency: 20 * time.Second})
+				refexec.Options{Latency: 20 * time.Second})
 			ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 			done := make(chan error, 1)
 			go func() { done <- w.Run(ctx) }()
@@ -766,7 +767,7 @@ func TestInlineWritesResultWithRelease(t *testing.T) {
 	t.Cleanup(func() { _ = client.Close() })
 	hook := &pipelineHook{}
 	client.AddHook(hook)
-	sim := executor.ServerOptions{Latency: time.Millisecond}
+	sim := refexec.Options{Latency: time.Millisecond}
 	w, b := setupOn(t, client, Config{Cleanup: CleanupInline, Concurrency: 4}, sim, sim)
 	start(t, w)
 	ids := enqueueEvals(t, b, 20, tasks.EvalOptions{}, time.Minute)

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/refexec"
 	evalrun "github.com/evalpool/evalpool/run"
 )
 
@@ -159,7 +159,7 @@ func TestAPIAndCLIAgree(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-	_, urls := startExecutors(t, 2, executor.ServerOptions{Latency: time.Millisecond})
+	_, urls := startExecutors(t, 2, refexec.Options{Latency: time.Millisecond})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}

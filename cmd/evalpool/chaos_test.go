@@ -23,6 +23,7 @@ import (
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -128,7 +129,7 @@ func TestChaos(t *testing.T) {
 	}
 
 	// Counters of executors that get restarted, carried over.
-	gone := executor.Stats{}
+	gone := refexec.Stats{}
 	faults := map[string]int{}
 	insp := asynq.NewInspectorFromRedisClient(client)
 	aq := asynq.NewClientFromRedisClient(client)

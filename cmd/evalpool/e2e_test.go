@@ -19,17 +19,17 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/refexec"
 )
 
 // startExecutors serves n reference executors over loopback HTTP.
-func startExecutors(t *testing.T, n int, opts executor.ServerOptions) ([]*executor.Server, []string) {
+func startExecutors(t *testing.T, n int, opts refexec.Options) ([]*refexec.Server, []string) {
 	t.Helper()
-	var servers []*executor.Server
+	var servers []*refexec.Server
 	var urls []string
 	for range n {
-		s, err := executor.NewServer(opts)
+		s, err := refexec.New(opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -112,7 +112,7 @@ func TestEndToEnd(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-	servers, urls := startExecutors(t, 3, executor.ServerOptions{Latency: 2 * time.Millisecond, FailRate: 0.2})
+	servers, urls := startExecutors(t, 3, refexec.Options{Latency: 2 * time.Millisecond, FailRate: 0.2})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
@@ -216,7 +216,7 @@ func TestWorkerKilledMidEval(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-	servers, urls := startExecutors(t, 1, executor.ServerOptions{Latency: 2 * time.Second})
+	servers, urls := startExecutors(t, 1, refexec.Options{Latency: 2 * time.Second})
 	cli("pool", "add", urls[0])
 
 	cmd := exec.Command(os.Args[0], "--redis", url, "worker", "--lease-ttl", "1s", "--poll-interval", "50ms", "--reap-interval", "1s")
@@ -273,7 +273,7 @@ func TestWorkerStopsGracefully(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-	servers, urls := startExecutors(t, 1, executor.ServerOptions{Latency: time.Second})
+	servers, urls := startExecutors(t, 1, refexec.Options{Latency: time.Second})
 	cli("pool", "add", urls[0])
 	cmd := exec.Command(os.Args[0], "--redis", url, "worker", "--poll-interval", "50ms")
 	cmd.Env = append(os.Environ(), "EVALPOOL_TEST_MAIN=1")

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/refexec"
 )
 
 func (a *app) executorCommand() *cobra.Command {
@@ -16,7 +17,7 @@ func (a *app) executorCommand() *cobra.Command {
 		listen string
 		count  int
 		secret string
-		opts   executor.ServerOptions
+		opts   refexec.Options
 	)
 	c := &cobra.Command{
 		Use:   "executor --listen ADDR",
@@ -45,7 +46,7 @@ func (a *app) executorCommand() *cobra.Command {
 				instance = opts.InstanceID // a fleet's prefix
 			)
 			if count > 1 {
-				fleet, err := executor.NewFleet(count, opts)
+				fleet, err := refexec.NewFleet(count, opts)
 				if err != nil {
 					_ = l.Close()
 					return usageError{err}
@@ -53,7 +54,7 @@ func (a *app) executorCommand() *cobra.Command {
 				serve = fleet.Serve
 			} else {
 				opts.Logger = &a.log
-				srv, err := executor.NewServer(opts)
+				srv, err := refexec.New(opts)
 				if err != nil {
 					_ = l.Close()
 					return usageError{err}

@@ -18,6 +18,7 @@ import (
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 )
 
 // poolStatus reads `pool status --json`.
@@ -214,7 +215,7 @@ func TestLabelRouting(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-	servers, urls := startExecutors(t, 3, executor.ServerOptions{Latency: 10 * time.Millisecond})
+	servers, urls := startExecutors(t, 3, refexec.Options{Latency: 10 * time.Millisecond})
 	labelArgs := [][]string{{"gpu=a100"}, {"gpu=h100", "region=eu"}, nil}
 	has := map[string]map[string]string{}
 	for i, u := range urls {

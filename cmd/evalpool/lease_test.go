@@ -11,8 +11,8 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -44,7 +44,7 @@ func TestHolderPastItsLeaseNeverOverlaps(t *testing.T) {
 			url := srv.URL()
 			proxy := evaltest.StartProxy(t, srv.Addr)
 			cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-			servers, urls := startExecutors(t, 1, executor.ServerOptions{Exec: longOrShort})
+			servers, urls := startExecutors(t, 1, refexec.Options{Exec: longOrShort})
 			if r := cli("pool", "add", urls[0]); r.code != 0 {
 				t.Fatalf("pool add: %+v", r)
 			}

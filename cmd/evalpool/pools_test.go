@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/refexec"
 )
 
 // `pool add` asks each executor for its instance ID: one executor under a
@@ -19,7 +19,7 @@ func TestPoolAddRefusesSecondSpellingsAndSilentURLs(t *testing.T) {
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
 	cli := func(args ...string) result { return evalpool(t, url, name, args...) }
-	_, urls := startExecutors(t, 1, executor.ServerOptions{})
+	_, urls := startExecutors(t, 1, refexec.Options{})
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(urls[0], "http://"))
 
 	if r := cli("pool", "add", urls[0]); r.code != 0 || !strings.HasPrefix(r.stdout, "added "+urls[0]+" (healthy: ") {
@@ -58,9 +58,9 @@ func TestPoolAddRefusesSecondSpellingsAndSilentURLs(t *testing.T) {
 func TestTwoPoolsNeverMix(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	servers := map[string][]*executor.Server{}
+	servers := map[string][]*refexec.Server{}
 	for _, p := range []string{"a", "b"} {
-		s, urls := startExecutors(t, 2, executor.ServerOptions{Latency: 5 * time.Millisecond})
+		s, urls := startExecutors(t, 2, refexec.Options{Latency: 5 * time.Millisecond})
 		servers[p] = s
 		if r := evalpool(t, url, p, append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 			t.Fatalf("pool add to %s: %+v", p, r)

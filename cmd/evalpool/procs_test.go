@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/refexec"
 )
 
 // proc is an evalpool process: this test binary, run as main (TestMain).
@@ -66,8 +67,8 @@ func procLogDir(t *testing.T) string {
 }
 
 // executorStats reads a reference executor's counters (executor.PathStats).
-func executorStats(url string) (executor.Stats, error) {
-	var st executor.Stats
+func executorStats(url string) (refexec.Stats, error) {
+	var st refexec.Stats
 	resp, err := http.Get(url + executor.PathStats)
 	if err != nil {
 		return st, err

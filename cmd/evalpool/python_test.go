@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/refexec"
 )
 
 // TestPythonClient runs the standard-library client in examples/python,
@@ -28,7 +28,7 @@ func TestPythonClient(t *testing.T) {
 	}
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-	_, urls := startExecutors(t, 3, executor.ServerOptions{Latency: time.Millisecond, GradeFailRate: 0.2})
+	_, urls := startExecutors(t, 3, refexec.Options{Latency: time.Millisecond, GradeFailRate: 0.2})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}

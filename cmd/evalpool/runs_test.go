@@ -21,6 +21,7 @@ import (
 
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/refexec"
 	evalrun "github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
 )
@@ -57,7 +58,7 @@ func TestRunOfGradedEvals(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-	servers, urls := startExecutors(t, 3, executor.ServerOptions{Latency: time.Millisecond, GradeFailRate: 0.2})
+	servers, urls := startExecutors(t, 3, refexec.Options{Latency: time.Millisecond, GradeFailRate: 0.2})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
@@ -111,7 +112,7 @@ func TestRunCompare(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-	_, urls := startExecutors(t, 2, executor.ServerOptions{})
+	_, urls := startExecutors(t, 2, refexec.Options{})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
@@ -152,10 +153,10 @@ func TestRunCancel(t *testing.T) {
 	// The executors note every eval that reaches them.
 	var mu sync.Mutex
 	reached := map[string]bool{}
-	var servers []*executor.Server
+	var servers []*refexec.Server
 	var urls []string
 	for range 3 {
-		s, err := executor.NewServer(executor.ServerOptions{})
+		s, err := refexec.New(refexec.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -255,7 +256,7 @@ func TestRunCancel(t *testing.T) {
 func TestInterruptedWaitExits130(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	_, urls := startExecutors(t, 1, executor.ServerOptions{})
+	_, urls := startExecutors(t, 1, refexec.Options{})
 	if r := evalpool(t, url, "default", append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}

@@ -11,8 +11,8 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -38,7 +38,7 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 	sen := evaltest.StartSentinel(t, evaltest.SentinelOptions{})
 	url := sen.URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-	_, urls := startExecutors(t, 2, executor.ServerOptions{Latency: 20 * time.Millisecond})
+	_, urls := startExecutors(t, 2, refexec.Options{Latency: 20 * time.Millisecond})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}

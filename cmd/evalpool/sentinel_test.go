@@ -14,6 +14,7 @@ import (
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/redisconn"
+	"github.com/evalpool/evalpool/refexec"
 )
 
 // execStats are the counters of the reference executors, read over HTTP
@@ -86,7 +87,7 @@ func TestSentinelFailoverBetweenBatches(t *testing.T) {
 	sen := evaltest.StartSentinel(t, evaltest.SentinelOptions{})
 	url := sen.URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
-	_, urls := startExecutors(t, 2, executor.ServerOptions{Latency: 5 * time.Millisecond})
+	_, urls := startExecutors(t, 2, refexec.Options{Latency: 5 * time.Millisecond})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}

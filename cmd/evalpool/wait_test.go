@@ -13,9 +13,9 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -35,7 +35,7 @@ func startWorkerProc(t *testing.T, redisURL string, args ...string) *exec.Cmd {
 
 // heldPool starts a Redis of the test's own with the default pool of one
 // executor, already leased by hand; release gives it back.
-func heldPool(t *testing.T, opts executor.ServerOptions) (srv *evaltest.Server, client *redis.Client, p *pool.Pool, servers []*executor.Server, release func()) {
+func heldPool(t *testing.T, opts refexec.Options) (srv *evaltest.Server, client *redis.Client, p *pool.Pool, servers []*refexec.Server, release func()) {
 	t.Helper()
 	srv = evaltest.StartT(t, evaltest.Options{})
 	client = redis.NewClient(&redis.Options{Addr: srv.Addr})
@@ -63,7 +63,7 @@ func heldPool(t *testing.T, opts executor.ServerOptions) (srv *evaltest.Server, 
 // to wait: the fences the pool handed them rise in that order.
 func TestWaitersAreServedFirstInFirstOut(t *testing.T) {
 	t.Parallel()
-	srv, client, p, servers, release := heldPool(t, executor.ServerOptions{Latency: 20 * time.Millisecond})
+	srv, client, p, servers, release := heldPool(t, refexec.Options{Latency: 20 * time.Millisecond})
 	for range 2 {
 		startWorkerProc(t, srv.URL(), "--concurrency", "8", "--poll-interval", "50ms")
 	}
@@ -120,7 +120,7 @@ func TestWaitersAreServedFirstInFirstOut(t *testing.T) {
 // returns the executor within its TTL, the grace and the reap interval.
 func TestKilledWaiterDoesNotStrandAHandedExecutor(t *testing.T) {
 	t.Parallel()
-	srv, _, p, servers, release := heldPool(t, executor.ServerOptions{})
+	srv, _, p, servers, release := heldPool(t, refexec.Options{})
 	const ttl, reapEvery = time.Second, time.Second
 	victim := startWorkerProc(t, srv.URL(), "--lease-ttl", ttl.String(), "--poll-interval", "50ms")
 	if r := evalpool(t, srv.URL(), "default", "enqueue", "--spec", `{}`); r.code != 0 {

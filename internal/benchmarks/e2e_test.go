@@ -20,9 +20,9 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 	"github.com/evalpool/evalpool/worker"
 )
@@ -74,14 +74,14 @@ func e2eRun(t *testing.T, srv *evaltest.Server, mode string) e2eResult {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fleet, err := executor.NewFleet(e2eExecutors, executor.ServerOptions{})
+		fleet, err := refexec.NewFleet(e2eExecutors, refexec.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		ts := httptest.NewServer(fleet)
 		defer ts.Close()
 		for i := range e2eExecutors {
-			if _, err := p.Register(t.Context(), pool.Executor{URL: ts.URL + executor.FleetPath(i)}); err != nil {
+			if _, err := p.Register(t.Context(), pool.Executor{URL: ts.URL + refexec.FleetPath(i)}); err != nil {
 				t.Fatal(err)
 			}
 		}

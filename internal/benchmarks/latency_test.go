@@ -21,6 +21,7 @@ import (
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 	"github.com/evalpool/evalpool/worker"
 )
@@ -111,12 +112,12 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 	ex := &stamped{delay: delay}
 	mux := http.NewServeMux()
 	for i := range executors {
-		mux.Handle(executor.FleetPath(i)+"/", http.StripPrefix(executor.FleetPath(i), ex))
+		mux.Handle(refexec.FleetPath(i)+"/", http.StripPrefix(refexec.FleetPath(i), ex))
 	}
 	ts := httptest.NewServer(mux)
 	defer ts.Close()
 	for i := range executors {
-		if _, err := p.Register(t.Context(), pool.Executor{URL: ts.URL + executor.FleetPath(i)}); err != nil {
+		if _, err := p.Register(t.Context(), pool.Executor{URL: ts.URL + refexec.FleetPath(i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -271,12 +272,12 @@ func waitingCPU(t *testing.T, srv *evaltest.Server, wait bool) (cpu, acquiresPer
 	ex := &stamped{delay: time.Second}
 	mux := http.NewServeMux()
 	for i := range 8 {
-		mux.Handle(executor.FleetPath(i)+"/", http.StripPrefix(executor.FleetPath(i), ex))
+		mux.Handle(refexec.FleetPath(i)+"/", http.StripPrefix(refexec.FleetPath(i), ex))
 	}
 	ts := httptest.NewServer(mux)
 	defer ts.Close()
 	for i := range 8 {
-		if _, err := p.Register(t.Context(), pool.Executor{URL: ts.URL + executor.FleetPath(i)}); err != nil {
+		if _, err := p.Register(t.Context(), pool.Executor{URL: ts.URL + refexec.FleetPath(i)}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -46,7 +47,7 @@ func scale(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	defer func() { _ = fleet.Process.Kill(); _ = fleet.Wait() }()
 	base := "http://" + addr
 	evaltest.Eventually(t, 10*time.Second, "executor fleet never came up", func() bool {
-		return (&executor.Client{}).Healthy(t.Context(), base+executor.FleetPath(0)) == nil
+		return (&executor.Client{}).Healthy(t.Context(), base+refexec.FleetPath(0)) == nil
 	})
 	p, err := pool.New(client, pool.Options{})
 	if err != nil {
@@ -54,7 +55,7 @@ func scale(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	}
 	execs := make([]pool.Executor, scaleExecutors)
 	for i := range execs {
-		execs[i].URL = base + executor.FleetPath(i)
+		execs[i].URL = base + refexec.FleetPath(i)
 	}
 	if _, err := p.Register(t.Context(), execs...); err != nil {
 		t.Fatal(err)
@@ -96,11 +97,11 @@ func scale(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 
 	var overlaps int64
 	for i := range scaleExecutors {
-		resp, err := http.Get(base + executor.FleetPath(i) + executor.PathStats)
+		resp, err := http.Get(base + refexec.FleetPath(i) + executor.PathStats)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var st executor.Stats
+		var st refexec.Stats
 		err = json.NewDecoder(resp.Body).Decode(&st)
 		resp.Body.Close()
 		if err != nil {

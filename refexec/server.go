@@ -1,11 +1,9 @@
-package executor
+package refexec
 
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,18 +13,21 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 	"unicode"
 
 	"github.com/rs/zerolog"
+
+	"github.com/evalpool/evalpool/executor"
 )
 
-// ServerOptions configure the reference executor. The zero value simulates
-// an executor that passes every eval at once, accepts unsigned requests, and
+// Options configure the reference executor. The zero value simulates an
+// executor that passes every eval at once, accepts unsigned requests, and
 // serves within the default limits.
-type ServerOptions struct {
+type Options struct {
 	// Exec, when set, is a shell command run per eval (sh -c): the spec on
 	// its stdin, a JSON result on its stdout. It runs in a process group of
 	// its own, killed whole at the caller's deadline, at a preemption, or
@@ -46,20 +47,20 @@ type ServerOptions struct {
 	// Logger receives a line per eval. Defaults to discarding.
 	Logger *zerolog.Logger
 	// Secret, when set, is the key every POST must be signed with (see
-	// Sign): one without a valid signature is refused with a 401 before it
-	// can touch the fence or the running eval. Without a secret, anyone who
-	// reaches the executor can send it a fence high enough to lock every
-	// holder out. Defaults to none.
+	// [executor.Sign]): one without a valid signature is refused with a 401
+	// before it can touch the fence or the running eval. Without a secret,
+	// anyone who reaches the executor can send it a fence high enough to
+	// lock every holder out. Defaults to none.
 	Secret []byte
 	// InstanceID names this executor in GET /healthz, so that a caller can
 	// tell a restarted executor, which forgot every fence and lease, from
-	// the one it knew. Defaults to a random ID made by NewServer.
+	// the one it knew. Defaults to a random ID made by New.
 	InstanceID string
 
 	// MaxConns caps the connections Serve keeps open at once; more wait in
 	// the kernel's backlog until one closes. Each costs up to
-	// MaxRequestBytes of buffer while its request is read. A Fleet allows
-	// MaxConns per executor. Defaults to 64.
+	// [executor.MaxRequestBytes] of buffer while its request is read. A
+	// Fleet allows MaxConns per executor. Defaults to 64.
 	MaxConns int
 	// ReadHeaderTimeout bounds reading a request's headers in Serve.
 	// Defaults to 5s.
@@ -84,31 +85,31 @@ type ServerOptions struct {
 // duration well inside time.Duration.
 const maxLease = 7 * 24 * time.Hour
 
-func (o *ServerOptions) validate() error {
+func (o *Options) validate() error {
 	if o.Latency < 0 {
-		return fmt.Errorf("executor: latency may not be negative, got %s", o.Latency)
+		return fmt.Errorf("refexec: latency may not be negative, got %s", o.Latency)
 	}
 	if o.FailRate < 0 || o.FailRate > 1 || o.GradeFailRate < 0 || o.GradeFailRate > 1 {
-		return fmt.Errorf("executor: fail rates must be in [0, 1], got %g and %g", o.FailRate, o.GradeFailRate)
+		return fmt.Errorf("refexec: fail rates must be in [0, 1], got %g and %g", o.FailRate, o.GradeFailRate)
 	}
 	if len(o.InstanceID) > 128 || strings.IndexFunc(o.InstanceID, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0 {
-		return fmt.Errorf("executor: instance ID must be at most 128 printable characters without spaces, got %q", o.InstanceID)
+		return fmt.Errorf("refexec: instance ID must be at most 128 printable characters without spaces, got %q", o.InstanceID)
 	}
 	if o.MaxConns < 0 {
-		return fmt.Errorf("executor: max conns may not be negative, got %d", o.MaxConns)
+		return fmt.Errorf("refexec: max conns may not be negative, got %d", o.MaxConns)
 	}
 	for _, d := range []struct {
 		name string
 		d    time.Duration
 	}{{"read header timeout", o.ReadHeaderTimeout}, {"read timeout", o.ReadTimeout}, {"idle timeout", o.IdleTimeout}, {"shutdown timeout", o.ShutdownTimeout}} {
 		if d.d < 0 {
-			return fmt.Errorf("executor: %s may not be negative, got %s", d.name, d.d)
+			return fmt.Errorf("refexec: %s may not be negative, got %s", d.name, d.d)
 		}
 	}
 	return nil
 }
 
-func (o *ServerOptions) setDefaults() {
+func (o *Options) setDefaults() {
 	o.Secret = bytes.Clone(o.Secret) // the caller's slice may change under us
 	if o.InstanceID == "" {
 		o.InstanceID = rand.Text()
@@ -223,7 +224,7 @@ func (r *running) live(now time.Time) bool {
 // Server is the reference executor: it runs one eval at a time, refuses
 // stale fences, stops evals whose lease passes, and counts overlaps.
 type Server struct {
-	opts ServerOptions
+	opts Options
 	log  zerolog.Logger
 	mux  *http.ServeMux
 
@@ -235,8 +236,8 @@ type Server struct {
 	executing, peakExecuting int
 }
 
-// NewServer returns the reference executor as an http.Handler.
-func NewServer(opts ServerOptions) (*Server, error) {
+// New returns the reference executor as an http.Handler.
+func New(opts Options) (*Server, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
@@ -245,12 +246,12 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if opts.Logger != nil {
 		s.log = *opts.Logger
 	}
-	s.mux.HandleFunc("POST "+PathEvals, s.handleEval)
-	s.mux.HandleFunc("POST "+PathLease, s.handleLease)
-	s.mux.HandleFunc("GET "+PathHealth, func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, Health{Status: "ok", InstanceID: s.opts.InstanceID})
+	s.mux.HandleFunc("POST "+executor.PathEvals, s.handleEval)
+	s.mux.HandleFunc("POST "+executor.PathLease, s.handleLease)
+	s.mux.HandleFunc("GET "+executor.PathHealth, func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, executor.Health{Status: "ok", InstanceID: s.opts.InstanceID})
 	})
-	s.mux.HandleFunc("GET "+PathStats, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Stats()) })
+	s.mux.HandleFunc("GET "+executor.PathStats, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Stats()) })
 	return s, nil
 }
 
@@ -279,25 +280,26 @@ func httpError(w http.ResponseWriter, code int, format string, args ...any) {
 	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
 }
 
-// readBody reads a POST's body, at most MaxRequestBytes, and checks its
-// signature when the server has a secret. When it returns false it has
-// answered the request, and changed nothing but the Unauthorized count.
+// readBody reads a POST's body, at most executor.MaxRequestBytes, and
+// checks its signature when the server has a secret. When it returns false
+// it has answered the request, and changed nothing but the Unauthorized
+// count.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	if len(s.opts.Secret) > 0 && r.Header.Get(SignatureHeader) == "" {
-		s.unauthorized(w, "missing %s header", SignatureHeader)
+	if len(s.opts.Secret) > 0 && r.Header.Get(executor.SignatureHeader) == "" {
+		s.unauthorized(w, "missing %s header", executor.SignatureHeader)
 		return nil, false
 	}
-	if r.ContentLength > MaxRequestBytes {
-		httpError(w, http.StatusRequestEntityTooLarge, "body of %d bytes is over the limit of %d", r.ContentLength, MaxRequestBytes)
+	if r.ContentLength > executor.MaxRequestBytes {
+		httpError(w, http.StatusRequestEntityTooLarge, "body of %d bytes is over the limit of %d", r.ContentLength, executor.MaxRequestBytes)
 		return nil, false
 	}
-	body, err := readAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes), r.ContentLength, MaxRequestBytes)
+	body, err := readAll(http.MaxBytesReader(w, r.Body, executor.MaxRequestBytes), r.ContentLength, executor.MaxRequestBytes)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		var netErr net.Error
 		switch {
 		case errors.As(err, &tooBig):
-			httpError(w, http.StatusRequestEntityTooLarge, "body over the limit of %d bytes", MaxRequestBytes)
+			httpError(w, http.StatusRequestEntityTooLarge, "body over the limit of %d bytes", executor.MaxRequestBytes)
 		case errors.As(err, &netErr) && netErr.Timeout():
 			httpError(w, http.StatusRequestTimeout, "body not read in time")
 		default:
@@ -306,7 +308,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		return nil, false
 	}
 	if len(s.opts.Secret) > 0 && !s.verify(r, body) {
-		s.unauthorized(w, "bad %s", SignatureHeader)
+		s.unauthorized(w, "bad %s", executor.SignatureHeader)
 		return nil, false
 	}
 	return body, true
@@ -342,19 +344,20 @@ func readAll(r io.Reader, length, limit int64) ([]byte, error) {
 // the one on the request line, which is what the client sent even when this
 // server is mounted under a prefix (a Fleet).
 func (s *Server) verify(r *http.Request, body []byte) bool {
-	hexMAC, ok := strings.CutPrefix(r.Header.Get(SignatureHeader), "v1=")
-	if !ok {
-		return false
-	}
-	got, err := hex.DecodeString(hexMAC)
-	if err != nil {
-		return false
-	}
 	path := r.URL.EscapedPath()
 	if u, err := url.ParseRequestURI(r.RequestURI); err == nil {
 		path = u.EscapedPath()
 	}
-	return hmac.Equal(got, mac(s.opts.Secret, r.Method, path, r.Header.Get(DeadlineHeader), body))
+	return executor.Verify(s.opts.Secret, r.Header.Get(executor.SignatureHeader), r.Method, path, r.Header.Get(executor.DeadlineHeader), body)
+}
+
+// deadlineFrom reads the caller's deadline from a request, if it sent one.
+func deadlineFrom(r *http.Request) (time.Time, bool) {
+	ms, err := strconv.ParseInt(r.Header.Get(executor.DeadlineHeader), 10, 64)
+	if err != nil || ms <= 0 {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(ms), true
 }
 
 func (s *Server) unauthorized(w http.ResponseWriter, format string, args ...any) {
@@ -368,7 +371,7 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req Request
+	var req executor.Request
 	if err := json.Unmarshal(body, &req); err != nil {
 		httpError(w, http.StatusBadRequest, "want {\"eval_id\", \"fence\", \"spec\", \"lease_ms\"}: %v", err)
 		return
@@ -403,7 +406,7 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := time.Now()
-	var res Result
+	var res executor.Result
 	if err == nil {
 		res, err = s.execute(ctx, req)
 		s.finish(me)
@@ -432,7 +435,7 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 	}
 	s.count(func(st *Stats) {
 		st.Served++
-		if res.Status == StatusPassed {
+		if res.Status == executor.StatusPassed {
 			st.Passed++
 		} else {
 			st.Failed++
@@ -542,7 +545,7 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var ext Extension
+	var ext executor.Extension
 	if err := json.Unmarshal(body, &ext); err != nil {
 		httpError(w, http.StatusBadRequest, "want {\"eval_id\", \"fence\", \"lease_ms\"}: %v", err)
 		return
@@ -607,7 +610,7 @@ func (s *Server) count(f func(*Stats)) {
 	f(&s.stats)
 }
 
-func (s *Server) execute(ctx context.Context, req Request) (Result, error) {
+func (s *Server) execute(ctx context.Context, req executor.Request) (executor.Result, error) {
 	if s.opts.Exec != "" {
 		return s.runCommand(ctx, req)
 	}
@@ -626,38 +629,38 @@ func (s *Server) execute(ctx context.Context, req Request) (Result, error) {
 		select {
 		case <-ctx.Done():
 			time.Sleep(s.opts.stopDelay)
-			return Result{}, context.Cause(ctx)
+			return executor.Result{}, context.Cause(ctx)
 		case <-t.C:
 		}
 	}
 	if s.opts.FailRate > 0 && mrand.Float64() < s.opts.FailRate {
-		return Result{}, errors.New("simulated failure")
+		return executor.Result{}, errors.New("simulated failure")
 	}
-	score, status := 1.0, StatusPassed
-	if sim.Grade == StatusFailed || sim.Grade == "" && s.opts.GradeFailRate > 0 && mrand.Float64() < s.opts.GradeFailRate {
-		score, status = 0, StatusFailed
+	score, status := 1.0, executor.StatusPassed
+	if sim.Grade == executor.StatusFailed || sim.Grade == "" && s.opts.GradeFailRate > 0 && mrand.Float64() < s.opts.GradeFailRate {
+		score, status = 0, executor.StatusFailed
 	}
-	return Result{Status: status, Score: &score}, nil
+	return executor.Result{Status: status, Score: &score}, nil
 }
 
 // runCommand runs the --exec command with the spec on stdin. At the
 // deadline, a preemption or the lease's end the whole process group is
 // killed, so a command that forked children leaves nothing running.
-func (s *Server) runCommand(ctx context.Context, req Request) (Result, error) {
+func (s *Server) runCommand(ctx context.Context, req executor.Request) (executor.Result, error) {
 	cmd := exec.CommandContext(ctx, "sh", "-c", s.opts.Exec)
 	cmd.Stdin = strings.NewReader(string(req.Spec))
 	cmd.Env = append(cmd.Environ(), fmt.Sprintf("EVALPOOL_EVAL_ID=%s", req.EvalID), fmt.Sprintf("EVALPOOL_FENCE=%d", req.Fence))
 	inGroup(cmd)
 	cmd.WaitDelay = time.Second
 	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &stdout, n: MaxAnswerBytes}, &limitedWriter{w: &stderr, n: 4096}
+	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &stdout, n: executor.MaxAnswerBytes}, &limitedWriter{w: &stderr, n: 4096}
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
-			return Result{}, context.Cause(ctx)
+			return executor.Result{}, context.Cause(ctx)
 		}
-		return Result{}, fmt.Errorf("command %q: %w: %s", s.opts.Exec, err, snippet([]byte(stderr.String())))
+		return executor.Result{}, fmt.Errorf("command %q: %w: %s", s.opts.Exec, err, snippet([]byte(stderr.String())))
 	}
-	return ParseResult([]byte(stdout.String()))
+	return executor.ParseResult([]byte(stdout.String()))
 }
 
 // limitedWriter keeps the first n bytes and drops the rest, so a chatty
@@ -674,4 +677,17 @@ func (l *limitedWriter) Write(p []byte) (int, error) {
 		l.n -= k
 	}
 	return len(p), nil
+}
+
+// snippet is the start of a command's stderr, on one line, for the 500 its
+// eval answers with; executor has the same for the answers its client reads.
+func snippet(b []byte) string {
+	s := strings.Join(strings.Fields(string(b[:min(len(b), 200)])), " ")
+	if len(b) > 200 {
+		s += "…"
+	}
+	if s == "" {
+		return "(empty)"
+	}
+	return s
 }

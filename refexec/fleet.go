@@ -1,4 +1,4 @@
-package executor
+package refexec
 
 import (
 	"fmt"
@@ -13,14 +13,14 @@ import (
 type Fleet struct {
 	Servers []*Server
 	mux     *http.ServeMux
-	opts    ServerOptions // with defaults, for Serve
+	opts    Options // with defaults, for Serve
 }
 
 // NewFleet returns n servers with the same options. When opts name an
 // instance ID, executor i is "ID-i"; otherwise each gets a random one.
-func NewFleet(n int, opts ServerOptions) (*Fleet, error) {
+func NewFleet(n int, opts Options) (*Fleet, error) {
 	if n < 1 {
-		return nil, fmt.Errorf("executor: a fleet needs at least 1 executor, got %d", n)
+		return nil, fmt.Errorf("refexec: a fleet needs at least 1 executor, got %d", n)
 	}
 	f := &Fleet{mux: http.NewServeMux()}
 	for i := range n {
@@ -28,7 +28,7 @@ func NewFleet(n int, opts ServerOptions) (*Fleet, error) {
 		if opts.InstanceID != "" {
 			o.InstanceID = opts.InstanceID + "-" + strconv.Itoa(i)
 		}
-		s, err := NewServer(o)
+		s, err := New(o)
 		if err != nil {
 			return nil, err
 		}

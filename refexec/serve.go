@@ -1,4 +1,4 @@
-package executor
+package refexec
 
 import (
 	"context"
@@ -30,7 +30,7 @@ func (f *Fleet) Serve(ctx context.Context, l net.Listener) error {
 // never sends a body could hold.
 const maxHeaderBytes = 64 << 10
 
-func serve(ctx context.Context, l net.Listener, h http.Handler, o ServerOptions, maxConns int) error {
+func serve(ctx context.Context, l net.Listener, h http.Handler, o Options, maxConns int) error {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: o.ReadHeaderTimeout,
@@ -48,7 +48,7 @@ func serve(ctx context.Context, l net.Listener, h http.Handler, o ServerOptions,
 	go func() { errc <- srv.Serve(newLimitListener(l, maxConns)) }()
 	select {
 	case err := <-errc:
-		return fmt.Errorf("executor: serve %s: %w", l.Addr(), err)
+		return fmt.Errorf("refexec: serve %s: %w", l.Addr(), err)
 	case <-ctx.Done():
 	}
 	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.ShutdownTimeout)
@@ -58,7 +58,7 @@ func serve(ctx context.Context, l net.Listener, h http.Handler, o ServerOptions,
 		_ = srv.Close()
 	}
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("executor: serve %s: %w", l.Addr(), err)
+		return fmt.Errorf("refexec: serve %s: %w", l.Addr(), err)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package executor
+package refexec
 
 import (
 	"bufio"
@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
+
+	"github.com/evalpool/evalpool/executor"
 )
 
 // serveOn serves srv on a loopback listener until the test ends, and
@@ -103,20 +105,20 @@ func TestLimitListener(t *testing.T) {
 // request, not running it. And a caller that leaves is still seen leaving.
 func TestEvalOutlivesReadTimeout(t *testing.T) {
 	t.Parallel()
-	s, err := NewServer(ServerOptions{Latency: 600 * time.Millisecond, ReadTimeout: 100 * time.Millisecond})
+	s, err := New(Options{Latency: 600 * time.Millisecond, ReadTimeout: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	url := serveOn(t, s)
-	c := &Client{}
-	res, err := c.Run(t.Context(), url, Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`), LeaseMs: 10_000})
-	if err != nil || res.Status != StatusPassed {
+	c := &executor.Client{}
+	res, err := c.Run(t.Context(), url, executor.Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`), LeaseMs: 10_000})
+	if err != nil || res.Status != executor.StatusPassed {
 		t.Fatalf("Run = %+v, %v; want a pass six read timeouts later", res, err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
 	go func() {
-		_, err := c.Run(ctx, url, Request{EvalID: "e", Fence: 2, Spec: []byte(`{}`)})
+		_, err := c.Run(ctx, url, executor.Request{EvalID: "e", Fence: 2, Spec: []byte(`{}`)})
 		errc <- err
 	}()
 	evaltest.Eventually(t, 5*time.Second, "second eval never started", func() bool { return s.Stats().MaxFence == 2 })
@@ -129,7 +131,7 @@ func TestEvalOutlivesReadTimeout(t *testing.T) {
 // shutdown timeout.
 func TestServeShutdown(t *testing.T) {
 	t.Parallel()
-	f, err := NewFleet(2, ServerOptions{Latency: time.Hour, ShutdownTimeout: 100 * time.Millisecond})
+	f, err := NewFleet(2, Options{Latency: time.Hour, ShutdownTimeout: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +144,7 @@ func TestServeShutdown(t *testing.T) {
 	go func() { served <- f.Serve(ctx, l) }()
 	ran := make(chan error, 1)
 	go func() {
-		_, err := (&Client{}).Run(t.Context(), "http://"+l.Addr().String()+FleetPath(1), Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`)})
+		_, err := (&executor.Client{}).Run(t.Context(), "http://"+l.Addr().String()+FleetPath(1), executor.Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`)})
 		ran <- err
 	}()
 	evaltest.Eventually(t, 5*time.Second, "eval never started", func() bool { return f.Stats().Running })
@@ -182,26 +184,28 @@ func TestRequestSize(t *testing.T) {
 		secret []byte
 		want   int
 	}{
-		{"announced over the limit", func(t *testing.T) (io.Reader, int64) { return unread{t}, MaxRequestBytes + 1 }, nil, http.StatusRequestEntityTooLarge},
+		{"announced over the limit", func(t *testing.T) (io.Reader, int64) { return unread{t}, executor.MaxRequestBytes + 1 }, nil, http.StatusRequestEntityTooLarge},
 		{"announced over the limit, unsigned", func(t *testing.T) (io.Reader, int64) { return unread{t}, 9 << 20 }, testSecret, http.StatusUnauthorized},
 		{"unannounced over the limit", func(*testing.T) (io.Reader, int64) {
-			return strings.NewReader(fill(MaxRequestBytes + 1)), -1
+			return strings.NewReader(fill(executor.MaxRequestBytes + 1)), -1
 		}, nil, http.StatusRequestEntityTooLarge},
 		{"unannounced, huge", func(*testing.T) (io.Reader, int64) {
 			return io.MultiReader(strings.NewReader(`{"eval_id":"e","fence":1,"spec":"`), neverEnding('x')), -1
 		}, nil, http.StatusRequestEntityTooLarge},
-		{"announced, at the limit", func(*testing.T) (io.Reader, int64) { return strings.NewReader(fill(MaxRequestBytes)), MaxRequestBytes }, nil, http.StatusOK},
-		{"unannounced, at the limit", func(*testing.T) (io.Reader, int64) { return strings.NewReader(fill(MaxRequestBytes)), -1 }, nil, http.StatusOK},
+		{"announced, at the limit", func(*testing.T) (io.Reader, int64) {
+			return strings.NewReader(fill(executor.MaxRequestBytes)), executor.MaxRequestBytes
+		}, nil, http.StatusOK},
+		{"unannounced, at the limit", func(*testing.T) (io.Reader, int64) { return strings.NewReader(fill(executor.MaxRequestBytes)), -1 }, nil, http.StatusOK},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			s, err := NewServer(ServerOptions{Secret: tt.secret})
+			s, err := New(Options{Secret: tt.secret})
 			if err != nil {
 				t.Fatal(err)
 			}
 			body, length := tt.body(t)
-			req := httptest.NewRequest(http.MethodPost, PathEvals, body)
+			req := httptest.NewRequest(http.MethodPost, executor.PathEvals, body)
 			req.ContentLength = length
 			rec := httptest.NewRecorder()
 			s.ServeHTTP(rec, req)
@@ -317,7 +321,7 @@ func TestBoundedResources(t *testing.T) {
 		const hugeBytes = 9 << 20
 		// The default read timeout, 30s: it does not cut these short, so
 		// only the cap and the body limit bound the heap.
-		s, err := NewServer(ServerOptions{MaxConns: 32})
+		s, err := New(Options{MaxConns: 32})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -326,9 +330,9 @@ func TestBoundedResources(t *testing.T) {
 		stop := heapPeak()
 		outcomes := flood(t, strings.TrimPrefix(url, "http://"), clients, time.Minute, func(i int, c net.Conn, answered <-chan struct{}) {
 			chunked := i%2 == 1
-			header := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", PathEvals, hugeBytes)
+			header := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", executor.PathEvals, hugeBytes)
 			if chunked {
-				header = fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", PathEvals)
+				header = fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", executor.PathEvals)
 			}
 			if _, err := io.WriteString(c, header); err != nil {
 				return
@@ -354,7 +358,7 @@ func TestBoundedResources(t *testing.T) {
 		afterFlood(t, s, url)
 	})
 	t.Run("slow bodies", func(t *testing.T) {
-		s, err := NewServer(ServerOptions{MaxConns: 32, ReadTimeout: 200 * time.Millisecond, ReadHeaderTimeout: 200 * time.Millisecond})
+		s, err := New(Options{MaxConns: 32, ReadTimeout: 200 * time.Millisecond, ReadHeaderTimeout: 200 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -363,7 +367,7 @@ func TestBoundedResources(t *testing.T) {
 		// 300 trickles, 32 at a time, 200ms each: 2s. A client still
 		// waiting after 20s was not cut off at the read timeout.
 		outcomes := flood(t, strings.TrimPrefix(url, "http://"), clients, 20*time.Second, func(_ int, c net.Conn, answered <-chan struct{}) {
-			if _, err := fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", PathEvals); err != nil {
+			if _, err := fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", executor.PathEvals); err != nil {
 				return
 			}
 			tick := time.NewTicker(50 * time.Millisecond) // the trickle's pace: 100 kB take 83 minutes
@@ -407,8 +411,8 @@ func afterFlood(t *testing.T, s *Server, url string) {
 	if st := s.Stats(); st != (Stats{}) {
 		t.Errorf("stats after the flood = %+v, want untouched", st)
 	}
-	res, err := (&Client{}).Run(t.Context(), url, Request{EvalID: "after", Fence: 1, Spec: []byte(`{}`)})
-	if err != nil || res.Status != StatusPassed {
+	res, err := (&executor.Client{}).Run(t.Context(), url, executor.Request{EvalID: "after", Fence: 1, Spec: []byte(`{}`)})
+	if err != nil || res.Status != executor.StatusPassed {
 		t.Fatalf("eval after the flood: %+v, %v", res, err)
 	}
 }
