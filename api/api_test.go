@@ -90,15 +90,7 @@ func startWorker(t *testing.T, b *bundle, concurrency int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker: %v", err)
-		}
-	})
+	evaltest.Run(t, "worker", w.Run)
 }
 
 type answer struct {

@@ -20,6 +20,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/evalpool/evalpool/api"
+	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/run"
@@ -61,15 +62,7 @@ func runWorker(t *testing.T, b *testBundle, concurrency int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker: %v", err)
-		}
-	})
+	evaltest.Run(t, "worker", w.Run)
 }
 
 // submitRun submits a run through the API.

@@ -104,15 +104,7 @@ func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...re
 // start runs the worker until the test ends.
 func start(t *testing.T, w *Worker) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker: %v", err)
-		}
-	})
+	evaltest.Run(t, "worker", w.Run)
 }
 
 func enqueueEvals(t *testing.T, b *testBundle, n int, opts tasks.EvalOptions, timeout time.Duration) []string {

@@ -1,6 +1,7 @@
 package evaltest
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -17,4 +18,19 @@ func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() boo
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Run runs run (a worker's Run, a server's) in the background until the
+// test ends, then stops it and fails the test if it returned an error.
+func Run(t testing.TB, name string, run func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	})
 }
