@@ -368,6 +368,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		cleanupQueues[q.Cleanup], cleanupQueues[q.Maintenance] = 2, 1
 		epoch, err := sp.pool.Epoch(ctx)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while it started
+			}
 			return fmt.Errorf("worker: %w", err)
 		}
 		sp.epoch.last = epoch
@@ -377,6 +380,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	closeWakes, err := w.listenWakes(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	defer closeWakes()

@@ -781,3 +781,43 @@ func TestInlineWritesResultWithRelease(t *testing.T) {
 	}
 	assertPoolWhole(t, b)
 }
+
+// cancelOnHook cancels a context when the client sends the command named.
+type cancelOnHook struct {
+	name   string
+	cancel context.CancelFunc
+}
+
+func (h cancelOnHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h cancelOnHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == h.name {
+			h.cancel()
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h cancelOnHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestStopWhileStarting: a worker told to stop while it is still starting
+// (a SIGTERM right after launch) stops cleanly, not with the error of the
+// start-up read it was in.
+func TestStopWhileStarting(t *testing.T) {
+	t.Parallel()
+	for _, command := range []string{"config", "get"} { // maxmemory-policy, then the pool's epoch
+		t.Run(command, func(t *testing.T) {
+			t.Parallel()
+			srv := evaltest.StartT(t, evaltest.Options{})
+			client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+			t.Cleanup(func() { _ = client.Close() })
+			w, _ := setupOn(t, client, Config{}, refexec.Options{})
+			ctx, cancel := context.WithCancel(t.Context())
+			client.AddHook(cancelOnHook{name: command, cancel: cancel})
+			if err := w.Run(ctx); err != nil {
+				t.Fatalf("stopped during start-up at %s: %v; want a clean stop", command, err)
+			}
+		})
+	}
+}
