@@ -59,6 +59,7 @@ func (f *Fleet) Stats() Stats {
 		total.Fenced += st.Fenced
 		total.Preempted += st.Preempted
 		total.Overlaps += st.Overlaps
+		total.Busy += st.Busy
 		total.LeaseExpired += st.LeaseExpired
 		total.Extensions += st.Extensions
 		total.Unauthorized += st.Unauthorized

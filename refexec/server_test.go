@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -148,5 +149,38 @@ func TestFleet(t *testing.T) {
 	}
 	if _, err := NewFleet(0, Options{}); err == nil {
 		t.Fatal("empty fleet accepted")
+	}
+}
+
+// TestFleetStatsSumsEveryCounter: a fleet's stats are its servers' summed,
+// every counter of them (a counter added to Stats and not to the sum fails
+// here), the highest fence, and running if any runs.
+func TestFleetStatsSumsEveryCounter(t *testing.T) {
+	t.Parallel()
+	f, err := NewFleet(2, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range f.Servers {
+		v := reflect.ValueOf(&s.stats).Elem()
+		for j := range v.NumField() {
+			if v.Field(j).Kind() == reflect.Int64 {
+				v.Field(j).SetInt(int64(i + 1))
+			}
+		}
+	}
+	total := reflect.ValueOf(f.Stats())
+	for j := range total.NumField() {
+		name, got := total.Type().Field(j).Name, total.Field(j)
+		switch {
+		case name == "MaxFence":
+			if got.Int() != 2 {
+				t.Errorf("MaxFence %d, want the highest, 2", got.Int())
+			}
+		case got.Kind() == reflect.Int64:
+			if got.Int() != 3 {
+				t.Errorf("%s %d, want the sum, 3", name, got.Int())
+			}
+		}
 	}
 }
