@@ -1,10 +1,13 @@
 package executor
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -41,5 +44,60 @@ func TestBadAnswers(t *testing.T) {
 				t.Fatalf("err = %v, want one line holding %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestStatusErrors: each answer the protocol gives a meaning maps to its
+// sentinel error, on Run and on Extend, so that a caller decides with
+// errors.Is, never by reading text.
+func TestStatusErrors(t *testing.T) {
+	t.Parallel()
+	answer := func(code int) http.HandlerFunc {
+		return func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "said so", code) }
+	}
+	tests := []struct {
+		call string
+		code int
+		want error
+	}{
+		{"run", http.StatusConflict, ErrFenced},
+		{"run", http.StatusLocked, ErrBusy},
+		{"run", http.StatusUnauthorized, ErrUnauthorized},
+		{"run", http.StatusServiceUnavailable, ErrUnavailable},
+		{"extend", http.StatusConflict, ErrFenced},
+		{"extend", http.StatusNotFound, ErrNotRunning},
+		{"extend", http.StatusUnauthorized, ErrUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s %d", tt.call, tt.code), func(t *testing.T) {
+			t.Parallel()
+			ts := httptest.NewServer(answer(tt.code))
+			defer ts.Close()
+			c := &Client{}
+			var err error
+			if tt.call == "run" {
+				_, err = c.Run(t.Context(), ts.URL, Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`)})
+			} else {
+				err = c.Extend(t.Context(), ts.URL, "e", 1, time.Second)
+			}
+			if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), "said so") {
+				t.Fatalf("err = %v, want %v with the executor's words", err, tt.want)
+			}
+		})
+	}
+	// A 200 to an extension is the lease extended; any other answer is an
+	// error that is none of the above.
+	ok := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer ok.Close()
+	if err := (&Client{}).Extend(t.Context(), ok.URL, "e", 1, time.Second); err != nil {
+		t.Fatalf("extension answered 200: %v", err)
+	}
+	teapot := httptest.NewServer(answer(http.StatusTeapot))
+	defer teapot.Close()
+	err := (&Client{}).Extend(t.Context(), teapot.URL, "e", 1, time.Second)
+	for _, sentinel := range []error{ErrFenced, ErrNotRunning, ErrUnauthorized} {
+		if err == nil || errors.Is(err, sentinel) {
+			t.Fatalf("extension answered 418: %v; want an error that is not %v", err, sentinel)
+		}
 	}
 }
