@@ -192,7 +192,9 @@ func TestRedisTLSFromEnv(t *testing.T) {
 // JSON, every line of it (Asynq's metrics collector logs with the standard
 // logger), and ends with one plain error line.
 func TestDeadRedisLogsAreJSON(t *testing.T) {
-	t.Parallel()
+	// Not parallel: the standard logger is the process's, and every run of
+	// the command (other tests run it in this process) points it at its own
+	// log.
 	var out, errb bytes.Buffer
 	code := run(t.Context(), []string{"--redis", "redis://" + evaltest.FreeAddr(t) + "/0", "worker", "--metrics-addr", "127.0.0.1:0"}, &out, &errb)
 	lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
