@@ -110,26 +110,11 @@ func (a answer) String() string { return fmt.Sprintf("%d %s", a.code, bytes.Trim
 
 func do(t *testing.T, method, url, body string) answer {
 	t.Helper()
-	var rd io.Reader
+	h := http.Header{}
 	if body != "" {
-		rd = strings.NewReader(body)
+		h.Set("Content-Type", "application/json")
 	}
-	req, err := http.NewRequestWithContext(t.Context(), method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, b := evaltest.Do(t, method, url, body, h)
 	return answer{code: resp.StatusCode, header: resp.Header, body: b}
 }
 

@@ -149,7 +149,7 @@ type Health struct {
 func ParseResult(body []byte) (Result, error) {
 	var r Result
 	if err := json.Unmarshal(body, &r); err != nil {
-		return Result{}, fmt.Errorf("%w: %w: %s", ErrBadAnswer, err, snippet(body))
+		return Result{}, fmt.Errorf("%w: %w: %s", ErrBadAnswer, err, Snippet(body))
 	}
 	if r.Status != StatusPassed && r.Status != StatusFailed {
 		return Result{}, fmt.Errorf("%w: status %q, want %q or %q", ErrBadAnswer, r.Status, StatusPassed, StatusFailed)
@@ -279,15 +279,15 @@ func (c *Client) Run(ctx context.Context, baseURL string, req Request) (Result, 
 	}
 	switch {
 	case resp.StatusCode == http.StatusConflict:
-		return Result{}, fmt.Errorf("%w: %s: %s", ErrFenced, baseURL, snippet(answer))
+		return Result{}, fmt.Errorf("%w: %s: %s", ErrFenced, baseURL, Snippet(answer))
 	case resp.StatusCode == http.StatusLocked:
-		return Result{}, fmt.Errorf("%w: %s: %s", ErrBusy, baseURL, snippet(answer))
+		return Result{}, fmt.Errorf("%w: %s: %s", ErrBusy, baseURL, Snippet(answer))
 	case resp.StatusCode == http.StatusUnauthorized:
-		return Result{}, fmt.Errorf("%w: %s: %s", ErrUnauthorized, baseURL, snippet(answer))
+		return Result{}, fmt.Errorf("%w: %s: %s", ErrUnauthorized, baseURL, Snippet(answer))
 	case resp.StatusCode/100 == 5:
-		return Result{}, fmt.Errorf("%w: %s answered %s: %s", ErrUnavailable, baseURL, resp.Status, snippet(answer))
+		return Result{}, fmt.Errorf("%w: %s answered %s: %s", ErrUnavailable, baseURL, resp.Status, Snippet(answer))
 	case resp.StatusCode/100 != 2:
-		return Result{}, fmt.Errorf("executor %s answered %s: %s", baseURL, resp.Status, snippet(answer))
+		return Result{}, fmt.Errorf("executor %s answered %s: %s", baseURL, resp.Status, Snippet(answer))
 	case len(answer) > MaxAnswerBytes:
 		return Result{}, fmt.Errorf("%w: %s: answer longer than %d bytes", ErrBadAnswer, baseURL, MaxAnswerBytes)
 	}
@@ -324,13 +324,13 @@ func (c *Client) Extend(ctx context.Context, baseURL, evalID string, fence int64
 	case http.StatusOK:
 		return nil
 	case http.StatusConflict:
-		return fmt.Errorf("%w: %s: %s", ErrFenced, baseURL, snippet(answer))
+		return fmt.Errorf("%w: %s: %s", ErrFenced, baseURL, Snippet(answer))
 	case http.StatusNotFound:
-		return fmt.Errorf("%w: %s: %s", ErrNotRunning, baseURL, snippet(answer))
+		return fmt.Errorf("%w: %s: %s", ErrNotRunning, baseURL, Snippet(answer))
 	case http.StatusUnauthorized:
-		return fmt.Errorf("%w: %s: %s", ErrUnauthorized, baseURL, snippet(answer))
+		return fmt.Errorf("%w: %s: %s", ErrUnauthorized, baseURL, Snippet(answer))
 	default:
-		return fmt.Errorf("executor %s: extension answered %s: %s", baseURL, resp.Status, snippet(answer))
+		return fmt.Errorf("executor %s: extension answered %s: %s", baseURL, resp.Status, Snippet(answer))
 	}
 }
 
@@ -363,8 +363,10 @@ func (c *Client) Healthy(ctx context.Context, baseURL string) error {
 	return err
 }
 
-// snippet is the start of a body, on one line, for error messages.
-func snippet(b []byte) string {
+// Snippet is the start of a body, on one line, as the client's errors quote
+// an executor's answer: an executor that quotes what it ran (the reference
+// one quotes a failed command's stderr) reads the same.
+func Snippet(b []byte) string {
 	s := strings.Join(strings.Fields(string(b[:min(len(b), 200)])), " ")
 	if len(b) > 200 {
 		s += "…"

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -15,9 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/evalpool/evalpool/internal/evaltest"
-
 	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/internal/evaltest"
 )
 
 var testSecret = []byte("k3y-of-the-fleet")
@@ -25,22 +23,11 @@ var testSecret = []byte("k3y-of-the-fleet")
 // post sends one raw POST and returns its status and body.
 func post(t *testing.T, url, path, body string, header map[string]string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := http.Header{}
 	for k, v := range header {
-		req.Header.Set(k, v)
+		h.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, b := evaltest.Do(t, http.MethodPost, url+path, body, h)
 	return resp.StatusCode, string(b)
 }
 

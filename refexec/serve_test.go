@@ -210,7 +210,7 @@ func TestRequestSize(t *testing.T) {
 			rec := httptest.NewRecorder()
 			s.ServeHTTP(rec, req)
 			if rec.Code != tt.want {
-				t.Fatalf("%d %s, want %d", rec.Code, snippet(rec.Body.Bytes()), tt.want)
+				t.Fatalf("%d %s, want %d", rec.Code, executor.Snippet(rec.Body.Bytes()), tt.want)
 			}
 			if st := s.Stats(); tt.want != http.StatusOK && st.MaxFence != 0 {
 				t.Fatalf("a refused request moved the fence: %+v", st)

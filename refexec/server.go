@@ -658,7 +658,7 @@ func (s *Server) runCommand(ctx context.Context, req executor.Request) (executor
 		if ctx.Err() != nil {
 			return executor.Result{}, context.Cause(ctx)
 		}
-		return executor.Result{}, fmt.Errorf("command %q: %w: %s", s.opts.Exec, err, snippet([]byte(stderr.String())))
+		return executor.Result{}, fmt.Errorf("command %q: %w: %s", s.opts.Exec, err, executor.Snippet([]byte(stderr.String())))
 	}
 	return executor.ParseResult([]byte(stdout.String()))
 }
@@ -677,17 +677,4 @@ func (l *limitedWriter) Write(p []byte) (int, error) {
 		l.n -= k
 	}
 	return len(p), nil
-}
-
-// snippet is the start of a command's stderr, on one line, for the 500 its
-// eval answers with; executor has the same for the answers its client reads.
-func snippet(b []byte) string {
-	s := strings.Join(strings.Fields(string(b[:min(len(b), 200)])), " ")
-	if len(b) > 200 {
-		s += "…"
-	}
-	if s == "" {
-		return "(empty)"
-	}
-	return s
 }
