@@ -352,37 +352,15 @@ func (w *Worker) Handler() asynq.Handler {
 // evals that finished run before the worker exits. Run fails at once if
 // Redis cannot be reached.
 func (w *Worker) Run(ctx context.Context) error {
-	if err := w.cfg.Redis.Ping(ctx).Err(); err != nil {
+	evalQueues, cleanupQueues, err := w.start(ctx)
+	if err != nil {
 		if ctx.Err() != nil {
-			return nil // stopped before it started
+			return nil // stopped while it started: a stop, not the error of the read it cut
 		}
-		return fmt.Errorf("worker: redis: %w", err)
-	}
-	if err := w.checkEviction(ctx); err != nil {
 		return err
-	}
-	evalQueues, cleanupQueues := map[string]int{}, map[string]int{}
-	for name, sp := range w.pools {
-		q := tasks.Queues(name)
-		evalQueues[q.Evals] = 1
-		cleanupQueues[q.Cleanup], cleanupQueues[q.Maintenance] = 2, 1
-		epoch, err := sp.pool.Epoch(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil // stopped while it started
-			}
-			return fmt.Errorf("worker: %w", err)
-		}
-		sp.epoch.last = epoch
-		if sp.epoch.last == "" {
-			w.log.Warn().Str("pool", name).Msg("pool has no executors registered yet: evals wait until `evalpool pool add` registers some")
-		}
 	}
 	closeWakes, err := w.listenWakes(ctx)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
 		return err
 	}
 	defer closeWakes()
@@ -484,6 +462,32 @@ const returnTimeout = 10 * time.Second
 // may have ended (a release, leaving the wait list, enqueueing a cleanup):
 // the call must go through even then, but never hang the handler.
 const afterTimeout = 5 * time.Second
+
+// start makes the worker's start-up reads (Redis answers, its eviction
+// policy, each pool's epoch) and returns the queues its servers serve.
+func (w *Worker) start(ctx context.Context) (evalQueues, cleanupQueues map[string]int, err error) {
+	if err := w.cfg.Redis.Ping(ctx).Err(); err != nil {
+		return nil, nil, fmt.Errorf("worker: redis: %w", err)
+	}
+	if err := w.checkEviction(ctx); err != nil {
+		return nil, nil, err
+	}
+	evalQueues, cleanupQueues = map[string]int{}, map[string]int{}
+	for name, sp := range w.pools {
+		q := tasks.Queues(name)
+		evalQueues[q.Evals] = 1
+		cleanupQueues[q.Cleanup], cleanupQueues[q.Maintenance] = 2, 1
+		epoch, err := sp.pool.Epoch(ctx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("worker: %w", err)
+		}
+		sp.epoch.last = epoch
+		if sp.epoch.last == "" {
+			w.log.Warn().Str("pool", name).Msg("pool has no executors registered yet: evals wait until `evalpool pool add` registers some")
+		}
+	}
+	return evalQueues, cleanupQueues, nil
+}
 
 // waitsForExecutor reports whether an attempt ended without running for want
 // of an executor: none was free, or the one it leased was busy with another

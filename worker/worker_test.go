@@ -806,7 +806,7 @@ func (h cancelOnHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 // start-up read it was in.
 func TestStopWhileStarting(t *testing.T) {
 	t.Parallel()
-	for _, command := range []string{"config", "get"} { // maxmemory-policy, then the pool's epoch
+	for _, command := range []string{"ping", "config", "get"} { // Redis answers, maxmemory-policy, the pool's epoch
 		t.Run(command, func(t *testing.T) {
 			t.Parallel()
 			srv := evaltest.StartT(t, evaltest.Options{})
