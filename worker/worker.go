@@ -607,9 +607,10 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	start := time.Now()
 	res, runErr := w.runOnLease(ctx, sp, e, lease, ttl)
 	took := time.Since(start)
-	// The result is written before the release, so that an eval's executor
-	// is never free while its result is not yet stored; in inline mode in
-	// the same round trip as the release.
+	// In inline mode the result goes in the round trip of the release,
+	// ahead of it; otherwise it is written now, before the cleanups are
+	// enqueued. Nothing waits on the order: Asynq marks the task done, and
+	// a waiting producer sees it, only after the handler returns.
 	var result []byte
 	if runErr == nil {
 		result, runErr = encodeResult(tasks.EvalResult{
