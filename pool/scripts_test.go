@@ -227,94 +227,154 @@ func TestCheckFindsViolations(t *testing.T) {
 // of a working pool in turn: every operation that touches that key fails with
 // ErrForeignData (or Redis's WRONGTYPE, for a typed read before any write)
 // and leaves every key as it was. The epoch is left out: only its presence
-// counts.
+// counts. Acquire and release touch only what their path needs (a TYPE
+// check costs a call into Redis on the hot path), so each is run on pools in
+// the states that send it down each path, naming what it touches there.
 func TestForeignDataChangesNothing(t *testing.T) {
 	t.Parallel()
 	readByStatus := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "instances", "waiters", "waiting", "quarantine", "labelsets"}
-	releases := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "history", "released"}
+	// released is what a release by the lease's holder touches whatever the
+	// pool's state: the lease, its holder, the executor and its record, the
+	// history and the released tokens.
+	released := []string{"executors", "leases", "deadlines", "holders", "draining", "quarantine", "history", "released"}
+	with := func(base []string, more ...string) []string { return append(slices.Clone(base), more...) }
 	type op struct {
 		run func(p *Pool, held Lease) error
-		// touches is the keys the operation reads or writes, when not all;
-		// it is run only over those.
-		touches []string
+		// touches is the keys the operation reads or writes on each state
+		// of the pool, when not all (nil); it runs only over those, and
+		// only on the states named, when any is.
+		touches map[string][]string
 	}
+	all := func(states ...string) map[string][]string {
+		m := map[string][]string{}
+		for _, s := range states {
+			m[s] = nil
+		}
+		return m
+	}
+	const idle, saturated, draining = "idle", "saturated", "draining"
 	ops := map[string]op{
 		"register": {run: func(p *Pool, _ Lease) error {
 			_, err := p.Register(t.Context(), Executor{URL: "http://new"})
 			return err
-		}},
+		}, touches: all(idle)},
 		"register many": {run: func(p *Pool, _ Lease) error {
 			_, err := p.Register(t.Context(), Executor{URL: "http://n1"}, Executor{URL: "http://n2"})
 			return err
-		}},
-		"deregister": {run: func(p *Pool, _ Lease) error { _, err := p.Deregister(t.Context(), "http://e1"); return err }},
+		}, touches: all(idle)},
+		"deregister": {run: func(p *Pool, _ Lease) error { _, err := p.Deregister(t.Context(), "http://e1"); return err }, touches: all(idle)},
 		"acquire": {run: func(p *Pool, _ Lease) error { _, err := p.Acquire(t.Context(), "eval-x", time.Minute); return err },
-			touches: []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "waiters", "waiting", "quarantine", "avoid", "cancelled"}},
+			touches: map[string][]string{
+				idle:      {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "waiters", "quarantine", "avoid", "cancelled"},
+				saturated: {"available", "deadlines", "holders", "avoid", "cancelled"},
+			}},
+		"acquire or wait": {run: func(p *Pool, _ Lease) error {
+			_, err := p.AcquireOrWait(t.Context(), "eval-x", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute})
+			return err
+		}, touches: map[string][]string{saturated: {"available", "deadlines", "holders", "avoid", "cancelled", "waiters", "waiting"}}},
+		"acquire by a waiter": {run: func(p *Pool, _ Lease) error {
+			_, err := p.AcquireOrWait(t.Context(), "eval-w", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute})
+			return err
+		}, touches: map[string][]string{saturated: {"available", "deadlines", "holders", "avoid", "cancelled", "waiters", "waiting"}}},
 		"renew": {run: func(p *Pool, held Lease) error {
 			_, err := p.Renew(t.Context(), held, time.Minute)
 			return err
-		}, touches: []string{"leases", "deadlines"}},
-		"release": {run: func(p *Pool, held Lease) error { _, err := p.Release(t.Context(), held, "test"); return err }, touches: releases},
-		"release stale": {run: func(p *Pool, held Lease) error {
-			_, err := p.Release(t.Context(), Lease{URL: held.URL, Token: "t"}, "test")
+		}, touches: map[string][]string{idle: {"leases", "deadlines"}}},
+		"release": {run: func(p *Pool, held Lease) error { _, err := p.Release(t.Context(), held, "test"); return err },
+			touches: map[string][]string{
+				idle:      with(released, "available", "waiters"),
+				saturated: with(released, "available", "waiters", "waiting", "fence"),
+				draining:  with(released, "instances", "labelsets"),
+			}},
+		"release unavailable": {run: func(p *Pool, held Lease) error {
+			_, err := p.ReleaseWith(t.Context(), held, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable, Retrying: true})
 			return err
-		}, touches: releases},
+		}, touches: map[string][]string{idle: with(released, "available", "waiters", "avoid")}},
+		"release stale": {run: func(p *Pool, held Lease) error {
+			_, err := p.ReleaseWith(t.Context(), Lease{URL: held.URL, Token: "t"}, ReleaseArgs{Path: "test", Designed: true})
+			return err
+		}, touches: map[string][]string{idle: {"executors", "leases", "released"}}},
+		"release of a free executor": {run: func(p *Pool, _ Lease) error {
+			_, err := p.Release(t.Context(), Lease{URL: "http://e2", Token: "t"}, "test")
+			return err
+		}, touches: map[string][]string{idle: {"executors", "leases", "available"}}},
 		"leave": {run: func(p *Pool, held Lease) error {
 			_, _, err := p.Leave(t.Context(), held.EvalID, held.Token)
 			return err
-		}},
-		"reap": {run: func(p *Pool, _ Lease) error { _, err := p.Reap(t.Context()); return err }},
+		}, touches: all(idle)},
+		"reap": {run: func(p *Pool, _ Lease) error { _, err := p.Reap(t.Context()); return err }, touches: all(idle)},
 		"counts": {run: func(p *Pool, _ Lease) error { _, err := p.Counts(t.Context()); return err },
-			touches: []string{"executors", "available", "leases", "deadlines", "draining", "waiting", "quarantine"}},
+			touches: map[string][]string{idle: {"executors", "available", "leases", "deadlines", "draining", "waiting", "quarantine"}}},
 		"relabel": {run: func(p *Pool, _ Lease) error {
 			_, err := p.Relabel(t.Context(), "http://e1", map[string]string{"gpu": "a100"})
 			return err
-		}},
+		}, touches: all(idle)},
 		"quarantine": {run: func(p *Pool, _ Lease) error {
 			_, err := p.Quarantine(t.Context(), "http://e3", ReasonOperator)
 			return err
-		}},
+		}, touches: all(idle)},
 		// Status and Check read every key but the avoid list.
-		"status": {run: func(p *Pool, _ Lease) error { _, err := p.Status(t.Context()); return err }, touches: readByStatus},
-		"check":  {run: func(p *Pool, _ Lease) error { _, err := p.Check(t.Context()); return err }, touches: readByStatus},
+		"status": {run: func(p *Pool, _ Lease) error { _, err := p.Status(t.Context()); return err }, touches: map[string][]string{idle: readByStatus}},
+		"check":  {run: func(p *Pool, _ Lease) error { _, err := p.Check(t.Context()); return err }, touches: map[string][]string{idle: readByStatus}},
+	}
+	// Each state holds eval-a's lease on e1; saturated leases e2 and e3 too
+	// and has eval-w waiting, draining has e1 deregistered.
+	states := map[string]func(t *testing.T, p *Pool){
+		idle: func(*testing.T, *Pool) {},
+		saturated: func(t *testing.T, p *Pool) {
+			acquire(t, p, "eval-b", time.Minute)
+			acquire(t, p, "eval-c", time.Minute)
+			if _, err := p.AcquireOrWait(t.Context(), "eval-w", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute}); !errors.Is(err, ErrWaiting) {
+				t.Fatalf("eval-w: err = %v, want ErrWaiting", err)
+			}
+		},
+		draining: func(t *testing.T, p *Pool) {
+			if _, err := p.Deregister(t.Context(), "http://e1"); err != nil {
+				t.Fatal(err)
+			}
+		},
 	}
 	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history", "released"}
-	for i, suffix := range suffixes {
-		if suffix == "epoch" {
-			continue
+	for state, prepare := range states {
+		for i, suffix := range suffixes {
+			if suffix == "epoch" {
+				continue
+			}
+			t.Run(state+"/"+suffix, func(t *testing.T) {
+				t.Parallel()
+				p, b := setup(t, "http://e1", "http://e2", "http://e3")
+				held := acquire(t, p, "eval-a", time.Minute)
+				prepare(t, p)
+				key := p.script[i]
+				if err := b.client.Del(t.Context(), key).Err(); err != nil {
+					t.Fatal(err)
+				}
+				foreign := func() error { return b.client.Set(t.Context(), key, "not ours", 0).Err() }
+				if suffix == "fence" { // the fence is a string: a list is foreign to it
+					foreign = func() error { return b.client.LPush(t.Context(), key, "not ours").Err() }
+				}
+				if err := foreign(); err != nil {
+					t.Fatal(err)
+				}
+				before := dumpKeys(t, b.client, p.Keys())
+				for name, o := range ops {
+					touches, ok := o.touches[state]
+					if !ok || touches != nil && !slices.Contains(touches, suffix) {
+						continue
+					}
+					err := o.run(p, held)
+					if err == nil || !errors.Is(err, ErrForeignData) && !strings.Contains(err.Error(), "WRONGTYPE") {
+						t.Errorf("%s over a foreign %s: err = %v, want ErrForeignData", name, suffix, err)
+					}
+					if err != nil && strings.Contains(err.Error(), "\n") {
+						t.Errorf("%s: error is not one line: %q", name, err)
+					}
+				}
+				if after := dumpKeys(t, b.client, p.Keys()); !maps.Equal(before, after) {
+					t.Fatalf("operations over foreign data changed the pool:\nbefore %v\nafter  %v", before, after)
+				}
+			})
 		}
-		t.Run(suffix, func(t *testing.T) {
-			t.Parallel()
-			p, b := setup(t, "http://e1", "http://e2", "http://e3")
-			held := acquire(t, p, "eval-a", time.Minute)
-			key := p.script[i]
-			if err := b.client.Del(t.Context(), key).Err(); err != nil {
-				t.Fatal(err)
-			}
-			foreign := func() error { return b.client.Set(t.Context(), key, "not ours", 0).Err() }
-			if suffix == "fence" { // the fence is a string: a list is foreign to it
-				foreign = func() error { return b.client.LPush(t.Context(), key, "not ours").Err() }
-			}
-			if err := foreign(); err != nil {
-				t.Fatal(err)
-			}
-			before := dumpKeys(t, b.client, p.Keys())
-			for name, o := range ops {
-				if o.touches != nil && !slices.Contains(o.touches, suffix) {
-					continue
-				}
-				err := o.run(p, held)
-				if err == nil || !errors.Is(err, ErrForeignData) && !strings.Contains(err.Error(), "WRONGTYPE") {
-					t.Errorf("%s over a foreign %s: err = %v, want ErrForeignData", name, suffix, err)
-				}
-				if err != nil && strings.Contains(err.Error(), "\n") {
-					t.Errorf("%s: error is not one line: %q", name, err)
-				}
-			}
-			if after := dumpKeys(t, b.client, p.Keys()); !maps.Equal(before, after) {
-				t.Fatalf("operations over foreign data changed the pool:\nbefore %v\nafter  %v", before, after)
-			}
-		})
 	}
 }
 

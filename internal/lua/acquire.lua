@@ -41,12 +41,6 @@ end
 if set ~= '' and not redis.call('HGET', K_LABELSETS, set) then
   return redis.error_reply('EVALPOOL_UNSERVABLE no registered executor has the labels ' .. set)
 end
--- INCR fails on a fence that is not an integer, and Redis would not roll
--- back the ZPOPMIN before it: refuse first, so no executor is dropped.
-local fence_value = redis.call('GET', K_FENCE)
-if fence_value and not string.match(fence_value, '^%-?%d+$') then
-  return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' holds ' .. string.format('%q', fence_value) .. ', not an integer')
-end
 local now_micro = now_us()
 local now = math.floor(now_micro / 1000)
 local _, bad = reclaim_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
@@ -54,15 +48,14 @@ if bad then
   return redis.error_reply(bad)
 end
 
--- Read so far with typed commands: the fence, the label sets, the
--- deadlines (by the reclaim), the holders and the avoid list. The keys
--- written after the next write are checked here; the epoch is never written.
+-- Until the grant, this script writes nothing (but on the rare paths, which
+-- check what they touch first): it reads what it decides on with typed
+-- commands, which fail on foreign data before anything changed, and the
+-- grant's first write is the INCR of the fence, which fails on a fence that
+-- is not an integer before anything changed too.
 local held = redis.call('HGET', K_HOLDERS, eval_id)
 local avoid = redis.call('HGET', K_AVOID, eval_id)
-bad = foreign(set == '' and { 1, 3, 6, 10, 11, 12 } or { 1, 2, 3, 6, 10, 11, 12 })
-if bad then
-  return redis.error_reply(bad)
-end
+local stale = false
 if held then
   local lease = lease_of(held)
   if lease and lease.eval_id == eval_id and redis.call('HEXISTS', K_EXECUTORS, held) == 1 then
@@ -73,68 +66,100 @@ if held then
       -- attempt. The older attempt's token counts as released, so that its
       -- cleanup, when it comes, is the expected duplicate it is. (The ZADD
       -- is this path's first write: foreign data there fails it whole.)
+      bad = foreign({ 7 })
+      if bad then
+        return redis.error_reply(bad)
+      end
       redis.call('ZADD', K_RELEASED, now, tostring(lease.token))
       return grant(held, eval_id, token, ttl, now, tonumber(lease.available_since) or now, 1)
     end
     -- Draining or quarantined: never handed out again, not even to its
     -- holder. Ending the lease removes the executor (or leaves it out of
     -- service), so the older attempt loses it too.
-    bad = foreign({ 2, 9, 16 })
+    bad = foreign({ 2, 4, 7, 9, 10, 11, 14, 16 })
     if bad then
       return redis.error_reply(bad)
     end
     end_lease(held, now, draining and 'drained' or 'quarantined', lease)
   elseif not lease or lease.eval_id ~= eval_id then
-    -- A stale entry: the lease it points to is gone or another eval's.
-    redis.call('HDEL', K_HOLDERS, eval_id)
+    -- A stale entry: the lease it points to is gone or another eval's. It
+    -- is dropped with the script's other writes (a grant overwrites it).
+    stale = true
   end
 end
 
--- Pop the executor idle longest. An entry that is not a registered, unleased,
--- undrained, unquarantined executor (only foreign writes or lost keys make
--- one) is dropped, never granted: handing out a leased executor would
--- double-book it.
+-- Take the executor idle longest. An entry that is not a registered,
+-- unleased, undrained, unquarantined executor (only foreign writes or lost
+-- keys make one) is dropped, never granted: handing out a leased executor
+-- would double-book it. The four reads are made for every entry, so that
+-- they have checked their keys before the first drop.
 local wake = ARGV[6]
 local key = available_key(set)
+local checked = false
 for _ = 1, 16 do
-  local url, since
-  if avoid then
-    local two = redis.call('ZRANGE', key, 0, 1, 'WITHSCORES')
-    if #two == 0 then
-      break
-    end
-    url, since = two[1], two[2]
-    if url == avoid and #two == 4 then
-      url, since = two[3], two[4]
-    end
-    redis.call('ZREM', key, url)
-  else
-    local popped = redis.call('ZPOPMIN', key)
-    if #popped == 0 then
-      break
-    end
-    url, since = popped[1], popped[2]
+  local two = redis.call('ZRANGE', key, 0, avoid and 1 or 0, 'WITHSCORES')
+  if #two == 0 then
+    break
+  end
+  local url, since = two[1], two[2]
+  if avoid and url == avoid and #two == 4 then
+    url, since = two[3], two[4]
   end
   local raw = redis.call('HGET', K_EXECUTORS, url)
-  if raw and redis.call('HEXISTS', K_LEASES, url) == 0
-      and redis.call('SISMEMBER', K_DRAINING, url) == 0
-      and not redis.call('ZSCORE', K_QUARANTINE, url) then
+  local leased = redis.call('HEXISTS', K_LEASES, url) == 1
+  local draining = redis.call('SISMEMBER', K_DRAINING, url) == 1
+  local out = redis.call('ZSCORE', K_QUARANTINE, url)
+  if raw and not leased and not draining and not out then
     local record = decode(raw)
+    -- An eval that waited before leaves the line; the two keys hold an
+    -- entry together or not at all, so most acquires stop at the ZSCORE.
+    local line = waiters_key(set)
+    local waited = redis.call('ZSCORE', line, eval_id)
+    bad = foreign(waited and (set == '' and { 11 } or { 2, 11 }) or (set == '' and {} or { 2 }))
+    if bad then
+      return redis.error_reply(bad)
+    end
+    local fence = redis.pcall('INCR', K_FENCE)
+    if type(fence) == 'table' then
+      return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' is not an integer: ' .. tostring(fence.err))
+    end
+    if fence < now then
+      fence = now
+      redis.call('SET', K_FENCE, fence)
+    end
+    redis.call('ZREM', key, url)
     if set ~= '' or #label_list(record) > 0 then
       take_out(url, record) -- out of the other label sets' indexes too
     end
     if avoid then
       redis.call('HDEL', K_AVOID, eval_id)
     end
-    -- An eval that waited before leaves the line; the two keys hold an
-    -- entry together or not at all, so most acquires stop at the ZREM.
-    if redis.call('ZREM', waiters_key(set), eval_id) == 1 then
+    if waited then
+      redis.call('ZREM', line, eval_id)
       redis.call('HDEL', K_WAITING, eval_id)
     end
-    return grant(url, eval_id, token, ttl, now, tonumber(since), 0)
+    return grant(url, eval_id, token, ttl, now, tonumber(since), 0, fence)
+  end
+  if not checked then
+    bad = foreign({ 10, 11 })
+    if bad then
+      return redis.error_reply(bad)
+    end
+    checked = true
+  end
+  redis.call('ZREM', key, url)
+end
+local joins = wake ~= '' and is_wake_key(wake)
+if joins and not checked then
+  bad = foreign({ 10, 11 })
+  if bad then
+    return redis.error_reply(bad)
   end
 end
-if wake == '' or not is_wake_key(wake) then
+if stale then
+  redis.call('HDEL', K_HOLDERS, eval_id)
+end
+if not joins then
   return nil
 end
 -- Join the wait list, keeping the place of an eval that waited before (an

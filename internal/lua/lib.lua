@@ -87,7 +87,12 @@ local MAX_LABELS = 4
 -- the pool half changed: each script calls this before its first write,
 -- naming every key it may touch after that write and has not already read
 -- with a typed command (a typed read fails on foreign data before anything
--- changed). One O(1) TYPE call per key named.
+-- changed). One O(1) TYPE call per key named; the fence (7) is also read,
+-- since INCR fails on a string that is not an integer.
+--
+-- The hot paths (acquire, release) read what they decide on before their
+-- first write and name only the keys left, and only those the path they
+-- take will touch: each TYPE is a call into Redis, and they add up.
 local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash', 'zset', 'hash', 'hash', 'zset', 'stream', 'zset' }
 local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17 }
 local function foreign(indexes)
@@ -95,6 +100,12 @@ local function foreign(indexes)
     local got = redis.call('TYPE', KEYS[i]).ok
     if got ~= 'none' and got ~= KEY_TYPES[i] then
       return 'EVALPOOL_FOREIGN_DATA ' .. KEYS[i] .. ' holds a ' .. got .. ', not a ' .. KEY_TYPES[i]
+    end
+    if i == 7 and got == 'string' then
+      local fence = redis.call('GET', K_FENCE)
+      if not string.match(fence, '^%-?%d+$') then
+        return 'EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' holds ' .. string.format('%q', fence) .. ', not an integer'
+      end
     end
   end
   return nil
@@ -206,12 +217,19 @@ end
 -- Redis that lost its data (no persistence) still hands out fences above
 -- those executors have already seen, unless acquires outran 1,000 a second
 -- for long.
-local function grant(url, eval_id, token, ttl, now, available_since, reentered)
+local function next_fence(now)
   local fence = redis.call('INCR', K_FENCE)
   if fence < now then
     fence = now
     redis.call('SET', K_FENCE, fence)
   end
+  return fence
+end
+
+-- grant takes the next fence unless the caller took it (fence), as acquire
+-- does to make the INCR its first write.
+local function grant(url, eval_id, token, ttl, now, available_since, reentered, fence)
+  fence = fence or next_fence(now)
   local deadline = now + ttl
   redis.call('HSET', K_LEASES, url, cjson.encode({
     token = token, eval_id = eval_id, fence = fence,
@@ -237,6 +255,16 @@ local function is_list_or_none(key)
   return t == 'list' or t == 'none'
 end
 
+-- waiter_lists names the wait lists an executor can serve, its record's
+-- label sets' after the pool's own, in the order free looks at them.
+local function waiter_lists(record)
+  local lists = { K_WAITERS }
+  for _, set in ipairs(label_sets(label_list(record))) do
+    lists[#lists + 1] = waiters_key(set)
+  end
+  return lists
+end
+
 -- How many entries one handoff may look at: dead ones are dropped as it
 -- goes, and any left for the next handoff, so that no call walks the list.
 local HANDOFF_LOOK = 16
@@ -249,24 +277,29 @@ local HANDOFF_LOOK = 16
 -- has (the empty set's first), so that a waiter for labels it lacks never
 -- holds up one it can serve. A waiter whose entry outlived its expiry, or
 -- that already holds a lease, is dropped. A quarantined executor stays out
--- of service. record is url's executor record when the caller has read it.
-local function free(url, now, record)
-  if redis.call('ZSCORE', K_QUARANTINE, url) then
+-- of service. record is url's executor record when the caller has read it;
+-- pre, what the caller has read before its first write: pre.out (the
+-- executor is out of service) and pre.heads (wait list -> its head).
+local function free(url, now, record, pre)
+  if pre then
+    if pre.out then
+      return nil
+    end
+  elseif redis.call('ZSCORE', K_QUARANTINE, url) then
     return nil
   end
   record = record or decode(redis.call('HGET', K_EXECUTORS, url))
-  local lists = { K_WAITERS }
-  for _, set in ipairs(label_sets(label_list(record))) do
-    lists[#lists + 1] = waiters_key(set)
-  end
+  local lists = waiter_lists(record)
+  local heads = pre and pre.heads
   for _ = 1, HANDOFF_LOOK do
     local list, eval_id, first
     for _, key in ipairs(lists) do
-      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      local head = heads and heads[key] or redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
       if #head > 0 and (not first or tonumber(head[2]) < first) then
         list, eval_id, first = key, head[1], tonumber(head[2])
       end
     end
+    heads = nil
     if not eval_id then
       break
     end
@@ -344,22 +377,32 @@ end
 -- leased. It returns 1 when the executor was removed, 0 when it was freed
 -- (or is not registered). how says why it ended, for the history. lease and
 -- record are url's lease and executor records when the caller has already
--- read them.
-local function end_lease(url, now, how, lease, record)
+-- read them; pre, what it read before its first write: pre.holder (what
+-- the holders index says of the lease's eval), pre.draining, and what free
+-- takes.
+local function end_lease(url, now, how, lease, record, pre)
   lease = lease or lease_of(url)
   redis.call('HDEL', K_LEASES, url)
   redis.call('ZREM', K_DEADLINES, url)
   redis.call('XADD', K_HISTORY, 'MAXLEN', '~', HISTORY_LEN, '*', 'url', url,
     'eval', lease and tostring(lease.eval_id) or '', 'from', lease and tostring(lease.acquired_at) or '', 'how', how)
-  if lease and type(lease.eval_id) == 'string' and redis.call('HGET', K_HOLDERS, lease.eval_id) == url then
-    redis.call('HDEL', K_HOLDERS, lease.eval_id)
+  if lease and type(lease.eval_id) == 'string' then
+    local holder
+    if pre then
+      holder = pre.holder
+    else
+      holder = redis.call('HGET', K_HOLDERS, lease.eval_id)
+    end
+    if holder == url then
+      redis.call('HDEL', K_HOLDERS, lease.eval_id)
+    end
   end
   local registered = record ~= nil
   if not record then
     local raw = redis.call('HGET', K_EXECUTORS, url)
     registered, record = raw ~= false, decode(raw)
   end
-  if redis.call('SREM', K_DRAINING, url) == 1 then
+  if (not pre or pre.draining) and redis.call('SREM', K_DRAINING, url) == 1 then
     if record and record.instance_id and redis.call('HGET', K_INSTANCES, record.instance_id) == url then
       redis.call('HDEL', K_INSTANCES, record.instance_id)
     end
@@ -369,7 +412,7 @@ local function end_lease(url, now, how, lease, record)
     return 1
   end
   if registered then
-    free(url, now, record or {})
+    free(url, now, record or {}, pre)
   end
   return 0
 end

@@ -51,12 +51,6 @@ local now = now_ms()
 local lease = lease_of(url)
 local raw = redis.call('HGET', K_EXECUTORS, url)
 local record = decode(raw)
--- The leases and the executors were read just now and the epoch is never
--- written here.
-local bad = foreign({ 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 16, 17 })
-if bad then
-  return redis.error_reply(bad)
-end
 
 local function bump(field)
   record[field] = (tonumber(record[field]) or 0) + 1
@@ -64,17 +58,25 @@ end
 
 local WINDOW = 20
 
+-- Each path reads what it decides on before its first write, with typed
+-- commands that fail on foreign data before anything changed, and then
+-- type-checks only the keys it will write without having read them.
 if lease and lease.token == token then
+  local eval_id = type(lease.eval_id) == 'string' and lease.eval_id or nil
+  local pre = {
+    holder = eval_id and redis.call('HGET', K_HOLDERS, eval_id) or false,
+    draining = redis.call('SISMEMBER', K_DRAINING, url) == 1,
+    out = redis.call('ZSCORE', K_QUARANTINE, url) ~= false,
+  }
   local quarantined = ''
+  local avoid = false
   if record then
     bump('releases')
     if verdict == 'unavailable' then
       bump('fails')
-      if ARGV[4] == '1' and type(lease.eval_id) == 'string' then
-        redis.call('HSET', K_AVOID, lease.eval_id, url)
-      end
+      avoid = ARGV[4] == '1' and eval_id ~= nil
       local after = tonumber(ARGV[5]) or 0
-      if after > 0 and record.fails >= after and not redis.call('ZSCORE', K_QUARANTINE, url) then
+      if after > 0 and record.fails >= after and not pre.out then
         quarantined = 'unavailable'
       end
     elseif verdict == 'passed' or verdict == 'failed' then
@@ -86,23 +88,62 @@ if lease and lease.token == token then
       end
       if record.window_n >= WINDOW then
         local rate = tonumber(ARGV[6]) or 0
-        if rate > 0 and (tonumber(record.window_failed) or 0) / record.window_n >= rate
-            and not redis.call('ZSCORE', K_QUARANTINE, url) then
+        if rate > 0 and (tonumber(record.window_failed) or 0) / record.window_n >= rate and not pre.out then
           quarantined = 'fail_rate'
         end
         record.window_n, record.window_failed = 0, 0
       end
     end
+  end
+  -- The lease, its deadline, the history and the released tokens are
+  -- written, never read, on every release; the rest by path.
+  local unread = { 4, 16, 17 }
+  if avoid then
+    unread[#unread + 1] = 13
+  end
+  if quarantined ~= '' then
+    unread[#unread + 1] = 2 -- out of the available index
+  end
+  pre.out = pre.out or quarantined ~= ''
+  if pre.draining then
+    unread[#unread + 1] = 9 -- it leaves the pool: its instance and label sets
+    unread[#unread + 1] = 14
+  elseif raw and not pre.out then
+    -- Back in service: to the oldest waiter it can serve, or available.
+    pre.heads = {}
+    local waiting = false
+    for _, list in ipairs(waiter_lists(record)) do
+      pre.heads[list] = redis.call('ZRANGE', list, 0, 0, 'WITHSCORES')
+      waiting = waiting or #pre.heads[list] > 0
+    end
+    unread[#unread + 1] = 2
+    if waiting then
+      unread[#unread + 1] = 7 -- a handoff grants a lease
+      unread[#unread + 1] = 11
+    end
+  end
+  local bad = foreign(unread)
+  if bad then
+    return redis.error_reply(bad)
+  end
+
+  if record then
     if quarantined ~= '' then
       quarantine(url, record, now, quarantined, tonumber(ARGV[7]) or 10000)
     end
     redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
   end
+  if avoid then
+    redis.call('HSET', K_AVOID, eval_id, url)
+  end
   redis.call('ZADD', K_RELEASED, now, token)
   redis.call('ZREMRANGEBYRANK', K_RELEASED, 0, -RELEASED_LEN - 1)
-  local removed = end_lease(url, now, 'released', lease, raw and (record or {}) or nil)
+  local removed = end_lease(url, now, 'released', lease, raw and (record or {}) or nil, pre)
   return { 'released', now, tonumber(lease.available_since) or -1, '', removed, quarantined, 0 }
 end
+
+-- Not the lease's holder: nothing changes but the executor's counters. The
+-- released tokens and the available index are read before that write.
 local expected = ARGV[8] == '1' and redis.call('ZSCORE', K_RELEASED, token) and 1 or 0
 -- count notes an absorbed release in the executor's record: a duplicate
 -- when expected, else a double release (and stale when another holds it).
