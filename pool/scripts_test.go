@@ -252,7 +252,7 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		}
 		return m
 	}
-	const idle, saturated, draining = "idle", "saturated", "draining"
+	const idle, saturated, draining, lingering = "idle", "saturated", "draining", "lingering"
 	ops := map[string]op{
 		"register": {run: func(p *Pool, _ Lease) error {
 			_, err := p.Register(t.Context(), Executor{URL: "http://new"})
@@ -275,7 +275,10 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		"acquire by a waiter": {run: func(p *Pool, _ Lease) error {
 			_, err := p.AcquireOrWait(t.Context(), "eval-w", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute})
 			return err
-		}, touches: map[string][]string{saturated: {"available", "deadlines", "holders", "avoid", "cancelled", "waiters", "waiting"}}},
+		}, touches: map[string][]string{
+			saturated: {"available", "deadlines", "holders", "avoid", "cancelled", "waiters", "waiting"},
+			lingering: {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "waiters", "waiting", "quarantine", "avoid", "cancelled"},
+		}},
 		"renew": {run: func(p *Pool, held Lease) error {
 			_, err := p.Renew(t.Context(), held, time.Minute)
 			return err
@@ -318,7 +321,10 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		"check":  {run: func(p *Pool, _ Lease) error { _, err := p.Check(t.Context()); return err }, touches: map[string][]string{idle: readByStatus}},
 	}
 	// Each state holds eval-a's lease on e1; saturated leases e2 and e3 too
-	// and has eval-w waiting, draining has e1 deregistered.
+	// and has eval-w waiting, draining has e1 deregistered. Lingering has
+	// eval-w in the wait list while executors are free, as after a race
+	// between its acquire and a release: its next acquire takes one and
+	// leaves the line.
 	states := map[string]func(t *testing.T, p *Pool){
 		idle: func(*testing.T, *Pool) {},
 		saturated: func(t *testing.T, p *Pool) {
@@ -326,6 +332,15 @@ func TestForeignDataChangesNothing(t *testing.T) {
 			acquire(t, p, "eval-c", time.Minute)
 			if _, err := p.AcquireOrWait(t.Context(), "eval-w", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute}); !errors.Is(err, ErrWaiting) {
 				t.Fatalf("eval-w: err = %v, want ErrWaiting", err)
+			}
+		},
+		lingering: func(t *testing.T, p *Pool) {
+			c := p.client
+			if err := c.ZAdd(t.Context(), p.keys.Waiters(), redis.Z{Score: 1, Member: "eval-w"}).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.HSet(t.Context(), p.keys.Waiting(), "eval-w", `{"token":"t","ttl":60000,"wake":"`+p.WakeKey("w")+`","expires":1}`).Err(); err != nil {
+				t.Fatal(err)
 			}
 		},
 		draining: func(t *testing.T, p *Pool) {
