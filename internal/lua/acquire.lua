@@ -110,7 +110,6 @@ for _ = 1, 16 do
   local draining = redis.call('SISMEMBER', K_DRAINING, url) == 1
   local out = redis.call('ZSCORE', K_QUARANTINE, url)
   if raw and not leased and not draining and not out then
-    local record = decode(raw)
     -- An eval that waited before leaves the line; the two keys hold an
     -- entry together or not at all, so most acquires stop at the ZSCORE.
     local line = waiters_key(set)
@@ -128,8 +127,10 @@ for _ = 1, 16 do
       redis.call('SET', K_FENCE, fence)
     end
     redis.call('ZREM', key, url)
-    if set ~= '' or #label_list(record) > 0 then
-      take_out(url, record) -- out of the other label sets' indexes too
+    -- Out of the other label sets' indexes too. A record that does not
+    -- name labels has none: most pools have none, and need no decoding.
+    if set ~= '' or string.find(raw, '"labels"', 1, true) then
+      take_out(url, decode(raw))
     end
     if avoid then
       redis.call('HDEL', K_AVOID, eval_id)
