@@ -846,17 +846,20 @@ func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time
 // deadline, cancels the call: the executor may be someone else's by then.
 func (w *Worker) runOnLease(ctx context.Context, sp *served, e tasks.Eval, lease pool.Lease, ttl time.Duration) (executor.Result, error) {
 	// The eval's timeout runs from now, when it has its executor: the wait
-	// before is paid from Asynq's allowance (tasks.WaitAllowance).
-	ctx, stopTimeout := context.WithTimeout(ctx, e.Timeout())
-	defer stopTimeout()
-	if d, ok := ctx.Deadline(); ok {
-		// Give up a little before Asynq's own deadline, so that the attempt
-		// fails here, with its lease, its cleanup and its retry decision,
-		// rather than in Asynq, which would ignore what the handler returns.
-		var stop context.CancelFunc
-		ctx, stop = context.WithDeadline(ctx, d.Add(-min(time.Until(d)/10, time.Second)))
-		defer stop()
+	// before is paid from Asynq's allowance (tasks.WaitAllowance). Asynq's
+	// own deadline may come first.
+	deadline := time.Now().Add(e.Timeout())
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
 	}
+	// Give up a little before that deadline, so that the attempt fails
+	// here, with its lease, its cleanup and its retry decision, rather than
+	// in Asynq, which would ignore what the handler returns. One context
+	// carries the earlier deadline: a context of the timeout under it (as
+	// context.WithTimeout would make) could never end first, and would cost
+	// a context, a timer and a list of children per attempt.
+	ctx, stop := context.WithDeadline(ctx, deadline.Add(-min(time.Until(deadline)/10, time.Second)))
+	defer stop()
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	defer sp.beats.keep(callCtx, lease, ttl, cancel)() // deferred: a panicking call must not leave its lease renewed for ever
