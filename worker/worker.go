@@ -794,8 +794,8 @@ func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time
 		}
 		return lease, err
 	}
-	grants, done := sp.wakes.expect(evalID)
-	defer done()
+	grants := sp.wakes.expect(evalID)
+	defer sp.wakes.done(evalID, grants)
 	started := time.Now() // before the join: a grant comes after it
 	// The place in line outlives the attempt long enough for its task's
 	// next attempt to come back to it.
@@ -821,9 +821,9 @@ func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time
 			// least ttl from then. While most of that is left, that is its
 			// expiry on this clock; past that it is renewed at once.
 			if g.Expires = started.Add(ttl); g.Remaining() > ttl/2 {
-				return g, nil
+				return *g, nil
 			}
-			l, err := sp.pool.Renew(ctx, g, ttl)
+			l, err := sp.pool.Renew(ctx, *g, ttl)
 			if err != nil {
 				return pool.Lease{}, fmt.Errorf("eval %s: the executor handed to it: %w", evalID, err)
 			}
