@@ -313,6 +313,7 @@ type served struct {
 	beats *heartbeat
 	wakes *wakes
 	epoch epochWatch
+	ended endedByOutcome
 }
 
 // New returns a worker; Run starts it.
@@ -644,8 +645,9 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	default:
 		log.Info().Str("status", res.Status).Dur("took", took).Msg("eval done")
 	}
-	w.cfg.Metrics.evals.WithLabelValues(e.Pool, outcome).Inc()
-	w.cfg.Metrics.duration.WithLabelValues(e.Pool, outcome).Observe(took.Seconds())
+	ended := sp.ended.get(w.cfg.Metrics, e.Pool, outcome)
+	ended.attempts.Inc()
+	ended.duration.Observe(took.Seconds())
 	verdict := verdictOf(res, runErr)
 	if verdict != pool.VerdictNone {
 		w.cfg.Metrics.verdicts.WithLabelValues(sp.pool.Name(), lease.URL, string(verdict)).Inc()
