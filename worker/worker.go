@@ -887,7 +887,7 @@ func (w *Worker) runOnLease(ctx context.Context, sp *served, e tasks.Eval, lease
 	defer stop()
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	defer sp.beats.keep(callCtx, lease, ttl, cancel)() // deferred: a panicking call must not leave its lease renewed for ever
+	defer sp.beats.stop(sp.beats.keep(callCtx, lease, ttl, cancel)) // deferred: a panicking call must not leave its lease renewed for ever
 	req := executor.Request{EvalID: e.ID, Fence: lease.Fence, Spec: e.Spec, LeaseMs: lease.Remaining().Milliseconds()}
 	if req.LeaseMs <= 0 {
 		return executor.Result{}, fmt.Errorf("eval %s: %w: %s expired before the call", e.ID, pool.ErrLeaseLost, lease.URL)
