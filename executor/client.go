@@ -245,11 +245,37 @@ func (c *Client) post(ctx context.Context, baseURL, path string, body []byte, li
 		return nil, nil, unavailable(ctx, baseURL, "", err)
 	}
 	defer resp.Body.Close()
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	answer, err := readAnswer(resp.Body, resp.ContentLength, limit)
 	if err != nil {
 		return nil, nil, unavailable(ctx, baseURL, "read answer: ", err)
 	}
 	return resp, answer, nil
+}
+
+// readAnswer reads body to its end, at most limit+1 bytes: the one more
+// tells an answer over the limit. An answer of announced length (every
+// answer of the reference executor) is read into one buffer of its size,
+// where io.ReadAll starts at 512 bytes for an answer of a few dozen.
+func readAnswer(body io.Reader, length, limit int64) ([]byte, error) {
+	if length < 0 || length > limit {
+		return io.ReadAll(io.LimitReader(body, limit+1))
+	}
+	// The room for one byte more than announced lets the read that finds
+	// the end come back with io.EOF, as io.ReadAll's does.
+	b := make([]byte, 0, length+1)
+	for len(b) < cap(b) {
+		n, err := body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+	// More than announced: read on, as far as the limit.
+	rest, err := io.ReadAll(io.LimitReader(body, limit+1-int64(len(b))))
+	return append(b, rest...), err
 }
 
 // unavailable wraps a failed call in ErrUnavailable, unless it failed

@@ -3,10 +3,12 @@ package executor
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -98,6 +100,35 @@ func TestStatusErrors(t *testing.T) {
 	for _, sentinel := range []error{ErrFenced, ErrNotRunning, ErrUnauthorized} {
 		if err == nil || errors.Is(err, sentinel) {
 			t.Fatalf("extension answered 418: %v; want an error that is not %v", err, sentinel)
+		}
+	}
+}
+
+// readAnswer reads what io.ReadAll of the body, limited to limit+1 bytes,
+// reads, whatever length the answer announced, and however the body comes.
+func TestReadAnswer(t *testing.T) {
+	t.Parallel()
+	const limit = 16
+	boom := errors.New("boom")
+	bodies := map[string]func(string) io.Reader{
+		"whole":     func(s string) io.Reader { return strings.NewReader(s) },
+		"bytewise":  func(s string) io.Reader { return iotest.OneByteReader(strings.NewReader(s)) },
+		"eof along": func(s string) io.Reader { return iotest.DataErrReader(strings.NewReader(s)) },
+		"then error": func(s string) io.Reader {
+			return io.MultiReader(strings.NewReader(s), iotest.ErrReader(boom))
+		},
+	}
+	for _, s := range []string{"", "{}", `{"status":"passed"}`[:limit], `{"status":"passed","score":1}`} {
+		for name, body := range bodies {
+			for _, length := range []int64{-1, 0, int64(len(s)) - 1, int64(len(s)), int64(len(s)) + 1, limit, limit + 1} {
+				t.Run(fmt.Sprintf("%s %q announced %d", name, s, length), func(t *testing.T) {
+					want, wantErr := io.ReadAll(io.LimitReader(body(s), limit+1))
+					got, err := readAnswer(body(s), length, limit)
+					if string(got) != string(want) || !errors.Is(err, wantErr) {
+						t.Fatalf("read %q, %v; io.ReadAll reads %q, %v", got, err, want, wantErr)
+					}
+				})
+			}
 		}
 	}
 }

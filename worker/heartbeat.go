@@ -56,12 +56,13 @@ func newHeartbeat(p *pool.Pool, exec *executor.Client, log zerolog.Logger) *hear
 	return &heartbeat{pool: p, exec: exec, log: log, wake: make(chan struct{}, 1), beats: map[*beat]struct{}{}}
 }
 
-// keep renews lease every ttl/3 or a little earlier, until stop is called.
-// A lease that is lost, or that cannot be renewed before it expires, is
-// given to lost as the cause: the executor may soon be someone else's. Once
-// stop has returned, lost is not called. Renewals run under ctx's values but
-// not its cancellation: the heartbeat outlives the eval that started it.
-func (h *heartbeat) keep(ctx context.Context, lease pool.Lease, ttl time.Duration, lost context.CancelCauseFunc) (stop func()) {
+// keep renews lease every ttl/3 or a little earlier, until stop is called
+// with the beat it returns. A lease that is lost, or that cannot be renewed
+// before it expires, is given to lost as the cause: the executor may soon be
+// someone else's. Once stop has returned, lost is not called. Renewals run
+// under ctx's values but not its cancellation: the heartbeat outlives the
+// eval that started it.
+func (h *heartbeat) keep(ctx context.Context, lease pool.Lease, ttl time.Duration, lost context.CancelCauseFunc) *beat {
 	b := &beat{lease: lease, ttl: ttl, due: time.Now().Add(ttl / 3), lost: lost}
 	h.mu.Lock()
 	h.beats[b] = struct{}{}
@@ -71,12 +72,15 @@ func (h *heartbeat) keep(ctx context.Context, lease pool.Lease, ttl time.Duratio
 	}
 	h.mu.Unlock()
 	h.poke()
-	return func() {
-		h.mu.Lock()
-		delete(h.beats, b)
-		h.mu.Unlock()
-		h.poke()
-	}
+	return b
+}
+
+// stop ends the renewals of a beat keep returned.
+func (h *heartbeat) stop(b *beat) {
+	h.mu.Lock()
+	delete(h.beats, b)
+	h.mu.Unlock()
+	h.poke()
 }
 
 // wait returns once no extension is in flight; the worker calls it when

@@ -79,8 +79,7 @@ func TestHeartbeatLosesAnUnrenewableLease(t *testing.T) {
 	logger, _ := evaltest.Logger()
 	h := newHeartbeat(p, &executor.Client{}, *logger)
 	ctx, lost := context.WithCancelCause(t.Context())
-	stop := h.keep(ctx, lease, ttl, lost)
-	defer stop()
+	defer h.stop(h.keep(ctx, lease, ttl, lost))
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)
 	}

@@ -22,28 +22,36 @@ type wakes struct {
 	key  string
 	log  zerolog.Logger
 
-	mu      sync.Mutex
-	waiting map[string]chan pool.Lease // by eval ID
+	mu sync.Mutex
+	// waiting holds, by eval ID, where its grants go. They go by pointer:
+	// every attempt that acquires registers, and a buffer of leases would
+	// cost each of them the room of four, though few ever wait.
+	waiting map[string]chan *pool.Lease
 }
 
 func newWakes(p *pool.Pool, worker string, log zerolog.Logger) *wakes {
-	return &wakes{pool: p, key: p.WakeKey(worker), log: log, waiting: map[string]chan pool.Lease{}}
+	return &wakes{pool: p, key: p.WakeKey(worker), log: log, waiting: map[string]chan *pool.Lease{}}
 }
 
 // expect registers evalID as waiting, before it asks the pool, so that no
-// grant can come before anyone listens. done unregisters it.
-func (ws *wakes) expect(evalID string) (grants <-chan pool.Lease, done func()) {
-	ch := make(chan pool.Lease, 4)
+// grant can come before anyone listens; done unregisters it with the
+// channel expect returned.
+func (ws *wakes) expect(evalID string) chan *pool.Lease {
+	ch := make(chan *pool.Lease, 4)
 	ws.mu.Lock()
 	ws.waiting[evalID] = ch
 	ws.mu.Unlock()
-	return ch, func() {
-		ws.mu.Lock()
-		if ws.waiting[evalID] == ch {
-			delete(ws.waiting, evalID)
-		}
-		ws.mu.Unlock()
+	return ch
+}
+
+// done unregisters the wait of evalID on grants, unless a later wait of the
+// same eval replaced it.
+func (ws *wakes) done(evalID string, grants chan *pool.Lease) {
+	ws.mu.Lock()
+	if ws.waiting[evalID] == grants {
+		delete(ws.waiting, evalID)
 	}
+	ws.mu.Unlock()
 }
 
 // listen pops grants off the wake list until ctx ends, on a connection of
@@ -74,7 +82,7 @@ func (ws *wakes) listen(ctx context.Context, conn redis.UniversalClient) {
 		ws.mu.Unlock()
 		if ch != nil {
 			select {
-			case ch <- g:
+			case ch <- &g:
 			default:
 			}
 		}

@@ -313,6 +313,7 @@ type served struct {
 	beats *heartbeat
 	wakes *wakes
 	epoch epochWatch
+	ended endedByOutcome
 }
 
 // New returns a worker; Run starts it.
@@ -596,7 +597,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		}
 	}()
 	attempt, _ := asynq.GetRetryCount(ctx)
-	log := w.log.With().Str("eval", e.ID).Str("executor", lease.URL).Int64("fence", lease.Fence).Int("attempt", attempt).Logger()
+	log := attemptLog{log: &w.log, eval: e.ID, executor: lease.URL, fence: lease.Fence, attempt: attempt}
 	log.Debug().Bool("reentered", lease.Reentered).Msg("eval leased an executor")
 	if e.Run != "" {
 		if err := w.runs.Started(ctx, e.Run, e.Key, lease.URL); err != nil {
@@ -644,8 +645,9 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	default:
 		log.Info().Str("status", res.Status).Dur("took", took).Msg("eval done")
 	}
-	w.cfg.Metrics.evals.WithLabelValues(e.Pool, outcome).Inc()
-	w.cfg.Metrics.duration.WithLabelValues(e.Pool, outcome).Observe(took.Seconds())
+	ended := sp.ended.get(w.cfg.Metrics, e.Pool, outcome)
+	ended.attempts.Inc()
+	ended.duration.Observe(took.Seconds())
 	verdict := verdictOf(res, runErr)
 	if verdict != pool.VerdictNone {
 		w.cfg.Metrics.verdicts.WithLabelValues(sp.pool.Name(), lease.URL, string(verdict)).Inc()
@@ -679,6 +681,29 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		return w.attemptError(ctx, sp, lease, verdict, runErr)
 	}
 	return nil
+}
+
+// attemptLog writes an attempt's log lines with its eval, executor, fence
+// and attempt: the lines and fields of a sub-logger (zerolog's With), in the
+// same order, without the 500-byte buffer With allocates for every attempt,
+// whether or not anything is logged.
+type attemptLog struct {
+	log      *zerolog.Logger
+	eval     string
+	executor string
+	fence    int64
+	attempt  int
+}
+
+func (a attemptLog) Debug() *zerolog.Event { return a.fields(a.log.Debug()) }
+func (a attemptLog) Info() *zerolog.Event  { return a.fields(a.log.Info()) }
+func (a attemptLog) Warn() *zerolog.Event  { return a.fields(a.log.Warn()) }
+func (a attemptLog) Error() *zerolog.Event { return a.fields(a.log.Error()) }
+
+// fields adds the attempt's fields to e; an event of a level that is off is
+// nil, and stays nil.
+func (a attemptLog) fields(e *zerolog.Event) *zerolog.Event {
+	return e.Str("eval", a.eval).Str("executor", a.executor).Int64("fence", a.fence).Int("attempt", a.attempt)
 }
 
 // cancelled reports whether the eval was cancelled (pool.Cancel): asked
@@ -794,8 +819,8 @@ func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time
 		}
 		return lease, err
 	}
-	grants, done := sp.wakes.expect(evalID)
-	defer done()
+	grants := sp.wakes.expect(evalID)
+	defer sp.wakes.done(evalID, grants)
 	started := time.Now() // before the join: a grant comes after it
 	// The place in line outlives the attempt long enough for its task's
 	// next attempt to come back to it.
@@ -821,9 +846,9 @@ func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time
 			// least ttl from then. While most of that is left, that is its
 			// expiry on this clock; past that it is renewed at once.
 			if g.Expires = started.Add(ttl); g.Remaining() > ttl/2 {
-				return g, nil
+				return *g, nil
 			}
-			l, err := sp.pool.Renew(ctx, g, ttl)
+			l, err := sp.pool.Renew(ctx, *g, ttl)
 			if err != nil {
 				return pool.Lease{}, fmt.Errorf("eval %s: the executor handed to it: %w", evalID, err)
 			}
@@ -846,20 +871,23 @@ func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time
 // deadline, cancels the call: the executor may be someone else's by then.
 func (w *Worker) runOnLease(ctx context.Context, sp *served, e tasks.Eval, lease pool.Lease, ttl time.Duration) (executor.Result, error) {
 	// The eval's timeout runs from now, when it has its executor: the wait
-	// before is paid from Asynq's allowance (tasks.WaitAllowance).
-	ctx, stopTimeout := context.WithTimeout(ctx, e.Timeout())
-	defer stopTimeout()
-	if d, ok := ctx.Deadline(); ok {
-		// Give up a little before Asynq's own deadline, so that the attempt
-		// fails here, with its lease, its cleanup and its retry decision,
-		// rather than in Asynq, which would ignore what the handler returns.
-		var stop context.CancelFunc
-		ctx, stop = context.WithDeadline(ctx, d.Add(-min(time.Until(d)/10, time.Second)))
-		defer stop()
+	// before is paid from Asynq's allowance (tasks.WaitAllowance). Asynq's
+	// own deadline may come first.
+	deadline := time.Now().Add(e.Timeout())
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
 	}
+	// Give up a little before that deadline, so that the attempt fails
+	// here, with its lease, its cleanup and its retry decision, rather than
+	// in Asynq, which would ignore what the handler returns. One context
+	// carries the earlier deadline: a context of the timeout under it (as
+	// context.WithTimeout would make) could never end first, and would cost
+	// a context, a timer and a list of children per attempt.
+	ctx, stop := context.WithDeadline(ctx, deadline.Add(-min(time.Until(deadline)/10, time.Second)))
+	defer stop()
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	defer sp.beats.keep(callCtx, lease, ttl, cancel)() // deferred: a panicking call must not leave its lease renewed for ever
+	defer sp.beats.stop(sp.beats.keep(callCtx, lease, ttl, cancel)) // deferred: a panicking call must not leave its lease renewed for ever
 	req := executor.Request{EvalID: e.ID, Fence: lease.Fence, Spec: e.Spec, LeaseMs: lease.Remaining().Milliseconds()}
 	if req.LeaseMs <= 0 {
 		return executor.Result{}, fmt.Errorf("eval %s: %w: %s expired before the call", e.ID, pool.ErrLeaseLost, lease.URL)
