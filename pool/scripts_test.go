@@ -252,7 +252,10 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		}
 		return m
 	}
-	const idle, saturated, draining, lingering = "idle", "saturated", "draining", "lingering"
+	const idle, saturated, draining, lingering, stray, expired, failing = "idle", "saturated", "draining", "lingering", "stray", "expired", "failing"
+	// every is every key but the epoch and the avoid list: what an acquire
+	// may touch when it reclaims an expired lease or ends its own.
+	every := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "fence value", "instances", "waiters", "waiting", "quarantine", "labelsets", "cancelled", "history"}
 	ops := map[string]op{
 		"register": {run: func(p *Pool, _ Lease) error {
 			_, err := p.Register(t.Context(), Executor{URL: "http://new"})
@@ -265,8 +268,15 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		"deregister": {run: func(p *Pool, _ Lease) error { _, err := p.Deregister(t.Context(), "http://e1"); return err }, touches: all(idle)},
 		"acquire": {run: func(p *Pool, _ Lease) error { _, err := p.Acquire(t.Context(), "eval-x", time.Minute); return err },
 			touches: map[string][]string{
-				idle:      {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "waiters", "quarantine", "avoid", "cancelled"},
+				idle:      {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "fence value", "waiters", "quarantine", "avoid", "cancelled"},
 				saturated: {"available", "deadlines", "holders", "avoid", "cancelled"},
+				stray:     {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "fence value", "waiters", "waiting", "quarantine", "avoid", "cancelled"},
+				expired:   with(every, "avoid"),
+			}},
+		"acquire by the holder": {run: func(p *Pool, _ Lease) error { _, err := p.Acquire(t.Context(), "eval-a", time.Minute); return err },
+			touches: map[string][]string{
+				idle:     {"executors", "leases", "deadlines", "holders", "draining", "fence", "fence value", "quarantine", "avoid", "cancelled", "released"},
+				draining: with(every, "avoid"),
 			}},
 		"acquire or wait": {run: func(p *Pool, _ Lease) error {
 			_, err := p.AcquireOrWait(t.Context(), "eval-x", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute})
@@ -286,13 +296,16 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		"release": {run: func(p *Pool, held Lease) error { _, err := p.Release(t.Context(), held, "test"); return err },
 			touches: map[string][]string{
 				idle:      with(released, "available", "waiters"),
-				saturated: with(released, "available", "waiters", "waiting", "fence"),
+				saturated: with(released, "available", "waiters", "waiting", "fence", "fence value"),
 				draining:  with(released, "instances", "labelsets"),
 			}},
 		"release unavailable": {run: func(p *Pool, held Lease) error {
 			_, err := p.ReleaseWith(t.Context(), held, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable, Retrying: true})
 			return err
-		}, touches: map[string][]string{idle: with(released, "available", "waiters", "avoid")}},
+		}, touches: map[string][]string{
+			idle:    with(released, "available", "waiters", "avoid"),
+			failing: with(released, "available", "avoid"),
+		}},
 		"release stale": {run: func(p *Pool, held Lease) error {
 			_, err := p.ReleaseWith(t.Context(), Lease{URL: held.URL, Token: "t"}, ReleaseArgs{Path: "test", Designed: true})
 			return err
@@ -343,6 +356,27 @@ func TestForeignDataChangesNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 		},
+		// Stray has an entry in the available index for no executor, the
+		// oldest: an acquire drops it before it takes e2.
+		stray: func(t *testing.T, p *Pool) {
+			if err := p.client.ZAdd(t.Context(), p.keys.Available(), redis.Z{Score: 0, Member: "http://gone"}).Err(); err != nil {
+				t.Fatal(err)
+			}
+		},
+		// Expired has eval-a's lease past its deadline and grace: an
+		// acquire reclaims it first.
+		expired: func(t *testing.T, p *Pool) {
+			if err := p.client.ZAdd(t.Context(), p.keys.Deadlines(), redis.Z{Score: 0, Member: "http://e1"}).Err(); err != nil {
+				t.Fatal(err)
+			}
+		},
+		// Failing has e1 one unavailable call short of its quarantine: its
+		// release with that verdict takes it out of service.
+		failing: func(t *testing.T, p *Pool) {
+			if err := p.client.HSet(t.Context(), p.keys.Executors(), "http://e1", fmt.Sprintf(`{"added_at":1,"fails":%d}`, DefaultQuarantine-1)).Err(); err != nil {
+				t.Fatal(err)
+			}
+		},
 		draining: func(t *testing.T, p *Pool) {
 			if _, err := p.Deregister(t.Context(), "http://e1"); err != nil {
 				t.Fatal(err)
@@ -350,10 +384,18 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		},
 	}
 	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history", "released"}
+	// The fence is also foreign as a string INCR refuses: one with a
+	// leading zero, or at the int64 limit. Only what counts the fence
+	// touches its value ("fence value"): status and check read its type.
+	fenceStrings := map[string]string{"fence 007": "007", "fence at the limit": "9223372036854775807"}
 	for state, prepare := range states {
-		for i, suffix := range suffixes {
+		for i, suffix := range append(slices.Clone(suffixes), slices.Sorted(maps.Keys(fenceStrings))...) {
 			if suffix == "epoch" {
 				continue
+			}
+			touched := suffix
+			if _, ok := fenceStrings[suffix]; ok {
+				i, touched = slices.Index(suffixes, "fence"), "fence value"
 			}
 			t.Run(state+"/"+suffix, func(t *testing.T) {
 				t.Parallel()
@@ -368,13 +410,16 @@ func TestForeignDataChangesNothing(t *testing.T) {
 				if suffix == "fence" { // the fence is a string: a list is foreign to it
 					foreign = func() error { return b.client.LPush(t.Context(), key, "not ours").Err() }
 				}
+				if v, ok := fenceStrings[suffix]; ok {
+					foreign = func() error { return b.client.Set(t.Context(), key, v, 0).Err() }
+				}
 				if err := foreign(); err != nil {
 					t.Fatal(err)
 				}
 				before := dumpKeys(t, b.client, p.Keys())
 				for name, o := range ops {
 					touches, ok := o.touches[state]
-					if !ok || touches != nil && !slices.Contains(touches, suffix) {
+					if !ok || touches != nil && !slices.Contains(touches, touched) {
 						continue
 					}
 					err := o.run(p, held)

@@ -76,7 +76,7 @@ if held then
     -- Draining or quarantined: never handed out again, not even to its
     -- holder. Ending the lease removes the executor (or leaves it out of
     -- service), so the older attempt loses it too.
-    bad = foreign({ 2, 4, 7, 9, 10, 11, 14, 16 })
+    bad = foreign({ 2, 4, 7, 9, 10, 11, 12, 14, 16 })
     if bad then
       return redis.error_reply(bad)
     end
@@ -142,7 +142,8 @@ for _ = 1, 16 do
     return grant(url, eval_id, token, ttl, now, tonumber(since), 0, fence)
   end
   if not checked then
-    bad = foreign({ 10, 11 })
+    -- The drop is a write: what the rest may touch is checked first.
+    bad = foreign(set == '' and { 7, 10, 11 } or { 2, 7, 10, 11 })
     if bad then
       return redis.error_reply(bad)
     end

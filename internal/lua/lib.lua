@@ -88,7 +88,8 @@ local MAX_LABELS = 4
 -- naming every key it may touch after that write and has not already read
 -- with a typed command (a typed read fails on foreign data before anything
 -- changed). One O(1) TYPE call per key named; the fence (7) is also read,
--- since INCR fails on a string that is not an integer.
+-- since INCR fails on a string that is not an integer as Redis writes one
+-- (no leading zero, no sign on 0) or is too close to the int64 limit.
 --
 -- The hot paths (acquire, release) read what they decide on before their
 -- first write and name only the keys left, and only those the path they
@@ -103,7 +104,8 @@ local function foreign(indexes)
     end
     if i == 7 and got == 'string' then
       local fence = redis.call('GET', K_FENCE)
-      if not string.match(fence, '^%-?%d+$') then
+      local digits = string.match(fence, '^%-?([1-9]%d*)$')
+      if fence ~= '0' and not (digits and #digits <= 18) then
         return 'EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' holds ' .. string.format('%q', fence) .. ', not an integer'
       end
     end
@@ -422,13 +424,14 @@ end
 -- pool. The grace covers the one-way delay to the executor and the drift of
 -- clocks: a lease-aware executor has stopped the old holder's eval by then.
 -- It returns how many it ended, and a foreign-data error (nothing ended)
--- when a key it would touch holds data of another kind.
+-- when a key it would touch holds data of another kind, or that its caller,
+-- acquire, reads after it (the avoid list).
 local function reclaim_expired(now, limit, grace)
   local expired = redis.call('ZRANGE', K_DEADLINES, '-inf', now - grace, 'BYSCORE', 'LIMIT', 0, limit)
   if #expired == 0 then
     return 0, nil
   end
-  local bad = foreign({ 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 14, 16 })
+  local bad = foreign({ 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 13, 14, 16 })
   if bad then
     return 0, bad
   end

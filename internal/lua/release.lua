@@ -98,6 +98,9 @@ if lease and lease.token == token then
   -- The lease, its deadline, the history and the released tokens are
   -- written, never read, on every release; the rest by path.
   local unread = { 4, 16, 17 }
+  if not eval_id then
+    unread[#unread + 1] = 5 -- unread above; a handoff writes it
+  end
   if avoid then
     unread[#unread + 1] = 13
   end
