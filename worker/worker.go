@@ -337,12 +337,9 @@ func New(cfg Config) (*Worker, error) {
 }
 
 // Handler routes each task type to its handler.
-func (w *Worker) Handler() asynq.Handler { return w.handler(nil) }
-
-// handler is Handler with eval attempts run on r (see runners).
-func (w *Worker) handler(r *runners) asynq.Handler {
+func (w *Worker) Handler() asynq.Handler {
 	mux := asynq.NewServeMux()
-	mux.HandleFunc(tasks.TypeEval, r.on(w.handleEval))
+	mux.HandleFunc(tasks.TypeEval, w.handleEval)
 	mux.HandleFunc(tasks.TypeCleanupSuccess, w.handleCleanup)
 	mux.HandleFunc(tasks.TypeCleanupFailure, w.handleCleanup)
 	mux.HandleFunc(tasks.TypeReap, w.handleReap)
@@ -422,10 +419,8 @@ func (w *Worker) Run(ctx context.Context) error {
 			s.Shutdown() // evals first: running evals finish and enqueue their cleanups
 		}
 	}
-	rs, stopRunners := startRunners(w.cfg.Concurrency, w.log)
-	defer stopRunners()
 	for _, s := range append(cleanups, evals) {
-		if err := s.Start(w.handler(rs)); err != nil {
+		if err := s.Start(w.Handler()); err != nil {
 			stop()
 			return fmt.Errorf("worker: start: %w", err)
 		}
