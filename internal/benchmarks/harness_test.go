@@ -58,14 +58,29 @@ func percentile(d []time.Duration, p float64) time.Duration {
 }
 
 // countingHook counts the round trips a client makes: a command or a
-// pipeline is one.
-type countingHook struct{ trips atomic.Int64 }
+// pipeline is one. It also times the dequeues of one queue (Asynq's dequeue
+// script is the one script that names the queue's paused key), since a
+// server's rate is one over its dequeue's round trip.
+type countingHook struct {
+	trips atomic.Int64
+	// paused is the queue's paused key; dequeues and dequeueNs count its
+	// dequeues and their round trips' sum.
+	paused              string
+	dequeues, dequeueNs atomic.Int64
+}
 
 func (h *countingHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *countingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		h.trips.Add(1)
-		return next(ctx, cmd)
+		if cmd.Name() != "evalsha" || !slices.Contains(cmd.Args(), any(h.paused)) {
+			return next(ctx, cmd)
+		}
+		start := time.Now()
+		err := next(ctx, cmd)
+		h.dequeueNs.Add(int64(time.Since(start)))
+		h.dequeues.Add(1)
+		return err
 	}
 }
 func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
