@@ -51,8 +51,8 @@ end
 -- Until the grant, this script writes nothing (but on the rare paths, which
 -- check what they touch first): it reads what it decides on with typed
 -- commands, which fail on foreign data before anything changed, and the
--- grant's first write is the INCR of the fence, which fails on a fence that
--- is not an integer before anything changed too.
+-- grant's first write is the INCR of the fence (caught), which fails on a
+-- fence that is not an integer before anything changed too.
 local held = redis.call('HGET', K_HOLDERS, eval_id)
 local avoid = redis.call('HGET', K_AVOID, eval_id)
 local stale = false
@@ -118,13 +118,9 @@ for _ = 1, 16 do
     if bad then
       return redis.error_reply(bad)
     end
-    local fence = redis.pcall('INCR', K_FENCE)
-    if type(fence) == 'table' then
-      return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' is not an integer: ' .. tostring(fence.err))
-    end
-    if fence < now then
-      fence = now
-      redis.call('SET', K_FENCE, fence)
+    local ok, fence = pcall(next_fence, now)
+    if not ok then
+      return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' is not an integer: ' .. tostring(type(fence) == 'table' and fence.err or fence))
     end
     redis.call('ZREM', key, url)
     -- Out of the other label sets' indexes too. A record that does not
