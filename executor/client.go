@@ -245,26 +245,31 @@ func (c *Client) post(ctx context.Context, baseURL, path string, body []byte, li
 		return nil, nil, unavailable(ctx, baseURL, "", err)
 	}
 	defer resp.Body.Close()
-	answer, err := readAnswer(resp.Body, resp.ContentLength, limit)
+	answer, err := ReadBody(resp.Body, resp.ContentLength, limit)
 	if err != nil {
 		return nil, nil, unavailable(ctx, baseURL, "read answer: ", err)
 	}
 	return resp, answer, nil
 }
 
-// readAnswer reads body to its end, at most limit+1 bytes: the one more
-// tells an answer over the limit. An answer of announced length (every
-// answer of the reference executor) is read into one buffer of its size,
-// where io.ReadAll starts at 512 bytes for an answer of a few dozen.
-func readAnswer(body io.Reader, length, limit int64) ([]byte, error) {
-	if length < 0 || length > limit {
-		return io.ReadAll(io.LimitReader(body, limit+1))
-	}
-	// The room for one byte more than announced lets the read that finds
-	// the end come back with io.EOF, as io.ReadAll's does.
-	b := make([]byte, 0, length+1)
-	for len(b) < cap(b) {
-		n, err := body.Read(b[len(b):cap(b)])
+// ReadBody reads r to its end, but no more than limit+1 bytes: the one more
+// tells a body over the limit, which the caller refuses. A body of announced
+// length (every request and answer of the reference executor) costs one
+// allocation of its size; one of unknown length doubles its buffer from 512
+// bytes up to that bound. The client reads answers with it, and the
+// reference executor requests.
+func ReadBody(r io.Reader, length, limit int64) ([]byte, error) {
+	b := make([]byte, 0, min(max(length, 0), limit)+1)
+	for {
+		if len(b) == cap(b) {
+			if int64(len(b)) > limit {
+				return b, nil
+			}
+			grown := make([]byte, len(b), min(max(2*int64(cap(b)), 512), limit+1))
+			copy(grown, b)
+			b = grown
+		}
+		n, err := r.Read(b[len(b):cap(b)])
 		b = b[:len(b)+n]
 		if err == io.EOF {
 			return b, nil
@@ -273,9 +278,6 @@ func readAnswer(body io.Reader, length, limit int64) ([]byte, error) {
 			return b, err
 		}
 	}
-	// More than announced: read on, as far as the limit.
-	rest, err := io.ReadAll(io.LimitReader(body, limit+1-int64(len(b))))
-	return append(b, rest...), err
 }
 
 // unavailable wraps a failed call in ErrUnavailable, unless it failed

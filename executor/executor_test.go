@@ -104,9 +104,9 @@ func TestStatusErrors(t *testing.T) {
 	}
 }
 
-// readAnswer reads what io.ReadAll of the body, limited to limit+1 bytes,
+// ReadBody reads what io.ReadAll of the body, limited to limit+1 bytes,
 // reads, whatever length the answer announced, and however the body comes.
-func TestReadAnswer(t *testing.T) {
+func TestReadBody(t *testing.T) {
 	t.Parallel()
 	const limit = 16
 	boom := errors.New("boom")
@@ -123,7 +123,7 @@ func TestReadAnswer(t *testing.T) {
 			for _, length := range []int64{-1, 0, int64(len(s)) - 1, int64(len(s)), int64(len(s)) + 1, limit, limit + 1} {
 				t.Run(fmt.Sprintf("%s %q announced %d", name, s, length), func(t *testing.T) {
 					want, wantErr := io.ReadAll(io.LimitReader(body(s), limit+1))
-					got, err := readAnswer(body(s), length, limit)
+					got, err := ReadBody(body(s), length, limit)
 					if string(got) != string(want) || !errors.Is(err, wantErr) {
 						t.Fatalf("read %q, %v; io.ReadAll reads %q, %v", got, err, want, wantErr)
 					}

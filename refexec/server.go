@@ -300,7 +300,10 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		httpError(w, http.StatusRequestEntityTooLarge, "body of %d bytes is over the limit of %d", r.ContentLength, executor.MaxRequestBytes)
 		return nil, false
 	}
-	body, err := readAll(http.MaxBytesReader(w, r.Body, executor.MaxRequestBytes), r.ContentLength, executor.MaxRequestBytes)
+	body, err := executor.ReadBody(http.MaxBytesReader(w, r.Body, executor.MaxRequestBytes), r.ContentLength, executor.MaxRequestBytes)
+	if err == nil && int64(len(body)) > executor.MaxRequestBytes {
+		err = &http.MaxBytesError{Limit: executor.MaxRequestBytes}
+	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		var netErr net.Error
@@ -319,32 +322,6 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		return nil, false
 	}
 	return body, true
-}
-
-// readAll reads r to its end, at most limit bytes and the one more that
-// tells http.MaxBytesReader a body is too long. A body of announced length
-// costs one allocation; one of unknown length doubles its buffer up to that
-// bound, so reading it costs at most about twice the bound.
-func readAll(r io.Reader, length, limit int64) ([]byte, error) {
-	b := make([]byte, 0, min(max(length, 0), limit)+1)
-	for {
-		if len(b) == cap(b) {
-			grown := make([]byte, len(b), min(max(2*int64(cap(b)), 512), limit+1))
-			if cap(grown) == len(b) {
-				return b, fmt.Errorf("body over %d bytes", limit)
-			}
-			copy(grown, b)
-			b = grown
-		}
-		n, err := r.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return b, err
-		}
-	}
 }
 
 // verify checks a request's signature, in constant time. The path signed is
