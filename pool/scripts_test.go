@@ -252,7 +252,7 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		}
 		return m
 	}
-	const idle, saturated, draining, lingering, stray, expired, failing = "idle", "saturated", "draining", "lingering", "stray", "expired", "failing"
+	const idle, saturated, draining, lingering, stray, expired, failing, labelled = "idle", "saturated", "draining", "lingering", "stray", "expired", "failing", "labelled"
 	// every is every key but the epoch and the avoid list: what an acquire
 	// may touch when it reclaims an expired lease or ends its own.
 	every := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "fence value", "instances", "waiters", "waiting", "quarantine", "labelsets", "cancelled", "history"}
@@ -273,6 +273,12 @@ func TestForeignDataChangesNothing(t *testing.T) {
 				stray:     {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "fence value", "waiters", "waiting", "quarantine", "avoid", "cancelled"},
 				expired:   with(every, "avoid"),
 			}},
+		"acquire requiring labels": {run: func(p *Pool, _ Lease) error {
+			_, err := p.AcquireWith(t.Context(), "eval-x", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
+			return err
+		}, touches: map[string][]string{
+			labelled: {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "fence value", "quarantine", "avoid", "cancelled", "labelsets"},
+		}},
 		"acquire by the holder": {run: func(p *Pool, _ Lease) error { _, err := p.Acquire(t.Context(), "eval-a", time.Minute); return err },
 			touches: map[string][]string{
 				idle:     {"executors", "leases", "deadlines", "holders", "draining", "fence", "fence value", "quarantine", "avoid", "cancelled", "released"},
@@ -374,6 +380,13 @@ func TestForeignDataChangesNothing(t *testing.T) {
 		// release with that verdict takes it out of service.
 		failing: func(t *testing.T, p *Pool) {
 			if err := p.client.HSet(t.Context(), p.keys.Executors(), "http://e1", fmt.Sprintf(`{"added_at":1,"fails":%d}`, DefaultQuarantine-1)).Err(); err != nil {
+				t.Fatal(err)
+			}
+		},
+		// Labelled has e2 labelled: an acquire that requires its label
+		// takes it from its set's index, and out of the pool's own.
+		labelled: func(t *testing.T, p *Pool) {
+			if _, err := p.Relabel(t.Context(), "http://e2", map[string]string{"gpu": "a100"}); err != nil {
 				t.Fatal(err)
 			}
 		},
