@@ -1,10 +1,6 @@
 package worker
 
-import (
-	"sync"
-
-	"github.com/prometheus/client_golang/prometheus"
-)
+import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics counts what a worker does with evals and cleanups. Release
 // outcomes are the pool's (pool.Metrics).
@@ -53,37 +49,4 @@ func NewMetrics() *Metrics {
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts}
-}
-
-// endedSeries are the series an attempt that ended with an executor counts
-// in, for one pool and outcome: its count and its duration.
-type endedSeries struct {
-	attempts prometheus.Counter
-	duration prometheus.Observer
-}
-
-// endedByOutcome keeps one pool's endedSeries by outcome, each looked up by
-// its label values once, the first time an attempt ends with that outcome
-// (when the series appear, as before), instead of at every attempt: a label
-// lookup hashes and checks the values, takes the vector's lock and
-// allocates. An attempt's outcome is an executor's status (passed, failed)
-// or error, busy or cancelled, so it holds a handful of entries.
-type endedByOutcome struct {
-	mu     sync.Mutex
-	series map[string]endedSeries
-}
-
-// get returns the series of pool's attempts that ended with outcome.
-func (e *endedByOutcome) get(m *Metrics, pool, outcome string) endedSeries {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	s, ok := e.series[outcome]
-	if !ok {
-		s = endedSeries{attempts: m.evals.WithLabelValues(pool, outcome), duration: m.duration.WithLabelValues(pool, outcome)}
-		if e.series == nil {
-			e.series = map[string]endedSeries{}
-		}
-		e.series[outcome] = s
-	}
-	return s
 }

@@ -313,7 +313,6 @@ type served struct {
 	beats *heartbeat
 	wakes *wakes
 	epoch epochWatch
-	ended endedByOutcome
 }
 
 // New returns a worker; Run starts it.
@@ -597,7 +596,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		}
 	}()
 	attempt, _ := asynq.GetRetryCount(ctx)
-	log := attemptLog{log: &w.log, eval: e.ID, executor: lease.URL, fence: lease.Fence, attempt: attempt}
+	log := w.log.With().Str("eval", e.ID).Str("executor", lease.URL).Int64("fence", lease.Fence).Int("attempt", attempt).Logger()
 	log.Debug().Bool("reentered", lease.Reentered).Msg("eval leased an executor")
 	if e.Run != "" {
 		if err := w.runs.Started(ctx, e.Run, e.Key, lease.URL); err != nil {
@@ -645,9 +644,8 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	default:
 		log.Info().Str("status", res.Status).Dur("took", took).Msg("eval done")
 	}
-	ended := sp.ended.get(w.cfg.Metrics, e.Pool, outcome)
-	ended.attempts.Inc()
-	ended.duration.Observe(took.Seconds())
+	w.cfg.Metrics.evals.WithLabelValues(e.Pool, outcome).Inc()
+	w.cfg.Metrics.duration.WithLabelValues(e.Pool, outcome).Observe(took.Seconds())
 	verdict := verdictOf(res, runErr)
 	if verdict != pool.VerdictNone {
 		w.cfg.Metrics.verdicts.WithLabelValues(sp.pool.Name(), lease.URL, string(verdict)).Inc()
@@ -681,29 +679,6 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		return w.attemptError(ctx, sp, lease, verdict, runErr)
 	}
 	return nil
-}
-
-// attemptLog writes an attempt's log lines with its eval, executor, fence
-// and attempt: the lines and fields of a sub-logger (zerolog's With), in the
-// same order, without the 500-byte buffer With allocates for every attempt,
-// whether or not anything is logged.
-type attemptLog struct {
-	log      *zerolog.Logger
-	eval     string
-	executor string
-	fence    int64
-	attempt  int
-}
-
-func (a attemptLog) Debug() *zerolog.Event { return a.fields(a.log.Debug()) }
-func (a attemptLog) Info() *zerolog.Event  { return a.fields(a.log.Info()) }
-func (a attemptLog) Warn() *zerolog.Event  { return a.fields(a.log.Warn()) }
-func (a attemptLog) Error() *zerolog.Event { return a.fields(a.log.Error()) }
-
-// fields adds the attempt's fields to e; an event of a level that is off is
-// nil, and stays nil.
-func (a attemptLog) fields(e *zerolog.Event) *zerolog.Event {
-	return e.Str("eval", a.eval).Str("executor", a.executor).Int64("fence", a.fence).Int("attempt", a.attempt)
 }
 
 // cancelled reports whether the eval was cancelled (pool.Cancel): asked
