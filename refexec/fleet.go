@@ -32,14 +32,7 @@ func NewFleet(n int, opts Options) (*Fleet, error) {
 		if err != nil {
 			return nil, err
 		}
-		// The server's routes are the fleet's own, under its path: a
-		// request finds its handler in one lookup, not copied on the way,
-		// where http.StripPrefix copies every request and its URL for the
-		// server's mux. Any other request under the path goes through
-		// StripPrefix to the server, which answers it as it always did (a
-		// 404, a 405 that names the methods allowed).
 		prefix := FleetPath(i)
-		s.handle(f.mux, prefix)
 		f.mux.Handle(prefix+"/", http.StripPrefix(prefix, s))
 		f.Servers = append(f.Servers, s)
 	}

@@ -246,20 +246,13 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger != nil {
 		s.log = *opts.Logger
 	}
-	s.handle(s.mux, "")
-	return s, nil
-}
-
-// handle registers the server's routes on mux under prefix: on its own mux
-// under none, and on a Fleet's under the executor's path. Its handlers read
-// no path but the request line's (verify).
-func (s *Server) handle(mux *http.ServeMux, prefix string) {
-	mux.HandleFunc("POST "+prefix+executor.PathEvals, s.handleEval)
-	mux.HandleFunc("POST "+prefix+executor.PathLease, s.handleLease)
-	mux.HandleFunc("GET "+prefix+executor.PathHealth, func(w http.ResponseWriter, _ *http.Request) {
+	s.mux.HandleFunc("POST "+executor.PathEvals, s.handleEval)
+	s.mux.HandleFunc("POST "+executor.PathLease, s.handleLease)
+	s.mux.HandleFunc("GET "+executor.PathHealth, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, executor.Health{Status: "ok", InstanceID: s.opts.InstanceID})
 	})
-	mux.HandleFunc("GET "+prefix+executor.PathStats, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Stats()) })
+	s.mux.HandleFunc("GET "+executor.PathStats, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Stats()) })
+	return s, nil
 }
 
 // ServeHTTP implements http.Handler.

@@ -3,7 +3,6 @@ package refexec
 import (
 	"context"
 	"errors"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -150,49 +149,6 @@ func TestFleet(t *testing.T) {
 	}
 	if _, err := NewFleet(0, Options{}); err == nil {
 		t.Fatal("empty fleet accepted")
-	}
-}
-
-// TestFleetAnswersAsStripPrefix: a fleet serves its executors' routes on
-// its own mux, and every request, routed or stray, is answered as an
-// executor mounted with http.StripPrefix answers it.
-func TestFleetAnswersAsStripPrefix(t *testing.T) {
-	t.Parallel()
-	f, err := NewFleet(2, Options{InstanceID: "box"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Options{InstanceID: "box-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stripped := http.NewServeMux()
-	stripped.Handle(FleetPath(1)+"/", http.StripPrefix(FleetPath(1), s))
-	requests := []struct{ method, path, body string }{
-		{"GET", executor.PathHealth, ""},
-		{"HEAD", executor.PathHealth, ""},
-		{"GET", executor.PathStats, ""},
-		{"GET", executor.PathEvals, ""},
-		{"PUT", executor.PathLease, "{}"},
-		{"POST", executor.PathHealth, ""},
-		{"POST", executor.PathEvals, "junk"},
-		{"POST", executor.PathEvals, `{"eval_id":"","spec":{}}`},
-		{"POST", executor.PathLease, "{}"},
-		{"GET", "/nope", ""},
-		{"GET", executor.PathEvals + "/", ""},
-		{"GET", "/v1//stats", ""},
-		{"GET", "", ""},
-		{"GET", "/", ""},
-	}
-	for _, r := range requests {
-		path := FleetPath(1) + r.path
-		got, want := httptest.NewRecorder(), httptest.NewRecorder()
-		f.ServeHTTP(got, httptest.NewRequest(r.method, path, strings.NewReader(r.body)))
-		stripped.ServeHTTP(want, httptest.NewRequest(r.method, path, strings.NewReader(r.body)))
-		if got.Code != want.Code || got.Body.String() != want.Body.String() || !reflect.DeepEqual(got.Header(), want.Header()) {
-			t.Errorf("%s %s: fleet answered %d %v %q; StripPrefix answers %d %v %q", r.method, path,
-				got.Code, got.Header(), got.Body, want.Code, want.Header(), want.Body)
-		}
 	}
 }
 
