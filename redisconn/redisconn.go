@@ -172,6 +172,7 @@ func Parse(cfg Config) (*Conn, error) {
 	default:
 		return nil, fmt.Errorf("%w %q: invalid URL scheme %q; want redis, rediss, redis-sentinel, rediss-sentinel or unix", ErrBadURL, c.redacted, scheme)
 	}
+	c.boundByContext()
 	if err := applyTLS(tlsConfig, cfg.TLS); err != nil {
 		if errors.Is(err, errPlainText) {
 			return nil, fmt.Errorf("%w: a CA, certificate or key is given but %s is not a TLS URL (rediss://, rediss-sentinel://)", ErrBadTLS, c.redacted)
@@ -179,6 +180,21 @@ func Parse(cfg Config) (*Conn, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// boundByContext makes every call end by its context's deadline. A lease
+// holder bounds each Redis call by its lease; without this go-redis would
+// wait out its read timeout on a hung connection, past the lease, whatever
+// the URL's context_timeout_enabled says.
+func (c *Conn) boundByContext() {
+	switch {
+	case c.cluster != nil:
+		c.cluster.ContextTimeoutEnabled = true
+	case c.failover != nil:
+		c.failover.ContextTimeoutEnabled = true
+	default:
+		c.simple.ContextTimeoutEnabled = true
+	}
 }
 
 // orDefault returns v, or def when v is not set.

@@ -4,7 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +18,7 @@ import (
 
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/redisconn"
 	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
@@ -300,4 +305,109 @@ func TestInlineCleanup(t *testing.T) {
 	}
 	assertPoolWhole(t, b)
 	assertNoOverlap(t, b)
+}
+
+// closeOnlyExecutor is an executor that knows nothing of leases: it runs its
+// first eval until its caller's connection closes (or for 30 s), which is
+// what docs/reliability.md asks of a fencing-only executor. It records when
+// each call arrived and ended, and whether two ever ran at once.
+type closeOnlyExecutor struct {
+	mu       sync.Mutex
+	running  int
+	overlaps int
+	started  []time.Time
+	ended    []time.Time
+}
+
+func (e *closeOnlyExecutor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/v1/evals" {
+		http.NotFound(w, r) // extensions: not known here
+		return
+	}
+	if _, err := io.ReadAll(r.Body); err != nil {
+		return
+	}
+	e.mu.Lock()
+	e.running++
+	if e.running > 1 {
+		e.overlaps++
+	}
+	e.started = append(e.started, time.Now())
+	first := len(e.started) == 1
+	e.mu.Unlock()
+	if first {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(30 * time.Second):
+		}
+	}
+	e.mu.Lock()
+	e.running--
+	e.ended = append(e.ended, time.Now())
+	e.mu.Unlock()
+	_, _ = w.Write([]byte(`{"status":"passed"}`))
+}
+
+func (e *closeOnlyExecutor) calls() (started, ended int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.started), len(e.ended)
+}
+
+// A lease holder whose connection to Redis hangs (a blackhole: no reset, no
+// answer) gives its executor up before the lease's deadline in Redis, not
+// when the client's read timeout (here 10 s) ends the renewal: every Redis
+// call of the heartbeat is bounded by the lease it renews. The executor
+// stops an eval only when its caller's connection closes, so an old holder
+// that let go late would run beside the next one.
+func TestHungRedisConnectionGivesUpBeforeTheDeadline(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{})
+	direct := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = direct.Close() })
+	proxy := evaltest.StartProxy(t, srv.Addr)
+	conn, err := redisconn.Parse(redisconn.Config{URL: "redis://" + proxy.Addr + "/0?read_timeout=10s&write_timeout=10s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hung := conn.NewClient()
+	t.Cleanup(func() { _ = hung.Close() })
+
+	exec := &closeOnlyExecutor{}
+	ts := httptest.NewServer(exec)
+	t.Cleanup(ts.Close)
+	const ttl = 3 * time.Second
+	old, ob := setupOn(t, hung, Config{LeaseTTL: ttl, Concurrency: 1})
+	if _, err := ob.pool.Register(t.Context(), pool.Executor{URL: ts.URL}); err != nil {
+		t.Fatal(err)
+	}
+	next, nb := setupOn(t, direct, Config{LeaseTTL: ttl, ReapInterval: time.Second})
+	start(t, old)
+	t.Cleanup(proxy.Heal) // before the workers stop: they need Redis to shut down
+	enqueue := func(id string) {
+		task, err := tasks.NewEval(tasks.Eval{ID: id, Spec: json.RawMessage(`{}`), TimeoutS: 60}, tasks.EvalOptions{MaxRetry: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := nb.aq.EnqueueContext(t.Context(), task); err != nil {
+			t.Fatal(err)
+		}
+	}
+	enqueue("eval-old")
+	evaltest.Eventually(t, 10*time.Second, "the first eval never reached the executor", func() bool {
+		started, _ := exec.calls()
+		return started == 1
+	})
+	start(t, next)
+	enqueue("eval-next")
+	proxy.Cut()
+	evaltest.Eventually(t, 30*time.Second, "the next holder's call never reached the executor", func() bool {
+		started, _ := exec.calls()
+		return started == 2
+	})
+	exec.mu.Lock()
+	defer exec.mu.Unlock()
+	if len(exec.ended) == 0 || exec.overlaps != 0 {
+		t.Fatalf("the next holder's call arrived while the old holder still ran its eval (%d calls ended, %d overlaps)\n%s", len(exec.ended), exec.overlaps, ob.logs)
+	}
 }
