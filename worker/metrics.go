@@ -11,6 +11,8 @@ type Metrics struct {
 	poolLost         *prometheus.CounterVec
 	executorWait     *prometheus.HistogramVec
 	verdicts         *prometheus.CounterVec
+	rewinds          *prometheus.CounterVec
+	clockSteps       *prometheus.CounterVec
 }
 
 // NewMetrics returns the worker's metrics, not yet registered anywhere.
@@ -42,11 +44,19 @@ func NewMetrics() *Metrics {
 			Name: "evalpool_executor_verdicts_total",
 			Help: "Eval attempts by executor and what they made of it: passed, failed (graded), unavailable (the executor did not serve the call). One series per executor and verdict.",
 		}, []string{"pool", "executor", "verdict"}),
+		rewinds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_redis_rewinds_total",
+			Help: "Times a worker saw its pool's generation go back: Redis's data was rewound (a snapshot restored, a failover to a lagging replica). Alert on any increase.",
+		}, []string{"pool"}),
+		clockSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_redis_clock_steps_total",
+			Help: "Steps of Redis's clock that a worker saw the pool take out of its time.",
+		}, []string{"pool"}),
 	}
 }
 
 // Collectors lists the metrics, for a Prometheus registry:
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts}
+	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts, m.rewinds, m.clockSteps}
 }

@@ -307,12 +307,13 @@ func (f *inflight) end(d time.Duration) int {
 }
 
 // served is a pool the worker serves, with its heartbeat and what it knows
-// of the pool's epoch.
+// of the pool's epoch and clock (the latter tickClocks' alone).
 type served struct {
 	pool  *pool.Pool
 	beats *heartbeat
 	wakes *wakes
 	epoch epochWatch
+	clock clockWatch
 }
 
 // New returns a worker; Run starts it.
@@ -364,6 +365,15 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	defer closeWakes()
+	// The clocks tick until every lease this worker holds is back, since a
+	// tick that stops is a promise broken (pool.Tick).
+	ticking, stopTicking := context.WithCancel(context.WithoutCancel(ctx))
+	var ticks sync.WaitGroup
+	ticks.Go(func() { w.tickClocks(ticking) })
+	defer func() {
+		stopTicking()
+		ticks.Wait()
+	}()
 	logger := asynqLogger{w.log}
 	// An Asynq server for evals and others for cleanups and reaps: a release
 	// never waits for a slot behind long evals, and since a server dequeues

@@ -44,6 +44,9 @@ type Options struct {
 	// the certificate files; see StartTLS), and Start checks that it is up
 	// over TLS with this client configuration.
 	TLS *tls.Config
+	// SteppableClock runs the server under a shim (testdata/clockshim.c,
+	// built with gcc) whose wall clock Server.StepClock steps.
+	SteppableClock bool
 }
 
 // Server is a redis-server process owned by a test.
@@ -105,6 +108,13 @@ func (s *Server) run(bin string) error {
 		"--save", "", "--appendonly", "no", "--logfile", "redis.log")
 	args = append(args, s.opts.Args...)
 	cmd := exec.Command(bin, args...)
+	if s.opts.SteppableClock {
+		env, err := clockEnv(s.stepFile())
+		if err != nil {
+			return err
+		}
+		cmd.Env = env
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	ownGroup(cmd.SysProcAttr)
 	setDeathSignal(cmd.SysProcAttr)

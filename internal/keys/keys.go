@@ -32,13 +32,13 @@ type Pool struct{ prefix string }
 func ForPool(name string) Pool { return Pool{prefix: "evalpool:{" + name + "}:"} }
 
 // Script is the keys every pool script takes, in the order of lib.lua's
-// KEYS[1..17]: a script reads a key by its place in this list.
+// KEYS[1..18]: a script reads a key by its place in this list.
 func (k Pool) Script() []string {
 	return []string{
 		k.Executors(), k.Available(), k.Leases(), k.Deadlines(), k.Holders(),
 		k.Draining(), k.Fence(), k.Epoch(), k.Instances(), k.Waiters(),
 		k.Waiting(), k.Quarantine(), k.Avoid(), k.LabelSets(), k.Cancelled(),
-		k.History(), k.Released(),
+		k.History(), k.Released(), k.Clock(),
 	}
 }
 
@@ -94,6 +94,10 @@ func (k Pool) History() string { return k.prefix + "history" }
 
 // Released is KEYS[17], the tokens of leases released lately.
 func (k Pool) Released() string { return k.prefix + "released" }
+
+// Clock is KEYS[18], the pool's time: Redis's clock less the steps it took,
+// and a generation that only grows.
+func (k Pool) Clock() string { return k.prefix + "clock" }
 
 // AvailableFor is the available index of the label set set (lib.lua's
 // available_key): the free executors that have those labels.

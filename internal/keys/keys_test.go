@@ -34,6 +34,7 @@ func TestNames(t *testing.T) {
 		{p.Cancelled(), "evalpool:{p1}:cancelled"},
 		{p.History(), "evalpool:{p1}:history"},
 		{p.Released(), "evalpool:{p1}:released"},
+		{p.Clock(), "evalpool:{p1}:clock"},
 		{p.AvailableFor("gpu=a100,zone=eu"), "evalpool:{p1}:available:gpu=a100,zone=eu"},
 		{p.WaitersFor("gpu=a100,zone=eu"), "evalpool:{p1}:waiters:gpu=a100,zone=eu"},
 		{p.Wake("w1"), "evalpool:{p1}:wake:w1"},

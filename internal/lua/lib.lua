@@ -49,12 +49,17 @@
 --                            RELEASED_LEN: a release by one of these tokens is
 --                            the expected second path of a lease already
 --                            released, not a late or stale one
+--   KEYS[18] clock     HASH  {skew, last, promised, gen, steps?, step_ms?,
+--                            step_at?, rewinds?, rewound_at?}:
+--                            the pool's time (see pool_now_us) and a
+--                            generation that only grows (clock.lua)
 --
 -- A label set is its labels as sorted "key=value" strings joined by ",".
 -- An executor has at most MAX_LABELS labels: it is in 2^k - 1 label-set
 -- indexes, each a ZADD on release and a ZREM on acquire.
 --
--- Time is Redis's own (TIME), never the caller's clock. Nothing read from a
+-- Time is the pool's (pool_now_us): Redis's own clock less the steps it
+-- took, never the caller's clock. Nothing read from a
 -- key is trusted before it is checked: records are decoded with pcall, and
 -- an index (holders, instances) is believed only when the record it points
 -- to agrees.
@@ -78,6 +83,7 @@ local K_HISTORY = KEYS[16]
 local HISTORY_LEN = 100000
 local K_RELEASED = KEYS[17]
 local RELEASED_LEN = 100000
+local K_CLOCK = KEYS[18]
 local PREFIX = string.sub(K_AVAILABLE, 1, #K_AVAILABLE - #'available')
 local MAX_LABELS = 4
 
@@ -94,8 +100,8 @@ local MAX_LABELS = 4
 -- The hot paths (acquire, release) read what they decide on before their
 -- first write and name only the keys left, and only those the path they
 -- take will touch: each TYPE is a call into Redis, and they add up.
-local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash', 'zset', 'hash', 'hash', 'zset', 'stream', 'zset' }
-local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17 }
+local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash', 'zset', 'hash', 'hash', 'zset', 'stream', 'zset', 'hash' }
+local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18 }
 local function foreign(indexes)
   for _, i in ipairs(indexes) do
     local got = redis.call('TYPE', KEYS[i]).ok
@@ -113,9 +119,48 @@ local function foreign(indexes)
   return nil
 end
 
-local function now_us()
+-- The pool's time is Redis's clock less the steps it took, so that a step
+-- of the Redis host's clock never makes a live lease look expired. Redis
+-- alone cannot tell a step from a quiet spell, so the workers tell it: each
+-- one ticks (clock.lua) every second and promises the next tick by
+-- `promised`. Past a promise broken (by more than STEP_MIN, which the grace
+-- covers), the pool's time stands still at the promise until a tick takes
+-- the step out into `skew`: a step never shows by more than the promise,
+-- less than a lease's time left when its holder renews it (two thirds of
+-- the TTL, plus the grace). Were the workers really all gone, their leases
+-- are reclaimed that much later. A worker that stops withdraws its promise;
+-- without one the pool's time is Redis's, less the skew. It never goes
+-- back: behind the last tick (`last`) it stands still, and the tick takes
+-- the step back out too. Only ticks write the clock, so that every other
+-- script's time is a read, and a failed script changes nothing.
+local CLOCK_PROMISE = 2000000
+local STEP_MIN = 250000
+
+-- clock_read returns the pool's time in µs, and the step of Redis's clock
+-- since the last tick (µs, negative when back), or nil. Its HMGET is a
+-- typed read: foreign data under the clock fails here, before any write.
+local function clock_read()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local raw = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local c = redis.call('HMGET', K_CLOCK, 'skew', 'last', 'promised')
+  local skew, last, promised = tonumber(c[1]) or 0, tonumber(c[2]), tonumber(c[3])
+  local now = raw - skew
+  if last and now < last then
+    return last, now - last
+  elseif promised and now > promised + STEP_MIN then
+    return promised, now - promised
+  end
+  return now, nil
+end
+
+local pool_now
+
+-- now_us is the pool's time in µs, the same for the whole call.
+local function now_us()
+  if not pool_now then
+    pool_now = clock_read()
+  end
+  return pool_now
 end
 
 local function now_ms()

@@ -40,6 +40,8 @@ var (
 	quarantine string
 	//go:embed probe.lua
 	probe string
+	//go:embed clock.lua
+	clock string
 	//go:embed run_finish.lua
 	runFinish string
 )
@@ -58,6 +60,7 @@ var (
 	Label      = redis.NewScript(lib + label)
 	Quarantine = redis.NewScript(lib + quarantine)
 	Probe      = redis.NewScript(lib + probe)
+	Clock      = redis.NewScript(lib + clock)
 	// RunFinish is a run's, not a pool's: it takes the run's keys.
 	RunFinish = redis.NewScript(runFinish)
 )
@@ -76,4 +79,5 @@ var All = map[string]*redis.Script{
 	"label":      Label,
 	"quarantine": Quarantine,
 	"probe":      Probe,
+	"clock":      Clock,
 }

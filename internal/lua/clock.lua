@@ -1,0 +1,48 @@
+-- clock.lua: a worker's tick, once a second: it takes a step of Redis's
+-- clock out of the pool's time (see clock_read in lib.lua) and promises the
+-- next tick within CLOCK_PROMISE, and it bumps the pool's generation, which
+-- only grows, so that a worker sees Redis's data go back (a snapshot
+-- restored, a failover to a replica that had not caught up).
+--
+-- KEYS: see lib.lua.
+-- ARGV[1] the highest generation this worker has seen of the pool (0: none)
+-- ARGV[2] 'stop' when the worker stops ticking: its promise is withdrawn
+--         (another worker's next tick makes one again)
+-- Returns: {gen, now_ms, rewound, skew_ms, steps, step_ms, step_at_ms,
+--           rewinds, rewound_at_ms}
+--   gen      the pool's generation after this tick
+--   rewound  how many generations went missing when ARGV[1] was not below
+--            the stored one (the data went back), else 0; a pool whose
+--            clock is gone with the rest (FLUSHALL) is a loss, not a rewind,
+--            and starts again at 1
+--   skew_ms  how far the pool's time is behind Redis's clock
+--   steps, step_ms, step_at_ms  how many steps of Redis's clock the pool
+--            took out, the last one's size (negative: back) and when
+--   rewinds, rewound_at_ms      how many rewinds were seen, the last when
+
+local seen = tonumber(ARGV[1]) or 0
+local now, step = clock_read()
+if step then
+  redis.call('HINCRBY', K_CLOCK, 'skew', step)
+  redis.call('HINCRBY', K_CLOCK, 'steps', 1)
+  redis.call('HSET', K_CLOCK, 'step_ms', math.floor(step / 1000), 'step_at', math.floor((now + step) / 1000))
+end
+local gen = redis.call('HINCRBY', K_CLOCK, 'gen', 1)
+local rewound = 0
+if gen > 1 and gen <= seen then
+  rewound = seen + 1 - gen
+  gen = seen + 1
+  redis.call('HSET', K_CLOCK, 'gen', gen, 'rewound_at', math.floor(now / 1000))
+  redis.call('HINCRBY', K_CLOCK, 'rewinds', 1)
+end
+redis.call('HSET', K_CLOCK, 'last', now)
+if ARGV[2] == 'stop' then
+  redis.call('HDEL', K_CLOCK, 'promised')
+else
+  redis.call('HSET', K_CLOCK, 'promised', now + CLOCK_PROMISE)
+end
+local c = redis.call('HMGET', K_CLOCK, 'skew', 'steps', 'step_ms', 'step_at', 'rewinds', 'rewound_at')
+return {
+  gen, math.floor(now / 1000), rewound, math.floor((tonumber(c[1]) or 0) / 1000),
+  tonumber(c[2]) or 0, tonumber(c[3]) or 0, tonumber(c[4]) or 0, tonumber(c[5]) or 0, tonumber(c[6]) or 0,
+}

@@ -1,0 +1,72 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/evalpool/evalpool/internal/lua"
+)
+
+// TickEvery is how often a worker calls Tick on each pool it serves; each
+// tick promises the next within twice that (lib.lua's CLOCK_PROMISE).
+const TickEvery = time.Second
+
+// Clock is what a tick found of the pool's time and generation.
+type Clock struct {
+	// Gen is the pool's generation after the tick: it only grows.
+	Gen int64
+	// Now is the pool's time: Redis's clock less Skew.
+	Now time.Time
+	// Rewound is how many generations were missing when the tick was sent
+	// with a generation the pool had not reached: Redis's data went back
+	// (a snapshot restored, a failover to a replica that lagged). 0 else.
+	Rewound int64
+	// Skew is how far the pool's time is behind Redis's clock: the steps
+	// of Redis's clock it took out (negative when it stepped back).
+	Skew time.Duration
+	// Steps counts the steps of Redis's clock the pool took out; LastStep
+	// is the last one's size (negative: back) and StepAt when it was seen.
+	Steps    int64
+	LastStep time.Duration
+	StepAt   time.Time
+	// Rewinds counts the rewinds ticks have seen; RewoundAt is the last.
+	Rewinds   int64
+	RewoundAt time.Time
+}
+
+// Tick keeps the pool's time going (a step of Redis's clock is taken out
+// only while workers tick) and its generation growing, and promises the
+// next tick within twice TickEvery. seen is the highest generation the
+// caller has seen of this pool, 0 at first: a pool found below it was
+// rewound, which the tick records for Check and reports in Clock.Rewound.
+func (p *Pool) Tick(ctx context.Context, seen int64) (Clock, error) {
+	return p.tick(ctx, seen, "")
+}
+
+// StopTicking is a last Tick that withdraws the caller's promise, for a
+// worker that stops: the pool's time does not stand still for it.
+func (p *Pool) StopTicking(ctx context.Context, seen int64) (Clock, error) {
+	return p.tick(ctx, seen, "stop")
+}
+
+func (p *Pool) tick(ctx context.Context, seen int64, how string) (Clock, error) {
+	v, err := lua.Clock.Run(ctx, p.client, p.script, seen, how).Int64Slice()
+	if err != nil {
+		return Clock{}, fmt.Errorf("pool: tick %s: %w", p.name, scriptErr(err))
+	}
+	if len(v) != 9 {
+		return Clock{}, fmt.Errorf("pool: tick %s: the script answered %d values, want 9", p.name, len(v))
+	}
+	c := Clock{
+		Gen: v[0], Now: time.UnixMilli(v[1]), Rewound: v[2], Skew: time.Duration(v[3]) * time.Millisecond,
+		Steps: v[4], LastStep: time.Duration(v[5]) * time.Millisecond, Rewinds: v[7],
+	}
+	if v[6] > 0 {
+		c.StepAt = time.UnixMilli(v[6])
+	}
+	if v[8] > 0 {
+		c.RewoundAt = time.UnixMilli(v[8])
+	}
+	return c, nil
+}

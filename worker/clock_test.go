@@ -1,0 +1,56 @@
+package worker
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/refexec"
+	"github.com/evalpool/evalpool/tasks"
+)
+
+// A step of the Redis host's wall clock (here +8 s, while four 4 s evals
+// run on 3 s leases) reclaims no live lease: the ticking workers let the
+// pool take the step out of its time. Without that, every executor would be
+// handed out a second time, each newcomer refused as busy by the
+// lease-aware executor, and each holder would lose its lease at its next
+// renewal (these evals have no retries: they would be archived).
+func TestRedisClockStepReclaimsNoLiveLease(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{SteppableClock: true})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	exec := refexec.Options{Latency: 4 * time.Second}
+	w, b := setupOn(t, client, Config{LeaseTTL: 3 * time.Second, Concurrency: 4}, exec, exec, exec, exec)
+	start(t, w)
+	ids := enqueueEvals(t, b, 4, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
+	evaltest.Eventually(t, 10*time.Second, "the evals never all ran", func() bool {
+		for _, e := range b.executors {
+			if !e.Stats().Running {
+				return false
+			}
+		}
+		return true
+	})
+	if err := srv.StepClock(8 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(ids), 30*time.Second); completed != len(ids) {
+		t.Fatalf("%d of %d evals completed after the step\n%s", completed, len(ids), b.logs)
+	}
+	for i, e := range b.executors {
+		if st := e.Stats(); st.Busy != 0 || st.Overlaps != 0 || st.Served != 1 {
+			t.Errorf("executor %s: %+v; want its one eval served, and nobody else sent to it meanwhile", b.urls[i], st)
+		}
+	}
+	if n := b.logs.Count("the pool handed it out twice"); n != 0 {
+		t.Errorf("%d errors say the pool handed an executor out twice", n)
+	}
+	evaltest.Eventually(t, 5*time.Second, "the step was never reported", func() bool {
+		return testutil.ToFloat64(b.metrics.clockSteps.WithLabelValues(b.pool.Name())) == 1 && b.logs.Count("Redis's clock stepped") == 1
+	})
+	assertPoolWhole(t, b)
+}
