@@ -198,6 +198,30 @@ func TestRegisterRepairsALostExecutor(t *testing.T) {
 	assertWhole(t, p, "http://e1")
 }
 
+// The leases hash deleted under a leased executor: the operator's repairs
+// (register again, reap) leave no stale entry in the holders index behind,
+// so that Check is clean again, not failing for ever.
+func TestRepairsDropStaleHolders(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1", "http://e2")
+	acquire(t, p, "eval-a", time.Minute)
+	acquire(t, p, "eval-b", time.Minute)
+	if err := b.client.Del(t.Context(), p.keys.Leases()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	regs, err := p.Register(t.Context(), Executor{URL: "http://e1"}, Executor{URL: "http://e2"})
+	if err != nil || regs[0].Outcome != Repaired || regs[1].Outcome != Repaired {
+		t.Fatalf("Register = %+v, %v; want both repaired", regs, err)
+	}
+	if _, err := p.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	assertWhole(t, p, "http://e1", "http://e2")
+	if n := b.client.HLen(t.Context(), p.keys.Holders()).Val(); n != 0 {
+		t.Fatalf("%d stale holders entries left", n)
+	}
+}
+
 // Unreadable records are shown and reported, never a panic or a script
 // error.
 func TestStatusReportsCorruptRecords(t *testing.T) {

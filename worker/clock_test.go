@@ -8,6 +8,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
@@ -53,4 +54,39 @@ func TestRedisClockStepReclaimsNoLiveLease(t *testing.T) {
 		return testutil.ToFloat64(b.metrics.clockSteps.WithLabelValues(b.pool.Name())) == 1 && b.logs.Count("Redis's clock stepped") == 1
 	})
 	assertPoolWhole(t, b)
+}
+
+// Redis restarted from a snapshot older than what the worker saw: the
+// worker's next tick finds the pool's generation below the one it last saw,
+// says so at error level and counts it.
+func TestRedisRewindIsNoticed(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	w, b := setupOn(t, client, Config{}, refexec.Options{})
+	start(t, w)
+	clock := keys.ForPool(b.pool.Name()).Clock()
+	gen := func() int64 {
+		n, _ := client.HGet(t.Context(), clock, "gen").Int64()
+		return n
+	}
+	evaltest.Eventually(t, 10*time.Second, "the worker never ticked", func() bool { return gen() > 0 })
+	if err := client.Save(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	saved := gen()
+	evaltest.Eventually(t, 10*time.Second, "the worker stopped ticking", func() bool { return gen() >= saved+2 })
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Eventually(t, 10*time.Second, "the rewind was never noticed", func() bool {
+		return testutil.ToFloat64(b.metrics.rewinds.WithLabelValues(b.pool.Name())) == 1
+	})
+	if n := b.logs.Count(`"level":"error","pool":"default","generations_lost"`); n != 1 {
+		t.Errorf("%d error lines about the rewind, want 1:\n%s", n, b.logs)
+	}
 }

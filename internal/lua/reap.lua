@@ -22,4 +22,27 @@ if redis.call('HLEN', K_LEASES) > redis.call('ZCARD', K_DEADLINES) then
     end
   end
 end
+-- Entries whose lease is gone (the leases hash deleted or evicted) would
+-- fail Check for ever: a holder whose lease is not its eval's, and the
+-- deadline of an executor already back (registering again repaired it; a
+-- lost one's deadline stays, and its reclaim frees it). A walk again, only
+-- when the counts disagree.
+local leases = redis.call('HLEN', K_LEASES)
+if redis.call('ZCARD', K_DEADLINES) > leases then
+  for _, url in ipairs(redis.call('ZRANGE', K_DEADLINES, 0, -1)) do
+    if redis.call('HEXISTS', K_LEASES, url) == 0
+        and (redis.call('ZSCORE', K_AVAILABLE, url) or redis.call('ZSCORE', K_QUARANTINE, url)) then
+      redis.call('ZREM', K_DEADLINES, url)
+    end
+  end
+end
+if redis.call('HLEN', K_HOLDERS) > leases then
+  local holders = redis.call('HGETALL', K_HOLDERS)
+  for i = 1, #holders, 2 do
+    local lease = lease_of(holders[i + 1])
+    if not lease or lease.eval_id ~= holders[i] then
+      redis.call('HDEL', K_HOLDERS, holders[i])
+    end
+  end
+end
 return (reclaim_expired(now, tonumber(ARGV[1]), tonumber(ARGV[2])))
