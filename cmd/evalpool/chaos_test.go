@@ -56,7 +56,7 @@ func TestChaos(t *testing.T) {
 		secret    = "chaos-secret"
 	)
 
-	srv := evaltest.StartT(t, evaltest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}})
+	srv := evaltest.StartT(t, evaltest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}, SteppableClock: true})
 	url := srv.URL()
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer client.Close()
@@ -135,10 +135,12 @@ func TestChaos(t *testing.T) {
 	aq := asynq.NewClientFromRedisClient(client)
 	deadline := time.Now().Add(injectFor)
 	// Every kind of fault once, in a seeded order, then at random.
-	first := rng.Perm(6)
+	const kinds = 8
+	first := rng.Perm(kinds)
+	var step time.Duration // how far Redis's clock is off
 	for n := 0; time.Now().Before(deadline) || n < len(first); n++ {
 		time.Sleep(time.Duration(500+rng.IntN(1500)) * time.Millisecond)
-		k := rng.IntN(6)
+		k := rng.IntN(kinds)
 		if n < len(first) {
 			k = first[n]
 		}
@@ -154,7 +156,7 @@ func TestChaos(t *testing.T) {
 			time.Sleep(past)
 			w.signal(syscall.SIGCONT)
 			faults["worker_stop"]++
-		case 2: // a partition: a worker cut off from Redis past its lease
+		case 2: // a partition: a worker's connections to Redis hang (no reset) past its lease
 			p := proxies[rng.IntN(len(proxies))]
 			p.Cut()
 			time.Sleep(past)
@@ -185,6 +187,26 @@ func TestChaos(t *testing.T) {
 				t.Fatal(err)
 			}
 			faults[kind]++
+		case 5: // the Redis host's wall clock steps, mostly forward, past the lease and its grace
+			d := time.Duration(3000+rng.IntN(5000)) * time.Millisecond
+			if rng.IntN(3) == 0 {
+				d = -d / 2
+			}
+			step += d
+			if err := srv.StepClock(step); err != nil {
+				t.Fatal(err)
+			}
+			faults["redis_clock_step"]++
+		case 6: // Redis full: no write that grows memory goes through for a while
+			used := evaltest.Info(t, client, "memory", "used_memory")[0]
+			if err := client.ConfigSet(t.Context(), "maxmemory", strconv.FormatFloat(used, 'f', 0, 64)).Err(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Duration(1000+rng.IntN(2000)) * time.Millisecond)
+			if err := client.ConfigSet(t.Context(), "maxmemory", "0").Err(); err != nil {
+				t.Fatal(err)
+			}
+			faults["redis_full"]++
 		default: // late duplicate cleanups for finished evals, by hand
 			q := tasks.Queues(pools[rng.IntN(len(pools))].name).Cleanup
 			done, err := insp.ListCompletedTasks(q, asynq.PageSize(20))
