@@ -8,21 +8,25 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // Serve serves the executor on l until ctx ends, within the limits of its
 // options (MaxConns, ReadHeaderTimeout, ReadTimeout, IdleTimeout), then
 // shuts down: it waits up to ShutdownTimeout for running requests, closes
 // the connections of those still running (which stops their evals), and
-// returns nil. It returns an error only when serving fails before ctx ends.
+// returns nil. With Exec and a StateDir it first claims the directory and
+// ends the commands a previous executor left there, and refuses to serve if
+// it cannot. It returns an error only when serving fails before ctx ends.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	return serve(ctx, l, s, s.opts, s.opts.MaxConns)
+	return serve(ctx, l, s, s.opts, s.opts.MaxConns, s.log)
 }
 
 // Serve serves the fleet on l like Server.Serve, allowing MaxConns
 // connections per executor of the fleet.
 func (f *Fleet) Serve(ctx context.Context, l net.Listener) error {
-	return serve(ctx, l, f, f.opts, f.opts.MaxConns*len(f.Servers))
+	return serve(ctx, l, f, f.opts, f.opts.MaxConns*len(f.Servers), f.Servers[0].log)
 }
 
 // maxHeaderBytes bounds a request's headers: the protocol's are a handful,
@@ -30,7 +34,14 @@ func (f *Fleet) Serve(ctx context.Context, l net.Listener) error {
 // never sends a body could hold.
 const maxHeaderBytes = 64 << 10
 
-func serve(ctx context.Context, l net.Listener, h http.Handler, o Options, maxConns int) error {
+func serve(ctx context.Context, l net.Listener, h http.Handler, o Options, maxConns int, log zerolog.Logger) error {
+	if o.Exec != "" && o.StateDir != "" {
+		unlock, err := claimStateDir(ctx, o.StateDir, log)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: o.ReadHeaderTimeout,

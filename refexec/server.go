@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,8 +30,21 @@ type Options struct {
 	// Exec, when set, is a shell command run per eval (sh -c): the spec on
 	// its stdin, a JSON result on its stdout. It runs in a process group of
 	// its own, killed whole at the caller's deadline, at a preemption, or
-	// when the eval's lease passes.
+	// when the eval's lease passes. On Linux the group is also killed when
+	// the executor dies; elsewhere StateDir ends it at the next start.
 	Exec string
+	// StateDir, with Exec, is the directory where the executor notes each
+	// running command's process group, so that an executor started again
+	// on it ends, before it serves, the commands its predecessor left
+	// running (killed, it could not): otherwise they would run beside the
+	// next eval. Serve creates it, owner only, and locks it: one executor
+	// per directory (a Server used as a handler alone needs it to exist). A group is killed only if its leader is the process
+	// noted (by its start time), never one that reused the ID; a command
+	// that leaves its process group is not followed. Unix only. Empty
+	// means none: what a killed executor leaves runs on. `evalpool
+	// executor` defaults it to a directory under os.TempDir() named by
+	// the listen address.
+	StateDir string
 	// Latency is how long a simulated eval takes, unless its spec says
 	// otherwise with a "sleep_ms" field (load tests mix short and long
 	// evals that way). Ignored with Exec.
@@ -224,9 +236,10 @@ func (r *running) live(now time.Time) bool {
 // Server is the reference executor: it runs one eval at a time, refuses
 // stale fences, stops evals whose lease passes, and counts overlaps.
 type Server struct {
-	opts Options
-	log  zerolog.Logger
-	mux  *http.ServeMux
+	opts   Options
+	log    zerolog.Logger
+	mux    *http.ServeMux
+	groups groups // the commands running, noted in opts.StateDir
 
 	mu     sync.Mutex
 	stats  Stats
@@ -242,7 +255,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	opts.setDefaults()
-	s := &Server{opts: opts, log: zerolog.Nop(), mux: http.NewServeMux()}
+	s := &Server{opts: opts, log: zerolog.Nop(), mux: http.NewServeMux(), groups: groups{dir: opts.StateDir}}
 	if opts.Logger != nil {
 		s.log = *opts.Logger
 	}
@@ -624,14 +637,19 @@ func (s *Server) execute(ctx context.Context, req executor.Request) (executor.Re
 // deadline, a preemption or the lease's end the whole process group is
 // killed, so a command that forked children leaves nothing running.
 func (s *Server) runCommand(ctx context.Context, req executor.Request) (executor.Result, error) {
-	cmd := exec.CommandContext(ctx, "sh", "-c", s.opts.Exec)
+	cmd := command(ctx, s.opts.Exec)
 	cmd.Stdin = strings.NewReader(string(req.Spec))
 	cmd.Env = append(cmd.Environ(), fmt.Sprintf("EVALPOOL_EVAL_ID=%s", req.EvalID), fmt.Sprintf("EVALPOOL_FENCE=%d", req.Fence))
-	inGroup(cmd)
 	cmd.WaitDelay = time.Second
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &stdout, n: executor.MaxAnswerBytes}, &limitedWriter{w: &stderr, n: 4096}
-	if err := cmd.Run(); err != nil {
+	forget, err := s.groups.start(cmd)
+	if err != nil {
+		return executor.Result{}, fmt.Errorf("command %q: %w", s.opts.Exec, err)
+	}
+	err = cmd.Wait()
+	forget()
+	if err != nil {
 		if ctx.Err() != nil {
 			return executor.Result{}, context.Cause(ctx)
 		}

@@ -186,8 +186,8 @@ func (e Eval) validate() error {
 	if len(e.Spec) == 0 {
 		return fmt.Errorf("%w: eval %s: spec is missing", ErrBadPayload, e.ID)
 	}
-	if len(e.Spec) > MaxSpecBytes {
-		return fmt.Errorf("%w: eval %s: spec is %d bytes, more than %d", ErrBadPayload, e.ID, len(e.Spec), MaxSpecBytes)
+	if n := encodedSize(e.Spec); n > MaxSpecBytes {
+		return fmt.Errorf("%w: eval %s: spec is %d bytes as its task carries it (compact JSON; <, > and & take six bytes each), more than %d", ErrBadPayload, e.ID, n, MaxSpecBytes)
 	}
 	if !json.Valid(e.Spec) {
 		return fmt.Errorf("%w: eval %s: spec is not valid JSON", ErrBadPayload, e.ID)
@@ -211,6 +211,54 @@ func (e Eval) validate() error {
 	}
 	return nil
 }
+
+// encodedSize is the size of spec in an eval's payload, the measure
+// MaxSpecBytes bounds, for a producer and a worker alike: encoding/json
+// writes a spec compacted, with <, > and & (and U+2028, U+2029) escaped in
+// six bytes each, so a spec of 400 KiB of '<' takes 2.4 MiB. A spec read
+// from a payload written so measures its own length. It counts without
+// building the encoding (a worker measures every eval); spec must be valid
+// JSON for the count to be the encoding's.
+func encodedSize(spec json.RawMessage) int {
+	n := 0
+	inString := false
+	for i := 0; i < len(spec); i++ {
+		if inString {
+			j := i
+			for j < len(spec) && copied[spec[j]] {
+				j++
+			}
+			n += j - i
+			if i = j; i == len(spec) {
+				break
+			}
+		}
+		switch c := spec[i]; {
+		case inString && c == '\\' && i+1 < len(spec):
+			n++ // and the escaped byte, as it is
+			i++
+		case c == '"':
+			inString = !inString
+		case !inString && (c == ' ' || c == '\t' || c == '\n' || c == '\r'):
+			continue // compacted away
+		case c == '<' || c == '>' || c == '&':
+			n += len(`\u003c`) - 1
+		case c == 0xE2 && i+2 < len(spec) && spec[i+1] == 0x80 && spec[i+2]&^1 == 0xA8:
+			n += len(`\u2028`) - 1
+			i += 2
+		}
+		n++
+	}
+	return n
+}
+
+// copied marks the bytes the encoding copies as they are inside a string.
+var copied = func() (t [256]bool) {
+	for c := range t {
+		t[c] = c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' && c != 0xE2
+	}
+	return t
+}()
 
 func validateID(id string) error {
 	if id == "" {
@@ -256,9 +304,10 @@ func (o EvalOptions) retries() int {
 // NewEval builds the task of an eval: its pool's evals queue, task ID the
 // eval ID, the attempt timeout plus WaitAllowance (the worker applies the
 // timeout itself from when the eval has an executor), and its result
-// retained for ResultRetention. A zero timeout means DefaultTimeout; a
-// timeout is rounded up to whole seconds,
-// since Asynq would turn 300ms into no timeout at all.
+// retained for ResultRetention. Its spec is measured as the payload carries
+// it, as the worker measures it (MaxSpecBytes). A zero timeout means
+// DefaultTimeout; a timeout is rounded up to whole seconds, since Asynq
+// would turn 300ms into no timeout at all.
 func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
 	if e.TimeoutS == 0 {
 		e.TimeoutS = int64(DefaultTimeout / time.Second)

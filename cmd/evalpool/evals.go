@@ -207,9 +207,6 @@ func readEvalFile(path string) ([]tasks.Eval, error) {
 		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
 		}
-		if len(line) > tasks.MaxSpecBytes+1024 {
-			return nil, fmt.Errorf("%s:%d: line is %d bytes, more than a spec may be", path, n, len(line))
-		}
 		if trimmed := bytes.TrimSpace(line); len(trimmed) > 0 {
 			var e struct {
 				ID      string            `json:"eval_id"`

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -41,6 +43,9 @@ func (a *app) executorCommand() *cobra.Command {
 				host, _ := os.Hostname()
 				opts.InstanceID = fmt.Sprintf("%s:%d", host, l.Addr().(*net.TCPAddr).Port)
 			}
+			if opts.Exec != "" && opts.StateDir == "" {
+				opts.StateDir = defaultStateDir(l.Addr())
+			}
 			var (
 				serve    func(context.Context, net.Listener) error
 				instance = opts.InstanceID // a fleet's prefix
@@ -65,7 +70,7 @@ func (a *app) executorCommand() *cobra.Command {
 				a.log.Warn().Msg("executor has no secret (--executor-secret or " + executor.EnvSecret + "): it accepts evals from anyone who can reach it, and one request with a high fence locks every lease holder out")
 			}
 			a.log.Info().Str("addr", l.Addr().String()).Int("count", count).Str("instance_id", instance).Bool("auth", len(opts.Secret) > 0).
-				Int("max_conns", opts.MaxConns).Str("exec", opts.Exec).Dur("latency", opts.Latency).Float64("fail_rate", opts.FailRate).Msg("executor listening")
+				Int("max_conns", opts.MaxConns).Str("exec", opts.Exec).Str("state_dir", opts.StateDir).Dur("latency", opts.Latency).Float64("fail_rate", opts.FailRate).Msg("executor listening")
 			return serve(c.Context(), l)
 		},
 	}
@@ -73,6 +78,7 @@ func (a *app) executorCommand() *cobra.Command {
 	f.StringVar(&listen, "listen", "127.0.0.1:9001", "address to listen on")
 	f.IntVar(&count, "count", 1, "serve this many executors, executor i at http://ADDR/e/i (for load tests)")
 	f.StringVar(&opts.Exec, "exec", "", "shell command run per eval: spec on stdin, JSON result on stdout")
+	f.StringVar(&opts.StateDir, "state-dir", "", "with --exec: directory noting the running command's process group, so that a restart ends what a killed executor left (default evalpool-executor-ADDR under the temp dir, found again by a restart on the same address)")
 	f.DurationVar(&opts.Latency, "latency", 0, "simulated time per eval (without --exec); a spec field \"sleep_ms\" overrides it for its eval")
 	f.Float64Var(&opts.FailRate, "fail-rate", 0, "share of simulated evals that fail with a 500, 0 to 1 (without --exec)")
 	f.Float64Var(&opts.GradeFailRate, "grade-fail-rate", 0, "share of simulated evals graded failed, 0 to 1 (without --exec; a spec's \"grade\" overrides it)")
@@ -80,4 +86,16 @@ func (a *app) executorCommand() *cobra.Command {
 	f.StringVar(&opts.InstanceID, "instance-id", "", "ID reported at /healthz, by which the pool knows one executor under any URL (default HOSTNAME:PORT, stable across restarts; with --count, executor i is ID-i)")
 	f.IntVar(&opts.MaxConns, "max-conns", 64, "cap on open connections, per executor served (--count multiplies it)")
 	return c
+}
+
+// defaultStateDir is the state directory of an executor listening on addr:
+// a restart on the same address finds it again.
+func defaultStateDir(addr net.Addr) string {
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' {
+			return r
+		}
+		return '_'
+	}, addr.String())
+	return filepath.Join(os.TempDir(), "evalpool-executor-"+name)
 }
