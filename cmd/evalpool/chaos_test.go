@@ -62,11 +62,29 @@ func TestChaos(t *testing.T) {
 	defer client.Close()
 	t.Setenv(executor.EnvSecret, secret) // the executors' and workers' secret
 
+	// Pool b's executors run a command, whose grader holds an exclusive lock
+	// of its executor's while it runs (its sleep inherits it): a grader that
+	// finds it taken, beside one a killed executor left, notes an overlap
+	// whatever the executors count. Their state dirs are under TMPDIR.
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	graderOverlaps := filepath.Join(tmp, "grader-overlaps")
+	grader := func(lock string) []string {
+		return []string{"--exec", fmt.Sprintf(`ms=$(sed -n 's/.*"sleep_ms":\([0-9]*\).*/\1/p')
+exec 9>>%s
+flock -n 9 || echo "$EVALPOOL_EVAL_ID" >> %s
+sleep "$(( ${ms:-30} / 1000 )).$(printf %%03d $(( ${ms:-30} %% 1000 )))" & wait
+echo '{"status":"passed"}'`, lock, graderOverlaps)}
+	}
 	pools := []*chaosPool{{name: "default"}, {name: "b"}}
 	for pi, p := range pools {
 		for i := range 4 - 2*pi { // 4 executors in default, 2 in b
 			addr := evaltest.FreeAddr(t)
-			p.executors = append(p.executors, startProc(t, fmt.Sprintf("executor-%s-%d", p.name, i), "executor", "--listen", addr, "--latency", "30ms", "--fail-rate", "0.1"))
+			args := []string{"executor", "--listen", addr, "--latency", "30ms", "--fail-rate", "0.1"}
+			if p.name == "b" {
+				args = append([]string{"executor", "--listen", addr}, grader(filepath.Join(tmp, fmt.Sprintf("lock-%d", i)))...)
+			}
+			p.executors = append(p.executors, startProc(t, fmt.Sprintf("executor-%s-%d", p.name, i), args...))
 			p.urls = append(p.urls, "http://"+addr)
 		}
 		for _, u := range p.urls {
@@ -162,7 +180,7 @@ func TestChaos(t *testing.T) {
 			time.Sleep(past)
 			p.Heal()
 			faults["worker_cut"]++
-		case 3: // an executor dies and comes back on its port
+		case 3: // an executor dies (with its command, in pool b) and comes back on its port
 			p := pools[rng.IntN(len(pools))]
 			i := rng.IntN(len(p.executors))
 			if st, err := executorStats(p.urls[i]); err == nil {
@@ -301,6 +319,11 @@ func TestChaos(t *testing.T) {
 		}
 	}
 
+	if b, err := os.ReadFile(graderOverlaps); err == nil {
+		n := int64(strings.Count(string(b), "\n"))
+		t.Logf("graders that ran beside another on one executor: %d (%s)", n, strings.Fields(string(b)))
+		overlaps += n
+	}
 	line := fmt.Sprintf("chaos seed=%d: evals %d enqueued in 2 pools, %d completed, %d archived %s, %d on a foreign executor; faults %s; "+
 		"spellings refused %d; second and double releases %d absorbed, %d of them stale; fencing rejections %d; leases expired at executors %d; "+
 		"overlaps %d; executors lost %d; check violations %d",
