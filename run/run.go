@@ -177,9 +177,10 @@ func (s *Store) Submitted(ctx context.Context, name string) error {
 	return nil
 }
 
-// CutShort records how many evals a submission that failed had enqueued.
+// CutShort records how many evals a submission that failed had enqueued;
+// on Redis ≥ 7 even at maxmemory.
 func (s *Store) CutShort(ctx context.Context, name string, enqueued int) error {
-	if err := s.client.HSet(ctx, keys.ForRun(name).Meta(), "enqueued", enqueued).Err(); err != nil {
+	if err := lua.RunCut.Run(ctx, s.client, []string{keys.ForRun(name).Meta()}, enqueued).Err(); err != nil {
 		return fmt.Errorf("run %s: cut short: %w", name, lua.Full(err))
 	}
 	return nil

@@ -57,6 +57,8 @@ var (
 	runFinish string
 	//go:embed read.lua
 	read string
+	//go:embed run_cut.lua
+	runCut string
 )
 
 // The pool's scripts. Each takes the pool's keys in the order lib.lua gives;
@@ -75,6 +77,8 @@ var (
 	Probe      = newScript(lib, probe)
 	// RunFinish is a run's, not a pool's: it takes the run's keys.
 	RunFinish = newScript("", runFinish)
+	// RunCut is a run's too: it takes the run's meta key.
+	RunCut = newScript("", runCut)
 	// readScript backs Read.
 	readScript = newScript("", read)
 )
