@@ -371,6 +371,10 @@ type Counts struct {
 	Cancelled int `json:"cancelled"`
 	Running   int `json:"running"`
 	Pending   int `json:"pending"`
+	// Submission and Enqueued are the run's (Run): Incomplete means some
+	// of the pending evals were never enqueued.
+	Submission string `json:"submission"`
+	Enqueued   int    `json:"enqueued,omitempty"`
 }
 
 // Done is how many evals have ended.
@@ -382,11 +386,19 @@ func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
 		return Counts{}, err
 	}
 	k := keys.ForRun(name)
-	counts, size, running := redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()), redis.NewStringCmd(ctx, "hget", k.Meta(), "size"), redis.NewIntCmd(ctx, "hlen", k.Running())
-	if err := s.read(ctx, name, counts, size, running); err != nil {
+	counts, running := redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()), redis.NewIntCmd(ctx, "hlen", k.Running())
+	meta := redis.NewSliceCmd(ctx, "hmget", k.Meta(), "size", "submission", "enqueued")
+	if err := s.read(ctx, name, counts, meta, running); err != nil {
 		return Counts{}, err
 	}
-	n, err := strconv.Atoi(size.Val())
+	field := func(i int) string {
+		if i >= len(meta.Val()) {
+			return ""
+		}
+		v, _ := meta.Val()[i].(string)
+		return v
+	}
+	n, err := strconv.Atoi(field(0))
 	if err != nil {
 		return Counts{}, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
@@ -394,6 +406,12 @@ func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
 	c := Counts{Size: n, Passed: atoi(counts.Val()[Passed]), Failed: atoi(counts.Val()[Failed]),
 		Errored: atoi(counts.Val()[Errored]), Cancelled: atoi(counts.Val()[Cancelled]), Running: int(running.Val())}
 	c.Pending = max(0, n-c.Done()-c.Running)
+	if c.Submission = cmp.Or(field(1), Complete); c.Submission == Incomplete {
+		c.Enqueued = -1
+		if e, err := strconv.Atoi(field(2)); err == nil {
+			c.Enqueued = e
+		}
+	}
 	return c, nil
 }
 
@@ -402,9 +420,6 @@ type Summary struct {
 	Name      string    `json:"name"`
 	Pool      string    `json:"pool"`
 	CreatedAt time.Time `json:"created_at"`
-	// Submission and Enqueued are the run's (Run).
-	Submission string `json:"submission"`
-	Enqueued   int    `json:"enqueued,omitempty"`
 	Counts
 	// PassRate is passed over passed, failed and errored; -1 before any
 	// ended. Cancelled evals do not count.
@@ -437,8 +452,8 @@ func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, e
 	if err != nil {
 		return Summary{}, err
 	}
-	sum := Summary{Name: r.Name, Pool: r.Pool, CreatedAt: r.CreatedAt, Submission: r.Submission, Enqueued: r.Enqueued, PassRate: -1, Failures: []Record{}}
-	sum.Size = r.Size
+	sum := Summary{Name: r.Name, Pool: r.Pool, CreatedAt: r.CreatedAt, PassRate: -1, Failures: []Record{}}
+	sum.Size, sum.Submission, sum.Enqueued = r.Size, r.Submission, r.Enqueued
 	var scores, durations []float64
 	ended := make(map[string]bool, len(recs))
 	for _, rec := range recs {
