@@ -219,13 +219,8 @@ func runOf(name string, meta map[string]string, evals []string) (Run, error) {
 	if meta["name"] != name || meta["pool"] == "" {
 		return Run{}, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
-	r := Run{Name: name, Pool: meta["pool"], Keys: evals, Size: len(evals), Submission: cmp.Or(meta["submission"], Complete)}
-	if r.Submission == Incomplete {
-		r.Enqueued = -1
-		if n, err := strconv.Atoi(meta["enqueued"]); err == nil {
-			r.Enqueued = n
-		}
-	}
+	r := Run{Name: name, Pool: meta["pool"], Keys: evals, Size: len(evals)}
+	r.Submission, r.Enqueued = submissionOf(meta["submission"], meta["enqueued"])
 	ms, _ := strconv.ParseInt(meta["created_at"], 10, 64)
 	r.CreatedAt = time.UnixMilli(ms)
 	_ = json.Unmarshal([]byte(meta["require"]), &r.Require)
@@ -371,10 +366,6 @@ type Counts struct {
 	Cancelled int `json:"cancelled"`
 	Running   int `json:"running"`
 	Pending   int `json:"pending"`
-	// Submission and Enqueued are the run's (Run): Incomplete means some
-	// of the pending evals were never enqueued.
-	Submission string `json:"submission"`
-	Enqueued   int    `json:"enqueued,omitempty"`
 }
 
 // Done is how many evals have ended.
@@ -386,19 +377,11 @@ func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
 		return Counts{}, err
 	}
 	k := keys.ForRun(name)
-	counts, running := redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()), redis.NewIntCmd(ctx, "hlen", k.Running())
-	meta := redis.NewSliceCmd(ctx, "hmget", k.Meta(), "size", "submission", "enqueued")
-	if err := s.read(ctx, name, counts, meta, running); err != nil {
+	counts, size, running := redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()), redis.NewStringCmd(ctx, "hget", k.Meta(), "size"), redis.NewIntCmd(ctx, "hlen", k.Running())
+	if err := s.read(ctx, name, counts, size, running); err != nil {
 		return Counts{}, err
 	}
-	field := func(i int) string {
-		if i >= len(meta.Val()) {
-			return ""
-		}
-		v, _ := meta.Val()[i].(string)
-		return v
-	}
-	n, err := strconv.Atoi(field(0))
+	n, err := strconv.Atoi(size.Val())
 	if err != nil {
 		return Counts{}, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
@@ -406,13 +389,39 @@ func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
 	c := Counts{Size: n, Passed: atoi(counts.Val()[Passed]), Failed: atoi(counts.Val()[Failed]),
 		Errored: atoi(counts.Val()[Errored]), Cancelled: atoi(counts.Val()[Cancelled]), Running: int(running.Val())}
 	c.Pending = max(0, n-c.Done()-c.Running)
-	if c.Submission = cmp.Or(field(1), Complete); c.Submission == Incomplete {
-		c.Enqueued = -1
-		if e, err := strconv.Atoi(field(2)); err == nil {
-			c.Enqueued = e
-		}
-	}
 	return c, nil
+}
+
+// Submission reads a run's submission state, and how many evals a
+// submission cut short had enqueued (-1 when unknown), in O(1).
+func (s *Store) Submission(ctx context.Context, name string) (state string, enqueued int, err error) {
+	if err := ValidateName(name); err != nil {
+		return "", 0, err
+	}
+	vals, err := s.client.HMGet(ctx, keys.ForRun(name).Meta(), "name", "submission", "enqueued").Result()
+	if err != nil {
+		return "", 0, fmt.Errorf("run %s: %w", name, err)
+	}
+	if vals[0] != name {
+		return "", 0, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	state, _ = vals[1].(string)
+	n, _ := vals[2].(string)
+	state, enqueued = submissionOf(state, n)
+	return state, enqueued, nil
+}
+
+// submissionOf reads the meta fields submission and enqueued: a run
+// without them was created before runs kept them, whole.
+func submissionOf(state, enqueued string) (string, int) {
+	if state != Incomplete {
+		return Complete, 0
+	}
+	n, err := strconv.Atoi(enqueued)
+	if err != nil {
+		return Incomplete, -1
+	}
+	return Incomplete, n
 }
 
 // Summary is how a run went.
@@ -420,6 +429,10 @@ type Summary struct {
 	Name      string    `json:"name"`
 	Pool      string    `json:"pool"`
 	CreatedAt time.Time `json:"created_at"`
+	// Submission and Enqueued are the run's (Run): Incomplete means some
+	// of the pending evals may never have been enqueued.
+	Submission string `json:"submission"`
+	Enqueued   int    `json:"enqueued,omitempty"`
 	Counts
 	// PassRate is passed over passed, failed and errored; -1 before any
 	// ended. Cancelled evals do not count.

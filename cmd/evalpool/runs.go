@@ -173,21 +173,21 @@ func gate(sum evalrun.Summary, minPassRate float64) error {
 
 // printIncomplete says, of a run whose submission was cut short, how many
 // evals were enqueued and how to finish it.
-func printIncomplete(w io.Writer, name string, c evalrun.Counts) {
-	if c.Submission != evalrun.Incomplete {
+func printIncomplete(w io.Writer, name, state string, enqueued, size int) {
+	if state != evalrun.Incomplete {
 		return
 	}
-	enqueued := "an unknown number"
-	if c.Enqueued >= 0 {
-		enqueued = strconv.Itoa(c.Enqueued)
+	n := "an unknown number"
+	if enqueued >= 0 {
+		n = strconv.Itoa(enqueued)
 	}
-	fmt.Fprintf(w, "  submission incomplete: %s of %d evals enqueued (unless its submit still runs); finish it with `run submit --resume --name %s` and the same file, or end it with `run cancel %s`\n", enqueued, c.Size, name, name)
+	fmt.Fprintf(w, "  submission incomplete: %s of %d evals enqueued (unless its submit still runs); finish it with `run submit --resume --name %s` and the same file, or end it with `run cancel %s`\n", n, size, name, name)
 }
 
 func printSummary(w io.Writer, s evalrun.Summary) {
 	fmt.Fprintf(w, "run %s (pool %s, %d evals, submitted %s)\n", s.Name, s.Pool, s.Size, s.CreatedAt.UTC().Format(time.RFC3339))
 	fmt.Fprintf(w, "  passed %d, failed %d, errored %d, cancelled %d, running %d, pending %d\n", s.Passed, s.Failed, s.Errored, s.Cancelled, s.Running, s.Pending)
-	printIncomplete(w, s.Name, s.Counts)
+	printIncomplete(w, s.Name, s.Submission, s.Enqueued, s.Size)
 	if s.PassRate >= 0 {
 		fmt.Fprintf(w, "  pass rate %.1f%%\n", 100*s.PassRate)
 	}
@@ -267,7 +267,11 @@ func (a *app) runStatus() *cobra.Command {
 			}
 			fmt.Fprintf(a.stdout, "run %s: %d of %d ended: passed %d, failed %d, errored %d, cancelled %d, running %d, pending %d; pass rate %s\n",
 				args[0], p.Done(), p.Size, p.Passed, p.Failed, p.Errored, p.Cancelled, p.Running, p.Pending, passRate(p))
-			printIncomplete(a.stdout, args[0], p)
+			state, enqueued, err := store.Submission(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			printIncomplete(a.stdout, args[0], state, enqueued, p.Size)
 			return nil
 		},
 	}

@@ -14,8 +14,8 @@ import (
 // Unlike a MULTI it works on a Redis at maxmemory. keys route the call in a
 // cluster. The error returned is the call's, when it did not run; a
 // command's own is on the command. Supported replies are those of
-// *redis.StringCmd, IntCmd, SliceCmd, StringSliceCmd, MapStringStringCmd,
-// ZSliceCmd (WITHSCORES) and TimeCmd.
+// *redis.StringCmd, IntCmd, StringSliceCmd, MapStringStringCmd, ZSliceCmd
+// (WITHSCORES) and TimeCmd.
 func Read(ctx context.Context, c redis.Scripter, keys []string, cmds ...redis.Cmder) error {
 	var argv []any
 	for _, cmd := range cmds {
@@ -55,12 +55,6 @@ func setReply(cmd redis.Cmder, v any) error {
 			return fmt.Errorf("reply %T, want an integer", v)
 		}
 		cmd.SetVal(n)
-	case *redis.SliceCmd:
-		vs, ok := v.([]any)
-		if !ok {
-			return fmt.Errorf("reply %T, want an array", v)
-		}
-		cmd.SetVal(vs)
 	case *redis.StringSliceCmd:
 		ss, err := stringsOf(v)
 		cmd.SetVal(ss)
