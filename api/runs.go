@@ -24,6 +24,9 @@ type RunRequest struct {
 	TimeoutS *int64            `json:"timeout_s,omitempty"`
 	MaxRetry *int              `json:"max_retry,omitempty"`
 	Evals    []RunEval         `json:"evals"`
+	// Resume finishes the submission of the run Name that was cut short
+	// (its submission "incomplete"): the same evals, in the same order.
+	Resume bool `json:"resume,omitempty"`
 }
 
 // RunEval is one eval of a RunRequest: EvalID is its key in the run (its
@@ -89,7 +92,7 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 		_, _ = rand.Read(suffix)
 		name = "run-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(suffix)
 	}
-	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts}, nil
+	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts, Resume: req.Resume}, nil
 }
 
 // RunItem is a run in GET /runs: as submitted, with its progress.
@@ -288,27 +291,18 @@ func (h *Handler) cancelRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := detach(r)
-	rn, recs, _, err := h.opts.Runs.Records(ctx, name)
+	rn, err := h.opts.Runs.Get(ctx, name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
-	}
-	ended := make(map[string]bool, len(recs))
-	for _, rec := range recs {
-		ended[rec.Key] = true
-	}
-	var ids []string
-	for _, key := range rn.Keys {
-		if !ended[key] {
-			ids = append(ids, run.EvalID(rn.Name, key))
-		}
 	}
 	p, err := h.poolOf(rn.Pool)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	c, err := client.Cancel(ctx, h.insp, p, h.opts.Runs, ids)
+	// CancelRun also ends the evals a cut-short submission never enqueued.
+	c, err := client.CancelRun(ctx, h.insp, p, h.opts.Runs, rn.Name)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -30,12 +31,21 @@ type RunRequest struct {
 	Timeout time.Duration
 	// Options are the evals' retries.
 	Options tasks.EvalOptions
+	// Resume finishes the submission of a run of this name that was cut
+	// short (run.Incomplete): the evals must be those it was submitted
+	// with, keys in the same order; each is enqueued again, and those
+	// enqueued already are refused by their task ID and left alone.
+	Resume bool
 }
 
 // Submit checks every eval of a run, and that some executor of p can
 // serve each, before anything is written; then records the run and enqueues
 // its evals. It returns the run as recorded. A name in use is
-// run.ErrExists; an eval no executor could serve, pool.ErrUnservable.
+// run.ErrExists (unless req.Resume); an eval no executor could serve,
+// pool.ErrUnservable; a Redis at maxmemory, pool.ErrRedisFull. A
+// submission cut short after the run was recorded leaves it
+// run.Incomplete, with the count enqueued: submit it again with Resume, or
+// cancel it.
 func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store, req RunRequest) (run.Run, error) {
 	r := run.Run{Name: cmp.Or(req.Name, "run-"+time.Now().UTC().Format("20060102-150405")), Pool: p.Name(), CreatedAt: time.Now(), Require: req.Require}
 	if err := run.ValidateName(r.Name); err != nil {
@@ -82,14 +92,83 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 			servable[set] = true
 		}
 	}
-	if err := runs.Create(ctx, r); err != nil {
+	err := runs.Create(ctx, r)
+	if errors.Is(err, run.ErrExists) && req.Resume {
+		err = resumable(ctx, runs, p, r)
+	}
+	if err != nil {
 		return run.Run{}, err
 	}
+	r.Size, r.Submission = len(r.Keys), run.Incomplete
 	for i, t := range batch {
 		if _, err := aq.EnqueueContext(ctx, t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
-			return r, fmt.Errorf("run %s: enqueue eval %s (%d of %d; those before it are enqueued, and run cancel stops them): %w", r.Name, r.Keys[i], i+1, len(batch), err)
+			r.Enqueued = i
+			// Best effort, and bounded: Redis may be what failed.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if runs.CutShort(cctx, r.Name, i) != nil {
+				r.Enqueued = -1
+			}
+			return r, fmt.Errorf("run %s: enqueue eval %s (%d of %d): the run is incomplete: submit it again with resume, or cancel it: %w", r.Name, r.Keys[i], i+1, len(batch), pool.RedisFull(err))
 		}
 	}
-	r.Size = len(r.Keys)
+	if err := runs.Submitted(ctx, r.Name); err != nil {
+		return r, fmt.Errorf("%w (every eval is enqueued: submit it again with resume to mark the run complete)", err)
+	}
+	r.Submission = run.Complete
 	return r, nil
+}
+
+// resumable checks that the run recorded under r's name is r: same pool,
+// same eval keys in the same order.
+func resumable(ctx context.Context, runs *run.Store, p *pool.Pool, r run.Run) error {
+	was, err := runs.Get(ctx, r.Name)
+	if err != nil {
+		return err
+	}
+	if was.Pool != p.Name() || !slices.Equal(was.Keys, r.Keys) {
+		return fmt.Errorf("%w: run %s: resume needs the evals it was submitted with (pool %s, %d evals), in the same order", run.ErrInvalid, r.Name, was.Pool, len(was.Keys))
+	}
+	return nil
+}
+
+// CancelRun cancels every eval of a run that has not ended (Cancel) and,
+// when its submission was cut short, records as cancelled the evals never
+// enqueued, so that the run ends. Those are marked cancelled in the pool
+// too (Cancel marks every ID it is given): a resume enqueues them, and
+// they never run.
+func CancelRun(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *run.Store, name string) (Cancelled, error) {
+	r, recs, _, err := runs.Records(ctx, name)
+	if err != nil {
+		return Cancelled{}, err
+	}
+	if r.Pool != p.Name() {
+		return Cancelled{}, fmt.Errorf("%w: run %s is of pool %s, not %s", run.ErrInvalid, name, r.Pool, p.Name())
+	}
+	ended := make(map[string]bool, len(recs))
+	for _, rec := range recs {
+		ended[rec.Key] = true
+	}
+	var ids []string
+	for _, key := range r.Keys {
+		if !ended[key] {
+			ids = append(ids, run.EvalID(r.Name, key))
+		}
+	}
+	c, err := Cancel(ctx, insp, p, runs, ids)
+	if err != nil || r.Submission != run.Incomplete {
+		return c, err
+	}
+	for _, key := range r.Keys {
+		if ended[key] {
+			continue
+		}
+		if _, err := Lookup(insp, p.Name(), run.EvalID(r.Name, key)); !errors.Is(err, ErrEvalNotFound) {
+			continue
+		}
+		if _, err := runs.Finish(ctx, r.Name, run.Record{Key: key, Status: run.Cancelled, At: time.Now()}); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
 }

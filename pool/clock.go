@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/evalpool/evalpool/internal/lua"
@@ -69,4 +70,26 @@ func (p *Pool) tick(ctx context.Context, seen int64, how string) (Clock, error) 
 		c.RewoundAt = time.UnixMilli(v[8])
 	}
 	return c, nil
+}
+
+// RewindReported is how long Check reports a rewind that a tick noted.
+const RewindReported = 24 * time.Hour
+
+// poolNow is the pool's time from a read of its clock and Redis's: Redis's
+// clock less the skew the ticks took out.
+func poolNow(clock map[string]string, redisNow time.Time) time.Time {
+	skew, _ := strconv.ParseInt(clock["skew"], 10, 64)
+	return redisNow.Add(-time.Duration(skew) * time.Microsecond)
+}
+
+// rewound is the violation of invariant 9 a tick noted in clock, if it
+// noted one within RewindReported of now.
+func rewound(clock map[string]string, now time.Time) (Violation, bool) {
+	at, _ := strconv.ParseInt(clock["rewound_at"], 10, 64)
+	if at == 0 || now.Sub(time.UnixMilli(at)) > RewindReported {
+		return Violation{}, false
+	}
+	return Violation{Invariant: 9, Problem: fmt.Sprintf(
+		"Redis's data went back in time at %s (%s rewinds seen): a worker found the pool's generation below one it had seen; evals enqueued and leases taken just before may be lost (reported for %s)",
+		time.UnixMilli(at).UTC().Format(time.RFC3339), clock["rewinds"], RewindReported)}, true
 }

@@ -113,6 +113,9 @@ func (p *Pool) Cancelled(ctx context.Context, evalID string) (bool, error) {
 
 // scriptErr turns a script's refusals into the package's sentinel errors.
 func scriptErr(err error) error {
+	if RedisFull(err) == ErrRedisFull {
+		return ErrRedisFull
+	}
 	for prefix, sentinel := range map[string]error{"EVALPOOL_FOREIGN_DATA": ErrForeignData, "EVALPOOL_NO_POOL": ErrPoolMissing, "EVALPOOL_UNSERVABLE": ErrUnservable, "EVALPOOL_BAD_LABELS": ErrInvalid, "EVALPOOL_CANCELLED": ErrCancelled} {
 		if redis.HasErrorPrefix(err, prefix) {
 			return fmt.Errorf("%w: %s", sentinel, strings.TrimPrefix(err.Error(), prefix+" "))
@@ -924,7 +927,7 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 		// (a restarted Redis) answers NOSCRIPT; Run then loads it.
 		_, _ = p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			args.Along(pipe)
-			cmd = lua.Release.EvalSha(ctx, pipe, p.script, argv...)
+			cmd = lua.Release.For(p.client).EvalSha(ctx, pipe, p.script, argv...)
 			return nil
 		})
 	}

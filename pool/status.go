@@ -183,7 +183,10 @@ type executorRecord struct {
 
 // snapshot is the raw content of the pool's keys at one instant.
 type snapshot struct {
+	// now is the pool's time (pool.Tick): the times the scripts write are
+	// in it.
 	now       time.Time
+	clock     map[string]string
 	executors map[string]string
 	available map[string]float64
 	leases    map[string]string
@@ -206,7 +209,7 @@ type snapshot struct {
 
 func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 	// The label sets name keys of their own: read them first, then
-	// everything in one MULTI, and again if the sets changed in between.
+	// everything in one step, and again if the sets changed in between.
 	sets, err := p.client.HKeys(ctx, p.keys.LabelSets()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("pool: read pool %s: %w", p.name, err)
@@ -221,43 +224,44 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 	return nil, fmt.Errorf("pool: read pool %s: its label sets kept changing", p.name)
 }
 
-// snapshotOf reads the pool in one MULTI, the indexes of the label sets
-// named among it; again is true when the sets are not those.
+// snapshotOf reads the pool in one atomic step (lua.Read, which a Redis at
+// maxmemory still serves), the indexes of the label sets named among it;
+// again is true when the sets are not those.
 func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, again bool, err error) {
-	var (
-		executors, leases, holders, instances, waiting, labelSets *redis.MapStringStringCmd
-		available, deadlines, waiters, quarantine                 *redis.ZSliceCmd
-		draining                                                  *redis.StringSliceCmd
-		fence, epoch                                              *redis.StringCmd
-		now                                                       *redis.TimeCmd
-	)
-	setAvailable, setWaiters := map[string]*redis.ZSliceCmd{}, map[string]*redis.ZSliceCmd{}
+	var cmds []redis.Cmder
+	hash := func(key string) *redis.MapStringStringCmd {
+		c := redis.NewMapStringStringCmd(ctx, "hgetall", key)
+		cmds = append(cmds, c)
+		return c
+	}
+	zset := func(key string) *redis.ZSliceCmd {
+		c := redis.NewZSliceCmd(ctx, "zrange", key, 0, -1, "withscores")
+		cmds = append(cmds, c)
+		return c
+	}
+	str := func(key string) *redis.StringCmd {
+		c := redis.NewStringCmd(ctx, "get", key)
+		cmds = append(cmds, c)
+		return c
+	}
 	k := p.keys
-	cmds, err := p.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		executors = pipe.HGetAll(ctx, k.Executors())
-		available = pipe.ZRangeWithScores(ctx, k.Available(), 0, -1)
-		leases = pipe.HGetAll(ctx, k.Leases())
-		deadlines = pipe.ZRangeWithScores(ctx, k.Deadlines(), 0, -1)
-		holders = pipe.HGetAll(ctx, k.Holders())
-		draining = pipe.SMembers(ctx, k.Draining())
-		fence = pipe.Get(ctx, k.Fence())
-		epoch = pipe.Get(ctx, k.Epoch())
-		instances = pipe.HGetAll(ctx, k.Instances())
-		waiters = pipe.ZRangeWithScores(ctx, k.Waiters(), 0, -1)
-		waiting = pipe.HGetAll(ctx, k.Waiting())
-		quarantine = pipe.ZRangeWithScores(ctx, k.Quarantine(), 0, -1)
-		labelSets = pipe.HGetAll(ctx, k.LabelSets())
-		for _, set := range sets {
-			setAvailable[set] = pipe.ZRangeWithScores(ctx, k.AvailableFor(set), 0, -1)
-			setWaiters[set] = pipe.ZRangeWithScores(ctx, k.WaitersFor(set), 0, -1)
-		}
-		now = pipe.Time(ctx)
-		return nil
-	})
-	if errors.Is(err, redis.Nil) {
+	executors, available, leases, deadlines := hash(k.Executors()), zset(k.Available()), hash(k.Leases()), zset(k.Deadlines())
+	holders := hash(k.Holders())
+	draining := redis.NewStringSliceCmd(ctx, "smembers", k.Draining())
+	cmds = append(cmds, draining)
+	fence, epoch, instances, waiters, waiting := str(k.Fence()), str(k.Epoch()), hash(k.Instances()), zset(k.Waiters()), hash(k.Waiting())
+	quarantine, labelSets := zset(k.Quarantine()), hash(k.LabelSets())
+	setAvailable, setWaiters := map[string]*redis.ZSliceCmd{}, map[string]*redis.ZSliceCmd{}
+	for _, set := range sets {
+		setAvailable[set], setWaiters[set] = zset(k.AvailableFor(set)), zset(k.WaitersFor(set))
+	}
+	clock := hash(k.Clock())
+	now := redis.NewTimeCmd(ctx, "time")
+	cmds = append(cmds, now)
+	err = lua.Read(ctx, p.client, p.script, cmds...)
+	if err == nil {
 		// The fence's and the epoch's GET answer nil before the first
 		// acquire and register: no error, unless another command failed.
-		err = nil
 		for _, c := range cmds {
 			if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) {
 				err = e
@@ -269,7 +273,8 @@ func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, agai
 		return nil, false, fmt.Errorf("pool: read pool %s: %w", p.name, err)
 	}
 	s = &snapshot{
-		now:          now.Val(),
+		now:          poolNow(clock.Val(), now.Val()),
+		clock:        clock.Val(),
 		executors:    executors.Val(),
 		available:    zmap(available.Val()),
 		leases:       leases.Val(),
@@ -377,6 +382,9 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 	}
 	if s.epoch == "" {
 		add(5, "", "the pool's epoch marker is missing: the pool was never created, or its data was lost (FLUSHALL, eviction, a restart without persistence)")
+	}
+	if v, ok := rewound(s.clock, s.now); ok {
+		vs = append(vs, v)
 	}
 	byInstance := map[string][]string{}
 	for u, raw := range s.executors {
@@ -669,18 +677,21 @@ func (p *Pool) Page(ctx context.Context, cursor uint64, count int64) ([]Executor
 		draining                    *redis.BoolCmd
 	}
 	rows := make([]row, len(urls))
-	var now *redis.TimeCmd
+	var (
+		now   *redis.TimeCmd
+		clock *redis.MapStringStringCmd
+	)
 	if _, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, u := range urls {
 			rows[i] = row{pipe.ZScore(ctx, p.keys.Available(), u), pipe.ZScore(ctx, p.keys.Deadlines(), u), pipe.ZScore(ctx, p.keys.Quarantine(), u),
 				pipe.HGet(ctx, p.keys.Leases(), u), pipe.SIsMember(ctx, p.keys.Draining(), u)}
 		}
-		now = pipe.Time(ctx)
+		clock, now = pipe.HGetAll(ctx, p.keys.Clock()), pipe.Time(ctx)
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, 0, Counts{}, fmt.Errorf("pool: page of %s: %w", p.name, err)
 	}
-	s.now = now.Val()
+	s.now = poolNow(clock.Val(), now.Val())
 	for i, u := range urls {
 		r := rows[i]
 		if r.avail.Err() == nil {

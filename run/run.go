@@ -36,6 +36,9 @@ var (
 	ErrExists = errors.New("run exists")
 	// ErrInvalid means a name or key was refused before Redis was touched.
 	ErrInvalid = errors.New("invalid run")
+	// ErrRedisFull is pool.ErrRedisFull: Redis is at its maxmemory and
+	// refused a write (a run's creation, an eval's end). Reads still work.
+	ErrRedisFull = lua.ErrRedisFull
 )
 
 // Statuses an eval of a run ends in, and those it has before.
@@ -95,10 +98,24 @@ type Run struct {
 	Size int      `json:"size"`
 	// Require is what every eval of the run required, if anything.
 	Require map[string]string `json:"require,omitempty"`
+	// Submission is Complete once every eval was enqueued, Incomplete
+	// until then: while its submitter enqueues, and for ever when the
+	// submission was cut short (client.Submit with Resume finishes it).
+	Submission string `json:"submission"`
+	// Enqueued is how many evals a submission cut short had enqueued, when
+	// it could say (-1 when not).
+	Enqueued int `json:"enqueued,omitempty"`
 }
 
+// Submission states of a run.
+const (
+	Complete   = "complete"
+	Incomplete = "incomplete"
+)
+
 // Create records a new run and its eval keys, before any of its evals is
-// enqueued. A name in use is ErrExists.
+// enqueued, as Incomplete (Submitted completes it). A name in use is
+// ErrExists; a Redis at maxmemory, ErrRedisFull, and nothing is kept.
 func (s *Store) Create(ctx context.Context, r Run) error {
 	if err := ValidateName(r.Name); err != nil {
 		return err
@@ -113,7 +130,7 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 	k := keys.ForRun(r.Name)
 	created, err := s.client.HSetNX(ctx, k.Meta(), "name", r.Name).Result()
 	if err != nil {
-		return fmt.Errorf("run %s: %w", r.Name, err)
+		return fmt.Errorf("run %s: %w", r.Name, lua.Full(err))
 	}
 	if !created {
 		return fmt.Errorf("%w: %s", ErrExists, r.Name)
@@ -123,7 +140,7 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 		evals[i] = key
 	}
 	_, err = s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.HSet(ctx, k.Meta(), "pool", r.Pool, "created_at", r.CreatedAt.UnixMilli(), "size", len(r.Keys), "require", string(req))
+		pipe.HSet(ctx, k.Meta(), "pool", r.Pool, "created_at", r.CreatedAt.UnixMilli(), "size", len(r.Keys), "require", string(req), "submission", Incomplete)
 		for start := 0; start < len(evals); start += 10_000 {
 			pipe.RPush(ctx, k.Evals(), evals[start:min(start+10_000, len(evals))]...)
 		}
@@ -135,8 +152,36 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 	if err == nil {
 		err = s.client.ZAdd(ctx, keys.Runs, redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name}).Err()
 	}
+	if err == nil {
+		err = s.client.ZAdd(ctx, openKey(r.Pool), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name}).Err()
+	}
 	if err != nil {
-		return fmt.Errorf("run %s: %w", r.Name, err)
+		// Give the name back: a run half recorded could be neither resumed
+		// nor submitted again. DEL works on a Redis at maxmemory.
+		_ = s.client.Del(context.WithoutCancel(ctx), k.Script()...).Err()
+		return fmt.Errorf("run %s: %w", r.Name, lua.Full(err))
+	}
+	return nil
+}
+
+// Submitted records that every eval of the run was enqueued.
+func (s *Store) Submitted(ctx context.Context, name string) error {
+	k := keys.ForRun(name)
+	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.HSet(ctx, k.Meta(), "submission", Complete)
+		pipe.HDel(ctx, k.Meta(), "enqueued")
+		return nil
+	}); err != nil {
+		return fmt.Errorf("run %s: submitted: %w", name, lua.Full(err))
+	}
+	return nil
+}
+
+// CutShort records how many evals a submission that failed had enqueued;
+// on Redis ≥ 7 even at maxmemory.
+func (s *Store) CutShort(ctx context.Context, name string, enqueued int) error {
+	if err := lua.RunCut.Run(ctx, s.client, []string{keys.ForRun(name).Meta()}, enqueued).Err(); err != nil {
+		return fmt.Errorf("run %s: cut short: %w", name, lua.Full(err))
 	}
 	return nil
 }
@@ -147,16 +192,27 @@ func (s *Store) Get(ctx context.Context, name string) (Run, error) {
 		return Run{}, err
 	}
 	k := keys.ForRun(name)
-	var meta *redis.MapStringStringCmd
-	var evals *redis.StringSliceCmd
-	if _, err := s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		meta = pipe.HGetAll(ctx, k.Meta())
-		evals = pipe.LRange(ctx, k.Evals(), 0, -1)
-		return nil
-	}); err != nil {
-		return Run{}, fmt.Errorf("run %s: %w", name, err)
+	meta := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta())
+	evals := redis.NewStringSliceCmd(ctx, "lrange", k.Evals(), 0, -1)
+	if err := s.read(ctx, name, meta, evals); err != nil {
+		return Run{}, err
 	}
 	return runOf(name, meta.Val(), evals.Val())
+}
+
+// read runs read commands on a run's keys as one step (lua.Read: a Redis
+// at maxmemory refuses a MULTI, but serves this).
+func (s *Store) read(ctx context.Context, name string, cmds ...redis.Cmder) error {
+	err := lua.Read(ctx, s.client, keys.ForRun(name).Script(), cmds...)
+	for _, c := range cmds {
+		if err == nil && !errors.Is(c.Err(), redis.Nil) {
+			err = c.Err()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("run %s: %w", name, err)
+	}
+	return nil
 }
 
 func runOf(name string, meta map[string]string, evals []string) (Run, error) {
@@ -164,6 +220,7 @@ func runOf(name string, meta map[string]string, evals []string) (Run, error) {
 		return Run{}, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
 	r := Run{Name: name, Pool: meta["pool"], Keys: evals, Size: len(evals)}
+	r.Submission, r.Enqueued = submissionOf(meta["submission"], meta["enqueued"])
 	ms, _ := strconv.ParseInt(meta["created_at"], 10, 64)
 	r.CreatedAt = time.UnixMilli(ms)
 	_ = json.Unmarshal([]byte(meta["require"]), &r.Require)
@@ -213,7 +270,7 @@ type Record struct {
 // summary tells running evals from pending ones. Its end (Finish) clears it.
 func (s *Store) Started(ctx context.Context, name, key, executor string) error {
 	if err := s.client.HSet(ctx, keys.ForRun(name).Running(), key, executor).Err(); err != nil {
-		return fmt.Errorf("run %s: eval %s started: %w", name, key, err)
+		return fmt.Errorf("run %s: eval %s started: %w", name, key, lua.Full(err))
 	}
 	return nil
 }
@@ -237,7 +294,7 @@ func (s *Store) Finish(ctx context.Context, name string, rec Record) (recorded b
 	}
 	n, err := lua.RunFinish.Run(ctx, s.client, keys.ForRun(name).Script(), rec.Key, rec.Status, string(raw), rec.Retries, score, s.retention.Milliseconds()).Int()
 	if err != nil {
-		return false, fmt.Errorf("run %s: eval %s ended: %w", name, rec.Key, err)
+		return false, fmt.Errorf("run %s: eval %s ended: %w", name, rec.Key, lua.Full(err))
 	}
 	return n == 1, nil
 }
@@ -250,13 +307,9 @@ func (s *Store) Records(ctx context.Context, name string) (Run, []Record, map[st
 		return Run{}, nil, nil, err
 	}
 	k := keys.ForRun(name)
-	var done, running *redis.MapStringStringCmd
-	if _, err := s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		done = pipe.HGetAll(ctx, k.Done())
-		running = pipe.HGetAll(ctx, k.Running())
-		return nil
-	}); err != nil {
-		return Run{}, nil, nil, fmt.Errorf("run %s: %w", name, err)
+	done, running := redis.NewMapStringStringCmd(ctx, "hgetall", k.Done()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Running())
+	if err := s.read(ctx, name, done, running); err != nil {
+		return Run{}, nil, nil, err
 	}
 	var recs []Record
 	for _, key := range r.Keys {
@@ -324,16 +377,9 @@ func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
 		return Counts{}, err
 	}
 	k := keys.ForRun(name)
-	var counts *redis.MapStringStringCmd
-	var size *redis.StringCmd
-	var running *redis.IntCmd
-	if _, err := s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		counts = pipe.HGetAll(ctx, k.Counts())
-		size = pipe.HGet(ctx, k.Meta(), "size")
-		running = pipe.HLen(ctx, k.Running())
-		return nil
-	}); err != nil && !errors.Is(err, redis.Nil) {
-		return Counts{}, fmt.Errorf("run %s: %w", name, err)
+	counts, size, running := redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()), redis.NewStringCmd(ctx, "hget", k.Meta(), "size"), redis.NewIntCmd(ctx, "hlen", k.Running())
+	if err := s.read(ctx, name, counts, size, running); err != nil {
+		return Counts{}, err
 	}
 	n, err := strconv.Atoi(size.Val())
 	if err != nil {
@@ -346,11 +392,47 @@ func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
 	return c, nil
 }
 
+// Submission reads a run's submission state, and how many evals a
+// submission cut short had enqueued (-1 when unknown), in O(1).
+func (s *Store) Submission(ctx context.Context, name string) (state string, enqueued int, err error) {
+	if err := ValidateName(name); err != nil {
+		return "", 0, err
+	}
+	vals, err := s.client.HMGet(ctx, keys.ForRun(name).Meta(), "name", "submission", "enqueued").Result()
+	if err != nil {
+		return "", 0, fmt.Errorf("run %s: %w", name, err)
+	}
+	if vals[0] != name {
+		return "", 0, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	state, _ = vals[1].(string)
+	n, _ := vals[2].(string)
+	state, enqueued = submissionOf(state, n)
+	return state, enqueued, nil
+}
+
+// submissionOf reads the meta fields submission and enqueued: a run
+// without them was created before runs kept them, whole.
+func submissionOf(state, enqueued string) (string, int) {
+	if state != Incomplete {
+		return Complete, 0
+	}
+	n, err := strconv.Atoi(enqueued)
+	if err != nil {
+		return Incomplete, -1
+	}
+	return Incomplete, n
+}
+
 // Summary is how a run went.
 type Summary struct {
 	Name      string    `json:"name"`
 	Pool      string    `json:"pool"`
 	CreatedAt time.Time `json:"created_at"`
+	// Submission and Enqueued are the run's (Run): Incomplete means some
+	// of the pending evals may never have been enqueued.
+	Submission string `json:"submission"`
+	Enqueued   int    `json:"enqueued,omitempty"`
 	Counts
 	// PassRate is passed over passed, failed and errored; -1 before any
 	// ended. Cancelled evals do not count.
@@ -384,7 +466,7 @@ func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, e
 		return Summary{}, err
 	}
 	sum := Summary{Name: r.Name, Pool: r.Pool, CreatedAt: r.CreatedAt, PassRate: -1, Failures: []Record{}}
-	sum.Size = r.Size
+	sum.Size, sum.Submission, sum.Enqueued = r.Size, r.Submission, r.Enqueued
 	var scores, durations []float64
 	ended := make(map[string]bool, len(recs))
 	for _, rec := range recs {

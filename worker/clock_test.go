@@ -89,4 +89,8 @@ func TestRedisRewindIsNoticed(t *testing.T) {
 	if n := b.logs.Count(`"level":"error","pool":"default","generations_lost"`); n != 1 {
 		t.Errorf("%d error lines about the rewind, want 1:\n%s", n, b.logs)
 	}
+	vs, err := b.pool.Check(t.Context())
+	if err != nil || len(vs) != 1 || vs[0].Invariant != 9 {
+		t.Errorf("Check after the rewind = %v, %v; want invariant 9 alone", vs, err)
+	}
 }

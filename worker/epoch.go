@@ -20,18 +20,33 @@ type epochWatch struct {
 	lastMissing time.Time // when a waiting eval last logged the missing pool
 }
 
-// watchEpochs reads every served pool's epoch, and Redis's eviction policy,
-// once per reap interval until ctx ends.
+// watchEpochs is the worker's own maintenance, once per reap interval
+// until ctx ends: it reads every served pool's epoch, Redis's eviction
+// policy and its memory, records again the eval ends not yet written to
+// their runs, and, while Redis is full, reaps the pools itself.
 func (w *Worker) watchEpochs(ctx context.Context) {
 	t := time.NewTicker(w.cfg.ReapInterval)
 	defer t.Stop()
 	lastPolicy := ""
+	wasFull := w.watchMemory(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		switch full := w.watchMemory(ctx); {
+		case full:
+			if !wasFull {
+				w.log.Error().Msg("Redis is full (used_memory over maxmemory): no eval starts and nothing is submitted until memory is freed or maxmemory raised; leases are still released and reaped")
+			}
+			w.reapWhenFull(ctx)
+			wasFull = true
+		case wasFull:
+			w.log.Info().Msg("Redis has memory again")
+			wasFull = false
+		}
+		w.recordEnds(ctx)
 		// The policy can change under a running worker (CONFIG SET).
 		if policy, err := maxmemoryPolicy(ctx, w.cfg.Redis); err == nil && policy != lastPolicy {
 			if policy != "noeviction" && !w.cfg.AllowEvictingRedis {

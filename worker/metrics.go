@@ -13,6 +13,10 @@ type Metrics struct {
 	verdicts         *prometheus.CounterVec
 	rewinds          *prometheus.CounterVec
 	clockSteps       *prometheus.CounterVec
+	redisUsed        prometheus.Gauge
+	redisMax         prometheus.Gauge
+	runEnds          *prometheus.CounterVec
+	unrecorded       prometheus.Gauge
 }
 
 // NewMetrics returns the worker's metrics, not yet registered anywhere.
@@ -52,11 +56,27 @@ func NewMetrics() *Metrics {
 			Name: "evalpool_redis_clock_steps_total",
 			Help: "Steps of Redis's clock that a worker saw the pool take out of its time.",
 		}, []string{"pool"}),
+		redisUsed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "evalpool_redis_memory_used_bytes",
+			Help: "Redis's used_memory (INFO memory), read every reap interval; of a cluster, its fullest master's.",
+		}),
+		redisMax: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "evalpool_redis_maxmemory_bytes",
+			Help: "Redis's maxmemory (0: no limit), beside evalpool_redis_memory_used_bytes. At the limit Redis refuses what grows memory: no eval starts and nothing is submitted; releases and reaps still run.",
+		}),
+		runEnds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_run_ends_late_total",
+			Help: "Eval ends recorded in their run after the first write failed: recorded_late (by the worker that ran the eval) or reconciled (from Asynq's state by the maintenance work).",
+		}, []string{"how"}),
+		unrecorded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "evalpool_run_ends_unrecorded",
+			Help: "Eval ends this worker could not yet write to their run, and retries every reap interval.",
+		}),
 	}
 }
 
 // Collectors lists the metrics, for a Prometheus registry:
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts, m.rewinds, m.clockSteps}
+	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts, m.rewinds, m.clockSteps, m.redisUsed, m.redisMax, m.runEnds, m.unrecorded}
 }

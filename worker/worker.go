@@ -237,6 +237,10 @@ type Worker struct {
 	// releases its executor itself, since the cleanup servers are going.
 	stopping atomic.Bool
 	attempts inflight
+	// ends are eval ends not yet written to their runs; inspector reads
+	// Asynq's state to reconcile runs.
+	ends      unrecorded
+	inspector *asynq.Inspector
 }
 
 // noRetry marks err so that Asynq archives the task at once (it is
@@ -322,7 +326,8 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	cfg.withDefaults()
-	w := &Worker{cfg: cfg, log: zerolog.Nop(), client: asynq.NewClientFromRedisClient(cfg.Redis), runs: run.NewStore(cfg.Redis, run.Options{})}
+	w := &Worker{cfg: cfg, log: zerolog.Nop(), client: asynq.NewClientFromRedisClient(cfg.Redis), runs: run.NewStore(cfg.Redis, run.Options{}),
+		inspector: asynq.NewInspectorFromRedisClient(cfg.Redis)}
 	if cfg.Logger != nil {
 		w.log = *cfg.Logger
 	}
@@ -703,7 +708,10 @@ func (w *Worker) cancelled(ctx context.Context, sp *served, e tasks.Eval) bool {
 }
 
 // endInRun records how an eval of a run ended, if it belongs to one. The
-// first end recorded wins (run.Store.Finish).
+// first end recorded wins (run.Store.Finish). An end that cannot be written
+// now is kept and written again at each maintenance tick (watchEpochs); a
+// worker killed first loses it, and the reap's reconciliation of the runs
+// records it from Asynq's state.
 func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) {
 	if e.Run == "" {
 		return
@@ -711,8 +719,14 @@ func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) {
 	rec.Key, rec.At = e.Key, time.Now()
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 	defer cancel()
-	if _, err := w.runs.Finish(rctx, e.Run, rec); err != nil {
-		w.log.Warn().Err(err).Str("eval", e.ID).Str("run", e.Run).Msg("could not record the eval's end in its run")
+	_, err := w.runs.Finish(rctx, e.Run, rec)
+	switch {
+	case err == nil || errors.Is(err, run.ErrInvalid):
+	case w.ends.add(e.Run, rec):
+		w.cfg.Metrics.unrecorded.Set(float64(w.ends.len()))
+		w.log.Warn().Err(err).Str("eval", e.ID).Str("run", e.Run).Msg("could not record the eval's end in its run; trying again every reap interval")
+	default:
+		w.log.Error().Err(err).Str("eval", e.ID).Str("run", e.Run).Msg("could not record the eval's end in its run, and too many wait already; the reap's reconciliation records it")
 	}
 }
 
@@ -980,11 +994,19 @@ func (w *Worker) handleReap(ctx context.Context, t *asynq.Task) error {
 		return noRetry(err)
 	}
 	n, ran, err := sp.pool.ReapEvery(ctx, w.cfg.ReapInterval)
+	if isFull(err) {
+		// The once-per-interval mark is a write a full Redis refuses; the
+		// reap frees memory, and runs.
+		n, err = sp.pool.Reap(ctx)
+	}
 	if err != nil {
 		return err
 	}
 	if ran && n > 0 {
 		w.log.Info().Str("pool", r.Pool).Int("reclaimed", n).Msg("reaped expired leases")
+	}
+	if ran {
+		w.reconcileRuns(ctx, sp) // once per interval across the fleet, as the reap
 	}
 	// Each due executor is claimed in Redis before it is probed, so the
 	// reaps of many workers probe it once.

@@ -47,6 +47,7 @@ func (a *app) runSubmit() *cobra.Command {
 		minPassRate float64
 		timeout     time.Duration
 		maxRetry    int
+		resume      bool
 	)
 	c := &cobra.Command{
 		Use:   "submit --file suite.jsonl [--name N] [--wait]",
@@ -98,7 +99,7 @@ when its pass rate (passed over passed, failed and errored) is under
 			}
 			r, err := client.Submit(c.Context(), asynq.NewClientFromRedisClient(rdb), p, store, client.RunRequest{
 				Name: name, Evals: evals, Require: required, Timeout: timeout,
-				Options: retryOptions(maxRetry),
+				Options: retryOptions(maxRetry), Resume: resume,
 			})
 			if err != nil {
 				return err
@@ -119,6 +120,7 @@ when its pass rate (passed over passed, failed and errored) is under
 	f.Float64Var(&minPassRate, "min-pass-rate", 1, "with --wait: the least pass rate that passes the run (default: every eval must pass)")
 	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
+	f.BoolVar(&resume, "resume", false, "finish the submission of run --name that was cut short: the same file; evals enqueued already are left alone")
 	return c
 }
 
@@ -169,9 +171,23 @@ func gate(sum evalrun.Summary, minPassRate float64) error {
 	return nil
 }
 
+// printIncomplete says, of a run whose submission was cut short, how many
+// evals were enqueued and how to finish it.
+func printIncomplete(w io.Writer, name, state string, enqueued, size int) {
+	if state != evalrun.Incomplete {
+		return
+	}
+	n := "an unknown number"
+	if enqueued >= 0 {
+		n = strconv.Itoa(enqueued)
+	}
+	fmt.Fprintf(w, "  submission incomplete: %s of %d evals enqueued (unless its submit still runs); finish it with `run submit --resume --name %s` and the same file, or end it with `run cancel %s`\n", n, size, name, name)
+}
+
 func printSummary(w io.Writer, s evalrun.Summary) {
 	fmt.Fprintf(w, "run %s (pool %s, %d evals, submitted %s)\n", s.Name, s.Pool, s.Size, s.CreatedAt.UTC().Format(time.RFC3339))
 	fmt.Fprintf(w, "  passed %d, failed %d, errored %d, cancelled %d, running %d, pending %d\n", s.Passed, s.Failed, s.Errored, s.Cancelled, s.Running, s.Pending)
+	printIncomplete(w, s.Name, s.Submission, s.Enqueued, s.Size)
 	if s.PassRate >= 0 {
 		fmt.Fprintf(w, "  pass rate %.1f%%\n", 100*s.PassRate)
 	}
@@ -251,6 +267,11 @@ func (a *app) runStatus() *cobra.Command {
 			}
 			fmt.Fprintf(a.stdout, "run %s: %d of %d ended: passed %d, failed %d, errored %d, cancelled %d, running %d, pending %d; pass rate %s\n",
 				args[0], p.Done(), p.Size, p.Passed, p.Failed, p.Errored, p.Cancelled, p.Running, p.Pending, passRate(p))
+			state, enqueued, err := store.Submission(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			printIncomplete(a.stdout, args[0], state, enqueued, p.Size)
 			return nil
 		},
 	}
@@ -346,29 +367,32 @@ func (a *app) runResults() *cobra.Command {
 func (a *app) runCancel() *cobra.Command {
 	return &cobra.Command{
 		Use:   "cancel NAME",
-		Short: "Cancel a run's evals that have not ended: pending ones never run, running ones stop",
+		Short: "Cancel a run's evals that have not ended: pending ones never run, running ones stop, those a cut-short submission never enqueued end cancelled",
 		Args:  positional(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			store, err := a.runs()
 			if err != nil {
 				return err
 			}
-			r, recs, _, err := store.Records(c.Context(), args[0])
+			r, err := store.Get(c.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			ended := map[string]bool{}
-			for _, rec := range recs {
-				ended[rec.Key] = true
-			}
-			var ids []string
-			for _, key := range r.Keys {
-				if !ended[key] {
-					ids = append(ids, evalrun.EvalID(r.Name, key))
-				}
-			}
 			a.poolName = r.Pool
-			return a.cancel(c.Context(), ids)
+			p, err := a.pool()
+			if err != nil {
+				return err
+			}
+			insp, err := a.inspector()
+			if err != nil {
+				return err
+			}
+			n, err := client.CancelRun(c.Context(), insp, p, store, r.Name)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "cancelled %d pending and %d running evals; %d had ended, %d unknown\n", n.Pending, n.Running, n.Ended, n.Unknown)
+			return nil
 		},
 	}
 }

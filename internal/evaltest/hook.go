@@ -17,8 +17,9 @@ type ScriptCalls struct {
 	n   atomic.Int64
 }
 
-// CountScript starts counting the calls of s that c makes.
-func CountScript(c *redis.Client, s *redis.Script) *ScriptCalls {
+// CountScript starts counting the calls of s (a *redis.Script or a
+// *lua.Script) that c makes.
+func CountScript(c *redis.Client, s interface{ Hash() string }) *ScriptCalls {
 	h := &ScriptCalls{sha: s.Hash()}
 	c.AddHook(h)
 	return h

@@ -1,3 +1,4 @@
+#!lua
 -- acquire.lua: lease an executor to an eval.
 --
 -- KEYS: see lib.lua.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- clock.lua: a worker's tick, once a second: it takes a step of Redis's
 -- clock out of the pool's time (see clock_read in lib.lua) and promises the
 -- next tick within CLOCK_PROMISE, and it bumps the pool's generation, which

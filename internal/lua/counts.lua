@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- counts.lua: how many executors are in each state, without walking the pool.
 --
 -- KEYS: see lib.lua.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- deregister.lua: remove an executor; one that is leased is drained instead.
 --
 -- KEYS: see lib.lua.

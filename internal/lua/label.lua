@@ -1,3 +1,4 @@
+#!lua
 -- label.lua: give a registered executor new labels.
 --
 -- KEYS: see lib.lua.

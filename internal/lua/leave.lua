@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- leave.lua: an eval stops waiting for an executor (its attempt ended, its
 -- worker stops). An executor handed to it in the race is given back at
 -- once, to the next waiter, so that a waiter that leaves never keeps one.

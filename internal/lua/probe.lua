@@ -1,3 +1,4 @@
+#!lua
 -- probe.lua: claim the quarantined executors whose health probe is due, so
 -- that of all the workers running maintenance exactly one probes each, at
 -- most once per backoff interval.

@@ -1,3 +1,4 @@
+#!lua
 -- quarantine.lua: take an executor out of service, or return it.
 --
 -- KEYS: see lib.lua.

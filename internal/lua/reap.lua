@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- reap.lua: end leases whose deadline passed more than the grace ago,
 -- oldest first.
 --

@@ -1,3 +1,4 @@
+#!lua
 -- register.lua: add executors to the pool, as many as the caller names in
 -- one call; idempotent.
 --

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- release.lua: give a leased executor back; idempotent and owner-checked.
 -- The release that ends the lease also records what the attempt made of the
 -- executor, and may take it out of service.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- renew.lua: push live leases' deadlines to now + ttl, as many leases as the
 -- caller holds in one call, so that a worker's heartbeat is one round trip
 -- for all its leases. The work is one lookup per lease named, never a walk

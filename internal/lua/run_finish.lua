@@ -1,3 +1,4 @@
+#!lua
 -- run_finish.lua: record how an eval of a run ended, once; O(1).
 --
 -- Not prefixed by lib.lua: its keys are a run's, not a pool's, all under

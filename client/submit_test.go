@@ -1,0 +1,115 @@
+package client_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/client"
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/run"
+	"github.com/evalpool/evalpool/tasks"
+)
+
+// TestSubmissionCutShort submits runs of large evals to a real Redis with a
+// small maxmemory: the enqueues hit the limit part way. The run says it is
+// incomplete and how many were enqueued; once memory is freed a resume
+// enqueues the rest, once each however often it is repeated, and a run cut
+// short can be cancelled to its end instead.
+func TestSubmissionCutShort(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{Args: evaltest.FullRedisArgs})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	p, err := pool.New(rdb, pool.Options{Name: "cut"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bundle{rdb: rdb, pool: p, runs: run.NewStore(rdb, run.Options{}), aq: asynq.NewClientFromRedisClient(rdb), insp: asynq.NewInspectorFromRedisClient(rdb)}
+	t.Cleanup(func() { _ = b.aq.Close() })
+	ctx := t.Context()
+	spec, _ := json.Marshal(strings.Repeat("x", 256<<10))
+	req := func(name string) client.RunRequest {
+		evals := make([]tasks.Eval, 60)
+		for i := range evals {
+			evals[i] = tasks.Eval{ID: fmt.Sprint(i), Spec: spec}
+		}
+		return client.RunRequest{Name: name, Evals: evals}
+	}
+	queued := func() int {
+		info, err := b.insp.GetQueueInfo(tasks.Queues(p.Name()).Evals)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Pending
+	}
+
+	r, err := client.Submit(ctx, b.aq, p, b.runs, req("resumed"))
+	if !errors.Is(err, pool.ErrRedisFull) {
+		t.Fatalf("submit: %v, want ErrRedisFull", err)
+	}
+	enqueued := queued()
+	if enqueued == 0 || enqueued == 60 || r.Enqueued != enqueued {
+		t.Fatalf("submit cut short: %d enqueued, the run says %d", enqueued, r.Enqueued)
+	}
+	got, err := b.runs.Get(ctx, "resumed")
+	if err != nil || got.Submission != run.Incomplete || got.Enqueued != enqueued {
+		t.Fatalf("run after the cut: %+v, %v; want incomplete, %d enqueued", got, err, enqueued)
+	}
+	if _, err := client.Submit(ctx, b.aq, p, b.runs, req("resumed")); !errors.Is(err, run.ErrExists) {
+		t.Fatalf("submit again without resume: %v, want ErrExists", err)
+	}
+
+	// Free memory: delete the enqueued evals' payloads but the first.
+	for i := 1; i < enqueued; i++ {
+		if err := b.insp.DeleteTask(tasks.Queues(p.Name()).Evals, run.EvalID("resumed", fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	small := req("resumed")
+	for i := range small.Evals {
+		small.Evals[i].Spec = json.RawMessage(`{}`)
+	}
+	small.Resume = true
+	for range 2 {
+		r, err := client.Submit(ctx, b.aq, p, b.runs, small)
+		if err != nil || r.Submission != run.Complete {
+			t.Fatalf("resume: %+v, %v", r, err)
+		}
+		if n := queued(); n != 60 {
+			t.Fatalf("after resume, %d evals queued; want each of the 60 once", n)
+		}
+	}
+	if got, _ := b.runs.Get(ctx, "resumed"); got.Submission != run.Complete {
+		t.Errorf("run after resume: %+v", got)
+	}
+	other := small
+	other.Evals = other.Evals[:10]
+	if _, err := client.Submit(ctx, b.aq, p, b.runs, other); !errors.Is(err, run.ErrInvalid) {
+		t.Errorf("resume with other evals: %v, want ErrInvalid", err)
+	}
+
+	// Another run cut short, then cancelled: every eval ends.
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Submit(ctx, b.aq, p, b.runs, req("cancelled")); !errors.Is(err, pool.ErrRedisFull) {
+		t.Fatalf("second submit: %v, want ErrRedisFull", err)
+	}
+	// Cancelling marks the evals in the pool, a write: raise the limit.
+	if err := rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CancelRun(ctx, b.insp, p, b.runs, "cancelled"); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := b.runs.Progress(ctx, "cancelled"); err != nil || c.Cancelled != 60 || c.Pending != 0 {
+		t.Errorf("after cancel: %+v, %v; want all 60 cancelled", c, err)
+	}
+}

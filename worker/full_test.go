@@ -1,0 +1,113 @@
+package worker
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/client"
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/refexec"
+	"github.com/evalpool/evalpool/run"
+	"github.com/evalpool/evalpool/tasks"
+)
+
+// TestEndsAtMaxmemoryAreRecordedLater fills a real Redis to its maxmemory
+// while two evals of a run are on their executors: their ends cannot be
+// written then, the executors still come back, the gauges show Redis full,
+// and once memory is freed the worker records both ends.
+func TestEndsAtMaxmemoryAreRecordedLater(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{Args: evaltest.FullRedisArgs})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	slow := refexec.Options{Latency: 1500 * time.Millisecond}
+	w, b := setupOn(t, rdb, Config{ReapInterval: time.Second, Cleanup: CleanupInline, ExecutorWait: -1}, slow, slow)
+	start(t, w)
+	runs := run.NewStore(rdb, run.Options{})
+	ctx := t.Context()
+	evals := []tasks.Eval{{ID: "a", Spec: json.RawMessage(`{"grade":"passed"}`)}, {ID: "b", Spec: json.RawMessage(`{"grade":"passed"}`)}}
+	if _, err := client.Submit(ctx, b.aq, b.pool, runs, client.RunRequest{Name: "full", Evals: evals}); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Eventually(t, 10*time.Second, "the evals never ran", func() bool {
+		c, err := runs.Progress(ctx, "full")
+		return err == nil && c.Running == 2
+	})
+	free := evaltest.FillRedis(t, rdb)
+	evaltest.Eventually(t, 10*time.Second, "the ends were never kept to record later", func() bool {
+		return testutil.ToFloat64(b.metrics.unrecorded) == 2
+	})
+	evaltest.Eventually(t, 10*time.Second, "the executors never came back", func() bool {
+		c, err := b.pool.Counts(ctx)
+		return err == nil && c.Available == 2
+	})
+	evaltest.Eventually(t, 5*time.Second, "the gauges never showed Redis full", func() bool {
+		used, limit := testutil.ToFloat64(b.metrics.redisUsed), testutil.ToFloat64(b.metrics.redisMax)
+		return limit == 8<<20 && used >= limit
+	})
+	if c, err := runs.Progress(ctx, "full"); err != nil || c.Running != 2 {
+		t.Fatalf("progress while Redis is full: %+v, %v", c, err)
+	}
+
+	free()
+	evaltest.Eventually(t, 10*time.Second, "the ends were never recorded", func() bool {
+		c, err := runs.Progress(ctx, "full")
+		return err == nil && c.Passed == 2 && c.Running == 0
+	})
+	if n := testutil.ToFloat64(b.metrics.runEnds.WithLabelValues("recorded_late")); n != 2 {
+		t.Errorf("%v ends recorded late, want 2", n)
+	}
+}
+
+// TestReapReconcilesLostEnds runs evals of a run whose ends never reach the
+// run, as when their worker is killed between an eval's end and its
+// write: the reap's reconciliation records them from Asynq's state.
+func TestReapReconcilesLostEnds(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	w, b := setupOn(t, rdb, Config{ReapInterval: time.Second}, refexec.Options{})
+	runs := run.NewStore(rdb, run.Options{})
+	ctx := t.Context()
+	grades := map[string]string{"a": "passed", "b": "failed", "c": "junk"}
+	if err := runs.Create(ctx, run.Run{Name: "lost", Pool: b.pool.Name(), CreatedAt: time.Now(), Keys: []string{"a", "b", "c"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := runs.Submitted(ctx, "lost"); err != nil {
+		t.Fatal(err)
+	}
+	for key, grade := range grades {
+		// Without its run in the payload, the worker writes nothing to it.
+		e := tasks.Eval{ID: run.EvalID("lost", key), Pool: b.pool.Name(), Spec: json.RawMessage(`{"grade":"` + grade + `"}`)}
+		if grade == "junk" { // times out, with no retry: archived
+			e.Spec, e.TimeoutS = json.RawMessage(`{"sleep_ms":5000}`), 1
+		}
+		task, err := tasks.NewEval(e, tasks.EvalOptions{MaxRetry: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.aq.EnqueueContext(ctx, task); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start(t, w)
+	evaltest.Eventually(t, 20*time.Second, "the run never learned how its evals ended", func() bool {
+		c, err := runs.Progress(ctx, "lost")
+		return err == nil && c.Done() == 3
+	})
+	_, rows, err := runs.Results(ctx, "lost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		want := map[string]string{"a": run.Passed, "b": run.Failed, "c": run.Errored}[r.Key]
+		if r.Status != want {
+			t.Errorf("eval %s: %s, want %s", r.Key, r.Status, want)
+		}
+	}
+}
