@@ -93,3 +93,20 @@ func rewound(clock map[string]string, now time.Time) (Violation, bool) {
 		"Redis's data went back in time at %s (%s rewinds seen): a worker found the pool's generation below one it had seen; evals enqueued and leases taken just before may be lost (reported for %s)",
 		time.UnixMilli(at).UTC().Format(time.RFC3339), clock["rewinds"], RewindReported)}, true
 }
+
+// Generation reads what tells a client that Redis's data went back under
+// it: the pool's generation, which only grows, and how many rewinds ticks
+// have noted. A client that sees either fall (or the rewinds grow) since its
+// last read knows the pool was rewound.
+func (p *Pool) Generation(ctx context.Context) (gen, rewinds int64, err error) {
+	v, err := p.client.HMGet(ctx, p.keys.Clock(), "gen", "rewinds").Result()
+	if err != nil {
+		return 0, 0, fmt.Errorf("pool: read the generation of %s: %w", p.name, err)
+	}
+	n := func(x any) int64 {
+		s, _ := x.(string)
+		i, _ := strconv.ParseInt(s, 10, 64)
+		return i
+	}
+	return n(v[0]), n(v[1]), nil
+}

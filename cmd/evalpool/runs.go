@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -97,10 +98,12 @@ when its pass rate (passed over passed, failed and errored) is under
 			if err != nil {
 				return err
 			}
-			r, err := client.Submit(c.Context(), asynq.NewClientFromRedisClient(rdb), p, store, client.RunRequest{
+			aq := asynq.NewClientFromRedisClient(rdb)
+			req := client.RunRequest{
 				Name: name, Evals: evals, Require: required, Timeout: timeout,
 				Options: retryOptions(maxRetry), Resume: resume,
-			})
+			}
+			r, err := client.Submit(c.Context(), aq, p, store, req)
 			if err != nil {
 				return err
 			}
@@ -109,7 +112,14 @@ when its pass rate (passed over passed, failed and errored) is under
 			if !wait {
 				return nil
 			}
-			return a.waitRun(c.Context(), store, name, minPassRate)
+			req.Name, req.Resume = name, true
+			return a.waitRun(c.Context(), store, name, minPassRate, &rewinds{
+				watch: client.RewindWatch{Pool: p},
+				resubmit: func(ctx context.Context) error {
+					_, err := client.Submit(ctx, aq, p, store, req)
+					return err
+				},
+			})
 		},
 	}
 	f := c.Flags()
@@ -124,13 +134,29 @@ when its pass rate (passed over passed, failed and errored) is under
 	return c
 }
 
+// rewinds lets the submitter of a run, which holds its evals, enqueue them
+// again when Redis's data goes back under it, so that a rewind costs time,
+// not evals.
+type rewinds struct {
+	watch    client.RewindWatch
+	resubmit func(context.Context) error
+}
+
+// redisAwayFor is how long waitRun keeps trying a Redis that fails it (a
+// restart, a failover) before it gives up.
+const redisAwayFor = time.Minute
+
 // waitRun follows a run until every eval ended, then prints its summary
-// and fails under minPassRate.
-func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, minPassRate float64) error {
+// and fails under minPassRate. A run that vanished, or a pool whose data
+// went back, has its evals enqueued again (rw), and a Redis that fails it
+// for less than redisAwayFor is waited for.
+func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, minPassRate float64, rw *rewinds) error {
+	_, _ = rw.watch.Rewound(ctx) // the first look
 	c, err := store.Progress(ctx, name)
 	if err != nil {
 		return err
 	}
+	var failingSince time.Time
 	bar := progressbar.NewOptions(c.Size,
 		progressbar.OptionSetWriter(a.stderr),
 		progressbar.OptionSetDescription(name),
@@ -147,7 +173,16 @@ func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, mi
 			return fmt.Errorf("%w: wait for run %s: %w", errInterrupted, name, context.Cause(ctx))
 		case <-tick.C:
 		}
-		if c, err = store.Progress(ctx, name); err != nil {
+		next, err := a.progress(ctx, store, name, rw)
+		switch {
+		case err == nil:
+			c, failingSince = next, time.Time{}
+		case errors.Is(err, context.Canceled):
+			return err
+		case failingSince.IsZero():
+			failingSince = time.Now()
+			fmt.Fprintf(a.stderr, "\n%v; still waiting for run %s\n", err, name)
+		case time.Since(failingSince) > redisAwayFor:
 			return err
 		}
 		_ = bar.Set(c.Done())
@@ -160,6 +195,24 @@ func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, mi
 	}
 	printSummary(a.stdout, sum)
 	return gate(sum, minPassRate)
+}
+
+// progress reads a run's progress, once it has enqueued the run's evals
+// again if the pool's data went back or the run vanished.
+func (a *app) progress(ctx context.Context, store *evalrun.Store, name string, rw *rewinds) (evalrun.Counts, error) {
+	back, err := rw.watch.Rewound(ctx)
+	if err != nil {
+		return evalrun.Counts{}, err
+	}
+	c, err := store.Progress(ctx, name)
+	if back || errors.Is(err, evalrun.ErrNotFound) {
+		fmt.Fprintf(a.stderr, "\nRedis's data went back in time, or run %s vanished: its evals are enqueued again by their IDs (those still there are left alone)\n", name)
+		if err := rw.resubmit(ctx); err != nil {
+			return evalrun.Counts{}, err
+		}
+		c, err = store.Progress(ctx, name)
+	}
+	return c, err
 }
 
 // gate is the one rule of exit codes for a run: its pass rate under
