@@ -311,7 +311,7 @@ type Client struct {
 	Now func() time.Time
 
 	mu     sync.Mutex
-	stamps map[string]stamp // by base URL: each executor's last time stamp
+	clocks map[string]*stamps // by base URL: what each executor's answers said of its clock
 }
 
 var defaultHTTP = &http.Client{Transport: func() *http.Transport {

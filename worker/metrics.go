@@ -11,6 +11,7 @@ type Metrics struct {
 	poolLost         *prometheus.CounterVec
 	executorWait     *prometheus.HistogramVec
 	verdicts         *prometheus.CounterVec
+	unauthorized     *prometheus.CounterVec
 }
 
 // NewMetrics returns the worker's metrics, not yet registered anywhere.
@@ -18,7 +19,7 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		evals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_eval_attempts_total",
-			Help: "Eval attempts by outcome (passed, failed, error, busy, cancelled, no_executor, bad_payload).",
+			Help: "Eval attempts by outcome (passed, failed, error, busy, cancelled, no_executor, bad_payload; handed back without spending a retry: unauthorized, slow_path, clock).",
 		}, []string{"pool", "outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "evalpool_eval_duration_seconds",
@@ -42,11 +43,15 @@ func NewMetrics() *Metrics {
 			Name: "evalpool_executor_verdicts_total",
 			Help: "Eval attempts by executor and what they made of it: passed, failed (graded), unavailable (the executor did not serve the call). One series per executor and verdict.",
 		}, []string{"pool", "executor", "verdict"}),
+		unauthorized: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_executor_unauthorized_total",
+			Help: "Calls an executor refused with 401: this worker's executor secret is not the executor's. Each attempt goes back to its queue without spending a retry. Alert on any increase.",
+		}, []string{"pool", "executor"}),
 	}
 }
 
 // Collectors lists the metrics, for a Prometheus registry:
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts}
+	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts, m.unauthorized}
 }
