@@ -223,9 +223,9 @@ func (w *Worker) noteClock(ctx context.Context, url string) {
 // relative says d as "<d> ahead of" or "<d> behind".
 func relative(d time.Duration) string {
 	if d < 0 {
-		return (-d).Round(10*time.Millisecond).String() + " behind"
+		return (-d).Round(100*time.Millisecond).String() + " behind"
 	}
-	return d.Round(10*time.Millisecond).String() + " ahead of"
+	return d.Round(100*time.Millisecond).String() + " ahead of"
 }
 
 // redisOffset is Redis's clock minus this worker's, read with TIME, and
