@@ -99,7 +99,10 @@ func TestAnswersTellTheExecutorsTime(t *testing.T) {
 		name string
 		send func() *http.Response
 	}{
-		{"health", func() *http.Response { r, _ := evaltest.Do(t, http.MethodGet, url+executor.PathHealth, "", nil); return r }},
+		{"health", func() *http.Response {
+			r, _ := evaltest.Do(t, http.MethodGet, url+executor.PathHealth, "", nil)
+			return r
+		}},
 		{"401", func() *http.Response {
 			r, _ := evaltest.Do(t, http.MethodPost, url+executor.PathEvals, `{}`, nil)
 			return r

@@ -125,8 +125,10 @@ func TestWrongSecretIsRefusedAtStart(t *testing.T) {
 // with another secret under the same address.
 type swapHandler struct{ h atomic.Pointer[http.Handler] }
 
-func (s *swapHandler) set(h http.Handler)                              { s.h.Store(&h) }
-func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) { (*s.h.Load()).ServeHTTP(w, r) }
+func (s *swapHandler) set(h http.Handler) { s.h.Store(&h) }
+func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	(*s.h.Load()).ServeHTTP(w, r)
+}
 
 // An executor whose secret changes under a running worker refuses its
 // calls (401): the attempts go back to their queue without spending a
