@@ -139,7 +139,7 @@ func (r Reason) Timing() bool { return r == ReasonLeaseExpired || r == ReasonLea
 func (r Reason) String() string {
 	switch r {
 	case ReasonStaleFence:
-		return "stale fence: a newer lease holds the executor"
+		return "a newer lease holds the executor (stale fence)"
 	case ReasonPreempted:
 		return "preempted by a higher fence"
 	case ReasonLeaseExpired:
@@ -164,7 +164,7 @@ type RefusedError struct {
 }
 
 func (e *RefusedError) Error() string {
-	return fmt.Sprintf("%v: %s: %s: %s", ErrFenced, e.URL, e.Reason, e.Answer)
+	return fmt.Sprintf("%v: %s: %s: %s", ErrFenced, e.Reason, e.URL, e.Answer)
 }
 
 // Is makes a RefusedError ErrFenced.
