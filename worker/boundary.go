@@ -339,6 +339,6 @@ func (w *Worker) checkPermissions(ctx context.Context, queues []string) error {
 func noPerm(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOPERM") }
 
 func permissionErr(what string, err error) error {
-	return fmt.Errorf("%w: %s: %v: grant the worker's Redis user Asynq's keys and channel (ACL SETUSER <user> ~asynq:* &asynq:* +@all, beside ~evalpool:*); not starting",
+	return fmt.Errorf("%w: %s: %v: grant the worker's Redis user Asynq's keys and channel beside evalpool's (ACL SETUSER <user> ~asynq:* &asynq:*); not starting",
 		ErrRedisPermission, what, err)
 }
