@@ -90,7 +90,7 @@ func (w *Worker) misconfigured(ctx context.Context, sp *served, lease pool.Lease
 	case !live || !reason.Timing() && !errors.Is(err, executor.ErrEarlyDeadline):
 		return err
 	}
-	cause, outcome := w.timingCause(ctx, url, ttl, prior, known)
+	cause, outcome := w.timingCause(ctx, url, ttl, prior, known, errors.Is(err, executor.ErrEarlyDeadline))
 	if outcome == "unauthorized" {
 		w.cfg.Metrics.unauthorized.WithLabelValues(sp.pool.Name(), url).Inc()
 	}
@@ -118,8 +118,9 @@ const maxTimingProbe = 10 * time.Second
 // extensions were refused for their signature, or the round trip to it is
 // too long for the lease TTL. It measures with a signed request that
 // changes nothing (executor.Client.CheckSignature), bounded by the TTL,
-// and returns the cause, with its fix, and the attempt's outcome.
-func (w *Worker) timingCause(ctx context.Context, url string, ttl time.Duration, prior executor.ClockOffset, known bool) (cause, outcome string) {
+// and returns the cause, with its fix, and the attempt's outcome. early
+// says the executor stopped the eval at a deadline that came early there.
+func (w *Worker) timingCause(ctx context.Context, url string, ttl time.Duration, prior executor.ClockOffset, known, early bool) (cause, outcome string) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(ttl, maxTimingProbe))
 	defer cancel()
 	started := time.Now()
@@ -130,6 +131,8 @@ func (w *Worker) timingCause(ctx context.Context, url string, ttl time.Duration,
 	switch {
 	case ok && moved:
 		return "the executor's clock differs from the time the call was dated by; the next call is dated in the executor's clock", "clock"
+	case early:
+		return "the executor's deadline came before this worker's though the call was dated in its clock: its clock stepped, or it keeps a deadline of its own", "clock"
 	case errors.Is(perr, executor.ErrUnauthorized):
 		return unauthorizedMsg + ", so its lease extensions were refused", "unauthorized"
 	case perr != nil:

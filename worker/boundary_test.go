@@ -350,3 +350,26 @@ func TestRedisUserWithoutAsynqKeysIsRefused(t *testing.T) {
 		t.Fatal("the eval did not complete under a user with every key")
 	}
 }
+
+// Attempts handed back in a row for one executor wait twice as long each
+// time, from NoExecutorDelay (±50%) up to a minute, and an answer starts
+// the count again: a misconfiguration nobody fixes costs each eval one
+// attempt a minute at most, and never archives it.
+func TestHandBacksBackOff(t *testing.T) {
+	t.Parallel()
+	const base = 500 * time.Millisecond
+	var s streaks
+	for n := range 12 {
+		want := min(base<<n, maxHandBackDelay)
+		if d := s.next("http://a", base); d < want/2 || d > want {
+			t.Fatalf("hand-back %d waits %s, want %s to %s", n, d, want/2, want)
+		}
+	}
+	if d := s.next("http://b", base); d > base {
+		t.Fatalf("another executor's first hand-back waits %s, want at most %s", d, base)
+	}
+	s.reset("http://a")
+	if d := s.next("http://a", base); d > base {
+		t.Fatalf("after an answer, a hand-back waits %s, want at most %s", d, base)
+	}
+}
