@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -135,5 +137,43 @@ func TestAnswersTellTheExecutorsTime(t *testing.T) {
 	res, err := signed.Run(ctx, url, executor.Request{EvalID: "e", Fence: 1, Spec: []byte(`{"sleep_ms":300}`), LeaseMs: 1000})
 	if err != nil || res.Status != executor.StatusPassed {
 		t.Fatalf("a call dated in the executor's clock: %+v, %v; want passed", res, err)
+	}
+}
+
+// A request held up in the network never carries its lease past its end,
+// even at an executor whose clock is 30 s behind the caller's: once the
+// client heard the executor's time it dates the request in that clock, so
+// the executor ends the lease when it ends, not lease_ms after a late
+// arrival. Dated by the caller's clock, the request would be taken as sent
+// 30 s in the future, and its lease would run on the full lease_ms from
+// its arrival.
+func TestHeldUpRequestDoesNotStretchTheLeaseWhateverTheClocks(t *testing.T) {
+	t.Parallel()
+	const lease, held = 1500 * time.Millisecond, time.Second
+	s, err := New(Options{Latency: time.Hour, Now: func() time.Time { return time.Now().Add(-30 * time.Second) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hold atomic.Bool
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hold.Load() {
+			time.Sleep(held)
+		}
+		s.ServeHTTP(w, r)
+	}))
+	t.Cleanup(ts.Close)
+	c := &executor.Client{}
+	if _, err := c.Health(t.Context(), ts.URL); err != nil { // the client hears the executor's time
+		t.Fatal(err)
+	}
+	hold.Store(true)
+	start := time.Now()
+	_, err = c.Run(t.Context(), ts.URL, executor.Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`), LeaseMs: lease.Milliseconds()})
+	took := time.Since(start)
+	if reason, _ := executor.RefusalReason(err); reason != executor.ReasonLeaseExpired {
+		t.Fatalf("err = %v, want the lease to have run out", err)
+	}
+	if took > lease+300*time.Millisecond {
+		t.Fatalf("the lease ended %s after the request was sent, want by its end, %s, though the request arrived %s late", took.Round(time.Millisecond), lease, held)
 	}
 }
