@@ -193,14 +193,16 @@ func delayed(d time.Duration, h http.Handler) http.Handler {
 // longer lease TTL. A worker started with the TTL the log names runs them.
 func TestSlowPathNamesTheFixAndArchivesNothing(t *testing.T) {
 	t.Parallel()
-	const ttl, oneWay = 600 * time.Millisecond, 400 * time.Millisecond
+	const ttl, oneWay = 1500 * time.Millisecond, time.Second
 	srv := evaltest.StartT(t, evaltest.Options{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
 	w, b := setupOn(t, client, Config{LeaseTTL: ttl})
 	s := newExecutor(t, refexec.Options{})
 	url := serveExecutor(t, b, delayed(oneWay, s), s)
-	ids := enqueueSpec(t, b, 2, `{"sleep_ms":1500}`, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
+	// Long enough to need several extensions: each arrives about when the
+	// executor's lease ends, and one late is enough to stop the eval.
+	ids := enqueueSpec(t, b, 2, `{"sleep_ms":4000}`, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
 
 	ctx, stop := context.WithCancel(t.Context())
 	var runErr error
@@ -208,13 +210,13 @@ func TestSlowPathNamesTheFixAndArchivesNothing(t *testing.T) {
 	go func() { runErr = w.Run(ctx); close(finished) }()
 	t.Cleanup(func() { stop(); <-finished }) // before Redis stops, should the test fail
 	fix := regexp.MustCompile(`raise --lease-ttl to at least ([0-9.a-z]+)`)
-	evaltest.Eventually(t, 30*time.Second, "no line named the fix", func() bool {
+	evaltest.Eventually(t, time.Minute, "no line named the fix", func() bool {
 		for _, id := range ids {
 			if info, err := b.insp.GetTaskInfo(tasks.QueueEvals, id); err == nil && info.State == asynq.TaskStateArchived {
 				t.Fatalf("eval %s archived on a slow path after %d retries: %s", id, info.Retried, info.LastErr)
 			}
 		}
-		return b.logs.Count("round trip to "+url) >= 3 && fix.MatchString(b.logs.String())
+		return b.logs.Count("round trip to "+url) >= 2 && fix.MatchString(b.logs.String())
 	})
 	stop()
 	<-finished
@@ -226,21 +228,22 @@ func TestSlowPathNamesTheFixAndArchivesNothing(t *testing.T) {
 			t.Fatalf("eval %s on a slow path: %+v, %v; want it back in its queue with no retry spent", id, info, err)
 		}
 	}
-	if st := s.Stats(); st.LeaseExpired == 0 || st.Passed != 0 {
-		t.Fatalf("executor %+v: want its lease to have stopped the evals", st)
+	if st := s.Stats(); st.LeaseExpired == 0 {
+		t.Fatalf("executor %+v: want its lease to have stopped evals", st)
 	}
 
 	need, err := time.ParseDuration(fix.FindStringSubmatch(b.logs.String())[1])
 	if err != nil || need <= ttl {
 		t.Fatalf("the fix names a TTL of %v (%v); want more than %s", need, err, ttl)
 	}
+	t.Logf("the log names the fix: --lease-ttl %s", need)
 	fixed, err := New(Config{Redis: client, Pools: []*pool.Pool{b.pool}, LeaseTTL: need, PollInterval: 20 * time.Millisecond, NoExecutorDelay: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	start(t, fixed)
 	if completed, archived := evaltest.WaitEvalsDone(t, b.insp, len(ids), 2*time.Minute); completed != len(ids) || archived != 0 {
-		t.Fatalf("with the TTL the log named: %d completed, %d archived; want all %d completed", completed, archived, len(ids))
+		t.Fatalf("with the TTL the log named (%s): %d completed, %d archived; want all %d completed", need, completed, archived, len(ids))
 	}
 	assertPoolWhole(t, b)
 	assertNoOverlap(t, b)
@@ -268,11 +271,11 @@ func TestClocksThatDifferArchiveNothing(t *testing.T) {
 		says         string // which clock the log line blames
 		first        string // what a first call handed back met; "" for none
 	}{
-		{"executor 30s ahead", 30 * time.Second, 0, time.Second, time.Minute, false, "the executor's clock is 30s ahead of this worker's and Redis's", ""},
-		{"executor 30s ahead, met on the first call", 30 * time.Second, 0, time.Second, time.Minute, true, "the executor's clock is 30s ahead of this worker's and Redis's", string(executor.ReasonLeaseOverOnArrival)},
+		{"executor 30s ahead", 30 * time.Second, 0, 2 * time.Second, time.Minute, false, "the executor's clock is 30s ahead of this worker's and Redis's", ""},
+		{"executor 30s ahead, met on the first call", 30 * time.Second, 0, 2 * time.Second, time.Minute, true, "the executor's clock is 30s ahead of this worker's and Redis's", string(executor.ReasonLeaseOverOnArrival)},
 		{"executor 30s ahead, a 45s TTL: the deadline came early", 30 * time.Second, 0, 45 * time.Second, 32 * time.Second, true, "the executor's clock is 30s ahead of this worker's and Redis's", executor.ErrEarlyDeadline.Error()},
-		{"worker 30s behind", 0, -30 * time.Second, time.Second, time.Minute, false, "this worker's clock is 30s behind Redis's and the executor's", ""},
-		{"worker 90s behind", 0, -90 * time.Second, time.Second, time.Minute, true, "this worker's clock is 1m30s behind Redis's and the executor's", string(executor.ReasonLeaseOverOnArrival)},
+		{"worker 30s behind", 0, -30 * time.Second, 2 * time.Second, time.Minute, false, "this worker's clock is 30s behind Redis's and the executor's", ""},
+		{"worker 90s behind", 0, -90 * time.Second, 2 * time.Second, time.Minute, true, "this worker's clock is 1m30s behind Redis's and the executor's", string(executor.ReasonLeaseOverOnArrival)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -295,9 +298,15 @@ func TestClocksThatDifferArchiveNothing(t *testing.T) {
 				register()
 			}
 			// Longer than the lease: the executor must honour extensions.
-			ids := enqueueSpec(t, b, 6, `{"sleep_ms":1500}`, tasks.EvalOptions{MaxRetry: -1}, tt.timeout)
+			ids := enqueueSpec(t, b, 6, `{"sleep_ms":2500}`, tasks.EvalOptions{MaxRetry: -1}, tt.timeout)
 			if completed, archived := evaltest.WaitEvalsDone(t, b.insp, len(ids), 90*time.Second); completed != len(ids) || archived != 0 {
-				t.Fatalf("%d completed, %d archived; want all %d completed\n%s", completed, archived, len(ids), b.logs)
+				var errs []string
+				for _, id := range ids {
+					if info, err := b.insp.GetTaskInfo(tasks.QueueEvals, id); err == nil && info.State == asynq.TaskStateArchived {
+						errs = append(errs, id+": "+info.LastErr)
+					}
+				}
+				t.Fatalf("%d completed, %d archived; want all %d completed:\n%s", completed, archived, len(ids), strings.Join(errs, "\n"))
 			}
 			handedBack := testutil.ToFloat64(b.metrics.evals.WithLabelValues(b.pool.Name(), "clock"))
 			if tt.first == "" && handedBack != 0 || tt.first != "" && (handedBack == 0 || b.logs.Count(tt.first) == 0) {
