@@ -14,6 +14,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -66,10 +67,11 @@ const MaxRequestBytes = 2 << 20
 const maxSmallAnswer = 64 << 10
 
 var (
-	// ErrFenced means the executor refused the eval: it has seen a higher
-	// fence, so the lease that sent it is no longer the executor's holder,
-	// or the eval's lease passed at the executor without an extension.
-	ErrFenced = errors.New("executor: refused: a newer lease holds the executor")
+	// ErrFenced means the executor refused the eval or its extension (409):
+	// it has seen a higher fence, so the lease that sent it is no longer
+	// the executor's holder, or the eval's lease is over there. The error
+	// is a *RefusedError, whose Reason says which.
+	ErrFenced = errors.New("executor: refused")
 	// ErrNotRunning means an extension found no eval under that eval ID and
 	// fence: it has finished, or its request has not reached the executor
 	// yet. An executor that does not know extensions answers the same. It is
@@ -86,6 +88,12 @@ var (
 	// ErrBadAnswer means the executor answered something that is not a
 	// result: not JSON, an unknown status, too big.
 	ErrBadAnswer = errors.New("executor: bad answer")
+	// ErrEarlyDeadline means the executor stopped the eval at the deadline
+	// it was sent (504) while the caller's own had not come: its answer's
+	// time stamp shows its clock past that deadline. The clocks differ; the
+	// executor is not at fault, and the client has learned its clock from
+	// that answer.
+	ErrEarlyDeadline = errors.New("executor: stopped the eval at its deadline before the caller's came: the clocks differ")
 	// ErrUnavailable means the executor did not serve the call: the
 	// connection failed, or no answer came before the call's deadline, or
 	// it answered 5xx. With ErrBadAnswer, it is what Unavailable reports:
@@ -101,6 +109,89 @@ func Unavailable(err error) bool {
 	return errors.Is(err, ErrUnavailable) || errors.Is(err, ErrBadAnswer)
 }
 
+// Reason is why an executor refused an eval or an extension (409), as it
+// says in the "reason" field of its answer.
+type Reason string
+
+// The reasons of the protocol. An executor that gives none leaves it empty.
+const (
+	// ReasonStaleFence: a fence not above the highest the executor has seen.
+	ReasonStaleFence Reason = "stale_fence"
+	// ReasonPreempted: a higher fence took the executor over.
+	ReasonPreempted Reason = "preempted"
+	// ReasonLeaseExpired: the lease passed at the executor without an
+	// extension, and it stopped the eval.
+	ReasonLeaseExpired Reason = "lease_expired"
+	// ReasonLeaseOverOnArrival: by sent_at_ms and lease_ms the lease was
+	// over when the request arrived (delayed, replayed, or the clocks
+	// differ).
+	ReasonLeaseOverOnArrival Reason = "lease_over_on_arrival"
+	// ReasonStopping: the eval is stopping for another cause (its caller
+	// left, its deadline passed).
+	ReasonStopping Reason = "stopping"
+)
+
+// Timing reports whether the executor refused for time alone: the lease
+// ran out there, or was over on arrival. Nobody else holds the executor;
+// the extensions came too late, or the clocks differ.
+func (r Reason) Timing() bool { return r == ReasonLeaseExpired || r == ReasonLeaseOverOnArrival }
+
+func (r Reason) String() string {
+	switch r {
+	case ReasonStaleFence:
+		return "a newer lease holds the executor (stale fence)"
+	case ReasonPreempted:
+		return "preempted by a higher fence"
+	case ReasonLeaseExpired:
+		return "the lease ran out at the executor without an extension"
+	case ReasonLeaseOverOnArrival:
+		return "the lease was over when the request arrived (delayed, replayed, or the clocks differ)"
+	case ReasonStopping:
+		return "the eval is stopping"
+	case "":
+		return "a newer lease holds the executor, or the lease is over there (it gave no reason)"
+	}
+	return "reason " + strconv.Quote(string(r))
+}
+
+// RefusedError is a 409 from an executor, with its reason. It is ErrFenced
+// (errors.Is).
+type RefusedError struct {
+	URL    string
+	Reason Reason
+	// Answer is the start of the executor's answer, on one line.
+	Answer string
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("%v: %s: %s: %s", ErrFenced, e.Reason, e.URL, e.Answer)
+}
+
+// Is makes a RefusedError ErrFenced.
+func (e *RefusedError) Is(target error) bool { return target == ErrFenced }
+
+// refused reads a 409's reason from its JSON body, {"error", "reason"}.
+func refused(baseURL string, answer []byte) error {
+	var body struct {
+		Reason Reason `json:"reason"`
+	}
+	_ = json.Unmarshal(answer, &body)
+	if len(body.Reason) > 64 {
+		body.Reason = ""
+	}
+	return &RefusedError{URL: baseURL, Reason: body.Reason, Answer: Snippet(answer)}
+}
+
+// RefusalReason is the reason of the RefusedError in err's chain, and false
+// when there is none.
+func RefusalReason(err error) (Reason, bool) {
+	var r *RefusedError
+	if errors.As(err, &r) {
+		return r.Reason, true
+	}
+	return "", false
+}
+
 // Request is the body of POST /v1/evals.
 type Request struct {
 	EvalID string          `json:"eval_id"`
@@ -112,11 +203,14 @@ type Request struct {
 	// extension (Client.Extend) moved the lease's end. 0 means no lease: only
 	// the deadline bounds the eval.
 	LeaseMs int64 `json:"lease_ms,omitempty"`
-	// SentAtMs is the caller's wall clock (unix ms) when it measured
-	// LeaseMs. The executor ends the lease at the earlier of its receive
-	// time plus LeaseMs and SentAtMs plus LeaseMs on its own clock, so that
-	// a request delayed in the network, or replayed, never carries the lease
-	// past its end by more than the two clocks differ. Run sets it.
+	// SentAtMs is when the caller measured LeaseMs (unix ms), in the
+	// executor's clock as far as the caller knows it and never later: the
+	// executor's last stamp (TimeHeader) carried forward from when its
+	// answer arrived, or the caller's wall clock for an executor that never
+	// told its time. The executor ends the lease at the earlier of its
+	// receive time plus LeaseMs and SentAtMs plus LeaseMs on its own clock,
+	// so that a request delayed in the network, or replayed, never carries
+	// the lease past its end. Run sets it.
 	SentAtMs int64 `json:"sent_at_ms,omitempty"`
 }
 
@@ -211,6 +305,13 @@ type Client struct {
 	// with the same secret require. An executor without a secret ignores the
 	// signature. Defaults to none.
 	Secret []byte
+	// Now is the caller's wall clock. It dates requests only for
+	// executors that never told their time; an executor that does is dated
+	// in its own clock. Defaults to time.Now.
+	Now func() time.Time
+
+	mu     sync.Mutex
+	clocks map[string]*stamps // by base URL: what each executor's answers said of its clock
 }
 
 var defaultHTTP = &http.Client{Transport: func() *http.Transport {
@@ -227,29 +328,34 @@ func (c *Client) httpClient() *http.Client {
 }
 
 // post sends a POST, signed when the client has a secret, and reads up to
-// limit+1 bytes of the answer.
-func (c *Client) post(ctx context.Context, baseURL, path string, body []byte, limit int64) (*http.Response, []byte, error) {
+// limit+1 bytes of the answer. The context's deadline travels in the
+// executor's clock (execTime's upper bound); deadlineMs is what was sent, 0
+// for none.
+func (c *Client) post(ctx context.Context, baseURL, path string, body []byte, limit int64, sent time.Time) (resp *http.Response, answer []byte, deadlineMs int64, err error) {
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, baseURL+path, bytes.NewReader(body))
 	if err != nil {
-		return nil, nil, fmt.Errorf("executor %s: %w", baseURL, err)
+		return nil, nil, 0, fmt.Errorf("executor %s: %w", baseURL, err)
 	}
 	hr.Header.Set("Content-Type", "application/json")
 	if d, ok := ctx.Deadline(); ok {
-		hr.Header.Set(DeadlineHeader, strconv.FormatInt(d.UnixMilli(), 10))
+		_, hi := c.execTime(baseURL, sent)
+		deadlineMs = hi + (time.Until(d) + time.Millisecond - 1).Milliseconds()
+		hr.Header.Set(DeadlineHeader, strconv.FormatInt(deadlineMs, 10))
 	}
 	if len(c.Secret) > 0 {
 		hr.Header.Set(SignatureHeader, Sign(c.Secret, hr.Method, hr.URL.EscapedPath(), hr.Header.Get(DeadlineHeader), body))
 	}
-	resp, err := c.httpClient().Do(hr)
+	resp, err = c.httpClient().Do(hr)
 	if err != nil {
-		return nil, nil, unavailable(ctx, baseURL, "", err)
+		return nil, nil, 0, unavailable(ctx, baseURL, "", err)
 	}
+	c.learn(baseURL, resp.Header, sent, c.now())
 	defer resp.Body.Close()
-	answer, err := ReadBody(resp.Body, resp.ContentLength, limit)
+	answer, err = ReadBody(resp.Body, resp.ContentLength, limit)
 	if err != nil {
-		return nil, nil, unavailable(ctx, baseURL, "read answer: ", err)
+		return nil, nil, 0, unavailable(ctx, baseURL, "read answer: ", err)
 	}
-	return resp, answer, nil
+	return resp, answer, deadlineMs, nil
 }
 
 // ReadBody reads r to its end, but no more than limit+1 bytes: the one more
@@ -292,26 +398,30 @@ func unavailable(ctx context.Context, baseURL, what string, err error) error {
 // Run sends one eval to the executor at baseURL and waits for its answer.
 // The context's deadline travels with the request, so the executor stops
 // the eval when the caller stops waiting; so does req.LeaseMs, so a
-// lease-aware executor stops it when the lease passes unextended.
+// lease-aware executor stops it when the lease passes unextended. Both are
+// dated in the executor's clock when it has told its time (TimeHeader).
 func (c *Client) Run(ctx context.Context, baseURL string, req Request) (Result, error) {
+	sent := c.now()
 	if req.LeaseMs > 0 && req.SentAtMs == 0 {
-		req.SentAtMs = time.Now().UnixMilli()
+		req.SentAtMs, _ = c.execTime(baseURL, sent)
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return Result{}, fmt.Errorf("executor: encode eval %s: %w", req.EvalID, err)
 	}
-	resp, answer, err := c.post(ctx, baseURL, PathEvals, body, MaxAnswerBytes)
+	resp, answer, deadlineMs, err := c.post(ctx, baseURL, PathEvals, body, MaxAnswerBytes, sent)
 	if err != nil {
 		return Result{}, err
 	}
 	switch {
 	case resp.StatusCode == http.StatusConflict:
-		return Result{}, fmt.Errorf("%w: %s: %s", ErrFenced, baseURL, Snippet(answer))
+		return Result{}, refused(baseURL, answer)
 	case resp.StatusCode == http.StatusLocked:
 		return Result{}, fmt.Errorf("%w: %s: %s", ErrBusy, baseURL, Snippet(answer))
 	case resp.StatusCode == http.StatusUnauthorized:
 		return Result{}, fmt.Errorf("%w: %s: %s", ErrUnauthorized, baseURL, Snippet(answer))
+	case resp.StatusCode == http.StatusGatewayTimeout && early(ctx, resp.Header, deadlineMs):
+		return Result{}, fmt.Errorf("%w: %s: %s", ErrEarlyDeadline, baseURL, Snippet(answer))
 	case resp.StatusCode/100 == 5:
 		return Result{}, fmt.Errorf("%w: %s answered %s: %s", ErrUnavailable, baseURL, resp.Status, Snippet(answer))
 	case resp.StatusCode/100 != 2:
@@ -326,25 +436,46 @@ func (c *Client) Run(ctx context.Context, baseURL string, req Request) (Result, 
 	return r, nil
 }
 
+// early reports whether a 504 came from an executor whose clock had
+// reached the deadline it was sent while the caller's had not: the answer's
+// stamp is at or past that deadline, and the caller's deadline is still
+// more than earlyMargin away. A 504 without a stamp (a gateway's) is the
+// executor's unavailability, as any 5xx.
+func early(ctx context.Context, h http.Header, deadlineMs int64) bool {
+	d, ok := ctx.Deadline()
+	ms, err := strconv.ParseInt(h.Get(TimeHeader), 10, 64)
+	return ok && deadlineMs > 0 && err == nil && ms >= deadlineMs && time.Until(d) > earlyMargin
+}
+
+// earlyMargin is how long before the caller's deadline a 504 must come to
+// be early: less is the ordinary race of two clocks reaching one deadline.
+const earlyMargin = time.Second
+
 // Extend tells the executor at baseURL that the lease of the eval it runs
 // under evalID and fence has remaining time left from now, so that a
 // lease-aware executor keeps running it. remaining is sent in whole
 // milliseconds, rounded down: the executor counts from when it receives the
 // extension, a little later than now, so it must not also be given the
-// fraction. The errors that matter wrap ErrFenced (the executor belongs to a
-// newer lease, or the eval's lease already passed there: stop waiting for
-// the eval) and ErrNotRunning (nothing to extend: keep waiting for Run's
-// answer).
+// fraction; sent_at_ms is in the executor's clock, as Run's. The errors
+// that matter are a *RefusedError, ErrFenced (the executor belongs to a
+// newer lease, or the eval's lease is over there: its Reason says which),
+// and ErrNotRunning (nothing to extend: keep waiting for Run's answer).
 func (c *Client) Extend(ctx context.Context, baseURL, evalID string, fence int64, remaining time.Duration) error {
 	ms := remaining.Milliseconds()
 	if ms <= 0 {
 		return fmt.Errorf("executor %s: extend eval %s fence %d: the lease has no time left (%s)", baseURL, evalID, fence, remaining)
 	}
-	body, err := json.Marshal(Extension{EvalID: evalID, Fence: fence, LeaseMs: ms, SentAtMs: time.Now().UnixMilli()})
+	sent := c.now()
+	sentAt, _ := c.execTime(baseURL, sent)
+	return c.extend(ctx, baseURL, Extension{EvalID: evalID, Fence: fence, LeaseMs: ms, SentAtMs: sentAt}, sent)
+}
+
+func (c *Client) extend(ctx context.Context, baseURL string, ext Extension, sent time.Time) error {
+	body, err := json.Marshal(ext)
 	if err != nil {
-		return fmt.Errorf("executor: encode extension of eval %s: %w", evalID, err)
+		return fmt.Errorf("executor: encode extension of eval %s: %w", ext.EvalID, err)
 	}
-	resp, answer, err := c.post(ctx, baseURL, PathLease, body, maxSmallAnswer)
+	resp, answer, _, err := c.post(ctx, baseURL, PathLease, body, maxSmallAnswer, sent)
 	if err != nil {
 		return err
 	}
@@ -352,7 +483,7 @@ func (c *Client) Extend(ctx context.Context, baseURL, evalID string, fence int64
 	case http.StatusOK:
 		return nil
 	case http.StatusConflict:
-		return fmt.Errorf("%w: %s: %s", ErrFenced, baseURL, Snippet(answer))
+		return refused(baseURL, answer)
 	case http.StatusNotFound:
 		return fmt.Errorf("%w: %s: %s", ErrNotRunning, baseURL, Snippet(answer))
 	case http.StatusUnauthorized:
@@ -360,6 +491,27 @@ func (c *Client) Extend(ctx context.Context, baseURL, evalID string, fence int64
 	default:
 		return fmt.Errorf("executor %s: extension answered %s: %s", baseURL, resp.Status, Snippet(answer))
 	}
+}
+
+// signatureCheckEval names the eval of CheckSignature's extension: no
+// executor runs an eval of that ID, and fence 0 is above no fence seen.
+const signatureCheckEval = "evalpool:signature-check"
+
+// CheckSignature asks the executor at baseURL whether it accepts this
+// client's signature, with a request that changes nothing: the extension
+// of an eval no executor runs, under fence 0, which can raise no fence. An
+// executor checks the signature before anything else, so a 200, 404 or
+// 409 (the reference's answers) accepts it: nil. A 401 is ErrUnauthorized;
+// anything else says nothing of the signature (no answer is
+// ErrUnavailable). The answer also tells the client the executor's time.
+func (c *Client) CheckSignature(ctx context.Context, baseURL string) error {
+	sent := c.now()
+	sentAt, _ := c.execTime(baseURL, sent)
+	err := c.extend(ctx, baseURL, Extension{EvalID: signatureCheckEval, LeaseMs: 1, SentAtMs: sentAt}, sent)
+	if errors.Is(err, ErrFenced) || errors.Is(err, ErrNotRunning) {
+		return nil
+	}
+	return err
 }
 
 // Health asks the executor at baseURL how it is: GET /healthz. Any 200 is
@@ -370,10 +522,12 @@ func (c *Client) Health(ctx context.Context, baseURL string) (Health, error) {
 	if err != nil {
 		return Health{}, fmt.Errorf("executor %s: %w", baseURL, err)
 	}
+	sent := c.now()
 	resp, err := c.httpClient().Do(hr)
 	if err != nil {
 		return Health{}, fmt.Errorf("executor %s: %w", baseURL, err)
 	}
+	c.learn(baseURL, resp.Header, sent, c.now())
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSmallAnswer))
 	if err != nil {

@@ -14,23 +14,42 @@
 //
 // # Evals
 //
-// POST /v1/evals with a [Request]: {"eval_id", "fence", "spec", "lease_ms"}.
-// The X-Evalpool-Deadline header, in unix milliseconds, is when the caller
-// stops waiting; the executor stops the eval then. The answer is a [Result]
-// (200), 409 when the eval was refused or stopped because the executor
-// belongs to someone else (a fence not above the highest seen, preemption by
-// a higher fence, the lease passed), 504 at the deadline, 413 for a body over
-// [MaxRequestBytes], 400 for a malformed one.
+// POST /v1/evals with a [Request]: {"eval_id", "fence", "spec", "lease_ms",
+// "sent_at_ms"}. The X-Evalpool-Deadline header, in unix milliseconds, is
+// when the caller stops waiting; the executor stops the eval then. The
+// answer is a [Result] (200), 409 when the eval was refused or stopped, 504
+// at the deadline, 413 for a body over [MaxRequestBytes], 400 for a
+// malformed one. A 409 says why in {"error", "reason"} ([Reason]):
+// "stale_fence" (a fence not above the highest seen), "preempted" (a higher
+// fence took over), "lease_expired" (the lease passed unextended),
+// "lease_over_on_arrival"; the client's error is a [RefusedError], which is
+// [ErrFenced].
+//
+// # Time
+//
+// Every answer carries the executor's wall clock in [TimeHeader]
+// (X-Evalpool-Time, unix ms), 401s, 404s and 409s included. The client
+// keeps, per executor, the last stamp and when its request went out and its
+// answer came, and dates what it sends in the executor's clock: sent_at_ms
+// by a lower bound (the stamp plus the time since the answer came, less
+// 1,000 ppm of drift), so that a lease dated by it can only end early; the
+// deadline by an upper bound (the stamp plus the time since the request
+// went out), so that it never comes before the caller's own. The caller's
+// wall clock is then never used; an executor that tells no time is sent it,
+// as before. A 504 stamped at or past the deadline it was sent, more than a
+// second before the caller's deadline, is [ErrEarlyDeadline]: the clocks
+// differ, the executor is not at fault.
 //
 // # Leases
 //
 // lease_ms is the time left on the caller's lease when it sent the request,
-// and sent_at_ms the caller's wall clock (unix ms) at that moment. A
-// lease-aware executor sets its own lease end to the moment it received the
-// request plus lease_ms, on its monotonic clock, and no later than
-// sent_at_ms plus lease_ms by its own wall clock: a request delayed in the
-// network or replayed cannot carry the lease further than the two clocks
-// differ, and one whose lease is already over on arrival is refused (409).
+// and sent_at_ms that moment in the executor's clock, as far as the caller
+// knows it and never later (see Time). A lease-aware executor sets its own
+// lease end to the moment it received the request plus lease_ms, on its
+// monotonic clock, and no later than sent_at_ms plus lease_ms by its own
+// wall clock: a request delayed in the network or replayed cannot carry the
+// lease past its end, and one whose lease is already over on arrival is
+// refused (409 "lease_over_on_arrival").
 // The executor stops the eval (cancels it, kills its command's process
 // group) and answers 409 when the lease end passes without an extension.
 // The caller keeps the lease alive with
@@ -39,8 +58,9 @@
 //
 // which moves the lease end, never back, the same way: 200
 // {"lease_ms": N} when that eval under that fence is the executor's holder,
-// 409 when a newer fence holds the executor (the caller lost it) or the eval
-// is already stopping, 404 when nothing runs under that eval and fence (it
+// 409 when a newer fence holds the executor (the caller lost it), the eval
+// is already stopping (the reason of its stop), or the extension's lease was
+// over on arrival, 404 when nothing runs under that eval and fence (it
 // finished, or its POST has not arrived yet). A request without lease_ms is
 // bounded by its deadline alone, as before leases.
 //
@@ -84,8 +104,11 @@
 // 9223372036854775807 and lock every holder out. The signature proves who
 // sent a request, not when: a replayed eval is refused by its fence, but the
 // secret guards nothing on a network where requests can be read, so use TLS
-// or a private network there. GET /healthz and GET /v1/stats stay open: they
-// change nothing.
+// or a private network there. Answers are not signed: whoever can rewrite
+// them can also move the time an executor tells. GET /healthz and
+// GET /v1/stats stay open: they change nothing. [Client.CheckSignature]
+// asks whether an executor accepts a client's signature with an extension
+// that changes nothing (fence 0, an eval none runs): 401 or not.
 //
 // # Identity
 //

@@ -68,6 +68,11 @@ type Options struct {
 	// tell a restarted executor, which forgot every fence and lease, from
 	// the one it knew. Defaults to a random ID made by New.
 	InstanceID string
+	// Now is the executor's wall clock: it stamps every answer
+	// (executor.TimeHeader) and reads the wall times of requests (the
+	// deadline, sent_at_ms); durations use the monotonic clock whatever it
+	// says. Tests set one off by seconds. Defaults to time.Now.
+	Now func() time.Time
 
 	// MaxConns caps the connections Serve keeps open at once; more wait in
 	// the kernel's backlog until one closes. Each costs up to
@@ -190,15 +195,16 @@ var (
 // pool's next holder may be quicker than that news.
 const busyWait = 250 * time.Millisecond
 
-// leaseEnd is when a lease of leaseMs, measured by the caller at its wall
-// clock sentAtMs (0: unknown), ends on this executor's monotonic clock: no
-// later than received plus leaseMs, and no later than sentAtMs plus leaseMs
-// by this executor's wall clock, so that a delayed or replayed request
+// leaseEnd is when a lease of leaseMs, measured by the caller at sentAtMs
+// (0: unknown; in this executor's clock as the caller knows it), ends on
+// this executor's monotonic clock: no later than received plus leaseMs,
+// and no later than sentAtMs plus leaseMs by this executor's wall clock,
+// which read wallMs at received, so that a delayed or replayed request
 // cannot carry a lease past its end.
-func leaseEnd(received time.Time, leaseMs, sentAtMs int64) time.Time {
+func leaseEnd(received time.Time, wallMs, leaseMs, sentAtMs int64) time.Time {
 	end := received.Add(time.Duration(leaseMs) * time.Millisecond)
 	if sentAtMs > 0 {
-		byClock := received.Add(time.Duration(sentAtMs+leaseMs-received.UnixMilli()) * time.Millisecond)
+		byClock := received.Add(time.Duration(sentAtMs+leaseMs-wallMs) * time.Millisecond)
 		if byClock.Before(end) {
 			end = byClock
 		}
@@ -262,9 +268,9 @@ func New(opts Options) (*Server, error) {
 	s.mux.HandleFunc("POST "+executor.PathEvals, s.handleEval)
 	s.mux.HandleFunc("POST "+executor.PathLease, s.handleLease)
 	s.mux.HandleFunc("GET "+executor.PathHealth, func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, executor.Health{Status: "ok", InstanceID: s.opts.InstanceID})
+		s.writeJSON(w, http.StatusOK, executor.Health{Status: "ok", InstanceID: s.opts.InstanceID})
 	})
-	s.mux.HandleFunc("GET "+executor.PathStats, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Stats()) })
+	s.mux.HandleFunc("GET "+executor.PathStats, func(w http.ResponseWriter, _ *http.Request) { s.writeJSON(w, http.StatusOK, s.Stats()) })
 	return s, nil
 }
 
@@ -283,14 +289,31 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
+// writeJSON answers v with the server's time stamp (executor.TimeHeader),
+// as every answer carries it: a caller dates its next requests by it.
+func (s *Server) writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(executor.TimeHeader, strconv.FormatInt(s.now().UnixMilli(), 10))
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func httpError(w http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
+func (s *Server) httpError(w http.ResponseWriter, code int, format string, args ...any) {
+	s.writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
+}
+
+// refuse answers 409 with the reason a caller tells apart by
+// (executor.Reason).
+func (s *Server) refuse(w http.ResponseWriter, reason executor.Reason, format string, args ...any) {
+	s.writeJSON(w, http.StatusConflict, map[string]string{"error": fmt.Sprintf(format, args...), "reason": string(reason)})
+}
+
+// now is the server's wall clock.
+func (s *Server) now() time.Time {
+	if s.opts.Now != nil {
+		return s.opts.Now()
+	}
+	return time.Now()
 }
 
 // readBody reads a POST's body, at most executor.MaxRequestBytes, and
@@ -303,7 +326,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		return nil, false
 	}
 	if r.ContentLength > executor.MaxRequestBytes {
-		httpError(w, http.StatusRequestEntityTooLarge, "body of %d bytes is over the limit of %d", r.ContentLength, executor.MaxRequestBytes)
+		s.httpError(w, http.StatusRequestEntityTooLarge, "body of %d bytes is over the limit of %d", r.ContentLength, executor.MaxRequestBytes)
 		return nil, false
 	}
 	body, err := executor.ReadBody(http.MaxBytesReader(w, r.Body, executor.MaxRequestBytes), r.ContentLength, executor.MaxRequestBytes)
@@ -315,11 +338,11 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		var netErr net.Error
 		switch {
 		case errors.As(err, &tooBig):
-			httpError(w, http.StatusRequestEntityTooLarge, "body over the limit of %d bytes", executor.MaxRequestBytes)
+			s.httpError(w, http.StatusRequestEntityTooLarge, "body over the limit of %d bytes", executor.MaxRequestBytes)
 		case errors.As(err, &netErr) && netErr.Timeout():
-			httpError(w, http.StatusRequestTimeout, "body not read in time")
+			s.httpError(w, http.StatusRequestTimeout, "body not read in time")
 		default:
-			httpError(w, http.StatusBadRequest, "read body: %v", err)
+			s.httpError(w, http.StatusBadRequest, "read body: %v", err)
 		}
 		return nil, false
 	}
@@ -341,58 +364,60 @@ func (s *Server) verify(r *http.Request, body []byte) bool {
 	return executor.Verify(s.opts.Secret, r.Header.Get(executor.SignatureHeader), r.Method, path, r.Header.Get(executor.DeadlineHeader), body)
 }
 
-// deadlineFrom reads the caller's deadline from a request, if it sent one.
-func deadlineFrom(r *http.Request) (time.Time, bool) {
+// deadlineFrom reads the caller's deadline from a request, if it sent one:
+// unix ms by this executor's wall clock, which read wallMs at received,
+// made a time on the monotonic clock.
+func deadlineFrom(r *http.Request, received time.Time, wallMs int64) (time.Time, bool) {
 	ms, err := strconv.ParseInt(r.Header.Get(executor.DeadlineHeader), 10, 64)
 	if err != nil || ms <= 0 {
 		return time.Time{}, false
 	}
-	return time.UnixMilli(ms), true
+	return received.Add(time.Duration(ms-wallMs) * time.Millisecond), true
 }
 
 func (s *Server) unauthorized(w http.ResponseWriter, format string, args ...any) {
 	s.count(func(st *Stats) { st.Unauthorized++ })
-	httpError(w, http.StatusUnauthorized, format, args...)
+	s.httpError(w, http.StatusUnauthorized, format, args...)
 }
 
 func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
-	received := time.Now()
+	received, wallMs := time.Now(), s.now().UnixMilli()
 	body, ok := s.readBody(w, r)
 	if !ok {
 		return
 	}
 	var req executor.Request
 	if err := json.Unmarshal(body, &req); err != nil {
-		httpError(w, http.StatusBadRequest, "want {\"eval_id\", \"fence\", \"spec\", \"lease_ms\"}: %v", err)
+		s.httpError(w, http.StatusBadRequest, "want {\"eval_id\", \"fence\", \"spec\", \"lease_ms\"}: %v", err)
 		return
 	}
 	if req.EvalID == "" || len(req.Spec) == 0 || req.LeaseMs < 0 || req.LeaseMs > maxLease.Milliseconds() {
-		httpError(w, http.StatusBadRequest, "want a non-empty eval_id and spec, and lease_ms in [0, %d]", maxLease.Milliseconds())
+		s.httpError(w, http.StatusBadRequest, "want a non-empty eval_id and spec, and lease_ms in [0, %d]", maxLease.Milliseconds())
 		return
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	if d, ok := deadlineFrom(r); ok {
+	if d, ok := deadlineFrom(r, received, wallMs); ok {
 		var stop context.CancelFunc
 		ctx, stop = context.WithDeadline(ctx, d)
 		defer stop()
 	}
 	me := &running{evalID: req.EvalID, fence: req.Fence, caller: r.Context(), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	if req.LeaseMs > 0 {
-		me.leaseEnd = leaseEnd(received, req.LeaseMs, req.SentAtMs)
+		me.leaseEnd = leaseEnd(received, wallMs, req.LeaseMs, req.SentAtMs)
 		if !me.leaseEnd.After(received) {
 			s.count(func(st *Stats) { st.LeaseExpired++ })
-			httpError(w, http.StatusConflict, "eval %s fence %d: %v", req.EvalID, req.Fence, errLeaseOver)
+			s.refuse(w, executor.ReasonLeaseOverOnArrival, "eval %s fence %d: %v", req.EvalID, req.Fence, errLeaseOver)
 			return
 		}
 	}
 	err := s.admit(me)
 	switch {
 	case errors.Is(err, errStaleFence):
-		httpError(w, http.StatusConflict, "eval %s fence %d: %v", req.EvalID, req.Fence, err)
+		s.refuse(w, executor.ReasonStaleFence, "eval %s fence %d: %v", req.EvalID, req.Fence, err)
 		return
 	case errors.Is(err, errBusy):
-		httpError(w, http.StatusLocked, "eval %s fence %d: %v", req.EvalID, req.Fence, err)
+		s.httpError(w, http.StatusLocked, "eval %s fence %d: %v", req.EvalID, req.Fence, err)
 		return
 	}
 	start := time.Now()
@@ -406,21 +431,21 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 	switch cause := context.Cause(ctx); {
 	case errors.Is(cause, errPreempted):
 		log.Str("outcome", "preempted").Msg("eval")
-		httpError(w, http.StatusConflict, "eval %s fence %d: %v", req.EvalID, req.Fence, errPreempted)
+		s.refuse(w, executor.ReasonPreempted, "eval %s fence %d: %v", req.EvalID, req.Fence, errPreempted)
 		return
 	case errors.Is(cause, errLeaseExpired):
 		log.Str("outcome", "lease expired").Msg("eval")
-		httpError(w, http.StatusConflict, "eval %s fence %d: lease expired at the executor: no extension came within the lease; the eval was stopped", req.EvalID, req.Fence)
+		s.refuse(w, executor.ReasonLeaseExpired, "eval %s fence %d: lease expired at the executor: no extension came within the lease; the eval was stopped", req.EvalID, req.Fence)
 		return
 	case ctx.Err() != nil && r.Context().Err() == nil:
 		s.count(func(st *Stats) { st.Served++; st.Timeout++ })
 		log.Str("outcome", "timeout").Msg("eval")
-		httpError(w, http.StatusGatewayTimeout, "eval %s: deadline passed after %s; its command was killed", req.EvalID, time.Since(start).Round(time.Millisecond))
+		s.httpError(w, http.StatusGatewayTimeout, "eval %s: deadline passed after %s; its command was killed", req.EvalID, time.Since(start).Round(time.Millisecond))
 		return
 	case err != nil:
 		s.count(func(st *Stats) { st.Served++; st.Errors++ })
 		log.Str("outcome", "error").Err(err).Msg("eval")
-		httpError(w, http.StatusInternalServerError, "eval %s: %v", req.EvalID, err)
+		s.httpError(w, http.StatusInternalServerError, "eval %s: %v", req.EvalID, err)
 		return
 	}
 	s.count(func(st *Stats) {
@@ -432,7 +457,7 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	log.Str("outcome", res.Status).Msg("eval")
-	writeJSON(w, http.StatusOK, res)
+	s.writeJSON(w, http.StatusOK, res)
 }
 
 // admit makes an eval the executor's holder if its fence is the highest
@@ -530,18 +555,18 @@ func (s *Server) expire(me *running) {
 }
 
 func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
-	received := time.Now()
+	received, wallMs := time.Now(), s.now().UnixMilli()
 	body, ok := s.readBody(w, r)
 	if !ok {
 		return
 	}
 	var ext executor.Extension
 	if err := json.Unmarshal(body, &ext); err != nil {
-		httpError(w, http.StatusBadRequest, "want {\"eval_id\", \"fence\", \"lease_ms\"}: %v", err)
+		s.httpError(w, http.StatusBadRequest, "want {\"eval_id\", \"fence\", \"lease_ms\"}: %v", err)
 		return
 	}
 	if ext.EvalID == "" || ext.LeaseMs <= 0 || ext.LeaseMs > maxLease.Milliseconds() {
-		httpError(w, http.StatusBadRequest, "want a non-empty eval_id and lease_ms in [1, %d]", maxLease.Milliseconds())
+		s.httpError(w, http.StatusBadRequest, "want a non-empty eval_id and lease_ms in [1, %d]", maxLease.Milliseconds())
 		return
 	}
 	s.mu.Lock()
@@ -549,17 +574,17 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 	h := s.holder
 	switch {
 	case ext.Fence < s.stats.MaxFence:
-		httpError(w, http.StatusConflict, "eval %s fence %d: a newer lease (fence %d) holds the executor", ext.EvalID, ext.Fence, s.stats.MaxFence)
+		s.refuse(w, executor.ReasonStaleFence, "eval %s fence %d: a newer lease (fence %d) holds the executor", ext.EvalID, ext.Fence, s.stats.MaxFence)
 	case h == nil || h.fence != ext.Fence || h.evalID != ext.EvalID:
-		httpError(w, http.StatusNotFound, "eval %s fence %d is not running", ext.EvalID, ext.Fence)
+		s.httpError(w, http.StatusNotFound, "eval %s fence %d is not running", ext.EvalID, ext.Fence)
 	case h.ctx.Err() != nil:
-		httpError(w, http.StatusConflict, "eval %s fence %d is stopping: %v", ext.EvalID, ext.Fence, context.Cause(h.ctx))
-	case !leaseEnd(received, ext.LeaseMs, ext.SentAtMs).After(received):
-		httpError(w, http.StatusConflict, "eval %s fence %d: %v", ext.EvalID, ext.Fence, errLeaseOver)
+		s.refuse(w, stoppingReason(context.Cause(h.ctx)), "eval %s fence %d is stopping: %v", ext.EvalID, ext.Fence, context.Cause(h.ctx))
+	case !leaseEnd(received, wallMs, ext.LeaseMs, ext.SentAtMs).After(received):
+		s.refuse(w, executor.ReasonLeaseOverOnArrival, "eval %s fence %d: %v", ext.EvalID, ext.Fence, errLeaseOver)
 	default:
 		// An extension only extends: one delayed behind a newer one must
 		// not cut the lease short.
-		if end := leaseEnd(received, ext.LeaseMs, ext.SentAtMs); end.After(h.leaseEnd) {
+		if end := leaseEnd(received, wallMs, ext.LeaseMs, ext.SentAtMs); end.After(h.leaseEnd) {
 			h.leaseEnd = end
 		}
 		if h.timer == nil {
@@ -568,8 +593,20 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 			h.timer.Reset(time.Until(h.leaseEnd))
 		}
 		s.stats.Extensions++
-		writeJSON(w, http.StatusOK, map[string]int64{"lease_ms": ext.LeaseMs})
+		s.writeJSON(w, http.StatusOK, map[string]int64{"lease_ms": ext.LeaseMs})
 	}
+}
+
+// stoppingReason is the reason an extension of a stopping eval is refused
+// with: the cause that stopped it.
+func stoppingReason(cause error) executor.Reason {
+	switch {
+	case errors.Is(cause, errLeaseExpired):
+		return executor.ReasonLeaseExpired
+	case errors.Is(cause, errPreempted):
+		return executor.ReasonPreempted
+	}
+	return executor.ReasonStopping
 }
 
 func (s *Server) finish(me *running) {

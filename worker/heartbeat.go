@@ -186,16 +186,22 @@ func (h *heartbeat) beat(ctx context.Context) {
 // extend tells the executor that b's lease was renewed, in the background
 // so that a slow executor never delays the renewal of other leases. A
 // fencing answer means the executor belongs to a newer lease: the eval is
-// given up. An executor that does not know extensions (fencing only) answers
-// 404, which is ignored. h.mu is held.
+// given up. One refused for time alone (the executor's lease ran out, or
+// this extension came after it) is not: nobody else holds the executor, and
+// the eval's own answer, which says so, is on its way, for the attempt to
+// tell why. An executor that does not know extensions (fencing only)
+// answers 404, which is ignored. h.mu is held.
 func (h *heartbeat) extend(ctx context.Context, b *beat) {
 	l, timeout := b.lease, b.ttl/3
 	h.extends.Go(func() {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		err := h.exec.Extend(ctx, l.URL, l.EvalID, l.Fence, l.Remaining())
+		reason, _ := executor.RefusalReason(err)
 		switch {
 		case err == nil, errors.Is(err, executor.ErrNotRunning):
+		case reason.Timing():
+			h.log.Debug().Err(err).Str("executor", l.URL).Str("eval", l.EvalID).Msg("lease extension refused for time; the eval's answer tells why")
 		case errors.Is(err, executor.ErrFenced):
 			h.mu.Lock()
 			if _, kept := h.beats[b]; kept {
@@ -204,6 +210,8 @@ func (h *heartbeat) extend(ctx context.Context, b *beat) {
 			}
 			h.mu.Unlock()
 			h.poke()
+		case errors.Is(err, executor.ErrUnauthorized):
+			h.log.Error().Err(err).Str("executor", l.URL).Str("eval", l.EvalID).Msg(unauthorizedMsg + ": the lease extension was refused, and the executor stops the eval when its lease runs out")
 		default:
 			h.log.Debug().Err(err).Str("executor", l.URL).Str("eval", l.EvalID).Msg("lease extension not delivered; a lease-aware executor stops the eval when its lease runs out")
 		}

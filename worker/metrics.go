@@ -17,6 +17,7 @@ type Metrics struct {
 	redisMax         prometheus.Gauge
 	runEnds          *prometheus.CounterVec
 	unrecorded       prometheus.Gauge
+	unauthorized     *prometheus.CounterVec
 }
 
 // NewMetrics returns the worker's metrics, not yet registered anywhere.
@@ -24,7 +25,7 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		evals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_eval_attempts_total",
-			Help: "Eval attempts by outcome (passed, failed, error, busy, cancelled, no_executor, bad_payload).",
+			Help: "Eval attempts by outcome (passed, failed, error, busy, cancelled, no_executor, bad_payload; handed back without spending a retry: unauthorized, slow_path, clock).",
 		}, []string{"pool", "outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "evalpool_eval_duration_seconds",
@@ -72,11 +73,15 @@ func NewMetrics() *Metrics {
 			Name: "evalpool_run_ends_unrecorded",
 			Help: "Eval ends this worker could not yet write to their run, and retries every reap interval.",
 		}),
+		unauthorized: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evalpool_executor_unauthorized_total",
+			Help: "Calls an executor refused with 401: this worker's executor secret is not the executor's. Each attempt goes back to its queue without spending a retry. Alert on any increase.",
+		}, []string{"pool", "executor"}),
 	}
 }
 
 // Collectors lists the metrics, for a Prometheus registry:
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts, m.rewinds, m.clockSteps, m.redisUsed, m.redisMax, m.runEnds, m.unrecorded}
+	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts, m.rewinds, m.clockSteps, m.redisUsed, m.redisMax, m.runEnds, m.unrecorded, m.unauthorized}
 }

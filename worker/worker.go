@@ -241,6 +241,10 @@ type Worker struct {
 	// Asynq's state to reconcile runs.
 	ends      unrecorded
 	inspector *asynq.Inspector
+	// handBacks and clocks are what the worker knows of the boundary with
+	// each executor: attempts handed back in a row, clocks said to differ.
+	handBacks streaks
+	clocks    clockNotes
 }
 
 // noRetry marks err so that Asynq archives the task at once (it is
@@ -389,7 +393,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		Concurrency:              w.cfg.Concurrency,
 		BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
 		Queues:                   evalQueues,
-		IsFailure:                func(err error) bool { return !waitsForExecutor(err) },
+		IsFailure:                func(err error) bool { return !spendsNoRetry(err) },
 		RetryDelayFunc:           w.retryDelay,
 		ErrorHandler:             asynq.ErrorHandlerFunc(w.handleError),
 		Logger:                   logger,
@@ -478,20 +482,32 @@ const returnTimeout = 10 * time.Second
 // the call must go through even then, but never hang the handler.
 const afterTimeout = 5 * time.Second
 
-// start makes the worker's start-up reads (Redis answers, its eviction
-// policy, each pool's epoch) and returns the queues its servers serve.
+// start makes the worker's start-up reads and checks (Redis answers, its
+// user may run Asynq's commands, its eviction policy, each pool's epoch,
+// the executors accept the worker's signature) and returns the queues its
+// servers serve.
 func (w *Worker) start(ctx context.Context) (evalQueues, cleanupQueues map[string]int, err error) {
 	if err := w.cfg.Redis.Ping(ctx).Err(); err != nil {
 		return nil, nil, fmt.Errorf("worker: redis: %w", err)
 	}
-	if err := w.checkEviction(ctx); err != nil {
-		return nil, nil, err
-	}
 	evalQueues, cleanupQueues = map[string]int{}, map[string]int{}
-	for name, sp := range w.pools {
+	var queues []string
+	for name := range w.pools {
 		q := tasks.Queues(name)
 		evalQueues[q.Evals] = 1
 		cleanupQueues[q.Cleanup], cleanupQueues[q.Maintenance] = 2, 1
+		queues = append(queues, q.Evals, q.Cleanup, q.Maintenance)
+	}
+	if err := w.checkPermissions(ctx, queues); err != nil {
+		return nil, nil, err
+	}
+	if err := w.checkEviction(ctx); err != nil {
+		return nil, nil, err
+	}
+	if off, ok := w.redisOffset(ctx); ok && abs(off) > clockTolerance {
+		w.log.Warn().Float64("worker_minus_redis_s", -off.Seconds()).Msgf("this worker's clock is %s Redis's: leases do not depend on it, but executors that do not tell their time are sent times in it; set it right (NTP)", relative(-off))
+	}
+	for name, sp := range w.pools {
 		epoch, err := sp.pool.Epoch(ctx)
 		if err != nil {
 			return nil, nil, fmt.Errorf("worker: %w", err)
@@ -500,6 +516,9 @@ func (w *Worker) start(ctx context.Context) (evalQueues, cleanupQueues map[strin
 		if sp.epoch.last == "" {
 			w.log.Warn().Str("pool", name).Msg("pool has no executors registered yet: evals wait until `evalpool pool add` registers some")
 		}
+	}
+	if err := w.checkSignatures(ctx); err != nil {
+		return nil, nil, err
 	}
 	return evalQueues, cleanupQueues, nil
 }
@@ -512,6 +531,10 @@ func waitsForExecutor(err error) bool {
 }
 
 func (w *Worker) retryDelay(n int, err error, t *asynq.Task) time.Duration {
+	var hb *handBack
+	if errors.As(err, &hb) {
+		return hb.delay
+	}
 	if waitsForExecutor(err) {
 		d := w.cfg.NoExecutorDelay
 		return d/2 + rand.N(d)
@@ -622,6 +645,10 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	start := time.Now()
 	res, runErr := w.runOnLease(ctx, sp, e, lease, ttl)
 	took := time.Since(start)
+	w.noteClock(ctx, lease.URL)
+	if runErr == nil {
+		w.handBacks.reset(lease.URL)
+	}
 	// In inline mode the result goes in the round trip of the release,
 	// ahead of it; otherwise it is written now, before the cleanups are
 	// enqueued. Nothing waits on the order: Asynq marks the task done, and
@@ -648,8 +675,11 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	case runErr == nil:
 		w.endInRun(ctx, e, run.Record{Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(), Retries: attempt, Executor: lease.URL})
 	}
+	var hb *handBack
 	switch {
 	case cancelled:
+	case errors.As(runErr, &hb):
+		outcome = hb.outcome // logged at error level with its cause and fix
 	case errors.Is(runErr, executor.ErrBusy):
 		outcome = "busy"
 		log.Error().Err(runErr).Msg("the executor refused the eval: another eval holds it under a live lease, so the pool handed it out twice (Redis lost writes, or one executor is registered twice); the eval will try again")
@@ -798,7 +828,7 @@ func (w *Worker) attemptError(ctx context.Context, sp *served, lease pool.Lease,
 func (w *Worker) retries(ctx context.Context, err error) bool {
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
-	return retried+tasks.NoExecutorReserve < maxRetry || waitsForExecutor(err)
+	return retried+tasks.NoExecutorReserve < maxRetry || spendsNoRetry(err)
 }
 
 // acquire leases an executor. With none free it waits up to ExecutorWait in
@@ -886,17 +916,19 @@ func (w *Worker) runOnLease(ctx context.Context, sp *served, e tasks.Eval, lease
 	defer stop()
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	defer sp.beats.stop(sp.beats.keep(callCtx, lease, ttl, cancel)) // deferred: a panicking call must not leave its lease renewed for ever
+	beat := sp.beats.keep(callCtx, lease, ttl, cancel)
+	defer sp.beats.stop(beat) // deferred: a panicking call must not leave its lease renewed for ever
 	req := executor.Request{EvalID: e.ID, Fence: lease.Fence, Spec: e.Spec, LeaseMs: lease.Remaining().Milliseconds()}
 	if req.LeaseMs <= 0 {
 		return executor.Result{}, fmt.Errorf("eval %s: %w: %s expired before the call", e.ID, pool.ErrLeaseLost, lease.URL)
 	}
+	prior, known := w.cfg.Executor.Offset(lease.URL)
 	res, err := w.cfg.Executor.Run(callCtx, lease.URL, req)
 	if lost := context.Cause(callCtx); err != nil && errors.Is(lost, pool.ErrLeaseLost) {
 		return res, fmt.Errorf("eval %s: %w", e.ID, lost)
 	}
 	if err != nil {
-		return res, fmt.Errorf("eval %s: %w", e.ID, err)
+		return res, fmt.Errorf("eval %s: %w", e.ID, w.misconfigured(ctx, sp, lease, ttl, sp.beats.holds(beat), prior, known, err))
 	}
 	return res, nil
 }

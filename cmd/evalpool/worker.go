@@ -68,7 +68,7 @@ func (a *app) workerCommand() *cobra.Command {
 				reg.MustRegister(pool.NewStateCollector(p))
 			}
 			if secret == "" {
-				a.log.Warn().Msg("no executor secret (--executor-secret, or " + executor.EnvSecret + "): calls to executors are not signed, and an executor that requires a secret refuses them")
+				a.log.Warn().Msg("no executor secret (--executor-secret, or " + executor.EnvSecret + "): calls to executors are not signed, and the worker refuses to start if an executor requires one")
 			}
 			cfg.Executor = &executor.Client{Secret: []byte(secret)}
 			cfg.Redis, cfg.Cleanup, cfg.Logger, cfg.Metrics = client, worker.CleanupMode(cleanup), &a.log, workerMetrics
@@ -108,7 +108,7 @@ func (a *app) workerCommand() *cobra.Command {
 	f.IntVar(&cfg.Concurrency, "concurrency", worker.DefaultConcurrency, "tasks processed at once")
 	f.StringVar(&cleanup, "cleanup", string(worker.CleanupOutcome), "how each eval's executor is released: outcome (a cleanup task for its outcome), both (both cleanup tasks), or inline (in the handler; a task only if that fails)")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at ADDR/metrics (e.g. :9090); off when empty")
-	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", tasks.DefaultLeaseTTL, "executor lease TTL for evals that name none; renewed every TTL/3")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", tasks.DefaultLeaseTTL, "executor lease TTL for evals that name none; renewed every TTL/3, so at least three round trips to the farthest executor (the worker names a longer one when it sees one)")
 	f.DurationVar(&cfg.ReapInterval, "reap-interval", worker.DefaultReapInterval, "how often the pool is reaped (once per interval across workers)")
 	f.DurationVar(&cfg.PollInterval, "poll-interval", worker.DefaultPollInterval, "how often an idle worker looks at empty queues and due retries")
 	f.DurationVar(&cfg.ExecutorWait, "executor-wait", worker.DefaultExecutorWait, "how long an eval waits in the pool's FIFO wait list before its task goes back to the queue, keeping its place; 0 for no wait")
