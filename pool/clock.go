@@ -75,11 +75,11 @@ func (p *Pool) tick(ctx context.Context, seen int64, how string) (Clock, error) 
 // RewindReported is how long Check reports a rewind that a tick noted.
 const RewindReported = 24 * time.Hour
 
-// poolNow is the pool's time from a read of its clock and Redis's: Redis's
-// clock less the skew the ticks took out.
-func poolNow(clock map[string]string, redisNow time.Time) time.Time {
-	skew, _ := strconv.ParseInt(clock["skew"], 10, 64)
-	return redisNow.Add(-time.Duration(skew) * time.Microsecond)
+// poolNow is the pool's time from Redis's and the clock's skew (µs, as the
+// clock hash holds it): Redis's clock less the steps the ticks took out.
+func poolNow(skew string, redisNow time.Time) time.Time {
+	us, _ := strconv.ParseInt(skew, 10, 64)
+	return redisNow.Add(-time.Duration(us) * time.Microsecond)
 }
 
 // rewound is the violation of invariant 9 a tick noted in clock, if it

@@ -273,7 +273,7 @@ func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, agai
 		return nil, false, fmt.Errorf("pool: read pool %s: %w", p.name, err)
 	}
 	s = &snapshot{
-		now:          poolNow(clock.Val(), now.Val()),
+		now:          poolNow(clock.Val()["skew"], now.Val()),
 		clock:        clock.Val(),
 		executors:    executors.Val(),
 		available:    zmap(available.Val()),
@@ -678,20 +678,20 @@ func (p *Pool) Page(ctx context.Context, cursor uint64, count int64) ([]Executor
 	}
 	rows := make([]row, len(urls))
 	var (
-		now   *redis.TimeCmd
-		clock *redis.MapStringStringCmd
+		now  *redis.TimeCmd
+		skew *redis.StringCmd
 	)
 	if _, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, u := range urls {
 			rows[i] = row{pipe.ZScore(ctx, p.keys.Available(), u), pipe.ZScore(ctx, p.keys.Deadlines(), u), pipe.ZScore(ctx, p.keys.Quarantine(), u),
 				pipe.HGet(ctx, p.keys.Leases(), u), pipe.SIsMember(ctx, p.keys.Draining(), u)}
 		}
-		clock, now = pipe.HGetAll(ctx, p.keys.Clock()), pipe.Time(ctx)
+		skew, now = pipe.HGet(ctx, p.keys.Clock(), "skew"), pipe.Time(ctx)
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, 0, Counts{}, fmt.Errorf("pool: page of %s: %w", p.name, err)
 	}
-	s.now = poolNow(clock.Val(), now.Val())
+	s.now = poolNow(skew.Val(), now.Val())
 	for i, u := range urls {
 		r := rows[i]
 		if r.avail.Err() == nil {

@@ -36,6 +36,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/evalpool/evalpool/executor"
+	"github.com/evalpool/evalpool/internal/lua"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
@@ -661,7 +662,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		})
 	}
 	if runErr == nil && w.cfg.Cleanup != CleanupInline {
-		runErr = writeResult(t, e.ID, result)
+		runErr = w.writeResult(ctx, t, e.ID, result)
 		result = nil
 	}
 	outcome := res.Status
@@ -785,19 +786,25 @@ func (w *Worker) releaseInline(ctx context.Context, t *asynq.Task, sp *served, l
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 	defer cancel()
 	args := pool.ReleaseArgs{Path: tasks.PathInline, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, Designed: true}
-	var written *redis.IntCmd
+	var written *redis.Cmd
 	if queue, ok := asynq.GetQueueName(ctx); ok && result != nil {
 		args.Along = func(pipe redis.Pipeliner) {
-			written = pipe.HSet(rctx, tasks.ResultKey(queue, t.ResultWriter().TaskID()), "result", result)
+			written = lua.WriteResult.EvalSha(rctx, pipe, []string{tasks.ResultKey(queue, t.ResultWriter().TaskID())}, result)
 		}
 	}
 	var writeErr error
 	if result != nil && args.Along == nil {
-		writeErr = writeResult(t, lease.EvalID, result)
+		writeErr = w.writeResult(ctx, t, lease.EvalID, result)
 	}
 	r, err := sp.pool.ReleaseWith(rctx, lease, args)
-	if written != nil && written.Err() != nil {
+	switch {
+	case written == nil:
+	case written.Err() != nil && strings.HasPrefix(written.Err().Error(), "NOSCRIPT"):
+		writeErr = w.writeResult(rctx, t, lease.EvalID, result) // loads it
+	case written.Err() != nil:
 		writeErr = fmt.Errorf("eval %s: write result: %w", lease.EvalID, written.Err())
+	case written.Val() == int64(0):
+		w.noteTaskGone(lease.EvalID)
 	}
 	if err == nil {
 		w.log.Debug().Str("eval", lease.EvalID).Str("executor", lease.URL).Str("outcome", string(r.Outcome)).Msg("released inline")
@@ -942,12 +949,25 @@ func encodeResult(r tasks.EvalResult) ([]byte, error) {
 	return b, nil
 }
 
-// writeResult stores an eval's result with Asynq's ResultWriter.
-func writeResult(t *asynq.Task, evalID string, b []byte) error {
-	if _, err := t.ResultWriter().Write(b); err != nil {
+// writeResult stores an eval's result where Asynq's ResultWriter would, but
+// only while its task is there: a late write after Redis's data went back
+// would recreate the task as a stub that refuses its enqueue again.
+func (w *Worker) writeResult(ctx context.Context, t *asynq.Task, evalID string, b []byte) error {
+	queue, _ := asynq.GetQueueName(ctx)
+	n, err := lua.WriteResult.Run(ctx, w.cfg.Redis, []string{tasks.ResultKey(queue, t.ResultWriter().TaskID())}, b).Int()
+	if err != nil {
 		return fmt.Errorf("eval %s: write result: %w", evalID, err)
 	}
+	if n == 0 {
+		w.noteTaskGone(evalID)
+	}
 	return nil
+}
+
+// noteTaskGone says that an eval's task vanished under its attempt: Redis's
+// data went back, or was lost; a waiting submitter enqueues it again.
+func (w *Worker) noteTaskGone(evalID string) {
+	w.log.Warn().Str("eval", evalID).Msg("the eval's task is gone from Redis (its data went back, or was lost): its result is not written")
 }
 
 // enqueueCleanup enqueues a cleanup even when the attempt's context is done

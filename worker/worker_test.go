@@ -753,15 +753,14 @@ func (h *pipelineHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		result := -1
 		for i, c := range cmds {
-			switch c.Name() {
-			case "hset":
-				if key, _ := c.Args()[1].(string); strings.HasPrefix(key, "asynq:") && strings.Contains(key, ":t:") {
-					result = i
-				}
-			case "evalsha":
-				if sha, _ := c.Args()[1].(string); result >= 0 && sha == lua.Release.Hash() {
-					h.resultWithScript.Add(1)
-				}
+			if c.Name() != "evalsha" {
+				continue
+			}
+			switch sha, _ := c.Args()[1].(string); {
+			case sha == lua.WriteResult.Hash():
+				result = i
+			case sha == lua.Release.Hash() && result >= 0:
+				h.resultWithScript.Add(1)
 			}
 		}
 		return next(ctx, cmds)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +29,12 @@ func TestRunSubmitWaitSurvivesARewind(t *testing.T) {
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
-	startWorker(t, url, "--concurrency", "2", "--poll-interval", "20ms", "--cleanup", "inline")
+	logs := startWorker(t, url, "--concurrency", "2", "--poll-interval", "20ms", "--cleanup", "inline")
+	defer func() {
+		if t.Failed() {
+			t.Log(logs)
+		}
+	}()
 	evaltest.Eventually(t, 10*time.Second, "the worker never ticked", func() bool {
 		return rdb.HGet(t.Context(), keys.ForPool("default").Clock(), "gen").Val() != ""
 	})
@@ -39,8 +46,14 @@ func TestRunSubmitWaitSurvivesARewind(t *testing.T) {
 		specs[i] = `{"task":"add"}`
 	}
 	suite := writeSuite(t, specs...)
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
 	done := make(chan result, 1)
-	go func() { done <- cli("run", "submit", "--file", suite, "--name", "rewound", "--wait") }()
+	go func() {
+		var out, errb bytes.Buffer
+		code := run(ctx, []string{"--redis", url, "run", "submit", "--file", suite, "--name", "rewound", "--wait"}, &out, &errb)
+		done <- result{code, out.String(), errb.String()}
+	}()
 	evaltest.Eventually(t, 20*time.Second, "no eval of the run ended", func() bool {
 		return rdb.HLen(t.Context(), keys.ForRun("rewound").Done()).Val() >= 3
 	})
@@ -50,11 +63,10 @@ func TestRunSubmitWaitSurvivesARewind(t *testing.T) {
 	if err := srv.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(90 * time.Second):
-		t.Fatal("run submit --wait never ended after the rewind")
+	r := <-done
+	if r.code != 0 {
+		k := keys.ForRun("rewound")
+		t.Logf("the run's counts %v, ends recorded %v", rdb.HGetAll(t.Context(), k.Counts()).Val(), rdb.HKeys(t.Context(), k.Done()).Val())
 	}
 	if r.code != 0 || !strings.Contains(r.stderr, "enqueued again") {
 		t.Fatalf("run submit --wait across a rewind: exit %d, stderr %q; want every eval passed, and a word of the rewind", r.code, lastLines(r.stderr, 4))

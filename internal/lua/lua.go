@@ -61,6 +61,8 @@ var (
 	read string
 	//go:embed run_cut.lua
 	runCut string
+	//go:embed result.lua
+	result string
 )
 
 // The pool's scripts. Each takes the pool's keys in the order lib.lua gives;
@@ -82,6 +84,8 @@ var (
 	RunFinish = newScript("", runFinish)
 	// RunCut is a run's too: it takes the run's meta key.
 	RunCut = newScript("", runCut)
+	// WriteResult is Asynq's: it takes an eval's task hash.
+	WriteResult = newScript("", result)
 	// readScript backs Read.
 	readScript = newScript("", read)
 )
