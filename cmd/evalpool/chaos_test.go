@@ -344,7 +344,7 @@ echo '{"status":"passed"}'`, lock, graderOverlaps)}
 
 // reason shortens an archived eval's last error to its kind.
 func reason(err string) string {
-	for _, k := range []string{"simulated failure", "lease lost", "lease expired at the executor", "connection refused", "task lease expired", "deadline", "refused: a newer lease", "EOF"} {
+	for _, k := range []string{"simulated failure", "lease lost", "lease expired at the executor", "connection refused", "task lease expired", "deadline", "refused: a newer lease", "refused", "EOF"} {
 		if strings.Contains(err, k) {
 			return strings.ReplaceAll(k, " ", "_")
 		}
