@@ -1,8 +1,11 @@
 package evaltest
 
 import (
+	"crypto/sha256"
 	_ "embed"
 	"encoding/binary"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,11 +23,18 @@ var clockShim struct {
 	err  error
 }
 
-// buildClockShim compiles testdata/clockshim.c once per test binary: an
-// LD_PRELOAD library that steps a process's wall clock (not its monotonic
-// one) by what a file says. It needs a C compiler (gcc).
+// buildClockShim compiles testdata/clockshim.c, once per source and
+// machine, into the temporary directory: an LD_PRELOAD library that steps a
+// process's wall clock (not its monotonic one) by what a file says. It
+// needs a C compiler (gcc).
 func buildClockShim() (string, error) {
 	clockShim.once.Do(func() {
+		sum := sha256.Sum256(clockShimSource)
+		lib := filepath.Join(os.TempDir(), "evalpool-clockshim-"+hex.EncodeToString(sum[:6])+".so")
+		if _, err := os.Stat(lib); err == nil {
+			clockShim.path = lib
+			return
+		}
 		cc, err := exec.LookPath("gcc")
 		if err != nil {
 			clockShim.err = fmt.Errorf("evaltest: a stepped clock needs gcc (apt-get install gcc): %w", err)
@@ -35,13 +45,20 @@ func buildClockShim() (string, error) {
 			clockShim.err = err
 			return
 		}
-		src, lib := filepath.Join(dir, "clockshim.c"), filepath.Join(dir, "clockshim.so")
+		defer os.RemoveAll(dir)
+		src, out := filepath.Join(dir, "clockshim.c"), filepath.Join(dir, "clockshim.so")
 		if err := os.WriteFile(src, clockShimSource, 0o600); err != nil {
 			clockShim.err = err
 			return
 		}
-		if out, err := exec.Command(cc, "-shared", "-fPIC", "-O2", "-o", lib, src).CombinedOutput(); err != nil {
-			clockShim.err = fmt.Errorf("evaltest: build the clock shim: %w: %s", err, out)
+		if b, err := exec.Command(cc, "-shared", "-fPIC", "-O2", "-o", out, src).CombinedOutput(); err != nil {
+			clockShim.err = fmt.Errorf("evaltest: build the clock shim: %w: %s", err, b)
+			return
+		}
+		// A rename, so that test binaries building it at once never load
+		// half a file.
+		if err := os.Rename(out, lib); err != nil {
+			clockShim.err = err
 			return
 		}
 		clockShim.path = lib
@@ -64,9 +81,15 @@ func clockEnv(stepFile string) ([]string, error) {
 	return append(os.Environ(), "LD_PRELOAD="+lib, "EVALPOOL_CLOCK_STEP_FILE="+stepFile), nil
 }
 
+// writeStep writes the step in place, never truncating the file: a
+// process that maps it would die of SIGBUS reading it while it is empty.
 func writeStep(stepFile string, d time.Duration) error {
-	b := binary.LittleEndian.AppendUint64(nil, uint64(d.Nanoseconds()))
-	return os.WriteFile(stepFile, b, 0o600)
+	f, err := os.OpenFile(stepFile, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteAt(binary.LittleEndian.AppendUint64(nil, uint64(d.Nanoseconds())), 0)
+	return errors.Join(err, f.Close())
 }
 
 // StepClock sets how far the server's wall clock is off the machine's: d
