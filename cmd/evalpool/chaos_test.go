@@ -191,7 +191,11 @@ echo '{"status":"passed"}'`, lock, graderOverlaps)}
 			p.executors[i].signal(syscall.SIGKILL)
 			time.Sleep(300 * time.Millisecond)
 			p.executors[i].start()
-			faults["executor_kill"]++
+			if p.name == "b" {
+				faults["executor_kill_mid_command"]++
+			} else {
+				faults["executor_kill"]++
+			}
 		case 4: // Redis restarts on its AOF, cleanly or not
 			stop, kind := srv.Stop, "redis_term"
 			if rng.IntN(2) == 0 {
