@@ -155,7 +155,7 @@ func TestWait(t *testing.T) {
 	var got []client.Finished
 	if err := client.Wait(t.Context(), b.insp, b.pool.Name(), []string{"e-1", "e-2", "e-3"}, 10*time.Millisecond, func(f client.Finished) {
 		got = append(got, f)
-	}); err != nil {
+	}, nil); err != nil {
 		t.Fatal(err)
 	}
 	slices.SortFunc(got, func(x, y client.Finished) int { return strings.Compare(x.ID, y.ID) })
@@ -186,13 +186,35 @@ func TestWaitEnds(t *testing.T) {
 	defer cancel()
 	err := client.Wait(ctx, b.insp, b.pool.Name(), []string{"e-1", "e-2"}, 10*time.Millisecond, func(f client.Finished) {
 		t.Errorf("finished %+v with no worker", f)
-	})
+	}, nil)
 	if err == nil || err.Error() != "given up (2 of 2 evals still running)" {
 		t.Fatalf("Wait: %v", err)
 	}
-	err = client.Wait(t.Context(), b.insp, b.pool.Name(), []string{"e-1", "nope"}, 10*time.Millisecond, func(client.Finished) {})
+	err = client.Wait(t.Context(), b.insp, b.pool.Name(), []string{"e-1", "nope"}, 10*time.Millisecond, func(client.Finished) {}, nil)
 	if !errors.Is(err, client.ErrEvalNotFound) {
 		t.Fatalf("Wait for an unknown eval: %v, want ErrEvalNotFound", err)
+	}
+}
+
+// A producer that holds the evals it waits for enqueues one that vanished
+// (Redis's data went back) again, and Wait waits for it as for the others.
+func TestWaitRequeuesAVanishedEval(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	enqueue(t, b, "e-1", `{"grade":"passed"}`)
+	serve(t, b)
+	var requeued []string
+	var got []string
+	err := client.Wait(t.Context(), b.insp, b.pool.Name(), []string{"e-1", "gone"}, 10*time.Millisecond, func(f client.Finished) {
+		got = append(got, f.ID+" "+f.Outcome)
+	}, func(_ context.Context, id string) error {
+		requeued = append(requeued, id)
+		enqueue(t, b, id, `{"grade":"passed"}`)
+		return nil
+	})
+	slices.Sort(got)
+	if err != nil || !slices.Equal(requeued, []string{"gone"}) || !slices.Equal(got, []string{"e-1 passed", "gone passed"}) {
+		t.Fatalf("Wait = %v; requeued %v, finished %v", err, requeued, got)
 	}
 }
 

@@ -41,7 +41,7 @@ func TestSubmitMeasuresSpecsAsTheWorkerDoes(t *testing.T) {
 	var got []client.Finished
 	if err := client.Wait(t.Context(), b.insp, b.pool.Name(), []string{run.EvalID("limit", "1")}, 10*time.Millisecond, func(f client.Finished) {
 		got = append(got, f)
-	}); err != nil || len(got) != 1 || got[0].Outcome != client.OutcomePassed {
+	}, nil); err != nil || len(got) != 1 || got[0].Outcome != client.OutcomePassed {
 		t.Fatalf("Wait = %+v, %v; want the eval at the limit passed", got, err)
 	}
 }

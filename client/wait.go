@@ -53,8 +53,11 @@ func Lookup(insp *asynq.Inspector, pool, id string) (*asynq.TaskInfo, error) {
 
 // Wait polls Asynq every interval until each eval in ids is completed or
 // archived, calling finished for each as it ends. It returns the context's
-// cause, with how many are left, if the context ends first.
-func Wait(ctx context.Context, insp *asynq.Inspector, pool string, ids []string, every time.Duration, finished func(Finished)) error {
+// cause, with how many are left, if the context ends first. An eval not
+// found is ErrEvalNotFound, unless requeue is given: a producer that holds
+// the evals it waits for enqueues the eval again (Redis's data went back, or
+// was lost), and Wait waits for it as before.
+func Wait(ctx context.Context, insp *asynq.Inspector, pool string, ids []string, every time.Duration, finished func(Finished), requeue func(ctx context.Context, id string) error) error {
 	pending := append([]string(nil), ids...)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -62,6 +65,13 @@ func Wait(ctx context.Context, insp *asynq.Inspector, pool string, ids []string,
 		still := pending[:0]
 		for _, id := range pending {
 			info, err := Lookup(insp, pool, id)
+			if errors.Is(err, ErrEvalNotFound) && requeue != nil {
+				if err := requeue(ctx, id); err != nil {
+					return err
+				}
+				still = append(still, id)
+				continue
+			}
 			if err != nil {
 				return err
 			}

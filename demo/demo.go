@@ -272,7 +272,7 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 		}
 		rep.Attempts += f.Retried + 1
 		_ = bar.Add(1)
-	})
+	}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}

@@ -130,7 +130,22 @@ executor could serve is refused, and nothing is enqueued.`,
 			if !wait {
 				return nil
 			}
-			return a.waitEvals(c.Context(), ids)
+			byID := make(map[string]*asynq.Task, len(ids))
+			for i, t := range batch {
+				byID[evals[i].ID] = t
+			}
+			return a.waitEvals(c.Context(), ids, func(ctx context.Context, id string) error {
+				// A new client: Asynq's publishes a queue once per client,
+				// and the rewind took the queue's name with the evals.
+				_, err := asynq.NewClientFromRedisClient(rdb).EnqueueContext(ctx, byID[id])
+				if err == nil {
+					fmt.Fprintf(a.stderr, "\neval %s vanished from Redis (its data went back, or was lost): enqueued again\n", id)
+				}
+				if errors.Is(err, asynq.ErrTaskIDConflict) {
+					err = nil
+				}
+				return err
+			})
 		},
 	}
 	f := c.Flags()
@@ -322,7 +337,7 @@ func (a *app) evalCommand() *cobra.Command {
 		Short: "Wait for evals to finish, with a progress bar; exit 1 if any failed its grading or errored",
 		Args:  positional(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, ids []string) error {
-			return a.waitEvals(c.Context(), ids)
+			return a.waitEvals(c.Context(), ids, nil)
 		},
 	}
 	cancel := &cobra.Command{
@@ -367,8 +382,9 @@ func lookupEval(insp *asynq.Inspector, pool, id string) (evalInfo, error) {
 }
 
 // waitEvals polls the evals until each is completed or archived, showing a
-// progress bar on stderr, and fails if any was archived.
-func (a *app) waitEvals(ctx context.Context, ids []string) error {
+// progress bar on stderr, and fails if any was archived. With requeue (the
+// producer's own evals), an eval that vanished is enqueued again.
+func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.Context, string) error) error {
 	insp, err := a.inspector()
 	if err != nil {
 		return err
@@ -391,7 +407,7 @@ func (a *app) waitEvals(ctx context.Context, ids []string) error {
 		default:
 			archived++
 		}
-	})
+	}, requeue)
 	if err != nil && ctx.Err() != nil {
 		fmt.Fprintf(a.stderr, "\nstopped waiting; the evals go on in the queue: wait again with `evalpool eval wait ID...` (the IDs enqueue printed), or look with `evalpool eval status ID...`\n")
 		return fmt.Errorf("%w: %w", errInterrupted, err)

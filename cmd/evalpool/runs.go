@@ -116,7 +116,9 @@ when its pass rate (passed over passed, failed and errored) is under
 			return a.waitRun(c.Context(), store, name, minPassRate, &rewinds{
 				watch: client.RewindWatch{Pool: p},
 				resubmit: func(ctx context.Context) error {
-					_, err := client.Submit(ctx, aq, p, store, req)
+					// A new Asynq client: it publishes the queue again,
+					// which the rewind took with the evals.
+					_, err := client.Submit(ctx, asynq.NewClientFromRedisClient(rdb), p, store, req)
 					return err
 				},
 			})
