@@ -59,13 +59,14 @@ func TestRefusalsSayWhy(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			go func() {
-				_, _ = (&executor.Client{}).Run(ctx, url, executor.Request{EvalID: "e", Fence: 1, Spec: spec, LeaseMs: 60_000})
+				_, _ = (&executor.Client{}).Run(ctx, url, executor.Request{EvalID: "e", Fence: 1, Spec: []byte(`{"sleep_ms":60000}`), LeaseMs: 60_000})
 			}()
+			evaltest.Eventually(t, 10*time.Second, "the eval never ran", func() bool { return s.Stats().Running })
 			// A client 10 s behind that never heard the executor's time
 			// dates the extension in its own clock.
 			late := &executor.Client{Now: func() time.Time { return time.Now().Add(-10 * time.Second) }}
 			var err error
-			evaltest.Eventually(t, 5*time.Second, "the extension was never refused", func() bool {
+			evaltest.Eventually(t, 10*time.Second, "the extension was never refused", func() bool {
 				err = late.Extend(t.Context(), url, "e", 1, time.Second)
 				return errors.Is(err, executor.ErrFenced)
 			})
