@@ -19,9 +19,15 @@ type Clock struct {
 	Gen int64
 	// Now is the pool's time: Redis's clock less Skew.
 	Now time.Time
-	// Rewound is how many generations were missing when the tick was sent
-	// with a generation the pool had not reached: Redis's data went back
-	// (a snapshot restored, a failover to a replica that lagged). 0 else.
+	// Back is how far Redis's data went back, when the tick was sent with
+	// a generation the pool had not reached: from the time the caller's
+	// last tick saw to the last tick that survived. 0 else.
+	Back time.Duration
+	// Rewound is how many generations were missing when the data went back
+	// by more than two ticks (a snapshot restored, a failover to a replica
+	// that lagged): a rewind, which Check reports. A failover to a replica
+	// a little behind loses the last writes, a tick among them: Back, but
+	// no rewind. 0 else.
 	Rewound int64
 	// Skew is how far the pool's time is behind Redis's clock: the steps
 	// of Redis's clock it took out (negative when it stepped back).
@@ -38,30 +44,35 @@ type Clock struct {
 
 // Tick keeps the pool's time going (a step of Redis's clock is taken out
 // only while workers tick) and its generation growing, and promises the
-// next tick within twice TickEvery. seen is the highest generation the
-// caller has seen of this pool, 0 at first: a pool found below it was
-// rewound, which the tick records for Check and reports in Clock.Rewound.
-func (p *Pool) Tick(ctx context.Context, seen int64) (Clock, error) {
-	return p.tick(ctx, seen, "")
+// next tick within twice TickEvery. last is what the caller's previous tick
+// returned (zero at first): a pool found below its generation went back,
+// which the tick reports (Clock.Back) and, past two ticks' worth, records
+// for Check as a rewind (Clock.Rewound).
+func (p *Pool) Tick(ctx context.Context, last Clock) (Clock, error) {
+	return p.tick(ctx, last, "")
 }
 
 // StopTicking is a last Tick that withdraws the caller's promise, for a
 // worker that stops: the pool's time does not stand still for it.
-func (p *Pool) StopTicking(ctx context.Context, seen int64) (Clock, error) {
-	return p.tick(ctx, seen, "stop")
+func (p *Pool) StopTicking(ctx context.Context, last Clock) (Clock, error) {
+	return p.tick(ctx, last, "stop")
 }
 
-func (p *Pool) tick(ctx context.Context, seen int64, how string) (Clock, error) {
-	v, err := lua.Clock.Run(ctx, p.client, p.script, seen, how).Int64Slice()
+func (p *Pool) tick(ctx context.Context, last Clock, how string) (Clock, error) {
+	var seenAt int64
+	if last.Gen > 0 {
+		seenAt = last.Now.UnixMilli()
+	}
+	v, err := lua.Clock.Run(ctx, p.client, p.script, last.Gen, how, seenAt).Int64Slice()
 	if err != nil {
 		return Clock{}, fmt.Errorf("pool: tick %s: %w", p.name, scriptErr(err))
 	}
-	if len(v) != 9 {
-		return Clock{}, fmt.Errorf("pool: tick %s: the script answered %d values, want 9", p.name, len(v))
+	if len(v) != 10 {
+		return Clock{}, fmt.Errorf("pool: tick %s: the script answered %d values, want 10", p.name, len(v))
 	}
 	c := Clock{
 		Gen: v[0], Now: time.UnixMilli(v[1]), Rewound: v[2], Skew: time.Duration(v[3]) * time.Millisecond,
-		Steps: v[4], LastStep: time.Duration(v[5]) * time.Millisecond, Rewinds: v[7],
+		Steps: v[4], LastStep: time.Duration(v[5]) * time.Millisecond, Rewinds: v[7], Back: time.Duration(v[9]) * time.Millisecond,
 	}
 	if v[6] > 0 {
 		c.StepAt = time.UnixMilli(v[6])

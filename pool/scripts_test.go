@@ -81,7 +81,7 @@ func lifecycle(t *testing.T, p *Pool) {
 	if _, err := p.ReturnToService(ctx, "http://e2"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Tick(ctx, 0); err != nil {
+	if _, err := p.Tick(ctx, Clock{}); err != nil {
 		t.Fatal(err)
 	}
 	assertWhole(t, p, "http://e1", "http://e2")

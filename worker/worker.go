@@ -322,7 +322,7 @@ type served struct {
 	beats *heartbeat
 	wakes *wakes
 	epoch epochWatch
-	clock clockWatch
+	clock pool.Clock
 }
 
 // New returns a worker; Run starts it.

@@ -9,19 +9,26 @@
 -- ARGV[1] the highest generation this worker has seen of the pool (0: none)
 -- ARGV[2] 'stop' when the worker stops ticking: its promise is withdrawn
 --         (another worker's next tick makes one again)
+-- ARGV[3] the pool's time (ms) this worker's last tick saw (0: none)
 -- Returns: {gen, now_ms, rewound, skew_ms, steps, step_ms, step_at_ms,
---           rewinds, rewound_at_ms}
+--           rewinds, rewound_at_ms, back_ms}
 --   gen      the pool's generation after this tick
---   rewound  how many generations went missing when ARGV[1] was not below
---            the stored one (the data went back), else 0; a pool whose
---            clock is gone with the rest (FLUSHALL) is a loss, not a rewind,
---            and starts again at 1
+--   back_ms  how far the data went back when ARGV[1] was not below the
+--            stored generation: ARGV[3] less the last tick that survived;
+--            else 0. A pool whose clock is gone with the rest (FLUSHALL) is
+--            a loss, not a rewind, and starts again at 1
+--   rewound  how many generations went missing when the data went back
+--            by more than REWIND_MIN: a rewind, noted for Check; else 0. A
+--            failover to a replica a little behind loses the last writes,
+--            a tick among them, and is no rewind
 --   skew_ms  how far the pool's time is behind Redis's clock
 --   steps, step_ms, step_at_ms  how many steps of Redis's clock the pool
 --            took out, the last one's size (negative: back) and when
 --   rewinds, rewound_at_ms      how many rewinds were seen, the last when
 
-local seen = tonumber(ARGV[1]) or 0
+local REWIND_MIN = 2000
+local seen, seen_at = tonumber(ARGV[1]) or 0, tonumber(ARGV[3]) or 0
+local survived = tonumber(redis.call('HGET', K_CLOCK, 'last')) or 0
 local now, step = clock_read()
 if step then
   redis.call('HINCRBY', K_CLOCK, 'skew', step)
@@ -29,12 +36,16 @@ if step then
   redis.call('HSET', K_CLOCK, 'step_ms', math.floor(step / 1000), 'step_at', math.floor((now + step) / 1000))
 end
 local gen = redis.call('HINCRBY', K_CLOCK, 'gen', 1)
-local rewound = 0
+local rewound, back = 0, 0
 if gen > 1 and gen <= seen then
-  rewound = seen + 1 - gen
+  back = math.max(1, seen_at - math.floor(survived / 1000))
+  if back > REWIND_MIN then
+    rewound = seen + 1 - gen
+    redis.call('HSET', K_CLOCK, 'rewound_at', math.floor(now / 1000))
+    redis.call('HINCRBY', K_CLOCK, 'rewinds', 1)
+  end
   gen = seen + 1
-  redis.call('HSET', K_CLOCK, 'gen', gen, 'rewound_at', math.floor(now / 1000))
-  redis.call('HINCRBY', K_CLOCK, 'rewinds', 1)
+  redis.call('HSET', K_CLOCK, 'gen', gen)
 end
 redis.call('HSET', K_CLOCK, 'last', now)
 if ARGV[2] == 'stop' then
@@ -45,5 +56,5 @@ end
 local c = redis.call('HMGET', K_CLOCK, 'skew', 'steps', 'step_ms', 'step_at', 'rewinds', 'rewound_at')
 return {
   gen, math.floor(now / 1000), rewound, math.floor((tonumber(c[1]) or 0) / 1000),
-  tonumber(c[2]) or 0, tonumber(c[3]) or 0, tonumber(c[4]) or 0, tonumber(c[5]) or 0, tonumber(c[6]) or 0,
+  tonumber(c[2]) or 0, tonumber(c[3]) or 0, tonumber(c[4]) or 0, tonumber(c[5]) or 0, tonumber(c[6]) or 0, back,
 }
