@@ -40,12 +40,15 @@ type Clock struct {
 	// Rewinds counts the rewinds ticks have seen; RewoundAt is the last.
 	Rewinds   int64
 	RewoundAt time.Time
+
+	sent time.Time // when the tick was sent, on this process's monotonic clock
 }
 
-// Tick keeps the pool's time going (a step of Redis's clock is taken out
-// only while workers tick) and its generation growing, and promises the
-// next tick within twice TickEvery. last is what the caller's previous tick
-// returned (zero at first): a pool found below its generation went back,
+// Tick keeps the pool's time going and its generation growing, and
+// promises the next tick within twice TickEvery. last is what the caller's
+// previous tick returned (zero at first): from its time and this process's
+// monotonic clock since, the tick sees a step of Redis's clock and takes it
+// out of the pool's time; a pool found below its generation went back,
 // which the tick reports (Clock.Back) and, past two ticks' worth, records
 // for Check as a rewind (Clock.Rewound).
 func (p *Pool) Tick(ctx context.Context, last Clock) (Clock, error) {
@@ -59,11 +62,12 @@ func (p *Pool) StopTicking(ctx context.Context, last Clock) (Clock, error) {
 }
 
 func (p *Pool) tick(ctx context.Context, last Clock, how string) (Clock, error) {
-	var seenAt int64
+	var seenAt, elapsed int64
+	sent := time.Now()
 	if last.Gen > 0 {
-		seenAt = last.Now.UnixMilli()
+		seenAt, elapsed = last.Now.UnixMilli(), sent.Sub(last.sent).Milliseconds()
 	}
-	v, err := lua.Clock.Run(ctx, p.client, p.script, last.Gen, how, seenAt).Int64Slice()
+	v, err := lua.Clock.Run(ctx, p.client, p.script, last.Gen, how, seenAt, elapsed).Int64Slice()
 	if err != nil {
 		return Clock{}, fmt.Errorf("pool: tick %s: %w", p.name, scriptErr(err))
 	}
@@ -73,6 +77,7 @@ func (p *Pool) tick(ctx context.Context, last Clock, how string) (Clock, error) 
 	c := Clock{
 		Gen: v[0], Now: time.UnixMilli(v[1]), Rewound: v[2], Skew: time.Duration(v[3]) * time.Millisecond,
 		Steps: v[4], LastStep: time.Duration(v[5]) * time.Millisecond, Rewinds: v[7], Back: time.Duration(v[9]) * time.Millisecond,
+		sent: sent,
 	}
 	if v[6] > 0 {
 		c.StepAt = time.UnixMilli(v[6])

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
@@ -93,5 +94,65 @@ func TestRedisRewindIsNoticed(t *testing.T) {
 	vs, err := b.pool.Check(t.Context())
 	if err != nil || len(vs) != 1 || vs[0].Invariant != 9 {
 		t.Errorf("Check after the rewind = %v, %v; want invariant 9 alone", vs, err)
+	}
+	// The fences go on above those the executor saw: an eval after the
+	// rewind runs on its first attempt.
+	b.aq = asynq.NewClientFromRedisClient(client) // one that publishes the queue the rewind took
+	after := enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
+	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(after), 30*time.Second); completed != 1 {
+		info, _ := b.insp.GetTaskInfo(tasks.QueueEvals, after[0])
+		t.Fatalf("the eval after the rewind did not complete: %+v", info)
+	}
+}
+
+// A Redis clock that steps forward again and again (+2 s every 100 ms, for
+// 5 s) under three ticking workers never runs the pool's time faster than
+// theirs: every tick measures Redis's clock against the worker's own, so
+// no live lease is lost or handed out again.
+func TestRedisClockStormReclaimsNoLiveLease(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{SteppableClock: true})
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	exec := refexec.Options{Latency: 7 * time.Second}
+	cfg := Config{LeaseTTL: 3 * time.Second, Concurrency: 2}
+	w, b := setupOn(t, client, cfg, exec, exec, exec, exec)
+	start(t, w)
+	// Three workers whose ticks fall apart: each promise is then the
+	// others' to break.
+	gen := func() int64 {
+		n, _ := client.HGet(t.Context(), keys.ForPool(b.pool.Name()).Clock(), "gen").Int64()
+		return n
+	}
+	for range 2 {
+		g := gen()
+		evaltest.Eventually(t, 5*time.Second, "the workers stopped ticking", func() bool { return gen() > g })
+		more, _ := setupOn(t, client, cfg)
+		start(t, more)
+	}
+	ids := enqueueEvals(t, b, 4, tasks.EvalOptions{MaxRetry: -1}, time.Minute)
+	evaltest.Eventually(t, 10*time.Second, "the evals never all ran", func() bool {
+		for _, e := range b.executors {
+			if !e.Stats().Running {
+				return false
+			}
+		}
+		return true
+	})
+	var step time.Duration
+	for range 50 {
+		step += 2 * time.Second
+		if err := srv.StepClock(step); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(ids), 30*time.Second); completed != len(ids) {
+		t.Fatalf("%d of %d evals completed through the storm\n%s", completed, len(ids), b.logs)
+	}
+	for i, e := range b.executors {
+		if st := e.Stats(); st.Busy != 0 || st.Overlaps != 0 || st.Served != 1 {
+			t.Errorf("executor %s: %+v; want its one eval served, and nobody else sent to it meanwhile", b.urls[i], st)
+		}
 	}
 }

@@ -119,7 +119,7 @@ for _ = 1, 16 do
     if bad then
       return redis.error_reply(bad)
     end
-    local ok, fence = pcall(next_fence, now)
+    local ok, fence = pcall(next_fence)
     if not ok then
       return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' is not an integer: ' .. tostring(type(fence) == 'table' and fence.err or fence))
     end

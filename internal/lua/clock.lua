@@ -10,6 +10,9 @@
 -- ARGV[2] 'stop' when the worker stops ticking: its promise is withdrawn
 --         (another worker's next tick makes one again)
 -- ARGV[3] the pool's time (ms) this worker's last tick saw (0: none)
+-- ARGV[4] the ms since this worker sent its last tick, on its monotonic
+--         clock: with ARGV[3], the pool's time now as the worker knows it,
+--         against which a step of Redis's clock shows at every tick
 -- Returns: {gen, now_ms, rewound, skew_ms, steps, step_ms, step_at_ms,
 --           rewinds, rewound_at_ms, back_ms}
 --   gen      the pool's generation after this tick
@@ -27,9 +30,30 @@
 --   rewinds, rewound_at_ms      how many rewinds were seen, the last when
 
 local REWIND_MIN = 2000
-local seen, seen_at = tonumber(ARGV[1]) or 0, tonumber(ARGV[3]) or 0
-local survived = tonumber(redis.call('HGET', K_CLOCK, 'last')) or 0
+-- A step forward smaller than this, between two ticks of one worker, is
+-- left in: the grace covers it, and a tick held up in Redis's queue looks
+-- like one.
+local HONEST_MIN = 1000000
+local seen, seen_at, elapsed = tonumber(ARGV[1]) or 0, tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0
+local stored = redis.call('HMGET', K_CLOCK, 'last', 'gen')
+local survived, went_back = tonumber(stored[1]) or 0, seen > 0 and (tonumber(stored[2]) or 0) < seen
 local now, step = clock_read()
+if seen_at > 0 and not went_back then
+  -- The worker's own clock says what the pool's time is: a step is what
+  -- Redis's clock ran past it, promise or not, so that steps one after
+  -- another never run the pool's time faster than the worker's.
+  local honest = (seen_at + elapsed) * 1000
+  local raw = now + (step or 0)
+  if raw - honest > HONEST_MIN then
+    now = math.max(survived, honest)
+    step = raw - now
+  elseif step and step > 0 then
+    now, step = raw, nil
+  end
+elseif went_back then
+  -- The data went back: the gap since the snapshot's promise is not a step.
+  now, step = now + (step or 0), nil
+end
 if step then
   redis.call('HINCRBY', K_CLOCK, 'skew', step)
   redis.call('HINCRBY', K_CLOCK, 'steps', 1)
@@ -37,7 +61,7 @@ if step then
 end
 local gen = redis.call('HINCRBY', K_CLOCK, 'gen', 1)
 local rewound, back = 0, 0
-if gen > 1 and gen <= seen then
+if gen > 1 and went_back then
   back = math.max(1, seen_at - math.floor(survived / 1000))
   if back > REWIND_MIN then
     rewound = seen + 1 - gen

@@ -139,12 +139,14 @@ local STEP_MIN = 250000
 -- clock_read returns the pool's time in µs, and the step of Redis's clock
 -- since the last tick (µs, negative when back), or nil. Its HMGET is a
 -- typed read: foreign data under the clock fails here, before any write.
+local redis_now
+
 local function clock_read()
   local t = redis.call('TIME')
-  local raw = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local c = redis.call('HMGET', K_CLOCK, 'skew', 'last', 'promised')
   local skew, last, promised = tonumber(c[1]) or 0, tonumber(c[2]), tonumber(c[3])
-  local now = raw - skew
+  local now = redis_now - skew
   if last and now < last then
     return last, now - last
   elseif promised and now > promised + STEP_MIN then
@@ -161,6 +163,12 @@ local function now_us()
     pool_now = clock_read()
   end
   return pool_now
+end
+
+-- redis_ms is Redis's own clock in ms, as the call's now_us read it.
+local function redis_ms()
+  now_us()
+  return math.floor(redis_now / 1000)
 end
 
 local function now_ms()
@@ -259,15 +267,16 @@ local function count_sets(record, delta)
   end
 end
 
--- grant leases url to eval_id under token for ttl ms, at a fence above
--- every one before. The fence never falls below the clock in ms, so that a
--- Redis that lost its data (no persistence) still hands out fences above
--- those executors have already seen, unless acquires outran 1,000 a second
--- for long.
-local function next_fence(now)
+-- next_fence is the fence of a new grant, above every one before. It never
+-- falls below Redis's own clock in ms (not the pool's, which a rewind or a
+-- step may have held back), so that a Redis that lost its data, or went
+-- back to a snapshot, still hands out fences above those executors have
+-- already seen, unless acquires outran 1,000 a second for long.
+local function next_fence()
   local fence = redis.call('INCR', K_FENCE)
-  if fence < now then
-    fence = now
+  local floor = redis_ms()
+  if fence < floor then
+    fence = floor
     redis.call('SET', K_FENCE, fence)
   end
   return fence
@@ -276,7 +285,7 @@ end
 -- grant takes the next fence unless the caller took it (fence), as acquire
 -- does to make the INCR its first write.
 local function grant(url, eval_id, token, ttl, now, available_since, reentered, fence)
-  fence = fence or next_fence(now)
+  fence = fence or next_fence()
   local deadline = now + ttl
   redis.call('HSET', K_LEASES, url, cjson.encode({
     token = token, eval_id = eval_id, fence = fence,

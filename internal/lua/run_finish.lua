@@ -18,6 +18,9 @@
 -- Returns 1 when recorded, 0 when the eval had ended already: the first
 -- end wins (a cancel, then the in-flight attempt finishing, counts once).
 
+-- An attempt of an eval that had ended (run again after Redis's data went
+-- back) is running no more either.
+redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then
   return 0
 end
@@ -27,7 +30,6 @@ if ARGV[5] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', ARGV[5])
   redis.call('HINCRBY', KEYS[2], 'score_n', 1)
 end
-redis.call('HDEL', KEYS[3], ARGV[1])
 for i = 1, 5 do
   redis.call('PEXPIRE', KEYS[i], ARGV[6])
 end
