@@ -38,12 +38,8 @@ func TestEndsAtMaxmemoryAreRecordedLater(t *testing.T) {
 		return err == nil && c.Running == 2
 	})
 	free := evaltest.FillRedis(t, rdb)
-	// Redis's used memory moves a little around its limit (client buffers,
-	// keys expiring), so a write now and then goes through: an end may be
-	// recorded at once, or late, or by the reap's reconciliation; at least
-	// one is kept to record later.
-	evaltest.Eventually(t, 10*time.Second, "no end was kept to record later", func() bool {
-		return testutil.ToFloat64(b.metrics.unrecorded) > 0
+	evaltest.Eventually(t, 10*time.Second, "the ends were never kept to record later", func() bool {
+		return testutil.ToFloat64(b.metrics.unrecorded) == 2
 	})
 	evaltest.Eventually(t, 10*time.Second, "the executors never came back", func() bool {
 		c, err := b.pool.Counts(ctx)
@@ -51,7 +47,7 @@ func TestEndsAtMaxmemoryAreRecordedLater(t *testing.T) {
 	})
 	evaltest.Eventually(t, 5*time.Second, "the gauges never showed Redis full", func() bool {
 		used, limit := testutil.ToFloat64(b.metrics.redisUsed), testutil.ToFloat64(b.metrics.redisMax)
-		return limit == 8<<20 && used >= limit
+		return limit > 0 && used >= limit
 	})
 
 	free()
@@ -59,9 +55,11 @@ func TestEndsAtMaxmemoryAreRecordedLater(t *testing.T) {
 		c, err := runs.Progress(ctx, "full")
 		return err == nil && c.Passed == 2 && c.Running == 0
 	})
+	// Recorded late by the worker that kept them, or by the reap's
+	// reconciliation, whichever comes first.
 	late := testutil.ToFloat64(b.metrics.runEnds.WithLabelValues("recorded_late")) + testutil.ToFloat64(b.metrics.runEnds.WithLabelValues("reconciled"))
-	if late == 0 {
-		t.Error("no end was recorded late, or reconciled")
+	if late != 2 {
+		t.Errorf("%v ends recorded late or reconciled, want 2", late)
 	}
 }
 
