@@ -139,13 +139,25 @@ func TestRedisClockStormReclaimsNoLiveLease(t *testing.T) {
 		}
 		return true
 	})
+	clock := keys.ForPool(b.pool.Name()).Clock()
+	poolTime := func() time.Duration { // the last tick's
+		us, _ := client.HGet(t.Context(), clock, "last").Int64()
+		return time.Duration(us) * time.Microsecond
+	}
+	before, began := poolTime(), time.Now()
 	var step time.Duration
-	for range 50 {
+	for range 50 { // the storm's own cadence, not a wait
 		step += 2 * time.Second
 		if err := srv.StepClock(step); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	g := gen()
+	evaltest.Eventually(t, 5*time.Second, "the workers stopped ticking", func() bool { return gen() > g })
+	// A tick may run the pool's time ahead by its promise, no more.
+	if ran, real := poolTime()-before, time.Since(began); ran > real+2*time.Second {
+		t.Errorf("the pool's time ran %s while the workers' ran %s", ran, real)
 	}
 	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, len(ids), 30*time.Second); completed != len(ids) {
 		t.Fatalf("%d of %d evals completed through the storm\n%s", completed, len(ids), b.logs)
