@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/internal/evaltest"
@@ -25,8 +24,7 @@ import (
 func TestSubmissionCutShort(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{Args: evaltest.FullRedisArgs})
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
+	rdb := srv.Client(t)
 	p, err := pool.New(rdb, pool.Options{Name: "cut"})
 	if err != nil {
 		t.Fatal(err)

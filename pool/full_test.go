@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/evalpool/evalpool/internal/evaltest"
 )
 
@@ -18,8 +16,7 @@ import (
 func TestFullRedis(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{Args: evaltest.FullRedisArgs})
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { _ = client.Close() })
+	client := srv.Client(t)
 	p, err := New(client, Options{Name: "full", LeaseGrace: testGrace})
 	if err != nil {
 		t.Fatal(err)

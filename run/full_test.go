@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/run"
 )
@@ -19,8 +17,7 @@ import (
 func TestRunAtMaxmemory(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{Args: evaltest.FullRedisArgs})
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { _ = client.Close() })
+	client := srv.Client(t)
 	s := run.NewStore(client, run.Options{})
 	ctx := t.Context()
 	if err := s.Create(ctx, run.Run{Name: "r", Pool: "p", CreatedAt: time.Now(), Keys: []string{"a", "b", "c", "d"}}); err != nil {

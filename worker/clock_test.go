@@ -6,7 +6,6 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/internal/keys"
@@ -23,8 +22,7 @@ import (
 func TestRedisClockStepReclaimsNoLiveLease(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{SteppableClock: true})
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { _ = client.Close() })
+	client := srv.Client(t)
 	exec := refexec.Options{Latency: 4 * time.Second}
 	w, b := setupOn(t, client, Config{LeaseTTL: 3 * time.Second, Concurrency: 4}, exec, exec, exec, exec)
 	start(t, w)
@@ -63,8 +61,7 @@ func TestRedisClockStepReclaimsNoLiveLease(t *testing.T) {
 func TestRedisRewindIsNoticed(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{})
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { _ = client.Close() })
+	client := srv.Client(t)
 	w, b := setupOn(t, client, Config{}, refexec.Options{})
 	start(t, w)
 	clock := keys.ForPool(b.pool.Name()).Clock()
@@ -112,8 +109,7 @@ func TestRedisRewindIsNoticed(t *testing.T) {
 func TestRedisClockStormReclaimsNoLiveLease(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{SteppableClock: true})
-	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { _ = client.Close() })
+	client := srv.Client(t)
 	exec := refexec.Options{Latency: 7 * time.Second}
 	cfg := Config{LeaseTTL: 3 * time.Second, Concurrency: 2}
 	w, b := setupOn(t, client, cfg, exec, exec, exec, exec)

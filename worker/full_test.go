@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/internal/evaltest"
@@ -22,8 +21,7 @@ import (
 func TestEndsAtMaxmemoryAreRecordedLater(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{Args: evaltest.FullRedisArgs})
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
+	rdb := srv.Client(t)
 	slow := refexec.Options{Latency: 1500 * time.Millisecond}
 	w, b := setupOn(t, rdb, Config{ReapInterval: time.Second, Cleanup: CleanupInline, ExecutorWait: -1}, slow, slow)
 	start(t, w)
@@ -69,8 +67,7 @@ func TestEndsAtMaxmemoryAreRecordedLater(t *testing.T) {
 func TestReapReconcilesLostEnds(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{})
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
+	rdb := srv.Client(t)
 	w, b := setupOn(t, rdb, Config{ReapInterval: time.Second}, refexec.Options{})
 	runs := run.NewStore(rdb, run.Options{})
 	ctx := t.Context()

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/refexec"
@@ -42,8 +40,7 @@ func TestWaitingProducerSurvivesARewind(t *testing.T) {
 			t.Parallel()
 			srv := evaltest.StartT(t, evaltest.Options{})
 			url := srv.URL()
-			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-			t.Cleanup(func() { _ = rdb.Close() })
+			rdb := srv.Client(t)
 			cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
 			_, urls := startExecutors(t, 2, refexec.Options{Latency: 300 * time.Millisecond})
 			if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {

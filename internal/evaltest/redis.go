@@ -159,6 +159,13 @@ func (s *Server) waitReady(timeout time.Duration) error {
 
 func (s *Server) configFile() string { return filepath.Join(s.opts.Dir, "redis.conf") }
 
+// Client is a client of the server's, closed when the test ends.
+func (s *Server) Client(t testing.TB) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
 // URL is the server's redis:// URL.
 func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
 
