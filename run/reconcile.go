@@ -13,11 +13,6 @@ import (
 	"github.com/evalpool/evalpool/internal/lua"
 )
 
-// openKey indexes a pool's runs not known to have ended: name -> ms when
-// Reconcile next looks at it. A run leaves it when every eval's end is
-// recorded, so that Reconcile never walks the runs that are done.
-func openKey(poolName string) string { return "evalpool:runs:open:" + poolName }
-
 // Lookup says how an eval ended, from outside its run (the worker asks
 // Asynq): ended is false while it runs or waits, or when it is unknown.
 type Lookup func(ctx context.Context, evalID string) (rec Record, ended bool, err error)
@@ -71,7 +66,7 @@ func (s *Store) Reconcile(ctx context.Context, poolName string, lookup Lookup, o
 	opts.Every = cmp.Or(opts.Every, DefaultReconcileEvery)
 	var out Reconciled
 	now := time.Now()
-	names, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: openKey(poolName), ByScore: true,
+	names, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: keys.OpenRuns(poolName), ByScore: true,
 		Start: "-inf", Stop: strconv.FormatInt(now.UnixMilli(), 10), Count: int64(opts.Runs)}).Result()
 	if err != nil {
 		return out, fmt.Errorf("reconcile runs of pool %s: %w", poolName, err)
@@ -85,9 +80,9 @@ func (s *Store) Reconcile(ctx context.Context, poolName string, lookup Lookup, o
 		}
 		if closed {
 			out.Closed++
-			err = s.client.ZRem(ctx, openKey(poolName), name).Err()
+			err = s.client.ZRem(ctx, keys.OpenRuns(poolName), name).Err()
 		} else {
-			err = s.client.ZAdd(ctx, openKey(poolName), redis.Z{Score: float64(now.Add(opts.Every).UnixMilli()), Member: name}).Err()
+			err = s.client.ZAdd(ctx, keys.OpenRuns(poolName), redis.Z{Score: float64(now.Add(opts.Every).UnixMilli()), Member: name}).Err()
 		}
 		if err != nil {
 			return out, fmt.Errorf("reconcile run %s: %w", name, lua.Full(err))

@@ -153,7 +153,7 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 		err = s.client.ZAdd(ctx, keys.Runs, redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name}).Err()
 	}
 	if err == nil {
-		err = s.client.ZAdd(ctx, openKey(r.Pool), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name}).Err()
+		err = s.client.ZAdd(ctx, keys.OpenRuns(r.Pool), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name}).Err()
 	}
 	if err != nil {
 		// Give the name back: a run half recorded could be neither resumed

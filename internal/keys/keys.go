@@ -24,6 +24,11 @@ const Instances = "evalpool:instances"
 // Runs indexes every run (name -> ms it was created), across pools.
 const Runs = "evalpool:runs"
 
+// OpenRuns indexes a pool's runs not known to have ended: name -> ms when
+// the reap's reconciliation next looks at it. A run leaves it once every
+// eval's end is recorded.
+func OpenRuns(pool string) string { return "evalpool:runs:open:" + pool }
+
 // Pool names the keys of one pool.
 type Pool struct{ prefix string }
 

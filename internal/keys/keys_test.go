@@ -17,6 +17,7 @@ func TestNames(t *testing.T) {
 	tests := []struct{ got, want string }{
 		{Instances, "evalpool:instances"},
 		{Runs, "evalpool:runs"},
+		{OpenRuns("p1"), "evalpool:runs:open:p1"},
 		{p.Executors(), "evalpool:{p1}:executors"},
 		{p.Available(), "evalpool:{p1}:available"},
 		{p.Leases(), "evalpool:{p1}:leases"},
