@@ -41,13 +41,12 @@
 package dashboard
 
 import (
+	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
 	_ "embed"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -114,6 +113,28 @@ type Options struct {
 	// MaxBodyBytes bounds an API request's body (api.Options.MaxBodyBytes).
 	// Defaults to the API's 32 MiB.
 	MaxBodyBytes int64
+	// AllowedHosts are the names the dashboard is reached by (the Host
+	// header), besides the loopback ones it always answers to (localhost,
+	// 127.0.0.0/8, [::1], on any port): "NAME" on any port, "NAME:PORT" on
+	// that port only, ".NAME" for NAME and every name under it. A request
+	// to any other name is refused (403), token or not, but for /healthz:
+	// it is what a DNS rebinding page sends. Empty: loopback names only.
+	AllowedHosts []string
+
+	// ReadHeaderTimeout bounds reading a request's header, a connection's
+	// first included (Serve). Defaults to DefaultReadHeaderTimeout (10 s).
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, its body included
+	// (Serve); it ends once the request is read, so a response may stream
+	// for as long as it takes. Defaults to DefaultReadTimeout (60 s).
+	ReadTimeout time.Duration
+	// IdleTimeout bounds how long a kept-alive connection waits for its
+	// next request (Serve). Defaults to DefaultIdleTimeout (30 s).
+	IdleTimeout time.Duration
+	// MaxConns caps the connections open at once (Serve). Defaults to
+	// DefaultMaxConns (1,024), or a third of the process's descriptor limit
+	// when that is lower.
+	MaxConns int
 }
 
 // DefaultSessionTTL is Options.SessionTTL's default.
@@ -131,6 +152,15 @@ func (o *Options) validate() error {
 		return errors.New("dashboard: Options.SessionTTL may not be negative")
 	case strings.TrimSpace(o.AuthToken) != o.AuthToken:
 		return errors.New("dashboard: Options.AuthToken may not start or end with spaces")
+	case o.ReadHeaderTimeout < 0, o.ReadTimeout < 0, o.IdleTimeout < 0:
+		return errors.New("dashboard: Options.ReadHeaderTimeout, ReadTimeout and IdleTimeout may not be negative")
+	case o.MaxConns < 0:
+		return errors.New("dashboard: Options.MaxConns may not be negative")
+	}
+	for _, h := range o.AllowedHosts {
+		if _, err := parseHostRule(h); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -147,6 +177,13 @@ type Dashboard struct {
 	mon  *asynqmon.HTTPHandler
 	insp *asynq.Inspector
 	auth *auth // nil without a token
+	// hosts are Options.AllowedHosts, parsed.
+	hosts []hostRule
+
+	srvMu       sync.Mutex
+	srv         *http.Server // of Serve
+	cap         *connCap     // of Serve
+	connsClosed *prometheus.CounterVec
 
 	// The reads the pages' polls share (see the package doc); tests
 	// change the limits.
@@ -158,6 +195,10 @@ type Dashboard struct {
 	waitersTTL   time.Duration
 	waitersMu    sync.Mutex
 	waiters      *waitersRead
+	poolMax      int64
+	poolTTL      time.Duration
+	poolMu       sync.Mutex
+	poolRead     *poolRead
 }
 
 // New builds a dashboard. Close it to release Asynqmon's connection.
@@ -171,14 +212,44 @@ func New(opts Options) (*Dashboard, error) {
 	if opts.SessionTTL == 0 {
 		opts.SessionTTL = DefaultSessionTTL
 	}
+	if opts.ReadHeaderTimeout == 0 {
+		opts.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if opts.ReadTimeout == 0 {
+		opts.ReadTimeout = DefaultReadTimeout
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	if opts.MaxConns == 0 {
+		opts.MaxConns = defaultMaxConns()
+	}
 	d := &Dashboard{opts: opts, log: zerolog.Nop(), mux: http.NewServeMux(),
 		historyLimit: TimelineHistoryLimit, historyTTL: historyTTL, history: map[int]*historyRead{},
-		waitersMax: WaitersMaxExecutors, waitersTTL: waitersTTL}
+		waitersMax: WaitersMaxExecutors, waitersTTL: waitersTTL, poolMax: PoolMaxExecutors, poolTTL: poolTTL}
 	if opts.Logger != nil {
 		d.log = *opts.Logger
 	}
+	for _, h := range opts.AllowedHosts {
+		rule, _ := parseHostRule(h) // validated
+		d.hosts = append(d.hosts, rule)
+	}
+	d.connsClosed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "evalpool_dashboard_connections_closed_total",
+		Help: "Connections the dashboard closed past Options.MaxConns: evicted (an idle one, for a new one) or refused (the new one: every other was within a request).",
+	}, []string{"reason"})
+	failures := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "evalpool_dashboard_auth_failures_total",
+		Help: "Token checks that failed: wrong_token (a wrong token at /login or as a bearer) or limited (refused unchecked: too many wrong tokens).",
+	}, []string{"reason"})
+	for _, c := range []*prometheus.CounterVec{d.connsClosed, failures} {
+		if err := opts.Registry.Register(c); err != nil {
+			return nil, err
+		}
+	}
 	if opts.AuthToken != "" {
 		d.auth = newAuth(opts.AuthToken, opts.SessionTTL)
+		d.auth.log, d.auth.failures = &d.log, failures
 	}
 	apiHandler, err := api.New(api.Options{Redis: opts.Redis, Pool: opts.Pool, Logger: opts.Logger, MaxBodyBytes: opts.MaxBodyBytes})
 	if err != nil {
@@ -202,12 +273,13 @@ func New(opts Options) (*Dashboard, error) {
 	d.mux.HandleFunc("GET /api/pool/timeline", d.apiPoolTimeline)
 	d.mux.HandleFunc("GET /api/pool/waiters", d.apiPoolWaiters)
 	d.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	d.mux.HandleFunc("GET /{$}", page(indexHTML))
-	d.mux.HandleFunc("GET /runs", page(runsHTML))
-	d.mux.HandleFunc("GET /runs/{name}", page(runsHTML))
+	d.mux.HandleFunc("GET /{$}", page(indexHTML, d.auth != nil))
+	d.mux.HandleFunc("GET /runs", page(runsHTML, d.auth != nil))
+	d.mux.HandleFunc("GET /runs/{name}", page(runsHTML, d.auth != nil))
 	if d.auth != nil {
 		d.mux.HandleFunc("GET /login", d.auth.loginPage)
 		d.mux.HandleFunc("POST /login", d.auth.login)
+		d.mux.HandleFunc("POST /logout", d.auth.logout)
 	}
 	return d, nil
 }
@@ -215,28 +287,42 @@ func New(opts Options) (*Dashboard, error) {
 // ServeHTTP implements http.Handler: the checks of the package doc, then
 // the routes.
 func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w = &frameGuard{ResponseWriter: w}
+	liftReadDeadline(w, r)
 	unsafe := r.Method != http.MethodGet && r.Method != http.MethodHead
+	if r.URL.Path == "/healthz" {
+		d.mux.ServeHTTP(w, r) // for health checks, by whatever name they use
+		return
+	}
+	if !hostAllowed(d.hosts, r) {
+		refuse(w, r, http.StatusForbidden, fmt.Sprintf("host %q is not one this dashboard is reached by: add it to --allowed-hosts (EVALPOOL_ALLOWED_HOSTS)", r.Host))
+		return
+	}
 	switch {
-	case r.URL.Path == "/healthz":
 	case d.auth == nil:
 		if unsafe && !sameOrigin(r, false) {
 			refuse(w, r, http.StatusForbidden, "cross-origin request refused")
 			return
 		}
-	case r.URL.Path == "/login":
-		// Logging in from another site's form is refused too (login CSRF).
+	case r.URL.Path == "/login" || r.URL.Path == "/logout":
+		// Logging in from another site's form is refused too (login CSRF),
+		// and so is logging out.
 		if unsafe && !sameOrigin(r, true) {
-			refuse(w, r, http.StatusForbidden, "cross-origin request refused: log in from the dashboard's own page")
+			refuse(w, r, http.StatusForbidden, "cross-origin request refused: log in and out from the dashboard's own pages")
 			return
 		}
 	default:
-		switch d.auth.check(r) {
+		switch d.auth.check(w, r) {
 		case byBearer:
+			d.authenticated(r)
 		case byCookie:
 			if unsafe && !sameOrigin(r, true) {
 				refuse(w, r, http.StatusForbidden, "cross-origin request refused: a request that changes anything must come from the dashboard's pages, or carry the token as a bearer")
 				return
 			}
+			d.authenticated(r)
+		case limited:
+			return // answered
 		default:
 			d.auth.unauthorized(w, r)
 			return
@@ -247,6 +333,17 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.mux.ServeHTTP(w, r)
+}
+
+// authenticated marks the request's connection as one that sent the token
+// (see Serve).
+func (d *Dashboard) authenticated(r *http.Request) {
+	d.srvMu.Lock()
+	c := d.cap
+	d.srvMu.Unlock()
+	if c != nil {
+		c.authenticated(r)
+	}
 }
 
 // toAsynqmon reports whether the request goes to Asynqmon.
@@ -261,6 +358,7 @@ func (d *Dashboard) toAsynqmon(r *http.Request) bool {
 // refuse answers an error: JSON for the APIs, text for the rest.
 func refuse(w http.ResponseWriter, r *http.Request, status int, msg string) {
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Connection", "close") // a refused client keeps no connection
 	if wantsJSON(r) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
@@ -287,29 +385,87 @@ type PoolView struct {
 	MonitoringPath string `json:"monitoring_path"`
 }
 
-// apiPool reads the whole pool (O(N)): kept for programs that read it; the
-// pages poll /api/pool/page and the rest instead.
+// poolRead is one read of the whole pool, encoded, which every /api/pool
+// asked for within poolTTL is answered from.
+type poolRead struct {
+	read time.Time // the dashboard's clock, for the TTL
+	body []byte
+}
+
+// apiPool reads the whole pool (O(N)), for programs that read it (the
+// pages poll /api/pool/page and the rest instead): for pools of at most
+// PoolMaxExecutors, and once per poolTTL whatever the requests, so that the
+// dashboard holds one read at a time. A larger pool is refused (422) with
+// the way to the paged endpoint.
 func (d *Dashboard) apiPool(w http.ResponseWriter, r *http.Request) {
-	st, err := d.opts.Pool.Status(r.Context())
+	ctx := r.Context()
+	counts, err := d.opts.Pool.Counts(ctx)
+	if err != nil {
+		d.unavailable(w, "pool counts", err)
+		return
+	}
+	if counts.Registered > d.poolMax {
+		d.poolTooLarge(w, r, counts.Registered)
+		return
+	}
+	d.poolMu.Lock()
+	defer d.poolMu.Unlock()
+	if rd := d.poolRead; rd != nil && time.Since(rd.read) < d.poolTTL {
+		writeJSON(w, rd.body)
+		return
+	}
+	st, err := d.opts.Pool.Status(ctx)
 	if err != nil {
 		d.unavailable(w, "pool status", err)
 		return
 	}
-	writeView(w, PoolView{Status: st, MonitoringPath: MonitoringPath})
+	if n := int64(len(st.Executors)); n > d.poolMax { // it grew since the counts
+		d.poolTooLarge(w, r, n)
+		return
+	}
+	body, err := json.Marshal(PoolView{Status: st, MonitoringPath: MonitoringPath})
+	if err != nil {
+		d.unavailable(w, "pool status", err)
+		return
+	}
+	d.poolRead = &poolRead{read: time.Now(), body: append(body, '\n')}
+	writeJSON(w, d.poolRead.body)
+}
+
+func (d *Dashboard) poolTooLarge(w http.ResponseWriter, r *http.Request, n int64) {
+	refuse(w, r, http.StatusUnprocessableEntity, fmt.Sprintf(
+		"the pool has %d executors: /api/pool reads at most %d; read it a page at a time at /api/pool/page?count=%d (then ?cursor=NEXT)",
+		n, d.poolMax, MaxPageCount))
+}
+
+func writeJSON(w http.ResponseWriter, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(body)
 }
 
 // page serves one of the dashboard's pages, with a Content-Security-Policy
 // that runs the page's own inline scripts and no other, and lets it reach
 // its own origin only: should a string from the APIs ever get into the
-// page as markup, it could neither run nor send anything anywhere.
-func page(html []byte) http.HandlerFunc {
+// page as markup, it could neither run nor send anything anywhere. With a
+// token, the page's nav has a logout button.
+func page(html []byte, logout bool) http.HandlerFunc {
 	csp := pageCSP(html)
-	return func(w http.ResponseWriter, _ *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Content-Security-Policy", csp)
-		_, _ = w.Write(html)
+		body := html
+		if logout {
+			// Relative, so that the dashboard may sit under a proxy's prefix.
+			action := strings.Repeat("../", strings.Count(strings.TrimPrefix(r.URL.Path, "/"), "/")) + "logout"
+			body = bytes.Replace(html, []byte(logoutMarker), []byte(`<form method="post" action="`+action+`" class="logout"><button type="submit">Log out</button></form>`), 1)
+		}
+		_, _ = w.Write(body)
 	}
 }
+
+// logoutMarker is where a page takes its logout button.
+const logoutMarker = "<!--logout-->"
 
 var inlineScript = regexp.MustCompile(`(?s)<script>(.*?)</script>`)
 
@@ -347,6 +503,11 @@ const (
 	// MaxWaitersShown bounds the waiters /api/pool/waiters lists, first in
 	// line first.
 	MaxWaitersShown = 100
+	// PoolMaxExecutors: /api/pool refuses (422) a pool of more executors,
+	// for /api/pool/page. It reads the whole pool in one MULTI (Redis
+	// blocked all along) and answers about 250 bytes an executor: a pool
+	// of 5,000 is about 1.3 MB, read at most once per second.
+	PoolMaxExecutors = 5000
 )
 
 const (
@@ -360,6 +521,8 @@ const (
 	waitersMinAge = 2 * time.Second
 	// maxPageReads bounds the pool.Pool.Page calls that fill one page.
 	maxPageReads = 8
+	// poolTTL is how long a read of the whole pool answers every /api/pool.
+	poolTTL = time.Second
 )
 
 // badRequest answers a 400 in JSON.
@@ -777,26 +940,33 @@ const (
 	unauthenticated authMethod = iota
 	byBearer
 	byCookie
+	limited // refused (429), answered: too many wrong tokens
 )
 
 // SessionCookie is the name of the login cookie.
 const SessionCookie = "evalpool_session"
 
-// auth checks the token and the login cookie. The cookie is
-// "EXPIRY.MAC": EXPIRY in Unix seconds, MAC the hex HMAC-SHA256 of it under
-// the token: nothing is kept on the server, and a new token ends every
-// session.
+// auth checks the token and the login cookie, whose value is a random
+// session ID held in memory (sessions) until it expires or logs out.
 type auth struct {
 	tokenSum [sha256.Size]byte
-	key      []byte
 	ttl      time.Duration
 	now      func() time.Time
+	sessions sessions
+	limiter  *limiter
+	log      *zerolog.Logger
+	failures *prometheus.CounterVec
 }
 
 func newAuth(token string, ttl time.Duration) *auth {
-	key := hmac.New(sha256.New, []byte(token))
-	key.Write([]byte("evalpool dashboard session key"))
-	return &auth{tokenSum: sha256.Sum256([]byte(token)), key: key.Sum(nil), ttl: ttl, now: time.Now}
+	nop := zerolog.Nop()
+	return &auth{
+		tokenSum: sha256.Sum256([]byte(token)), ttl: ttl, now: time.Now,
+		sessions: sessions{expiry: map[[sha256.Size]byte]time.Time{}},
+		limiter:  newLimiter(time.Now()),
+		log:      &nop,
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "unregistered"}, []string{"reason"}),
+	}
 }
 
 // tokenOK compares a token given with ours in constant time (of their
@@ -806,41 +976,50 @@ func (a *auth) tokenOK(given string) bool {
 	return subtle.ConstantTimeCompare(sum[:], a.tokenSum[:]) == 1
 }
 
-func (a *auth) mac(expiry string) string {
-	m := hmac.New(sha256.New, a.key)
-	m.Write([]byte(expiry))
-	return hex.EncodeToString(m.Sum(nil))
-}
-
-// session is a new cookie value, valid for ttl.
-func (a *auth) session() string {
-	expiry := strconv.FormatInt(a.now().Add(a.ttl).Unix(), 10)
-	return expiry + "." + a.mac(expiry)
-}
-
-func (a *auth) sessionOK(v string) bool {
-	expiry, mac, ok := strings.Cut(v, ".")
+// checkToken compares the token a request carries, within the limits of
+// failed checks (FailedLoginBurst and the rest): a wrong one is logged
+// (without it) and counted. Past the limits the token is not looked at:
+// retry says how long to wait, and the request is to be answered 429.
+func (a *auth) checkToken(r *http.Request, given, via string) (right bool, retry time.Duration) {
+	client := clientKey(r.RemoteAddr)
+	ok, retry := a.limiter.take(a.now(), client)
 	if !ok {
-		return false
+		a.failures.WithLabelValues("limited").Inc()
+		return false, max(time.Second, retry.Round(time.Second))
 	}
-	secs, err := strconv.ParseInt(expiry, 10, 64)
-	if err != nil || !a.now().Before(time.Unix(secs, 0)) {
-		return false
+	if a.tokenOK(given) {
+		a.limiter.refund(client)
+		return true, 0
 	}
-	return hmac.Equal([]byte(mac), []byte(a.mac(expiry)))
+	a.failures.WithLabelValues("wrong_token").Inc()
+	a.log.Warn().Str("client", r.RemoteAddr).Str("via", via).Str("path", r.URL.Path).Msg("dashboard: wrong token")
+	return false, 0
+}
+
+// tooMany sets the headers of a 429 and returns its line.
+func tooMany(w http.ResponseWriter, retry time.Duration) string {
+	w.Header().Set("Retry-After", strconv.Itoa(int(retry/time.Second)))
+	return "Too many wrong tokens: try again in " + retry.String() + "."
 }
 
 // check says how the request is authenticated, if at all. A bearer
 // header, when present, decides alone.
-func (a *auth) check(r *http.Request) authMethod {
+func (a *auth) check(w http.ResponseWriter, r *http.Request) authMethod {
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, token, _ := strings.Cut(h, " ")
-		if strings.EqualFold(scheme, "Bearer") && a.tokenOK(strings.TrimSpace(token)) {
+		if !strings.EqualFold(scheme, "Bearer") {
+			return unauthenticated
+		}
+		switch right, retry := a.checkToken(r, strings.TrimSpace(token), "bearer"); {
+		case retry > 0:
+			refuse(w, r, http.StatusTooManyRequests, tooMany(w, retry))
+			return limited
+		case right:
 			return byBearer
 		}
 		return unauthenticated
 	}
-	if c, err := r.Cookie(SessionCookie); err == nil && a.sessionOK(c.Value) {
+	if c, err := r.Cookie(SessionCookie); err == nil && a.sessions.valid(a.now(), c.Value) {
 		return byCookie
 	}
 	return unauthenticated
@@ -890,7 +1069,8 @@ func (a *auth) loginPage(w http.ResponseWriter, r *http.Request) {
 }
 
 // login sets the session cookie for the right token and goes on to the
-// page asked for; a wrong token is 401 and the form again.
+// page asked for; a wrong token is 401 and the form again, and past the
+// limits of wrong tokens 429 and the form.
 func (a *auth) login(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 	if err := r.ParseForm(); err != nil {
@@ -899,15 +1079,23 @@ func (a *auth) login(w http.ResponseWriter, r *http.Request) {
 	}
 	next := localPath(r.PostForm.Get("next"))
 	w.Header().Set("Cache-Control", "no-store")
-	if !a.tokenOK(r.PostForm.Get("token")) {
+	form := func(status int, msg string) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.WriteHeader(http.StatusUnauthorized)
-		_ = loginPage.Execute(w, loginView{Next: next, Error: "Wrong token."})
+		w.WriteHeader(status)
+		_ = loginPage.Execute(w, loginView{Next: next, Error: msg})
+	}
+	switch right, retry := a.checkToken(r, r.PostForm.Get("token"), "login"); {
+	case retry > 0:
+		form(http.StatusTooManyRequests, tooMany(w, retry))
+		return
+	case !right:
+		form(http.StatusUnauthorized, "Wrong token.")
 		return
 	}
+	now := a.now()
 	http.SetCookie(w, &http.Cookie{
 		Name:     SessionCookie,
-		Value:    a.session(),
+		Value:    a.sessions.create(now, now.Add(a.ttl)),
 		Path:     "/",
 		MaxAge:   int(a.ttl / time.Second),
 		HttpOnly: true,
@@ -916,6 +1104,21 @@ func (a *auth) login(w http.ResponseWriter, r *http.Request) {
 	})
 	// Relative to /login (http.Redirect would make it absolute).
 	w.Header().Set("Location", "./"+strings.TrimPrefix(next, "/"))
+	w.WriteHeader(http.StatusSeeOther)
+}
+
+// logout ends the request's session, if any, clears its cookie and goes
+// to the login page.
+func (a *auth) logout(w http.ResponseWriter, r *http.Request) {
+	if c, err := r.Cookie(SessionCookie); err == nil {
+		a.sessions.end(c.Value)
+	}
+	http.SetCookie(w, &http.Cookie{
+		Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
+		Secure: r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https", SameSite: http.SameSiteStrictMode,
+	})
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Location", "./login") // relative to /logout
 	w.WriteHeader(http.StatusSeeOther)
 }
 

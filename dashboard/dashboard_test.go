@@ -352,7 +352,7 @@ func TestAuthRequired(t *testing.T) {
 // page; good for reads; for writes only from the dashboard's own pages.
 func TestLoginCookie(t *testing.T) {
 	t.Parallel()
-	_, b := setupWith(t, Options{AuthToken: testToken})
+	d, b := setupWith(t, Options{AuthToken: testToken})
 	form := func(token string) string { return url.Values{"token": {token}}.Encode() }
 	const formType = "application/x-www-form-urlencoded"
 	for _, tc := range []struct {
@@ -382,12 +382,11 @@ func TestLoginCookie(t *testing.T) {
 			t.Errorf("GET %s with the cookie: %d %.100q", path, resp.StatusCode, body)
 		}
 	}
-	// A session of another token, or one past its expiry, is no session.
-	stale := newAuth(testToken, time.Minute)
-	stale.now = func() time.Time { return time.Now().Add(-time.Hour) }
+	// A session of another dashboard, or one past its expiry, is no session.
+	now := time.Now()
 	for name, c := range map[string]string{
-		"expired":       SessionCookie + "=" + stale.session(),
-		"another token": SessionCookie + "=" + newAuth("other-token-0123456789", time.Hour).session(),
+		"expired":           SessionCookie + "=" + d.auth.sessions.create(now.Add(-2*time.Hour), now.Add(-time.Hour)),
+		"another dashboard": SessionCookie + "=" + newAuth(testToken, time.Hour).sessions.create(now, now.Add(time.Hour)),
 		"tampered":      cookie[:len(cookie)-1] + map[bool]string{true: "0", false: "1"}[!strings.HasSuffix(cookie, "0")],
 	} {
 		if resp, _ := req(t, "GET", b.url+"/api/pool", "", "Cookie", c); resp.StatusCode != 401 {
