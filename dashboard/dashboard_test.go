@@ -287,7 +287,7 @@ func login(t *testing.T, base string) string {
 // to a request without it or with a wrong one, and serves the right one.
 func TestAuthRequired(t *testing.T) {
 	t.Parallel()
-	_, b := setupWith(t, Options{AuthToken: testToken})
+	_, b := setupTuned(t, Options{AuthToken: testToken}, unlimited, "http://e1:9001")
 	routes := []struct {
 		method, path, body string
 		code               int // with the right bearer
@@ -346,6 +346,12 @@ func TestAuthRequired(t *testing.T) {
 	if resp, body := req(t, "GET", b.url+"/api/v1/runs", ""); resp.StatusCode != 401 || !strings.Contains(body, `"error":"authentication required`) {
 		t.Errorf("/api/v1/runs without a token: %d %.300s", resp.StatusCode, body)
 	}
+}
+
+// unlimited lifts the limits of wrong tokens, for tests that send many.
+func unlimited(d *Dashboard) {
+	d.auth.limiter.burst, d.auth.limiter.globalBurst = 1<<20, 1<<20
+	d.auth.limiter.global.tokens = 1 << 20
 }
 
 // The login cookie: set by the right token posted from the dashboard's own

@@ -21,10 +21,11 @@ type hostRule struct {
 
 // parseHostRule parses "NAME", "NAME:PORT", ".NAME", "[IPv6]" or
 // "[IPv6]:PORT".
-func parseHostRule(s string) (hostRule, error) {
+func parseHostRule(entry string) (hostRule, error) {
 	bad := func(why string) (hostRule, error) {
-		return hostRule{}, fmt.Errorf("%w %q: %s", ErrBadAllowedHost, s, why)
+		return hostRule{}, fmt.Errorf("%w %q: %s", ErrBadAllowedHost, entry, why)
 	}
+	s := entry
 	if s == "" || strings.ContainsAny(s, "/@?#*\\ \t\r\n") {
 		return bad("want NAME, NAME:PORT or .DOMAIN (no scheme, path or wildcard)")
 	}

@@ -51,13 +51,20 @@ func (b *bucket) wait(every time.Duration) time.Duration {
 
 // limiter holds the failed token checks' buckets.
 type limiter struct {
+	// The limits: the constants (tests change them).
+	burst, globalBurst int
+	every, globalEvery time.Duration
+
 	mu      sync.Mutex
 	global  bucket
 	clients map[string]*bucket
 }
 
 func newLimiter(now time.Time) *limiter {
-	return &limiter{global: bucket{tokens: FailedLoginGlobalBurst, last: now}, clients: map[string]*bucket{}}
+	return &limiter{
+		burst: FailedLoginBurst, every: FailedLoginEvery, globalBurst: FailedLoginGlobalBurst, globalEvery: FailedLoginGlobalEvery,
+		global: bucket{tokens: FailedLoginGlobalBurst, last: now}, clients: map[string]*bucket{},
+	}
 }
 
 // clientKey is the bucket's key of a request's remote address: its IP, an
@@ -83,21 +90,21 @@ func clientKey(remoteAddr string) string {
 func (l *limiter) take(now time.Time, client string) (ok bool, retry time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.global.fill(now, FailedLoginGlobalBurst, FailedLoginGlobalEvery)
+	l.global.fill(now, l.globalBurst, l.globalEvery)
 	b := l.clients[client]
 	if b == nil {
 		l.prune(now)
-		b = &bucket{tokens: FailedLoginBurst, last: now}
+		b = &bucket{tokens: float64(l.burst), last: now}
 		if len(l.clients) < maxLimitedClients {
 			l.clients[client] = b
 		}
 	}
-	b.fill(now, FailedLoginBurst, FailedLoginEvery)
+	b.fill(now, l.burst, l.every)
 	switch {
 	case b.tokens < 1:
-		return false, b.wait(FailedLoginEvery)
+		return false, b.wait(l.every)
 	case l.global.tokens < 1:
-		return false, l.global.wait(FailedLoginGlobalEvery)
+		return false, l.global.wait(l.globalEvery)
 	}
 	b.tokens--
 	l.global.tokens--
@@ -107,9 +114,9 @@ func (l *limiter) take(now time.Time, client string) (ok bool, retry time.Durati
 func (l *limiter) refund(client string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.global.tokens = math.Min(FailedLoginGlobalBurst, l.global.tokens+1)
+	l.global.tokens = math.Min(float64(l.globalBurst), l.global.tokens+1)
 	if b := l.clients[client]; b != nil {
-		b.tokens = math.Min(FailedLoginBurst, b.tokens+1)
+		b.tokens = math.Min(float64(l.burst), b.tokens+1)
 	}
 }
 
@@ -119,7 +126,7 @@ func (l *limiter) prune(now time.Time) {
 		return
 	}
 	for k, b := range l.clients {
-		if b.fill(now, FailedLoginBurst, FailedLoginEvery); b.tokens >= FailedLoginBurst {
+		if b.fill(now, l.burst, l.every); b.tokens >= float64(l.burst) {
 			delete(l.clients, k)
 		}
 	}
