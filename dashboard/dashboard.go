@@ -125,8 +125,9 @@ type Options struct {
 	// first included (Serve). Defaults to DefaultReadHeaderTimeout (10 s).
 	ReadHeaderTimeout time.Duration
 	// ReadTimeout bounds reading a whole request, its body included
-	// (Serve); it ends once the request is read, so a response may stream
-	// for as long as it takes. Defaults to DefaultReadTimeout (60 s).
+	// (Serve); net/http lifts it once the request is read, so a response
+	// may stream for as long as it takes (the API's followed results).
+	// Defaults to DefaultReadTimeout (60 s).
 	ReadTimeout time.Duration
 	// IdleTimeout bounds how long a kept-alive connection waits for its
 	// next request (Serve). Defaults to DefaultIdleTimeout (30 s).
@@ -288,7 +289,6 @@ func New(opts Options) (*Dashboard, error) {
 // the routes.
 func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w = &frameGuard{ResponseWriter: w}
-	liftReadDeadline(w, r)
 	unsafe := r.Method != http.MethodGet && r.Method != http.MethodHead
 	if r.URL.Path == "/healthz" {
 		d.mux.ServeHTTP(w, r) // for health checks, by whatever name they use

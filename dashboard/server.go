@@ -179,34 +179,6 @@ func (c *connCap) authenticated(r *http.Request) {
 	}
 }
 
-// liftReadDeadline lifts the server's ReadTimeout once the request is read
-// (at once without a body, else when the body's end is read): a response
-// may stream for hours (the API's followed results), and the server would
-// cancel its context when the deadline passed.
-func liftReadDeadline(w http.ResponseWriter, r *http.Request) {
-	rc := http.NewResponseController(w)
-	if r.Body == nil || r.Body == http.NoBody {
-		_ = rc.SetReadDeadline(time.Time{})
-		return
-	}
-	r.Body = &liftingBody{ReadCloser: r.Body, rc: rc}
-}
-
-type liftingBody struct {
-	io.ReadCloser
-	rc     *http.ResponseController
-	lifted bool
-}
-
-func (b *liftingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if errors.Is(err, io.EOF) && !b.lifted {
-		b.lifted = true
-		_ = b.rc.SetReadDeadline(time.Time{})
-	}
-	return n, err
-}
-
 // frameGuard sets, on every response, the headers that keep any page of
 // the dashboard (Asynqmon's included) out of another site's frames
 // (clickjacking): X-Frame-Options for old browsers, CSP frame-ancestors for
