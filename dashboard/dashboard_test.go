@@ -393,7 +393,7 @@ func TestLoginCookie(t *testing.T) {
 	for name, c := range map[string]string{
 		"expired":           SessionCookie + "=" + d.auth.sessions.create(now.Add(-2*time.Hour), now.Add(-time.Hour)),
 		"another dashboard": SessionCookie + "=" + newAuth(testToken, time.Hour).sessions.create(now, now.Add(time.Hour)),
-		"tampered":      cookie[:len(cookie)-1] + map[bool]string{true: "0", false: "1"}[!strings.HasSuffix(cookie, "0")],
+		"tampered":          cookie[:len(cookie)-1] + map[bool]string{true: "0", false: "1"}[!strings.HasSuffix(cookie, "0")],
 	} {
 		if resp, _ := req(t, "GET", b.url+"/api/pool", "", "Cookie", c); resp.StatusCode != 401 {
 			t.Errorf("%s session: %d, want 401", name, resp.StatusCode)
