@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -23,6 +26,8 @@ type dashboardFlags struct {
 	authToken      string
 	admin          bool
 	insecureListen bool
+	allowedHosts   []string
+	server         dashboard.Options // the server's bounds only
 }
 
 func (f *dashboardFlags) register(c *cobra.Command) {
@@ -31,6 +36,33 @@ func (f *dashboardFlags) register(c *cobra.Command) {
 	fs.StringVar(&f.authToken, "auth-token", "", "token every route but /healthz requires, as \"Authorization: Bearer TOKEN\" or through the /login page's cookie (env EVALPOOL_AUTH_TOKEN)")
 	fs.BoolVar(&f.admin, "admin", false, "let Asynqmon change queues and tasks (pause, delete, run, archive, cancel); without it, it is read-only")
 	fs.BoolVar(&f.insecureListen, "insecure-listen", false, "without a token, serve on a non-loopback address anyway: anyone who reaches it can submit and cancel evals")
+	fs.StringSliceVar(&f.allowedHosts, "allowed-hosts", nil, "comma-separated names the dashboard is reached by, besides localhost, 127.0.0.1, [::1] and --listen's host: NAME (any port), NAME:PORT, or .DOMAIN (it and every name under it); any other Host is refused (env EVALPOOL_ALLOWED_HOSTS)")
+	fs.DurationVar(&f.server.ReadHeaderTimeout, "read-header-timeout", dashboard.DefaultReadHeaderTimeout, "how long a client may take to send a request's header")
+	fs.DurationVar(&f.server.ReadTimeout, "read-timeout", dashboard.DefaultReadTimeout, "how long a client may take to send a whole request, its body included (a response may stream for longer)")
+	fs.DurationVar(&f.server.IdleTimeout, "idle-timeout", dashboard.DefaultIdleTimeout, "how long a kept-alive connection may wait for its next request")
+	fs.IntVar(&f.server.MaxConns, "max-conns", 0, fmt.Sprintf("connections open at once; past it the longest idle is closed, one that never sent the token first (default %d, or a third of the descriptor limit if lower)", dashboard.DefaultMaxConns))
+}
+
+// hosts is --allowed-hosts, else EVALPOOL_ALLOWED_HOSTS, and the host
+// --listen names, if it names one (not every interface).
+func (f *dashboardFlags) hosts(listen string) []string {
+	hosts := f.allowedHosts
+	if len(hosts) == 0 {
+		for h := range strings.SplitSeq(os.Getenv("EVALPOOL_ALLOWED_HOSTS"), ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				hosts = append(hosts, h)
+			}
+		}
+	}
+	if host, _, err := net.SplitHostPort(listen); err == nil && host != "" {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+			if ip != nil && ip.To4() == nil {
+				host = "[" + host + "]"
+			}
+			hosts = append(hosts, host)
+		}
+	}
+	return hosts
 }
 
 // token is --auth-token, else EVALPOOL_AUTH_TOKEN.
@@ -56,7 +88,12 @@ func (a *app) dashboardCommand() *cobra.Command {
 With --auth-token (or EVALPOOL_AUTH_TOKEN) every route but /healthz needs the
 token: "Authorization: Bearer TOKEN", or the cookie the /login page sets.
 Without one, the dashboard serves on loopback addresses only, unless
---insecure-listen. Asynqmon is read-only unless --admin.`,
+--insecure-listen. Asynqmon is read-only unless --admin.
+
+Whatever the token, every route but /healthz answers only requests to the
+names the dashboard is reached by (the Host header): localhost, 127.0.0.1,
+[::1], --listen's host, and --allowed-hosts (EVALPOOL_ALLOWED_HOSTS), such as
+dash.example.com or .example.com. That keeps DNS rebinding pages out.`,
 		Args: positional(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := flags.check(listen); err != nil {
@@ -119,7 +156,10 @@ func loopback(listen string) bool {
 
 func (a *app) serveDashboard(ctx context.Context, listen string, flags dashboardFlags, client redis.UniversalClient, p *pool.Pool, conn asynq.RedisConnOpt) error {
 	token := flags.token()
-	d, err := dashboard.New(dashboard.Options{Pool: p, Redis: client, Asynqmon: conn, Logger: &a.log, AuthToken: token, Admin: flags.admin})
+	opts := flags.server
+	opts.Pool, opts.Redis, opts.Asynqmon, opts.Logger = p, client, conn, &a.log
+	opts.AuthToken, opts.Admin, opts.AllowedHosts = token, flags.admin, flags.hosts(listen)
+	d, err := dashboard.New(opts)
 	if err != nil {
 		return usageError{err}
 	}
@@ -135,9 +175,22 @@ func (a *app) serveDashboard(ctx context.Context, listen string, flags dashboard
 	} else if len(token) < 16 {
 		a.log.Warn().Msg("dashboard: the auth token is shorter than 16 characters: easy to guess")
 	}
-	a.log.Info().Str("url", "http://"+l.Addr().String()+"/").Bool("auth", token != "").Bool("admin", flags.admin).Msg("dashboard listening")
+	a.log.Info().Str("url", "http://"+l.Addr().String()+"/").Bool("auth", token != "").Bool("admin", flags.admin).
+		Strs("allowed_hosts", opts.AllowedHosts).Msg("dashboard listening")
 	fmt.Fprintf(a.stderr, "dashboard: http://%s/ (queues at /monitoring/, API at /api/v1/); Ctrl-C to stop\n", l.Addr())
-	serveHTTP(ctx, l, d, &a.log)
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(l) }()
+	select {
+	case <-ctx.Done():
+	case err := <-done:
+		return err
+	}
+	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = d.Shutdown(shutdown)
+	if err := <-done; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
 	return nil
 }
 
