@@ -16,19 +16,29 @@
 // pools over WaitersMaxExecutors (that list has no API but pool.Status,
 // which reads the whole pool). The run page polls the run's O(1) progress
 // and reads its summary (O(run)) only when an eval ended, at most every few
-// seconds. /api/pool still reads the whole pool, for compatibility: the
-// pages no longer poll it.
+// seconds. /api/pool still reads the whole pool, for programs (the pages
+// no longer poll it): at most PoolMaxExecutors, once per second for every
+// request.
+//
+// Names (Options.AllowedHosts): every route but /healthz answers only a
+// Host the dashboard is reached by, loopback names always, else 403, token
+// or not: a DNS rebinding page sends its own name as Host and as Origin.
 //
 // Authentication (Options.AuthToken): when a token is set, every route but
 // /healthz and the login page needs it, as "Authorization: Bearer TOKEN"
 // (for programs: the API, Prometheus) or as the session cookie that
 // POST /login sets for the right token (for browsers: HttpOnly,
-// SameSite=Strict, valid for SessionTTL, an HMAC of its expiry under the
-// token, so changing the token ends every session). Tokens are compared in
-// constant time. Without it: 401.
+// SameSite=Strict, valid for SessionTTL, a random session ID held in
+// memory: POST /logout ends it, a restart ends them all). Tokens are
+// compared in constant time; wrong ones are logged, counted and limited
+// (FailedLoginBurst and the rest). Without it: 401.
+//
+// Every response carries X-Frame-Options: DENY and CSP frame-ancestors
+// 'none' (Asynqmon's too). Serve adds the server's bounds: timeouts and a
+// connection cap that idle connections cannot fill.
 //
 // Cross-site requests: a request that changes anything (any method but GET
-// and HEAD, Asynqmon's API and POST /login included) authenticated by the
+// and HEAD, Asynqmon's API, POST /login and POST /logout included) authenticated by the
 // cookie must come from the dashboard's own pages: Sec-Fetch-Site, Origin,
 // or failing those Referer, must name the request's Host; with none of
 // them it is refused too (403). A bearer token is never sent by a browser
@@ -169,8 +179,8 @@ func (o *Options) validate() error {
 // Dashboard is an http.Handler for the pool page (/), the runs pages
 // (/runs, /runs/NAME), what the pool page reads (/api/pool/page,
 // /api/pool/timeline, /api/pool/waiters), /api/pool, the API (/api/v1/),
-// /monitoring/ (Asynqmon), /metrics, /healthz, and /login when it has a
-// token.
+// /monitoring/ (Asynqmon), /metrics, /healthz, and /login and /logout when
+// it has a token.
 type Dashboard struct {
 	opts Options
 	log  zerolog.Logger
