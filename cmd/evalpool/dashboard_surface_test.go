@@ -43,7 +43,7 @@ func hostDo(t *testing.T, method, url, host, body string, headers ...string) (in
 // EVALPOOL_ALLOWED_HOSTS) and --listen's host are served, and a bad entry
 // is a usage error. (Not parallel: it sets the environment.)
 func TestDashboardAllowedHosts(t *testing.T) {
-	url := evaltest.URL(t)
+	url := evaltest.StartT(t, evaltest.Options{}).URL() // it enqueues: a Redis of its own
 	const token = "cli-token-0123456789abcdef"
 	t.Setenv("EVALPOOL_AUTH_TOKEN", token)
 	t.Setenv("EVALPOOL_ALLOWED_HOSTS", "")
