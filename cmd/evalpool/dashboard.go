@@ -33,7 +33,7 @@ type dashboardFlags struct {
 func (f *dashboardFlags) register(c *cobra.Command) {
 	fs := c.Flags()
 	// No env default in the flag itself: --help would print the token.
-	fs.StringVar(&f.authToken, "auth-token", "", "token every route but /healthz requires, as \"Authorization: Bearer TOKEN\" or through the /login page's cookie (env EVALPOOL_AUTH_TOKEN)")
+	fs.StringVar(&f.authToken, "auth-token", "", "token every route but /healthz requires, as \"Authorization: Bearer TOKEN\" or through the /login page's cookie; 16 bytes at least (env EVALPOOL_AUTH_TOKEN, or a file named by EVALPOOL_AUTH_TOKEN_FILE)")
 	fs.BoolVar(&f.admin, "admin", false, "let Asynqmon change queues and tasks (pause, delete, run, archive, cancel); without it, it is read-only")
 	fs.BoolVar(&f.insecureListen, "insecure-listen", false, "without a token, serve on a non-loopback address anyway: anyone who reaches it can submit and cancel evals")
 	fs.StringSliceVar(&f.allowedHosts, "allowed-hosts", nil, "comma-separated names the dashboard is reached by, besides localhost, 127.0.0.1, [::1] and --listen's host: NAME (any port), NAME:PORT, or .DOMAIN (it and every name under it); any other Host is refused (env EVALPOOL_ALLOWED_HOSTS)")
@@ -65,12 +65,18 @@ func (f *dashboardFlags) hosts(listen string) []string {
 	return hosts
 }
 
-// token is --auth-token, else EVALPOOL_AUTH_TOKEN.
-func (f *dashboardFlags) token() string {
-	if f.authToken != "" {
-		return f.authToken
+// token is --auth-token, else EVALPOOL_AUTH_TOKEN, else the file
+// EVALPOOL_AUTH_TOKEN_FILE names. A token anyone could know (one this
+// project ships, or a short one) is refused: it guards nothing.
+func (f *dashboardFlags) token() (string, error) {
+	token, err := secretFrom(f.authToken, "EVALPOOL_AUTH_TOKEN")
+	if err != nil || token == "" {
+		return "", err
 	}
-	return os.Getenv("EVALPOOL_AUTH_TOKEN")
+	if err := checkSecret("dashboard: the auth token", token); err != nil {
+		return "", err
+	}
+	return token, nil
 }
 
 func (a *app) dashboardCommand() *cobra.Command {
@@ -119,11 +125,12 @@ dash.example.com or .example.com. That keeps DNS rebinding pages out.`,
 	return c
 }
 
-// check refuses, without a token, an address that is not loopback unless
-// --insecure-listen.
+// check refuses a token anyone could know and, without a token, an
+// address that is not loopback unless --insecure-listen.
 func (f *dashboardFlags) check(listen string) error {
-	if f.token() != "" || f.insecureListen {
-		return nil
+	token, err := f.token()
+	if err != nil || token != "" || f.insecureListen {
+		return err
 	}
 	if !loopback(listen) {
 		return usagef("dashboard: %s is not a loopback address and there is no --auth-token (or EVALPOOL_AUTH_TOKEN): anyone who reaches it could submit and cancel evals; give a token, or --insecure-listen", listen)
@@ -155,7 +162,10 @@ func loopback(listen string) bool {
 }
 
 func (a *app) serveDashboard(ctx context.Context, listen string, flags dashboardFlags, client redis.UniversalClient, p *pool.Pool, conn asynq.RedisConnOpt) error {
-	token := flags.token()
+	token, err := flags.token()
+	if err != nil {
+		return err
+	}
 	opts := flags.server
 	opts.Pool, opts.Redis, opts.Asynqmon, opts.Logger = p, client, conn, &a.log
 	opts.AuthToken, opts.Admin, opts.AllowedHosts = token, flags.admin, flags.hosts(listen)
@@ -172,8 +182,6 @@ func (a *app) serveDashboard(ctx context.Context, listen string, flags dashboard
 	if token == "" {
 		a.log.Warn().Str("addr", l.Addr().String()).Msg("dashboard runs without authentication: anyone who reaches it can submit and cancel evals (--auth-token)")
 		fmt.Fprintln(a.stderr, "dashboard: WARNING: no --auth-token: runs without authentication")
-	} else if len(token) < 16 {
-		a.log.Warn().Msg("dashboard: the auth token is shorter than 16 characters: easy to guess")
 	}
 	a.log.Info().Str("url", "http://"+l.Addr().String()+"/").Bool("auth", token != "").Bool("admin", flags.admin).
 		Strs("allowed_hosts", opts.AllowedHosts).Msg("dashboard listening")

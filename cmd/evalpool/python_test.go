@@ -33,7 +33,7 @@ func TestPythonClient(t *testing.T) {
 		t.Fatalf("pool add: %+v", r)
 	}
 	startWorker(t, url, "--concurrency", "8", "--poll-interval", "20ms", "--cleanup", "inline")
-	const token = "test-token-123"
+	const token = "test-token-0123456789"
 	base := startDashboard(t, url, "--", "--auth-token", token)
 	specs := make([]string, 100)
 	for i := range specs {
