@@ -239,8 +239,8 @@ type Stats struct {
 	// FarFences counts evals refused (400) for a fence further ahead of
 	// the executor's clock than any pool grants; none was recorded.
 	FarFences int64 `json:"far_fences"`
-	MaxFence     int64 `json:"max_fence"`
-	Running      bool  `json:"running"`
+	MaxFence  int64 `json:"max_fence"`
+	Running   bool  `json:"running"`
 }
 
 var (
@@ -436,7 +436,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 	}
 	// The server's ReadTimeout bounds the whole request; a body that
 	// trickles is cut sooner, so that it holds its slot BodyTimeout at most.
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.opts.BodyTimeout))
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(min(s.opts.BodyTimeout, s.opts.ReadTimeout)))
 	body, err := executor.ReadBody(http.MaxBytesReader(w, r.Body, executor.MaxRequestBytes), r.ContentLength, executor.MaxRequestBytes)
 	if err == nil && int64(len(body)) > executor.MaxRequestBytes {
 		err = &http.MaxBytesError{Limit: executor.MaxRequestBytes}
@@ -448,7 +448,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		case errors.As(err, &tooBig):
 			s.httpError(w, http.StatusRequestEntityTooLarge, "body over the limit of %d bytes", executor.MaxRequestBytes)
 		case errors.As(err, &netErr) && netErr.Timeout():
-			s.httpError(w, http.StatusRequestTimeout, "body not read within %s", s.opts.BodyTimeout)
+			s.httpError(w, http.StatusRequestTimeout, "body not read within %s", min(s.opts.BodyTimeout, s.opts.ReadTimeout))
 		default:
 			s.httpError(w, http.StatusBadRequest, "read body: %v", err)
 		}
