@@ -870,14 +870,16 @@ func (s *Server) runCommand(ctx context.Context, req executor.Request) (executor
 		if ctx.Err() != nil {
 			return executor.Result{}, context.Cause(ctx)
 		}
-		return executor.Result{}, fmt.Errorf("the --exec command failed: %s; its stderr ends: %s", exitStatus(err), stderr.String())
+		return executor.Result{}, fmt.Errorf("--exec command failed (%s); stderr ends: %s", exitStatus(err), stderr.String())
 	}
 	return executor.ParseResult([]byte(stdout.String()))
 }
 
 // stderrTail is how much of a failed command's stderr its error quotes: the
-// end, where a program says why it stopped.
-const stderrTail = 512
+// end, where a program says why it stopped, short enough to be seen whole
+// in the worker's error, which quotes the start of an answer
+// (executor.Snippet).
+const stderrTail = 100
 
 // exitStatus says how a command ended ("exit status 2", "signal: killed"),
 // or the kind of failure, without the command line.
