@@ -39,7 +39,9 @@ func TestExecutorListenNeedsASecret(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 			defer cancel()
 			done := make(chan int, 1)
-			go func() { done <- run(ctx, append(append([]string{"executor"}, tt.args...), exec...), &bytes.Buffer{}, logs) }()
+			go func() {
+				done <- run(ctx, append(append([]string{"executor"}, tt.args...), exec...), &bytes.Buffer{}, logs)
+			}()
 			if tt.code != -1 {
 				select {
 				case code := <-done:
