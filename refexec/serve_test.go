@@ -337,9 +337,10 @@ func TestBoundedResources(t *testing.T) {
 	const clients = 300
 	t.Run("huge bodies", func(t *testing.T) {
 		const hugeBytes = 9 << 20
-		// The default read timeout, 30s: it does not cut these short, so
-		// only the cap and the body limit bound the heap.
-		s, err := New(Options{MaxConns: 32})
+		// A body timeout of a minute and the default read timeout, 30s: they
+		// do not cut these short, so only the cap and the body limit bound
+		// the heap.
+		s, err := New(Options{MaxConns: 32, BodyTimeout: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
