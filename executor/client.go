@@ -31,8 +31,9 @@ const (
 	// DeadlineHeader carries, in unix milliseconds, when the caller stops
 	// waiting for an eval: the executor gives up then.
 	DeadlineHeader = "X-Evalpool-Deadline"
-	// SignatureHeader carries a request's signature, "v1=" and the hex of
-	// its HMAC-SHA256 (see Sign).
+	// SignatureHeader carries a request's signature: "v2=" and when it
+	// was signed, its body's digest and its HMAC-SHA256 (see SignV2), or
+	// the older "v1=" and the hex of its HMAC-SHA256 (see Sign).
 	SignatureHeader = "X-Evalpool-Signature"
 )
 
@@ -159,6 +160,10 @@ func (r Reason) String() string {
 type RefusedError struct {
 	URL    string
 	Reason Reason
+	// MaxFence is the highest fence the executor has seen, when it says
+	// (a stale_fence refusal of the reference executor does): a pool whose
+	// fence counter is below it raises it, so that its next grant passes.
+	MaxFence int64
 	// Answer is the start of the executor's answer, on one line.
 	Answer string
 }
@@ -173,13 +178,14 @@ func (e *RefusedError) Is(target error) bool { return target == ErrFenced }
 // refused reads a 409's reason from its JSON body, {"error", "reason"}.
 func refused(baseURL string, answer []byte) error {
 	var body struct {
-		Reason Reason `json:"reason"`
+		Reason   Reason `json:"reason"`
+		MaxFence int64  `json:"max_fence"`
 	}
 	_ = json.Unmarshal(answer, &body)
 	if len(body.Reason) > 64 {
 		body.Reason = ""
 	}
-	return &RefusedError{URL: baseURL, Reason: body.Reason, Answer: Snippet(answer)}
+	return &RefusedError{URL: baseURL, Reason: body.Reason, MaxFence: max(body.MaxFence, 0), Answer: Snippet(answer)}
 }
 
 // RefusalReason is the reason of the RefusedError in err's chain, and false
@@ -261,8 +267,9 @@ func parseHealth(body []byte) Health {
 	return Health{Status: strings.TrimSpace(string(body[:min(len(body), 64)]))}
 }
 
-// Sign returns the value of the SignatureHeader of a request: "v1=" and the
-// hex of HMAC-SHA256(secret, method "\n" path "\n" deadline "\n" body), where
+// Sign returns the value of the SignatureHeader of a request, version 1,
+// which executors accept only while told to (a rolling upgrade; see
+// SignV2, which the client sends): "v1=" and the hex of HMAC-SHA256(secret, method "\n" path "\n" deadline "\n" body), where
 // path is the path on the request line and deadline the DeadlineHeader's
 // value, empty when there is none. The deadline is signed so that a replayed
 // request cannot be given more time.
@@ -301,7 +308,7 @@ type Client struct {
 	// connections per host, not net/http's 2: executors behind one address
 	// (a gateway, a fleet) would otherwise cost a new connection per eval.
 	HTTP *http.Client
-	// Secret, when set, signs every POST (see Sign), as executors started
+	// Secret, when set, signs every POST (see SignV2), as executors started
 	// with the same secret require. An executor without a secret ignores the
 	// signature. Defaults to none.
 	Secret []byte
@@ -343,7 +350,8 @@ func (c *Client) post(ctx context.Context, baseURL, path string, body []byte, li
 		hr.Header.Set(DeadlineHeader, strconv.FormatInt(deadlineMs, 10))
 	}
 	if len(c.Secret) > 0 {
-		hr.Header.Set(SignatureHeader, Sign(c.Secret, hr.Method, hr.URL.EscapedPath(), hr.Header.Get(DeadlineHeader), body))
+		signedAt, _ := c.execTime(baseURL, sent)
+		hr.Header.Set(SignatureHeader, SignV2(c.Secret, hr.Method, hr.URL.Host, hr.URL.EscapedPath(), hr.Header.Get(DeadlineHeader), signedAt, body))
 	}
 	resp, err = c.httpClient().Do(hr)
 	if err != nil {

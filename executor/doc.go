@@ -20,7 +20,8 @@
 // answer is a [Result] (200), 409 when the eval was refused or stopped, 504
 // at the deadline, 413 for a body over [MaxRequestBytes], 400 for a
 // malformed one. A 409 says why in {"error", "reason"} ([Reason]):
-// "stale_fence" (a fence not above the highest seen), "preempted" (a higher
+// "stale_fence" (a fence not above the highest seen, which it gives as
+// "max_fence"), "preempted" (a higher
 // fence took over), "lease_expired" (the lease passed unextended),
 // "lease_over_on_arrival"; the client's error is a [RefusedError], which is
 // [ErrFenced].
@@ -92,23 +93,37 @@
 //
 // # Authentication
 //
-// An executor started with a secret refuses with 401, changing nothing, any
-// POST without a valid X-Evalpool-Signature header:
+// Every POST carries Content-Type: application/json, and neither Origin
+// nor a Sec-Fetch-Site other than "none" or "same-origin": an executor
+// refuses a request that is not JSON (415) or comes from a web page (403),
+// which a browser could send without a preflight. An executor started with
+// a secret refuses with 401, changing nothing, any POST without a valid
+// X-Evalpool-Signature header (see [SignV2]):
 //
-//	v1=<hex HMAC-SHA256(secret, method "\n" path "\n" deadline "\n" body)>
+//	v2=<signed at ms>.<hex SHA-256(body)>.<hex HMAC-SHA256(secret,
+//	  "evalpool-v2\n" method "\n" host "\n" path "\n" deadline "\n"
+//	  signed at ms "\n" hex SHA-256(body))>
 //
-// where path is the request's path as sent on the request line (the prefix
-// of an executor mounted under one included) and deadline is the
-// X-Evalpool-Deadline header's value, empty when there is none; see [Sign].
-// Without a secret anyone who reaches the executor could send fence
-// 9223372036854775807 and lock every holder out. The signature proves who
-// sent a request, not when: a replayed eval is refused by its fence, but the
-// secret guards nothing on a network where requests can be read, so use TLS
-// or a private network there. Answers are not signed: whoever can rewrite
-// them can also move the time an executor tells. GET /healthz and
-// GET /v1/stats stay open: they change nothing. [Client.CheckSignature]
-// asks whether an executor accepts a client's signature with an extension
-// that changes nothing (fence 0, an eval none runs): 401 or not.
+// where host is the host:port the caller dialed, path the request's path
+// as sent on the request line (the prefix of an executor mounted under one
+// included), deadline the X-Evalpool-Deadline header's value (empty when
+// there is none) and signed at the caller's estimate of the executor's
+// clock. The executor refuses a host that is not one of its names and a
+// time more than [DefaultSignatureWindow] from its clock: a request
+// replayed to another executor with the same secret, or later, is refused.
+// The head alone decides, so a forged request is refused before its body
+// is read; the body is then checked against the digest. The older v1
+// signature ([Sign]) names neither host nor time and is refused unless the
+// executor is told to accept it during an upgrade. A fence more than
+// [MaxFenceAhead] ahead of the executor's clock in ms is refused (400) and
+// not recorded: no pool grants one. The signature proves who sent a
+// request and bounds when, but guards nothing on a network where requests
+// can be read: use TLS or a private network there. Answers are not
+// signed: whoever can rewrite them can also move the time an executor
+// tells. GET /healthz and GET /v1/stats stay open: they change nothing.
+// [Client.CheckSignature] asks whether an executor accepts a client's
+// signature with an extension that changes nothing (fence 0, an eval none
+// runs): 401 or not.
 //
 // # Identity
 //

@@ -107,12 +107,12 @@ func TestAnswersTellTheExecutorsTime(t *testing.T) {
 			return r
 		}},
 		{"401", func() *http.Response {
-			r, _ := evaltest.Do(t, http.MethodPost, url+executor.PathEvals, `{}`, nil)
+			r, _ := evaltest.Do(t, http.MethodPost, url+executor.PathEvals, `{}`, http.Header{"Content-Type": {"application/json"}})
 			return r
 		}},
 		{"404", func() *http.Response {
 			body := `{"eval_id":"nobody","fence":1,"lease_ms":5}`
-			h := http.Header{executor.SignatureHeader: {executor.Sign(testSecret, http.MethodPost, executor.PathLease, "", []byte(body))}}
+			h := http.Header{executor.SignatureHeader: {signV2(t, testSecret, url, executor.PathLease, "", body)}, "Content-Type": {"application/json"}}
 			r, _ := evaltest.Do(t, http.MethodPost, url+executor.PathLease, body, h)
 			return r
 		}},

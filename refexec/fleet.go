@@ -63,6 +63,8 @@ func (f *Fleet) Stats() Stats {
 		total.LeaseExpired += st.LeaseExpired
 		total.Extensions += st.Extensions
 		total.Unauthorized += st.Unauthorized
+		total.Forbidden += st.Forbidden
+		total.FarFences += st.FarFences
 		total.MaxFence = max(total.MaxFence, st.MaxFence)
 		total.Running = total.Running || st.Running
 	}

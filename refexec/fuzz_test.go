@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/evalpool/evalpool/executor"
 )
@@ -44,14 +45,16 @@ func FuzzHandlers(f *testing.F) {
 			path, other = other, path
 		}
 		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set(executor.DeadlineHeader, deadline)
+		now := time.Now().UnixMilli()
 		switch sig % 4 {
 		case 1:
-			req.Header.Set(executor.SignatureHeader, executor.Sign(secret, http.MethodPost, path, req.Header.Get(executor.DeadlineHeader), body))
+			req.Header.Set(executor.SignatureHeader, executor.SignV2(secret, http.MethodPost, req.Host, path, req.Header.Get(executor.DeadlineHeader), now, body))
 		case 2:
-			req.Header.Set(executor.SignatureHeader, executor.Sign(secret, http.MethodPost, other, req.Header.Get(executor.DeadlineHeader), body))
+			req.Header.Set(executor.SignatureHeader, executor.SignV2(secret, http.MethodPost, req.Host, other, req.Header.Get(executor.DeadlineHeader), now, body))
 		case 3:
-			req.Header.Set(executor.SignatureHeader, "v1="+deadline)
+			req.Header.Set(executor.SignatureHeader, "v2="+deadline)
 		}
 		rec := httptest.NewRecorder()
 		s.ServeHTTP(rec, req)

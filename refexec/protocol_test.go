@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	neturl "net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,12 +24,22 @@ var testSecret = []byte("k3y-of-the-fleet")
 // post sends one raw POST and returns its status and body.
 func post(t *testing.T, url, path, body string, header map[string]string) (int, string) {
 	t.Helper()
-	h := http.Header{}
+	h := http.Header{"Content-Type": {"application/json"}}
 	for k, v := range header {
 		h.Set(k, v)
 	}
 	resp, b := evaltest.Do(t, http.MethodPost, url+path, body, h)
 	return resp.StatusCode, string(b)
+}
+
+// signV2 signs a POST of body to base+path now, as executor.Client does.
+func signV2(t *testing.T, secret []byte, base, path, deadline, body string) string {
+	t.Helper()
+	u, err := neturl.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return executor.SignV2(secret, http.MethodPost, u.Host, u.EscapedPath()+path, deadline, time.Now().UnixMilli(), []byte(body))
 }
 
 // holder is the eval the server holds, if any, white-box.
@@ -67,11 +78,40 @@ func TestForgedRequestsChangeNothing(t *testing.T) {
 		{"signed for another path", executor.PathEvals, map[string]string{executor.SignatureHeader: executor.Sign(testSecret, "POST", executor.PathLease, "", []byte(forged))}},
 		{"deadline added after signing", executor.PathEvals, map[string]string{executor.SignatureHeader: executor.Sign(testSecret, "POST", executor.PathEvals, "", []byte(forged)), executor.DeadlineHeader: deadline}},
 		{"extension without signature", executor.PathLease, nil},
+		{"v1, valid but refused", executor.PathEvals, map[string]string{executor.SignatureHeader: executor.Sign(testSecret, "POST", executor.PathEvals, "", []byte(forged))}},
+		{"v2, another secret", executor.PathEvals, map[string]string{executor.SignatureHeader: "another secret"}},
+		{"v2, signed for another path", executor.PathEvals, map[string]string{executor.SignatureHeader: "another path"}},
+		{"v2, deadline added after signing", executor.PathEvals, map[string]string{executor.SignatureHeader: "now", executor.DeadlineHeader: deadline}},
+		{"v2, body changed after signing", executor.PathEvals, map[string]string{executor.SignatureHeader: "other body"}},
+		{"v2, signed an hour ago", executor.PathEvals, map[string]string{executor.SignatureHeader: "an hour ago"}},
+		{"v2, signed for an hour from now", executor.PathEvals, map[string]string{executor.SignatureHeader: "in an hour"}},
+		{"v2, truncated", executor.PathEvals, map[string]string{executor.SignatureHeader: "truncated"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			s, url := setup(t, Options{Secret: testSecret})
+			host := strings.TrimPrefix(url, "http://")
+			now := time.Now().UnixMilli()
+			v2 := func(secret []byte, path string, at int64, body string) string {
+				return executor.SignV2(secret, "POST", host, path, "", at, []byte(body))
+			}
+			switch sig := tt.header[executor.SignatureHeader]; sig {
+			case "another secret":
+				tt.header[executor.SignatureHeader] = v2([]byte("not-the-key"), executor.PathEvals, now, forged)
+			case "another path":
+				tt.header[executor.SignatureHeader] = v2(testSecret, executor.PathLease, now, forged)
+			case "now":
+				tt.header[executor.SignatureHeader] = v2(testSecret, executor.PathEvals, now, forged)
+			case "other body":
+				tt.header[executor.SignatureHeader] = v2(testSecret, executor.PathEvals, now, `{"eval_id":"forged","fence":1,"spec":{}}`)
+			case "an hour ago":
+				tt.header[executor.SignatureHeader] = v2(testSecret, executor.PathEvals, now-time.Hour.Milliseconds(), forged)
+			case "in an hour":
+				tt.header[executor.SignatureHeader] = v2(testSecret, executor.PathEvals, now+time.Hour.Milliseconds(), forged)
+			case "truncated":
+				tt.header[executor.SignatureHeader] = v2(testSecret, executor.PathEvals, now, forged)[:80]
+			}
 			code, body := post(t, url, tt.path, forged, tt.header)
 			var answer struct{ Error string }
 			if code != http.StatusUnauthorized || json.Unmarshal([]byte(body), &answer) != nil || answer.Error == "" {
@@ -182,7 +222,7 @@ func TestFleetAuthentication(t *testing.T) {
 	}
 	// Signed for executor 3, replayed to executor 2.
 	body := `{"eval_id":"e","fence":2,"spec":{}}`
-	sig := executor.Sign(testSecret, "POST", FleetPath(3)+executor.PathEvals, "", []byte(body))
+	sig := signV2(t, testSecret, ts.URL+FleetPath(3), executor.PathEvals, "", body)
 	if code, answer := post(t, ts.URL+FleetPath(2), executor.PathEvals, body, map[string]string{executor.SignatureHeader: sig}); code != http.StatusUnauthorized {
 		t.Fatalf("replayed to another executor: %d %s", code, answer)
 	}

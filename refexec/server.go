@@ -9,12 +9,15 @@ import (
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -59,11 +62,37 @@ type Options struct {
 	// Logger receives a line per eval. Defaults to discarding.
 	Logger *zerolog.Logger
 	// Secret, when set, is the key every POST must be signed with (see
-	// [executor.Sign]): one without a valid signature is refused with a 401
-	// before it can touch the fence or the running eval. Without a secret,
-	// anyone who reaches the executor can send it a fence high enough to
-	// lock every holder out. Defaults to none.
+	// [executor.SignV2]): one without a valid signature is refused with a
+	// 401 before its body is read, and before it can touch the fence or the
+	// running eval. Without a secret, anyone who reaches the executor can
+	// run evals on it (`evalpool executor` refuses to listen beyond
+	// loopback without one). Defaults to none.
 	Secret []byte
+	// Hosts are the names this executor is reached by, as host:port or as
+	// a bare host (on Serve's listen port; on any port for a Server used
+	// as a handler alone): a v2 signature is refused unless the host it
+	// was signed for, the host:port the caller dialed, is one of them or
+	// one Serve adds (the listen address, the loopback names when it
+	// listens on loopback or on every interface, the interfaces' addresses
+	// when on every interface, and os.Hostname). A request signed for
+	// another executor with the same secret is thus refused. Defaults to
+	// none: a Server used as a handler alone, with none, takes any host.
+	Hosts []string
+	// SignatureWindow is how far the time a v2 signature was signed at may
+	// be from this executor's clock, either way: a signed request replayed
+	// later is refused (401). Defaults to
+	// [executor.DefaultSignatureWindow], 5 minutes.
+	SignatureWindow time.Duration
+	// AcceptV1 accepts v1 signatures ([executor.Sign]) beside v2: they
+	// name neither the executor nor a time, so a v1 request can be
+	// replayed to any executor with the same secret. Only for a rolling
+	// upgrade from workers that sign v1 (design.md). Defaults to false.
+	AcceptV1 bool
+	// FenceAhead bounds how far a fence may be ahead of this executor's
+	// clock in unix ms: a fence further ahead is refused (400) and not
+	// recorded, since no pool grants one (see [executor.MaxFenceAhead]).
+	// Defaults to executor.MaxFenceAhead, 24 hours.
+	FenceAhead time.Duration
 	// InstanceID names this executor in GET /healthz, so that a caller can
 	// tell a restarted executor, which forgot every fence and lease, from
 	// the one it knew. Defaults to a random ID made by New.
@@ -74,16 +103,28 @@ type Options struct {
 	// says. Tests set one off by seconds. Defaults to time.Now.
 	Now func() time.Time
 
-	// MaxConns caps the connections Serve keeps open at once; more wait in
-	// the kernel's backlog until one closes. Each costs up to
-	// [executor.MaxRequestBytes] of buffer while its request is read. A
-	// Fleet allows MaxConns per executor. Defaults to 64.
+	// MaxConns caps the connections Serve keeps open at once. A
+	// connection is unauthenticated until a request on it passes the
+	// signature check (with no Secret: is a POST that passes the header
+	// checks); when the cap is reached, a new connection closes the oldest
+	// unauthenticated one to take its place, and waits in the kernel's
+	// backlog only when every open connection is authenticated. So clients
+	// without the secret cannot starve the workers' connections, however
+	// many they open or however slowly they send. A body is read only once
+	// its signature's head is verified, so an unauthenticated connection
+	// costs its headers ([maxHeaderBytes]) at most. A Fleet allows
+	// MaxConns per executor. Defaults to 64.
 	MaxConns int
 	// ReadHeaderTimeout bounds reading a request's headers in Serve.
 	// Defaults to 5s.
 	ReadHeaderTimeout time.Duration
-	// ReadTimeout bounds reading a whole request, body included, in Serve;
-	// the eval that follows is not bound by it. Defaults to 30s.
+	// BodyTimeout bounds reading a request's body once its headers passed
+	// the checks, so that a trickled body holds its connection this long at
+	// most; a slow body is answered 408. The eval that follows is not bound
+	// by it. Defaults to 5s.
+	BodyTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, headers and body, in
+	// Serve. Defaults to 30s.
 	ReadTimeout time.Duration
 	// IdleTimeout closes a keep-alive connection idle this long in Serve,
 	// giving its slot back. Defaults to 60s.
@@ -118,9 +159,15 @@ func (o *Options) validate() error {
 	for _, d := range []struct {
 		name string
 		d    time.Duration
-	}{{"read header timeout", o.ReadHeaderTimeout}, {"read timeout", o.ReadTimeout}, {"idle timeout", o.IdleTimeout}, {"shutdown timeout", o.ShutdownTimeout}} {
+	}{{"read header timeout", o.ReadHeaderTimeout}, {"body timeout", o.BodyTimeout}, {"read timeout", o.ReadTimeout}, {"idle timeout", o.IdleTimeout},
+		{"shutdown timeout", o.ShutdownTimeout}, {"signature window", o.SignatureWindow}, {"fence ahead", o.FenceAhead}} {
 		if d.d < 0 {
 			return fmt.Errorf("refexec: %s may not be negative, got %s", d.name, d.d)
+		}
+	}
+	for _, h := range o.Hosts {
+		if _, _, err := parseHost(h); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -139,6 +186,15 @@ func (o *Options) setDefaults() {
 	}
 	if o.ReadTimeout == 0 {
 		o.ReadTimeout = defaultReadTimeout
+	}
+	if o.BodyTimeout == 0 {
+		o.BodyTimeout = defaultBodyTimeout
+	}
+	if o.SignatureWindow == 0 {
+		o.SignatureWindow = executor.DefaultSignatureWindow
+	}
+	if o.FenceAhead == 0 {
+		o.FenceAhead = executor.MaxFenceAhead
 	}
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = defaultIdleTimeout
@@ -177,8 +233,14 @@ type Stats struct {
 	Extensions int64 `json:"extensions"`
 	// Unauthorized counts requests refused for a missing or bad signature.
 	Unauthorized int64 `json:"unauthorized"`
-	MaxFence     int64 `json:"max_fence"`
-	Running      bool  `json:"running"`
+	// Forbidden counts POSTs refused before any check of their signature:
+	// cross-site (403, a browser's) or not JSON (415).
+	Forbidden int64 `json:"forbidden"`
+	// FarFences counts evals refused (400) for a fence further ahead of
+	// the executor's clock than any pool grants; none was recorded.
+	FarFences int64 `json:"far_fences"`
+	MaxFence  int64 `json:"max_fence"`
+	Running   bool  `json:"running"`
 }
 
 var (
@@ -247,6 +309,10 @@ type Server struct {
 	mux    *http.ServeMux
 	groups groups // the commands running, noted in opts.StateDir
 
+	// hosts are the names a v2 signature may be signed for: opts.Hosts,
+	// and those Serve adds. Nil: any.
+	hosts atomic.Pointer[hostSet]
+
 	mu     sync.Mutex
 	stats  Stats
 	holder *running // the eval with the highest fence admitted, until it stops
@@ -264,6 +330,9 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, log: zerolog.Nop(), mux: http.NewServeMux(), groups: groups{dir: opts.StateDir}}
 	if opts.Logger != nil {
 		s.log = *opts.Logger
+	}
+	if len(opts.Hosts) > 0 {
+		s.hosts.Store(newHostSet(opts.Hosts, ""))
 	}
 	s.mux.HandleFunc("POST "+executor.PathEvals, s.handleEval)
 	s.mux.HandleFunc("POST "+executor.PathLease, s.handleLease)
@@ -308,6 +377,23 @@ func (s *Server) refuse(w http.ResponseWriter, reason executor.Reason, format st
 	s.writeJSON(w, http.StatusConflict, map[string]string{"error": fmt.Sprintf(format, args...), "reason": string(reason)})
 }
 
+// refuseStale answers 409 stale_fence with the highest fence the executor
+// has seen (max_fence), from which a pool whose counter fell behind it
+// raises its own (pool.RaiseFence).
+func (s *Server) refuseStale(w http.ResponseWriter, format string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refuseStaleLocked(w, format, args...)
+}
+
+func (s *Server) refuseStaleLocked(w http.ResponseWriter, format string, args ...any) {
+	s.writeJSON(w, http.StatusConflict, struct {
+		Error    string          `json:"error"`
+		Reason   executor.Reason `json:"reason"`
+		MaxFence int64           `json:"max_fence"`
+	}{fmt.Sprintf(format, args...), executor.ReasonStaleFence, s.stats.MaxFence})
+}
+
 // now is the server's wall clock.
 func (s *Server) now() time.Time {
 	if s.opts.Now != nil {
@@ -316,19 +402,41 @@ func (s *Server) now() time.Time {
 	return time.Now()
 }
 
-// readBody reads a POST's body, at most executor.MaxRequestBytes, and
-// checks its signature when the server has a secret. When it returns false
-// it has answered the request, and changed nothing but the Unauthorized
-// count.
+// readBody checks a POST and reads its body, at most
+// executor.MaxRequestBytes. In order, each refusal answered at once without
+// reading the body, its connection closed: a cross-site request (403) or
+// one that is not JSON (415); then, when the server has a secret, a
+// missing, malformed or wrong signature, one signed for another host, or
+// at a time outside the window (401). Only then does the connection count
+// as authenticated (see Options.MaxConns), and the body is read within
+// BodyTimeout and checked against the signature's digest. When it returns
+// false it has answered the request, and changed nothing but a count.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	if len(s.opts.Secret) > 0 && r.Header.Get(executor.SignatureHeader) == "" {
-		s.unauthorized(w, "missing %s header", executor.SignatureHeader)
+	if crossSite(r.Header) {
+		s.count(func(st *Stats) { st.Forbidden++ })
+		s.refuseEarly(w, http.StatusForbidden, "cross-site request refused: an executor takes calls from workers, never from a browser (Origin or Sec-Fetch-Site)")
 		return nil, false
 	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		s.count(func(st *Stats) { st.Forbidden++ })
+		s.refuseEarly(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+		return nil, false
+	}
+	var sig executor.Signature
+	if len(s.opts.Secret) > 0 {
+		var ok bool
+		if sig, ok = s.verifyHead(w, r); !ok {
+			return nil, false
+		}
+	}
+	authenticated(r)
 	if r.ContentLength > executor.MaxRequestBytes {
-		s.httpError(w, http.StatusRequestEntityTooLarge, "body of %d bytes is over the limit of %d", r.ContentLength, executor.MaxRequestBytes)
+		s.refuseEarly(w, http.StatusRequestEntityTooLarge, "body of %d bytes is over the limit of %d", r.ContentLength, executor.MaxRequestBytes)
 		return nil, false
 	}
+	// The server's ReadTimeout bounds the whole request; a body that
+	// trickles is cut sooner, so that it holds its slot BodyTimeout at most.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(min(s.opts.BodyTimeout, s.opts.ReadTimeout)))
 	body, err := executor.ReadBody(http.MaxBytesReader(w, r.Body, executor.MaxRequestBytes), r.ContentLength, executor.MaxRequestBytes)
 	if err == nil && int64(len(body)) > executor.MaxRequestBytes {
 		err = &http.MaxBytesError{Limit: executor.MaxRequestBytes}
@@ -340,28 +448,89 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		case errors.As(err, &tooBig):
 			s.httpError(w, http.StatusRequestEntityTooLarge, "body over the limit of %d bytes", executor.MaxRequestBytes)
 		case errors.As(err, &netErr) && netErr.Timeout():
-			s.httpError(w, http.StatusRequestTimeout, "body not read in time")
+			s.httpError(w, http.StatusRequestTimeout, "body not read within %s", min(s.opts.BodyTimeout, s.opts.ReadTimeout))
 		default:
 			s.httpError(w, http.StatusBadRequest, "read body: %v", err)
 		}
 		return nil, false
 	}
-	if len(s.opts.Secret) > 0 && !s.verify(r, body) {
-		s.unauthorized(w, "bad %s", executor.SignatureHeader)
+	if len(s.opts.Secret) > 0 && !sig.VerifyBody(s.opts.Secret, r.Method, signedPath(r), r.Header.Get(executor.DeadlineHeader), body) {
+		s.unauthorized(w, "bad %s: it does not cover this body", executor.SignatureHeader)
 		return nil, false
 	}
 	return body, true
 }
 
-// verify checks a request's signature, in constant time. The path signed is
-// the one on the request line, which is what the client sent even when this
-// server is mounted under a prefix (a Fleet).
-func (s *Server) verify(r *http.Request, body []byte) bool {
-	path := r.URL.EscapedPath()
-	if u, err := url.ParseRequestURI(r.RequestURI); err == nil {
-		path = u.EscapedPath()
+// crossSite reports whether a request came from a web page: a browser
+// sends Origin on every cross-site POST, and Sec-Fetch-Site on every
+// request; a worker sends neither. A page can POST text/plain to any
+// address without a preflight, so the Content-Type check alone would not
+// keep it out.
+func crossSite(h http.Header) bool {
+	if h.Get("Origin") != "" {
+		return true
 	}
-	return executor.Verify(s.opts.Secret, r.Header.Get(executor.SignatureHeader), r.Method, path, r.Header.Get(executor.DeadlineHeader), body)
+	site := h.Get("Sec-Fetch-Site")
+	return site != "" && site != "none" && site != "same-origin"
+}
+
+// verifyHead checks a request's signature from its head alone: its format,
+// its MAC over the head and the body's digest (v2), the host it was signed
+// for, and when. A v1 signature, accepted only with AcceptV1, needs the
+// body: it is checked once the body is read.
+func (s *Server) verifyHead(w http.ResponseWriter, r *http.Request) (executor.Signature, bool) {
+	value := r.Header.Get(executor.SignatureHeader)
+	if value == "" {
+		s.unauthorized(w, "missing %s header", executor.SignatureHeader)
+		return executor.Signature{}, false
+	}
+	sig, err := executor.ParseSignature(value)
+	if err != nil {
+		s.unauthorized(w, "malformed %s: want v2=<signed at ms>.<hex sha256 of the body>.<hex hmac>", executor.SignatureHeader)
+		return executor.Signature{}, false
+	}
+	if sig.Version == 1 {
+		if !s.opts.AcceptV1 {
+			s.unauthorized(w, "%s v1 refused: it names neither the executor nor a time; upgrade the worker, which signs v2", executor.SignatureHeader)
+			return executor.Signature{}, false
+		}
+		return sig, true
+	}
+	if !sig.VerifyHead(s.opts.Secret, r.Method, r.Host, signedPath(r), r.Header.Get(executor.DeadlineHeader)) {
+		s.unauthorized(w, "bad %s", executor.SignatureHeader)
+		return executor.Signature{}, false
+	}
+	if hosts := s.hosts.Load(); hosts != nil && !hosts.has(r.Host, r.TLS != nil) {
+		s.unauthorized(w, "%s was signed for host %s, which is not this executor's (it is reached by another name: give it --allowed-hosts)", executor.SignatureHeader, executor.Snippet([]byte(strconv.Quote(r.Host))))
+		return executor.Signature{}, false
+	}
+	now := s.now().UnixMilli()
+	if off := time.Duration(sig.SignedAtMs-now) * time.Millisecond; off > s.opts.SignatureWindow || off < -s.opts.SignatureWindow {
+		s.unauthorized(w, "%s was signed at %d, %s from this executor's clock (%d): outside the window of ±%s (a replay, or a clock that stepped)",
+			executor.SignatureHeader, sig.SignedAtMs, off.Round(time.Second), now, s.opts.SignatureWindow)
+		return executor.Signature{}, false
+	}
+	return sig, true
+}
+
+// signedPath is the path a request was signed for: the one on the request
+// line, which is what the client sent even when this server is mounted
+// under a prefix (a Fleet).
+func signedPath(r *http.Request) string {
+	if u, err := url.ParseRequestURI(r.RequestURI); err == nil {
+		return u.EscapedPath()
+	}
+	return r.URL.EscapedPath()
+}
+
+// refuseEarly answers a request refused before its body was read, and
+// closes its connection without reading the body: net/http would otherwise
+// read what is left of it, up to 256 KiB, for the connection's next
+// request, which a client trickling it could make last ReadTimeout.
+func (s *Server) refuseEarly(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Connection", "close")
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	s.httpError(w, code, format, args...)
 }
 
 // deadlineFrom reads the caller's deadline from a request, if it sent one:
@@ -377,7 +546,7 @@ func deadlineFrom(r *http.Request, received time.Time, wallMs int64) (time.Time,
 
 func (s *Server) unauthorized(w http.ResponseWriter, format string, args ...any) {
 	s.count(func(st *Stats) { st.Unauthorized++ })
-	s.httpError(w, http.StatusUnauthorized, format, args...)
+	s.refuseEarly(w, http.StatusUnauthorized, format, args...)
 }
 
 func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
@@ -393,6 +562,13 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.EvalID == "" || len(req.Spec) == 0 || req.LeaseMs < 0 || req.LeaseMs > maxLease.Milliseconds() {
 		s.httpError(w, http.StatusBadRequest, "want a non-empty eval_id and spec, and lease_ms in [0, %d]", maxLease.Milliseconds())
+		return
+	}
+	if ahead := s.opts.FenceAhead.Milliseconds(); req.Fence > wallMs && req.Fence-wallMs > ahead {
+		// Recorded, it would refuse every fence a pool grants for as long
+		// as the executor lives.
+		s.count(func(st *Stats) { st.FarFences++ })
+		s.httpError(w, http.StatusBadRequest, "fence %d is more than %s ahead of this executor's clock in ms (%d): no pool grants one; refused, not recorded", req.Fence, s.opts.FenceAhead, wallMs)
 		return
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
@@ -414,7 +590,7 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 	err := s.admit(me)
 	switch {
 	case errors.Is(err, errStaleFence):
-		s.refuse(w, executor.ReasonStaleFence, "eval %s fence %d: %v", req.EvalID, req.Fence, err)
+		s.refuseStale(w, "eval %s fence %d: %v", req.EvalID, req.Fence, err)
 		return
 	case errors.Is(err, errBusy):
 		s.httpError(w, http.StatusLocked, "eval %s fence %d: %v", req.EvalID, req.Fence, err)
@@ -574,7 +750,7 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 	h := s.holder
 	switch {
 	case ext.Fence < s.stats.MaxFence:
-		s.refuse(w, executor.ReasonStaleFence, "eval %s fence %d: a newer lease (fence %d) holds the executor", ext.EvalID, ext.Fence, s.stats.MaxFence)
+		s.refuseStaleLocked(w, "eval %s fence %d: a newer lease (fence %d) holds the executor", ext.EvalID, ext.Fence, s.stats.MaxFence)
 	case h == nil || h.fence != ext.Fence || h.evalID != ext.EvalID:
 		s.httpError(w, http.StatusNotFound, "eval %s fence %d is not running", ext.EvalID, ext.Fence)
 	case h.ctx.Err() != nil:
@@ -672,17 +848,21 @@ func (s *Server) execute(ctx context.Context, req executor.Request) (executor.Re
 
 // runCommand runs the --exec command with the spec on stdin. At the
 // deadline, a preemption or the lease's end the whole process group is
-// killed, so a command that forked children leaves nothing running.
+// killed, so a command that forked children leaves nothing running. A
+// failure says how the command ended and the end of its stderr, never the
+// command line: it may carry a key (GRADER_API_KEY=... cmd), and the error
+// travels to the worker's log, the eval's stored error and the run page.
 func (s *Server) runCommand(ctx context.Context, req executor.Request) (executor.Result, error) {
 	cmd := command(ctx, s.opts.Exec)
 	cmd.Stdin = strings.NewReader(string(req.Spec))
 	cmd.Env = append(cmd.Environ(), fmt.Sprintf("EVALPOOL_EVAL_ID=%s", req.EvalID), fmt.Sprintf("EVALPOOL_FENCE=%d", req.Fence))
 	cmd.WaitDelay = time.Second
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &stdout, n: executor.MaxAnswerBytes}, &limitedWriter{w: &stderr, n: 4096}
+	var stdout strings.Builder
+	stderr := &tailWriter{n: stderrTail}
+	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &stdout, n: executor.MaxAnswerBytes}, stderr
 	forget, err := s.groups.start(cmd)
 	if err != nil {
-		return executor.Result{}, fmt.Errorf("command %q: %w", s.opts.Exec, err)
+		return executor.Result{}, fmt.Errorf("start the --exec command: %w", err)
 	}
 	err = cmd.Wait()
 	forget()
@@ -690,9 +870,48 @@ func (s *Server) runCommand(ctx context.Context, req executor.Request) (executor
 		if ctx.Err() != nil {
 			return executor.Result{}, context.Cause(ctx)
 		}
-		return executor.Result{}, fmt.Errorf("command %q: %w: %s", s.opts.Exec, err, executor.Snippet([]byte(stderr.String())))
+		return executor.Result{}, fmt.Errorf("--exec command failed (%s); stderr ends: %s", exitStatus(err), stderr.String())
 	}
 	return executor.ParseResult([]byte(stdout.String()))
+}
+
+// stderrTail is how much of a failed command's stderr its error quotes: the
+// end, where a program says why it stopped, short enough to be seen whole
+// in the worker's error, which quotes the start of an answer
+// (executor.Snippet).
+const stderrTail = 100
+
+// exitStatus says how a command ended ("exit status 2", "signal: killed"),
+// or the kind of failure, without the command line.
+func exitStatus(err error) string {
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ProcessState.String()
+	}
+	return "it could not be waited for"
+}
+
+// tailWriter keeps the last n bytes written.
+type tailWriter struct {
+	b []byte
+	n int
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	t.b = append(t.b, p...)
+	if len(t.b) > t.n {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.n:]...)
+	}
+	return len(p), nil
+}
+
+// String is the tail on one line, "(empty)" when there is none.
+func (t *tailWriter) String() string {
+	s := strings.Join(strings.Fields(strings.ToValidUTF8(string(t.b), "")), " ")
+	if s == "" {
+		return "(empty)"
+	}
+	return s
 }
 
 // limitedWriter keeps the first n bytes and drops the rest, so a chatty

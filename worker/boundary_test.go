@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -380,5 +383,127 @@ func TestHandBacksBackOff(t *testing.T) {
 	s.reset("http://a")
 	if d := s.next("http://a", base); d > base {
 		t.Fatalf("after an answer, a hand-back waits %s, want at most %s", d, base)
+	}
+}
+
+// completed waits until n evals of b's pool have completed.
+func completed(t *testing.T, b *testBundle, n int, within time.Duration, what string) {
+	t.Helper()
+	queue := tasks.Queues(b.pool.Name()).Evals
+	evaltest.Eventually(t, within, what, func() bool {
+		q, err := b.insp.GetQueueInfo(queue)
+		return err == nil && q.Completed == n
+	})
+	evaltest.Eventually(t, within, "the executors never came back after the evals", func() bool {
+		c, err := b.pool.Counts(t.Context())
+		return err == nil && c.Available == int64(len(b.urls))
+	})
+}
+
+// The attacker's request of issue 21: unsigned, to an executor on
+// loopback without a secret, fence 9000000000000000000, sent as a web page
+// would (text/plain) or as JSON; or a fence just under what the executor
+// takes for plausible. None locks the executor out: the far fence is
+// refused unrecorded, and the one it records is reported in its 409, from
+// which the worker raises the pool's fence past it. Five evals then run
+// to completion.
+func TestForgedFenceDoesNotLockTheExecutorOut(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		contentType string
+		fence       func() int64
+	}{
+		{"the attacker's, text/plain", "text/plain", func() int64 { return 9000000000000000000 }},
+		{"the attacker's, JSON", "application/json", func() int64 { return 9000000000000000000 }},
+		{"just under the bound", "application/json", func() int64 {
+			return time.Now().Add(executor.MaxFenceAhead - time.Minute).UnixMilli()
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			w, b := setup(t, Config{}, refexec.Options{})
+			body := fmt.Sprintf(`{"eval_id":"pwn","fence":%d,"spec":{}}`, tt.fence())
+			resp, answer := evaltest.Do(t, http.MethodPost, b.urls[0]+executor.PathEvals, body, http.Header{"Content-Type": {tt.contentType}})
+			t.Logf("the attack: %s %s", resp.Status, strings.TrimSpace(string(answer)))
+			enqueueEvals(t, b, 5, tasks.EvalOptions{}, 10*time.Second)
+			start(t, w)
+			completed(t, b, 5, 30*time.Second, "the evals never completed: the executor refuses the pool's fences")
+			assertPoolWhole(t, b)
+			assertNoOverlap(t, b)
+		})
+	}
+}
+
+// 150 connections that never authenticate, trickling their headers or
+// their bodies and coming back when closed, while a worker runs evals on a
+// signed executor: it is never quarantined, and every eval completes.
+func TestTricklingConnectionsDoNotStarveTheWorker(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cret-of-the-fleet"
+	w, b := setup(t, Config{Executor: &executor.Client{Secret: []byte(secret)}})
+	s := newExecutor(t, refexec.Options{Secret: []byte(secret)})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Run(t, "executor", func(ctx context.Context) error { return s.Serve(ctx, l) })
+	url := "http://" + l.Addr().String()
+	if _, err := b.pool.Register(t.Context(), pool.Executor{URL: url}); err != nil {
+		t.Fatal(err)
+	}
+	b.urls, b.executors = append(b.urls, url), append(b.executors, s)
+
+	ctx, stop := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	t.Cleanup(stop)
+	for i := range 150 {
+		wg.Go(func() { trickle(ctx, l.Addr().String(), i%2 == 0) })
+	}
+	evaltest.Eventually(t, 10*time.Second, "the trickling clients never got a 401", func() bool { return s.Stats().Unauthorized > 0 })
+
+	enqueueSpec(t, b, 10, `{"sleep_ms":50}`, tasks.EvalOptions{}, 5*time.Second)
+	start(t, w)
+	completed(t, b, 10, 60*time.Second, "the evals never completed while unauthenticated clients trickled")
+	if n := b.poolMetrics.Quarantines(pool.ReasonUnavailable); n != 0 {
+		t.Fatalf("the executor was quarantined %v times", n)
+	}
+	assertPoolWhole(t, b)
+}
+
+// trickle holds connections to addr without ever authenticating: it sends
+// a POST's headers one byte at a time, or its headers at once (no
+// signature) and then its body one byte at a time, and dials again each
+// time the executor closes it, until ctx ends.
+func trickle(ctx context.Context, addr string, headers bool) {
+	req := "POST " + executor.PathEvals + " HTTP/1.1\r\nHost: " + addr + "\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+	for ctx.Err() == nil {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			continue
+		}
+		go func() { <-ctx.Done(); c.Close() }()
+		if !headers {
+			if _, err := io.WriteString(c, req); err != nil {
+				c.Close()
+				continue
+			}
+		}
+		tick := time.NewTicker(100 * time.Millisecond)
+		for i := 0; ctx.Err() == nil; i++ {
+			b := byte('x')
+			if headers && i < len(req) {
+				b = req[i]
+			}
+			if _, err := c.Write([]byte{b}); err != nil {
+				break
+			}
+			<-tick.C
+		}
+		tick.Stop()
+		c.Close()
 	}
 }

@@ -33,6 +33,10 @@ func (a *app) executorCommand() *cobra.Command {
 			} else {
 				opts.Secret = executor.SecretFromEnv()
 			}
+			if len(opts.Secret) == 0 && !loopback(listen) {
+				return usagef("executor: %s is not a loopback address and there is no secret: any web page a user opens, or anyone who reaches it, could run evals on it; set one in %s (or --executor-secret), the same as the workers'",
+					listen, executor.EnvSecret)
+			}
 			l, err := net.Listen("tcp", listen)
 			if err != nil {
 				return err
@@ -67,10 +71,14 @@ func (a *app) executorCommand() *cobra.Command {
 				serve, instance = srv.Serve, srv.InstanceID()
 			}
 			if len(opts.Secret) == 0 {
-				a.log.Warn().Msg("executor has no secret (--executor-secret or " + executor.EnvSecret + "): it accepts evals from anyone who can reach it, and one request with a high fence locks every lease holder out")
+				a.log.Warn().Msg("executor has no secret (--executor-secret or " + executor.EnvSecret + "): it accepts evals from any local process; it listens on loopback only")
+			}
+			if opts.AcceptV1 {
+				a.log.Warn().Msg("executor accepts v1 signatures (--accept-v1-signatures): they can be replayed to any executor with the same secret; drop the flag once every worker is upgraded")
 			}
 			a.log.Info().Str("addr", l.Addr().String()).Int("count", count).Str("instance_id", instance).Bool("auth", len(opts.Secret) > 0).
-				Int("max_conns", opts.MaxConns).Str("exec", opts.Exec).Str("state_dir", opts.StateDir).Dur("latency", opts.Latency).Float64("fail_rate", opts.FailRate).Msg("executor listening")
+				Strs("allowed_hosts", opts.Hosts).Int("max_conns", opts.MaxConns).Str("exec", execProgram(opts.Exec)).Str("state_dir", opts.StateDir).
+				Dur("latency", opts.Latency).Float64("fail_rate", opts.FailRate).Msg("executor listening")
 			return serve(c.Context(), l)
 		},
 	}
@@ -84,7 +92,9 @@ func (a *app) executorCommand() *cobra.Command {
 	f.Float64Var(&opts.GradeFailRate, "grade-fail-rate", 0, "share of simulated evals graded failed, 0 to 1 (without --exec; a spec's \"grade\" overrides it)")
 	f.StringVar(&secret, "executor-secret", "", "secret every POST must be signed with (env "+executor.EnvSecret+", which keeps it out of ps); without one, anyone is accepted")
 	f.StringVar(&opts.InstanceID, "instance-id", "", "ID reported at /healthz, by which the pool knows one executor under any URL (default HOSTNAME:PORT, stable across restarts; with --count, executor i is ID-i)")
-	f.IntVar(&opts.MaxConns, "max-conns", 64, "cap on open connections, per executor served (--count multiplies it)")
+	f.IntVar(&opts.MaxConns, "max-conns", 64, "cap on open connections, per executor served (--count multiplies it); unauthenticated ones are closed, oldest first, to make room")
+	f.StringSliceVar(&opts.Hosts, "allowed-hosts", nil, "names the workers reach this executor by (host or host:port; a bare host is on the listen port), beside the listen address, loopback names and the host name: a signature made for another host is refused")
+	f.BoolVar(&opts.AcceptV1, "accept-v1-signatures", false, "also accept v1 signatures, which any executor with the same secret would accept too: only while upgrading workers")
 	return c
 }
 
@@ -98,4 +108,17 @@ func defaultStateDir(addr net.Addr) string {
 		return '_'
 	}, addr.String())
 	return filepath.Join(os.TempDir(), "evalpool-executor-"+name)
+}
+
+// execProgram is what the executor's log says of its --exec command: the
+// program alone, after any VAR=value assignments and without its
+// arguments, which may carry a key (GRADER_API_KEY=... grade --token ...).
+func execProgram(command string) string {
+	for _, word := range strings.Fields(command) {
+		if name, _, ok := strings.Cut(word, "="); ok && name != "" && !strings.ContainsAny(name, "/'\"$") {
+			continue
+		}
+		return filepath.Base(word) + " (arguments not logged)"
+	}
+	return ""
 }

@@ -63,6 +63,8 @@ var (
 	runCut string
 	//go:embed result.lua
 	result string
+	//go:embed raise_fence.lua
+	raiseFence string
 )
 
 // The pool's scripts. Each takes the pool's keys in the order lib.lua gives;
@@ -86,6 +88,8 @@ var (
 	RunCut = newScript("", runCut)
 	// WriteResult is Asynq's: it takes an eval's task hash.
 	WriteResult = newScript("", result)
+	// RaiseFence takes the pool's fence key alone.
+	RaiseFence = newScript("", raiseFence)
 	// readScript backs Read.
 	readScript = newScript("", read)
 )
