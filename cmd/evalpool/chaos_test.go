@@ -53,7 +53,7 @@ func TestChaos(t *testing.T) {
 		leaseTTL  = time.Second
 		past      = leaseTTL + pool.DefaultLeaseGrace + time.Second // a pause or a cut past the lease and its grace
 		injectFor = 45 * time.Second
-		secret    = "chaos-secret"
+		secret    = "chaos-secret-0123456789"
 	)
 
 	srv := evaltest.StartT(t, evaltest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}, SteppableClock: true})

@@ -28,10 +28,15 @@ func (a *app) executorCommand() *cobra.Command {
 		RunE: func(c *cobra.Command, _ []string) error {
 			// The secret is never a flag default: cobra would print it in
 			// the usage text.
-			if secret != "" {
-				opts.Secret = []byte(secret)
-			} else {
-				opts.Secret = executor.SecretFromEnv()
+			s, err := secretFrom(secret, executor.EnvSecret)
+			if err != nil {
+				return err
+			}
+			if s != "" {
+				if err := checkSecret("executor: the secret", s); err != nil {
+					return err
+				}
+				opts.Secret = []byte(s)
 			}
 			if len(opts.Secret) == 0 && !loopback(listen) {
 				return usagef("executor: %s is not a loopback address and there is no secret: any web page a user opens, or anyone who reaches it, could run evals on it; set one in %s (or --executor-secret), the same as the workers'",
@@ -90,7 +95,7 @@ func (a *app) executorCommand() *cobra.Command {
 	f.DurationVar(&opts.Latency, "latency", 0, "simulated time per eval (without --exec); a spec field \"sleep_ms\" overrides it for its eval")
 	f.Float64Var(&opts.FailRate, "fail-rate", 0, "share of simulated evals that fail with a 500, 0 to 1 (without --exec)")
 	f.Float64Var(&opts.GradeFailRate, "grade-fail-rate", 0, "share of simulated evals graded failed, 0 to 1 (without --exec; a spec's \"grade\" overrides it)")
-	f.StringVar(&secret, "executor-secret", "", "secret every POST must be signed with (env "+executor.EnvSecret+", which keeps it out of ps); without one, anyone is accepted")
+	f.StringVar(&secret, "executor-secret", "", "secret every POST must be signed with, 16 bytes at least (env "+executor.EnvSecret+", which keeps it out of ps, or a file named by "+executor.EnvSecret+"_FILE); without one, anyone is accepted")
 	f.StringVar(&opts.InstanceID, "instance-id", "", "ID reported at /healthz, by which the pool knows one executor under any URL (default HOSTNAME:PORT, stable across restarts; with --count, executor i is ID-i)")
 	f.IntVar(&opts.MaxConns, "max-conns", 64, "cap on open connections, per executor served (--count multiplies it); unauthenticated ones are closed, oldest first, to make room")
 	f.StringSliceVar(&opts.Hosts, "allowed-hosts", nil, "names the workers reach this executor by (host or host:port; a bare host is on the listen port), beside the listen address, loopback names and the host name: a signature made for another host is refused")

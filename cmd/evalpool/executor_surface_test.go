@@ -30,6 +30,8 @@ func TestExecutorListenNeedsASecret(t *testing.T) {
 		{"empty host, no secret", "", []string{"--listen", ":0"}, exitUsage, executor.EnvSecret},
 		{"loopback, no secret", "", []string{"--listen", "127.0.0.1:0"}, -1, "executor has no secret"},
 		{"localhost, no secret", "", []string{"--listen", "localhost:0"}, -1, "executor has no secret"},
+		{"the compose file's default secret", "change-me", []string{"--listen", "127.0.0.1:0"}, exitUsage, "publishes"},
+		{"a short secret", "x7q2z-fleet", []string{"--listen", "127.0.0.1:0"}, exitUsage, "shorter than 16"},
 		{"all interfaces, secret", "s3cret-of-the-fleet", []string{"--listen", "0.0.0.0:0", "--allowed-hosts", "executor-1"}, -1, "executor listening"},
 	}
 	for _, tt := range tests {
