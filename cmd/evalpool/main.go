@@ -135,7 +135,7 @@ func (a *app) rootCommand() *cobra.Command {
 	f.StringVar(&a.logFormat, "log-format", "json", "log format: json or console")
 	f.Var(levelFlag{&a.logLevel}, "log-level", "log level: debug, info, warn, error")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.poolCommand(), a.workerCommand(), a.enqueueCommand(), a.evalCommand(), a.executorCommand(), a.dashboardCommand(), a.demoCommand(), a.runCommand(), a.healthcheckCommand())
+	root.AddCommand(a.poolCommand(), a.workerCommand(), a.enqueueCommand(), a.evalCommand(), a.executorCommand(), a.dashboardCommand(), a.demoCommand(), a.runCommand(), a.healthcheckCommand(), a.secretsCommand())
 	return root
 }
 

@@ -1,9 +1,17 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/evalpool/evalpool/executor"
 )
 
 // minSecretBytes is the shortest dashboard token or executor secret a
@@ -63,4 +71,79 @@ func secretFrom(flag, env string) (string, error) {
 		return "", usagef("%s_FILE: %s is empty", env, path)
 	}
 	return v, nil
+}
+
+// The files `evalpool secrets` makes, and the variables that name them to
+// the services that read them.
+var secretFiles = []struct{ file, env string }{
+	{"dashboard-token", "EVALPOOL_AUTH_TOKEN"},
+	{"executor-secret", executor.EnvSecret},
+}
+
+func (a *app) secretsCommand() *cobra.Command {
+	var dir string
+	c := &cobra.Command{
+		Use:   "secrets --dir DIR",
+		Short: "Make the dashboard's token and the executors' secret as files in DIR, once",
+		Long: `Make DIR/dashboard-token and DIR/executor-secret, 32 random bytes in hex
+each, mode 0600, unless they are there already: a second call keeps them.
+Services read them through EVALPOOL_AUTH_TOKEN_FILE and
+EVALPOOL_EXECUTOR_SECRET_FILE; the compose stack runs this once, into a
+volume, before its other services start. The values are never printed.`,
+		Args: positional(cobra.NoArgs),
+		RunE: func(*cobra.Command, []string) error {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return err
+			}
+			for _, s := range secretFiles {
+				path := filepath.Join(dir, s.file)
+				made, err := makeSecretFile(path)
+				if err != nil {
+					return err
+				}
+				verb := "kept"
+				if made {
+					verb = "made"
+				}
+				fmt.Fprintf(a.stderr, "secrets: %s %s (%s_FILE)\n", verb, path, s.env)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&dir, "dir", "", "directory to keep the secrets in (required)")
+	_ = c.MarkFlagRequired("dir")
+	return c
+}
+
+// makeSecretFile writes a random secret to path unless a non-empty file is
+// there. made says whether it wrote one.
+func makeSecretFile(path string) (made bool, err error) {
+	if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
+		return false, nil
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return false, err
+	}
+	// Written under another name and renamed: a reader never sees half a
+	// secret, and two services racing to make it keep one.
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(hex.EncodeToString(b) + "\n"); err != nil {
+		_ = tmp.Close()
+		return false, err
+	}
+	if err := tmp.Close(); err != nil {
+		return false, err
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
 }

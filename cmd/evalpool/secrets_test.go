@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,5 +115,57 @@ func TestDashboardRefusesKnownTokens(t *testing.T) {
 				t.Fatalf("with the file's token: %d %.100q", code, body)
 			}
 		})
+	}
+}
+
+// evalpool secrets makes random secrets once, readable by their owner
+// alone, and never prints them; a second call keeps them.
+func TestSecretsCommand(t *testing.T) {
+	read := func(dir string) map[string]string {
+		got := map[string]string{}
+		for _, s := range secretFiles {
+			path := filepath.Join(dir, s.file)
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != 0o600 {
+				t.Fatalf("%s: mode %v, want 0600", path, fi.Mode().Perm())
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[s.file] = strings.TrimSpace(string(b))
+			if err := checkSecret(s.file, got[s.file]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return got
+	}
+	secrets := func(dir string) string {
+		var stderr strings.Builder
+		if code := run(t.Context(), []string{"secrets", "--dir", dir}, io.Discard, &stderr); code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+		return stderr.String()
+	}
+	one, two := filepath.Join(t.TempDir(), "one"), filepath.Join(t.TempDir(), "two")
+	out := secrets(one)
+	first := read(one)
+	for _, v := range first {
+		if strings.Contains(out, v) {
+			t.Fatalf("the command printed a secret: %s", out)
+		}
+	}
+	if out := secrets(one); strings.Count(out, "kept") != len(secretFiles) {
+		t.Fatalf("a second call: %s", out)
+	}
+	if again := read(one); again["dashboard-token"] != first["dashboard-token"] || again["executor-secret"] != first["executor-secret"] {
+		t.Fatal("a second call changed the secrets")
+	}
+	secrets(two)
+	if other := read(two); other["dashboard-token"] == first["dashboard-token"] || other["executor-secret"] == first["executor-secret"] || first["dashboard-token"] == first["executor-secret"] {
+		t.Fatal("two directories, or two files, got the same secret")
 	}
 }
