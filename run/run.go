@@ -88,6 +88,10 @@ func NewStore(client redis.UniversalClient, opts Options) *Store {
 	return &Store{client: client, retention: cmp.Or(opts.Retention, DefaultRetention)}
 }
 
+// Redis is the client the store runs on, for those that read Asynq's keys
+// beside a run's (client.Submit looks for its evals' task IDs there).
+func (s *Store) Redis() redis.UniversalClient { return s.client }
+
 // Run is what a run was submitted as.
 type Run struct {
 	Name      string    `json:"name"`
