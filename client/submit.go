@@ -15,6 +15,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/evalpool/evalpool/internal/lua"
 	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"
@@ -230,43 +231,84 @@ func resumable(ctx context.Context, runs *run.Store, p *pool.Pool, r run.Run) er
 	return nil
 }
 
-// CancelRun cancels every eval of a run that has not ended (Cancel) and,
-// when its submission was cut short, records as cancelled the evals never
-// enqueued, so that the run ends. Those are marked cancelled in the pool
-// too (Cancel marks every ID it is given): a resume enqueues them, and
-// they never run.
+// CancelRun cancels every eval of a run that has not ended and, when its
+// submission was cut short, records as cancelled the evals never enqueued,
+// so that the run ends. Every ID is marked cancelled in the pool first (a
+// resume enqueues those never enqueued, and they never run); then the
+// pending evals are deleted from Asynq and recorded cancelled in their run
+// in batches of a script each (run_cancel.lua, run.Store.FinishMany), and
+// the others (running, retrying) go through Cancel: 100,000 pending evals
+// take seconds, not a round trip or a scan of the queue each.
 func CancelRun(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *run.Store, name string) (Cancelled, error) {
-	r, recs, _, err := runs.Records(ctx, name)
+	var c Cancelled
+	r, err := runs.Get(ctx, name)
 	if err != nil {
-		return Cancelled{}, err
-	}
-	if r.Pool != p.Name() {
-		return Cancelled{}, fmt.Errorf("%w: run %s is of pool %s, not %s", run.ErrInvalid, name, r.Pool, p.Name())
-	}
-	ended := make(map[string]bool, len(recs))
-	for _, rec := range recs {
-		ended[rec.Key] = true
-	}
-	var ids []string
-	for _, key := range r.Keys {
-		if !ended[key] {
-			ids = append(ids, run.EvalID(r.Name, key))
-		}
-	}
-	c, err := Cancel(ctx, insp, p, runs, ids)
-	if err != nil || r.Submission != run.Incomplete {
 		return c, err
 	}
+	if r.Pool != p.Name() {
+		return c, fmt.Errorf("%w: run %s is of pool %s, not %s", run.ErrInvalid, name, r.Pool, p.Name())
+	}
+	ended, err := runs.EndedKeys(ctx, name)
+	if err != nil {
+		return c, err
+	}
+	var open, ids []string
 	for _, key := range r.Keys {
-		if ended[key] {
-			continue
+		if !ended[key] {
+			open, ids = append(open, key), append(ids, run.EvalID(r.Name, key))
 		}
-		if _, err := Lookup(insp, p.Name(), run.EvalID(r.Name, key)); !errors.Is(err, ErrEvalNotFound) {
-			continue
+	}
+	if err := p.Cancel(ctx, ids...); err != nil {
+		return c, err
+	}
+	queue := tasks.Queues(p.Name()).Evals
+	rdb := runs.Redis()
+	var others, gone []string
+	for start := 0; start < len(ids); start += cancelBatch {
+		end := min(start+cancelBatch, len(ids))
+		ks := make([]string, 0, 1+end-start)
+		ks = append(ks, pendingKey(queue))
+		args := make([]any, 0, end-start)
+		for _, id := range ids[start:end] {
+			ks, args = append(ks, tasks.ResultKey(queue, id)), append(args, id)
 		}
-		if _, err := runs.Finish(ctx, r.Name, run.Record{Key: key, Status: run.Cancelled, At: time.Now()}); err != nil {
+		codes, err := lua.RunCancel.Run(ctx, rdb, ks, args...).Int64Slice()
+		if err != nil {
+			return c, fmt.Errorf("cancel run %s: %w", name, err)
+		}
+		var deleted []string
+		for i, code := range codes {
+			switch code {
+			case 1:
+				deleted = append(deleted, open[start+i])
+			case 0:
+				gone = append(gone, open[start+i])
+			case 2:
+				c.Ended++
+			default:
+				others = append(others, ids[start+i])
+			}
+		}
+		c.Pending += len(deleted)
+		if _, err := runs.FinishMany(ctx, name, deleted, run.Record{Status: run.Cancelled, At: time.Now()}); err != nil {
 			return c, err
 		}
 	}
-	return c, nil
+	if r.Submission == run.Incomplete {
+		// Never enqueued (or gone with Redis's data): they end cancelled.
+		if _, err := runs.FinishMany(ctx, name, gone, run.Record{Status: run.Cancelled, At: time.Now()}); err != nil {
+			return c, err
+		}
+	} else {
+		c.Unknown += len(gone)
+	}
+	rest, err := Cancel(ctx, insp, p, runs, others)
+	c.Pending, c.Running, c.Ended, c.Unknown = c.Pending+rest.Pending, c.Running+rest.Running, c.Ended+rest.Ended, c.Unknown+rest.Unknown
+	return c, err
 }
+
+// cancelBatch is how many evals one run_cancel.lua script deletes.
+const cancelBatch = 1000
+
+// pendingKey is Asynq's (v0.26) list of queue's pending task IDs.
+func pendingKey(queue string) string { return "asynq:{" + queue + "}:pending" }

@@ -1,13 +1,16 @@
 package client_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/internal/evaltest"
@@ -181,5 +184,58 @@ func TestPlantedEvalIsRefused(t *testing.T) {
 				t.Errorf("resume: %+v, %v", r, err)
 			}
 		})
+	}
+}
+
+// trips counts a client's round trips: a command or a pipeline each.
+type trips struct{ n atomic.Int64 }
+
+func (h *trips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *trips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { h.n.Add(1); return next(ctx, cmd) }
+}
+func (h *trips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
+}
+
+// TestCancelRunInBatches cancels a run of 5,000 pending evals: each is
+// deleted from the queue and recorded cancelled, once, in a few round
+// trips (a script per 1,000), where a round trip or more per eval, and a
+// scan of the queue per delete, made 100,000 take minutes.
+func TestCancelRunInBatches(t *testing.T) {
+	t.Parallel()
+	const n = 5000
+	b := setup(t)
+	ctx := t.Context()
+	req := client.RunRequest{Name: "big"}
+	for range n {
+		req.Evals = append(req.Evals, tasks.Eval{Spec: json.RawMessage(`{"grade":"passed"}`)})
+	}
+	if _, err := client.Submit(ctx, b.aq, b.pool, b.runs, req); err != nil {
+		t.Fatal(err)
+	}
+	// A plain eval in the same queue stays.
+	enqueue(t, b, "plain", `{"grade":"passed"}`)
+	h := &trips{}
+	b.rdb.AddHook(h)
+	c, err := client.CancelRun(ctx, b.insp, b.pool, b.runs, "big")
+	if err != nil || c.Pending != n || c.Running+c.Ended+c.Unknown != 0 {
+		t.Fatalf("cancel: %+v, %v; want %d pending", c, err, n)
+	}
+	if got := h.n.Load(); got > n/100 {
+		t.Errorf("cancel of %d pending evals took %d round trips, want at most %d", n, got, n/100)
+	}
+	info, err := b.insp.GetQueueInfo(tasks.Queues(b.pool.Name()).Evals)
+	if err != nil || info.Pending != 1 || info.Size != 1 {
+		t.Fatalf("queue after cancel: %+v, %v; want the plain eval only", info, err)
+	}
+	if p, err := b.runs.Progress(ctx, "big"); err != nil || p.Cancelled != n || p.Pending != 0 {
+		t.Fatalf("run after cancel: %+v, %v", p, err)
+	}
+	if recs, _, err := b.runs.EndedSince(ctx, "big", 0, run.MaxEndedSince); err != nil || len(recs) != n || recs[0].Status != run.Cancelled {
+		t.Fatalf("ends logged: %d, %v", len(recs), err)
+	}
+	if c, err := client.CancelRun(ctx, b.insp, b.pool, b.runs, "big"); err != nil || c != (client.Cancelled{}) {
+		t.Fatalf("cancel again: %+v, %v; want nothing left to cancel", c, err)
 	}
 }

@@ -14,8 +14,8 @@
 -- ARGV[3] the record (JSON)
 -- ARGV[4] retries the eval spent
 -- ARGV[5] score, or '' for none
--- ARGV[6] how long the run's keys live from now, in ms (the results'
---         retention)
+-- ARGV[6] how long the run's keys live from now, in ms, unless the run's
+--         meta names its own retention (ms)
 -- Returns 1 when recorded, 0 when the eval had ended already: the first
 -- end wins (a cancel, then the in-flight attempt finishing, counts once).
 
@@ -32,7 +32,8 @@ if ARGV[5] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', ARGV[5])
   redis.call('HINCRBY', KEYS[2], 'score_n', 1)
 end
+local ttl = redis.call('HGET', KEYS[4], 'retention') or ARGV[6]
 for i = 1, 6 do
-  redis.call('PEXPIRE', KEYS[i], ARGV[6])
+  redis.call('PEXPIRE', KEYS[i], ttl)
 end
 return 1
