@@ -33,8 +33,15 @@ type RunRequest struct {
 	Require map[string]string
 	// Timeout bounds one attempt. Defaults to tasks.DefaultTimeout.
 	Timeout time.Duration
-	// Options are the evals' retries.
+	// Options are the evals' retries, and how long each one's Asynq task
+	// is kept once it ended (Options.Retention), which defaults for a
+	// run's evals to tasks.RunTaskRetention (1 hour): the run keeps their
+	// ends and results itself, for Retention.
 	Options tasks.EvalOptions
+	// Retention is how long the run, its evals' ends and results, is kept
+	// after its last eval ended. Defaults to the store's (run.Options,
+	// 7 days); at least 1 s. A resume keeps the run's own.
+	Retention time.Duration
 	// Resume finishes the submission of a run of this name that was cut
 	// short (run.Incomplete): the evals must be those it was submitted
 	// with, keys in the same order; each is enqueued again, and those
@@ -51,7 +58,12 @@ type RunRequest struct {
 // run.Incomplete, with the count enqueued: submit it again with Resume, or
 // cancel it.
 func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store, req RunRequest) (run.Run, error) {
-	r := run.Run{Name: cmp.Or(req.Name, "run-"+time.Now().UTC().Format("20060102-150405")), Pool: p.Name(), CreatedAt: time.Now(), Require: req.Require}
+	r := run.Run{Name: cmp.Or(req.Name, "run-"+time.Now().UTC().Format("20060102-150405")), Pool: p.Name(), CreatedAt: time.Now(), Require: req.Require, Retention: req.Retention}
+	if req.Retention < 0 || req.Retention > 0 && req.Retention < time.Second {
+		return run.Run{}, fmt.Errorf("%w: run %s: retention %s: want at least 1s", tasks.ErrBadPayload, r.Name, req.Retention)
+	}
+	opts := req.Options
+	opts.Retention = cmp.Or(opts.Retention, tasks.RunTaskRetention)
 	if err := run.ValidateName(r.Name); err != nil {
 		return run.Run{}, err
 	}
@@ -80,7 +92,7 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 			}
 			maps.Copy(e.Require, req.Require)
 		}
-		t, err := tasks.NewEval(e, req.Options)
+		t, err := tasks.NewEval(e, opts)
 		if err != nil {
 			return run.Run{}, fmt.Errorf("run %s: eval %d: %w", r.Name, i+1, err)
 		}
@@ -107,8 +119,14 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 		return run.Run{}, fmt.Errorf("run %s: %w; nothing of the run was written", r.Name, err)
 	}
 	err = runs.Create(ctx, r)
+	var ended map[string]bool
 	if errors.Is(err, run.ErrExists) && req.Resume {
-		err = resumable(ctx, runs, p, r)
+		if err = resumable(ctx, runs, p, r); err == nil {
+			// An eval that ended is not enqueued again: its task may be
+			// gone (its retention is shorter than the run's), and the run
+			// would run it twice.
+			ended, err = runs.EndedKeys(ctx, r.Name)
+		}
 	}
 	if err != nil {
 		return run.Run{}, err
@@ -116,6 +134,9 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 	r.Size, r.Submission = len(r.Keys), run.Incomplete
 	insp := asynq.NewInspectorFromRedisClient(runs.Redis())
 	for i, t := range batch {
+		if ended[r.Keys[i]] {
+			continue
+		}
 		_, err := aq.EnqueueContext(ctx, t)
 		if errors.Is(err, asynq.ErrTaskIDConflict) {
 			err = nil

@@ -418,6 +418,23 @@ func (s *Store) FinishMany(ctx context.Context, name string, evalKeys []string, 
 	return recorded, nil
 }
 
+// Record reads how one eval of the run ended; ok is false while it has
+// not (or the run is gone). O(1).
+func (s *Store) Record(ctx context.Context, name, key string) (rec Record, ok bool, err error) {
+	raw, err := s.client.HGet(ctx, keys.ForRun(name).Done(), key).Result()
+	if errors.Is(err, redis.Nil) {
+		return Record{}, false, nil
+	}
+	if err != nil {
+		return Record{}, false, fmt.Errorf("run %s: %w", name, err)
+	}
+	rec, err = decodeRecord(key, raw)
+	if err != nil {
+		return Record{}, false, fmt.Errorf("run %s: %w", name, err)
+	}
+	return rec, true, nil
+}
+
 // EndedKeys is the keys of the run's evals whose end is recorded: O(ended).
 func (s *Store) EndedKeys(ctx context.Context, name string) (map[string]bool, error) {
 	ks, err := s.client.HKeys(ctx, keys.ForRun(name).Done()).Result()
@@ -605,11 +622,19 @@ type Summary struct {
 	DurationP50 float64 `json:"duration_p50_seconds"`
 	DurationP95 float64 `json:"duration_p95_seconds"`
 	Retries     int     `json:"retries"`
-	// Failures are the failed and errored evals, with their errors.
-	Failures []Record `json:"failures"`
+	// Failures are the first MaxSummaryFailures failed and errored evals,
+	// in the run's order, with their errors; MoreFailures counts the rest
+	// (Results has them all).
+	Failures     []Record `json:"failures"`
+	MoreFailures int      `json:"more_failures,omitempty"`
 	// Compare is what changed against another run, when asked.
 	Compare *Comparison `json:"compare,omitempty"`
 }
+
+// MaxSummaryFailures bounds a Summary's Failures, so that a summary stays
+// small whatever the run (100,000 failures with their errors and outputs
+// made one of 16 MB).
+const MaxSummaryFailures = 100
 
 // Comparison lists the evals (by key) whose outcome changed between two
 // runs.
@@ -643,8 +668,12 @@ func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, e
 		case Cancelled:
 			sum.Cancelled++
 		}
-		if rec.Status == Failed || rec.Status == Errored {
+		switch {
+		case rec.Status != Failed && rec.Status != Errored:
+		case len(sum.Failures) < MaxSummaryFailures:
 			sum.Failures = append(sum.Failures, rec)
+		default:
+			sum.MoreFailures++
 		}
 		if rec.Score != nil {
 			scores = append(scores, *rec.Score)

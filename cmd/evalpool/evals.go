@@ -276,7 +276,7 @@ func (a *app) evalCommand() *cobra.Command {
 			}
 			infos := make([]evalInfo, 0, len(ids))
 			for _, id := range ids {
-				info, err := lookupEval(insp, a.poolName, id)
+				info, err := a.lookupEval(c.Context(), insp, a.poolName, id)
 				if err != nil {
 					return err
 				}
@@ -305,7 +305,7 @@ func (a *app) evalCommand() *cobra.Command {
 			}
 			var failed, unfinished []string
 			for _, id := range ids {
-				info, err := lookupEval(insp, a.poolName, id)
+				info, err := a.lookupEval(c.Context(), insp, a.poolName, id)
 				if err != nil {
 					return err
 				}
@@ -369,8 +369,15 @@ type evalInfo struct {
 	Result    json.RawMessage `json:"result,omitempty"`
 }
 
-func lookupEval(insp *asynq.Inspector, pool, id string) (evalInfo, error) {
+func (a *app) lookupEval(ctx context.Context, insp *asynq.Inspector, pool, id string) (evalInfo, error) {
 	t, err := client.Lookup(insp, pool, id)
+	if err != nil {
+		return evalInfo{}, err
+	}
+	store, err := a.runs()
+	if err == nil {
+		err = client.RunResult(ctx, store, t)
+	}
 	if err != nil {
 		return evalInfo{}, err
 	}
@@ -397,7 +404,11 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 		progressbar.OptionThrottle(200*time.Millisecond),
 	)
 	var passed, failed, archived int
-	err = client.Wait(ctx, insp, a.poolName, ids, 250*time.Millisecond, func(f client.Finished) {
+	store, err := a.runs()
+	if err != nil {
+		return err
+	}
+	err = client.WaitWith(ctx, insp, store, a.poolName, ids, 250*time.Millisecond, func(f client.Finished) {
 		_ = bar.Add(1)
 		switch f.Outcome {
 		case client.OutcomePassed:

@@ -253,10 +253,12 @@ func printSummary(w io.Writer, s evalrun.Summary) {
 	fmt.Fprintf(w, "  duration p50 %.3fs, p95 %.3fs; %d retries\n", s.DurationP50, s.DurationP95, s.Retries)
 	for i, f := range s.Failures {
 		if i == 20 {
-			fmt.Fprintf(w, "  … and %d more (run results)\n", len(s.Failures)-20)
 			break
 		}
 		fmt.Fprintf(w, "  %s %s %s\n", f.Status, f.Key, f.Error)
+	}
+	if more := len(s.Failures) + s.MoreFailures - 20; more > 0 {
+		fmt.Fprintf(w, "  … and %d more failures (run results %s)\n", more, s.Name)
 	}
 	if c := s.Compare; c != nil {
 		fmt.Fprintf(w, "  against %s: %d newly failing, %d newly passing\n", c.Against, len(c.NewlyFailing), len(c.NewlyPassing))
