@@ -50,6 +50,8 @@ func (a *app) runSubmit() *cobra.Command {
 		timeout     time.Duration
 		maxRetry    int
 		resume      bool
+		retention   time.Duration
+		taskKeep    time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "submit --file suite.jsonl [--name N] [--wait]",
@@ -79,6 +81,9 @@ when its pass rate (passed over passed, failed and errored) is under
 			if timeout < time.Second || maxRetry < 0 {
 				return usagef("--timeout must be at least 1s and --max-retry 0 or more")
 			}
+			if retention < time.Second || taskKeep < time.Second {
+				return usagef("--retention and --task-retention must be at least 1s, got %s and %s", retention, taskKeep)
+			}
 			required, err := labels.Parse(require)
 			if err != nil {
 				return usageError{err}
@@ -100,9 +105,11 @@ when its pass rate (passed over passed, failed and errored) is under
 				return err
 			}
 			aq := asynq.NewClientFromRedisClient(rdb)
+			opts := retryOptions(maxRetry)
+			opts.Retention = taskKeep
 			req := client.RunRequest{
 				Name: name, Evals: evals, Require: required, Timeout: timeout,
-				Options: retryOptions(maxRetry), Resume: resume,
+				Options: opts, Resume: resume, Retention: retention,
 			}
 			r, err := client.Submit(c.Context(), aq, p, store, req)
 			if err != nil {
@@ -133,6 +140,8 @@ when its pass rate (passed over passed, failed and errored) is under
 	f.Float64Var(&minPassRate, "min-pass-rate", 1, "with --wait: the least pass rate that passes the run (default: every eval must pass)")
 	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
+	f.DurationVar(&retention, "retention", evalrun.DefaultRetention, "how long the run, its evals' ends and results, is kept after its last eval ended")
+	f.DurationVar(&taskKeep, "task-retention", tasks.RunTaskRetention, "how long each eval's Asynq task is kept once it ended (the run keeps its result)")
 	f.BoolVar(&resume, "resume", false, "finish the submission of run --name that was cut short: the same file; evals enqueued already are left alone")
 	return c
 }
