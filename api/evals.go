@@ -2,6 +2,7 @@ package api
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,9 +43,13 @@ type Eval struct {
 	Result    json.RawMessage `json:"result,omitempty"`
 }
 
-// lookup reads an eval of the API's pool.
-func (h *Handler) lookup(id string) (Eval, error) {
+// lookup reads an eval of the API's pool; a run's eval's result is its
+// run's record (client.RunResult).
+func (h *Handler) lookup(ctx context.Context, id string) (Eval, error) {
 	t, err := client.Lookup(h.insp, h.opts.Pool.Name(), id)
+	if err == nil {
+		err = client.RunResult(ctx, h.opts.Runs, t)
+	}
 	if err != nil {
 		return Eval{}, err
 	}
@@ -114,7 +119,7 @@ func (h *Handler) submitEval(w http.ResponseWriter, r *http.Request) {
 // existing answers 200 with the eval of that ID if Asynq holds one, and
 // says whether it did (it answers errors too, other than not found).
 func (h *Handler) existing(w http.ResponseWriter, r *http.Request, id string) bool {
-	e, err := h.lookup(id)
+	e, err := h.lookup(r.Context(), id)
 	switch {
 	case errors.Is(err, client.ErrEvalNotFound):
 		return false
@@ -128,7 +133,7 @@ func (h *Handler) existing(w http.ResponseWriter, r *http.Request, id string) bo
 }
 
 func (h *Handler) getEval(w http.ResponseWriter, r *http.Request) {
-	e, err := h.lookup(r.PathValue("id"))
+	e, err := h.lookup(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -143,7 +148,7 @@ func (h *Handler) cancelEval(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Unknown is 404, and leaves no cancel mark behind.
-	if _, err := h.lookup(id); err != nil {
+	if _, err := h.lookup(r.Context(), id); err != nil {
 		h.fail(w, r, err)
 		return
 	}

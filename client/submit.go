@@ -1,8 +1,10 @@
 package client
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -11,7 +13,9 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/evalpool/evalpool/internal/lua"
 	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"
@@ -29,8 +33,15 @@ type RunRequest struct {
 	Require map[string]string
 	// Timeout bounds one attempt. Defaults to tasks.DefaultTimeout.
 	Timeout time.Duration
-	// Options are the evals' retries.
+	// Options are the evals' retries, and how long each one's Asynq task
+	// is kept once it ended (Options.Retention), which defaults for a
+	// run's evals to tasks.RunTaskRetention (1 hour): the run keeps their
+	// ends and results itself, for Retention.
 	Options tasks.EvalOptions
+	// Retention is how long the run, its evals' ends and results, is kept
+	// after its last eval ended. Defaults to the store's (run.Options,
+	// 7 days); at least 1 s. A resume keeps the run's own.
+	Retention time.Duration
 	// Resume finishes the submission of a run of this name that was cut
 	// short (run.Incomplete): the evals must be those it was submitted
 	// with, keys in the same order; each is enqueued again, and those
@@ -47,7 +58,12 @@ type RunRequest struct {
 // run.Incomplete, with the count enqueued: submit it again with Resume, or
 // cancel it.
 func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store, req RunRequest) (run.Run, error) {
-	r := run.Run{Name: cmp.Or(req.Name, "run-"+time.Now().UTC().Format("20060102-150405")), Pool: p.Name(), CreatedAt: time.Now(), Require: req.Require}
+	r := run.Run{Name: cmp.Or(req.Name, "run-"+time.Now().UTC().Format("20060102-150405")), Pool: p.Name(), CreatedAt: time.Now(), Require: req.Require, Retention: req.Retention}
+	if req.Retention < 0 || req.Retention > 0 && req.Retention < time.Second {
+		return run.Run{}, fmt.Errorf("%w: run %s: retention %s: want at least 1s", tasks.ErrBadPayload, r.Name, req.Retention)
+	}
+	opts := req.Options
+	opts.Retention = cmp.Or(opts.Retention, tasks.RunTaskRetention)
 	if err := run.ValidateName(r.Name); err != nil {
 		return run.Run{}, err
 	}
@@ -58,6 +74,7 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 		return run.Run{}, fmt.Errorf("%w: run %s: %w", tasks.ErrBadPayload, r.Name, err)
 	}
 	batch := make([]*asynq.Task, len(req.Evals))
+	ids := make([]string, len(req.Evals))
 	seen := map[string]int{}
 	servable := map[string]bool{}
 	for i, e := range req.Evals {
@@ -75,11 +92,11 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 			}
 			maps.Copy(e.Require, req.Require)
 		}
-		t, err := tasks.NewEval(e, req.Options)
+		t, err := tasks.NewEval(e, opts)
 		if err != nil {
 			return run.Run{}, fmt.Errorf("run %s: eval %d: %w", r.Name, i+1, err)
 		}
-		batch[i] = t
+		batch[i], ids[i] = t, e.ID
 		r.Keys = append(r.Keys, key)
 		if set := labels.Name(e.Require); set != "" && !servable[set] {
 			ok, err := p.CanServe(ctx, e.Require)
@@ -92,16 +109,44 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 			servable[set] = true
 		}
 	}
-	err := runs.Create(ctx, r)
+	if !req.Resume {
+		if _, _, err := runs.Submission(ctx, r.Name); err == nil {
+			return run.Run{}, fmt.Errorf("%w: %s", run.ErrExists, r.Name)
+		}
+	}
+	theirs, err := unclaimed(ctx, runs, p.Name(), ids, batch)
+	if err != nil {
+		return run.Run{}, fmt.Errorf("run %s: %w; nothing of the run was written", r.Name, err)
+	}
+	err = runs.Create(ctx, r)
+	var ended map[string]bool
 	if errors.Is(err, run.ErrExists) && req.Resume {
-		err = resumable(ctx, runs, p, r)
+		if err = resumable(ctx, runs, p, r); err == nil {
+			// An eval that ended is not enqueued again: its task may be
+			// gone (its retention is shorter than the run's), and the run
+			// would run it twice.
+			ended, err = runs.EndedKeys(ctx, r.Name)
+		}
 	}
 	if err != nil {
 		return run.Run{}, err
 	}
 	r.Size, r.Submission = len(r.Keys), run.Incomplete
+	insp := asynq.NewInspectorFromRedisClient(runs.Redis())
 	for i, t := range batch {
-		if _, err := aq.EnqueueContext(ctx, t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		if ended[r.Keys[i]] {
+			continue
+		}
+		_, err := aq.EnqueueContext(ctx, t)
+		if errors.Is(err, asynq.ErrTaskIDConflict) {
+			err = nil
+			if !theirs[i] {
+				// Taken since unclaimed looked: by this run's own eval (a
+				// concurrent resume), or by one planted meanwhile.
+				err = sameEval(ctx, insp, p.Name(), t)
+			}
+		}
+		if err != nil {
 			r.Enqueued = i
 			// Best effort, and bounded: Redis may be what failed.
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -119,6 +164,81 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 	return r, nil
 }
 
+// ErrEvalIDTaken means an eval's ID is held by a task of other content:
+// an eval enqueued apart from the run under the run's ID, NAME/KEY. It is
+// run.ErrExists too.
+var ErrEvalIDTaken = fmt.Errorf("eval ID taken by another eval: %w", run.ErrExists)
+
+// unclaimed checks, before anything of the run is written, that no task
+// holds one of its evals' IDs with other content (sameEval): Asynq refuses
+// an enqueue under a taken ID, and the run would take the task there for
+// its own eval. Tasks of the same content are the run's own, enqueued
+// before a crash: Resume enqueues past them, and own[i] says batch[i] is
+// one. One EXISTS per eval, pipelined; a task read only for those that
+// exist. ids are batch's.
+func unclaimed(ctx context.Context, runs *run.Store, poolName string, ids []string, batch []*asynq.Task) (own []bool, err error) {
+	rdb := runs.Redis()
+	queue := tasks.Queues(poolName).Evals
+	own = make([]bool, len(batch))
+	var insp *asynq.Inspector
+	for start := 0; start < len(batch); start += 10_000 {
+		chunk := batch[start:min(start+10_000, len(batch))]
+		cmds := make([]*redis.IntCmd, len(chunk))
+		if _, err := rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for i := range chunk {
+				cmds[i] = pipe.Exists(ctx, tasks.ResultKey(queue, ids[start+i]))
+			}
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("look for its evals' IDs: %w", err)
+		}
+		for i, cmd := range cmds {
+			if cmd.Val() == 0 {
+				continue
+			}
+			if insp == nil {
+				insp = asynq.NewInspectorFromRedisClient(rdb)
+			}
+			if err := sameEval(ctx, insp, poolName, chunk[i]); err != nil {
+				return nil, err
+			}
+			own[start+i] = true
+		}
+	}
+	return own, nil
+}
+
+// sameEval checks that the task enqueued under t's ID is t's eval: same
+// run, key, pool, spec and required labels (its timeout and retries may
+// differ, as a resume's flags may). A task gone meanwhile is no conflict.
+func sameEval(ctx context.Context, insp *asynq.Inspector, poolName string, t *asynq.Task) error {
+	want, err := tasks.ParseEval(t.Payload())
+	if err != nil {
+		return err
+	}
+	info, err := Lookup(insp, poolName, want.ID)
+	if errors.Is(err, ErrEvalNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	got, err := tasks.ParseEval(info.Payload)
+	if err == nil && got.Run == want.Run && got.Key == want.Key && got.Pool == want.Pool &&
+		bytes.Equal(compact(got.Spec), compact(want.Spec)) && maps.Equal(got.Require, want.Require) {
+		return nil
+	}
+	return fmt.Errorf("%w: eval %s: a task of other content holds its ID (enqueued apart from the run): delete that eval, or submit the run under another name", ErrEvalIDTaken, want.ID)
+}
+
+func compact(spec []byte) []byte {
+	var b bytes.Buffer
+	if json.Compact(&b, spec) != nil {
+		return spec
+	}
+	return b.Bytes()
+}
+
 // resumable checks that the run recorded under r's name is r: same pool,
 // same eval keys in the same order.
 func resumable(ctx context.Context, runs *run.Store, p *pool.Pool, r run.Run) error {
@@ -132,43 +252,84 @@ func resumable(ctx context.Context, runs *run.Store, p *pool.Pool, r run.Run) er
 	return nil
 }
 
-// CancelRun cancels every eval of a run that has not ended (Cancel) and,
-// when its submission was cut short, records as cancelled the evals never
-// enqueued, so that the run ends. Those are marked cancelled in the pool
-// too (Cancel marks every ID it is given): a resume enqueues them, and
-// they never run.
+// CancelRun cancels every eval of a run that has not ended and, when its
+// submission was cut short, records as cancelled the evals never enqueued,
+// so that the run ends. Every ID is marked cancelled in the pool first (a
+// resume enqueues those never enqueued, and they never run); then the
+// pending evals are deleted from Asynq and recorded cancelled in their run
+// in batches of a script each (run_cancel.lua, run.Store.FinishMany), and
+// the others (running, retrying) go through Cancel: 100,000 pending evals
+// take seconds, not a round trip or a scan of the queue each.
 func CancelRun(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *run.Store, name string) (Cancelled, error) {
-	r, recs, _, err := runs.Records(ctx, name)
+	var c Cancelled
+	r, err := runs.Get(ctx, name)
 	if err != nil {
-		return Cancelled{}, err
-	}
-	if r.Pool != p.Name() {
-		return Cancelled{}, fmt.Errorf("%w: run %s is of pool %s, not %s", run.ErrInvalid, name, r.Pool, p.Name())
-	}
-	ended := make(map[string]bool, len(recs))
-	for _, rec := range recs {
-		ended[rec.Key] = true
-	}
-	var ids []string
-	for _, key := range r.Keys {
-		if !ended[key] {
-			ids = append(ids, run.EvalID(r.Name, key))
-		}
-	}
-	c, err := Cancel(ctx, insp, p, runs, ids)
-	if err != nil || r.Submission != run.Incomplete {
 		return c, err
 	}
+	if r.Pool != p.Name() {
+		return c, fmt.Errorf("%w: run %s is of pool %s, not %s", run.ErrInvalid, name, r.Pool, p.Name())
+	}
+	ended, err := runs.EndedKeys(ctx, name)
+	if err != nil {
+		return c, err
+	}
+	var open, ids []string
 	for _, key := range r.Keys {
-		if ended[key] {
-			continue
+		if !ended[key] {
+			open, ids = append(open, key), append(ids, run.EvalID(r.Name, key))
 		}
-		if _, err := Lookup(insp, p.Name(), run.EvalID(r.Name, key)); !errors.Is(err, ErrEvalNotFound) {
-			continue
+	}
+	if err := p.Cancel(ctx, ids...); err != nil {
+		return c, err
+	}
+	queue := tasks.Queues(p.Name()).Evals
+	rdb := runs.Redis()
+	var others, gone []string
+	for start := 0; start < len(ids); start += cancelBatch {
+		end := min(start+cancelBatch, len(ids))
+		ks := make([]string, 0, 1+end-start)
+		ks = append(ks, pendingKey(queue))
+		args := make([]any, 0, end-start)
+		for _, id := range ids[start:end] {
+			ks, args = append(ks, tasks.ResultKey(queue, id)), append(args, id)
 		}
-		if _, err := runs.Finish(ctx, r.Name, run.Record{Key: key, Status: run.Cancelled, At: time.Now()}); err != nil {
+		codes, err := lua.RunCancel.Run(ctx, rdb, ks, args...).Int64Slice()
+		if err != nil {
+			return c, fmt.Errorf("cancel run %s: %w", name, err)
+		}
+		var deleted []string
+		for i, code := range codes {
+			switch code {
+			case 1:
+				deleted = append(deleted, open[start+i])
+			case 0:
+				gone = append(gone, open[start+i])
+			case 2:
+				c.Ended++
+			default:
+				others = append(others, ids[start+i])
+			}
+		}
+		c.Pending += len(deleted)
+		if _, err := runs.FinishMany(ctx, name, deleted, run.Record{Status: run.Cancelled, At: time.Now()}); err != nil {
 			return c, err
 		}
 	}
-	return c, nil
+	if r.Submission == run.Incomplete {
+		// Never enqueued (or gone with Redis's data): they end cancelled.
+		if _, err := runs.FinishMany(ctx, name, gone, run.Record{Status: run.Cancelled, At: time.Now()}); err != nil {
+			return c, err
+		}
+	} else {
+		c.Unknown += len(gone)
+	}
+	rest, err := Cancel(ctx, insp, p, runs, others)
+	c.Pending, c.Running, c.Ended, c.Unknown = c.Pending+rest.Pending, c.Running+rest.Running, c.Ended+rest.Ended, c.Unknown+rest.Unknown
+	return c, err
 }
+
+// cancelBatch is how many evals one run_cancel.lua script deletes.
+const cancelBatch = 1000
+
+// pendingKey is Asynq's (v0.26) list of queue's pending task IDs.
+func pendingKey(queue string) string { return "asynq:{" + queue + "}:pending" }

@@ -51,13 +51,40 @@ func Lookup(insp *asynq.Inspector, pool, id string) (*asynq.TaskInfo, error) {
 	return info, nil
 }
 
-// Wait polls Asynq every interval until each eval in ids is completed or
-// archived, calling finished for each as it ends. It returns the context's
-// cause, with how many are left, if the context ends first. An eval not
-// found is ErrEvalNotFound, unless requeue is given: a producer that holds
-// the evals it waits for enqueues the eval again (Redis's data went back, or
-// was lost), and Wait waits for it as before.
+// RunResult fills a completed eval's Result from its run's record when
+// Asynq holds none: the worker keeps a run's eval's result (its output) in
+// the run only, once. A plain eval's, or one whose run is gone, stays as
+// it is.
+func RunResult(ctx context.Context, runs *run.Store, info *asynq.TaskInfo) error {
+	if runs == nil || info.State != asynq.TaskStateCompleted || len(info.Result) > 0 {
+		return nil
+	}
+	e, err := tasks.ParseEval(info.Payload)
+	if err != nil || e.Run == "" {
+		return nil
+	}
+	rec, ok, err := runs.Record(ctx, e.Run, e.Key)
+	if err != nil || !ok {
+		return err
+	}
+	info.Result, err = json.Marshal(tasks.EvalResult{EvalID: e.ID, Executor: rec.Executor, Attempt: rec.Retries,
+		Status: rec.Status, Score: rec.Score, Output: rec.Output, Duration: rec.Duration})
+	return err
+}
+
+// Wait is WaitWith with no run store: for plain evals.
 func Wait(ctx context.Context, insp *asynq.Inspector, pool string, ids []string, every time.Duration, finished func(Finished), requeue func(ctx context.Context, id string) error) error {
+	return WaitWith(ctx, insp, nil, pool, ids, every, finished, requeue)
+}
+
+// WaitWith polls Asynq every interval until each eval in ids is completed
+// or archived, calling finished for each as it ends; a run's eval's result
+// is read from runs (RunResult). It returns the context's cause, with how
+// many are left, if the context ends first. An eval not found is
+// ErrEvalNotFound, unless requeue is given: a producer that holds the evals
+// it waits for enqueues the eval again (Redis's data went back, or was
+// lost), and WaitWith waits for it as before.
+func WaitWith(ctx context.Context, insp *asynq.Inspector, runs *run.Store, pool string, ids []string, every time.Duration, finished func(Finished), requeue func(ctx context.Context, id string) error) error {
 	pending := append([]string(nil), ids...)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -71,6 +98,9 @@ func Wait(ctx context.Context, insp *asynq.Inspector, pool string, ids []string,
 				}
 				still = append(still, id)
 				continue
+			}
+			if err == nil {
+				err = RunResult(ctx, runs, info)
 			}
 			if err != nil {
 				return err

@@ -363,7 +363,11 @@ func TestAsynqmonTaskWithSlash(t *testing.T) {
 	_, b := setup(t)
 	aq := asynq.NewClientFromRedisClient(b.client)
 	for _, id := range []string{"nightly/k1", "plain"} {
-		task, err := tasks.NewEval(tasks.Eval{ID: id, Pool: "web", Spec: json.RawMessage(`{"grade":"failed"}`)}, tasks.EvalOptions{})
+		e := tasks.Eval{ID: id, Pool: "web", Spec: json.RawMessage(`{"grade":"failed"}`)}
+		if id == "nightly/k1" {
+			e.Run, e.Key = "nightly", "k1" // a run's eval: only those hold '/'
+		}
+		task, err := tasks.NewEval(e, tasks.EvalOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

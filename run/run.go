@@ -88,6 +88,10 @@ func NewStore(client redis.UniversalClient, opts Options) *Store {
 	return &Store{client: client, retention: cmp.Or(opts.Retention, DefaultRetention)}
 }
 
+// Redis is the client the store runs on, for those that read Asynq's keys
+// beside a run's (client.Submit looks for its evals' task IDs there).
+func (s *Store) Redis() redis.UniversalClient { return s.client }
+
 // Run is what a run was submitted as.
 type Run struct {
 	Name      string    `json:"name"`
@@ -105,6 +109,9 @@ type Run struct {
 	// Enqueued is how many evals a submission cut short had enqueued, when
 	// it could say (-1 when not).
 	Enqueued int `json:"enqueued,omitempty"`
+	// Retention is how long the run's keys live after its last eval
+	// ended. Zero means the Store's (Options.Retention).
+	Retention time.Duration `json:"-"`
 }
 
 // Submission states of a run.
@@ -123,10 +130,14 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 	if len(r.Keys) == 0 {
 		return fmt.Errorf("%w: run %s has no evals", ErrInvalid, r.Name)
 	}
+	if r.Retention < 0 || r.Retention > 0 && r.Retention < time.Second {
+		return fmt.Errorf("%w: run %s: retention %s: want 0 (the store's) or at least 1s", ErrInvalid, r.Name, r.Retention)
+	}
 	req, err := json.Marshal(r.Require)
 	if err != nil {
 		return fmt.Errorf("%w: run %s: %w", ErrInvalid, r.Name, err)
 	}
+	retention := cmp.Or(r.Retention, s.retention)
 	k := keys.ForRun(r.Name)
 	created, err := s.client.HSetNX(ctx, k.Meta(), "name", r.Name).Result()
 	if err != nil {
@@ -140,12 +151,13 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 		evals[i] = key
 	}
 	_, err = s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.HSet(ctx, k.Meta(), "pool", r.Pool, "created_at", r.CreatedAt.UnixMilli(), "size", len(r.Keys), "require", string(req), "submission", Incomplete)
+		pipe.HSet(ctx, k.Meta(), "pool", r.Pool, "created_at", r.CreatedAt.UnixMilli(), "size", len(r.Keys), "require", string(req), "submission", Incomplete,
+			"retention", retention.Milliseconds())
 		for start := 0; start < len(evals); start += 10_000 {
 			pipe.RPush(ctx, k.Evals(), evals[start:min(start+10_000, len(evals))]...)
 		}
 		for _, key := range k.Script() {
-			pipe.PExpire(ctx, key, s.retention)
+			pipe.PExpire(ctx, key, retention)
 		}
 		return nil
 	})
@@ -223,6 +235,9 @@ func runOf(name string, meta map[string]string, evals []string) (Run, error) {
 	r.Submission, r.Enqueued = submissionOf(meta["submission"], meta["enqueued"])
 	ms, _ := strconv.ParseInt(meta["created_at"], 10, 64)
 	r.CreatedAt = time.UnixMilli(ms)
+	if ms, err := strconv.ParseInt(meta["retention"], 10, 64); err == nil {
+		r.Retention = time.Duration(ms) * time.Millisecond
+	}
 	_ = json.Unmarshal([]byte(meta["require"]), &r.Require)
 	return r, nil
 }
@@ -284,7 +299,7 @@ func (s *Store) Finish(ctx context.Context, name string, rec Record) (recorded b
 	default:
 		return false, fmt.Errorf("%w: eval %s of run %s: status %q", ErrInvalid, rec.Key, name, rec.Status)
 	}
-	raw, err := json.Marshal(rec)
+	raw, err := encodeRecord(rec)
 	if err != nil {
 		return false, fmt.Errorf("run %s: eval %s: %w", name, rec.Key, err)
 	}
@@ -292,7 +307,7 @@ func (s *Store) Finish(ctx context.Context, name string, rec Record) (recorded b
 	if rec.Score != nil && !math.IsNaN(*rec.Score) && !math.IsInf(*rec.Score, 0) {
 		score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
 	}
-	n, err := lua.RunFinish.Run(ctx, s.client, keys.ForRun(name).Script(), rec.Key, rec.Status, string(raw), rec.Retries, score, s.retention.Milliseconds()).Int()
+	n, err := lua.RunFinish.Run(ctx, s.client, keys.ForRun(name).Script(), rec.Key, rec.Status, raw, rec.Retries, score, s.retention.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("run %s: eval %s ended: %w", name, rec.Key, lua.Full(err))
 	}
@@ -317,13 +332,176 @@ func (s *Store) Records(ctx context.Context, name string) (Run, []Record, map[st
 		if !ok {
 			continue
 		}
-		var rec Record
-		if err := json.Unmarshal([]byte(raw), &rec); err != nil {
-			return Run{}, nil, nil, fmt.Errorf("run %s: eval %s: unreadable record: %w", name, key, err)
+		rec, err := decodeRecord(key, raw)
+		if err != nil {
+			return Run{}, nil, nil, fmt.Errorf("run %s: %w", name, err)
 		}
 		recs = append(recs, rec)
 	}
 	return r, recs, running.Val(), nil
+}
+
+// stored is a Record as the run keeps it, one per ended eval: short names,
+// no key (the hash's field is), no zero field, its time in ms. A record
+// written before this form (Record's own JSON) still reads.
+type stored struct {
+	Status   string          `json:"s"`
+	Score    *float64        `json:"c,omitempty"`
+	Duration float64         `json:"d,omitempty"`
+	Retries  int             `json:"r,omitempty"`
+	Error    string          `json:"e,omitempty"`
+	Executor string          `json:"x,omitempty"`
+	Output   json.RawMessage `json:"o,omitempty"`
+	At       int64           `json:"t,omitempty"`
+}
+
+func encodeRecord(rec Record) (string, error) {
+	st := stored{Status: rec.Status, Score: rec.Score, Duration: rec.Duration, Retries: rec.Retries, Error: rec.Error, Executor: rec.Executor, Output: rec.Output}
+	if !rec.At.IsZero() {
+		st.At = rec.At.UnixMilli()
+	}
+	b, err := json.Marshal(st)
+	return string(b), err
+}
+
+func decodeRecord(key, raw string) (Record, error) {
+	var st stored
+	if err := json.Unmarshal([]byte(raw), &st); err != nil {
+		return Record{}, fmt.Errorf("eval %s: unreadable record: %w", key, err)
+	}
+	if st.Status == "" {
+		var rec Record
+		if err := json.Unmarshal([]byte(raw), &rec); err != nil || rec.Status == "" {
+			return Record{}, fmt.Errorf("eval %s: unreadable record: %w", key, cmp.Or(err, errors.New("no status")))
+		}
+		rec.Key = key
+		return rec, nil
+	}
+	rec := Record{Key: key, Status: st.Status, Score: st.Score, Duration: st.Duration, Retries: st.Retries, Error: st.Error, Executor: st.Executor, Output: st.Output}
+	if st.At != 0 {
+		rec.At = time.UnixMilli(st.At)
+	}
+	return rec, nil
+}
+
+// finishBatch bounds the evals one FinishMany script records: a script
+// blocks Redis while it runs.
+const finishBatch = 1000
+
+// FinishMany records that the evals keys of the run ended as rec says (its
+// Key unused), each unless it ended already, as Finish does: a script per
+// 1,000 evals, not a round trip per eval. It returns how many counted.
+func (s *Store) FinishMany(ctx context.Context, name string, evalKeys []string, rec Record) (recorded int, err error) {
+	switch rec.Status {
+	case Passed, Failed, Errored, Cancelled:
+	default:
+		return 0, fmt.Errorf("%w: run %s: status %q", ErrInvalid, name, rec.Status)
+	}
+	rec.Key = ""
+	raw, err := encodeRecord(rec)
+	if err != nil {
+		return 0, fmt.Errorf("run %s: %w", name, err)
+	}
+	for start := 0; start < len(evalKeys); start += finishBatch {
+		chunk := evalKeys[start:min(start+finishBatch, len(evalKeys))]
+		args := make([]any, 0, 3+len(chunk))
+		args = append(args, rec.Status, raw, s.retention.Milliseconds())
+		for _, key := range chunk {
+			args = append(args, key)
+		}
+		n, err := lua.RunFinishMany.Run(ctx, s.client, keys.ForRun(name).Script(), args...).Int()
+		recorded += n
+		if err != nil {
+			return recorded, fmt.Errorf("run %s: %d evals ended: %w", name, len(chunk), lua.Full(err))
+		}
+	}
+	return recorded, nil
+}
+
+// Record reads how one eval of the run ended; ok is false while it has
+// not (or the run is gone). O(1).
+func (s *Store) Record(ctx context.Context, name, key string) (rec Record, ok bool, err error) {
+	raw, err := s.client.HGet(ctx, keys.ForRun(name).Done(), key).Result()
+	if errors.Is(err, redis.Nil) {
+		return Record{}, false, nil
+	}
+	if err != nil {
+		return Record{}, false, fmt.Errorf("run %s: %w", name, err)
+	}
+	rec, err = decodeRecord(key, raw)
+	if err != nil {
+		return Record{}, false, fmt.Errorf("run %s: %w", name, err)
+	}
+	return rec, true, nil
+}
+
+// EndedKeys is the keys of the run's evals whose end is recorded: O(ended).
+func (s *Store) EndedKeys(ctx context.Context, name string) (map[string]bool, error) {
+	ks, err := s.client.HKeys(ctx, keys.ForRun(name).Done()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("run %s: %w", name, err)
+	}
+	ended := make(map[string]bool, len(ks))
+	for _, k := range ks {
+		ended[k] = true
+	}
+	return ended, nil
+}
+
+// MaxEndedSince bounds EndedSince's max: one call reads at most this many
+// records.
+const MaxEndedSince = 10_000
+
+// EndedSince reads the records of the run's evals that ended at positions
+// [cursor, cursor+max) of its log of ends, in the order they ended, and the
+// cursor to read on from: cursor plus the records returned, so that a
+// follower that starts at 0 and passes next back sees every end once, and
+// an empty page (next == cursor) means none ended since. O(returned): a
+// follower's cost per end does not grow with the run.
+//
+// Every end of an eval of the run is logged, by the script that records it
+// (Finish, and the cancels and reconciliation that go through it); ends
+// recorded before the log existed (a run written by the previous release)
+// are in Records but not in the log. A cursor below 0, or a max outside
+// 1..MaxEndedSince, is ErrInvalid; an unknown run, ErrNotFound.
+func (s *Store) EndedSince(ctx context.Context, name string, cursor int64, max int) (recs []Record, next int64, err error) {
+	if err := ValidateName(name); err != nil {
+		return nil, cursor, err
+	}
+	if cursor < 0 || max < 1 || max > MaxEndedSince {
+		return nil, cursor, fmt.Errorf("%w: run %s: ended since %d, at most %d: want a cursor ≥ 0 and 1 to %d records", ErrInvalid, name, cursor, max, MaxEndedSince)
+	}
+	k := keys.ForRun(name)
+	found, ended := redis.NewStringCmd(ctx, "hget", k.Meta(), "name"), redis.NewStringSliceCmd(ctx, "lrange", k.Ended(), cursor, cursor+int64(max)-1)
+	if err := s.read(ctx, name, found, ended); err != nil {
+		return nil, cursor, err
+	}
+	if found.Val() != name {
+		return nil, cursor, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	if len(ended.Val()) == 0 {
+		return nil, cursor, nil
+	}
+	// A logged end's record is there: both are written by one script, and
+	// a record is never overwritten.
+	raws, err := s.client.HMGet(ctx, k.Done(), ended.Val()...).Result()
+	if err != nil {
+		return nil, cursor, fmt.Errorf("run %s: %w", name, err)
+	}
+	recs = make([]Record, 0, len(raws))
+	for i, raw := range raws {
+		str, ok := raw.(string)
+		if !ok {
+			// The run's keys expired between the two reads.
+			return nil, cursor, fmt.Errorf("%w: %s", ErrNotFound, name)
+		}
+		rec, err := decodeRecord(ended.Val()[i], str)
+		if err != nil {
+			return nil, cursor, fmt.Errorf("run %s: %w", name, err)
+		}
+		recs = append(recs, rec)
+	}
+	return recs, cursor + int64(len(recs)), nil
 }
 
 // Results is every eval of the run, in the run's order: how it ended when
@@ -444,11 +622,19 @@ type Summary struct {
 	DurationP50 float64 `json:"duration_p50_seconds"`
 	DurationP95 float64 `json:"duration_p95_seconds"`
 	Retries     int     `json:"retries"`
-	// Failures are the failed and errored evals, with their errors.
-	Failures []Record `json:"failures"`
+	// Failures are the first MaxSummaryFailures failed and errored evals,
+	// in the run's order, with their errors; MoreFailures counts the rest
+	// (Results has them all).
+	Failures     []Record `json:"failures"`
+	MoreFailures int      `json:"more_failures,omitempty"`
 	// Compare is what changed against another run, when asked.
 	Compare *Comparison `json:"compare,omitempty"`
 }
+
+// MaxSummaryFailures bounds a Summary's Failures, so that a summary stays
+// small whatever the run (100,000 failures with their errors and outputs
+// made one of 16 MB).
+const MaxSummaryFailures = 100
 
 // Comparison lists the evals (by key) whose outcome changed between two
 // runs.
@@ -482,8 +668,12 @@ func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, e
 		case Cancelled:
 			sum.Cancelled++
 		}
-		if rec.Status == Failed || rec.Status == Errored {
+		switch {
+		case rec.Status != Failed && rec.Status != Errored:
+		case len(sum.Failures) < MaxSummaryFailures:
 			sum.Failures = append(sum.Failures, rec)
+		default:
+			sum.MoreFailures++
 		}
 		if rec.Score != nil {
 			scores = append(scores, *rec.Score)

@@ -11,6 +11,7 @@
 package tasks
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -128,8 +129,14 @@ const (
 	// CleanupMaxRetry is high: a cleanup that cannot reach Redis must keep
 	// trying, and a duplicate release is not a failure.
 	CleanupMaxRetry = 25
-	// ResultRetention keeps finished evals and their results readable.
+	// ResultRetention keeps finished evals and their results readable: the
+	// default of EvalOptions.Retention.
 	ResultRetention = 7 * 24 * time.Hour
+	// RunTaskRetention is the default Retention of a run's evals' tasks:
+	// the run keeps their ends and results for its own retention, and the
+	// task is only the window in which its ID stays taken in Asynq and
+	// the reap can reconcile an end the run missed (see client.Submit).
+	RunTaskRetention = time.Hour
 	// CleanupRetention keeps a finished cleanup's TaskID taken, so that a
 	// duplicate enqueue of it is refused for that long.
 	CleanupRetention = 24 * time.Hour
@@ -287,6 +294,18 @@ type EvalOptions struct {
 	// DefaultMaxRetry (3), so that options left unset still retry. Negative
 	// for none.
 	MaxRetry int
+	// Retention is how long the eval's task, and the result in it, is kept
+	// once it ended: its ID stays taken (a duplicate enqueue is refused)
+	// and its result readable for that long. Defaults to ResultRetention
+	// (7 days); at least 1 s.
+	Retention time.Duration
+}
+
+func (o EvalOptions) validate() error {
+	if o.Retention < 0 || o.Retention > 0 && o.Retention < time.Second {
+		return fmt.Errorf("%w: retention %s: want at least 1s", ErrBadPayload, o.Retention)
+	}
+	return nil
 }
 
 // retries is how many times NewEval has Asynq retry a failed attempt, not
@@ -304,7 +323,7 @@ func (o EvalOptions) retries() int {
 // NewEval builds the task of an eval: its pool's evals queue, task ID the
 // eval ID, the attempt timeout plus WaitAllowance (the worker applies the
 // timeout itself from when the eval has an executor), and its result
-// retained for ResultRetention. Its spec is measured as the payload carries
+// retained for opts.Retention (ResultRetention by default). Its spec is measured as the payload carries
 // it, as the worker measures it (MaxSpecBytes). A zero timeout means
 // DefaultTimeout; a timeout is rounded up to whole seconds, since Asynq
 // would turn 300ms into no timeout at all.
@@ -316,6 +335,15 @@ func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
 	if err := e.validate(); err != nil {
 		return nil, err
 	}
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("eval %s: %w", e.ID, err)
+	}
+	if e.Run == "" && strings.Contains(e.ID, "/") {
+		// RUN/KEY is a run's eval: a plain eval under that ID would be
+		// taken for the run's, and its task would block the run's enqueue.
+		// Only producers refuse it: a worker still runs one queued before.
+		return nil, fmt.Errorf("%w: eval ID %q holds '/': IDs RUN/KEY are the evals of runs; submit it in a run, or pick an ID without '/'", ErrBadPayload, e.ID)
+	}
 	payload, err := json.Marshal(e)
 	if err != nil {
 		return nil, fmt.Errorf("%w: eval %s: %w", ErrBadPayload, e.ID, err)
@@ -325,7 +353,7 @@ func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
 		asynq.TaskID(e.ID),
 		asynq.MaxRetry(opts.retries()+NoExecutorReserve),
 		asynq.Timeout(e.Timeout()+WaitAllowance),
-		asynq.Retention(ResultRetention),
+		asynq.Retention(cmp.Or(opts.Retention, ResultRetention)),
 	), nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/evalpool/evalpool/client"
@@ -79,15 +80,20 @@ func TestReapReconcilesLostEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	for key, grade := range grades {
-		// Without its run in the payload, the worker writes nothing to it.
-		e := tasks.Eval{ID: run.EvalID("lost", key), Pool: b.pool.Name(), Spec: json.RawMessage(`{"grade":"` + grade + `"}`)}
+		// Without its run in the payload, the worker writes nothing to it
+		// (and writes the result into the task). Producers refuse such a
+		// payload (tasks.NewEval): it is put on the queue as any Asynq
+		// client could.
+		e := tasks.Eval{ID: run.EvalID("lost", key), Pool: b.pool.Name(), Spec: json.RawMessage(`{"grade":"` + grade + `"}`), TimeoutS: 60}
 		if grade == "junk" { // times out, with no retry: archived
 			e.Spec, e.TimeoutS = json.RawMessage(`{"sleep_ms":5000}`), 1
 		}
-		task, err := tasks.NewEval(e, tasks.EvalOptions{MaxRetry: -1})
+		payload, err := json.Marshal(e)
 		if err != nil {
 			t.Fatal(err)
 		}
+		task := asynq.NewTask(tasks.TypeEval, payload, asynq.Queue(tasks.Queues(b.pool.Name()).Evals), asynq.TaskID(e.ID),
+			asynq.MaxRetry(tasks.NoExecutorReserve), asynq.Timeout(e.Timeout()+tasks.WaitAllowance), asynq.Retention(time.Hour))
 		if _, err := b.aq.EnqueueContext(ctx, task); err != nil {
 			t.Fatal(err)
 		}

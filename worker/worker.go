@@ -661,7 +661,15 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 			Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(),
 		})
 	}
-	if runErr == nil && w.cfg.Cleanup != CleanupInline {
+	// A run's eval's result is kept in its run's record, once: the task
+	// gets it only when the run could not take it now, for the reap's
+	// reconciliation to find there.
+	recorded := runErr == nil && e.Run != "" &&
+		w.endInRun(ctx, e, run.Record{Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(), Retries: attempt, Executor: lease.URL})
+	if recorded {
+		result = nil
+	}
+	if runErr == nil && !recorded && w.cfg.Cleanup != CleanupInline {
 		runErr = w.writeResult(ctx, t, e.ID, result)
 		result = nil
 	}
@@ -673,8 +681,6 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		log.Info().Err(runErr).Msg("eval cancelled; its call to the executor was abandoned")
 		w.endInRun(ctx, e, run.Record{Status: run.Cancelled, Executor: lease.URL, Retries: attempt})
 		runErr = noRetry(fmt.Errorf("eval %s: cancelled: %w", e.ID, runErr))
-	case runErr == nil:
-		w.endInRun(ctx, e, run.Record{Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(), Retries: attempt, Executor: lease.URL})
 	}
 	var hb *handBack
 	switch {
@@ -743,22 +749,25 @@ func (w *Worker) cancelled(ctx context.Context, sp *served, e tasks.Eval) bool {
 // now is kept and written again at each maintenance tick (watchEpochs); a
 // worker killed first loses it, and the reap's reconciliation of the runs
 // records it from Asynq's state.
-func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) {
+func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) (written bool) {
 	if e.Run == "" {
-		return
+		return false
 	}
 	rec.Key, rec.At = e.Key, time.Now()
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 	defer cancel()
 	_, err := w.runs.Finish(rctx, e.Run, rec)
 	switch {
-	case err == nil || errors.Is(err, run.ErrInvalid):
+	case err == nil:
+		return true
+	case errors.Is(err, run.ErrInvalid):
 	case w.ends.add(e.Run, rec):
 		w.cfg.Metrics.unrecorded.Set(float64(w.ends.len()))
 		w.log.Warn().Err(err).Str("eval", e.ID).Str("run", e.Run).Msg("could not record the eval's end in its run; trying again every reap interval")
 	default:
 		w.log.Error().Err(err).Str("eval", e.ID).Str("run", e.Run).Msg("could not record the eval's end in its run, and too many wait already; the reap's reconciliation records it")
 	}
+	return false
 }
 
 // verdictOf is what an attempt made of its executor: its grade when it

@@ -38,6 +38,7 @@ func (a *app) enqueueCommand() *cobra.Command {
 		wait       bool
 		timeout    time.Duration
 		leaseTTL   time.Duration
+		retention  time.Duration
 		maxRetry   int
 		require    []string
 	)
@@ -65,6 +66,9 @@ executor could serve is refused, and nothing is enqueued.`,
 			if timeout < time.Second {
 				return usagef("--timeout must be at least 1s, got %s", timeout)
 			}
+			if retention < time.Second {
+				return usagef("--retention must be at least 1s, got %s", retention)
+			}
 			if leaseTTL != 0 && (leaseTTL < 10*time.Millisecond || leaseTTL > tasks.MaxLeaseTTL) {
 				return usagef("--lease-ttl must be from 10ms to %s, got %s", tasks.MaxLeaseTTL, leaseTTL)
 			}
@@ -91,6 +95,7 @@ executor could serve is refused, and nothing is enqueued.`,
 				return usageError{err}
 			}
 			opts := retryOptions(maxRetry)
+			opts.Retention = retention
 			batch := make([]*asynq.Task, len(evals))
 			for i := range evals {
 				evals[i].TimeoutS = tasks.TimeoutSeconds(timeout)
@@ -154,6 +159,7 @@ executor could serve is refused, and nothing is enqueued.`,
 	f.IntVar(&count, "count", 1, "with --spec: how many evals to enqueue")
 	f.BoolVar(&wait, "wait", false, "wait for every eval to finish, with a progress bar; exit 1 if any failed its grading or errored")
 	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
+	f.DurationVar(&retention, "retention", tasks.ResultRetention, "how long each eval's task and result are kept once it ended (its ID stays taken)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 0, "executor lease TTL; 0 uses the worker's --lease-ttl")
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
 	f.StringArrayVar(&require, "require", nil, "run only on executors with label key=value (repeatable)")
@@ -276,7 +282,7 @@ func (a *app) evalCommand() *cobra.Command {
 			}
 			infos := make([]evalInfo, 0, len(ids))
 			for _, id := range ids {
-				info, err := lookupEval(insp, a.poolName, id)
+				info, err := a.lookupEval(c.Context(), insp, a.poolName, id)
 				if err != nil {
 					return err
 				}
@@ -305,7 +311,7 @@ func (a *app) evalCommand() *cobra.Command {
 			}
 			var failed, unfinished []string
 			for _, id := range ids {
-				info, err := lookupEval(insp, a.poolName, id)
+				info, err := a.lookupEval(c.Context(), insp, a.poolName, id)
 				if err != nil {
 					return err
 				}
@@ -369,8 +375,15 @@ type evalInfo struct {
 	Result    json.RawMessage `json:"result,omitempty"`
 }
 
-func lookupEval(insp *asynq.Inspector, pool, id string) (evalInfo, error) {
+func (a *app) lookupEval(ctx context.Context, insp *asynq.Inspector, pool, id string) (evalInfo, error) {
 	t, err := client.Lookup(insp, pool, id)
+	if err != nil {
+		return evalInfo{}, err
+	}
+	store, err := a.runs()
+	if err == nil {
+		err = client.RunResult(ctx, store, t)
+	}
 	if err != nil {
 		return evalInfo{}, err
 	}
@@ -397,7 +410,11 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 		progressbar.OptionThrottle(200*time.Millisecond),
 	)
 	var passed, failed, archived int
-	err = client.Wait(ctx, insp, a.poolName, ids, 250*time.Millisecond, func(f client.Finished) {
+	store, err := a.runs()
+	if err != nil {
+		return err
+	}
+	err = client.WaitWith(ctx, insp, store, a.poolName, ids, 250*time.Millisecond, func(f client.Finished) {
 		_ = bar.Add(1)
 		switch f.Outcome {
 		case client.OutcomePassed:

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -49,6 +50,8 @@ func (a *app) runSubmit() *cobra.Command {
 		timeout     time.Duration
 		maxRetry    int
 		resume      bool
+		retention   time.Duration
+		taskKeep    time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "submit --file suite.jsonl [--name N] [--wait]",
@@ -78,6 +81,9 @@ when its pass rate (passed over passed, failed and errored) is under
 			if timeout < time.Second || maxRetry < 0 {
 				return usagef("--timeout must be at least 1s and --max-retry 0 or more")
 			}
+			if retention < time.Second || taskKeep < time.Second {
+				return usagef("--retention and --task-retention must be at least 1s, got %s and %s", retention, taskKeep)
+			}
 			required, err := labels.Parse(require)
 			if err != nil {
 				return usageError{err}
@@ -99,9 +105,11 @@ when its pass rate (passed over passed, failed and errored) is under
 				return err
 			}
 			aq := asynq.NewClientFromRedisClient(rdb)
+			opts := retryOptions(maxRetry)
+			opts.Retention = taskKeep
 			req := client.RunRequest{
 				Name: name, Evals: evals, Require: required, Timeout: timeout,
-				Options: retryOptions(maxRetry), Resume: resume,
+				Options: opts, Resume: resume, Retention: retention,
 			}
 			r, err := client.Submit(c.Context(), aq, p, store, req)
 			if err != nil {
@@ -132,6 +140,8 @@ when its pass rate (passed over passed, failed and errored) is under
 	f.Float64Var(&minPassRate, "min-pass-rate", 1, "with --wait: the least pass rate that passes the run (default: every eval must pass)")
 	f.DurationVar(&timeout, "timeout", tasks.DefaultTimeout, "time limit of one attempt (whole seconds)")
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
+	f.DurationVar(&retention, "retention", evalrun.DefaultRetention, "how long the run, its evals' ends and results, is kept after its last eval ended")
+	f.DurationVar(&taskKeep, "task-retention", tasks.RunTaskRetention, "how long each eval's Asynq task is kept once it ended (the run keeps its result)")
 	f.BoolVar(&resume, "resume", false, "finish the submission of run --name that was cut short: the same file; evals enqueued already are left alone")
 	return c
 }
@@ -252,10 +262,12 @@ func printSummary(w io.Writer, s evalrun.Summary) {
 	fmt.Fprintf(w, "  duration p50 %.3fs, p95 %.3fs; %d retries\n", s.DurationP50, s.DurationP95, s.Retries)
 	for i, f := range s.Failures {
 		if i == 20 {
-			fmt.Fprintf(w, "  … and %d more (run results)\n", len(s.Failures)-20)
 			break
 		}
 		fmt.Fprintf(w, "  %s %s %s\n", f.Status, f.Key, f.Error)
+	}
+	if more := len(s.Failures) + s.MoreFailures - 20; more > 0 {
+		fmt.Fprintf(w, "  … and %d more failures (run results %s)\n", more, s.Name)
 	}
 	if c := s.Compare; c != nil {
 		fmt.Fprintf(w, "  against %s: %d newly failing, %d newly passing\n", c.Against, len(c.NewlyFailing), len(c.NewlyPassing))
@@ -409,7 +421,11 @@ func (a *app) runResults() *cobra.Command {
 				if rec.Score != nil {
 					score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
 				}
-				_ = w.Write([]string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, score, strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error})
+				row := []string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, score, strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error}
+				for i := range row {
+					row[i] = csvCell(row[i])
+				}
+				_ = w.Write(row)
 			}
 			w.Flush()
 			return w.Error()
@@ -417,6 +433,20 @@ func (a *app) runResults() *cobra.Command {
 	}
 	c.Flags().StringVar(&format, "format", "jsonl", "jsonl or csv")
 	return c
+}
+
+// csvCell escapes a cell a spreadsheet would run as a formula: one that
+// starts with = + - @, a tab or a carriage return gets a leading single
+// quote (OWASP's rule for CSV injection), unless it is a plain number, such
+// as a negative score, which no spreadsheet runs.
+func csvCell(s string) string {
+	if s == "" || !strings.ContainsRune("=+-@\t\r", rune(s[0])) {
+		return s
+	}
+	if _, err := strconv.ParseFloat(s, 64); err == nil {
+		return s
+	}
+	return "'" + s
 }
 
 func (a *app) runCancel() *cobra.Command {

@@ -65,6 +65,10 @@ var (
 	result string
 	//go:embed raise_fence.lua
 	raiseFence string
+	//go:embed run_finish_many.lua
+	runFinishMany string
+	//go:embed run_cancel.lua
+	runCancel string
 )
 
 // The pool's scripts. Each takes the pool's keys in the order lib.lua gives;
@@ -84,6 +88,10 @@ var (
 	Clock      = newScript(lib, clock)
 	// RunFinish is a run's, not a pool's: it takes the run's keys.
 	RunFinish = newScript("", runFinish)
+	// RunFinishMany is a run's: it takes the run's keys, as RunFinish.
+	RunFinishMany = newScript("", runFinishMany)
+	// RunCancel is Asynq's: it takes a queue's pending list and tasks.
+	RunCancel = newScript("", runCancel)
 	// RunCut is a run's too: it takes the run's meta key.
 	RunCut = newScript("", runCut)
 	// WriteResult is Asynq's: it takes an eval's task hash.

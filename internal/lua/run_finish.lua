@@ -8,13 +8,14 @@
 --   KEYS[3] running  HASH  eval key -> executor, while an attempt runs
 --   KEYS[4] meta     HASH  the run's name, pool, size...
 --   KEYS[5] evals    LIST  the run's eval keys, in order
+--   KEYS[6] ended    LIST  the ended eval keys, in the order they ended
 -- ARGV[1] eval key
 -- ARGV[2] status: passed | failed | errored | cancelled
 -- ARGV[3] the record (JSON)
 -- ARGV[4] retries the eval spent
 -- ARGV[5] score, or '' for none
--- ARGV[6] how long the run's keys live from now, in ms (the results'
---         retention)
+-- ARGV[6] how long the run's keys live from now, in ms, unless the run's
+--         meta names its own retention (ms)
 -- Returns 1 when recorded, 0 when the eval had ended already: the first
 -- end wins (a cancel, then the in-flight attempt finishing, counts once).
 
@@ -24,13 +25,15 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then
   return 0
 end
+redis.call('RPUSH', KEYS[6], ARGV[1])
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('HINCRBY', KEYS[2], 'retries', tonumber(ARGV[4]) or 0)
 if ARGV[5] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', ARGV[5])
   redis.call('HINCRBY', KEYS[2], 'score_n', 1)
 end
-for i = 1, 5 do
-  redis.call('PEXPIRE', KEYS[i], ARGV[6])
+local ttl = redis.call('HGET', KEYS[4], 'retention') or ARGV[6]
+for i = 1, 6 do
+  redis.call('PEXPIRE', KEYS[i], ttl)
 end
 return 1

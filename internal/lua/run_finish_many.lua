@@ -1,0 +1,30 @@
+#!lua
+-- run_finish_many.lua: record that many evals of one run ended the same
+-- way (a cancel), each once; O(evals).
+--
+-- Not prefixed by lib.lua: its keys are the run's, those of run_finish.lua
+-- in its order (KEYS[1..6]: done, counts, running, meta, evals, ended).
+-- ARGV[1] status (cancelled)
+-- ARGV[2] the record (JSON), the same for each
+-- ARGV[3] how long the run's keys live from now, in ms, unless the run's
+--         meta names its own retention (ms)
+-- ARGV[4..] the evals' keys
+-- Returns how many were recorded: an eval that had ended keeps its end, as
+-- in run_finish.lua.
+
+local n = 0
+for i = 4, #ARGV do
+  redis.call('HDEL', KEYS[3], ARGV[i])
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[2]) == 1 then
+    redis.call('RPUSH', KEYS[6], ARGV[i])
+    n = n + 1
+  end
+end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[2], ARGV[1], n)
+end
+local ttl = redis.call('HGET', KEYS[4], 'retention') or ARGV[3]
+for i = 1, 6 do
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return n
