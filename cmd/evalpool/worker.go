@@ -36,6 +36,7 @@ func (a *app) workerCommand() *cobra.Command {
 		quarantineAfter int
 		failRate        float64
 		probeInterval   time.Duration
+		perExecutor     bool
 	)
 	c := &cobra.Command{
 		Use:   "worker",
@@ -46,7 +47,7 @@ func (a *app) workerCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			poolMetrics, workerMetrics := pool.NewMetrics(), worker.NewMetrics()
+			poolMetrics, workerMetrics := pool.NewMetrics(), worker.NewMetricsWith(worker.MetricsOptions{PerExecutor: perExecutor})
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(poolMetrics.Collectors()...)
 			reg.MustRegister(workerMetrics.Collectors()...)
@@ -113,6 +114,7 @@ func (a *app) workerCommand() *cobra.Command {
 	f.IntVar(&cfg.Concurrency, "concurrency", worker.DefaultConcurrency, "tasks processed at once")
 	f.StringVar(&cleanup, "cleanup", string(worker.CleanupOutcome), "how each eval's executor is released: outcome (a cleanup task for its outcome), both (both cleanup tasks), or inline (in the handler; a task only if that fails)")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at ADDR/metrics (e.g. :9090); off when empty")
+	f.BoolVar(&perExecutor, "per-executor-metrics", false, "label the evalpool_executor_* counters with each executor: a series per executor, a large scrape for a large pool")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", tasks.DefaultLeaseTTL, "executor lease TTL for evals that name none; renewed every TTL/3, so at least three round trips to the farthest executor (the worker names a longer one when it sees one)")
 	f.DurationVar(&cfg.ReapInterval, "reap-interval", worker.DefaultReapInterval, "how often the pool is reaped (once per interval across workers)")
 	f.DurationVar(&cfg.PollInterval, "poll-interval", worker.DefaultPollInterval, "how often an idle worker looks at empty queues and due retries")
