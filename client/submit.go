@@ -1,8 +1,10 @@
 package client
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/pool"
@@ -58,6 +61,7 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 		return run.Run{}, fmt.Errorf("%w: run %s: %w", tasks.ErrBadPayload, r.Name, err)
 	}
 	batch := make([]*asynq.Task, len(req.Evals))
+	ids := make([]string, len(req.Evals))
 	seen := map[string]int{}
 	servable := map[string]bool{}
 	for i, e := range req.Evals {
@@ -79,7 +83,7 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 		if err != nil {
 			return run.Run{}, fmt.Errorf("run %s: eval %d: %w", r.Name, i+1, err)
 		}
-		batch[i] = t
+		batch[i], ids[i] = t, e.ID
 		r.Keys = append(r.Keys, key)
 		if set := labels.Name(e.Require); set != "" && !servable[set] {
 			ok, err := p.CanServe(ctx, e.Require)
@@ -92,7 +96,16 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 			servable[set] = true
 		}
 	}
-	err := runs.Create(ctx, r)
+	if !req.Resume {
+		if _, _, err := runs.Submission(ctx, r.Name); err == nil {
+			return run.Run{}, fmt.Errorf("%w: %s", run.ErrExists, r.Name)
+		}
+	}
+	theirs, err := unclaimed(ctx, runs, p.Name(), ids, batch)
+	if err != nil {
+		return run.Run{}, fmt.Errorf("run %s: %w; nothing of the run was written", r.Name, err)
+	}
+	err = runs.Create(ctx, r)
 	if errors.Is(err, run.ErrExists) && req.Resume {
 		err = resumable(ctx, runs, p, r)
 	}
@@ -100,8 +113,18 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 		return run.Run{}, err
 	}
 	r.Size, r.Submission = len(r.Keys), run.Incomplete
+	insp := asynq.NewInspectorFromRedisClient(runs.Redis())
 	for i, t := range batch {
-		if _, err := aq.EnqueueContext(ctx, t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		_, err := aq.EnqueueContext(ctx, t)
+		if errors.Is(err, asynq.ErrTaskIDConflict) {
+			err = nil
+			if !theirs[i] {
+				// Taken since unclaimed looked: by this run's own eval (a
+				// concurrent resume), or by one planted meanwhile.
+				err = sameEval(ctx, insp, p.Name(), t)
+			}
+		}
+		if err != nil {
 			r.Enqueued = i
 			// Best effort, and bounded: Redis may be what failed.
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -117,6 +140,81 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 	}
 	r.Submission = run.Complete
 	return r, nil
+}
+
+// ErrEvalIDTaken means an eval's ID is held by a task of other content:
+// an eval enqueued apart from the run under the run's ID, NAME/KEY. It is
+// run.ErrExists too.
+var ErrEvalIDTaken = fmt.Errorf("eval ID taken by another eval: %w", run.ErrExists)
+
+// unclaimed checks, before anything of the run is written, that no task
+// holds one of its evals' IDs with other content (sameEval): Asynq refuses
+// an enqueue under a taken ID, and the run would take the task there for
+// its own eval. Tasks of the same content are the run's own, enqueued
+// before a crash: Resume enqueues past them, and own[i] says batch[i] is
+// one. One EXISTS per eval, pipelined; a task read only for those that
+// exist. ids are batch's.
+func unclaimed(ctx context.Context, runs *run.Store, poolName string, ids []string, batch []*asynq.Task) (own []bool, err error) {
+	rdb := runs.Redis()
+	queue := tasks.Queues(poolName).Evals
+	own = make([]bool, len(batch))
+	var insp *asynq.Inspector
+	for start := 0; start < len(batch); start += 10_000 {
+		chunk := batch[start:min(start+10_000, len(batch))]
+		cmds := make([]*redis.IntCmd, len(chunk))
+		if _, err := rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for i := range chunk {
+				cmds[i] = pipe.Exists(ctx, tasks.ResultKey(queue, ids[start+i]))
+			}
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("look for its evals' IDs: %w", err)
+		}
+		for i, cmd := range cmds {
+			if cmd.Val() == 0 {
+				continue
+			}
+			if insp == nil {
+				insp = asynq.NewInspectorFromRedisClient(rdb)
+			}
+			if err := sameEval(ctx, insp, poolName, chunk[i]); err != nil {
+				return nil, err
+			}
+			own[start+i] = true
+		}
+	}
+	return own, nil
+}
+
+// sameEval checks that the task enqueued under t's ID is t's eval: same
+// run, key, pool, spec and required labels (its timeout and retries may
+// differ, as a resume's flags may). A task gone meanwhile is no conflict.
+func sameEval(ctx context.Context, insp *asynq.Inspector, poolName string, t *asynq.Task) error {
+	want, err := tasks.ParseEval(t.Payload())
+	if err != nil {
+		return err
+	}
+	info, err := Lookup(insp, poolName, want.ID)
+	if errors.Is(err, ErrEvalNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	got, err := tasks.ParseEval(info.Payload)
+	if err == nil && got.Run == want.Run && got.Key == want.Key && got.Pool == want.Pool &&
+		bytes.Equal(compact(got.Spec), compact(want.Spec)) && maps.Equal(got.Require, want.Require) {
+		return nil
+	}
+	return fmt.Errorf("%w: eval %s: a task of other content holds its ID (enqueued apart from the run): delete that eval, or submit the run under another name", ErrEvalIDTaken, want.ID)
+}
+
+func compact(spec []byte) []byte {
+	var b bytes.Buffer
+	if json.Compact(&b, spec) != nil {
+		return spec
+	}
+	return b.Bytes()
 }
 
 // resumable checks that the run recorded under r's name is r: same pool,

@@ -70,8 +70,9 @@ func TestSubmissionCutShort(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The rest smaller, to fit; eval 0, enqueued already, as it was.
 	small := req("resumed")
-	for i := range small.Evals {
+	for i := 1; i < len(small.Evals); i++ {
 		small.Evals[i].Spec = json.RawMessage(`{}`)
 	}
 	small.Resume = true
@@ -109,5 +110,76 @@ func TestSubmissionCutShort(t *testing.T) {
 	}
 	if c, err := b.runs.Progress(ctx, "cancelled"); err != nil || c.Cancelled != 60 || c.Pending != 0 {
 		t.Errorf("after cancel: %+v, %v; want all 60 cancelled", c, err)
+	}
+}
+
+// TestPlantedEvalIsRefused sends the attack of an eval claimed in advance:
+// an eval enqueued under the ID RUN/1 before run RUN is submitted. A
+// producer refuses such a plain eval; one put on the queue past it (any
+// Asynq client, or a release before the rule) makes Submit refuse the run,
+// naming the eval, with nothing of the run written; the run's own evals
+// enqueued before a crash stay a resume's to enqueue past.
+func TestPlantedEvalIsRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	queue := tasks.Queues(b.pool.Name()).Evals
+	suite := func(name string, specs ...string) client.RunRequest {
+		req := client.RunRequest{Name: name}
+		for _, s := range specs {
+			req.Evals = append(req.Evals, tasks.Eval{Spec: json.RawMessage(s)})
+		}
+		return req
+	}
+
+	// The producers' path: a plain eval under a run's ID is bad input.
+	if _, err := tasks.NewEval(tasks.Eval{ID: "RUN/1", Pool: b.pool.Name(), Spec: json.RawMessage(`{"planted":true}`)}, tasks.EvalOptions{}); !errors.Is(err, tasks.ErrBadPayload) || !strings.Contains(err.Error(), `"RUN/1"`) {
+		t.Errorf("plain eval RUN/1: %v, want ErrBadPayload naming it", err)
+	}
+
+	tests := []struct {
+		name    string
+		planted string // the payload under NAME/1, enqueued apart
+		resume  bool
+		want    error
+	}{
+		{"planted spec", `{"eval_id":"%s/1","spec":{"planted":true},"timeout_s":60}`, false, client.ErrEvalIDTaken},
+		{"planted as the run's", `{"eval_id":"%[1]s/1","run":"%[1]s","key":"1","pool":"clienttest","spec":{"planted":true},"timeout_s":60}`, false, client.ErrEvalIDTaken},
+		{"own eval, other timeout", `{"eval_id":"%[1]s/1","run":"%[1]s","key":"1","pool":"clienttest","spec":{"grade": "passed"},"timeout_s":5}`, false, nil},
+		{"planted, resume", `{"eval_id":"%s/1","spec":{"planted":true},"timeout_s":60}`, true, client.ErrEvalIDTaken},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name := fmt.Sprint("RUN", i)
+			if _, err := b.aq.EnqueueContext(ctx, asynq.NewTask(tasks.TypeEval, []byte(fmt.Sprintf(tt.planted, name)), asynq.Queue(queue), asynq.TaskID(name+"/1"))); err != nil {
+				t.Fatal(err)
+			}
+			req := suite(name, `{"grade":"passed"}`, `{"grade":"failed"}`)
+			req.Resume = tt.resume
+			_, err := client.Submit(ctx, b.aq, b.pool, b.runs, req)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("submit: %v, want %v", err, tt.want)
+			}
+			info, lerr := client.Lookup(b.insp, b.pool.Name(), name+"/2")
+			if tt.want != nil {
+				if !strings.Contains(err.Error(), name+"/1") {
+					t.Errorf("error %q names no eval", err)
+				}
+				if _, gerr := b.runs.Get(ctx, name); !errors.Is(gerr, run.ErrNotFound) || !errors.Is(lerr, client.ErrEvalNotFound) {
+					t.Errorf("after the refusal: run %v, eval 2 %v; want neither written", gerr, lerr)
+				}
+				return
+			}
+			if lerr != nil || info.State != asynq.TaskStatePending {
+				t.Fatalf("eval 2: %v, %v", info, lerr)
+			}
+			if _, err := client.Submit(ctx, b.aq, b.pool, b.runs, req); !errors.Is(err, run.ErrExists) || errors.Is(err, client.ErrEvalIDTaken) {
+				t.Errorf("the same run again: %v, want ErrExists", err)
+			}
+			req.Resume = true
+			if r, err := client.Submit(ctx, b.aq, b.pool, b.runs, req); err != nil || r.Submission != run.Complete {
+				t.Errorf("resume: %+v, %v", r, err)
+			}
+		})
 	}
 }

@@ -88,6 +88,10 @@ func NewStore(client redis.UniversalClient, opts Options) *Store {
 	return &Store{client: client, retention: cmp.Or(opts.Retention, DefaultRetention)}
 }
 
+// Redis is the client the store runs on, for those that read Asynq's keys
+// beside a run's (client.Submit looks for its evals' task IDs there).
+func (s *Store) Redis() redis.UniversalClient { return s.client }
+
 // Run is what a run was submitted as.
 type Run struct {
 	Name      string    `json:"name"`
@@ -324,6 +328,63 @@ func (s *Store) Records(ctx context.Context, name string) (Run, []Record, map[st
 		recs = append(recs, rec)
 	}
 	return r, recs, running.Val(), nil
+}
+
+// MaxEndedSince bounds EndedSince's max: one call reads at most this many
+// records.
+const MaxEndedSince = 10_000
+
+// EndedSince reads the records of the run's evals that ended at positions
+// [cursor, cursor+max) of its log of ends, in the order they ended, and the
+// cursor to read on from: cursor plus the records returned, so that a
+// follower that starts at 0 and passes next back sees every end once, and
+// an empty page (next == cursor) means none ended since. O(returned): a
+// follower's cost per end does not grow with the run.
+//
+// Every end of an eval of the run is logged, by the script that records it
+// (Finish, and the cancels and reconciliation that go through it); ends
+// recorded before the log existed (a run written by the previous release)
+// are in Records but not in the log. A cursor below 0, or a max outside
+// 1..MaxEndedSince, is ErrInvalid; an unknown run, ErrNotFound.
+func (s *Store) EndedSince(ctx context.Context, name string, cursor int64, max int) (recs []Record, next int64, err error) {
+	if err := ValidateName(name); err != nil {
+		return nil, cursor, err
+	}
+	if cursor < 0 || max < 1 || max > MaxEndedSince {
+		return nil, cursor, fmt.Errorf("%w: run %s: ended since %d, at most %d: want a cursor ≥ 0 and 1 to %d records", ErrInvalid, name, cursor, max, MaxEndedSince)
+	}
+	k := keys.ForRun(name)
+	found, ended := redis.NewStringCmd(ctx, "hget", k.Meta(), "name"), redis.NewStringSliceCmd(ctx, "lrange", k.Ended(), cursor, cursor+int64(max)-1)
+	if err := s.read(ctx, name, found, ended); err != nil {
+		return nil, cursor, err
+	}
+	if found.Val() != name {
+		return nil, cursor, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	if len(ended.Val()) == 0 {
+		return nil, cursor, nil
+	}
+	// A logged end's record is there: both are written by one script, and
+	// a record is never overwritten.
+	raws, err := s.client.HMGet(ctx, k.Done(), ended.Val()...).Result()
+	if err != nil {
+		return nil, cursor, fmt.Errorf("run %s: %w", name, err)
+	}
+	recs = make([]Record, 0, len(raws))
+	for i, raw := range raws {
+		str, ok := raw.(string)
+		if !ok {
+			// The run's keys expired between the two reads.
+			return nil, cursor, fmt.Errorf("%w: %s", ErrNotFound, name)
+		}
+		var rec Record
+		if err := json.Unmarshal([]byte(str), &rec); err != nil {
+			return nil, cursor, fmt.Errorf("run %s: eval %s: unreadable record: %w", name, ended.Val()[i], err)
+		}
+		rec.Key = ended.Val()[i]
+		recs = append(recs, rec)
+	}
+	return recs, cursor + int64(len(recs)), nil
 }
 
 // Results is every eval of the run, in the run's order: how it ended when

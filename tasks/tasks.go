@@ -316,6 +316,12 @@ func NewEval(e Eval, opts EvalOptions) (*asynq.Task, error) {
 	if err := e.validate(); err != nil {
 		return nil, err
 	}
+	if e.Run == "" && strings.Contains(e.ID, "/") {
+		// RUN/KEY is a run's eval: a plain eval under that ID would be
+		// taken for the run's, and its task would block the run's enqueue.
+		// Only producers refuse it: a worker still runs one queued before.
+		return nil, fmt.Errorf("%w: eval ID %q holds '/': IDs RUN/KEY are the evals of runs; submit it in a run, or pick an ID without '/'", ErrBadPayload, e.ID)
+	}
 	payload, err := json.Marshal(e)
 	if err != nil {
 		return nil, fmt.Errorf("%w: eval %s: %w", ErrBadPayload, e.ID, err)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -409,7 +410,11 @@ func (a *app) runResults() *cobra.Command {
 				if rec.Score != nil {
 					score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
 				}
-				_ = w.Write([]string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, score, strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error})
+				row := []string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, score, strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error}
+				for i := range row {
+					row[i] = csvCell(row[i])
+				}
+				_ = w.Write(row)
 			}
 			w.Flush()
 			return w.Error()
@@ -417,6 +422,20 @@ func (a *app) runResults() *cobra.Command {
 	}
 	c.Flags().StringVar(&format, "format", "jsonl", "jsonl or csv")
 	return c
+}
+
+// csvCell escapes a cell a spreadsheet would run as a formula: one that
+// starts with = + - @, a tab or a carriage return gets a leading single
+// quote (OWASP's rule for CSV injection), unless it is a plain number, such
+// as a negative score, which no spreadsheet runs.
+func csvCell(s string) string {
+	if s == "" || !strings.ContainsRune("=+-@\t\r", rune(s[0])) {
+		return s
+	}
+	if _, err := strconv.ParseFloat(s, 64); err == nil {
+		return s
+	}
+	return "'" + s
 }
 
 func (a *app) runCancel() *cobra.Command {

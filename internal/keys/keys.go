@@ -142,9 +142,9 @@ type Run struct{ prefix string }
 // ForRun names the keys of the run name.
 func ForRun(name string) Run { return Run{prefix: "evalpool:run:{" + name + "}:"} }
 
-// Script is the run's keys in the order of run_finish.lua's KEYS[1..5].
+// Script is the run's keys in the order of run_finish.lua's KEYS[1..6].
 func (k Run) Script() []string {
-	return []string{k.Done(), k.Counts(), k.Running(), k.Meta(), k.Evals()}
+	return []string{k.Done(), k.Counts(), k.Running(), k.Meta(), k.Evals(), k.Ended()}
 }
 
 // Done is KEYS[1], eval key -> how it ended.
@@ -161,3 +161,7 @@ func (k Run) Meta() string { return k.prefix + "meta" }
 
 // Evals is KEYS[5], the run's eval keys in order.
 func (k Run) Evals() string { return k.prefix + "evals" }
+
+// Ended is KEYS[6], the run's ended eval keys in the order they ended: the
+// log a follower reads from its cursor (run.Store.EndedSince).
+func (k Run) Ended() string { return k.prefix + "ended" }

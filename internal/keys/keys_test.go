@@ -49,6 +49,7 @@ func TestNames(t *testing.T) {
 		{r.Running(), "evalpool:run:{r1}:running"},
 		{r.Meta(), "evalpool:run:{r1}:meta"},
 		{r.Evals(), "evalpool:run:{r1}:evals"},
+		{r.Ended(), "evalpool:run:{r1}:ended"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {

@@ -8,6 +8,7 @@
 --   KEYS[3] running  HASH  eval key -> executor, while an attempt runs
 --   KEYS[4] meta     HASH  the run's name, pool, size...
 --   KEYS[5] evals    LIST  the run's eval keys, in order
+--   KEYS[6] ended    LIST  the ended eval keys, in the order they ended
 -- ARGV[1] eval key
 -- ARGV[2] status: passed | failed | errored | cancelled
 -- ARGV[3] the record (JSON)
@@ -24,13 +25,14 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then
   return 0
 end
+redis.call('RPUSH', KEYS[6], ARGV[1])
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('HINCRBY', KEYS[2], 'retries', tonumber(ARGV[4]) or 0)
 if ARGV[5] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', ARGV[5])
   redis.call('HINCRBY', KEYS[2], 'score_n', 1)
 end
-for i = 1, 5 do
+for i = 1, 6 do
   redis.call('PEXPIRE', KEYS[i], ARGV[6])
 end
 return 1
