@@ -146,8 +146,8 @@ type Handler struct {
 	log     zerolog.Logger
 	follows *follows
 	aq      *asynq.Client
-	insp *asynq.Inspector
-	mux  *http.ServeMux
+	insp    *asynq.Inspector
+	mux     *http.ServeMux
 }
 
 // New returns the API's handler. It does not touch Redis, and holds nothing
