@@ -329,7 +329,7 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 		// Replay, or catch up after falling behind: the run's log of ends,
 		// a page at a time, until the hub is where this follower is.
 		for sub == nil {
-			recs, _, err := h.opts.Runs.EndedSince(ctx, name, cursor, followPage)
+			recs, _, err := h.opts.Runs.EndedSince(ctx, name, cursor, h.follows.page)
 			if err != nil {
 				fail(err)
 				return
@@ -337,7 +337,7 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 			if len(recs) > 0 && !write(cursor, recs) {
 				return
 			}
-			if len(recs) == followPage {
+			if len(recs) == h.follows.page {
 				continue // more to read before joining
 			}
 			s, done, err := h.follows.subscribe(hb, cursor)
@@ -362,6 +362,7 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 				fail(err)
 				return
 			}
+			h.log.Debug().Str("run", name).Int64("cursor", cursor).Msg("api: a follower fell behind its run's hub and catches up from the run's log")
 			sub = nil
 		}
 	}
