@@ -46,7 +46,7 @@ func finish(t *testing.T, b *bundle, name string, size int, keys ...string) {
 
 // follower reads a followed run's stream in a goroutine of its own.
 type follower struct {
-	lines atomic.Int64
+	ended atomic.Int64 // lines that are an eval's end
 	mu    sync.Mutex
 	keys  []string
 	err   error
@@ -80,7 +80,9 @@ func follow(t *testing.T, ctx context.Context, b *bundle, name string) *follower
 			}
 			f.keys = append(f.keys, l.Key)
 			f.mu.Unlock()
-			f.lines.Add(1)
+			if l.Ended() {
+				f.ended.Add(1)
+			}
 		}
 	}()
 	return f
@@ -121,7 +123,7 @@ func TestFollowCostsWhatEnded(t *testing.T) {
 	caughtUp := func(n int64) func() bool {
 		return func() bool {
 			for _, f := range fs {
-				if f.lines.Load() < n {
+				if f.ended.Load() < n {
 					return false
 				}
 			}
