@@ -169,6 +169,9 @@ func TestOptionsValidate(t *testing.T) {
 		{"no pool", Options{Redis: client}, "Options.Pool is required"},
 		{"negative body limit", Options{Redis: client, Pool: p, MaxBodyBytes: -1}, "MaxBodyBytes may not be negative"},
 		{"negative interval", Options{Redis: client, Pool: p, FollowInterval: -time.Second}, "FollowInterval may not be negative"},
+		{"negative eval cap", Options{Redis: client, Pool: p, MaxRunEvals: -1}, "MaxRunEvals may not be negative"},
+		{"negative followers per run", Options{Redis: client, Pool: p, MaxFollowersPerRun: -1}, "MaxFollowersPerRun may not be negative"},
+		{"negative followers", Options{Redis: client, Pool: p, MaxFollowers: -1}, "MaxFollowers may not be negative"},
 		{"zero values", Options{Redis: client, Pool: p}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -176,7 +179,8 @@ func TestOptionsValidate(t *testing.T) {
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("New: %v", err)
-			case tc.want == "" && (h.opts.MaxBodyBytes != DefaultMaxBodyBytes || h.opts.FollowInterval != DefaultFollowInterval || h.opts.Runs == nil):
+			case tc.want == "" && (h.opts.MaxBodyBytes != DefaultMaxBodyBytes || h.opts.FollowInterval != DefaultFollowInterval || h.opts.Runs == nil ||
+				h.opts.MaxRunEvals != DefaultMaxRunEvals || h.opts.MaxFollowersPerRun != DefaultMaxFollowersPerRun || h.opts.MaxFollowers != DefaultMaxFollowers):
 				t.Fatalf("defaults not applied: %+v", h.opts)
 			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 				t.Fatalf("New: %v, want %q", err, tc.want)

@@ -338,3 +338,27 @@ func TestRunEvalsCapped(t *testing.T) {
 		})
 	}
 }
+
+// openapi.json gives the default cap of a run's evals.
+func TestOpenAPIMaxItems(t *testing.T) {
+	t.Parallel()
+	var doc struct {
+		Components struct {
+			Schemas struct {
+				RunRequest struct {
+					Properties struct {
+						Evals struct {
+							MaxItems int `json:"maxItems"`
+						} `json:"evals"`
+					} `json:"properties"`
+				} `json:"RunRequest"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(openAPIDoc, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if got := doc.Components.Schemas.RunRequest.Properties.Evals.MaxItems; got != DefaultMaxRunEvals {
+		t.Fatalf("openapi.json: RunRequest.evals maxItems %d, want DefaultMaxRunEvals %d", got, DefaultMaxRunEvals)
+	}
+}
