@@ -20,11 +20,15 @@
 //   - Evals are submitted to and looked up in Options.Pool; a run is
 //     cancelled in the pool it was submitted to.
 //   - Results are NDJSON, one line per eval in the run's order. With
-//     ?follow=1 the same lines come first, then one line per eval as it
-//     ends (a reader keeps the last line of each eval_id), polling the
-//     run's O(1) progress every Options.FollowInterval and its records only
-//     when an eval ended; the response ends when every eval has, or with a
-//     last {"error"} line when the run can no longer be read.
+//     ?follow=1 the stream is the run's ends, each eval once: those so far,
+//     in the order they ended, then each as it ends; it ends when every
+//     eval has, or with a last {"error"} line when the run can no longer be
+//     read. A followed run is polled once per process for all its
+//     followers (see follows), at O(what ended) a poll.
+//   - Every read is bounded: runs are listed up to ?limit
+//     (at most MaxListLimit); a run of more than Options.MaxRunEvals evals
+//     is refused (413); followers are capped per run (429) and in all
+//     (503).
 //
 // The API has no authentication of its own: the dashboard puts it behind
 // its own (a bearer token, or a login cookie with a same-origin check on
