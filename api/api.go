@@ -25,10 +25,11 @@
 //     eval has, or with a last {"error"} line when the run can no longer be
 //     read. A followed run is polled once per process for all its
 //     followers (see follows), at O(what ended) a poll.
-//   - Every read is bounded: runs are listed up to ?limit
+//   - What a request may cost is bounded: runs are listed up to ?limit
 //     (at most MaxListLimit); a run of more than Options.MaxRunEvals evals
 //     is refused (413); followers are capped per run (429) and in all
-//     (503).
+//     (503). A run's summary and its results without follow read the run
+//     once per request.
 //
 // The API has no authentication of its own: the dashboard puts it behind
 // its own (a bearer token, or a login cookie with a same-origin check on

@@ -175,6 +175,7 @@ func TestWriteBenchmarks(t *testing.T) {
 		{"latency", func() { latency(t, srv, &md) }},
 		{"scale", func() { scale(t, srv, &md) }},
 		{"heartbeats", func() { heartbeats(t, &md) }},
+		{"follow", func() { follow(t, srv, &md) }},
 	}
 	only := os.Getenv("EVALPOOL_BENCH_ONLY") // e.g. "e2e,memory", for working on one figure
 	for _, s := range sections {
