@@ -184,7 +184,7 @@ func New(opts Options) (*Handler, error) {
 		h.log = *opts.Logger
 	}
 	h.follows = &follows{runs: opts.Runs, interval: opts.FollowInterval, page: followPage,
-		perRun: opts.MaxFollowersPerRun, total: opts.MaxFollowers, log: &h.log, hubs: map[string]*hub{}}
+		perRun: opts.MaxFollowersPerRun, total: opts.MaxFollowers, hubs: map[string]*hub{}}
 	methods := map[string][]string{}
 	var paths []string
 	for _, rt := range h.routes() {

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/evalpool/evalpool/run"
 )
 
@@ -36,7 +34,6 @@ type follows struct {
 	page     int
 	perRun   int
 	total    int
-	log      *zerolog.Logger
 
 	mu   sync.Mutex
 	hubs map[string]*hub
@@ -158,10 +155,7 @@ func (f *follows) poll(ctx context.Context, h *hub) {
 			return // its followers left
 		}
 		if err != nil || c.Done() >= c.Size {
-			if err != nil {
-				f.log.Warn().Err(err).Str("run", h.name).Msg("api: following a run's results")
-			}
-			f.end(h, err)
+			f.end(h, err) // each follower says err, and logs it
 			return
 		}
 		select {
