@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -54,11 +55,25 @@ type hub struct {
 	err   error
 }
 
-// batch is the records at log positions [from, from+len(recs)). Its
-// records are shared by every follower: read-only.
+// batch is the lines of the ends at log positions [from, from+len(lines)),
+// each a ResultLine in JSON with its newline: encoded once, written by
+// every follower. Read-only.
 type batch struct {
-	from int64
-	recs []run.Record
+	from  int64
+	lines [][]byte
+}
+
+// linesOf encodes the records of run name as the lines of a batch.
+func linesOf(name string, recs []run.Record) ([][]byte, error) {
+	lines := make([][]byte, len(recs))
+	for i, rec := range recs {
+		b, err := json.Marshal(ResultLine{EvalID: run.EvalID(name, rec.Key), Record: rec})
+		if err != nil {
+			return nil, fmt.Errorf("run %s: eval %s: %w", name, rec.Key, err)
+		}
+		lines[i] = append(b, '\n')
+	}
+	return lines, nil
 }
 
 // subscription is a follower subscribed to its hub. The poller closes ch
@@ -174,7 +189,11 @@ func (f *follows) read(ctx context.Context, h *hub, cursor int64) (int64, error)
 		if err != nil || len(recs) == 0 {
 			return cursor, err
 		}
-		f.publish(h, batch{from: cursor, recs: recs}, next)
+		lines, err := linesOf(h.name, recs)
+		if err != nil {
+			return cursor, err
+		}
+		f.publish(h, batch{from: cursor, lines: lines}, next)
 		cursor = next
 		if len(recs) < f.page {
 			return cursor, nil

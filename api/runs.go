@@ -308,15 +308,16 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 	_ = rc.Flush()
 	enc := json.NewEncoder(w)
 	var cursor int64
-	// write writes the records at log positions [from, from+len(recs)) past
-	// the cursor: a follower that read ahead of its hub skips the rest.
-	write := func(from int64, recs []run.Record) bool {
-		for _, rec := range recs[min(max(cursor-from, 0), int64(len(recs))):] {
-			if enc.Encode(ResultLine{EvalID: run.EvalID(name, rec.Key), Record: rec}) != nil {
+	// write writes the lines of the ends at log positions [from,
+	// from+len(lines)) past the cursor: a follower that read ahead of its
+	// hub skips the rest.
+	write := func(from int64, lines [][]byte) bool {
+		for _, line := range lines[min(max(cursor-from, 0), int64(len(lines))):] {
+			if _, err := w.Write(line); err != nil {
 				return false // the client went away
 			}
 		}
-		cursor = max(cursor, from+int64(len(recs)))
+		cursor = max(cursor, from+int64(len(lines)))
 		return rc.Flush() == nil
 	}
 	fail := func(err error) {
@@ -330,11 +331,15 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 		// a page at a time, until the hub is where this follower is.
 		for sub == nil {
 			recs, _, err := h.opts.Runs.EndedSince(ctx, name, cursor, h.follows.page)
+			var lines [][]byte
+			if err == nil {
+				lines, err = linesOf(name, recs)
+			}
 			if err != nil {
 				fail(err)
 				return
 			}
-			if len(recs) > 0 && !write(cursor, recs) {
+			if len(lines) > 0 && !write(cursor, lines) {
 				return
 			}
 			if len(recs) == h.follows.page {
@@ -352,7 +357,7 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 			return
 		case b, ok := <-sub.ch:
 			if ok {
-				if !write(b.from, b.recs) {
+				if !write(b.from, b.lines) {
 					return
 				}
 				continue
