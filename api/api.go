@@ -20,11 +20,16 @@
 //   - Evals are submitted to and looked up in Options.Pool; a run is
 //     cancelled in the pool it was submitted to.
 //   - Results are NDJSON, one line per eval in the run's order. With
-//     ?follow=1 the same lines come first, then one line per eval as it
-//     ends (a reader keeps the last line of each eval_id), polling the
-//     run's O(1) progress every Options.FollowInterval and its records only
-//     when an eval ended; the response ends when every eval has, or with a
-//     last {"error"} line when the run can no longer be read.
+//     ?follow=1 the stream is the run's ends, each eval once: those so far,
+//     in the order they ended, then each as it ends; it ends when every
+//     eval has, or with a last {"error"} line when the run can no longer be
+//     read. A followed run is polled once per process for all its
+//     followers (see follows), at O(what ended) a poll.
+//   - What a request may cost is bounded: runs are listed up to ?limit
+//     (at most MaxListLimit); a run of more than Options.MaxRunEvals evals
+//     is refused (413); followers are capped per run (429) and in all
+//     (503). A run's summary and its results without follow read the run
+//     once per request.
 //
 // The API has no authentication of its own: the dashboard puts it behind
 // its own (a bearer token, or a login cookie with a same-origin check on
@@ -32,6 +37,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -64,6 +70,20 @@ const DefaultMaxBodyBytes = 32 << 20
 // DefaultFollowInterval is Options.FollowInterval's default.
 const DefaultFollowInterval = 250 * time.Millisecond
 
+// Defaults of the API's caps (Options).
+const (
+	// DefaultMaxRunEvals is Options.MaxRunEvals's default.
+	DefaultMaxRunEvals = 50_000
+	// DefaultMaxFollowersPerRun is Options.MaxFollowersPerRun's default.
+	DefaultMaxFollowersPerRun = 100
+	// DefaultMaxFollowers is Options.MaxFollowers's default.
+	DefaultMaxFollowers = 1000
+)
+
+// followPage is how many records a follower's replay, and a hub's poller,
+// read at once.
+const followPage = 1000
+
 // Limits of the values a request may give.
 const (
 	// MaxTimeoutS bounds timeout_s: a week.
@@ -90,9 +110,19 @@ type Options struct {
 	// MaxBodyBytes bounds a request's body; a larger one is refused with a
 	// 413. Defaults to DefaultMaxBodyBytes (32 MiB).
 	MaxBodyBytes int64
-	// FollowInterval is how often results?follow=1 polls a run's progress.
-	// Defaults to DefaultFollowInterval (250 ms).
+	// FollowInterval is how often a followed run's progress is polled
+	// (results?follow=1), once for all its followers. Defaults to
+	// DefaultFollowInterval (250 ms).
 	FollowInterval time.Duration
+	// MaxRunEvals bounds the evals of one POST /runs; more is refused with
+	// a 413 before any is kept. Defaults to DefaultMaxRunEvals (50,000).
+	MaxRunEvals int
+	// MaxFollowersPerRun bounds the followers of one run at once; one more
+	// is refused with a 429. Defaults to DefaultMaxFollowersPerRun (100).
+	MaxFollowersPerRun int
+	// MaxFollowers bounds the followers of all runs at once; one more is
+	// refused with a 503. Defaults to DefaultMaxFollowers (1,000).
+	MaxFollowers int
 }
 
 func (o *Options) validate() error {
@@ -105,17 +135,24 @@ func (o *Options) validate() error {
 		return fmt.Errorf("api: Options.MaxBodyBytes may not be negative, got %d", o.MaxBodyBytes)
 	case o.FollowInterval < 0:
 		return fmt.Errorf("api: Options.FollowInterval may not be negative, got %s", o.FollowInterval)
+	case o.MaxRunEvals < 0:
+		return fmt.Errorf("api: Options.MaxRunEvals may not be negative, got %d", o.MaxRunEvals)
+	case o.MaxFollowersPerRun < 0:
+		return fmt.Errorf("api: Options.MaxFollowersPerRun may not be negative, got %d", o.MaxFollowersPerRun)
+	case o.MaxFollowers < 0:
+		return fmt.Errorf("api: Options.MaxFollowers may not be negative, got %d", o.MaxFollowers)
 	}
 	return nil
 }
 
 // Handler serves the API. It is safe for concurrent use.
 type Handler struct {
-	opts Options
-	log  zerolog.Logger
-	aq   *asynq.Client
-	insp *asynq.Inspector
-	mux  *http.ServeMux
+	opts    Options
+	log     zerolog.Logger
+	follows *follows
+	aq      *asynq.Client
+	insp    *asynq.Inspector
+	mux     *http.ServeMux
 }
 
 // New returns the API's handler. It does not touch Redis, and holds nothing
@@ -133,6 +170,9 @@ func New(opts Options) (*Handler, error) {
 	if opts.FollowInterval == 0 {
 		opts.FollowInterval = DefaultFollowInterval
 	}
+	opts.MaxRunEvals = cmp.Or(opts.MaxRunEvals, DefaultMaxRunEvals)
+	opts.MaxFollowersPerRun = cmp.Or(opts.MaxFollowersPerRun, DefaultMaxFollowersPerRun)
+	opts.MaxFollowers = cmp.Or(opts.MaxFollowers, DefaultMaxFollowers)
 	h := &Handler{
 		opts: opts,
 		log:  zerolog.Nop(),
@@ -143,6 +183,8 @@ func New(opts Options) (*Handler, error) {
 	if opts.Logger != nil {
 		h.log = *opts.Logger
 	}
+	h.follows = &follows{runs: opts.Runs, interval: opts.FollowInterval, page: followPage,
+		perRun: opts.MaxFollowersPerRun, total: opts.MaxFollowers, hubs: map[string]*hub{}}
 	methods := map[string][]string{}
 	var paths []string
 	for _, rt := range h.routes() {
@@ -248,6 +290,12 @@ func statusOf(err error) int {
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, run.ErrInvalid), errors.Is(err, tasks.ErrBadPayload), errors.Is(err, pool.ErrInvalid):
 		return http.StatusBadRequest
+	case errors.Is(err, ErrTooManyEvals):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrTooManyFollowersOfRun):
+		return http.StatusTooManyRequests
+	case errors.Is(err, ErrTooManyFollowers):
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusServiceUnavailable
 }
@@ -255,7 +303,8 @@ func statusOf(err error) int {
 // fail answers err with its status; a 5xx is logged.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := statusOf(err)
-	if status >= 500 {
+	// A follow past the cap is the cap working, not a failure to log.
+	if status >= 500 && !errors.Is(err, ErrTooManyFollowers) {
 		if r.Context().Err() != nil {
 			return // the client went away: nobody reads the answer
 		}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -44,11 +45,55 @@ type RunCreated struct {
 	Pool string `json:"pool"`
 }
 
+// ErrTooManyEvals is a POST /runs of more than Options.MaxRunEvals evals:
+// 413.
+var ErrTooManyEvals = errors.New("too many evals in one request")
+
+// runBody is a RunRequest as read: its evals are decoded one at a time
+// (decodeEvals), so that a request over Options.MaxRunEvals is refused
+// having decoded no more than the cap. Its Evals hides RunRequest's.
+type runBody struct {
+	RunRequest
+	Evals json.RawMessage `json:"evals"`
+}
+
+// decodeEvals decodes the evals array raw, strictly, refusing more than
+// max of them. Absent (or null) is none.
+func decodeEvals(raw json.RawMessage, max int) ([]RunEval, error) {
+	if missingSpec(raw) {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+		return nil, fmt.Errorf("%w: \"evals\": want an array of evals", tasks.ErrBadPayload)
+	}
+	var evals []RunEval
+	for dec.More() {
+		if len(evals) == max {
+			return nil, fmt.Errorf("%w: more than %d; submit the suite as several runs, or with `evalpool run submit`", ErrTooManyEvals, max)
+		}
+		var e RunEval
+		if err := dec.Decode(&e); err != nil {
+			return nil, fmt.Errorf("%w: malformed eval %d: %w", tasks.ErrBadPayload, len(evals)+1, err)
+		}
+		evals = append(evals, e)
+	}
+	return evals, nil
+}
+
 func (h *Handler) submitRun(w http.ResponseWriter, r *http.Request) {
-	var req RunRequest
-	if !h.decode(w, r, &req, false) {
+	var body runBody
+	if !h.decode(w, r, &body, false) {
 		return
 	}
+	req := body.RunRequest
+	evals, err := decodeEvals(body.Evals, h.opts.MaxRunEvals)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	req.Evals = evals
 	rr, err := runRequestOf(req)
 	if err != nil {
 		h.fail(w, r, err)
@@ -216,67 +261,114 @@ func (h *Handler) runResults(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ctx := r.Context()
-	rn, rows, err := h.opts.Runs.Results(ctx, name)
+	if follow && r.Method != http.MethodHead { // a HEAD has no body to follow in
+		h.followRun(w, r, name)
+		return
+	}
+	_, rows, err := h.opts.Runs.Results(r.Context(), name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	ended := make(map[string]run.Record, len(rows))
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
 	for _, rec := range rows {
-		if rec.Ended() {
-			ended[rec.Key] = rec
-		}
 		if enc.Encode(ResultLine{EvalID: run.EvalID(name, rec.Key), Record: rec}) != nil {
 			return // the client went away
 		}
 	}
-	if !follow || r.Method == http.MethodHead {
-		return // a HEAD has no body to follow in
+}
+
+// followRun streams the ends of a run's evals: those logged so far, read a
+// page at a time, then each as the run's hub reads it, until every eval
+// ended.
+func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string) {
+	ctx := r.Context()
+	// An unknown run is a 404 before a follower's place is taken.
+	if _, err := h.opts.Runs.Progress(ctx, name); err != nil {
+		h.fail(w, r, err)
+		return
 	}
+	hb, err := h.follows.join(name)
+	if err != nil {
+		w.Header().Set("Retry-After", "5")
+		h.fail(w, r, err)
+		return
+	}
+	var sub *subscription
+	defer func() { h.follows.leave(hb, sub) }()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	// A followed run may take hours: no write deadline of the server's.
 	_ = rc.SetWriteDeadline(time.Time{})
+	// The headers now: a follower of a run where nothing ended yet knows it
+	// is following.
 	_ = rc.Flush()
-	tick := time.NewTicker(h.opts.FollowInterval)
-	defer tick.Stop()
-	done := len(ended)
-	for len(ended) < len(rn.Keys) {
+	enc := json.NewEncoder(w)
+	var cursor int64
+	// write writes the lines of the ends at log positions [from,
+	// from+len(lines)) past the cursor: a follower that read ahead of its
+	// hub skips the rest.
+	write := func(from int64, lines [][]byte) bool {
+		for _, line := range lines[min(max(cursor-from, 0), int64(len(lines))):] {
+			if _, err := w.Write(line); err != nil {
+				return false // the client went away
+			}
+		}
+		cursor = max(cursor, from+int64(len(lines)))
+		return rc.Flush() == nil
+	}
+	fail := func(err error) {
+		if err != nil && ctx.Err() == nil {
+			h.log.Warn().Err(err).Str("run", name).Msg("api: following a run's results")
+			_ = enc.Encode(FollowError{Error: oneLine(err.Error())})
+		}
+	}
+	for {
+		// Replay, or catch up after falling behind: the run's log of ends,
+		// a page at a time, until the hub is where this follower is.
+		for sub == nil {
+			recs, _, err := h.opts.Runs.EndedSince(ctx, name, cursor, h.follows.page)
+			var lines [][]byte
+			if err == nil {
+				lines, err = linesOf(name, recs)
+			}
+			if err != nil {
+				fail(err)
+				return
+			}
+			if len(lines) > 0 && !write(cursor, lines) {
+				return
+			}
+			if len(recs) == h.follows.page {
+				continue // more to read before joining
+			}
+			s, done, err := h.follows.subscribe(hb, cursor)
+			if done {
+				fail(err)
+				return
+			}
+			sub = s // nil while the hub is ahead: read on
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
-		}
-		c, err := h.opts.Runs.Progress(ctx, name)
-		if err == nil && c.Done() == done {
-			continue // nothing ended since: the records are not read
-		}
-		var recs []run.Record
-		if err == nil {
-			_, recs, _, err = h.opts.Runs.Records(ctx, name)
-		}
-		if err != nil {
-			if ctx.Err() == nil {
-				h.log.Warn().Err(err).Str("run", name).Msg("api: following a run's results")
-				_ = enc.Encode(FollowError{Error: oneLine(err.Error())})
-			}
-			return
-		}
-		for _, rec := range recs {
-			if _, seen := ended[rec.Key]; seen {
+		case b, ok := <-sub.ch:
+			if ok {
+				if !write(b.from, b.lines) {
+					return
+				}
 				continue
 			}
-			ended[rec.Key] = rec
-			if enc.Encode(ResultLine{EvalID: run.EvalID(name, rec.Key), Record: rec}) != nil {
+			lagged, err := h.follows.closed(hb, sub)
+			if !lagged {
+				fail(err)
 				return
 			}
-		}
-		done = len(ended)
-		if rc.Flush() != nil {
-			return
+			h.log.Debug().Str("run", name).Int64("cursor", cursor).Msg("api: a follower fell behind its run's hub and catches up from the run's log")
+			sub = nil
 		}
 	}
 }

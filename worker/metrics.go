@@ -10,18 +10,59 @@ type Metrics struct {
 	cleanupsEnqueued *prometheus.CounterVec
 	poolLost         *prometheus.CounterVec
 	executorWait     *prometheus.HistogramVec
-	verdicts         *prometheus.CounterVec
+	verdicts         executorVec
 	rewinds          *prometheus.CounterVec
 	clockSteps       *prometheus.CounterVec
 	redisUsed        prometheus.Gauge
 	redisMax         prometheus.Gauge
 	runEnds          *prometheus.CounterVec
 	unrecorded       prometheus.Gauge
-	unauthorized     *prometheus.CounterVec
+	unauthorized     executorVec
 }
 
-// NewMetrics returns the worker's metrics, not yet registered anywhere.
-func NewMetrics() *Metrics {
+// MetricsOptions configure Metrics. The zero value is the default.
+type MetricsOptions struct {
+	// PerExecutor labels the evalpool_executor_* counters with each
+	// executor's URL: a series per executor (and verdict), which a pool of
+	// thousands of executors turns into a scrape of megabytes. Defaults to
+	// off: those counters have a series per pool, and the pool's own
+	// gauges and logs name the executors.
+	PerExecutor bool
+}
+
+// executorVec is a counter vector whose executor label exists only with
+// MetricsOptions.PerExecutor: without it, WithLabelValues leaves the
+// executor out and counts in the pool's series.
+type executorVec struct {
+	vec         *prometheus.CounterVec
+	perExecutor bool
+}
+
+func newExecutorVec(opts prometheus.CounterOpts, perExecutor bool, labels ...string) executorVec {
+	names := []string{"pool"}
+	if perExecutor {
+		names = append(names, "executor")
+	}
+	names = append(names, labels...)
+	return executorVec{vec: prometheus.NewCounterVec(opts, names), perExecutor: perExecutor}
+}
+
+// WithLabelValues is the counter of the pool, the executor and the other
+// labels, in order.
+func (v executorVec) WithLabelValues(pool, executor string, labels ...string) prometheus.Counter {
+	if v.perExecutor {
+		return v.vec.WithLabelValues(append([]string{pool, executor}, labels...)...)
+	}
+	return v.vec.WithLabelValues(append([]string{pool}, labels...)...)
+}
+
+// NewMetrics returns the worker's metrics with the default options, not yet
+// registered anywhere.
+func NewMetrics() *Metrics { return NewMetricsWith(MetricsOptions{}) }
+
+// NewMetricsWith returns the worker's metrics configured by opts, not yet
+// registered anywhere.
+func NewMetricsWith(opts MetricsOptions) *Metrics {
 	return &Metrics{
 		evals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_eval_attempts_total",
@@ -45,10 +86,10 @@ func NewMetrics() *Metrics {
 			Help:    "Time an attempt waited in the wait list before an executor was handed to it.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 12),
 		}, []string{"pool"}),
-		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+		verdicts: newExecutorVec(prometheus.CounterOpts{
 			Name: "evalpool_executor_verdicts_total",
-			Help: "Eval attempts by executor and what they made of it: passed, failed (graded), unavailable (the executor did not serve the call). One series per executor and verdict.",
-		}, []string{"pool", "executor", "verdict"}),
+			Help: "Eval attempts by what their executor made of them: passed, failed (graded), unavailable (the executor did not serve the call). By executor too with per-executor metrics on.",
+		}, opts.PerExecutor, "verdict"),
 		rewinds: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_redis_rewinds_total",
 			Help: "Times a worker saw its pool's generation go back: Redis's data was rewound (a snapshot restored, a failover to a lagging replica). Alert on any increase.",
@@ -73,15 +114,15 @@ func NewMetrics() *Metrics {
 			Name: "evalpool_run_ends_unrecorded",
 			Help: "Eval ends this worker could not yet write to their run, and retries every reap interval.",
 		}),
-		unauthorized: prometheus.NewCounterVec(prometheus.CounterOpts{
+		unauthorized: newExecutorVec(prometheus.CounterOpts{
 			Name: "evalpool_executor_unauthorized_total",
-			Help: "Calls an executor refused with 401: this worker's executor secret is not the executor's. Each attempt goes back to its queue without spending a retry. Alert on any increase.",
-		}, []string{"pool", "executor"}),
+			Help: "Calls an executor refused with 401: this worker's executor secret is not the executor's. Each attempt goes back to its queue without spending a retry. Alert on any increase. By executor too with per-executor metrics on.",
+		}, opts.PerExecutor),
 	}
 }
 
 // Collectors lists the metrics, for a Prometheus registry:
 // reg.MustRegister(m.Collectors()...).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts, m.rewinds, m.clockSteps, m.redisUsed, m.redisMax, m.runEnds, m.unrecorded, m.unauthorized}
+	return []prometheus.Collector{m.evals, m.duration, m.cleanupsEnqueued, m.poolLost, m.executorWait, m.verdicts.vec, m.rewinds, m.clockSteps, m.redisUsed, m.redisMax, m.runEnds, m.unrecorded, m.unauthorized.vec}
 }

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,7 +57,7 @@ func setup(t *testing.T, cfg Config, execs ...refexec.Options) (*Worker, *testBu
 func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...refexec.Options) (*Worker, *testBundle) {
 	t.Helper()
 	logger, logs := evaltest.Logger()
-	b := &testBundle{logs: logs, poolMetrics: pool.NewMetrics(), metrics: NewMetrics()}
+	b := &testBundle{logs: logs, poolMetrics: pool.NewMetrics(), metrics: cmp.Or(cfg.Metrics, NewMetrics())}
 	var err error
 	// Executors that fail calls at random (FailRate) are not dead: no
 	// quarantine for them, or the tests would measure it instead.

@@ -99,7 +99,7 @@ func TestDeadExecutorIsQuarantined(t *testing.T) {
 	}
 	logs := startWorker(t, url, "--quarantine-after", strconv.Itoa(quarantineAfter), "--probe-interval", probeInterval.String(),
 		"--reap-interval", reapInterval.String(), "--retry-delay", "10ms", "--poll-interval", "20ms", "--concurrency", "8",
-		"--metrics-addr", "127.0.0.1:0")
+		"--metrics-addr", "127.0.0.1:0", "--per-executor-metrics")
 
 	r := cli("enqueue", "--spec", `{}`, "--count", strconv.Itoa(evals), "--max-retry", "3", "--timeout", "30s")
 	ids := strings.Fields(r.stdout)

@@ -112,6 +112,37 @@ func envOr(name, def string) string {
 	return def
 }
 
+// defaultRedisURL is --redis without the flag or EVALPOOL_REDIS_URL.
+const defaultRedisURL = "redis://127.0.0.1:6379/0"
+
+// envFlags are the global flags an environment variable gives when the
+// flag is not. They are read after parsing and never made a flag's
+// default: cobra prints defaults in --help and in every usage text, and a
+// Redis URL carries its password.
+var envFlags = []struct{ flag, env string }{
+	{"redis", "EVALPOOL_REDIS_URL"},
+	{"redis-ca", "EVALPOOL_REDIS_CA"},
+	{"redis-cert", "EVALPOOL_REDIS_CERT"},
+	{"redis-key", "EVALPOOL_REDIS_KEY"},
+	{"pool", "EVALPOOL_POOL"},
+}
+
+// flagsFromEnv sets each of envFlags that was not given from its
+// environment variable, when that is set. Setting the value, not the flag,
+// leaves it not Changed: a command can still tell a flag given from one
+// read from the environment.
+func flagsFromEnv(c *cobra.Command) {
+	for _, e := range envFlags {
+		f := c.Flags().Lookup(e.flag)
+		if f == nil || f.Changed {
+			continue
+		}
+		if v := os.Getenv(e.env); v != "" {
+			_ = f.Value.Set(v) // a string flag: Set cannot fail
+		}
+	}
+}
+
 func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "evalpool",
@@ -123,15 +154,18 @@ func (a *app) rootCommand() *cobra.Command {
 			_ = c.Usage()
 			return usagef("missing command")
 		},
-		PersistentPreRunE: func(*cobra.Command, []string) error { return a.setup() },
+		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
+			flagsFromEnv(c)
+			return a.setup()
+		},
 	}
 	f := root.PersistentFlags()
-	f.StringVar(&a.redisURL, "redis", envOr("EVALPOOL_REDIS_URL", "redis://127.0.0.1:6379/0"),
+	f.StringVar(&a.redisURL, "redis", defaultRedisURL,
 		"Redis URL: redis[s]://[user:pass@]host:port/db, a cluster redis://n1:p?addr=n2:p&addr=n3:p, or Sentinel redis[s]-sentinel://[user:pass@]s1:p,s2:p,s3:p/db?master=NAME (env EVALPOOL_REDIS_URL)")
-	f.StringVar(&a.redisTLS.CA, "redis-ca", os.Getenv("EVALPOOL_REDIS_CA"), "PEM file of the CA of Redis's TLS certificate, for rediss:// URLs; default: the system's roots (env EVALPOOL_REDIS_CA)")
-	f.StringVar(&a.redisTLS.Cert, "redis-cert", os.Getenv("EVALPOOL_REDIS_CERT"), "PEM client certificate for Redis's mutual TLS, with --redis-key (env EVALPOOL_REDIS_CERT)")
-	f.StringVar(&a.redisTLS.Key, "redis-key", os.Getenv("EVALPOOL_REDIS_KEY"), "PEM key of --redis-cert (env EVALPOOL_REDIS_KEY)")
-	f.StringVar(&a.poolName, "pool", envOr("EVALPOOL_POOL", pool.DefaultName), "pool name (env EVALPOOL_POOL)")
+	f.StringVar(&a.redisTLS.CA, "redis-ca", "", "PEM file of the CA of Redis's TLS certificate, for rediss:// URLs; default: the system's roots (env EVALPOOL_REDIS_CA)")
+	f.StringVar(&a.redisTLS.Cert, "redis-cert", "", "PEM client certificate for Redis's mutual TLS, with --redis-key (env EVALPOOL_REDIS_CERT)")
+	f.StringVar(&a.redisTLS.Key, "redis-key", "", "PEM key of --redis-cert (env EVALPOOL_REDIS_KEY)")
+	f.StringVar(&a.poolName, "pool", pool.DefaultName, "pool name (env EVALPOOL_POOL)")
 	f.StringVar(&a.logFormat, "log-format", "json", "log format: json or console")
 	f.Var(levelFlag{&a.logLevel}, "log-level", "log level: debug, info, warn, error")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })

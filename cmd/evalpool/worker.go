@@ -36,6 +36,7 @@ func (a *app) workerCommand() *cobra.Command {
 		quarantineAfter int
 		failRate        float64
 		probeInterval   time.Duration
+		perExecutor     bool
 	)
 	c := &cobra.Command{
 		Use:   "worker",
@@ -46,7 +47,7 @@ func (a *app) workerCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			poolMetrics, workerMetrics := pool.NewMetrics(), worker.NewMetrics()
+			poolMetrics, workerMetrics := pool.NewMetrics(), worker.NewMetricsWith(worker.MetricsOptions{PerExecutor: perExecutor})
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(poolMetrics.Collectors()...)
 			reg.MustRegister(workerMetrics.Collectors()...)
@@ -66,6 +67,11 @@ func (a *app) workerCommand() *cobra.Command {
 			}
 			for _, p := range cfg.Pools { // one gauge set per pool, told apart by its pool label
 				reg.MustRegister(pool.NewStateCollector(p))
+			}
+			// The secret is never a flag default: cobra would print it in
+			// the usage text.
+			if secret == "" {
+				secret = os.Getenv(executor.EnvSecret)
 			}
 			if secret == "" {
 				a.log.Warn().Msg("no executor secret (--executor-secret, or " + executor.EnvSecret + "): calls to executors are not signed, and the worker refuses to start if an executor requires one")
@@ -108,13 +114,14 @@ func (a *app) workerCommand() *cobra.Command {
 	f.IntVar(&cfg.Concurrency, "concurrency", worker.DefaultConcurrency, "tasks processed at once")
 	f.StringVar(&cleanup, "cleanup", string(worker.CleanupOutcome), "how each eval's executor is released: outcome (a cleanup task for its outcome), both (both cleanup tasks), or inline (in the handler; a task only if that fails)")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at ADDR/metrics (e.g. :9090); off when empty")
+	f.BoolVar(&perExecutor, "per-executor-metrics", false, "label the evalpool_executor_* counters with each executor: a series per executor, a large scrape for a large pool")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", tasks.DefaultLeaseTTL, "executor lease TTL for evals that name none; renewed every TTL/3, so at least three round trips to the farthest executor (the worker names a longer one when it sees one)")
 	f.DurationVar(&cfg.ReapInterval, "reap-interval", worker.DefaultReapInterval, "how often the pool is reaped (once per interval across workers)")
 	f.DurationVar(&cfg.PollInterval, "poll-interval", worker.DefaultPollInterval, "how often an idle worker looks at empty queues and due retries")
 	f.DurationVar(&cfg.ExecutorWait, "executor-wait", worker.DefaultExecutorWait, "how long an eval waits in the pool's FIFO wait list before its task goes back to the queue, keeping its place; 0 for no wait")
 	f.DurationVar(&retryDelay, "retry-delay", 0, "first retry delay of a failed eval, doubling per retry up to 10m; 0 uses Asynq's backoff (15s and up)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", worker.DefaultShutdownTimeout, "how long a stopping worker waits for running evals")
-	f.StringVar(&secret, "executor-secret", os.Getenv(executor.EnvSecret), "secret shared with the executors, to sign every call (env "+executor.EnvSecret+")")
+	f.StringVar(&secret, "executor-secret", "", "secret shared with the executors, to sign every call (env "+executor.EnvSecret+", which keeps it out of ps)")
 	f.BoolVar(&cfg.AllowEvictingRedis, "allow-evicting-redis", false, "start even on a Redis whose maxmemory-policy may evict the pool's keys")
 	f.IntVar(&quarantineAfter, "quarantine-after", pool.DefaultQuarantine, "quarantine an executor after this many calls in a row it did not serve (refused, timed out, 5xx, junk); 0 never")
 	f.Float64Var(&failRate, "quarantine-on-fail-rate", 0, "also quarantine an executor when this share of its last 20 graded evals failed (e.g. 0.9); 0 never")
