@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 )
 
@@ -167,5 +168,19 @@ func TestSecretsCommand(t *testing.T) {
 	secrets(two)
 	if other := read(two); other["dashboard-token"] == first["dashboard-token"] || other["executor-secret"] == first["executor-secret"] || first["dashboard-token"] == first["executor-secret"] {
 		t.Fatal("two directories, or two files, got the same secret")
+	}
+}
+
+// A worker refuses an executor secret anyone could know, as the executors
+// do, rather than sign with it. (Not parallel: it sets the environment.)
+func TestWorkerRefusesAKnownSecret(t *testing.T) {
+	url := evaltest.URL(t)
+	for _, secret := range []string{"change-me", "x7q2z-fleet"} {
+		t.Setenv(executor.EnvSecret, secret)
+		var stderr strings.Builder
+		code := run(t.Context(), []string{"--redis", url, "worker"}, io.Discard, &stderr)
+		if code != exitUsage || !strings.Contains(stderr.String(), "worker: the executor secret") || strings.Contains(stderr.String(), secret) {
+			t.Fatalf("%q: exit %d, stderr %q; want %d refusing it without repeating it", secret, code, stderr.String(), exitUsage)
+		}
 	}
 }

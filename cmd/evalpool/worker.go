@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -31,7 +30,7 @@ func (a *app) workerCommand() *cobra.Command {
 		cleanup     string
 		metricsAddr string
 		retryDelay  time.Duration
-		secret      string
+		secretFlag  string
 		// Health: the pool's quarantine options.
 		quarantineAfter int
 		failRate        float64
@@ -70,10 +69,15 @@ func (a *app) workerCommand() *cobra.Command {
 			}
 			// The secret is never a flag default: cobra would print it in
 			// the usage text.
-			if secret == "" {
-				secret = os.Getenv(executor.EnvSecret)
+			secret, err := secretFrom(secretFlag, executor.EnvSecret)
+			if err != nil {
+				return err
 			}
-			if secret == "" {
+			if secret != "" {
+				if err := checkSecret("worker: the executor secret", secret); err != nil {
+					return err
+				}
+			} else {
 				a.log.Warn().Msg("no executor secret (--executor-secret, or " + executor.EnvSecret + "): calls to executors are not signed, and the worker refuses to start if an executor requires one")
 			}
 			cfg.Executor = &executor.Client{Secret: []byte(secret)}
@@ -121,7 +125,7 @@ func (a *app) workerCommand() *cobra.Command {
 	f.DurationVar(&cfg.ExecutorWait, "executor-wait", worker.DefaultExecutorWait, "how long an eval waits in the pool's FIFO wait list before its task goes back to the queue, keeping its place; 0 for no wait")
 	f.DurationVar(&retryDelay, "retry-delay", 0, "first retry delay of a failed eval, doubling per retry up to 10m; 0 uses Asynq's backoff (15s and up)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", worker.DefaultShutdownTimeout, "how long a stopping worker waits for running evals")
-	f.StringVar(&secret, "executor-secret", "", "secret shared with the executors, to sign every call (env "+executor.EnvSecret+", which keeps it out of ps)")
+	f.StringVar(&secretFlag, "executor-secret", "", "secret shared with the executors, to sign every call, 16 bytes at least (env "+executor.EnvSecret+", which keeps it out of ps, or a file named by "+executor.EnvSecret+"_FILE)")
 	f.BoolVar(&cfg.AllowEvictingRedis, "allow-evicting-redis", false, "start even on a Redis whose maxmemory-policy may evict the pool's keys")
 	f.IntVar(&quarantineAfter, "quarantine-after", pool.DefaultQuarantine, "quarantine an executor after this many calls in a row it did not serve (refused, timed out, 5xx, junk); 0 never")
 	f.Float64Var(&failRate, "quarantine-on-fail-rate", 0, "also quarantine an executor when this share of its last 20 graded evals failed (e.g. 0.9); 0 never")
