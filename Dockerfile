@@ -11,7 +11,10 @@ FROM debian:bookworm-slim
 # ca-certificates: https executors and rediss:// need the system's roots.
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --no-create-home evalpool
+    && useradd --system --no-create-home evalpool \
+    && install -d -o evalpool -g evalpool -m 0700 /var/lib/evalpool/secrets
+# The compose stack's secrets volume is mounted here: a new volume takes
+# this directory's owner, so `evalpool secrets` can write to it.
 COPY --from=build /out/evalpool /usr/local/bin/evalpool
 USER evalpool
 ENTRYPOINT ["evalpool"]
