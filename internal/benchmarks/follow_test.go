@@ -153,6 +153,7 @@ func follow(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 		var walls, heaps []float64
 		for range runs() {
 			r := followRun(t, srv, n)
+			t.Logf("follow: %d followers: %.1f s, peak heap %.0f MiB", n, r.wall, r.heapMiB)
 			walls, heaps = append(walls, r.wall), append(heaps, r.heapMiB)
 		}
 		fmt.Fprintf(md, "| %d | %.1f | %.0f |\n", n, median(walls), median(heaps))
