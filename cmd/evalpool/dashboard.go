@@ -69,14 +69,7 @@ func (f *dashboardFlags) hosts(listen string) []string {
 // EVALPOOL_AUTH_TOKEN_FILE names. A token anyone could know (one this
 // project ships, or a short one) is refused: it guards nothing.
 func (f *dashboardFlags) token() (string, error) {
-	token, err := secretFrom(f.authToken, "EVALPOOL_AUTH_TOKEN")
-	if err != nil || token == "" {
-		return "", err
-	}
-	if err := checkSecret("dashboard: the auth token", token); err != nil {
-		return "", err
-	}
-	return token, nil
+	return serviceSecret("dashboard: the auth token", f.authToken, "EVALPOOL_AUTH_TOKEN")
 }
 
 func (a *app) dashboardCommand() *cobra.Command {

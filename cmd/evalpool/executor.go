@@ -28,14 +28,11 @@ func (a *app) executorCommand() *cobra.Command {
 		RunE: func(c *cobra.Command, _ []string) error {
 			// The secret is never a flag default: cobra would print it in
 			// the usage text.
-			s, err := secretFrom(secret, executor.EnvSecret)
+			s, err := serviceSecret("executor: the secret", secret, executor.EnvSecret)
 			if err != nil {
 				return err
 			}
 			if s != "" {
-				if err := checkSecret("executor: the secret", s); err != nil {
-					return err
-				}
 				opts.Secret = []byte(s)
 			}
 			if len(opts.Secret) == 0 && !loopback(listen) {

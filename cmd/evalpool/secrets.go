@@ -43,6 +43,19 @@ func checkSecret(what, value string) error {
 	return nil
 }
 
+// serviceSecret is the secret a service starts with (secretFrom), refused
+// when anyone could know it (checkSecret); "" when none is set.
+func serviceSecret(what, flag, env string) (string, error) {
+	v, err := secretFrom(flag, env)
+	if err != nil || v == "" {
+		return "", err
+	}
+	if err := checkSecret(what, v); err != nil {
+		return "", err
+	}
+	return v, nil
+}
+
 // secretFrom returns the secret a service starts with: flag when set, else
 // the environment variable env, else the file the variable env+"_FILE"
 // names (Docker's convention for secrets kept in files), trailing newlines

@@ -69,15 +69,11 @@ func (a *app) workerCommand() *cobra.Command {
 			}
 			// The secret is never a flag default: cobra would print it in
 			// the usage text.
-			secret, err := secretFrom(secretFlag, executor.EnvSecret)
+			secret, err := serviceSecret("worker: the executor secret", secretFlag, executor.EnvSecret)
 			if err != nil {
 				return err
 			}
-			if secret != "" {
-				if err := checkSecret("worker: the executor secret", secret); err != nil {
-					return err
-				}
-			} else {
+			if secret == "" {
 				a.log.Warn().Msg("no executor secret (--executor-secret, or " + executor.EnvSecret + "): calls to executors are not signed, and the worker refuses to start if an executor requires one")
 			}
 			cfg.Executor = &executor.Client{Secret: []byte(secret)}
