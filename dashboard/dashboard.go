@@ -365,10 +365,20 @@ func (d *Dashboard) toAsynqmon(r *http.Request) bool {
 	return pattern == MonitoringPath+"/"
 }
 
+// hangUp, called before a refusal is written, ends the request's
+// connection once the answer is sent, without reading what is left of its
+// body: net/http would read up to 256 KiB of it first, as slowly as the
+// client sends, and a client with no token would hold a connection slot
+// that long.
+func hangUp(w http.ResponseWriter) {
+	w.Header().Set("Connection", "close")
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+}
+
 // refuse answers an error: JSON for the APIs, text for the rest.
 func refuse(w http.ResponseWriter, r *http.Request, status int, msg string) {
 	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Connection", "close") // a refused client keeps no connection
+	hangUp(w) // a refused client keeps no connection
 	if wantsJSON(r) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
@@ -956,6 +966,10 @@ const (
 // SessionCookie is the name of the login cookie.
 const SessionCookie = "evalpool_session"
 
+// loginBodyTimeout bounds reading the login form, which a client not yet
+// known sends.
+const loginBodyTimeout = 5 * time.Second
+
 // auth checks the token and the login cookie, whose value is a random
 // session ID held in memory (sessions) until it expires or logs out.
 type auth struct {
@@ -1048,6 +1062,7 @@ func (a *auth) unauthorized(w http.ResponseWriter, r *http.Request) {
 	login := strings.Repeat("../", strings.Count(strings.TrimPrefix(r.URL.Path, "/"), "/")) + "login?next=" + url.QueryEscape(r.URL.Path)
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	hangUp(w)
 	w.WriteHeader(http.StatusUnauthorized)
 	_ = unauthorizedPage.Execute(w, login)
 }
@@ -1082,14 +1097,19 @@ func (a *auth) loginPage(w http.ResponseWriter, r *http.Request) {
 // page asked for; a wrong token is 401 and the form again, and past the
 // limits of wrong tokens 429 and the form.
 func (a *auth) login(w http.ResponseWriter, r *http.Request) {
+	// The form comes from a client not yet known: it gets loginBodyTimeout,
+	// not the server's ReadTimeout, to send it.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(loginBodyTimeout))
 	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 	if err := r.ParseForm(); err != nil {
+		hangUp(w)
 		http.Error(w, "bad login form: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	next := localPath(r.PostForm.Get("next"))
 	w.Header().Set("Cache-Control", "no-store")
 	form := func(status int, msg string) {
+		hangUp(w)
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.WriteHeader(status)
 		_ = loginPage.Execute(w, loginView{Next: next, Error: msg})

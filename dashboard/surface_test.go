@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -606,15 +605,51 @@ func TestServeFollowOutlivesReadTimeout(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("follow: %v, %v", resp, err)
 	}
-	line, err := bufio.NewReader(resp.Body).ReadString('\n')
-	if err != nil || !regexp.MustCompile(`"eval_id":"long/a"`).MatchString(line) {
-		t.Fatalf("first line %q, %v", line, err)
-	}
-	// Ten times ReadTimeout later the stream is still open.
+	// Nothing ends (no worker runs): ten times ReadTimeout later the
+	// stream is still open.
 	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	_, err = resp.Body.Read(make([]byte, 1))
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("the followed stream ended after ReadTimeout: %v", err)
+	}
+}
+
+// A refused request's connection is closed at once, its body unread: a
+// client that sends a large body slowly, without the token (or to a name
+// the dashboard is not reached by, or to /login), holds no connection
+// slot for the body's time, so that clients like it cannot keep out a
+// request with the token.
+func TestRefusedSlowBodiesHoldNoConnection(t *testing.T) {
+	t.Parallel()
+	const max = 4 // 2*max wrong tokens stay under the per-client limit
+	for _, tc := range []struct{ name, head string }{
+		{"no token", "POST /api/v1/evals HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"},
+		{"wrong token", "POST /api/v1/evals HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer wrong-token-0123456789\r\nContent-Type: application/json\r\n"},
+		{"foreign host", "POST /api/v1/evals HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer " + testToken + "\r\nContent-Type: application/json\r\n"},
+		{"login form", "POST /login HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A dashboard each: wrong tokens would make the next case wait.
+			_, _, addr := serve(t, Options{AuthToken: testToken, MaxConns: max,
+				ReadHeaderTimeout: 30 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 30 * time.Second})
+			var slow []net.Conn
+			for range 2 * max {
+				c := dial(t, addr)
+				if _, err := io.WriteString(c, tc.head+"Content-Length: 100000\r\n\r\ntoken=x"); err != nil {
+					t.Fatal(err)
+				}
+				slow = append(slow, c)
+			}
+			for i, c := range slow {
+				if !closedWithin(c, 5*time.Second) {
+					t.Fatalf("slow body %d: its connection was still open 5 s after it was refused", i)
+				}
+			}
+			get := "GET /api/v1/runs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer " + testToken + "\r\n\r\n"
+			if code := raw(t, dial(t, addr), get); code != 200 {
+				t.Fatalf("a request with the token after %d slow refused bodies: %d", 2*max, code)
+			}
+		})
 	}
 }
