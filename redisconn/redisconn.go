@@ -211,7 +211,17 @@ func (c *Conn) badURL(err error) error {
 	if ue, ok := errors.AsType[*url.Error](err); ok {
 		err = ue.Err
 	}
-	return fmt.Errorf("%w %q: %w", ErrBadURL, c.redacted, err)
+	// go-redis quotes an option it could not parse, a cluster node's
+	// user:password@host:port among them.
+	words := strings.Fields(err.Error())
+	for i, w := range words {
+		if at := strings.LastIndex(w, "@"); at >= 0 {
+			if colon := strings.Index(w[:at], ":"); colon >= 0 {
+				words[i] = w[:colon+1] + "xxxxx" + w[at:]
+			}
+		}
+	}
+	return fmt.Errorf("%w %q: %s", ErrBadURL, c.redacted, strings.Join(words, " "))
 }
 
 // isCluster reports whether a redis:// URL names more nodes (addr=).
@@ -528,9 +538,17 @@ func Redact(rawURL string) string {
 	query, fragment, hasFragment := strings.Cut(out[end+1:], "#")
 	params := strings.Split(query, "&")
 	for i, p := range params {
-		k, _, ok := strings.Cut(p, "=")
-		if ok && isPasswordOption(k) {
+		k, v, ok := strings.Cut(p, "=")
+		switch {
+		case ok && isPasswordOption(k):
 			params[i] = k + "=" + mask
+		case ok && k == "addr":
+			// A cluster node's address may carry userinfo of its own.
+			if at := strings.LastIndex(v, "@"); at >= 0 {
+				if colon := strings.Index(v[:at], ":"); colon >= 0 {
+					params[i] = k + "=" + v[:colon+1] + mask + v[at:]
+				}
+			}
 		}
 	}
 	out = out[:end+1] + strings.Join(params, "&")

@@ -163,6 +163,7 @@ func TestParseBadURL(t *testing.T) {
 		{"redis://alice:secret@h:1/0?bogus=1", "unexpected option: bogus"},
 		{"redis://alice:secret@h:1/0?dial_timeout=soon", "invalid dial_timeout duration"},
 		{"redis://alice:secret@h:1?addr=n2", "unable to parse addr param"},
+		{"redis://h:1?addr=bob:secret@n2:port", "unable to parse addr param: bob:xxxxx@n2:port"},
 		{"unix://alice:secret@", "empty unix socket path"},
 		{"redis-sentinel://alice:secret@s1:26379/0", "no master name; add ?master=NAME"},
 		{"redis-sentinel://alice:secret@s1,s2/0?master=", "no master name"},
