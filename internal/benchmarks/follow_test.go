@@ -147,18 +147,22 @@ func followRun(t *testing.T, srv *evaltest.Server, followers int) followResult {
 // follow is the cost of following a run: its wall time and the process's
 // peak heap with 100 followers of a 20k-eval run, against none.
 func follow(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
-	fmt.Fprintf(md, "## Following a run\n\nA run of %d evals submitted through the API (`POST /runs`) and run by one worker (concurrency 16, inline cleanup) on %d executors served in-process; followers read `results?follow=1` from its submission to its end. Wall time from the submission to the last end; peak heap in use of the process (API, worker, executors, followers' readers).\n\n", followEvals, followExecutors)
+	fmt.Fprintf(md, "## 7. Following a run\n\nA run of %d evals submitted through the API (`POST /runs`) and run by one worker (concurrency 16, inline cleanup) on %d executors served in-process; followers read `results?follow=1` from its submission to its end. Wall time from the submission to the last end; peak heap in use of the process (API, worker, executors, followers' readers).\n\n", followEvals, followExecutors)
 	fmt.Fprintf(md, "| followers | run wall time (s) | peak heap in use (MiB) |\n| ---: | ---: | ---: |\n")
-	for _, n := range []int{0, followFollowers} {
+	var wall, heap [2]float64
+	for i, n := range []int{0, followFollowers} {
 		var walls, heaps []float64
 		for range runs() {
 			r := followRun(t, srv, n)
 			t.Logf("follow: %d followers: %.1f s, peak heap %.0f MiB", n, r.wall, r.heapMiB)
 			walls, heaps = append(walls, r.wall), append(heaps, r.heapMiB)
 		}
-		fmt.Fprintf(md, "| %d | %.1f | %.0f |\n", n, median(walls), median(heaps))
+		wall[i], heap[i] = median(walls), median(heaps)
+		fmt.Fprintf(md, "| %d | %.1f | %.0f |\n", n, wall[i], heap[i])
 	}
-	md.WriteString("\n")
+	ratio := max(wall[1]/wall[0], heap[1]/heap[0])
+	fmt.Fprintf(md, "\n- %d followers vs none: wall time %.2f×, peak heap %.2f× (target ≤ 1.5×: the followers share one reader of what ended): **%s**\n\n",
+		followFollowers, wall[1]/wall[0], heap[1]/heap[0], map[bool]string{true: "met", false: "missed"}[ratio <= 1.5])
 }
 
 func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
