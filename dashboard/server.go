@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,18 +24,6 @@ const (
 
 // ErrServing is returned by Serve when the dashboard serves already.
 var ErrServing = errors.New("dashboard: serves already")
-
-// defaultMaxConns is DefaultMaxConns, or a third of the process's
-// descriptor limit when that is lower: the rest is for Redis's
-// connections, Asynqmon's and the process's files, and the cap keeps a
-// descriptor free to accept (and then close) a connection past it.
-func defaultMaxConns() int {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur/3 < DefaultMaxConns {
-		return max(int(lim.Cur/3), 1)
-	}
-	return DefaultMaxConns
-}
 
 // Serve serves the dashboard on l until Shutdown, and then returns
 // http.ErrServerClosed. Its http.Server bounds what a client may hold
