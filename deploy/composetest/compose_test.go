@@ -74,7 +74,7 @@ func TestComposeStack(t *testing.T) {
 		run   func(context.Context) error
 	}{
 		{"build", 20 * time.Minute, s.build},
-		{"up", 5 * time.Minute, s.up},
+		{"up", 4 * time.Minute, s.up},
 		{"prometheus files", time.Minute, s.prometheusFiles},
 		{"run under faults", 15 * time.Minute, s.runUnderFaults},
 		{"pool after the run", 2 * time.Minute, s.poolAfterRun},
@@ -248,14 +248,16 @@ func docker(ctx context.Context, args ...string) (string, error) {
 	return output(exec.CommandContext(ctx, "docker", args...))
 }
 
+// output runs c and returns its stdout; an error carries the last lines
+// of both outputs.
 func output(c *exec.Cmd) (string, error) {
-	var b bytes.Buffer
-	c.Stdout, c.Stderr = &b, &b
-	err := c.Run()
-	if err != nil {
-		return b.String(), fmt.Errorf("%s: %w: %s", strings.Join(c.Args[:min(len(c.Args), 6)], " "), err, lastLines(b.String(), 8))
+	var stdout, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stdout, &stderr
+	if err := c.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%s: %w: %s", strings.Join(c.Args[:min(len(c.Args), 8)], " "), err,
+			lastLines(stdout.String()+"\n"+stderr.String(), 8))
 	}
-	return b.String(), nil
+	return stdout.String(), nil
 }
 
 func lastLines(s string, n int) string {
