@@ -58,6 +58,8 @@ const (
 	// than any worker's --shutdown-timeout, so that a stopping worker
 	// cancels them and returns their executors.
 	stopEvalSleep = 120 * time.Second
+	// healthyWithin bounds the wait for every service healthy after up.
+	healthyWithin = 4 * time.Minute
 )
 
 // dashboardToken is the dashboard's token as the stack knows it: the one
@@ -74,7 +76,7 @@ func TestComposeStack(t *testing.T) {
 		run   func(context.Context) error
 	}{
 		{"build", 20 * time.Minute, s.build},
-		{"up", 4 * time.Minute, s.up},
+		{"up", 15 * time.Minute, s.up},
 		{"prometheus files", time.Minute, s.prometheusFiles},
 		{"run under faults", 15 * time.Minute, s.runUnderFaults},
 		{"pool after the run", 2 * time.Minute, s.poolAfterRun},
@@ -344,7 +346,8 @@ func (s *stack) build(ctx context.Context) error {
 }
 
 // up is the user's `docker compose up -d --build`, then every service
-// healthy (running when it has no health check) and register exited 0.
+// healthy (running when it has no health check) and register exited 0
+// within healthyWithin.
 func (s *stack) up(ctx context.Context) error {
 	start := time.Now()
 	if _, err := s.run(ctx, "up", "-d", "--build"); err != nil {
@@ -355,6 +358,8 @@ func (s *stack) up(ctx context.Context) error {
 		return err
 	}
 	services := strings.Fields(out)
+	ctx, cancel := context.WithTimeout(ctx, healthyWithin)
+	defer cancel()
 	err = waitFor(ctx, func() error {
 		cs, err := s.containers(ctx)
 		if err != nil {
