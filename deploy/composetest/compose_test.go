@@ -281,31 +281,47 @@ func (s *stack) containers(ctx context.Context) (map[string]container, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]container{}
 	if strings.TrimSpace(ids) == "" {
-		return out, nil
+		return map[string]container{}, nil
 	}
-	format := `{{.Id}}|{{index .Config.Labels "com.docker.compose.service"}}|{{index .Config.Labels "com.docker.compose.oneoff"}}|` +
-		`{{.State.Status}}|{{.State.ExitCode}}|{{.RestartCount}}|{{if .State.Health}}{{.State.Health.Status}}{{end}}|` +
-		`{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}`
-	lines, err := docker(ctx, append([]string{"inspect", "-f", format}, strings.Fields(ids)...)...)
+	out, err := docker(ctx, append([]string{"inspect"}, strings.Fields(ids)...)...)
 	if err != nil {
 		return nil, err
 	}
-	for _, line := range strings.Split(strings.TrimSpace(lines), "\n") {
-		f := strings.Split(line, "|")
-		if len(f) != 8 {
-			return nil, fmt.Errorf("docker inspect: unexpected line %q", line)
+	var inspected []struct {
+		ID     string `json:"Id"`
+		Config struct {
+			Labels map[string]string
 		}
-		if strings.EqualFold(f[2], "true") {
+		State struct {
+			Status   string
+			ExitCode int
+			Health   *struct{ Status string }
+		}
+		RestartCount    int
+		NetworkSettings struct {
+			Networks map[string]json.RawMessage
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &inspected); err != nil {
+		return nil, fmt.Errorf("docker inspect: %w", err)
+	}
+	cs := map[string]container{}
+	for _, in := range inspected {
+		if strings.EqualFold(in.Config.Labels["com.docker.compose.oneoff"], "true") {
 			continue
 		}
-		c := container{id: f[0], service: f[1], status: f[3], health: f[6], networks: strings.Fields(f[7])}
-		c.exitCode, _ = strconv.Atoi(f[4])
-		c.restarts, _ = strconv.Atoi(f[5])
-		out[c.service] = c
+		c := container{id: in.ID, service: in.Config.Labels["com.docker.compose.service"], status: in.State.Status,
+			exitCode: in.State.ExitCode, restarts: in.RestartCount}
+		if in.State.Health != nil {
+			c.health = in.State.Health.Status
+		}
+		for n := range in.NetworkSettings.Networks {
+			c.networks = append(c.networks, n)
+		}
+		cs[c.service] = c
 	}
-	return out, nil
+	return cs, nil
 }
 
 func (s *stack) container(ctx context.Context, service string) (container, error) {
