@@ -127,7 +127,7 @@ type figures struct {
 
 func (f figures) String() string {
 	return fmt.Sprintf("compose=%q up=%s evals=%d passed=%d failed=%d errored=%d cancelled=%d retries=%d results=%d run=%s "+
-		"faults=kill(worker-1 back=%t),redis-restart,partition(worker-2 %s) follow_reconnects=%d served=%d overlaps=%d lost=%d "+
+		"faults=kill(worker-1 restarted_by_docker=%t),redis-restart,partition(worker-2 %s) follow_reconnects=%d served=%d overlaps=%d lost=%d "+
 		"prometheus_targets=%s alert_rules=%d stop=%s returned=%d total=%s",
 		f.compose, f.up.Round(time.Second), f.size, f.passed, f.failed, f.errored, f.cancelled, f.retries, f.resultLines, f.runTime.Round(time.Second),
 		f.workerRestarted, partitionHold, f.followRe, f.served, f.overlaps, f.lost,
@@ -623,6 +623,16 @@ func (s *stack) runUnderFaults(ctx context.Context) error {
 
 	if err := s.waitProgress(ctx, name, "15% ended", share(15)); err != nil {
 		return err
+	}
+	// Docker takes a kill for a stop by hand: unless-stopped does not
+	// restart the container. Its supervisor (here, the test) does.
+	if c, err := s.container(ctx, "worker-1"); err != nil {
+		return err
+	} else if c.status != "running" {
+		if _, err := docker(ctx, "start", c.id); err != nil {
+			return blame(err, "worker-1")
+		}
+		s.t.Logf("started worker-1 again at %s", time.Since(start).Round(100*time.Millisecond))
 	}
 	redis, err := s.container(ctx, "redis")
 	if err != nil {
