@@ -337,18 +337,23 @@ func (s *stack) container(ctx context.Context, service string) (container, error
 }
 
 // waitFor calls check every half second until it returns nil, or returns
-// its last error when ctx ends.
+// its last error when ctx ends: the last one from before ctx ended, which
+// says what was awaited.
 func waitFor(ctx context.Context, check func() error) error {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
+	var last error
 	for {
 		err := check()
 		if err == nil {
 			return nil
 		}
+		if ctx.Err() == nil || last == nil {
+			last = err
+		}
 		select {
 		case <-ctx.Done():
-			return err
+			return last
 		case <-tick.C:
 		}
 	}
