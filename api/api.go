@@ -88,6 +88,8 @@ const followPage = 1000
 const (
 	// MaxTimeoutS bounds timeout_s: a week.
 	MaxTimeoutS = 7 * 24 * 3600
+	// MaxRetentionS bounds a run's retention_s: a year.
+	MaxRetentionS = 365 * 24 * 3600
 	// MaxRetry bounds max_retry.
 	MaxRetry = 100
 	// DefaultListLimit and MaxListLimit are GET /runs's ?limit.

@@ -665,3 +665,36 @@ func TestDefaultRunName(t *testing.T) {
 		names[c.Name] = true
 	}
 }
+
+// A run's retention_s is the run's own retention; out of bounds it is a
+// 400 and no run is made.
+func TestRunRetention(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Options{}, nil)
+	runs := run.NewStore(b.client, run.Options{})
+	for _, tc := range []struct {
+		name, field string
+		code        int
+		want        time.Duration
+	}{
+		{"kept", `"retention_s":60,`, http.StatusCreated, time.Minute},
+		{"default", ``, http.StatusCreated, run.DefaultRetention},
+		{"zero", `"retention_s":0,`, http.StatusBadRequest, 0},
+		{"over a year", `"retention_s":31536001,`, http.StatusBadRequest, 0},
+	} {
+		name := "retention-" + strings.ReplaceAll(tc.name, " ", "-")
+		a := do(t, "POST", b.url+"/runs", fmt.Sprintf(`{"name":%q,%s"evals":[{"spec":{}}]}`, name, tc.field))
+		if a.code != tc.code {
+			t.Fatalf("%s: %s, want %d", tc.name, a, tc.code)
+		}
+		r, err := runs.Get(t.Context(), name)
+		switch {
+		case tc.code != http.StatusCreated:
+			if !errors.Is(err, run.ErrNotFound) {
+				t.Fatalf("%s: refused, yet the run reads %+v, %v", tc.name, r, err)
+			}
+		case err != nil || r.Retention != tc.want:
+			t.Fatalf("%s: retention %s, %v; want %s", tc.name, r.Retention, err, tc.want)
+		}
+	}
+}

@@ -24,7 +24,11 @@ type RunRequest struct {
 	Require  map[string]string `json:"require,omitempty"`
 	TimeoutS *int64            `json:"timeout_s,omitempty"`
 	MaxRetry *int              `json:"max_retry,omitempty"`
-	Evals    []RunEval         `json:"evals"`
+	// RetentionS is how long the run, its evals' ends and results, is kept
+	// after its last eval ended, in seconds. Defaults to the store's (7
+	// days).
+	RetentionS *int64    `json:"retention_s,omitempty"`
+	Evals      []RunEval `json:"evals"`
 	// Resume finishes the submission of the run Name that was cut short
 	// (its submission "incomplete"): the same evals, in the same order.
 	Resume bool `json:"resume,omitempty"`
@@ -109,7 +113,7 @@ func (h *Handler) submitRun(w http.ResponseWriter, r *http.Request) {
 }
 
 // runRequestOf checks what client.Submit does not: that evals were given, each
-// with a spec, and the bounds of timeout_s and max_retry.
+// with a spec, and the bounds of timeout_s, max_retry and retention_s.
 func runRequestOf(req RunRequest) (client.RunRequest, error) {
 	if len(req.Evals) == 0 {
 		return client.RunRequest{}, fmt.Errorf("%w: \"evals\" is missing or empty", tasks.ErrBadPayload)
@@ -121,6 +125,13 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 	opts, err := retryOptions(req.MaxRetry)
 	if err != nil {
 		return client.RunRequest{}, err
+	}
+	var retention time.Duration
+	if req.RetentionS != nil {
+		if *req.RetentionS < 1 || *req.RetentionS > MaxRetentionS {
+			return client.RunRequest{}, fmt.Errorf("%w: retention_s %d: want 1 to %d", tasks.ErrBadPayload, *req.RetentionS, MaxRetentionS)
+		}
+		retention = time.Duration(*req.RetentionS) * time.Second
 	}
 	evals := make([]tasks.Eval, len(req.Evals))
 	for i, e := range req.Evals {
@@ -137,7 +148,7 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 		_, _ = rand.Read(suffix)
 		name = "run-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(suffix)
 	}
-	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts, Resume: req.Resume}, nil
+	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts, Retention: retention, Resume: req.Resume}, nil
 }
 
 // RunItem is a run in GET /runs: as submitted, with its progress.
