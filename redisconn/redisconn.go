@@ -215,11 +215,7 @@ func (c *Conn) badURL(err error) error {
 	// user:password@host:port among them.
 	words := strings.Fields(err.Error())
 	for i, w := range words {
-		if at := strings.LastIndex(w, "@"); at >= 0 {
-			if colon := strings.Index(w[:at], ":"); colon >= 0 {
-				words[i] = w[:colon+1] + "xxxxx" + w[at:]
-			}
-		}
+		words[i] = maskUserinfo(w)
 	}
 	return fmt.Errorf("%w %q: %s", ErrBadURL, c.redacted, strings.Join(words, " "))
 }
@@ -506,11 +502,28 @@ func refused(err error) bool {
 	return ok && opErr.Op == "remote error"
 }
 
+// maskUserinfo masks the password of "user:password@host...", up to its
+// last @ (a password may hold an unescaped @); s without one is returned
+// as it is.
+func maskUserinfo(s string) string {
+	at := strings.LastIndex(s, "@")
+	if at < 0 {
+		return s
+	}
+	colon := strings.Index(s[:at], ":")
+	if colon < 0 {
+		return s
+	}
+	return s[:colon+1] + passwordMask + s[at:]
+}
+
+// passwordMask stands for a password in messages.
+const passwordMask = "xxxxx"
+
 // Redact masks the passwords of a Redis URL, well-formed or not: the
 // password of its userinfo, and the password and sentinel_password
 // options. It is for messages; it does not validate.
 func Redact(rawURL string) string {
-	const mask = "xxxxx"
 	start := 0
 	if i := strings.Index(rawURL, "://"); i >= 0 {
 		start = i + 3
@@ -521,17 +534,11 @@ func Redact(rawURL string) string {
 	} else {
 		end += start
 	}
-	out := rawURL
 	// The userinfo ends at the last @ before the query: a password may hold
 	// an unescaped / or @.
-	if at := strings.LastIndex(rawURL[start:end], "@"); at >= 0 {
-		at += start
-		if colon := strings.Index(rawURL[start:at], ":"); colon >= 0 {
-			colon += start
-			out = rawURL[:colon+1] + mask + rawURL[at:]
-			end += len(out) - len(rawURL)
-		}
-	}
+	authority := maskUserinfo(rawURL[start:end])
+	out := rawURL[:start] + authority + rawURL[end:]
+	end += len(authority) - (end - start)
 	if end >= len(out) || out[end] != '?' {
 		return out
 	}
@@ -541,14 +548,10 @@ func Redact(rawURL string) string {
 		k, v, ok := strings.Cut(p, "=")
 		switch {
 		case ok && isPasswordOption(k):
-			params[i] = k + "=" + mask
+			params[i] = k + "=" + passwordMask
 		case ok && k == "addr":
 			// A cluster node's address may carry userinfo of its own.
-			if at := strings.LastIndex(v, "@"); at >= 0 {
-				if colon := strings.Index(v[:at], ":"); colon >= 0 {
-					params[i] = k + "=" + v[:colon+1] + mask + v[at:]
-				}
-			}
+			params[i] = k + "=" + maskUserinfo(v)
 		}
 	}
 	out = out[:end+1] + strings.Join(params, "&")
