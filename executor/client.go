@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,14 +40,6 @@ const (
 // executors and the workers that call them.
 const EnvSecret = "EVALPOOL_EXECUTOR_SECRET"
 
-// SecretFromEnv returns the secret in EnvSecret, or nil when it is unset or
-// empty.
-func SecretFromEnv() []byte {
-	if s := os.Getenv(EnvSecret); s != "" {
-		return []byte(s)
-	}
-	return nil
-}
 
 // Eval outcomes an executor reports.
 const (
