@@ -40,6 +40,21 @@ func storeEnv(name string, def int) int {
 	return def
 }
 
+// flushedPool flushes srv's Redis and returns a client of it and a pool
+// on it.
+func flushedPool(t *testing.T, srv *evaltest.Server, name string) (*redis.Client, *pool.Pool) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 32})
+	if err := rdb.FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := pool.New(rdb, pool.Options{Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rdb, p
+}
+
 // bytesPerEval runs a run of n tiny evals through a real worker (inline
 // cleanup) on a flushed Redis and returns used_memory's growth per
 // completed eval, from before the submit to after the last end, less the
@@ -48,15 +63,8 @@ func storeEnv(name string, def int) int {
 func bytesPerEval(t *testing.T, srv *evaltest.Server, n int) (perEval, kept, history float64) {
 	t.Helper()
 	ctx := t.Context()
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 32})
+	rdb, p := flushedPool(t, srv, "store")
 	defer rdb.Close()
-	if err := rdb.FlushAll(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := pool.New(rdb, pool.Options{Name: "store"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	fleet, err := refexec.NewFleet(64, refexec.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -137,15 +145,8 @@ func bytesPerEval(t *testing.T, srv *evaltest.Server, n int) (perEval, kept, his
 func cancelTime(t *testing.T, srv *evaltest.Server, n int) time.Duration {
 	t.Helper()
 	ctx := t.Context()
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 32})
+	rdb, p := flushedPool(t, srv, "cancel")
 	defer rdb.Close()
-	if err := rdb.FlushAll(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := pool.New(rdb, pool.Options{Name: "cancel"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	store := run.NewStore(rdb, run.Options{})
 	evals := make([]tasks.Eval, n)
 	for i := range evals {
