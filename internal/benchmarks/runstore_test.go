@@ -94,36 +94,23 @@ func bytesPerEval(t *testing.T, srv *evaltest.Server, n int) (perEval, kept, his
 	wctx, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- w.Run(wctx) }()
-	deadline := time.Now().Add(10 * time.Minute)
-	for {
+	evaltest.Eventually(t, 10*time.Minute, "the run was not done", func() bool {
 		c, err := store.Progress(ctx, "bytes")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.Done() == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("run not done in 10 min: %+v", c)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return c.Done() == n
+	})
 	// Asynq marks a task completed after its handler returned: wait for
 	// the queue to hold only completed tasks.
 	insp := asynq.NewInspectorFromRedisClient(rdb)
-	for {
+	evaltest.Eventually(t, time.Minute, "the queue did not drain", func() bool {
 		info, err := insp.GetQueueInfo(tasks.Queues(p.Name()).Evals)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.Pending+info.Active+info.Retry+info.Scheduled == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue not drained: %+v", info)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return info.Pending+info.Active+info.Retry+info.Scheduled == 0
+	})
 	cancel()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
