@@ -40,7 +40,6 @@ const (
 // executors and the workers that call them.
 const EnvSecret = "EVALPOOL_EXECUTOR_SECRET"
 
-
 // Eval outcomes an executor reports.
 const (
 	StatusPassed = "passed"
