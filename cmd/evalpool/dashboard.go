@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
@@ -74,8 +76,8 @@ func (f *dashboardFlags) token() (string, error) {
 
 func (a *app) dashboardCommand() *cobra.Command {
 	var (
-		listen string
-		flags  dashboardFlags
+		listen, metricsAddr string
+		flags               dashboardFlags
 	)
 	c := &cobra.Command{
 		Use:   "dashboard --listen ADDR [--auth-token T] [--admin]",
@@ -110,10 +112,11 @@ dash.example.com or .example.com. That keeps DNS rebinding pages out.`,
 			if err != nil {
 				return err
 			}
-			return a.serveDashboard(c.Context(), listen, flags, client, p, conn)
+			return a.serveDashboard(c.Context(), listen, metricsAddr, flags, client, p, conn)
 		},
 	}
 	c.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to serve on")
+	c.Flags().StringVar(&metricsAddr, "metrics-addr", "", "also serve /metrics at ADDR (e.g. :9090) with no token, for a Prometheus on a private network; off when empty")
 	flags.register(c)
 	return c
 }
@@ -154,13 +157,13 @@ func loopback(listen string) bool {
 	return true
 }
 
-func (a *app) serveDashboard(ctx context.Context, listen string, flags dashboardFlags, client redis.UniversalClient, p *pool.Pool, conn asynq.RedisConnOpt) error {
+func (a *app) serveDashboard(ctx context.Context, listen, metricsAddr string, flags dashboardFlags, client redis.UniversalClient, p *pool.Pool, conn asynq.RedisConnOpt) error {
 	token, err := flags.token()
 	if err != nil {
 		return err
 	}
 	opts := flags.server
-	opts.Pool, opts.Redis, opts.Asynqmon, opts.Logger = p, client, conn, &a.log
+	opts.Pool, opts.Redis, opts.Asynqmon, opts.Logger, opts.Registry = p, client, conn, &a.log, prometheus.NewRegistry()
 	opts.AuthToken, opts.Admin, opts.AllowedHosts = token, flags.admin, flags.hosts(listen)
 	d, err := dashboard.New(opts)
 	if err != nil {
@@ -170,6 +173,18 @@ func (a *app) serveDashboard(ctx context.Context, listen string, flags dashboard
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
+	}
+	ml, err := a.listenMetrics(metricsAddr)
+	if err != nil {
+		_ = l.Close()
+		return err
+	}
+	if ml != nil {
+		mctx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() { serveHTTP(mctx, ml, metricsHandler(opts.Registry), &a.log) })
+		defer wg.Wait()
+		defer stop()
 	}
 	// The warnings first: the line saying where it listens is the last.
 	if token == "" {
@@ -247,7 +262,7 @@ report until Ctrl-C.`,
 			}
 			rep.Print(a.stdout)
 			if serve != "" {
-				if err := a.serveDashboard(c.Context(), serve, flags, d.Redis(), d.Pool(), d.AsynqConn()); err != nil {
+				if err := a.serveDashboard(c.Context(), serve, "", flags, d.Redis(), d.Pool(), d.AsynqConn()); err != nil {
 					return err
 				}
 			}

@@ -174,3 +174,27 @@ func TestDashboardIdleConnectionsLockOut(t *testing.T) {
 		t.Fatalf("an authenticated request past 300 idle connections: %d", resp.StatusCode)
 	}
 }
+
+// --metrics-addr serves the dashboard's /metrics with no token, for a
+// Prometheus on a private network, and nothing else; the dashboard's own
+// /metrics still wants the token.
+func TestDashboardMetricsAddr(t *testing.T) {
+	t.Parallel()
+	const token = "cli-token-0123456789abcdef"
+	metrics := evaltest.FreeAddr(t)
+	base := startDashboard(t, evaltest.URL(t), "--", "--auth-token", token, "--metrics-addr", metrics)
+	for _, tc := range []struct {
+		url, want string
+		code      int
+	}{
+		{"http://" + metrics + "/metrics", "evalpool_executors", http.StatusOK},
+		{"http://" + metrics + "/healthz", "ok", http.StatusOK},
+		{"http://" + metrics + "/api/v1/runs", "", http.StatusNotFound},
+		{base + "/metrics", "", http.StatusUnauthorized},
+	} {
+		code, body := hostDo(t, http.MethodGet, tc.url, "", "")
+		if code != tc.code || !strings.Contains(body, tc.want) {
+			t.Errorf("GET %s without a token: %d, want %d with %q: %.200s", tc.url, code, tc.code, tc.want, body)
+		}
+	}
+}

@@ -88,21 +88,15 @@ func (a *app) workerCommand() *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			var l net.Listener
-			if metricsAddr != "" {
-				if l, err = net.Listen("tcp", metricsAddr); err != nil {
-					return fmt.Errorf("metrics: %w", err)
-				}
-				a.log.Info().Str("addr", l.Addr().String()).Msg("metrics at /metrics")
+			l, err := a.listenMetrics(metricsAddr)
+			if err != nil {
+				return err
 			}
 			ctx, stop := context.WithCancel(c.Context())
 			defer stop()
 			var wg sync.WaitGroup
 			if l != nil {
-				mux := http.NewServeMux()
-				mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-				mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-				wg.Go(func() { serveHTTP(ctx, l, mux, &a.log) })
+				wg.Go(func() { serveHTTP(ctx, l, metricsHandler(reg), &a.log) })
 			}
 			err = w.Run(ctx)
 			stop()
@@ -132,6 +126,29 @@ func (a *app) workerCommand() *cobra.Command {
 
 // serveHTTP serves h on l until ctx is done, then shuts down gracefully and
 // returns once the server has stopped.
+// listenMetrics listens on --metrics-addr; nil when it is empty.
+func (a *app) listenMetrics(addr string) (net.Listener, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	a.log.Info().Str("addr", l.Addr().String()).Msg("metrics at /metrics")
+	return l, nil
+}
+
+// metricsHandler serves /metrics and /healthz, with no token: the address
+// is meant for a private network (a compose network, a pod), where
+// Prometheus scrapes it, and carries counts, not evals or secrets.
+func metricsHandler(reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	return mux
+}
+
 func serveHTTP(ctx context.Context, l net.Listener, h http.Handler, log *zerolog.Logger) {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
