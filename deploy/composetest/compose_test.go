@@ -6,8 +6,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,10 +45,12 @@ const (
 const (
 	dashboardURL  = "http://127.0.0.1:8080"
 	prometheusURL = "http://127.0.0.1:9091"
-	// rulesFile is where deploy/prometheus.yml looks for the alert rules
-	// and tokenFile the dashboard's token, inside the Prometheus container.
+	// rulesFile is where the compose file mounts the alert rules, inside
+	// the Prometheus container.
 	rulesFile = "/etc/prometheus/evalpool-alerts.yml"
-	tokenFile = "/etc/prometheus/dashboard-token"
+	// secretsDir is where the stack's services read the secrets the
+	// `secrets` service made.
+	secretsDir = "/var/lib/evalpool/secrets"
 	// partitionHold is how long a worker stays cut off: past its leases'
 	// TTL and grace, so that the pool reclaims what it held.
 	partitionHold = tasks.DefaultLeaseTTL + pool.DefaultLeaseGrace + 8*time.Second
@@ -61,10 +61,6 @@ const (
 	// healthyWithin bounds the wait for every service healthy after up.
 	healthyWithin = 4 * time.Minute
 )
-
-// dashboardToken is the dashboard's token as the stack knows it: the one
-// place to change when the stack makes its own.
-func dashboardToken() string { return os.Getenv("EVALPOOL_AUTH_TOKEN") }
 
 // TestComposeStack brings the stack up and runs it through the issue's
 // steps in order; a failing step prints its services' last log lines.
@@ -77,7 +73,7 @@ func TestComposeStack(t *testing.T) {
 	}{
 		{"build", 20 * time.Minute, s.build},
 		{"up", 15 * time.Minute, s.up},
-		{"prometheus files", time.Minute, s.prometheusFiles},
+		{"secrets", 3 * time.Minute, s.secrets},
 		{"run under faults", 15 * time.Minute, s.runUnderFaults},
 		{"pool after the run", 2 * time.Minute, s.poolAfterRun},
 		{"prometheus", 3 * time.Minute, s.prometheus},
@@ -101,12 +97,15 @@ func TestComposeStack(t *testing.T) {
 type stack struct {
 	t       *testing.T
 	root    string
-	compose []string // the command, then the flags every call takes
+	cmd     []string // the Compose command
+	file    string
+	compose []string // the command, then the flags every call of the project takes
 	project string
 	env     []string
 	token   string
 	evals   int
 	client  *http.Client
+	second  *stack // a second project of the same file, for its secrets
 	fig     figures
 	start   time.Time
 }
@@ -120,16 +119,17 @@ type figures struct {
 	overlaps, served, lost, followRe int
 	targets                          string
 	rules                            int
+	secretsDiffer, hostRefused       bool
 	workerRestarted                  bool
 	stopReturned                     int
 	total                            time.Duration
 }
 
 func (f figures) String() string {
-	return fmt.Sprintf("compose=%q up=%s evals=%d passed=%d failed=%d errored=%d cancelled=%d retries=%d results=%d run=%s "+
+	return fmt.Sprintf("compose=%q up=%s secrets_differ_between_projects=%t foreign_host_refused=%t evals=%d passed=%d failed=%d errored=%d cancelled=%d retries=%d results=%d run=%s "+
 		"faults=kill(worker-1 restarted_by_docker=%t),redis-restart,partition(worker-2 %s) follow_reconnects=%d served=%d overlaps=%d lost=%d "+
 		"prometheus_targets=%s alert_rules=%d stop=%s returned=%d total=%s",
-		f.compose, f.up.Round(time.Second), f.size, f.passed, f.failed, f.errored, f.cancelled, f.retries, f.resultLines, f.runTime.Round(time.Second),
+		f.compose, f.up.Round(time.Second), f.secretsDiffer, f.hostRefused, f.size, f.passed, f.failed, f.errored, f.cancelled, f.retries, f.resultLines, f.runTime.Round(time.Second),
 		f.workerRestarted, partitionHold, f.followRe, f.served, f.overlaps, f.lost,
 		f.targets, f.rules, f.stopTime.Round(100*time.Millisecond), f.stopReturned, f.total.Round(time.Second))
 }
@@ -161,18 +161,19 @@ func setup(t *testing.T) *stack {
 			cmd = []string{"docker", "compose"}
 		}
 	}
-	if os.Getenv("EVALPOOL_AUTH_TOKEN") == "" {
-		b := make([]byte, 24)
-		_, _ = rand.Read(b)
-		t.Setenv("EVALPOOL_AUTH_TOKEN", hex.EncodeToString(b))
-	}
+	// The stack's own secrets, as a user's stack has them: none from the
+	// environment.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "EVALPOOL_AUTH_TOKEN=") || strings.HasPrefix(kv, "EVALPOOL_EXECUTOR_SECRET=")
+	})
 	s := &stack{
 		t:       t,
 		root:    root,
-		compose: append(cmd, "-p", project, "-f", file, "--project-directory", root, "--profile", "metrics"),
+		cmd:     cmd,
+		file:    file,
+		compose: append(slices.Clone(cmd), "-p", project, "-f", file, "--project-directory", root, "--profile", "metrics"),
 		project: project,
-		env:     os.Environ(),
-		token:   dashboardToken(),
+		env:     env,
 		evals:   evals,
 		client:  &http.Client{Timeout: 10 * time.Second},
 		start:   time.Now(),
@@ -180,22 +181,37 @@ func setup(t *testing.T) *stack {
 	version, _ := s.run(context.Background(), "version", "--short")
 	s.fig.compose = strings.Join(cmd, " ") + " " + strings.TrimSpace(version)
 	t.Logf("compose: %s, project %s, file %s", s.fig.compose, project, file)
-	// A stack a killed run of the test left behind.
-	if _, err := s.run(context.Background(), "down", "-v", "--remove-orphans", "--timeout", "5"); err != nil {
-		t.Fatalf("compose down before the test: %v", err)
+	s.second = s.other(project + "-second")
+	// Stacks a killed run of the test left behind.
+	for _, st := range []*stack{s, s.second} {
+		if _, err := st.run(context.Background(), "down", "-v", "--remove-orphans", "--timeout", "5"); err != nil {
+			t.Fatalf("compose down before the test: %v", err)
+		}
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
 		s.client.CloseIdleConnections()
-		if _, err := s.run(ctx, "down", "-v", "--remove-orphans", "--timeout", "5"); err != nil {
-			t.Errorf("compose down: %v", err)
-		}
-		if left := s.leftovers(ctx); left != "" {
-			t.Errorf("left behind: %s", left)
+		for _, st := range []*stack{s, s.second} {
+			if _, err := st.run(ctx, "down", "-v", "--remove-orphans", "--timeout", "5"); err != nil {
+				t.Errorf("compose down: %v", err)
+			}
+			if left := st.leftovers(ctx); left != "" {
+				t.Errorf("left behind: %s", left)
+			}
 		}
 	})
 	return s
+}
+
+// other is the same compose file as another project, as a second clone of
+// the repository would run it.
+func (s *stack) other(project string) *stack {
+	o := *s
+	o.project = project
+	o.compose = append(slices.Clone(s.cmd), "-p", project, "-f", s.file, "--project-directory", s.root)
+	o.second = nil
+	return &o
 }
 
 // stepError names the services whose logs tell why a step failed.
@@ -359,16 +375,18 @@ func waitFor(ctx context.Context, check func() error) error {
 	}
 }
 
-// build builds the image once: the services share it, and building it for
-// each at once takes several times as long.
+// build builds the stack's one image, timed apart from up.
 func (s *stack) build(ctx context.Context) error {
-	_, err := s.run(ctx, "build", "dashboard")
+	_, err := s.run(ctx, "build")
 	return err
 }
 
+// oneShot are the services that do their work and exit.
+var oneShot = map[string]bool{"secrets": true, "register": true}
+
 // up is the user's `docker compose up -d --build`, then every service
-// healthy (running when it has no health check) and register exited 0
-// within healthyWithin.
+// healthy (running when it has no health check) and the one-shot services
+// exited 0, within healthyWithin.
 func (s *stack) up(ctx context.Context) error {
 	start := time.Now()
 	if _, err := s.run(ctx, "up", "-d", "--build"); err != nil {
@@ -393,11 +411,11 @@ func (s *stack) up(ctx context.Context) error {
 			switch {
 			case !ok:
 				why = append(why, name+": no container")
-			case name == "register":
+			case oneShot[name]:
 				if c.status == "exited" && c.exitCode == 0 {
 					continue
 				}
-				why = append(why, fmt.Sprintf("register: %s, last exit %d, %d restarts", c.status, c.exitCode, c.restarts))
+				why = append(why, fmt.Sprintf("%s: %s, last exit %d, %d restarts", name, c.status, c.exitCode, c.restarts))
 			case c.status != "running":
 				why = append(why, fmt.Sprintf("%s: %s (exit %d)", name, c.status, c.exitCode))
 			case c.health != "" && c.health != "healthy":
@@ -416,29 +434,73 @@ func (s *stack) up(ctx context.Context) error {
 	return err
 }
 
-// prometheusFiles puts the shipped alert rules and the dashboard's token
-// where deploy/prometheus.yml names them, and has Prometheus read its
-// configuration again.
-func (s *stack) prometheusFiles(ctx context.Context) error {
-	c, err := s.container(ctx, "prometheus")
+// secrets reads the dashboard's token the way the README tells a user to,
+// checks that a page's request naming a foreign Host is refused even with
+// it, and that a second project of the same file (a second clone) made
+// secrets of its own.
+func (s *stack) secrets(ctx context.Context) error {
+	mine, err := s.readSecrets(ctx)
+	if err != nil {
+		return blame(err, "secrets")
+	}
+	s.token = mine["dashboard-token"]
+	if len(s.token) < 32 {
+		return blame(fmt.Errorf("the stack's dashboard token has %d bytes", len(s.token)), "secrets")
+	}
+	if err := s.api(ctx, http.MethodGet, "/api/v1/runs", nil, nil, http.StatusOK); err != nil {
+		return blame(fmt.Errorf("the dashboard refuses the token its stack made: %w", err), "dashboard")
+	}
+	// A DNS rebinding page: its own name as Host and Origin, the token
+	// (were it known) as a bearer.
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, dashboardURL+"/api/v1/runs", strings.NewReader(`{"evals":[{"spec":{}}]}`))
 	if err != nil {
 		return err
 	}
-	dir := s.t.TempDir()
-	tok := filepath.Join(dir, "dashboard-token")
-	if err := os.WriteFile(tok, []byte(s.token), 0o644); err != nil {
+	req.Host = "attacker.example:8080"
+	req.Header.Set("Origin", "http://attacker.example:8080")
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return blame(err, "dashboard")
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		return blame(fmt.Errorf("POST /api/v1/runs with Host attacker.example:8080 and the token: %s, want 403", resp.Status), "dashboard")
+	}
+	s.fig.hostRefused = true
+
+	if _, err := s.second.run(ctx, "up", "secrets"); err != nil {
+		return blame(err, "secrets")
+	}
+	theirs, err := s.second.readSecrets(ctx)
+	if err != nil {
 		return err
 	}
-	for src, dst := range map[string]string{filepath.Join(s.root, "deploy", "alerts.yml"): rulesFile, tok: tokenFile} {
-		if _, err := docker(ctx, "cp", src, c.id+":"+dst); err != nil {
-			return blame(err, "prometheus")
+	for name, v := range mine {
+		if theirs[name] == v {
+			return fmt.Errorf("%s: projects %s and %s have the same one", name, s.project, s.second.project)
 		}
 	}
-	if _, err := docker(ctx, "exec", c.id, "promtool", "check", "rules", rulesFile); err != nil {
-		return blame(fmt.Errorf("promtool check rules: %w", err), "prometheus")
+	if _, err := s.second.run(ctx, "down", "-v"); err != nil {
+		return err
 	}
-	_, err = docker(ctx, "kill", "-s", "HUP", c.id)
-	return blame(err, "prometheus")
+	s.fig.secretsDiffer = true
+	return nil
+}
+
+// readSecrets reads the secrets volume of the project through a
+// container of its `secrets` service.
+func (s *stack) readSecrets(ctx context.Context) (map[string]string, error) {
+	secrets := map[string]string{}
+	for _, name := range []string{"dashboard-token", "executor-secret"} {
+		out, err := s.run(ctx, "run", "--rm", "--no-deps", "-T", "--entrypoint", "cat", "secrets", secretsDir+"/"+name)
+		if err != nil {
+			return nil, fmt.Errorf("project %s: %w", s.project, err)
+		}
+		secrets[name] = strings.TrimSpace(out)
+	}
+	return secrets, nil
 }
 
 // api sends a request to the dashboard's API with the token and decodes a
@@ -476,7 +538,9 @@ func (s *stack) api(ctx context.Context, method, path string, body, out any, wan
 	return json.Unmarshal(b, out)
 }
 
-// submit submits a run of n evals with the spec each.
+// submit submits a run of n evals with the spec each. Each also carries
+// an answer and the one expected for the stack's grader (executor-3): every
+// tenth answer is wrong.
 func (s *stack) submit(ctx context.Context, name string, n int, spec map[string]any, timeout time.Duration) error {
 	req := api.RunRequest{Name: name}
 	if timeout > 0 {
@@ -484,7 +548,10 @@ func (s *stack) submit(ctx context.Context, name string, n int, spec map[string]
 		req.TimeoutS = &secs
 	}
 	for i := range n {
-		sp := map[string]any{"case": i}
+		sp := map[string]any{"case": i, "answer": strconv.Itoa(i * i), "expected": strconv.Itoa(i * i)}
+		if i%10 == 9 {
+			sp["answer"] = "wrong"
+		}
 		for k, v := range spec {
 			sp[k] = v
 		}
@@ -809,9 +876,13 @@ func (s *stack) executorStats(ctx context.Context, id string) (executorStats, er
 	return st, nil
 }
 
-// prometheus waits until Prometheus has every target of deploy/prometheus.yml
-// up and the shipped alert rules loaded.
+// prometheus checks the shipped alert rules with promtool and waits until
+// Prometheus has every target of deploy/prometheus.yml up and the rules
+// loaded.
 func (s *stack) prometheus(ctx context.Context) error {
+	if _, err := s.run(ctx, "exec", "-T", "prometheus", "promtool", "check", "rules", rulesFile); err != nil {
+		return blame(fmt.Errorf("promtool check rules: %w", err), "prometheus")
+	}
 	err := waitFor(ctx, func() error {
 		var targets struct {
 			Data struct {
