@@ -18,5 +18,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 # this directory's owner, so `evalpool secrets` can write to it.
 COPY --from=build /out/evalpool /usr/local/bin/evalpool
 COPY deploy/grader/grade.py /usr/local/bin/evalpool-grade
+COPY deploy/grader/suite.jsonl /usr/local/share/evalpool/suite.jsonl
 USER evalpool
 ENTRYPOINT ["evalpool"]
