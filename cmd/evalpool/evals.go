@@ -22,6 +22,7 @@ import (
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/labels"
+	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -41,6 +42,7 @@ func (a *app) enqueueCommand() *cobra.Command {
 		retention  time.Duration
 		maxRetry   int
 		require    []string
+		allowEmpty bool
 	)
 	c := &cobra.Command{
 		Use:   "enqueue (--spec JSON [--count N] | --file evals.jsonl)",
@@ -54,7 +56,9 @@ An eval whose ID is already enqueued is left as it is and reported.
 
 --require k=v (repeatable) makes every eval run only on executors with all
 those labels, on top of a line's own "require". An eval that no registered
-executor could serve is refused, and nothing is enqueued.`,
+executor could serve is refused, and nothing is enqueued; so are evals for a
+pool with no executor registered (a misspelt --pool, the wrong Redis or DB),
+unless --allow-empty-pool.`,
 		Args: positional(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if (spec == "") == (file == "") {
@@ -116,7 +120,7 @@ executor could serve is refused, and nothing is enqueued.`,
 			if err != nil {
 				return err
 			}
-			if err := a.servable(c.Context(), evals); err != nil {
+			if err := a.servable(c.Context(), evals, allowEmpty); err != nil {
 				return err
 			}
 			aq := asynq.NewClientFromRedisClient(rdb) // shares rdb: nothing to close
@@ -163,6 +167,7 @@ executor could serve is refused, and nothing is enqueued.`,
 	f.DurationVar(&leaseTTL, "lease-ttl", 0, "executor lease TTL; 0 uses the worker's --lease-ttl")
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
 	f.StringArrayVar(&require, "require", nil, "run only on executors with label key=value (repeatable)")
+	f.BoolVar(&allowEmpty, "allow-empty-pool", false, "enqueue even if no executor is registered in the pool yet")
 	return c
 }
 
@@ -177,28 +182,25 @@ func retryOptions(maxRetry int) tasks.EvalOptions {
 }
 
 // servable refuses evals that no executor registered in the pool could
-// serve, before any is enqueued: one lookup per distinct requirement.
-func (a *app) servable(ctx context.Context, evals []tasks.Eval) error {
+// serve, or a pool with none (unless allowEmpty), before any is enqueued.
+func (a *app) servable(ctx context.Context, evals []tasks.Eval, allowEmpty bool) error {
 	p, err := a.pool()
 	if err != nil {
 		return err
 	}
-	checked := map[string]bool{}
-	for _, e := range evals {
-		set := labels.Name(e.Require)
-		if set == "" || checked[set] {
-			continue
-		}
-		checked[set] = true
-		ok, err := p.CanServe(ctx, e.Require)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("eval %s requires %s, which no executor registered in pool %s has (pool status lists them; pool add --label or pool label gives them): nothing was enqueued", e.ID, set, p.Name())
-		}
+	return a.unservable(client.Servable(ctx, p, evals, allowEmpty))
+}
+
+// unservable says, of a submission refused for want of executors, where
+// the command looked and what to do.
+func (a *app) unservable(err error) error {
+	switch {
+	case errors.Is(err, pool.ErrEmpty):
+		return fmt.Errorf("%w in pool %s on Redis %s (a misspelt --pool, or the wrong Redis or DB?): nothing was enqueued; `evalpool pool status` lists a pool's executors, --allow-empty-pool submits anyway", pool.ErrEmpty, a.poolName, a.conn)
+	case errors.Is(err, pool.ErrUnservable):
+		return fmt.Errorf("%w (pool status lists them; pool add --label or pool label gives them): nothing was enqueued", err)
 	}
-	return nil
+	return err
 }
 
 func specEvals(spec string, count int) ([]tasks.Eval, error) {

@@ -52,6 +52,7 @@ func (a *app) runSubmit() *cobra.Command {
 		resume      bool
 		retention   time.Duration
 		taskKeep    time.Duration
+		allowEmpty  bool
 	)
 	c := &cobra.Command{
 		Use:   "submit --file suite.jsonl [--name N] [--wait]",
@@ -60,7 +61,8 @@ func (a *app) runSubmit() *cobra.Command {
 line) as one run and print its name. An eval's "eval_id" is its key in the
 run, which --compare matches across runs (the line number when absent); its
 eval ID is NAME/KEY. Every line, and that some executor can serve every eval,
-is checked before anything is enqueued.
+is checked before anything is enqueued: a pool with no executor registered (a
+misspelt --pool, the wrong Redis or DB) is refused unless --allow-empty-pool.
 
 --wait follows the run with a progress bar, prints its summary, and exits 1
 when its pass rate (passed over passed, failed and errored) is under
@@ -109,18 +111,20 @@ when its pass rate (passed over passed, failed and errored) is under
 			opts.Retention = taskKeep
 			req := client.RunRequest{
 				Name: name, Evals: evals, Require: required, Timeout: timeout,
-				Options: opts, Resume: resume, Retention: retention,
+				Options: opts, Resume: resume, Retention: retention, AllowEmptyPool: allowEmpty,
 			}
 			r, err := client.Submit(c.Context(), aq, p, store, req)
 			if err != nil {
-				return err
+				return a.unservable(err)
 			}
 			name = r.Name
 			fmt.Fprintln(a.stdout, name)
 			if !wait {
 				return nil
 			}
-			req.Name, req.Resume = name, true
+			// The run was taken: enqueued again after a rewind, its evals
+			// wait for executors as they did.
+			req.Name, req.Resume, req.AllowEmptyPool = name, true, true
 			return a.waitRun(c.Context(), store, name, minPassRate, &rewinds{
 				watch: client.RewindWatch{Pool: p},
 				resubmit: func(ctx context.Context) error {
@@ -142,6 +146,7 @@ when its pass rate (passed over passed, failed and errored) is under
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
 	f.DurationVar(&retention, "retention", evalrun.DefaultRetention, "how long the run, its evals' ends and results, is kept after its last eval ended")
 	f.DurationVar(&taskKeep, "task-retention", tasks.RunTaskRetention, "how long each eval's Asynq task is kept once it ended (the run keeps its result)")
+	f.BoolVar(&allowEmpty, "allow-empty-pool", false, "submit even if no executor is registered in the pool yet")
 	f.BoolVar(&resume, "resume", false, "finish the submission of run --name that was cut short: the same file; evals enqueued already are left alone")
 	return c
 }
