@@ -6,8 +6,9 @@
 //
 // Choices:
 //
-//   - Bodies are one JSON object, read strictly: unknown fields, trailing
-//     data and bad values are 400; a body over Options.MaxBodyBytes is 413.
+//   - Bodies are one JSON object, read strictly: bytes that are not UTF-8,
+//     unknown fields, trailing data and bad values are 400; a body over
+//     Options.MaxBodyBytes is 413.
 //     Errors are {"error": "one line"}: unknown run or eval 404, wrong
 //     method 405 (with Allow), a run name in use 409, an eval no registered
 //     executor could serve 422, and so is a pool with no executor at all
@@ -38,6 +39,7 @@
 package api
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	_ "embed"
@@ -331,10 +333,18 @@ func (h *Handler) decode(w http.ResponseWriter, r *http.Request, v any, optional
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("%s: %d bytes, more than %d", errTooLarge, r.ContentLength, limit))
 		return false
 	}
-	body := http.MaxBytesReader(w, r.Body, limit)
-	dec := json.NewDecoder(body)
+	// Read whole, which the decoder would buffer anyway, to check the
+	// bytes before encoding/json turns those not UTF-8 into U+FFFD, or
+	// passes them on in a spec.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
+	if err == nil {
+		err = tasks.CheckUTF8(body)
+	}
+	if err == nil {
+		err = dec.Decode(v)
+	}
 	if err == nil {
 		// One object, and nothing after it but space.
 		if extra := dec.Decode(&json.RawMessage{}); !errors.Is(extra, io.EOF) {

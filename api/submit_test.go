@@ -43,3 +43,25 @@ func TestSubmitToAnEmptyPool(t *testing.T) {
 		}
 	}
 }
+
+// A body that is not UTF-8 is a 400 saying so, and submits nothing:
+// encoding/json would turn its bytes into U+FFFD in a string, or carry them
+// to the grader as they are in a spec.
+func TestNonUTF8BodyIsRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Options{}, nil)
+	tests := []struct{ name, path, body string }{
+		{"run, spec", "/runs", `{"evals":[{"spec":{"q":"bad` + "\xff\xfe" + `"}}]}`},
+		{"run, eval ID", "/runs", `{"evals":[{"eval_id":"k` + "\xff" + `","spec":{}}]}`},
+		{"run, name", "/runs", `{"name":"r` + "\xc3" + `","evals":[{"spec":{}}]}`},
+		{"eval, spec", "/evals", `{"spec":"bad` + "\xff" + `"}`},
+		{"eval, eval ID", "/evals", `{"eval_id":"e` + "\xed\xa0\x80" + `","spec":{}}`},
+	}
+	for _, tt := range tests {
+		a := do(t, http.MethodPost, b.url+tt.path, tt.body)
+		if a.code != http.StatusBadRequest || !strings.Contains(a.errMsg(), "not valid UTF-8") {
+			t.Errorf("%s: %s; want a 400 saying the body is not valid UTF-8", tt.name, a)
+		}
+	}
+	noTasks(t, b, "a non-UTF-8 body")
+}

@@ -204,6 +204,9 @@ func (a *app) unservable(err error) error {
 }
 
 func specEvals(spec string, count int) ([]tasks.Eval, error) {
+	if err := tasks.CheckUTF8([]byte(spec)); err != nil {
+		return nil, fmt.Errorf("--spec is not valid UTF-8: %w", err)
+	}
 	if !json.Valid([]byte(spec)) {
 		return nil, fmt.Errorf("%w: --spec is not valid JSON", tasks.ErrBadPayload)
 	}
@@ -215,7 +218,8 @@ func specEvals(spec string, count int) ([]tasks.Eval, error) {
 }
 
 // readEvalFile reads a JSON Lines file of evals, all or nothing. An eval
-// whose line names no ID has none.
+// whose line names no ID has none. A line that is not UTF-8 is refused
+// before it is decoded (tasks.CheckUTF8).
 func readEvalFile(path string) ([]tasks.Eval, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -228,6 +232,9 @@ func readEvalFile(path string) ([]tasks.Eval, error) {
 	for n := 1; ; n++ {
 		line, err := r.ReadBytes('\n')
 		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
+		}
+		if err := tasks.CheckUTF8(line); err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
 		}
 		if trimmed := bytes.TrimSpace(line); len(trimmed) > 0 {
