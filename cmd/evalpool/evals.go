@@ -405,7 +405,8 @@ func (a *app) lookupEval(ctx context.Context, insp *asynq.Inspector, pool, id st
 
 // waitEvals polls the evals until each is completed or archived, showing a
 // progress bar on stderr, and fails if any was archived. With requeue (the
-// producer's own evals), an eval that vanished is enqueued again.
+// producer's own evals), an eval that vanished is enqueued again. A Redis
+// that fails is waited for (backoff).
 func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.Context, string) error) error {
 	insp, err := a.inspector()
 	if err != nil {
@@ -423,17 +424,22 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 	if err != nil {
 		return err
 	}
-	err = client.WaitWith(ctx, insp, store, a.poolName, ids, 250*time.Millisecond, func(f client.Finished) {
-		_ = bar.Add(1)
-		switch f.Outcome {
-		case client.OutcomePassed:
-			passed++
-		case client.OutcomeFailed:
-			failed++
-		default:
-			archived++
-		}
-	}, requeue)
+	err = client.WaitWith(ctx, insp, a.poolName, ids, client.WaitOptions{
+		Runs: store,
+		Finished: func(f client.Finished) {
+			_ = bar.Add(1)
+			switch f.Outcome {
+			case client.OutcomePassed:
+				passed++
+			case client.OutcomeFailed:
+				failed++
+			default:
+				archived++
+			}
+		},
+		Requeue: requeue,
+		Backoff: a.backoff("the evals"),
+	})
 	if err != nil && ctx.Err() != nil {
 		fmt.Fprintf(a.stderr, "\nstopped waiting; the evals go on in the queue: wait again with `evalpool eval wait ID...` (the IDs enqueue printed), or look with `evalpool eval status ID...`\n")
 		return fmt.Errorf("%w: %w", errInterrupted, err)
@@ -447,4 +453,19 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 		return fmt.Errorf("%w: %d failed and %d errored of %d; see `evalpool eval result`", errEvalsFailed, failed, archived, len(ids))
 	}
 	return nil
+}
+
+// backoff rides out a Redis that fails a wait, for as long as it takes:
+// the evals go on, and a CI gate must not fail on an outage the workers
+// survive. It says so once when Redis begins to fail, and once when it is
+// back; Ctrl-C still stops the wait.
+func (a *app) backoff(what string) *client.Backoff {
+	return &client.Backoff{
+		Failing: func(err error) {
+			fmt.Fprintf(a.stderr, "\nRedis fails (%v): the wait for %s goes on, trying again until Redis answers\n", err, what)
+		},
+		Back: func(down time.Duration) {
+			fmt.Fprintf(a.stderr, "\nRedis is back after %s: the wait for %s goes on\n", down.Round(100*time.Millisecond), what)
+		},
+	}
 }

@@ -157,23 +157,29 @@ when its pass rate (passed over passed, failed and errored) is under
 type rewinds struct {
 	watch    client.RewindWatch
 	resubmit func(context.Context) error
+	// owed is a rewind seen whose evals are not enqueued again yet: the
+	// watch reports it once.
+	owed bool
 }
-
-// redisAwayFor is how long waitRun keeps trying a Redis that fails it (a
-// restart, a failover) before it gives up.
-const redisAwayFor = time.Minute
 
 // waitRun follows a run until every eval ended, then prints its summary
 // and fails under minPassRate. A run that vanished, or a pool whose data
-// went back, has its evals enqueued again (rw), and a Redis that fails it
-// for less than redisAwayFor is waited for.
+// went back, has its evals enqueued again (rw); a Redis that fails is
+// waited for, however long (backoff).
 func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, minPassRate float64, rw *rewinds) error {
-	_, _ = rw.watch.Rewound(ctx) // the first look
-	c, err := store.Progress(ctx, name)
+	b := a.backoff("run " + name)
+	var c evalrun.Counts
+	err := b.Do(ctx, func() error {
+		if _, err := rw.watch.Rewound(ctx); err != nil { // the first look
+			return err
+		}
+		var err error
+		c, err = store.Progress(ctx, name)
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	var failingSince time.Time
 	bar := progressbar.NewOptions(c.Size,
 		progressbar.OptionSetWriter(a.stderr),
 		progressbar.OptionSetDescription(name),
@@ -190,24 +196,26 @@ func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, mi
 			return fmt.Errorf("%w: wait for run %s: %w", errInterrupted, name, context.Cause(ctx))
 		case <-tick.C:
 		}
-		next, err := a.progress(ctx, store, name, rw)
-		switch {
-		case err == nil:
-			c, failingSince = next, time.Time{}
-		case errors.Is(err, context.Canceled):
+		err := b.Do(ctx, func() error {
+			next, err := a.progress(ctx, store, name, rw)
+			if err == nil {
+				c = next
+			}
 			return err
-		case failingSince.IsZero():
-			failingSince = time.Now()
-			fmt.Fprintf(a.stderr, "\n%v; still waiting for run %s\n", err, name)
-		case time.Since(failingSince) > redisAwayFor:
+		})
+		if err != nil && ctx.Err() == nil {
 			return err
 		}
 		_ = bar.Set(c.Done())
 	}
 	_ = bar.Finish()
 	fmt.Fprintln(a.stderr)
-	sum, err := store.Summarize(ctx, name, "")
-	if err != nil {
+	var sum evalrun.Summary
+	if err := b.Do(ctx, func() error {
+		var err error
+		sum, err = store.Summarize(ctx, name, "")
+		return err
+	}); err != nil {
 		return err
 	}
 	printSummary(a.stdout, sum)
@@ -224,9 +232,13 @@ func (a *app) progress(ctx context.Context, store *evalrun.Store, name string, r
 	c, err := store.Progress(ctx, name)
 	if back || errors.Is(err, evalrun.ErrNotFound) {
 		fmt.Fprintf(a.stderr, "\nRedis's data went back in time, or run %s vanished: its evals are enqueued again by their IDs (those still there are left alone)\n", name)
+		rw.owed = true
+	}
+	if rw.owed {
 		if err := rw.resubmit(ctx); err != nil {
 			return evalrun.Counts{}, err
 		}
+		rw.owed = false
 		c, err = store.Progress(ctx, name)
 	}
 	return c, err
