@@ -6,11 +6,13 @@
 //
 // Choices:
 //
-//   - Bodies are one JSON object, read strictly: unknown fields, trailing
-//     data and bad values are 400; a body over Options.MaxBodyBytes is 413.
+//   - Bodies are one JSON object, read strictly: bytes that are not UTF-8,
+//     unknown fields, trailing data and bad values are 400; a body over
+//     Options.MaxBodyBytes is 413.
 //     Errors are {"error": "one line"}: unknown run or eval 404, wrong
 //     method 405 (with Allow), a run name in use 409, an eval no registered
-//     executor could serve 422, anything from Redis (or unexpected) 503.
+//     executor could serve 422, and so is a pool with no executor at all
+//     (unless allow_empty_pool), anything from Redis (or unexpected) 503.
 //   - Eval IDs of runs are NAME/KEY: in a path, escape the slash (%2F).
 //   - POST /api/v1/evals is idempotent by eval ID (its Asynq task ID): the
 //     same ID again answers 200 with the eval as it is, and enqueues
@@ -37,6 +39,7 @@
 package api
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	_ "embed"
@@ -288,7 +291,7 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, run.ErrExists):
 		return http.StatusConflict
-	case errors.Is(err, pool.ErrUnservable):
+	case errors.Is(err, pool.ErrUnservable), errors.Is(err, pool.ErrEmpty):
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, run.ErrInvalid), errors.Is(err, tasks.ErrBadPayload), errors.Is(err, pool.ErrInvalid):
 		return http.StatusBadRequest
@@ -305,6 +308,9 @@ func statusOf(err error) int {
 // fail answers err with its status; a 5xx is logged.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := statusOf(err)
+	if errors.Is(err, pool.ErrEmpty) {
+		err = fmt.Errorf("%w (the dashboard's --pool, or its Redis, may be the wrong one): nothing was enqueued; set \"allow_empty_pool\": true to submit anyway", err)
+	}
 	// A follow past the cap is the cap working, not a failure to log.
 	if status >= 500 && !errors.Is(err, ErrTooManyFollowers) {
 		if r.Context().Err() != nil {
@@ -327,10 +333,18 @@ func (h *Handler) decode(w http.ResponseWriter, r *http.Request, v any, optional
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("%s: %d bytes, more than %d", errTooLarge, r.ContentLength, limit))
 		return false
 	}
-	body := http.MaxBytesReader(w, r.Body, limit)
-	dec := json.NewDecoder(body)
+	// Read whole, which the decoder would buffer anyway, to check the
+	// bytes before encoding/json turns those not UTF-8 into U+FFFD, or
+	// passes them on in a spec.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
+	if err == nil {
+		err = tasks.CheckUTF8(body)
+	}
+	if err == nil {
+		err = dec.Decode(v)
+	}
 	if err == nil {
 		// One object, and nothing after it but space.
 		if extra := dec.Decode(&json.RawMessage{}); !errors.Is(extra, io.EOF) {

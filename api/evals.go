@@ -13,8 +13,6 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/evalpool/evalpool/client"
-	"github.com/evalpool/evalpool/labels"
-	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -25,6 +23,9 @@ type EvalRequest struct {
 	Require  map[string]string `json:"require,omitempty"`
 	TimeoutS *int64            `json:"timeout_s,omitempty"`
 	MaxRetry *int              `json:"max_retry,omitempty"`
+	// AllowEmptyPool enqueues to a pool with no executor registered yet,
+	// which is otherwise refused (422).
+	AllowEmptyPool bool `json:"allow_empty_pool,omitempty"`
 }
 
 // EvalCreated is the answer of POST /evals that enqueued the eval.
@@ -94,15 +95,9 @@ func (h *Handler) submitEval(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if set := labels.Name(e.Require); set != "" {
-		ok, err := p.CanServe(ctx, e.Require)
-		if err == nil && !ok {
-			err = fmt.Errorf("eval %s requires %s, which no executor registered in pool %s has: %w", e.ID, set, p.Name(), pool.ErrUnservable)
-		}
-		if err != nil {
-			h.fail(w, r, err)
-			return
-		}
+	if err := client.Servable(ctx, p, []tasks.Eval{e}, req.AllowEmptyPool); err != nil {
+		h.fail(w, r, err)
+		return
 	}
 	_, err = h.aq.EnqueueContext(ctx, task)
 	if errors.Is(err, asynq.ErrTaskIDConflict) && h.existing(w, r, e.ID) {

@@ -32,6 +32,9 @@ type RunRequest struct {
 	// Resume finishes the submission of the run Name that was cut short
 	// (its submission "incomplete"): the same evals, in the same order.
 	Resume bool `json:"resume,omitempty"`
+	// AllowEmptyPool submits to a pool with no executor registered yet,
+	// which is otherwise refused (422).
+	AllowEmptyPool bool `json:"allow_empty_pool,omitempty"`
 }
 
 // RunEval is one eval of a RunRequest: EvalID is its key in the run (its
@@ -148,7 +151,7 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 		_, _ = rand.Read(suffix)
 		name = "run-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(suffix)
 	}
-	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts, Retention: retention, Resume: req.Resume}, nil
+	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts, Retention: retention, Resume: req.Resume, AllowEmptyPool: req.AllowEmptyPool}, nil
 }
 
 // RunItem is a run in GET /runs: as submitted, with its progress.

@@ -32,7 +32,8 @@ type bundle struct {
 }
 
 // setup gives a test a Redis of its own (Asynq's queues and the run index
-// are per Redis) and a pool on it with no executors.
+// are per Redis) and a pool on it with one executor registered, where
+// nothing answers: a submission to a pool with none is refused.
 func setup(t *testing.T) *bundle {
 	t.Helper()
 	srv := evaltest.StartT(t, evaltest.Options{})
@@ -40,6 +41,9 @@ func setup(t *testing.T) *bundle {
 	t.Cleanup(func() { _ = rdb.Close() })
 	p, err := pool.New(rdb, pool.Options{Name: "clienttest"})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Register(t.Context(), pool.Executor{URL: "http://127.0.0.1:1"}); err != nil {
 		t.Fatal(err)
 	}
 	return &bundle{
@@ -299,6 +303,42 @@ func TestSubmitRetries(t *testing.T) {
 	}
 }
 
+// Servable refuses a pool with no executor unless allowed, which takes any
+// eval; in a pool with executors, an eval whose labels none has.
+func TestServable(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if _, err := b.pool.Register(t.Context(), pool.Executor{URL: "http://127.0.0.1:2", Labels: map[string]string{"gpu": "a100"}}); err != nil {
+		t.Fatal(err)
+	}
+	empty, err := pool.New(b.rdb, pool.Options{Name: "empty"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := tasks.Eval{ID: "plain", Spec: json.RawMessage(`{}`)}
+	a100 := tasks.Eval{ID: "a100", Spec: json.RawMessage(`{}`), Require: map[string]string{"gpu": "a100"}}
+	h100 := tasks.Eval{ID: "h100", Spec: json.RawMessage(`{}`), Require: map[string]string{"gpu": "h100"}}
+	for _, tc := range []struct {
+		name       string
+		pool       *pool.Pool
+		evals      []tasks.Eval
+		allowEmpty bool
+		want       error
+	}{
+		{"empty pool", empty, []tasks.Eval{plain}, false, pool.ErrEmpty},
+		{"empty pool, labels", empty, []tasks.Eval{a100}, false, pool.ErrEmpty},
+		{"empty pool allowed", empty, []tasks.Eval{plain, h100}, true, nil},
+		{"servable", b.pool, []tasks.Eval{plain, a100, a100}, false, nil},
+		{"unservable", b.pool, []tasks.Eval{plain, a100, h100}, false, pool.ErrUnservable},
+		{"unservable, empty allowed", b.pool, []tasks.Eval{h100}, true, pool.ErrUnservable},
+	} {
+		err := client.Servable(t.Context(), tc.pool, tc.evals, tc.allowEmpty)
+		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
 // A run that cannot be submitted leaves nothing behind: no run, no task.
 func TestSubmitRefused(t *testing.T) {
 	t.Parallel()
@@ -332,9 +372,6 @@ func TestSubmitRefused(t *testing.T) {
 func TestCancel(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	if _, err := b.pool.Register(t.Context(), pool.Executor{URL: "http://127.0.0.1:1"}); err != nil {
-		t.Fatal(err)
-	}
 	enqueue(t, b, "done", `{"grade":"passed"}`)
 	serve(t, b)
 	evaltest.Eventually(t, 10*time.Second, "eval done never completed", func() bool {

@@ -47,13 +47,17 @@ type RunRequest struct {
 	// with, keys in the same order; each is enqueued again, and those
 	// enqueued already are refused by their task ID and left alone.
 	Resume bool
+	// AllowEmptyPool submits the run to a pool with no executor registered
+	// yet (they are to come), which is otherwise refused (Servable).
+	AllowEmptyPool bool
 }
 
 // Submit checks every eval of a run, and that some executor of p can
 // serve each, before anything is written; then records the run and enqueues
 // its evals. It returns the run as recorded. A name in use is
-// run.ErrExists (unless req.Resume); an eval no executor could serve,
-// pool.ErrUnservable; a Redis at maxmemory, pool.ErrRedisFull. A
+// run.ErrExists (unless req.Resume); a pool with no executor,
+// pool.ErrEmpty (unless req.AllowEmptyPool); an eval no executor could
+// serve, pool.ErrUnservable; a Redis at maxmemory, pool.ErrRedisFull. A
 // submission cut short after the run was recorded leaves it
 // run.Incomplete, with the count enqueued: submit it again with Resume, or
 // cancel it.
@@ -75,8 +79,8 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 	}
 	batch := make([]*asynq.Task, len(req.Evals))
 	ids := make([]string, len(req.Evals))
+	evals := make([]tasks.Eval, len(req.Evals))
 	seen := map[string]int{}
-	servable := map[string]bool{}
 	for i, e := range req.Evals {
 		key := cmp.Or(e.ID, strconv.Itoa(i+1))
 		if prev, dup := seen[key]; dup {
@@ -96,18 +100,11 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 		if err != nil {
 			return run.Run{}, fmt.Errorf("run %s: eval %d: %w", r.Name, i+1, err)
 		}
-		batch[i], ids[i] = t, e.ID
+		batch[i], ids[i], evals[i] = t, e.ID, e
 		r.Keys = append(r.Keys, key)
-		if set := labels.Name(e.Require); set != "" && !servable[set] {
-			ok, err := p.CanServe(ctx, e.Require)
-			if err != nil {
-				return run.Run{}, err
-			}
-			if !ok {
-				return run.Run{}, fmt.Errorf("run %s: eval %s requires %s, which no executor registered in pool %s has: %w", r.Name, key, set, p.Name(), pool.ErrUnservable)
-			}
-			servable[set] = true
-		}
+	}
+	if err := Servable(ctx, p, evals, req.AllowEmptyPool); err != nil {
+		return run.Run{}, fmt.Errorf("run %s: %w", r.Name, err)
 	}
 	if !req.Resume {
 		if _, _, err := runs.Submission(ctx, r.Name); err == nil {

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,35 +73,60 @@ func RunResult(ctx context.Context, runs *run.Store, info *asynq.TaskInfo) error
 	return err
 }
 
-// Wait is WaitWith with no run store: for plain evals.
+// Wait is WaitWith for plain evals, stopping at the first error.
 func Wait(ctx context.Context, insp *asynq.Inspector, pool string, ids []string, every time.Duration, finished func(Finished), requeue func(ctx context.Context, id string) error) error {
-	return WaitWith(ctx, insp, nil, pool, ids, every, finished, requeue)
+	return WaitWith(ctx, insp, pool, ids, WaitOptions{Every: every, Finished: finished, Requeue: requeue})
 }
 
-// WaitWith polls Asynq every interval until each eval in ids is completed
-// or archived, calling finished for each as it ends; a run's eval's result
-// is read from runs (RunResult). It returns the context's cause, with how
-// many are left, if the context ends first. An eval not found is
-// ErrEvalNotFound, unless requeue is given: a producer that holds the evals
-// it waits for enqueues the eval again (Redis's data went back, or was
-// lost), and WaitWith waits for it as before.
-func WaitWith(ctx context.Context, insp *asynq.Inspector, runs *run.Store, pool string, ids []string, every time.Duration, finished func(Finished), requeue func(ctx context.Context, id string) error) error {
+// DefaultWaitEvery is WaitOptions.Every's default.
+const DefaultWaitEvery = 250 * time.Millisecond
+
+// WaitOptions tune WaitWith. The zero value is usable: it polls every
+// 250 ms and stops at the first error.
+type WaitOptions struct {
+	// Runs is where a run's eval's result is read (RunResult). Nil for
+	// plain evals.
+	Runs *run.Store
+	// Every is how often the evals are polled. Defaults to
+	// DefaultWaitEvery (250 ms).
+	Every time.Duration
+	// Finished is called for each eval as it ends. May be nil.
+	Finished func(Finished)
+	// Requeue, from a producer that holds the evals it waits for, enqueues
+	// again an eval not found (Redis's data went back, or was lost), which
+	// is then waited for as before. Without it, an eval not found is
+	// ErrEvalNotFound.
+	Requeue func(ctx context.Context, id string) error
+	// Backoff rides out a Redis that fails: each call to it is tried again
+	// until it answers, or the context ends. Nil: the first error ends the
+	// wait.
+	Backoff *Backoff
+}
+
+// WaitWith polls Asynq until each eval in ids is completed or archived,
+// calling opts.Finished for each as it ends. It returns the context's
+// cause, with how many are left, if the context ends first.
+func WaitWith(ctx context.Context, insp *asynq.Inspector, pool string, ids []string, opts WaitOptions) error {
 	pending := append([]string(nil), ids...)
-	tick := time.NewTicker(every)
+	tick := time.NewTicker(cmp.Or(opts.Every, DefaultWaitEvery))
 	defer tick.Stop()
 	for {
 		still := pending[:0]
 		for _, id := range pending {
-			info, err := Lookup(insp, pool, id)
-			if errors.Is(err, ErrEvalNotFound) && requeue != nil {
-				if err := requeue(ctx, id); err != nil {
+			var info *asynq.TaskInfo
+			err := opts.Backoff.Do(ctx, func() error {
+				var err error
+				if info, err = Lookup(insp, pool, id); err == nil {
+					err = RunResult(ctx, opts.Runs, info)
+				}
+				return err
+			})
+			if errors.Is(err, ErrEvalNotFound) && opts.Requeue != nil {
+				if err := opts.Backoff.Do(ctx, func() error { return opts.Requeue(ctx, id) }); err != nil {
 					return err
 				}
 				still = append(still, id)
 				continue
-			}
-			if err == nil {
-				err = RunResult(ctx, runs, info)
 			}
 			if err != nil {
 				return err
@@ -118,7 +144,9 @@ func WaitWith(ctx context.Context, insp *asynq.Inspector, runs *run.Store, pool 
 				still = append(still, id)
 				continue
 			}
-			finished(f)
+			if opts.Finished != nil {
+				opts.Finished(f)
+			}
 		}
 		if pending = still; len(pending) == 0 {
 			return nil

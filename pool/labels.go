@@ -19,6 +19,12 @@ const MaxLabels = labels.Max
 // requires: it would wait for ever, so it is refused.
 var ErrUnservable = errors.New("pool: no registered executor has the required labels")
 
+// ErrEmpty means no executor is registered in the pool at all. An eval
+// submitted there waits until one is, and the likelier cause is a misspelt
+// pool name or the wrong Redis (or DB): producers refuse it unless told the
+// executors are to come.
+var ErrEmpty = errors.New("pool: no executor registered")
+
 // ValidateLabels checks labels (labels.Validate), as ErrInvalid.
 func ValidateLabels(ls map[string]string) error {
 	if err := labels.Validate(ls); err != nil {

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
 
@@ -187,6 +188,9 @@ func (e Eval) validate() error {
 	if err := validateID(e.ID); err != nil {
 		return err
 	}
+	if err := CheckUTF8([]byte(e.ID)); err != nil {
+		return fmt.Errorf("eval ID %q: %w", e.ID, err)
+	}
 	if err := validatePool(e.Pool); err != nil {
 		return err
 	}
@@ -198,6 +202,9 @@ func (e Eval) validate() error {
 	}
 	if !json.Valid(e.Spec) {
 		return fmt.Errorf("%w: eval %s: spec is not valid JSON", ErrBadPayload, e.ID)
+	}
+	if err := CheckUTF8(e.Spec); err != nil {
+		return fmt.Errorf("eval %s: spec: %w", e.ID, err)
 	}
 	if e.LeaseTTLMs < 0 || e.LeaseTTLMs > 0 && e.LeaseTTLMs < 10 || e.LeaseTTLMs > MaxLeaseTTL.Milliseconds() {
 		return fmt.Errorf("%w: eval %s: lease TTL %dms: want 0 (the worker's), or from 10ms to %s", ErrBadPayload, e.ID, e.LeaseTTLMs, MaxLeaseTTL)
@@ -276,6 +283,22 @@ func validateID(id string) error {
 	}
 	if strings.IndexFunc(id, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
 		return fmt.Errorf("%w: eval ID %q holds spaces or control characters", ErrBadPayload, id)
+	}
+	return nil
+}
+
+// CheckUTF8 refuses input that is not UTF-8, naming its first bad byte
+// (from 1), as ErrBadPayload. Check raw input before decoding it as JSON:
+// encoding/json turns such bytes into U+FFFD in a string, and carries them
+// as they are in a spec, so that the executor would not grade what was
+// submitted.
+func CheckUTF8(b []byte) error {
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size == 1 {
+			return fmt.Errorf("%w: not valid UTF-8 (byte %d)", ErrBadPayload, i+1)
+		}
+		i += size
 	}
 	return nil
 }

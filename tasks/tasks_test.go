@@ -56,6 +56,8 @@ func TestBadEvals(t *testing.T) {
 		{"negative TTL", Eval{ID: "e", Spec: json.RawMessage(`{}`), LeaseTTLMs: -5}, "lease TTL"},
 		{"tiny TTL", Eval{ID: "e", Spec: json.RawMessage(`{}`), LeaseTTLMs: 5}, "lease TTL"},
 		{"negative timeout", Eval{ID: "e", Spec: json.RawMessage(`{}`), TimeoutS: -1}, "timeout"},
+		{"non-UTF-8 ID", Eval{ID: "e\xff", Spec: json.RawMessage(`{}`)}, "not valid UTF-8 (byte 2)"},
+		{"non-UTF-8 spec", Eval{ID: "e", Spec: json.RawMessage("\"bad\xff\xfe\"")}, "spec: bad payload: not valid UTF-8 (byte 5)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -22,6 +22,7 @@ import (
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/labels"
+	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -41,6 +42,7 @@ func (a *app) enqueueCommand() *cobra.Command {
 		retention  time.Duration
 		maxRetry   int
 		require    []string
+		allowEmpty bool
 	)
 	c := &cobra.Command{
 		Use:   "enqueue (--spec JSON [--count N] | --file evals.jsonl)",
@@ -54,7 +56,9 @@ An eval whose ID is already enqueued is left as it is and reported.
 
 --require k=v (repeatable) makes every eval run only on executors with all
 those labels, on top of a line's own "require". An eval that no registered
-executor could serve is refused, and nothing is enqueued.`,
+executor could serve is refused, and nothing is enqueued; so are evals for a
+pool with no executor registered (a misspelt --pool, the wrong Redis or DB),
+unless --allow-empty-pool.`,
 		Args: positional(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if (spec == "") == (file == "") {
@@ -116,7 +120,7 @@ executor could serve is refused, and nothing is enqueued.`,
 			if err != nil {
 				return err
 			}
-			if err := a.servable(c.Context(), evals); err != nil {
+			if err := a.servable(c.Context(), evals, allowEmpty); err != nil {
 				return err
 			}
 			aq := asynq.NewClientFromRedisClient(rdb) // shares rdb: nothing to close
@@ -163,6 +167,7 @@ executor could serve is refused, and nothing is enqueued.`,
 	f.DurationVar(&leaseTTL, "lease-ttl", 0, "executor lease TTL; 0 uses the worker's --lease-ttl")
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
 	f.StringArrayVar(&require, "require", nil, "run only on executors with label key=value (repeatable)")
+	f.BoolVar(&allowEmpty, "allow-empty-pool", false, "enqueue even if no executor is registered in the pool yet")
 	return c
 }
 
@@ -177,31 +182,31 @@ func retryOptions(maxRetry int) tasks.EvalOptions {
 }
 
 // servable refuses evals that no executor registered in the pool could
-// serve, before any is enqueued: one lookup per distinct requirement.
-func (a *app) servable(ctx context.Context, evals []tasks.Eval) error {
+// serve, or a pool with none (unless allowEmpty), before any is enqueued.
+func (a *app) servable(ctx context.Context, evals []tasks.Eval, allowEmpty bool) error {
 	p, err := a.pool()
 	if err != nil {
 		return err
 	}
-	checked := map[string]bool{}
-	for _, e := range evals {
-		set := labels.Name(e.Require)
-		if set == "" || checked[set] {
-			continue
-		}
-		checked[set] = true
-		ok, err := p.CanServe(ctx, e.Require)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("eval %s requires %s, which no executor registered in pool %s has (pool status lists them; pool add --label or pool label gives them): nothing was enqueued", e.ID, set, p.Name())
-		}
+	return a.unservable(client.Servable(ctx, p, evals, allowEmpty))
+}
+
+// unservable says, of a submission refused for want of executors, where
+// the command looked and what to do.
+func (a *app) unservable(err error) error {
+	switch {
+	case errors.Is(err, pool.ErrEmpty):
+		return fmt.Errorf("%w in pool %s on Redis %s (a misspelt --pool, or the wrong Redis or DB?): nothing was enqueued; `evalpool pool status` lists a pool's executors, --allow-empty-pool submits anyway", pool.ErrEmpty, a.poolName, a.conn)
+	case errors.Is(err, pool.ErrUnservable):
+		return fmt.Errorf("%w (pool status lists them; pool add --label or pool label gives them): nothing was enqueued", err)
 	}
-	return nil
+	return err
 }
 
 func specEvals(spec string, count int) ([]tasks.Eval, error) {
+	if err := tasks.CheckUTF8([]byte(spec)); err != nil {
+		return nil, fmt.Errorf("--spec is not valid UTF-8: %w", err)
+	}
 	if !json.Valid([]byte(spec)) {
 		return nil, fmt.Errorf("%w: --spec is not valid JSON", tasks.ErrBadPayload)
 	}
@@ -213,7 +218,8 @@ func specEvals(spec string, count int) ([]tasks.Eval, error) {
 }
 
 // readEvalFile reads a JSON Lines file of evals, all or nothing. An eval
-// whose line names no ID has none.
+// whose line names no ID has none. A line that is not UTF-8 is refused
+// before it is decoded (tasks.CheckUTF8).
 func readEvalFile(path string) ([]tasks.Eval, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -226,6 +232,9 @@ func readEvalFile(path string) ([]tasks.Eval, error) {
 	for n := 1; ; n++ {
 		line, err := r.ReadBytes('\n')
 		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
+		}
+		if err := tasks.CheckUTF8(line); err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
 		}
 		if trimmed := bytes.TrimSpace(line); len(trimmed) > 0 {
@@ -396,7 +405,8 @@ func (a *app) lookupEval(ctx context.Context, insp *asynq.Inspector, pool, id st
 
 // waitEvals polls the evals until each is completed or archived, showing a
 // progress bar on stderr, and fails if any was archived. With requeue (the
-// producer's own evals), an eval that vanished is enqueued again.
+// producer's own evals), an eval that vanished is enqueued again. A Redis
+// that fails is waited for (backoff).
 func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.Context, string) error) error {
 	insp, err := a.inspector()
 	if err != nil {
@@ -414,17 +424,22 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 	if err != nil {
 		return err
 	}
-	err = client.WaitWith(ctx, insp, store, a.poolName, ids, 250*time.Millisecond, func(f client.Finished) {
-		_ = bar.Add(1)
-		switch f.Outcome {
-		case client.OutcomePassed:
-			passed++
-		case client.OutcomeFailed:
-			failed++
-		default:
-			archived++
-		}
-	}, requeue)
+	err = client.WaitWith(ctx, insp, a.poolName, ids, client.WaitOptions{
+		Runs: store,
+		Finished: func(f client.Finished) {
+			_ = bar.Add(1)
+			switch f.Outcome {
+			case client.OutcomePassed:
+				passed++
+			case client.OutcomeFailed:
+				failed++
+			default:
+				archived++
+			}
+		},
+		Requeue: requeue,
+		Backoff: a.backoff("the evals"),
+	})
 	if err != nil && ctx.Err() != nil {
 		fmt.Fprintf(a.stderr, "\nstopped waiting; the evals go on in the queue: wait again with `evalpool eval wait ID...` (the IDs enqueue printed), or look with `evalpool eval status ID...`\n")
 		return fmt.Errorf("%w: %w", errInterrupted, err)
@@ -438,4 +453,19 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 		return fmt.Errorf("%w: %d failed and %d errored of %d; see `evalpool eval result`", errEvalsFailed, failed, archived, len(ids))
 	}
 	return nil
+}
+
+// backoff rides out a Redis that fails a wait, for as long as it takes:
+// the evals go on, and a CI gate must not fail on an outage the workers
+// survive. It says so once when Redis begins to fail, and once when it is
+// back; Ctrl-C still stops the wait.
+func (a *app) backoff(what string) *client.Backoff {
+	return &client.Backoff{
+		Failing: func(err error) {
+			fmt.Fprintf(a.stderr, "\nRedis fails (%v): the wait for %s goes on, trying again until Redis answers\n", err, what)
+		},
+		Back: func(down time.Duration) {
+			fmt.Fprintf(a.stderr, "\nRedis is back after %s: the wait for %s goes on\n", down.Round(100*time.Millisecond), what)
+		},
+	}
 }

@@ -203,6 +203,9 @@ func TestBadInput(t *testing.T) {
 func TestEnqueueFileIsAllOrNothing(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
+	if r := evalpool(t, url, "default", "pool", "add", "--no-probe", "http://e1"); r.code != 0 {
+		t.Fatalf("pool add: %+v", r)
+	}
 	dir := t.TempDir()
 	write := func(name, content string) string {
 		p := filepath.Join(dir, name)

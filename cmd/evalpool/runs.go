@@ -52,6 +52,7 @@ func (a *app) runSubmit() *cobra.Command {
 		resume      bool
 		retention   time.Duration
 		taskKeep    time.Duration
+		allowEmpty  bool
 	)
 	c := &cobra.Command{
 		Use:   "submit --file suite.jsonl [--name N] [--wait]",
@@ -60,7 +61,8 @@ func (a *app) runSubmit() *cobra.Command {
 line) as one run and print its name. An eval's "eval_id" is its key in the
 run, which --compare matches across runs (the line number when absent); its
 eval ID is NAME/KEY. Every line, and that some executor can serve every eval,
-is checked before anything is enqueued.
+is checked before anything is enqueued: a pool with no executor registered (a
+misspelt --pool, the wrong Redis or DB) is refused unless --allow-empty-pool.
 
 --wait follows the run with a progress bar, prints its summary, and exits 1
 when its pass rate (passed over passed, failed and errored) is under
@@ -109,18 +111,20 @@ when its pass rate (passed over passed, failed and errored) is under
 			opts.Retention = taskKeep
 			req := client.RunRequest{
 				Name: name, Evals: evals, Require: required, Timeout: timeout,
-				Options: opts, Resume: resume, Retention: retention,
+				Options: opts, Resume: resume, Retention: retention, AllowEmptyPool: allowEmpty,
 			}
 			r, err := client.Submit(c.Context(), aq, p, store, req)
 			if err != nil {
-				return err
+				return a.unservable(err)
 			}
 			name = r.Name
 			fmt.Fprintln(a.stdout, name)
 			if !wait {
 				return nil
 			}
-			req.Name, req.Resume = name, true
+			// The run was taken: enqueued again after a rewind, its evals
+			// wait for executors as they did.
+			req.Name, req.Resume, req.AllowEmptyPool = name, true, true
 			return a.waitRun(c.Context(), store, name, minPassRate, &rewinds{
 				watch: client.RewindWatch{Pool: p},
 				resubmit: func(ctx context.Context) error {
@@ -142,6 +146,7 @@ when its pass rate (passed over passed, failed and errored) is under
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
 	f.DurationVar(&retention, "retention", evalrun.DefaultRetention, "how long the run, its evals' ends and results, is kept after its last eval ended")
 	f.DurationVar(&taskKeep, "task-retention", tasks.RunTaskRetention, "how long each eval's Asynq task is kept once it ended (the run keeps its result)")
+	f.BoolVar(&allowEmpty, "allow-empty-pool", false, "submit even if no executor is registered in the pool yet")
 	f.BoolVar(&resume, "resume", false, "finish the submission of run --name that was cut short: the same file; evals enqueued already are left alone")
 	return c
 }
@@ -152,23 +157,29 @@ when its pass rate (passed over passed, failed and errored) is under
 type rewinds struct {
 	watch    client.RewindWatch
 	resubmit func(context.Context) error
+	// owed is a rewind seen whose evals are not enqueued again yet: the
+	// watch reports it once.
+	owed bool
 }
-
-// redisAwayFor is how long waitRun keeps trying a Redis that fails it (a
-// restart, a failover) before it gives up.
-const redisAwayFor = time.Minute
 
 // waitRun follows a run until every eval ended, then prints its summary
 // and fails under minPassRate. A run that vanished, or a pool whose data
-// went back, has its evals enqueued again (rw), and a Redis that fails it
-// for less than redisAwayFor is waited for.
+// went back, has its evals enqueued again (rw); a Redis that fails is
+// waited for, however long (backoff).
 func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, minPassRate float64, rw *rewinds) error {
-	_, _ = rw.watch.Rewound(ctx) // the first look
-	c, err := store.Progress(ctx, name)
+	b := a.backoff("run " + name)
+	var c evalrun.Counts
+	err := b.Do(ctx, func() error {
+		if _, err := rw.watch.Rewound(ctx); err != nil { // the first look
+			return err
+		}
+		var err error
+		c, err = store.Progress(ctx, name)
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	var failingSince time.Time
 	bar := progressbar.NewOptions(c.Size,
 		progressbar.OptionSetWriter(a.stderr),
 		progressbar.OptionSetDescription(name),
@@ -185,24 +196,26 @@ func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, mi
 			return fmt.Errorf("%w: wait for run %s: %w", errInterrupted, name, context.Cause(ctx))
 		case <-tick.C:
 		}
-		next, err := a.progress(ctx, store, name, rw)
-		switch {
-		case err == nil:
-			c, failingSince = next, time.Time{}
-		case errors.Is(err, context.Canceled):
+		err := b.Do(ctx, func() error {
+			next, err := a.progress(ctx, store, name, rw)
+			if err == nil {
+				c = next
+			}
 			return err
-		case failingSince.IsZero():
-			failingSince = time.Now()
-			fmt.Fprintf(a.stderr, "\n%v; still waiting for run %s\n", err, name)
-		case time.Since(failingSince) > redisAwayFor:
+		})
+		if err != nil && ctx.Err() == nil {
 			return err
 		}
 		_ = bar.Set(c.Done())
 	}
 	_ = bar.Finish()
 	fmt.Fprintln(a.stderr)
-	sum, err := store.Summarize(ctx, name, "")
-	if err != nil {
+	var sum evalrun.Summary
+	if err := b.Do(ctx, func() error {
+		var err error
+		sum, err = store.Summarize(ctx, name, "")
+		return err
+	}); err != nil {
 		return err
 	}
 	printSummary(a.stdout, sum)
@@ -219,9 +232,13 @@ func (a *app) progress(ctx context.Context, store *evalrun.Store, name string, r
 	c, err := store.Progress(ctx, name)
 	if back || errors.Is(err, evalrun.ErrNotFound) {
 		fmt.Fprintf(a.stderr, "\nRedis's data went back in time, or run %s vanished: its evals are enqueued again by their IDs (those still there are left alone)\n", name)
+		rw.owed = true
+	}
+	if rw.owed {
 		if err := rw.resubmit(ctx); err != nil {
 			return evalrun.Counts{}, err
 		}
+		rw.owed = false
 		c, err = store.Progress(ctx, name)
 	}
 	return c, err
