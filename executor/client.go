@@ -40,11 +40,20 @@ const (
 // executors and the workers that call them.
 const EnvSecret = "EVALPOOL_EXECUTOR_SECRET"
 
-// Eval outcomes an executor reports.
+// Eval outcomes an executor reports: a grade (passed, failed), or errored
+// when the eval has no grade by its own fault (its grader crashed, timed
+// out, or gave no result). An executor that could not run the eval at all
+// answers 5xx instead: that is the executor's fault.
 const (
-	StatusPassed = "passed"
-	StatusFailed = "failed"
+	StatusPassed  = "passed"
+	StatusFailed  = "failed"
+	StatusErrored = "errored"
 )
+
+// MaxTailBytes bounds each of a result's Stdout and Stderr as the client
+// keeps them: a longer one keeps its end. Executors send less (the
+// reference sends DefaultTail unless told otherwise).
+const MaxTailBytes = 64 << 10
 
 // MaxAnswerBytes bounds an executor's answer; a longer one is a bad answer.
 const MaxAnswerBytes = 4 << 20
@@ -222,9 +231,20 @@ type Extension struct {
 
 // Result is an executor's answer to an eval.
 type Result struct {
+	// Status is StatusPassed, StatusFailed or StatusErrored.
 	Status string          `json:"status"`
 	Score  *float64        `json:"score,omitempty"`
 	Output json.RawMessage `json:"output,omitempty"`
+	// Error says why an errored eval has no grade: "exit status 3", "no
+	// result on stdout", "timed out after 30s".
+	Error string `json:"error,omitempty"`
+	// ExitCode is the exit code of the grader's process when it exited
+	// with one other than 0 (not when a signal ended it).
+	ExitCode *int `json:"exit_code,omitempty"`
+	// Stdout and Stderr are the ends of what the grader wrote besides its
+	// result: its log, kept with the result. At most MaxTailBytes each.
+	Stdout string `json:"stdout,omitempty"`
+	Stderr string `json:"stderr,omitempty"`
 }
 
 // Health is an executor's answer to GET /healthz.
@@ -241,10 +261,20 @@ func ParseResult(body []byte) (Result, error) {
 	if err := json.Unmarshal(body, &r); err != nil {
 		return Result{}, fmt.Errorf("%w: %w: %s", ErrBadAnswer, err, Snippet(body))
 	}
-	if r.Status != StatusPassed && r.Status != StatusFailed {
-		return Result{}, fmt.Errorf("%w: status %q, want %q or %q", ErrBadAnswer, r.Status, StatusPassed, StatusFailed)
+	if r.Status != StatusPassed && r.Status != StatusFailed && r.Status != StatusErrored {
+		return Result{}, fmt.Errorf("%w: status %q, want %q, %q or %q", ErrBadAnswer, r.Status, StatusPassed, StatusFailed, StatusErrored)
 	}
+	r.Stdout, r.Stderr = Tail(r.Stdout, MaxTailBytes), Tail(r.Stderr, MaxTailBytes)
 	return r, nil
+}
+
+// Tail is the last n bytes of s, or fewer: a rune cut at the start is
+// dropped, and so is any byte that is not UTF-8.
+func Tail(s string, n int) string {
+	if len(s) > n {
+		s = s[len(s)-max(n, 0):]
+	}
+	return strings.ToValidUTF8(s, "")
 }
 
 // parseHealth reads a 200 answer to GET /healthz: the JSON of the reference

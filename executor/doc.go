@@ -26,6 +26,31 @@
 // "lease_over_on_arrival"; the client's error is a [RefusedError], which is
 // [ErrFenced].
 //
+// # Whose fault
+//
+// The answer says whose fault an eval without a grade is, and the pool
+// counts only the executor's against its health. The rule for an executor:
+//
+//   - It ran the eval and the eval has a grade: 200 {"status": "passed" or
+//     "failed", "score"?, "output"?}.
+//   - It ran the eval and the eval has none by its own fault (its grader
+//     exited other than 0, was killed by a signal it did not get from the
+//     executor, ran past its time, or wrote no result): 200 {"status":
+//     "errored", "error": why, "exit_code"?}. The caller retries it,
+//     preferably elsewhere, up to its retries, without holding it against
+//     the executor.
+//   - It could not run the eval (no sandbox, a full disk, the grader's
+//     program missing from the image, a crash of its own): 5xx. That, no
+//     answer, and an answer that is not a [Result] are [ErrUnavailable] or
+//     [ErrBadAnswer]: the executor's fault, counted towards its quarantine.
+//
+// Any result may carry "stdout" and "stderr", the ends of what the grader
+// wrote besides its result (a few KiB: they are stored with every result;
+// the client keeps at most [MaxTailBytes] of each). The reference executor
+// takes a grader's result from the file named by EVALPOOL_RESULT_FILE, when
+// the grader wrote one, else from the last line of its stdout that is a
+// JSON object (else its whole stdout): anything else it prints is log.
+//
 // # Time
 //
 // Every answer carries the executor's wall clock in [TimeHeader]

@@ -132,3 +132,36 @@ func TestReadBody(t *testing.T) {
 		}
 	}
 }
+
+// TestParseResult: an errored eval is a result, with why and the ends of
+// the grader's output, which the client bounds; a status outside the
+// protocol is a bad answer.
+func TestParseResult(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("é", MaxTailBytes) // 2 bytes a rune: cut in one
+	tests := []struct {
+		name, body string
+		want       func(Result) bool
+		err        error
+	}{
+		{"passed", `{"status":"passed","score":1,"stdout":"progress: 50%"}`, func(r Result) bool { return r.Status == StatusPassed && r.Stdout == "progress: 50%" }, nil},
+		{"errored", `{"status":"errored","error":"exit status 3","exit_code":3,"stderr":"Traceback"}`,
+			func(r Result) bool {
+				return r.Status == StatusErrored && *r.ExitCode == 3 && r.Error == "exit status 3" && r.Stderr == "Traceback"
+			}, nil},
+		{"long stderr keeps its end", `{"status":"errored","stderr":"` + long + `end"}`,
+			func(r Result) bool {
+				return len(r.Stderr) <= MaxTailBytes && strings.HasSuffix(r.Stderr, "éend") && strings.HasPrefix(r.Stderr, "é")
+			}, nil},
+		{"unknown status", `{"status":"crashed"}`, nil, ErrBadAnswer},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r, err := ParseResult([]byte(tt.body))
+			if !errors.Is(err, tt.err) || tt.want != nil && (err != nil || !tt.want(r)) {
+				t.Fatalf("ParseResult = %+v, %v", r, err)
+			}
+		})
+	}
+}

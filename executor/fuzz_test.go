@@ -10,7 +10,7 @@ import (
 func FuzzParseResult(f *testing.F) {
 	for _, seed := range []string{
 		`{"status":"passed","score":1}`, `{"status":"failed","output":{"log":"x"}}`,
-		`{"status":"maybe"}`, `{"status":1}`, `<html>`, ``, `null`, `{"status":"passed","score":"high"}`,
+		`{"status":"errored","error":"exit status 3","exit_code":3,"stderr":"Traceback"}`, `{"status":"maybe"}`, `{"status":1}`, `<html>`, ``, `null`, `{"status":"passed","score":"high"}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -22,7 +22,7 @@ func FuzzParseResult(f *testing.F) {
 			}
 			return
 		}
-		if r.Status != StatusPassed && r.Status != StatusFailed {
+		if r.Status != StatusPassed && r.Status != StatusFailed && r.Status != StatusErrored {
 			t.Fatalf("accepted status %q", r.Status)
 		}
 	})

@@ -274,30 +274,54 @@ func TestQuarantineWhileLeased(t *testing.T) {
 }
 
 // TestAvoidTheExecutorThatFailed: a retried attempt prefers another free
-// executor over the one its last attempt found unavailable.
+// executor over the one its last attempt found unavailable, or errored on.
 func TestAvoidTheExecutorThatFailed(t *testing.T) {
 	t.Parallel()
-	p, _ := setup(t, "http://e1", "http://e2")
-	l := acquire(t, p, "eval-a", time.Minute)
-	failed := l.URL
-	releaseWith(t, p, l, VerdictUnavailable)
-	// failed is now idle longest... no: it was released last. Make it
-	// the head: lease and release the other one.
-	o := acquire(t, p, "eval-b", time.Minute)
-	release(t, p, o, Released)
-	again := acquire(t, p, "eval-a", time.Minute)
-	if again.URL == failed {
-		t.Fatalf("the retry got %s again, with %s free", failed, o.URL)
+	for _, v := range []Verdict{VerdictUnavailable, VerdictErrored} {
+		t.Run(string(v), func(t *testing.T) {
+			t.Parallel()
+			p, _ := setup(t, "http://e1", "http://e2")
+			l := acquire(t, p, "eval-a", time.Minute)
+			failed := l.URL
+			releaseWith(t, p, l, v)
+			// failed is now idle longest... no: it was released last. Make it
+			// the head: lease and release the other one.
+			o := acquire(t, p, "eval-b", time.Minute)
+			release(t, p, o, Released)
+			again := acquire(t, p, "eval-a", time.Minute)
+			if again.URL == failed {
+				t.Fatalf("the retry got %s again, with %s free", failed, o.URL)
+			}
+			release(t, p, again, Released)
+			// Alone in the pool, it is given anyway.
+			q, _ := setup(t, "http://solo")
+			l = acquire(t, q, "eval-c", time.Minute)
+			releaseWith(t, q, l, v)
+			if again := acquire(t, q, "eval-c", time.Minute); again.URL != "http://solo" {
+				t.Fatalf("got %s", again.URL)
+			}
+			assertClean(t, p)
+		})
 	}
-	release(t, p, again, Released)
-	// Alone in the pool, it is given anyway.
-	q, _ := setup(t, "http://solo")
-	l = acquire(t, q, "eval-c", time.Minute)
-	releaseWith(t, q, l, VerdictUnavailable)
-	if again := acquire(t, q, "eval-c", time.Minute); again.URL != "http://solo" {
-		t.Fatalf("got %s", again.URL)
+}
+
+// TestErroredEvalsAreNotTheExecutors: an errored eval is served, so it
+// ends a streak of unavailable calls and never quarantines, and it counts
+// in no pass rate.
+func TestErroredEvalsAreNotTheExecutors(t *testing.T) {
+	t.Parallel()
+	p, _ := setupWith(t, Options{LeaseGrace: testGrace, QuarantineAfter: 2, QuarantineFailRate: 0.5}, "http://e1")
+	for i, v := range []Verdict{VerdictUnavailable, VerdictErrored, VerdictUnavailable, VerdictErrored} {
+		if r := releaseWith(t, p, acquire(t, p, fmt.Sprintf("e%d", i), time.Minute), v); r.Quarantined != "" {
+			t.Fatalf("release %d (%s) quarantined it: %s", i, v, r.Quarantined)
+		}
 	}
-	assertClean(t, p)
+	for i := range 30 {
+		releaseWith(t, p, acquire(t, p, fmt.Sprintf("x%d", i), time.Minute), VerdictErrored)
+	}
+	if e := statusOf(t, p, "http://e1"); e.Fails != 0 || e.Quarantine != nil || e.Passed+e.Failed != 0 {
+		t.Fatalf("%+v: want no streak, no quarantine, no grade", e)
+	}
 }
 
 // TestFailRateQuarantine: opt-in; a sandbox that fails every eval is taken

@@ -867,6 +867,11 @@ const (
 	// graded it; a failed grade is the eval's, not the executor's fault.
 	VerdictPassed Verdict = "passed"
 	VerdictFailed Verdict = "failed"
+	// VerdictErrored: the executor served the call and answered that the
+	// eval has no grade by its own fault (its grader crashed, ran out of
+	// time, gave no result). It ends a streak of unavailable calls, and
+	// counts in no pass rate.
+	VerdictErrored Verdict = "errored"
 	// VerdictUnavailable: the executor did not serve the call: refused
 	// connection, timeout, 5xx, a malformed answer.
 	VerdictUnavailable Verdict = "unavailable"
@@ -879,7 +884,8 @@ type ReleaseArgs struct {
 	Path    string
 	Verdict Verdict
 	// Retrying says the eval will be tried again: after VerdictUnavailable
-	// its next acquire prefers another executor when one is free.
+	// or VerdictErrored its next acquire prefers another executor when one
+	// is free.
 	Retrying bool
 	// Designed says the release comes by one of the paths a lease is
 	// released on by design (the worker's cleanups). Only such a release,

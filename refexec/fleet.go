@@ -54,6 +54,7 @@ func (f *Fleet) Stats() Stats {
 		total.Served += st.Served
 		total.Passed += st.Passed
 		total.Failed += st.Failed
+		total.Errored += st.Errored
 		total.Errors += st.Errors
 		total.Timeout += st.Timeout
 		total.Fenced += st.Fenced

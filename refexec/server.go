@@ -7,13 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	mrand "math/rand/v2"
 	"mime"
 	"net"
 	"net/http"
 	"net/url"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,11 +29,23 @@ import (
 // serves within the default limits.
 type Options struct {
 	// Exec, when set, is a shell command run per eval (sh -c): the spec on
-	// its stdin, a JSON result on its stdout. It runs in a process group of
-	// its own, killed whole at the caller's deadline, at a preemption, or
-	// when the eval's lease passes. On Linux the group is also killed when
-	// the executor dies; elsewhere StateDir ends it at the next start.
+	// its stdin, a JSON result as the last JSON object line of its stdout
+	// or in the file named by $EVALPOOL_RESULT_FILE; the rest of its
+	// output is log. An exit other than 0 (but the shell's 125 to 127: it
+	// could not be run), no result, or running out of time make the eval
+	// errored, answered as a result; see [executor] for whose fault is
+	// what. It runs in a process group of its own, killed whole at the
+	// caller's deadline (a little before: its errored result must reach
+	// the caller), at a preemption, or when the eval's lease passes. On
+	// Linux the group is also killed when the executor dies; elsewhere
+	// StateDir ends it at the next start.
 	Exec string
+	// Tail is how many bytes of the end of each of an Exec command's stdout
+	// (its result taken out) and stderr go with its result, as its log.
+	// The caller stores them with every result: keep it small. At most
+	// executor.MaxTailBytes. Defaults to DefaultTail (2 KiB); negative
+	// sends none.
+	Tail int
 	// StateDir, with Exec, is the directory where the executor notes each
 	// running command's process group, so that an executor started again
 	// on it ends, before it serves, the commands its predecessor left
@@ -153,6 +163,9 @@ func (o *Options) validate() error {
 	if len(o.InstanceID) > 128 || strings.IndexFunc(o.InstanceID, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0 {
 		return fmt.Errorf("refexec: instance ID must be at most 128 printable characters without spaces, got %q", o.InstanceID)
 	}
+	if o.Tail > executor.MaxTailBytes {
+		return fmt.Errorf("refexec: tail may be at most %d bytes, got %d", executor.MaxTailBytes, o.Tail)
+	}
 	if o.MaxConns < 0 {
 		return fmt.Errorf("refexec: max conns may not be negative, got %d", o.MaxConns)
 	}
@@ -177,6 +190,9 @@ func (o *Options) setDefaults() {
 	o.Secret = bytes.Clone(o.Secret) // the caller's slice may change under us
 	if o.InstanceID == "" {
 		o.InstanceID = rand.Text()
+	}
+	if o.Tail == 0 {
+		o.Tail = DefaultTail
 	}
 	if o.MaxConns == 0 {
 		o.MaxConns = defaultMaxConns
@@ -206,11 +222,18 @@ func (o *Options) setDefaults() {
 
 // Stats are the reference executor's counters, served at GET /v1/stats.
 type Stats struct {
-	// Served counts evals run to an answer (passed, failed or error).
-	Served  int64 `json:"served"`
-	Passed  int64 `json:"passed"`
-	Failed  int64 `json:"failed"`
+	// Served counts evals run to an answer (passed, failed, errored or
+	// error).
+	Served int64 `json:"served"`
+	Passed int64 `json:"passed"`
+	Failed int64 `json:"failed"`
+	// Errored counts evals answered errored: their command failed, ran
+	// out of time, or gave no result. Errors counts those answered 500:
+	// the executor could not run them.
+	Errored int64 `json:"errored"`
 	Errors  int64 `json:"errors"`
+	// Timeout counts evals stopped at the caller's deadline (504), and
+	// commands stopped for time just before it (errored).
 	Timeout int64 `json:"timeouts"`
 	// Fenced counts requests refused for a fence not above the highest seen.
 	Fenced int64 `json:"fenced"`
@@ -626,12 +649,18 @@ func (s *Server) handleEval(w http.ResponseWriter, r *http.Request) {
 	}
 	s.count(func(st *Stats) {
 		st.Served++
-		if res.Status == executor.StatusPassed {
+		switch res.Status {
+		case executor.StatusPassed:
 			st.Passed++
-		} else {
+		case executor.StatusFailed:
 			st.Failed++
+		default:
+			st.Errored++
 		}
 	})
+	if res.Status == executor.StatusErrored {
+		log.Str("error", res.Error)
+	}
 	log.Str("outcome", res.Status).Msg("eval")
 	s.writeJSON(w, http.StatusOK, res)
 }
@@ -844,88 +873,4 @@ func (s *Server) execute(ctx context.Context, req executor.Request) (executor.Re
 		score, status = 0, executor.StatusFailed
 	}
 	return executor.Result{Status: status, Score: &score}, nil
-}
-
-// runCommand runs the --exec command with the spec on stdin. At the
-// deadline, a preemption or the lease's end the whole process group is
-// killed, so a command that forked children leaves nothing running. A
-// failure says how the command ended and the end of its stderr, never the
-// command line: it may carry a key (GRADER_API_KEY=... cmd), and the error
-// travels to the worker's log, the eval's stored error and the run page.
-func (s *Server) runCommand(ctx context.Context, req executor.Request) (executor.Result, error) {
-	cmd := command(ctx, s.opts.Exec)
-	cmd.Stdin = strings.NewReader(string(req.Spec))
-	cmd.Env = append(cmd.Environ(), fmt.Sprintf("EVALPOOL_EVAL_ID=%s", req.EvalID), fmt.Sprintf("EVALPOOL_FENCE=%d", req.Fence))
-	cmd.WaitDelay = time.Second
-	var stdout strings.Builder
-	stderr := &tailWriter{n: stderrTail}
-	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &stdout, n: executor.MaxAnswerBytes}, stderr
-	forget, err := s.groups.start(cmd)
-	if err != nil {
-		return executor.Result{}, fmt.Errorf("start the --exec command: %w", err)
-	}
-	err = cmd.Wait()
-	forget()
-	if err != nil {
-		if ctx.Err() != nil {
-			return executor.Result{}, context.Cause(ctx)
-		}
-		return executor.Result{}, fmt.Errorf("--exec command failed (%s); stderr ends: %s", exitStatus(err), stderr.String())
-	}
-	return executor.ParseResult([]byte(stdout.String()))
-}
-
-// stderrTail is how much of a failed command's stderr its error quotes: the
-// end, where a program says why it stopped, short enough to be seen whole
-// in the worker's error, which quotes the start of an answer
-// (executor.Snippet).
-const stderrTail = 100
-
-// exitStatus says how a command ended ("exit status 2", "signal: killed"),
-// or the kind of failure, without the command line.
-func exitStatus(err error) string {
-	var exit *exec.ExitError
-	if errors.As(err, &exit) {
-		return exit.ProcessState.String()
-	}
-	return "it could not be waited for"
-}
-
-// tailWriter keeps the last n bytes written.
-type tailWriter struct {
-	b []byte
-	n int
-}
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > t.n {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.n:]...)
-	}
-	return len(p), nil
-}
-
-// String is the tail on one line, "(empty)" when there is none.
-func (t *tailWriter) String() string {
-	s := strings.Join(strings.Fields(strings.ToValidUTF8(string(t.b), "")), " ")
-	if s == "" {
-		return "(empty)"
-	}
-	return s
-}
-
-// limitedWriter keeps the first n bytes and drops the rest, so a chatty
-// command cannot exhaust memory.
-type limitedWriter struct {
-	w io.Writer
-	n int
-}
-
-func (l *limitedWriter) Write(p []byte) (int, error) {
-	if l.n > 0 {
-		k := min(len(p), l.n)
-		_, _ = l.w.Write(p[:k])
-		l.n -= k
-	}
-	return len(p), nil
 }

@@ -3,6 +3,7 @@ package refexec
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -229,40 +230,53 @@ func TestUnauthorizedBodyIsNotRead(t *testing.T) {
 	}
 }
 
-// A failed --exec command's error says how it ended and the end of its
-// stderr, never the command line, which may carry a key.
+// A failed --exec command's answer says how it ended and the end of its
+// stderr, never the command line, which may carry a key: a result errored
+// when the command failed, an error (500) when it could not be run.
 func TestExecFailureHidesTheCommand(t *testing.T) {
 	t.Parallel()
 	const key = "sk-live-0123456789abcdef"
 	noisy := strings.Repeat("progress line\n", 200)
 	tests := []struct {
-		name string
-		exec string
-		want []string
+		name    string
+		exec    string
+		errored bool
+		want    []string
 	}{
-		{"exit 3", "GRADER_API_KEY=" + key + " sh -c 'printf \"" + strings.ReplaceAll(noisy, "\n", "\\n") + "grader: quota exceeded\\n\" >&2; exit 3' --token=" + key, []string{"exit status 3", "grader: quota exceeded"}},
-		{"killed", "GRADER_API_KEY=" + key + " sh -c 'kill -9 $$'", []string{"exit status 137"}},
-		{"not found", "GRADER_API_KEY=" + key + " /nonexistent/grader --key " + key, []string{"exit status 127", "not found"}},
+		{"exit 3", "GRADER_API_KEY=" + key + " sh -c 'printf \"" + strings.ReplaceAll(noisy, "\n", "\\n") + "grader: quota exceeded\\n\" >&2; exit 3' --token=" + key, true, []string{"exit status 3", "grader: quota exceeded"}},
+		{"killed", "GRADER_API_KEY=" + key + " sh -c 'kill -9 $$'", true, []string{"exit status 137"}},
+		{"not found", "GRADER_API_KEY=" + key + " /nonexistent/grader --key " + key, false, []string{"exit status 127", "not found"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			_, url := setup(t, Options{Exec: tt.exec})
-			_, err := (&executor.Client{}).Run(t.Context(), url, executor.Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`), LeaseMs: 10_000})
-			if err == nil {
-				t.Fatal("the command's failure passed")
+			res, err := (&executor.Client{}).Run(t.Context(), url, executor.Request{EvalID: "e", Fence: 1, Spec: []byte(`{}`), LeaseMs: 10_000})
+			var msg string
+			switch {
+			case tt.errored && (err != nil || res.Status != executor.StatusErrored):
+				t.Fatalf("Run = %+v, %v; want a result errored", res, err)
+			case tt.errored:
+				b, _ := json.Marshal(res)
+				msg = string(b)
+				if len(res.Stderr) > DefaultTail {
+					t.Fatalf("stderr of %d bytes: want its tail, at most %d", len(res.Stderr), DefaultTail)
+				}
+			case err == nil:
+				t.Fatalf("Run = %+v; want an error: the executor could not run the command", res)
+			default:
+				msg = err.Error()
+				if len(msg) > 400 {
+					t.Fatalf("error of %d bytes: want the stderr's tail, bounded", len(msg))
+				}
 			}
-			msg := err.Error()
 			if strings.Contains(msg, key) || strings.Contains(msg, "GRADER_API_KEY") {
-				t.Fatalf("the error quotes the command: %s", msg)
+				t.Fatalf("the answer quotes the command: %s", msg)
 			}
 			for _, w := range tt.want {
 				if !strings.Contains(msg, w) {
-					t.Fatalf("error %q: want it to say %q", msg, w)
+					t.Fatalf("answer %q: want it to say %q", msg, w)
 				}
-			}
-			if len(msg) > 400 {
-				t.Fatalf("error of %d bytes: want the stderr's tail, bounded", len(msg))
 			}
 		})
 	}

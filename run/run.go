@@ -278,7 +278,13 @@ type Record struct {
 	Executor string   `json:"executor,omitempty"`
 	// Output is what the executor answered besides its grade.
 	Output json.RawMessage `json:"output,omitempty"`
-	At     time.Time       `json:"at"`
+	// ExitCode is the grader's exit code when it exited other than 0, and
+	// Stdout and Stderr the ends of what it wrote besides its result, as
+	// the executor answered them (executor.Result).
+	ExitCode *int      `json:"exit_code,omitempty"`
+	Stdout   string    `json:"stdout,omitempty"`
+	Stderr   string    `json:"stderr,omitempty"`
+	At       time.Time `json:"at"`
 }
 
 // Started notes that an attempt of the eval runs on executor, so that the
@@ -352,11 +358,15 @@ type stored struct {
 	Error    string          `json:"e,omitempty"`
 	Executor string          `json:"x,omitempty"`
 	Output   json.RawMessage `json:"o,omitempty"`
+	ExitCode *int            `json:"xc,omitempty"`
+	Stdout   string          `json:"so,omitempty"`
+	Stderr   string          `json:"se,omitempty"`
 	At       int64           `json:"t,omitempty"`
 }
 
 func encodeRecord(rec Record) (string, error) {
-	st := stored{Status: rec.Status, Score: rec.Score, Duration: rec.Duration, Retries: rec.Retries, Error: rec.Error, Executor: rec.Executor, Output: rec.Output}
+	st := stored{Status: rec.Status, Score: rec.Score, Duration: rec.Duration, Retries: rec.Retries, Error: rec.Error, Executor: rec.Executor, Output: rec.Output,
+		ExitCode: rec.ExitCode, Stdout: rec.Stdout, Stderr: rec.Stderr}
 	if !rec.At.IsZero() {
 		st.At = rec.At.UnixMilli()
 	}
@@ -377,7 +387,8 @@ func decodeRecord(key, raw string) (Record, error) {
 		rec.Key = key
 		return rec, nil
 	}
-	rec := Record{Key: key, Status: st.Status, Score: st.Score, Duration: st.Duration, Retries: st.Retries, Error: st.Error, Executor: st.Executor, Output: st.Output}
+	rec := Record{Key: key, Status: st.Status, Score: st.Score, Duration: st.Duration, Retries: st.Retries, Error: st.Error, Executor: st.Executor, Output: st.Output,
+		ExitCode: st.ExitCode, Stdout: st.Stdout, Stderr: st.Stderr}
 	if st.At != 0 {
 		rec.At = time.UnixMilli(st.At)
 	}

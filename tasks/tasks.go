@@ -406,12 +406,20 @@ type EvalResult struct {
 	// Attempt is Asynq's retry count of the attempt that ran it: 0 for
 	// the first.
 	Attempt int `json:"attempt"`
-	// Status is the executor's verdict: executor.StatusPassed or
-	// executor.StatusFailed.
-	Status   string          `json:"status"`
-	Score    *float64        `json:"score,omitempty"`
-	Output   json.RawMessage `json:"output,omitempty"`
-	Duration float64         `json:"duration_seconds"`
+	// Status is the executor's verdict: executor.StatusPassed,
+	// executor.StatusFailed, or executor.StatusErrored for the last
+	// attempt of an eval that errored.
+	Status string          `json:"status"`
+	Score  *float64        `json:"score,omitempty"`
+	Output json.RawMessage `json:"output,omitempty"`
+	// Error, ExitCode, Stdout and Stderr are the executor's answer's
+	// (executor.Result): why an errored eval has no grade, and the ends of
+	// what its grader wrote besides its result.
+	Error    string  `json:"error,omitempty"`
+	ExitCode *int    `json:"exit_code,omitempty"`
+	Stdout   string  `json:"stdout,omitempty"`
+	Stderr   string  `json:"stderr,omitempty"`
+	Duration float64 `json:"duration_seconds"`
 }
 
 // Cleanup is the payload of both cleanup task types.

@@ -110,9 +110,13 @@ func (w *Worker) endOf(poolName string) run.Lookup {
 				return run.Record{Status: run.Errored, Error: "completed without a readable result", Retries: info.Retried, At: info.CompletedAt}, true, nil
 			}
 			return run.Record{Status: res.Status, Score: res.Score, Output: res.Output, Duration: res.Duration,
-				Retries: res.Attempt, Executor: res.Executor, At: info.CompletedAt}, true, nil
+				Retries: res.Attempt, Executor: res.Executor, ExitCode: res.ExitCode, Stdout: res.Stdout, Stderr: res.Stderr, At: info.CompletedAt}, true, nil
 		case asynq.TaskStateArchived:
 			rec := run.Record{Status: run.Errored, Error: info.LastErr, Retries: info.Retried, At: info.LastFailedAt}
+			// An eval that errored on its last attempt kept that attempt's result.
+			if res := (tasks.EvalResult{}); json.Unmarshal(info.Result, &res) == nil && res.Status == run.Errored {
+				rec.Executor, rec.Duration, rec.ExitCode, rec.Stdout, rec.Stderr = res.Executor, res.Duration, res.ExitCode, res.Stdout, res.Stderr
+			}
 			if sp := w.pools[poolName]; sp != nil {
 				if cancelled, err := sp.pool.Cancelled(ctx, evalID); err == nil && cancelled {
 					rec = run.Record{Status: run.Cancelled, Retries: info.Retried, At: info.LastFailedAt}

@@ -16,6 +16,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
@@ -76,7 +77,16 @@ const (
 	DefaultCleanupPollInterval = 20 * time.Millisecond
 	DefaultShutdownTimeout     = 10 * time.Second
 	DefaultProbeTimeout        = 2 * time.Second
+	DefaultRetryDelay          = time.Second
+	// MaxRetryDelay bounds the default RetryDelay's doubling.
+	MaxRetryDelay = 10 * time.Minute
 )
+
+// ErrErrored is the error of an attempt whose executor answered that the
+// eval errored: its grader crashed, ran out of time or gave no result. It
+// is the eval's fault, not the executor's: it spends a retry, and the retry
+// prefers another executor.
+var ErrErrored = errors.New("errored")
 
 // Config configures a Worker.
 type Config struct {
@@ -122,8 +132,10 @@ type Config struct {
 	// count against the eval's retries. Defaults to DefaultNoExecutorDelay
 	// (500 ms).
 	NoExecutorDelay time.Duration
-	// RetryDelay is the delay before retrying attempt n of a failed eval.
-	// Defaults to Asynq's (n⁴ + 15 + rand(30)·(n+1) seconds, from Sidekiq).
+	// RetryDelay is the delay before retrying attempt n (from 0) of a
+	// failed eval: one that errored, or found its executor unavailable.
+	// Defaults to ExponentialBackoff(DefaultRetryDelay, MaxRetryDelay):
+	// about 1 s, 2 s, 4 s, ...
 	RetryDelay func(n int) time.Duration
 	// PollInterval is how long an idle worker waits before it looks at empty
 	// queues again, and how often due retries are moved to their queue.
@@ -217,6 +229,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.ProbeTimeout == 0 {
 		c.ProbeTimeout = DefaultProbeTimeout
+	}
+	if c.RetryDelay == nil {
+		c.RetryDelay = ExponentialBackoff(DefaultRetryDelay, MaxRetryDelay)
 	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics()
@@ -531,7 +546,7 @@ func waitsForExecutor(err error) bool {
 	return errors.Is(err, pool.ErrNoExecutor) || errors.Is(err, executor.ErrBusy)
 }
 
-func (w *Worker) retryDelay(n int, err error, t *asynq.Task) time.Duration {
+func (w *Worker) retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	var hb *handBack
 	if errors.As(err, &hb) {
 		return hb.delay
@@ -540,10 +555,7 @@ func (w *Worker) retryDelay(n int, err error, t *asynq.Task) time.Duration {
 		d := w.cfg.NoExecutorDelay
 		return d/2 + rand.N(d)
 	}
-	if w.cfg.RetryDelay != nil {
-		return w.cfg.RetryDelay(n)
-	}
-	return asynq.DefaultRetryDelayFunc(n, err, t)
+	return w.cfg.RetryDelay(n)
 }
 
 // ExponentialBackoff returns a RetryDelay that starts at base and doubles
@@ -650,27 +662,38 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	if runErr == nil {
 		w.handBacks.reset(lease.URL)
 	}
-	// In inline mode the result goes in the round trip of the release,
-	// ahead of it; otherwise it is written now, before the cleanups are
-	// enqueued. Nothing waits on the order: Asynq marks the task done, and
-	// a waiting producer sees it, only after the handler returns.
+	if runErr == nil && res.Status == executor.StatusErrored {
+		runErr = fmt.Errorf("eval %s: %w: %s", e.ID, ErrErrored, erroredWhy(res))
+	}
+	// An eval ends with a grade, or errored on its last attempt: its
+	// result is kept. In inline mode it goes in the round trip of the
+	// release, ahead of it; otherwise it is written now, before the
+	// cleanups are enqueued. Nothing waits on the order: Asynq marks the
+	// task done, and a waiting producer sees it, only after the handler
+	// returns.
 	var result []byte
-	if runErr == nil {
-		result, runErr = encodeResult(tasks.EvalResult{
+	if ends := runErr == nil || errors.Is(runErr, ErrErrored) && !w.retries(ctx, runErr); ends {
+		var err error
+		result, err = encodeResult(tasks.EvalResult{
 			EvalID: e.ID, Executor: lease.URL, Fence: lease.Fence, Attempt: attempt,
 			Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(),
+			Error: res.Error, ExitCode: res.ExitCode, Stdout: res.Stdout, Stderr: res.Stderr,
 		})
+		runErr = cmp.Or(runErr, err)
 	}
 	// A run's eval's result is kept in its run's record, once: the task
 	// gets it only when the run could not take it now, for the reap's
 	// reconciliation to find there.
-	recorded := runErr == nil && e.Run != "" &&
-		w.endInRun(ctx, e, run.Record{Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(), Retries: attempt, Executor: lease.URL})
+	recorded := result != nil && e.Run != "" && w.endInRun(ctx, e, recordOf(res, took, attempt, lease.URL))
 	if recorded {
 		result = nil
 	}
-	if runErr == nil && !recorded && w.cfg.Cleanup != CleanupInline {
-		runErr = w.writeResult(ctx, t, e.ID, result)
+	if result != nil && w.cfg.Cleanup != CleanupInline {
+		if err := w.writeResult(ctx, t, e.ID, result); err != nil && runErr == nil {
+			runErr = err
+		} else if err != nil {
+			log.Warn().Err(err).Msg("could not keep the errored eval's result")
+		}
 		result = nil
 	}
 	outcome := res.Status
@@ -687,6 +710,9 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	case cancelled:
 	case errors.As(runErr, &hb):
 		outcome = hb.outcome // logged at error level with its cause and fix
+	case errors.Is(runErr, ErrErrored):
+		outcome = run.Errored
+		log.Warn().Err(runErr).Dur("took", took).Bool("retrying", w.retries(ctx, runErr)).Msg("eval errored: its grader failed, not its executor")
 	case errors.Is(runErr, executor.ErrBusy):
 		outcome = "busy"
 		log.Error().Err(runErr).Msg("the executor refused the eval: another eval holds it under a live lease, so the pool handed it out twice (Redis lost writes, or one executor is registered twice); the eval will try again")
@@ -771,7 +797,8 @@ func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) (wr
 }
 
 // verdictOf is what an attempt made of its executor: its grade when it
-// answered, unavailable when it did not serve the call, and nothing when the
+// answered with one, errored when it answered that the eval errored,
+// unavailable when it did not serve the call, and nothing when the
 // attempt ended for another reason (cancelled, lease lost, refused as busy).
 func verdictOf(res executor.Result, runErr error) pool.Verdict {
 	switch {
@@ -779,6 +806,8 @@ func verdictOf(res executor.Result, runErr error) pool.Verdict {
 		return pool.VerdictPassed
 	case runErr == nil && res.Status == executor.StatusFailed:
 		return pool.VerdictFailed
+	case errors.Is(runErr, ErrErrored):
+		return pool.VerdictErrored
 	case runErr != nil && executor.Unavailable(runErr):
 		return pool.VerdictUnavailable
 	}
@@ -1107,4 +1136,29 @@ func (a asynqLogger) Error(args ...any) {
 
 func (asynqLogger) log(e *zerolog.Event, args []any) {
 	e.Str("component", "asynq").Msg(fmt.Sprint(args...))
+}
+
+// erroredWhy is why an errored eval has no grade, on one line: what the
+// executor said, and the end of the grader's stderr.
+func erroredWhy(res executor.Result) string {
+	why := cmp.Or(res.Error, "the executor gave no reason")
+	if res.Stderr != "" {
+		why += "; stderr ends: " + strings.Join(strings.Fields(executor.Tail(res.Stderr, erroredStderr)), " ")
+	}
+	return why
+}
+
+// erroredStderr is how much of an errored eval's stderr its error quotes:
+// the last line or two, where a program says why it stopped. The whole
+// tail is in its result.
+const erroredStderr = 200
+
+// recordOf is how an eval of a run that ended on this attempt ended.
+func recordOf(res executor.Result, took time.Duration, attempt int, url string) run.Record {
+	rec := run.Record{Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(), Retries: attempt, Executor: url,
+		ExitCode: res.ExitCode, Stdout: res.Stdout, Stderr: res.Stderr}
+	if res.Status == executor.StatusErrored {
+		rec.Error = erroredWhy(res)
+	}
+	return rec
 }

@@ -49,6 +49,9 @@ func (a *app) executorCommand() *cobra.Command {
 				host, _ := os.Hostname()
 				opts.InstanceID = fmt.Sprintf("%s:%d", host, l.Addr().(*net.TCPAddr).Port)
 			}
+			if opts.Tail == 0 {
+				opts.Tail = -1 // the flag's 0 is none; the option's 0 is its default
+			}
 			if opts.Exec != "" && opts.StateDir == "" {
 				opts.StateDir = defaultStateDir(l.Addr())
 			}
@@ -87,7 +90,8 @@ func (a *app) executorCommand() *cobra.Command {
 	f := c.Flags()
 	f.StringVar(&listen, "listen", "127.0.0.1:9001", "address to listen on")
 	f.IntVar(&count, "count", 1, "serve this many executors, executor i at http://ADDR/e/i (for load tests)")
-	f.StringVar(&opts.Exec, "exec", "", "shell command run per eval: spec on stdin, JSON result on stdout")
+	f.StringVar(&opts.Exec, "exec", "", "shell command run per eval: spec on stdin, result as the last JSON object line of stdout or in the file $"+refexec.EnvResultFile+"; the rest is log; exit other than 0, no result or out of time: the eval errored")
+	f.IntVar(&opts.Tail, "output-tail", refexec.DefaultTail, "with --exec: bytes of the end of each of the command's stdout and stderr kept with its result, at most 65536; 0 for none")
 	f.StringVar(&opts.StateDir, "state-dir", "", "with --exec: directory noting the running command's process group, so that a restart ends what a killed executor left (default evalpool-executor-ADDR under the temp dir, found again by a restart on the same address)")
 	f.DurationVar(&opts.Latency, "latency", 0, "simulated time per eval (without --exec); a spec field \"sleep_ms\" overrides it for its eval")
 	f.Float64Var(&opts.FailRate, "fail-rate", 0, "share of simulated evals that fail with a 500, 0 to 1 (without --exec)")

@@ -81,9 +81,7 @@ func (a *app) workerCommand() *cobra.Command {
 			if cfg.ExecutorWait == 0 {
 				cfg.ExecutorWait = -1 // the flag's 0 is no wait; the option's 0 is its default
 			}
-			if retryDelay > 0 {
-				cfg.RetryDelay = worker.ExponentialBackoff(retryDelay, 10*time.Minute)
-			}
+			cfg.RetryDelay = worker.ExponentialBackoff(retryDelay, worker.MaxRetryDelay)
 			w, err := worker.New(cfg)
 			if err != nil {
 				return usageError{err}
@@ -113,7 +111,7 @@ func (a *app) workerCommand() *cobra.Command {
 	f.DurationVar(&cfg.ReapInterval, "reap-interval", worker.DefaultReapInterval, "how often the pool is reaped (once per interval across workers)")
 	f.DurationVar(&cfg.PollInterval, "poll-interval", worker.DefaultPollInterval, "how often an idle worker looks at empty queues and due retries")
 	f.DurationVar(&cfg.ExecutorWait, "executor-wait", worker.DefaultExecutorWait, "how long an eval waits in the pool's FIFO wait list before its task goes back to the queue, keeping its place; 0 for no wait")
-	f.DurationVar(&retryDelay, "retry-delay", 0, "first retry delay of a failed eval, doubling per retry up to 10m; 0 uses Asynq's backoff (15s and up)")
+	f.DurationVar(&retryDelay, "retry-delay", worker.DefaultRetryDelay, "first retry delay of an eval that errored or found its executor unavailable, doubling per retry up to 10m")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", worker.DefaultShutdownTimeout, "how long a stopping worker waits for running evals")
 	f.StringVar(&secretFlag, "executor-secret", "", "secret shared with the executors, to sign every call, 16 bytes at least (env "+executor.EnvSecret+", which keeps it out of ps, or a file named by "+executor.EnvSecret+"_FILE)")
 	f.BoolVar(&cfg.AllowEvictingRedis, "allow-evicting-redis", false, "start even on a Redis whose maxmemory-policy may evict the pool's keys")

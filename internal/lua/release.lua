@@ -7,12 +7,13 @@
 -- ARGV[1] url
 -- ARGV[2] token of the lease being released
 -- ARGV[3] verdict: 'passed' or 'failed' (the executor answered, the eval was
---         graded), 'unavailable' (the executor did not serve the call:
---         refused connection, timeout, 5xx, malformed answer), or '' (no
---         verdict on the executor: the attempt was cancelled, lost its
---         lease, ...)
--- ARGV[4] '1' when the eval will be retried: after 'unavailable', its next
---         acquire prefers another executor
+--         graded), 'errored' (the executor answered that the eval has no
+--         grade by its own fault: its grader crashed, ...), 'unavailable'
+--         (the executor did not serve the call: refused connection,
+--         timeout, 5xx, malformed answer), or '' (no verdict on the
+--         executor: the attempt was cancelled, lost its lease, ...)
+-- ARGV[4] '1' when the eval will be retried: after 'unavailable' or
+--         'errored', its next acquire prefers another executor
 -- ARGV[5] quarantine after this many 'unavailable' in a row (0: never)
 -- ARGV[6] quarantine when this share of the last 20 graded evals failed
 --         (0: never)
@@ -80,6 +81,10 @@ if lease and lease.token == token then
       if after > 0 and record.fails >= after and not pre.out then
         quarantined = 'unavailable'
       end
+    elseif verdict == 'errored' then
+      -- Served: the eval's fault, not the executor's.
+      record.fails = 0
+      avoid = ARGV[4] == '1' and eval_id ~= nil
     elseif verdict == 'passed' or verdict == 'failed' then
       record.fails = 0
       bump(verdict)
