@@ -69,7 +69,8 @@ func RunResult(ctx context.Context, runs *run.Store, info *asynq.TaskInfo) error
 		return err
 	}
 	info.Result, err = json.Marshal(tasks.EvalResult{EvalID: e.ID, Executor: rec.Executor, Attempt: rec.Retries,
-		Status: rec.Status, Score: rec.Score, Output: rec.Output, Duration: rec.Duration})
+		Status: rec.Status, Score: rec.Score, Output: rec.Output, Duration: rec.Duration,
+		Error: rec.Error, ExitCode: rec.ExitCode, Stdout: rec.Stdout, Stderr: rec.Stderr})
 	return err
 }
 
