@@ -221,7 +221,7 @@ func TestRunsPagesInChromium(t *testing.T) {
 	if f := fails["bad-1"]; f.Status != "failed" || !strings.Contains(f.Error, "graded failed") || f.Href != wantHref || f.Link != wantHref {
 		t.Errorf("bad-1: %+v, want failed, graded, linked to %s", f, wantHref)
 	}
-	if f := fails["broken-1"]; f.Status != "errored" || !strings.Contains(f.Error, "exit status 3); stderr ends: CUDA error: out of memory") || !strings.HasSuffix(f.Href, "/tasks/nightly-1%2Fbroken-1") {
+	if f := fails["broken-1"]; f.Status != "errored" || !strings.Contains(f.Error, "exit status 3; stderr ends: CUDA error: out of memory") || !strings.HasSuffix(f.Href, "/tasks/nightly-1%2Fbroken-1") {
 		t.Errorf("broken-1: %+v, want errored with its error", f)
 	}
 	if f := fails["noisy-1"]; f.Status != "failed" || !strings.Contains(f.Error, markup) || !strings.HasSuffix(f.Href, "/tasks/nightly-1%2Fnoisy-1") {
