@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -281,7 +282,7 @@ func printSummary(w io.Writer, s evalrun.Summary) {
 		if i == 20 {
 			break
 		}
-		fmt.Fprintf(w, "  %s %s %s\n", f.Status, f.Key, f.Error)
+		fmt.Fprintf(w, "  %s %s %s\n", f.Status, f.Key, f.Reason())
 	}
 	if more := len(s.Failures) + s.MoreFailures - 20; more > 0 {
 		fmt.Fprintf(w, "  … and %d more failures (run results %s)\n", more, s.Name)
@@ -432,13 +433,13 @@ func (a *app) runResults() *cobra.Command {
 				return nil
 			}
 			w := csv.NewWriter(a.stdout)
-			_ = w.Write([]string{"key", "eval_id", "status", "score", "duration_seconds", "retries", "executor", "error"})
+			_ = w.Write([]string{"key", "eval_id", "status", "score", "duration_seconds", "retries", "executor", "error", "reason", "output"})
 			for _, rec := range rows {
 				score := ""
 				if rec.Score != nil {
 					score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
 				}
-				row := []string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, score, strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error}
+				row := []string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, score, strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error, rec.Reason(), compactJSON(rec.Output)}
 				for i := range row {
 					row[i] = csvCell(row[i])
 				}
@@ -450,6 +451,15 @@ func (a *app) runResults() *cobra.Command {
 	}
 	c.Flags().StringVar(&format, "format", "jsonl", "jsonl or csv")
 	return c
+}
+
+// compactJSON is raw JSON on one line; empty for none.
+func compactJSON(raw json.RawMessage) string {
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return string(raw)
+	}
+	return b.String()
 }
 
 // csvCell escapes a cell a spreadsheet would run as a formula: one that
