@@ -68,8 +68,8 @@ unless --allow-empty-pool.`,
 			if count < 1 {
 				return usagef("--count must be at least 1, got %d", count)
 			}
-			if timeout < time.Second {
-				return usagef("--timeout must be at least 1s, got %s", timeout)
+			if err := checkTimeout(timeout); err != nil {
+				return err
 			}
 			if retention < time.Second {
 				return usagef("--retention must be at least 1s, got %s", retention)
@@ -170,6 +170,16 @@ unless --allow-empty-pool.`,
 	f.StringArrayVar(&require, "require", nil, "run only on executors with label key=value (repeatable)")
 	f.BoolVar(&allowEmpty, "allow-empty-pool", false, "enqueue even if no executor is registered in the pool yet")
 	return c
+}
+
+// checkTimeout refuses a --timeout that is not whole seconds, at least
+// one: an attempt's time limit is kept in whole seconds, and one rounded up
+// would not be the limit asked for.
+func checkTimeout(d time.Duration) error {
+	if d < time.Second || d%time.Second != 0 {
+		return usagef("--timeout is whole seconds, at least 1s (90s, 2m), got %s", d)
+	}
+	return nil
 }
 
 // retryOptions are the eval options of --max-retry, which counts retries

@@ -81,8 +81,11 @@ when its pass rate (passed over passed, failed and errored) is under
 			if minPassRate > 1 {
 				return usagef("--min-pass-rate is a share from 0 to 1, got %g", minPassRate)
 			}
-			if timeout < time.Second || maxRetry < 0 {
-				return usagef("--timeout must be at least 1s and --max-retry 0 or more")
+			if err := checkTimeout(timeout); err != nil {
+				return err
+			}
+			if maxRetry < 0 {
+				return usagef("--max-retry must be 0 or more, got %d", maxRetry)
 			}
 			if retention < time.Second || taskKeep < time.Second {
 				return usagef("--retention and --task-retention must be at least 1s, got %s and %s", retention, taskKeep)
