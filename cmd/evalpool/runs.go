@@ -375,9 +375,12 @@ func (a *app) runSummary() *cobra.Command {
 		Use:   "summary NAME [--compare OTHER]",
 		Short: "How a run went: counts, pass rate, scores, durations, failures; what changed against another run",
 		Long: `How a run went. With --min-pass-rate it exits 1 when the pass rate is under
-it, as run submit --wait does.`,
+it, as run submit --wait does; without it, it never gates.`,
 		Args: positional(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
+			if minPassRate < 0 || minPassRate > 1 {
+				return usagef("--min-pass-rate is a share from 0 to 1, got %g", minPassRate)
+			}
 			store, err := a.runs()
 			if err != nil {
 				return err
@@ -393,15 +396,12 @@ it, as run submit --wait does.`,
 			} else {
 				printSummary(a.stdout, sum)
 			}
-			if c.Flags().Changed("min-pass-rate") {
-				return gate(sum, minPassRate)
-			}
-			return nil
+			return gate(sum, minPassRate)
 		},
 	}
 	c.Flags().StringVar(&against, "compare", "", "another run to compare with, eval key by eval key")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
-	c.Flags().Float64Var(&minPassRate, "min-pass-rate", 1, "exit 1 when the pass rate is under this")
+	c.Flags().Float64Var(&minPassRate, "min-pass-rate", 0, "exit 1 when the pass rate is under this share, from 0 to 1 (no gate without it)")
 	return c
 }
 
