@@ -17,7 +17,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/evalpool/evalpool/client"
@@ -489,13 +488,8 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 	if err != nil {
 		return err
 	}
-	bar := progressbar.NewOptions(len(ids),
-		progressbar.OptionSetWriter(a.stderr),
-		progressbar.OptionSetDescription("evals"),
-		progressbar.OptionShowCount(),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(200*time.Millisecond),
-	)
+	bar := a.newProgress(len(ids), "evals")
+	bar.Set(0)
 	var passed, failed, archived int
 	store, err := a.runs()
 	if err != nil {
@@ -504,7 +498,7 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 	err = client.WaitWith(ctx, insp, a.poolName, ids, client.WaitOptions{
 		Runs: store,
 		Finished: func(f client.Finished) {
-			_ = bar.Add(1)
+			bar.Set(passed + failed + archived + 1)
 			switch f.Outcome {
 			case client.OutcomePassed:
 				passed++
@@ -524,8 +518,8 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 	if err != nil {
 		return fmt.Errorf("wait: %w", err)
 	}
-	_ = bar.Finish()
-	fmt.Fprintf(a.stderr, "\n%d evals: %d passed, %d failed, %d errored (archived)\n", len(ids), passed, failed, archived)
+	bar.Finish()
+	fmt.Fprintf(a.stderr, "%d evals: %d passed, %d failed, %d errored (archived)\n", len(ids), passed, failed, archived)
 	if failed+archived > 0 {
 		return fmt.Errorf("%w: %d failed and %d errored of %d; see `evalpool eval result`", errEvalsFailed, failed, archived, len(ids))
 	}

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/evalpool/evalpool/client"
@@ -184,13 +183,7 @@ func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, mi
 	if err != nil {
 		return err
 	}
-	bar := progressbar.NewOptions(c.Size,
-		progressbar.OptionSetWriter(a.stderr),
-		progressbar.OptionSetDescription(name),
-		progressbar.OptionShowCount(),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(200*time.Millisecond),
-	)
+	bar := a.newProgress(c.Size, name)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for c.Done() < c.Size {
@@ -210,10 +203,9 @@ func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, mi
 		if err != nil && ctx.Err() == nil {
 			return err
 		}
-		_ = bar.Set(c.Done())
+		bar.Set(c.Done())
 	}
-	_ = bar.Finish()
-	fmt.Fprintln(a.stderr)
+	bar.Finish()
 	var sum evalrun.Summary
 	if err := b.Do(ctx, func() error {
 		var err error
