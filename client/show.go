@@ -38,10 +38,10 @@ type Detail struct {
 	Require  map[string]string `json:"require,omitempty"`
 	TimeoutS int64             `json:"timeout_s,omitempty"`
 	MaxRetry int               `json:"max_retry"`
-	// Attempts are those that can be told, oldest first: Asynq keeps the
-	// last failed attempt's error and time only (Retried counts them
-	// all), and the final attempt's result is the task's, or its run's
-	// record. A plain eval's times are to the second, as Asynq keeps them.
+	// Attempts are those that can be told, oldest first: the final
+	// attempt, from the task's result or its run's record, and before it
+	// the last failed one, whose error and time Asynq keeps (Retried
+	// counts them all). A plain eval's times are to the second, as Asynq keeps them.
 	Attempts []Attempt `json:"attempts"`
 }
 
@@ -87,9 +87,9 @@ func Show(ctx context.Context, insp *asynq.Inspector, runs *run.Store, pool, id 
 	if err != nil {
 		return Detail{}, err
 	}
-	// The last failed attempt is the final one of an eval archived
-	// without a result; otherwise one before the final.
-	if info.Retried > 0 && info.LastErr != "" && (ok || info.State != asynq.TaskStateArchived) {
+	// Asynq's last error is an archived eval's final attempt's; otherwise
+	// that of the attempt before the one that ran last or runs now.
+	if info.Retried > 0 && info.LastErr != "" && info.State != asynq.TaskStateArchived {
 		d.Attempts = append(d.Attempts, Attempt{Attempt: info.Retried - 1, Outcome: AttemptRetried, Error: info.LastErr, Ended: timeOf(info.LastFailedAt)})
 	}
 	switch {

@@ -23,8 +23,15 @@ func TestSeeingAnEval(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
 	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	once := filepath.Join(t.TempDir(), "crashed-once")
 	grader := evaltest.Grader(t, `spec=$(cat)
 case "$spec" in
+*flaky*)
+	if [ ! -e `+once+` ]; then
+		touch `+once+`
+		echo 'flaked' >&2
+		exit 4
+	fi ;;
 *crash*)
 	echo 'Traceback (most recent call last):' >&2
 	echo "ValueError: cannot grade $spec" >&2
@@ -49,6 +56,7 @@ echo '{"status":"passed","score":1,"output":{"got":42}}'
 	lines := `{"eval_id":"ok","spec":{"q":"fine"}}
 {"eval_id":"bad","spec":{"q":"wrong"}}
 {"eval_id":"boom","spec":{"q":"crash"}}
+{"eval_id":"flaky","spec":{"q":"flaky"}}
 `
 	if err := os.WriteFile(plain, []byte(lines), 0o644); err != nil {
 		t.Fatal(err)
@@ -89,7 +97,8 @@ echo '{"status":"passed","score":1,"output":{"got":42}}'
 	}{
 		{"ok", "passed", `{"q":"fine"}`, 1, 0, `{"got":42}`, "all good", ""},
 		{"bad", "failed", `{"q":"wrong"}`, 1, 0, `{"got":41,"want":42}`, "", "thinking hard"},
-		{"boom", "errored", `{"q":"crash"}`, 2, 3, "", "", "ValueError: cannot grade"},
+		{"boom", "errored", `{"q":"crash"}`, 1, 3, "", "", "ValueError: cannot grade"},
+		{"flaky", "passed", `{"q":"flaky"}`, 2, 0, `{"got":42}`, "all good", ""},
 		{"r/k1", "failed", `{"q":"wrong"}`, 1, 0, `{"got":41,"want":42}`, "", "thinking hard"},
 	}
 	for _, tt := range tests {
@@ -100,6 +109,9 @@ echo '{"status":"passed","score":1,"output":{"got":42}}'
 		if d.Outcome != tt.outcome || compactJSON(d.Spec) != tt.spec || len(d.Attempts) != tt.attempts {
 			t.Errorf("eval show %s: outcome %q, spec %s, %d attempts; want %s, %s, %d", tt.id, d.Outcome, d.Spec, len(d.Attempts), tt.outcome, tt.spec, tt.attempts)
 			continue
+		}
+		if first := d.Attempts[0]; tt.attempts == 2 && (first.Attempt != 0 || first.Outcome != client.AttemptRetried || !strings.Contains(first.Error, "exit status 4") || first.Ended == nil) {
+			t.Errorf("eval show %s: first attempt %+v; want attempt 0, retried, its error and time", tt.id, first)
 		}
 		a := d.Attempts[len(d.Attempts)-1]
 		exit := 0
