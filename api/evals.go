@@ -33,32 +33,14 @@ type EvalCreated struct {
 	EvalID string `json:"eval_id"`
 }
 
-// Eval is an eval as Asynq holds it (as `evalpool eval status --json`
-// shows it): its state (pending, active, scheduled, retry, archived,
-// completed), failed attempts, last error, and its result once completed.
-type Eval struct {
-	EvalID    string          `json:"eval_id"`
-	State     string          `json:"state"`
-	Retried   int             `json:"retried"`
-	LastError string          `json:"last_error,omitempty"`
-	Result    json.RawMessage `json:"result,omitempty"`
-}
+// Eval is an eval as GET /evals/{id} answers it, as `evalpool eval show
+// --json` shows it: its state and outcome, its spec, and its attempts.
+type Eval = client.Detail
 
 // lookup reads an eval of the API's pool; a run's eval's result is its
-// run's record (client.RunResult).
+// run's record.
 func (h *Handler) lookup(ctx context.Context, id string) (Eval, error) {
-	t, err := client.Lookup(h.insp, h.opts.Pool.Name(), id)
-	if err == nil {
-		err = client.RunResult(ctx, h.opts.Runs, t)
-	}
-	if err != nil {
-		return Eval{}, err
-	}
-	e := Eval{EvalID: id, State: t.State.String(), Retried: t.Retried, LastError: t.LastErr}
-	if len(t.Result) > 0 && json.Valid(t.Result) {
-		e.Result = t.Result
-	}
-	return e, nil
+	return client.Show(ctx, h.insp, h.opts.Runs, h.opts.Pool.Name(), id)
 }
 
 func (h *Handler) submitEval(w http.ResponseWriter, r *http.Request) {

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,7 +17,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/evalpool/evalpool/client"
@@ -67,8 +67,8 @@ unless --allow-empty-pool.`,
 			if count < 1 {
 				return usagef("--count must be at least 1, got %d", count)
 			}
-			if timeout < time.Second {
-				return usagef("--timeout must be at least 1s, got %s", timeout)
+			if err := checkTimeout(timeout); err != nil {
+				return err
 			}
 			if retention < time.Second {
 				return usagef("--retention must be at least 1s, got %s", retention)
@@ -169,6 +169,16 @@ unless --allow-empty-pool.`,
 	f.StringArrayVar(&require, "require", nil, "run only on executors with label key=value (repeatable)")
 	f.BoolVar(&allowEmpty, "allow-empty-pool", false, "enqueue even if no executor is registered in the pool yet")
 	return c
+}
+
+// checkTimeout refuses a --timeout that is not whole seconds, at least
+// one: an attempt's time limit is kept in whole seconds, and one rounded up
+// would not be the limit asked for.
+func checkTimeout(d time.Duration) error {
+	if d < time.Second || d%time.Second != 0 {
+		return usagef("--timeout is whole seconds, at least 1s (90s, 2m), got %s", d)
+	}
+	return nil
 }
 
 // retryOptions are the eval options of --max-retry, which counts retries
@@ -282,48 +292,60 @@ func (a *app) evalCommand() *cobra.Command {
 	var asJSON bool
 	status := &cobra.Command{
 		Use:   "status ID...",
-		Short: "Show each eval's state, retries and last error",
+		Short: "Show each eval's state (its outcome once it ended), retries and why it failed",
 		Args:  positional(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, ids []string) error {
-			insp, err := a.inspector()
+			evals, err := a.showEvals(c.Context(), ids)
 			if err != nil {
 				return err
 			}
-			infos := make([]evalInfo, 0, len(ids))
-			for _, id := range ids {
-				info, err := a.lookupEval(c.Context(), insp, a.poolName, id)
-				if err != nil {
-					return err
-				}
-				infos = append(infos, info)
-			}
 			if asJSON {
-				return a.printJSON(infos)
+				return a.printJSON(evals)
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "EVAL\tSTATE\tRETRIED\tLAST ERROR")
-			for _, i := range infos {
-				fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", i.ID, i.State, i.Retried, i.LastError)
+			fmt.Fprintln(w, "EVAL\tSTATE\tRETRIED\tREASON")
+			for _, d := range evals {
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", d.EvalID, cmp.Or(d.Outcome, d.State), d.Retried, d.Reason)
 			}
 			return w.Flush()
 		},
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
+	var showJSON bool
+	show := &cobra.Command{
+		Use:   "show ID...",
+		Short: "Show each eval whole: its spec, and each attempt that can be told with its executor, times, outcome, output and the ends of its stdout and stderr",
+		Args:  positional(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, ids []string) error {
+			evals, err := a.showEvals(c.Context(), ids)
+			if err != nil {
+				return err
+			}
+			if showJSON {
+				if len(evals) == 1 {
+					return a.printJSON(evals[0])
+				}
+				return a.printJSON(evals)
+			}
+			for _, d := range evals {
+				printDetail(a.stdout, d)
+			}
+			return nil
+		},
+	}
+	show.Flags().BoolVar(&showJSON, "json", false, "print JSON on stdout: one object for one ID, a list for more")
 	result := &cobra.Command{
 		Use:   "result ID...",
 		Short: "Print each finished eval's result (JSON); exit 1 if one failed its grading or errored, 3 if one is not finished",
 		Args:  positional(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, ids []string) error {
-			insp, err := a.inspector()
+			var failed, unfinished []string
+			evals, err := a.showEvals(c.Context(), ids)
 			if err != nil {
 				return err
 			}
-			var failed, unfinished []string
-			for _, id := range ids {
-				info, err := a.lookupEval(c.Context(), insp, a.poolName, id)
-				if err != nil {
-					return err
-				}
+			for _, info := range evals {
+				id := info.EvalID
 				switch info.State {
 				case asynq.TaskStateCompleted.String():
 					fmt.Fprintln(a.stdout, string(info.Result))
@@ -363,7 +385,7 @@ func (a *app) evalCommand() *cobra.Command {
 			return a.cancel(c.Context(), ids)
 		},
 	}
-	c.AddCommand(status, result, wait, cancel)
+	c.AddCommand(status, show, result, wait, cancel)
 	return c
 }
 
@@ -375,32 +397,86 @@ func (a *app) inspector() (*asynq.Inspector, error) {
 	return asynq.NewInspectorFromRedisClient(rdb), nil
 }
 
-// evalInfo is an eval as the CLI shows it.
-type evalInfo struct {
-	ID        string          `json:"eval_id"`
-	State     string          `json:"state"`
-	Retried   int             `json:"retried"`
-	LastError string          `json:"last_error,omitempty"`
-	Result    json.RawMessage `json:"result,omitempty"`
-}
-
-func (a *app) lookupEval(ctx context.Context, insp *asynq.Inspector, pool, id string) (evalInfo, error) {
-	t, err := client.Lookup(insp, pool, id)
+// showEvals reads evals of the pool, as `eval show` shows them.
+func (a *app) showEvals(ctx context.Context, ids []string) ([]client.Detail, error) {
+	insp, err := a.inspector()
 	if err != nil {
-		return evalInfo{}, err
+		return nil, err
 	}
 	store, err := a.runs()
-	if err == nil {
-		err = client.RunResult(ctx, store, t)
-	}
 	if err != nil {
-		return evalInfo{}, err
+		return nil, err
 	}
-	info := evalInfo{ID: id, State: t.State.String(), Retried: t.Retried, LastError: t.LastErr}
-	if len(t.Result) > 0 && json.Valid(t.Result) {
-		info.Result = t.Result
+	evals := make([]client.Detail, 0, len(ids))
+	for _, id := range ids {
+		d, err := client.Show(ctx, insp, store, a.poolName, id)
+		if err != nil {
+			return nil, err
+		}
+		evals = append(evals, d)
 	}
-	return info, nil
+	return evals, nil
+}
+
+// printDetail prints an eval as `eval show` does.
+func printDetail(w io.Writer, d client.Detail) {
+	fmt.Fprintf(w, "eval %s (pool %s)\n", d.EvalID, cmp.Or(d.Pool, tasks.DefaultPool))
+	if d.Run != "" {
+		fmt.Fprintf(w, "  run %s, key %s\n", d.Run, d.Key)
+	}
+	fmt.Fprintf(w, "  state %s", d.State)
+	if d.Outcome != "" {
+		fmt.Fprintf(w, ", %s", d.Outcome)
+	}
+	fmt.Fprintf(w, "; %d retries of at most %d; timeout %ds\n", d.Retried, d.MaxRetry, d.TimeoutS)
+	if d.Reason != "" {
+		fmt.Fprintf(w, "  reason %s\n", d.Reason)
+	}
+	fmt.Fprintf(w, "  spec %s\n", compactJSON(d.Spec))
+	if len(d.Require) > 0 {
+		fmt.Fprintf(w, "  require %s\n", labels.Name(d.Require))
+	}
+	for _, at := range d.Attempts {
+		fmt.Fprintf(w, "  attempt %d: %s", at.Attempt, at.Outcome)
+		if at.Executor != "" {
+			fmt.Fprintf(w, " on %s", at.Executor)
+		}
+		if at.Started != nil {
+			fmt.Fprintf(w, ", started %s", at.Started.UTC().Format(time.RFC3339Nano))
+		}
+		if at.Ended != nil {
+			fmt.Fprintf(w, ", ended %s", at.Ended.UTC().Format(time.RFC3339Nano))
+		}
+		if at.Duration > 0 {
+			fmt.Fprintf(w, ", took %.3fs", at.Duration)
+		}
+		fmt.Fprintln(w)
+		if at.Error != "" {
+			fmt.Fprintf(w, "    error %s\n", at.Error)
+		}
+		if at.ExitCode != nil {
+			fmt.Fprintf(w, "    exit code %d\n", *at.ExitCode)
+		}
+		if at.Score != nil {
+			fmt.Fprintf(w, "    score %g\n", *at.Score)
+		}
+		if len(at.Output) > 0 {
+			fmt.Fprintf(w, "    output %s\n", compactJSON(at.Output))
+		}
+		printTail(w, "stdout", at.Stdout)
+		printTail(w, "stderr", at.Stderr)
+	}
+}
+
+// printTail prints the end of a grader's stream, each line indented.
+func printTail(w io.Writer, name, tail string) {
+	if tail == "" {
+		return
+	}
+	fmt.Fprintf(w, "    %s ends:\n", name)
+	for _, line := range strings.Split(strings.TrimRight(tail, "\n"), "\n") {
+		fmt.Fprintf(w, "      | %s\n", line)
+	}
 }
 
 // waitEvals polls the evals until each is completed or archived, showing a
@@ -412,13 +488,8 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 	if err != nil {
 		return err
 	}
-	bar := progressbar.NewOptions(len(ids),
-		progressbar.OptionSetWriter(a.stderr),
-		progressbar.OptionSetDescription("evals"),
-		progressbar.OptionShowCount(),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(200*time.Millisecond),
-	)
+	bar := a.newProgress(len(ids), "evals")
+	bar.Set(0)
 	var passed, failed, archived int
 	store, err := a.runs()
 	if err != nil {
@@ -427,7 +498,7 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 	err = client.WaitWith(ctx, insp, a.poolName, ids, client.WaitOptions{
 		Runs: store,
 		Finished: func(f client.Finished) {
-			_ = bar.Add(1)
+			bar.Set(passed + failed + archived + 1)
 			switch f.Outcome {
 			case client.OutcomePassed:
 				passed++
@@ -447,8 +518,8 @@ func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.
 	if err != nil {
 		return fmt.Errorf("wait: %w", err)
 	}
-	_ = bar.Finish()
-	fmt.Fprintf(a.stderr, "\n%d evals: %d passed, %d failed, %d errored (archived)\n", len(ids), passed, failed, archived)
+	bar.Finish()
+	fmt.Fprintf(a.stderr, "%d evals: %d passed, %d failed, %d errored (archived)\n", len(ids), passed, failed, archived)
 	if failed+archived > 0 {
 		return fmt.Errorf("%w: %d failed and %d errored of %d; see `evalpool eval result`", errEvalsFailed, failed, archived, len(ids))
 	}

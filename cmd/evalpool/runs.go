@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -13,7 +14,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/evalpool/evalpool/client"
@@ -80,8 +80,11 @@ when its pass rate (passed over passed, failed and errored) is under
 			if minPassRate > 1 {
 				return usagef("--min-pass-rate is a share from 0 to 1, got %g", minPassRate)
 			}
-			if timeout < time.Second || maxRetry < 0 {
-				return usagef("--timeout must be at least 1s and --max-retry 0 or more")
+			if err := checkTimeout(timeout); err != nil {
+				return err
+			}
+			if maxRetry < 0 {
+				return usagef("--max-retry must be 0 or more, got %d", maxRetry)
 			}
 			if retention < time.Second || taskKeep < time.Second {
 				return usagef("--retention and --task-retention must be at least 1s, got %s and %s", retention, taskKeep)
@@ -180,13 +183,7 @@ func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, mi
 	if err != nil {
 		return err
 	}
-	bar := progressbar.NewOptions(c.Size,
-		progressbar.OptionSetWriter(a.stderr),
-		progressbar.OptionSetDescription(name),
-		progressbar.OptionShowCount(),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(200*time.Millisecond),
-	)
+	bar := a.newProgress(c.Size, name)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for c.Done() < c.Size {
@@ -206,10 +203,9 @@ func (a *app) waitRun(ctx context.Context, store *evalrun.Store, name string, mi
 		if err != nil && ctx.Err() == nil {
 			return err
 		}
-		_ = bar.Set(c.Done())
+		bar.Set(c.Done())
 	}
-	_ = bar.Finish()
-	fmt.Fprintln(a.stderr)
+	bar.Finish()
 	var sum evalrun.Summary
 	if err := b.Do(ctx, func() error {
 		var err error
@@ -281,7 +277,7 @@ func printSummary(w io.Writer, s evalrun.Summary) {
 		if i == 20 {
 			break
 		}
-		fmt.Fprintf(w, "  %s %s %s\n", f.Status, f.Key, f.Error)
+		fmt.Fprintf(w, "  %s %s %s\n", f.Status, f.Key, f.Reason())
 	}
 	if more := len(s.Failures) + s.MoreFailures - 20; more > 0 {
 		fmt.Fprintf(w, "  … and %d more failures (run results %s)\n", more, s.Name)
@@ -371,9 +367,12 @@ func (a *app) runSummary() *cobra.Command {
 		Use:   "summary NAME [--compare OTHER]",
 		Short: "How a run went: counts, pass rate, scores, durations, failures; what changed against another run",
 		Long: `How a run went. With --min-pass-rate it exits 1 when the pass rate is under
-it, as run submit --wait does.`,
+it, as run submit --wait does; without it, it never gates.`,
 		Args: positional(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
+			if minPassRate < 0 || minPassRate > 1 {
+				return usagef("--min-pass-rate is a share from 0 to 1, got %g", minPassRate)
+			}
 			store, err := a.runs()
 			if err != nil {
 				return err
@@ -389,15 +388,12 @@ it, as run submit --wait does.`,
 			} else {
 				printSummary(a.stdout, sum)
 			}
-			if c.Flags().Changed("min-pass-rate") {
-				return gate(sum, minPassRate)
-			}
-			return nil
+			return gate(sum, minPassRate)
 		},
 	}
 	c.Flags().StringVar(&against, "compare", "", "another run to compare with, eval key by eval key")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
-	c.Flags().Float64Var(&minPassRate, "min-pass-rate", 1, "exit 1 when the pass rate is under this")
+	c.Flags().Float64Var(&minPassRate, "min-pass-rate", 0, "exit 1 when the pass rate is under this share, from 0 to 1 (no gate without it)")
 	return c
 }
 
@@ -432,13 +428,13 @@ func (a *app) runResults() *cobra.Command {
 				return nil
 			}
 			w := csv.NewWriter(a.stdout)
-			_ = w.Write([]string{"key", "eval_id", "status", "score", "duration_seconds", "retries", "executor", "error"})
+			_ = w.Write([]string{"key", "eval_id", "status", "score", "duration_seconds", "retries", "executor", "error", "reason", "output"})
 			for _, rec := range rows {
 				score := ""
 				if rec.Score != nil {
 					score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
 				}
-				row := []string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, score, strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error}
+				row := []string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, score, strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error, rec.Reason(), compactJSON(rec.Output)}
 				for i := range row {
 					row[i] = csvCell(row[i])
 				}
@@ -450,6 +446,15 @@ func (a *app) runResults() *cobra.Command {
 	}
 	c.Flags().StringVar(&format, "format", "jsonl", "jsonl or csv")
 	return c
+}
+
+// compactJSON is raw JSON on one line; empty for none.
+func compactJSON(raw json.RawMessage) string {
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return string(raw)
+	}
+	return b.String()
 }
 
 // csvCell escapes a cell a spreadsheet would run as a formula: one that
