@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,16 +44,8 @@ func TestPythonClient(t *testing.T) {
 	py := func(args ...string) (int, string, string) {
 		cmd := exec.CommandContext(t.Context(), python, append([]string{client, "--url", base}, args...)...)
 		cmd.Env = append(os.Environ(), "EVALPOOL_AUTH_TOKEN="+token, "PYTHONDONTWRITEBYTECODE=1")
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return code, out.String(), errb.String()
+		r := runCmd(t, cmd)
+		return r.code, r.stdout, r.stderr
 	}
 	code, out, stderr := py("submit", suite, "--name", "py", "--min-pass-rate", "0.95")
 	if code != 1 || !strings.HasPrefix(out, "py\n") || !strings.Contains(stderr, "under the 95.0% required") {

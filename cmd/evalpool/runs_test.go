@@ -117,28 +117,17 @@ func TestRunCompare(t *testing.T) {
 		t.Fatalf("pool add: %+v", r)
 	}
 	startWorker(t, url, "--concurrency", "4", "--poll-interval", "20ms")
-	grades := func(failing ...int) string {
-		specs := make([]string, 10)
-		for i := range specs {
-			g := "passed"
-			if slices.Contains(failing, i+1) {
-				g = "failed"
-			}
-			specs[i] = `{"grade":"` + g + `"}`
-		}
-		return writeSuite(t, specs...)
-	}
-	if r := cli("run", "submit", "--file", grades(6, 7, 8), "--name", "before", "--wait", "--min-pass-rate", "0"); r.code != 0 {
+	if r := cli("run", "submit", "--file", gradedSuite(t, 6, 7, 8), "--name", "before", "--wait", "--min-pass-rate", "0"); r.code != 0 {
 		t.Fatalf("before: %+v", r)
 	}
-	if r := cli("run", "submit", "--file", grades(1, 7, 8), "--name", "after", "--wait", "--min-pass-rate", "0"); r.code != 0 {
+	if r := cli("run", "submit", "--file", gradedSuite(t, 1, 7, 8), "--name", "after", "--wait", "--min-pass-rate", "0"); r.code != 0 {
 		t.Fatalf("after: %+v", r)
 	}
 	s := runSummary(t, cli, "after", "--compare", "before")
 	if !slices.Equal(s.Compare.NewlyFailing, []string{"k1"}) || !slices.Equal(s.Compare.NewlyPassing, []string{"k6"}) {
 		t.Fatalf("compare: %+v", s.Compare)
 	}
-	if r := cli("run", "submit", "--file", grades(), "--name", "before"); r.code == 0 || !strings.Contains(r.stderr, "run exists") {
+	if r := cli("run", "submit", "--file", gradedSuite(t), "--name", "before"); r.code == 0 || !strings.Contains(r.stderr, "run exists") {
 		t.Fatalf("a second run of one name: %+v", r)
 	}
 }
