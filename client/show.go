@@ -100,9 +100,7 @@ func Show(ctx context.Context, insp *asynq.Inspector, runs *run.Store, pool, id 
 		case len(info.Result) > 0 && json.Valid(info.Result):
 			d.Result = info.Result
 		case info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived:
-			d.Result, err = json.Marshal(tasks.EvalResult{EvalID: id, Executor: final.Executor, Attempt: final.Retries,
-				Status: final.Status, Score: final.Score, Output: final.Output, Duration: final.Duration,
-				Error: final.Error, ExitCode: final.ExitCode, Stdout: final.Stdout, Stderr: final.Stderr})
+			d.Result, err = json.Marshal(resultOf(id, final))
 		}
 	case info.State == asynq.TaskStateArchived:
 		d.Outcome, d.Reason = run.Errored, info.LastErr

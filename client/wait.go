@@ -68,10 +68,16 @@ func RunResult(ctx context.Context, runs *run.Store, info *asynq.TaskInfo) error
 	if err != nil || !ok {
 		return err
 	}
-	info.Result, err = json.Marshal(tasks.EvalResult{EvalID: e.ID, Executor: rec.Executor, Attempt: rec.Retries,
-		Status: rec.Status, Score: rec.Score, Output: rec.Output, Duration: rec.Duration,
-		Error: rec.Error, ExitCode: rec.ExitCode, Stdout: rec.Stdout, Stderr: rec.Stderr})
+	info.Result, err = json.Marshal(resultOf(e.ID, rec))
 	return err
+}
+
+// resultOf is the task result a run's record stands for: what a plain
+// eval's task would hold.
+func resultOf(evalID string, rec run.Record) tasks.EvalResult {
+	return tasks.EvalResult{EvalID: evalID, Executor: rec.Executor, Attempt: rec.Retries,
+		Status: rec.Status, Score: rec.Score, Output: rec.Output, Duration: rec.Duration,
+		Diagnostics: executor.Diagnostics{Error: rec.Error, ExitCode: rec.ExitCode, Stdout: rec.Stdout, Stderr: rec.Stderr}}
 }
 
 // Wait is WaitWith for plain evals, stopping at the first error.

@@ -235,6 +235,13 @@ type Result struct {
 	Status string          `json:"status"`
 	Score  *float64        `json:"score,omitempty"`
 	Output json.RawMessage `json:"output,omitempty"`
+	Diagnostics
+}
+
+// Diagnostics are what an answer says besides its grade: why an eval has
+// none, and what its grader wrote. The worker keeps them with the eval's
+// result (tasks.EvalResult) as they came.
+type Diagnostics struct {
 	// Error says why an errored eval has no grade: "exit status 3", "no
 	// result on stdout", "timed out after 30s".
 	Error string `json:"error,omitempty"`

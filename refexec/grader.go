@@ -83,7 +83,7 @@ func (s *Server) runCommand(ctx context.Context, req executor.Request) (executor
 	}
 	tail := func(b []byte) string { return executor.Tail(string(b), max(s.opts.Tail, 0)) }
 	errored := func(code *int, log []byte, format string, args ...any) executor.Result {
-		return executor.Result{Status: executor.StatusErrored, Error: fmt.Sprintf(format, args...), ExitCode: code, Stdout: tail(log), Stderr: tail(stderr.bytes())}
+		return executor.Result{Status: executor.StatusErrored, Diagnostics: executor.Diagnostics{Error: fmt.Sprintf(format, args...), ExitCode: code, Stdout: tail(log), Stderr: tail(stderr.bytes())}}
 	}
 	var exit *exec.ExitError
 	switch {

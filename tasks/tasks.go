@@ -22,6 +22,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/run"
 )
@@ -412,13 +413,7 @@ type EvalResult struct {
 	Status string          `json:"status"`
 	Score  *float64        `json:"score,omitempty"`
 	Output json.RawMessage `json:"output,omitempty"`
-	// Error, ExitCode, Stdout and Stderr are the executor's answer's
-	// (executor.Result): why an errored eval has no grade, and the ends of
-	// what its grader wrote besides its result.
-	Error    string  `json:"error,omitempty"`
-	ExitCode *int    `json:"exit_code,omitempty"`
-	Stdout   string  `json:"stdout,omitempty"`
-	Stderr   string  `json:"stderr,omitempty"`
+	executor.Diagnostics
 	Duration float64 `json:"duration_seconds"`
 }
 

@@ -677,7 +677,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		result, err = encodeResult(tasks.EvalResult{
 			EvalID: e.ID, Executor: lease.URL, Fence: lease.Fence, Attempt: attempt,
 			Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(),
-			Error: res.Error, ExitCode: res.ExitCode, Stdout: res.Stdout, Stderr: res.Stderr,
+			Diagnostics: res.Diagnostics,
 		})
 		runErr = cmp.Or(runErr, err)
 	}
