@@ -173,12 +173,20 @@ func TestSlowFollowerCatchesUp(t *testing.T) {
 	if _, err := fmt.Fprintf(conn, "GET %s/runs/slow/results?follow=1 HTTP/1.1\r\nHost: x\r\n\r\n", Prefix); err != nil {
 		t.Fatal(err)
 	}
+	// The follower subscribes before any end: one that met ends in its
+	// replay would block writing them, before its hub ever started.
+	f := b.handler.follows
+	evaltest.Eventually(t, 30*time.Second, "the follower never subscribed to its hub", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		h := f.hubs["slow"]
+		return h != nil && h.started
+	})
 	// 100 ends of 64 KB each, unread: far more than the sockets hold.
 	for i := range keys {
 		finish(t, b, "slow", 64<<10, keys[i])
 	}
 	// The hub read every end while the follower's writes were held up.
-	f := b.handler.follows
 	evaltest.Eventually(t, 30*time.Second, "the hub never read every end", func() bool {
 		f.mu.Lock()
 		defer f.mu.Unlock()
