@@ -35,6 +35,9 @@ type RunRequest struct {
 	// AllowEmptyPool submits to a pool with no executor registered yet,
 	// which is otherwise refused (422).
 	AllowEmptyPool bool `json:"allow_empty_pool,omitempty"`
+	// Meta and Epochs are client.RunRequest's.
+	Meta   map[string]string `json:"meta,omitempty"`
+	Epochs int               `json:"epochs,omitempty"`
 }
 
 // RunEval is one eval of a RunRequest: EvalID is its key in the run (its
@@ -43,6 +46,7 @@ type RunEval struct {
 	EvalID  string            `json:"eval_id,omitempty"`
 	Spec    json.RawMessage   `json:"spec"`
 	Require map[string]string `json:"require,omitempty"`
+	Group   string            `json:"group,omitempty"`
 }
 
 // RunCreated is the answer of POST /runs.
@@ -141,7 +145,7 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 		if missingSpec(e.Spec) {
 			return client.RunRequest{}, fmt.Errorf("%w: eval %d: \"spec\" is missing", tasks.ErrBadPayload, i+1)
 		}
-		evals[i] = tasks.Eval{ID: e.EvalID, Spec: e.Spec, Require: e.Require}
+		evals[i] = tasks.Eval{ID: e.EvalID, Spec: e.Spec, Require: e.Require, Group: e.Group}
 	}
 	name := req.Name
 	if name == "" {
@@ -151,7 +155,8 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 		_, _ = rand.Read(suffix)
 		name = "run-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(suffix)
 	}
-	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts, Retention: retention, Resume: req.Resume, AllowEmptyPool: req.AllowEmptyPool}, nil
+	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts, Retention: retention, Resume: req.Resume, AllowEmptyPool: req.AllowEmptyPool,
+		Meta: req.Meta, Epochs: req.Epochs}, nil
 }
 
 // RunItem is a run in GET /runs: as submitted, with its progress.

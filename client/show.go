@@ -131,9 +131,7 @@ func finalAttempt(ctx context.Context, runs *run.Store, info *asynq.TaskInfo, e 
 	if info.State == asynq.TaskStateArchived {
 		at = info.LastFailedAt
 	}
-	return run.Record{Key: e.Key, Status: res.Status, Score: res.Score, Duration: res.Duration, Retries: res.Attempt,
-		Error: res.Error, Executor: res.Executor, Output: res.Output, ExitCode: res.ExitCode,
-		Stdout: res.Stdout, Stderr: res.Stderr, At: at}, true, nil
+	return res.Record(e, at), true, nil
 }
 
 // attemptOf is the final attempt as its record has it.

@@ -47,6 +47,13 @@ type RunRequest struct {
 	// with, keys in the same order; each is enqueued again, and those
 	// enqueued already are refused by their task ID and left alone.
 	Resume bool
+	// Meta is what the run is of (model=…, commit=…), kept with it and
+	// shown in its summary and exports (run.Run.Meta).
+	Meta map[string]string
+	// Epochs runs each eval this many times, as the evals KEY#1 …
+	// KEY#Epochs of the run (run.EpochKey), for pass@1 and pass@k.
+	// Defaults to 1: once, under its own key.
+	Epochs int
 	// AllowEmptyPool submits the run to a pool with no executor registered
 	// yet (they are to come), which is otherwise refused (Servable).
 	AllowEmptyPool bool
@@ -62,7 +69,8 @@ type RunRequest struct {
 // run.Incomplete, with the count enqueued: submit it again with Resume, or
 // cancel it.
 func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store, req RunRequest) (run.Run, error) {
-	r := run.Run{Name: cmp.Or(req.Name, "run-"+time.Now().UTC().Format("20060102-150405")), Pool: p.Name(), CreatedAt: time.Now(), Require: req.Require, Retention: req.Retention}
+	r := run.Run{Name: cmp.Or(req.Name, "run-"+time.Now().UTC().Format("20060102-150405")), Pool: p.Name(), CreatedAt: time.Now(), Require: req.Require, Retention: req.Retention,
+		Meta: req.Meta, Epochs: max(req.Epochs, 1)}
 	if req.Retention < 0 || req.Retention > 0 && req.Retention < time.Second {
 		return run.Run{}, fmt.Errorf("%w: run %s: retention %s: want at least 1s", tasks.ErrBadPayload, r.Name, req.Retention)
 	}
@@ -77,9 +85,16 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 	if err := labels.Validate(req.Require); err != nil {
 		return run.Run{}, fmt.Errorf("%w: run %s: %w", tasks.ErrBadPayload, r.Name, err)
 	}
-	batch := make([]*asynq.Task, len(req.Evals))
-	ids := make([]string, len(req.Evals))
-	evals := make([]tasks.Eval, len(req.Evals))
+	if err := run.CheckMeta(req.Meta); err != nil {
+		return run.Run{}, fmt.Errorf("run %s: %w", r.Name, err)
+	}
+	if req.Epochs < 0 || req.Epochs > run.MaxEpochs {
+		return run.Run{}, fmt.Errorf("%w: run %s: %d epochs: want 1 to %d", tasks.ErrBadPayload, r.Name, req.Epochs, run.MaxEpochs)
+	}
+	n := len(req.Evals) * r.Epochs
+	batch := make([]*asynq.Task, 0, n)
+	ids := make([]string, 0, n)
+	evals := make([]tasks.Eval, 0, n)
 	seen := map[string]int{}
 	for i, e := range req.Evals {
 		key := cmp.Or(e.ID, strconv.Itoa(i+1))
@@ -87,7 +102,7 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 			return run.Run{}, fmt.Errorf("%w: run %s: eval %d has the key %q of eval %d", tasks.ErrBadPayload, r.Name, i+1, key, prev)
 		}
 		seen[key] = i + 1
-		e.Run, e.Key, e.ID, e.Pool = r.Name, key, run.EvalID(r.Name, key), p.Name()
+		e.Pool = p.Name()
 		e.TimeoutS = tasks.TimeoutSeconds(cmp.Or(req.Timeout, tasks.DefaultTimeout))
 		if len(req.Require) > 0 {
 			e.Require = maps.Clone(e.Require)
@@ -96,12 +111,19 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 			}
 			maps.Copy(e.Require, req.Require)
 		}
-		t, err := tasks.NewEval(e, opts)
-		if err != nil {
-			return run.Run{}, fmt.Errorf("run %s: eval %d: %w", r.Name, i+1, err)
+		for epoch := range r.Epochs {
+			e.Key = key
+			if r.Epochs > 1 {
+				e.Key, e.Epoch = run.EpochKey(key, epoch+1), epoch+1
+			}
+			e.Run, e.ID = r.Name, run.EvalID(r.Name, e.Key)
+			t, err := tasks.NewEval(e, opts)
+			if err != nil {
+				return run.Run{}, fmt.Errorf("run %s: eval %d: %w", r.Name, i+1, err)
+			}
+			batch, ids, evals = append(batch, t), append(ids, e.ID), append(evals, e)
+			r.Keys = append(r.Keys, e.Key)
 		}
-		batch[i], ids[i], evals[i] = t, e.ID, e
-		r.Keys = append(r.Keys, key)
 	}
 	if err := Servable(ctx, p, evals, req.AllowEmptyPool); err != nil {
 		return run.Run{}, fmt.Errorf("run %s: %w", r.Name, err)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -232,10 +233,35 @@ type Extension struct {
 // Result is an executor's answer to an eval.
 type Result struct {
 	// Status is StatusPassed, StatusFailed or StatusErrored.
-	Status string          `json:"status"`
-	Score  *float64        `json:"score,omitempty"`
-	Output json.RawMessage `json:"output,omitempty"`
+	Status string   `json:"status"`
+	Score  *float64 `json:"score,omitempty"`
+	// Metrics are named measures of the eval besides its score
+	// ("accuracy": 1, "f1": 0.7), which a run averages: at most MaxMetrics,
+	// each name a MetricName.
+	Metrics map[string]float64 `json:"metrics,omitempty"`
+	Output  json.RawMessage    `json:"output,omitempty"`
 	Diagnostics
+}
+
+// MaxMetrics bounds the metrics of one result.
+const MaxMetrics = 32
+
+// metricName is what a metric may be called: what a CSV header, a
+// Prometheus label and a URL carry as they are.
+var metricName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$`)
+
+// CheckMetrics refuses metrics past MaxMetrics or with a name that is not 1
+// to 64 letters, digits or "_.:-" starting with a letter or "_".
+func CheckMetrics(m map[string]float64) error {
+	if len(m) > MaxMetrics {
+		return fmt.Errorf("%d metrics, more than %d", len(m), MaxMetrics)
+	}
+	for name := range m {
+		if !metricName.MatchString(name) {
+			return fmt.Errorf("metric name %q: want 1 to 64 letters, digits or _.:- starting with a letter or _", name)
+		}
+	}
+	return nil
 }
 
 // Diagnostics are what an answer says besides its grade: why an eval has
@@ -270,6 +296,9 @@ func ParseResult(body []byte) (Result, error) {
 	}
 	if r.Status != StatusPassed && r.Status != StatusFailed && r.Status != StatusErrored {
 		return Result{}, fmt.Errorf("%w: status %q, want %q, %q or %q", ErrBadAnswer, r.Status, StatusPassed, StatusFailed, StatusErrored)
+	}
+	if err := CheckMetrics(r.Metrics); err != nil {
+		return Result{}, fmt.Errorf("%w: %w", ErrBadAnswer, err)
 	}
 	r.Stdout, r.Stderr = Tail(r.Stdout, MaxTailBytes), Tail(r.Stderr, MaxTailBytes)
 	return r, nil

@@ -17,9 +17,11 @@ import (
 	"fmt"
 	"math"
 	"regexp"
-	"slices"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -102,6 +104,13 @@ type Run struct {
 	Size int      `json:"size"`
 	// Require is what every eval of the run required, if anything.
 	Require map[string]string `json:"require,omitempty"`
+	// Meta is what the run was of, in its submitter's words (model=…,
+	// commit=…, seed=…, dataset=…): shown with its summary and exports.
+	// At most MaxMeta entries, each checked by CheckMeta.
+	Meta map[string]string `json:"meta,omitempty"`
+	// Epochs is how many times each eval of the suite runs, as evals
+	// KEY#1 … KEY#Epochs (EpochKey); 0 or 1 when once.
+	Epochs int `json:"epochs,omitempty"`
 	// Submission is Complete once every eval was enqueued, Incomplete
 	// until then: while its submitter enqueues, and for ever when the
 	// submission was cut short (client.Submit with Resume finishes it).
@@ -112,6 +121,48 @@ type Run struct {
 	// Retention is how long the run's keys live after its last eval
 	// ended. Zero means the Store's (Options.Retention).
 	Retention time.Duration `json:"-"`
+}
+
+// Bounds of a run's Meta and Epochs.
+const (
+	MaxMeta         = 32
+	MaxMetaKeyLen   = 64
+	MaxMetaValueLen = 512
+	MaxEpochs       = 100
+)
+
+var metaKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,63}$`)
+
+// CheckMeta refuses a run's metadata past MaxMeta entries, a key that is
+// not 1 to 64 letters, digits or "_.-" starting with a letter or "_", or
+// a value over MaxMetaValueLen bytes, not UTF-8 or with a control
+// character: ErrInvalid.
+func CheckMeta(meta map[string]string) error {
+	if len(meta) > MaxMeta {
+		return fmt.Errorf("%w: %d meta entries, more than %d", ErrInvalid, len(meta), MaxMeta)
+	}
+	for k, v := range meta {
+		switch {
+		case !metaKey.MatchString(k):
+			return fmt.Errorf("%w: meta key %q: want 1 to %d letters, digits or _.- starting with a letter or _", ErrInvalid, k, MaxMetaKeyLen)
+		case len(v) > MaxMetaValueLen || !utf8.ValidString(v) || strings.IndexFunc(v, unicode.IsControl) >= 0:
+			return fmt.Errorf("%w: meta %s: want a value of at most %d bytes of UTF-8, no control character", ErrInvalid, k, MaxMetaValueLen)
+		}
+	}
+	return nil
+}
+
+// EpochKey is the key of an eval's epoch-th repeat in a run of several
+// epochs: KEY#epoch.
+func EpochKey(key string, epoch int) string { return key + "#" + strconv.Itoa(epoch) }
+
+// SampleKey is the key of the suite's eval a record repeats (the key
+// less its "#epoch"), or its key when it is no repeat.
+func (r Record) SampleKey() string {
+	if r.Epoch == 0 {
+		return r.Key
+	}
+	return strings.TrimSuffix(r.Key, "#"+strconv.Itoa(r.Epoch))
 }
 
 // Submission states of a run.
@@ -133,7 +184,17 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 	if r.Retention < 0 || r.Retention > 0 && r.Retention < time.Second {
 		return fmt.Errorf("%w: run %s: retention %s: want 0 (the store's) or at least 1s", ErrInvalid, r.Name, r.Retention)
 	}
+	if err := CheckMeta(r.Meta); err != nil {
+		return fmt.Errorf("run %s: %w", r.Name, err)
+	}
+	if r.Epochs < 0 || r.Epochs > MaxEpochs {
+		return fmt.Errorf("%w: run %s: %d epochs: want 1 to %d", ErrInvalid, r.Name, r.Epochs, MaxEpochs)
+	}
 	req, err := json.Marshal(r.Require)
+	if err != nil {
+		return fmt.Errorf("%w: run %s: %w", ErrInvalid, r.Name, err)
+	}
+	meta, err := json.Marshal(r.Meta)
 	if err != nil {
 		return fmt.Errorf("%w: run %s: %w", ErrInvalid, r.Name, err)
 	}
@@ -151,7 +212,7 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 		evals[i] = key
 	}
 	_, err = s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.HSet(ctx, k.Meta(), "pool", r.Pool, "created_at", r.CreatedAt.UnixMilli(), "size", len(r.Keys), "require", string(req), "submission", Incomplete,
+		pipe.HSet(ctx, k.Meta(), "pool", r.Pool, "created_at", r.CreatedAt.UnixMilli(), "size", len(r.Keys), "require", string(req), "meta", string(meta), "epochs", max(r.Epochs, 1), "submission", Incomplete,
 			"retention", retention.Milliseconds())
 		for start := 0; start < len(evals); start += 10_000 {
 			pipe.RPush(ctx, k.Evals(), evals[start:min(start+10_000, len(evals))]...)
@@ -239,6 +300,9 @@ func runOf(name string, meta map[string]string, evals []string) (Run, error) {
 		r.Retention = time.Duration(ms) * time.Millisecond
 	}
 	_ = json.Unmarshal([]byte(meta["require"]), &r.Require)
+	_ = json.Unmarshal([]byte(meta["meta"]), &r.Meta)
+	r.Epochs, _ = strconv.Atoi(meta["epochs"])
+	r.Epochs = max(r.Epochs, 1)
 	return r, nil
 }
 
@@ -269,13 +333,18 @@ func (s *Store) List(ctx context.Context, limit int) ([]Run, error) {
 
 // Record is how one eval of a run ended.
 type Record struct {
-	Key      string   `json:"key"`
-	Status   string   `json:"status"`
-	Score    *float64 `json:"score,omitempty"`
-	Duration float64  `json:"duration_seconds,omitempty"`
-	Retries  int      `json:"retries"`
-	Error    string   `json:"error,omitempty"`
-	Executor string   `json:"executor,omitempty"`
+	Key    string   `json:"key"`
+	Status string   `json:"status"`
+	Score  *float64 `json:"score,omitempty"`
+	// Metrics are the grader's named measures (executor.Result).
+	Metrics map[string]float64 `json:"metrics,omitempty"`
+	// Group and Epoch are the eval's (tasks.Eval), when it has them.
+	Group    string  `json:"group,omitempty"`
+	Epoch    int     `json:"epoch,omitempty"`
+	Duration float64 `json:"duration_seconds,omitempty"`
+	Retries  int     `json:"retries"`
+	Error    string  `json:"error,omitempty"`
+	Executor string  `json:"executor,omitempty"`
 	// Output is what the executor answered besides its grade.
 	Output json.RawMessage `json:"output,omitempty"`
 	// ExitCode is the grader's exit code when it exited other than 0, and
@@ -351,21 +420,24 @@ func (s *Store) Records(ctx context.Context, name string) (Run, []Record, map[st
 // no key (the hash's field is), no zero field, its time in ms. A record
 // written before this form (Record's own JSON) still reads.
 type stored struct {
-	Status   string          `json:"s"`
-	Score    *float64        `json:"c,omitempty"`
-	Duration float64         `json:"d,omitempty"`
-	Retries  int             `json:"r,omitempty"`
-	Error    string          `json:"e,omitempty"`
-	Executor string          `json:"x,omitempty"`
-	Output   json.RawMessage `json:"o,omitempty"`
-	ExitCode *int            `json:"xc,omitempty"`
-	Stdout   string          `json:"so,omitempty"`
-	Stderr   string          `json:"se,omitempty"`
-	At       int64           `json:"t,omitempty"`
+	Status   string             `json:"s"`
+	Score    *float64           `json:"c,omitempty"`
+	Metrics  map[string]float64 `json:"m,omitempty"`
+	Group    string             `json:"g,omitempty"`
+	Epoch    int                `json:"ep,omitempty"`
+	Duration float64            `json:"d,omitempty"`
+	Retries  int                `json:"r,omitempty"`
+	Error    string             `json:"e,omitempty"`
+	Executor string             `json:"x,omitempty"`
+	Output   json.RawMessage    `json:"o,omitempty"`
+	ExitCode *int               `json:"xc,omitempty"`
+	Stdout   string             `json:"so,omitempty"`
+	Stderr   string             `json:"se,omitempty"`
+	At       int64              `json:"t,omitempty"`
 }
 
 func encodeRecord(rec Record) (string, error) {
-	st := stored{Status: rec.Status, Score: rec.Score, Duration: rec.Duration, Retries: rec.Retries, Error: rec.Error, Executor: rec.Executor, Output: rec.Output,
+	st := stored{Status: rec.Status, Score: rec.Score, Metrics: rec.Metrics, Group: rec.Group, Epoch: rec.Epoch, Duration: rec.Duration, Retries: rec.Retries, Error: rec.Error, Executor: rec.Executor, Output: rec.Output,
 		ExitCode: rec.ExitCode, Stdout: rec.Stdout, Stderr: rec.Stderr}
 	if !rec.At.IsZero() {
 		st.At = rec.At.UnixMilli()
@@ -387,7 +459,7 @@ func decodeRecord(key, raw string) (Record, error) {
 		rec.Key = key
 		return rec, nil
 	}
-	rec := Record{Key: key, Status: st.Status, Score: st.Score, Duration: st.Duration, Retries: st.Retries, Error: st.Error, Executor: st.Executor, Output: st.Output,
+	rec := Record{Key: key, Status: st.Status, Score: st.Score, Metrics: st.Metrics, Group: st.Group, Epoch: st.Epoch, Duration: st.Duration, Retries: st.Retries, Error: st.Error, Executor: st.Executor, Output: st.Output,
 		ExitCode: st.ExitCode, Stdout: st.Stdout, Stderr: st.Stderr}
 	if st.At != 0 {
 		rec.At = time.UnixMilli(st.At)
@@ -611,143 +683,4 @@ func submissionOf(state, enqueued string) (string, int) {
 		return Incomplete, -1
 	}
 	return Incomplete, n
-}
-
-// Summary is how a run went.
-type Summary struct {
-	Name      string    `json:"name"`
-	Pool      string    `json:"pool"`
-	CreatedAt time.Time `json:"created_at"`
-	// Submission and Enqueued are the run's (Run): Incomplete means some
-	// of the pending evals may never have been enqueued.
-	Submission string `json:"submission"`
-	Enqueued   int    `json:"enqueued,omitempty"`
-	Counts
-	// PassRate is passed over passed, failed and errored; -1 before any
-	// ended. Cancelled evals do not count.
-	PassRate    float64  `json:"pass_rate"`
-	MeanScore   *float64 `json:"mean_score,omitempty"`
-	MedianScore *float64 `json:"median_score,omitempty"`
-	// DurationP50 and DurationP95 are of the graded evals' last attempts,
-	// in seconds.
-	DurationP50 float64 `json:"duration_p50_seconds"`
-	DurationP95 float64 `json:"duration_p95_seconds"`
-	Retries     int     `json:"retries"`
-	// Failures are the first MaxSummaryFailures failed and errored evals,
-	// in the run's order, with their errors; MoreFailures counts the rest
-	// (Results has them all).
-	Failures     []Record `json:"failures"`
-	MoreFailures int      `json:"more_failures,omitempty"`
-	// Compare is what changed against another run, when asked.
-	Compare *Comparison `json:"compare,omitempty"`
-}
-
-// MaxSummaryFailures bounds a Summary's Failures, so that a summary stays
-// small whatever the run (100,000 failures with their errors and outputs
-// made one of 16 MB).
-const MaxSummaryFailures = 100
-
-// Comparison lists the evals (by key) whose outcome changed between two
-// runs.
-type Comparison struct {
-	Against      string   `json:"against"`
-	NewlyFailing []string `json:"newly_failing"`
-	NewlyPassing []string `json:"newly_passing"`
-}
-
-// Summarize reads a run and sums it up; with against set, it compares it
-// with that run, eval key by eval key.
-func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, error) {
-	r, recs, running, err := s.Records(ctx, name)
-	if err != nil {
-		return Summary{}, err
-	}
-	sum := Summary{Name: r.Name, Pool: r.Pool, CreatedAt: r.CreatedAt, PassRate: -1, Failures: []Record{}}
-	sum.Size, sum.Submission, sum.Enqueued = r.Size, r.Submission, r.Enqueued
-	var scores, durations []float64
-	ended := make(map[string]bool, len(recs))
-	for _, rec := range recs {
-		ended[rec.Key] = true
-		sum.Retries += rec.Retries
-		switch rec.Status {
-		case Passed:
-			sum.Passed++
-		case Failed:
-			sum.Failed++
-		case Errored:
-			sum.Errored++
-		case Cancelled:
-			sum.Cancelled++
-		}
-		switch {
-		case rec.Status != Failed && rec.Status != Errored:
-		case len(sum.Failures) < MaxSummaryFailures:
-			sum.Failures = append(sum.Failures, rec)
-		default:
-			sum.MoreFailures++
-		}
-		if rec.Score != nil {
-			scores = append(scores, *rec.Score)
-		}
-		if rec.Status == Passed || rec.Status == Failed {
-			durations = append(durations, rec.Duration)
-		}
-	}
-	for key := range running {
-		if !ended[key] {
-			sum.Running++
-		}
-	}
-	sum.Pending = max(0, sum.Size-sum.Done()-sum.Running)
-	if graded := sum.Passed + sum.Failed + sum.Errored; graded > 0 {
-		sum.PassRate = float64(sum.Passed) / float64(graded)
-	}
-	if len(scores) > 0 {
-		mean, median := 0.0, quantile(scores, 0.5)
-		for _, v := range scores {
-			mean += v
-		}
-		mean /= float64(len(scores))
-		sum.MeanScore, sum.MedianScore = &mean, &median
-	}
-	if len(durations) > 0 {
-		sum.DurationP50, sum.DurationP95 = quantile(durations, 0.5), quantile(durations, 0.95)
-	}
-	if against != "" {
-		_, other, _, err := s.Records(ctx, against)
-		if err != nil {
-			return Summary{}, fmt.Errorf("compare with %s: %w", against, err)
-		}
-		sum.Compare = compare(against, recs, other)
-	}
-	return sum, nil
-}
-
-// compare lists the keys that passed in before and fail (or errored) now,
-// and the other way round. Keys in only one run are neither.
-func compare(against string, now, before []Record) *Comparison {
-	was := map[string]string{}
-	for _, rec := range before {
-		was[rec.Key] = rec.Status
-	}
-	c := &Comparison{Against: against, NewlyFailing: []string{}, NewlyPassing: []string{}}
-	bad := func(status string) bool { return status == Failed || status == Errored }
-	for _, rec := range now {
-		switch prev, ok := was[rec.Key]; {
-		case !ok:
-		case prev == Passed && bad(rec.Status):
-			c.NewlyFailing = append(c.NewlyFailing, rec.Key)
-		case bad(prev) && rec.Status == Passed:
-			c.NewlyPassing = append(c.NewlyPassing, rec.Key)
-		}
-	}
-	return c
-}
-
-// quantile is the q-quantile of vs by the nearest rank; vs is sorted in
-// place.
-func quantile(vs []float64, q float64) float64 {
-	slices.Sort(vs)
-	i := int(math.Ceil(q*float64(len(vs)))) - 1
-	return vs[max(0, min(i, len(vs)-1))]
 }

@@ -172,7 +172,17 @@ type Eval struct {
 	// enqueueing: an eval no registered executor could serve is retried
 	// until it is archived. At most labels.Max.
 	Require map[string]string `json:"require,omitempty"`
+	// Group names the subset of its suite the eval is in ("math",
+	// "code/easy"), which a run's summary gives its own pass rate and
+	// means: at most MaxGroupLen bytes, no control character.
+	Group string `json:"group,omitempty"`
+	// Epoch is which of a run's repeats of one eval this is, from 1, when
+	// the run repeats its evals (client.RunRequest.Epochs); 0 when not.
+	Epoch int `json:"epoch,omitempty"`
 }
+
+// MaxGroupLen bounds an eval's Group.
+const MaxGroupLen = 100
 
 // LeaseTTL is the eval's lease TTL, or def when it names none.
 func (e Eval) LeaseTTL(def time.Duration) time.Duration {
@@ -215,6 +225,15 @@ func (e Eval) validate() error {
 	}
 	if err := labels.Validate(e.Require); err != nil {
 		return fmt.Errorf("%w: eval %s: required labels: %w", ErrBadPayload, e.ID, err)
+	}
+	if len(e.Group) > MaxGroupLen || strings.IndexFunc(e.Group, unicode.IsControl) >= 0 {
+		return fmt.Errorf("%w: eval %s: group %q: want at most %d bytes, no control character", ErrBadPayload, e.ID, e.Group, MaxGroupLen)
+	}
+	if err := CheckUTF8([]byte(e.Group)); err != nil {
+		return fmt.Errorf("eval %s: group: %w", e.ID, err)
+	}
+	if e.Epoch < 0 {
+		return fmt.Errorf("%w: eval %s: epoch %d: want 0, or from 1", ErrBadPayload, e.ID, e.Epoch)
 	}
 	if e.Run != "" || e.Key != "" {
 		if err := run.ValidateName(e.Run); err != nil {
@@ -410,11 +429,20 @@ type EvalResult struct {
 	// Status is the executor's verdict: executor.StatusPassed,
 	// executor.StatusFailed, or executor.StatusErrored for the last
 	// attempt of an eval that errored.
-	Status string          `json:"status"`
-	Score  *float64        `json:"score,omitempty"`
-	Output json.RawMessage `json:"output,omitempty"`
+	Status  string             `json:"status"`
+	Score   *float64           `json:"score,omitempty"`
+	Metrics map[string]float64 `json:"metrics,omitempty"`
+	Output  json.RawMessage    `json:"output,omitempty"`
 	executor.Diagnostics
 	Duration float64 `json:"duration_seconds"`
+}
+
+// Record is how the eval e ended with this result, as its run keeps it,
+// at at.
+func (r EvalResult) Record(e Eval, at time.Time) run.Record {
+	return run.Record{Key: e.Key, Status: r.Status, Score: r.Score, Metrics: r.Metrics, Group: e.Group, Epoch: e.Epoch,
+		Duration: r.Duration, Retries: r.Attempt, Error: r.Error, Executor: r.Executor, Output: r.Output,
+		ExitCode: r.ExitCode, Stdout: r.Stdout, Stderr: r.Stderr, At: at}
 }
 
 // Cleanup is the payload of both cleanup task types.

@@ -103,23 +103,26 @@ func (w *Worker) endOf(poolName string) run.Lookup {
 		if err != nil {
 			return run.Record{}, false, err
 		}
+		// The payload is the eval's as it was enqueued: one that does not
+		// parse has no group or epoch to give its record.
+		e, _ := tasks.ParseEval(info.Payload)
 		switch info.State {
 		case asynq.TaskStateCompleted:
 			var res tasks.EvalResult
 			if err := json.Unmarshal(info.Result, &res); err != nil || (res.Status != run.Passed && res.Status != run.Failed) {
-				return run.Record{Status: run.Errored, Error: "completed without a readable result", Retries: info.Retried, At: info.CompletedAt}, true, nil
+				return run.Record{Status: run.Errored, Error: "completed without a readable result", Group: e.Group, Epoch: e.Epoch, Retries: info.Retried, At: info.CompletedAt}, true, nil
 			}
-			return run.Record{Status: res.Status, Score: res.Score, Output: res.Output, Duration: res.Duration,
-				Retries: res.Attempt, Executor: res.Executor, ExitCode: res.ExitCode, Stdout: res.Stdout, Stderr: res.Stderr, At: info.CompletedAt}, true, nil
+			return res.Record(e, info.CompletedAt), true, nil
 		case asynq.TaskStateArchived:
-			rec := run.Record{Status: run.Errored, Error: info.LastErr, Retries: info.Retried, At: info.LastFailedAt}
+			rec := run.Record{Status: run.Errored, Error: info.LastErr, Group: e.Group, Epoch: e.Epoch, Retries: info.Retried, At: info.LastFailedAt}
 			// An eval that errored on its last attempt kept that attempt's result.
 			if res := (tasks.EvalResult{}); json.Unmarshal(info.Result, &res) == nil && res.Status == run.Errored {
-				rec.Executor, rec.Duration, rec.ExitCode, rec.Stdout, rec.Stderr = res.Executor, res.Duration, res.ExitCode, res.Stdout, res.Stderr
+				rec = res.Record(e, info.LastFailedAt)
+				rec.Error, rec.Retries = info.LastErr, info.Retried
 			}
 			if sp := w.pools[poolName]; sp != nil {
 				if cancelled, err := sp.pool.Cancelled(ctx, evalID); err == nil && cancelled {
-					rec = run.Record{Status: run.Cancelled, Retries: info.Retried, At: info.LastFailedAt}
+					rec = run.Record{Status: run.Cancelled, Group: e.Group, Epoch: e.Epoch, Retries: info.Retried, At: info.LastFailedAt}
 				}
 			}
 			return rec, true, nil

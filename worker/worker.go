@@ -676,7 +676,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 		var err error
 		result, err = encodeResult(tasks.EvalResult{
 			EvalID: e.ID, Executor: lease.URL, Fence: lease.Fence, Attempt: attempt,
-			Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(),
+			Status: res.Status, Score: res.Score, Metrics: res.Metrics, Output: res.Output, Duration: took.Seconds(),
 			Diagnostics: res.Diagnostics,
 		})
 		runErr = cmp.Or(runErr, err)
@@ -779,7 +779,7 @@ func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) (wr
 	if e.Run == "" {
 		return false
 	}
-	rec.Key, rec.At = e.Key, time.Now()
+	rec.Key, rec.Group, rec.Epoch, rec.At = e.Key, e.Group, e.Epoch, time.Now()
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 	defer cancel()
 	_, err := w.runs.Finish(rctx, e.Run, rec)
@@ -1155,7 +1155,7 @@ const erroredStderr = 200
 
 // recordOf is how an eval of a run that ended on this attempt ended.
 func recordOf(res executor.Result, took time.Duration, attempt int, url string) run.Record {
-	rec := run.Record{Status: res.Status, Score: res.Score, Output: res.Output, Duration: took.Seconds(), Retries: attempt, Executor: url,
+	rec := run.Record{Status: res.Status, Score: res.Score, Metrics: res.Metrics, Output: res.Output, Duration: took.Seconds(), Retries: attempt, Executor: url,
 		ExitCode: res.ExitCode, Stdout: res.Stdout, Stderr: res.Stderr}
 	if res.Status == executor.StatusErrored {
 		rec.Error = erroredWhy(res)

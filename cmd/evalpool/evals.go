@@ -252,6 +252,7 @@ func readEvalFile(path string) ([]tasks.Eval, error) {
 				ID      string            `json:"eval_id"`
 				Spec    json.RawMessage   `json:"spec"`
 				Require map[string]string `json:"require"`
+				Group   string            `json:"group"`
 			}
 			dec := json.NewDecoder(bytes.NewReader(trimmed))
 			dec.DisallowUnknownFields()
@@ -259,7 +260,7 @@ func readEvalFile(path string) ([]tasks.Eval, error) {
 				if derr == nil {
 					derr = errors.New("trailing data after the object")
 				}
-				return nil, fmt.Errorf("%s:%d: %w: want {\"eval_id\"?, \"spec\", \"require\"?}: %w", path, n, tasks.ErrBadPayload, derr)
+				return nil, fmt.Errorf("%s:%d: %w: want {\"eval_id\"?, \"spec\", \"require\"?, \"group\"?}: %w", path, n, tasks.ErrBadPayload, derr)
 			}
 			if len(e.Spec) == 0 || string(e.Spec) == "null" {
 				return nil, fmt.Errorf("%s:%d: %w: \"spec\" is missing", path, n, tasks.ErrBadPayload)
@@ -270,7 +271,7 @@ func readEvalFile(path string) ([]tasks.Eval, error) {
 			if e.ID != "" {
 				seen[e.ID] = n
 			}
-			evals = append(evals, tasks.Eval{ID: e.ID, Spec: e.Spec, Require: e.Require})
+			evals = append(evals, tasks.Eval{ID: e.ID, Spec: e.Spec, Require: e.Require, Group: e.Group})
 		}
 		if errors.Is(err, io.EOF) {
 			break

@@ -53,16 +53,24 @@ func (a *app) runSubmit() *cobra.Command {
 		retention   time.Duration
 		taskKeep    time.Duration
 		allowEmpty  bool
+		meta        []string
+		epochs      int
 	)
 	c := &cobra.Command{
 		Use:   "submit --file suite.jsonl [--name N] [--wait]",
 		Short: "Submit a suite of evals as one run; --wait follows it and gates on its pass rate",
-		Long: `Submit the evals of a JSON Lines file ({"eval_id"?, "spec", "require"?} per
-line) as one run and print its name. An eval's "eval_id" is its key in the
-run, which --compare matches across runs (the line number when absent); its
-eval ID is NAME/KEY. Every line, and that some executor can serve every eval,
-is checked before anything is enqueued: a pool with no executor registered (a
-misspelt --pool, the wrong Redis or DB) is refused unless --allow-empty-pool.
+		Long: `Submit the evals of a JSON Lines file ({"eval_id"?, "spec", "require"?,
+"group"?} per line) as one run and print its name. An eval's "eval_id" is its
+key in the run, which --compare matches across runs (the line number when
+absent); its eval ID is NAME/KEY. "group" names the subset of the suite it is
+in: the summary gives each group its pass rate and metric means. Every line,
+and that some executor can serve every eval, is checked before anything is
+enqueued: a pool with no executor registered (a misspelt --pool, the wrong
+Redis or DB) is refused unless --allow-empty-pool.
+
+--epochs k runs each eval k times, as the evals KEY#1 … KEY#k, and the summary
+gives pass@1 and pass@k. --meta key=value says what the run is of (model,
+commit, seed, dataset): the summary and exports show it.
 
 --wait follows the run with a progress bar, prints its summary, and exits 1
 when its pass rate (passed over passed, failed and errored) is under
@@ -93,6 +101,13 @@ when its pass rate (passed over passed, failed and errored) is under
 			if err != nil {
 				return usageError{err}
 			}
+			runMeta, err := parseMeta(meta)
+			if err != nil {
+				return usageError{err}
+			}
+			if epochs < 1 || epochs > evalrun.MaxEpochs {
+				return usagef("--epochs must be from 1 to %d, got %d", evalrun.MaxEpochs, epochs)
+			}
 			evals, err := readEvalFile(file)
 			if err != nil {
 				return err
@@ -115,6 +130,7 @@ when its pass rate (passed over passed, failed and errored) is under
 			req := client.RunRequest{
 				Name: name, Evals: evals, Require: required, Timeout: timeout,
 				Options: opts, Resume: resume, Retention: retention, AllowEmptyPool: allowEmpty,
+				Meta: runMeta, Epochs: epochs,
 			}
 			r, err := client.Submit(c.Context(), aq, p, store, req)
 			if err != nil {
@@ -140,7 +156,7 @@ when its pass rate (passed over passed, failed and errored) is under
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&file, "file", "", "JSON Lines file of evals ({\"eval_id\"?, \"spec\", \"require\"?} per line)")
+	f.StringVar(&file, "file", "", "JSON Lines file of evals ({\"eval_id\"?, \"spec\", \"require\"?, \"group\"?} per line)")
 	f.StringVar(&name, "name", "", "the run's name (default run-YYYYMMDD-HHMMSS)")
 	f.StringArrayVar(&require, "require", nil, "run every eval only on executors with label key=value (repeatable)")
 	f.BoolVar(&wait, "wait", false, "follow the run to its end, print its summary, exit 1 under --min-pass-rate")
@@ -149,6 +165,8 @@ when its pass rate (passed over passed, failed and errored) is under
 	f.IntVar(&maxRetry, "max-retry", tasks.DefaultMaxRetry, "retries of a failed attempt (0 for none)")
 	f.DurationVar(&retention, "retention", evalrun.DefaultRetention, "how long the run, its evals' ends and results, is kept after its last eval ended")
 	f.DurationVar(&taskKeep, "task-retention", tasks.RunTaskRetention, "how long each eval's Asynq task is kept once it ended (the run keeps its result)")
+	f.StringArrayVar(&meta, "meta", nil, "what the run is of, key=value (model=…, commit=…; repeatable): shown in its summary and exports")
+	f.IntVar(&epochs, "epochs", 1, "run each eval this many times (KEY#1 … KEY#k), for pass@1 and pass@k")
 	f.BoolVar(&allowEmpty, "allow-empty-pool", false, "submit even if no executor is registered in the pool yet")
 	f.BoolVar(&resume, "resume", false, "finish the submission of run --name that was cut short: the same file; evals enqueued already are left alone")
 	return c
@@ -240,15 +258,6 @@ func (a *app) progress(ctx context.Context, store *evalrun.Store, name string, r
 	return c, err
 }
 
-// gate is the one rule of exit codes for a run: its pass rate under
-// minPassRate fails it.
-func gate(sum evalrun.Summary, minPassRate float64) error {
-	if sum.PassRate >= 0 && sum.PassRate < minPassRate {
-		return fmt.Errorf("%w: run %s passed %.1f%%, under the %.1f%% required (%d failed, %d errored)", errEvalsFailed, sum.Name, 100*sum.PassRate, 100*minPassRate, sum.Failed, sum.Errored)
-	}
-	return nil
-}
-
 // printIncomplete says, of a run whose submission was cut short, how many
 // evals were enqueued and how to finish it.
 func printIncomplete(w io.Writer, name, state string, enqueued, size int) {
@@ -260,37 +269,6 @@ func printIncomplete(w io.Writer, name, state string, enqueued, size int) {
 		n = strconv.Itoa(enqueued)
 	}
 	fmt.Fprintf(w, "  submission incomplete: %s of %d evals enqueued (unless its submit still runs); finish it with `run submit --resume --name %s` and the same file, or end it with `run cancel %s`\n", n, size, name, name)
-}
-
-func printSummary(w io.Writer, s evalrun.Summary) {
-	fmt.Fprintf(w, "run %s (pool %s, %d evals, submitted %s)\n", s.Name, s.Pool, s.Size, s.CreatedAt.UTC().Format(time.RFC3339))
-	fmt.Fprintf(w, "  passed %d, failed %d, errored %d, cancelled %d, running %d, pending %d\n", s.Passed, s.Failed, s.Errored, s.Cancelled, s.Running, s.Pending)
-	printIncomplete(w, s.Name, s.Submission, s.Enqueued, s.Size)
-	if s.PassRate >= 0 {
-		fmt.Fprintf(w, "  pass rate %.1f%%\n", 100*s.PassRate)
-	}
-	if s.MeanScore != nil {
-		fmt.Fprintf(w, "  score mean %.3f, median %.3f\n", *s.MeanScore, *s.MedianScore)
-	}
-	fmt.Fprintf(w, "  duration p50 %.3fs, p95 %.3fs; %d retries\n", s.DurationP50, s.DurationP95, s.Retries)
-	for i, f := range s.Failures {
-		if i == 20 {
-			break
-		}
-		fmt.Fprintf(w, "  %s %s %s\n", f.Status, f.Key, f.Reason())
-	}
-	if more := len(s.Failures) + s.MoreFailures - 20; more > 0 {
-		fmt.Fprintf(w, "  … and %d more failures (run results %s)\n", more, s.Name)
-	}
-	if c := s.Compare; c != nil {
-		fmt.Fprintf(w, "  against %s: %d newly failing, %d newly passing\n", c.Against, len(c.NewlyFailing), len(c.NewlyPassing))
-		for _, k := range c.NewlyFailing {
-			fmt.Fprintf(w, "    newly failing %s\n", k)
-		}
-		for _, k := range c.NewlyPassing {
-			fmt.Fprintf(w, "    newly passing %s\n", k)
-		}
-	}
 }
 
 func (a *app) runList() *cobra.Command {
@@ -355,46 +333,6 @@ func (a *app) runStatus() *cobra.Command {
 			return nil
 		},
 	}
-}
-
-func (a *app) runSummary() *cobra.Command {
-	var (
-		against     string
-		asJSON      bool
-		minPassRate float64
-	)
-	c := &cobra.Command{
-		Use:   "summary NAME [--compare OTHER]",
-		Short: "How a run went: counts, pass rate, scores, durations, failures; what changed against another run",
-		Long: `How a run went. With --min-pass-rate it exits 1 when the pass rate is under
-it, as run submit --wait does; without it, it never gates.`,
-		Args: positional(cobra.ExactArgs(1)),
-		RunE: func(c *cobra.Command, args []string) error {
-			if minPassRate < 0 || minPassRate > 1 {
-				return usagef("--min-pass-rate is a share from 0 to 1, got %g", minPassRate)
-			}
-			store, err := a.runs()
-			if err != nil {
-				return err
-			}
-			sum, err := store.Summarize(c.Context(), args[0], against)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				if err := a.printJSON(sum); err != nil {
-					return err
-				}
-			} else {
-				printSummary(a.stdout, sum)
-			}
-			return gate(sum, minPassRate)
-		},
-	}
-	c.Flags().StringVar(&against, "compare", "", "another run to compare with, eval key by eval key")
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON on stdout")
-	c.Flags().Float64Var(&minPassRate, "min-pass-rate", 0, "exit 1 when the pass rate is under this share, from 0 to 1 (no gate without it)")
-	return c
 }
 
 func (a *app) runResults() *cobra.Command {
@@ -524,4 +462,23 @@ func (a *app) cancel(ctx context.Context, ids []string) error {
 	}
 	fmt.Fprintf(a.stdout, "cancelled %d pending and %d running evals; %d had ended, %d unknown\n", n.Pending, n.Running, n.Ended, n.Unknown)
 	return nil
+}
+
+// parseMeta reads --meta key=value flags; a key given twice is refused.
+func parseMeta(flags []string) (map[string]string, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	meta := make(map[string]string, len(flags))
+	for _, f := range flags {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok {
+			return nil, fmt.Errorf("--meta %q: want key=value", f)
+		}
+		if _, dup := meta[k]; dup {
+			return nil, fmt.Errorf("--meta %s given twice", k)
+		}
+		meta[k] = v
+	}
+	return meta, evalrun.CheckMeta(meta)
 }
