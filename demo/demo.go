@@ -23,7 +23,6 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
-	"github.com/schollz/progressbar/v3"
 
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/pool"
@@ -50,8 +49,9 @@ type Options struct {
 	FailRate float64
 	// Latency is how long a simulated eval takes. Defaults to 20 ms.
 	Latency time.Duration
-	// Progress receives the progress bar. Defaults to none.
-	Progress io.Writer
+	// Progress is told, as evals end, how many of the run's ended. Defaults
+	// to nothing.
+	Progress func(ended, total int)
 	// Logger receives the worker's logs. Defaults to discarding.
 	Logger *zerolog.Logger
 }
@@ -85,7 +85,7 @@ func (o *Options) withDefaults() {
 		o.Latency = 20 * time.Millisecond
 	}
 	if o.Progress == nil {
-		o.Progress = io.Discard
+		o.Progress = func(int, int) {}
 	}
 }
 
@@ -248,8 +248,7 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 			return nil, fmt.Errorf("demo: enqueue: %w", err)
 		}
 	}
-	bar := progressbar.NewOptions(len(ids), progressbar.OptionSetWriter(d.opts.Progress),
-		progressbar.OptionSetDescription("evals"), progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond))
+	ended := 0
 	rep := &Report{Evals: len(ids), Releases: map[pool.ReleaseOutcome]int{}}
 	zctx, stopZombie := context.WithCancel(ctx)
 	var zombie sync.WaitGroup
@@ -271,13 +270,12 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 			rep.Retried++
 		}
 		rep.Attempts += f.Retried + 1
-		_ = bar.Add(1)
+		ended++
+		d.opts.Progress(ended, len(ids))
 	}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
-	_ = bar.Finish()
-	fmt.Fprintln(d.opts.Progress)
 	stopZombie()
 	zombie.Wait()
 	if err := d.waitCleanups(ctx, insp); err != nil {

@@ -249,7 +249,17 @@ report until Ctrl-C.`,
 			if !c.Flags().Changed("log-level") {
 				log = log.Level(zerolog.ErrorLevel) // the report tells the story
 			}
-			opts.Progress, opts.Logger = a.stderr, &log
+			opts.Logger = &log
+			var bar progress
+			opts.Progress = func(ended, total int) {
+				if bar == nil {
+					bar = a.newProgress(total, "evals")
+				}
+				bar.Set(ended)
+				if ended == total {
+					bar.Finish()
+				}
+			}
 			d, err := demo.Start(c.Context(), opts)
 			if err != nil {
 				return err
