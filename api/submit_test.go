@@ -65,3 +65,33 @@ func TestNonUTF8BodyIsRefused(t *testing.T) {
 	}
 	noTasks(t, b, "a non-UTF-8 body")
 }
+
+// A run's meta and epochs, and an eval's group, go through POST /runs: a
+// suite of 2 evals in 3 epochs is 6 evals, KEY#1 to KEY#3; bad meta or
+// epochs are a 400 that submits nothing.
+func TestRunMetaEpochsAndGroups(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Options{}, nil)
+	for _, tt := range []struct{ name, body, want string }{
+		{"meta key", `{"meta":{"no space":"x"},"evals":[{"spec":{}}]}`, `meta key "no space"`},
+		{"meta value", `{"meta":{"note":"a\nb"},"evals":[{"spec":{}}]}`, "no control character"},
+		{"epochs", `{"epochs":101,"evals":[{"spec":{}}]}`, "101 epochs: want 1 to 100"},
+		{"group", `{"evals":[{"spec":{},"group":"a\u0000b"}]}`, "no control character"},
+	} {
+		if a := do(t, http.MethodPost, b.url+"/runs", tt.body); a.code != http.StatusBadRequest || !strings.Contains(a.errMsg(), tt.want) {
+			t.Errorf("%s: %s; want a 400 holding %q", tt.name, a, tt.want)
+		}
+	}
+	noTasks(t, b, "a refused run")
+	a := do(t, http.MethodPost, b.url+"/runs", `{"name":"repeated","epochs":3,"meta":{"model":"m1"},"evals":[{"eval_id":"q1","spec":{},"group":"math"},{"eval_id":"q2","spec":{}}]}`)
+	if a.code != http.StatusCreated || !strings.Contains(string(a.body), `"size":6`) {
+		t.Fatalf("POST /runs of 2 evals in 3 epochs: %s; want 201, size 6", a)
+	}
+	a = do(t, http.MethodGet, b.url+"/runs/repeated", "")
+	if a.code != http.StatusOK || !strings.Contains(string(a.body), `"meta":{"model":"m1"}`) || !strings.Contains(string(a.body), `"epochs":3`) {
+		t.Fatalf("GET /runs/repeated: %s; want its meta and epochs", a)
+	}
+	if a := do(t, http.MethodGet, b.url+"/evals/repeated%2Fq1%232", ""); !strings.Contains(string(a.body), `"group":"math"`) || !strings.Contains(string(a.body), `"epoch":2`) {
+		t.Errorf("GET /evals/repeated/q1#2: %s; want its group and epoch", a)
+	}
+}

@@ -36,6 +36,8 @@ type Detail struct {
 	Key      string            `json:"key,omitempty"`
 	Spec     json.RawMessage   `json:"spec,omitempty"`
 	Require  map[string]string `json:"require,omitempty"`
+	Group    string            `json:"group,omitempty"`
+	Epoch    int               `json:"epoch,omitempty"`
 	TimeoutS int64             `json:"timeout_s,omitempty"`
 	MaxRetry int               `json:"max_retry"`
 	// Attempts are those that can be told, oldest first: the final
@@ -62,13 +64,14 @@ type Attempt struct {
 	Duration float64    `json:"duration_seconds,omitempty"`
 	// Outcome is the eval's (passed, failed, errored, cancelled) for the
 	// final attempt, else AttemptRetried or AttemptRunning.
-	Outcome  string          `json:"outcome"`
-	Error    string          `json:"error,omitempty"`
-	Score    *float64        `json:"score,omitempty"`
-	ExitCode *int            `json:"exit_code,omitempty"`
-	Output   json.RawMessage `json:"output,omitempty"`
-	Stdout   string          `json:"stdout,omitempty"`
-	Stderr   string          `json:"stderr,omitempty"`
+	Outcome  string             `json:"outcome"`
+	Error    string             `json:"error,omitempty"`
+	Score    *float64           `json:"score,omitempty"`
+	Metrics  map[string]float64 `json:"metrics,omitempty"`
+	ExitCode *int               `json:"exit_code,omitempty"`
+	Output   json.RawMessage    `json:"output,omitempty"`
+	Stdout   string             `json:"stdout,omitempty"`
+	Stderr   string             `json:"stderr,omitempty"`
 }
 
 // Show reads an eval of a pool: its task in Asynq and, for a run's eval,
@@ -82,6 +85,7 @@ func Show(ctx context.Context, insp *asynq.Inspector, runs *run.Store, pool, id 
 	e, perr := tasks.ParseEval(info.Payload)
 	if perr == nil {
 		d.Pool, d.Run, d.Key, d.Spec, d.Require, d.TimeoutS = e.Pool, e.Run, e.Key, e.Spec, e.Require, e.TimeoutS
+		d.Group, d.Epoch = e.Group, e.Epoch
 	}
 	final, ok, err := finalAttempt(ctx, runs, info, e)
 	if err != nil {
@@ -137,7 +141,7 @@ func finalAttempt(ctx context.Context, runs *run.Store, info *asynq.TaskInfo, e 
 // attemptOf is the final attempt as its record has it.
 func attemptOf(rec run.Record) Attempt {
 	a := Attempt{Attempt: rec.Retries, Executor: rec.Executor, Ended: timeOf(rec.At), Duration: rec.Duration,
-		Outcome: rec.Status, Error: rec.Error, Score: rec.Score, ExitCode: rec.ExitCode,
+		Outcome: rec.Status, Error: rec.Error, Score: rec.Score, Metrics: rec.Metrics, ExitCode: rec.ExitCode,
 		Output: rec.Output, Stdout: rec.Stdout, Stderr: rec.Stderr}
 	if a.Ended != nil && rec.Duration > 0 {
 		start := a.Ended.Add(-time.Duration(rec.Duration * float64(time.Second)))

@@ -32,7 +32,9 @@
 // counts only the executor's against its health. The rule for an executor:
 //
 //   - It ran the eval and the eval has a grade: 200 {"status": "passed" or
-//     "failed", "score"?, "output"?}.
+//     "failed", "score"?, "metrics"?, "output"?}; "metrics" names measures
+//     besides the score ({"accuracy": 1, "f1": 0.7}: at most [MaxMetrics],
+//     named as [CheckMetrics] says), which a run averages.
 //   - It ran the eval and the eval has none by its own fault (its grader
 //     exited other than 0, was killed by a signal it did not get from the
 //     executor, ran past its time, or wrote no result): 200 {"status":

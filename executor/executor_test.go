@@ -154,6 +154,14 @@ func TestParseResult(t *testing.T) {
 				return len(r.Stderr) <= MaxTailBytes && strings.HasSuffix(r.Stderr, "éend") && strings.HasPrefix(r.Stderr, "é")
 			}, nil},
 		{"unknown status", `{"status":"crashed"}`, nil, ErrBadAnswer},
+		{"metrics", `{"status":"passed","metrics":{"accuracy":1,"f1":0.7,"pass.rate_2":0}}`,
+			func(r Result) bool { return len(r.Metrics) == 3 && r.Metrics["f1"] == 0.7 }, nil},
+		{"metric named with a space", `{"status":"passed","metrics":{"no spaces":1}}`, nil, ErrBadAnswer},
+		{"metric named with a digit first", `{"status":"passed","metrics":{"1st":1}}`, nil, ErrBadAnswer},
+		{"metric that is no number", `{"status":"passed","metrics":{"f1":"high"}}`, nil, ErrBadAnswer},
+		{"too many metrics", `{"status":"passed","metrics":{` + manyMetrics(MaxMetrics+1) + `}}`, nil, ErrBadAnswer},
+		{"as many metrics as may be", `{"status":"passed","metrics":{` + manyMetrics(MaxMetrics) + `}}`,
+			func(r Result) bool { return len(r.Metrics) == MaxMetrics }, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -164,4 +172,13 @@ func TestParseResult(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyMetrics is n metrics as the members of a JSON object.
+func manyMetrics(n int) string {
+	ms := make([]string, n)
+	for i := range ms {
+		ms[i] = fmt.Sprintf(`"m%d":%d`, i, i)
+	}
+	return strings.Join(ms, ",")
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -423,7 +424,14 @@ func (a *app) showEvals(ctx context.Context, ids []string) ([]client.Detail, err
 func printDetail(w io.Writer, d client.Detail) {
 	fmt.Fprintf(w, "eval %s (pool %s)\n", d.EvalID, cmp.Or(d.Pool, tasks.DefaultPool))
 	if d.Run != "" {
-		fmt.Fprintf(w, "  run %s, key %s\n", d.Run, d.Key)
+		fmt.Fprintf(w, "  run %s, key %s", d.Run, d.Key)
+		if d.Epoch > 0 {
+			fmt.Fprintf(w, ", epoch %d", d.Epoch)
+		}
+		fmt.Fprintln(w)
+	}
+	if d.Group != "" {
+		fmt.Fprintf(w, "  group %s\n", d.Group)
 	}
 	fmt.Fprintf(w, "  state %s", d.State)
 	if d.Outcome != "" {
@@ -460,6 +468,9 @@ func printDetail(w io.Writer, d client.Detail) {
 		}
 		if at.Score != nil {
 			fmt.Fprintf(w, "    score %g\n", *at.Score)
+		}
+		for _, name := range slices.Sorted(maps.Keys(at.Metrics)) {
+			fmt.Fprintf(w, "    %s %g\n", name, at.Metrics[name])
 		}
 		if len(at.Output) > 0 {
 			fmt.Fprintf(w, "    output %s\n", compactJSON(at.Output))
