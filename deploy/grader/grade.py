@@ -9,8 +9,10 @@ The spec it grades:
     {"answer": "4", "expected": "4"}
 
 passes when the answer, stripped and compared case-insensitively, is the
-expected one. "sleep_ms" stands in for a model's time to answer. A spec with
-no "expected" fails, with the reason in the output.
+expected one. Besides its score it reports a metric, "exact_match": 1 when
+the answer is the expected one to the letter. "sleep_ms" stands in for a
+model's time to answer. A spec with no "expected" fails, with the reason in
+the output.
 """
 import json
 import sys
@@ -29,6 +31,7 @@ def grade(spec):
     return {
         "status": "passed" if passed else "failed",
         "score": 1 if passed else 0,
+        "metrics": {"exact_match": 1 if str(spec.get("answer", "")) == str(spec["expected"]) else 0},
         "output": {"answer": spec.get("answer"), "expected": spec["expected"]},
     }
 
