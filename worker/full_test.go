@@ -64,7 +64,8 @@ func TestEndsAtMaxmemoryAreRecordedLater(t *testing.T) {
 
 // TestReapReconcilesLostEnds runs evals of a run whose ends never reach the
 // run, as when their worker is killed between an eval's end and its
-// write: the reap's reconciliation records them from Asynq's state.
+// write: the reap's reconciliation records them from Asynq's state, with
+// their groups from their payloads.
 func TestReapReconcilesLostEnds(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{})
@@ -84,7 +85,7 @@ func TestReapReconcilesLostEnds(t *testing.T) {
 		// (and writes the result into the task). Producers refuse such a
 		// payload (tasks.NewEval): it is put on the queue as any Asynq
 		// client could.
-		e := tasks.Eval{ID: run.EvalID("lost", key), Pool: b.pool.Name(), Spec: json.RawMessage(`{"grade":"` + grade + `"}`), TimeoutS: 60}
+		e := tasks.Eval{ID: run.EvalID("lost", key), Pool: b.pool.Name(), Spec: json.RawMessage(`{"grade":"` + grade + `"}`), TimeoutS: 60, Group: "g-" + key}
 		if grade == "junk" { // times out, with no retry: archived
 			e.Spec, e.TimeoutS = json.RawMessage(`{"sleep_ms":5000}`), 1
 		}
@@ -109,8 +110,8 @@ func TestReapReconcilesLostEnds(t *testing.T) {
 	}
 	for _, r := range rows {
 		want := map[string]string{"a": run.Passed, "b": run.Failed, "c": run.Errored}[r.Key]
-		if r.Status != want {
-			t.Errorf("eval %s: %s, want %s", r.Key, r.Status, want)
+		if r.Status != want || r.Group != "g-"+r.Key {
+			t.Errorf("eval %s: %s in group %q, want %s in its payload's group", r.Key, r.Status, r.Group, want)
 		}
 	}
 }
