@@ -39,7 +39,7 @@ func TestPythonClient(t *testing.T) {
 		specs[i] = `{"task":"add"}`
 	}
 	suite := writeSuite(t, specs...)
-	client := filepath.Join("..", "..", "examples", "python", "evalpool_client.py")
+	client := filepath.Join(clientDir, "evalpool_client.py")
 
 	py := func(args ...string) (int, string, string) {
 		cmd := exec.CommandContext(t.Context(), python, append([]string{client, "--url", base}, args...)...)

@@ -9,19 +9,25 @@ Use it as a module:
     c.wait(run["name"])
     print(c.summary(run["name"]))
 
-or as a command (installed by `pip install ./examples/python` as
-evalpool-client), to gate a CI job on a suite:
+or as a command, `evalpool-client` once installed by
+`pip install ./examples/python` (or run as `python3 evalpool_client.py`), to
+gate a CI job on a suite:
 
-    python3 evalpool_client.py --url http://127.0.0.1:8080 submit suite.jsonl \\
-        --name nightly --min-pass-rate 0.9
+    evalpool-client --url http://127.0.0.1:8080 submit suite.jsonl \\
+        --name nightly --min-pass-rate 0.9 --meta model=m1 --epochs 5
 
-which submits the JSON Lines suite ({"eval_id"?, "spec", "require"?} per line)
-as one run, shows its progress on stderr, and prints its summary as
-`evalpool run submit --wait` does. `summary NAME [--compare OTHER]
-[--min-pass-rate R]` prints a run's summary (with --compare, the keys newly
-failing and newly passing against OTHER), `results NAME [--follow]` its evals
-as JSON Lines (with --follow, each as it ends, until the last). The URL may
-come from EVALPOOL_URL, the token from EVALPOOL_AUTH_TOKEN.
+which submits the JSON Lines suite ({"eval_id"?, "spec", "require"?,
+"group"?} per line) as one run, shows its progress on stderr, and prints its
+summary as `evalpool run submit --wait` does. submit takes the flags of
+`evalpool run submit`, checked before anything is sent: --require KEY=VALUE
+(repeatable), --timeout SECONDS, --max-retry N, --retention DURATION (36h,
+90m, 1h30m), --meta KEY=VALUE (repeatable), --epochs K, --resume,
+--allow-empty-pool; and --no-wait. `summary NAME [--compare OTHER]
+[--min-pass-rate R]` prints a run's summary (with --compare, what changed
+against OTHER: pass rate, metrics, groups, the keys newly failing and newly
+passing), `results NAME [--follow]` its evals as JSON Lines (with --follow,
+each as it ends, until the last). The URL may come from EVALPOOL_URL, the
+token from EVALPOOL_AUTH_TOKEN.
 
 Exit codes, the CLI's:
 
@@ -30,8 +36,9 @@ Exit codes, the CLI's:
          404; ...), an API it cannot reach, a suite it cannot read; or a run
          under --min-pass-rate (submit: by default any failed or errored
          eval; summary: only with the flag)
-    2    a usage error: a bad flag or argument, --min-pass-rate over 1, a
-         --name no run can have
+    2    a usage error: a bad flag or argument (--min-pass-rate over 1, a
+         --name no run can have, a --meta key the API refuses, ...);
+         nothing is sent
     130  a wait stopped by Ctrl-C (the evals go on)
 
 An error is one line on stderr.
@@ -45,6 +52,7 @@ import re
 import signal
 import sys
 import time
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -94,11 +102,15 @@ class Client:
         with resp:
             return json.loads(resp.read() or b"null")
 
-    def submit_run(self, evals, name=None, require=None, timeout_s=None, max_retry=None, allow_empty_pool=None):
-        """Submits evals (dicts with "spec", and "eval_id", "require" if any) as one run."""
+    def submit_run(self, evals, name=None, require=None, timeout_s=None, max_retry=None, retention_s=None,
+                   resume=None, allow_empty_pool=None, meta=None, epochs=None):
+        """Submits evals (dicts with "spec", and "eval_id", "require", "group"
+        if any) as one run; the other arguments are POST /runs' fields of the
+        same names, left out when None."""
         body = {"evals": evals}
         for k, v in (("name", name), ("require", require), ("timeout_s", timeout_s), ("max_retry", max_retry),
-                     ("allow_empty_pool", allow_empty_pool)):
+                     ("retention_s", retention_s), ("resume", resume), ("allow_empty_pool", allow_empty_pool),
+                     ("meta", meta), ("epochs", epochs)):
             if v is not None:
                 body[k] = v
         return self._request("POST", "/runs", body)
@@ -166,10 +178,6 @@ class Client:
             time.sleep(every)
 
 
-class UsageError(Exception):
-    """The caller's mistake in how they called the command: exit 2."""
-
-
 def read_suite(path):
     """Reads a JSON Lines suite; a bad line names itself (ValueError)."""
     evals = []
@@ -190,7 +198,7 @@ def read_suite(path):
         except ValueError as err:
             raise ValueError(f"{path}:{n}: not JSON: {err}") from None
         if not isinstance(e, dict) or "spec" not in e:
-            raise ValueError(f'{path}:{n}: want {{"eval_id"?, "spec", "require"?}}')
+            raise ValueError(f'{path}:{n}: want {{"eval_id"?, "spec", "require"?, "group"?}}')
         evals.append(e)
     if not evals:
         raise ValueError(f"{path}: no evals in the file")
@@ -206,37 +214,96 @@ def _utc(stamp):
     return t.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _pct(rate):
+    """A pass rate as a percentage; n/a for none (absent, or -1 before any
+    eval ended)."""
+    return "n/a" if rate is None or rate < 0 else f"{100 * rate:.1f}%"
+
+
+def _stat(m):
+    """A mean with its standard error and count: 0.712 ± 0.031 (n=30)."""
+    text = f"{m['mean']:.3f}"
+    if m.get("stderr") is not None:
+        text += f" ± {m['stderr']:.3f}"
+    return text + f" (n={m.get('n', 0)})"
+
+
+def _rate_change(c):
+    """A pass rate before and after: 80.0% → 75.0% (-5.0 pts)."""
+    text = f"{_pct(c.get('before'))} → {_pct(c.get('after'))}"
+    return text if c.get("delta") is None else text + f" ({100 * c['delta']:+.1f} pts)"
+
+
+def _value_change(c):
+    """A metric's mean before and after: 0.800 → 0.750 (-0.050)."""
+    def num(v):
+        return "n/a" if v is None else f"{v:.3f}"
+    text = f"{num(c.get('before'))} → {num(c.get('after'))}"
+    return text if c.get("delta") is None else text + f" ({c['delta']:+.3f})"
+
+
 def print_summary(s, out=sys.stdout):
-    """Prints a summary as `evalpool run summary` does."""
-    print(f"run {s['name']} (pool {s['pool']}, {s['size']} evals, submitted {_utc(s.get('created_at'))})", file=out)
-    print(f"  passed {s['passed']}, failed {s['failed']}, errored {s['errored']}, "
-          f"cancelled {s['cancelled']}, running {s['running']}, pending {s['pending']}", file=out)
+    """Prints a summary as `evalpool run summary` does. Fields the API
+    leaves out (an older server's, a run without them) print nothing."""
+    def line(text):
+        print(text, file=out)
+
+    line(f"run {s['name']} (pool {s['pool']}, {s['size']} evals, submitted {_utc(s.get('created_at'))})")
+    meta = s.get("meta") or {}
+    if meta:
+        line("  meta " + " ".join(f"{k}={meta[k]}" for k in sorted(meta)))
+    line(f"  passed {s['passed']}, failed {s['failed']}, errored {s['errored']}, "
+         f"cancelled {s['cancelled']}, running {s['running']}, pending {s['pending']}")
     if s.get("submission") == "incomplete":
         enqueued = s.get("enqueued", 0)
         n = "an unknown number" if enqueued < 0 else str(enqueued)
-        print(f"  submission incomplete: {n} of {s['size']} evals enqueued (unless its submit still runs); "
-              f"finish it with `run submit --resume --name {s['name']}` and the same file, "
-              f"or end it with `run cancel {s['name']}`", file=out)
+        line(f"  submission incomplete: {n} of {s['size']} evals enqueued (unless its submit still runs); "
+             f"finish it with `run submit --resume --name {s['name']}` and the same file, "
+             f"or end it with `run cancel {s['name']}`")
     if s["pass_rate"] >= 0:
-        print(f"  pass rate {100 * s['pass_rate']:.1f}%", file=out)
-    if s.get("mean_score") is not None:
-        print(f"  score mean {s['mean_score']:.3f}, median {s['median_score']:.3f}", file=out)
-    print(f"  duration p50 {s.get('duration_p50_seconds', 0):.3f}s, p95 {s.get('duration_p95_seconds', 0):.3f}s; "
-          f"{s.get('retries', 0)} retries", file=out)
+        line(f"  pass rate {_pct(s['pass_rate'])}")
+    if s.get("pass_at_1") is not None:
+        epochs = s.get("epochs", 0)
+        text = f"  pass@1 {_pct(s['pass_at_1'])}"
+        if s.get("pass_at_k") is not None:
+            text += f", pass@{epochs} {_pct(s['pass_at_k'])}"
+        line(text + f" ({epochs} epochs)")
+    median = "" if s.get("median_score") is None else f", median {s['median_score']:.3f}"
+    if s.get("score"):
+        line(f"  score mean {_stat(s['score'])}{median}")
+    elif s.get("mean_score") is not None:
+        line(f"  score mean {s['mean_score']:.3f}{median}")
+    metrics = s.get("metrics") or {}
+    for name in sorted(metrics):
+        line(f"  {name} {_stat(metrics[name])}")
+    line(f"  duration p50 {s.get('duration_p50_seconds', 0):.3f}s, p95 {s.get('duration_p95_seconds', 0):.3f}s; "
+         f"{s.get('retries', 0)} retries")
+    for g in s.get("groups") or []:
+        text = f"  group {g['group']}: passed {g['passed']}, failed {g['failed']}, errored {g['errored']}"
+        if g.get("pass_rate") is not None and g["pass_rate"] >= 0:
+            text += f", pass rate {_pct(g['pass_rate'])}"
+        line(text)
     failures = s.get("failures") or []
     for f in failures[:20]:
-        print(f"  {f['status']} {f['key']} {f.get('error', '')}".rstrip(), file=out)
+        line(f"  {f['status']} {f['key']} {f.get('reason') or f.get('error') or ''}".rstrip())
     more = len(failures) + s.get("more_failures", 0) - 20
     if more > 0:
-        print(f"  … and {more} more failures (results {s['name']})", file=out)
+        line(f"  … and {more} more failures (results {s['name']})")
     c = s.get("compare")
     if c:
         failing, passing = c.get("newly_failing") or [], c.get("newly_passing") or []
-        print(f"  against {c['against']}: {len(failing)} newly failing, {len(passing)} newly passing", file=out)
+        line(f"  against {c['against']}: {len(failing)} newly failing, {len(passing)} newly passing")
+        if c.get("pass_rate"):
+            line(f"  pass rate {_rate_change(c['pass_rate'])}")
+        changed = c.get("metrics") or {}
+        for name in sorted(changed):
+            line(f"  {name} {_value_change(changed[name])}")
+        for g in c.get("groups") or []:
+            line(f"  group {g['group']}: pass rate {_rate_change(g.get('pass_rate') or {})}")
         for k in failing:
-            print(f"    newly failing {k}", file=out)
+            line(f"    newly failing {k}")
         for k in passing:
-            print(f"    newly passing {k}", file=out)
+            line(f"    newly passing {k}")
 
 
 def gate(s, min_pass_rate):
@@ -250,8 +317,15 @@ def gate(s, min_pass_rate):
     return 0
 
 
-# A run's name, as the API's RunRequest has it.
+# The API's bounds, as api/openapi.json has them.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9_./:-]{1,63}")
+MAX_LABELS = 4
+META_KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+MAX_META, MAX_META_VALUE_BYTES = 32, 512
+MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_RETENTION_S = 365 * 24 * 3600
+MAX_RETRY, MAX_EPOCHS = 100, 100
 
 
 def run_name(name):
@@ -271,34 +345,142 @@ def share(v):
     return f
 
 
+def bounded(low, high):
+    """An argparse type: a whole number from low to high."""
+    def parse(v):
+        try:
+            n = int(v, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r} is not a whole number") from None
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"want {low} to {high}, got {n}")
+        return n
+    return parse
+
+
+DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def retention(v):
+    """A duration as the CLI spells one, in whole seconds (36h, 90m, 1h30m,
+    3600s): its seconds."""
+    m = DURATION.fullmatch(v)
+    if not v or not m:
+        raise argparse.ArgumentTypeError(f"{v!r}: want a duration such as 36h, 90m or 1h30m")
+    h, mins, secs = (int(g or 0) for g in m.groups())
+    n = 3600 * h + 60 * mins + secs
+    if not 1 <= n <= MAX_RETENTION_S:
+        raise argparse.ArgumentTypeError(f"{v!r}: want 1s to {MAX_RETENTION_S // 3600}h")
+    return n
+
+
+def pair(v):
+    """A key=value argument, split."""
+    k, eq, val = v.partition("=")
+    if not eq:
+        raise argparse.ArgumentTypeError(f"{v!r}: want key=value")
+    return k, val
+
+
+def requirements(pairs):
+    """The labels of --require, checked as the API checks an eval's: at
+    most 4, keys and values of 1 to 63 letters, digits or _./:-."""
+    labels = {}
+    for k, v in pairs:
+        if labels.get(k, v) != v:
+            raise ValueError(f"--require {k} given twice")
+        if not LABEL_PATTERN.fullmatch(k) or not LABEL_PATTERN.fullmatch(v):
+            raise ValueError(f"--require {k}={v}: keys and values are 1 to 63 letters, digits or _./:-")
+        labels[k] = v
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"--require: {len(labels)} labels, at most {MAX_LABELS}")
+    return labels or None
+
+
+def metadata(pairs):
+    """The entries of --meta, checked as the API checks a run's: at most 32,
+    keys of 1 to 64 letters, digits or _.- starting with a letter or _,
+    values of at most 512 bytes of UTF-8 with no control character."""
+    meta = {}
+    for k, v in pairs:
+        if k in meta:
+            raise ValueError(f"--meta {k} given twice")
+        if not META_KEY_PATTERN.fullmatch(k):
+            raise ValueError(f"--meta key {k!r}: want 1 to 64 letters, digits or _.- starting with a letter or _")
+        try:
+            size = len(v.encode("utf-8"))
+        except UnicodeEncodeError:  # bytes of the command line not UTF-8
+            size = None
+        if size is None or size > MAX_META_VALUE_BYTES or any(unicodedata.category(ch) == "Cc" for ch in v):
+            raise ValueError(f"--meta {k}: want a value of at most {MAX_META_VALUE_BYTES} bytes of UTF-8, "
+                             f"no control character")
+        meta[k] = v
+    if len(meta) > MAX_META:
+        raise ValueError(f"--meta: {len(meta)} entries, more than {MAX_META}")
+    return meta or None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with the CLI's usage errors: one line, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"evalpool: {message}; see {self.prog} --help\n")
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="evalpool-client",
-                                 description="Submit a suite to evalpool and gate on its pass rate; "
-                                             "sum up, compare and list the results of runs.")
+    ap = Parser(prog="evalpool-client",
+                description="Submit a suite to evalpool and gate on its pass rate; "
+                            "sum up, compare and list the results of runs.")
     ap.add_argument("--url", default=os.environ.get("EVALPOOL_URL", "http://127.0.0.1:8080"))
     ap.add_argument("--token", default=os.environ.get("EVALPOOL_AUTH_TOKEN"))
     sub = ap.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("submit", help="submit a JSON Lines suite as a run, wait, print its summary")
+    s = sub.add_parser("submit", help="submit a JSON Lines suite as a run, wait, print its summary",
+                       description='Submit the evals of a JSON Lines file ({"eval_id"?, "spec", "require"?, '
+                                   '"group"?} per line) as one run, print its name, wait for it, print its '
+                                   'summary, and exit 1 when its pass rate is under --min-pass-rate.')
     s.add_argument("file")
-    s.add_argument("--name", type=run_name)
-    s.add_argument("--min-pass-rate", type=share, default=1.0,
+    s.add_argument("--name", type=run_name, help="the run's name (default run-YYYYMMDD-HHMMSS-XXXXXX)")
+    s.add_argument("--require", type=pair, action="append", default=[], metavar="KEY=VALUE",
+                   help="run every eval only on executors with label key=value (repeatable)")
+    s.add_argument("--timeout", type=bounded(1, MAX_TIMEOUT_S), metavar="SECONDS",
+                   help="time limit of one attempt, in whole seconds (default: the server's, 600)")
+    s.add_argument("--max-retry", type=bounded(0, MAX_RETRY), metavar="N",
+                   help="retries of a failed attempt, 0 for none (default: the server's, 3)")
+    s.add_argument("--retention", type=retention, metavar="DURATION",
+                   help="how long the run, its evals' ends and results, is kept after its last eval ended: "
+                        "a duration in whole seconds such as 36h, 90m or 1h30m (default: the server's, 168h)")
+    s.add_argument("--meta", type=pair, action="append", default=[], metavar="KEY=VALUE",
+                   help="what the run is of, key=value (model=…, commit=…; repeatable): shown in its summary")
+    s.add_argument("--epochs", type=bounded(1, MAX_EPOCHS), metavar="K",
+                   help="run each eval K times (KEY#1 … KEY#K), for pass@1 and pass@K")
+    s.add_argument("--min-pass-rate", type=share, default=1.0, metavar="R",
                    help="the least pass rate that passes the run (default: every eval must pass)")
     s.add_argument("--allow-empty-pool", action="store_true",
                    help="submit even if no executor is registered in the pool yet")
-    s.add_argument("--no-wait", action="store_true")
+    s.add_argument("--resume", action="store_true",
+                   help="finish the submission of run --name that was cut short: the same file; "
+                        "evals enqueued already are left alone")
+    s.add_argument("--no-wait", action="store_true", help="print the run's name and exit")
     m = sub.add_parser("summary", help="print a run's summary; --compare lists what changed against another run")
     m.add_argument("name")
     m.add_argument("--compare", metavar="OTHER")
     m.add_argument("--json", action="store_true")
-    m.add_argument("--min-pass-rate", type=share, help="exit 1 when the pass rate is under this")
+    m.add_argument("--min-pass-rate", type=share, metavar="R", help="exit 1 when the pass rate is under this")
     r = sub.add_parser("results", help="print a run's evals as JSON Lines; --follow, each as it ends")
     r.add_argument("name")
     r.add_argument("--follow", action="store_true", help="print each eval as it ends, until the last")
     args = ap.parse_args(argv)
+    if args.command == "submit":
+        try:
+            require, meta = requirements(args.require), metadata(args.meta)
+        except ValueError as e:
+            s.error(str(e))
+        if args.resume and not args.name:
+            s.error("--resume needs the --name of the run to finish")
     # SIGTERM stops a wait as Ctrl-C does, as the CLI's.
     signal.signal(signal.SIGTERM, _interrupt)
     c = Client(args.url, token=args.token)
@@ -321,7 +503,9 @@ def main(argv=None):
                     out.flush()
             return 0
         evals = read_suite(args.file)
-        run = c.submit_run(evals, name=args.name, allow_empty_pool=args.allow_empty_pool or None)
+        run = c.submit_run(evals, name=args.name, require=require, timeout_s=args.timeout,
+                           max_retry=args.max_retry, retention_s=args.retention, resume=args.resume or None,
+                           allow_empty_pool=args.allow_empty_pool or None, meta=meta, epochs=args.epochs)
         print(run["name"], flush=True)
         if args.no_wait:
             return 0
