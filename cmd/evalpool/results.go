@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/csv"
 	"encoding/json"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -17,7 +19,11 @@ func (a *app) runResults() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "results NAME [--format jsonl|csv]",
 		Short: "Each eval of a run, in order: how it ended, or that it has not",
-		Args:  positional(cobra.ExactArgs(1)),
+		Long: `Each eval of a run, in order: how it ended, or that it has not. JSON Lines
+has one record per line; CSV has the same columns for every row, a
+metric.NAME column per metric any eval reported and a meta.KEY column per
+key of the run's meta (docs/results.md).`,
+		Args: positional(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			if format != "jsonl" && format != "csv" {
 				return usagef("--format is jsonl or csv, got %q", format)
@@ -42,14 +48,42 @@ func (a *app) runResults() *cobra.Command {
 				}
 				return nil
 			}
-			w := csv.NewWriter(a.stdout)
-			_ = w.Write([]string{"key", "eval_id", "status", "score", "duration_seconds", "retries", "executor", "error", "reason", "output"})
+			// Every row has the run's meta, and a cell for each metric
+			// any eval of the run reported: one table a spreadsheet or a
+			// dataframe can concatenate with other runs' and pivot.
+			metrics := map[string]bool{}
 			for _, rec := range rows {
-				score := ""
-				if rec.Score != nil {
-					score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
+				for name := range rec.Metrics {
+					metrics[name] = true
 				}
-				row := []string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, score, strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error, rec.Reason(), compactJSON(rec.Output)}
+			}
+			names, metaKeys := slices.Sorted(maps.Keys(metrics)), slices.Sorted(maps.Keys(r.Meta))
+			header := []string{"key", "eval_id", "status", "score", "duration_seconds", "retries", "executor", "error", "reason", "output", "group", "epoch"}
+			for _, name := range names {
+				header = append(header, "metric."+name)
+			}
+			for _, k := range metaKeys {
+				header = append(header, "meta."+k)
+			}
+			w := csv.NewWriter(a.stdout)
+			_ = w.Write(header)
+			for _, rec := range rows {
+				epoch := ""
+				if rec.Epoch > 0 {
+					epoch = strconv.Itoa(rec.Epoch)
+				}
+				row := []string{rec.Key, evalrun.EvalID(r.Name, rec.Key), rec.Status, number(rec.Score), strconv.FormatFloat(rec.Duration, 'f', 3, 64), strconv.Itoa(rec.Retries), rec.Executor, rec.Error, rec.Reason(), compactJSON(rec.Output),
+					rec.Group, epoch}
+				for _, name := range names {
+					var v *float64
+					if m, ok := rec.Metrics[name]; ok {
+						v = &m
+					}
+					row = append(row, number(v))
+				}
+				for _, k := range metaKeys {
+					row = append(row, r.Meta[k])
+				}
 				for i := range row {
 					row[i] = csvCell(row[i])
 				}
@@ -61,6 +95,14 @@ func (a *app) runResults() *cobra.Command {
 	}
 	c.Flags().StringVar(&format, "format", "jsonl", "jsonl or csv")
 	return c
+}
+
+// number is a CSV cell of v: empty for none.
+func number(v *float64) string {
+	if v == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*v, 'g', -1, 64)
 }
 
 // compactJSON is raw JSON on one line; empty for none.
