@@ -214,96 +214,99 @@ def _utc(stamp):
     return t.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _pct(rate):
-    """A pass rate as a percentage; n/a for none (absent, or -1 before any
-    eval ended)."""
-    return "n/a" if rate is None or rate < 0 else f"{100 * rate:.1f}%"
-
-
-def _stat(m):
-    """A mean with its standard error and count: 0.712 ± 0.031 (n=30)."""
-    text = f"{m['mean']:.3f}"
-    if m.get("stderr") is not None:
-        text += f" ± {m['stderr']:.3f}"
-    return text + f" (n={m.get('n', 0)})"
-
-
-def _rate_change(c):
-    """A pass rate before and after: 80.0% → 75.0% (-5.0 pts)."""
-    text = f"{_pct(c.get('before'))} → {_pct(c.get('after'))}"
-    return text if c.get("delta") is None else text + f" ({100 * c['delta']:+.1f} pts)"
-
-
-def _value_change(c):
-    """A metric's mean before and after: 0.800 → 0.750 (-0.050)."""
-    def num(v):
-        return "n/a" if v is None else f"{v:.3f}"
-    text = f"{num(c.get('before'))} → {num(c.get('after'))}"
-    return text if c.get("delta") is None else text + f" ({c['delta']:+.3f})"
-
-
 def print_summary(s, out=sys.stdout):
-    """Prints a summary as `evalpool run summary` does. Fields the API
-    leaves out (an older server's, a run without them) print nothing."""
-    def line(text):
-        print(text, file=out)
-
-    line(f"run {s['name']} (pool {s['pool']}, {s['size']} evals, submitted {_utc(s.get('created_at'))})")
+    """Prints a summary as `evalpool run summary` does."""
+    print(f"run {s['name']} (pool {s['pool']}, {s['size']} evals, submitted {_utc(s.get('created_at'))})", file=out)
     meta = s.get("meta") or {}
     if meta:
-        line("  meta " + " ".join(f"{k}={meta[k]}" for k in sorted(meta)))
-    line(f"  passed {s['passed']}, failed {s['failed']}, errored {s['errored']}, "
-         f"cancelled {s['cancelled']}, running {s['running']}, pending {s['pending']}")
+        print("  meta " + " ".join(f"{k}={_quote(meta[k])}" for k in sorted(meta)), file=out)
+    print(f"  passed {s['passed']}, failed {s['failed']}, errored {s['errored']}, "
+          f"cancelled {s['cancelled']}, running {s['running']}, pending {s['pending']}", file=out)
     if s.get("submission") == "incomplete":
         enqueued = s.get("enqueued", 0)
         n = "an unknown number" if enqueued < 0 else str(enqueued)
-        line(f"  submission incomplete: {n} of {s['size']} evals enqueued (unless its submit still runs); "
-             f"finish it with `run submit --resume --name {s['name']}` and the same file, "
-             f"or end it with `run cancel {s['name']}`")
+        print(f"  submission incomplete: {n} of {s['size']} evals enqueued (unless its submit still runs); "
+              f"finish it with `run submit --resume --name {s['name']}` and the same file, "
+              f"or end it with `run cancel {s['name']}`", file=out)
     if s["pass_rate"] >= 0:
-        line(f"  pass rate {_pct(s['pass_rate'])}")
+        print(f"  pass rate {100 * s['pass_rate']:.1f}%", file=out)
+    at = []
     if s.get("pass_at_1") is not None:
-        epochs = s.get("epochs", 0)
-        text = f"  pass@1 {_pct(s['pass_at_1'])}"
-        if s.get("pass_at_k") is not None:
-            text += f", pass@{epochs} {_pct(s['pass_at_k'])}"
-        line(text + f" ({epochs} epochs)")
-    median = "" if s.get("median_score") is None else f", median {s['median_score']:.3f}"
-    if s.get("score"):
-        line(f"  score mean {_stat(s['score'])}{median}")
+        at.append(f"pass@1 {100 * s['pass_at_1']:.1f}%")
+    if s.get("pass_at_k") is not None:
+        at.append(f"pass@{s['epochs']} {100 * s['pass_at_k']:.1f}%")
+    if at:
+        print(f"  {', '.join(at)} ({s['epochs']} epochs)", file=out)
+    if s.get("score") is not None and s.get("median_score") is not None:
+        print(f"  score mean {_stat(s['score'])}, median {s['median_score']:.3f}", file=out)
     elif s.get("mean_score") is not None:
-        line(f"  score mean {s['mean_score']:.3f}{median}")
-    metrics = s.get("metrics") or {}
-    for name in sorted(metrics):
-        line(f"  {name} {_stat(metrics[name])}")
-    line(f"  duration p50 {s.get('duration_p50_seconds', 0):.3f}s, p95 {s.get('duration_p95_seconds', 0):.3f}s; "
-         f"{s.get('retries', 0)} retries")
-    for g in s.get("groups") or []:
-        text = f"  group {g['group']}: passed {g['passed']}, failed {g['failed']}, errored {g['errored']}"
-        if g.get("pass_rate") is not None and g["pass_rate"] >= 0:
-            text += f", pass rate {_pct(g['pass_rate'])}"
-        line(text)
+        print(f"  score mean {s['mean_score']:.3f}, median {s['median_score']:.3f}", file=out)
+    for name in sorted(s.get("metrics") or {}):
+        print(f"  {name} {_stat(s['metrics'][name])}", file=out)
+    print(f"  duration p50 {s.get('duration_p50_seconds', 0):.3f}s, p95 {s.get('duration_p95_seconds', 0):.3f}s; "
+          f"{s.get('retries', 0)} retries", file=out)
+    _print_groups(s.get("groups") or [], out)
     failures = s.get("failures") or []
     for f in failures[:20]:
-        line(f"  {f['status']} {f['key']} {f.get('reason') or f.get('error') or ''}".rstrip())
+        print(f"  {f['status']} {f['key']} {f.get('reason', '')}".rstrip(), file=out)
     more = len(failures) + s.get("more_failures", 0) - 20
     if more > 0:
-        line(f"  … and {more} more failures (results {s['name']})")
+        print(f"  … and {more} more failures (results {s['name']})", file=out)
     c = s.get("compare")
     if c:
         failing, passing = c.get("newly_failing") or [], c.get("newly_passing") or []
-        line(f"  against {c['against']}: {len(failing)} newly failing, {len(passing)} newly passing")
-        if c.get("pass_rate"):
-            line(f"  pass rate {_rate_change(c['pass_rate'])}")
-        changed = c.get("metrics") or {}
-        for name in sorted(changed):
-            line(f"  {name} {_value_change(changed[name])}")
-        for g in c.get("groups") or []:
-            line(f"  group {g['group']}: pass rate {_rate_change(g.get('pass_rate') or {})}")
+        print(f"  against {c['against']}: {len(failing)} newly failing, {len(passing)} newly passing", file=out)
+        if c.get("pass_rate") is not None:
+            print(f"    pass rate {_rate_delta(c['pass_rate'])}", file=out)
+        for name in sorted(c.get("metrics") or {}):
+            d = c["metrics"][name]
+            print(f"    {name} {d['before']:.3f} → {d['after']:.3f} ({d['delta']:+.3f})", file=out)
+        groups = c.get("groups") or []
+        for g in groups[:MAX_PRINTED_GROUPS]:
+            print(f"    group {g['group']}: pass rate {_rate_delta(g['pass_rate'])}", file=out)
+        if len(groups) > MAX_PRINTED_GROUPS:
+            print(f"    … and {len(groups) - MAX_PRINTED_GROUPS} more groups (run summary --json)", file=out)
         for k in failing:
-            line(f"    newly failing {k}")
+            print(f"    newly failing {k}", file=out)
         for k in passing:
-            line(f"    newly passing {k}")
+            print(f"    newly passing {k}", file=out)
+
+
+MAX_PRINTED_GROUPS = 50
+
+
+def _quote(v):
+    """A meta value as the CLI prints it: quoted when it holds a blank or a quote, or is empty."""
+    if v == "" or '"' in v or any(ch.isspace() for ch in v):
+        return json.dumps(v, ensure_ascii=False)
+    return v
+
+
+def _stat(st):
+    """A mean with its standard error and count: 0.712 ± 0.031 (n=30)."""
+    return f"{st['mean']:.3f} ± {st['stderr']:.3f} (n={st['n']})"
+
+
+def _rate_delta(d):
+    """A pass rate's change in percentage points: 70.0% → 63.3% (-6.7 pp)."""
+    return f"{100 * d['before']:.1f}% → {100 * d['after']:.1f}% ({100 * d['delta']:+.1f} pp)"
+
+
+def _print_groups(groups, out):
+    """The CLI's groups table: columns two blanks apart, the first 50 groups."""
+    if not groups:
+        return
+    print(f"  {len(groups)} groups:", file=out)
+    rows = [("    group", "passed/failed/errored", "pass rate", "score mean")]
+    for g in groups[:MAX_PRINTED_GROUPS]:
+        rate = f"{100 * g['pass_rate']:.1f}%" if g["pass_rate"] >= 0 else "-"
+        score = f"{g['score']['mean']:.3f}" if g.get("score") else "-"
+        rows.append((f"    {g['group']}", f"{g['passed']}/{g['failed']}/{g['errored']}", rate, score))
+    widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
+    for r in rows:
+        print("".join(cell.ljust(w) for cell, w in zip(r, widths)) + r[3], file=out)
+    if len(groups) > MAX_PRINTED_GROUPS:
+        print(f"    … and {len(groups) - MAX_PRINTED_GROUPS} more groups (run summary --json)", file=out)
 
 
 def gate(s, min_pass_rate):
