@@ -77,3 +77,38 @@ func TestRetryRun(t *testing.T) {
 		}
 	}
 }
+
+// TestFollowRetriedRun follows a run whose evals were all retried and
+// ended again: a page of the log may hold only old ends, skipped, and the
+// follower reads on past it, each eval's latest end once.
+func TestFollowRetriedRun(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Options{}, nil)
+	b.handler.follows.page = 2
+	base := retryURL(t, b)
+	body := `{"name":"fr","max_retry":0,"evals":[
+		{"eval_id":"a","spec":{"grade":"failed"}},
+		{"eval_id":"b","spec":{"grade":"failed"}},
+		{"eval_id":"c","spec":{"grade":"failed"}}]}`
+	decodeAs[RunCreated](t, do(t, "POST", base+"/runs", body), http.StatusCreated)
+	startWorker(t, b, 1)
+	k := keys.ForRun("fr")
+	ended := func(n int64) func() bool {
+		return func() bool { return b.client.LLen(t.Context(), k.Ended()).Val() == n }
+	}
+	evaltest.Eventually(t, 10*time.Second, "run fr ended", ended(3))
+	if got := decodeAs[RetryAnswer](t, do(t, "POST", base+"/runs/fr/retry", `{"failed":true}`), http.StatusOK); got.Retried != 3 {
+		t.Fatalf("retry: %+v", got)
+	}
+	evaltest.Eventually(t, 10*time.Second, "run fr ended again", ended(6))
+	resp, err := http.Get(base + "/runs/fr/results?follow=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	seen := map[string]int{}
+	readLines(t, resp.Body, func(l ResultLine) { seen[l.EvalID]++ })
+	if len(seen) != 3 || seen["fr/a"] != 1 || seen["fr/b"] != 1 || seen["fr/c"] != 1 {
+		t.Errorf("followed %v, want each eval's end once", seen)
+	}
+}
