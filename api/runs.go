@@ -349,7 +349,7 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 		// Replay, or catch up after falling behind: the run's log of ends,
 		// a page at a time, until the hub is where this follower is.
 		for sub == nil {
-			recs, _, err := h.opts.Runs.EndedSince(ctx, name, cursor, h.follows.page)
+			recs, next, err := h.opts.Runs.EndedSince(ctx, name, cursor, h.follows.page)
 			var lines [][]byte
 			if err == nil {
 				lines, err = linesOf(name, recs)
@@ -361,7 +361,11 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 			if len(lines) > 0 && !write(cursor, lines) {
 				return
 			}
-			if len(recs) == h.follows.page {
+			// A page may hold fewer ends than log entries (those of evals
+			// reopened skipped): the cursor moves by the entries.
+			full := next-cursor == int64(h.follows.page)
+			cursor = max(cursor, next)
+			if full {
 				continue // more to read before joining
 			}
 			s, done, err := h.follows.subscribe(hb, cursor)
@@ -419,4 +423,61 @@ func (h *Handler) cancelRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, cancelledOf(c))
+}
+
+// RetryRequest is the body of POST /runs/{name}/retry: the ends to retry,
+// both when neither is set.
+type RetryRequest struct {
+	Errored bool `json:"errored"`
+	Failed  bool `json:"failed"`
+}
+
+// RetryAnswer is what a retry enqueued again (client.Retried).
+type RetryAnswer struct {
+	Name    string `json:"name"`
+	Retried int    `json:"retried"`
+	Errored int    `json:"errored"`
+	Failed  int    `json:"failed"`
+}
+
+// retryRun runs a run's errored and/or failed evals again, inside the run
+// (client.RetryRun). An eval whose task is gone cannot be retried here (the
+// CLI takes the suite): 422, nothing retried.
+func (h *Handler) retryRun(w http.ResponseWriter, r *http.Request) {
+	name, ok := runName(w, r)
+	if !ok {
+		return
+	}
+	var req RetryRequest
+	if !h.decode(w, r, &req, true) {
+		return
+	}
+	ctx := detach(r)
+	rn, err := h.opts.Runs.Get(ctx, name)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	p, err := h.poolOf(rn.Pool)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	var opts client.RetryOptions
+	if req.Errored {
+		opts.Statuses = append(opts.Statuses, run.Errored)
+	}
+	if req.Failed {
+		opts.Statuses = append(opts.Statuses, run.Failed)
+	}
+	n, err := client.RetryRun(ctx, h.aq, h.insp, p, h.opts.Runs, rn.Name, opts)
+	if errors.Is(err, client.ErrTaskGone) {
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, RetryAnswer{Name: rn.Name, Retried: n.Evals(), Errored: n.Errored, Failed: n.Failed})
 }

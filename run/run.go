@@ -420,6 +420,9 @@ func (s *Store) Records(ctx context.Context, name string) (Run, []Record, map[st
 // no key (the hash's field is), no zero field, its time in ms. A record
 // written before this form (Record's own JSON) still reads.
 type stored struct {
+	// Position is the record's end's in the run's log of ends, from 1
+	// (the Finish scripts write it): 0 in a record written before.
+	Position int64              `json:"p,omitempty"`
 	Status   string             `json:"s"`
 	Score    *float64           `json:"c,omitempty"`
 	Metrics  map[string]float64 `json:"m,omitempty"`
@@ -447,24 +450,31 @@ func encodeRecord(rec Record) (string, error) {
 }
 
 func decodeRecord(key, raw string) (Record, error) {
+	rec, _, err := decodeStored(key, raw)
+	return rec, err
+}
+
+// decodeStored reads a stored record, and its end's position in the log
+// (0 when it has none).
+func decodeStored(key, raw string) (Record, int64, error) {
 	var st stored
 	if err := json.Unmarshal([]byte(raw), &st); err != nil {
-		return Record{}, fmt.Errorf("eval %s: unreadable record: %w", key, err)
+		return Record{}, 0, fmt.Errorf("eval %s: unreadable record: %w", key, err)
 	}
 	if st.Status == "" {
 		var rec Record
 		if err := json.Unmarshal([]byte(raw), &rec); err != nil || rec.Status == "" {
-			return Record{}, fmt.Errorf("eval %s: unreadable record: %w", key, cmp.Or(err, errors.New("no status")))
+			return Record{}, 0, fmt.Errorf("eval %s: unreadable record: %w", key, cmp.Or(err, errors.New("no status")))
 		}
 		rec.Key = key
-		return rec, nil
+		return rec, 0, nil
 	}
 	rec := Record{Key: key, Status: st.Status, Score: st.Score, Metrics: st.Metrics, Group: st.Group, Epoch: st.Epoch, Duration: st.Duration, Retries: st.Retries, Error: st.Error, Executor: st.Executor, Output: st.Output,
 		ExitCode: st.ExitCode, Stdout: st.Stdout, Stderr: st.Stderr}
 	if st.At != 0 {
 		rec.At = time.UnixMilli(st.At)
 	}
-	return rec, nil
+	return rec, st.Position, nil
 }
 
 // finishBatch bounds the evals one FinishMany script records: a script
@@ -537,16 +547,20 @@ const MaxEndedSince = 10_000
 
 // EndedSince reads the records of the run's evals that ended at positions
 // [cursor, cursor+max) of its log of ends, in the order they ended, and the
-// cursor to read on from: cursor plus the records returned, so that a
+// cursor to read on from: cursor plus the log entries read, so that a
 // follower that starts at 0 and passes next back sees every end once, and
-// an empty page (next == cursor) means none ended since. O(returned): a
-// follower's cost per end does not grow with the run.
+// next == cursor means none ended since. O(entries read): a follower's cost
+// per end does not grow with the run.
 //
 // Every end of an eval of the run is logged, by the script that records it
 // (Finish, and the cancels and reconciliation that go through it); ends
 // recorded before the log existed (a run written by the previous release)
-// are in Records but not in the log. A cursor below 0, or a max outside
-// 1..MaxEndedSince, is ErrInvalid; an unknown run, ErrNotFound.
+// are in Records but not in the log. An eval reopened (Reopen) keeps its
+// entry, and is logged again when it ends again: an entry whose eval is
+// reopened, or ended again later in the log, is skipped, so that fewer
+// records than entries may come back, even none while next moves on. A
+// cursor below 0, or a max outside 1..MaxEndedSince, is ErrInvalid; an
+// unknown run, ErrNotFound.
 func (s *Store) EndedSince(ctx context.Context, name string, cursor int64, max int) (recs []Record, next int64, err error) {
 	if err := ValidateName(name); err != nil {
 		return nil, cursor, err
@@ -565,26 +579,35 @@ func (s *Store) EndedSince(ctx context.Context, name string, cursor int64, max i
 	if len(ended.Val()) == 0 {
 		return nil, cursor, nil
 	}
-	// A logged end's record is there: both are written by one script, and
-	// a record is never overwritten.
-	raws, err := s.client.HMGet(ctx, k.Done(), ended.Val()...).Result()
-	if err != nil {
+	// The run's name is read after the records: a record missing is an
+	// eval reopened while the run is there, an expired run when not.
+	var raws *redis.SliceCmd
+	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		raws = pipe.HMGet(ctx, k.Done(), ended.Val()...)
+		found = pipe.HGet(ctx, k.Meta(), "name")
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, cursor, fmt.Errorf("run %s: %w", name, err)
 	}
-	recs = make([]Record, 0, len(raws))
-	for i, raw := range raws {
+	if found.Val() != name {
+		return nil, cursor, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	recs = make([]Record, 0, len(raws.Val()))
+	for i, raw := range raws.Val() {
 		str, ok := raw.(string)
 		if !ok {
-			// The run's keys expired between the two reads.
-			return nil, cursor, fmt.Errorf("%w: %s", ErrNotFound, name)
+			continue // reopened, not ended again yet
 		}
-		rec, err := decodeRecord(ended.Val()[i], str)
+		rec, pos, err := decodeStored(ended.Val()[i], str)
 		if err != nil {
 			return nil, cursor, fmt.Errorf("run %s: %w", name, err)
 		}
+		if pos != 0 && pos != cursor+int64(i)+1 {
+			continue // it ended again, later in the log
+		}
 		recs = append(recs, rec)
 	}
-	return recs, cursor + int64(len(recs)), nil
+	return recs, cursor + int64(len(raws.Val())), nil
 }
 
 // Results is every eval of the run, in the run's order: how it ended when

@@ -69,6 +69,8 @@ var (
 	runFinishMany string
 	//go:embed run_cancel.lua
 	runCancel string
+	//go:embed run_reopen.lua
+	runReopen string
 )
 
 // The pool's scripts. Each takes the pool's keys in the order lib.lua gives;
@@ -90,6 +92,8 @@ var (
 	RunFinish = newScript("", runFinish)
 	// RunFinishMany is a run's: it takes the run's keys, as RunFinish.
 	RunFinishMany = newScript("", runFinishMany)
+	// RunReopen is a run's: it takes the run's keys, as RunFinish.
+	RunReopen = newScript("", runReopen)
 	// RunCancel is Asynq's: it takes a queue's pending list and tasks.
 	RunCancel = newScript("", runCancel)
 	// RunCut is a run's too: it takes the run's meta key.

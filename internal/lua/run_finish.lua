@@ -11,7 +11,10 @@
 --   KEYS[6] ended    LIST  the ended eval keys, in the order they ended
 -- ARGV[1] eval key
 -- ARGV[2] status: passed | failed | errored | cancelled
--- ARGV[3] the record (JSON)
+-- ARGV[3] the record (JSON object, at least one field); it is stored with
+--         "p": its position in the ended log, from 1, so that a reader of
+--         the log tells this end from an older one of the same eval
+--         (reopened by run_reopen.lua, then ended again)
 -- ARGV[4] retries the eval spent
 -- ARGV[5] score, or '' for none
 -- ARGV[6] how long the run's keys live from now, in ms, unless the run's
@@ -22,10 +25,11 @@
 -- An attempt of an eval that had ended (run again after Redis's data went
 -- back) is running no more either.
 redis.call('HDEL', KEYS[3], ARGV[1])
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return 0
 end
-redis.call('RPUSH', KEYS[6], ARGV[1])
+local pos = redis.call('RPUSH', KEYS[6], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], '{"p":' .. pos .. ',' .. string.sub(ARGV[3], 2))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('HINCRBY', KEYS[2], 'retries', tonumber(ARGV[4]) or 0)
 if ARGV[5] ~= '' then

@@ -5,7 +5,8 @@
 -- Not prefixed by lib.lua: its keys are the run's, those of run_finish.lua
 -- in its order (KEYS[1..6]: done, counts, running, meta, evals, ended).
 -- ARGV[1] status (cancelled)
--- ARGV[2] the record (JSON), the same for each
+-- ARGV[2] the record (JSON object, at least one field), the same for
+--         each, stored with its "p" as in run_finish.lua
 -- ARGV[3] how long the run's keys live from now, in ms, unless the run's
 --         meta names its own retention (ms)
 -- ARGV[4..] the evals' keys
@@ -15,8 +16,9 @@
 local n = 0
 for i = 4, #ARGV do
   redis.call('HDEL', KEYS[3], ARGV[i])
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[2]) == 1 then
-    redis.call('RPUSH', KEYS[6], ARGV[i])
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then
+    local pos = redis.call('RPUSH', KEYS[6], ARGV[i])
+    redis.call('HSET', KEYS[1], ARGV[i], '{"p":' .. pos .. ',' .. string.sub(ARGV[2], 2))
     n = n + 1
   end
 end

@@ -1,0 +1,67 @@
+#!lua
+-- run_reopen.lua: take back the ends of some evals of a run, so that they
+-- run again (a retry) and their next end counts; O(evals).
+--
+-- Not prefixed by lib.lua: its keys are the run's, those of run_finish.lua
+-- in its order:
+--   KEYS[1] done     HASH  eval key -> record JSON {status, score?, ...}
+--   KEYS[2] counts   HASH  status -> evals; retries; score_sum; score_n
+--   KEYS[3] running  HASH  eval key -> executor, while an attempt runs
+--   KEYS[4] meta     HASH  the run's name, pool, size, reconciled...
+--   KEYS[5] evals    LIST  the run's eval keys, in order
+--   KEYS[6] ended    LIST  the ended eval keys, in the order they ended
+-- ARGV[1] how long the run's keys live from now, in ms, unless the run's
+--         meta names its own retention (ms)
+-- ARGV[2] the statuses to reopen, comma-separated (errored,failed)
+-- ARGV[3..] per eval, its key and its position (from 0) in evals: the
+--         reconciliation's cursor goes back to the first reopened, so that
+--         it looks at them again (run.Store.Reconcile)
+-- Returns the keys reopened: those whose record's status is wanted. An
+-- eval not ended, or ended otherwise, is left alone. Its ended log entry
+-- stays (the log only grows): its next end is logged again, and the
+-- record's "p" tells that end from this one.
+
+local wanted = {}
+for s in string.gmatch(ARGV[2], '[^,]+') do
+  wanted[s] = true
+end
+local reopened, first = {}, nil
+for i = 3, #ARGV, 2 do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw then
+    local rec = cjson.decode(raw)
+    -- A record written before the short form spells its fields out.
+    local status, score, retries = rec.s, rec.c, rec.r
+    if status == nil then
+      status, score, retries = rec.status, rec.score, rec.retries
+    end
+    if wanted[status] then
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      redis.call('HINCRBY', KEYS[2], status, -1)
+      if type(retries) == 'number' and retries ~= 0 then
+        redis.call('HINCRBY', KEYS[2], 'retries', -retries)
+      end
+      if type(score) == 'number' then
+        -- %.17g: the score exactly as Finish added it.
+        redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', string.format('%.17g', -score))
+        redis.call('HINCRBY', KEYS[2], 'score_n', -1)
+      end
+      reopened[#reopened + 1] = ARGV[i]
+      local pos = tonumber(ARGV[i + 1])
+      if first == nil or pos < first then
+        first = pos
+      end
+    end
+  end
+end
+if first then
+  local at = redis.call('HGET', KEYS[4], 'reconciled')
+  if at and tonumber(at) > first then
+    redis.call('HSET', KEYS[4], 'reconciled', first)
+  end
+end
+local ttl = redis.call('HGET', KEYS[4], 'retention') or ARGV[1]
+for i = 1, 6 do
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return reopened

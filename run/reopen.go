@@ -1,0 +1,75 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/internal/keys"
+	"github.com/evalpool/evalpool/internal/lua"
+)
+
+// Reopen takes back the ends of the evals evalKeys of run r (as Get read
+// it) whose record's status is one of statuses, so that they run again and
+// their next end (Finish) counts: their records leave the run, its counts
+// go down by them, and the run reads as not ended until they end again. An
+// eval not ended, or ended otherwise, is left alone; so a second call with
+// the same keys reopens nothing. It returns the keys reopened, in
+// evalKeys' order: a script per 1,000 evals.
+//
+// The run goes back into its pool's index of open runs, with the
+// reconciliation's cursor at the first eval reopened, so that an end its
+// worker could not record is still found (Reconcile): the caller deletes
+// the evals' ended tasks first, or the reconciliation would record their
+// old ends again. Each eval's entry in the log of ends stays; EndedSince
+// skips it.
+func (s *Store) Reopen(ctx context.Context, r Run, evalKeys []string, statuses ...string) (reopened []string, err error) {
+	if len(statuses) == 0 {
+		return nil, fmt.Errorf("%w: run %s: reopen needs the statuses to reopen", ErrInvalid, r.Name)
+	}
+	for _, st := range statuses {
+		switch st {
+		case Passed, Failed, Errored, Cancelled:
+		default:
+			return nil, fmt.Errorf("%w: run %s: reopen status %q: want an end (passed, failed, errored, cancelled)", ErrInvalid, r.Name, st)
+		}
+	}
+	at := make(map[string]int, len(r.Keys))
+	for i, key := range r.Keys {
+		at[key] = i
+	}
+	for _, key := range evalKeys {
+		if _, ok := at[key]; !ok {
+			return nil, fmt.Errorf("%w: run %s has no eval %q", ErrInvalid, r.Name, key)
+		}
+	}
+	defer func() {
+		if len(reopened) == 0 {
+			return
+		}
+		// Outside the script: the index is no run's key (another slot).
+		zerr := s.client.ZAdd(context.WithoutCancel(ctx), keys.OpenRuns(r.Pool), redis.Z{Score: float64(time.Now().UnixMilli()), Member: r.Name}).Err()
+		if zerr != nil {
+			err = errors.Join(err, fmt.Errorf("run %s: reopened, but not back in its pool's open runs (an end its worker misses is not reconciled): %w", r.Name, lua.Full(zerr)))
+		}
+	}()
+	wanted := strings.Join(statuses, ",")
+	for start := 0; start < len(evalKeys); start += finishBatch {
+		chunk := evalKeys[start:min(start+finishBatch, len(evalKeys))]
+		args := make([]any, 0, 2+2*len(chunk))
+		args = append(args, s.retention.Milliseconds(), wanted)
+		for _, key := range chunk {
+			args = append(args, key, at[key])
+		}
+		got, err := lua.RunReopen.Run(ctx, s.client, keys.ForRun(r.Name).Script(), args...).StringSlice()
+		reopened = append(reopened, got...)
+		if err != nil {
+			return reopened, fmt.Errorf("run %s: reopen %d evals: %w", r.Name, len(chunk), lua.Full(err))
+		}
+	}
+	return reopened, nil
+}
