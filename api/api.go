@@ -231,6 +231,7 @@ func (h *Handler) routes() []route {
 		{http.MethodGet, Prefix + "/runs/{name}/progress", h.runProgress},
 		{http.MethodGet, Prefix + "/runs/{name}/results", h.runResults},
 		{http.MethodPost, Prefix + "/runs/{name}/cancel", h.cancelRun},
+		{http.MethodPost, Prefix + "/runs/{name}/retry", h.retryRun},
 		{http.MethodPost, Prefix + "/evals", h.submitEval},
 		{http.MethodGet, Prefix + "/evals/{id}", h.getEval},
 		{http.MethodPost, Prefix + "/evals/{id}/cancel", h.cancelEval},

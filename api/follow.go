@@ -55,12 +55,13 @@ type hub struct {
 	err   error
 }
 
-// batch is the lines of the ends at log positions [from, from+len(lines)),
-// each a ResultLine in JSON with its newline: encoded once, written by
-// every follower. Read-only.
+// batch is the lines of the ends at log positions [from, to), each a
+// ResultLine in JSON with its newline: encoded once, written by every
+// follower. Lines may be fewer than positions: the ends of evals reopened
+// are skipped (run.Store.EndedSince). Read-only.
 type batch struct {
-	from  int64
-	lines [][]byte
+	from, to int64
+	lines    [][]byte
 }
 
 // linesOf encodes the records of run name as the lines of a batch.
@@ -186,16 +187,17 @@ func (f *follows) poll(ctx context.Context, h *hub) {
 func (f *follows) read(ctx context.Context, h *hub, cursor int64) (int64, error) {
 	for {
 		recs, next, err := f.runs.EndedSince(ctx, h.name, cursor, f.page)
-		if err != nil || len(recs) == 0 {
+		if err != nil || next == cursor {
 			return cursor, err
 		}
 		lines, err := linesOf(h.name, recs)
 		if err != nil {
 			return cursor, err
 		}
-		f.publish(h, batch{from: cursor, lines: lines}, next)
+		f.publish(h, batch{from: cursor, to: next, lines: lines}, next)
+		full := next-cursor == int64(f.page)
 		cursor = next
-		if len(recs) < f.page {
+		if !full {
 			return cursor, nil
 		}
 	}

@@ -2,7 +2,6 @@ package api
 
 import (
 	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -11,18 +10,6 @@ import (
 	"github.com/evalpool/evalpool/run"
 )
 
-// retryURL serves the bundle's API with POST /runs/{name}/retry whether or
-// not its routes list it yet, and returns the API's base URL.
-func retryURL(t *testing.T, b *bundle) string {
-	t.Helper()
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+Prefix+"/runs/{name}/retry", b.handler.retryRun)
-	mux.Handle("/", b.handler)
-	ts := httptest.NewServer(mux)
-	t.Cleanup(ts.Close)
-	return ts.URL + Prefix
-}
-
 // TestRetryRun retries a run's failed evals over HTTP, with a real worker:
 // the answer says how many by status, the run reads as not ended until
 // they end again, under the same IDs; nothing errored is nothing retried;
@@ -30,7 +17,7 @@ func retryURL(t *testing.T, b *bundle) string {
 func TestRetryRun(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Options{}, nil)
-	base := retryURL(t, b)
+	base := b.url
 	body := `{"name":"rt","max_retry":0,"evals":[
 		{"eval_id":"p","spec":{"grade":"passed"}},
 		{"eval_id":"f","spec":{"grade":"failed"}},
@@ -85,7 +72,7 @@ func TestFollowRetriedRun(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Options{}, nil)
 	b.handler.follows.page = 2
-	base := retryURL(t, b)
+	base := b.url
 	body := `{"name":"fr","max_retry":0,"evals":[
 		{"eval_id":"a","spec":{"grade":"failed"}},
 		{"eval_id":"b","spec":{"grade":"failed"}},

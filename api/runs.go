@@ -327,16 +327,12 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 	_ = rc.Flush()
 	enc := json.NewEncoder(w)
 	var cursor int64
-	// write writes the lines of the ends at log positions [from,
-	// from+len(lines)) past the cursor: a follower that read ahead of its
-	// hub skips the rest.
-	write := func(from int64, lines [][]byte) bool {
-		for _, line := range lines[min(max(cursor-from, 0), int64(len(lines))):] {
+	write := func(lines [][]byte) bool {
+		for _, line := range lines {
 			if _, err := w.Write(line); err != nil {
 				return false // the client went away
 			}
 		}
-		cursor = max(cursor, from+int64(len(lines)))
 		return rc.Flush() == nil
 	}
 	fail := func(err error) {
@@ -358,7 +354,7 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 				fail(err)
 				return
 			}
-			if len(lines) > 0 && !write(cursor, lines) {
+			if len(lines) > 0 && !write(lines) {
 				return
 			}
 			// A page may hold fewer ends than log entries (those of evals
@@ -380,9 +376,27 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 			return
 		case b, ok := <-sub.ch:
 			if ok {
-				if !write(b.from, b.lines) {
+				lines := b.lines
+				if b.from < cursor {
+					// This follower read ahead of its hub: the part past its
+					// cursor is read again from the log, as its lines cannot
+					// be counted off (skipped ends have none).
+					if b.to <= cursor {
+						continue
+					}
+					recs, _, err := h.opts.Runs.EndedSince(ctx, name, cursor, int(b.to-cursor))
+					if err == nil {
+						lines, err = linesOf(name, recs)
+					}
+					if err != nil {
+						fail(err)
+						return
+					}
+				}
+				if len(lines) > 0 && !write(lines) {
 					return
 				}
+				cursor = max(cursor, b.to)
 				continue
 			}
 			lagged, err := h.follows.closed(hb, sub)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,32 +13,6 @@ import (
 	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"
 )
-
-// retryCLI runs one command line as evalpool does, with `run retry` among
-// the run commands whether or not runCommand lists it yet.
-func retryCLI(t *testing.T, redisURL string, args ...string) result {
-	t.Helper()
-	var out, errb bytes.Buffer
-	a := &app{stdout: &out, stderr: &errb}
-	root := a.rootCommand()
-	runCmd, _, err := root.Find([]string{"run"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c, _, err := runCmd.Find([]string{"retry"}); err != nil || c == runCmd {
-		runCmd.AddCommand(a.runRetry())
-	}
-	root.SetArgs(append([]string{"--redis", redisURL}, args...))
-	root.SetOut(&out)
-	root.SetErr(&errb)
-	err = root.ExecuteContext(t.Context())
-	a.close()
-	if err != nil {
-		errb.WriteString("evalpool: " + err.Error() + "\n")
-		return result{exitError, out.String(), errb.String()}
-	}
-	return result{exitOK, out.String(), errb.String()}
-}
 
 // TestRunRetry retries a run's errored evals, then its failed ones, with
 // real executors and a worker: each retry re-runs only those, under the
@@ -80,7 +53,7 @@ echo '{"status":"passed","score":1}'
 		}
 		return r.stdout
 	}
-	if r := retryCLI(t, url, "run", "retry", "nosuch"); r.code != 1 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "run not found") {
+	if r := evalpool(t, url, "default", "run", "retry", "nosuch"); r.code != 1 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "run not found") {
 		t.Errorf("retry of an unknown run: %+v; want exit 1, one line", r)
 	}
 	if err := os.WriteFile(fixed, nil, 0o644); err != nil {
@@ -98,7 +71,7 @@ echo '{"status":"passed","score":1}'
 		{nil, 0, "nothing to retry in run r", "passed 3, failed 0, errored 0"},
 	}
 	for _, tt := range tests {
-		r := retryCLI(t, url, append([]string{"run", "retry", "r"}, tt.args...)...)
+		r := evalpool(t, url, "default", append([]string{"run", "retry", "r"}, tt.args...)...)
 		if r.code != tt.code || !strings.HasPrefix(r.stdout, tt.printed+"\n") {
 			t.Fatalf("run retry r %q: %+v; want exit %d, %q", tt.args, r, tt.code, tt.printed)
 		}
@@ -116,13 +89,13 @@ echo '{"status":"passed","score":1}'
 	if err := asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueEvals, "g/k2"); err != nil {
 		t.Fatal(err)
 	}
-	if r := retryCLI(t, url, "run", "retry", "g"); r.code != 1 || !strings.Contains(r.stderr, "1 of its evals") || !strings.Contains(r.stderr, "--file") {
+	if r := evalpool(t, url, "default", "run", "retry", "g"); r.code != 1 || !strings.Contains(r.stderr, "1 of its evals") || !strings.Contains(r.stderr, "--file") {
 		t.Errorf("retry with a task gone: %+v; want exit 1 naming 1 eval and --file", r)
 	}
 	if got := status("g"); !strings.Contains(got, "passed 1, failed 1, errored 1") {
 		t.Errorf("a refused retry changed the run: %s", got)
 	}
-	if r := retryCLI(t, url, "run", "retry", "g", "--file", suite, "--wait"); r.code != 0 || !strings.HasPrefix(r.stdout, "retried 2 evals of run g (1 errored, 1 failed)\n") {
+	if r := evalpool(t, url, "default", "run", "retry", "g", "--file", suite, "--wait"); r.code != 0 || !strings.HasPrefix(r.stdout, "retried 2 evals of run g (1 errored, 1 failed)\n") {
 		t.Errorf("retry --file: %+v", r)
 	}
 }

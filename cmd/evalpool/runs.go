@@ -26,7 +26,7 @@ func (a *app) runCommand() *cobra.Command {
 		Args:  cobra.ArbitraryArgs,
 		RunE:  group,
 	}
-	c.AddCommand(a.runSubmit(), a.runList(), a.runStatus(), a.runSummary(), a.runResults(), a.runCancel())
+	c.AddCommand(a.runSubmit(), a.runList(), a.runStatus(), a.runSummary(), a.runResults(), a.runCancel(), a.runRetry())
 	return c
 }
 
