@@ -161,19 +161,26 @@ class Client:
     def cancel_eval(self, eval_id):
         return self._request("POST", "/evals/" + urllib.parse.quote(eval_id, safe="") + "/cancel", {})
 
-    def wait(self, name, every=0.5, out=sys.stderr):
-        """Polls a run until every eval ended, drawing its progress on out."""
+    def wait(self, name, every=0.5, out=sys.stderr, line_every=5.0):
+        """Polls a run until every eval ended, showing its progress on out:
+        a bar on a terminal; elsewhere (a CI log), as the CLI does, a line
+        "NAME: N of M ended" every line_every seconds and at the end."""
+        bar = out is not None and out.isatty()
+        shown, shown_at = None, 0.0
         while True:
             p = self.progress(name)
             done = p["passed"] + p["failed"] + p["errored"] + p["cancelled"]
-            if out is not None:
+            ended = done >= p["size"]
+            if bar:
                 width = 30
                 filled = width * done // max(1, p["size"])
-                out.write(f"\r{name} [{'#' * filled}{'.' * (width - filled)}] {done}/{p['size']}")
+                out.write(f"\r{name} [{'#' * filled}{'.' * (width - filled)}] {done}/{p['size']}" + ("\n" if ended else ""))
                 out.flush()
-            if done >= p["size"]:
-                if out is not None:
-                    out.write("\n")
+            elif out is not None and (time.monotonic() - shown_at >= line_every or ended and done != shown):
+                shown, shown_at = done, time.monotonic()
+                out.write(f"{name}: {done} of {p['size']} ended\n")
+                out.flush()
+            if ended:
                 return p
             time.sleep(every)
 
