@@ -149,6 +149,15 @@ func TestClusterOneSlotPerPool(t *testing.T) {
 		}
 		nodes[node.Options().Addr] = true
 		t.Run(p.Name(), func(t *testing.T) { lifecycle(t, p) })
+		// Check walks the pool's keys on the node of its slot.
+		key := p.keys.AvailableFor("x")
+		if err := c.Set(t.Context(), key, "not ours", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("invariant 10: %s holds a string, not a zset: not written by evalpool", key)
+		if got := checkLines(t, p); !slices.Equal(got, []string{want}) {
+			t.Fatalf("Check of %s = %q, want %q", p.Name(), got, want)
+		}
 	}
 	if len(nodes) < 2 {
 		t.Errorf("all pools landed on one node %v: the test did not exercise routing", nodes)
