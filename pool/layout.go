@@ -15,9 +15,10 @@ import (
 // pool's prefix holds the type the layout gives it (docs/design.md).
 const invariantTypes = 10
 
-// layoutTypes is the Redis type of each key of the pool's layout, and of
-// each family of keys by the prefix of its names (families ends in ':').
-// A scratch key is the tests' own and holds anything.
+// layoutTypes is the Redis type of each key of the pool's layout
+// (docs/design.md, section 2), and of each family of keys by the prefix of
+// their names: label-set indexes and wait lists, wake lists. A scratch key
+// is the tests' own and may hold anything ("").
 func (p *Pool) layoutTypes() (keys, families map[string]string) {
 	k := p.keys
 	keys = map[string]string{

@@ -60,7 +60,6 @@ end
 
 local WINDOW = 20
 
--- Each path reads what it decides on before its first write.
 if lease and lease.token == token then
   local eval_id = type(lease.eval_id) == 'string' and lease.eval_id or nil
   local pre = {
