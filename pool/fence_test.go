@@ -2,6 +2,7 @@ package pool
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -57,6 +58,9 @@ func TestRaiseFence(t *testing.T) {
 		}
 		if _, err := p.RaiseFence(t.Context(), now); !errors.Is(err, ErrForeignData) {
 			t.Fatalf("RaiseFence over foreign data = %v, want ErrForeignData", err)
+		}
+		if got := checkLines(t, p); len(got) != 1 || !strings.Contains(got[0], `holds "not a number", not an integer`) {
+			t.Fatalf("Check over foreign data = %q, want the fence reported", got)
 		}
 	})
 }

@@ -53,9 +53,11 @@ var (
 	ErrUnknownExecutor = errors.New("pool: unknown executor")
 	// ErrInvalid means an argument was refused before Redis was touched.
 	ErrInvalid = errors.New("pool: invalid argument")
-	// ErrForeignData means a key of the pool holds data of another type
-	// (something other than evalpool wrote there); the operation changed
-	// nothing.
+	// ErrForeignData means a key of the pool holds data of another type, or
+	// a fence that is not an integer: something other than evalpool wrote
+	// there. It is an operator's error, not a fault the pool defends
+	// against: the operation stopped where it met the key, possibly after
+	// some of its writes, and Check names every such key.
 	ErrForeignData = errors.New("pool: foreign data under the pool's keys")
 	// ErrPoolMissing means the pool's epoch marker is gone: the pool was
 	// never created (no executor was ever registered), or its data was lost
@@ -112,9 +114,14 @@ func (p *Pool) Cancelled(ctx context.Context, evalID string) (bool, error) {
 }
 
 // scriptErr turns a script's refusals into the package's sentinel errors.
+// Redis's WRONGTYPE, which a script meets on a key of another type, is
+// ErrForeignData.
 func scriptErr(err error) error {
 	if RedisFull(err) == ErrRedisFull {
 		return ErrRedisFull
+	}
+	if redis.HasErrorPrefix(err, "WRONGTYPE") {
+		return fmt.Errorf("%w (pool check names the key): %s", ErrForeignData, err.Error())
 	}
 	for prefix, sentinel := range map[string]error{"EVALPOOL_FOREIGN_DATA": ErrForeignData, "EVALPOOL_NO_POOL": ErrPoolMissing, "EVALPOOL_UNSERVABLE": ErrUnservable, "EVALPOOL_BAD_LABELS": ErrInvalid, "EVALPOOL_CANCELLED": ErrCancelled} {
 		if redis.HasErrorPrefix(err, prefix) {

@@ -149,6 +149,15 @@ func TestClusterOneSlotPerPool(t *testing.T) {
 		}
 		nodes[node.Options().Addr] = true
 		t.Run(p.Name(), func(t *testing.T) { lifecycle(t, p) })
+		// Check walks the pool's keys on the node of its slot.
+		key := p.keys.AvailableFor("x")
+		if err := c.Set(t.Context(), key, "not ours", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("invariant 10: %s holds a string, not a zset: not written by evalpool", key)
+		if got := checkLines(t, p); !slices.Equal(got, []string{want}) {
+			t.Fatalf("Check of %s = %q, want %q", p.Name(), got, want)
+		}
 	}
 	if len(nodes) < 2 {
 		t.Errorf("all pools landed on one node %v: the test did not exercise routing", nodes)
@@ -226,121 +235,108 @@ func TestCheckFindsViolations(t *testing.T) {
 	}
 }
 
-// TestForeignDataChangesNothing puts data of the wrong type under each key
-// of a working pool in turn: every operation that touches that key fails with
-// ErrForeignData (or Redis's WRONGTYPE, for a typed read before any write)
-// and leaves every key as it was. The epoch is left out: only its presence
-// counts. Acquire and release touch only what their path needs (a TYPE
-// check costs a call into Redis on the hot path), so each is run on pools in
-// the states that send it down each path, naming what it touches there.
-func TestForeignDataChangesNothing(t *testing.T) {
+// TestForeignDataIsReported puts data of the wrong type under each key of
+// a working pool in turn, on pools in several states: Check reports that
+// key alone (invariant 10), with its type and the one the layout gives it.
+// The scripts no longer check types (docs/reliability.md, "Threat model"),
+// so every operation is run over it too: each may fail, but with one line
+// that wraps ErrForeignData when Redis refused a type, and no acquire ever
+// grants an executor another eval holds. The epoch is left out: only its
+// presence counts.
+func TestForeignDataIsReported(t *testing.T) {
 	t.Parallel()
-	readByStatus := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "instances", "waiters", "waiting", "quarantine", "labelsets"}
-	// released is what a release by the lease's holder touches whatever the
-	// pool's state: the lease, its holder, the executor and its record, the
-	// history and the released tokens.
-	released := []string{"executors", "leases", "deadlines", "holders", "draining", "quarantine", "history", "released"}
-	with := func(base []string, more ...string) []string { return append(slices.Clone(base), more...) }
-	type op struct {
-		run func(p *Pool, held Lease) error
-		// touches is the keys the operation reads or writes on each state
-		// of the pool, when not all (nil); it runs only over those, and
-		// only on the states named, when any is.
-		touches map[string][]string
-	}
-	all := func(states ...string) map[string][]string {
-		m := map[string][]string{}
-		for _, s := range states {
-			m[s] = nil
-		}
-		return m
-	}
 	const idle, saturated, draining, lingering, stray, expired, failing, labelled = "idle", "saturated", "draining", "lingering", "stray", "expired", "failing", "labelled"
-	// every is every key but the epoch and the avoid list: what an acquire
-	// may touch when it reclaims an expired lease or ends its own.
-	every := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "fence value", "instances", "waiters", "waiting", "quarantine", "labelsets", "cancelled", "history"}
+	every := []string{idle, saturated, draining, lingering, stray, expired, failing, labelled}
+	type op struct {
+		// run returns the lease an acquire granted, if any.
+		run func(p *Pool, held Lease) (Lease, error)
+		// in names the states the operation runs on.
+		in []string
+	}
+	noLease := func(err error) (Lease, error) { return Lease{}, err }
 	ops := map[string]op{
-		"register": {run: func(p *Pool, _ Lease) error {
+		"register": {run: func(p *Pool, _ Lease) (Lease, error) {
 			_, err := p.Register(t.Context(), Executor{URL: "http://new"})
-			return err
-		}, touches: all(idle)},
-		"register many": {run: func(p *Pool, _ Lease) error {
+			return noLease(err)
+		}, in: []string{idle}},
+		"register many": {run: func(p *Pool, _ Lease) (Lease, error) {
 			_, err := p.Register(t.Context(), Executor{URL: "http://n1"}, Executor{URL: "http://n2"})
-			return err
-		}, touches: all(idle)},
-		"deregister": {run: func(p *Pool, _ Lease) error { _, err := p.Deregister(t.Context(), "http://e1"); return err }, touches: all(idle)},
-		"acquire": {run: func(p *Pool, _ Lease) error { _, err := p.Acquire(t.Context(), "eval-x", time.Minute); return err },
-			touches: map[string][]string{
-				idle:      {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "fence value", "waiters", "quarantine", "avoid", "cancelled"},
-				saturated: {"available", "deadlines", "holders", "avoid", "cancelled"},
-				stray:     {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "fence value", "waiters", "waiting", "quarantine", "avoid", "cancelled"},
-				expired:   with(every, "avoid"),
-			}},
-		"acquire requiring labels": {run: func(p *Pool, _ Lease) error {
-			_, err := p.AcquireWith(t.Context(), "eval-x", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
-			return err
-		}, touches: map[string][]string{
-			labelled: {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "fence value", "quarantine", "avoid", "cancelled", "labelsets"},
-		}},
-		"acquire by the holder": {run: func(p *Pool, _ Lease) error { _, err := p.Acquire(t.Context(), "eval-a", time.Minute); return err },
-			touches: map[string][]string{
-				idle:     {"executors", "leases", "deadlines", "holders", "draining", "fence", "fence value", "quarantine", "avoid", "cancelled", "released"},
-				draining: with(every, "avoid"),
-			}},
-		"acquire or wait": {run: func(p *Pool, _ Lease) error {
-			_, err := p.AcquireOrWait(t.Context(), "eval-x", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute})
-			return err
-		}, touches: map[string][]string{saturated: {"available", "deadlines", "holders", "avoid", "cancelled", "waiters", "waiting"}}},
-		"acquire by a waiter": {run: func(p *Pool, _ Lease) error {
-			_, err := p.AcquireOrWait(t.Context(), "eval-w", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute})
-			return err
-		}, touches: map[string][]string{
-			saturated: {"available", "deadlines", "holders", "avoid", "cancelled", "waiters", "waiting"},
-			lingering: {"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "waiters", "waiting", "quarantine", "avoid", "cancelled"},
-		}},
-		"renew": {run: func(p *Pool, held Lease) error {
+			return noLease(err)
+		}, in: []string{idle}},
+		"deregister": {run: func(p *Pool, _ Lease) (Lease, error) {
+			_, err := p.Deregister(t.Context(), "http://e1")
+			return noLease(err)
+		}, in: []string{idle}},
+		"acquire": {run: func(p *Pool, _ Lease) (Lease, error) { return p.Acquire(t.Context(), "eval-x", time.Minute) },
+			in: []string{idle, saturated, stray, expired}},
+		"acquire requiring labels": {run: func(p *Pool, _ Lease) (Lease, error) {
+			return p.AcquireWith(t.Context(), "eval-x", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
+		}, in: []string{labelled}},
+		"acquire by the holder": {run: func(p *Pool, _ Lease) (Lease, error) { return p.Acquire(t.Context(), "eval-a", time.Minute) },
+			in: []string{idle, draining}},
+		"acquire or wait": {run: func(p *Pool, _ Lease) (Lease, error) {
+			return p.AcquireOrWait(t.Context(), "eval-x", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute})
+		}, in: []string{saturated}},
+		"acquire by a waiter": {run: func(p *Pool, _ Lease) (Lease, error) {
+			return p.AcquireOrWait(t.Context(), "eval-w", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute})
+		}, in: []string{saturated, lingering}},
+		"renew": {run: func(p *Pool, held Lease) (Lease, error) {
 			_, err := p.Renew(t.Context(), held, time.Minute)
-			return err
-		}, touches: map[string][]string{idle: {"leases", "deadlines"}}},
-		"release": {run: func(p *Pool, held Lease) error { _, err := p.Release(t.Context(), held, "test"); return err },
-			touches: map[string][]string{
-				idle:      with(released, "available", "waiters"),
-				saturated: with(released, "available", "waiters", "waiting", "fence", "fence value"),
-				draining:  with(released, "instances", "labelsets"),
-			}},
-		"release unavailable": {run: func(p *Pool, held Lease) error {
+			return noLease(err)
+		}, in: []string{idle}},
+		"release": {run: func(p *Pool, held Lease) (Lease, error) {
+			_, err := p.Release(t.Context(), held, "test")
+			return noLease(err)
+		}, in: []string{idle, saturated, draining}},
+		"release unavailable": {run: func(p *Pool, held Lease) (Lease, error) {
 			_, err := p.ReleaseWith(t.Context(), held, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable, Retrying: true})
-			return err
-		}, touches: map[string][]string{
-			idle:    with(released, "available", "waiters", "avoid"),
-			failing: with(released, "available", "avoid"),
-		}},
-		"release stale": {run: func(p *Pool, held Lease) error {
+			return noLease(err)
+		}, in: []string{idle, failing}},
+		"release stale": {run: func(p *Pool, held Lease) (Lease, error) {
 			_, err := p.ReleaseWith(t.Context(), Lease{URL: held.URL, Token: "t"}, ReleaseArgs{Path: "test", Designed: true})
-			return err
-		}, touches: map[string][]string{idle: {"executors", "leases", "released"}}},
-		"release of a free executor": {run: func(p *Pool, _ Lease) error {
+			return noLease(err)
+		}, in: []string{idle}},
+		"release of a free executor": {run: func(p *Pool, _ Lease) (Lease, error) {
 			_, err := p.Release(t.Context(), Lease{URL: "http://e2", Token: "t"}, "test")
-			return err
-		}, touches: map[string][]string{idle: {"executors", "leases", "available"}}},
-		"leave": {run: func(p *Pool, held Lease) error {
+			return noLease(err)
+		}, in: []string{idle}},
+		"leave": {run: func(p *Pool, held Lease) (Lease, error) {
 			_, _, err := p.Leave(t.Context(), held.EvalID, held.Token)
-			return err
-		}, touches: all(idle)},
-		"reap": {run: func(p *Pool, _ Lease) error { _, err := p.Reap(t.Context()); return err }, touches: all(idle)},
-		"counts": {run: func(p *Pool, _ Lease) error { _, err := p.Counts(t.Context()); return err },
-			touches: map[string][]string{idle: {"executors", "available", "leases", "deadlines", "draining", "waiting", "quarantine"}}},
-		"relabel": {run: func(p *Pool, _ Lease) error {
+			return noLease(err)
+		}, in: []string{idle}},
+		"reap": {run: func(p *Pool, _ Lease) (Lease, error) {
+			_, err := p.Reap(t.Context())
+			return noLease(err)
+		}, in: []string{idle}},
+		"counts": {run: func(p *Pool, _ Lease) (Lease, error) {
+			_, err := p.Counts(t.Context())
+			return noLease(err)
+		}, in: []string{idle}},
+		"relabel": {run: func(p *Pool, _ Lease) (Lease, error) {
 			_, err := p.Relabel(t.Context(), "http://e1", map[string]string{"gpu": "a100"})
-			return err
-		}, touches: all(idle)},
-		"quarantine": {run: func(p *Pool, _ Lease) error {
+			return noLease(err)
+		}, in: []string{idle}},
+		"quarantine": {run: func(p *Pool, _ Lease) (Lease, error) {
 			_, err := p.Quarantine(t.Context(), "http://e3", ReasonOperator)
-			return err
-		}, touches: all(idle)},
-		// Status and Check read every key but the avoid list.
-		"status": {run: func(p *Pool, _ Lease) error { _, err := p.Status(t.Context()); return err }, touches: map[string][]string{idle: readByStatus}},
-		"check":  {run: func(p *Pool, _ Lease) error { _, err := p.Check(t.Context()); return err }, touches: map[string][]string{idle: readByStatus}},
+			return noLease(err)
+		}, in: []string{idle}},
+		"status": {run: func(p *Pool, _ Lease) (Lease, error) {
+			_, err := p.Status(t.Context())
+			return noLease(err)
+		}, in: every},
+	}
+	// The acquires run first, so that a grant of an executor some eval
+	// holds is a double booking, not one a release in between freed.
+	var order []string
+	for _, name := range slices.Sorted(maps.Keys(ops)) {
+		if strings.HasPrefix(name, "acquire") {
+			order = append(order, name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(ops)) {
+		if !strings.HasPrefix(name, "acquire") {
+			order = append(order, name)
+		}
 	}
 	// Each state holds eval-a's lease on e1; saturated leases e2 and e3 too
 	// and has eval-w waiting, draining has e1 deregistered. Lingering has
@@ -399,70 +395,161 @@ func TestForeignDataChangesNothing(t *testing.T) {
 			}
 		},
 	}
-	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history", "released"}
+	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history", "released", "clock"}
+	types := []string{"hash", "zset", "hash", "zset", "hash", "set", "string", "string", "hash", "zset", "hash", "zset", "hash", "hash", "zset", "stream", "zset", "hash"}
 	// The fence is also foreign as a string INCR refuses: one with a
-	// leading zero, or at the int64 limit. Only what counts the fence
-	// touches its value ("fence value"): status and check read its type.
+	// leading zero, or at the int64 limit.
 	fenceStrings := map[string]string{"fence 007": "007", "fence at the limit": "9223372036854775807"}
 	for state, prepare := range states {
 		for i, suffix := range append(slices.Clone(suffixes), slices.Sorted(maps.Keys(fenceStrings))...) {
 			if suffix == "epoch" {
 				continue
 			}
-			touched := suffix
 			if _, ok := fenceStrings[suffix]; ok {
-				i, touched = slices.Index(suffixes, "fence"), "fence value"
+				i = slices.Index(suffixes, "fence")
 			}
 			t.Run(state+"/"+suffix, func(t *testing.T) {
 				t.Parallel()
 				p, b := setup(t, "http://e1", "http://e2", "http://e3")
 				held := acquire(t, p, "eval-a", time.Minute)
 				prepare(t, p)
+				// holder is the eval each executor is leased to, unless
+				// its lease is past its grace: an acquire may reclaim it.
+				st, err := p.Status(t.Context())
+				if err != nil {
+					t.Fatal(err)
+				}
+				holder := map[string]string{}
+				for _, e := range st.Executors {
+					if e.Lease != nil && e.Lease.Deadline.Add(testGrace).After(st.Now) {
+						holder[e.URL] = e.Lease.EvalID
+					}
+				}
 				key := p.script[i]
 				if err := b.client.Del(t.Context(), key).Err(); err != nil {
 					t.Fatal(err)
 				}
 				foreign := func() error { return b.client.Set(t.Context(), key, "not ours", 0).Err() }
-				if suffix == "fence" { // the fence is a string: a list is foreign to it
-					foreign = func() error { return b.client.LPush(t.Context(), key, "not ours").Err() }
-				}
-				if v, ok := fenceStrings[suffix]; ok {
+				want := fmt.Sprintf("invariant 10: %s holds a string, not a %s: not written by evalpool", key, types[i])
+				switch v, ok := fenceStrings[suffix]; {
+				case ok:
 					foreign = func() error { return b.client.Set(t.Context(), key, v, 0).Err() }
+					want = fmt.Sprintf("invariant 10: %s holds %q, not an integer of at most 18 digits: not written by evalpool", key, v)
+				case suffix == "fence": // the fence is a string: a list is foreign to it
+					foreign = func() error { return b.client.LPush(t.Context(), key, "not ours").Err() }
+					want = fmt.Sprintf("invariant 10: %s holds a list, not a string: not written by evalpool", key)
 				}
 				if err := foreign(); err != nil {
 					t.Fatal(err)
 				}
-				before := dumpKeys(t, b.client, p.Keys())
-				for name, o := range ops {
-					touches, ok := o.touches[state]
-					if !ok || touches != nil && !slices.Contains(touches, touched) {
+				if got := checkLines(t, p); !slices.Equal(got, []string{want}) {
+					t.Fatalf("Check = %q, want %q", got, want)
+				}
+				for _, name := range order {
+					o := ops[name]
+					if !slices.Contains(o.in, state) {
 						continue
 					}
-					err := o.run(p, held)
-					if err == nil || !errors.Is(err, ErrForeignData) && !strings.Contains(err.Error(), "WRONGTYPE") {
-						t.Errorf("%s over a foreign %s: err = %v, want ErrForeignData", name, suffix, err)
+					l, err := o.run(p, held)
+					if err != nil {
+						if strings.Contains(err.Error(), "\n") {
+							t.Errorf("%s: error is not one line: %q", name, err)
+						}
+						if strings.Contains(err.Error(), "WRONGTYPE") && !errors.Is(err, ErrForeignData) {
+							t.Errorf("%s over a foreign %s: err = %v, want it to wrap ErrForeignData", name, suffix, err)
+						}
+						continue
 					}
-					if err != nil && strings.Contains(err.Error(), "\n") {
-						t.Errorf("%s: error is not one line: %q", name, err)
+					if l.URL == "" {
+						continue
 					}
+					if h, ok := holder[l.URL]; ok && h != l.EvalID {
+						t.Errorf("%s over a foreign %s granted %s to %s while %s holds it", name, suffix, l.URL, l.EvalID, h)
+					}
+					holder[l.URL] = l.EvalID
 				}
-				if after := dumpKeys(t, b.client, p.Keys()); !maps.Equal(before, after) {
-					t.Fatalf("operations over foreign data changed the pool:\nbefore %v\nafter  %v", before, after)
+				if got := checkLines(t, p); !slices.Contains(got, want) {
+					t.Fatalf("after the operations, Check = %q, want it to hold %q", got, want)
 				}
 			})
 		}
 	}
 }
 
-func dumpKeys(t *testing.T, c *redis.Client, keys []string) map[string]string {
+// TestCheckReportsForeignTypes covers the keys named beside the scripts'
+// own: the label sets' indexes, the wake lists and the reap marker are
+// reported when another type is under them; scratch keys and names the
+// layout does not know are left alone.
+func TestCheckReportsForeignTypes(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		key  func(k keys.Pool) string
+		want string // the type Check expects; "" for no violation
+	}{
+		{"label index", func(k keys.Pool) string { return k.AvailableFor("gpu=a100") }, "zset"},
+		{"label wait list", func(k keys.Pool) string { return k.WaitersFor("gpu=a100") }, "zset"},
+		{"wake list", func(k keys.Pool) string { return k.Wake("w1") }, "list"},
+		{"clock", func(k keys.Pool) string { return k.Clock() }, "hash"},
+		{"scratch", func(k keys.Pool) string { return k.Scratch("x") }, ""},
+		{"unknown name", func(k keys.Pool) string { return k.Executors() + "-old" }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, "http://e1")
+			key := tt.key(p.keys)
+			if err := b.client.SAdd(t.Context(), key, "not ours").Err(); err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			if tt.want != "" {
+				want = []string{fmt.Sprintf("invariant 10: %s holds a set, not a %s: not written by evalpool", key, tt.want)}
+			}
+			if got := checkLines(t, p); !slices.Equal(got, want) {
+				t.Fatalf("Check = %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestForeignTypeNeverReadsAsFree puts a leased executor at the head of the
+// available index, as a lost write could, and data of another type under
+// each key acquire reads to tell whether its candidate is free: the acquire
+// fails with ErrForeignData, in one line, and grants nothing, where a read
+// that took the foreign key for an empty one would double-book e1.
+func TestForeignTypeNeverReadsAsFree(t *testing.T) {
+	t.Parallel()
+	for _, key := range []string{"executors", "leases", "draining", "quarantine"} {
+		t.Run(key, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, "http://e1", "http://e2")
+			held := acquire(t, p, "eval-a", time.Minute)
+			if err := b.client.ZAdd(t.Context(), p.keys.Available(), redis.Z{Score: 0, Member: held.URL}).Err(); err != nil {
+				t.Fatal(err)
+			}
+			k := map[string]string{"executors": p.keys.Executors(), "leases": p.keys.Leases(), "draining": p.keys.Draining(), "quarantine": p.keys.Quarantine()}[key]
+			if err := b.client.Set(t.Context(), k, "not ours", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			l, err := p.Acquire(t.Context(), "eval-x", time.Minute)
+			if !errors.Is(err, ErrForeignData) || !strings.Contains(err.Error(), "WRONGTYPE") || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("acquire over a foreign %s = %+v, %v; want one line wrapping ErrForeignData", key, l, err)
+			}
+		})
+	}
+}
+
+// checkLines is Check's violations as text.
+func checkLines(t *testing.T, p *Pool) []string {
 	t.Helper()
-	out := map[string]string{}
-	for _, k := range keys {
-		v, err := c.Dump(t.Context(), k).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			t.Fatal(err)
-		}
-		out[k] = v
+	vs, err := p.Check(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, v := range vs {
+		out = append(out, v.String())
 	}
 	return out
 }

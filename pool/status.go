@@ -212,7 +212,7 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 	// everything in one step, and again if the sets changed in between.
 	sets, err := p.client.HKeys(ctx, p.keys.LabelSets()).Result()
 	if err != nil {
-		return nil, fmt.Errorf("pool: read pool %s: %w", p.name, err)
+		return nil, fmt.Errorf("pool: read pool %s: %w", p.name, scriptErr(err))
 	}
 	for range 5 {
 		s, again, err := p.snapshotOf(ctx, sets)
@@ -270,7 +270,7 @@ func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, agai
 		}
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("pool: read pool %s: %w", p.name, err)
+		return nil, false, fmt.Errorf("pool: read pool %s: %w", p.name, scriptErr(err))
 	}
 	s = &snapshot{
 		now:          poolNow(clock.Val()["skew"], now.Val()),
@@ -370,13 +370,18 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 
 // Check verifies the pool's invariants (docs/design.md) on one snapshot and
 // returns every violation, sorted; none means the pool is whole. It is
-// O(pool size).
+// O(pool size). A pool with keys of another type than its layout's is
+// reported for those alone (invariant 10): the snapshot's typed reads
+// cannot read the rest.
 func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
+	vs, err := p.checkTypes(ctx)
+	if err != nil || len(vs) > 0 {
+		return vs, err
+	}
 	s, err := p.snapshot(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var vs []Violation
 	add := func(inv int, url, format string, args ...any) {
 		vs = append(vs, Violation{Invariant: inv, Executor: url, Problem: fmt.Sprintf(format, args...)})
 	}

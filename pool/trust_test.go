@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -366,9 +367,9 @@ func TestRegisterRefusesAnExecutorOfAnotherPool(t *testing.T) {
 	assertWhole(t, other, "http://localhost:17401")
 }
 
-// Corruption that a script would trip over half way is refused before any
-// write, and corruption that would hold an executor for ever is repaired by
-// the reaper.
+// A fence INCR refuses is refused before any write and reported by Check,
+// and corruption that would hold an executor for ever is repaired by the
+// reaper.
 func TestCorruptionLosesNoExecutor(t *testing.T) {
 	t.Parallel()
 	t.Run("a fence that is not an integer", func(t *testing.T) {
@@ -378,6 +379,10 @@ func TestCorruptionLosesNoExecutor(t *testing.T) {
 			b.client.Set(t.Context(), p.keys.Fence(), junk, 0)
 			if _, err := p.Acquire(t.Context(), "eval-a", time.Minute); !errors.Is(err, ErrForeignData) {
 				t.Fatalf("acquire over fence %q: err = %v, want ErrForeignData", junk, err)
+			}
+			want := fmt.Sprintf("invariant 10: %s holds %q, not an integer of at most 18 digits: not written by evalpool", p.keys.Fence(), junk)
+			if got := checkLines(t, p); !slices.Equal(got, []string{want}) {
+				t.Fatalf("Check over fence %q = %q, want %q", junk, got, want)
 			}
 		}
 		b.client.Del(t.Context(), p.keys.Fence())

@@ -9,6 +9,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/pool"
 )
 
 var benchLine = regexp.MustCompile(`^Benchmark(\S+)-\d+\s+\d+\s+(.*)$`)
@@ -73,6 +79,56 @@ func poolVsSize(t *testing.T, md *strings.Builder) {
 	lt10, lt100k := get("ParallelAcquireRelease", "labeled", 10, "pairs/s"), get("ParallelAcquireRelease", "labeled", 100_000, "pairs/s")
 	fmt.Fprintf(md, "- with labels: the executors spread over 10 label sets (two labels each, so each is in three indexes) and every acquire requiring one set: p50 %s at 10 executors, %s at 100,000 (%.2f×); %.0f and %.0f pairs/s with 8 clients (cost %.2f×; at 10 executors, one per set, many acquires find theirs leased and return at once) (target ≤ 1.5×): %s\n\n",
 		micros(lp10), micros(lp100k), lp100k/lp10, lt10, lt100k, lt10/lt100k, verdict(lp100k/lp10 <= 1.5 && lt10/lt100k <= 1.5))
+	commandsPerCall(t, md)
+}
+
+// commandsPerCall counts the Redis commands one Acquire and one Release
+// run, from INFO commandstats deltas on a Redis of their own (the EVALSHA
+// and every command inside the script), on the common path (no labels, no
+// waiter) and with executors of 3 labels, one of them required.
+func commandsPerCall(t *testing.T, md *strings.Builder) {
+	srv := evaltest.StartT(t, evaltest.Options{})
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer c.Close()
+	ctx := t.Context()
+	const n = 200
+	count := func(name string, require map[string]string) (acquire, release float64) {
+		p, err := pool.New(c, pool.Options{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var labels map[string]string
+		if require != nil {
+			labels = map[string]string{"gpu": "a100", "region": "eu", "tier": "large"}
+		}
+		var execs []pool.Executor
+		for i := range 10 {
+			execs = append(execs, pool.Executor{URL: fmt.Sprintf("http://e%d", i), Labels: labels})
+		}
+		if _, err := p.Register(ctx, execs...); err != nil {
+			t.Fatal(err)
+		}
+		var acq, rel float64
+		for i := range n + 1 {
+			before := commandCalls(t, c)
+			l, err := p.AcquireWith(ctx, fmt.Sprintf("eval-%d", i), time.Minute, pool.AcquireArgs{Require: require})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mid := commandCalls(t, c)
+			if _, err := p.Release(ctx, l, "bench"); err != nil {
+				t.Fatal(err)
+			}
+			if i > 0 { // the first loads the scripts
+				acq += mid - before
+				rel += commandCalls(t, c) - mid
+			}
+		}
+		return acq / n, rel / n
+	}
+	a0, r0 := count("commands-plain", nil)
+	a3, r3 := count("commands-labels", map[string]string{"gpu": "a100"})
+	fmt.Fprintf(md, "Redis commands per call, `INFO commandstats` deltas (the `EVALSHA` and every command its script runs), an idle pool of 10 executors: acquire %.0f, release %.0f on the common path (no labels, no waiter; target ≤ 6 each); %.0f and %.0f when the executors have 3 labels and the acquire requires one (target ≤ 8).\n\n", a0, r0, a3, r3)
 }
 
 // heartbeats compares a heartbeat per eval (one renew per lease) with the

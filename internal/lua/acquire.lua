@@ -44,16 +44,8 @@ if set ~= '' and not redis.call('HGET', K_LABELSETS, set) then
 end
 local now_micro = now_us()
 local now = math.floor(now_micro / 1000)
-local _, bad = reclaim_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
-if bad then
-  return redis.error_reply(bad)
-end
+reclaim_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
 
--- Until the grant, this script writes nothing (but on the rare paths, which
--- check what they touch first): it reads what it decides on with typed
--- commands, which fail on foreign data before anything changed, and the
--- grant's first write is the INCR of the fence (caught), which fails on a
--- fence that is not an integer before anything changed too.
 local held = redis.call('HGET', K_HOLDERS, eval_id)
 local avoid = redis.call('HGET', K_AVOID, eval_id)
 local stale = false
@@ -65,22 +57,13 @@ if held then
       -- Its own executor, live or expired within the grace: nobody else can
       -- hold it, and the higher fence makes the executor drop the older
       -- attempt. The older attempt's token counts as released, so that its
-      -- cleanup, when it comes, is the expected duplicate it is. (The ZADD
-      -- is this path's first write: foreign data there fails it whole.)
-      bad = foreign({ 7 })
-      if bad then
-        return redis.error_reply(bad)
-      end
+      -- cleanup, when it comes, is the expected duplicate it is.
       redis.call('ZADD', K_RELEASED, now, tostring(lease.token))
       return grant(held, eval_id, token, ttl, now, tonumber(lease.available_since) or now, 1)
     end
     -- Draining or quarantined: never handed out again, not even to its
     -- holder. Ending the lease removes the executor (or leaves it out of
     -- service), so the older attempt loses it too.
-    bad = foreign({ 2, 4, 7, 9, 10, 11, 12, 14, 16 })
-    if bad then
-      return redis.error_reply(bad)
-    end
     end_lease(held, now, draining and 'drained' or 'quarantined', lease)
   elseif not lease or lease.eval_id ~= eval_id then
     -- A stale entry: the lease it points to is gone or another eval's. It
@@ -92,11 +75,10 @@ end
 -- Take the executor idle longest. An entry that is not a registered,
 -- unleased, undrained, unquarantined executor (only foreign writes or lost
 -- keys make one) is dropped, never granted: handing out a leased executor
--- would double-book it. The four reads are made for every entry, so that
--- they have checked their keys before the first drop.
+-- would double-book it. Each of the four reads is a typed command: a key
+-- of another type fails the script there, never reads as free.
 local wake = ARGV[6]
 local key = available_key(set)
-local checked = false
 for _ = 1, 16 do
   local two = redis.call('ZRANGE', key, 0, avoid and 1 or 0, 'WITHSCORES')
   if #two == 0 then
@@ -115,14 +97,7 @@ for _ = 1, 16 do
     -- entry together or not at all, so most acquires stop at the ZSCORE.
     local line = waiters_key(set)
     local waited = redis.call('ZSCORE', line, eval_id)
-    bad = foreign(waited and (set == '' and { 11 } or { 2, 11 }) or (set == '' and {} or { 2 }))
-    if bad then
-      return redis.error_reply(bad)
-    end
-    local ok, fence = pcall(next_fence)
-    if not ok then
-      return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' is not an integer: ' .. tostring(type(fence) == 'table' and fence.err or fence))
-    end
+    local fence = next_fence()
     redis.call('ZREM', key, url)
     -- Out of the other label sets' indexes too. A record that does not
     -- name labels has none: most pools have none, and need no decoding.
@@ -138,23 +113,9 @@ for _ = 1, 16 do
     end
     return grant(url, eval_id, token, ttl, now, tonumber(since), 0, fence)
   end
-  if not checked then
-    -- The drop is a write: what the rest may touch is checked first.
-    bad = foreign(set == '' and { 7, 10, 11 } or { 2, 7, 10, 11 })
-    if bad then
-      return redis.error_reply(bad)
-    end
-    checked = true
-  end
   redis.call('ZREM', key, url)
 end
 local joins = wake ~= '' and is_wake_key(wake)
-if joins and not checked then
-  bad = foreign({ 10, 11 })
-  if bad then
-    return redis.error_reply(bad)
-  end
-end
 if stale then
   redis.call('HDEL', K_HOLDERS, eval_id)
 end

@@ -7,10 +7,6 @@
 -- leased: never handed out again, removed when its lease ends) | 'unknown'.
 -- A quarantined executor leaves the quarantine with it.
 
-local bad = foreign(ALL_KEYS)
-if bad then
-  return redis.error_reply(bad)
-end
 local url = ARGV[1]
 if redis.call('HEXISTS', K_EXECUTORS, url) == 0 then
   return 'unknown'

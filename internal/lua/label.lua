@@ -15,10 +15,6 @@ local url, labels = ARGV[1], ARGV[2]
 if not valid_labels(labels) then
   return redis.error_reply('EVALPOOL_BAD_LABELS labels of ' .. url .. ': want a JSON object of at most ' .. MAX_LABELS .. ' string values')
 end
-local bad = foreign(ALL_KEYS)
-if bad then
-  return redis.error_reply(bad)
-end
 local record = decode(redis.call('HGET', K_EXECUTORS, url))
 if not record then
   return 'unknown'

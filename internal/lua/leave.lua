@@ -10,10 +10,6 @@
 -- 'released' (an executor had been handed to it: freed again) | 'none'
 -- (nothing under that token).
 
-local bad = foreign(ALL_KEYS)
-if bad then
-  return redis.error_reply(bad)
-end
 local eval_id, token = ARGV[1], ARGV[2]
 local now = now_ms()
 local w = decode(redis.call('HGET', K_WAITING, eval_id))

@@ -62,7 +62,11 @@
 -- took, never the caller's clock. Nothing read from a
 -- key is trusted before it is checked: records are decoded with pcall, and
 -- an index (holders, instances) is believed only when the record it points
--- to agrees.
+-- to agrees. A missing key is a fault every script survives. A key of
+-- another type is an operator's error (docs/reliability.md, "Threat
+-- model"), not checked here: the typed command that meets it fails the
+-- script with WRONGTYPE (never reads as empty, so never as free), and
+-- pool check names the key.
 
 local K_EXECUTORS = KEYS[1]
 local K_AVAILABLE = KEYS[2]
@@ -87,38 +91,6 @@ local K_CLOCK = KEYS[18]
 local PREFIX = string.sub(K_AVAILABLE, 1, #K_AVAILABLE - #'available')
 local MAX_LABELS = 4
 
--- foreign returns an EVALPOOL_FOREIGN_DATA error for the first of the keys
--- named (indexes into KEYS) that holds data of another kind, or nil. Redis
--- does not roll a script back, so a WRONGTYPE half way through would leave
--- the pool half changed: each script calls this before its first write,
--- naming every key it may touch after that write and has not already read
--- with a typed command (a typed read fails on foreign data before anything
--- changed). One O(1) TYPE call per key named; the fence (7) is also read,
--- since INCR fails on a string that is not an integer as Redis writes one
--- (no leading zero, no sign on 0) or is too close to the int64 limit.
---
--- The hot paths (acquire, release) read what they decide on before their
--- first write and name only the keys left, and only those the path they
--- take will touch: each TYPE is a call into Redis, and they add up.
-local KEY_TYPES = { 'hash', 'zset', 'hash', 'zset', 'hash', 'set', 'string', 'string', 'hash', 'zset', 'hash', 'zset', 'hash', 'hash', 'zset', 'stream', 'zset', 'hash' }
-local ALL_KEYS = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18 }
-local function foreign(indexes)
-  for _, i in ipairs(indexes) do
-    local got = redis.call('TYPE', KEYS[i]).ok
-    if got ~= 'none' and got ~= KEY_TYPES[i] then
-      return 'EVALPOOL_FOREIGN_DATA ' .. KEYS[i] .. ' holds a ' .. got .. ', not a ' .. KEY_TYPES[i]
-    end
-    if i == 7 and got == 'string' then
-      local fence = redis.call('GET', K_FENCE)
-      local digits = string.match(fence, '^%-?([1-9]%d*)$')
-      if fence ~= '0' and not (digits and #digits <= 18) then
-        return 'EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' holds ' .. string.format('%q', fence) .. ', not an integer'
-      end
-    end
-  end
-  return nil
-end
-
 -- The pool's time is Redis's clock less the steps it took, so that a step
 -- of the Redis host's clock never makes a live lease look expired. Redis
 -- alone cannot tell a step from a quiet spell, so the workers tell it: each
@@ -137,8 +109,7 @@ local CLOCK_PROMISE = 2000000
 local STEP_MIN = 250000
 
 -- clock_read returns the pool's time in µs, and the step of Redis's clock
--- since the last tick (µs, negative when back), or nil. Its HMGET is a
--- typed read: foreign data under the clock fails here, before any write.
+-- since the last tick (µs, negative when back), or nil.
 local redis_now
 
 local function clock_read()
@@ -272,8 +243,13 @@ end
 -- step may have held back), so that a Redis that lost its data, or went
 -- back to a snapshot, still hands out fences above those executors have
 -- already seen, unless acquires outran 1,000 a second for long.
+-- A fence INCR refuses (not an integer as Redis writes one, or at the
+-- int64 limit) fails the script with a line that names the key.
 local function next_fence()
-  local fence = redis.call('INCR', K_FENCE)
+  local ok, fence = pcall(redis.call, 'INCR', K_FENCE)
+  if not ok then
+    error(redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' is not an integer: ' .. tostring(type(fence) == 'table' and fence.err or fence)))
+  end
   local floor = redis_ms()
   if fence < floor then
     fence = floor
@@ -303,14 +279,6 @@ local function is_wake_key(key)
   return string.sub(key, 1, #WAKE_PREFIX) == WAKE_PREFIX
 end
 
--- is_list_or_none reports whether key may take an LPUSH: a grant is pushed
--- only after it is written, so a wake list holding foreign data would leave
--- a lease nobody was told of.
-local function is_list_or_none(key)
-  local t = redis.call('TYPE', key).ok
-  return t == 'list' or t == 'none'
-end
-
 -- waiter_lists names the wait lists an executor can serve, its record's
 -- label sets' after the pool's own, in the order free looks at them.
 local function waiter_lists(record)
@@ -334,8 +302,7 @@ local HANDOFF_LOOK = 16
 -- holds up one it can serve. A waiter whose entry outlived its expiry, or
 -- that already holds a lease, is dropped. A quarantined executor stays out
 -- of service. record is url's executor record when the caller has read it;
--- pre, what the caller has read before its first write: pre.out (the
--- executor is out of service) and pre.heads (wait list -> its head).
+-- pre, what the caller has read: pre.out (the executor is out of service).
 local function free(url, now, record, pre)
   if pre then
     if pre.out then
@@ -346,16 +313,14 @@ local function free(url, now, record, pre)
   end
   record = record or decode(redis.call('HGET', K_EXECUTORS, url))
   local lists = waiter_lists(record)
-  local heads = pre and pre.heads
   for _ = 1, HANDOFF_LOOK do
     local list, eval_id, first
     for _, key in ipairs(lists) do
-      local head = heads and heads[key] or redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
       if #head > 0 and (not first or tonumber(head[2]) < first) then
         list, eval_id, first = key, head[1], tonumber(head[2])
       end
     end
-    heads = nil
     if not eval_id then
       break
     end
@@ -364,8 +329,7 @@ local function free(url, now, record, pre)
     redis.call('HDEL', K_WAITING, eval_id)
     if w and tonumber(w.expires) and tonumber(w.expires) > now and type(w.token) == 'string'
         and tonumber(w.ttl) and type(w.wake) == 'string' and is_wake_key(w.wake)
-        and redis.call('HEXISTS', K_HOLDERS, eval_id) == 0
-        and is_list_or_none(w.wake) then
+        and redis.call('HEXISTS', K_HOLDERS, eval_id) == 0 then
       local g = grant(url, eval_id, w.token, tonumber(w.ttl), now, now, 0)
       redis.call('LPUSH', w.wake, table.concat({ eval_id, g[2], g[1], g[3], g[4], g[5] }, '\t'))
       redis.call('PEXPIRE', w.wake, 600000)
@@ -433,9 +397,8 @@ end
 -- leased. It returns 1 when the executor was removed, 0 when it was freed
 -- (or is not registered). how says why it ended, for the history. lease and
 -- record are url's lease and executor records when the caller has already
--- read them; pre, what it read before its first write: pre.holder (what
--- the holders index says of the lease's eval), pre.draining, and what free
--- takes.
+-- read them; pre, what it read: pre.holder (what the holders index says
+-- of the lease's eval), pre.draining, and what free takes.
 local function end_lease(url, now, how, lease, record, pre)
   lease = lease or lease_of(url)
   redis.call('HDEL', K_LEASES, url)
@@ -477,20 +440,11 @@ end
 -- grace ms ago, the oldest first, so that one call never walks the whole
 -- pool. The grace covers the one-way delay to the executor and the drift of
 -- clocks: a lease-aware executor has stopped the old holder's eval by then.
--- It returns how many it ended, and a foreign-data error (nothing ended)
--- when a key it would touch holds data of another kind, or that its caller,
--- acquire, reads after it (the avoid list).
+-- It returns how many it ended.
 local function reclaim_expired(now, limit, grace)
   local expired = redis.call('ZRANGE', K_DEADLINES, '-inf', now - grace, 'BYSCORE', 'LIMIT', 0, limit)
-  if #expired == 0 then
-    return 0, nil
-  end
-  local bad = foreign({ 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 13, 14, 16 })
-  if bad then
-    return 0, bad
-  end
   for _, url in ipairs(expired) do
     end_lease(url, now, 'reclaimed')
   end
-  return #expired, nil
+  return #expired
 end

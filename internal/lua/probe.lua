@@ -18,10 +18,6 @@
 -- fails its evals (fail_rate), and an operator's quarantine holds until the
 -- operator returns it; theirs are put off by the longest backoff.
 
-local bad = foreign(ALL_KEYS)
-if bad then
-  return redis.error_reply(bad)
-end
 local now = now_ms()
 local interval, longest = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}

@@ -18,10 +18,6 @@
 --   'unknown'          not registered
 -- A draining executor is quarantined too: it leaves at its release anyway.
 
-local bad = foreign(ALL_KEYS)
-if bad then
-  return redis.error_reply(bad)
-end
 local url, action = ARGV[1], ARGV[2]
 local raw = redis.call('HGET', K_EXECUTORS, url)
 if not raw then

@@ -11,7 +11,7 @@
 -- Returns 1 when it raised the counter, 0 when the counter was already at
 -- or above the fence; an error reply EVALPOOL_INVALID for a fence that is
 -- not an integer or is past the bound, EVALPOOL_FOREIGN_DATA when the key
--- holds something other than an integer.
+-- holds a string that is not an integer (WRONGTYPE when it is no string).
 
 local seen = ARGV[1]
 if not string.match(seen, '^[1-9]%d*$') or #seen > 15 then
@@ -21,10 +21,6 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if tonumber(seen) > now_ms + tonumber(ARGV[2]) then
   return redis.error_reply('EVALPOOL_INVALID fence ' .. seen .. ' is more than ' .. ARGV[2] .. ' ms ahead of Redis\'s clock (' .. now_ms .. ' ms): no pool granted it')
-end
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'none' and kind ~= 'string' then
-  return redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. KEYS[1] .. ' is not a string')
 end
 local cur = redis.call('GET', KEYS[1])
 if cur and not string.match(cur, '^%-?%d+$') then

@@ -8,10 +8,6 @@
 -- Returns: the number reclaimed; the caller repeats while it equals ARGV[1],
 -- so that Redis is never blocked by a long walk.
 
-local bad = foreign(ALL_KEYS)
-if bad then
-  return redis.error_reply(bad)
-end
 local now = now_ms()
 -- A lease without a deadline (its entry deleted or evicted) would be held
 -- for ever: give it one that has passed, so that it is reclaimed after the

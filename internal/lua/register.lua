@@ -24,10 +24,6 @@
 -- Fails with EVALPOOL_BAD_LABELS, changing nothing, when labels are not such
 -- an object.
 
-local bad = foreign(ALL_KEYS)
-if bad then
-  return redis.error_reply(bad)
-end
 for i = 2, #ARGV, 3 do
   if ARGV[i + 1] ~= '' and not valid_labels(ARGV[i + 1]) then
     return redis.error_reply('EVALPOOL_BAD_LABELS labels of ' .. ARGV[i] .. ': want a JSON object of at most ' .. MAX_LABELS .. ' string values')

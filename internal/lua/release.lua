@@ -60,9 +60,6 @@ end
 
 local WINDOW = 20
 
--- Each path reads what it decides on before its first write, with typed
--- commands that fail on foreign data before anything changed, and then
--- type-checks only the keys it will write without having read them.
 if lease and lease.token == token then
   local eval_id = type(lease.eval_id) == 'string' and lease.eval_id or nil
   local pre = {
@@ -101,40 +98,7 @@ if lease and lease.token == token then
       end
     end
   end
-  -- The lease, its deadline, the history and the released tokens are
-  -- written, never read, on every release; the rest by path.
-  local unread = { 4, 16, 17 }
-  if not eval_id then
-    unread[#unread + 1] = 5 -- unread above; a handoff writes it
-  end
-  if avoid then
-    unread[#unread + 1] = 13
-  end
-  if quarantined ~= '' then
-    unread[#unread + 1] = 2 -- out of the available index
-  end
   pre.out = pre.out or quarantined ~= ''
-  if pre.draining then
-    unread[#unread + 1] = 9 -- it leaves the pool: its instance and label sets
-    unread[#unread + 1] = 14
-  elseif raw and not pre.out then
-    -- Back in service: to the oldest waiter it can serve, or available.
-    pre.heads = {}
-    local waiting = false
-    for _, list in ipairs(waiter_lists(record)) do
-      pre.heads[list] = redis.call('ZRANGE', list, 0, 0, 'WITHSCORES')
-      waiting = waiting or #pre.heads[list] > 0
-    end
-    unread[#unread + 1] = 2
-    if waiting then
-      unread[#unread + 1] = 7 -- a handoff grants a lease
-      unread[#unread + 1] = 11
-    end
-  end
-  local bad = foreign(unread)
-  if bad then
-    return redis.error_reply(bad)
-  end
 
   if record then
     if quarantined ~= '' then

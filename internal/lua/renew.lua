@@ -11,9 +11,6 @@
 -- attempt, or past its deadline (an expired lease is never revived, even
 -- before the reaper has seen it).
 
--- No foreign-data check: every key is read by a typed command (HGET,
--- ZSCORE) before it is written, so foreign data fails the call before
--- anything changed.
 local now = now_ms()
 local out = {}
 for i = 1, #ARGV, 3 do
