@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/evalpool/evalpool/client"
+	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
 )
@@ -410,6 +412,15 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 	}
 }
 
+// runPool is the pool of the run name: a run's evals are its pool's.
+func (h *Handler) runPool(ctx context.Context, name string) (*pool.Pool, error) {
+	rn, err := h.opts.Runs.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return h.poolOf(rn.Pool)
+}
+
 func (h *Handler) cancelRun(w http.ResponseWriter, r *http.Request) {
 	name, ok := runName(w, r)
 	if !ok {
@@ -420,18 +431,13 @@ func (h *Handler) cancelRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := detach(r)
-	rn, err := h.opts.Runs.Get(ctx, name)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	p, err := h.poolOf(rn.Pool)
+	p, err := h.runPool(ctx, name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
 	// CancelRun also ends the evals a cut-short submission never enqueued.
-	c, err := client.CancelRun(ctx, h.insp, p, h.opts.Runs, rn.Name)
+	c, err := client.CancelRun(ctx, h.insp, p, h.opts.Runs, name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -467,12 +473,7 @@ func (h *Handler) retryRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := detach(r)
-	rn, err := h.opts.Runs.Get(ctx, name)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	p, err := h.poolOf(rn.Pool)
+	p, err := h.runPool(ctx, name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -484,7 +485,7 @@ func (h *Handler) retryRun(w http.ResponseWriter, r *http.Request) {
 	if req.Failed {
 		opts.Statuses = append(opts.Statuses, run.Failed)
 	}
-	n, err := client.RetryRun(ctx, h.aq, h.insp, p, h.opts.Runs, rn.Name, opts)
+	n, err := client.RetryRun(ctx, h.aq, h.insp, p, h.opts.Runs, name, opts)
 	if errors.Is(err, client.ErrTaskGone) {
 		writeError(w, http.StatusUnprocessableEntity, err.Error())
 		return
@@ -493,5 +494,5 @@ func (h *Handler) retryRun(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, RetryAnswer{Name: rn.Name, Retried: n.Evals(), Errored: n.Errored, Failed: n.Failed})
+	writeJSON(w, http.StatusOK, RetryAnswer{Name: name, Retried: n.Evals(), Errored: n.Errored, Failed: n.Failed})
 }

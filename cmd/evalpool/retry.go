@@ -57,16 +57,7 @@ An eval's spec is taken from its Asynq task, which is kept an hour (the run's
 				}
 				opts.Suite = suite
 			}
-			store, err := a.runs()
-			if err != nil {
-				return err
-			}
-			r, err := store.Get(c.Context(), name)
-			if err != nil {
-				return err
-			}
-			a.poolName = r.Pool
-			p, err := a.pool()
+			store, p, err := a.runPool(c.Context(), name)
 			if err != nil {
 				return err
 			}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/labels"
+	"github.com/evalpool/evalpool/pool"
 	evalrun "github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
 )
@@ -338,16 +339,7 @@ func (a *app) runCancel() *cobra.Command {
 		Short: "Cancel a run's evals that have not ended: pending ones never run, running ones stop, those a cut-short submission never enqueued end cancelled",
 		Args:  positional(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
-			store, err := a.runs()
-			if err != nil {
-				return err
-			}
-			r, err := store.Get(c.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			a.poolName = r.Pool
-			p, err := a.pool()
+			store, p, err := a.runPool(c.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -355,7 +347,7 @@ func (a *app) runCancel() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			n, err := client.CancelRun(c.Context(), insp, p, store, r.Name)
+			n, err := client.CancelRun(c.Context(), insp, p, store, args[0])
 			if err != nil {
 				return err
 			}
@@ -363,6 +355,22 @@ func (a *app) runCancel() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// runPool is the run store and the pool of the run name: commands on a
+// run act on its pool, whatever --pool says.
+func (a *app) runPool(ctx context.Context, name string) (*evalrun.Store, *pool.Pool, error) {
+	store, err := a.runs()
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := store.Get(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	a.poolName = r.Pool
+	p, err := a.pool()
+	return store, p, err
 }
 
 // cancel cancels evals by ID and says what it did.
