@@ -15,7 +15,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"

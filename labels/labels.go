@@ -4,7 +4,7 @@
 //
 // A label set is named by its "key=value" strings sorted as strings and
 // joined by ",": the pool indexes available executors under these names
-// (internal/lua/lib.lua sorts the same way).
+// (lua/lib.lua sorts the same way).
 package labels
 
 import (

@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 )
 
 // TickEvery is how often a worker calls Tick on each pool it serves; each

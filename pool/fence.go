@@ -9,7 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 )
 
 // MaxFenceAhead bounds how far ahead of Redis's clock in ms a fence passed

@@ -1,6 +1,6 @@
 package pool
 
-import "github.com/evalpool/evalpool/internal/lua"
+import "github.com/evalpool/evalpool/lua"
 
 // ErrRedisFull means Redis refused a write because it is at its maxmemory
 // (a pool's Redis evicts nothing: see the worker's eviction check). Reads,

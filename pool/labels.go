@@ -8,7 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 	"github.com/evalpool/evalpool/labels"
 )
 

@@ -33,7 +33,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/evalpool/evalpool/internal/keys"
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 	"github.com/evalpool/evalpool/labels"
 )
 

@@ -11,7 +11,7 @@ import (
 
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/internal/keys"
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 )
 
 type testBundle struct {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 )
 
 // QuarantineOutcome says what Quarantine or ReturnToService did.

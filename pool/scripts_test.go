@@ -14,7 +14,7 @@ import (
 
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/internal/keys"
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 )
 
 // lifecycle drives every script once and checks the pool is whole after.

@@ -10,7 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/keys"
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 )
 
 // Reopen takes back the ends of the evals evalKeys of run r (as Get read

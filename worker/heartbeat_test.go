@@ -10,7 +10,7 @@ import (
 
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/refexec"
 	"github.com/evalpool/evalpool/tasks"

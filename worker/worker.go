@@ -37,7 +37,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/evalpool/evalpool/executor"
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"

@@ -6,7 +6,7 @@
 // data lives under them, and changing one strands that data. So they are
 // written here, once, and pinned by this package's tests.
 //
-// The pool's scripts (internal/lua) take their keys from Pool.Script, and
+// The pool's scripts (lua) take their keys from Pool.Script, and
 // lib.lua builds three kinds of names of its own from them: the label-set
 // indexes (AvailableFor, WaitersFor) and the wake lists (Wake). It mirrors
 // the suffixes below; a change to either side must be made to both.

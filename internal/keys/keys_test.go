@@ -69,9 +69,9 @@ func TestScriptOrder(t *testing.T) {
 		script []string
 		locals bool
 	}{
-		{"../lua/lib.lua", "evalpool:{p1}:", ForPool("p1").Script(), true},
-		{"../lua/run_finish.lua", "evalpool:run:{r1}:", ForRun("r1").Script(), false},
-		{"../lua/run_reopen.lua", "evalpool:run:{r1}:", ForRun("r1").Script(), false},
+		{"../../lua/lib.lua", "evalpool:{p1}:", ForPool("p1").Script(), true},
+		{"../../lua/run_finish.lua", "evalpool:run:{r1}:", ForRun("r1").Script(), false},
+		{"../../lua/run_reopen.lua", "evalpool:run:{r1}:", ForRun("r1").Script(), false},
 	}
 	for _, tt := range tests {
 		b, err := os.ReadFile(tt.file)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/internal/keys"
-	"github.com/evalpool/evalpool/internal/lua"
+	"github.com/evalpool/evalpool/lua"
 )
 
 func TestMain(m *testing.M) { evaltest.Main(m) }
