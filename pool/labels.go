@@ -8,8 +8,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/lua"
 	"github.com/evalpool/evalpool/labels"
+	"github.com/evalpool/evalpool/lua"
 )
 
 // MaxLabels is how many labels an executor may carry (labels.Max).

@@ -33,8 +33,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/evalpool/evalpool/internal/keys"
-	"github.com/evalpool/evalpool/lua"
 	"github.com/evalpool/evalpool/labels"
+	"github.com/evalpool/evalpool/lua"
 )
 
 // Sentinel errors, wrapped with context; check them with errors.Is.

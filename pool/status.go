@@ -14,8 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/evalpool/evalpool/lua"
 	"github.com/evalpool/evalpool/labels"
+	"github.com/evalpool/evalpool/lua"
 )
 
 // State is where an executor is in its life.
