@@ -41,12 +41,3 @@ func TestProgressInANonTerminalIsLines(t *testing.T) {
 		}
 	}
 }
-
-// The demo's progress, too, is lines in a non-terminal.
-func TestDemoProgressInANonTerminalIsLines(t *testing.T) {
-	t.Parallel()
-	var out, errb strings.Builder
-	if code := run(t.Context(), []string{"demo", "--evals", "20", "--executors", "2"}, &out, &errb); code != 0 || strings.Contains(errb.String(), "\r") || !strings.HasSuffix(errb.String(), "evals: 20 of 20 ended\n") {
-		t.Fatalf("demo: exit %d, stderr %q; want lines of progress ending \"evals: 20 of 20 ended\", no \\r", code, errb.String())
-	}
-}
