@@ -216,7 +216,7 @@ func TestEnqueueFileIsAllOrNothing(t *testing.T) {
 	}{
 		{"malformed", good + `{"eval_id":"c","spec":` + "\n", "bad.jsonl:4: bad payload"},
 		{"no spec", good + `{"eval_id":"c"}` + "\n", `bad.jsonl:4: bad payload: "spec" is missing`},
-		{"unknown field", good + `{"eval_id":"c","spec":1,"prio":9}` + "\n", `bad.jsonl:4: bad payload: want {"eval_id"?, "spec", "require"?}: json: unknown field "prio"`},
+		{"unknown field", good + `{"eval_id":"c","spec":1,"prio":9}` + "\n", `bad.jsonl:4: bad payload: want {"eval_id"?, "spec", "require"?, "group"?}: json: unknown field "prio"`},
 		{"duplicate ID", good + `{"eval_id":"a","spec":1}` + "\n", `bad.jsonl:4: bad payload: eval ID "a" already used on line 1`},
 		{"bad ID", `{"eval_id":"has space","spec":1}`, "holds spaces"},
 		{"empty", "\n\n", "no evals in the file"},
