@@ -138,13 +138,13 @@ type Config struct {
 	// about 1 s, 2 s, 4 s, ...
 	RetryDelay func(n int) time.Duration
 	// PollInterval is how long an idle worker waits before it looks at empty
-	// queues again, and how often due retries are moved to their queue.
-	// Defaults to DefaultPollInterval (1 s).
+	// queues again, and how often due eval retries are moved to their
+	// queue. Defaults to DefaultPollInterval (1 s).
 	PollInterval time.Duration
 	// CleanupPollInterval is PollInterval for the cleanup queue while the
 	// worker runs evals. An executor stays leased until its cleanup runs,
-	// and a worker runs the cleanups of its own evals, so while it has
-	// any this poll is short. Defaults to DefaultCleanupPollInterval
+	// and a worker enqueues the cleanups of its own evals, so this poll is
+	// short while it has any. Defaults to DefaultCleanupPollInterval
 	// (20 ms), or PollInterval if shorter.
 	CleanupPollInterval time.Duration
 	// CleanupIdlePollInterval is how often the cleanup and maintenance
