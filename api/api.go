@@ -290,7 +290,7 @@ func statusOf(err error) int {
 	switch {
 	case errors.Is(err, run.ErrNotFound), errors.Is(err, client.ErrEvalNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, run.ErrExists):
+	case errors.Is(err, run.ErrExists), errors.Is(err, run.ErrRetrying):
 		return http.StatusConflict
 	case errors.Is(err, pool.ErrUnservable), errors.Is(err, pool.ErrEmpty):
 		return http.StatusUnprocessableEntity

@@ -58,7 +58,8 @@ func (r Retried) Evals() int { return r.Errored + r.Failed }
 // first, so that no end comes before the run takes it. An enqueue that
 // fails has the evals reopened but not enqueued finished again with their
 // old records, so that none is left pending for ever; the error says how
-// many. An unknown run is run.ErrNotFound; nothing to retry is no error.
+// many. An unknown run is run.ErrNotFound; a run another retry holds
+// (run.Store.LockRetry), run.ErrRetrying; nothing to retry is no error.
 func RetryRun(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *pool.Pool, runs *run.Store, name string, opts RetryOptions) (Retried, error) {
 	var out Retried
 	statuses := opts.Statuses
@@ -70,6 +71,11 @@ func RetryRun(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *p
 			return out, fmt.Errorf("%w: retry run %s: status %q: want errored or failed", run.ErrInvalid, name, st)
 		}
 	}
+	unlock, err := runs.LockRetry(ctx, name)
+	if err != nil {
+		return out, err
+	}
+	defer unlock()
 	r, recs, _, err := runs.Records(ctx, name)
 	if err != nil {
 		return out, err

@@ -231,3 +231,45 @@ func TestRetryRunRestores(t *testing.T) {
 		t.Errorf("after the enqueued one ended: %+v", c)
 	}
 }
+
+// Two retries of one run at once never delete the tasks the other
+// enqueued: the second is refused (run.ErrRetrying) while the first holds
+// the run, and every eval runs again and ends, none left pending without
+// a task.
+func TestConcurrentRetriesLeaveNoEvalPending(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	serve(t, b)
+	ctx := t.Context()
+	grades, keys := map[string]string{}, []string{}
+	for i := range 300 {
+		key := fmt.Sprint("k", i)
+		grades[key], keys = "failed", append(keys, key)
+	}
+	submitSuite(t, b, "twice", 1, grades, keys...)
+	endAll(t, b, "twice")
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := client.RetryRun(ctx, b.aq, b.insp, b.pool, b.runs, "twice", client.RetryOptions{})
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil && !errors.Is(err, run.ErrRetrying) {
+			t.Errorf("a retry: %v; want none, or ErrRetrying", err)
+		}
+	}
+	endAll(t, b, "twice")
+	if c, err := b.runs.Progress(ctx, "twice"); err != nil || c.Failed != 300 {
+		t.Fatalf("after two retries at once: %+v, %v; want all 300 ended again", c, err)
+	}
+	unlock, err := b.runs.LockRetry(ctx, "twice")
+	if err != nil {
+		t.Fatalf("the run's retry lock was not given back: %v", err)
+	}
+	if _, err := client.RetryRun(ctx, b.aq, b.insp, b.pool, b.runs, "twice", client.RetryOptions{}); !errors.Is(err, run.ErrRetrying) || strings.Count(err.Error(), "\n") > 0 {
+		t.Errorf("a retry while another holds the run: %v; want one line of ErrRetrying", err)
+	}
+	unlock()
+}

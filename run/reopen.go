@@ -2,6 +2,8 @@ package run
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -72,4 +74,45 @@ func (s *Store) Reopen(ctx context.Context, r Run, evalKeys []string, statuses .
 		}
 	}
 	return reopened, nil
+}
+
+// ErrRetrying means another retry of the run is under way.
+var ErrRetrying = errors.New("run being retried")
+
+// RetryLockTTL is how long a retry holds its run's lock at most: a
+// retrier that died frees it then.
+const RetryLockTTL = 10 * time.Minute
+
+// unlockRetry deletes a run's retry lock if it still holds the token.
+//
+// KEYS[1] the lock; ARGV[1] the token. Returns 1 when deleted, else 0.
+var unlockRetry = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+	return redis.call('DEL', KEYS[1])
+end
+return 0`)
+
+// LockRetry takes run name's retry lock, so that two retries of one run
+// never delete the tasks each other enqueued: a second is ErrRetrying
+// until the first calls unlock (or RetryLockTTL passed).
+func (s *Store) LockRetry(ctx context.Context, name string) (unlock func(), err error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	token, key := hex.EncodeToString(b), keys.ForRun(name).Retrying()
+	ok, err := s.client.SetNX(ctx, key, token, RetryLockTTL).Result()
+	if err != nil {
+		return nil, fmt.Errorf("run %s: retry lock: %w", name, lua.Full(err))
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: run %s: another retry of it is under way; try again once it is done", ErrRetrying, name)
+	}
+	return func() {
+		// Best effort: a lock left behind expires.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = unlockRetry.Run(ctx, s.client, []string{key}, token).Err()
+	}, nil
 }

@@ -165,3 +165,7 @@ func (k Run) Evals() string { return k.prefix + "evals" }
 // Ended is KEYS[6], the run's ended eval keys in the order they ended: the
 // log a follower reads from its cursor (run.Store.EndedSince).
 func (k Run) Ended() string { return k.prefix + "ended" }
+
+// Retrying is the token of the retry of the run under way, for a while
+// (run.Store.LockRetry).
+func (k Run) Retrying() string { return k.prefix + "retrying" }
