@@ -224,12 +224,12 @@ func summarize(r Run, recs []Record) Summary {
 	sum.Passed, sum.Failed, sum.Errored, sum.Cancelled = all.Passed, all.Failed, all.Errored, all.Cancelled
 	sum.PassRate = all.passRate()
 	if len(scores) > 0 {
-		mean, median := 0.0, quantile(scores, 0.5)
+		var m mean
 		for _, v := range scores {
-			mean += v
+			m.add(v)
 		}
-		mean /= float64(len(scores))
-		sum.MeanScore, sum.MedianScore = &mean, &median
+		avg, median := m.value(), quantile(scores, 0.5)
+		sum.MeanScore, sum.MedianScore = &avg, &median
 	}
 	if len(durations) > 0 {
 		sum.DurationP50, sum.DurationP95 = quantile(durations, 0.5), quantile(durations, 0.95)
@@ -317,15 +317,20 @@ func (sm *sample) add(rec Record) {
 	}
 }
 
-// mean is a running sum of values, to average.
+// mean is a running mean of values. It is updated as a weighted mean, not
+// kept as a sum: a grader's values are any finite float64 (a perplexity of
+// 1e200), and a sum of them could overflow where their mean cannot.
 type mean struct {
-	sum float64
+	avg float64
 	n   int
 }
 
-func (m *mean) add(v float64) { m.sum, m.n = m.sum+v, m.n+1 }
+func (m *mean) add(v float64) {
+	m.n++
+	m.avg = m.avg*(float64(m.n-1)/float64(m.n)) + v/float64(m.n)
+}
 
-func (m mean) value() float64 { return m.sum / float64(m.n) }
+func (m mean) value() float64 { return m.avg }
 
 // measures accumulates the score and metrics of samples, to Stats.
 type measures struct {
@@ -368,23 +373,34 @@ func (ms *measures) stats() (*Stat, map[string]Stat) {
 
 // moments are the count, mean and sum of squared deviations of values,
 // added one at a time (Welford's method: no sum of squares to lose
-// precision in).
+// precision in), kept in units of the largest magnitude seen (scale), so
+// that values as far apart as ±1e308 square without overflow: a Stat is
+// always finite, as JSON needs.
 type moments struct {
 	n        int
-	mean, m2 float64
+	scale    float64
+	mean, m2 float64 // in units of scale
 }
 
 func (m *moments) add(v float64) {
+	if a := math.Abs(v); a > m.scale {
+		r := m.scale / a
+		m.mean, m.m2, m.scale = m.mean*r, m.m2*r*r, a
+	}
+	x := 0.0
+	if m.scale > 0 {
+		x = v / m.scale
+	}
 	m.n++
-	d := v - m.mean
+	d := x - m.mean
 	m.mean += d / float64(m.n)
-	m.m2 += d * (v - m.mean)
+	m.m2 += d * (x - m.mean)
 }
 
 func (m moments) stat() Stat {
-	st := Stat{Mean: m.mean, N: m.n}
+	st := Stat{Mean: m.mean * m.scale, N: m.n}
 	if m.n > 1 {
-		st.Stderr = math.Sqrt(m.m2 / float64(m.n-1) / float64(m.n))
+		st.Stderr = math.Sqrt(m.m2/float64(m.n-1)/float64(m.n)) * m.scale
 	}
 	return st
 }
@@ -413,7 +429,15 @@ func compare(against string, now, before []Record) *Comparison {
 // measure adds to c the deltas of the pass rate, of the metrics both runs
 // have and of the pass rates of the groups both have, from before to now.
 func measure(c *Comparison, now, before Summary) {
-	delta := func(b, a float64) Delta { return Delta{Before: b, After: a, Delta: a - b} }
+	// A difference of two finite means can overflow (1e308 and -1e308):
+	// it saturates, as JSON has no infinity.
+	delta := func(b, a float64) Delta {
+		d := a - b
+		if math.IsInf(d, 0) {
+			d = math.Copysign(math.MaxFloat64, d)
+		}
+		return Delta{Before: b, After: a, Delta: d}
+	}
 	if now.PassRate >= 0 && before.PassRate >= 0 {
 		d := delta(before.PassRate, now.PassRate)
 		c.PassRate = &d

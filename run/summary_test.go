@@ -327,3 +327,31 @@ func TestSummaryLargeRun(t *testing.T) {
 		t.Fatalf("summary: %d done, %d groups, score %+v, %d metrics, pass@1 %v, pass@k %v", sum.Done(), len(sum.Groups), sum.Score, len(sum.Metrics), *sum.PassAt1, *sum.PassAtK)
 	}
 }
+
+// A grader's values are any finite float64: a diverging model's perplexity
+// is 1e200. Means, standard errors and deltas of values as far apart as
+// ±1e308 stay finite, and the summary encodes as JSON (an infinity would
+// fail it).
+func TestSummaryOfHugeValues(t *testing.T) {
+	t.Parallel()
+	rec := func(key string, score, ppl, big float64) run.Record {
+		return run.Record{Key: key, Status: run.Passed, Score: &score, Metrics: map[string]float64{"ppl": ppl, "big": big}}
+	}
+	const most = math.MaxFloat64
+	s, now := create(t, 1, []string{"a", "b", "c"}, rec("a", most, 1e200, most), rec("b", -most, 3.5, most), rec("c", 0, 1e200, most))
+	_, before := create(t, 1, []string{"a", "b"}, rec("a", 1, 1, -most), rec("b", 1, 1, -most))
+	sum, err := s.Summarize(t.Context(), now, before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := json.Marshal(sum); err != nil {
+		t.Fatalf("the summary does not encode: %v", err)
+	}
+	ppl := sum.Metrics["ppl"]
+	if math.Abs(ppl.Mean-2e200/3) > 1e186 || ppl.Stderr <= 0 || math.IsInf(ppl.Stderr, 0) || sum.Score.Mean != 0 || math.IsInf(sum.Score.Stderr, 0) || *sum.MeanScore != 0 {
+		t.Errorf("score %+v (mean_score %v), ppl %+v; want finite means and standard errors", sum.Score, *sum.MeanScore, ppl)
+	}
+	if d := sum.Compare.Metrics["big"]; d.Before != -most || d.After != most || d.Delta != most {
+		t.Errorf("big's delta %+v; want from the least float64 to the largest, the difference saturated", d)
+	}
+}

@@ -143,6 +143,11 @@ func TestRedisClockStormReclaimsNoLiveLease(t *testing.T) {
 		us, _ := client.HGet(t.Context(), clock, "last").Int64()
 		return time.Duration(us) * time.Microsecond
 	}
+	// Measured from a tick just seen, not from one up to a tick interval
+	// (or, on a loaded machine, longer) before the clock starts: the pool's
+	// time from that tick on is what the workers' is compared with.
+	g0 := gen()
+	evaltest.Eventually(t, 5*time.Second, "the workers stopped ticking", func() bool { return gen() > g0 })
 	before, began := poolTime(), time.Now()
 	var step time.Duration
 	for range 50 { // the storm's own cadence, not a wait
