@@ -297,6 +297,20 @@ func ParseResult(body []byte) (Result, error) {
 	if r.Status != StatusPassed && r.Status != StatusFailed && r.Status != StatusErrored {
 		return Result{}, fmt.Errorf("%w: status %q, want %q, %q or %q", ErrBadAnswer, r.Status, StatusPassed, StatusFailed, StatusErrored)
 	}
+	if len(r.Metrics) > 0 {
+		// A null metric ("not computed", Python's None) is no metric:
+		// decoded into a float64 it would read as 0 and pull the mean down.
+		var nullable struct {
+			Metrics map[string]*float64 `json:"metrics"`
+		}
+		if err := json.Unmarshal(body, &nullable); err == nil {
+			for name, v := range nullable.Metrics {
+				if v == nil {
+					delete(r.Metrics, name)
+				}
+			}
+		}
+	}
 	if err := CheckMetrics(r.Metrics); err != nil {
 		return Result{}, fmt.Errorf("%w: %w", ErrBadAnswer, err)
 	}

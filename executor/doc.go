@@ -34,7 +34,8 @@
 //   - It ran the eval and the eval has a grade: 200 {"status": "passed" or
 //     "failed", "score"?, "metrics"?, "output"?}; "metrics" names measures
 //     besides the score ({"accuracy": 1, "f1": 0.7}: at most [MaxMetrics],
-//     named as [CheckMetrics] says), which a run averages.
+//     named as [CheckMetrics] says; a null one is none), which a run
+//     averages.
 //   - It ran the eval and the eval has none by its own fault (its grader
 //     exited other than 0, was killed by a signal it did not get from the
 //     executor, ran past its time, or wrote no result): 200 {"status":

@@ -156,6 +156,8 @@ func TestParseResult(t *testing.T) {
 		{"unknown status", `{"status":"crashed"}`, nil, ErrBadAnswer},
 		{"metrics", `{"status":"passed","metrics":{"accuracy":1,"f1":0.7,"pass.rate_2":0}}`,
 			func(r Result) bool { return len(r.Metrics) == 3 && r.Metrics["f1"] == 0.7 }, nil},
+		{"a null metric is none", `{"status":"passed","metrics":{"f1":null,"accuracy":1}}`,
+			func(r Result) bool { _, null := r.Metrics["f1"]; return len(r.Metrics) == 1 && !null }, nil},
 		{"metric named with a space", `{"status":"passed","metrics":{"no spaces":1}}`, nil, ErrBadAnswer},
 		{"metric named with a digit first", `{"status":"passed","metrics":{"1st":1}}`, nil, ErrBadAnswer},
 		{"metric that is no number", `{"status":"passed","metrics":{"f1":"high"}}`, nil, ErrBadAnswer},
