@@ -19,7 +19,12 @@ import (
 // gate is the one rule of exit codes for a run: its pass rate under
 // minPassRate fails it.
 func gate(sum evalrun.Summary, minPassRate float64) error {
-	if sum.PassRate >= 0 && sum.PassRate < minPassRate {
+	switch {
+	case sum.PassRate < 0 && minPassRate > 0:
+		// Nothing graded passes no gate: a CI job whose evals were all
+		// cancelled (or none ended) is not green.
+		return fmt.Errorf("%w: run %s has no graded eval (%d cancelled, %d not ended), so nothing to pass %.1f%% of", errEvalsFailed, sum.Name, sum.Cancelled, sum.Size-sum.Done(), 100*minPassRate)
+	case sum.PassRate >= 0 && sum.PassRate < minPassRate:
 		return fmt.Errorf("%w: run %s passed %.1f%%, under the %.1f%% required (%d failed, %d errored)", errEvalsFailed, sum.Name, 100*sum.PassRate, 100*minPassRate, sum.Failed, sum.Errored)
 	}
 	return nil

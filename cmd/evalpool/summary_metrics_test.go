@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -132,3 +134,33 @@ func TestSummaryBoundsGroups(t *testing.T) {
 }
 
 func score(v float64) *float64 { return &v }
+
+// A run with nothing graded (every eval cancelled) passes no gate that
+// asks for a pass rate, in the CLI and in the Python client; without one
+// it is no failure.
+func TestNothingGradedPassesNoGate(t *testing.T) {
+	t.Parallel()
+	url := evaltest.StartT(t, evaltest.Options{}).URL()
+	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	if r := cli("run", "submit", "--allow-empty-pool", "--name", "void", "--file", writeSuite(t, `{}`, `{}`)); r.code != 0 {
+		t.Fatalf("run submit: %+v", r)
+	}
+	if r := cli("run", "cancel", "void"); r.code != 0 {
+		t.Fatalf("run cancel: %+v", r)
+	}
+	const want = "evals failed: run void has no graded eval (2 cancelled, 0 not ended), so nothing to pass 100.0% of"
+	if r := cli("run", "summary", "void", "--min-pass-rate", "1"); r.code != 1 || !strings.Contains(r.stderr, want) {
+		t.Errorf("run summary --min-pass-rate 1: %+v; want exit 1 and %q", r, want)
+	}
+	if r := cli("run", "summary", "void"); r.code != 0 {
+		t.Errorf("run summary, no gate: %+v; want exit 0", r)
+	}
+	summary := cli("run", "summary", "void", "--json").stdout
+	cmd := exec.CommandContext(t.Context(), lookPython3(t), "-c",
+		"import json, sys, evalpool_client as c; sys.exit(c.gate(json.load(sys.stdin), 1.0))")
+	cmd.Dir, cmd.Stdin = clientDir, strings.NewReader(summary)
+	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+	if r := runCmd(t, cmd); r.code != 1 || !strings.Contains(r.stderr, want) {
+		t.Errorf("the Python client's gate: %+v; want exit 1 and %q", r, want)
+	}
+}

@@ -317,8 +317,13 @@ def _print_groups(groups, out):
 
 
 def gate(s, min_pass_rate):
-    """The CLI's one rule: a run whose pass rate is under min_pass_rate
-    fails (exit 1)."""
+    """The CLI's one rule: a run whose pass rate is under min_pass_rate,
+    or that has none (nothing graded) while one is required, fails (exit 1)."""
+    if s["pass_rate"] < 0 and min_pass_rate > 0:
+        done = s["passed"] + s["failed"] + s["errored"] + s["cancelled"]
+        print(f"evalpool: evals failed: run {s['name']} has no graded eval ({s['cancelled']} cancelled, "
+              f"{s['size'] - done} not ended), so nothing to pass {100 * min_pass_rate:.1f}% of", file=sys.stderr)
+        return 1
     if 0 <= s["pass_rate"] < min_pass_rate:
         print(f"evalpool: evals failed: run {s['name']} passed {100 * s['pass_rate']:.1f}%, "
               f"under the {100 * min_pass_rate:.1f}% required ({s['failed']} failed, {s['errored']} errored)",
