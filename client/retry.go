@@ -180,6 +180,9 @@ func retryTask(insp *asynq.Inspector, poolName string, r run.Run, rec run.Record
 		if !ok {
 			return nil, fmt.Errorf("%w: %s", ErrTaskGone, id)
 		}
+		if e.Group != rec.Group {
+			return nil, fmt.Errorf("%w: eval %s: the suite puts it in group %q, the run has it in %q: not the suite the run was submitted from", tasks.ErrBadPayload, id, e.Group, rec.Group)
+		}
 		e.Run, e.Key, e.ID, e.Epoch, e.Pool = r.Name, rec.Key, id, rec.Epoch, poolName
 		if len(r.Require) > 0 {
 			e.Require = maps.Clone(e.Require)

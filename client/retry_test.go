@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -152,6 +153,15 @@ func TestRetryRunTaskGone(t *testing.T) {
 	}
 	if c, _ := b.runs.Progress(ctx, "ep"); c.Failed != 2 || c.Passed != 2 {
 		t.Fatalf("refused retry changed the run: %+v", c)
+	}
+	// A suite that puts an eval in another group is not the run's.
+	other := slices.Clone(suite)
+	other[0].Group = "other"
+	if _, err := client.RetryRun(ctx, b.aq, b.insp, b.pool, b.runs, "ep", client.RetryOptions{Suite: other}); !errors.Is(err, tasks.ErrBadPayload) || !strings.Contains(err.Error(), `the suite puts it in group "other", the run has it in ""`) {
+		t.Fatalf("retry with another suite: %v; want ErrBadPayload naming the groups", err)
+	}
+	if c, _ := b.runs.Progress(ctx, "ep"); c.Failed != 2 || c.Passed != 2 {
+		t.Fatalf("a retry refused for its suite changed the run: %+v", c)
 	}
 	got, err := client.RetryRun(ctx, b.aq, b.insp, b.pool, b.runs, "ep", client.RetryOptions{Suite: suite})
 	if err != nil || got != (client.Retried{Failed: 2}) {

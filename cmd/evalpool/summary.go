@@ -74,7 +74,7 @@ func printSummary(w io.Writer, s evalrun.Summary) {
 		if i == 20 {
 			break
 		}
-		fmt.Fprintf(w, "  %s %s %s\n", f.Status, f.Key, f.Reason)
+		fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %s %s %s", f.Status, f.Key, f.Reason), " "))
 	}
 	if more := len(s.Failures) + s.MoreFailures - 20; more > 0 {
 		fmt.Fprintf(w, "  … and %d more failures (run results %s)\n", more, s.Name)
