@@ -105,7 +105,7 @@ func (w *Worker) listenWakes(ctx context.Context) (stop func(), err error) {
 		}
 	}
 	for _, sp := range w.pools {
-		conn, err := ownClient(w.cfg.Redis, 1)
+		conn, err := blockingConn(w.cfg.Redis)
 		if err != nil {
 			stop()
 			return nil, err
@@ -116,25 +116,17 @@ func (w *Worker) listenWakes(ctx context.Context) (stop func(), err error) {
 	return stop, nil
 }
 
-// ownClient opens a client of its own to the Redis c talks to, with
-// conns connections at most, or as many as c when conns is 0: for a
-// blocking read, which would stall the shared pool's other calls, or for
-// calls a hook must see alone.
-func ownClient(c redis.UniversalClient, conns int) (redis.UniversalClient, error) {
+// blockingConn opens a connection of its own to the Redis c talks to, for a
+// blocking read.
+func blockingConn(c redis.UniversalClient) (redis.UniversalClient, error) {
 	switch c := c.(type) {
 	case *redis.Client:
 		o := *c.Options()
-		o.MinIdleConns = 0
-		if conns > 0 {
-			o.PoolSize, o.MaxIdleConns = conns, conns
-		}
+		o.PoolSize, o.MinIdleConns, o.MaxIdleConns = 1, 0, 1
 		return redis.NewClient(&o), nil
 	case *redis.ClusterClient:
 		o := *c.Options()
-		o.MinIdleConns = 0
-		if conns > 0 {
-			o.PoolSize, o.MaxIdleConns = conns, conns
-		}
+		o.PoolSize, o.MinIdleConns, o.MaxIdleConns = 1, 0, 1
 		return redis.NewClusterClient(&o), nil
 	}
 	return nil, fmt.Errorf("worker: cannot open a connection of its own from a %T; use a *redis.Client or *redis.ClusterClient", c)

@@ -138,22 +138,16 @@ type Config struct {
 	// about 1 s, 2 s, 4 s, ...
 	RetryDelay func(n int) time.Duration
 	// PollInterval is how long an idle worker waits before it looks at empty
-	// queues again, and how often due eval retries are moved to their
-	// queue. Defaults to DefaultPollInterval (1 s).
+	// queues again, and how often due retries are moved to their queue.
+	// Defaults to DefaultPollInterval (1 s).
 	PollInterval time.Duration
-	// CleanupPollInterval is PollInterval for the cleanup queue while the
-	// worker runs evals. An executor stays leased until its cleanup runs,
-	// and a worker enqueues the cleanups of its own evals, so this poll is
-	// short while it has any. Defaults to DefaultCleanupPollInterval
-	// (20 ms), or PollInterval if shorter.
+	// CleanupPollInterval is PollInterval for the cleanup queue. An executor
+	// stays leased until its cleanup runs, so a cleanup that waits for an
+	// idle worker's next look at its queue is an executor kept idle: this
+	// poll is short, at the cost of one small round trip per interval per
+	// idle worker. Defaults to DefaultCleanupPollInterval (20 ms), or
+	// PollInterval if shorter.
 	CleanupPollInterval time.Duration
-	// CleanupIdlePollInterval is how often the cleanup and maintenance
-	// queues are looked at while the worker runs no eval and enqueued no
-	// cleanup in the last second: an idle worker's polls are what it costs
-	// Redis. An eval starting or a cleanup enqueued brings the short poll
-	// back at once. Defaults to PollInterval; at most CleanupPollInterval
-	// polls as fast idle as busy.
-	CleanupIdlePollInterval time.Duration
 	// ShutdownTimeout is how long a stopping worker waits for running tasks
 	// before it hands them back to the queue. Defaults to
 	// DefaultShutdownTimeout (10 s).
@@ -186,7 +180,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("worker: lease TTL must be from 10ms to %s, got %s", tasks.MaxLeaseTTL, c.LeaseTTL)
 	case c.ReapInterval != 0 && (c.ReapInterval < time.Second || c.ReapInterval%time.Second != 0):
 		return fmt.Errorf("worker: reap interval must be whole seconds, at least 1s, got %s", c.ReapInterval)
-	case c.NoExecutorDelay < 0, c.ShutdownTimeout < 0, c.PollInterval < 0, c.CleanupPollInterval < 0, c.CleanupIdlePollInterval < 0, c.ProbeTimeout < 0:
+	case c.NoExecutorDelay < 0, c.ShutdownTimeout < 0, c.PollInterval < 0, c.CleanupPollInterval < 0, c.ProbeTimeout < 0:
 		return errors.New("worker: intervals and timeouts may not be negative")
 	}
 	seen := map[string]bool{}
@@ -227,9 +221,6 @@ func (c *Config) withDefaults() {
 	if c.CleanupPollInterval == 0 {
 		c.CleanupPollInterval = min(DefaultCleanupPollInterval, c.PollInterval)
 	}
-	if c.CleanupIdlePollInterval == 0 {
-		c.CleanupIdlePollInterval = c.PollInterval
-	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
@@ -250,11 +241,6 @@ func (c *Config) withDefaults() {
 // cleanupServers is how many Asynq servers a worker runs for cleanups.
 const cleanupServers = 2
 
-// retriedCleanupCheck is how often the cleanup servers move due retries to
-// their queues: a retried cleanup or reap waits 15 s or more (Asynq's
-// default retry delay), so a few seconds more to notice it cost nothing.
-const retriedCleanupCheck = 5 * time.Second
-
 // Worker processes evalpool's tasks.
 type Worker struct {
 	cfg    Config
@@ -267,9 +253,6 @@ type Worker struct {
 	// releases its executor itself, since the cleanup servers are going.
 	stopping atomic.Bool
 	attempts inflight
-	// polls paces the cleanup servers' polls by the attempts running; nil
-	// when the worker polls as fast idle as busy.
-	polls *cleanupPolls
 	// ends are eval ends not yet written to their runs; inspector reads
 	// Asynq's state to reconcile runs.
 	ends      unrecorded
@@ -315,12 +298,6 @@ func (f *inflight) add(cancel context.CancelCauseFunc) *attempt {
 	}
 	f.m[a] = struct{}{}
 	return a
-}
-
-func (f *inflight) len() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.m)
 }
 
 func (f *inflight) remove(a *attempt) {
@@ -378,14 +355,8 @@ func New(cfg Config) (*Worker, error) {
 	_, _ = crand.Read(id)
 	w.id = hex.EncodeToString(id)
 	w.pools = map[string]*served{}
-	var paused []string
 	for _, p := range cfg.Pools {
 		w.pools[p.Name()] = &served{pool: p, beats: newHeartbeat(p, cfg.Executor, w.log), wakes: newWakes(p, w.id, w.log)}
-		q := tasks.Queues(p.Name())
-		paused = append(paused, pausedKey(q.Cleanup), pausedKey(q.Maintenance))
-	}
-	if cfg.CleanupIdlePollInterval > cfg.CleanupPollInterval {
-		w.polls = newCleanupPolls(cfg.CleanupIdlePollInterval, paused, func() bool { return w.attempts.len() > 0 || w.stopping.Load() })
 	}
 	return w, nil
 }
@@ -428,23 +399,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		stopTicking()
 		ticks.Wait()
 	}()
-	cleanupRedis := w.cfg.Redis
-	if w.polls != nil {
-		c, err := ownClient(w.cfg.Redis, 0)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.AddHook(w.polls)
-		cleanupRedis = c
-	}
 	logger := asynqLogger{w.log}
 	// An Asynq server for evals and others for cleanups and reaps: a release
 	// never waits for a slot behind long evals, and since a server dequeues
 	// one task at a time (a round trip per queue it asks), each asks only
 	// its own queues, and cleanups, one or two per eval attempt, get
-	// cleanupServers dequeue loops to keep up. Their polls are paced by
-	// w.polls.
+	// cleanupServers dequeue loops to keep up.
 	evals := asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
 		Concurrency:              w.cfg.Concurrency,
 		BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
@@ -459,14 +419,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	})
 	cleanups := make([]*asynq.Server, cleanupServers)
 	for i := range cleanups {
-		cleanups[i] = asynq.NewServerFromRedisClient(cleanupRedis, asynq.Config{
+		cleanups[i] = asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
 			Concurrency:              max(1, w.cfg.CleanupConcurrency/cleanupServers),
 			BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
 			Queues:                   cleanupQueues,
 			StrictPriority:           true,
 			Logger:                   logger,
 			TaskCheckInterval:        w.cfg.CleanupPollInterval,
-			DelayedTaskCheckInterval: max(w.cfg.PollInterval, retriedCleanupCheck),
+			DelayedTaskCheckInterval: w.cfg.PollInterval,
 			ShutdownTimeout:          w.cfg.ShutdownTimeout,
 		})
 	}
@@ -514,7 +474,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	watch.Wait()
 	w.log.Info().Dur("shutdown_timeout", w.cfg.ShutdownTimeout).Msg("worker stopping: running evals finish, or go back to the queue after the shutdown timeout and return their executors; a second interrupt forces the exit")
 	w.stopping.Store(true)
-	w.polls.poke() // the cleanup servers drain their queues as they stop
 	sched.Shutdown()
 	stop()
 	// Asynq stops waiting for an attempt after ShutdownTimeout and hands its
@@ -645,7 +604,6 @@ func (w *Worker) servedFor(ctx context.Context, name string) (*served, error) {
 func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer w.attempts.remove(w.attempts.add(cancel))
-	w.polls.poke()
 	e, err := tasks.ParseEval(t.Payload())
 	if err == nil {
 		if id, ok := asynq.GetTaskID(ctx); ok && id != e.ID {
@@ -1062,7 +1020,6 @@ func (w *Worker) enqueueCleanup(ctx context.Context, typ string, c tasks.Cleanup
 	}
 	switch {
 	case err == nil:
-		w.polls.enqueued()
 		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Pool, c.Path, "enqueued").Inc()
 	case errors.Is(err, asynq.ErrTaskIDConflict):
 		w.cfg.Metrics.cleanupsEnqueued.WithLabelValues(c.Pool, c.Path, "duplicate").Inc()

@@ -90,11 +90,6 @@ func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...re
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 20 * time.Millisecond
 	}
-	if cfg.CleanupIdlePollInterval == 0 {
-		// The idle pace of a worker of default intervals, so that the
-		// tests run with polls held whenever no eval runs.
-		cfg.CleanupIdlePollInterval = time.Second
-	}
 	if cfg.NoExecutorDelay == 0 {
 		cfg.NoExecutorDelay = 20 * time.Millisecond
 	}
@@ -544,7 +539,6 @@ func TestConfigValidate(t *testing.T) {
 		{Redis: c, Pools: ps, ReapInterval: 1500 * time.Millisecond},
 		{Redis: c, Pools: ps, ExecutorWait: MaxExecutorWait + time.Second},
 		{Redis: c, Pools: ps, ShutdownTimeout: -time.Second},
-		{Redis: c, Pools: ps, CleanupIdlePollInterval: -time.Second},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
@@ -565,17 +559,16 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	got := w.cfg
 	for name, pair := range map[string][2]any{
-		"Concurrency":             {got.Concurrency, DefaultConcurrency},
-		"ReapInterval":            {got.ReapInterval, DefaultReapInterval},
-		"ExecutorWait":            {got.ExecutorWait, DefaultExecutorWait},
-		"NoExecutorDelay":         {got.NoExecutorDelay, DefaultNoExecutorDelay},
-		"PollInterval":            {got.PollInterval, DefaultPollInterval},
-		"CleanupPollInterval":     {got.CleanupPollInterval, DefaultCleanupPollInterval},
-		"CleanupIdlePollInterval": {got.CleanupIdlePollInterval, DefaultPollInterval},
-		"ShutdownTimeout":         {got.ShutdownTimeout, DefaultShutdownTimeout},
-		"ProbeTimeout":            {got.ProbeTimeout, DefaultProbeTimeout},
-		"LeaseTTL":                {got.LeaseTTL, tasks.DefaultLeaseTTL},
-		"Cleanup":                 {got.Cleanup, CleanupOutcome},
+		"Concurrency":         {got.Concurrency, DefaultConcurrency},
+		"ReapInterval":        {got.ReapInterval, DefaultReapInterval},
+		"ExecutorWait":        {got.ExecutorWait, DefaultExecutorWait},
+		"NoExecutorDelay":     {got.NoExecutorDelay, DefaultNoExecutorDelay},
+		"PollInterval":        {got.PollInterval, DefaultPollInterval},
+		"CleanupPollInterval": {got.CleanupPollInterval, DefaultCleanupPollInterval},
+		"ShutdownTimeout":     {got.ShutdownTimeout, DefaultShutdownTimeout},
+		"ProbeTimeout":        {got.ProbeTimeout, DefaultProbeTimeout},
+		"LeaseTTL":            {got.LeaseTTL, tasks.DefaultLeaseTTL},
+		"Cleanup":             {got.Cleanup, CleanupOutcome},
 	} {
 		if pair[0] != pair[1] {
 			t.Errorf("%s defaults to %v, want %v", name, pair[0], pair[1])

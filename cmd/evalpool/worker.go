@@ -109,7 +109,7 @@ func (a *app) workerCommand() *cobra.Command {
 	f.BoolVar(&perExecutor, "per-executor-metrics", false, "label the evalpool_executor_* counters with each executor: a series per executor, a large scrape for a large pool")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", tasks.DefaultLeaseTTL, "executor lease TTL for evals that name none; renewed every TTL/3, so at least three round trips to the farthest executor (the worker names a longer one when it sees one)")
 	f.DurationVar(&cfg.ReapInterval, "reap-interval", worker.DefaultReapInterval, "how often the pool is reaped (once per interval across workers)")
-	f.DurationVar(&cfg.PollInterval, "poll-interval", worker.DefaultPollInterval, "how often an idle worker looks at its empty queues and at due eval retries; its cleanup and maintenance queues too, which it polls every "+worker.DefaultCleanupPollInterval.String()+" only while it runs evals")
+	f.DurationVar(&cfg.PollInterval, "poll-interval", worker.DefaultPollInterval, "how often an idle worker looks at empty queues and due retries")
 	f.DurationVar(&cfg.ExecutorWait, "executor-wait", worker.DefaultExecutorWait, "how long an eval waits in the pool's FIFO wait list before its task goes back to the queue, keeping its place; 0 for no wait")
 	f.DurationVar(&retryDelay, "retry-delay", worker.DefaultRetryDelay, "first retry delay of an eval that errored or found its executor unavailable, doubling per retry up to 10m")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", worker.DefaultShutdownTimeout, "how long a stopping worker waits for running evals")
