@@ -268,6 +268,11 @@ func resumable(ctx context.Context, runs *run.Store, p *pool.Pool, r run.Run) er
 	if was.Pool != p.Name() || !slices.Equal(was.Keys, r.Keys) {
 		return fmt.Errorf("%w: run %s: resume needs the evals it was submitted with (pool %s, %d evals), in the same order", run.ErrInvalid, r.Name, was.Pool, len(was.Keys))
 	}
+	if !maps.Equal(was.Meta, r.Meta) {
+		// What the run is of is kept once, as it was submitted: a resume
+		// that says otherwise would be silently ignored.
+		return fmt.Errorf("%w: run %s: resume needs the meta it was submitted with (%d entries; see run summary)", run.ErrInvalid, r.Name, len(was.Meta))
+	}
 	return nil
 }
 

@@ -97,6 +97,11 @@ func TestSubmissionCutShort(t *testing.T) {
 	if _, err := client.Submit(ctx, b.aq, p, b.runs, other); !errors.Is(err, run.ErrInvalid) {
 		t.Errorf("resume with other evals: %v, want ErrInvalid", err)
 	}
+	relabelled := small
+	relabelled.Meta = map[string]string{"model": "another"}
+	if _, err := client.Submit(ctx, b.aq, p, b.runs, relabelled); !errors.Is(err, run.ErrInvalid) || !strings.Contains(err.Error(), "resume needs the meta it was submitted with") {
+		t.Errorf("resume with other meta: %v, want ErrInvalid saying so", err)
+	}
 
 	// Another run cut short, then cancelled: every eval ends.
 	if err := rdb.FlushAll(ctx).Err(); err != nil {

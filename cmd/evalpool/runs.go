@@ -166,7 +166,7 @@ when its pass rate (passed over passed, failed and errored) is under
 	f.StringArrayVar(&meta, "meta", nil, "what the run is of, key=value (model=…, commit=…; repeatable): shown in its summary and exports")
 	f.IntVar(&epochs, "epochs", 1, "run each eval this many times (KEY#1 … KEY#k), for pass@1 and pass@k")
 	f.BoolVar(&allowEmpty, "allow-empty-pool", false, "submit even if no executor is registered in the pool yet")
-	f.BoolVar(&resume, "resume", false, "finish the submission of run --name that was cut short: the same file; evals enqueued already are left alone")
+	f.BoolVar(&resume, "resume", false, "finish the submission of run --name that was cut short: the same file, --epochs and --meta; evals enqueued already are left alone")
 	return c
 }
 
