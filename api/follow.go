@@ -64,17 +64,23 @@ type batch struct {
 	lines    [][]byte
 }
 
-// linesOf encodes the records of run name as the lines of a batch.
-func linesOf(name string, recs []run.Record) ([][]byte, error) {
+// endedLines reads the ends logged at [cursor, cursor+max) of run name
+// (run.Store.EndedSince) as the lines of a batch, and the cursor after
+// them.
+func endedLines(ctx context.Context, runs *run.Store, name string, cursor int64, max int) ([][]byte, int64, error) {
+	recs, next, err := runs.EndedSince(ctx, name, cursor, max)
+	if err != nil {
+		return nil, cursor, err
+	}
 	lines := make([][]byte, len(recs))
 	for i, rec := range recs {
 		b, err := json.Marshal(ResultLine{EvalID: run.EvalID(name, rec.Key), Record: rec})
 		if err != nil {
-			return nil, fmt.Errorf("run %s: eval %s: %w", name, rec.Key, err)
+			return nil, cursor, fmt.Errorf("run %s: eval %s: %w", name, rec.Key, err)
 		}
 		lines[i] = append(b, '\n')
 	}
-	return lines, nil
+	return lines, next, nil
 }
 
 // subscription is a follower subscribed to its hub. The poller closes ch
@@ -186,12 +192,8 @@ func (f *follows) poll(ctx context.Context, h *hub) {
 // page at a time, and returns the cursor after them.
 func (f *follows) read(ctx context.Context, h *hub, cursor int64) (int64, error) {
 	for {
-		recs, next, err := f.runs.EndedSince(ctx, h.name, cursor, f.page)
+		lines, next, err := endedLines(ctx, f.runs, h.name, cursor, f.page)
 		if err != nil || next == cursor {
-			return cursor, err
-		}
-		lines, err := linesOf(h.name, recs)
-		if err != nil {
 			return cursor, err
 		}
 		f.publish(h, batch{from: cursor, to: next, lines: lines}, next)

@@ -347,11 +347,7 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 		// Replay, or catch up after falling behind: the run's log of ends,
 		// a page at a time, until the hub is where this follower is.
 		for sub == nil {
-			recs, next, err := h.opts.Runs.EndedSince(ctx, name, cursor, h.follows.page)
-			var lines [][]byte
-			if err == nil {
-				lines, err = linesOf(name, recs)
-			}
+			lines, next, err := endedLines(ctx, h.opts.Runs, name, cursor, h.follows.page)
 			if err != nil {
 				fail(err)
 				return
@@ -386,11 +382,8 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 					if b.to <= cursor {
 						continue
 					}
-					recs, _, err := h.opts.Runs.EndedSince(ctx, name, cursor, int(b.to-cursor))
-					if err == nil {
-						lines, err = linesOf(name, recs)
-					}
-					if err != nil {
+					var err error
+					if lines, _, err = endedLines(ctx, h.opts.Runs, name, cursor, int(b.to-cursor)); err != nil {
 						fail(err)
 						return
 					}
