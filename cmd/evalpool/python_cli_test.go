@@ -284,6 +284,16 @@ func TestPythonInterrupt(t *testing.T) {
 	}
 }
 
+// pyEval runs Python code with the client imported as c (and json, sys)
+// on stdin, from the client's directory.
+func pyEval(t *testing.T, python, code, stdin string) result {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), python, "-c", "import json, sys, evalpool_client as c; "+code)
+	cmd.Dir, cmd.Stdin = clientDir, strings.NewReader(stdin)
+	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+	return runCmd(t, cmd)
+}
+
 // clientDir is the Python client's directory in the repository.
 var clientDir = filepath.Join("..", "..", "examples", "python")
 
@@ -322,11 +332,7 @@ func TestPythonPrintSummary(t *testing.T) {
 			var cli strings.Builder
 			printSummary(&cli, sum)
 			want := trimLines(cli.String())
-			cmd := exec.CommandContext(t.Context(), python, "-c",
-				"import json, sys, evalpool_client as c; c.print_summary(json.load(sys.stdin))")
-			cmd.Dir, cmd.Stdin = clientDir, strings.NewReader(c.summary)
-			cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
-			r := runCmd(t, cmd)
+			r := pyEval(t, python, "c.print_summary(json.load(sys.stdin))", c.summary)
 			if got := trimLines(r.stdout); r.code != 0 || !slices.Equal(got, want) {
 				t.Errorf("exit %d, stderr %s; the Python client printed:\n%s\nthe CLI:\n%s", r.code, r.stderr, r.stdout, cli.String())
 			}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -156,11 +154,7 @@ func TestNothingGradedPassesNoGate(t *testing.T) {
 		t.Errorf("run summary, no gate: %+v; want exit 0", r)
 	}
 	summary := cli("run", "summary", "void", "--json").stdout
-	cmd := exec.CommandContext(t.Context(), lookPython3(t), "-c",
-		"import json, sys, evalpool_client as c; sys.exit(c.gate(json.load(sys.stdin), 1.0))")
-	cmd.Dir, cmd.Stdin = clientDir, strings.NewReader(summary)
-	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
-	if r := runCmd(t, cmd); r.code != 1 || !strings.Contains(r.stderr, want) {
+	if r := pyEval(t, lookPython3(t), "sys.exit(c.gate(json.load(sys.stdin), 1.0))", summary); r.code != 1 || !strings.Contains(r.stderr, want) {
 		t.Errorf("the Python client's gate: %+v; want exit 1 and %q", r, want)
 	}
 }
