@@ -290,26 +290,28 @@ type Health struct {
 
 // ParseResult decodes and checks an executor's answer.
 func ParseResult(body []byte) (Result, error) {
-	var r Result
-	if err := json.Unmarshal(body, &r); err != nil {
+	// Metrics are read as pointers, shadowing Result's: a null metric
+	// ("not computed", Python's None) is no metric, where a float64 would
+	// read it as 0 and pull the mean down.
+	var answer struct {
+		Result
+		Metrics map[string]*float64 `json:"metrics"`
+	}
+	if err := json.Unmarshal(body, &answer); err != nil {
 		return Result{}, fmt.Errorf("%w: %w: %s", ErrBadAnswer, err, Snippet(body))
 	}
+	r := answer.Result
 	if r.Status != StatusPassed && r.Status != StatusFailed && r.Status != StatusErrored {
 		return Result{}, fmt.Errorf("%w: status %q, want %q, %q or %q", ErrBadAnswer, r.Status, StatusPassed, StatusFailed, StatusErrored)
 	}
-	if len(r.Metrics) > 0 {
-		// A null metric ("not computed", Python's None) is no metric:
-		// decoded into a float64 it would read as 0 and pull the mean down.
-		var nullable struct {
-			Metrics map[string]*float64 `json:"metrics"`
+	for name, v := range answer.Metrics {
+		if v == nil {
+			continue
 		}
-		if err := json.Unmarshal(body, &nullable); err == nil {
-			for name, v := range nullable.Metrics {
-				if v == nil {
-					delete(r.Metrics, name)
-				}
-			}
+		if r.Metrics == nil {
+			r.Metrics = make(map[string]float64, len(answer.Metrics))
 		}
+		r.Metrics[name] = *v
 	}
 	if err := CheckMetrics(r.Metrics); err != nil {
 		return Result{}, fmt.Errorf("%w: %w", ErrBadAnswer, err)
