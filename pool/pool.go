@@ -336,6 +336,28 @@ func (p *Pool) Epoch(ctx context.Context) (string, error) {
 	return v, nil
 }
 
+// Adopt takes over, in place, a pool that has executors but no epoch
+// marker: one written by a release before the marker (89b3e49 and older), or
+// one whose marker alone was evicted. It writes the marker and rebuilds the
+// label sets' indexes; leases in flight are kept. It returns how many
+// executors it adopted: 0 when the pool has its marker, or no executor.
+// Register and Acquire adopt such a pool themselves; a worker adopts its
+// pools at its first maintenance tick.
+func (p *Pool) Adopt(ctx context.Context) (int, error) {
+	epoch, err := newToken()
+	if err != nil {
+		return 0, err
+	}
+	out, err := lua.Adopt.Run(ctx, p.client, p.script, epoch).Slice()
+	if err != nil {
+		return 0, fmt.Errorf("pool: adopt %s: %w", p.name, scriptErr(err))
+	}
+	if out[0] != "adopted" {
+		return 0, nil
+	}
+	return int(out[1].(int64)), nil
+}
+
 // Keys lists every Redis key of the pool. They share one hash slot.
 func (p *Pool) Keys() []string { return append(p.keys.Script(), p.keys.Reaped()) }
 
@@ -479,6 +501,9 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]Registration,
 		if err := ValidateLabels(e.Labels); err != nil {
 			return nil, fmt.Errorf("executor %s: %w", regs[i].URL, err)
 		}
+	}
+	if _, err := p.Adopt(ctx); err != nil {
+		return nil, err
 	}
 	// Executors another pool holds are refused here; the script refuses a
 	// second URL within this pool, atomically.
@@ -639,6 +664,8 @@ type AcquireArgs struct {
 	// Wait, when set, makes the eval wait for an executor as AcquireOrWait
 	// does.
 	Wait Wait
+
+	adopted bool // the pool was adopted by this call: no second try
 }
 
 // AcquireWith is Acquire, or AcquireOrWait when args.Wait is set, for an
@@ -712,6 +739,12 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 	if errors.Is(err, ErrUnservable) {
 		p.metrics.acquires.WithLabelValues(p.name, "unservable").Inc()
 		return Lease{}, fmt.Errorf("eval %s: %w", evalID, err)
+	}
+	if errors.Is(err, ErrPoolMissing) && !args.adopted {
+		if n, aerr := p.Adopt(ctx); aerr == nil && n > 0 {
+			args.adopted = true
+			return p.acquire(ctx, evalID, ttl, args)
+		}
 	}
 	if errors.Is(err, ErrPoolMissing) {
 		// No executor can be had, for a reason to say out loud: callers that

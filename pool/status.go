@@ -385,7 +385,10 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 	add := func(inv int, url, format string, args ...any) {
 		vs = append(vs, Violation{Invariant: inv, Executor: url, Problem: fmt.Sprintf(format, args...)})
 	}
-	if s.epoch == "" {
+	switch {
+	case s.epoch == "" && len(s.executors) > 0:
+		add(5, "", "the pool's epoch marker is missing but %d executors are registered: written by a release before the marker (89b3e49 or older), or the marker alone was evicted; the next acquire, `pool add` or worker adopts it in place", len(s.executors))
+	case s.epoch == "":
 		add(5, "", "the pool's epoch marker is missing: the pool was never created, or its data was lost (FLUSHALL, eviction, a restart without persistence)")
 	}
 	if v, ok := rewound(s.clock, s.now); ok {

@@ -59,6 +59,14 @@ func (w *Worker) watchEpochs(ctx context.Context) {
 			if err != nil {
 				continue // Redis is away: the heartbeat and the tasks say so
 			}
+			adopted := false
+			if epoch == "" {
+				if n, err := sp.pool.Adopt(ctx); err == nil && n > 0 {
+					adopted = true
+					w.log.Warn().Str("pool", name).Int("executors", n).Msg("pool adopted: it was written by an older release (no epoch marker) and is taken over in place, its leases in flight kept")
+					epoch, _ = sp.pool.Epoch(ctx)
+				}
+			}
 			sp.epoch.mu.Lock()
 			last := sp.epoch.last
 			sp.epoch.last = epoch
@@ -70,7 +78,7 @@ func (w *Worker) watchEpochs(ctx context.Context) {
 			case last != "" && epoch != last:
 				w.cfg.Metrics.poolLost.WithLabelValues(name).Inc()
 				w.log.Error().Str("pool", name).Msg("pool data lost and created anew: leases held before are gone; check the executors with `evalpool pool status`")
-			case last == "" && epoch != "":
+			case last == "" && epoch != "" && !adopted:
 				w.log.Info().Str("pool", name).Msg("pool created: executors registered")
 			}
 		}
