@@ -5,7 +5,7 @@
 -- ARGV[1] eval_id
 -- ARGV[2] token: a fresh random token for the new lease
 -- ARGV[3] ttl in ms
--- ARGV[4] how many expired leases to reclaim first, at most
+-- ARGV[4] how many expired leases to reclaim, at most, when none is free
 -- ARGV[5] grace in ms: a lease is reclaimed only this long after its deadline
 -- ARGV[6] wake list (evalpool:{pool}:wake:<worker>) to join the wait list
 --         with when no executor is free, or '' not to wait
@@ -17,8 +17,9 @@
 --   list: the next executor freed for it is leased under ARGV[2] and pushed
 --   to the wake list; else
 --   {url, token, fence, deadline_ms, acquired_at_ms, available_since_ms, reentered}
--- Fails with EVALPOOL_NO_POOL when the pool's epoch marker is missing: the
--- pool was never created, or its data was lost (FLUSHALL, eviction); with
+-- Fails with EVALPOOL_NO_POOL when none is free and the pool's epoch marker
+-- is missing: the pool was never created, or its data was lost (FLUSHALL,
+-- eviction); with
 -- EVALPOOL_UNSERVABLE when no registered executor has the label set; with
 -- EVALPOOL_CANCELLED when the eval was cancelled.
 --
@@ -33,18 +34,22 @@
 -- only when the lease it points to is this eval's.
 
 local eval_id, token, ttl, set = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[8] or ''
-if redis.call('EXISTS', K_EPOCH) == 0 then
-  return redis.error_reply('EVALPOOL_NO_POOL the pool has no epoch marker: never created, or its data was lost')
-end
 if redis.call('ZSCORE', K_CANCELLED, eval_id) then
   return redis.error_reply('EVALPOOL_CANCELLED eval ' .. eval_id .. ' was cancelled')
 end
+local function no_pool()
+  return redis.call('EXISTS', K_EPOCH) == 0
+end
+local NO_POOL = 'EVALPOOL_NO_POOL the pool has no epoch marker: never created, or its data was lost'
 if set ~= '' and not redis.call('HGET', K_LABELSETS, set) then
+  if no_pool() then
+    return redis.error_reply(NO_POOL)
+  end
   return redis.error_reply('EVALPOOL_UNSERVABLE no registered executor has the labels ' .. set)
 end
 local now_micro = now_us()
 local now = math.floor(now_micro / 1000)
-reclaim_expired(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+local grace = tonumber(ARGV[5])
 
 local held = redis.call('HGET', K_HOLDERS, eval_id)
 local avoid = redis.call('HGET', K_AVOID, eval_id)
@@ -53,18 +58,24 @@ if held then
   local lease = lease_of(held)
   if lease and lease.eval_id == eval_id and redis.call('HEXISTS', K_EXECUTORS, held) == 1 then
     local draining = redis.call('SISMEMBER', K_DRAINING, held) == 1
-    if not draining and not redis.call('ZSCORE', K_QUARANTINE, held) then
+    local deadline = tonumber(redis.call('ZSCORE', K_DEADLINES, held))
+    if deadline and deadline <= now - grace then
+      -- Expired past the grace: reclaimed, as any acquire with nothing
+      -- free would; the eval takes an executor like a newcomer.
+      end_lease(held, now, 'reclaimed', lease)
+    elseif not draining and not redis.call('ZSCORE', K_QUARANTINE, held) then
       -- Its own executor, live or expired within the grace: nobody else can
       -- hold it, and the higher fence makes the executor drop the older
       -- attempt. The older attempt's token counts as released, so that its
       -- cleanup, when it comes, is the expected duplicate it is.
       redis.call('ZADD', K_RELEASED, now, tostring(lease.token))
       return grant(held, eval_id, token, ttl, now, tonumber(lease.available_since) or now, 1)
+    else
+      -- Draining or quarantined: never handed out again, not even to its
+      -- holder. Ending the lease removes the executor (or leaves it out of
+      -- service), so the older attempt loses it too.
+      end_lease(held, now, draining and 'drained' or 'quarantined', lease)
     end
-    -- Draining or quarantined: never handed out again, not even to its
-    -- holder. Ending the lease removes the executor (or leaves it out of
-    -- service), so the older attempt loses it too.
-    end_lease(held, now, draining and 'drained' or 'quarantined', lease)
   elseif not lease or lease.eval_id ~= eval_id then
     -- A stale entry: the lease it points to is gone or another eval's. It
     -- is dropped with the script's other writes (a grant overwrites it).
@@ -72,48 +83,53 @@ if held then
   end
 end
 
--- Take the executor idle longest. An entry that is not a registered,
--- unleased, undrained, unquarantined executor (only foreign writes or lost
--- keys make one) is dropped, never granted: handing out a leased executor
--- would double-book it. Each of the four reads is a typed command: a key
--- of another type fails the script there, never reads as free.
+-- Take the executor idle longest: the available index holds exactly the
+-- free executors, each script keeping it so (docs/reliability.md, "Threat
+-- model"). An entry whose record is gone (a lost key) is dropped. Expired
+-- leases are reclaimed only when nothing is free: a reclaimed executor
+-- would be the last in line anyway, and the reaper returns it meanwhile.
 local wake = ARGV[6]
 local key = available_key(set)
+local reclaimed = false
 for _ = 1, 16 do
   local two = redis.call('ZRANGE', key, 0, avoid and 1 or 0, 'WITHSCORES')
   if #two == 0 then
-    break
-  end
-  local url, since = two[1], two[2]
-  if avoid and url == avoid and #two == 4 then
-    url, since = two[3], two[4]
-  end
-  local raw = redis.call('HGET', K_EXECUTORS, url)
-  local leased = redis.call('HEXISTS', K_LEASES, url) == 1
-  local draining = redis.call('SISMEMBER', K_DRAINING, url) == 1
-  local out = redis.call('ZSCORE', K_QUARANTINE, url)
-  if raw and not leased and not draining and not out then
-    -- An eval that waited before leaves the line; the two keys hold an
-    -- entry together or not at all, so most acquires stop at the ZSCORE.
-    local line = waiters_key(set)
-    local waited = redis.call('ZSCORE', line, eval_id)
-    local fence = next_fence()
+    if reclaimed or reclaim_expired(now, tonumber(ARGV[4]), grace) == 0 then
+      break
+    end
+    reclaimed = true
+  else
+    local url, since = two[1], two[2]
+    if avoid and url == avoid and #two == 4 then
+      url, since = two[3], two[4]
+    end
+    local raw = redis.call('HGET', K_EXECUTORS, url)
+    if raw then
+      -- An eval that waited before leaves the line; the two keys hold an
+      -- entry together or not at all, so most acquires stop at the ZSCORE.
+      local line = waiters_key(set)
+      local waited = redis.call('ZSCORE', line, eval_id)
+      local fence = next_fence()
+      redis.call('ZREM', key, url)
+      -- Out of the other label sets' indexes too. A record that does not
+      -- name labels has none: most pools have none, and need no decoding.
+      if set ~= '' or string.find(raw, '"labels"', 1, true) then
+        take_out(url, decode(raw))
+      end
+      if avoid then
+        redis.call('HDEL', K_AVOID, eval_id)
+      end
+      if waited then
+        redis.call('ZREM', line, eval_id)
+        redis.call('HDEL', K_WAITING, eval_id)
+      end
+      return grant(url, eval_id, token, ttl, now, tonumber(since), 0, fence)
+    end
     redis.call('ZREM', key, url)
-    -- Out of the other label sets' indexes too. A record that does not
-    -- name labels has none: most pools have none, and need no decoding.
-    if set ~= '' or string.find(raw, '"labels"', 1, true) then
-      take_out(url, decode(raw))
-    end
-    if avoid then
-      redis.call('HDEL', K_AVOID, eval_id)
-    end
-    if waited then
-      redis.call('ZREM', line, eval_id)
-      redis.call('HDEL', K_WAITING, eval_id)
-    end
-    return grant(url, eval_id, token, ttl, now, tonumber(since), 0, fence)
   end
-  redis.call('ZREM', key, url)
+end
+if no_pool() then
+  return redis.error_reply(NO_POOL)
 end
 local joins = wake ~= '' and is_wake_key(wake)
 if stale then

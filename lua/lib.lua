@@ -46,7 +46,8 @@
 --                            reclaimed | left | drained | quarantined}; the last
 --                            HISTORY_LEN, for the leases' timeline
 --   KEYS[17] released  ZSET  lease token -> ms it was released, the last
---                            RELEASED_LEN: a release by one of these tokens is
+--                            RELEASED_LEN (reap trims it) and those since the
+--                            last reap: a release by one of these tokens is
 --                            the expected second path of a lease already
 --                            released, not a late or stale one
 --   KEYS[18] clock     HASH  {skew, last, promised, gen, steps?, step_ms?,
@@ -242,20 +243,19 @@ end
 -- falls below Redis's own clock in ms (not the pool's, which a rewind or a
 -- step may have held back), so that a Redis that lost its data, or went
 -- back to a snapshot, still hands out fences above those executors have
--- already seen, unless acquires outran 1,000 a second for long.
--- A fence INCR refuses (not an integer as Redis writes one, or at the
--- int64 limit) fails the script with a line that names the key.
+-- already seen, unless acquires outran 1,000 a second for long. One SET
+-- writes the floor and reads the counter: only a counter at or above the
+-- floor needs a second. A counter that is not a number is replaced by the
+-- floor (pool check reports one); a key of another type fails the script
+-- with WRONGTYPE before it writes.
 local function next_fence()
-  local ok, fence = pcall(redis.call, 'INCR', K_FENCE)
-  if not ok then
-    error(redis.error_reply('EVALPOOL_FOREIGN_DATA ' .. K_FENCE .. ' is not an integer: ' .. tostring(type(fence) == 'table' and fence.err or fence)))
-  end
   local floor = redis_ms()
-  if fence < floor then
-    fence = floor
-    redis.call('SET', K_FENCE, fence)
+  local last = tonumber(redis.call('SET', K_FENCE, floor, 'GET'))
+  if last and last >= floor and last < 1e15 then
+    redis.call('SET', K_FENCE, last + 1)
+    return last + 1
   end
-  return fence
+  return floor
 end
 
 -- grant takes the next fence unless the caller took it (fence), as acquire
@@ -312,7 +312,8 @@ local function free(url, now, record, pre)
     return nil
   end
   record = record or decode(redis.call('HGET', K_EXECUTORS, url))
-  local lists = waiter_lists(record)
+  -- Every waiter has its entry in waiting: with none, no list is looked at.
+  local lists = redis.call('HLEN', K_WAITING) > 0 and waiter_lists(record) or {}
   for _ = 1, HANDOFF_LOOK do
     local list, eval_id, first
     for _, key in ipairs(lists) do
@@ -397,8 +398,7 @@ end
 -- leased. It returns 1 when the executor was removed, 0 when it was freed
 -- (or is not registered). how says why it ended, for the history. lease and
 -- record are url's lease and executor records when the caller has already
--- read them; pre, what it read: pre.holder (what the holders index says
--- of the lease's eval), pre.draining, and what free takes.
+-- read them; pre, what it read: pre.draining, and what free takes.
 local function end_lease(url, now, how, lease, record, pre)
   lease = lease or lease_of(url)
   redis.call('HDEL', K_LEASES, url)
@@ -406,15 +406,9 @@ local function end_lease(url, now, how, lease, record, pre)
   redis.call('XADD', K_HISTORY, 'MAXLEN', '~', HISTORY_LEN, '*', 'url', url,
     'eval', lease and tostring(lease.eval_id) or '', 'from', lease and tostring(lease.acquired_at) or '', 'how', how)
   if lease and type(lease.eval_id) == 'string' then
-    local holder
-    if pre then
-      holder = pre.holder
-    else
-      holder = redis.call('HGET', K_HOLDERS, lease.eval_id)
-    end
-    if holder == url then
-      redis.call('HDEL', K_HOLDERS, lease.eval_id)
-    end
+    -- An eval holds one lease at most (acquire re-enters its own, a
+    -- handoff skips an eval that holds one), so its entry names url.
+    redis.call('HDEL', K_HOLDERS, lease.eval_id)
   end
   local registered = record ~= nil
   if not record then

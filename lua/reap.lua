@@ -42,4 +42,6 @@ if redis.call('HLEN', K_HOLDERS) > leases then
     end
   end
 end
+-- The released tokens are kept to their cap here, not by every release.
+redis.call('ZREMRANGEBYRANK', K_RELEASED, 0, -RELEASED_LEN - 1)
 return (reclaim_expired(now, tonumber(ARGV[1]), tonumber(ARGV[2])))

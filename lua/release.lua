@@ -30,13 +30,13 @@
 --                             changes, the holder keeps its executor
 --           'not_leased'      unknown, removed, or neither leased nor available
 --   expected     1 when the token's lease was released already (the last
---                RELEASED_LEN released tokens) and this release comes by a
---                designed path (ARGV[8]): the second path of a lease
---                (--cleanup both, a failed attempt's two cleanups), absorbed
---                like any; 0 for a real double release: by a token whose
---                lease was reclaimed (its holder outlived it), that never
---                held the executor, or by anything but a designed path (a
---                late callback replayed)
+--                RELEASED_LEN released tokens, and any since the last reap)
+--                and this release comes by a designed path (ARGV[8]): the
+--                second path of a lease (--cleanup both, a failed attempt's
+--                two cleanups), absorbed like any; 0 for a real double
+--                release: by a token whose lease was reclaimed (its holder
+--                outlived it), that never held the executor, or by anything
+--                but a designed path (a late callback replayed)
 --   last_available_ms  when the executor last became available (its previous
 --                      release, reclaim or registration), -1 if unknown
 --   holder_eval_id     the eval holding the lease for 'stale_lease', else ''
@@ -63,7 +63,6 @@ local WINDOW = 20
 if lease and lease.token == token then
   local eval_id = type(lease.eval_id) == 'string' and lease.eval_id or nil
   local pre = {
-    holder = eval_id and redis.call('HGET', K_HOLDERS, eval_id) or false,
     draining = redis.call('SISMEMBER', K_DRAINING, url) == 1,
     out = redis.call('ZSCORE', K_QUARANTINE, url) ~= false,
   }
@@ -110,7 +109,6 @@ if lease and lease.token == token then
     redis.call('HSET', K_AVOID, eval_id, url)
   end
   redis.call('ZADD', K_RELEASED, now, token)
-  redis.call('ZREMRANGEBYRANK', K_RELEASED, 0, -RELEASED_LEN - 1)
   local removed = end_lease(url, now, 'released', lease, raw and (record or {}) or nil, pre)
   return { 'released', now, tonumber(lease.available_since) or -1, '', removed, quarantined, 0 }
 end

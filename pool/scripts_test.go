@@ -468,7 +468,13 @@ func TestForeignDataIsReported(t *testing.T) {
 					}
 					holder[l.URL] = l.EvalID
 				}
-				if got := checkLines(t, p); !slices.Contains(got, want) {
+				got := checkLines(t, p)
+				if _, ok := fenceStrings[suffix]; ok && !slices.Contains(got, want) {
+					// An acquire replaced the counter by Redis's clock.
+					if n, err := b.client.Get(t.Context(), key).Int64(); err != nil || n < held.Fence || len(got) > 0 {
+						t.Fatalf("after the operations, the fence is %d (%v) and Check = %q; want it replaced by one above %d, and no violation", n, err, got, held.Fence)
+					}
+				} else if !slices.Contains(got, want) {
 					t.Fatalf("after the operations, Check = %q, want it to hold %q", got, want)
 				}
 			})
@@ -513,30 +519,19 @@ func TestCheckReportsForeignTypes(t *testing.T) {
 	}
 }
 
-// TestForeignTypeNeverReadsAsFree puts a leased executor at the head of the
-// available index, as a lost write could, and data of another type under
-// each key acquire reads to tell whether its candidate is free: the acquire
-// fails with ErrForeignData, in one line, and grants nothing, where a read
-// that took the foreign key for an empty one would double-book e1.
-func TestForeignTypeNeverReadsAsFree(t *testing.T) {
+// A leased executor listed as free is written by no script: the scripts
+// trust the available index (docs/reliability.md, "Threat model"), and
+// Check is where such a write is found.
+func TestCheckReportsALeasedExecutorListedAsFree(t *testing.T) {
 	t.Parallel()
-	for _, key := range []string{"executors", "leases", "draining", "quarantine"} {
-		t.Run(key, func(t *testing.T) {
-			t.Parallel()
-			p, b := setup(t, "http://e1", "http://e2")
-			held := acquire(t, p, "eval-a", time.Minute)
-			if err := b.client.ZAdd(t.Context(), p.keys.Available(), redis.Z{Score: 0, Member: held.URL}).Err(); err != nil {
-				t.Fatal(err)
-			}
-			k := map[string]string{"executors": p.keys.Executors(), "leases": p.keys.Leases(), "draining": p.keys.Draining(), "quarantine": p.keys.Quarantine()}[key]
-			if err := b.client.Set(t.Context(), k, "not ours", 0).Err(); err != nil {
-				t.Fatal(err)
-			}
-			l, err := p.Acquire(t.Context(), "eval-x", time.Minute)
-			if !errors.Is(err, ErrForeignData) || !strings.Contains(err.Error(), "WRONGTYPE") || strings.Contains(err.Error(), "\n") {
-				t.Fatalf("acquire over a foreign %s = %+v, %v; want one line wrapping ErrForeignData", key, l, err)
-			}
-		})
+	p, b := setup(t, "http://e1", "http://e2")
+	held := acquire(t, p, "eval-a", time.Minute)
+	if err := b.client.ZAdd(t.Context(), p.keys.Available(), redis.Z{Score: 0, Member: held.URL}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	got := checkLines(t, p)
+	if len(got) == 0 || !strings.Contains(strings.Join(got, "\n"), held.URL) {
+		t.Fatalf("Check = %q, want the leased %s listed as available", got, held.URL)
 	}
 }
 

@@ -367,25 +367,28 @@ func TestRegisterRefusesAnExecutorOfAnotherPool(t *testing.T) {
 	assertWhole(t, other, "http://localhost:17401")
 }
 
-// A fence INCR refuses is refused before any write and reported by Check,
-// and corruption that would hold an executor for ever is repaired by the
-// reaper.
+// A fence that is not a counter is reported by Check and replaced by the
+// next acquire with Redis's clock, and corruption that would hold an
+// executor for ever is repaired by the reaper.
 func TestCorruptionLosesNoExecutor(t *testing.T) {
 	t.Parallel()
 	t.Run("a fence that is not an integer", func(t *testing.T) {
 		t.Parallel()
 		p, b := setup(t, "http://e1")
-		for _, junk := range []string{"abc", "1.5"} {
+		first := acquire(t, p, "eval-a", time.Minute)
+		release(t, p, first, Released)
+		for _, junk := range []string{"abc", "1.5", "9223372036854775807"} {
 			b.client.Set(t.Context(), p.keys.Fence(), junk, 0)
-			if _, err := p.Acquire(t.Context(), "eval-a", time.Minute); !errors.Is(err, ErrForeignData) {
-				t.Fatalf("acquire over fence %q: err = %v, want ErrForeignData", junk, err)
-			}
 			want := fmt.Sprintf("invariant 10: %s holds %q, not an integer of at most 18 digits: not written by evalpool", p.keys.Fence(), junk)
 			if got := checkLines(t, p); !slices.Equal(got, []string{want}) {
 				t.Fatalf("Check over fence %q = %q, want %q", junk, got, want)
 			}
+			l := acquire(t, p, "eval-"+junk, time.Minute)
+			if l.Fence <= first.Fence {
+				t.Fatalf("acquire over fence %q granted fence %d, not above %d", junk, l.Fence, first.Fence)
+			}
+			release(t, p, l, Released)
 		}
-		b.client.Del(t.Context(), p.keys.Fence())
 		assertWhole(t, p, "http://e1")
 	})
 	t.Run("a lease whose deadline was deleted", func(t *testing.T) {
