@@ -65,10 +65,29 @@ func Parse(kvs []string) (map[string]string, error) {
 // Name is the name of a label set; empty for none.
 func Name(labels map[string]string) string { return strings.Join(parts(labels), ",") }
 
-// Subsets names every non-empty subset of labels: the label sets an
-// executor with them serves.
-func Subsets(labels map[string]string) []string {
-	ps := parts(labels)
+// Serves reports whether the label set named set holds every label of the
+// one named required (names as Name gives them): an executor with those
+// labels can serve an eval that requires these.
+func Serves(set, required string) bool {
+	if required == "" {
+		return true
+	}
+	have := strings.Split(set, ",")
+	for _, p := range strings.Split(required, ",") {
+		if !slices.Contains(have, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// Subsets names every non-empty subset of the label set named set: the
+// requirements an executor with those labels serves.
+func Subsets(set string) []string {
+	if set == "" {
+		return nil
+	}
+	ps := strings.Split(set, ",")
 	if len(ps) > Max {
 		ps = ps[:Max]
 	}

@@ -18,16 +18,33 @@ func TestNameSortsAsLuaDoes(t *testing.T) {
 	}
 }
 
-func TestSubsets(t *testing.T) {
+func TestServes(t *testing.T) {
 	t.Parallel()
-	got := Subsets(map[string]string{"gpu": "a100", "region": "eu"})
-	slices.Sort(got)
-	want := []string{"gpu=a100", "gpu=a100,region=eu", "region=eu"}
-	if !slices.Equal(got, want) {
-		t.Fatalf("Subsets = %v, want %v", got, want)
+	const set = "gpu=a100,region=eu"
+	tests := []struct {
+		require map[string]string
+		want    bool
+	}{
+		{nil, true},
+		{map[string]string{"gpu": "a100"}, true},
+		{map[string]string{"region": "eu", "gpu": "a100"}, true},
+		{map[string]string{"gpu": "a10"}, false},
+		{map[string]string{"gpu": "a100", "zone": "1"}, false},
 	}
-	if len(Subsets(map[string]string{"a": "1", "b": "2", "c": "3", "d": "4"})) != 15 {
-		t.Fatal("4 labels have 15 non-empty subsets")
+	for _, tt := range tests {
+		if got := Serves(set, Name(tt.require)); got != tt.want {
+			t.Errorf("Serves(%q, %v) = %v, want %v", set, tt.require, got, tt.want)
+		}
+	}
+	subsets := Subsets(set)
+	slices.Sort(subsets)
+	if want := []string{"gpu=a100", "gpu=a100,region=eu", "region=eu"}; !slices.Equal(subsets, want) {
+		t.Fatalf("Subsets(%q) = %v, want %v", set, subsets, want)
+	}
+	for _, s := range subsets {
+		if !Serves(set, s) {
+			t.Errorf("%q does not serve its subset %q", set, s)
+		}
 	}
 }
 

@@ -41,11 +41,18 @@ local function no_pool()
   return redis.call('EXISTS', K_EPOCH) == 0
 end
 local NO_POOL = 'EVALPOOL_NO_POOL the pool has no epoch marker: never created, or its data was lost'
-if set ~= '' and not redis.call('HGET', K_LABELSETS, set) then
-  if no_pool() then
-    return redis.error_reply(NO_POOL)
+-- The label sets whose executors can serve the eval; nil: any executor.
+local sets
+if set ~= '' then
+  sets = serving(set)
+  if #sets == 0 then
+    if no_pool() then
+      return redis.error_reply(NO_POOL)
+    elseif redis.call('EXISTS', PREFIX .. 'labelsets') == 1 then
+      return redis.error_reply('EVALPOOL_MIGRATE the pool\'s label indexes are an older release\'s')
+    end
+    return redis.error_reply('EVALPOOL_UNSERVABLE no registered executor has the labels ' .. set)
   end
-  return redis.error_reply('EVALPOOL_UNSERVABLE no registered executor has the labels ' .. set)
 end
 local now_micro = now_us()
 local now = math.floor(now_micro / 1000)
@@ -83,26 +90,47 @@ if held then
   end
 end
 
--- Take the executor idle longest: the available index holds exactly the
--- free executors, each script keeping it so (docs/reliability.md, "Threat
--- model"). An entry whose record is gone (a lost key) is dropped. Expired
--- leases are reclaimed only when nothing is free: a reclaimed executor
--- would be the last in line anyway, and the reaper returns it meanwhile.
-local wake = ARGV[6]
-local key = available_key(set)
-local reclaimed = false
-for _ = 1, 16 do
+-- Take the executor idle longest: the head of the available index, or the
+-- oldest head among the indexes of the label sets that serve the eval. The
+-- indexes hold exactly the free executors, each script keeping them so
+-- (docs/reliability.md, "Threat model"). An entry whose record is gone (a
+-- lost key) is dropped. Expired leases are reclaimed only when nothing is
+-- free: a reclaimed executor would be the last in line anyway, and the
+-- reaper returns it meanwhile.
+local function head(key, best)
   local two = redis.call('ZRANGE', key, 0, avoid and 1 or 0, 'WITHSCORES')
   if #two == 0 then
+    return best
+  end
+  local c = { url = two[1], since = tonumber(two[2]), key = key }
+  if c.url == avoid and #two == 4 then
+    c.url, c.since = two[3], tonumber(two[4])
+  end
+  -- The executor to avoid is taken only when no index has another.
+  if not best or (c.url == avoid) == (best.url == avoid) and c.since < best.since
+      or best.url == avoid and c.url ~= avoid then
+    return c
+  end
+  return best
+end
+local wake = ARGV[6]
+local reclaimed = false
+for _ = 1, 16 do
+  local best
+  if sets then
+    for _, s in ipairs(sets) do
+      best = head(labelled_key(s), best)
+    end
+  else
+    best = head(K_AVAILABLE)
+  end
+  if not best then
     if reclaimed or reclaim_expired(now, tonumber(ARGV[4]), grace) == 0 then
       break
     end
     reclaimed = true
   else
-    local url, since = two[1], two[2]
-    if avoid and url == avoid and #two == 4 then
-      url, since = two[3], two[4]
-    end
+    local url = best.url
     local raw = redis.call('HGET', K_EXECUTORS, url)
     if raw then
       -- An eval that waited before leaves the line; the two keys hold an
@@ -110,11 +138,12 @@ for _ = 1, 16 do
       local line = waiters_key(set)
       local waited = redis.call('ZSCORE', line, eval_id)
       local fence = next_fence()
-      redis.call('ZREM', key, url)
-      -- Out of the other label sets' indexes too. A record that does not
-      -- name labels has none: most pools have none, and need no decoding.
-      if set ~= '' or string.find(raw, '"labels"', 1, true) then
+      -- A record that does not name labels has none: most pools have
+      -- none, and need no decoding.
+      if string.find(raw, '"labels"', 1, true) then
         take_out(url, decode(raw))
+      else
+        redis.call('ZREM', K_AVAILABLE, url)
       end
       if avoid then
         redis.call('HDEL', K_AVOID, eval_id)
@@ -123,9 +152,9 @@ for _ = 1, 16 do
         redis.call('ZREM', line, eval_id)
         redis.call('HDEL', K_WAITING, eval_id)
       end
-      return grant(url, eval_id, token, ttl, now, tonumber(since), 0, fence)
+      return grant(url, eval_id, token, ttl, now, best.since, 0, fence)
     end
-    redis.call('ZREM', key, url)
+    redis.call('ZREM', best.key, url)
   end
 end
 if no_pool() then

@@ -10,9 +10,9 @@
 --                            quarantine_reason?, probes?}
 --   KEYS[2] available  ZSET  url -> ms when it last became available; an
 --                            executor with labels is also in the available
---                            index of each set of its labels
---                            (available:<set>), so that an eval requiring a
---                            set pops from one index, in O(log N)
+--                            index of its label set (labelled:<set>, same
+--                            score), so that an eval requiring labels looks
+--                            at the head of each set that has them
 --   KEYS[3] leases     HASH  url -> lease record JSON {token, eval_id, fence,
 --                            acquired_at, available_since}
 --   KEYS[4] deadlines  ZSET  url -> lease deadline (ms)
@@ -35,9 +35,11 @@
 --                            leased one goes out of service at its release
 --   KEYS[13] avoid     HASH  eval_id -> url its last attempt found unavailable:
 --                            its next acquire prefers another executor
---   KEYS[14] labelsets HASH  label set -> how many registered executors have
---                            it, so that an eval no executor could serve is
---                            refused, not parked for ever
+--   KEYS[14] labelled  HASH  label set -> how many registered executors have
+--                            exactly those labels: the sets an eval's
+--                            requirement is matched against, so that an eval
+--                            no executor could serve is refused, not parked
+--                            for ever
 --   KEYS[15] cancelled ZSET  eval_id -> ms it was cancelled: acquire refuses
 --                            it, so a cancelled eval never reaches an
 --                            executor, whatever Asynq still delivers
@@ -56,8 +58,8 @@
 --                            generation that only grows (clock.lua)
 --
 -- A label set is its labels as sorted "key=value" strings joined by ",".
--- An executor has at most MAX_LABELS labels: it is in 2^k - 1 label-set
--- indexes, each a ZADD on release and a ZREM on acquire.
+-- An executor has at most MAX_LABELS labels, and is in one label set's
+-- index whatever their number: a ZADD more on release, a ZREM on acquire.
 --
 -- Time is the pool's (pool_now_us): Redis's own clock less the steps it
 -- took, never the caller's clock. Nothing read from a
@@ -82,7 +84,7 @@ local K_WAITERS = KEYS[10]
 local K_WAITING = KEYS[11]
 local K_QUARANTINE = KEYS[12]
 local K_AVOID = KEYS[13]
-local K_LABELSETS = KEYS[14]
+local K_LABELLED = KEYS[14]
 local K_CANCELLED = KEYS[15]
 local K_HISTORY = KEYS[16]
 local HISTORY_LEN = 100000
@@ -181,7 +183,8 @@ local function label_list(record)
 end
 
 -- label_sets is every non-empty subset of a sorted label list, by name: the
--- label sets an eval may require that this executor can serve.
+-- label sets an eval may require that this executor can serve, whose wait
+-- lists a handoff looks at.
 local function label_sets(list)
   local sets = {}
   local n = math.min(#list, MAX_LABELS)
@@ -197,13 +200,11 @@ local function label_sets(list)
   return sets
 end
 
--- available_key and waiters_key name the index of a label set: the pool's
--- own keys for the empty set, which every executor has.
-local function available_key(set)
-  if set == nil or set == '' then
-    return K_AVAILABLE
-  end
-  return PREFIX .. 'available:' .. set
+-- labelled_key names the available index of the executors whose labels are
+-- exactly set; waiters_key the wait list of the evals that require set. The
+-- empty set's are the pool's own keys: every executor is in available.
+local function labelled_key(set)
+  return PREFIX .. 'labelled:' .. set
 end
 
 local function waiters_key(set)
@@ -213,30 +214,56 @@ local function waiters_key(set)
   return PREFIX .. 'waiters:' .. set
 end
 
--- make_available puts url in the available index of every label set it has.
+-- make_available puts url in the pool's available index and, when it has
+-- labels, in its label set's.
 local function make_available(url, record, since)
   redis.call('ZADD', K_AVAILABLE, since, url)
-  for _, set in ipairs(label_sets(label_list(record))) do
-    redis.call('ZADD', available_key(set), since, url)
+  local set = table.concat(label_list(record), ',')
+  if set ~= '' then
+    redis.call('ZADD', labelled_key(set), since, url)
   end
 end
 
--- take_out removes url from every available index.
+-- take_out removes url from the available indexes make_available put it in.
 local function take_out(url, record)
   redis.call('ZREM', K_AVAILABLE, url)
-  for _, set in ipairs(label_sets(label_list(record))) do
-    redis.call('ZREM', available_key(set), url)
+  local set = table.concat(label_list(record), ',')
+  if set ~= '' then
+    redis.call('ZREM', labelled_key(set), url)
   end
 end
 
--- count_sets adds delta to the registered count of each label set of a
--- record, so that labelsets says which requirements some executor meets.
+-- count_sets adds delta to the count of registered executors with exactly
+-- a record's labels, so that labelled names every label set in the pool.
 local function count_sets(record, delta)
-  for _, set in ipairs(label_sets(label_list(record))) do
-    if redis.call('HINCRBY', K_LABELSETS, set, delta) <= 0 then
-      redis.call('HDEL', K_LABELSETS, set)
+  local set = table.concat(label_list(record), ',')
+  if set ~= '' and redis.call('HINCRBY', K_LABELLED, set, delta) <= 0 then
+    redis.call('HDEL', K_LABELLED, set)
+  end
+end
+
+-- serving lists the label sets in the pool that hold every label of
+-- required (a label set's name): the indexes an eval that requires it may
+-- take an executor from.
+local function serving(required)
+  local want = {}
+  for label in string.gmatch(required, '[^,]+') do
+    want[#want + 1] = ',' .. label .. ','
+  end
+  local out = {}
+  for _, set in ipairs(redis.call('HKEYS', K_LABELLED)) do
+    local has, padded = true, ',' .. set .. ','
+    for _, label in ipairs(want) do
+      if not string.find(padded, label, 1, true) then
+        has = false
+        break
+      end
+    end
+    if has then
+      out[#out + 1] = set
     end
   end
+  return out
 end
 
 -- next_fence is the fence of a new grant, above every one before. It never

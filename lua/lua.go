@@ -33,8 +33,8 @@ var (
 	lib string
 	//go:embed register.lua
 	register string
-	//go:embed adopt.lua
-	adopt string
+	//go:embed migrate.lua
+	migrate string
 	//go:embed deregister.lua
 	deregister string
 	//go:embed acquire.lua
@@ -79,7 +79,7 @@ var (
 // its own file documents ARGV and the reply.
 var (
 	Register   = newScript(lib, register)
-	Adopt      = newScript(lib, adopt)
+	Migrate    = newScript(lib, migrate)
 	Deregister = newScript(lib, deregister)
 	Acquire    = newScript(lib, acquire)
 	Renew      = newScript(lib, renew)
@@ -113,7 +113,7 @@ var (
 // for loading them before a pipeline and for tests.
 var All = map[string]*Script{
 	"register":   Register,
-	"adopt":      Adopt,
+	"migrate":    Migrate,
 	"deregister": Deregister,
 	"acquire":    Acquire,
 	"renew":      Renew,

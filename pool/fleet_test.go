@@ -500,7 +500,7 @@ func TestRelabel(t *testing.T) {
 func TestCheckSeesBrokenLabelIndexes(t *testing.T) {
 	t.Parallel()
 	p, b := setupLabeled(t)
-	if err := b.client.Del(t.Context(), p.keys.AvailableFor("gpu=a100")).Err(); err != nil {
+	if err := b.client.Del(t.Context(), p.keys.LabelledFor("gpu=a100")).Err(); err != nil {
 		t.Fatal(err)
 	}
 	vs, err := p.Check(t.Context())

@@ -5,8 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-
-	"github.com/redis/go-redis/v9"
+	"slices"
 
 	"github.com/evalpool/evalpool/labels"
 	"github.com/evalpool/evalpool/lua"
@@ -40,20 +39,28 @@ func (p *Pool) CanServe(ctx context.Context, require map[string]string) (bool, e
 	if err := ValidateLabels(require); err != nil {
 		return false, err
 	}
-	var n int64
-	var err error
-	if set := labels.Name(require); set == "" {
-		n, err = p.client.HLen(ctx, p.keys.Executors()).Result()
-	} else {
-		err = p.client.HGet(ctx, p.keys.LabelSets(), set).Scan(&n)
-		if errors.Is(err, redis.Nil) {
-			err = nil
+	required := labels.Name(require)
+	if required == "" {
+		n, err := p.client.HLen(ctx, p.keys.Executors()).Result()
+		if err != nil {
+			return false, fmt.Errorf("pool: can %s serve any eval: %w", p.name, err)
+		}
+		return n > 0, nil
+	}
+	for range 2 {
+		sets, err := p.client.HKeys(ctx, p.keys.Labelled()).Result()
+		if err != nil {
+			return false, fmt.Errorf("pool: can %s serve %s: %w", p.name, required, err)
+		}
+		if slices.ContainsFunc(sets, func(set string) bool { return labels.Serves(set, required) }) {
+			return true, nil
+		}
+		// A pool of an older release keeps its label sets elsewhere.
+		if n, err := p.Migrate(ctx); err != nil || n == 0 {
+			return false, err
 		}
 	}
-	if err != nil {
-		return false, fmt.Errorf("pool: can %s serve %s: %w", p.name, labels.Name(require), err)
-	}
-	return n > 0, nil
+	return false, nil
 }
 
 // RelabelOutcome says what Relabel did.
@@ -82,6 +89,9 @@ func (p *Pool) Relabel(ctx context.Context, rawURL string, ls map[string]string)
 	b, err := json.Marshal(ls)
 	if err != nil {
 		return "", fmt.Errorf("%w: labels of %s: %w", ErrInvalid, u, err)
+	}
+	if _, err := p.Migrate(ctx); err != nil {
+		return "", err
 	}
 	out, err := lua.Label.Run(ctx, p.client, p.script, u, string(b)).Text()
 	if err != nil {

@@ -25,11 +25,11 @@ func (p *Pool) layoutTypes() (keys, families map[string]string) {
 		k.Executors(): "hash", k.Available(): "zset", k.Leases(): "hash", k.Deadlines(): "zset",
 		k.Holders(): "hash", k.Draining(): "set", k.Fence(): "string", k.Epoch(): "string",
 		k.Instances(): "hash", k.Waiters(): "zset", k.Waiting(): "hash", k.Quarantine(): "zset",
-		k.Avoid(): "hash", k.LabelSets(): "hash", k.Cancelled(): "zset", k.History(): "stream",
+		k.Avoid(): "hash", k.Labelled(): "hash", k.Cancelled(): "zset", k.History(): "stream",
 		k.Released(): "zset", k.Clock(): "hash", k.Reaped(): "string",
 	}
 	families = map[string]string{
-		k.AvailableFor(""): "zset", k.WaitersFor(""): "zset", k.WakePrefix(): "list", k.Scratch(""): "",
+		k.LabelledFor(""): "zset", k.WaitersFor(""): "zset", k.WakePrefix(): "list", k.Scratch(""): "",
 	}
 	return keys, families
 }

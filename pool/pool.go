@@ -59,6 +59,9 @@ var (
 	// against: the operation stopped where it met the key, possibly after
 	// some of its writes, and Check names every such key.
 	ErrForeignData = errors.New("pool: foreign data under the pool's keys")
+	// errOlderLayout means a script met a pool of an older release's
+	// layout: Migrate brings it to this one.
+	errOlderLayout = errors.New("pool: the pool is an older release's")
 	// ErrPoolMissing means the pool's epoch marker is gone: the pool was
 	// never created (no executor was ever registered), or its data was lost
 	// (FLUSHALL, an evicting Redis, a restart without persistence).
@@ -123,7 +126,7 @@ func scriptErr(err error) error {
 	if redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return fmt.Errorf("%w (pool check names the key): %s", ErrForeignData, err.Error())
 	}
-	for prefix, sentinel := range map[string]error{"EVALPOOL_FOREIGN_DATA": ErrForeignData, "EVALPOOL_NO_POOL": ErrPoolMissing, "EVALPOOL_UNSERVABLE": ErrUnservable, "EVALPOOL_BAD_LABELS": ErrInvalid, "EVALPOOL_CANCELLED": ErrCancelled} {
+	for prefix, sentinel := range map[string]error{"EVALPOOL_FOREIGN_DATA": ErrForeignData, "EVALPOOL_NO_POOL": ErrPoolMissing, "EVALPOOL_UNSERVABLE": ErrUnservable, "EVALPOOL_BAD_LABELS": ErrInvalid, "EVALPOOL_CANCELLED": ErrCancelled, "EVALPOOL_MIGRATE": errOlderLayout} {
 		if redis.HasErrorPrefix(err, prefix) {
 			return fmt.Errorf("%w: %s", sentinel, strings.TrimPrefix(err.Error(), prefix+" "))
 		}
@@ -336,23 +339,24 @@ func (p *Pool) Epoch(ctx context.Context) (string, error) {
 	return v, nil
 }
 
-// Adopt takes over, in place, a pool that has executors but no epoch
-// marker: one written by a release before the marker (89b3e49 and older), or
-// one whose marker alone was evicted. It writes the marker and rebuilds the
-// label sets' indexes; leases in flight are kept. It returns how many
-// executors it adopted: 0 when the pool has its marker, or no executor.
-// Register and Acquire adopt such a pool themselves; a worker adopts its
-// pools at its first maintenance tick.
-func (p *Pool) Adopt(ctx context.Context) (int, error) {
+// Migrate brings, in place, a pool written by an older release to this
+// release's layout (migrate.lua): one without an epoch marker (89b3e49 and
+// older, or a marker alone evicted), or one whose label indexes are kept per
+// subset of each executor's labels. Leases in flight are kept. It returns
+// how many executors it migrated: 0 when the pool is this release's, or has
+// no executor. Register, Relabel and an acquire that meets an older pool
+// migrate it themselves; a worker migrates its pools at each maintenance
+// tick.
+func (p *Pool) Migrate(ctx context.Context) (int, error) {
 	epoch, err := newToken()
 	if err != nil {
 		return 0, err
 	}
-	out, err := lua.Adopt.Run(ctx, p.client, p.script, epoch).Slice()
+	out, err := lua.Migrate.Run(ctx, p.client, p.script, epoch).Slice()
 	if err != nil {
-		return 0, fmt.Errorf("pool: adopt %s: %w", p.name, scriptErr(err))
+		return 0, fmt.Errorf("pool: migrate %s: %w", p.name, scriptErr(err))
 	}
-	if out[0] != "adopted" {
+	if out[0] != "migrated" {
 		return 0, nil
 	}
 	return int(out[1].(int64)), nil
@@ -502,7 +506,7 @@ func (p *Pool) Register(ctx context.Context, execs ...Executor) ([]Registration,
 			return nil, fmt.Errorf("executor %s: %w", regs[i].URL, err)
 		}
 	}
-	if _, err := p.Adopt(ctx); err != nil {
+	if _, err := p.Migrate(ctx); err != nil {
 		return nil, err
 	}
 	// Executors another pool holds are refused here; the script refuses a
@@ -665,7 +669,7 @@ type AcquireArgs struct {
 	// does.
 	Wait Wait
 
-	adopted bool // the pool was adopted by this call: no second try
+	migrated bool // the pool was migrated by this call: no second try
 }
 
 // AcquireWith is Acquire, or AcquireOrWait when args.Wait is set, for an
@@ -740,9 +744,9 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 		p.metrics.acquires.WithLabelValues(p.name, "unservable").Inc()
 		return Lease{}, fmt.Errorf("eval %s: %w", evalID, err)
 	}
-	if errors.Is(err, ErrPoolMissing) && !args.adopted {
-		if n, aerr := p.Adopt(ctx); aerr == nil && n > 0 {
-			args.adopted = true
+	if (errors.Is(err, ErrPoolMissing) || errors.Is(err, errOlderLayout)) && !args.migrated {
+		if n, merr := p.Migrate(ctx); merr == nil && n > 0 {
+			args.migrated = true
 			return p.acquire(ctx, evalID, ttl, args)
 		}
 	}

@@ -150,7 +150,7 @@ func TestClusterOneSlotPerPool(t *testing.T) {
 		nodes[node.Options().Addr] = true
 		t.Run(p.Name(), func(t *testing.T) { lifecycle(t, p) })
 		// Check walks the pool's keys on the node of its slot.
-		key := p.keys.AvailableFor("x")
+		key := p.keys.LabelledFor("x")
 		if err := c.Set(t.Context(), key, "not ours", 0).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -493,7 +493,7 @@ func TestCheckReportsForeignTypes(t *testing.T) {
 		key  func(k keys.Pool) string
 		want string // the type Check expects; "" for no violation
 	}{
-		{"label index", func(k keys.Pool) string { return k.AvailableFor("gpu=a100") }, "zset"},
+		{"label index", func(k keys.Pool) string { return k.LabelledFor("gpu=a100") }, "zset"},
 		{"label wait list", func(k keys.Pool) string { return k.WaitersFor("gpu=a100") }, "zset"},
 		{"wake list", func(k keys.Pool) string { return k.Wake("w1") }, "list"},
 		{"clock", func(k keys.Pool) string { return k.Clock() }, "hash"},

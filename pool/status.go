@@ -198,11 +198,13 @@ type snapshot struct {
 	instances map[string]string
 	waiters   []redis.Z
 	waiting   map[string]string
-	// quarantine is url -> its next probe (ms); labelSets is label set ->
-	// registered executors with it; setAvailable and setWaiters are the
-	// indexes of each of those sets, waiters those of every set, merged.
+	// quarantine is url -> its next probe (ms); labelled is label set ->
+	// registered executors with exactly those labels; setAvailable is the
+	// available index of each of those sets, setWaiters the wait list of
+	// each set they serve (a subset of one), waiters those of every set,
+	// merged.
 	quarantine   map[string]float64
-	labelSets    map[string]string
+	labelled     map[string]string
 	setAvailable map[string]map[string]float64
 	setWaiters   map[string][]redis.Z
 }
@@ -210,7 +212,7 @@ type snapshot struct {
 func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 	// The label sets name keys of their own: read them first, then
 	// everything in one step, and again if the sets changed in between.
-	sets, err := p.client.HKeys(ctx, p.keys.LabelSets()).Result()
+	sets, err := p.client.HKeys(ctx, p.keys.Labelled()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("pool: read pool %s: %w", p.name, scriptErr(err))
 	}
@@ -219,7 +221,7 @@ func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 		if err != nil || !again {
 			return s, err
 		}
-		sets = slices.Collect(maps.Keys(s.labelSets))
+		sets = slices.Collect(maps.Keys(s.labelled))
 	}
 	return nil, fmt.Errorf("pool: read pool %s: its label sets kept changing", p.name)
 }
@@ -250,10 +252,15 @@ func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, agai
 	draining := redis.NewStringSliceCmd(ctx, "smembers", k.Draining())
 	cmds = append(cmds, draining)
 	fence, epoch, instances, waiters, waiting := str(k.Fence()), str(k.Epoch()), hash(k.Instances()), zset(k.Waiters()), hash(k.Waiting())
-	quarantine, labelSets := zset(k.Quarantine()), hash(k.LabelSets())
+	quarantine, labelled := zset(k.Quarantine()), hash(k.Labelled())
 	setAvailable, setWaiters := map[string]*redis.ZSliceCmd{}, map[string]*redis.ZSliceCmd{}
 	for _, set := range sets {
-		setAvailable[set], setWaiters[set] = zset(k.AvailableFor(set)), zset(k.WaitersFor(set))
+		setAvailable[set] = zset(k.LabelledFor(set))
+		for _, served := range labels.Subsets(set) {
+			if setWaiters[served] == nil {
+				setWaiters[served] = zset(k.WaitersFor(served))
+			}
+		}
 	}
 	clock := hash(k.Clock())
 	now := redis.NewTimeCmd(ctx, "time")
@@ -286,14 +293,16 @@ func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, agai
 		waiters:      waiters.Val(),
 		waiting:      waiting.Val(),
 		quarantine:   zmap(quarantine.Val()),
-		labelSets:    labelSets.Val(),
+		labelled:     labelled.Val(),
 		setAvailable: map[string]map[string]float64{},
 		setWaiters:   map[string][]redis.Z{},
 	}
-	for _, set := range sets {
-		s.setAvailable[set] = zmap(setAvailable[set].Val())
-		s.setWaiters[set] = setWaiters[set].Val()
-		s.waiters = append(s.waiters, setWaiters[set].Val()...)
+	for set, c := range setAvailable {
+		s.setAvailable[set] = zmap(c.Val())
+	}
+	for set, c := range setWaiters {
+		s.setWaiters[set] = c.Val()
+		s.waiters = append(s.waiters, c.Val()...)
 	}
 	slices.SortStableFunc(s.waiters, func(a, b redis.Z) int { return cmp.Compare(a.Score, b.Score) })
 	for _, u := range draining.Val() {
@@ -305,7 +314,7 @@ func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, agai
 		}
 	}
 	read := slices.Sorted(slices.Values(sets))
-	return s, !slices.Equal(read, slices.Sorted(maps.Keys(s.labelSets))), nil
+	return s, !slices.Equal(read, slices.Sorted(maps.Keys(s.labelled))), nil
 }
 
 func zmap(zs []redis.Z) map[string]float64 {
@@ -387,7 +396,7 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 	}
 	switch {
 	case s.epoch == "" && len(s.executors) > 0:
-		add(5, "", "the pool's epoch marker is missing but %d executors are registered: written by a release before the marker (89b3e49 or older), or the marker alone was evicted; the next acquire, `pool add` or worker adopts it in place", len(s.executors))
+		add(5, "", "the pool's epoch marker is missing but %d executors are registered: written by a release before the marker (89b3e49 or older), or the marker alone was evicted; the next acquire, `pool add` or worker migrates it in place", len(s.executors))
 	case s.epoch == "":
 		add(5, "", "the pool's epoch marker is missing: the pool was never created, or its data was lost (FLUSHALL, eviction, a restart without persistence)")
 	}
@@ -500,9 +509,15 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 	if live > 0 && len(s.available) > 0 {
 		add(6, "", "%d live waiters while %d executors are available", live, len(s.available))
 	}
-	for set, line := range s.setWaiters {
-		if n := liveWaiters(s, line); n > 0 && len(s.setAvailable[set]) > 0 {
-			add(6, "", "%d live waiters for %s while %d executors with it are available", n, set, len(s.setAvailable[set]))
+	for required, line := range s.setWaiters {
+		free := 0
+		for set, members := range s.setAvailable {
+			if labels.Serves(set, required) {
+				free += len(members)
+			}
+		}
+		if n := liveWaiters(s, line); n > 0 && free > 0 {
+			add(6, "", "%d live waiters for %s while %d executors with it are available", n, required, free)
 		}
 	}
 	slices.SortFunc(vs, func(a, b Violation) int {
@@ -524,42 +539,46 @@ func liveWaiters(s *snapshot, line []redis.Z) int {
 	return n
 }
 
-// checkLabelIndexes checks invariant 8: an available executor is in the
-// index of each of its label sets, under the same score, and in no other;
-// labelsets counts the registered executors of each set; a waiter waits in
+// checkLabelIndexes checks invariant 8: an available executor with labels
+// is in the index of its label set, under the same score, and in no other;
+// labelled counts the registered executors of each set; a waiter waits in
 // the list of the set it requires.
 func checkLabelIndexes(s *snapshot, add func(inv int, url, format string, args ...any)) {
 	counts := map[string]int64{}
-	for u, raw := range s.executors {
+	setOf := func(u string) (string, bool) {
 		var rec executorRecord
-		if json.Unmarshal([]byte(raw), &rec) != nil {
+		if json.Unmarshal([]byte(s.executors[u]), &rec) != nil {
+			return "", false
+		}
+		return labels.Name(rec.Labels), true
+	}
+	for u := range s.executors {
+		set, ok := setOf(u)
+		if !ok || set == "" {
 			continue
 		}
-		for _, set := range labels.Subsets(rec.Labels) {
-			counts[set]++
-			if since, avail := s.available[u]; avail {
-				if got, ok := s.setAvailable[set][u]; !ok || got != since {
-					add(8, u, "available but missing from the index of its label set %s", set)
-				}
+		counts[set]++
+		if since, avail := s.available[u]; avail {
+			if got, ok := s.setAvailable[set][u]; !ok || got != since {
+				add(8, u, "available but missing from the index of its label set %s", set)
 			}
 		}
 	}
 	for set, members := range s.setAvailable {
 		for u := range members {
-			var rec executorRecord
 			_, avail := s.available[u]
-			if json.Unmarshal([]byte(s.executors[u]), &rec) != nil || !avail || !slices.Contains(labels.Subsets(rec.Labels), set) {
+			if have, ok := setOf(u); !ok || !avail || have != set {
 				add(8, u, "in the index of label set %s, but not an available executor with it", set)
 			}
 		}
 	}
-	for set, raw := range s.labelSets {
+	for set, raw := range s.labelled {
 		if n, err := strconv.ParseInt(raw, 10, 64); err != nil || n != counts[set] {
 			add(8, "", "label set %s counts %s registered executors, %d have it", set, raw, counts[set])
 		}
 	}
 	for set, n := range counts {
-		if _, ok := s.labelSets[set]; !ok {
+		if _, ok := s.labelled[set]; !ok {
 			add(8, "", "label set %s of %d registered executors is not counted", set, n)
 		}
 	}

@@ -11,77 +11,88 @@ import (
 	"github.com/evalpool/evalpool/internal/evaltest"
 )
 
-// olderRelease is the last release written before the pool's epoch marker.
-const olderRelease = "89b3e49"
-
-// A pool written by the release before the epoch marker, with leases in
-// flight, is adopted in place by this release's first acquire: no executor
-// lost, none handed out twice, the old leases kept (re-entered by their
-// evals, reclaimed once expired), and labels still served.
-func TestAdoptsAPoolOfTheReleaseBeforeTheMarker(t *testing.T) {
+// A pool written by an older release, with leases in flight, is migrated
+// in place by this release's first acquire: no executor lost, none handed
+// out twice, the old leases kept (re-entered by their evals, reclaimed once
+// expired), and labels still served. 89b3e49 wrote no epoch marker and no
+// label index; 1932b7a kept an index per subset of an executor's labels.
+func TestMigratesAPoolOfAnOlderRelease(t *testing.T) {
 	t.Parallel()
-	bin := evaltest.Release(t, olderRelease)
-	p, _ := setupWith(t, Options{LeaseGrace: testGrace})
-	old := func(args ...string) []byte {
-		t.Helper()
-		out, err := exec.Command(bin, append([]string{"--redis", evaltest.URL(t), "--pool", p.Name()}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s %s: %v\n%s", olderRelease, strings.Join(args, " "), err, out)
-		}
-		return out
-	}
-	old("pool", "add", "http://e1", "http://e2")
-	old("pool", "add", "http://e3", "http://e4", "--label", "gpu=a100")
-	var held []Lease // the old release's leases in flight
-	for _, eval := range []string{"old-long", "old-short"} {
-		ttl := map[string]string{"old-long": "1m", "old-short": "1s"}[eval]
-		var l Lease
-		if err := json.Unmarshal(old("pool", "acquire", "--eval", eval, "--ttl", ttl, "--json"), &l); err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, l)
-	}
-	// Check names the older release (and the label sets' indexes, which
-	// that release did not keep).
-	if vs := checkLines(t, p); len(vs) == 0 || !strings.Contains(vs[0], "4 executors are registered: written by a release before the marker") {
-		t.Fatalf("Check before adoption = %q, want the missing marker of an older release", vs)
-	}
+	for _, tt := range []struct {
+		release string
+		add     []string // pool add's flags, as the release takes them
+		check   string   // what Check says of the pool before it is migrated
+	}{
+		{"89b3e49", nil, "4 executors are registered: written by a release before the marker"},
+		{"1932b7a", []string{"--no-probe"}, "label set gpu=a100,zone=eu of 2 registered executors is not counted"},
+	} {
+		t.Run(tt.release, func(t *testing.T) {
+			t.Parallel()
+			bin := evaltest.Release(t, tt.release)
+			p, _ := setupWith(t, Options{LeaseGrace: testGrace})
+			old := func(args ...string) []byte {
+				t.Helper()
+				out, err := exec.Command(bin, append([]string{"--redis", evaltest.URL(t), "--pool", p.Name()}, args...)...).CombinedOutput()
+				if err != nil {
+					t.Fatalf("%s %s: %v\n%s", tt.release, strings.Join(args, " "), err, out)
+				}
+				return out
+			}
+			old(append([]string{"pool", "add", "http://e1", "http://e2"}, tt.add...)...)
+			old(append([]string{"pool", "add", "http://e3", "http://e4", "--label", "gpu=a100", "--label", "zone=eu"}, tt.add...)...)
+			var held []Lease // the old release's leases in flight
+			for _, eval := range []string{"old-long", "old-short"} {
+				ttl := map[string]string{"old-long": "1m", "old-short": "1s"}[eval]
+				var l Lease
+				if err := json.Unmarshal(old("pool", "acquire", "--eval", eval, "--ttl", ttl, "--json"), &l); err != nil {
+					t.Fatal(err)
+				}
+				held = append(held, l)
+			}
+			if vs := checkLines(t, p); !slices.ContainsFunc(vs, func(v string) bool { return strings.Contains(v, tt.check) }) {
+				t.Fatalf("Check before the migration = %q, want it to say %q", vs, tt.check)
+			}
 
-	// The third and fourth executors go to new evals, one of them requiring
-	// the label only the old release's records carried.
-	a100, err := p.AcquireWith(t.Context(), "new-a100", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
-	if err != nil {
-		t.Fatalf("acquire requiring gpu=a100 after adoption: %v", err)
-	}
-	plain := acquire(t, p, "new-plain", time.Minute)
-	leased := []string{held[0].URL, held[1].URL, a100.URL, plain.URL}
-	slices.Sort(leased)
-	if !slices.Equal(leased, []string{"http://e1", "http://e2", "http://e3", "http://e4"}) {
-		t.Fatalf("leased %v after adoption: an executor handed out twice", leased)
-	}
-	if a100.URL != "http://e3" && a100.URL != "http://e4" {
-		t.Fatalf("the eval requiring gpu=a100 got %s", a100.URL)
-	}
-	if l, err := p.Acquire(t.Context(), "another", time.Minute); err == nil {
-		t.Fatalf("a fifth acquire got %s, held by %v", l.URL, leased)
-	}
-	// The old release's lease is its eval's: re-entered under a higher fence.
-	again := acquire(t, p, "old-long", time.Minute)
-	if again.URL != held[0].URL || !again.Reentered || again.Fence <= held[0].Fence {
-		t.Fatalf("re-entry of the old lease = %+v, held %+v", again, held[0])
-	}
-	// The short one expires and comes back.
-	evaltest.Eventually(t, 10*time.Second, "the old release's expired lease was never reclaimed", func() bool {
-		n, err := p.Reap(t.Context())
-		return err == nil && n == 1
-	})
-	for _, l := range []Lease{again, a100, plain} {
-		if _, err := p.Release(t.Context(), l, "test"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	assertWhole(t, p, "http://e1", "http://e2", "http://e3", "http://e4")
-	if n, err := p.Adopt(t.Context()); err != nil || n != 0 {
-		t.Fatalf("Adopt of an adopted pool = %d, %v; want nothing to do", n, err)
+			// The third and fourth executors go to new evals, one of them
+			// requiring a label of theirs.
+			a100, err := p.AcquireWith(t.Context(), "new-a100", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
+			if err != nil {
+				t.Fatalf("acquire requiring gpu=a100 after the migration: %v", err)
+			}
+			plain := acquire(t, p, "new-plain", time.Minute)
+			leased := []string{held[0].URL, held[1].URL, a100.URL, plain.URL}
+			slices.Sort(leased)
+			if !slices.Equal(leased, []string{"http://e1", "http://e2", "http://e3", "http://e4"}) {
+				t.Fatalf("leased %v after the migration: an executor handed out twice", leased)
+			}
+			if a100.URL != "http://e3" && a100.URL != "http://e4" {
+				t.Fatalf("the eval requiring gpu=a100 got %s", a100.URL)
+			}
+			if l, err := p.Acquire(t.Context(), "another", time.Minute); err == nil {
+				t.Fatalf("a fifth acquire got %s, held by %v", l.URL, leased)
+			}
+			// The old release's lease is its eval's: re-entered under a
+			// higher fence.
+			again := acquire(t, p, "old-long", time.Minute)
+			if again.URL != held[0].URL || !again.Reentered || again.Fence <= held[0].Fence {
+				t.Fatalf("re-entry of the old lease = %+v, held %+v", again, held[0])
+			}
+			// The short one expires and comes back.
+			evaltest.Eventually(t, 10*time.Second, "the old release's expired lease was never reclaimed", func() bool {
+				n, err := p.Reap(t.Context())
+				return err == nil && n == 1
+			})
+			for _, l := range []Lease{again, a100, plain} {
+				release(t, p, l, Released)
+			}
+			assertWhole(t, p, "http://e1", "http://e2", "http://e3", "http://e4")
+			if n, err := p.Migrate(t.Context()); err != nil || n != 0 {
+				t.Fatalf("Migrate of a migrated pool = %d, %v; want nothing to do", n, err)
+			}
+			// The older release's subset indexes are gone with its counts.
+			if n, err := p.client.Exists(t.Context(), "evalpool:{"+p.Name()+"}:labelsets", "evalpool:{"+p.Name()+"}:available:gpu=a100").Result(); err != nil || n != 0 {
+				t.Fatalf("%d keys of the older layout left, %v", n, err)
+			}
+		})
 	}
 }

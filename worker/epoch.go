@@ -21,7 +21,8 @@ type epochWatch struct {
 }
 
 // watchEpochs is the worker's own maintenance, once per reap interval
-// until ctx ends: it reads every served pool's epoch, Redis's eviction
+// until ctx ends: it migrates a served pool an older release wrote
+// (pool.Migrate), reads every served pool's epoch, Redis's eviction
 // policy and its memory, records again the eval ends not yet written to
 // their runs, and, while Redis is full, reaps the pools itself.
 func (w *Worker) watchEpochs(ctx context.Context) {
@@ -55,17 +56,14 @@ func (w *Worker) watchEpochs(ctx context.Context) {
 			lastPolicy = policy
 		}
 		for name, sp := range w.pools {
+			migrated := false
+			if n, err := sp.pool.Migrate(ctx); err == nil && n > 0 {
+				migrated = true
+				w.log.Warn().Str("pool", name).Int("executors", n).Msg("pool migrated: it was written by an older release and is brought to this release's layout in place, its leases in flight kept")
+			}
 			epoch, err := sp.pool.Epoch(ctx)
 			if err != nil {
 				continue // Redis is away: the heartbeat and the tasks say so
-			}
-			adopted := false
-			if epoch == "" {
-				if n, err := sp.pool.Adopt(ctx); err == nil && n > 0 {
-					adopted = true
-					w.log.Warn().Str("pool", name).Int("executors", n).Msg("pool adopted: it was written by an older release (no epoch marker) and is taken over in place, its leases in flight kept")
-					epoch, _ = sp.pool.Epoch(ctx)
-				}
 			}
 			sp.epoch.mu.Lock()
 			last := sp.epoch.last
@@ -78,7 +76,7 @@ func (w *Worker) watchEpochs(ctx context.Context) {
 			case last != "" && epoch != last:
 				w.cfg.Metrics.poolLost.WithLabelValues(name).Inc()
 				w.log.Error().Str("pool", name).Msg("pool data lost and created anew: leases held before are gone; check the executors with `evalpool pool status`")
-			case last == "" && epoch != "" && !adopted:
+			case last == "" && epoch != "" && !migrated:
 				w.log.Info().Str("pool", name).Msg("pool created: executors registered")
 			}
 		}

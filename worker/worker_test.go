@@ -343,7 +343,9 @@ func TestJunkExecutorAnswers(t *testing.T) {
 		byURL[ts.URL] = name
 	}
 	start(t, w)
-	ids := enqueueEvals(t, b, 12, tasks.EvalOptions{MaxRetry: -1}, time.Second)
+	// The timeout ends the slow drip, and leaves a loaded machine the time
+	// to read a huge body (1 s did not, in a CI run beside other tests).
+	ids := enqueueEvals(t, b, 12, tasks.EvalOptions{MaxRetry: -1}, 3*time.Second)
 	if _, archived := evaltest.WaitEvalsDone(t, b.insp, len(ids), time.Minute); archived != len(ids) {
 		t.Fatalf("%d of %d junk-answered evals archived", archived, len(ids))
 	}

@@ -77,7 +77,7 @@ func poolVsSize(t *testing.T, md *strings.Builder) {
 	fmt.Fprintf(md, "- evalpool vs the original at 10,000 executors: %.0f× the throughput (target ≥ 50×): %s\n", ratio10k, verdict(ratio10k >= 50))
 	lp10, lp100k := get("AcquireRelease", "labeled", 10, "p50-ns"), get("AcquireRelease", "labeled", 100_000, "p50-ns")
 	lt10, lt100k := get("ParallelAcquireRelease", "labeled", 10, "pairs/s"), get("ParallelAcquireRelease", "labeled", 100_000, "pairs/s")
-	fmt.Fprintf(md, "- with labels: the executors spread over 10 label sets (two labels each, so each is in three indexes) and every acquire requiring one set: p50 %s at 10 executors, %s at 100,000 (%.2f×); %.0f and %.0f pairs/s with 8 clients (cost %.2f×; at 10 executors, one per set, many acquires find theirs leased and return at once) (target ≤ 1.5×): %s\n\n",
+	fmt.Fprintf(md, "- with labels: the executors spread over 10 label sets (two labels each; each executor in the pool's available index and its own set's) and every acquire requiring one set: p50 %s at 10 executors, %s at 100,000 (%.2f×); %.0f and %.0f pairs/s with 8 clients (cost %.2f×; at 10 executors, one per set, many acquires find theirs leased and return at once) (target ≤ 1.5×): %s\n\n",
 		micros(lp10), micros(lp100k), lp100k/lp10, lt10, lt100k, lt10/lt100k, verdict(lp100k/lp10 <= 1.5 && lt10/lt100k <= 1.5))
 	commandsPerCall(t, md)
 }

@@ -42,7 +42,7 @@ func (k Pool) Script() []string {
 	return []string{
 		k.Executors(), k.Available(), k.Leases(), k.Deadlines(), k.Holders(),
 		k.Draining(), k.Fence(), k.Epoch(), k.Instances(), k.Waiters(),
-		k.Waiting(), k.Quarantine(), k.Avoid(), k.LabelSets(), k.Cancelled(),
+		k.Waiting(), k.Quarantine(), k.Avoid(), k.Labelled(), k.Cancelled(),
 		k.History(), k.Released(), k.Clock(),
 	}
 }
@@ -88,8 +88,9 @@ func (k Pool) Quarantine() string { return k.prefix + "quarantine" }
 // Avoid is KEYS[13], eval -> the executor its next acquire avoids.
 func (k Pool) Avoid() string { return k.prefix + "avoid" }
 
-// LabelSets is KEYS[14], label set -> how many executors have it.
-func (k Pool) LabelSets() string { return k.prefix + "labelsets" }
+// Labelled is KEYS[14], label set -> how many executors have exactly
+// those labels.
+func (k Pool) Labelled() string { return k.prefix + "labelled" }
 
 // Cancelled is KEYS[15], the cancelled evals.
 func (k Pool) Cancelled() string { return k.prefix + "cancelled" }
@@ -104,9 +105,9 @@ func (k Pool) Released() string { return k.prefix + "released" }
 // and a generation that only grows.
 func (k Pool) Clock() string { return k.prefix + "clock" }
 
-// AvailableFor is the available index of the label set set (lib.lua's
-// available_key): the free executors that have those labels.
-func (k Pool) AvailableFor(set string) string { return k.prefix + "available:" + set }
+// LabelledFor is the available index of the label set set (lib.lua's
+// labelled_key): the free executors whose labels are exactly those.
+func (k Pool) LabelledFor(set string) string { return k.prefix + "labelled:" + set }
 
 // WaitersFor is the wait list of evals that require the label set set
 // (lib.lua's waiters_key).
