@@ -62,28 +62,28 @@ local held = redis.call('HGET', K_HOLDERS, eval_id)
 local avoid = redis.call('HGET', K_AVOID, eval_id)
 local stale = false
 if held then
-  local lease = lease_of(held)
-  if lease and lease.eval_id == eval_id and redis.call('HEXISTS', K_EXECUTORS, held) == 1 then
+  local lease, record = lease_of(held)
+  if lease and lease.eval_id == eval_id then
     local draining = redis.call('SISMEMBER', K_DRAINING, held) == 1
     local deadline = tonumber(redis.call('ZSCORE', K_DEADLINES, held))
     if deadline and deadline <= now - grace then
       -- Expired past the grace: reclaimed, as any acquire with nothing
       -- free would; the eval takes an executor like a newcomer.
-      end_lease(held, now, 'reclaimed', lease)
+      end_lease(held, now, 'reclaimed', lease, record)
     elseif not draining and not redis.call('ZSCORE', K_QUARANTINE, held) then
       -- Its own executor, live or expired within the grace: nobody else can
       -- hold it, and the higher fence makes the executor drop the older
       -- attempt. The older attempt's token counts as released, so that its
       -- cleanup, when it comes, is the expected duplicate it is.
       redis.call('ZADD', K_RELEASED, now, tostring(lease.token))
-      return grant(held, eval_id, token, ttl, now, tonumber(lease.available_since) or now, 1)
+      return grant(held, record, eval_id, token, ttl, now, tonumber(lease.available_since) or now, 1)
     else
       -- Draining or quarantined: never handed out again, not even to its
       -- holder. Ending the lease removes the executor (or leaves it out of
       -- service), so the older attempt loses it too.
-      end_lease(held, now, draining and 'drained' or 'quarantined', lease)
+      end_lease(held, now, draining and 'drained' or 'quarantined', lease, record)
     end
-  elseif not lease or lease.eval_id ~= eval_id then
+  else
     -- A stale entry: the lease it points to is gone or another eval's. It
     -- is dropped with the script's other writes (a grant overwrites it).
     stale = true
@@ -133,18 +133,14 @@ for _ = 1, 16 do
     local url = best.url
     local raw = redis.call('HGET', K_EXECUTORS, url)
     if raw then
+      -- An unreadable record (foreign data) is written anew by the grant.
+      local record = decode(raw) or {}
       -- An eval that waited before leaves the line; the two keys hold an
       -- entry together or not at all, so most acquires stop at the ZSCORE.
       local line = waiters_key(set)
       local waited = redis.call('ZSCORE', line, eval_id)
       local fence = next_fence()
-      -- A record that does not name labels has none: most pools have
-      -- none, and need no decoding.
-      if string.find(raw, '"labels"', 1, true) then
-        take_out(url, decode(raw))
-      else
-        redis.call('ZREM', K_AVAILABLE, url)
-      end
+      take_out(url, record)
       if avoid then
         redis.call('HDEL', K_AVOID, eval_id)
       end
@@ -152,7 +148,7 @@ for _ = 1, 16 do
         redis.call('ZREM', line, eval_id)
         redis.call('HDEL', K_WAITING, eval_id)
       end
-      return grant(url, eval_id, token, ttl, now, best.since, 0, fence)
+      return grant(url, record, eval_id, token, ttl, now, best.since, 0, fence)
     end
     redis.call('ZREM', best.key, url)
   end

@@ -8,14 +8,14 @@
 -- A quarantined executor leaves the quarantine with it.
 
 local url = ARGV[1]
+local lease, record = lease_of(url)
 if redis.call('HEXISTS', K_EXECUTORS, url) == 0 then
   return 'unknown'
 end
-if redis.call('HEXISTS', K_LEASES, url) == 1 then
+if lease then
   redis.call('SADD', K_DRAINING, url)
   return 'draining'
 end
-local record = decode(redis.call('HGET', K_EXECUTORS, url))
 if record and record.instance_id and redis.call('HGET', K_INSTANCES, record.instance_id) == url then
   redis.call('HDEL', K_INSTANCES, record.instance_id)
 end

@@ -20,9 +20,9 @@ if w and w.token == token then
 end
 local url = redis.call('HGET', K_HOLDERS, eval_id)
 if url then
-  local lease = lease_of(url)
+  local lease, record = lease_of(url)
   if lease and lease.token == token then
-    end_lease(url, now, 'left')
+    end_lease(url, now, 'left', lease, record)
     return { 'released', now }
   end
 end

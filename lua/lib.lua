@@ -3,18 +3,23 @@
 -- Every script receives the same KEYS, all under one hash tag
 -- (evalpool:{<pool>}:...) so that a script touches a single cluster slot:
 --   KEYS[1] executors  HASH  url -> executor record JSON {added_at, labels?,
---                            instance_id?, releases?, double_releases?,
---                            stale_releases?, duplicates?, fails?, passed?,
---                            failed?,
---                            window_n?, window_failed?, quarantined_at?,
---                            quarantine_reason?, probes?}
+--                            instance_id?, lease?, releases?,
+--                            double_releases?, stale_releases?, duplicates?,
+--                            fails?, passed?, failed?, window_n?,
+--                            window_failed?, quarantined_at?,
+--                            quarantine_reason?, probes?}: the one record of
+--                            an executor, its lease {token, eval_id, fence,
+--                            acquired_at, available_since} among it
 --   KEYS[2] available  ZSET  url -> ms when it last became available; an
 --                            executor with labels is also in the available
 --                            index of its label set (labelled:<set>, same
 --                            score), so that an eval requiring labels looks
 --                            at the head of each set that has them
---   KEYS[3] leases     HASH  url -> lease record JSON {token, eval_id, fence,
---                            acquired_at, available_since}
+--   KEYS[3] leases     STRING LEASES_MOVED: where releases up to 1932b7a kept
+--                            the leases (a HASH), a string, so that their
+--                            scripts fail on it (WRONGTYPE, or their type
+--                            check) before they write, never taking a leased
+--                            executor for a free one
 --   KEYS[4] deadlines  ZSET  url -> lease deadline (ms)
 --   KEYS[5] holders    HASH  eval_id -> url (one lease per eval, O(1) re-entry)
 --   KEYS[6] draining   SET   urls deregistered while leased
@@ -74,6 +79,7 @@
 local K_EXECUTORS = KEYS[1]
 local K_AVAILABLE = KEYS[2]
 local K_LEASES = KEYS[3]
+local LEASES_MOVED = 'the leases are in the executor records: evalpool after 1932b7a'
 local K_DEADLINES = KEYS[4]
 local K_HOLDERS = KEYS[5]
 local K_DRAINING = KEYS[6]
@@ -162,10 +168,12 @@ local function decode(raw)
   return nil
 end
 
--- lease_of returns url's lease record, or nil when it has none or it is
--- unreadable.
+-- lease_of returns url's lease and its executor record: nil for a record
+-- that is missing or unreadable, and for the lease of an executor not
+-- leased.
 local function lease_of(url)
-  return decode(redis.call('HGET', K_LEASES, url))
+  local record = decode(redis.call('HGET', K_EXECUTORS, url))
+  return record and type(record.lease) == 'table' and record.lease or nil, record
 end
 
 -- label_list is a record's labels as sorted "key=value" strings.
@@ -285,15 +293,17 @@ local function next_fence()
   return floor
 end
 
--- grant takes the next fence unless the caller took it (fence), as acquire
--- does to make the INCR its first write.
-local function grant(url, eval_id, token, ttl, now, available_since, reentered, fence)
+-- grant writes the lease into url's record (a table) and takes the next
+-- fence unless the caller took it (fence), as acquire does to make the fence
+-- its first write.
+local function grant(url, record, eval_id, token, ttl, now, available_since, reentered, fence)
   fence = fence or next_fence()
   local deadline = now + ttl
-  redis.call('HSET', K_LEASES, url, cjson.encode({
+  record.lease = {
     token = token, eval_id = eval_id, fence = fence,
     acquired_at = now, available_since = available_since,
-  }))
+  }
+  redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
   redis.call('ZADD', K_DEADLINES, deadline, url)
   redis.call('HSET', K_HOLDERS, eval_id, url)
   return { url, token, fence, deadline, now, available_since, reentered }
@@ -338,7 +348,7 @@ local function free(url, now, record, pre)
   elseif redis.call('ZSCORE', K_QUARANTINE, url) then
     return nil
   end
-  record = record or decode(redis.call('HGET', K_EXECUTORS, url))
+  record = record or decode(redis.call('HGET', K_EXECUTORS, url)) or {}
   -- Every waiter has its entry in waiting: with none, no list is looked at.
   local lists = redis.call('HLEN', K_WAITING) > 0 and waiter_lists(record) or {}
   for _ = 1, HANDOFF_LOOK do
@@ -358,7 +368,7 @@ local function free(url, now, record, pre)
     if w and tonumber(w.expires) and tonumber(w.expires) > now and type(w.token) == 'string'
         and tonumber(w.ttl) and type(w.wake) == 'string' and is_wake_key(w.wake)
         and redis.call('HEXISTS', K_HOLDERS, eval_id) == 0 then
-      local g = grant(url, eval_id, w.token, tonumber(w.ttl), now, now, 0)
+      local g = grant(url, record, eval_id, w.token, tonumber(w.ttl), now, now, 0)
       redis.call('LPUSH', w.wake, table.concat({ eval_id, g[2], g[1], g[3], g[4], g[5] }, '\t'))
       redis.call('PEXPIRE', w.wake, 600000)
       return eval_id
@@ -423,12 +433,14 @@ end
 -- end_lease drops the lease of url and returns the executor to the pool
 -- (to its oldest waiter first), or removes it when it was deregistered while
 -- leased. It returns 1 when the executor was removed, 0 when it was freed
--- (or is not registered). how says why it ended, for the history. lease and
--- record are url's lease and executor records when the caller has already
--- read them; pre, what it read: pre.draining, and what free takes.
+-- (or is not registered). how says why it ended, for the history. record is
+-- url's executor record when the caller has read it (and may have changed
+-- it: end_lease writes it), lease its lease; pre, what the caller read:
+-- pre.draining, and what free takes.
 local function end_lease(url, now, how, lease, record, pre)
-  lease = lease or lease_of(url)
-  redis.call('HDEL', K_LEASES, url)
+  if not record then
+    lease, record = lease_of(url)
+  end
   redis.call('ZREM', K_DEADLINES, url)
   redis.call('XADD', K_HISTORY, 'MAXLEN', '~', HISTORY_LEN, '*', 'url', url,
     'eval', lease and tostring(lease.eval_id) or '', 'from', lease and tostring(lease.acquired_at) or '', 'how', how)
@@ -436,11 +448,6 @@ local function end_lease(url, now, how, lease, record, pre)
     -- An eval holds one lease at most (acquire re-enters its own, a
     -- handoff skips an eval that holds one), so its entry names url.
     redis.call('HDEL', K_HOLDERS, lease.eval_id)
-  end
-  local registered = record ~= nil
-  if not record then
-    local raw = redis.call('HGET', K_EXECUTORS, url)
-    registered, record = raw ~= false, decode(raw)
   end
   if (not pre or pre.draining) and redis.call('SREM', K_DRAINING, url) == 1 then
     if record and record.instance_id and redis.call('HGET', K_INSTANCES, record.instance_id) == url then
@@ -451,8 +458,10 @@ local function end_lease(url, now, how, lease, record, pre)
     redis.call('HDEL', K_EXECUTORS, url)
     return 1
   end
-  if registered then
-    free(url, now, record or {}, pre)
+  if record then
+    record.lease = nil
+    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+    free(url, now, record, pre)
   end
   return 0
 end

@@ -28,7 +28,7 @@ for _, url in ipairs(redis.call('ZRANGE', K_QUARANTINE, '-inf', now, 'BYSCORE', 
     redis.call('ZREM', K_QUARANTINE, url) -- not registered: nothing to probe
   elseif record and record.quarantine_reason ~= 'unavailable' then
     redis.call('ZADD', K_QUARANTINE, now + longest, url)
-  elseif redis.call('HEXISTS', K_LEASES, url) == 1 or not record then
+  elseif not record or type(record.lease) == 'table' then
     redis.call('ZADD', K_QUARANTINE, now + interval, url)
   else
     record.probes = (tonumber(record.probes) or 0) + 1

@@ -42,7 +42,7 @@ redis.call('ZREM', K_QUARANTINE, url)
 record.fails, record.probes, record.quarantined_at, record.quarantine_reason = 0, nil, nil, nil
 record.window_n, record.window_failed = 0, 0
 redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
-if redis.call('HEXISTS', K_LEASES, url) == 0 then
+if type(record.lease) ~= 'table' then
   free(url, now, record)
 end
 return { 'returned', reason }

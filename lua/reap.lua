@@ -11,29 +11,23 @@
 local now = now_ms()
 -- A lease without a deadline (its entry deleted or evicted) would be held
 -- for ever: give it one that has passed, so that it is reclaimed after the
--- grace. This walks the leases, but only when the counts disagree.
-if redis.call('HLEN', K_LEASES) > redis.call('ZCARD', K_DEADLINES) then
-  for _, url in ipairs(redis.call('HKEYS', K_LEASES)) do
-    if not redis.call('ZSCORE', K_DEADLINES, url) then
+-- grace. A registered executor is free, leased or quarantined, so this
+-- walks the records only when those indexes count fewer. A deadline whose
+-- lease is gone needs nothing: its reclaim frees the executor.
+local leases = redis.call('ZCARD', K_DEADLINES)
+if leases + redis.call('ZCARD', K_AVAILABLE) + redis.call('ZCARD', K_QUARANTINE) < redis.call('HLEN', K_EXECUTORS) then
+  for _, url in ipairs(redis.call('HKEYS', K_EXECUTORS)) do
+    if not redis.call('ZSCORE', K_DEADLINES, url) and lease_of(url) then
       redis.call('ZADD', K_DEADLINES, now, url)
     end
   end
 end
--- Entries whose lease is gone (the leases hash deleted or evicted) would
--- fail Check for ever: a holder whose lease is not its eval's, and the
--- deadline of an executor already back (registering again repaired it; a
--- lost one's deadline stays, and its reclaim frees it). A walk again, only
--- when the counts disagree.
-local leases = redis.call('HLEN', K_LEASES)
-if redis.call('ZCARD', K_DEADLINES) > leases then
-  for _, url in ipairs(redis.call('ZRANGE', K_DEADLINES, 0, -1)) do
-    if redis.call('HEXISTS', K_LEASES, url) == 0
-        and (redis.call('ZSCORE', K_AVAILABLE, url) or redis.call('ZSCORE', K_QUARANTINE, url)) then
-      redis.call('ZREM', K_DEADLINES, url)
-    end
-  end
-end
-if redis.call('HLEN', K_HOLDERS) > leases then
+-- The released tokens are kept to their cap here, not by every release.
+redis.call('ZREMRANGEBYRANK', K_RELEASED, 0, -RELEASED_LEN - 1)
+local reclaimed = reclaim_expired(now, tonumber(ARGV[1]), tonumber(ARGV[2]))
+-- Holders whose lease is gone (lost with its record) would fail Check for
+-- ever. A walk again, only when the counts disagree.
+if redis.call('HLEN', K_HOLDERS) > redis.call('ZCARD', K_DEADLINES) then
   local holders = redis.call('HGETALL', K_HOLDERS)
   for i = 1, #holders, 2 do
     local lease = lease_of(holders[i + 1])
@@ -42,6 +36,4 @@ if redis.call('HLEN', K_HOLDERS) > leases then
     end
   end
 end
--- The released tokens are kept to their cap here, not by every release.
-redis.call('ZREMRANGEBYRANK', K_RELEASED, 0, -RELEASED_LEN - 1)
-return (reclaim_expired(now, tonumber(ARGV[1]), tonumber(ARGV[2])))
+return reclaimed

@@ -31,6 +31,7 @@ for i = 2, #ARGV, 3 do
 end
 -- A new pool, or one whose data was lost: the marker starts again.
 redis.call('SET', K_EPOCH, ARGV[1], 'NX')
+redis.call('SET', K_LEASES, LEASES_MOVED, 'NX')
 local epoch = redis.call('GET', K_EPOCH)
 local now = now_ms()
 local out = { epoch }
@@ -41,7 +42,9 @@ for i = 2, #ARGV, 3 do
     out[#out + 1] = 'duplicate ' .. other
   else
     local record = decode(redis.call('HGET', K_EXECUTORS, url))
-    local leased = redis.call('HEXISTS', K_LEASES, url) == 1
+    -- A deadline is a lease, even one whose record was lost with the
+    -- executors hash: never freed here.
+    local leased = redis.call('ZSCORE', K_DEADLINES, url) ~= false
     local available = redis.call('ZSCORE', K_AVAILABLE, url)
     local quarantined = redis.call('ZSCORE', K_QUARANTINE, url)
     if record then

@@ -50,9 +50,7 @@
 
 local url, token, verdict = ARGV[1], ARGV[2], ARGV[3]
 local now = now_ms()
-local lease = lease_of(url)
-local raw = redis.call('HGET', K_EXECUTORS, url)
-local record = decode(raw)
+local lease, record = lease_of(url)
 
 local function bump(field)
   record[field] = (tonumber(record[field]) or 0) + 1
@@ -62,54 +60,52 @@ local WINDOW = 20
 
 if lease and lease.token == token then
   local eval_id = type(lease.eval_id) == 'string' and lease.eval_id or nil
+  -- A quarantine is written to the record and the probe schedule
+  -- together: the record, read already, says whether it is out.
   local pre = {
     draining = redis.call('SISMEMBER', K_DRAINING, url) == 1,
-    out = redis.call('ZSCORE', K_QUARANTINE, url) ~= false,
+    out = tonumber(record.quarantined_at) ~= nil,
   }
   local quarantined = ''
   local avoid = false
-  if record then
-    bump('releases')
-    if verdict == 'unavailable' then
-      bump('fails')
-      avoid = ARGV[4] == '1' and eval_id ~= nil
-      local after = tonumber(ARGV[5]) or 0
-      if after > 0 and record.fails >= after and not pre.out then
-        quarantined = 'unavailable'
+  bump('releases')
+  if verdict == 'unavailable' then
+    bump('fails')
+    avoid = ARGV[4] == '1' and eval_id ~= nil
+    local after = tonumber(ARGV[5]) or 0
+    if after > 0 and record.fails >= after and not pre.out then
+      quarantined = 'unavailable'
+    end
+  elseif verdict == 'errored' then
+    -- Served: the eval's fault, not the executor's.
+    record.fails = 0
+    avoid = ARGV[4] == '1' and eval_id ~= nil
+  elseif verdict == 'passed' or verdict == 'failed' then
+    record.fails = 0
+    bump(verdict)
+    bump('window_n')
+    if verdict == 'failed' then
+      bump('window_failed')
+    end
+    if record.window_n >= WINDOW then
+      local rate = tonumber(ARGV[6]) or 0
+      if rate > 0 and (tonumber(record.window_failed) or 0) / record.window_n >= rate and not pre.out then
+        quarantined = 'fail_rate'
       end
-    elseif verdict == 'errored' then
-      -- Served: the eval's fault, not the executor's.
-      record.fails = 0
-      avoid = ARGV[4] == '1' and eval_id ~= nil
-    elseif verdict == 'passed' or verdict == 'failed' then
-      record.fails = 0
-      bump(verdict)
-      bump('window_n')
-      if verdict == 'failed' then
-        bump('window_failed')
-      end
-      if record.window_n >= WINDOW then
-        local rate = tonumber(ARGV[6]) or 0
-        if rate > 0 and (tonumber(record.window_failed) or 0) / record.window_n >= rate and not pre.out then
-          quarantined = 'fail_rate'
-        end
-        record.window_n, record.window_failed = 0, 0
-      end
+      record.window_n, record.window_failed = 0, 0
     end
   end
   pre.out = pre.out or quarantined ~= ''
 
-  if record then
-    if quarantined ~= '' then
-      quarantine(url, record, now, quarantined, tonumber(ARGV[7]) or 10000)
-    end
-    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+  if quarantined ~= '' then
+    quarantine(url, record, now, quarantined, tonumber(ARGV[7]) or 10000)
   end
   if avoid then
     redis.call('HSET', K_AVOID, eval_id, url)
   end
   redis.call('ZADD', K_RELEASED, now, token)
-  local removed = end_lease(url, now, 'released', lease, raw and (record or {}) or nil, pre)
+  -- end_lease writes the record, counters and all.
+  local removed = end_lease(url, now, 'released', lease, record, pre)
   return { 'released', now, tonumber(lease.available_since) or -1, '', removed, quarantined, 0 }
 end
 

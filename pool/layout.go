@@ -22,7 +22,7 @@ const invariantTypes = 10
 func (p *Pool) layoutTypes() (keys, families map[string]string) {
 	k := p.keys
 	keys = map[string]string{
-		k.Executors(): "hash", k.Available(): "zset", k.Leases(): "hash", k.Deadlines(): "zset",
+		k.Executors(): "hash", k.Available(): "zset", k.Leases(): "string", k.Deadlines(): "zset",
 		k.Holders(): "hash", k.Draining(): "set", k.Fence(): "string", k.Epoch(): "string",
 		k.Instances(): "hash", k.Waiters(): "zset", k.Waiting(): "hash", k.Quarantine(): "zset",
 		k.Avoid(): "hash", k.Labelled(): "hash", k.Cancelled(): "zset", k.History(): "stream",
@@ -32,6 +32,31 @@ func (p *Pool) layoutTypes() (keys, families map[string]string) {
 		k.LabelledFor(""): "zset", k.WaitersFor(""): "zset", k.WakePrefix(): "list", k.Scratch(""): "",
 	}
 	return keys, families
+}
+
+// olderLayout says how the pool is an older release's (migrate.lua), or
+// "" when it is this one's.
+func (p *Pool) olderLayout(ctx context.Context) (string, error) {
+	var leases *redis.StatusCmd
+	var epoch, sets *redis.IntCmd
+	_, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		leases = pipe.Type(ctx, p.keys.Leases())
+		epoch, sets = pipe.Exists(ctx, p.keys.Epoch()), pipe.Exists(ctx, p.keys.OlderLabelSets())
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("pool: check the layout of %s: %w", p.name, err)
+	}
+	var what string
+	switch {
+	case leases.Val() == "hash" && epoch.Val() == 0:
+		what = "no epoch marker and its leases in a hash of their own (89b3e49 or older)"
+	case leases.Val() == "hash" || sets.Val() == 1:
+		what = "its leases in a hash of their own, its label sets indexed per subset (1932b7a or older)"
+	default:
+		return "", nil
+	}
+	return "the pool was written by an older release, " + what + ": the next acquire, `pool add` or worker migrates it in place", nil
 }
 
 // fenceInteger is a fence INCR takes and stays far from int64's limit: an

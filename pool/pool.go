@@ -27,6 +27,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -228,6 +229,9 @@ type Pool struct {
 	quarantineAfter      int
 	failRate             float64
 	probeEvery, probeMax time.Duration
+	// migrated is set once Migrate found or made the pool this release's:
+	// the first acquire of a handle migrates first.
+	migrated atomic.Bool
 }
 
 // New returns a handle on the pool named by opts.Name. It does not touch
@@ -340,11 +344,12 @@ func (p *Pool) Epoch(ctx context.Context) (string, error) {
 }
 
 // Migrate brings, in place, a pool written by an older release to this
-// release's layout (migrate.lua): one without an epoch marker (89b3e49 and
+// release's layout (migrate.lua): one that keeps its leases in a hash of
+// their own (1932b7a and older), one without an epoch marker (89b3e49 and
 // older, or a marker alone evicted), or one whose label indexes are kept per
 // subset of each executor's labels. Leases in flight are kept. It returns
 // how many executors it migrated: 0 when the pool is this release's, or has
-// no executor. Register, Relabel and an acquire that meets an older pool
+// no executor. Register, Relabel, CanServe and the first acquire of a Pool
 // migrate it themselves; a worker migrates its pools at each maintenance
 // tick.
 func (p *Pool) Migrate(ctx context.Context) (int, error) {
@@ -356,6 +361,7 @@ func (p *Pool) Migrate(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("pool: migrate %s: %w", p.name, scriptErr(err))
 	}
+	p.migrated.Store(true)
 	if out[0] != "migrated" {
 		return 0, nil
 	}
@@ -648,8 +654,9 @@ type Lease struct {
 // it may have ended.
 func (l Lease) Remaining() time.Duration { return max(0, time.Until(l.Expires)) }
 
-// Acquire leases the executor idle longest to evalID for ttl, after
-// reclaiming a bounded batch of leases expired for longer than the grace. It
+// Acquire leases the executor idle longest to evalID for ttl; with none
+// free, it first reclaims a bounded batch of leases expired for longer than
+// the grace. It
 // is re-entrant: an eval that still holds an executor (not yet reclaimed, not
 // draining) gets the same one back with a new token and a higher fence, so
 // that only the newest attempt of an eval can renew, release or be served.
@@ -729,6 +736,11 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 	token, err := newToken()
 	if err != nil {
 		return Lease{}, err
+	}
+	if !p.migrated.Load() {
+		if _, err := p.Migrate(ctx); err != nil {
+			return Lease{}, err
+		}
 	}
 	sent := time.Now()
 	vals, err := lua.Acquire.Run(ctx, p.client, p.script, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds(), labels.Name(args.Require)).Slice()

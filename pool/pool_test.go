@@ -1,6 +1,8 @@
 package pool
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
@@ -69,6 +71,29 @@ func waitReclaimable(t *testing.T, p *Pool, l Lease) {
 		now, err := p.client.Time(t.Context()).Result()
 		return err == nil && now.After(l.Deadline.Add(p.grace))
 	})
+}
+
+// writeLease sets the lease in url's executor record to lease, a JSON value,
+// or drops it when lease is empty, as a lost or foreign write would.
+func writeLease(ctx context.Context, c *redis.Client, k keys.Pool, url, lease string) error {
+	raw, err := c.HGet(ctx, k.Executors(), url).Result()
+	if err != nil {
+		return err
+	}
+	var rec map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(raw), &rec); err != nil {
+		return err
+	}
+	if lease == "" {
+		delete(rec, "lease")
+	} else {
+		rec["lease"] = json.RawMessage(lease)
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return c.HSet(ctx, k.Executors(), url, b).Err()
 }
 
 func acquire(t *testing.T, p *Pool, evalID string, ttl time.Duration) Lease {

@@ -190,7 +190,9 @@ func TestCheckFindsViolations(t *testing.T) {
 			return c.ZRem(ctx, k.Available(), "http://e1").Err()
 		}, "invariant 4: http://e1: lost: registered but neither available, leased nor quarantined"},
 		{"available and leased", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
-			c.HSet(ctx, k.Leases(), "http://e1", lease("x"))
+			if err := writeLease(ctx, c, k, "http://e1", lease("x")); err != nil {
+				return err
+			}
 			c.ZAdd(ctx, k.Deadlines(), redis.Z{Score: 1e15, Member: "http://e1"})
 			return c.HSet(ctx, k.Holders(), "x", "http://e1").Err()
 		}, "invariant 1: http://e1: both available and leased"},
@@ -203,7 +205,9 @@ func TestCheckFindsViolations(t *testing.T) {
 		{"eval holds two", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
 			for _, u := range []string{"http://e1", "http://e2"} {
 				c.ZRem(ctx, k.Available(), u)
-				c.HSet(ctx, k.Leases(), u, lease("x"))
+				if err := writeLease(ctx, c, k, u, lease("x")); err != nil {
+					return err
+				}
 				c.ZAdd(ctx, k.Deadlines(), redis.Z{Score: 1e15, Member: u})
 			}
 			return c.HSet(ctx, k.Holders(), "x", "http://e1").Err()
@@ -211,6 +215,10 @@ func TestCheckFindsViolations(t *testing.T) {
 		{"draining but idle", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
 			return c.SAdd(ctx, k.Draining(), "http://e2").Err()
 		}, "invariant 2: http://e2: draining but not leased: should have been removed"},
+		{"quarantined with no date", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
+			c.ZRem(ctx, k.Available(), "http://e2")
+			return c.ZAdd(ctx, k.Quarantine(), redis.Z{Score: 1, Member: "http://e2"}).Err()
+		}, "invariant 7: http://e2: quarantine schedule and record disagree: scheduled true, quarantined_at 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -402,7 +410,7 @@ func TestForeignDataIsReported(t *testing.T) {
 	fenceStrings := map[string]string{"fence 007": "007", "fence at the limit": "9223372036854775807"}
 	for state, prepare := range states {
 		for i, suffix := range append(slices.Clone(suffixes), slices.Sorted(maps.Keys(fenceStrings))...) {
-			if suffix == "epoch" {
+			if suffix == "epoch" || suffix == "leases" { // their presence alone counts
 				continue
 			}
 			if _, ok := fenceStrings[suffix]; ok {

@@ -209,6 +209,20 @@ type snapshot struct {
 	setWaiters   map[string][]redis.Z
 }
 
+// leasesOf is url -> the lease JSON of each executor record that holds one.
+func leasesOf(executors map[string]string) map[string]string {
+	leases := map[string]string{}
+	for u, raw := range executors {
+		var rec struct {
+			Lease json.RawMessage `json:"lease"`
+		}
+		if json.Unmarshal([]byte(raw), &rec) == nil && len(rec.Lease) > 0 && string(rec.Lease) != "null" {
+			leases[u] = string(rec.Lease)
+		}
+	}
+	return leases
+}
+
 func (p *Pool) snapshot(ctx context.Context) (*snapshot, error) {
 	// The label sets name keys of their own: read them first, then
 	// everything in one step, and again if the sets changed in between.
@@ -247,7 +261,7 @@ func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, agai
 		return c
 	}
 	k := p.keys
-	executors, available, leases, deadlines := hash(k.Executors()), zset(k.Available()), hash(k.Leases()), zset(k.Deadlines())
+	executors, available, deadlines := hash(k.Executors()), zset(k.Available()), zset(k.Deadlines())
 	holders := hash(k.Holders())
 	draining := redis.NewStringSliceCmd(ctx, "smembers", k.Draining())
 	cmds = append(cmds, draining)
@@ -284,7 +298,7 @@ func (p *Pool) snapshotOf(ctx context.Context, sets []string) (s *snapshot, agai
 		clock:        clock.Val(),
 		executors:    executors.Val(),
 		available:    zmap(available.Val()),
-		leases:       leases.Val(),
+		leases:       leasesOf(executors.Val()),
 		deadlines:    zmap(deadlines.Val()),
 		holders:      holders.Val(),
 		draining:     map[string]bool{},
@@ -383,6 +397,9 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 // reported for those alone (invariant 10): the snapshot's typed reads
 // cannot read the rest.
 func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
+	if older, err := p.olderLayout(ctx); err != nil || older != "" {
+		return []Violation{{Invariant: 5, Problem: older}}, err
+	}
 	vs, err := p.checkTypes(ctx)
 	if err != nil || len(vs) > 0 {
 		return vs, err
@@ -396,7 +413,7 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 	}
 	switch {
 	case s.epoch == "" && len(s.executors) > 0:
-		add(5, "", "the pool's epoch marker is missing but %d executors are registered: written by a release before the marker (89b3e49 or older), or the marker alone was evicted; the next acquire, `pool add` or worker migrates it in place", len(s.executors))
+		add(5, "", "the pool's epoch marker is missing but %d executors are registered: the marker alone was evicted; the next acquire, `pool add` or worker writes a new one", len(s.executors))
 	case s.epoch == "":
 		add(5, "", "the pool's epoch marker is missing: the pool was never created, or its data was lost (FLUSHALL, eviction, a restart without persistence)")
 	}
@@ -408,8 +425,14 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 		var rec executorRecord
 		if err := json.Unmarshal([]byte(raw), &rec); err != nil {
 			add(2, u, "unreadable executor record %q", raw)
-		} else if rec.InstanceID != "" {
+			continue
+		}
+		if rec.InstanceID != "" {
 			byInstance[rec.InstanceID] = append(byInstance[rec.InstanceID], u)
+		}
+		// A release reads the quarantine from the record alone.
+		if _, q := s.quarantine[u]; q != (rec.QuarantinedAt != 0) {
+			add(7, u, "quarantine schedule and record disagree: scheduled %v, quarantined_at %d", q, rec.QuarantinedAt)
 		}
 	}
 	for id, urls := range byInstance {
@@ -691,16 +714,16 @@ func (p *Pool) Page(ctx context.Context, cursor uint64, count int64) ([]Executor
 	if err != nil {
 		return nil, 0, Counts{}, fmt.Errorf("pool: page of %s: %w", p.name, err)
 	}
-	s := &snapshot{executors: map[string]string{}, available: map[string]float64{}, leases: map[string]string{},
+	s := &snapshot{executors: map[string]string{}, available: map[string]float64{},
 		deadlines: map[string]float64{}, draining: map[string]bool{}, quarantine: map[string]float64{}}
 	var urls []string
 	for i := 0; i+1 < len(kv); i += 2 {
 		urls = append(urls, kv[i])
 		s.executors[kv[i]] = kv[i+1]
 	}
+	s.leases = leasesOf(s.executors)
 	type row struct {
 		avail, deadline, quarantine *redis.FloatCmd
-		lease                       *redis.StringCmd
 		draining                    *redis.BoolCmd
 	}
 	rows := make([]row, len(urls))
@@ -711,7 +734,7 @@ func (p *Pool) Page(ctx context.Context, cursor uint64, count int64) ([]Executor
 	if _, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, u := range urls {
 			rows[i] = row{pipe.ZScore(ctx, p.keys.Available(), u), pipe.ZScore(ctx, p.keys.Deadlines(), u), pipe.ZScore(ctx, p.keys.Quarantine(), u),
-				pipe.HGet(ctx, p.keys.Leases(), u), pipe.SIsMember(ctx, p.keys.Draining(), u)}
+				pipe.SIsMember(ctx, p.keys.Draining(), u)}
 		}
 		skew, now = pipe.HGet(ctx, p.keys.Clock(), "skew"), pipe.Time(ctx)
 		return nil
@@ -729,9 +752,6 @@ func (p *Pool) Page(ctx context.Context, cursor uint64, count int64) ([]Executor
 		}
 		if r.quarantine.Err() == nil {
 			s.quarantine[u] = r.quarantine.Val()
-		}
-		if r.lease.Err() == nil {
-			s.leases[u] = r.lease.Val()
 		}
 		s.draining[u] = r.draining.Val()
 	}

@@ -106,7 +106,9 @@ func TestAcquireTrustsNoStaleHolder(t *testing.T) {
 		wantErr error // of eval-a's next acquire, with e1 the only executor
 	}{
 		{"lease record gone, executor since leased to another eval", func(t *testing.T, p *Pool, b *testBundle) *Lease {
-			b.client.HDel(t.Context(), p.keys.Leases(), "http://e1")
+			if err := writeLease(t.Context(), b.client, p.keys, "http://e1", ""); err != nil {
+				t.Fatal(err)
+			}
 			b.client.ZRem(t.Context(), p.keys.Deadlines(), "http://e1")
 			if regs, err := p.Register(t.Context(), Executor{URL: "http://e1"}); err != nil || regs[0].Outcome != Repaired {
 				t.Fatalf("Register of the lost executor = %+v, %v; want repaired", regs, err)
@@ -115,12 +117,16 @@ func TestAcquireTrustsNoStaleHolder(t *testing.T) {
 			return &other
 		}, ErrNoExecutor},
 		{"lease record gone, nothing else", func(t *testing.T, p *Pool, b *testBundle) *Lease {
-			b.client.HDel(t.Context(), p.keys.Leases(), "http://e1")
+			if err := writeLease(t.Context(), b.client, p.keys, "http://e1", ""); err != nil {
+				t.Fatal(err)
+			}
 			b.client.ZAdd(t.Context(), p.keys.Available(), redis.Z{Score: 1, Member: "http://e1"})
 			return nil
 		}, nil},
 		{"lease record unreadable", func(t *testing.T, p *Pool, b *testBundle) *Lease {
-			b.client.HSet(t.Context(), p.keys.Leases(), "http://e1", "{not json")
+			if err := writeLease(t.Context(), b.client, p.keys, "http://e1", `"not a lease"`); err != nil {
+				t.Fatal(err)
+			}
 			return nil
 		}, ErrNoExecutor},
 		{"executor draining", func(t *testing.T, p *Pool, b *testBundle) *Lease {
@@ -153,11 +159,12 @@ func TestAcquireTrustsNoStaleHolder(t *testing.T) {
 }
 
 // A lost executors hash, then `pool add`: an executor still leased stays
-// leased (making it available would double-book it), the others come back.
+// out of service (making it available would double-book it) until its
+// lease, lost with its record, expires; the others come back at once.
 func TestRegisterAfterTheExecutorsHashIsGone(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, "http://e1", "http://e2")
-	held := acquire(t, p, "eval-a", time.Minute)
+	held := acquire(t, p, "eval-a", time.Second)
 	if err := b.client.Del(t.Context(), p.keys.Executors()).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -175,8 +182,12 @@ func TestRegisterAfterTheExecutorsHashIsGone(t *testing.T) {
 	if _, err := p.Acquire(t.Context(), "eval-c", time.Minute); !errors.Is(err, ErrNoExecutor) {
 		t.Fatalf("a third acquire on two executors: err = %v, want ErrNoExecutor", err)
 	}
-	release(t, p, held, Released)
+	release(t, p, held, NotLeased)
 	release(t, p, other, Released)
+	waitReclaimable(t, p, held)
+	if n, err := p.Reap(t.Context()); err != nil || n != 1 {
+		t.Fatalf("Reap = %d, %v; want the lost lease reclaimed", n, err)
+	}
 	assertWhole(t, p, "http://e1", "http://e2")
 }
 
@@ -199,23 +210,27 @@ func TestRegisterRepairsALostExecutor(t *testing.T) {
 	assertWhole(t, p, "http://e1")
 }
 
-// The leases hash deleted under a leased executor: the operator's repairs
-// (register again, reap) leave no stale entry in the holders index behind,
-// so that Check is clean again, not failing for ever.
+// The executors hash deleted under leased executors, their leases with
+// it: the operator's repairs (register again, reap) leave no stale entry in
+// the holders index behind, so that Check is clean again, not failing for
+// ever.
 func TestRepairsDropStaleHolders(t *testing.T) {
 	t.Parallel()
 	p, b := setup(t, "http://e1", "http://e2")
-	acquire(t, p, "eval-a", time.Minute)
-	acquire(t, p, "eval-b", time.Minute)
-	if err := b.client.Del(t.Context(), p.keys.Leases()).Err(); err != nil {
+	acquire(t, p, "eval-a", time.Second)
+	last := acquire(t, p, "eval-b", time.Second)
+	if err := b.client.Del(t.Context(), p.keys.Executors()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	regs, err := p.Register(t.Context(), Executor{URL: "http://e1"}, Executor{URL: "http://e2"})
-	if err != nil || regs[0].Outcome != Repaired || regs[1].Outcome != Repaired {
-		t.Fatalf("Register = %+v, %v; want both repaired", regs, err)
+	if err != nil || regs[0].Outcome != Added || regs[1].Outcome != Added {
+		t.Fatalf("Register = %+v, %v; want both added", regs, err)
 	}
-	if _, err := p.Reap(t.Context()); err != nil {
-		t.Fatal(err)
+	waitReclaimable(t, p, last)
+	for range 2 { // the reclaims, then the holders
+		if _, err := p.Reap(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 	}
 	assertWhole(t, p, "http://e1", "http://e2")
 	if n := b.client.HLen(t.Context(), p.keys.Holders()).Val(); n != 0 {
@@ -238,7 +253,9 @@ func TestStatusReportsCorruptRecords(t *testing.T) {
 	if leased == idle {
 		idle = "http://e2"
 	}
-	b.client.HSet(t.Context(), p.keys.Leases(), leased, "{not json")
+	if err := writeLease(t.Context(), b.client, p.keys, leased, `"not a lease"`); err != nil {
+		t.Fatal(err)
+	}
 	b.client.HSet(t.Context(), p.keys.Executors(), idle, "[1,2")
 	st, err = p.Status(t.Context())
 	if err != nil {

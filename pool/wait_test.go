@@ -128,7 +128,9 @@ func TestCheckFindsAMissedHandoff(t *testing.T) {
 	l := acquire(t, p, "eval-a", time.Minute)
 	waitFor(t, p, "eval-b", 1, time.Minute)
 	// By hand, as no script would: the executor back without a handoff.
-	b.client.HDel(t.Context(), p.keys.Leases(), l.URL)
+	if err := writeLease(t.Context(), b.client, p.keys, l.URL, ""); err != nil {
+		t.Fatal(err)
+	}
 	b.client.ZRem(t.Context(), p.keys.Deadlines(), l.URL)
 	b.client.HDel(t.Context(), p.keys.Holders(), "eval-a")
 	b.client.ZAdd(t.Context(), p.keys.Available(), redisZ(l.URL))

@@ -105,6 +105,11 @@ func (k Pool) Released() string { return k.prefix + "released" }
 // and a generation that only grows.
 func (k Pool) Clock() string { return k.prefix + "clock" }
 
+// OlderLabelSets is where releases up to 1932b7a counted the executors of
+// each subset of their labels: a pool that has it is migrated
+// (migrate.lua).
+func (k Pool) OlderLabelSets() string { return k.prefix + "labelsets" }
+
 // LabelledFor is the available index of the label set set (lib.lua's
 // labelled_key): the free executors whose labels are exactly those.
 func (k Pool) LabelledFor(set string) string { return k.prefix + "labelled:" + set }
