@@ -64,7 +64,7 @@ local stale = false
 if held then
   local lease, record = lease_of(held)
   if lease and lease.eval_id == eval_id then
-    local draining = redis.call('SISMEMBER', K_DRAINING, held) == 1
+    local draining = record.draining ~= nil
     local deadline = tonumber(redis.call('ZSCORE', K_DEADLINES, held))
     if deadline and deadline <= now - grace then
       -- Expired past the grace: reclaimed, as any acquire with nothing

@@ -3,7 +3,7 @@
 -- Every script receives the same KEYS, all under one hash tag
 -- (evalpool:{<pool>}:...) so that a script touches a single cluster slot:
 --   KEYS[1] executors  HASH  url -> executor record JSON {added_at, labels?,
---                            instance_id?, lease?, releases?,
+--                            instance_id?, lease?, draining?, releases?,
 --                            double_releases?, stale_releases?, duplicates?,
 --                            fails?, passed?, failed?, window_n?,
 --                            window_failed?, quarantined_at?,
@@ -22,7 +22,8 @@
 --                            executor for a free one
 --   KEYS[4] deadlines  ZSET  url -> lease deadline (ms)
 --   KEYS[5] holders    HASH  eval_id -> url (one lease per eval, O(1) re-entry)
---   KEYS[6] draining   SET   urls deregistered while leased
+--   KEYS[6] draining   SET   urls deregistered while leased, whose records
+--                            say draining: the count of them
 --   KEYS[7] fence      STRING counter, INCR on every acquire, never below now (ms)
 --   KEYS[8] epoch      STRING random marker written by the first register: a
 --                            pool whose marker is gone has lost its data
@@ -435,8 +436,7 @@ end
 -- leased. It returns 1 when the executor was removed, 0 when it was freed
 -- (or is not registered). how says why it ended, for the history. record is
 -- url's executor record when the caller has read it (and may have changed
--- it: end_lease writes it), lease its lease; pre, what the caller read:
--- pre.draining, and what free takes.
+-- it: end_lease writes it), lease its lease; pre, what free takes.
 local function end_lease(url, now, how, lease, record, pre)
   if not record then
     lease, record = lease_of(url)
@@ -449,8 +449,9 @@ local function end_lease(url, now, how, lease, record, pre)
     -- handoff skips an eval that holds one), so its entry names url.
     redis.call('HDEL', K_HOLDERS, lease.eval_id)
   end
-  if (not pre or pre.draining) and redis.call('SREM', K_DRAINING, url) == 1 then
-    if record and record.instance_id and redis.call('HGET', K_INSTANCES, record.instance_id) == url then
+  if record and record.draining then
+    redis.call('SREM', K_DRAINING, url)
+    if record.instance_id and redis.call('HGET', K_INSTANCES, record.instance_id) == url then
       redis.call('HDEL', K_INSTANCES, record.instance_id)
     end
     count_sets(record, -1)

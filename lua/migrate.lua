@@ -10,7 +10,8 @@
 --   - both kept each lease in a hash of its own (leases), where this one
 --     keeps it in the executor's record, and leaves LEASES_MOVED under that
 --     key, so that their scripts fail there rather than take a leased
---     executor for a free one.
+--     executor for a free one; and the drain in the draining set alone,
+--     where this one marks the record too.
 -- The indexes are rebuilt from the records; a pool whose marker alone was
 -- evicted gets a new one. Nothing is handed out or taken back.
 --
@@ -33,11 +34,14 @@ end
 if unmarked then
   redis.call('SET', K_EPOCH, ARGV[1])
 end
-local records, leases = {}, {}
+local records, leases, draining = {}, {}, {}
 if old_leases then
   local kv = redis.call('HGETALL', K_LEASES)
   for i = 1, #kv, 2 do
     leases[kv[i]] = decode(kv[i + 1])
+  end
+  for _, url in ipairs(redis.call('SMEMBERS', K_DRAINING)) do
+    draining[url] = 1
   end
 end
 redis.call('DEL', old_sets, K_LABELLED, K_LEASES)
@@ -54,8 +58,8 @@ for i, url in ipairs(urls) do
 end
 for i, url in ipairs(urls) do
   local record = records[i]
-  if record and leases[url] then
-    record.lease = leases[url]
+  if record and (leases[url] or draining[url]) then
+    record.lease, record.draining = leases[url], draining[url]
     redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
   end
   count_sets(record, 1)

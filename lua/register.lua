@@ -49,8 +49,11 @@ for i = 2, #ARGV, 3 do
     local quarantined = redis.call('ZSCORE', K_QUARANTINE, url)
     if record then
       redis.call('SREM', K_DRAINING, url)
-      if instance ~= '' and record.instance_id ~= instance then
-        record.instance_id = instance
+      if record.draining or instance ~= '' and record.instance_id ~= instance then
+        record.draining = nil
+        if instance ~= '' then
+          record.instance_id = instance
+        end
         redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
       end
       if labels ~= '' and set_labels(url, record, cjson.decode(labels), now) then

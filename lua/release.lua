@@ -62,10 +62,7 @@ if lease and lease.token == token then
   local eval_id = type(lease.eval_id) == 'string' and lease.eval_id or nil
   -- A quarantine is written to the record and the probe schedule
   -- together: the record, read already, says whether it is out.
-  local pre = {
-    draining = redis.call('SISMEMBER', K_DRAINING, url) == 1,
-    out = tonumber(record.quarantined_at) ~= nil,
-  }
+  local pre = { out = tonumber(record.quarantined_at) ~= nil }
   local quarantined = ''
   local avoid = false
   bump('releases')

@@ -215,6 +215,9 @@ func TestCheckFindsViolations(t *testing.T) {
 		{"draining but idle", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
 			return c.SAdd(ctx, k.Draining(), "http://e2").Err()
 		}, "invariant 2: http://e2: draining but not leased: should have been removed"},
+		{"draining with no mark", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
+			return c.SAdd(ctx, k.Draining(), "http://e2").Err()
+		}, "invariant 2: http://e2: draining set and record disagree: in the set true, record draining 0"},
 		{"quarantined with no date", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
 			c.ZRem(ctx, k.Available(), "http://e2")
 			return c.ZAdd(ctx, k.Quarantine(), redis.Z{Score: 1, Member: "http://e2"}).Err()

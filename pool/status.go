@@ -177,6 +177,7 @@ type executorRecord struct {
 	Passed           int64             `json:"passed"`
 	Failed           int64             `json:"failed"`
 	QuarantinedAt    int64             `json:"quarantined_at"`
+	Draining         int64             `json:"draining"`
 	QuarantineReason string            `json:"quarantine_reason"`
 	Probes           int64             `json:"probes"`
 }
@@ -430,9 +431,12 @@ func (p *Pool) Check(ctx context.Context) ([]Violation, error) {
 		if rec.InstanceID != "" {
 			byInstance[rec.InstanceID] = append(byInstance[rec.InstanceID], u)
 		}
-		// A release reads the quarantine from the record alone.
+		// A release reads the quarantine and the drain from the record alone.
 		if _, q := s.quarantine[u]; q != (rec.QuarantinedAt != 0) {
 			add(7, u, "quarantine schedule and record disagree: scheduled %v, quarantined_at %d", q, rec.QuarantinedAt)
+		}
+		if s.draining[u] != (rec.Draining != 0) {
+			add(2, u, "draining set and record disagree: in the set %v, record draining %d", s.draining[u], rec.Draining)
 		}
 	}
 	for id, urls := range byInstance {
