@@ -93,8 +93,8 @@ end
 -- Take the executor idle longest: the head of the available index, or the
 -- oldest head among the indexes of the label sets that serve the eval. The
 -- indexes hold exactly the free executors, each script keeping them so
--- (docs/reliability.md, "Threat model"). An entry whose record is gone (a
--- lost key) is dropped. Expired leases are reclaimed only when nothing is
+-- (docs/reliability.md, "Threat model"); the head's record, read for the
+-- grant, confirms it. Expired leases are reclaimed only when nothing is
 -- free: a reclaimed executor would be the last in line anyway, and the
 -- reaper returns it meanwhile.
 local function head(key, best)
@@ -132,9 +132,15 @@ for _ = 1, 16 do
   else
     local url = best.url
     local raw = redis.call('HGET', K_EXECUTORS, url)
-    if raw then
-      -- An unreadable record (foreign data) is written anew by the grant.
-      local record = decode(raw) or {}
+    -- An unreadable record (foreign data) is written anew by the grant. One
+    -- that is leased, draining, out of service or of other labels was left
+    -- in this index by a lost key or an older release's write: the entry
+    -- is dropped, never granted.
+    local record = decode(raw) or {}
+    local grantable = raw and type(record.lease) ~= 'table' and not record.draining
+        and not tonumber(record.quarantined_at)
+        and (best.key == K_AVAILABLE or best.key == labelled_key(table.concat(label_list(record), ',')))
+    if grantable then
       -- An eval that waited before leaves the line; the two keys hold an
       -- entry together or not at all, so most acquires stop at the ZSCORE.
       local line = waiters_key(set)

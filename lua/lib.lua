@@ -301,7 +301,7 @@ local function grant(url, record, eval_id, token, ttl, now, available_since, ree
   fence = fence or next_fence()
   local deadline = now + ttl
   record.lease = {
-    token = token, eval_id = eval_id, fence = fence,
+    token = token, eval_id = eval_id, fence = fence, ttl = ttl,
     acquired_at = now, available_since = available_since,
   }
   redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))

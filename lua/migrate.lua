@@ -18,13 +18,18 @@
 -- KEYS: see lib.lua.
 -- ARGV[1] a fresh random epoch marker, for a pool that has none
 -- Returns: {outcome, executors}: 'migrated' (done), 'current' (nothing
--- changed), 'empty' (no executor: never created, or its data was lost, and
--- nothing to migrate). O(pool size), once.
+-- changed but a LEASES_MOVED lost alone, written again), 'empty' (no
+-- executor: never created, or its data was lost, and nothing to migrate).
+-- O(pool size), once.
 
 local old_sets = PREFIX .. 'labelsets'
 local unmarked = redis.call('EXISTS', K_EPOCH) == 0
-local old_leases = redis.call('TYPE', K_LEASES).ok == 'hash'
+local leases_type = redis.call('TYPE', K_LEASES).ok
+local old_leases = leases_type == 'hash'
 if not unmarked and not old_leases and redis.call('EXISTS', old_sets) == 0 then
+  if leases_type == 'none' then
+    redis.call('SET', K_LEASES, LEASES_MOVED) -- lost alone: written again
+  end
   return { 'current', redis.call('HLEN', K_EXECUTORS) }
 end
 local urls = redis.call('HKEYS', K_EXECUTORS)

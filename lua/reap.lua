@@ -9,16 +9,30 @@
 -- so that Redis is never blocked by a long walk.
 
 local now = now_ms()
--- A lease without a deadline (its entry deleted or evicted) would be held
--- for ever: give it one that has passed, so that it is reclaimed after the
--- grace. A registered executor is free, leased or quarantined, so this
--- walks the records only when those indexes count fewer. A deadline whose
--- lease is gone needs nothing: its reclaim frees the executor.
-local leases = redis.call('ZCARD', K_DEADLINES)
-if leases + redis.call('ZCARD', K_AVAILABLE) + redis.call('ZCARD', K_QUARANTINE) < redis.call('HLEN', K_EXECUTORS) then
+-- A registered executor is free, leased or quarantined. One that is none
+-- (an index lost with a key, or an older release's write that failed half
+-- way) would be held for ever: the walk puts it back where its record says
+-- it belongs. A lease gets a deadline its TTL from now, never before the
+-- real one (its holder renews within a TTL; an older release's lease,
+-- whose TTL is unknown, gets LOST_TTL); a quarantine its next probe now; a
+-- drain ends; the rest are freed. It walks the records only when those
+-- indexes count fewer executors than are registered.
+local LOST_TTL = 3600000
+if redis.call('ZCARD', K_DEADLINES) + redis.call('ZCARD', K_AVAILABLE) + redis.call('ZCARD', K_QUARANTINE)
+    < redis.call('HLEN', K_EXECUTORS) then
   for _, url in ipairs(redis.call('HKEYS', K_EXECUTORS)) do
-    if not redis.call('ZSCORE', K_DEADLINES, url) and lease_of(url) then
-      redis.call('ZADD', K_DEADLINES, now, url)
+    if not redis.call('ZSCORE', K_DEADLINES, url) and not redis.call('ZSCORE', K_AVAILABLE, url)
+        and not redis.call('ZSCORE', K_QUARANTINE, url) then
+      local lease, record = lease_of(url)
+      if lease then
+        redis.call('ZADD', K_DEADLINES, now + (tonumber(lease.ttl) or LOST_TTL), url)
+      elseif record and tonumber(record.quarantined_at) then
+        redis.call('ZADD', K_QUARANTINE, now, url)
+      elseif record and record.draining then
+        end_lease(url, now, 'drained', nil, record)
+      elseif record then
+        free(url, now, record)
+      end
     end
   end
 end

@@ -43,8 +43,9 @@ for i = 2, #ARGV, 3 do
   else
     local record = decode(redis.call('HGET', K_EXECUTORS, url))
     -- A deadline is a lease, even one whose record was lost with the
-    -- executors hash: never freed here.
-    local leased = redis.call('ZSCORE', K_DEADLINES, url) ~= false
+    -- executors hash, and so is a record's lease whose deadline was lost:
+    -- never freed here.
+    local leased = record and type(record.lease) == 'table' or redis.call('ZSCORE', K_DEADLINES, url) ~= false
     local available = redis.call('ZSCORE', K_AVAILABLE, url)
     local quarantined = redis.call('ZSCORE', K_QUARANTINE, url)
     if record then
@@ -59,7 +60,12 @@ for i = 2, #ARGV, 3 do
       if labels ~= '' and set_labels(url, record, cjson.decode(labels), now) then
         out[#out + 1] = 'relabeled'
       elseif not leased and not available and not quarantined then
-        free(url, now, record)
+        -- Back where the record says it belongs: out of service if it is.
+        if tonumber(record.quarantined_at) then
+          redis.call('ZADD', K_QUARANTINE, now, url)
+        else
+          free(url, now, record)
+        end
         out[#out + 1] = 'repaired'
       else
         out[#out + 1] = 'already_registered'

@@ -90,7 +90,7 @@ func (p *Pool) Relabel(ctx context.Context, rawURL string, ls map[string]string)
 	if err != nil {
 		return "", fmt.Errorf("%w: labels of %s: %w", ErrInvalid, u, err)
 	}
-	if _, err := p.Migrate(ctx); err != nil {
+	if err := p.current(ctx); err != nil {
 		return "", err
 	}
 	out, err := lua.Label.Run(ctx, p.client, p.script, u, string(b)).Text()

@@ -49,6 +49,8 @@ func (p *Pool) olderLayout(ctx context.Context) (string, error) {
 	}
 	var what string
 	switch {
+	case leases.Val() == "none" && epoch.Val() == 1:
+		return "the pool's leases marker is missing (lost with its key): an older release's scripts would not be refused; the next acquire, `pool add` or worker tick writes it again", nil
 	case leases.Val() == "hash" && epoch.Val() == 0:
 		what = "no epoch marker and its leases in a hash of their own (89b3e49 or older)"
 	case leases.Val() == "hash" || sets.Val() == 1:

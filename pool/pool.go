@@ -318,6 +318,9 @@ const (
 // handed to it meanwhile under token goes to the next waiter at once. at is
 // when Redis ran it.
 func (p *Pool) Leave(ctx context.Context, evalID, token string) (out LeaveOutcome, at time.Time, err error) {
+	if err := p.current(ctx); err != nil {
+		return "", time.Time{}, err
+	}
 	vals, err := lua.Leave.Run(ctx, p.client, p.script, evalID, token).Slice()
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("pool: eval %s leaves the wait list: %w", evalID, scriptErr(err))
@@ -366,6 +369,20 @@ func (p *Pool) Migrate(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	return int(out[1].(int64)), nil
+}
+
+// current migrates the pool before a handle's first change to it, so that
+// no script of this layout meets an older one's data. A Redis at maxmemory
+// refuses the migration: the change goes on, as releases and reaps must,
+// and the next call (or a worker's tick) migrates.
+func (p *Pool) current(ctx context.Context) error {
+	if p.migrated.Load() {
+		return nil
+	}
+	if _, err := p.Migrate(ctx); err != nil && !errors.Is(err, ErrRedisFull) {
+		return err
+	}
+	return nil
 }
 
 // Keys lists every Redis key of the pool. They share one hash slot.
@@ -619,6 +636,9 @@ func (p *Pool) Deregister(ctx context.Context, rawURL string) (DeregisterOutcome
 	if err != nil {
 		return "", err
 	}
+	if err := p.current(ctx); err != nil {
+		return "", err
+	}
 	out, err := lua.Deregister.Run(ctx, p.client, p.script, u).Text()
 	if err != nil {
 		return "", fmt.Errorf("pool: deregister %s: %w", u, scriptErr(err))
@@ -737,10 +757,8 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 	if err != nil {
 		return Lease{}, err
 	}
-	if !p.migrated.Load() {
-		if _, err := p.Migrate(ctx); err != nil {
-			return Lease{}, err
-		}
+	if err := p.current(ctx); err != nil {
+		return Lease{}, err
 	}
 	sent := time.Now()
 	vals, err := lua.Acquire.Run(ctx, p.client, p.script, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds(), labels.Name(args.Require)).Slice()
@@ -831,6 +849,9 @@ func (p *Pool) RenewAll(ctx context.Context, rs []Renewal) error {
 		args = append(args, r.Lease.URL, r.Lease.Token, r.TTL.Milliseconds())
 	}
 	sent := time.Now()
+	if err := p.current(ctx); err != nil {
+		return err
+	}
 	deadlines, err := lua.Renew.Run(ctx, p.client, p.script, args...).Int64Slice()
 	if err != nil {
 		if len(rs) == 1 {
@@ -980,6 +1001,9 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 	if args.Designed {
 		designed = "1"
 	}
+	if err := p.current(ctx); err != nil {
+		return ReleaseResult{}, err
+	}
 	argv := []any{l.URL, l.Token, string(args.Verdict), retrying,
 		p.quarantineAfter, strconv.FormatFloat(p.failRate, 'g', -1, 64), p.probeEvery.Milliseconds(), designed}
 	var cmd *redis.Cmd
@@ -1045,6 +1069,9 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 // batches so that Redis is never blocked for long, and returns how many it
 // reclaimed.
 func (p *Pool) Reap(ctx context.Context) (int, error) {
+	if err := p.current(ctx); err != nil {
+		return 0, err
+	}
 	total := 0
 	for {
 		n, err := lua.Reap.Run(ctx, p.client, p.script, reapBatch, p.grace.Milliseconds()).Int()

@@ -79,6 +79,9 @@ func (p *Pool) returnToService(ctx context.Context, u, since, by string) (Quaran
 }
 
 func (p *Pool) quarantine(ctx context.Context, u, action, arg string, probeMs int64) (QuarantineOutcome, string, error) {
+	if err := p.current(ctx); err != nil {
+		return "", "", err
+	}
 	vals, err := lua.Quarantine.Run(ctx, p.client, p.script, u, action, arg, probeMs).StringSlice()
 	if err != nil {
 		return "", "", fmt.Errorf("pool: quarantine %s %s: %w", action, u, scriptErr(err))
@@ -97,6 +100,9 @@ func (p *Pool) quarantine(ctx context.Context, u, action, arg string, probeMs in
 // the health check (GET /healthz, for the reference executor); it returns
 // nil when the executor is healthy. It returns the URLs returned to service.
 func (p *Pool) ProbeQuarantined(ctx context.Context, limit int, probe func(ctx context.Context, url string) error) ([]string, error) {
+	if err := p.current(ctx); err != nil {
+		return nil, err
+	}
 	claimed, err := lua.Probe.Run(ctx, p.client, p.script, limit, p.probeEvery.Milliseconds(), p.probeMax.Milliseconds()).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("pool: claim due probes of %s: %w", p.name, scriptErr(err))

@@ -191,6 +191,72 @@ func TestRegisterAfterTheExecutorsHashIsGone(t *testing.T) {
 	assertWhole(t, p, "http://e1", "http://e2")
 }
 
+// A lost executors hash, then `pool add` with other labels: the index of
+// the labels the executor had keeps an entry of it, which an acquire that
+// requires them drops, never granting the executor leased since.
+func TestLostRecordNeverGrantsALeasedExecutor(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t)
+	if _, err := p.Register(t.Context(), Executor{URL: "http://e1", Labels: map[string]string{"g": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.client.Del(t.Context(), p.keys.Executors()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Register(t.Context(), Executor{URL: "http://e1", Labels: map[string]string{"g": "2"}}); err != nil {
+		t.Fatal(err)
+	}
+	held := acquire(t, p, "eval-a", time.Minute)
+	if l, err := p.AcquireWith(t.Context(), "eval-b", time.Minute, AcquireArgs{Require: map[string]string{"g": "1"}}); err == nil {
+		t.Fatalf("acquire requiring g=1 got %s, which eval-a holds (%s)", l.URL, held.URL)
+	}
+	if _, err := p.Renew(t.Context(), held, time.Minute); err != nil {
+		t.Fatalf("eval-a's lease was taken: %v", err)
+	}
+}
+
+// The leases marker lost alone is reported, and written again by the next
+// Migrate (a worker's tick, a handle's first change), so that older
+// releases stay refused.
+func TestLostLeasesMarkerIsWrittenAgain(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1")
+	if err := b.client.Del(t.Context(), p.keys.Leases()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if vs := checkLines(t, p); len(vs) != 1 || !strings.Contains(vs[0], "leases marker is missing") {
+		t.Fatalf("Check = %q, want the missing marker", vs)
+	}
+	if _, err := p.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if typ := b.client.Type(t.Context(), p.keys.Leases()).Val(); typ != "string" {
+		t.Fatalf("leases is a %s after Migrate, want the marker string", typ)
+	}
+	assertWhole(t, p, "http://e1")
+}
+
+// A lost deadlines index, then `pool add`: the lease in the record keeps
+// the executor leased.
+func TestRegisterAfterTheDeadlinesAreGone(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1", "http://e2")
+	held := acquire(t, p, "eval-a", time.Minute)
+	if err := b.client.Del(t.Context(), p.keys.Deadlines()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if regs, err := p.Register(t.Context(), Executor{URL: held.URL}); err != nil || regs[0].Outcome != AlreadyRegistered {
+		t.Fatalf("Register of the leased %s = %+v, %v; want already registered", held.URL, regs, err)
+	}
+	other := acquire(t, p, "eval-b", time.Minute)
+	if other.URL == held.URL {
+		t.Fatalf("eval-b got %s, which eval-a holds", other.URL)
+	}
+	if _, err := p.Acquire(t.Context(), "eval-c", time.Minute); !errors.Is(err, ErrNoExecutor) {
+		t.Fatalf("a third acquire on two executors: %v, want ErrNoExecutor", err)
+	}
+}
+
 // A registered executor that is neither available nor leased is lost;
 // registering it again repairs it.
 func TestRegisterRepairsALostExecutor(t *testing.T) {
@@ -411,12 +477,59 @@ func TestCorruptionLosesNoExecutor(t *testing.T) {
 	t.Run("a lease whose deadline was deleted", func(t *testing.T) {
 		t.Parallel()
 		p, b := setup(t, "http://e1")
-		acquire(t, p, "eval-a", time.Minute)
+		held := acquire(t, p, "eval-a", time.Second)
 		b.client.Del(t.Context(), p.keys.Deadlines())
-		evaltest.Eventually(t, 5*time.Second, "the lease without a deadline was never reclaimed", func() bool {
+		if n, err := p.Reap(t.Context()); err != nil || n != 0 {
+			t.Fatalf("Reap = %d, %v; want the lease given a deadline, not reclaimed", n, err)
+		}
+		// Its TTL from now: its holder, alive, still holds it.
+		if _, err := p.Renew(t.Context(), held, time.Second); err != nil {
+			t.Fatalf("renew after the repair: %v", err)
+		}
+		if _, err := p.Acquire(t.Context(), "eval-b", time.Minute); !errors.Is(err, ErrNoExecutor) {
+			t.Fatalf("acquire while eval-a holds the one executor: %v, want ErrNoExecutor", err)
+		}
+		evaltest.Eventually(t, 10*time.Second, "the lease without a deadline was never reclaimed", func() bool {
 			n, err := p.Reap(t.Context())
 			return err == nil && n == 1
 		})
 		assertWhole(t, p, "http://e1")
 	})
+	// Lost indexes leave executors in none: the reaper puts each back
+	// where its record says it belongs, without a pool add.
+	for _, tt := range []struct {
+		name, key string
+		prepare   func(t *testing.T, p *Pool)
+		check     func(t *testing.T, p *Pool)
+	}{
+		{"the available index", "available", nil, func(t *testing.T, p *Pool) { assertWhole(t, p, "http://e1") }},
+		{"the quarantine schedule", "quarantine", func(t *testing.T, p *Pool) {
+			if _, err := p.Quarantine(t.Context(), "http://e1", ReasonOperator); err != nil {
+				t.Fatal(err)
+			}
+		}, func(t *testing.T, p *Pool) {
+			if vs := checkLines(t, p); len(vs) > 0 {
+				t.Fatalf("Check = %q", vs)
+			}
+			if _, err := p.Acquire(t.Context(), "eval-x", time.Minute); !errors.Is(err, ErrNoExecutor) {
+				t.Fatalf("acquire of the quarantined executor: %v, want ErrNoExecutor", err)
+			}
+		}},
+	} {
+		t.Run("a lost "+tt.key, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, "http://e1")
+			if tt.prepare != nil {
+				tt.prepare(t, p)
+			}
+			b.client.Del(t.Context(), "evalpool:{"+p.Name()+"}:"+tt.key)
+			if vs := checkLines(t, p); len(vs) == 0 {
+				t.Fatal("Check saw nothing lost")
+			}
+			if _, err := p.Reap(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, p)
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"context"
 	"encoding/json"
 	"os/exec"
 	"slices"
@@ -59,6 +60,23 @@ func TestMigratesAPoolOfAnOlderRelease(t *testing.T) {
 				t.Fatalf("Check before the migration = %q, want it to say %q", vs, tt.check)
 			}
 
+			// The first change through this release migrates: a quarantine
+			// of the executor an old lease holds, and its return, leave
+			// it leased.
+			for _, op := range []func(context.Context, string) (QuarantineOutcome, error){
+				func(ctx context.Context, u string) (QuarantineOutcome, error) {
+					return p.Quarantine(ctx, u, ReasonOperator)
+				},
+				p.ReturnToService,
+			} {
+				if _, err := op(t.Context(), held[0].URL); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if st, err := p.Status(t.Context()); err != nil || st.Executors[0].URL != held[0].URL || st.Executors[0].State != StateLeased {
+				t.Fatalf("after a quarantine and its return, status = %+v, %v; want %s leased", st, err, held[0].URL)
+			}
+
 			// The third and fourth executors go to new evals, one of them
 			// requiring a label of theirs.
 			a100, err := p.AcquireWith(t.Context(), "new-a100", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
@@ -107,6 +125,28 @@ func TestMigratesAPoolOfAnOlderRelease(t *testing.T) {
 				}
 			}
 			assertWhole(t, p, whole...)
+			if tt.release == "1932b7a" {
+				// Its pool label is not refused (its script meets no key
+				// of the new layout's): it relabels e3 in the record and
+				// in its own indexes, not in the new ones. An acquire that
+				// requires e3's old labels must not take it from the index
+				// it was left in.
+				old("pool", "label", "http://e3", "gpu=h100")
+				var ls []Lease
+				for _, eval := range []string{"x1", "x2", "x3"} {
+					ls = append(ls, acquire(t, p, eval, time.Minute))
+				}
+				if l, err := p.AcquireWith(t.Context(), "x-a100", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}}); err == nil {
+					t.Fatalf("acquire requiring gpu=a100 got %s, leased to one of %v", l.URL, ls)
+				}
+				for _, l := range ls {
+					release(t, p, l, Released)
+				}
+				if n, err := p.Migrate(t.Context()); err != nil || n == 0 {
+					t.Fatalf("Migrate after the older release's label = %d, %v; want its indexes rebuilt", n, err)
+				}
+				assertWhole(t, p, whole...)
+			}
 			// The older release's subset indexes are gone with its counts.
 			if n, err := p.client.Exists(t.Context(), p.keys.OlderLabelSets(), "evalpool:{"+p.Name()+"}:available:gpu=a100").Result(); err != nil || n != 0 {
 				t.Fatalf("%d keys of the older layout left, %v", n, err)
