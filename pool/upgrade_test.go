@@ -13,9 +13,10 @@ import (
 )
 
 // A pool written by an older release, with leases in flight, is migrated
-// in place by this release's first acquire: no executor lost, none handed
-// out twice, the old leases kept (re-entered by their evals, reclaimed once
-// expired), a drain kept, and labels still served. 89b3e49 wrote no epoch
+// in place by this release's first change to it: no executor lost, none
+// handed out twice, the old leases kept (re-entered by their evals,
+// reclaimed once expired), a drain kept, and labels still served; the older
+// release then refuses the pool. 89b3e49 wrote no epoch
 // marker and no label index; 1932b7a kept an index per subset of an
 // executor's labels; both kept the leases in a hash of their own.
 func TestMigratesAPoolOfAnOlderRelease(t *testing.T) {
