@@ -17,6 +17,8 @@
 --
 -- KEYS: see lib.lua.
 -- ARGV[1] a fresh random epoch marker, for a pool that has none
+-- ARGV[2] 'rebuild' to rebuild the label sets' indexes and counts of a pool
+--         of this layout too: the repair of a lost labelled key
 -- Returns: {outcome, executors}: 'migrated' (done), 'current' (nothing
 -- changed but a LEASES_MOVED lost alone, written again), 'empty' (no
 -- executor: never created, or its data was lost, and nothing to migrate).
@@ -26,7 +28,7 @@ local old_sets = PREFIX .. 'labelsets'
 local unmarked = redis.call('EXISTS', K_EPOCH) == 0
 local leases_type = redis.call('TYPE', K_LEASES).ok
 local old_leases = leases_type == 'hash'
-if not unmarked and not old_leases and redis.call('EXISTS', old_sets) == 0 then
+if ARGV[2] ~= 'rebuild' and not unmarked and not old_leases and redis.call('EXISTS', old_sets) == 0 then
   if leases_type == 'none' then
     redis.call('SET', K_LEASES, LEASES_MOVED) -- lost alone: written again
   end

@@ -78,12 +78,18 @@ for i = 2, #ARGV, 3 do
       if instance ~= '' then
         record.instance_id = instance
       end
+      -- A record lost with the executors hash while the executor was out
+      -- of service stays out: its schedule says so, not why, so it waits
+      -- for an operator. A drain is cancelled, as a pool add does.
+      if quarantined then
+        record.quarantined_at, record.quarantine_reason, record.probes = now, 'operator', 0
+      end
+      redis.call('SREM', K_DRAINING, url)
       redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
       count_sets(record, 1)
-      redis.call('ZREM', K_QUARANTINE, url)
       -- An executor still leased (its record was lost under a live lease)
       -- returns at its release or reclaim, never now.
-      if not leased then
+      if not leased and not quarantined then
         free(url, now, record)
       end
       out[#out + 1] = 'added'

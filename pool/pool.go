@@ -356,11 +356,23 @@ func (p *Pool) Epoch(ctx context.Context) (string, error) {
 // migrate it themselves; a worker migrates its pools at each maintenance
 // tick.
 func (p *Pool) Migrate(ctx context.Context) (int, error) {
+	return p.migrate(ctx, "")
+}
+
+// Rebuild is Migrate that also rebuilds the label sets' indexes and counts
+// of a pool of this layout from the executors' records: the repair of a
+// lost labelled key (pool check, invariant 8), which no script can notice
+// without walking the pool. It returns how many executors it read.
+func (p *Pool) Rebuild(ctx context.Context) (int, error) {
+	return p.migrate(ctx, "rebuild")
+}
+
+func (p *Pool) migrate(ctx context.Context, how string) (int, error) {
 	epoch, err := newToken()
 	if err != nil {
 		return 0, err
 	}
-	out, err := lua.Migrate.Run(ctx, p.client, p.script, epoch).Slice()
+	out, err := lua.Migrate.Run(ctx, p.client, p.script, epoch, how).Slice()
 	if err != nil {
 		return 0, fmt.Errorf("pool: migrate %s: %w", p.name, scriptErr(err))
 	}

@@ -257,6 +257,90 @@ func TestRegisterAfterTheDeadlinesAreGone(t *testing.T) {
 	}
 }
 
+// A lost label index or label count is reported, and rebuilt from the
+// records by Rebuild (pool check --repair): labelled evals are served again.
+func TestRebuildRepairsLostLabelKeys(t *testing.T) {
+	t.Parallel()
+	gpu := AcquireArgs{Require: map[string]string{"gpu": "a100"}}
+	for _, key := range []string{"labelled:gpu=a100", "labelled"} {
+		t.Run(key, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t)
+			if _, err := p.Register(t.Context(), Executor{URL: "http://g1", Labels: map[string]string{"gpu": "a100"}}, Executor{URL: "http://p1"}); err != nil {
+				t.Fatal(err)
+			}
+			b.client.Del(t.Context(), "evalpool:{"+p.Name()+"}:"+key)
+			if vs := checkLines(t, p); len(vs) == 0 {
+				t.Fatal("Check saw nothing lost")
+			}
+			if l, err := p.AcquireWith(t.Context(), "eval-a", time.Minute, gpu); err == nil {
+				t.Fatalf("acquire requiring gpu=a100 got %s with its index lost", l.URL)
+			}
+			if _, err := p.Rebuild(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			assertWhole(t, p, "http://g1", "http://p1")
+			if l, err := p.AcquireWith(t.Context(), "eval-a", time.Minute, gpu); err != nil || l.URL != "http://g1" {
+				t.Fatalf("acquire requiring gpu=a100 after Rebuild = %+v, %v; want http://g1", l, err)
+			}
+		})
+	}
+}
+
+// A lost executors hash under a quarantined and a draining executor, then
+// `pool add`: the quarantine holds (its schedule says so), the drain is
+// cancelled as a pool add cancels one, and no index is left stale.
+func TestRegisterAfterTheExecutorsHashIsGoneKeepsTheQuarantine(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://a", "http://b", "http://c")
+	held := acquire(t, p, "eval-a", time.Second)
+	if out, err := p.Deregister(t.Context(), held.URL); err != nil || out != Draining {
+		t.Fatalf("Deregister = %s, %v", out, err)
+	}
+	out := "http://b"
+	if held.URL == out {
+		out = "http://c"
+	}
+	if _, err := p.Quarantine(t.Context(), out, ReasonOperator); err != nil {
+		t.Fatal(err)
+	}
+	b.client.Del(t.Context(), p.keys.Executors())
+	register(t, p, "http://a", "http://b", "http://c")
+	for i := range 2 {
+		if l, err := p.Acquire(t.Context(), fmt.Sprintf("eval-%d", i), time.Minute); err == nil && l.URL == out {
+			t.Fatalf("acquire got the quarantined %s", out)
+		}
+	}
+	waitReclaimable(t, p, held)
+	if _, err := p.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if vs := checkLines(t, p); len(vs) > 0 {
+		t.Fatalf("Check = %q", vs)
+	}
+}
+
+// A leased executor that is also quarantined counts once in the reaper's
+// test for lost executors, so that it cannot hide one.
+func TestReapFindsALostExecutorBesideAQuarantinedLease(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://a", "http://b", "http://c", "http://d")
+	for _, eval := range []string{"eval-a", "eval-b"} {
+		l := acquire(t, p, eval, time.Minute)
+		if _, err := p.Quarantine(t.Context(), l.URL, ReasonOperator); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.client.Del(t.Context(), p.keys.Available())
+	if _, err := p.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if vs := checkLines(t, p); len(vs) > 0 {
+		t.Fatalf("Check after the reap = %q", vs)
+	}
+	acquire(t, p, "eval-c", time.Minute)
+}
+
 // A registered executor that is neither available nor leased is lost;
 // registering it again repairs it.
 func TestRegisterRepairsALostExecutor(t *testing.T) {

@@ -142,6 +142,24 @@ func TestCheckFailsWithExit3(t *testing.T) {
 	}
 }
 
+// A lost label index fails pool check (invariant 8), and pool check
+// --repair rebuilds it from the records.
+func TestCheckRepairRebuildsALostLabelIndex(t *testing.T) {
+	t.Parallel()
+	client := evaltest.Client(t)
+	url, name := evaltest.URL(t), evaltest.Pool(t, client)
+	evalpool(t, url, name, "pool", "add", "--no-probe", "--label", "gpu=a100", "http://e1")
+	if err := client.Del(t.Context(), keys.ForPool(name).LabelledFor("gpu=a100")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if r := evalpool(t, url, name, "pool", "check"); r.code != 3 || !strings.Contains(r.stdout, "invariant 8") {
+		t.Fatalf("check of a lost label index: %+v", r)
+	}
+	if r := evalpool(t, url, name, "pool", "check", "--repair"); r.code != 0 || !strings.Contains(r.stdout, "rebuilt the label indexes of 1 executors") || !strings.Contains(r.stdout, "ok") {
+		t.Fatalf("check --repair: %+v", r)
+	}
+}
+
 // Bad input: one clear line on stderr, the right exit code, nothing changed.
 func TestBadInput(t *testing.T) {
 	t.Parallel()

@@ -312,7 +312,8 @@ func (a *app) poolStatus() *cobra.Command {
 }
 
 func (a *app) poolCheck() *cobra.Command {
-	return &cobra.Command{
+	var repair bool
+	c := &cobra.Command{
 		Use:   "check",
 		Short: "Verify the pool's invariants; exit 3 on any violation",
 		Args:  positional(cobra.NoArgs),
@@ -320,6 +321,13 @@ func (a *app) poolCheck() *cobra.Command {
 			p, err := a.pool()
 			if err != nil {
 				return err
+			}
+			if repair {
+				n, err := p.Rebuild(c.Context())
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "rebuilt the label indexes of %d executors\n", n)
 			}
 			vs, err := p.Check(c.Context())
 			if err != nil {
@@ -335,6 +343,8 @@ func (a *app) poolCheck() *cobra.Command {
 			return nil
 		},
 	}
+	c.Flags().BoolVar(&repair, "repair", false, "first rebuild the label sets' indexes and counts from the executors' records (after a lost key: invariant 8)")
+	return c
 }
 
 func (a *app) poolReap() *cobra.Command {
