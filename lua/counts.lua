@@ -15,12 +15,7 @@ local registered = redis.call('HLEN', K_EXECUTORS)
 local available = redis.call('ZCARD', K_AVAILABLE)
 local leases = redis.call('ZCARD', K_DEADLINES)
 local draining = redis.call('SCARD', K_DRAINING)
-local quarantined = 0
-for _, url in ipairs(redis.call('ZRANGE', K_QUARANTINE, 0, -1)) do
-  if not redis.call('ZSCORE', K_DEADLINES, url) then
-    quarantined = quarantined + 1
-  end
-end
+local quarantined = idle_quarantined()
 return {
   registered,
   available,

@@ -467,6 +467,18 @@ local function end_lease(url, now, how, lease, record, pre)
   return 0
 end
 
+-- idle_quarantined counts the quarantined executors that hold no lease:
+-- one leased is in the deadlines too. O(quarantine size), which is short.
+local function idle_quarantined()
+  local n = 0
+  for _, url in ipairs(redis.call('ZRANGE', K_QUARANTINE, 0, -1)) do
+    if not redis.call('ZSCORE', K_DEADLINES, url) then
+      n = n + 1
+    end
+  end
+  return n
+end
+
 -- reclaim_expired ends at most limit leases whose deadline passed more than
 -- grace ms ago, the oldest first, so that one call never walks the whole
 -- pool. The grace covers the one-way delay to the executor and the drift of

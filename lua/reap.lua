@@ -17,15 +17,9 @@ local now = now_ms()
 -- whose TTL is unknown, gets LOST_TTL); a quarantine its next probe now; a
 -- drain ends; the rest are freed. It walks the records only when those
 -- indexes count fewer executors than are registered (a quarantined one
--- counted once, leased or not: the quarantine is short).
+-- once, leased or not).
 local LOST_TTL = 3600000
-local idle_out = 0
-for _, url in ipairs(redis.call('ZRANGE', K_QUARANTINE, 0, -1)) do
-  if not redis.call('ZSCORE', K_DEADLINES, url) then
-    idle_out = idle_out + 1
-  end
-end
-if redis.call('ZCARD', K_DEADLINES) + redis.call('ZCARD', K_AVAILABLE) + idle_out
+if redis.call('ZCARD', K_DEADLINES) + redis.call('ZCARD', K_AVAILABLE) + idle_quarantined()
     < redis.call('HLEN', K_EXECUTORS) then
   for _, url in ipairs(redis.call('HKEYS', K_EXECUTORS)) do
     if not redis.call('ZSCORE', K_DEADLINES, url) and not redis.call('ZSCORE', K_AVAILABLE, url)

@@ -48,8 +48,9 @@ for i = 2, #ARGV, 3 do
     local leased = record and type(record.lease) == 'table' or redis.call('ZSCORE', K_DEADLINES, url) ~= false
     local available = redis.call('ZSCORE', K_AVAILABLE, url)
     local quarantined = redis.call('ZSCORE', K_QUARANTINE, url)
+    -- A pool add cancels a drain.
+    redis.call('SREM', K_DRAINING, url)
     if record then
-      redis.call('SREM', K_DRAINING, url)
       if record.draining or instance ~= '' and record.instance_id ~= instance then
         record.draining = nil
         if instance ~= '' then
@@ -80,11 +81,10 @@ for i = 2, #ARGV, 3 do
       end
       -- A record lost with the executors hash while the executor was out
       -- of service stays out: its schedule says so, not why, so it waits
-      -- for an operator. A drain is cancelled, as a pool add does.
+      -- for an operator.
       if quarantined then
         record.quarantined_at, record.quarantine_reason, record.probes = now, 'operator', 0
       end
-      redis.call('SREM', K_DRAINING, url)
       redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
       count_sets(record, 1)
       -- An executor still leased (its record was lost under a live lease)
