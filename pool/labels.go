@@ -47,20 +47,15 @@ func (p *Pool) CanServe(ctx context.Context, require map[string]string) (bool, e
 		}
 		return n > 0, nil
 	}
-	for range 2 {
-		sets, err := p.client.HKeys(ctx, p.keys.Labelled()).Result()
-		if err != nil {
-			return false, fmt.Errorf("pool: can %s serve %s: %w", p.name, required, err)
-		}
-		if slices.ContainsFunc(sets, func(set string) bool { return labels.Serves(set, required) }) {
-			return true, nil
-		}
-		// A pool of an older release keeps its label sets elsewhere.
-		if n, err := p.Migrate(ctx); err != nil || n == 0 {
-			return false, err
-		}
+	// A pool an older release wrote keeps its label sets elsewhere.
+	if err := p.current(ctx); err != nil {
+		return false, err
 	}
-	return false, nil
+	sets, err := p.client.HKeys(ctx, p.keys.Labelled()).Result()
+	if err != nil {
+		return false, fmt.Errorf("pool: can %s serve %s: %w", p.name, required, err)
+	}
+	return slices.ContainsFunc(sets, func(set string) bool { return labels.Serves(set, required) }), nil
 }
 
 // RelabelOutcome says what Relabel did.

@@ -707,8 +707,6 @@ type AcquireArgs struct {
 	// Wait, when set, makes the eval wait for an executor as AcquireOrWait
 	// does.
 	Wait Wait
-
-	migrated bool // the pool was migrated by this call: no second try
 }
 
 // AcquireWith is Acquire, or AcquireOrWait when args.Wait is set, for an
@@ -772,25 +770,31 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 	if err := p.current(ctx); err != nil {
 		return Lease{}, err
 	}
-	sent := time.Now()
-	vals, err := lua.Acquire.Run(ctx, p.client, p.script, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds(), labels.Name(args.Require)).Slice()
+	var sent time.Time
+	run := func() ([]any, error) {
+		sent = time.Now()
+		vals, err := lua.Acquire.Run(ctx, p.client, p.script, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds(), labels.Name(args.Require)).Slice()
+		return vals, scriptErr(err)
+	}
+	vals, err := run()
+	// An older release wrote the pool again since this handle migrated it,
+	// or its marker alone was lost: migrated, it is asked once more.
+	if errors.Is(err, ErrPoolMissing) || errors.Is(err, errOlderLayout) {
+		if n, merr := p.Migrate(ctx); merr == nil && n > 0 {
+			vals, err = run()
+		}
+	}
 	if errors.Is(err, redis.Nil) {
 		p.metrics.acquires.WithLabelValues(p.name, "none").Inc()
 		return Lease{}, ErrNoExecutor
 	}
-	if err = scriptErr(err); errors.Is(err, ErrCancelled) {
+	if errors.Is(err, ErrCancelled) {
 		p.metrics.acquires.WithLabelValues(p.name, "cancelled").Inc()
 		return Lease{}, err
 	}
 	if errors.Is(err, ErrUnservable) {
 		p.metrics.acquires.WithLabelValues(p.name, "unservable").Inc()
 		return Lease{}, fmt.Errorf("eval %s: %w", evalID, err)
-	}
-	if (errors.Is(err, ErrPoolMissing) || errors.Is(err, errOlderLayout)) && !args.migrated {
-		if n, merr := p.Migrate(ctx); merr == nil && n > 0 {
-			args.migrated = true
-			return p.acquire(ctx, evalID, ttl, args)
-		}
 	}
 	if errors.Is(err, ErrPoolMissing) {
 		// No executor can be had, for a reason to say out loud: callers that

@@ -215,6 +215,25 @@ func TestLostRecordNeverGrantsALeasedExecutor(t *testing.T) {
 	}
 }
 
+// The epoch marker lost alone, the executors kept: an acquire that finds
+// none free writes a new marker and asks again, so the eval waits for an
+// executor, not for a pool said to be lost.
+func TestLostEpochAloneIsWrittenAgain(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1")
+	acquire(t, p, "eval-a", time.Minute)
+	if err := b.client.Del(t.Context(), p.keys.Epoch()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := p.Acquire(t.Context(), "eval-b", time.Minute)
+	if !errors.Is(err, ErrNoExecutor) || errors.Is(err, ErrPoolMissing) {
+		t.Fatalf("acquire with the marker lost alone: %v, want ErrNoExecutor and not ErrPoolMissing", err)
+	}
+	if epoch, err := p.Epoch(t.Context()); err != nil || epoch == "" {
+		t.Fatalf("Epoch = %q, %v; want one written again", epoch, err)
+	}
+}
+
 // The leases marker lost alone is reported, and written again by the next
 // Migrate (a worker's tick, a handle's first change), so that older
 // releases stay refused.
