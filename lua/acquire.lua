@@ -107,8 +107,8 @@ local function head(key, best)
     c.url, c.since = two[3], tonumber(two[4])
   end
   -- The executor to avoid is taken only when no index has another.
-  if not best or (c.url == avoid) == (best.url == avoid) and c.since < best.since
-      or best.url == avoid and c.url ~= avoid then
+  c.rank = c.url == avoid and math.huge or c.since
+  if not best or c.rank < best.rank then
     return c
   end
   return best
