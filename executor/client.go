@@ -162,7 +162,8 @@ type RefusedError struct {
 	Reason Reason
 	// MaxFence is the highest fence the executor has seen, when it says
 	// (a stale_fence refusal of the reference executor does): a pool whose
-	// fence counter is below it raises it, so that its next grant passes.
+	// fence for the executor is below it raises it, so that its next grant
+	// passes.
 	MaxFence int64
 	// Answer is the start of the executor's answer, on one line.
 	Answer string

@@ -145,7 +145,7 @@ for _ = 1, 16 do
       -- entry together or not at all, so most acquires stop at the ZSCORE.
       local line = waiters_key(set)
       local waited = redis.call('ZSCORE', line, eval_id)
-      local fence = next_fence()
+      local granted = grant(url, record, eval_id, token, ttl, now, best.since, 0)
       take_out(url, record)
       if avoid then
         redis.call('HDEL', K_AVOID, eval_id)
@@ -154,7 +154,7 @@ for _ = 1, 16 do
         redis.call('ZREM', line, eval_id)
         redis.call('HDEL', K_WAITING, eval_id)
       end
-      return grant(url, record, eval_id, token, ttl, now, best.since, 0, fence)
+      return granted
     end
     redis.call('ZREM', best.key, url)
   end

@@ -24,7 +24,9 @@
 --   KEYS[5] holders    HASH  eval_id -> url (one lease per eval, O(1) re-entry)
 --   KEYS[6] draining   SET   urls deregistered while leased, whose records
 --                            say draining: the count of them
---   KEYS[7] fence      STRING counter, INCR on every acquire, never below now (ms)
+--   KEYS[7] fence      STRING a pool-wide fence counter, left by releases
+--                            that kept one: read only for a record that
+--                            keeps no fence of its own, never written
 --   KEYS[8] epoch      STRING random marker written by the first register: a
 --                            pool whose marker is gone has lost its data
 --   KEYS[9] instances  HASH  executor instance ID -> url, so that one executor
@@ -275,31 +277,32 @@ local function serving(required)
   return out
 end
 
--- next_fence is the fence of a new grant, above every one before. It never
--- falls below Redis's own clock in ms (not the pool's, which a rewind or a
--- step may have held back), so that a Redis that lost its data, or went
--- back to a snapshot, still hands out fences above those executors have
--- already seen, unless acquires outran 1,000 a second for long. One SET
--- writes the floor and reads the counter: only a counter at or above the
--- floor needs a second. A counter that is not a number is replaced by the
--- floor (pool check reports one); a key of another type fails the script
--- with WRONGTYPE before it writes.
-local function next_fence()
+-- next_fence is the fence of url's next grant: above the last one its
+-- record keeps (fence), and never below Redis's own clock in ms (not the
+-- pool's, which a rewind or a step may have held back), so that a Redis that
+-- lost the record, or went back to a snapshot, still grants fences above
+-- those the executor has seen: one executor is granted far fewer than 1,000
+-- leases a second. A record without a fence of its own, written by a
+-- release that kept one counter for the pool, starts from that counter.
+local function next_fence(record)
   local floor = redis_ms()
-  local last = tonumber(redis.call('SET', K_FENCE, floor, 'GET'))
+  local last = tonumber(record.fence)
+  if not last then
+    last = tonumber(redis.call('GET', K_FENCE))
+  end
   if last and last >= floor and last < 1e15 then
-    redis.call('SET', K_FENCE, last + 1)
     return last + 1
   end
   return floor
 end
 
--- grant writes the lease into url's record (a table) and takes the next
--- fence unless the caller took it (fence), as acquire does to make the fence
--- its first write.
-local function grant(url, record, eval_id, token, ttl, now, available_since, reentered, fence)
-  fence = fence or next_fence()
+-- grant writes the lease into url's record (a table): its first write, so
+-- that at maxmemory a Redis that does not read the flags (6.2) refuses it
+-- before anything changed.
+local function grant(url, record, eval_id, token, ttl, now, available_since, reentered)
+  local fence = next_fence(record)
   local deadline = now + ttl
+  record.fence = fence
   record.lease = {
     token = token, eval_id = eval_id, fence = fence, ttl = ttl,
     acquired_at = now, available_since = available_since,

@@ -103,7 +103,7 @@ var (
 	RunCut = newScript("", runCut)
 	// WriteResult is Asynq's: it takes an eval's task hash.
 	WriteResult = newScript("", result)
-	// RaiseFence takes the pool's fence key alone.
+	// RaiseFence takes the pool's executors key alone.
 	RaiseFence = newScript("", raiseFence)
 	// readScript backs Read.
 	readScript = newScript("", read)

@@ -73,9 +73,9 @@ func waitReclaimable(t *testing.T, p *Pool, l Lease) {
 	})
 }
 
-// writeLease sets the lease in url's executor record to lease, a JSON value,
-// or drops it when lease is empty, as a lost or foreign write would.
-func writeLease(ctx context.Context, c *redis.Client, k keys.Pool, url, lease string) error {
+// writeField sets field of url's executor record to value, a JSON value, or
+// drops it when value is empty, as a lost or foreign write would.
+func writeField(ctx context.Context, c *redis.Client, k keys.Pool, url, field, value string) error {
 	raw, err := c.HGet(ctx, k.Executors(), url).Result()
 	if err != nil {
 		return err
@@ -84,10 +84,10 @@ func writeLease(ctx context.Context, c *redis.Client, k keys.Pool, url, lease st
 	if err := json.Unmarshal([]byte(raw), &rec); err != nil {
 		return err
 	}
-	if lease == "" {
-		delete(rec, "lease")
+	if value == "" {
+		delete(rec, field)
 	} else {
-		rec["lease"] = json.RawMessage(lease)
+		rec[field] = json.RawMessage(value)
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {

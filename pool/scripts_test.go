@@ -190,7 +190,7 @@ func TestCheckFindsViolations(t *testing.T) {
 			return c.ZRem(ctx, k.Available(), "http://e1").Err()
 		}, "invariant 4: http://e1: lost: registered but neither available, leased nor quarantined"},
 		{"available and leased", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
-			if err := writeLease(ctx, c, k, "http://e1", lease("x")); err != nil {
+			if err := writeField(ctx, c, k, "http://e1", "lease", lease("x")); err != nil {
 				return err
 			}
 			c.ZAdd(ctx, k.Deadlines(), redis.Z{Score: 1e15, Member: "http://e1"})
@@ -205,7 +205,7 @@ func TestCheckFindsViolations(t *testing.T) {
 		{"eval holds two", func(ctx context.Context, c *redis.Client, k keys.Pool) error {
 			for _, u := range []string{"http://e1", "http://e2"} {
 				c.ZRem(ctx, k.Available(), u)
-				if err := writeLease(ctx, c, k, u, lease("x")); err != nil {
+				if err := writeField(ctx, c, k, u, "lease", lease("x")); err != nil {
 					return err
 				}
 				c.ZAdd(ctx, k.Deadlines(), redis.Z{Score: 1e15, Member: u})

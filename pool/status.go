@@ -46,7 +46,8 @@ const (
 type Status struct {
 	Pool string    `json:"pool"`
 	Now  time.Time `json:"now"`
-	// Fence is the highest fencing number handed out so far.
+	// Fence is the highest fencing number handed out so far, to any
+	// executor.
 	Fence int64 `json:"fence"`
 	// Epoch is the pool's marker, written by its first Register; empty when
 	// the pool was never created or its data was lost.
@@ -107,6 +108,8 @@ type ExecutorStatus struct {
 	Fails  int64 `json:"fails"`
 	Passed int64 `json:"passed"`
 	Failed int64 `json:"failed"`
+	// Fence is its last grant's fencing number; its next is higher.
+	Fence int64 `json:"fence,omitempty"`
 	// Quarantine is set while it is out of service.
 	Quarantine *QuarantineStatus `json:"quarantine,omitempty"`
 	Lease      *LeaseStatus      `json:"lease,omitempty"`
@@ -169,6 +172,7 @@ type executorRecord struct {
 	AddedAt          int64             `json:"added_at"`
 	InstanceID       string            `json:"instance_id"`
 	Labels           map[string]string `json:"labels"`
+	Fence            int64             `json:"fence"`
 	Releases         int64             `json:"releases"`
 	DoubleReleases   int64             `json:"double_releases"`
 	StaleReleases    int64             `json:"stale_releases"`
@@ -378,6 +382,7 @@ func (p *Pool) Status(ctx context.Context) (*Status, error) {
 	st := &Status{Pool: p.name, Now: s.now, Fence: s.fence, Epoch: s.epoch, Counts: map[State]int{}}
 	for _, u := range slices.Sorted(maps.Keys(s.executors)) {
 		e := executorStatus(s, u)
+		st.Fence = max(st.Fence, e.Fence)
 		st.Counts[e.State]++
 		st.Executors = append(st.Executors, e)
 	}
@@ -662,6 +667,7 @@ func executorStatus(s *snapshot, u string) ExecutorStatus {
 		e.AddedAt, e.Labels, e.InstanceID = time.UnixMilli(rec.AddedAt), rec.Labels, rec.InstanceID
 		e.Releases, e.DoubleReleases, e.StaleReleases = rec.Releases, rec.DoubleReleases, rec.StaleReleases
 		e.Fails, e.Passed, e.Failed, e.Duplicates = rec.Fails, rec.Passed, rec.Failed, rec.Duplicates
+		e.Fence = rec.Fence
 	} else {
 		e.Corrupt = "unreadable executor record"
 	}

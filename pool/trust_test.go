@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -106,7 +107,7 @@ func TestAcquireTrustsNoStaleHolder(t *testing.T) {
 		wantErr error // of eval-a's next acquire, with e1 the only executor
 	}{
 		{"lease record gone, executor since leased to another eval", func(t *testing.T, p *Pool, b *testBundle) *Lease {
-			if err := writeLease(t.Context(), b.client, p.keys, "http://e1", ""); err != nil {
+			if err := writeField(t.Context(), b.client, p.keys, "http://e1", "lease", ""); err != nil {
 				t.Fatal(err)
 			}
 			b.client.ZRem(t.Context(), p.keys.Deadlines(), "http://e1")
@@ -117,14 +118,14 @@ func TestAcquireTrustsNoStaleHolder(t *testing.T) {
 			return &other
 		}, ErrNoExecutor},
 		{"lease record gone, nothing else", func(t *testing.T, p *Pool, b *testBundle) *Lease {
-			if err := writeLease(t.Context(), b.client, p.keys, "http://e1", ""); err != nil {
+			if err := writeField(t.Context(), b.client, p.keys, "http://e1", "lease", ""); err != nil {
 				t.Fatal(err)
 			}
 			b.client.ZAdd(t.Context(), p.keys.Available(), redis.Z{Score: 1, Member: "http://e1"})
 			return nil
 		}, nil},
 		{"lease record unreadable", func(t *testing.T, p *Pool, b *testBundle) *Lease {
-			if err := writeLease(t.Context(), b.client, p.keys, "http://e1", `"not a lease"`); err != nil {
+			if err := writeField(t.Context(), b.client, p.keys, "http://e1", "lease", `"not a lease"`); err != nil {
 				t.Fatal(err)
 			}
 			return nil
@@ -422,7 +423,7 @@ func TestStatusReportsCorruptRecords(t *testing.T) {
 	if leased == idle {
 		idle = "http://e2"
 	}
-	if err := writeLease(t.Context(), b.client, p.keys, leased, `"not a lease"`); err != nil {
+	if err := writeField(t.Context(), b.client, p.keys, leased, "lease", `"not a lease"`); err != nil {
 		t.Fatal(err)
 	}
 	b.client.HSet(t.Context(), p.keys.Executors(), idle, "[1,2")
@@ -553,9 +554,11 @@ func TestRegisterRefusesAnExecutorOfAnotherPool(t *testing.T) {
 	assertWhole(t, other, "http://localhost:17401")
 }
 
-// A fence that is not a counter is reported by Check and replaced by the
-// next acquire with Redis's clock, and corruption that would hold an
-// executor for ever is repaired by the reaper.
+// A fence that is not a number, in the pool-wide counter older releases
+// left or in an executor's record, never lowers a grant's fence: the
+// counter is reported by Check, and the record's is replaced by the next
+// grant with Redis's clock. Corruption that would hold an executor for ever
+// is repaired by the reaper.
 func TestCorruptionLosesNoExecutor(t *testing.T) {
 	t.Parallel()
 	t.Run("a fence that is not an integer", func(t *testing.T) {
@@ -563,18 +566,24 @@ func TestCorruptionLosesNoExecutor(t *testing.T) {
 		p, b := setup(t, "http://e1")
 		first := acquire(t, p, "eval-a", time.Minute)
 		release(t, p, first, Released)
+		last := first.Fence
 		for _, junk := range []string{"abc", "1.5", "9223372036854775807"} {
 			b.client.Set(t.Context(), p.keys.Fence(), junk, 0)
 			want := fmt.Sprintf("invariant 10: %s holds %q, not an integer of at most 18 digits: not written by evalpool", p.keys.Fence(), junk)
 			if got := checkLines(t, p); !slices.Equal(got, []string{want}) {
 				t.Fatalf("Check over fence %q = %q, want %q", junk, got, want)
 			}
-			l := acquire(t, p, "eval-"+junk, time.Minute)
-			if l.Fence <= first.Fence {
-				t.Fatalf("acquire over fence %q granted fence %d, not above %d", junk, l.Fence, first.Fence)
+			if err := writeField(t.Context(), b.client, p.keys, "http://e1", "fence", strconv.Quote(junk)); err != nil {
+				t.Fatal(err)
 			}
+			l := acquire(t, p, "eval-"+junk, time.Minute)
+			if l.Fence <= last {
+				t.Fatalf("acquire over fence %q granted fence %d, not above %d", junk, l.Fence, last)
+			}
+			last = l.Fence
 			release(t, p, l, Released)
 		}
+		b.client.Del(t.Context(), p.keys.Fence())
 		assertWhole(t, p, "http://e1")
 	})
 	t.Run("a lease whose deadline was deleted", func(t *testing.T) {

@@ -128,7 +128,7 @@ func TestCheckFindsAMissedHandoff(t *testing.T) {
 	l := acquire(t, p, "eval-a", time.Minute)
 	waitFor(t, p, "eval-b", 1, time.Minute)
 	// By hand, as no script would: the executor back without a handoff.
-	if err := writeLease(t.Context(), b.client, p.keys, l.URL, ""); err != nil {
+	if err := writeField(t.Context(), b.client, p.keys, l.URL, "lease", ""); err != nil {
 		t.Fatal(err)
 	}
 	b.client.ZRem(t.Context(), p.keys.Deadlines(), l.URL)

@@ -401,8 +401,8 @@ func (s *Server) refuse(w http.ResponseWriter, reason executor.Reason, format st
 }
 
 // refuseStale answers 409 stale_fence with the highest fence the executor
-// has seen (max_fence), from which a pool whose counter fell behind it
-// raises its own (pool.RaiseFence).
+// has seen (max_fence), from which a pool whose fence for this executor fell
+// behind it raises its own (pool.RaiseFence).
 func (s *Server) refuseStale(w http.ResponseWriter, format string, args ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

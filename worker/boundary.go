@@ -103,11 +103,11 @@ func (w *Worker) misconfigured(ctx context.Context, sp *served, lease pool.Lease
 
 // raiseFence repairs an executor that refused the lease's fence as stale
 // while the highest it has seen (its answer's max_fence) is at or above
-// every fence the pool has granted: a fence no grant of the pool reached
+// every fence the pool has granted it: a fence no grant of the pool reached
 // was sent to it (by hand, or by a pool whose Redis lost its data), and
 // the executor would refuse every holder the pool hands it. It raises the
-// pool's fence counter to that fence (pool.RaiseFence), so that the next
-// grant passes, and reports whether it did; the attempt then goes back to
+// fence the executor's record keeps to that fence (pool.RaiseFence), so
+// that its next grant passes, and reports whether it did; the attempt then goes back to
 // its queue without spending a retry. A stale fence below the counter is
 // a newer holder's, and is left as it is.
 func (w *Worker) raiseFence(ctx context.Context, sp *served, lease pool.Lease, err error) bool {
@@ -118,12 +118,12 @@ func (w *Worker) raiseFence(ctx context.Context, sp *served, lease pool.Lease, e
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 	defer cancel()
 	log := w.log.With().Str("pool", sp.pool.Name()).Str("eval", lease.EvalID).Str("executor", lease.URL).Int64("fence", lease.Fence).Int64("executor_max_fence", refused.MaxFence).Logger()
-	raised, rerr := sp.pool.RaiseFence(rctx, refused.MaxFence)
+	raised, rerr := sp.pool.RaiseFence(rctx, lease.URL, refused.MaxFence)
 	switch {
 	case rerr != nil:
-		log.Error().Err(rerr).Msg("the executor has seen a fence the pool never granted, and the pool's fence could not be raised past it: it refuses every lease of this pool until it restarts")
+		log.Error().Err(rerr).Msg("the executor has seen a fence the pool never granted, and its fence in the pool could not be raised past it: it refuses every lease of this pool until it restarts")
 	case raised:
-		log.Warn().Msg("the executor had seen a fence above every one the pool granted (sent to it by hand, or by a pool that lost its data): the pool's fence was raised past it; the eval goes back to its queue without spending a retry")
+		log.Warn().Msg("the executor had seen a fence above every one the pool granted (sent to it by hand, or by a pool that lost its data): its fence in the pool was raised past it; the eval goes back to its queue without spending a retry")
 	}
 	return raised
 }
