@@ -79,28 +79,42 @@
 -- script with WRONGTYPE (never reads as empty, so never as free), and
 -- pool check names the key.
 
-local K_EXECUTORS = KEYS[1]
-local K_AVAILABLE = KEYS[2]
-local K_LEASES = KEYS[3]
 local LEASES_MOVED = 'the leases are in the executor records: evalpool after 1932b7a'
-local K_DEADLINES = KEYS[4]
-local K_HOLDERS = KEYS[5]
-local K_DRAINING = KEYS[6]
-local K_FENCE = KEYS[7]
-local K_EPOCH = KEYS[8]
-local K_INSTANCES = KEYS[9]
-local K_WAITERS = KEYS[10]
-local K_WAITING = KEYS[11]
-local K_QUARANTINE = KEYS[12]
-local K_AVOID = KEYS[13]
-local K_LABELLED = KEYS[14]
-local K_CANCELLED = KEYS[15]
-local K_HISTORY = KEYS[16]
 local HISTORY_LEN = 100000
-local K_RELEASED = KEYS[17]
 local RELEASED_LEN = 100000
-local K_CLOCK = KEYS[18]
-local PREFIX = string.sub(K_AVAILABLE, 1, #K_AVAILABLE - #'available')
+local K_EXECUTORS, K_AVAILABLE, K_LEASES, K_DEADLINES, K_HOLDERS, K_DRAINING
+local K_FENCE, K_EPOCH, K_INSTANCES, K_WAITERS, K_WAITING, K_QUARANTINE
+local K_AVOID, K_LABELLED, K_CANCELLED, K_HISTORY, K_RELEASED, K_CLOCK
+local PREFIX, WAKE_PREFIX
+-- The call's time, read once by now_us (below).
+local redis_now, pool_now
+
+-- bind starts a call: it names the call's keys and forgets the last call's
+-- time. Every script's body runs it first, so that the prelude can be
+-- loaded once, as a function library, and serve every call.
+local function bind(keys)
+  K_EXECUTORS = keys[1]
+  K_AVAILABLE = keys[2]
+  K_LEASES = keys[3]
+  K_DEADLINES = keys[4]
+  K_HOLDERS = keys[5]
+  K_DRAINING = keys[6]
+  K_FENCE = keys[7]
+  K_EPOCH = keys[8]
+  K_INSTANCES = keys[9]
+  K_WAITERS = keys[10]
+  K_WAITING = keys[11]
+  K_QUARANTINE = keys[12]
+  K_AVOID = keys[13]
+  K_LABELLED = keys[14]
+  K_CANCELLED = keys[15]
+  K_HISTORY = keys[16]
+  K_RELEASED = keys[17]
+  K_CLOCK = keys[18]
+  PREFIX = string.sub(K_AVAILABLE, 1, #K_AVAILABLE - #'available')
+  WAKE_PREFIX = PREFIX .. 'wake:'
+  redis_now, pool_now = nil, nil
+end
 local MAX_LABELS = 4
 
 -- The pool's time is Redis's clock less the steps it took, so that a step
@@ -122,8 +136,6 @@ local STEP_MIN = 250000
 
 -- clock_read returns the pool's time in µs, and the step of Redis's clock
 -- since the last tick (µs, negative when back), or nil.
-local redis_now
-
 local function clock_read()
   local t = redis.call('TIME')
   redis_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -137,8 +149,6 @@ local function clock_read()
   end
   return now, nil
 end
-
-local pool_now
 
 -- now_us is the pool's time in µs, the same for the whole call.
 local function now_us()
@@ -315,7 +325,6 @@ end
 
 -- is_wake_key reports whether key is a wake list of this pool: in its hash
 -- slot, so that a handoff never writes outside the pool.
-local WAKE_PREFIX = PREFIX .. 'wake:'
 local function is_wake_key(key)
   return string.sub(key, 1, #WAKE_PREFIX) == WAKE_PREFIX
 end

@@ -1,6 +1,8 @@
 package lua_test
 
 import (
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,5 +58,49 @@ func TestBothForms(t *testing.T) {
 				t.Errorf("read: %v, %v, %v", execs.Val(), fence.Err(), now.Val())
 			}
 		})
+	}
+}
+
+// TestLibrary: on Redis ≥ 7 the pool's scripts run as one function library,
+// loaded by the first call that finds it missing (after a FUNCTION FLUSH
+// too), each function with its script's flags; miniredis, which serves no
+// functions, runs the same code as a script.
+func TestLibrary(t *testing.T) {
+	t.Parallel()
+	c := evaltest.Client(t)
+	k := keys.ForPool("library")
+	for range 2 {
+		if err := c.FunctionFlush(t.Context()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := lua.Counts.Run(t.Context(), c, k.Script()).Err(); err != nil {
+			t.Fatalf("counts as a function: %v", err)
+		}
+		libs, err := c.FunctionList(t.Context(), redis.FunctionListQuery{}).Result()
+		if err != nil || len(libs) != 1 {
+			t.Fatalf("FUNCTION LIST = %+v, %v; want the one library", libs, err)
+		}
+		flags := map[string][]string{}
+		for _, f := range libs[0].Functions {
+			flags[strings.TrimPrefix(f.Name, libs[0].Name+"_")] = f.Flags
+		}
+		want := map[string][]string{
+			"register": {}, "migrate": {}, "deregister": {"allow-oom"}, "acquire": {}, "renew": {"allow-oom"},
+			"release": {"allow-oom"}, "reap": {"allow-oom"}, "counts": {"no-writes"}, "leave": {"allow-oom"},
+			"label": {}, "quarantine": {}, "probe": {}, "clock": {"allow-oom"},
+		}
+		if len(flags) != len(want) {
+			t.Fatalf("library %s holds %v, want %d functions", libs[0].Name, flags, len(want))
+		}
+		for name, f := range want {
+			if got, ok := flags[name]; !ok || !slices.Equal(got, f) {
+				t.Errorf("function %s: flags %v (present %v), want %v", name, got, ok, f)
+			}
+		}
+	}
+	mini := redis.NewClient(&redis.Options{Addr: miniredis.RunT(t).Addr()})
+	t.Cleanup(func() { _ = mini.Close() })
+	if err := lua.Counts.Run(t.Context(), mini, k.Script()).Err(); err != nil {
+		t.Fatalf("counts as a script on miniredis: %v", err)
 	}
 }

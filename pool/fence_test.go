@@ -8,6 +8,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
 )
 
 // RaiseFence only raises the fence an executor's record keeps, to a fence
@@ -102,7 +106,14 @@ func TestFencesStayAboveAfterDataLossAtHighRate(t *testing.T) {
 	for i := range urls {
 		urls[i] = fmt.Sprintf("http://e%d", i)
 	}
-	p, b := setup(t, urls...)
+	// A server of its own, for its FLUSHALL.
+	client := redis.NewClient(&redis.Options{Addr: evaltest.StartT(t, evaltest.Options{}).Addr})
+	t.Cleanup(func() { _ = client.Close() })
+	p, err := New(client, Options{Name: "fences", LeaseGrace: testGrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(t, p, urls...)
 	ctx := t.Context()
 	seen := make(map[string]int64)
 	var mu sync.Mutex
@@ -131,7 +142,7 @@ func TestFencesStayAboveAfterDataLossAtHighRate(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	if err := b.client.FlushDB(ctx).Err(); err != nil {
+	if err := client.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
 	register(t, p, urls...)

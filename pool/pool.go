@@ -1025,15 +1025,15 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 	var cmd *redis.Cmd
 	if args.Along != nil {
 		// The pipeline's error is the first of any command's: the release's
-		// own is read from its command. A script cache that lost the script
-		// (a restarted Redis) answers NOSCRIPT; Run then loads it.
+		// own is read from its command. A server that lost the library or
+		// the script (a restarted Redis) says so; Run then loads it.
 		_, _ = p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			args.Along(pipe)
-			cmd = lua.Release.For(p.client).EvalSha(ctx, pipe, p.script, argv...)
+			cmd = lua.Release.Pipe(ctx, p.client, pipe, p.script, argv...)
 			return nil
 		})
 	}
-	if cmd == nil || redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+	if cmd == nil || lua.NotLoaded(cmd.Err()) {
 		cmd = lua.Release.Run(ctx, p.client, p.script, argv...)
 	}
 	vals, err := cmd.Slice()

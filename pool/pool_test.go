@@ -641,8 +641,8 @@ func TestReapEveryRunsOncePerInterval(t *testing.T) {
 }
 
 // TestReleaseAlong: commands sent along with a release run ahead of it in
-// its round trip, and a script cache that lost the release (a restarted
-// Redis, SCRIPT FLUSH) still releases.
+// its round trip, and a server that lost the release (a restarted Redis,
+// FUNCTION FLUSH, SCRIPT FLUSH) still releases.
 func TestReleaseAlong(t *testing.T) {
 	t.Parallel()
 	const e1 = "http://executor-1"
@@ -650,6 +650,9 @@ func TestReleaseAlong(t *testing.T) {
 		p, b := setup(t, e1)
 		l := acquire(t, p, "eval-a", time.Minute)
 		if flush {
+			if err := b.client.FunctionFlush(t.Context()).Err(); err != nil {
+				t.Fatal(err)
+			}
 			if err := b.client.ScriptFlush(t.Context()).Err(); err != nil {
 				t.Fatal(err)
 			}

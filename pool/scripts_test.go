@@ -87,10 +87,13 @@ func lifecycle(t *testing.T, p *Pool) {
 	assertWhole(t, p, "http://e1", "http://e2")
 }
 
-func TestScriptsRunAfterScriptFlush(t *testing.T) {
+// TestScriptsRunAfterFlush: a server that lost the library and the scripts
+// (a restart without persistence, FUNCTION FLUSH, SCRIPT FLUSH) loads them
+// again on the next call, in whichever form it serves.
+func TestScriptsRunAfterFlush(t *testing.T) {
 	t.Parallel()
-	// A server of its own: flushing the shared one's script cache would race
-	// with the other tests.
+	// A server of its own: flushing the shared one would race with the
+	// other tests.
 	client := redis.NewClient(&redis.Options{Addr: evaltest.StartT(t, evaltest.Options{}).Addr})
 	defer client.Close()
 	newPool := func(name string) *Pool {
@@ -100,11 +103,12 @@ func TestScriptsRunAfterScriptFlush(t *testing.T) {
 		}
 		return p
 	}
-	lifecycle(t, newPool("first")) // loads every script through EVAL-on-NOSCRIPT
-	for name, s := range lua.All {
-		if ok, err := s.Exists(t.Context(), client).Result(); err != nil || !ok[0] {
-			t.Errorf("script %s not cached after use: %v, %v", name, ok, err)
-		}
+	lifecycle(t, newPool("first")) // loads the library on its first call
+	if libs, err := client.FunctionList(t.Context(), redis.FunctionListQuery{}).Result(); err != nil || len(libs) != 1 {
+		t.Fatalf("libraries after use: %+v, %v; want one", libs, err)
+	}
+	if err := client.FunctionFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
 	}
 	if err := client.ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
@@ -117,6 +121,34 @@ func TestScriptsRunAfterScriptFlush(t *testing.T) {
 		}
 	}
 	lifecycle(t, p)
+}
+
+// TestScriptsRunWhereFunctionsAreDenied: a client whose ACL denies FCALL,
+// or lets it call functions but not load them, runs the same code as
+// scripts, and says nothing of it.
+func TestScriptsRunWhereFunctionsAreDenied(t *testing.T) {
+	t.Parallel()
+	for name, rule := range map[string]string{"FCALL": "-fcall", "FUNCTION LOAD": "-function|load"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := evaltest.StartACL(t, "evalpool", "secret")
+			admin := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "evalpool", Password: "secret"})
+			defer admin.Close()
+			if err := admin.Do(t.Context(), "ACL", "SETUSER", "denied", "on", ">secret", "~*", "&*", "+@all", rule).Err(); err != nil {
+				t.Fatal(err)
+			}
+			client := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "denied", Password: "secret"})
+			defer client.Close()
+			p, err := New(client, Options{Name: "denied", LeaseGrace: testGrace})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lifecycle(t, p)
+			if ok, err := lua.Acquire.Exists(t.Context(), client).Result(); err != nil || !ok[0] {
+				t.Fatalf("acquire not run as a script: %v, %v", ok, err)
+			}
+		})
+	}
 }
 
 // TestClusterOneSlotPerPool runs every operation on a real 3-master Redis

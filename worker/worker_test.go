@@ -747,7 +747,7 @@ func TestStopReturnsAbandonedLeases(t *testing.T) {
 }
 
 // pipelineHook counts the pipelines that write an Asynq task's result
-// ahead of the release script.
+// ahead of the release.
 type pipelineHook struct{ resultWithScript atomic.Int64 }
 
 func (h *pipelineHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
@@ -756,13 +756,13 @@ func (h *pipelineHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		result := -1
 		for i, c := range cmds {
-			if c.Name() != "evalsha" {
+			if c.Name() != "evalsha" && c.Name() != "fcall" {
 				continue
 			}
-			switch sha, _ := c.Args()[1].(string); {
-			case sha == lua.WriteResult.Hash():
+			switch called, _ := c.Args()[1].(string); {
+			case called == lua.WriteResult.Hash():
 				result = i
-			case sha == lua.Release.Hash() && result >= 0:
+			case (called == lua.Release.Hash() || called == lua.Release.Function()) && result >= 0:
 				h.resultWithScript.Add(1)
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/pool"
 )
 
@@ -80,6 +81,94 @@ func poolVsSize(t *testing.T, md *strings.Builder) {
 	fmt.Fprintf(md, "- with labels: the executors spread over 10 label sets (two labels each; each executor in the pool's available index and its own set's) and every acquire requiring one set: p50 %s at 10 executors, %s at 100,000 (%.2f×); %.0f and %.0f pairs/s with 8 clients (cost %.2f×; at 10 executors, one per set, many acquires find theirs leased and return at once) (target ≤ 1.5×): %s\n\n",
 		micros(lp10), micros(lp100k), lp100k/lp10, lt10, lt100k, lt10/lt100k, verdict(lp100k/lp10 <= 1.5 && lt10/lt100k <= 1.5))
 	commandsPerCall(t, md)
+	scriptTime(t, md)
+}
+
+// scriptTime measures the Redis time of an acquire+release pair at 10,000
+// executors, from INFO commandstats (the FCALL's or EVALSHA's usec, the
+// commands the code runs included, the network not): as the function
+// library, next to the same pairs run as scripts by a client whose ACL
+// denies FCALL, in alternating runs on one Redis, and a script that does
+// nothing, what any call costs.
+func scriptTime(t *testing.T, md *strings.Builder) {
+	srv := evaltest.StartACL(t, "bench", "bench")
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "bench", Password: "bench"})
+	defer c.Close()
+	ctx := t.Context()
+	if err := c.Do(ctx, "ACL", "SETUSER", "scripts", "on", ">bench", "~*", "&*", "+@all", "-fcall").Err(); err != nil {
+		t.Fatal(err)
+	}
+	scripts := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "scripts", Password: "bench"})
+	defer scripts.Close()
+	execs := make([]pool.Executor, 10_000)
+	for i := range execs {
+		execs[i].URL = fmt.Sprintf("http://10.0.%d.%d:8080", i/256, i%256)
+	}
+	const pairs = 5000
+	// pairTime is the Redis time per pair of client c on a pool of its own.
+	pairTime := func(c *redis.Client, name string) float64 {
+		p, err := pool.New(c, pool.Options{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Register(ctx, execs...); err != nil {
+			t.Fatal(err)
+		}
+		before := scriptUsec(t, c)
+		for i := range pairs {
+			l, err := p.Acquire(ctx, fmt.Sprintf("eval-%d", i), time.Minute)
+			if err == nil {
+				_, err = p.Release(ctx, l, "bench")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		return (scriptUsec(t, c) - before) / pairs
+	}
+	nothing := redis.NewScript("return 1")
+	k := keys.ForPool("script-time").Script()
+	var library, script, floor []float64
+	for run := range runs() {
+		library = append(library, pairTime(c, fmt.Sprint("library-", run)))
+		script = append(script, pairTime(scripts, fmt.Sprint("script-", run)))
+		before := scriptUsec(t, c)
+		for range 2 * pairs {
+			if err := nothing.Run(ctx, c, k).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		floor = append(floor, (scriptUsec(t, c)-before)/pairs)
+	}
+	each := make([]string, len(library))
+	for i := range library {
+		each[i] = fmt.Sprintf("%.1f / %.1f", library[i], script[i])
+	}
+	fmt.Fprintf(md, "Redis time per acquire+release pair at 10,000 executors (the calls' `usec` in `INFO commandstats`, the commands they run included, the network not; %d pairs a run): %.1f µs as the function library, %.1f µs as scripts (%.2f×; runs, library / scripts: %s µs); target ≤ 20 µs: %s. Two calls of a script that does nothing cost %.1f µs.\n\n",
+		pairs, median(library), median(script), median(library)/median(script), strings.Join(each, ", "), verdict(median(library) <= 20), median(floor))
+}
+
+// scriptUsec is the time Redis has spent in FCALL and EVALSHA, in µs.
+func scriptUsec(t *testing.T, c *redis.Client) float64 {
+	t.Helper()
+	s, err := c.Info(t.Context(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for line := range strings.Lines(s) {
+		name, rest, _ := strings.Cut(strings.TrimSpace(line), ":")
+		if name != "cmdstat_fcall" && name != "cmdstat_evalsha" {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			if v, found := strings.CutPrefix(kv, "usec="); found {
+				n, _ := strconv.ParseFloat(v, 64)
+				total += n
+			}
+		}
+	}
+	return total
 }
 
 // commandsPerCall counts the Redis commands one Acquire and one Release
@@ -128,7 +217,7 @@ func commandsPerCall(t *testing.T, md *strings.Builder) {
 	}
 	a0, r0 := count("commands-plain", nil)
 	a3, r3 := count("commands-labels", map[string]string{"gpu": "a100"})
-	fmt.Fprintf(md, "Redis commands per call, `INFO commandstats` deltas (the `EVALSHA` and every command its script runs), an idle pool of 10 executors: acquire %.0f, release %.0f on the common path (no labels, no waiter; target ≤ 6 each); %.0f and %.0f when the executors have 3 labels and the acquire requires one (target ≤ 8).\n\n", a0, r0, a3, r3)
+	fmt.Fprintf(md, "Redis commands per call, `INFO commandstats` deltas (the `FCALL` and every command its function runs), an idle pool of 10 executors: acquire %.0f, release %.0f on the common path (no labels, no waiter; target ≤ 6 each); %.0f and %.0f when the executors have 3 labels and the acquire requires one (target ≤ 8).\n\n", a0, r0, a3, r3)
 }
 
 // heartbeats compares a heartbeat per eval (one renew per lease) with the

@@ -9,18 +9,21 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// ScriptCalls counts the calls a client makes to one script: each EVALSHA,
-// and the EVAL that sends it after NOSCRIPT, pipelined or not. Tests that
-// promise "one call for many" count with it.
+// ScriptCalls counts the calls a client makes to one script: each FCALL of
+// its function, EVALSHA, and the EVAL that sends it after NOSCRIPT,
+// pipelined or not. Tests that promise "one call for many" count with it.
 type ScriptCalls struct {
-	sha string
-	n   atomic.Int64
+	sha, function string
+	n             atomic.Int64
 }
 
 // CountScript starts counting the calls of s (a *redis.Script or a
 // *lua.Script) that c makes.
 func CountScript(c *redis.Client, s interface{ Hash() string }) *ScriptCalls {
 	h := &ScriptCalls{sha: s.Hash()}
+	if f, ok := s.(interface{ Function() string }); ok {
+		h.function = f.Function()
+	}
 	c.AddHook(h)
 	return h
 }
@@ -57,6 +60,8 @@ func (h *ScriptCalls) runs(cmd redis.Cmder) bool {
 	}
 	arg, _ := args[1].(string)
 	switch cmd.Name() {
+	case "fcall":
+		return arg != "" && arg == h.function
 	case "evalsha":
 		return arg == h.sha
 	case "eval":

@@ -62,7 +62,7 @@ func TestNames(t *testing.T) {
 // a key by its place in KEYS, so the order is theirs.
 func TestScriptOrder(t *testing.T) {
 	header := regexp.MustCompile(`(?m)^--\s+KEYS\[(\d+)\]\s+(\w+)`)
-	local := regexp.MustCompile(`(?m)^local K_(\w+) = KEYS\[(\d+)\]$`)
+	local := regexp.MustCompile(`(?m)^\s*(?:local )?K_(\w+) = (?:KEYS|keys)\[(\d+)\]$`)
 	tests := []struct {
 		file   string
 		prefix string
