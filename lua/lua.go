@@ -251,18 +251,20 @@ func (s *Script) EvalSha(ctx context.Context, c redis.Scripter, keys []string, a
 
 // Pipe queues the call on pipe, a pipeline of c, as the function (once c's
 // server has served one) or the script c's server takes, without loading
-// either: when the answer is NotLoaded, the caller runs it again with Run.
+// either: when the answer is NotRun, the caller runs it again with Run.
 func (s *Script) Pipe(ctx context.Context, c redis.Scripter, pipe redis.Pipeliner, keys []string, args ...any) *redis.Cmd {
-	if _, ok := functionsServed.Load(c); ok && s.name != "" {
+	_, served := functionsServed.Load(c)
+	if _, no := noFunctions.Load(c); served && !no && s.name != "" {
 		return pipe.FCall(ctx, s.Function(), keys, args...)
 	}
 	return s.For(c).EvalSha(ctx, pipe, keys, args...)
 }
 
-// NotLoaded reports whether err says the server lacks the script or the
-// library: Run loads them.
-func NotLoaded(err error) bool {
-	return redis.HasErrorPrefix(err, "NOSCRIPT") || missingFunction(err)
+// NotRun reports whether err says the server did not run the call: it
+// lacks the script or the library, or no longer serves this client the
+// library (an ACL changed). Run loads what is missing, or sends the script.
+func NotRun(err error) bool {
+	return redis.HasErrorPrefix(err, "NOSCRIPT") || missingFunction(err) || unserved(err)
 }
 
 // noFunctions holds the clients whose server does not serve the library:
@@ -322,16 +324,22 @@ func loadLibrary(ctx context.Context, c redis.Scripter, f functionCaller) error 
 }
 
 // missingFunction reports whether err is a server's answer to a call of a
-// function it has not loaded.
+// function it has not loaded: the whole answer, so that a script's own
+// error that quotes the words (an eval's ID) is never taken for it.
 func missingFunction(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "Function not found")
+	return err != nil && err.Error() == "ERR Function not found"
 }
 
-// unserved reports whether err says the server does not serve functions
-// to this client: an unknown command (Redis 6.2, miniredis) or an ACL's
-// refusal.
+// unserved reports whether err says the server does not serve FCALL or
+// FUNCTION to this client: an unknown command (Redis 6.2, miniredis) or an
+// ACL's refusal, both answered before any script runs.
 func unserved(err error) bool {
-	return err != nil && (strings.Contains(strings.ToLower(err.Error()), "unknown command") || redis.HasErrorPrefix(err, "NOPERM"))
+	if err == nil {
+		return false
+	}
+	msg := strings.ToLower(err.Error())
+	return (strings.HasPrefix(msg, "err unknown command") || strings.HasPrefix(msg, "noperm")) &&
+		(strings.Contains(msg, "fcall") || strings.Contains(msg, "function"))
 }
 
 // Load loads the form c's server takes into its script cache.

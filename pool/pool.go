@@ -1026,14 +1026,15 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 	if args.Along != nil {
 		// The pipeline's error is the first of any command's: the release's
 		// own is read from its command. A server that lost the library or
-		// the script (a restarted Redis) says so; Run then loads it.
+		// the script (a restarted Redis), or no longer serves this client
+		// the library, says so; Run then loads it, or sends the script.
 		_, _ = p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			args.Along(pipe)
 			cmd = lua.Release.Pipe(ctx, p.client, pipe, p.script, argv...)
 			return nil
 		})
 	}
-	if cmd == nil || lua.NotLoaded(cmd.Err()) {
+	if cmd == nil || lua.NotRun(cmd.Err()) {
 		cmd = lua.Release.Run(ctx, p.client, p.script, argv...)
 	}
 	vals, err := cmd.Slice()

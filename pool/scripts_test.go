@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -148,6 +149,95 @@ func TestScriptsRunWhereFunctionsAreDenied(t *testing.T) {
 				t.Fatalf("acquire not run as a script: %v, %v", ok, err)
 			}
 		})
+	}
+}
+
+// TestReleaseAlongWhereFunctionsAreDeniedLater: a client that called the
+// library before its ACL denied FCALL still releases with commands along:
+// the pipelined call the server refuses is sent again as a script.
+func TestReleaseAlongWhereFunctionsAreDeniedLater(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartACL(t, "evalpool", "secret")
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "evalpool", Password: "secret"})
+	defer client.Close()
+	p, err := New(client, Options{Name: "denied-later", LeaseGrace: testGrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(t, p, "http://e1")
+	release(t, p, acquire(t, p, "eval-a", time.Minute), Released)
+	if err := client.Do(t.Context(), "ACL", "SETUSER", "evalpool", "-fcall").Err(); err != nil {
+		t.Fatal(err)
+	}
+	l := acquire(t, p, "eval-b", time.Minute)
+	key := p.keys.Scratch("test-along")
+	r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Along: func(pipe redis.Pipeliner) {
+		pipe.Set(t.Context(), key, "written", time.Minute)
+	}})
+	if err != nil || r.Outcome != Released {
+		t.Fatalf("release along once FCALL is denied: %+v, %v; want released", r, err)
+	}
+	assertWhole(t, p, "http://e1")
+}
+
+// TestScriptErrorsAreNotTakenForTheServers: an eval's ID that quotes the
+// server's answers about functions, in the error an acquire of it returns,
+// neither reloads the library nor turns the client to scripts.
+func TestScriptErrorsAreNotTakenForTheServers(t *testing.T) {
+	t.Parallel()
+	client := redis.NewClient(&redis.Options{Addr: evaltest.StartT(t, evaltest.Options{}).Addr})
+	defer client.Close()
+	p, err := New(client, Options{Name: "quoted", LeaseGrace: testGrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(t, p, "http://e1")
+	release(t, p, acquire(t, p, "eval-a", time.Minute), Released)
+	sent := &commandNames{}
+	client.AddHook(sent)
+	for _, id := range []string{"ERR Function not found", "ERR unknown command fcall", "NOPERM function"} {
+		if err := p.Cancel(t.Context(), id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Acquire(t.Context(), id, time.Minute); !errors.Is(err, ErrCancelled) {
+			t.Fatalf("acquire of cancelled %q: %v, want ErrCancelled", id, err)
+		}
+	}
+	release(t, p, acquire(t, p, "eval-b", time.Minute), Released)
+	if got := sent.names(); slices.ContainsFunc(got, func(n string) bool { return n == "function" || n == "evalsha" || n == "eval" }) {
+		t.Fatalf("commands sent: %v; want every call an FCALL, and no FUNCTION LOAD", got)
+	}
+}
+
+// commandNames records the names of the commands a client sends.
+type commandNames struct {
+	mu   sync.Mutex
+	sent []string
+}
+
+func (h *commandNames) names() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.sent)
+}
+
+func (h *commandNames) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *commandNames) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.mu.Lock()
+		h.sent = append(h.sent, cmd.Name())
+		h.mu.Unlock()
+		return next(ctx, cmd)
+	}
+}
+func (h *commandNames) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.mu.Lock()
+		for _, c := range cmds {
+			h.sent = append(h.sent, c.Name())
+		}
+		h.mu.Unlock()
+		return next(ctx, cmds)
 	}
 }
 

@@ -92,6 +92,12 @@ func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 
 // commandCalls sums the calls in INFO commandstats, less INFO's own.
 func commandCalls(t *testing.T, c redis.UniversalClient) float64 {
+	return commandStat(t, c, "calls", func(name string) bool { return name != "info" })
+}
+
+// commandStat sums one field of INFO commandstats (calls, usec) over the
+// commands counted says to.
+func commandStat(t *testing.T, c redis.UniversalClient, field string, counted func(name string) bool) float64 {
 	t.Helper()
 	s, err := c.Info(t.Context(), "commandstats").Result()
 	if err != nil {
@@ -100,11 +106,12 @@ func commandCalls(t *testing.T, c redis.UniversalClient) float64 {
 	total := 0.0
 	for line := range strings.Lines(s) {
 		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || !strings.HasPrefix(name, "cmdstat_") || name == "cmdstat_info" {
+		name, stat := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !stat || !counted(name) {
 			continue
 		}
 		for _, kv := range strings.Split(rest, ",") {
-			if v, found := strings.CutPrefix(kv, "calls="); found {
+			if v, found := strings.CutPrefix(kv, field+"="); found {
 				n, _ := strconv.ParseFloat(v, 64)
 				total += n
 			}

@@ -150,25 +150,7 @@ func scriptTime(t *testing.T, md *strings.Builder) {
 
 // scriptUsec is the time Redis has spent in FCALL and EVALSHA, in µs.
 func scriptUsec(t *testing.T, c *redis.Client) float64 {
-	t.Helper()
-	s, err := c.Info(t.Context(), "commandstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := 0.0
-	for line := range strings.Lines(s) {
-		name, rest, _ := strings.Cut(strings.TrimSpace(line), ":")
-		if name != "cmdstat_fcall" && name != "cmdstat_evalsha" {
-			continue
-		}
-		for _, kv := range strings.Split(rest, ",") {
-			if v, found := strings.CutPrefix(kv, "usec="); found {
-				n, _ := strconv.ParseFloat(v, 64)
-				total += n
-			}
-		}
-	}
-	return total
+	return commandStat(t, c, "usec", func(name string) bool { return name == "fcall" || name == "evalsha" })
 }
 
 // commandsPerCall counts the Redis commands one Acquire and one Release
