@@ -255,20 +255,27 @@ func endToEnd(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 			med(m, func(r e2eResult) float64 { return r.cmds }), med(m, func(r e2eResult) float64 { return r.trips }),
 			1e6*goCPU, 1e6*redisCPU, (goCPU+redisCPU)*rate, 1e6*med(m, func(r e2eResult) float64 { return r.dequeue }))
 	}
-	if len(res["inline"]) > 0 {
-		inline := med("inline", perSec) / plain
-		// Each run measures plain and inline minutes apart at most; their
-		// ratio per run shows how much of the spread is the machine's.
+	// Each run measures plain Asynq and evalpool minutes apart at most;
+	// their ratio per run shows how much of the spread is the machine's.
+	for _, tt := range []struct {
+		mode, name string
+		target     float64
+	}{{"inline", "`--cleanup inline`", 0.55}, {"outcome", "outcome cleanup", 0.40}} {
+		if len(res[tt.mode]) == 0 {
+			continue
+		}
 		var ratios []float64
-		for i, r := range res["inline"] {
+		for i, r := range res[tt.mode] {
 			ratios = append(ratios, r.perSec/res["plain"][i].perSec)
 		}
-		fmt.Fprintf(md, "\n- `--cleanup inline`: %.0f%% of plain Asynq (target ≥ 40%%): %s; per run, %.0f%% to %.0f%% (median %.0f%%)\n", 100*inline, verdict(inline >= 0.40),
+		share := med(tt.mode, perSec) / plain
+		fmt.Fprintf(md, "\n- %s: %.0f%% of plain Asynq (target ≥ %.0f%%): %s; per run, %.0f%% to %.0f%% (median %.0f%%)", tt.name, 100*share, 100*tt.target, verdict(share >= tt.target),
 			100*slices.Min(ratios), 100*slices.Max(ratios), 100*median(ratios))
 	}
+	md.WriteString("\n")
 	if len(res["floor"]) > 0 && len(res["inline"]) > 0 {
 		fmt.Fprintf(md, "- the floor: %.0f%% of plain Asynq; `--cleanup inline` runs at %.0f%% of the floor\n", 100*med("floor", perSec)/plain, 100*med("inline", perSec)/med("floor", perSec))
 	}
-	fmt.Fprintf(md, "- outcome and `--cleanup both`: %.0f%% and %.0f%% of plain Asynq, the price of the two-task contract (below)\n\n", 100*med("outcome", perSec)/plain, 100*med("both", perSec)/plain)
+	fmt.Fprintf(md, "- `--cleanup both`: %.0f%% of plain Asynq, the price of both cleanup tasks (below)\n\n", 100*med("both", perSec)/plain)
 	fmt.Fprintf(md, "Round trips per eval are counted by a go-redis hook on the one client the worker, the pool and Asynq share; the least the design needs: the eval's dequeue and completion (2, as for any Asynq task), the acquire (1), the result write (1), the cleanup's enqueue, dequeue and completion (3) and its release (1): 8 (12 with both cleanups). With `--cleanup inline` the result and the release share one round trip: 4. Above that are no-executor retries (3 round trips each) when cleanups fall behind. Commands per eval are `INFO commandstats` deltas: every command Redis ran, those inside scripts included (evalpool's acquire and release, counted alone in section 1; no script type-checks its keys or re-checks the available index: docs/reliability.md, Threat model), and Asynq's background work (heartbeats, forwarder, janitor) during the run.\n\nWhat sets the rate is not the cores (cores busy stays under %d) but Asynq's dequeue: a server fetches one task at a time, in one loop, and hands it to a handler, so its rate is one over the dequeue's round trip (the last column: the rate is within a few percent of one over it in every row), and that round trip waits behind whatever else Redis and this process's scheduler run meanwhile. A plain task needs 2 round trips; an eval under the two-task cleanup contract (docs/design.md) needs 8, because its release is a task of its own (enqueue, dequeue, completion) and its result a write of its own (Asynq's ResultWriter cannot share a pipeline with an enqueue). The floor row is what any eval needs on top of a plain task and nothing more: an Asynq handler that makes one round trip (the acquire), one HTTP call to a handler that answers at once, and one pipelined round trip (the result and the release), with no evalpool code. What separates `--cleanup inline` from the floor is evalpool's own work: its acquire and release (section 1 gives their Redis time and commands), the reference executor's request handling (it checks the fence and the lease of every call), and the worker's bookkeeping (payload decoding, the lease heartbeat, metrics). Cutting the scripts from 51 to 36 commands per eval and the bytes allocated per eval by 7%% did not move the rate by more than the machine's own spread: run against the previous release in alternating pairs on one machine, the medians were within 2%%. That spread is wide on a shared 2-core VM: the same code measured 36%% to 46%% of plain Asynq in runs an hour apart, which is why the figure above is a median and each run's own ratio is given beside it.", runtime.NumCPU())
 }

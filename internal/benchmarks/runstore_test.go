@@ -134,6 +134,10 @@ func cancelTime(t *testing.T, srv *evaltest.Server, n int) time.Duration {
 	ctx := t.Context()
 	rdb, p := flushedPool(t, srv, "cancel")
 	defer rdb.Close()
+	// An executor no worker calls: a pool without one refuses the submit.
+	if _, err := p.Register(ctx, pool.Executor{URL: "http://unserved"}); err != nil {
+		t.Fatal(err)
+	}
 	store := run.NewStore(rdb, run.Options{})
 	evals := make([]tasks.Eval, n)
 	for i := range evals {
