@@ -554,11 +554,12 @@ func TestRegisterRefusesAnExecutorOfAnotherPool(t *testing.T) {
 	assertWhole(t, other, "http://localhost:17401")
 }
 
-// A fence that is not a number, in the pool-wide counter older releases
-// left or in an executor's record, never lowers a grant's fence: the
-// counter is reported by Check, and the record's is replaced by the next
-// grant with Redis's clock. Corruption that would hold an executor for ever
-// is repaired by the reaper.
+// A fence that is not a number never lowers a grant's fence: one in the
+// pool-wide counter older releases left is reported by Check and passed
+// over for the record's, above which the next grant is; one in an
+// executor's record is replaced by the next grant with Redis's clock, the
+// floor when the last fence is unknown. Corruption that would hold an
+// executor for ever is repaired by the reaper.
 func TestCorruptionLosesNoExecutor(t *testing.T) {
 	t.Parallel()
 	t.Run("a fence that is not an integer", func(t *testing.T) {
@@ -573,12 +574,17 @@ func TestCorruptionLosesNoExecutor(t *testing.T) {
 			if got := checkLines(t, p); !slices.Equal(got, []string{want}) {
 				t.Fatalf("Check over fence %q = %q, want %q", junk, got, want)
 			}
+			l := acquire(t, p, "eval-counter-"+junk, time.Minute)
+			if l.Fence <= last {
+				t.Fatalf("acquire over counter %q granted fence %d, not above the record's %d", junk, l.Fence, last)
+			}
+			release(t, p, l, Released)
 			if err := writeField(t.Context(), b.client, p.keys, "http://e1", "fence", strconv.Quote(junk)); err != nil {
 				t.Fatal(err)
 			}
-			l := acquire(t, p, "eval-"+junk, time.Minute)
-			if l.Fence <= last {
-				t.Fatalf("acquire over fence %q granted fence %d, not above %d", junk, l.Fence, last)
+			floor := b.client.Time(t.Context()).Val().UnixMilli()
+			if l = acquire(t, p, "eval-record-"+junk, time.Minute); l.Fence < floor {
+				t.Fatalf("acquire over a record's fence %q granted fence %d, below Redis's clock %d", junk, l.Fence, floor)
 			}
 			last = l.Fence
 			release(t, p, l, Released)
