@@ -109,10 +109,7 @@ func TestFencesStayAboveAfterDataLossAtHighRate(t *testing.T) {
 	// A server of its own, for its FLUSHALL.
 	client := redis.NewClient(&redis.Options{Addr: evaltest.StartT(t, evaltest.Options{}).Addr})
 	t.Cleanup(func() { _ = client.Close() })
-	p, err := New(client, Options{Name: "fences", LeaseGrace: testGrace})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := poolOn(t, client, "fences")
 	register(t, p, urls...)
 	ctx := t.Context()
 	seen := make(map[string]int64)

@@ -19,20 +19,14 @@ func TestFullRedis(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{Args: evaltest.FullRedisArgs})
 	client := srv.Client(t)
-	p, err := New(client, Options{Name: "full", LeaseGrace: testGrace})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := poolOn(t, client, "full")
 	register(t, p, "http://e1:1", "http://e2:1", "http://e3:1")
 	held := acquire(t, p, "held", time.Minute)
 	renewed := acquire(t, p, "renewed", time.Minute)
 	expiring := acquire(t, p, "expiring", 100*time.Millisecond)
 	free := evaltest.FillRedis(t, client)
 	ctx := t.Context()
-	restarted, err := New(client, Options{Name: "full", LeaseGrace: testGrace})
-	if err != nil {
-		t.Fatal(err)
-	}
+	restarted := poolOn(t, client, "full")
 
 	if _, err := p.Status(ctx); err != nil {
 		t.Errorf("status: %v", err)

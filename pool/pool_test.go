@@ -49,6 +49,17 @@ func setupWith(t *testing.T, opts Options, urls ...string) (*Pool, *testBundle) 
 	return p, b
 }
 
+// poolOn is a handle on the pool name of client, a Redis of the test's own
+// (for a flush, an ACL, a full Redis), with the tests' lease grace.
+func poolOn(t *testing.T, client *redis.Client, name string) *Pool {
+	t.Helper()
+	p, err := New(client, Options{Name: name, LeaseGrace: testGrace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func register(t *testing.T, p *Pool, urls ...string) {
 	t.Helper()
 	execs := make([]Executor, len(urls))

@@ -97,14 +97,7 @@ func TestScriptsRunAfterFlush(t *testing.T) {
 	// other tests.
 	client := redis.NewClient(&redis.Options{Addr: evaltest.StartT(t, evaltest.Options{}).Addr})
 	defer client.Close()
-	newPool := func(name string) *Pool {
-		p, err := New(client, Options{Name: name, LeaseGrace: testGrace})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	lifecycle(t, newPool("first")) // loads the library on its first call
+	lifecycle(t, poolOn(t, client, "first")) // loads the library on its first call
 	if libs, err := client.FunctionList(t.Context(), redis.FunctionListQuery{}).Result(); err != nil || len(libs) != 1 {
 		t.Fatalf("libraries after use: %+v, %v; want one", libs, err)
 	}
@@ -114,7 +107,7 @@ func TestScriptsRunAfterFlush(t *testing.T) {
 	if err := client.ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	p := newPool("second")
+	p := poolOn(t, client, "second")
 	for name, s := range lua.All {
 		err := s.EvalSha(t.Context(), client, p.script).Err()
 		if err == nil || !redis.HasErrorPrefix(err, "NOSCRIPT") {
@@ -140,10 +133,7 @@ func TestScriptsRunWhereFunctionsAreDenied(t *testing.T) {
 			}
 			client := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "denied", Password: "secret"})
 			defer client.Close()
-			p, err := New(client, Options{Name: "denied", LeaseGrace: testGrace})
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := poolOn(t, client, "denied")
 			lifecycle(t, p)
 			if ok, err := lua.Acquire.Exists(t.Context(), client).Result(); err != nil || !ok[0] {
 				t.Fatalf("acquire not run as a script: %v, %v", ok, err)
@@ -160,10 +150,7 @@ func TestReleaseAlongWhereFunctionsAreDeniedLater(t *testing.T) {
 	srv := evaltest.StartACL(t, "evalpool", "secret")
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "evalpool", Password: "secret"})
 	defer client.Close()
-	p, err := New(client, Options{Name: "denied-later", LeaseGrace: testGrace})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := poolOn(t, client, "denied-later")
 	register(t, p, "http://e1")
 	release(t, p, acquire(t, p, "eval-a", time.Minute), Released)
 	if err := client.Do(t.Context(), "ACL", "SETUSER", "evalpool", "-fcall").Err(); err != nil {
@@ -187,10 +174,7 @@ func TestScriptErrorsAreNotTakenForTheServers(t *testing.T) {
 	t.Parallel()
 	client := redis.NewClient(&redis.Options{Addr: evaltest.StartT(t, evaltest.Options{}).Addr})
 	defer client.Close()
-	p, err := New(client, Options{Name: "quoted", LeaseGrace: testGrace})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := poolOn(t, client, "quoted")
 	register(t, p, "http://e1")
 	release(t, p, acquire(t, p, "eval-a", time.Minute), Released)
 	sent := &commandNames{}
