@@ -19,9 +19,11 @@
 -- ARGV[1] a fresh random epoch marker, for a pool that has none
 -- ARGV[2] 'rebuild' to rebuild the label sets' indexes and counts of a pool
 --         of this layout too: the repair of a lost labelled key
--- Returns: {outcome, executors}: 'migrated' (done), 'current' (nothing
--- changed but a LEASES_MOVED lost alone, written again), 'empty' (no
--- executor: never created, or its data was lost, and nothing to migrate).
+-- Returns: {outcome, executors, epoch}: outcome 'migrated' (done),
+-- 'current' (nothing changed but a LEASES_MOVED lost alone, written
+-- again), 'empty' (no executor: never created, or its data was lost, and
+-- nothing to migrate); epoch the pool's marker after it ('' for none), so
+-- that a worker's tick reads both in one call.
 -- O(pool size), once.
 
 local old_sets = PREFIX .. 'labelsets'
@@ -32,11 +34,11 @@ if ARGV[2] ~= 'rebuild' and not unmarked and not old_leases and redis.call('EXIS
   if leases_type == 'none' then
     redis.call('SET', K_LEASES, LEASES_MOVED) -- lost alone: written again
   end
-  return { 'current', redis.call('HLEN', K_EXECUTORS) }
+  return { 'current', redis.call('HLEN', K_EXECUTORS), redis.call('GET', K_EPOCH) }
 end
 local urls = redis.call('HKEYS', K_EXECUTORS)
 if #urls == 0 and unmarked then
-  return { 'empty', 0 }
+  return { 'empty', 0, '' }
 end
 if unmarked then
   redis.call('SET', K_EPOCH, ARGV[1])
@@ -75,4 +77,4 @@ for i, url in ipairs(urls) do
     make_available(url, record, since)
   end
 end
-return { 'migrated', #urls }
+return { 'migrated', #urls, redis.call('GET', K_EPOCH) }

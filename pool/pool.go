@@ -346,41 +346,51 @@ func (p *Pool) Epoch(ctx context.Context) (string, error) {
 	return v, nil
 }
 
+// Migration is what Migrate did.
+type Migration struct {
+	// Executors is how many executors it migrated: 0 when the pool was
+	// this release's already, or has no executor.
+	Executors int
+	// Epoch is the pool's marker after it, "" when the pool has none.
+	Epoch string
+}
+
 // Migrate brings, in place, a pool written by an older release to this
 // release's layout (migrate.lua): one that keeps its leases in a hash of
 // their own (1932b7a and older), one without an epoch marker (89b3e49 and
 // older, or a marker alone evicted), or one whose label indexes are kept per
-// subset of each executor's labels. Leases in flight are kept. It returns
-// how many executors it migrated: 0 when the pool is this release's, or has
-// no executor. Register, Relabel, CanServe and the first acquire of a Pool
-// migrate it themselves; a worker migrates its pools at each maintenance
-// tick.
-func (p *Pool) Migrate(ctx context.Context) (int, error) {
+// subset of each executor's labels. Leases in flight are kept. It reads the
+// epoch in the same call, for a worker's tick. Register, Relabel, CanServe
+// and the first change of a Pool migrate it themselves; a worker migrates
+// its pools at each maintenance tick.
+func (p *Pool) Migrate(ctx context.Context) (Migration, error) {
 	return p.migrate(ctx, "")
 }
 
 // Rebuild is Migrate that also rebuilds the label sets' indexes and counts
 // of a pool of this layout from the executors' records: the repair of a
 // lost labelled key (pool check, invariant 8), which no script can notice
-// without walking the pool. It returns how many executors it read.
-func (p *Pool) Rebuild(ctx context.Context) (int, error) {
+// without walking the pool. Executors is how many it read.
+func (p *Pool) Rebuild(ctx context.Context) (Migration, error) {
 	return p.migrate(ctx, "rebuild")
 }
 
-func (p *Pool) migrate(ctx context.Context, how string) (int, error) {
+func (p *Pool) migrate(ctx context.Context, how string) (Migration, error) {
 	epoch, err := newToken()
 	if err != nil {
-		return 0, err
+		return Migration{}, err
 	}
 	out, err := lua.Migrate.Run(ctx, p.client, p.script, epoch, how).Slice()
 	if err != nil {
-		return 0, fmt.Errorf("pool: migrate %s: %w", p.name, scriptErr(err))
+		return Migration{}, fmt.Errorf("pool: migrate %s: %w", p.name, scriptErr(err))
 	}
 	p.migrated.Store(true)
-	if out[0] != "migrated" {
-		return 0, nil
+	m := Migration{}
+	m.Epoch, _ = out[2].(string)
+	if out[0] == "migrated" {
+		m.Executors = int(out[1].(int64))
 	}
-	return int(out[1].(int64)), nil
+	return m, nil
 }
 
 // current migrates the pool before a handle's first change to it, so that
@@ -780,7 +790,7 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 	// An older release wrote the pool again since this handle migrated it,
 	// or its marker alone was lost: migrated, it is asked once more.
 	if errors.Is(err, ErrPoolMissing) || errors.Is(err, errOlderLayout) {
-		if n, merr := p.Migrate(ctx); merr == nil && n > 0 {
+		if m, merr := p.Migrate(ctx); merr == nil && m.Executors > 0 {
 			vals, err = run()
 		}
 	}

@@ -112,8 +112,8 @@ func TestMigratesAPoolOfAnOlderRelease(t *testing.T) {
 			}
 			whole := []string{"http://e1", "http://e3", "http://e4"}
 			assertWhole(t, p, whole...)
-			if n, err := p.Migrate(t.Context()); err != nil || n != 0 {
-				t.Fatalf("Migrate of a migrated pool = %d, %v; want nothing to do", n, err)
+			if m, err := p.Migrate(t.Context()); err != nil || m.Executors != 0 || m.Epoch == "" {
+				t.Fatalf("Migrate of a migrated pool = %+v, %v; want nothing to do, and its epoch", m, err)
 			}
 			// The older release refuses the migrated pool, in one line, and
 			// changes nothing: its scripts meet the leases key, a string
@@ -143,8 +143,8 @@ func TestMigratesAPoolOfAnOlderRelease(t *testing.T) {
 				for _, l := range ls {
 					release(t, p, l, Released)
 				}
-				if n, err := p.Migrate(t.Context()); err != nil || n == 0 {
-					t.Fatalf("Migrate after the older release's label = %d, %v; want its indexes rebuilt", n, err)
+				if m, err := p.Migrate(t.Context()); err != nil || m.Executors == 0 || m.Epoch == "" {
+					t.Fatalf("Migrate after the older release's label = %+v, %v; want its indexes rebuilt, and its epoch", m, err)
 				}
 				assertWhole(t, p, whole...)
 			}

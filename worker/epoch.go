@@ -21,8 +21,8 @@ type epochWatch struct {
 }
 
 // watchEpochs is the worker's own maintenance, once per reap interval
-// until ctx ends: it migrates a served pool an older release wrote
-// (pool.Migrate), reads every served pool's epoch, Redis's eviction
+// until ctx ends: it migrates a served pool an older release wrote and
+// reads every served pool's epoch in one call (pool.Migrate), Redis's eviction
 // policy and its memory, records again the eval ends not yet written to
 // their runs, and, while Redis is full, reaps the pools itself.
 func (w *Worker) watchEpochs(ctx context.Context) {
@@ -56,14 +56,13 @@ func (w *Worker) watchEpochs(ctx context.Context) {
 			lastPolicy = policy
 		}
 		for name, sp := range w.pools {
-			migrated := false
-			if n, err := sp.pool.Migrate(ctx); err == nil && n > 0 {
-				migrated = true
-				w.log.Warn().Str("pool", name).Int("executors", n).Msg("pool migrated: it was written by an older release and is brought to this release's layout in place, its leases in flight kept")
-			}
-			epoch, err := sp.pool.Epoch(ctx)
+			m, err := sp.pool.Migrate(ctx)
 			if err != nil {
-				continue // Redis is away: the heartbeat and the tasks say so
+				continue // Redis is away or full: the heartbeat and the tasks say so
+			}
+			migrated, epoch := m.Executors > 0, m.Epoch
+			if migrated {
+				w.log.Warn().Str("pool", name).Int("executors", m.Executors).Msg("pool migrated: it was written by an older release and is brought to this release's layout in place, its leases in flight kept")
 			}
 			sp.epoch.mu.Lock()
 			last := sp.epoch.last

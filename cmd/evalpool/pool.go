@@ -323,11 +323,11 @@ func (a *app) poolCheck() *cobra.Command {
 				return err
 			}
 			if repair {
-				n, err := p.Rebuild(c.Context())
+				m, err := p.Rebuild(c.Context())
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(a.stdout, "rebuilt the label indexes of %d executors\n", n)
+				fmt.Fprintf(a.stdout, "rebuilt the label indexes of %d executors\n", m.Executors)
 			}
 			vs, err := p.Check(c.Context())
 			if err != nil {
