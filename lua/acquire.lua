@@ -73,9 +73,8 @@ if held then
     elseif not draining and not redis.call('ZSCORE', K_QUARANTINE, held) then
       -- Its own executor, live or expired within the grace: nobody else can
       -- hold it, and the higher fence makes the executor drop the older
-      -- attempt. The older attempt's token counts as released, so that its
-      -- cleanup, when it comes, is the expected duplicate it is.
-      redis.call('ZADD', K_RELEASED, now, tostring(lease.token))
+      -- attempt, whose cleanup, when it comes, is the expected duplicate
+      -- it is.
       return grant(held, record, eval_id, token, ttl, now, tonumber(lease.available_since) or now, 1)
     else
       -- Draining or quarantined: never handed out again, not even to its
@@ -113,11 +112,20 @@ local function head(key, best)
   end
   return best
 end
+-- With no label set and no executor to avoid, the head is popped in one
+-- command on Redis >= 7, which refuses this call at maxmemory before it
+-- runs (its flags); 6.2 must write nothing before the grant.
+local pop = not sets and not avoid and redis.REDIS_VERSION_NUM ~= nil
 local wake = ARGV[6]
 local reclaimed = false
 for _ = 1, 16 do
   local best
-  if sets then
+  if pop then
+    local one = redis.call('ZPOPMIN', K_AVAILABLE)
+    if #one > 0 then
+      best = { url = one[1], since = tonumber(one[2]), key = K_AVAILABLE, popped = true }
+    end
+  elseif sets then
     for _, s in ipairs(sets) do
       best = head(labelled_key(s), best)
     end
@@ -146,7 +154,7 @@ for _ = 1, 16 do
       local line = waiters_key(set)
       local waited = redis.call('ZSCORE', line, eval_id)
       local granted = grant(url, record, eval_id, token, ttl, now, best.since, 0)
-      take_out(url, record)
+      take_out(url, record, best.popped)
       if avoid then
         redis.call('HDEL', K_AVOID, eval_id)
       end
@@ -156,7 +164,9 @@ for _ = 1, 16 do
       end
       return granted
     end
-    redis.call('ZREM', best.key, url)
+    if not best.popped then
+      redis.call('ZREM', best.key, url)
+    end
   end
 end
 if no_pool() then

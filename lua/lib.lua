@@ -5,7 +5,7 @@
 --   KEYS[1] executors  HASH  url -> executor record JSON {added_at, labels?,
 --                            instance_id?, lease?, draining?, releases?,
 --                            double_releases?, stale_releases?, duplicates?,
---                            fails?, passed?, failed?, window_n?,
+--                            fails?, passed?, failed?, window_n?, outlived?,
 --                            window_failed?, quarantined_at?,
 --                            quarantine_reason?, probes?}: the one record of
 --                            an executor, its lease {token, eval_id, fence,
@@ -55,11 +55,8 @@
 --                            (ms): {url, eval, from (ms), how: released |
 --                            reclaimed | left | drained | quarantined}; the last
 --                            HISTORY_LEN, for the leases' timeline
---   KEYS[17] released  ZSET  lease token -> ms it was released, the last
---                            RELEASED_LEN (reap trims it) and those since the
---                            last reap: a release by one of these tokens is
---                            the expected second path of a lease already
---                            released, not a late or stale one
+--   KEYS[17] released  ZSET  left by releases that kept the released tokens
+--                            there: deleted by reap
 --   KEYS[18] clock     HASH  {skew, last, promised, gen, steps?, step_ms?,
 --                            step_at?, rewinds?, rewound_at?}:
 --                            the pool's time (see pool_now_us) and a
@@ -81,7 +78,10 @@
 
 local LEASES_MOVED = 'the leases are in the executor records: evalpool after 1932b7a'
 local HISTORY_LEN = 100000
-local RELEASED_LEN = 100000
+-- How many tokens of leases that ended otherwise than by their own release
+-- an executor's record keeps (outlived): their holders' releases, when they
+-- come, are the double releases to alert on.
+local OUTLIVED_LEN = 8
 local K_EXECUTORS, K_AVAILABLE, K_LEASES, K_DEADLINES, K_HOLDERS, K_DRAINING
 local K_FENCE, K_EPOCH, K_INSTANCES, K_WAITERS, K_WAITING, K_QUARANTINE
 local K_AVOID, K_LABELLED, K_CANCELLED, K_HISTORY, K_RELEASED, K_CLOCK
@@ -245,9 +245,12 @@ local function make_available(url, record, since)
   end
 end
 
--- take_out removes url from the available indexes make_available put it in.
-local function take_out(url, record)
-  redis.call('ZREM', K_AVAILABLE, url)
+-- take_out removes url from the available indexes make_available put it in
+-- (but the pool's own when popped has taken it out already).
+local function take_out(url, record, popped)
+  if not popped then
+    redis.call('ZREM', K_AVAILABLE, url)
+  end
   local set = table.concat(label_list(record), ',')
   if set ~= '' then
     redis.call('ZREM', labelled_key(set), url)
@@ -448,7 +451,10 @@ end
 -- leased. It returns 1 when the executor was removed, 0 when it was freed
 -- (or is not registered). how says why it ended, for the history. record is
 -- url's executor record when the caller has read it (and may have changed
--- it: end_lease writes it), lease its lease; pre, what free takes.
+-- it: end_lease writes it), lease its lease; pre, what free takes. A lease
+-- that ends otherwise than by its own release leaves its token in the
+-- record's outlived tokens, the last OUTLIVED_LEN: a release by it is its
+-- holder's, come too late.
 local function end_lease(url, now, how, lease, record, pre)
   if not record then
     lease, record = lease_of(url)
@@ -472,6 +478,12 @@ local function end_lease(url, now, how, lease, record, pre)
     return 1
   end
   if record then
+    if how ~= 'released' and lease and type(lease.token) == 'string' then
+      local outlived = type(record.outlived) == 'table' and record.outlived or {}
+      table.insert(outlived, 1, lease.token)
+      outlived[OUTLIVED_LEN + 1] = nil
+      record.outlived = outlived
+    end
     record.lease = nil
     redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
     free(url, now, record, pre)

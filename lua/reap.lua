@@ -37,8 +37,7 @@ if redis.call('ZCARD', K_DEADLINES) + redis.call('ZCARD', K_AVAILABLE) + idle_qu
     end
   end
 end
--- The released tokens are kept to their cap here, not by every release.
-redis.call('ZREMRANGEBYRANK', K_RELEASED, 0, -RELEASED_LEN - 1)
+redis.call('DEL', K_RELEASED)
 local reclaimed = reclaim_expired(now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 -- Holders whose lease is gone (lost with its record) would fail Check for
 -- ever. A walk again, only when the counts disagree.

@@ -29,14 +29,14 @@
 --           'stale_lease'     another lease holds it: a double release; nothing
 --                             changes, the holder keeps its executor
 --           'not_leased'      unknown, removed, or neither leased nor available
---   expected     1 when the token's lease was released already (the last
---                RELEASED_LEN released tokens, and any since the last reap)
---                and this release comes by a designed path (ARGV[8]): the
---                second path of a lease (--cleanup both, a failed attempt's
---                two cleanups), absorbed like any; 0 for a real double
---                release: by a token whose lease was reclaimed (its holder
---                outlived it), that never held the executor, or by anything
---                but a designed path (a late callback replayed)
+--   expected     1 when this release comes by a designed path (ARGV[8]) and
+--                its token is not one of the record's outlived: the second
+--                path of a lease (--cleanup both, a failed attempt's two
+--                cleanups, an attempt that a re-entry replaced), absorbed
+--                like any; 0 for a real double release: by a token whose
+--                lease ended otherwise than by its release (reclaimed: its
+--                holder outlived it), or by anything but a designed path (a
+--                late callback replayed)
 --   last_available_ms  when the executor last became available (its previous
 --                      release, reclaim or registration), -1 if unknown
 --   holder_eval_id     the eval holding the lease for 'stale_lease', else ''
@@ -100,15 +100,20 @@ if lease and lease.token == token then
   if avoid then
     redis.call('HSET', K_AVOID, eval_id, url)
   end
-  redis.call('ZADD', K_RELEASED, now, token)
   -- end_lease writes the record, counters and all.
   local removed = end_lease(url, now, 'released', lease, record, pre)
   return { 'released', now, tonumber(lease.available_since) or -1, '', removed, quarantined, 0 }
 end
 
--- Not the lease's holder: nothing changes but the executor's counters. The
--- released tokens and the available index are read before that write.
-local expected = ARGV[8] == '1' and redis.call('ZSCORE', K_RELEASED, token) and 1 or 0
+-- Not the lease's holder: nothing changes but the executor's counters.
+local expected = ARGV[8] == '1' and 1 or 0
+if record and type(record.outlived) == 'table' then
+  for _, t in ipairs(record.outlived) do
+    if t == token then
+      expected = 0
+    end
+  end
+end
 -- count notes an absorbed release in the executor's record: a duplicate
 -- when expected, else a double release (and stale when another holds it).
 local function count(stale)

@@ -928,18 +928,19 @@ const (
 // ReleaseResult is what Release found and did.
 type ReleaseResult struct {
 	Outcome ReleaseOutcome `json:"outcome"`
-	// Double is true for AlreadyInPool and StaleLease by a token that was
-	// never released: somebody released an executor that was not theirs to
-	// release (a holder that outlived its lease, or one that never held
-	// it). Worth an alert: counted in evalpool_double_release_total and
-	// logged at warn level.
+	// Double is true for AlreadyInPool and StaleLease by anything but a
+	// designed path (ReleaseArgs.Designed: a late callback replayed, an old
+	// token), or by a designed path whose lease ended otherwise than by its
+	// release (reclaimed, or taken out of service at a re-entry; the
+	// executor's record keeps the last 8 such tokens): a holder that
+	// outlived its lease. Worth an alert: counted in
+	// evalpool_double_release_total and logged at warn level.
 	Double bool `json:"double"`
-	// Duplicate is true for AlreadyInPool, StaleLease or NotLeased by a
-	// designed path (ReleaseArgs.Designed) of a lease released already (the
-	// pool remembers the last 100,000): the second path of one lease
-	// (--cleanup both, a failed attempt's two cleanups). Absorbed like any,
-	// counted under the outcome "duplicate" of evalpool_release_total,
-	// logged at debug level.
+	// Duplicate is true for AlreadyInPool, StaleLease or NotLeased by any
+	// other designed path: the second path of one lease (--cleanup both, a
+	// failed attempt's two cleanups, an attempt a re-entry replaced).
+	// Absorbed like any, counted under the outcome "duplicate" of
+	// evalpool_release_total, logged at debug level.
 	Duplicate bool `json:"duplicate,omitempty"`
 	// Removed is true when the release ended a drain: the executor left.
 	Removed bool `json:"removed,omitempty"`

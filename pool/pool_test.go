@@ -683,39 +683,50 @@ func TestReleaseAlong(t *testing.T) {
 	}
 }
 
-// TestDuplicateIsRememberedForALimit: the pool tells a lease's designed
-// second path from a double release by the last 100,000 released tokens.
-// A second path that comes after 100,000 other releases is no longer
-// known, and counts as a double release: the alert errs on the loud side.
-func TestDuplicateIsRememberedForALimit(t *testing.T) {
+// TestOutlivedLeasesAreRememberedForALimit: a designed release by a lease
+// that ended otherwise than by its release (reclaimed: its holder outlived
+// it) is the alert, as long as the executor's record keeps its token: the
+// last 8 such leases of that executor. The second path of a released lease
+// is told apart with no limit; past the 8, an outlived lease's release is
+// taken for one.
+func TestOutlivedLeasesAreRememberedForALimit(t *testing.T) {
 	t.Parallel()
-	const e1, e2 = "http://executor-1", "http://executor-2"
-	p, b := setup(t, e1, e2)
-	first := acquire(t, p, "eval-first", time.Minute)
-	release(t, p, first, Released)
-	// 100,000 later releases, written straight into the set the release
-	// script keeps (their scores after the first's), then one real
-	// release, then the reaper, which trims the set to its cap.
-	released := keys.ForPool(p.Name()).Released()
-	for i := 0; i < 100_000; i += 10_000 {
-		members := make([]redis.Z, 10_000)
-		for j := range members {
-			members[j] = redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: fmt.Sprintf("later-%d", i+j)}
-		}
-		if err := b.client.ZAdd(t.Context(), released, members...).Err(); err != nil {
+	const e1 = "http://executor-1"
+	p, b := setup(t, e1)
+	reclaimed := func(evalID string) Lease {
+		l := acquire(t, p, evalID, time.Minute)
+		if err := b.client.ZAdd(t.Context(), p.keys.Deadlines(), redis.Z{Score: 0, Member: e1}).Err(); err != nil {
 			t.Fatal(err)
 		}
+		if n, err := p.Reap(t.Context()); err != nil || n != 1 {
+			t.Fatalf("reap: %d, %v; want the lease of %s reclaimed", n, err, evalID)
+		}
+		return l
 	}
-	release(t, p, acquire(t, p, "eval-next", time.Minute), Released)
-	if _, err := p.Reap(t.Context()); err != nil {
-		t.Fatal(err)
+	designed := func(l Lease) ReleaseResult {
+		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "failure", Designed: true})
+		if err != nil || r.Outcome != AlreadyInPool {
+			t.Fatalf("release of %s: %+v, %v; want already_in_pool", l.EvalID, r, err)
+		}
+		return r
 	}
-	if n, err := b.client.ZCard(t.Context(), released).Result(); err != nil || n != 100_000 {
-		t.Fatalf("released tokens kept: %d, %v; want the cap, 100000", n, err)
+	outlived := reclaimed("eval-outlived")
+	first := acquire(t, p, "eval-released", time.Minute)
+	release(t, p, first, Released)
+	for i := range 100 {
+		release(t, p, acquire(t, p, fmt.Sprint("eval-", i), time.Minute), Released)
 	}
-	r, err := p.ReleaseWith(t.Context(), first, ReleaseArgs{Path: "test", Designed: true})
-	if err != nil || r.Duplicate || !r.Double {
-		t.Fatalf("a designed second path past the memory: %+v, %v; want a double release", r, err)
+	if r := designed(outlived); !r.Double || r.Duplicate {
+		t.Errorf("the outlived holder's release: %+v; want a double release", r)
 	}
-	assertWhole(t, p, e1, e2)
+	if r := designed(first); r.Double || !r.Duplicate {
+		t.Errorf("a released lease's second path, 100 leases later: %+v; want a duplicate", r)
+	}
+	for i := range 8 {
+		reclaimed(fmt.Sprint("eval-reclaimed-", i))
+	}
+	if r := designed(outlived); r.Double || !r.Duplicate {
+		t.Errorf("the outlived holder's release past the memory: %+v; want it taken for a duplicate", r)
+	}
+	assertWhole(t, p, e1)
 }
