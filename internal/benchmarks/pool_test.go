@@ -3,6 +3,7 @@
 package benchmarks
 
 import (
+	_ "embed"
 	"fmt"
 	"os/exec"
 	"regexp"
@@ -17,6 +18,11 @@ import (
 	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/pool"
 )
+
+// floorLibrary is the bare commands of a pair, without evalpool's logic.
+//
+//go:embed testdata/floor.lua
+var floorLibrary string
 
 var benchLine = regexp.MustCompile(`^Benchmark(\S+)-\d+\s+\d+\s+(.*)$`)
 
@@ -126,12 +132,40 @@ func scriptTime(t *testing.T, md *strings.Builder) {
 		}
 		return (scriptUsec(t, c) - before) / pairs
 	}
+	if err := c.Do(ctx, "FUNCTION", "LOAD", "REPLACE", floorLibrary).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// bareTime is the Redis time per pair of the floor library's functions
+	// prefix_acquire and prefix_release, on a pool of their own.
+	bareTime := func(prefix, name string) float64 {
+		p, err := pool.New(c, pool.Options{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Register(ctx, execs...); err != nil {
+			t.Fatal(err)
+		}
+		k := keys.ForPool(name).Script()
+		before := scriptUsec(t, c)
+		for i := range pairs {
+			url, err := c.FCall(ctx, prefix+"_acquire", k, fmt.Sprintf("eval-%d", i), "0123456789abcdef0123456789abcdef").Text()
+			if err == nil {
+				err = c.FCall(ctx, prefix+"_release", k, url).Err()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		return (scriptUsec(t, c) - before) / pairs
+	}
 	nothing := redis.NewScript("return 1")
 	k := keys.ForPool("script-time").Script()
-	var library, script, floor []float64
+	var library, script, floor, bare, six []float64
 	for run := range runs() {
 		library = append(library, pairTime(c, fmt.Sprint("library-", run)))
 		script = append(script, pairTime(scripts, fmt.Sprint("script-", run)))
+		bare = append(bare, bareTime("floor", fmt.Sprint("bare-", run)))
+		six = append(six, bareTime("floor6", fmt.Sprint("six-", run)))
 		before := scriptUsec(t, c)
 		for range 2 * pairs {
 			if err := nothing.Run(ctx, c, k).Err(); err != nil {
@@ -140,12 +174,15 @@ func scriptTime(t *testing.T, md *strings.Builder) {
 		}
 		floor = append(floor, (scriptUsec(t, c)-before)/pairs)
 	}
-	each := make([]string, len(library))
+	each, bares := make([]string, len(library)), make([]string, len(library))
 	for i := range library {
 		each[i] = fmt.Sprintf("%.1f / %.1f", library[i], script[i])
+		bares[i] = fmt.Sprintf("%.1f / %.1f / %.1f", library[i], bare[i], six[i])
 	}
 	fmt.Fprintf(md, "Redis time per acquire+release pair at 10,000 executors (the calls' `usec` in `INFO commandstats`, the commands they run included, the network not; %d pairs a run): %.1f µs as the function library, %.1f µs as scripts (%.2f×; runs, library / scripts: %s µs); target ≤ 20 µs: %s. Two calls of a script that does nothing cost %.1f µs.\n\n",
 		pairs, median(library), median(script), median(library)/median(script), strings.Join(each, ", "), verdict(median(library) <= 20), median(floor))
+	fmt.Fprintf(md, "The same pairs as bare commands, none of evalpool's logic (`internal/benchmarks/testdata/floor.lua`, in the same runs): %.1f µs for the commands the guarantees need on the common path (10 per call, the `FCALL` included: the pool's time, the cancellation, re-entry, the lease in its record, its deadline, the wait lists' guard, the history), %.1f µs for six per call with none of those but the record and the indexes; evalpool is %.2f× the first and %.2f× the second (runs, evalpool / bare / six: %s µs).\n\n",
+		median(bare), median(six), median(library)/median(bare), median(library)/median(six), strings.Join(bares, ", "))
 }
 
 // scriptUsec is the time Redis has spent in FCALL and EVALSHA, in µs.
