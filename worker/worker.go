@@ -141,12 +141,13 @@ type Config struct {
 	// queues again, and how often due retries are moved to their queue.
 	// Defaults to DefaultPollInterval (1 s).
 	PollInterval time.Duration
-	// CleanupPollInterval is PollInterval for the cleanup queue. An executor
-	// stays leased until its cleanup runs, so a cleanup that waits for an
-	// idle worker's next look at its queue is an executor kept idle: this
-	// poll is short, at the cost of one small round trip per interval per
-	// idle worker. Defaults to DefaultCleanupPollInterval (20 ms), or
-	// PollInterval if shorter.
+	// CleanupPollInterval is PollInterval for the cleanup queue while the
+	// worker runs evals, and for 10 s after (unless Cleanup is inline). An
+	// executor stays leased until its cleanup runs, so a cleanup that waits
+	// for the next look at its queue is an executor kept idle: this poll is
+	// short, at the cost of a small round trip per interval. A worker that
+	// runs no eval looks at the cleanup queue every PollInterval. Defaults
+	// to DefaultCleanupPollInterval (20 ms), or PollInterval if shorter.
 	CleanupPollInterval time.Duration
 	// ShutdownTimeout is how long a stopping worker waits for running tasks
 	// before it hands them back to the queue. Defaults to
@@ -238,9 +239,6 @@ func (c *Config) withDefaults() {
 	}
 }
 
-// cleanupServers is how many Asynq servers a worker runs for cleanups.
-const cleanupServers = 2
-
 // Worker processes evalpool's tasks.
 type Worker struct {
 	cfg    Config
@@ -253,6 +251,8 @@ type Worker struct {
 	// releases its executor itself, since the cleanup servers are going.
 	stopping atomic.Bool
 	attempts inflight
+	// gear runs the fast cleanup servers while evals run.
+	gear gear
 	// ends are eval ends not yet written to their runs; inspector reads
 	// Asynq's state to reconcile runs.
 	ends      unrecorded
@@ -400,11 +400,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		ticks.Wait()
 	}()
 	logger := asynqLogger{w.log}
-	// An Asynq server for evals and others for cleanups and reaps: a release
-	// never waits for a slot behind long evals, and since a server dequeues
-	// one task at a time (a round trip per queue it asks), each asks only
-	// its own queues, and cleanups, one or two per eval attempt, get
-	// cleanupServers dequeue loops to keep up.
+	// An Asynq server for evals and others for cleanups and reaps, so that
+	// a release never waits for a slot behind long evals, and each server
+	// asks only its own queues (a round trip per queue it asks): one that
+	// looks at them every PollInterval, and, while this worker runs evals,
+	// fast ones (gear).
 	evals := asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
 		Concurrency:              w.cfg.Concurrency,
 		BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
@@ -417,19 +417,46 @@ func (w *Worker) Run(ctx context.Context) error {
 		DelayedTaskCheckInterval: w.cfg.PollInterval,
 		ShutdownTimeout:          w.cfg.ShutdownTimeout,
 	})
-	cleanups := make([]*asynq.Server, cleanupServers)
-	for i := range cleanups {
-		cleanups[i] = asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
-			Concurrency:              max(1, w.cfg.CleanupConcurrency/cleanupServers),
+	cleanupServer := func(poll time.Duration) *asynq.Server {
+		return asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
+			Concurrency:              max(1, w.cfg.CleanupConcurrency/fastCleanupServers),
 			BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
 			Queues:                   cleanupQueues,
 			StrictPriority:           true,
 			Logger:                   logger,
-			TaskCheckInterval:        w.cfg.CleanupPollInterval,
+			TaskCheckInterval:        poll,
 			DelayedTaskCheckInterval: w.cfg.PollInterval,
 			ShutdownTimeout:          w.cfg.ShutdownTimeout,
 		})
 	}
+	slow := cleanupServer(w.cfg.PollInterval)
+	if w.cfg.Cleanup != CleanupInline {
+		w.gear.start = func() ([]*asynq.Server, error) {
+			servers := make([]*asynq.Server, 0, fastCleanupServers)
+			for range fastCleanupServers {
+				s := cleanupServer(w.cfg.CleanupPollInterval)
+				if err := s.Start(w.Handler()); err != nil {
+					for _, s := range servers {
+						s.Shutdown()
+					}
+					return nil, err
+				}
+				servers = append(servers, s)
+			}
+			return servers, nil
+		}
+		w.gear.failed = func(err error) {
+			w.log.Warn().Err(err).Msg("could not start the fast cleanup servers: cleanups wait for the next poll")
+		}
+	}
+	gearing, stopGearing := context.WithCancel(ctx)
+	var geared sync.WaitGroup
+	geared.Go(func() { w.gear.run(gearing) })
+	defer func() {
+		stopGearing()
+		geared.Wait()
+		w.gear.close()
+	}()
 	sched := asynq.NewSchedulerFromRedisClient(w.cfg.Redis, &asynq.SchedulerOpts{
 		Logger: logger,
 		EnqueueErrorHandler: func(_ *asynq.Task, _ []asynq.Option, err error) {
@@ -453,7 +480,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			s.Shutdown() // evals first: running evals finish and enqueue their cleanups
 		}
 	}
-	for _, s := range append(cleanups, evals) {
+	for _, s := range []*asynq.Server{slow, evals} {
 		if err := s.Start(w.Handler()); err != nil {
 			stop()
 			return fmt.Errorf("worker: start: %w", err)
@@ -604,6 +631,8 @@ func (w *Worker) servedFor(ctx context.Context, name string) (*served, error) {
 func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer w.attempts.remove(w.attempts.add(cancel))
+	w.gear.busy()
+	defer w.gear.idle()
 	e, err := tasks.ParseEval(t.Payload())
 	if err == nil {
 		if id, ok := asynq.GetTaskID(ctx); ok && id != e.ID {

@@ -92,32 +92,7 @@ func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 
 // commandCalls sums the calls in INFO commandstats, less INFO's own.
 func commandCalls(t *testing.T, c redis.UniversalClient) float64 {
-	return commandStat(t, c, "calls", func(name string) bool { return name != "info" })
-}
-
-// commandStat sums one field of INFO commandstats (calls, usec) over the
-// commands counted says to.
-func commandStat(t *testing.T, c redis.UniversalClient, field string, counted func(name string) bool) float64 {
-	t.Helper()
-	s, err := c.Info(t.Context(), "commandstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := 0.0
-	for line := range strings.Lines(s) {
-		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
-		name, stat := strings.CutPrefix(name, "cmdstat_")
-		if !ok || !stat || !counted(name) {
-			continue
-		}
-		for _, kv := range strings.Split(rest, ",") {
-			if v, found := strings.CutPrefix(kv, field+"="); found {
-				n, _ := strconv.ParseFloat(v, 64)
-				total += n
-			}
-		}
-	}
-	return total
+	return evaltest.CommandStat(t, c, "calls", func(name string) bool { return name != "info" })
 }
 
 // processCPU is the CPU this process has used, user and system, in seconds.

@@ -187,7 +187,7 @@ func scriptTime(t *testing.T, md *strings.Builder) {
 
 // scriptUsec is the time Redis has spent in FCALL and EVALSHA, in µs.
 func scriptUsec(t *testing.T, c *redis.Client) float64 {
-	return commandStat(t, c, "usec", func(name string) bool { return name == "fcall" || name == "evalsha" })
+	return evaltest.CommandStat(t, c, "usec", func(name string) bool { return name == "fcall" || name == "evalsha" })
 }
 
 // commandsPerCall counts the Redis commands one Acquire and one Release

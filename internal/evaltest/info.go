@@ -42,3 +42,28 @@ func RedisCPU(t testing.TB, c redis.UniversalClient) float64 {
 	v := Info(t, c, "cpu", "used_cpu_sys", "used_cpu_user")
 	return v[0] + v[1]
 }
+
+// CommandStat sums one field of INFO commandstats (calls, usec) over the
+// commands counted says to.
+func CommandStat(t testing.TB, c redis.UniversalClient, field string, counted func(name string) bool) float64 {
+	t.Helper()
+	s, err := c.Info(t.Context(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for line := range strings.Lines(s) {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		name, stat := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !stat || !counted(name) {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			if v, found := strings.CutPrefix(kv, field+"="); found {
+				n, _ := strconv.ParseFloat(v, 64)
+				total += n
+			}
+		}
+	}
+	return total
+}
