@@ -15,7 +15,7 @@ end
 if lease then
   redis.call('SADD', K_DRAINING, url)
   record.draining = 1
-  redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+  put(url, record)
   return 'draining'
 end
 if record and record.instance_id and redis.call('HGET', K_INSTANCES, record.instance_id) == url then

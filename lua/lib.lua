@@ -5,7 +5,7 @@
 --   KEYS[1] executors  HASH  url -> executor record JSON {added_at, labels?,
 --                            instance_id?, lease?, draining?, releases?,
 --                            double_releases?, stale_releases?, duplicates?,
---                            fails?, passed?, failed?, window_n?, outlived?,
+--                            fails?, passed?, failed?, window_n?,
 --                            window_failed?, quarantined_at?,
 --                            quarantine_reason?, probes?}: the one record of
 --                            an executor, its lease {token, eval_id, fence,
@@ -55,8 +55,11 @@
 --                            (ms): {url, eval, from (ms), how: released |
 --                            reclaimed | left | drained | quarantined}; the last
 --                            HISTORY_LEN, for the leases' timeline
---   KEYS[17] released  ZSET  left by releases that kept the released tokens
---                            there: deleted by reap
+--   KEYS[17] outlived  ZSET  lease token -> ms its lease ended otherwise
+--                            than by its release (reclaimed, drained or taken
+--                            out of service at a re-entry), the last
+--                            OUTLIVED_LEN (reap trims it): a release by one of
+--                            these tokens is its holder's, come too late
 --   KEYS[18] clock     HASH  {skew, last, promised, gen, steps?, step_ms?,
 --                            step_at?, rewinds?, rewound_at?}:
 --                            the pool's time (see pool_now_us) and a
@@ -78,13 +81,10 @@
 
 local LEASES_MOVED = 'the leases are in the executor records: evalpool after 1932b7a'
 local HISTORY_LEN = 100000
--- How many tokens of leases that ended otherwise than by their own release
--- an executor's record keeps (outlived): their holders' releases, when they
--- come, are the double releases to alert on.
-local OUTLIVED_LEN = 8
+local OUTLIVED_LEN = 100000
 local K_EXECUTORS, K_AVAILABLE, K_LEASES, K_DEADLINES, K_HOLDERS, K_DRAINING
 local K_FENCE, K_EPOCH, K_INSTANCES, K_WAITERS, K_WAITING, K_QUARANTINE
-local K_AVOID, K_LABELLED, K_CANCELLED, K_HISTORY, K_RELEASED, K_CLOCK
+local K_AVOID, K_LABELLED, K_CANCELLED, K_HISTORY, K_OUTLIVED, K_CLOCK
 local PREFIX, WAKE_PREFIX
 -- The call's time, read once by now_us (below).
 local redis_now, pool_now
@@ -109,7 +109,7 @@ local function bind(keys)
   K_LABELLED = keys[14]
   K_CANCELLED = keys[15]
   K_HISTORY = keys[16]
-  K_RELEASED = keys[17]
+  K_OUTLIVED = keys[17]
   K_CLOCK = keys[18]
   PREFIX = string.sub(K_AVAILABLE, 1, #K_AVAILABLE - #'available')
   WAKE_PREFIX = PREFIX .. 'wake:'
@@ -179,6 +179,32 @@ local function decode(raw)
     return v
   end
   return nil
+end
+
+-- put writes url's record. One JSON cannot say again (a NaN or an infinity
+-- another program wrote) is written anew, its fence, lease and labels kept
+-- where they can be, so that foreign data never stops a script half way.
+local function put(url, record)
+  local ok, raw = pcall(cjson.encode, record)
+  if not ok then
+    local labels = {}
+    for k, v in pairs(type(record.labels) == 'table' and record.labels or {}) do
+      if type(k) == 'string' and type(v) == 'string' then
+        labels[k] = v
+      end
+    end
+    local fence = tonumber(record.fence)
+    local fresh = {
+      labels = next(labels) and labels or nil, lease = record.lease,
+      fence = fence and math.abs(fence) < math.huge and fence or nil,
+    }
+    ok, raw = pcall(cjson.encode, fresh)
+    if not ok then
+      fresh.lease = nil
+      raw = cjson.encode(fresh)
+    end
+  end
+  redis.call('HSET', K_EXECUTORS, url, raw)
 end
 
 -- lease_of returns url's lease and its executor record: nil for a record
@@ -320,7 +346,7 @@ local function grant(url, record, eval_id, token, ttl, now, available_since, ree
     token = token, eval_id = eval_id, fence = fence, ttl = ttl,
     acquired_at = now, available_since = available_since,
   }
-  redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+  put(url, record)
   redis.call('ZADD', K_DEADLINES, deadline, url)
   redis.call('HSET', K_HOLDERS, eval_id, url)
   return { url, token, fence, deadline, now, available_since, reentered }
@@ -429,7 +455,7 @@ local function set_labels(url, record, labels, now)
   count_sets(record, -1)
   record.labels = labels
   count_sets(record, 1)
-  redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+  put(url, record)
   if available then
     free(url, now, record)
   end
@@ -452,9 +478,7 @@ end
 -- (or is not registered). how says why it ended, for the history. record is
 -- url's executor record when the caller has read it (and may have changed
 -- it: end_lease writes it), lease its lease; pre, what free takes. A lease
--- that ends otherwise than by its own release leaves its token in the
--- record's outlived tokens, the last OUTLIVED_LEN: a release by it is its
--- holder's, come too late.
+-- that ends otherwise than by its release leaves its token in outlived.
 local function end_lease(url, now, how, lease, record, pre)
   if not record then
     lease, record = lease_of(url)
@@ -462,6 +486,9 @@ local function end_lease(url, now, how, lease, record, pre)
   redis.call('ZREM', K_DEADLINES, url)
   redis.call('XADD', K_HISTORY, 'MAXLEN', '~', HISTORY_LEN, '*', 'url', url,
     'eval', lease and tostring(lease.eval_id) or '', 'from', lease and tostring(lease.acquired_at) or '', 'how', how)
+  if how ~= 'released' and lease and type(lease.token) == 'string' then
+    redis.call('ZADD', K_OUTLIVED, now, lease.token)
+  end
   if lease and type(lease.eval_id) == 'string' then
     -- An eval holds one lease at most (acquire re-enters its own, a
     -- handoff skips an eval that holds one), so its entry names url.
@@ -478,14 +505,8 @@ local function end_lease(url, now, how, lease, record, pre)
     return 1
   end
   if record then
-    if how ~= 'released' and lease and type(lease.token) == 'string' then
-      local outlived = type(record.outlived) == 'table' and record.outlived or {}
-      table.insert(outlived, 1, lease.token)
-      outlived[OUTLIVED_LEN + 1] = nil
-      record.outlived = outlived
-    end
     record.lease = nil
-    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+    put(url, record)
     free(url, now, record, pre)
   end
   return 0

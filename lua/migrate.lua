@@ -69,7 +69,7 @@ for i, url in ipairs(urls) do
   local record = records[i]
   if record and (leases[url] or draining[url]) then
     record.lease, record.draining = leases[url], draining[url]
-    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+    put(url, record)
   end
   count_sets(record, 1)
   local since = redis.call('ZSCORE', K_AVAILABLE, url)

@@ -33,7 +33,7 @@ for _, url in ipairs(redis.call('ZRANGE', K_QUARANTINE, '-inf', now, 'BYSCORE', 
   else
     record.probes = (tonumber(record.probes) or 0) + 1
     redis.call('ZADD', K_QUARANTINE, now + math.min(interval * 2 ^ record.probes, longest), url)
-    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+    put(url, record)
     out[#out + 1] = url
     out[#out + 1] = tostring(record.quarantined_at)
   end

@@ -31,7 +31,7 @@ if action == 'on' then
     return { 'already', tostring(record.quarantine_reason or '') }
   end
   quarantine(url, record, now, ARGV[3], tonumber(ARGV[4]) or 10000)
-  redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+  put(url, record)
   return { 'quarantined', ARGV[3] }
 end
 if not quarantined or (ARGV[3] ~= '' and tostring(record.quarantined_at) ~= ARGV[3]) then
@@ -41,7 +41,7 @@ local reason = tostring(record.quarantine_reason or '')
 redis.call('ZREM', K_QUARANTINE, url)
 record.fails, record.probes, record.quarantined_at, record.quarantine_reason = 0, nil, nil, nil
 record.window_n, record.window_failed = 0, 0
-redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+put(url, record)
 if type(record.lease) ~= 'table' then
   free(url, now, record)
 end

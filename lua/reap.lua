@@ -37,7 +37,10 @@ if redis.call('ZCARD', K_DEADLINES) + redis.call('ZCARD', K_AVAILABLE) + idle_qu
     end
   end
 end
-redis.call('DEL', K_RELEASED)
+-- The outlived tokens are kept to their cap here; the released tokens
+-- that releases up to 4d63ceb kept are deleted.
+redis.call('ZREMRANGEBYRANK', K_OUTLIVED, 0, -OUTLIVED_LEN - 1)
+redis.call('DEL', PREFIX .. 'released')
 local reclaimed = reclaim_expired(now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 -- Holders whose lease is gone (lost with its record) would fail Check for
 -- ever. A walk again, only when the counts disagree.

@@ -56,7 +56,7 @@ for i = 2, #ARGV, 3 do
         if instance ~= '' then
           record.instance_id = instance
         end
-        redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+        put(url, record)
       end
       if labels ~= '' and set_labels(url, record, cjson.decode(labels), now) then
         out[#out + 1] = 'relabeled'
@@ -85,7 +85,7 @@ for i = 2, #ARGV, 3 do
       if quarantined then
         record.quarantined_at, record.quarantine_reason, record.probes = now, 'operator', 0
       end
-      redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+      put(url, record)
       count_sets(record, 1)
       -- An executor still leased (its record was lost under a live lease)
       -- returns at its release or reclaim, never now.

@@ -30,7 +30,7 @@
 --                             changes, the holder keeps its executor
 --           'not_leased'      unknown, removed, or neither leased nor available
 --   expected     1 when this release comes by a designed path (ARGV[8]) and
---                its token is not one of the record's outlived: the second
+--                its token is not among the outlived: the second
 --                path of a lease (--cleanup both, a failed attempt's two
 --                cleanups, an attempt that a re-entry replaced), absorbed
 --                like any; 0 for a real double release: by a token whose
@@ -106,14 +106,7 @@ if lease and lease.token == token then
 end
 
 -- Not the lease's holder: nothing changes but the executor's counters.
-local expected = ARGV[8] == '1' and 1 or 0
-if record and type(record.outlived) == 'table' then
-  for _, t in ipairs(record.outlived) do
-    if t == token then
-      expected = 0
-    end
-  end
-end
+local expected = ARGV[8] == '1' and not redis.call('ZSCORE', K_OUTLIVED, token) and 1 or 0
 -- count notes an absorbed release in the executor's record: a duplicate
 -- when expected, else a double release (and stale when another holds it).
 local function count(stale)
@@ -126,7 +119,7 @@ local function count(stale)
         bump('stale_releases')
       end
     end
-    redis.call('HSET', K_EXECUTORS, url, cjson.encode(record))
+    put(url, record)
   end
 end
 if lease then

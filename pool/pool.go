@@ -931,8 +931,8 @@ type ReleaseResult struct {
 	// Double is true for AlreadyInPool and StaleLease by anything but a
 	// designed path (ReleaseArgs.Designed: a late callback replayed, an old
 	// token), or by a designed path whose lease ended otherwise than by its
-	// release (reclaimed, or taken out of service at a re-entry; the
-	// executor's record keeps the last 8 such tokens): a holder that
+	// release (reclaimed, drained, or taken out of service at a re-entry;
+	// the pool remembers the last 100,000 such tokens): a holder that
 	// outlived its lease. Worth an alert: counted in
 	// evalpool_double_release_total and logged at warn level.
 	Double bool `json:"double"`

@@ -685,47 +685,76 @@ func TestReleaseAlong(t *testing.T) {
 
 // TestOutlivedLeasesAreRememberedForALimit: a designed release by a lease
 // that ended otherwise than by its release (reclaimed: its holder outlived
-// it) is the alert, as long as the executor's record keeps its token: the
-// last 8 such leases of that executor. The second path of a released lease
-// is told apart with no limit; past the 8, an outlived lease's release is
+// it) is the alert, whatever the executor did since (drained and added
+// again, leased to another eval), as long as the pool remembers the token:
+// the last 100,000 such leases. The second path of a released lease is
+// told apart with no limit; past the 100,000, an outlived lease's release is
 // taken for one.
 func TestOutlivedLeasesAreRememberedForALimit(t *testing.T) {
 	t.Parallel()
 	const e1 = "http://executor-1"
 	p, b := setup(t, e1)
-	reclaimed := func(evalID string) Lease {
-		l := acquire(t, p, evalID, time.Minute)
+	expire := func() {
 		if err := b.client.ZAdd(t.Context(), p.keys.Deadlines(), redis.Z{Score: 0, Member: e1}).Err(); err != nil {
 			t.Fatal(err)
 		}
 		if n, err := p.Reap(t.Context()); err != nil || n != 1 {
-			t.Fatalf("reap: %d, %v; want the lease of %s reclaimed", n, err, evalID)
+			t.Fatalf("reap: %d, %v; want the lease of %s reclaimed", n, err, e1)
 		}
-		return l
 	}
-	designed := func(l Lease) ReleaseResult {
+	designed := func(l Lease, want ReleaseOutcome) ReleaseResult {
 		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "failure", Designed: true})
-		if err != nil || r.Outcome != AlreadyInPool {
-			t.Fatalf("release of %s: %+v, %v; want already_in_pool", l.EvalID, r, err)
+		if err != nil || r.Outcome != want {
+			t.Fatalf("release of %s: %+v, %v; want %s", l.EvalID, r, err, want)
 		}
 		return r
 	}
-	outlived := reclaimed("eval-outlived")
+	outlived := acquire(t, p, "eval-outlived", time.Minute)
+	expire()
+	// Drained while leased: its lease ends with the executor, which comes
+	// back under a record of its own.
+	drained := acquire(t, p, "eval-drained", time.Minute)
+	if _, err := p.Deregister(t.Context(), e1); err != nil {
+		t.Fatal(err)
+	}
+	expire()
+	if _, err := p.Register(t.Context(), Executor{URL: e1}); err != nil {
+		t.Fatal(err)
+	}
 	first := acquire(t, p, "eval-released", time.Minute)
 	release(t, p, first, Released)
 	for i := range 100 {
 		release(t, p, acquire(t, p, fmt.Sprint("eval-", i), time.Minute), Released)
 	}
-	if r := designed(outlived); !r.Double || r.Duplicate {
-		t.Errorf("the outlived holder's release: %+v; want a double release", r)
+	other := acquire(t, p, "eval-other", time.Minute)
+	for _, l := range []Lease{outlived, drained} {
+		if r := designed(l, StaleLease); !r.Double || r.Duplicate {
+			t.Errorf("the outlived %s's release over another eval's lease: %+v; want a double release", l.EvalID, r)
+		}
 	}
-	if r := designed(first); r.Double || !r.Duplicate {
+	if r := designed(first, StaleLease); r.Double || !r.Duplicate {
 		t.Errorf("a released lease's second path, 100 leases later: %+v; want a duplicate", r)
 	}
-	for i := range 8 {
-		reclaimed(fmt.Sprint("eval-reclaimed-", i))
+	release(t, p, other, Released)
+	// 100,000 later outlived leases, written straight into the set the
+	// scripts keep (their scores after the first's); the reaper trims the
+	// set to its cap.
+	for i := 0; i < 100_000; i += 10_000 {
+		members := make([]redis.Z, 10_000)
+		for j := range members {
+			members[j] = redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: fmt.Sprintf("later-%d", i+j)}
+		}
+		if err := b.client.ZAdd(t.Context(), p.keys.Outlived(), members...).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if r := designed(outlived); r.Double || !r.Duplicate {
+	if _, err := p.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.client.ZCard(t.Context(), p.keys.Outlived()).Result(); err != nil || n != 100_000 {
+		t.Fatalf("outlived tokens kept: %d, %v; want the cap, 100000", n, err)
+	}
+	if r := designed(outlived, AlreadyInPool); r.Double || !r.Duplicate {
 		t.Errorf("the outlived holder's release past the memory: %+v; want it taken for a duplicate", r)
 	}
 	assertWhole(t, p, e1)

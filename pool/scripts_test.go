@@ -512,16 +512,14 @@ func TestForeignDataIsReported(t *testing.T) {
 			}
 		},
 	}
-	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history", "released", "clock"}
+	suffixes := []string{"executors", "available", "leases", "deadlines", "holders", "draining", "fence", "epoch", "instances", "waiters", "waiting", "quarantine", "avoid", "labelsets", "cancelled", "history", "outlived", "clock"}
 	types := []string{"hash", "zset", "hash", "zset", "hash", "set", "string", "string", "hash", "zset", "hash", "zset", "hash", "hash", "zset", "stream", "zset", "hash"}
 	// The fence is also foreign as a string INCR refuses: one with a
 	// leading zero, or at the int64 limit.
 	fenceStrings := map[string]string{"fence 007": "007", "fence at the limit": "9223372036854775807"}
 	for state, prepare := range states {
 		for i, suffix := range append(slices.Clone(suffixes), slices.Sorted(maps.Keys(fenceStrings))...) {
-			// The presence of epoch and leases alone counts; released is
-			// an older release's, which reap deletes whatever it holds.
-			if suffix == "epoch" || suffix == "leases" || suffix == "released" {
+			if suffix == "epoch" || suffix == "leases" { // their presence alone counts
 				continue
 			}
 			if _, ok := fenceStrings[suffix]; ok {

@@ -592,6 +592,24 @@ func TestCorruptionLosesNoExecutor(t *testing.T) {
 		b.client.Del(t.Context(), p.keys.Fence())
 		assertWhole(t, p, "http://e1")
 	})
+	// A NaN or an infinity another program wrote is read by Redis's JSON
+	// decoder but not written again: the record is written anew, and the
+	// executor is granted, never dropped from the index half way.
+	t.Run("a record JSON cannot write again", func(t *testing.T) {
+		t.Parallel()
+		p, b := setup(t, "http://e1")
+		for i, junk := range []string{`{"added_at":1,"passed":nan}`, `{"added_at":1,"fence":-1e999}`} {
+			if err := b.client.HSet(t.Context(), p.keys.Executors(), "http://e1", junk).Err(); err != nil {
+				t.Fatal(err)
+			}
+			l, err := p.Acquire(t.Context(), fmt.Sprint("eval-", i), time.Minute)
+			if err != nil || l.URL != "http://e1" {
+				t.Fatalf("acquire over the record %s: %+v, %v; want http://e1", junk, l, err)
+			}
+			release(t, p, l, Released)
+			assertWhole(t, p, "http://e1")
+		}
+	})
 	t.Run("a lease whose deadline was deleted", func(t *testing.T) {
 		t.Parallel()
 		p, b := setup(t, "http://e1")

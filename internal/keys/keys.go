@@ -43,7 +43,7 @@ func (k Pool) Script() []string {
 		k.Executors(), k.Available(), k.Leases(), k.Deadlines(), k.Holders(),
 		k.Draining(), k.Fence(), k.Epoch(), k.Instances(), k.Waiters(),
 		k.Waiting(), k.Quarantine(), k.Avoid(), k.Labelled(), k.Cancelled(),
-		k.History(), k.Released(), k.Clock(),
+		k.History(), k.Outlived(), k.Clock(),
 	}
 }
 
@@ -98,8 +98,9 @@ func (k Pool) Cancelled() string { return k.prefix + "cancelled" }
 // History is KEYS[16], the stream of ended leases.
 func (k Pool) History() string { return k.prefix + "history" }
 
-// Released is KEYS[17], the tokens of leases released lately.
-func (k Pool) Released() string { return k.prefix + "released" }
+// Outlived is KEYS[17], the tokens of leases that ended otherwise than by
+// their release, lately.
+func (k Pool) Outlived() string { return k.prefix + "outlived" }
 
 // Clock is KEYS[18], the pool's time: Redis's clock less the steps it took,
 // and a generation that only grows.

@@ -34,7 +34,7 @@ func TestNames(t *testing.T) {
 		{p.Labelled(), "evalpool:{p1}:labelled"},
 		{p.Cancelled(), "evalpool:{p1}:cancelled"},
 		{p.History(), "evalpool:{p1}:history"},
-		{p.Released(), "evalpool:{p1}:released"},
+		{p.Outlived(), "evalpool:{p1}:outlived"},
 		{p.Clock(), "evalpool:{p1}:clock"},
 		{p.LabelledFor("gpu=a100,zone=eu"), "evalpool:{p1}:labelled:gpu=a100,zone=eu"},
 		{p.WaitersFor("gpu=a100,zone=eu"), "evalpool:{p1}:waiters:gpu=a100,zone=eu"},
