@@ -30,8 +30,9 @@
 // omitted, and names the master with master=NAME (required). Its user and
 // password are the master's and replicas', as in a redis:// URL; the
 // Sentinels' own credentials, when they require any, are sentinel_username
-// and sentinel_password. It takes no other option. The client asks the
-// Sentinels for the master, and follows it when they fail it over.
+// and sentinel_password. Its other options are go-redis's, as for
+// redis:// (see redis.ParseFailoverURL). The client asks the Sentinels for
+// the master, and follows it when they fail it over.
 //
 // There is no separate setting for the master name or the Sentinels: the
 // URL is the whole address, so that one string (a flag or one environment
@@ -234,9 +235,12 @@ const (
 	defaultSentinelPort = "26379"
 )
 
-// parseSentinel reads what follows "redis-sentinel://". The hosts are cut
-// out by hand: a list of host:port is not a URL host, and url.Parse refuses
-// its colons.
+// parseSentinel reads what follows "redis-sentinel://" and hands it to
+// go-redis's ParseFailoverURL in the form that reads: the Sentinels' list
+// is cut out by hand (a list of host:port is not a URL host, and url.Parse
+// refuses its colons), and the credentials swap places, since in this form
+// the userinfo is the master's, as in a redis:// URL, and in go-redis's the
+// Sentinels'. Every other option is go-redis's (dial_timeout=3s, ...).
 func parseSentinel(scheme, rest string) (*redis.FailoverOptions, error) {
 	end := strings.IndexAny(rest, "/?#")
 	if end < 0 {
@@ -250,49 +254,57 @@ func parseSentinel(scheme, rest string) (*redis.FailoverOptions, error) {
 	if hosts == "" {
 		return nil, errors.New("no Sentinel address; want s1:26379,s2:26379,s3:26379")
 	}
-	o := &redis.FailoverOptions{}
+	var addrs []string
 	for h := range strings.SplitSeq(hosts, ",") {
 		addr, err := sentinelAddr(h)
 		if err != nil {
 			return nil, err
 		}
-		o.SentinelAddrs = append(o.SentinelAddrs, addr)
+		addrs = append(addrs, addr)
 	}
 	u, err := url.Parse(scheme + "://" + userinfo + "sentinel" + tail)
 	if err != nil {
 		return nil, err
 	}
-	if u.User != nil {
-		o.Username = u.User.Username()
-		o.Password, _ = u.User.Password()
+	db := strings.Trim(u.Path, "/")
+	if n, err := strconv.Atoi(db); db != "" && (err != nil || n < 0) {
+		return nil, fmt.Errorf("invalid database number %q", db)
 	}
-	if p := strings.Trim(u.Path, "/"); p != "" {
-		db, err := strconv.Atoi(p)
-		if err != nil || db < 0 {
-			return nil, fmt.Errorf("invalid database number %q", p)
-		}
-		o.DB = db
-	}
-	for k, vs := range u.Query() {
-		v := vs[len(vs)-1]
-		switch k {
-		case optMaster:
-			o.MasterName = v
-		case optSentinelUsername:
-			o.SentinelUsername = v
-		case optSentinelPassword:
-			o.SentinelPassword = v
-		default:
-			return nil, fmt.Errorf("unknown option %q; a Sentinel URL takes %s, %s and %s", k, optMaster, optSentinelUsername, optSentinelPassword)
-		}
-	}
-	if o.MasterName == "" {
+	q := u.Query()
+	if q.Get(optMaster) == "" {
 		return nil, fmt.Errorf("no master name; add ?%s=NAME", optMaster)
 	}
+	options := url.Values{"master_name": {q.Get(optMaster)}, "addr": addrs[1:]}
+	if u.User != nil {
+		options.Set("username", u.User.Username())
+		if pw, ok := u.User.Password(); ok {
+			options.Set("password", pw)
+		}
+	}
+	for k, vs := range q {
+		switch k {
+		case optMaster, optSentinelUsername, optSentinelPassword:
+		case "master_name", "addr", "username", "password":
+			return nil, fmt.Errorf("unknown option %q; the master is %s, the Sentinels are the host list, the master's user and password the URL's", k, optMaster)
+		default:
+			options[k] = vs
+		}
+	}
+	target := url.URL{Scheme: "redis", Host: addrs[0], Path: "/" + db, RawQuery: options.Encode()}
 	if scheme == "rediss-sentinel" {
-		// No ServerName: each Sentinel and master is verified against the
-		// address it is dialled at.
-		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		target.Scheme = "rediss"
+	}
+	if q.Has(optSentinelUsername) || q.Has(optSentinelPassword) {
+		target.User = url.UserPassword(q.Get(optSentinelUsername), q.Get(optSentinelPassword))
+	}
+	o, err := redis.ParseFailoverURL(target.String())
+	if err != nil {
+		return nil, err
+	}
+	if o.TLSConfig != nil {
+		// Each Sentinel and master is verified against the address it is
+		// dialled at, not the first Sentinel's.
+		o.TLSConfig.ServerName = ""
 	}
 	return o, nil
 }

@@ -61,6 +61,11 @@ func TestParse(t *testing.T) {
 			asynq.RedisFailoverClientOpt{MasterName: "m", SentinelAddrs: []string{"[::1]:26380", "[::1]:26379", "10.0.0.1:26379"}, DialTimeout: 2 * time.Second},
 		},
 		{
+			"redis-sentinel://:pw@s1?master=m&sentinel_password=sp&dial_timeout=7s&pool_size=3", redisconn.Sentinel,
+			"redis-sentinel://:xxxxx@s1?master=m&sentinel_password=xxxxx&dial_timeout=7s&pool_size=3",
+			asynq.RedisFailoverClientOpt{MasterName: "m", SentinelAddrs: []string{"s1:26379"}, SentinelPassword: "sp", Password: "pw", DialTimeout: 7 * time.Second, PoolSize: 3},
+		},
+		{
 			"REDIS-SENTINEL://s1/?master=m", redisconn.Sentinel, "REDIS-SENTINEL://s1/?master=m",
 			asynq.RedisFailoverClientOpt{MasterName: "m", SentinelAddrs: []string{"s1:26379"}, DialTimeout: 2 * time.Second},
 		},
@@ -175,7 +180,8 @@ func TestParseBadURL(t *testing.T) {
 		{"redis-sentinel://alice:secret@s1/db?master=m", `invalid database number "db"`},
 		{"redis-sentinel://alice:secret@s1/0/1?master=m", "invalid database number"},
 		{"redis-sentinel://alice:secret@s1?master=m&master_name=x", `unknown option "master_name"`},
-		{"redis-sentinel://s1?master=m&sentinel_password=secret&dial_timeout=1", `unknown option "dial_timeout"`},
+		{"redis-sentinel://s1?master=m&sentinel_password=secret&bogus=1", "unexpected option: bogus"},
+		{"redis-sentinel://s1?master=m&addr=s2", `unknown option "addr"`},
 		{"redis-sentinel://alice:sec%zzret@s1?master=m", "invalid URL escape"},
 	}
 	for _, tt := range tests {
