@@ -1162,25 +1162,25 @@ func localPath(next string) string {
 	return next
 }
 
+// crossOrigin is net/http's check of a browser's request: Sec-Fetch-Site,
+// or else Origin against Host.
+var crossOrigin = http.NewCrossOriginProtection()
+
 // sameOrigin reports whether the request comes from the dashboard's own
-// pages: Sec-Fetch-Site, Origin and Referer, those present, must say so
-// (Referer is looked at only without Origin). With none of them, strict
-// refuses it, and loose lets it through (a program, not a browser).
+// pages: crossOrigin lets it through, and, from a browser that sends
+// neither Sec-Fetch-Site nor Origin, Referer names this host. With none of
+// the three, strict refuses it, and loose lets it through (a program, not a
+// browser).
 func sameOrigin(r *http.Request, strict bool) bool {
-	site := r.Header.Get("Sec-Fetch-Site")
-	switch site {
-	case "", "same-origin", "none":
-	default:
-		return false // cross-site, same-site (another origin), or unknown
+	if crossOrigin.Check(r) != nil {
+		return false
 	}
-	host := strings.ToLower(r.Host)
-	if o := r.Header.Get("Origin"); o != "" {
-		u, err := url.Parse(o)
-		return err == nil && o != "null" && u.Host != "" && strings.ToLower(u.Host) == host
+	if r.Header.Get("Sec-Fetch-Site") != "" || r.Header.Get("Origin") != "" {
+		return true
 	}
 	if ref := r.Header.Get("Referer"); ref != "" {
 		u, err := url.Parse(ref)
-		return err == nil && u.Host != "" && strings.ToLower(u.Host) == host
+		return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host)
 	}
-	return site == "same-origin" || !strict
+	return !strict
 }
