@@ -115,8 +115,8 @@ func TestPoolPageInChromium(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := b.pool.AcquireOrWait(t.Context(), "eval-waiting", time.Minute, pool.Wait{Wake: b.pool.WakeKey("browser"), For: time.Minute}); !errors.Is(err, pool.ErrWaiting) {
-		t.Fatalf("AcquireOrWait on a busy pool: %v", err)
+	if _, err := b.pool.AcquireWith(t.Context(), "eval-waiting", time.Minute, pool.AcquireArgs{Wait: pool.Wait{Wake: b.pool.WakeKey("browser"), PlaceTTL: time.Minute}}); !errors.Is(err, pool.ErrWaiting) {
+		t.Fatalf("AcquireWith a wait on a busy pool: %v", err)
 	}
 	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`tr[data-eval="eval-waiting"]`))); err != nil {
 		t.Fatalf("the page never showed the waiting eval: %v", err)

@@ -326,8 +326,8 @@ func TestPoolWaitersEndpoint(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := b.pool.AcquireOrWait(t.Context(), "waiting-1", time.Minute, pool.Wait{Wake: b.pool.WakeKey("t"), For: time.Minute}); !errors.Is(err, pool.ErrWaiting) {
-			t.Fatalf("AcquireOrWait on a busy pool: %v", err)
+		if _, err := b.pool.AcquireWith(t.Context(), "waiting-1", time.Minute, pool.AcquireArgs{Wait: pool.Wait{Wake: b.pool.WakeKey("t"), PlaceTTL: time.Minute}}); !errors.Is(err, pool.ErrWaiting) {
+			t.Fatalf("AcquireWith a wait on a busy pool: %v", err)
 		}
 	}
 	_, b := setup(t)

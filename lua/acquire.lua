@@ -97,13 +97,13 @@ end
 -- free: a reclaimed executor would be the last in line anyway, and the
 -- reaper returns it meanwhile.
 local function head(key, best)
-  local two = redis.call('ZRANGE', key, 0, avoid and 1 or 0, 'WITHSCORES')
-  if #two == 0 then
+  local heads = redis.call('ZRANGE', key, 0, avoid and 1 or 0, 'WITHSCORES')
+  if #heads == 0 then
     return best
   end
-  local c = { url = two[1], since = tonumber(two[2]), key = key }
-  if c.url == avoid and #two == 4 then
-    c.url, c.since = two[3], tonumber(two[4])
+  local c = { url = heads[1], since = tonumber(heads[2]), key = key }
+  if c.url == avoid and #heads == 4 then
+    c.url, c.since = heads[3], tonumber(heads[4])
   end
   -- The executor to avoid is taken only when no index has another.
   c.rank = c.url == avoid and math.huge or c.since

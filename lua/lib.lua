@@ -359,7 +359,7 @@ local function is_wake_key(key)
 end
 
 -- waiter_lists names the wait lists an executor can serve, its record's
--- label sets' after the pool's own, in the order free looks at them.
+-- label sets' after the pool's own, in the order return_to_pool looks at them.
 local function waiter_lists(record)
   local lists = { K_WAITERS }
   for _, set in ipairs(label_sets(label_list(record))) do
@@ -372,8 +372,8 @@ end
 -- goes, and any left for the next handoff, so that no call walks the list.
 local HANDOFF_LOOK = 16
 
--- free makes url available, or hands it straight to the oldest live waiter
--- it can serve: the lease is granted inside this script, so no newcomer can
+-- return_to_pool makes url available, or hands it straight to the oldest
+-- live waiter it can serve: the lease is granted inside this script, so no newcomer can
 -- take the executor first, and the grant is pushed to the waiter's wake
 -- list, where its worker's one blocking connection picks it up. The oldest
 -- is the first in line among the wait lists of the label sets the executor
@@ -381,13 +381,13 @@ local HANDOFF_LOOK = 16
 -- holds up one it can serve. A waiter whose entry outlived its expiry, or
 -- that already holds a lease, is dropped. A quarantined executor stays out
 -- of service. record is url's executor record when the caller has read it;
--- pre, what the caller has read: pre.out (the executor is out of service).
-local function free(url, now, record, pre)
-  if pre then
-    if pre.out then
-      return nil
-    end
-  elseif redis.call('ZSCORE', K_QUARANTINE, url) then
+-- out_of_service, whether it is quarantined, when the caller knows (nil:
+-- read).
+local function return_to_pool(url, now, record, out_of_service)
+  if out_of_service == nil then
+    out_of_service = redis.call('ZSCORE', K_QUARANTINE, url) ~= false
+  end
+  if out_of_service then
     return nil
   end
   record = record or decode(redis.call('HGET', K_EXECUTORS, url)) or {}
@@ -457,15 +457,15 @@ local function set_labels(url, record, labels, now)
   count_sets(record, 1)
   put(url, record)
   if available then
-    free(url, now, record)
+    return_to_pool(url, now, record)
   end
   return true
 end
 
 -- quarantine takes url out of service until a health probe (or an operator)
 -- returns it: out of every available index now, and, when it is leased, at
--- its release (free leaves a quarantined executor alone). Its first probe is
--- due after interval ms. The caller writes record.
+-- its release (return_to_pool leaves a quarantined executor alone). Its
+-- first probe is due after interval ms. The caller writes record.
 local function quarantine(url, record, now, reason, interval)
   redis.call('ZADD', K_QUARANTINE, now + interval, url)
   record.quarantined_at, record.quarantine_reason, record.probes = now, reason, 0
@@ -477,9 +477,10 @@ end
 -- leased. It returns 1 when the executor was removed, 0 when it was freed
 -- (or is not registered). how says why it ended, for the history. record is
 -- url's executor record when the caller has read it (and may have changed
--- it: end_lease writes it), lease its lease; pre, what free takes. A lease
+-- it: end_lease writes it), lease its lease; out_of_service, what
+-- return_to_pool takes. A lease
 -- that ends otherwise than by its release leaves its token in outlived.
-local function end_lease(url, now, how, lease, record, pre)
+local function end_lease(url, now, how, lease, record, out_of_service)
   if not record then
     lease, record = lease_of(url)
   end
@@ -507,7 +508,7 @@ local function end_lease(url, now, how, lease, record, pre)
   if record then
     record.lease = nil
     put(url, record)
-    free(url, now, record, pre)
+    return_to_pool(url, now, record, out_of_service)
   end
   return 0
 end

@@ -43,6 +43,6 @@ record.fails, record.probes, record.quarantined_at, record.quarantine_reason = 0
 record.window_n, record.window_failed = 0, 0
 put(url, record)
 if type(record.lease) ~= 'table' then
-  free(url, now, record)
+  return_to_pool(url, now, record)
 end
 return { 'returned', reason }

@@ -32,7 +32,7 @@ if redis.call('ZCARD', K_DEADLINES) + redis.call('ZCARD', K_AVAILABLE) + idle_qu
       elseif record and record.draining then
         end_lease(url, now, 'drained', nil, record)
       elseif record then
-        free(url, now, record)
+        return_to_pool(url, now, record)
       end
     end
   end

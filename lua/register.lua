@@ -17,7 +17,7 @@
 --   'repaired'           known, yet neither available, leased nor
 --                        quarantined (lost): made available again
 -- An executor made available goes to the oldest waiter it can serve first
--- (free, in lib.lua).
+-- (return_to_pool, in lib.lua).
 --   'duplicate <url>'    its instance ID is registered under another URL:
 --                        one executor is never in the pool twice; nothing
 --                        changed
@@ -65,7 +65,7 @@ for i = 2, #ARGV, 3 do
         if tonumber(record.quarantined_at) then
           redis.call('ZADD', K_QUARANTINE, now, url)
         else
-          free(url, now, record)
+          return_to_pool(url, now, record)
         end
         out[#out + 1] = 'repaired'
       else
@@ -90,7 +90,7 @@ for i = 2, #ARGV, 3 do
       -- An executor still leased (its record was lost under a live lease)
       -- returns at its release or reclaim, never now.
       if not leased and not quarantined then
-        free(url, now, record)
+        return_to_pool(url, now, record)
       end
       out[#out + 1] = 'added'
     end

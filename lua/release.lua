@@ -62,7 +62,7 @@ if lease and lease.token == token then
   local eval_id = type(lease.eval_id) == 'string' and lease.eval_id or nil
   -- A quarantine is written to the record and the probe schedule
   -- together: the record, read already, says whether it is out.
-  local pre = { out = tonumber(record.quarantined_at) ~= nil }
+  local out_of_service = tonumber(record.quarantined_at) ~= nil
   local quarantined = ''
   local avoid = false
   bump('releases')
@@ -70,7 +70,7 @@ if lease and lease.token == token then
     bump('fails')
     avoid = ARGV[4] == '1' and eval_id ~= nil
     local after = tonumber(ARGV[5]) or 0
-    if after > 0 and record.fails >= after and not pre.out then
+    if after > 0 and record.fails >= after and not out_of_service then
       quarantined = 'unavailable'
     end
   elseif verdict == 'errored' then
@@ -86,13 +86,13 @@ if lease and lease.token == token then
     end
     if record.window_n >= WINDOW then
       local rate = tonumber(ARGV[6]) or 0
-      if rate > 0 and (tonumber(record.window_failed) or 0) / record.window_n >= rate and not pre.out then
+      if rate > 0 and (tonumber(record.window_failed) or 0) / record.window_n >= rate and not out_of_service then
         quarantined = 'fail_rate'
       end
       record.window_n, record.window_failed = 0, 0
     end
   end
-  pre.out = pre.out or quarantined ~= ''
+  out_of_service = out_of_service or quarantined ~= ''
 
   if quarantined ~= '' then
     quarantine(url, record, now, quarantined, tonumber(ARGV[7]) or 10000)
@@ -101,7 +101,7 @@ if lease and lease.token == token then
     redis.call('HSET', K_AVOID, eval_id, url)
   end
   -- end_lease writes the record, counters and all.
-  local removed = end_lease(url, now, 'released', lease, record, pre)
+  local removed = end_lease(url, now, 'released', lease, record, out_of_service)
   return { 'released', now, tonumber(lease.available_since) or -1, '', removed, quarantined, 0 }
 end
 

@@ -166,7 +166,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 					var l Lease
 					var err error
 					if ttl == long && rng.IntN(2) == 0 {
-						l, err = p.AcquireOrWait(ctx, id, ttl, Wait{Wake: wake, For: time.Minute})
+						l, err = p.AcquireWith(ctx, id, ttl, AcquireArgs{Wait: Wait{Wake: wake, PlaceTTL: time.Minute}})
 						if errors.Is(err, ErrWaiting) {
 							waiting[id] = l.Token
 							count("wait")
@@ -219,7 +219,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 					mu.Unlock()
 					count("release")
 					if rng.IntN(2) == 0 {
-						r, err := p.ReleaseWith(ctx, l, ReleaseArgs{Path: "failure", Designed: true})
+						r, err := p.ReleaseWith(ctx, l, ReleaseArgs{Path: "failure", ByCleanup: true})
 						// The lease's other path: absorbed, and known as
 						// such, never an alert.
 						if err != nil || r.Outcome == Released || !r.Duplicate || r.Double {

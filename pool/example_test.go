@@ -30,7 +30,7 @@ func Example() {
 	fmt.Println("leased", lease.URL, "to", lease.EvalID)
 
 	for _, path := range []string{"success", "failure"} {
-		r, err := p.ReleaseWith(ctx, lease, pool.ReleaseArgs{Path: path, Designed: true})
+		r, err := p.ReleaseWith(ctx, lease, pool.ReleaseArgs{Path: path, ByCleanup: true})
 		if err != nil {
 			panic(err)
 		}

@@ -427,10 +427,10 @@ func TestLabelWaiterDoesNotBlockOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	wake := p.WakeKey("w1")
-	if _, err := p.AcquireWith(t.Context(), "wants-a100", time.Minute, AcquireArgs{Require: a100, Wait: Wait{Wake: wake, For: time.Minute}}); !errors.Is(err, ErrWaiting) {
+	if _, err := p.AcquireWith(t.Context(), "wants-a100", time.Minute, AcquireArgs{Require: a100, Wait: Wait{Wake: wake, PlaceTTL: time.Minute}}); !errors.Is(err, ErrWaiting) {
 		t.Fatalf("want to wait: %v", err)
 	}
-	other, err := p.AcquireWith(t.Context(), "anything", time.Minute, AcquireArgs{Wait: Wait{Wake: wake, For: time.Minute}})
+	other, err := p.AcquireWith(t.Context(), "anything", time.Minute, AcquireArgs{Wait: Wait{Wake: wake, PlaceTTL: time.Minute}})
 	if err != nil {
 		t.Fatalf("an eval behind the waiter, served by a free executor, waited: %v", err)
 	}
@@ -614,7 +614,7 @@ func TestReentrySupersedesQuietly(t *testing.T) {
 	if !now.Reentered || now.Token == old.Token {
 		t.Fatalf("re-entry: %+v", now)
 	}
-	r, err := p.ReleaseWith(t.Context(), old, ReleaseArgs{Path: "failure", Designed: true})
+	r, err := p.ReleaseWith(t.Context(), old, ReleaseArgs{Path: "failure", ByCleanup: true})
 	if err != nil || r.Outcome != StaleLease || !r.Duplicate || r.Double {
 		t.Fatalf("the superseded attempt's cleanup: %+v, %v; want stale_lease, a duplicate", r, err)
 	}

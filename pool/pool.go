@@ -47,7 +47,7 @@ var (
 	// same eval. Its holder must stop using the executor.
 	ErrLeaseLost = errors.New("pool: lease lost")
 	// ErrWaiting means no executor was free and the eval is in the pool's
-	// wait list: the next executor freed is leased to it (AcquireOrWait).
+	// wait list: the next executor freed is leased to it (AcquireArgs.Wait).
 	// It is also ErrNoExecutor.
 	ErrWaiting = fmt.Errorf("%w, waiting for one", ErrNoExecutor)
 	// ErrUnknownExecutor means the URL is not registered in the pool.
@@ -617,10 +617,10 @@ func encodeLabels(url string, labels map[string]string) (string, error) {
 	return string(b), nil
 }
 
-// Unknown returns those of urls (canonical, as ParseURL gives them) that
+// Unregistered returns those of urls (canonical, as ParseURL gives them) that
 // are not registered, in one round trip: a command over many executors
 // checks them all before it changes any.
-func (p *Pool) Unknown(ctx context.Context, urls ...string) ([]string, error) {
+func (p *Pool) Unregistered(ctx context.Context, urls ...string) ([]string, error) {
 	cmds, err := p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, u := range urls {
 			pipe.HExists(ctx, p.keys.Executors(), u)
@@ -714,13 +714,18 @@ type AcquireArgs struct {
 	// eval gets the executor idle longest among those that have them. A set
 	// no registered executor has is ErrUnservable. Empty: any executor.
 	Require map[string]string
-	// Wait, when set, makes the eval wait for an executor as AcquireOrWait
-	// does.
+	// Wait, when set, makes an eval that finds no executor free join the
+	// pool's FIFO wait list (or keep its place there): the acquire returns
+	// ErrWaiting with a Lease holding only its EvalID and Token. Every path
+	// that frees an executor then leases it, inside the same script, to the
+	// oldest live waiter under that token, and pushes the grant to
+	// Wait.Wake (see ParseGrant). A waiter that stops waiting calls Leave,
+	// which gives back an executor handed to it in the race.
 	Wait Wait
 }
 
-// AcquireWith is Acquire, or AcquireOrWait when args.Wait is set, for an
-// eval that may require labels.
+// AcquireWith is Acquire for an eval that may require labels, or wait for
+// an executor.
 func (p *Pool) AcquireWith(ctx context.Context, evalID string, ttl time.Duration, args AcquireArgs) (Lease, error) {
 	if args.Wait != (Wait{}) {
 		if err := p.checkWait(args.Wait); err != nil {
@@ -738,28 +743,14 @@ type Wait struct {
 	// Wake is the list the pool pushes the eval's grant to: WakeKey of the
 	// waiting worker.
 	Wake string
-	// For is how long the eval's place in the wait list lives unless its
-	// next acquire renews it: long enough to cover a hand-back to the queue
-	// and the next attempt, so that the eval keeps its place.
-	For time.Duration
-}
-
-// AcquireOrWait is Acquire for an eval that waits: with no executor free, it
-// joins the pool's FIFO wait list (or keeps its place there) and returns
-// ErrWaiting with a Lease holding only its EvalID and Token. Every path that
-// frees an executor then leases it, inside the same script, to the oldest
-// live waiter under that token, and pushes the grant to wait.Wake (see
-// ParseGrant). A waiter that stops waiting calls Leave, which gives back an
-// executor handed to it in the race.
-func (p *Pool) AcquireOrWait(ctx context.Context, evalID string, ttl time.Duration, wait Wait) (Lease, error) {
-	if err := p.checkWait(wait); err != nil {
-		return Lease{}, err
-	}
-	return p.acquire(ctx, evalID, ttl, AcquireArgs{Wait: wait})
+	// PlaceTTL is how long the eval's place in the wait list lives unless
+	// its next acquire renews it: long enough to cover a hand-back to the
+	// queue and the next attempt, so that the eval keeps its place.
+	PlaceTTL time.Duration
 }
 
 func (p *Pool) checkWait(wait Wait) error {
-	if !strings.HasPrefix(wait.Wake, p.keys.WakePrefix()) || wait.For < time.Millisecond {
+	if !strings.HasPrefix(wait.Wake, p.keys.WakePrefix()) || wait.PlaceTTL < time.Millisecond {
 		return fmt.Errorf("%w: a wait needs a wake key of pool %s and a duration of at least 1ms", ErrInvalid, p.name)
 	}
 	return nil
@@ -783,7 +774,7 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 	var sent time.Time
 	run := func() ([]any, error) {
 		sent = time.Now()
-		vals, err := lua.Acquire.Run(ctx, p.client, p.script, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.For.Milliseconds(), labels.Name(args.Require)).Slice()
+		vals, err := lua.Acquire.Run(ctx, p.client, p.script, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.PlaceTTL.Milliseconds(), labels.Name(args.Require)).Slice()
 		return vals, scriptErr(err)
 	}
 	vals, err := run()
@@ -929,7 +920,7 @@ const (
 type ReleaseResult struct {
 	Outcome ReleaseOutcome `json:"outcome"`
 	// Double is true for AlreadyInPool and StaleLease by anything but a
-	// designed path (ReleaseArgs.Designed: a late callback replayed, an old
+	// designed path (ReleaseArgs.ByCleanup: a late callback replayed, an old
 	// token), or by a designed path whose lease ended otherwise than by its
 	// release (reclaimed, drained, or taken out of service at a re-entry;
 	// the pool remembers the last 100,000 such tokens): a holder that
@@ -991,18 +982,19 @@ type ReleaseArgs struct {
 	// or VerdictErrored its next acquire prefers another executor when one
 	// is free.
 	Retrying bool
-	// Designed says the release comes by one of the paths a lease is
-	// released on by design (the worker's cleanups). Only such a release,
-	// of a lease released already, is a Duplicate; any other release of a
-	// lease that is not the caller's (a late callback replayed, an old
-	// token) is a double release, the one to alert on.
-	Designed bool
-	// Along adds commands to send in the same round trip as the release,
+	// ByCleanup says the release comes from one of the worker's cleanups,
+	// the paths a lease is released on by design, twice at times. Only such
+	// a release, by a lease that did not outlive its holder, is a
+	// Duplicate; any other release of a lease that is not the caller's (a
+	// late callback replayed, an old token) is a double release, the one
+	// to alert on.
+	ByCleanup bool
+	// Pipelined adds commands to send in the same round trip as the release,
 	// ahead of it: the worker's inline release writes the eval's result with
 	// it, so that an eval costs one round trip fewer. Their replies and
-	// errors are read from the commands Along added; the release's own
+	// errors are read from the commands Pipelined added; the release's own
 	// error is the only one ReleaseWith returns. Nil sends the release alone.
-	Along func(pipe redis.Pipeliner)
+	Pipelined func(pipe redis.Pipeliner)
 }
 
 // Release gives the leased executor back, if and only if l still holds it.
@@ -1025,7 +1017,7 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 		retrying = "1"
 	}
 	designed := "0"
-	if args.Designed {
+	if args.ByCleanup {
 		designed = "1"
 	}
 	if err := p.current(ctx); err != nil {
@@ -1034,13 +1026,13 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 	argv := []any{l.URL, l.Token, string(args.Verdict), retrying,
 		p.quarantineAfter, strconv.FormatFloat(p.failRate, 'g', -1, 64), p.probeEvery.Milliseconds(), designed}
 	var cmd *redis.Cmd
-	if args.Along != nil {
+	if args.Pipelined != nil {
 		// The pipeline's error is the first of any command's: the release's
 		// own is read from its command. A server that lost the library or
 		// the script (a restarted Redis), or no longer serves this client
 		// the library, says so; Run then loads it, or sends the script.
 		_, _ = p.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			args.Along(pipe)
+			args.Pipelined(pipe)
 			cmd = lua.Release.Pipe(ctx, p.client, pipe, p.script, argv...)
 			return nil
 		})

@@ -180,7 +180,7 @@ func TestDuplicateAndDoubleReleases(t *testing.T) {
 	l := acquire(t, p, "eval-a", time.Minute)
 
 	release(t, p, l, Released)
-	r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Designed: true})
+	r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", ByCleanup: true})
 	if err != nil || r.Outcome != AlreadyInPool || !r.Duplicate || r.Double {
 		t.Errorf("the lease's second path: %+v, %v; want already_in_pool, a duplicate, not double", r, err)
 	}
@@ -247,7 +247,7 @@ func TestStaleReleaseKeepsTheHoldersLease(t *testing.T) {
 			if bl.URL != e || bl.Fence <= a.Fence {
 				t.Fatalf("B got %s fence %d, want %s with fence > %d", bl.URL, bl.Fence, e, a.Fence)
 			}
-			r, err := p.ReleaseWith(t.Context(), a, ReleaseArgs{Path: "failure", Designed: true})
+			r, err := p.ReleaseWith(t.Context(), a, ReleaseArgs{Path: "failure", ByCleanup: true})
 			if err != nil || r.Outcome != StaleLease || r.Double != reclaimed || r.Duplicate == reclaimed || r.Holder != "eval-b" {
 				t.Errorf("late release: %+v, %v; want stale_lease, double=%v, held by eval-b", r, err, reclaimed)
 			}
@@ -670,7 +670,7 @@ func TestReleaseAlong(t *testing.T) {
 		}
 		key := p.keys.Scratch("test-along")
 		var set *redis.StatusCmd
-		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Along: func(pipe redis.Pipeliner) {
+		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Pipelined: func(pipe redis.Pipeliner) {
 			set = pipe.Set(t.Context(), key, "written", time.Minute)
 		}})
 		if err != nil || r.Outcome != Released {
@@ -703,7 +703,7 @@ func TestOutlivedLeasesAreRememberedForALimit(t *testing.T) {
 		}
 	}
 	designed := func(l Lease, want ReleaseOutcome) ReleaseResult {
-		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "failure", Designed: true})
+		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "failure", ByCleanup: true})
 		if err != nil || r.Outcome != want {
 			t.Fatalf("release of %s: %+v, %v; want %s", l.EvalID, r, err, want)
 		}

@@ -158,7 +158,7 @@ func TestReleaseAlongWhereFunctionsAreDeniedLater(t *testing.T) {
 	}
 	l := acquire(t, p, "eval-b", time.Minute)
 	key := p.keys.Scratch("test-along")
-	r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Along: func(pipe redis.Pipeliner) {
+	r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Pipelined: func(pipe redis.Pipeliner) {
 		pipe.Set(t.Context(), key, "written", time.Minute)
 	}})
 	if err != nil || r.Outcome != Released {
@@ -392,10 +392,10 @@ func TestForeignDataIsReported(t *testing.T) {
 		"acquire by the holder": {run: func(p *Pool, _ Lease) (Lease, error) { return p.Acquire(t.Context(), "eval-a", time.Minute) },
 			in: []string{idle, draining}},
 		"acquire or wait": {run: func(p *Pool, _ Lease) (Lease, error) {
-			return p.AcquireOrWait(t.Context(), "eval-x", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute})
+			return p.AcquireWith(t.Context(), "eval-x", time.Minute, AcquireArgs{Wait: Wait{Wake: p.WakeKey("w"), PlaceTTL: time.Minute}})
 		}, in: []string{saturated}},
 		"acquire by a waiter": {run: func(p *Pool, _ Lease) (Lease, error) {
-			return p.AcquireOrWait(t.Context(), "eval-w", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute})
+			return p.AcquireWith(t.Context(), "eval-w", time.Minute, AcquireArgs{Wait: Wait{Wake: p.WakeKey("w"), PlaceTTL: time.Minute}})
 		}, in: []string{saturated, lingering}},
 		"renew": {run: func(p *Pool, held Lease) (Lease, error) {
 			_, err := p.Renew(t.Context(), held, time.Minute)
@@ -410,7 +410,7 @@ func TestForeignDataIsReported(t *testing.T) {
 			return noLease(err)
 		}, in: []string{idle, failing}},
 		"release stale": {run: func(p *Pool, held Lease) (Lease, error) {
-			_, err := p.ReleaseWith(t.Context(), Lease{URL: held.URL, Token: "t"}, ReleaseArgs{Path: "test", Designed: true})
+			_, err := p.ReleaseWith(t.Context(), Lease{URL: held.URL, Token: "t"}, ReleaseArgs{Path: "test", ByCleanup: true})
 			return noLease(err)
 		}, in: []string{idle}},
 		"release of a free executor": {run: func(p *Pool, _ Lease) (Lease, error) {
@@ -465,7 +465,7 @@ func TestForeignDataIsReported(t *testing.T) {
 		saturated: func(t *testing.T, p *Pool) {
 			acquire(t, p, "eval-b", time.Minute)
 			acquire(t, p, "eval-c", time.Minute)
-			if _, err := p.AcquireOrWait(t.Context(), "eval-w", time.Minute, Wait{Wake: p.WakeKey("w"), For: time.Minute}); !errors.Is(err, ErrWaiting) {
+			if _, err := p.AcquireWith(t.Context(), "eval-w", time.Minute, AcquireArgs{Wait: Wait{Wake: p.WakeKey("w"), PlaceTTL: time.Minute}}); !errors.Is(err, ErrWaiting) {
 				t.Fatalf("eval-w: err = %v, want ErrWaiting", err)
 			}
 		},

@@ -13,9 +13,9 @@ import (
 func waitFor(t *testing.T, p *Pool, evalID string, wantPos int, d time.Duration) (wake, token string) {
 	t.Helper()
 	wake = p.WakeKey("w-" + evalID)
-	l, err := p.AcquireOrWait(t.Context(), evalID, time.Minute, Wait{Wake: wake, For: d})
+	l, err := p.AcquireWith(t.Context(), evalID, time.Minute, AcquireArgs{Wait: Wait{Wake: wake, PlaceTTL: d}})
 	if !errors.Is(err, ErrWaiting) || !errors.Is(err, ErrNoExecutor) || l.Token == "" {
-		t.Fatalf("%s: AcquireOrWait = %+v, %v; want ErrWaiting with a token", evalID, l, err)
+		t.Fatalf("%s: AcquireWith a wait = %+v, %v; want ErrWaiting with a token", evalID, l, err)
 	}
 	st, err := p.Status(t.Context())
 	if err != nil {

@@ -78,7 +78,7 @@ func (s *streaks) reset(url string) {
 // for the lease or a clock that differs. Any other error is returned as it
 // is. prior is what the client knew of the executor's clock when it sent
 // the call (known: it knew something).
-func (w *Worker) misconfigured(ctx context.Context, sp *served, lease pool.Lease, ttl time.Duration, live bool, prior executor.ClockOffset, known bool, err error) error {
+func (w *Worker) misconfigured(ctx context.Context, sp *servedPool, lease pool.Lease, ttl time.Duration, live bool, prior executor.ClockOffset, known bool, err error) error {
 	url := lease.URL
 	log := w.log.With().Str("pool", sp.pool.Name()).Str("eval", lease.EvalID).Str("executor", url).Logger()
 	reason, _ := executor.RefusalReason(err)
@@ -110,7 +110,7 @@ func (w *Worker) misconfigured(ctx context.Context, sp *served, lease pool.Lease
 // that its next grant passes, and reports whether it did; the attempt then goes back to
 // its queue without spending a retry. A stale fence below the counter is
 // a newer holder's, and is left as it is.
-func (w *Worker) raiseFence(ctx context.Context, sp *served, lease pool.Lease, err error) bool {
+func (w *Worker) raiseFence(ctx context.Context, sp *servedPool, lease pool.Lease, err error) bool {
 	var refused *executor.RefusedError
 	if !errors.As(err, &refused) || refused.MaxFence < lease.Fence {
 		return false

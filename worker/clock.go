@@ -29,7 +29,7 @@ func (w *Worker) tickClocks(ctx context.Context) {
 	}
 }
 
-func (w *Worker) tick(ctx context.Context, name string, sp *served, tick func(context.Context, pool.Clock) (pool.Clock, error)) {
+func (w *Worker) tick(ctx context.Context, name string, sp *servedPool, tick func(context.Context, pool.Clock) (pool.Clock, error)) {
 	ctx, cancel := context.WithTimeout(ctx, pool.TickEvery)
 	defer cancel()
 	last := sp.clock

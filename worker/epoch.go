@@ -84,7 +84,7 @@ func (w *Worker) watchEpochs(ctx context.Context) {
 
 // noteMissing logs, at most once per reap interval for a pool, that an eval
 // found the pool without data and waits.
-func (w *Worker) noteMissing(sp *served, evalID string) {
+func (w *Worker) noteMissing(sp *servedPool, evalID string) {
 	sp.epoch.mu.Lock()
 	due := time.Since(sp.epoch.lastMissing) >= w.cfg.ReapInterval
 	if due {

@@ -79,7 +79,7 @@ func (w *Worker) recordEnds(ctx context.Context) {
 
 // reconcileRuns records the ends the pool's runs missed, from Asynq's
 // state: the backstop for ends a worker lost (killed, or its list full).
-func (w *Worker) reconcileRuns(ctx context.Context, sp *served) {
+func (w *Worker) reconcileRuns(ctx context.Context, sp *servedPool) {
 	r, err := w.runs.Reconcile(ctx, sp.pool.Name(), w.endOf(sp.pool.Name()), run.ReconcileOptions{Every: 3 * w.cfg.ReapInterval})
 	w.cfg.Metrics.runEnds.WithLabelValues("reconciled").Add(float64(r.Recorded))
 	if err != nil {

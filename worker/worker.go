@@ -244,7 +244,7 @@ type Worker struct {
 	cfg    Config
 	log    zerolog.Logger
 	client *asynq.Client
-	pools  map[string]*served
+	pools  map[string]*servedPool
 	id     string // names this process's wake lists
 	runs   *run.Store
 	// stopping is set when Run begins to stop: from then on an attempt
@@ -330,9 +330,9 @@ func (f *inflight) end(d time.Duration) int {
 	return 0
 }
 
-// served is a pool the worker serves, with its heartbeat and what it knows
+// servedPool is a pool the worker serves, with its heartbeat and what it knows
 // of the pool's epoch and clock (the latter tickClocks' alone).
-type served struct {
+type servedPool struct {
 	pool  *pool.Pool
 	beats *heartbeat
 	wakes *wakes
@@ -354,9 +354,9 @@ func New(cfg Config) (*Worker, error) {
 	id := make([]byte, 8)
 	_, _ = crand.Read(id)
 	w.id = hex.EncodeToString(id)
-	w.pools = map[string]*served{}
+	w.pools = map[string]*servedPool{}
 	for _, p := range cfg.Pools {
-		w.pools[p.Name()] = &served{pool: p, beats: newHeartbeat(p, cfg.Executor, w.log), wakes: newWakes(p, w.id, w.log)}
+		w.pools[p.Name()] = &servedPool{pool: p, beats: newHeartbeat(p, cfg.Executor, w.log), wakes: newWakes(p, w.id, w.log)}
 	}
 	return w, nil
 }
@@ -615,7 +615,7 @@ func (e *AttemptError) Unwrap() error { return e.Err }
 // servedFor returns the served pool a task names, after checking that the
 // task came from that pool's queue: a task put on another pool's queue (by
 // hand, or by a hostile client) is refused, never run on the wrong pool.
-func (w *Worker) servedFor(ctx context.Context, name string) (*served, error) {
+func (w *Worker) servedFor(ctx context.Context, name string) (*servedPool, error) {
 	sp, ok := w.pools[name]
 	if !ok {
 		return nil, fmt.Errorf("%w: the task names pool %q, which this worker does not serve", tasks.ErrBadPayload, name)
@@ -641,7 +641,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 			err = fmt.Errorf("%w: eval %s: its task ID is %s; an eval's task ID must be its eval ID", tasks.ErrBadPayload, e.ID, id)
 		}
 	}
-	var sp *served
+	var sp *servedPool
 	if err == nil {
 		sp, err = w.servedFor(ctx, e.Pool)
 	}
@@ -791,7 +791,7 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 // cancelled reports whether the eval was cancelled (pool.Cancel): asked
 // when its attempt ends in error with its context done, to tell a cancel
 // from a stopping worker.
-func (w *Worker) cancelled(ctx context.Context, sp *served, e tasks.Eval) bool {
+func (w *Worker) cancelled(ctx context.Context, sp *servedPool, e tasks.Eval) bool {
 	ok, err := sp.pool.Cancelled(context.WithoutCancel(ctx), e.ID)
 	if err != nil {
 		w.log.Warn().Err(err).Str("eval", e.ID).Msg("could not tell whether the eval was cancelled")
@@ -849,18 +849,18 @@ func verdictOf(res executor.Result, runErr error) pool.Verdict {
 // goes in the same round trip, ahead of the release; its error, if any, is
 // returned, and the attempt fails with it. The error handler still enqueues
 // its failure cleanup for a failed attempt.
-func (w *Worker) releaseInline(ctx context.Context, t *asynq.Task, sp *served, lease pool.Lease, c tasks.Cleanup, runErr error, result []byte) error {
+func (w *Worker) releaseInline(ctx context.Context, t *asynq.Task, sp *servedPool, lease pool.Lease, c tasks.Cleanup, runErr error, result []byte) error {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 	defer cancel()
-	args := pool.ReleaseArgs{Path: tasks.PathInline, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, Designed: true}
+	args := pool.ReleaseArgs{Path: tasks.PathInline, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, ByCleanup: true}
 	var written *redis.Cmd
 	if queue, ok := asynq.GetQueueName(ctx); ok && result != nil {
-		args.Along = func(pipe redis.Pipeliner) {
+		args.Pipelined = func(pipe redis.Pipeliner) {
 			written = lua.WriteResult.EvalSha(rctx, pipe, []string{tasks.ResultKey(queue, t.ResultWriter().TaskID())}, result)
 		}
 	}
 	var writeErr error
-	if result != nil && args.Along == nil {
+	if result != nil && args.Pipelined == nil {
 		writeErr = w.writeResult(ctx, t, lease.EvalID, result)
 	}
 	r, err := sp.pool.ReleaseWith(rctx, lease, args)
@@ -889,7 +889,7 @@ func (w *Worker) releaseInline(ctx context.Context, t *asynq.Task, sp *served, l
 
 // attemptError wraps a failed attempt's error with its lease and verdict,
 // and with SkipRetry on its last attempt (see tasks.NoExecutorReserve).
-func (w *Worker) attemptError(ctx context.Context, sp *served, lease pool.Lease, verdict pool.Verdict, err error) error {
+func (w *Worker) attemptError(ctx context.Context, sp *servedPool, lease pool.Lease, verdict pool.Verdict, err error) error {
 	retrying := w.retries(ctx, err)
 	if !retrying {
 		err = noRetry(err)
@@ -913,7 +913,7 @@ func (w *Worker) retries(ctx context.Context, err error) bool {
 // next; one whose context ends leaves the line, giving back an executor
 // handed to it in the race. Waiting holds an eval slot, never a cleanup
 // slot, so it cannot keep the releases it waits for from running.
-func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time.Duration) (pool.Lease, error) {
+func (w *Worker) acquire(ctx context.Context, sp *servedPool, e tasks.Eval, ttl time.Duration) (pool.Lease, error) {
 	evalID := e.ID
 	if w.cfg.ExecutorWait <= 0 {
 		lease, err := sp.pool.AcquireWith(ctx, evalID, ttl, pool.AcquireArgs{Require: e.Require})
@@ -927,7 +927,7 @@ func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time
 	started := time.Now() // before the join: a grant comes after it
 	// The place in line outlives the attempt long enough for its task's
 	// next attempt to come back to it.
-	place := pool.Wait{Wake: sp.wakes.key, For: w.cfg.ExecutorWait + 2*w.cfg.NoExecutorDelay + 10*time.Second}
+	place := pool.Wait{Wake: sp.wakes.key, PlaceTTL: w.cfg.ExecutorWait + 2*w.cfg.NoExecutorDelay + 10*time.Second}
 	lease, err := sp.pool.AcquireWith(ctx, evalID, ttl, pool.AcquireArgs{Require: e.Require, Wait: place})
 	if errors.Is(err, pool.ErrPoolMissing) {
 		w.noteMissing(sp, evalID)
@@ -972,7 +972,7 @@ func (w *Worker) acquire(ctx context.Context, sp *served, e tasks.Eval, ttl time
 // runOnLease calls the executor while the worker's heartbeat renews the
 // lease every ttl/3. A lease that is lost, or that cannot be renewed before its
 // deadline, cancels the call: the executor may be someone else's by then.
-func (w *Worker) runOnLease(ctx context.Context, sp *served, e tasks.Eval, lease pool.Lease, ttl time.Duration) (executor.Result, error) {
+func (w *Worker) runOnLease(ctx context.Context, sp *servedPool, e tasks.Eval, lease pool.Lease, ttl time.Duration) (executor.Result, error) {
 	// The eval's timeout runs from now, when it has its executor: the wait
 	// before is paid from Asynq's allowance (tasks.WaitAllowance). Asynq's
 	// own deadline may come first.
@@ -1087,7 +1087,7 @@ func (w *Worker) handleError(ctx context.Context, t *asynq.Task, err error) {
 
 func (w *Worker) handleCleanup(ctx context.Context, t *asynq.Task) error {
 	c, err := tasks.ParseCleanup(t.Payload())
-	var sp *served
+	var sp *servedPool
 	if err == nil {
 		sp, err = w.servedFor(ctx, c.Pool)
 	}
@@ -1095,7 +1095,7 @@ func (w *Worker) handleCleanup(ctx context.Context, t *asynq.Task) error {
 		return noRetry(err)
 	}
 	r, err := sp.pool.ReleaseWith(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID, Fence: c.Fence},
-		pool.ReleaseArgs{Path: c.Path, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, Designed: true})
+		pool.ReleaseArgs{Path: c.Path, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, ByCleanup: true})
 	if err != nil {
 		return fmt.Errorf("cleanup of eval %s: %w", c.EvalID, err)
 	}
@@ -1105,7 +1105,7 @@ func (w *Worker) handleCleanup(ctx context.Context, t *asynq.Task) error {
 
 func (w *Worker) handleReap(ctx context.Context, t *asynq.Task) error {
 	r, err := tasks.ParseReap(t.Payload())
-	var sp *served
+	var sp *servedPool
 	if err == nil {
 		sp, err = w.servedFor(ctx, r.Pool)
 	}

@@ -213,7 +213,7 @@ func (a *app) eachExecutor(ctx context.Context, args []string, op func(context.C
 	if err != nil {
 		return err
 	}
-	unknown, err := p.Unknown(ctx, urls...)
+	unknown, err := p.Unregistered(ctx, urls...)
 	if err != nil {
 		return err
 	}

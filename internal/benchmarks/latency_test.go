@@ -250,7 +250,8 @@ func latency(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	waitCPU, waitAcq := waitingCPU(t, srv, true)
 	pollCPU, pollAcq := waitingCPU(t, srv, false)
 	fmt.Fprintf(md, "\nWhat waiting costs Redis: 8 workers × 32 slots on 8 executors of 1 s evals (248 attempts waiting at any time), Redis CPU over 10 s: waiting in the wait list %.1f%% of a core (%.0f acquire calls/s); handing the task back and coming again every ~20 ms, as polling does, %.1f%% of a core (%.0f acquire calls/s).\n", 100*waitCPU, waitAcq, 100*pollCPU, pollAcq)
-	md.WriteString("\nTargets: acquire-related calls per eval at most 3 at every length; executors busy at least 97% with 1 s evals and 90% with 20 ms evals in inline mode; mean and p99 wait within 1.2× of the ideal FIFO. With `outcome` and `both`, an executor comes back only when its cleanup task runs (an idle cleanup server looks at its queue every 20 ms), which short evals feel and long ones do not.\n\n")
+	md.WriteString("\nTargets: acquire-related calls per eval at most 3 at every length; executors busy at least 97% with 1 s evals and 90% with 20 ms evals in inline mode; mean and p99 wait within 1.2× of the ideal FIFO. With `outcome` and `both`, an executor comes back only when its cleanup task runs (a worker running evals looks at its cleanup queue every 20 ms), which short evals feel and long ones do not.\n\n")
+	idleWorker(t, srv, md)
 }
 
 // waitingCPU measures what waiting costs Redis: 8 workers of concurrency 32
@@ -321,4 +322,79 @@ func waitingCPU(t *testing.T, srv *evaltest.Server, wait bool) (cpu, acquiresPer
 	wg.Wait()
 	window := t1.Sub(t0).Seconds()
 	return (cpu1 - cpu0) / window, (acq1 - acq0) / window
+}
+
+// idleWorker measures what a worker that runs no eval costs Redis: the
+// commands Redis runs a second (INFO commandstats) with one worker of
+// default settings on one pool and nothing to do, over a 10 s window; then
+// the same within 10 s of an eval, while its fast cleanup servers run.
+func idleWorker(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer client.Close()
+	if err := client.FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := pool.New(client, pool.Options{Name: "idle", Metrics: pool.NewMetrics()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, err := refexec.New(refexec.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(ex)
+	defer ts.Close()
+	if _, err := p.Register(t.Context(), pool.Executor{URL: ts.URL}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Metrics: worker.NewMetrics()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}()
+	insp := asynq.NewInspectorFromRedisClient(client)
+	servers := func() int {
+		s, err := insp.Servers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(s)
+	}
+	// rate is the commands Redis runs a second over window.
+	rate := func(window time.Duration) float64 {
+		calls := func() float64 {
+			return evaltest.CommandStat(t, client, "calls", func(name string) bool { return name != "info" })
+		}
+		before, from := calls(), time.Now()
+		evaltest.Eventually(t, 2*window, "the window never ended", func() bool { return time.Since(from) >= window })
+		return (calls() - before) / time.Since(from).Seconds()
+	}
+	evaltest.Eventually(t, 10*time.Second, "the worker's servers never came up", func() bool { return servers() == 2 })
+	var idle []float64
+	for range runs() {
+		idle = append(idle, rate(10*time.Second))
+	}
+	task, err := tasks.NewEval(tasks.Eval{ID: "idle-1", Pool: p.Name(), Spec: json.RawMessage(`{}`), TimeoutS: 60}, tasks.EvalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := asynq.NewClientFromRedisClient(client).Enqueue(task); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Eventually(t, 10*time.Second, "the fast cleanup servers never came up", func() bool { return servers() > 2 })
+	fast := rate(5 * time.Second)
+	each := make([]string, len(idle))
+	for i, r := range idle {
+		each[i] = fmt.Sprintf("%.0f", r)
+	}
+	fmt.Fprintf(md, "An idle worker (defaults: `--poll-interval 1s`, one pool, no eval) costs Redis %.0f commands/s (`INFO commandstats`, 10 s windows; runs: %s) (target ≤ 50): %s. Within 10 s of an eval, while its two fast cleanup servers look at the cleanup queue every 20 ms so that an executor comes back at once, %.0f commands/s. The outcome and both rows above show what an executor's return costs under load.\n\n",
+		median(idle), strings.Join(each, ", "), verdict(median(idle) <= 50), fast)
 }
