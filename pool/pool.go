@@ -919,19 +919,18 @@ const (
 // ReleaseResult is what Release found and did.
 type ReleaseResult struct {
 	Outcome ReleaseOutcome `json:"outcome"`
-	// Double is true for AlreadyInPool and StaleLease by anything but a
-	// designed path (ReleaseArgs.ByCleanup: a late callback replayed, an old
-	// token), or by a designed path whose lease ended otherwise than by its
-	// release (reclaimed, drained, or taken out of service at a re-entry;
-	// the pool remembers the last 100,000 such tokens): a holder that
-	// outlived its lease. Worth an alert: counted in
+	// Double is true for AlreadyInPool and StaleLease that are not a
+	// Duplicate: a holder that outlived its lease, a late callback
+	// replayed, an old token. Worth an alert: counted in
 	// evalpool_double_release_total and logged at warn level.
 	Double bool `json:"double"`
-	// Duplicate is true for AlreadyInPool, StaleLease or NotLeased by any
-	// other designed path: the second path of one lease (--cleanup both, a
-	// failed attempt's two cleanups, an attempt a re-entry replaced).
-	// Absorbed like any, counted under the outcome "duplicate" of
-	// evalpool_release_total, logged at debug level.
+	// Duplicate is true for AlreadyInPool, StaleLease or NotLeased by a
+	// cleanup (ReleaseArgs.ByCleanup) whose lease did not end otherwise
+	// than by its release (the pool remembers the last 100,000 that did):
+	// the second path of one lease (--cleanup both, a failed attempt's two
+	// cleanups, an attempt a re-entry replaced). Absorbed like any,
+	// counted under the outcome "duplicate" of evalpool_release_total,
+	// logged at debug level. docs/design.md, §5.2, tells the rule.
 	Duplicate bool `json:"duplicate,omitempty"`
 	// Removed is true when the release ended a drain: the executor left.
 	Removed bool `json:"removed,omitempty"`
@@ -983,11 +982,8 @@ type ReleaseArgs struct {
 	// is free.
 	Retrying bool
 	// ByCleanup says the release comes from one of the worker's cleanups,
-	// the paths a lease is released on by design, twice at times. Only such
-	// a release, by a lease that did not outlive its holder, is a
-	// Duplicate; any other release of a lease that is not the caller's (a
-	// late callback replayed, an old token) is a double release, the one
-	// to alert on.
+	// which release a lease twice at times by design: see
+	// ReleaseResult.Duplicate.
 	ByCleanup bool
 	// Pipelined adds commands to send in the same round trip as the release,
 	// ahead of it: the worker's inline release writes the eval's result with
