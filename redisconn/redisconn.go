@@ -57,6 +57,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -151,7 +152,7 @@ func Parse(cfg Config) (*Conn, error) {
 		if isCluster(cfg.URL) {
 			c.kind = Cluster
 			if c.cluster, err = redis.ParseClusterURL(cfg.URL); err != nil {
-				return nil, c.badURL(err)
+				return nil, c.badURL(cfg.URL, err)
 			}
 			tlsConfig = c.cluster.TLSConfig
 			c.cluster.DialTimeout = orDefault(c.cluster.DialTimeout, cfg.DialTimeout)
@@ -159,14 +160,14 @@ func Parse(cfg Config) (*Conn, error) {
 		}
 		c.kind = Standalone
 		if c.simple, err = redis.ParseURL(cfg.URL); err != nil {
-			return nil, c.badURL(err)
+			return nil, c.badURL(cfg.URL, err)
 		}
 		tlsConfig = c.simple.TLSConfig
 		c.simple.DialTimeout = orDefault(c.simple.DialTimeout, cfg.DialTimeout)
 	case "redis-sentinel", "rediss-sentinel":
 		c.kind = Sentinel
 		if c.failover, err = parseSentinel(scheme, rest); err != nil {
-			return nil, c.badURL(err)
+			return nil, c.badURL(cfg.URL, err)
 		}
 		tlsConfig = c.failover.TLSConfig
 		c.failover.DialTimeout = orDefault(c.failover.DialTimeout, cfg.DialTimeout)
@@ -208,17 +209,47 @@ func orDefault(v, def time.Duration) time.Duration {
 
 // badURL wraps an error of parsing the URL. url.Parse's errors quote the
 // whole URL, password and all: only their cause is kept.
-func (c *Conn) badURL(err error) error {
+func (c *Conn) badURL(raw string, err error) error {
 	if ue, ok := errors.AsType[*url.Error](err); ok {
 		err = ue.Err
 	}
 	// go-redis quotes an option it could not parse, a cluster node's
-	// user:password@host:port among them.
+	// user:password@host:port or an escaped password=... among them.
 	words := strings.Fields(err.Error())
 	for i, w := range words {
 		words[i] = maskUserinfo(w)
+		if k, _, ok := strings.Cut(w, "="); ok && strings.Contains(strings.ToLower(k), "password") {
+			words[i] = k + "=" + passwordMask
+		}
 	}
-	return fmt.Errorf("%w %q: %s", ErrBadURL, c.redacted, strings.Join(words, " "))
+	// A password holding an unescaped #, ? or / spills into what the
+	// parsers take for a host, port or path, which they quote.
+	pieces := strings.FieldsFunc(secretRegion(raw), func(r rune) bool { return strings.ContainsRune("#?/@:", r) })
+	msg := quoted.ReplaceAllStringFunc(strings.Join(words, " "), func(q string) string {
+		v, err := strconv.Unquote(q)
+		for _, p := range pieces {
+			if err == nil && strings.Contains(v, p) {
+				return strconv.Quote(passwordMask)
+			}
+		}
+		return q
+	})
+	return fmt.Errorf("%w %q: %s", ErrBadURL, c.redacted, msg)
+}
+
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// secretRegion is the part of a URL a password may be in: from the colon
+// after its user name to its last @. The pieces of it between the
+// characters a URL's parts are cut at are what a parser may quote.
+func secretRegion(raw string) string {
+	_, rest, _ := strings.Cut(raw, "://")
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return ""
+	}
+	_, region, _ := strings.Cut(rest[:at], ":")
+	return region
 }
 
 // isCluster reports whether a redis:// URL names more nodes (addr=).
@@ -226,6 +257,10 @@ func isCluster(s string) bool {
 	u, err := url.Parse(s)
 	return err == nil && u.Query().Has("addr")
 }
+
+// replicaRouting are go-redis's failover options that send commands to
+// replicas, which a pool's scripts cannot run on.
+var replicaRouting = map[string]bool{"route_by_latency": true, "route_by_latency_tolerance": true, "route_randomly": true, "replica_only": true, "use_disconnected_replicas": true}
 
 // Sentinel URL options.
 const (
@@ -282,10 +317,17 @@ func parseSentinel(scheme, rest string) (*redis.FailoverOptions, error) {
 		}
 	}
 	for k, vs := range q {
-		switch k {
-		case optMaster, optSentinelUsername, optSentinelPassword:
-		case "master_name", "addr", "username", "password":
+		switch {
+		case k == optMaster || k == optSentinelUsername || k == optSentinelPassword:
+			if len(vs) > 1 {
+				return nil, fmt.Errorf("option %q given %d times", k, len(vs))
+			}
+		case k == "master_name" || k == "addr" || k == "username" || k == "password":
 			return nil, fmt.Errorf("unknown option %q; the master is %s, the Sentinels are the host list, the master's user and password the URL's", k, optMaster)
+		case strings.Contains(strings.ToLower(k), "password"):
+			return nil, errors.New("unknown password option; the Sentinels' is sentinel_password, the master's the URL's")
+		case replicaRouting[k]:
+			return nil, fmt.Errorf("option %q would send commands to replicas: evalpool needs the master", k)
 		default:
 			options[k] = vs
 		}
@@ -313,6 +355,8 @@ func sentinelAddr(h string) (string, error) {
 	if h == "" {
 		return "", errors.New("empty Sentinel address in the list")
 	}
+	// The messages quote the address: badURL masks any part of it that may
+	// be a password spilt into the list.
 	host, port, err := net.SplitHostPort(h)
 	if err != nil {
 		// No port: the Sentinel's default. A bracketed IPv6 host loses its
@@ -540,43 +584,52 @@ func Redact(rawURL string) string {
 	if i := strings.Index(rawURL, "://"); i >= 0 {
 		start = i + 3
 	}
-	end := strings.IndexAny(rawURL[start:], "?#")
+	rest := rawURL[start:]
+	end := strings.IndexAny(rest, "?#")
 	if end < 0 {
-		end = len(rawURL)
-	} else {
-		end += start
+		end = len(rest)
 	}
 	// The userinfo ends at the last @ before the query: a password may hold
-	// an unescaped / or @.
-	authority := maskUserinfo(rawURL[start:end])
-	out := rawURL[:start] + authority + rawURL[end:]
-	end += len(authority) - (end - start)
-	if end >= len(out) || out[end] != '?' {
-		return out
-	}
-	query, fragment, hasFragment := strings.Cut(out[end+1:], "#")
-	params := strings.Split(query, "&")
-	for i, p := range params {
-		k, v, ok := strings.Cut(p, "=")
-		switch {
-		case ok && isPasswordOption(k):
-			params[i] = k + "=" + passwordMask
-		case ok && k == "addr":
-			// A cluster node's address may carry userinfo of its own.
-			params[i] = k + "=" + maskUserinfo(v)
+	// an unescaped / or @. One holding an unescaped ? or # spills past
+	// them: an @ after them with no = before it ends the userinfo.
+	if at := strings.LastIndex(rest, "@"); at > end && !strings.Contains(rest[end:at], "=") {
+		end = at + 1
+		if next := strings.IndexAny(rest[end:], "?#"); next >= 0 {
+			end += next
+		} else {
+			end = len(rest)
 		}
 	}
-	out = out[:end+1] + strings.Join(params, "&")
-	if hasFragment {
-		out += "#" + fragment
+	authority := maskUserinfo(rest[:end])
+	out := rawURL[:start] + authority
+	tail := rest[end:]
+	query, fragment, hasFragment := strings.Cut(tail, "#")
+	if strings.HasPrefix(query, "?") {
+		params := strings.FieldsFunc(query[1:], func(r rune) bool { return r == '&' || r == ';' })
+		for i, p := range params {
+			k, v, _ := strings.Cut(p, "=")
+			unescaped, err := url.QueryUnescape(p)
+			if err != nil {
+				unescaped = p
+			}
+			uk, _, _ := strings.Cut(unescaped, "=")
+			switch {
+			case strings.Contains(strings.ToLower(uk), "password"):
+				params[i] = uk + "=" + passwordMask
+			case k == "addr":
+				// A cluster node's address may carry userinfo of its own.
+				params[i] = k + "=" + maskUserinfo(v)
+			}
+		}
+		query = "?" + strings.Join(params, "&")
+	}
+	out += query
+	if hasFragment && fragment != "" {
+		// Redis URLs have no fragment: one is a password's end spilt
+		// past an unescaped #.
+		out += "#" + passwordMask
+	} else if hasFragment {
+		out += "#"
 	}
 	return out
-}
-
-func isPasswordOption(k string) bool {
-	if u, err := url.QueryUnescape(k); err == nil {
-		k = u
-	}
-	k = strings.ToLower(k)
-	return k == "password" || k == optSentinelPassword
 }

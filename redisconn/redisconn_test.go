@@ -183,6 +183,10 @@ func TestParseBadURL(t *testing.T) {
 		{"redis-sentinel://s1?master=m&sentinel_password=secret&bogus=1", "unexpected option: bogus"},
 		{"redis-sentinel://s1?master=m&addr=s2", `unknown option "addr"`},
 		{"redis-sentinel://alice:sec%zzret@s1?master=m", "invalid URL escape"},
+		{"redis-sentinel://s1?master=m&master=n", `option "master" given 2 times`},
+		{"redis-sentinel://s1?master=m&sentinel_password=a&sentinel_password=b", `option "sentinel_password" given 2 times`},
+		{"redis-sentinel://s1?master=m&route_randomly=true", `option "route_randomly" would send commands to replicas`},
+		{"redis-sentinel://s1?master=m&replica_only=true", "would send commands to replicas"},
 	}
 	for _, tt := range tests {
 		_, err := redisconn.Parse(redisconn.Config{URL: tt.url})
@@ -192,6 +196,33 @@ func TestParseBadURL(t *testing.T) {
 		}
 		if strings.Contains(err.Error(), "secret") || strings.Contains(err.Error(), "\n") {
 			t.Errorf("Parse(%q): the error shows the password or is not one line: %v", tt.url, err)
+		}
+	}
+}
+
+// A password holding an unescaped #, ? or / spills into what the parsers
+// take for a host, a port, a path or a fragment, and one in an option may
+// hide behind an escaped = or a ; : no part of it shows, in Parse's error
+// or in Redact.
+func TestNoPartOfAPasswordShows(t *testing.T) {
+	t.Parallel()
+	for _, raw := range []string{
+		"redis-sentinel://u:S3C#R3T@127.0.0.1:6440/0?master=mm",
+		"redis-sentinel://u:S3C?R3T@127.0.0.1:6440/0?master=mm",
+		"redis-sentinel://u:S3C/R3T@127.0.0.1:6440/0?master=mm",
+		"redis://u:S3C#R3T@127.0.0.1:6440/0",
+		"redis://u:S3C?R3T@127.0.0.1:6440/0",
+		"redis-sentinel://h?master=mm&sentinel_password=S3C#R3T&bogus=1",
+		"redis-sentinel://h?master=mm;sentinel_password=S3CR3T",
+		"redis-sentinel://h?master=mm&sentinel_password%3DS3CR3T",
+		"redis://h?sentinel_password%3DS3CR3T",
+		"redis://h?password%3D=S3CR3T",
+	} {
+		if got := redisconn.Redact(raw); strings.Contains(got, "S3C") || strings.Contains(got, "R3T") {
+			t.Errorf("Redact(%q) = %q: part of the password shows", raw, got)
+		}
+		if _, err := redisconn.Parse(redisconn.Config{URL: raw}); err != nil && (strings.Contains(err.Error(), "S3C") || strings.Contains(err.Error(), "R3T")) {
+			t.Errorf("Parse(%q): part of the password shows: %v", raw, err)
 		}
 	}
 }
@@ -207,9 +238,9 @@ func TestRedact(t *testing.T) {
 		{"redis://alice:p:w@h:1/0?addr=h:2", "redis://alice:xxxxx@h:1/0?addr=h:2"},
 		{"redis-sentinel://alice:pw@a,b/0?master=m&sentinel_password=sp", "redis-sentinel://alice:xxxxx@a,b/0?master=m&sentinel_password=xxxxx"},
 		{"redis://h?password=pw&PASSWORD=pw&x=1", "redis://h?password=xxxxx&PASSWORD=xxxxx&x=1"},
-		{"redis://h?sentinel%5Fpassword=pw", "redis://h?sentinel%5Fpassword=xxxxx"},
+		{"redis://h?sentinel%5Fpassword=pw", "redis://h?sentinel_password=xxxxx"},
 		{"alice:pw@h:1", "alice:xxxxx@h:1"},
-		{"rediss://alice:pw@h:1/0#pw", "rediss://alice:xxxxx@h:1/0#pw"},
+		{"rediss://alice:pw@h:1/0#pw", "rediss://alice:xxxxx@h:1/0#xxxxx"},
 		{"redis://alice:pw@h?x=@", "redis://alice:xxxxx@h?x=@"},
 		{"", ""},
 	}
