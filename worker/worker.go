@@ -399,7 +399,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		stopTicking()
 		ticks.Wait()
 	}()
-	logger := asynqLogger{w.log}
+	logger := asynqLogger{l: w.log}
 	// An Asynq server for evals and others for cleanups and reaps, so that
 	// a release never waits for a slot behind long evals, and each server
 	// asks only its own queues (a round trip per queue it asks): one that
@@ -417,7 +417,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		DelayedTaskCheckInterval: w.cfg.PollInterval,
 		ShutdownTimeout:          w.cfg.ShutdownTimeout,
 	})
-	cleanupServer := func(poll time.Duration) *asynq.Server {
+	cleanupServer := func(poll time.Duration, logger asynq.Logger) *asynq.Server {
 		return asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
 			Concurrency:              max(1, w.cfg.CleanupConcurrency/fastCleanupServers),
 			BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
@@ -429,12 +429,12 @@ func (w *Worker) Run(ctx context.Context) error {
 			ShutdownTimeout:          w.cfg.ShutdownTimeout,
 		})
 	}
-	slow := cleanupServer(w.cfg.PollInterval)
+	slow := cleanupServer(w.cfg.PollInterval, logger)
 	if w.cfg.Cleanup != CleanupInline {
 		w.gear.start = func() ([]*asynq.Server, error) {
 			servers := make([]*asynq.Server, 0, fastCleanupServers)
 			for range fastCleanupServers {
-				s := cleanupServer(w.cfg.CleanupPollInterval)
+				s := cleanupServer(w.cfg.CleanupPollInterval, asynqLogger{l: w.log, infoAsDebug: true})
 				if err := s.Start(w.Handler()); err != nil {
 					for _, s := range servers {
 						s.Shutdown()
@@ -1146,10 +1146,24 @@ func (w *Worker) probe(ctx context.Context, url string) error {
 }
 
 // asynqLogger adapts zerolog to Asynq's Logger.
-type asynqLogger struct{ l zerolog.Logger }
+// asynqLogger logs Asynq's messages. For the fast cleanup servers, which
+// start and stop with every burst of evals, infoAsDebug keeps their
+// starting and stopping out of the info log.
+type asynqLogger struct {
+	l           zerolog.Logger
+	infoAsDebug bool
+}
 
 func (a asynqLogger) Debug(args ...any) { a.log(a.l.Debug(), args) }
-func (a asynqLogger) Info(args ...any)  { a.log(a.l.Info(), args) }
+
+func (a asynqLogger) Info(args ...any) {
+	if a.infoAsDebug {
+		a.log(a.l.Debug(), args)
+		return
+	}
+	a.log(a.l.Info(), args)
+}
+
 func (a asynqLogger) Warn(args ...any)  { a.log(a.l.Warn(), args) }
 func (a asynqLogger) Fatal(args ...any) { a.log(a.l.Fatal(), args) }
 
