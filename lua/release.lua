@@ -18,8 +18,9 @@
 -- ARGV[6] quarantine when this share of the last 20 graded evals failed
 --         (0: never)
 -- ARGV[7] ms until a quarantined executor's first health probe
--- ARGV[8] '1' when the release comes by one of the lease's designed paths
---         (the cleanups): only such a release can be an expected duplicate
+-- ARGV[8] '1' when the release comes from a cleanup, a path the lease is
+--         released on by design: only such a release can be an expected
+--         duplicate
 -- Returns: {outcome, now_ms, last_available_ms, holder_eval_id, removed,
 --           quarantined, expected}
 --   outcome 'released'        the token held the lease: it ended, the executor

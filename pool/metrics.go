@@ -31,7 +31,7 @@ func NewMetrics() *Metrics {
 		}, []string{"pool", "outcome", "path"}),
 		doubles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_double_release_total",
-			Help: "Double releases: a release by a token that never held the executor, whose lease was reclaimed, or of a released lease by anything but a designed path; each was absorbed. Alert on any increase. (A lease's designed second path is outcome=\"duplicate\" of evalpool_release_total, not here.)",
+			Help: "Double releases: a release of a lease that is not the caller's, by anything but a cleanup (a late callback replayed, a release by hand), or by the holder of a lease that ended otherwise than by its release (reclaimed, drained); each was absorbed. Alert on any increase. (A lease's second path by a cleanup is outcome=\"duplicate\" of evalpool_release_total, not here.)",
 		}, []string{"pool", "path"}),
 		acquires: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evalpool_acquire_total",
