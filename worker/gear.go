@@ -38,23 +38,20 @@ type gear struct {
 	// Defaults to cleanupQuiet.
 	quiet time.Duration
 
-	mu        sync.Mutex
-	servers   []*asynq.Server // running, nil when stopped
-	attempts  int             // eval attempts in flight
-	idleSince time.Time       // when attempts last fell to 0
-	closed    bool
-	stops     sync.WaitGroup // servers shutting down
+	mu      sync.Mutex
+	servers []*asynq.Server // running, nil when stopped
+	closed  bool
+	stops   sync.WaitGroup // servers shutting down
 }
 
-// busy notes an eval attempt starting, and starts the fast servers when
-// they are not running.
+// busy starts the fast servers, for an eval attempt starting, when they
+// are not running.
 func (g *gear) busy() {
 	if g.start == nil {
 		return
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.attempts++
 	if g.servers != nil || g.closed {
 		return
 	}
@@ -66,21 +63,9 @@ func (g *gear) busy() {
 	g.servers = servers
 }
 
-// idle notes an eval attempt ending.
-func (g *gear) idle() {
-	if g.start == nil {
-		return
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.attempts--; g.attempts == 0 {
-		g.idleSince = time.Now()
-	}
-}
-
-// run stops the fast servers once the worker has run no eval for quiet,
-// until ctx ends.
-func (g *gear) run(ctx context.Context) {
+// run stops the fast servers once the worker has run no eval attempt for
+// quiet (idleFor, the worker's attempts in flight say), until ctx ends.
+func (g *gear) run(ctx context.Context, idleFor func() time.Duration) {
 	if g.start == nil {
 		return
 	}
@@ -93,7 +78,7 @@ func (g *gear) run(ctx context.Context) {
 			return
 		case <-tick.C:
 			g.mu.Lock()
-			if g.attempts == 0 && g.servers != nil && time.Since(g.idleSince) >= quiet {
+			if g.servers != nil && idleFor() >= quiet {
 				g.shutdown()
 			}
 			g.mu.Unlock()

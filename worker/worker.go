@@ -282,6 +282,8 @@ var errStopping = errors.New("worker stopping: the attempt outlived the shutdown
 type inflight struct {
 	mu sync.Mutex
 	m  map[*attempt]struct{}
+	// idleSince is when the last attempt returned, while none runs.
+	idleSince time.Time
 }
 
 type attempt struct {
@@ -304,7 +306,20 @@ func (f *inflight) remove(a *attempt) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.m, a)
+	if len(f.m) == 0 {
+		f.idleSince = time.Now()
+	}
 	close(a.done)
+}
+
+// idleFor is how long no attempt has run: 0 while one runs.
+func (f *inflight) idleFor() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.m) > 0 {
+		return 0
+	}
+	return time.Since(f.idleSince)
 }
 
 // end cancels every attempt still running and waits for them to return,
@@ -451,7 +466,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	gearing, stopGearing := context.WithCancel(ctx)
 	var geared sync.WaitGroup
-	geared.Go(func() { w.gear.run(gearing) })
+	geared.Go(func() { w.gear.run(gearing, w.attempts.idleFor) })
 	defer func() {
 		stopGearing()
 		geared.Wait()
@@ -632,7 +647,6 @@ func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer w.attempts.remove(w.attempts.add(cancel))
 	w.gear.busy()
-	defer w.gear.idle()
 	e, err := tasks.ParseEval(t.Payload())
 	if err == nil {
 		if id, ok := asynq.GetTaskID(ctx); ok && id != e.ID {
@@ -1145,7 +1159,6 @@ func (w *Worker) probe(ctx context.Context, url string) error {
 	return w.cfg.Executor.Healthy(ctx, url)
 }
 
-// asynqLogger adapts zerolog to Asynq's Logger.
 // asynqLogger logs Asynq's messages. For the fast cleanup servers, which
 // start and stop with every burst of evals, infoAsDebug keeps their
 // starting and stopping out of the info log.
