@@ -759,3 +759,33 @@ func TestOutlivedLeasesAreRememberedForALimit(t *testing.T) {
 	}
 	assertWhole(t, p, e1)
 }
+
+// TestOutlivedLostWithData: a Redis that lost the outlived set (FLUSH of
+// the key, a rewind) forgets which holders outlived their leases: a late
+// release by one is then taken for a second path, quietly, and still
+// changes nothing: the eval that holds the executor keeps it.
+func TestOutlivedLostWithData(t *testing.T) {
+	t.Parallel()
+	const e1 = "http://executor-1"
+	p, b := setup(t, e1)
+	outlived := acquire(t, p, "eval-outlived", time.Minute)
+	if err := b.client.ZAdd(t.Context(), p.keys.Deadlines(), redis.Z{Score: 0, Member: e1}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := p.Reap(t.Context()); err != nil || n != 1 {
+		t.Fatalf("reap: %d, %v; want the lease reclaimed", n, err)
+	}
+	holder := acquire(t, p, "eval-holder", time.Minute)
+	if err := b.client.Del(t.Context(), p.keys.Outlived()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := p.ReleaseWith(t.Context(), outlived, ReleaseArgs{Path: "failure", ByCleanup: true})
+	if err != nil || r.Outcome != StaleLease || r.Holder != "eval-holder" || r.Double || !r.Duplicate {
+		t.Fatalf("the outlived holder's release after the loss: %+v, %v; want stale_lease, a duplicate, eval-holder still holding", r, err)
+	}
+	if _, err := p.Renew(t.Context(), holder, time.Minute); err != nil {
+		t.Fatalf("the holder's lease after the stale release: %v", err)
+	}
+	release(t, p, holder, Released)
+	assertWhole(t, p, e1)
+}
