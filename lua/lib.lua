@@ -373,9 +373,10 @@ end
 local HANDOFF_LOOK = 16
 
 -- return_to_pool makes url available, or hands it straight to the oldest
--- live waiter it can serve: the lease is granted inside this script, so no newcomer can
--- take the executor first, and the grant is pushed to the waiter's wake
--- list, where its worker's one blocking connection picks it up. The oldest
+-- live waiter it can serve: the lease is granted inside this script, so no
+-- newcomer can take the executor first, and the grant is pushed to the
+-- waiter's wake list, where its worker's one blocking connection picks it
+-- up. The oldest
 -- is the first in line among the wait lists of the label sets the executor
 -- has (the empty set's first), so that a waiter for labels it lacks never
 -- holds up one it can serve. A waiter whose entry outlived its expiry, or
@@ -478,8 +479,8 @@ end
 -- (or is not registered). how says why it ended, for the history. record is
 -- url's executor record when the caller has read it (and may have changed
 -- it: end_lease writes it), lease its lease; out_of_service, what
--- return_to_pool takes. A lease
--- that ends otherwise than by its release leaves its token in outlived.
+-- return_to_pool takes. A lease that ends otherwise than by its release
+-- leaves its token in outlived.
 local function end_lease(url, now, how, lease, record, out_of_service)
   if not record then
     lease, record = lease_of(url)

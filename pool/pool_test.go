@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -788,4 +789,26 @@ func TestOutlivedLostWithData(t *testing.T) {
 	}
 	release(t, p, holder, Released)
 	assertWhole(t, p, e1)
+}
+
+// TestReapDeletesTheReleasedTokensOfAnOlderRelease: releases up to 4d63ceb
+// kept every released token, up to 100,000, in a set this release no
+// longer reads; a reap deletes it, even while workers of that release
+// still write it.
+func TestReapDeletesTheReleasedTokensOfAnOlderRelease(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://executor-1")
+	released := strings.TrimSuffix(p.keys.Outlived(), "outlived") + "released"
+	for range 2 {
+		if err := b.client.ZAdd(t.Context(), released, redis.Z{Score: 1, Member: "token-of-4d63ceb"}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Reap(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := b.client.Exists(t.Context(), released).Result(); err != nil || n != 0 {
+			t.Fatalf("the older release's released tokens after a reap: %d, %v; want them deleted", n, err)
+		}
+	}
+	assertWhole(t, p, "http://executor-1")
 }
