@@ -218,7 +218,7 @@ func (c *Conn) badURL(raw string, err error) error {
 	words := strings.Fields(err.Error())
 	for i, w := range words {
 		words[i] = maskUserinfo(w)
-		if k, _, ok := strings.Cut(w, "="); ok && strings.Contains(strings.ToLower(k), "password") {
+		if k, _, ok := strings.Cut(w, "="); ok && isPasswordKey(k) {
 			words[i] = k + "=" + passwordMask
 		}
 	}
@@ -324,7 +324,7 @@ func parseSentinel(scheme, rest string) (*redis.FailoverOptions, error) {
 			}
 		case k == "master_name" || k == "addr" || k == "username" || k == "password":
 			return nil, fmt.Errorf("unknown option %q; the master is %s, the Sentinels are the host list, the master's user and password the URL's", k, optMaster)
-		case strings.Contains(strings.ToLower(k), "password"):
+		case isPasswordKey(k):
 			return nil, errors.New("unknown password option; the Sentinels' is sentinel_password, the master's the URL's")
 		case replicaRouting[k]:
 			return nil, fmt.Errorf("option %q would send commands to replicas: evalpool needs the master", k)
@@ -614,7 +614,7 @@ func Redact(rawURL string) string {
 			}
 			uk, _, _ := strings.Cut(unescaped, "=")
 			switch {
-			case strings.Contains(strings.ToLower(uk), "password"):
+			case isPasswordKey(uk):
 				params[i] = uk + "=" + passwordMask
 			case k == "addr":
 				// A cluster node's address may carry userinfo of its own.
@@ -632,4 +632,11 @@ func Redact(rawURL string) string {
 		out += "#"
 	}
 	return out
+}
+
+// isPasswordKey reports whether an option's name says it holds a password
+// (password, sentinel_password, or any other spelling of one): its value
+// never shows.
+func isPasswordKey(k string) bool {
+	return strings.Contains(strings.ToLower(k), "password")
 }
