@@ -368,19 +368,10 @@ func idleWorker(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 		}
 		return len(s)
 	}
-	// rate is the commands Redis runs a second over window.
-	rate := func(window time.Duration) float64 {
-		calls := func() float64 {
-			return evaltest.CommandStat(t, client, "calls", func(name string) bool { return name != "info" })
-		}
-		before, from := calls(), time.Now()
-		evaltest.Eventually(t, 2*window, "the window never ended", func() bool { return time.Since(from) >= window })
-		return (calls() - before) / time.Since(from).Seconds()
-	}
 	evaltest.Eventually(t, 10*time.Second, "the worker's servers never came up", func() bool { return servers() == 2 })
 	var idle []float64
 	for range runs() {
-		idle = append(idle, rate(10*time.Second))
+		idle = append(idle, evaltest.CommandRate(t, client, 10*time.Second))
 	}
 	task, err := tasks.NewEval(tasks.Eval{ID: "idle-1", Pool: p.Name(), Spec: json.RawMessage(`{}`), TimeoutS: 60}, tasks.EvalOptions{})
 	if err != nil {
@@ -390,7 +381,7 @@ func idleWorker(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 		t.Fatal(err)
 	}
 	evaltest.Eventually(t, 10*time.Second, "the fast cleanup servers never came up", func() bool { return servers() > 2 })
-	fast := rate(5 * time.Second)
+	fast := evaltest.CommandRate(t, client, 5*time.Second)
 	each := make([]string, len(idle))
 	for i, r := range idle {
 		each[i] = fmt.Sprintf("%.0f", r)

@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -66,4 +67,21 @@ func CommandStat(t testing.TB, c redis.UniversalClient, field string, counted fu
 		}
 	}
 	return total
+}
+
+// CommandRate is how many commands a second Redis runs over window, from
+// INFO commandstats (INFO itself left out): what a process costs Redis
+// while the test holds it in one state.
+func CommandRate(t testing.TB, c redis.UniversalClient, window time.Duration) float64 {
+	t.Helper()
+	calls := func() float64 {
+		return CommandStat(t, c, "calls", func(name string) bool { return name != "info" })
+	}
+	before, from := calls(), time.Now()
+	select {
+	case <-time.After(window):
+	case <-t.Context().Done():
+		t.Fatal("the test ended within the window")
+	}
+	return (calls() - before) / time.Since(from).Seconds()
 }
