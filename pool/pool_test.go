@@ -695,14 +695,7 @@ func TestOutlivedLeasesAreRememberedForALimit(t *testing.T) {
 	t.Parallel()
 	const e1 = "http://executor-1"
 	p, b := setup(t, e1)
-	expire := func() {
-		if err := b.client.ZAdd(t.Context(), p.keys.Deadlines(), redis.Z{Score: 0, Member: e1}).Err(); err != nil {
-			t.Fatal(err)
-		}
-		if n, err := p.Reap(t.Context()); err != nil || n != 1 {
-			t.Fatalf("reap: %d, %v; want the lease of %s reclaimed", n, err, e1)
-		}
-	}
+	expire := func() { reclaimNow(t, p, e1) }
 	designed := func(l Lease, want ReleaseOutcome) ReleaseResult {
 		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "failure", ByCleanup: true})
 		if err != nil || r.Outcome != want {
@@ -770,12 +763,7 @@ func TestOutlivedLostWithData(t *testing.T) {
 	const e1 = "http://executor-1"
 	p, b := setup(t, e1)
 	outlived := acquire(t, p, "eval-outlived", time.Minute)
-	if err := b.client.ZAdd(t.Context(), p.keys.Deadlines(), redis.Z{Score: 0, Member: e1}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := p.Reap(t.Context()); err != nil || n != 1 {
-		t.Fatalf("reap: %d, %v; want the lease reclaimed", n, err)
-	}
+	reclaimNow(t, p, e1)
 	holder := acquire(t, p, "eval-holder", time.Minute)
 	if err := b.client.Del(t.Context(), p.keys.Outlived()).Err(); err != nil {
 		t.Fatal(err)
@@ -811,4 +799,16 @@ func TestReapDeletesTheReleasedTokensOfAnOlderRelease(t *testing.T) {
 		}
 	}
 	assertWhole(t, p, "http://executor-1")
+}
+
+// reclaimNow moves the deadline of url's lease to the epoch, past any
+// grace, and has the reaper reclaim it.
+func reclaimNow(t *testing.T, p *Pool, url string) {
+	t.Helper()
+	if err := p.client.ZAdd(t.Context(), p.keys.Deadlines(), redis.Z{Score: 0, Member: url}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := p.Reap(t.Context()); err != nil || n != 1 {
+		t.Fatalf("reap: %d, %v; want the lease of %s reclaimed", n, err, url)
+	}
 }
