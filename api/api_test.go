@@ -49,8 +49,11 @@ func setup(t *testing.T, opts Options, execs ...map[string]string) *bundle {
 	srv := evaltest.StartT(t, evaltest.Options{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
-	p, err := pool.New(client, pool.Options{Name: "apitest", LeaseGrace: 100 * time.Millisecond})
+	p, err := pool.New(client, pool.Options{Name: "apitest"})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Configure(t.Context(), pool.Settings{LeaseGrace: 100 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	b := &bundle{client: client, pool: p, insp: asynq.NewInspectorFromRedisClient(client)}

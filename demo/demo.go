@@ -125,7 +125,11 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 	var err error
 	// The demo's executors fail calls at random on purpose (FailRate): they
 	// are not dead, and quarantining them would only shrink the demo.
-	if d.pool, err = pool.New(d.client, pool.Options{Name: opts.Pool, Logger: &d.log, Metrics: d.metrics, QuarantineAfter: -1}); err != nil {
+	if d.pool, err = pool.New(d.client, pool.Options{Name: opts.Pool, Logger: &d.log, Metrics: d.metrics}); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if err := d.pool.Configure(ctx, pool.Settings{QuarantineAfter: -1}); err != nil {
 		d.Close()
 		return nil, err
 	}

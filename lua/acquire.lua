@@ -6,12 +6,11 @@
 -- ARGV[2] token: a fresh random token for the new lease
 -- ARGV[3] ttl in ms
 -- ARGV[4] how many expired leases to reclaim, at most, when none is free
--- ARGV[5] grace in ms: a lease is reclaimed only this long after its deadline
--- ARGV[6] wake list (evalpool:{pool}:wake:<worker>) to join the wait list
+-- ARGV[5] wake list (evalpool:{pool}:wake:<worker>) to join the wait list
 --         with when no executor is free, or '' not to wait
--- ARGV[7] how long the wait list entry lives, in ms, unless renewed by the
+-- ARGV[6] how long the wait list entry lives, in ms, unless renewed by the
 --         eval's next acquire
--- ARGV[8] the label set the executor must have ('' for any executor)
+-- ARGV[7] the label set the executor must have ('' for any executor)
 -- Returns: nil when no executor is free and the eval does not wait;
 --   {'waiting', position (0 first)} when it joined (or stays in) the wait
 --   list: the next executor freed for it is leased under ARGV[2] and pushed
@@ -33,7 +32,7 @@
 -- nor release it and the executor refuses it. The holders index is believed
 -- only when the lease it points to is this eval's.
 
-local eval_id, token, ttl, set = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[8] or ''
+local eval_id, token, ttl, set = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[7] or ''
 if redis.call('ZSCORE', K_CANCELLED, eval_id) then
   return redis.error_reply('EVALPOOL_CANCELLED eval ' .. eval_id .. ' was cancelled')
 end
@@ -56,7 +55,6 @@ if set ~= '' then
 end
 local now_micro = now_us()
 local now = math.floor(now_micro / 1000)
-local grace = tonumber(ARGV[5])
 
 local held = redis.call('HGET', K_HOLDERS, eval_id)
 local avoid = redis.call('HGET', K_AVOID, eval_id)
@@ -66,7 +64,7 @@ if held then
   if lease and lease.eval_id == eval_id then
     local draining = record.draining ~= nil
     local deadline = tonumber(redis.call('ZSCORE', K_DEADLINES, held))
-    if deadline and deadline <= now - grace then
+    if deadline and deadline <= now - setting('grace_ms') then
       -- Expired past the grace: reclaimed, as any acquire with nothing
       -- free would; the eval takes an executor like a newcomer.
       end_lease(held, now, 'reclaimed', lease, record)
@@ -116,7 +114,7 @@ end
 -- command on Redis >= 7, which refuses this call at maxmemory before it
 -- runs (its flags); 6.2 must write nothing before the grant.
 local pop = not sets and not avoid and redis.REDIS_VERSION_NUM ~= nil
-local wake = ARGV[6]
+local wake = ARGV[5]
 local reclaimed = false
 for _ = 1, 16 do
   local best
@@ -133,7 +131,7 @@ for _ = 1, 16 do
     best = head(K_AVAILABLE)
   end
   if not best then
-    if reclaimed or reclaim_expired(now, tonumber(ARGV[4]), grace) == 0 then
+    if reclaimed or reclaim_expired(now, tonumber(ARGV[4])) == 0 then
       break
     end
     reclaimed = true
@@ -186,6 +184,6 @@ end
 local line = waiters_key(set)
 redis.call('ZADD', line, 'NX', now_micro, eval_id)
 redis.call('HSET', K_WAITING, eval_id, cjson.encode({
-  token = token, ttl = ttl, wake = wake, expires = now + tonumber(ARGV[7]), set = set,
+  token = token, ttl = ttl, wake = wake, expires = now + tonumber(ARGV[6]), set = set,
 }))
 return { 'waiting', redis.call('ZRANK', line, eval_id) }

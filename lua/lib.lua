@@ -64,6 +64,10 @@
 --                            step_at?, rewinds?, rewound_at?}:
 --                            the pool's time (see pool_now_us) and a
 --                            generation that only grows (clock.lua)
+--   KEYS[19] settings  HASH  {grace_ms?, quarantine_after?, fail_rate?,
+--                            probe_ms?, probe_max_ms?}: the settings every
+--                            process using the pool shares (pool config);
+--                            one missing is its default (setting)
 --
 -- A label set is its labels as sorted "key=value" strings joined by ",".
 -- An executor has at most MAX_LABELS labels, and is in one label set's
@@ -84,10 +88,11 @@ local HISTORY_LEN = 100000
 local OUTLIVED_LEN = 100000
 local K_EXECUTORS, K_AVAILABLE, K_LEASES, K_DEADLINES, K_HOLDERS, K_DRAINING
 local K_FENCE, K_EPOCH, K_INSTANCES, K_WAITERS, K_WAITING, K_QUARANTINE
-local K_AVOID, K_LABELLED, K_CANCELLED, K_HISTORY, K_OUTLIVED, K_CLOCK
+local K_AVOID, K_LABELLED, K_CANCELLED, K_HISTORY, K_OUTLIVED, K_CLOCK, K_SETTINGS
 local PREFIX, WAKE_PREFIX
--- The call's time, read once by now_us (below).
-local redis_now, pool_now
+-- The call's time, read once by now_us (below), and the pool's settings,
+-- read once by setting.
+local redis_now, pool_now, settings
 
 -- bind starts a call: it names the call's keys and forgets the last call's
 -- time. Every script's body runs it first, so that the prelude can be
@@ -111,9 +116,29 @@ local function bind(keys)
   K_HISTORY = keys[16]
   K_OUTLIVED = keys[17]
   K_CLOCK = keys[18]
+  K_SETTINGS = keys[19]
   PREFIX = string.sub(K_AVAILABLE, 1, #K_AVAILABLE - #'available')
   WAKE_PREFIX = PREFIX .. 'wake:'
-  redis_now, pool_now = nil, nil
+  redis_now, pool_now, settings = nil, nil, nil
+end
+
+-- The defaults of the settings (pool.Settings says what each is for).
+local DEFAULTS = {
+  grace_ms = 2000, quarantine_after = 3, fail_rate = 0, probe_ms = 10000, probe_max_ms = 60000,
+}
+
+-- setting returns the pool's setting name: the settings hash's, else its
+-- default. Only the paths that use one read them (a reclaim, a failure, a
+-- probe), so that a lease that passes costs no read.
+local function setting(name)
+  if not settings then
+    settings = {}
+    local kv = redis.call('HGETALL', K_SETTINGS)
+    for i = 1, #kv, 2 do
+      settings[kv[i]] = tonumber(kv[i + 1])
+    end
+  end
+  return settings[name] or DEFAULTS[name]
 end
 local MAX_LABELS = 4
 
@@ -466,9 +491,9 @@ end
 -- quarantine takes url out of service until a health probe (or an operator)
 -- returns it: out of every available index now, and, when it is leased, at
 -- its release (return_to_pool leaves a quarantined executor alone). Its
--- first probe is due after interval ms. The caller writes record.
-local function quarantine(url, record, now, reason, interval)
-  redis.call('ZADD', K_QUARANTINE, now + interval, url)
+-- first probe is due after the probe_ms setting. The caller writes record.
+local function quarantine(url, record, now, reason)
+  redis.call('ZADD', K_QUARANTINE, now + setting('probe_ms'), url)
   record.quarantined_at, record.quarantine_reason, record.probes = now, reason, 0
   take_out(url, record)
 end
@@ -527,12 +552,12 @@ local function idle_quarantined()
 end
 
 -- reclaim_expired ends at most limit leases whose deadline passed more than
--- grace ms ago, the oldest first, so that one call never walks the whole
--- pool. The grace covers the one-way delay to the executor and the drift of
--- clocks: a lease-aware executor has stopped the old holder's eval by then.
--- It returns how many it ended.
-local function reclaim_expired(now, limit, grace)
-  local expired = redis.call('ZRANGE', K_DEADLINES, '-inf', now - grace, 'BYSCORE', 'LIMIT', 0, limit)
+-- the grace (grace_ms) ago, the oldest first, so that one call never walks
+-- the whole pool. The grace covers the one-way delay to the executor and
+-- the drift of clocks: a lease-aware executor has stopped the old holder's
+-- eval by then. It returns how many it ended.
+local function reclaim_expired(now, limit)
+  local expired = redis.call('ZRANGE', K_DEADLINES, '-inf', now - setting('grace_ms'), 'BYSCORE', 'LIMIT', 0, limit)
   for _, url in ipairs(expired) do
     end_lease(url, now, 'reclaimed')
   end

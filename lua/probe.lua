@@ -5,10 +5,9 @@
 --
 -- KEYS: see lib.lua.
 -- ARGV[1] how many to claim at most
--- ARGV[2] the probe interval in ms: the first probe is due this long after
---         the quarantine; after the nth probe the next is due in
---         interval * 2^n, so that a dead executor costs less and less
--- ARGV[3] the longest backoff in ms
+-- The first probe is due probe_ms (a setting) after the quarantine; after
+-- the nth probe the next is due in probe_ms * 2^n, up to probe_max_ms, so
+-- that a dead executor costs less and less.
 -- Returns: {url, quarantined_at, ...}: pass quarantined_at to quarantine.lua
 -- 'off' when the probe answers, so that a probe claimed before the executor
 -- was quarantined again cannot return it. A leased executor (quarantined
@@ -19,7 +18,8 @@
 -- operator returns it; theirs are put off by the longest backoff.
 
 local now = now_ms()
-local interval, longest = tonumber(ARGV[2]), tonumber(ARGV[3])
+local interval = setting('probe_ms')
+local longest = math.max(setting('probe_max_ms'), interval)
 local out = {}
 for _, url in ipairs(redis.call('ZRANGE', K_QUARANTINE, '-inf', now, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[1]))) do
   local raw = redis.call('HGET', K_EXECUTORS, url)

@@ -7,7 +7,6 @@
 -- ARGV[3] for 'on', the reason ('operator', ...); for 'off', the
 --         quarantined_at (ms) the caller saw when it claimed the probe, or
 --         '' to return it whatever happened since (an operator)
--- ARGV[4] for 'on', ms until its first health probe
 -- Returns: {outcome, reason}:
 --   'quarantined'      out of service now (at its release, if leased)
 --   'already'          it was quarantined already (reason: why)
@@ -30,7 +29,7 @@ if action == 'on' then
   if quarantined then
     return { 'already', tostring(record.quarantine_reason or '') }
   end
-  quarantine(url, record, now, ARGV[3], tonumber(ARGV[4]) or 10000)
+  quarantine(url, record, now, ARGV[3])
   put(url, record)
   return { 'quarantined', ARGV[3] }
 end

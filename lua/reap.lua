@@ -4,7 +4,6 @@
 --
 -- KEYS: see lib.lua.
 -- ARGV[1] how many to reclaim at most in this call
--- ARGV[2] grace in ms (see reclaim_expired in lib.lua)
 -- Returns: the number reclaimed; the caller repeats while it equals ARGV[1],
 -- so that Redis is never blocked by a long walk.
 
@@ -41,7 +40,7 @@ end
 -- that releases up to 4d63ceb kept are deleted.
 redis.call('ZREMRANGEBYRANK', K_OUTLIVED, 0, -OUTLIVED_LEN - 1)
 redis.call('DEL', PREFIX .. 'released')
-local reclaimed = reclaim_expired(now, tonumber(ARGV[1]), tonumber(ARGV[2]))
+local reclaimed = reclaim_expired(now, tonumber(ARGV[1]))
 -- Holders whose lease is gone (lost with its record) would fail Check for
 -- ever. A walk again, only when the counts disagree.
 if redis.call('HLEN', K_HOLDERS) > redis.call('ZCARD', K_DEADLINES) then

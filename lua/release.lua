@@ -14,11 +14,7 @@
 --         executor: the attempt was cancelled, lost its lease, ...)
 -- ARGV[4] '1' when the eval will be retried: after 'unavailable' or
 --         'errored', its next acquire prefers another executor
--- ARGV[5] quarantine after this many 'unavailable' in a row (0: never)
--- ARGV[6] quarantine when this share of the last 20 graded evals failed
---         (0: never)
--- ARGV[7] ms until a quarantined executor's first health probe
--- ARGV[8] '1' when the release comes from a cleanup, a path the lease is
+-- ARGV[5] '1' when the release comes from a cleanup, a path the lease is
 --         released on by design: only such a release can be an expected
 --         duplicate
 -- Returns: {outcome, now_ms, last_available_ms, holder_eval_id, removed,
@@ -30,7 +26,7 @@
 --           'stale_lease'     another lease holds it: a double release; nothing
 --                             changes, the holder keeps its executor
 --           'not_leased'      unknown, removed, or neither leased nor available
---   expected     1 when this release comes by a designed path (ARGV[8]) and
+--   expected     1 when this release comes by a designed path (ARGV[5]) and
 --                its token is not among the outlived: the second
 --                path of a lease (--cleanup both, a failed attempt's two
 --                cleanups, an attempt that a re-entry replaced), absorbed
@@ -70,7 +66,7 @@ if lease and lease.token == token then
   if verdict == 'unavailable' then
     bump('fails')
     avoid = ARGV[4] == '1' and eval_id ~= nil
-    local after = tonumber(ARGV[5]) or 0
+    local after = setting('quarantine_after')
     if after > 0 and record.fails >= after and not out_of_service then
       quarantined = 'unavailable'
     end
@@ -86,7 +82,7 @@ if lease and lease.token == token then
       bump('window_failed')
     end
     if record.window_n >= WINDOW then
-      local rate = tonumber(ARGV[6]) or 0
+      local rate = setting('fail_rate')
       if rate > 0 and (tonumber(record.window_failed) or 0) / record.window_n >= rate and not out_of_service then
         quarantined = 'fail_rate'
       end
@@ -96,7 +92,7 @@ if lease and lease.token == token then
   out_of_service = out_of_service or quarantined ~= ''
 
   if quarantined ~= '' then
-    quarantine(url, record, now, quarantined, tonumber(ARGV[7]) or 10000)
+    quarantine(url, record, now, quarantined)
   end
   if avoid then
     redis.call('HSET', K_AVOID, eval_id, url)
@@ -107,7 +103,7 @@ if lease and lease.token == token then
 end
 
 -- Not the lease's holder: nothing changes but the executor's counters.
-local expected = ARGV[8] == '1' and not redis.call('ZSCORE', K_OUTLIVED, token) and 1 or 0
+local expected = ARGV[5] == '1' and not redis.call('ZSCORE', K_OUTLIVED, token) and 1 or 0
 -- count notes an absorbed release in the executor's record: a duplicate
 -- when expected, else a double release (and stale when another holds it).
 local function count(stale)

@@ -21,7 +21,7 @@ import (
 func TestRaiseFence(t *testing.T) {
 	t.Parallel()
 	now := time.Now().UnixMilli()
-	ahead := now + (MaxFenceAhead - time.Minute).Milliseconds()
+	ahead := now + (MaxFenceAhead - time.Hour).Milliseconds()
 	tests := []struct {
 		name    string
 		url     string
@@ -30,12 +30,12 @@ func TestRaiseFence(t *testing.T) {
 		wantErr error
 		next    int64 // the next grant's fence is at least this
 	}{
-		{"a day ahead, less a minute", "http://e1", []int64{ahead}, []bool{true}, nil, ahead + 1},
+		{"a day ahead, less an hour", "http://e1", []int64{ahead}, []bool{true}, nil, ahead + 1},
 		{"only raises", "http://e1", []int64{ahead, ahead - 1000, ahead}, []bool{true, false, false}, nil, ahead + 1},
 		{"below the clock floor", "http://e1", []int64{5}, []bool{true}, nil, now},
 		{"an executor not registered", "http://nobody", []int64{ahead}, []bool{false}, nil, now},
 		{"the attacker's", "http://e1", []int64{9000000000000000000}, []bool{false}, ErrInvalid, now},
-		{"past the bound", "http://e1", []int64{now + (MaxFenceAhead + time.Minute).Milliseconds()}, []bool{false}, ErrInvalid, now},
+		{"past the bound", "http://e1", []int64{now + (MaxFenceAhead + time.Hour).Milliseconds()}, []bool{false}, ErrInvalid, now},
 		{"zero", "http://e1", []int64{0}, []bool{false}, ErrInvalid, now},
 		{"negative", "http://e1", []int64{-1}, []bool{false}, ErrInvalid, now},
 	}

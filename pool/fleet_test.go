@@ -116,7 +116,7 @@ func TestFailureCounter(t *testing.T) {
 // returns it, straight to the waiter.
 func TestQuarantinedIsNeverHandedOut(t *testing.T) {
 	t.Parallel()
-	p, _ := setupWith(t, Options{LeaseGrace: testGrace, ProbeInterval: time.Millisecond}, "http://e1", "http://e2")
+	p, _ := setupWith(t, Settings{LeaseGrace: testGrace, ProbeInterval: time.Millisecond}, "http://e1", "http://e2")
 	if out, err := p.Quarantine(t.Context(), "http://e1", ReasonUnavailable); err != nil || out != Quarantined {
 		t.Fatalf("quarantine: %s, %v", out, err)
 	}
@@ -158,7 +158,7 @@ func TestQuarantinedIsNeverHandedOut(t *testing.T) {
 // each due executor; the next probe waits a backoff that doubles.
 func TestProbeBackoffAndClaims(t *testing.T) {
 	t.Parallel()
-	p, _ := setupWith(t, Options{LeaseGrace: testGrace, ProbeInterval: 200 * time.Millisecond, ProbeMaxInterval: time.Second}, "http://e1")
+	p, _ := setupWith(t, Settings{LeaseGrace: testGrace, ProbeInterval: 200 * time.Millisecond, ProbeMaxInterval: time.Second}, "http://e1")
 	if _, err := p.Quarantine(t.Context(), "http://e1", ReasonUnavailable); err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestProbeBackoffAndClaims(t *testing.T) {
 // leased and quarantined again must not return it when it answers late.
 func TestProbeRacesRelease(t *testing.T) {
 	t.Parallel()
-	p, _ := setupWith(t, Options{LeaseGrace: testGrace, ProbeInterval: time.Millisecond, QuarantineAfter: 1}, "http://e1")
+	p, _ := setupWith(t, Settings{LeaseGrace: testGrace, ProbeInterval: time.Millisecond, QuarantineAfter: 1}, "http://e1")
 	if _, err := p.Quarantine(t.Context(), "http://e1", ReasonUnavailable); err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ func TestProbeRacesRelease(t *testing.T) {
 // sandbox (whose /healthz may well answer), holds until an operator ends it.
 func TestOperatorQuarantineHolds(t *testing.T) {
 	t.Parallel()
-	p, _ := setupWith(t, Options{LeaseGrace: testGrace, ProbeInterval: time.Millisecond, ProbeMaxInterval: time.Millisecond}, "http://e1", "http://e2")
+	p, _ := setupWith(t, Settings{LeaseGrace: testGrace, ProbeInterval: time.Millisecond, ProbeMaxInterval: time.Millisecond}, "http://e1", "http://e2")
 	for url, reason := range map[string]string{"http://e1": ReasonOperator, "http://e2": ReasonFailRate} {
 		if _, err := p.Quarantine(t.Context(), url, reason); err != nil {
 			t.Fatal(err)
@@ -310,7 +310,7 @@ func TestAvoidTheExecutorThatFailed(t *testing.T) {
 // in no pass rate.
 func TestErroredEvalsAreNotTheExecutors(t *testing.T) {
 	t.Parallel()
-	p, _ := setupWith(t, Options{LeaseGrace: testGrace, QuarantineAfter: 2, QuarantineFailRate: 0.5}, "http://e1")
+	p, _ := setupWith(t, Settings{LeaseGrace: testGrace, QuarantineAfter: 2, QuarantineFailRate: 0.5}, "http://e1")
 	for i, v := range []Verdict{VerdictUnavailable, VerdictErrored, VerdictUnavailable, VerdictErrored} {
 		if r := releaseWith(t, p, acquire(t, p, fmt.Sprintf("e%d", i), time.Minute), v); r.Quarantined != "" {
 			t.Fatalf("release %d (%s) quarantined it: %s", i, v, r.Quarantined)
@@ -329,7 +329,7 @@ func TestErroredEvalsAreNotTheExecutors(t *testing.T) {
 func TestFailRateQuarantine(t *testing.T) {
 	t.Parallel()
 	for _, rate := range []float64{0, 0.9} {
-		p, _ := setupWith(t, Options{LeaseGrace: testGrace, QuarantineFailRate: rate}, "http://e1")
+		p, _ := setupWith(t, Settings{LeaseGrace: testGrace, QuarantineFailRate: rate}, "http://e1")
 		var r ReleaseResult
 		for i := range 20 {
 			r = releaseWith(t, p, acquire(t, p, fmt.Sprintf("e%d", i), time.Minute), VerdictFailed)

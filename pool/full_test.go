@@ -26,7 +26,10 @@ func TestFullRedis(t *testing.T) {
 	expiring := acquire(t, p, "expiring", 100*time.Millisecond)
 	free := evaltest.FillRedis(t, client)
 	ctx := t.Context()
-	restarted := poolOn(t, client, "full")
+	restarted, err := New(client, Options{Name: "full"}) // its settings were written before Redis filled
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	if _, err := p.Status(ctx); err != nil {
 		t.Errorf("status: %v", err)

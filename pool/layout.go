@@ -26,7 +26,7 @@ func (p *Pool) layoutTypes() (keys, families map[string]string) {
 		k.Holders(): "hash", k.Draining(): "set", k.Fence(): "string", k.Epoch(): "string",
 		k.Instances(): "hash", k.Waiters(): "zset", k.Waiting(): "hash", k.Quarantine(): "zset",
 		k.Avoid(): "hash", k.Labelled(): "hash", k.Cancelled(): "zset", k.History(): "stream",
-		k.Outlived(): "zset", k.Clock(): "hash", k.Reaped(): "string",
+		k.Outlived(): "zset", k.Clock(): "hash", k.Settings(): "hash", k.Reaped(): "string",
 	}
 	families = map[string]string{
 		k.LabelledFor(""): "zset", k.WaitersFor(""): "zset", k.WakePrefix(): "list", k.Scratch(""): "",

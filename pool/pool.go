@@ -15,7 +15,6 @@
 package pool
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -139,10 +138,6 @@ func scriptErr(err error) error {
 const (
 	DefaultName         = "default"
 	DefaultReclaimBatch = 16
-	DefaultLeaseGrace   = 2 * time.Second
-	DefaultQuarantine   = 3
-	DefaultProbe        = 10 * time.Second
-	DefaultProbeMax     = time.Minute
 	reapBatch           = 1000
 	registerChunk       = 1000 // executors per register call, so that Redis is never blocked for long
 )
@@ -157,14 +152,6 @@ type Options struct {
 	// it leases, so that Acquire stays cheap however many leases expired at
 	// once; Reap reclaims the rest. Defaults to 16.
 	ReclaimBatch int
-	// LeaseGrace is how long after its deadline an expired lease is
-	// reclaimed, by Reap or Acquire. It must cover the one-way delay from a
-	// worker to its executors and the drift between their clocks: a
-	// lease-aware executor stops the eval of a lease that was not extended,
-	// and the grace makes sure it has done so before anyone else gets the
-	// executor. Every process using a pool should use the same grace.
-	// Defaults to 2 s.
-	LeaseGrace time.Duration
 	// Logger receives the "double release detected" warnings. Defaults to a
 	// logger that discards everything.
 	Logger *zerolog.Logger
@@ -172,22 +159,6 @@ type Options struct {
 	// nobody scrapes; to export them, pass NewMetrics() and register it:
 	// reg.MustRegister(m.Collectors()...).
 	Metrics *Metrics
-	// QuarantineAfter takes an executor out of service after this many
-	// releases in a row reported it unavailable (VerdictUnavailable: refused
-	// connections, timeouts, 5xx, malformed answers); a graded eval resets
-	// the count. Negative: never. Defaults to 3.
-	QuarantineAfter int
-	// QuarantineFailRate takes an executor out of service when at least this
-	// share of its last 20 graded evals failed (a broken sandbox that
-	// answers "failed" to everything). Zero: never, the default: a suite
-	// whose evals all fail is not the executor's fault.
-	QuarantineFailRate float64
-	// ProbeInterval is how long after its quarantine an executor is first
-	// probed, and the first backoff between probes. Defaults to 10 s.
-	ProbeInterval time.Duration
-	// ProbeMaxInterval caps the backoff, which doubles with every failed
-	// probe. Defaults to 1 min.
-	ProbeMaxInterval time.Duration
 }
 
 func (o *Options) validate() error {
@@ -196,18 +167,6 @@ func (o *Options) validate() error {
 	}
 	if o.ReclaimBatch < 0 {
 		return fmt.Errorf("%w: ReclaimBatch may not be negative, got %d", ErrInvalid, o.ReclaimBatch)
-	}
-	if o.LeaseGrace < 0 {
-		return fmt.Errorf("%w: LeaseGrace may not be negative, got %s", ErrInvalid, o.LeaseGrace)
-	}
-	if o.QuarantineFailRate < 0 || o.QuarantineFailRate > 1 {
-		return fmt.Errorf("%w: QuarantineFailRate is a share between 0 and 1, got %g", ErrInvalid, o.QuarantineFailRate)
-	}
-	if o.ProbeInterval < 0 || o.ProbeInterval > 0 && o.ProbeInterval < time.Millisecond {
-		return fmt.Errorf("%w: ProbeInterval must be at least 1ms, got %s", ErrInvalid, o.ProbeInterval)
-	}
-	if o.ProbeMaxInterval < 0 || o.ProbeMaxInterval > 0 && o.ProbeMaxInterval < max(o.ProbeInterval, time.Millisecond) {
-		return fmt.Errorf("%w: ProbeMaxInterval must be at least ProbeInterval, got %s", ErrInvalid, o.ProbeMaxInterval)
 	}
 	return nil
 }
@@ -222,13 +181,8 @@ type Pool struct {
 	// script is keys.Script(), made once: every script call takes it.
 	script  []string
 	reclaim int
-	grace   time.Duration
 	log     zerolog.Logger
 	metrics *Metrics
-	// quarantineAfter is 0 for never; failRate 0 for never.
-	quarantineAfter      int
-	failRate             float64
-	probeEvery, probeMax time.Duration
 	// migrated is set once Migrate found or made the pool this release's:
 	// the first acquire of a handle migrates first.
 	migrated atomic.Bool
@@ -244,7 +198,6 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 		client:  client,
 		name:    opts.Name,
 		reclaim: opts.ReclaimBatch,
-		grace:   opts.LeaseGrace,
 		log:     zerolog.Nop(),
 		metrics: opts.Metrics,
 	}
@@ -254,21 +207,12 @@ func New(client redis.UniversalClient, opts Options) (*Pool, error) {
 	if p.reclaim == 0 {
 		p.reclaim = DefaultReclaimBatch
 	}
-	if p.grace == 0 {
-		p.grace = DefaultLeaseGrace
-	}
 	if opts.Logger != nil {
 		p.log = *opts.Logger
 	}
 	if p.metrics == nil {
 		p.metrics = NewMetrics()
 	}
-	p.quarantineAfter, p.failRate = cmp.Or(opts.QuarantineAfter, DefaultQuarantine), opts.QuarantineFailRate
-	if p.quarantineAfter < 0 {
-		p.quarantineAfter = 0
-	}
-	p.probeEvery = cmp.Or(opts.ProbeInterval, DefaultProbe)
-	p.probeMax = max(cmp.Or(opts.ProbeMaxInterval, DefaultProbeMax), p.probeEvery)
 	p.keys = keys.ForPool(p.name)
 	p.script = p.keys.Script()
 	return p, nil
@@ -327,9 +271,6 @@ func (p *Pool) Leave(ctx context.Context, evalID, token string) (out LeaveOutcom
 	}
 	return LeaveOutcome(vals[0].(string)), time.UnixMilli(vals[1].(int64)), nil
 }
-
-// LeaseGrace is how long after its deadline an expired lease is reclaimed.
-func (p *Pool) LeaseGrace() time.Duration { return p.grace }
 
 // Epoch reads the pool's epoch marker: a random value written by the first
 // Register. It is empty when the pool was never created or its data was
@@ -774,7 +715,7 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 	var sent time.Time
 	run := func() ([]any, error) {
 		sent = time.Now()
-		vals, err := lua.Acquire.Run(ctx, p.client, p.script, evalID, token, ttl.Milliseconds(), p.reclaim, p.grace.Milliseconds(), wait.Wake, wait.PlaceTTL.Milliseconds(), labels.Name(args.Require)).Slice()
+		vals, err := lua.Acquire.Run(ctx, p.client, p.script, evalID, token, ttl.Milliseconds(), p.reclaim, wait.Wake, wait.PlaceTTL.Milliseconds(), labels.Name(args.Require)).Slice()
 		return vals, scriptErr(err)
 	}
 	vals, err := run()
@@ -948,8 +889,8 @@ type ReleaseResult struct {
 
 // Verdict is what an attempt made of its executor. The release that ends
 // the lease records it: the pool counts an executor's failed calls in a row
-// and its graded results, and quarantines it by Options.QuarantineAfter and
-// QuarantineFailRate.
+// and its graded results, and quarantines it by the pool's Settings
+// (QuarantineAfter, QuarantineFailRate).
 type Verdict string
 
 // Verdicts.
@@ -1019,8 +960,7 @@ func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (Rele
 	if err := p.current(ctx); err != nil {
 		return ReleaseResult{}, err
 	}
-	argv := []any{l.URL, l.Token, string(args.Verdict), retrying,
-		p.quarantineAfter, strconv.FormatFloat(p.failRate, 'g', -1, 64), p.probeEvery.Milliseconds(), designed}
+	argv := []any{l.URL, l.Token, string(args.Verdict), retrying, designed}
 	var cmd *redis.Cmd
 	if args.Pipelined != nil {
 		// The pipeline's error is the first of any command's: the release's
@@ -1090,7 +1030,7 @@ func (p *Pool) Reap(ctx context.Context) (int, error) {
 	}
 	total := 0
 	for {
-		n, err := lua.Reap.Run(ctx, p.client, p.script, reapBatch, p.grace.Milliseconds()).Int()
+		n, err := lua.Reap.Run(ctx, p.client, p.script, reapBatch).Int()
 		if err != nil {
 			return total, fmt.Errorf("pool: reap: %w", scriptErr(err))
 		}

@@ -31,19 +31,20 @@ const testGrace = 50 * time.Millisecond
 // registered, and the bundle to look inside it.
 func setup(t *testing.T, urls ...string) (*Pool, *testBundle) {
 	t.Helper()
-	return setupWith(t, Options{LeaseGrace: testGrace}, urls...)
+	return setupWith(t, Settings{LeaseGrace: testGrace}, urls...)
 }
 
-// setupWith is setup with options; their Name, Logger and Metrics are the
-// test's own.
-func setupWith(t *testing.T, opts Options, urls ...string) (*Pool, *testBundle) {
+// setupWith is setup with the pool's settings.
+func setupWith(t *testing.T, s Settings, urls ...string) (*Pool, *testBundle) {
 	t.Helper()
 	client := evaltest.Client(t)
 	logger, logs := evaltest.Logger()
 	b := &testBundle{client: client, logs: logs, metrics: NewMetrics()}
-	opts.Name, opts.Logger, opts.Metrics = evaltest.Pool(t, client), logger, b.metrics
-	p, err := New(client, opts)
+	p, err := New(client, Options{Name: evaltest.Pool(t, client), Logger: logger, Metrics: b.metrics})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Configure(t.Context(), s); err != nil {
 		t.Fatal(err)
 	}
 	register(t, p, urls...)
@@ -54,8 +55,11 @@ func setupWith(t *testing.T, opts Options, urls ...string) (*Pool, *testBundle) 
 // (for a flush, an ACL, a full Redis), with the tests' lease grace.
 func poolOn(t *testing.T, client *redis.Client, name string) *Pool {
 	t.Helper()
-	p, err := New(client, Options{Name: name, LeaseGrace: testGrace})
+	p, err := New(client, Options{Name: name})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Configure(t.Context(), Settings{LeaseGrace: testGrace}); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -79,9 +83,13 @@ func register(t *testing.T, p *Pool, urls ...string) {
 // pool's grace, when Reap and Acquire reclaim it.
 func waitReclaimable(t *testing.T, p *Pool, l Lease) {
 	t.Helper()
+	s, err := p.Settings(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
 	evaltest.Eventually(t, 10*time.Second, "lease never became reclaimable", func() bool {
 		now, err := p.client.Time(t.Context()).Result()
-		return err == nil && now.After(l.Deadline.Add(p.grace))
+		return err == nil && now.After(l.Deadline.Add(s.LeaseGrace))
 	})
 }
 
@@ -355,7 +363,7 @@ func TestReentryAfterExpiry(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			p, _ := setupWith(t, Options{LeaseGrace: tt.grace}, "http://e1")
+			p, _ := setupWith(t, Settings{LeaseGrace: tt.grace}, "http://e1")
 			old := acquire(t, p, "eval-a", 10*time.Millisecond)
 			evaltest.Eventually(t, 5*time.Second, "lease never expired", func() bool {
 				st, err := p.Status(t.Context())

@@ -39,7 +39,7 @@ func (p *Pool) Quarantine(ctx context.Context, rawURL, reason string) (Quarantin
 	if err != nil {
 		return "", err
 	}
-	out, _, err := p.quarantine(ctx, u, "on", reason, p.probeEvery.Milliseconds())
+	out, _, err := p.quarantine(ctx, u, "on", reason)
 	if err != nil {
 		return "", err
 	}
@@ -67,7 +67,7 @@ func (p *Pool) ReturnToService(ctx context.Context, rawURL string) (QuarantineOu
 }
 
 func (p *Pool) returnToService(ctx context.Context, u, since, by string) (QuarantineOutcome, error) {
-	out, reason, err := p.quarantine(ctx, u, "off", since, 0)
+	out, reason, err := p.quarantine(ctx, u, "off", since)
 	if err != nil {
 		return "", err
 	}
@@ -78,11 +78,11 @@ func (p *Pool) returnToService(ctx context.Context, u, since, by string) (Quaran
 	return out, nil
 }
 
-func (p *Pool) quarantine(ctx context.Context, u, action, arg string, probeMs int64) (QuarantineOutcome, string, error) {
+func (p *Pool) quarantine(ctx context.Context, u, action, arg string) (QuarantineOutcome, string, error) {
 	if err := p.current(ctx); err != nil {
 		return "", "", err
 	}
-	vals, err := lua.Quarantine.Run(ctx, p.client, p.script, u, action, arg, probeMs).StringSlice()
+	vals, err := lua.Quarantine.Run(ctx, p.client, p.script, u, action, arg).StringSlice()
 	if err != nil {
 		return "", "", fmt.Errorf("pool: quarantine %s %s: %w", action, u, scriptErr(err))
 	}
@@ -96,14 +96,15 @@ func (p *Pool) quarantine(ctx context.Context, u, action, arg string, probeMs in
 // due, at most limit of them, and returns to service those that answer. Each
 // due executor is claimed in Redis first, so that of all the workers running
 // this at once exactly one probes it, and its next probe is put off by a
-// backoff that doubles from ProbeInterval up to ProbeMaxInterval. probe is
+// backoff that doubles from Settings.ProbeInterval up to
+// Settings.ProbeMaxInterval. probe is
 // the health check (GET /healthz, for the reference executor); it returns
 // nil when the executor is healthy. It returns the URLs returned to service.
 func (p *Pool) ProbeQuarantined(ctx context.Context, limit int, probe func(ctx context.Context, url string) error) ([]string, error) {
 	if err := p.current(ctx); err != nil {
 		return nil, err
 	}
-	claimed, err := lua.Probe.Run(ctx, p.client, p.script, limit, p.probeEvery.Milliseconds(), p.probeMax.Milliseconds()).StringSlice()
+	claimed, err := lua.Probe.Run(ctx, p.client, p.script, limit).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("pool: claim due probes of %s: %w", p.name, scriptErr(err))
 	}

@@ -234,7 +234,7 @@ func TestClusterOneSlotPerPool(t *testing.T) {
 	c := evaltest.ClusterClient(t, addrs)
 	nodes := map[string]bool{}
 	for i := range 6 {
-		p, err := New(c, Options{Name: fmt.Sprintf("pool-%d", i), LeaseGrace: testGrace})
+		p, err := New(c, Options{Name: fmt.Sprintf("pool-%d", i)})
 		if err != nil {
 			t.Fatal(err)
 		}

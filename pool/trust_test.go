@@ -488,7 +488,7 @@ func TestLostPoolIsNoticed(t *testing.T) {
 func TestExpiredLeaseWaitsForTheGrace(t *testing.T) {
 	t.Parallel()
 	const grace = 500 * time.Millisecond
-	p, b := setupWith(t, Options{LeaseGrace: grace}, "http://e1")
+	p, b := setupWith(t, Settings{LeaseGrace: grace}, "http://e1")
 	old := acquire(t, p, "eval-a", 10*time.Millisecond)
 	for {
 		l, err := p.Acquire(t.Context(), "eval-b", time.Minute)
@@ -526,10 +526,7 @@ func TestExpiredLeaseWaitsForTheGrace(t *testing.T) {
 func TestRegisterRefusesAnExecutorOfAnotherPool(t *testing.T) {
 	t.Parallel()
 	a, b := setup(t)
-	other, err := New(b.client, Options{Name: evaltest.Pool(t, b.client), LeaseGrace: testGrace})
-	if err != nil {
-		t.Fatal(err)
-	}
+	other := poolOn(t, b.client, evaltest.Pool(t, b.client))
 	id := "instance-of-" + a.Name()
 	if regs, err := a.Register(t.Context(), Executor{URL: "http://127.0.0.1:17401", InstanceID: id}); err != nil || regs[0].Outcome != Added {
 		t.Fatalf("Register in the first pool = %+v, %v", regs, err)

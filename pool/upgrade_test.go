@@ -32,7 +32,7 @@ func TestMigratesAPoolOfAnOlderRelease(t *testing.T) {
 		t.Run(tt.release, func(t *testing.T) {
 			t.Parallel()
 			bin := evaltest.Release(t, tt.release)
-			p, _ := setupWith(t, Options{LeaseGrace: testGrace})
+			p, _ := setupWith(t, Settings{LeaseGrace: testGrace})
 			run := func(args ...string) ([]byte, error) {
 				return exec.Command(bin, append([]string{"--redis", evaltest.URL(t), "--pool", p.Name()}, args...)...).CombinedOutput()
 			}

@@ -67,7 +67,10 @@ func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...re
 			quarantineAfter = -1
 		}
 	}
-	if b.pool, err = pool.New(client, pool.Options{Name: tasks.DefaultPool, LeaseGrace: 100 * time.Millisecond, Logger: logger, Metrics: b.poolMetrics, QuarantineAfter: quarantineAfter}); err != nil {
+	if b.pool, err = pool.New(client, pool.Options{Name: tasks.DefaultPool, Logger: logger, Metrics: b.poolMetrics}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.pool.Configure(t.Context(), pool.Settings{LeaseGrace: 100 * time.Millisecond, QuarantineAfter: quarantineAfter}); err != nil {
 		t.Fatal(err)
 	}
 	for _, o := range execs {

@@ -95,6 +95,10 @@ echo '{"status":"passed"}'`, lock, graderOverlaps)}
 		if r := evalpool(t, url, p.name, append([]string{"pool", "add"}, p.urls...)...); r.code != 0 {
 			t.Fatalf("pool add to %s: %+v", p.name, r)
 		}
+		// Killed executors are quarantined and probed back, every second.
+		if r := evalpool(t, url, p.name, "pool", "config", "--probe-interval", "1s"); r.code != 0 {
+			t.Fatalf("pool config of %s: %+v", p.name, r)
+		}
 	}
 	// Other spellings of registered executors, in their pool or the other:
 	// one executor is never in a pool twice, nor in two pools.
@@ -112,9 +116,8 @@ echo '{"status":"passed"}'`, lock, graderOverlaps)}
 	}
 
 	// Each worker reaches Redis through a proxy the test can cut.
-	// Killed executors are quarantined and probed back, every second.
 	workerArgs := []string{"worker", "--cleanup", "both", "--concurrency", "8", "--lease-ttl", leaseTTL.String(),
-		"--reap-interval", "1s", "--poll-interval", "100ms", "--retry-delay", "200ms", "--shutdown-timeout", "2s", "--probe-interval", "1s"}
+		"--reap-interval", "1s", "--poll-interval", "100ms", "--retry-delay", "200ms", "--shutdown-timeout", "2s"}
 	var workers []*proc
 	var proxies []*evaltest.Proxy
 	for i, serves := range []string{"default", "default,b", "b,default"} {

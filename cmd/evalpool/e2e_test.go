@@ -118,8 +118,11 @@ func TestEndToEnd(t *testing.T) {
 	}
 	// The executors fail a fifth of their calls at random, with a 500: they
 	// are not dead, so no quarantine here (TestDeadExecutorIsQuarantined).
+	if r := cli("pool", "config", "--quarantine-after", "0"); r.code != 0 {
+		t.Fatalf("pool config: %+v", r)
+	}
 	logs := startWorker(t, url, "--cleanup", "both", "--concurrency", "8", "--poll-interval", "20ms",
-		"--retry-delay", "10ms", "--reap-interval", "1s", "--metrics-addr", "127.0.0.1:0", "--quarantine-after", "0")
+		"--retry-delay", "10ms", "--reap-interval", "1s", "--metrics-addr", "127.0.0.1:0")
 
 	r := cli("enqueue", "--spec", `{"task":"add","a":2,"b":2}`, "--count", "300", "--max-retry", "2", "--timeout", "30s")
 	if r.code != 0 {

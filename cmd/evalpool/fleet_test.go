@@ -97,8 +97,10 @@ func TestDeadExecutorIsQuarantined(t *testing.T) {
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
-	logs := startWorker(t, url, "--quarantine-after", strconv.Itoa(quarantineAfter), "--probe-interval", probeInterval.String(),
-		"--reap-interval", reapInterval.String(), "--retry-delay", "10ms", "--poll-interval", "20ms", "--concurrency", "8",
+	if r := cli("pool", "config", "--quarantine-after", strconv.Itoa(quarantineAfter), "--probe-interval", probeInterval.String()); r.code != 0 {
+		t.Fatalf("pool config: %+v", r)
+	}
+	logs := startWorker(t, url, "--reap-interval", reapInterval.String(), "--retry-delay", "10ms", "--poll-interval", "20ms", "--concurrency", "8",
 		"--metrics-addr", "127.0.0.1:0", "--per-executor-metrics")
 
 	r := cli("enqueue", "--spec", `{}`, "--count", strconv.Itoa(evals), "--max-retry", "3", "--timeout", "30s")

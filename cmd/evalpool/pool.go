@@ -26,7 +26,7 @@ func (a *app) poolCommand() *cobra.Command {
 		RunE:  group,
 	}
 	c.AddCommand(a.poolAdd(), a.poolRemove(), a.poolLabel(), a.poolQuarantine(), a.poolReleaseQuarantine(),
-		a.poolStatus(), a.poolCheck(), a.poolReap(), a.poolAcquire(), a.poolRelease())
+		a.poolStatus(), a.poolCheck(), a.poolConfig(), a.poolReap(), a.poolAcquire(), a.poolRelease())
 	return c
 }
 
@@ -344,6 +344,80 @@ func (a *app) poolCheck() *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&repair, "repair", false, "first rebuild the label sets' indexes and counts from the executors' records (after a lost key: invariant 8)")
+	return c
+}
+
+func (a *app) poolConfig() *cobra.Command {
+	var (
+		s      pool.Settings
+		asJSON bool
+	)
+	c := &cobra.Command{
+		Use:   "config [--lease-grace D] [--quarantine-after N] ...",
+		Short: "Show the pool's settings, which every worker applies; flags change them",
+		Long: `Show the settings every process using the pool applies: they live with the
+pool in Redis, so two workers never disagree about a grace or a threshold.
+A flag given changes that setting, from every worker's next call; the others
+keep their values.`,
+		Args: positional(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			p, err := a.pool()
+			if err != nil {
+				return err
+			}
+			cur, err := p.Settings(c.Context())
+			if err != nil {
+				return err
+			}
+			f := c.Flags()
+			if f.NFlag() > 0 && !(f.NFlag() == 1 && asJSON) {
+				if f.Changed("lease-grace") {
+					cur.LeaseGrace = s.LeaseGrace
+				}
+				if f.Changed("quarantine-after") {
+					cur.QuarantineAfter = cmp.Or(s.QuarantineAfter, -1) // the flag's 0 is never
+				}
+				if f.Changed("quarantine-on-fail-rate") {
+					cur.QuarantineFailRate = s.QuarantineFailRate
+				}
+				if f.Changed("probe-interval") {
+					cur.ProbeInterval = s.ProbeInterval
+				}
+				if f.Changed("probe-max-interval") {
+					cur.ProbeMaxInterval = s.ProbeMaxInterval
+				}
+				if err := p.Configure(c.Context(), cur); err != nil {
+					return usageError{err}
+				}
+				if cur, err = p.Settings(c.Context()); err != nil {
+					return err
+				}
+			}
+			if asJSON {
+				return a.printJSON(cur)
+			}
+			never := func(n int) string {
+				if n < 0 {
+					return "never"
+				}
+				return fmt.Sprint(n)
+			}
+			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(w, "lease-grace\t%s\n", cur.LeaseGrace)
+			fmt.Fprintf(w, "quarantine-after\t%s\n", never(cur.QuarantineAfter))
+			fmt.Fprintf(w, "quarantine-on-fail-rate\t%g\n", cur.QuarantineFailRate)
+			fmt.Fprintf(w, "probe-interval\t%s\n", cur.ProbeInterval)
+			fmt.Fprintf(w, "probe-max-interval\t%s\n", cur.ProbeMaxInterval)
+			return w.Flush()
+		},
+	}
+	f := c.Flags()
+	f.DurationVar(&s.LeaseGrace, "lease-grace", pool.DefaultLeaseGrace, "reclaim an expired lease this long after its deadline: the one-way delay to the executors and their clocks' drift")
+	f.IntVar(&s.QuarantineAfter, "quarantine-after", pool.DefaultQuarantine, "quarantine an executor after this many calls in a row it did not serve (refused, timed out, 5xx, junk); 0 never")
+	f.Float64Var(&s.QuarantineFailRate, "quarantine-on-fail-rate", 0, "also quarantine an executor when this share of its last 20 graded evals failed (e.g. 0.9); 0 never")
+	f.DurationVar(&s.ProbeInterval, "probe-interval", pool.DefaultProbe, "first health probe of a quarantined executor after this long, then doubling; probes run with the reap")
+	f.DurationVar(&s.ProbeMaxInterval, "probe-max-interval", pool.DefaultProbeMax, "longest wait between two health probes of a quarantined executor")
+	f.BoolVar(&asJSON, "json", false, "print JSON on stdout")
 	return c
 }
 

@@ -31,11 +31,7 @@ func (a *app) workerCommand() *cobra.Command {
 		metricsAddr string
 		retryDelay  time.Duration
 		secretFlag  string
-		// Health: the pool's quarantine options.
-		quarantineAfter int
-		failRate        float64
-		probeInterval   time.Duration
-		perExecutor     bool
+		perExecutor bool
 	)
 	c := &cobra.Command{
 		Use:   "worker",
@@ -52,13 +48,12 @@ func (a *app) workerCommand() *cobra.Command {
 			reg.MustRegister(workerMetrics.Collectors()...)
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			reg.MustRegister(metrics.NewQueueMetricsCollector(asynq.NewInspectorFromRedisClient(client)))
-			// --pool a,b serves several pools; the worker refuses a task of any other.
-			if quarantineAfter == 0 {
-				quarantineAfter = -1 // the flag's 0 is never; the option's 0 is its default
+			if err := movedToPoolConfig(c); err != nil {
+				return err
 			}
+			// --pool a,b serves several pools; the worker refuses a task of any other.
 			for _, name := range strings.Split(a.poolName, ",") {
-				p, err := pool.New(client, pool.Options{Name: name, Logger: &a.log, Metrics: poolMetrics,
-					QuarantineAfter: quarantineAfter, QuarantineFailRate: failRate, ProbeInterval: probeInterval})
+				p, err := pool.New(client, pool.Options{Name: name, Logger: &a.log, Metrics: poolMetrics})
 				if err != nil {
 					return usageError{err}
 				}
@@ -115,15 +110,29 @@ func (a *app) workerCommand() *cobra.Command {
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", worker.DefaultShutdownTimeout, "how long a stopping worker waits for running evals")
 	f.StringVar(&secretFlag, "executor-secret", "", "secret shared with the executors, to sign every call, 16 bytes at least (env "+executor.EnvSecret+", which keeps it out of ps, or a file named by "+executor.EnvSecret+"_FILE)")
 	f.BoolVar(&cfg.AllowEvictingRedis, "allow-evicting-redis", false, "start even on a Redis whose maxmemory-policy may evict the pool's keys")
-	f.IntVar(&quarantineAfter, "quarantine-after", pool.DefaultQuarantine, "quarantine an executor after this many calls in a row it did not serve (refused, timed out, 5xx, junk); 0 never")
-	f.Float64Var(&failRate, "quarantine-on-fail-rate", 0, "also quarantine an executor when this share of its last 20 graded evals failed (e.g. 0.9); 0 never")
-	f.DurationVar(&probeInterval, "probe-interval", pool.DefaultProbe, "first health probe of a quarantined executor after this long, then doubling up to "+pool.DefaultProbeMax.String()+"; probes run with the reap")
+	for _, name := range poolSettingFlags {
+		f.String(name, "", "")
+		_ = f.MarkHidden(name)
+	}
 	f.DurationVar(&cfg.ProbeTimeout, "probe-timeout", worker.DefaultProbeTimeout, "time limit of one health probe")
 	return c
 }
 
-// serveHTTP serves h on l until ctx is done, then shuts down gracefully and
-// returns once the server has stopped.
+// poolSettingFlags were the worker's, and are the pool's settings now.
+var poolSettingFlags = []string{"quarantine-after", "quarantine-on-fail-rate", "probe-interval"}
+
+// movedToPoolConfig refuses a worker started with a pool setting's flag
+// (a command line written for an older worker): applied per process, two
+// workers could disagree, and ignored, it would fail silently.
+func movedToPoolConfig(c *cobra.Command) error {
+	for _, name := range poolSettingFlags {
+		if f := c.Flags().Lookup(name); f.Changed {
+			return usagef("--%s is a setting of the pool now, which every worker applies: `evalpool pool config --%s %s`", name, name, f.Value)
+		}
+	}
+	return nil
+}
+
 // listenMetrics listens on --metrics-addr; nil when it is empty.
 func (a *app) listenMetrics(addr string) (net.Listener, error) {
 	if addr == "" {
@@ -147,6 +156,8 @@ func metricsHandler(reg *prometheus.Registry) http.Handler {
 	return mux
 }
 
+// serveHTTP serves h on l until ctx is done, then shuts down gracefully and
+// returns once the server has stopped.
 func serveHTTP(ctx context.Context, l net.Listener, h http.Handler, log *zerolog.Logger) {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})

@@ -37,13 +37,13 @@ type Pool struct{ prefix string }
 func ForPool(name string) Pool { return Pool{prefix: "evalpool:{" + name + "}:"} }
 
 // Script is the keys every pool script takes, in the order of lib.lua's
-// KEYS[1..18]: a script reads a key by its place in this list.
+// KEYS[1..19]: a script reads a key by its place in this list.
 func (k Pool) Script() []string {
 	return []string{
 		k.Executors(), k.Available(), k.Leases(), k.Deadlines(), k.Holders(),
 		k.Draining(), k.Fence(), k.Epoch(), k.Instances(), k.Waiters(),
 		k.Waiting(), k.Quarantine(), k.Avoid(), k.Labelled(), k.Cancelled(),
-		k.History(), k.Outlived(), k.Clock(),
+		k.History(), k.Outlived(), k.Clock(), k.Settings(),
 	}
 }
 
@@ -105,6 +105,9 @@ func (k Pool) Outlived() string { return k.prefix + "outlived" }
 // Clock is KEYS[18], the pool's time: Redis's clock less the steps it took,
 // and a generation that only grows.
 func (k Pool) Clock() string { return k.prefix + "clock" }
+
+// Settings is KEYS[19], the settings every process using the pool shares.
+func (k Pool) Settings() string { return k.prefix + "settings" }
 
 // OlderLabelSets is where releases up to 1932b7a counted the executors of
 // each subset of their labels: a pool that has it is migrated

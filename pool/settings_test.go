@@ -1,0 +1,81 @@
+package pool
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestSettingsAreThePools: settings written through one handle are what
+// every other handle on the pool (another process) applies, read back as
+// written; a pool whose settings are lost applies the defaults.
+func TestSettingsAreThePools(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1")
+	other := poolOn(t, b.client, p.Name())
+	want := Settings{LeaseGrace: 300 * time.Millisecond, QuarantineAfter: 1, QuarantineFailRate: 0.75, ProbeInterval: 5 * time.Second, ProbeMaxInterval: 20 * time.Second}
+	if err := p.Configure(t.Context(), want); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := other.Settings(t.Context()); err != nil || got != want {
+		t.Fatalf("Settings = %+v, %v; want %+v", got, err, want)
+	}
+	// The other handle's release applies the threshold of 1.
+	l, err := other.Acquire(t.Context(), "e", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := other.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable})
+	if err != nil || r.Quarantined != ReasonUnavailable {
+		t.Fatalf("release = %+v, %v; want quarantined after 1 unavailable", r, err)
+	}
+	if err := b.client.Del(t.Context(), p.keys.Settings()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	defaults := Settings{LeaseGrace: DefaultLeaseGrace, QuarantineAfter: DefaultQuarantine, ProbeInterval: DefaultProbe, ProbeMaxInterval: DefaultProbeMax}
+	if got, err := other.Settings(t.Context()); err != nil || got != defaults {
+		t.Fatalf("lost settings read as %+v, %v; want the defaults %+v", got, err, defaults)
+	}
+	assertClean(t, p)
+}
+
+// TestSettingsNever: a quarantine turned off reads back as off, and no
+// count of unavailable calls takes an executor out.
+func TestSettingsNever(t *testing.T) {
+	t.Parallel()
+	p, _ := setupWith(t, Settings{LeaseGrace: testGrace, QuarantineAfter: -1}, "http://e1")
+	if s, err := p.Settings(t.Context()); err != nil || s.QuarantineAfter != -1 {
+		t.Fatalf("Settings = %+v, %v; want QuarantineAfter -1 (never)", s, err)
+	}
+	for range 2 * DefaultQuarantine {
+		l, err := p.Acquire(t.Context(), "e", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable}); err != nil || r.Quarantined != "" {
+			t.Fatalf("release = %+v, %v; want no quarantine", r, err)
+		}
+	}
+}
+
+// TestSettingsValidate: settings no script could apply are refused whole,
+// and the pool's stay as they were.
+func TestSettingsValidate(t *testing.T) {
+	t.Parallel()
+	p, _ := setup(t)
+	for _, s := range []Settings{
+		{LeaseGrace: -time.Second},
+		{LeaseGrace: 1500 * time.Microsecond},
+		{QuarantineFailRate: 1.5},
+		{QuarantineFailRate: -0.1},
+		{ProbeInterval: -time.Second},
+		{ProbeMaxInterval: time.Microsecond},
+	} {
+		if err := p.Configure(t.Context(), s); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Configure(%+v) = %v, want ErrInvalid", s, err)
+		}
+	}
+	if s, err := p.Settings(t.Context()); err != nil || s.LeaseGrace != testGrace {
+		t.Fatalf("Settings = %+v, %v; want the test's, unchanged", s, err)
+	}
+}
