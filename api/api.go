@@ -1,8 +1,8 @@
 // Package api is evalpool's JSON API under /api/v1, which the dashboard
 // mounts: it exists so that programs (CI jobs, notebooks, other services)
 // can submit and follow runs and evals over HTTP without a Go build or the
-// CLI, with the same checks and semantics as the CLI — it calls the same
-// functions (client.Submit, client.Cancel, run.Store).
+// CLI, with the same checks and semantics as the CLI — both are adapters
+// over evalpool.Client.
 //
 // Choices:
 //
@@ -20,7 +20,7 @@
 //   - A submission or cancel, once its body is read, finishes even if the
 //     client goes away, so that a run is never left half enqueued.
 //   - Evals are submitted to and looked up in Options.Pool; a run is
-//     cancelled in the pool it was submitted to.
+//     cancelled and retried in the pool it was submitted to.
 //   - Results are NDJSON, one line per eval in the run's order. With
 //     ?follow=1 the stream is the run's ends, each eval once: those so far,
 //     in the order they ended, then each as it ends; it ends when every
@@ -52,10 +52,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"
@@ -102,13 +101,11 @@ const (
 
 // Options configure the API.
 type Options struct {
-	// Redis is the client the API reads and enqueues with. Required.
-	Redis redis.UniversalClient
-	// Pool is the pool evals are submitted to, looked up and cancelled in.
-	// Required.
-	Pool *pool.Pool
-	// Runs keeps runs. Defaults to a store on Redis with run's defaults.
-	Runs *run.Store
+	// Client submits, reads and cancels evals and runs. Required.
+	Client *evalpool.Client
+	// Pool names the pool evals and runs are submitted to, and evals
+	// looked up and cancelled in. Defaults to pool.DefaultName.
+	Pool string
 	// Logger receives the errors answered with a 5xx. Defaults to
 	// discarding.
 	Logger *zerolog.Logger
@@ -132,10 +129,8 @@ type Options struct {
 
 func (o *Options) validate() error {
 	switch {
-	case o.Redis == nil:
-		return errors.New("api: Options.Redis is required")
-	case o.Pool == nil:
-		return errors.New("api: Options.Pool is required")
+	case o.Client == nil:
+		return errors.New("api: Options.Client is required")
 	case o.MaxBodyBytes < 0:
 		return fmt.Errorf("api: Options.MaxBodyBytes may not be negative, got %d", o.MaxBodyBytes)
 	case o.FollowInterval < 0:
@@ -154,21 +149,19 @@ func (o *Options) validate() error {
 type Handler struct {
 	opts    Options
 	log     zerolog.Logger
+	c       *evalpool.Client
+	runs    *run.Store
 	follows *follows
-	aq      *asynq.Client
-	insp    *asynq.Inspector
 	mux     *http.ServeMux
 }
 
 // New returns the API's handler. It does not touch Redis, and holds nothing
-// to close: Asynq's client and inspector share Options.Redis.
+// to close.
 func New(opts Options) (*Handler, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	if opts.Runs == nil {
-		opts.Runs = run.NewStore(opts.Redis, run.Options{})
-	}
+	opts.Pool = cmp.Or(opts.Pool, pool.DefaultName)
 	if opts.MaxBodyBytes == 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
 	}
@@ -181,14 +174,14 @@ func New(opts Options) (*Handler, error) {
 	h := &Handler{
 		opts: opts,
 		log:  zerolog.Nop(),
-		aq:   asynq.NewClientFromRedisClient(opts.Redis),
-		insp: asynq.NewInspectorFromRedisClient(opts.Redis),
+		c:    opts.Client,
+		runs: opts.Client.Runs(),
 		mux:  http.NewServeMux(),
 	}
 	if opts.Logger != nil {
 		h.log = *opts.Logger
 	}
-	h.follows = &follows{runs: opts.Runs, interval: opts.FollowInterval, page: followPage,
+	h.follows = &follows{runs: h.runs, interval: opts.FollowInterval, page: followPage,
 		perRun: opts.MaxFollowersPerRun, total: opts.MaxFollowers, hubs: map[string]*hub{}}
 	methods := map[string][]string{}
 	var paths []string
@@ -411,15 +404,6 @@ func timeoutOf(timeoutS *int64) (time.Duration, error) {
 		return 0, fmt.Errorf("%w: timeout_s %d: want 1 to %d", tasks.ErrBadPayload, *timeoutS, MaxTimeoutS)
 	}
 	return time.Duration(*timeoutS) * time.Second, nil
-}
-
-// poolOf is the pool of that name: Options.Pool, or another handle on the
-// same Redis.
-func (h *Handler) poolOf(name string) (*pool.Pool, error) {
-	if name == h.opts.Pool.Name() {
-		return h.opts.Pool, nil
-	}
-	return pool.New(h.opts.Redis, pool.Options{Name: name, Logger: &h.log})
 }
 
 // Cancelled is what a cancel did (client.Cancelled).

@@ -20,6 +20,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
@@ -49,7 +50,11 @@ func setup(t *testing.T, opts Options, execs ...map[string]string) *bundle {
 	srv := evaltest.StartT(t, evaltest.Options{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
-	p, err := pool.New(client, pool.Options{Name: "apitest"})
+	c, err := evalpool.NewClient(client, evalpool.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Pool("apitest")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +74,7 @@ func setup(t *testing.T, opts Options, execs ...map[string]string) *bundle {
 		}
 		b.executors, b.execURLs = append(b.executors, s), append(b.execURLs, ts.URL)
 	}
-	opts.Redis, opts.Pool = client, p
+	opts.Client, opts.Pool = c, p.Name()
 	if opts.FollowInterval == 0 {
 		opts.FollowInterval = 20 * time.Millisecond
 	}
@@ -85,11 +90,11 @@ func setup(t *testing.T, opts Options, execs ...map[string]string) *bundle {
 // startWorker runs a real worker on the bundle's pool until the test ends.
 func startWorker(t *testing.T, b *bundle, concurrency int) {
 	t.Helper()
-	w, err := worker.New(worker.Config{
-		Redis: b.client, Pools: []*pool.Pool{b.pool}, Concurrency: concurrency, Cleanup: worker.CleanupInline,
+	w, err := evalpool.NewWorker(b.client, evalpool.WorkerConfig{Pools: []string{b.pool.Name()}, Config: worker.Config{
+		Concurrency: concurrency, Cleanup: worker.CleanupInline,
 		PollInterval: 20 * time.Millisecond, NoExecutorDelay: 20 * time.Millisecond,
 		RetryDelay: func(int) time.Duration { return 10 * time.Millisecond },
-	})
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,8 +163,7 @@ func readLines(t *testing.T, r io.Reader, each func(ResultLine)) {
 
 func TestOptionsValidate(t *testing.T) {
 	t.Parallel()
-	client := evaltest.Client(t)
-	p, err := pool.New(client, pool.Options{})
+	c, err := evalpool.NewClient(evaltest.Client(t), evalpool.ClientConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,21 +172,20 @@ func TestOptionsValidate(t *testing.T) {
 		opts Options
 		want string
 	}{
-		{"no redis", Options{Pool: p}, "Options.Redis is required"},
-		{"no pool", Options{Redis: client}, "Options.Pool is required"},
-		{"negative body limit", Options{Redis: client, Pool: p, MaxBodyBytes: -1}, "MaxBodyBytes may not be negative"},
-		{"negative interval", Options{Redis: client, Pool: p, FollowInterval: -time.Second}, "FollowInterval may not be negative"},
-		{"negative eval cap", Options{Redis: client, Pool: p, MaxRunEvals: -1}, "MaxRunEvals may not be negative"},
-		{"negative followers per run", Options{Redis: client, Pool: p, MaxFollowersPerRun: -1}, "MaxFollowersPerRun may not be negative"},
-		{"negative followers", Options{Redis: client, Pool: p, MaxFollowers: -1}, "MaxFollowers may not be negative"},
-		{"zero values", Options{Redis: client, Pool: p}, ""},
+		{"no client", Options{Pool: "p"}, "Options.Client is required"},
+		{"negative body limit", Options{Client: c, MaxBodyBytes: -1}, "MaxBodyBytes may not be negative"},
+		{"negative interval", Options{Client: c, FollowInterval: -time.Second}, "FollowInterval may not be negative"},
+		{"negative eval cap", Options{Client: c, MaxRunEvals: -1}, "MaxRunEvals may not be negative"},
+		{"negative followers per run", Options{Client: c, MaxFollowersPerRun: -1}, "MaxFollowersPerRun may not be negative"},
+		{"negative followers", Options{Client: c, MaxFollowers: -1}, "MaxFollowers may not be negative"},
+		{"zero values", Options{Client: c}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h, err := New(tc.opts)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("New: %v", err)
-			case tc.want == "" && (h.opts.MaxBodyBytes != DefaultMaxBodyBytes || h.opts.FollowInterval != DefaultFollowInterval || h.opts.Runs == nil ||
+			case tc.want == "" && (h.opts.MaxBodyBytes != DefaultMaxBodyBytes || h.opts.FollowInterval != DefaultFollowInterval || h.opts.Pool != pool.DefaultName ||
 				h.opts.MaxRunEvals != DefaultMaxRunEvals || h.opts.MaxFollowersPerRun != DefaultMaxFollowersPerRun || h.opts.MaxFollowers != DefaultMaxFollowers):
 				t.Fatalf("defaults not applied: %+v", h.opts)
 			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):

@@ -10,8 +10,8 @@ import (
 	"net/url"
 
 	"github.com/google/uuid"
-	"github.com/hibiken/asynq"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/tasks"
 )
@@ -40,7 +40,7 @@ type Eval = client.Detail
 // lookup reads an eval of the API's pool; a run's eval's result is its
 // run's record.
 func (h *Handler) lookup(ctx context.Context, id string) (Eval, error) {
-	return client.Show(ctx, h.insp, h.opts.Runs, h.opts.Pool.Name(), id)
+	return h.c.Eval(ctx, h.opts.Pool, id)
 }
 
 func (h *Handler) submitEval(w http.ResponseWriter, r *http.Request) {
@@ -62,14 +62,7 @@ func (h *Handler) submitEval(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	p := h.opts.Pool
-	e := tasks.Eval{ID: cmp.Or(req.EvalID, uuid.NewString()), Pool: p.Name(), Spec: req.Spec, Require: req.Require, TimeoutS: tasks.TimeoutSeconds(timeout)}
-	task, err := tasks.NewEval(e, opts)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	ctx := detach(r)
+	e := tasks.Eval{ID: cmp.Or(req.EvalID, uuid.NewString()), Spec: req.Spec, Require: req.Require, TimeoutS: tasks.TimeoutSeconds(timeout)}
 	// An eval submitted again is answered as it is, whatever executors
 	// there are now.
 	if req.EvalID != "" {
@@ -77,16 +70,12 @@ func (h *Handler) submitEval(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := client.Servable(ctx, p, []tasks.Eval{e}, req.AllowEmptyPool); err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	_, err = h.aq.EnqueueContext(ctx, task)
-	if errors.Is(err, asynq.ErrTaskIDConflict) && h.existing(w, r, e.ID) {
+	fresh, err := h.c.Enqueue(detach(r), h.opts.Pool, []tasks.Eval{e}, evalpool.EnqueueOptions{Eval: opts, AllowEmptyPool: req.AllowEmptyPool})
+	if err == nil && !fresh[0] && h.existing(w, r, e.ID) {
 		return
 	}
 	if err != nil {
-		h.fail(w, r, fmt.Errorf("enqueue eval %s: %w", e.ID, err))
+		h.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Location", Prefix+"/evals/"+url.PathEscape(e.ID))
@@ -129,7 +118,7 @@ func (h *Handler) cancelEval(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	c, err := client.Cancel(detach(r), h.insp, h.opts.Pool, h.opts.Runs, []string{id})
+	c, err := h.c.Cancel(detach(r), h.opts.Pool, []string{id})
 	if err != nil {
 		h.fail(w, r, err)
 		return

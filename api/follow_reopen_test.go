@@ -19,7 +19,7 @@ func TestHubReadsPastReopenedEnds(t *testing.T) {
 	f.page = 2
 	createRun(t, b, "hub", 3)
 	finish(t, b, "hub", 1, "e1", "e2")
-	s := b.handler.opts.Runs
+	s := b.handler.runs
 	r, err := s.Get(t.Context(), "hub")
 	if err != nil {
 		t.Fatal(err)

@@ -26,7 +26,7 @@ func createRun(t *testing.T, b *bundle, name string, n int) []string {
 	for i := range keys {
 		keys[i] = fmt.Sprintf("e%d", i+1)
 	}
-	if err := b.handler.opts.Runs.Create(t.Context(), run.Run{Name: name, Pool: b.pool.Name(), CreatedAt: time.Now(), Keys: keys}); err != nil {
+	if err := b.handler.runs.Create(t.Context(), run.Run{Name: name, Pool: b.pool.Name(), CreatedAt: time.Now(), Keys: keys}); err != nil {
 		t.Fatal(err)
 	}
 	return keys
@@ -38,7 +38,7 @@ func finish(t *testing.T, b *bundle, name string, size int, keys ...string) {
 	t.Helper()
 	out, _ := json.Marshal(strings.Repeat("x", size))
 	for _, k := range keys {
-		if _, err := b.handler.opts.Runs.Finish(t.Context(), name, run.Record{Key: k, Status: run.Passed, Output: out, At: time.Now()}); err != nil {
+		if _, err := b.handler.runs.Finish(t.Context(), name, run.Record{Key: k, Status: run.Passed, Output: out, At: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}

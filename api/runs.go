@@ -2,7 +2,6 @@ package api
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/evalpool/evalpool/client"
-	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
 )
@@ -112,7 +110,7 @@ func (h *Handler) submitRun(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	created, err := client.Submit(detach(r), h.aq, h.opts.Pool, h.opts.Runs, rr)
+	created, err := h.c.SubmitRun(detach(r), h.opts.Pool, rr)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -185,14 +183,14 @@ func (h *Handler) listRuns(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	runs, err := h.opts.Runs.List(r.Context(), limit)
+	runs, err := h.runs.List(r.Context(), limit)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
 	list := RunList{Runs: []RunItem{}}
 	for _, rn := range runs {
-		c, err := h.opts.Runs.Progress(r.Context(), rn.Name)
+		c, err := h.runs.Progress(r.Context(), rn.Name)
 		if errors.Is(err, run.ErrNotFound) {
 			continue // its keys expired since
 		}
@@ -234,7 +232,7 @@ func (h *Handler) getRun(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	sum, err := h.opts.Runs.Summarize(r.Context(), name, against)
+	sum, err := h.runs.Summarize(r.Context(), name, against)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -247,7 +245,7 @@ func (h *Handler) runProgress(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	c, err := h.opts.Runs.Progress(r.Context(), name)
+	c, err := h.runs.Progress(r.Context(), name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -286,7 +284,7 @@ func (h *Handler) runResults(w http.ResponseWriter, r *http.Request) {
 		h.followRun(w, r, name)
 		return
 	}
-	_, rows, err := h.opts.Runs.Results(r.Context(), name)
+	_, rows, err := h.runs.Results(r.Context(), name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -307,7 +305,7 @@ func (h *Handler) runResults(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string) {
 	ctx := r.Context()
 	// An unknown run is a 404 before a follower's place is taken.
-	if _, err := h.opts.Runs.Progress(ctx, name); err != nil {
+	if _, err := h.runs.Progress(ctx, name); err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -347,7 +345,7 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 		// Replay, or catch up after falling behind: the run's log of ends,
 		// a page at a time, until the hub is where this follower is.
 		for sub == nil {
-			lines, next, err := endedLines(ctx, h.opts.Runs, name, cursor, h.follows.page)
+			lines, next, err := endedLines(ctx, h.runs, name, cursor, h.follows.page)
 			if err != nil {
 				fail(err)
 				return
@@ -383,7 +381,7 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 						continue
 					}
 					var err error
-					if lines, _, err = endedLines(ctx, h.opts.Runs, name, cursor, int(b.to-cursor)); err != nil {
+					if lines, _, err = endedLines(ctx, h.runs, name, cursor, int(b.to-cursor)); err != nil {
 						fail(err)
 						return
 					}
@@ -405,15 +403,6 @@ func (h *Handler) followRun(w http.ResponseWriter, r *http.Request, name string)
 	}
 }
 
-// runPool is the pool of the run name: a run's evals are its pool's.
-func (h *Handler) runPool(ctx context.Context, name string) (*pool.Pool, error) {
-	rn, err := h.opts.Runs.Get(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	return h.poolOf(rn.Pool)
-}
-
 func (h *Handler) cancelRun(w http.ResponseWriter, r *http.Request) {
 	name, ok := runName(w, r)
 	if !ok {
@@ -423,14 +412,8 @@ func (h *Handler) cancelRun(w http.ResponseWriter, r *http.Request) {
 	if !h.decode(w, r, &none, true) {
 		return
 	}
-	ctx := detach(r)
-	p, err := h.runPool(ctx, name)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
 	// CancelRun also ends the evals a cut-short submission never enqueued.
-	c, err := client.CancelRun(ctx, h.insp, p, h.opts.Runs, name)
+	c, err := h.c.CancelRun(detach(r), name)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -465,12 +448,6 @@ func (h *Handler) retryRun(w http.ResponseWriter, r *http.Request) {
 	if !h.decode(w, r, &req, true) {
 		return
 	}
-	ctx := detach(r)
-	p, err := h.runPool(ctx, name)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
 	var opts client.RetryOptions
 	if req.Errored {
 		opts.Statuses = append(opts.Statuses, run.Errored)
@@ -478,7 +455,7 @@ func (h *Handler) retryRun(w http.ResponseWriter, r *http.Request) {
 	if req.Failed {
 		opts.Statuses = append(opts.Statuses, run.Failed)
 	}
-	n, err := client.RetryRun(ctx, h.aq, h.insp, p, h.opts.Runs, name, opts)
+	n, err := h.c.RetryRun(detach(r), name, opts)
 	if errors.Is(err, client.ErrTaskGone) {
 		writeError(w, http.StatusUnprocessableEntity, err.Error())
 		return

@@ -237,7 +237,7 @@ func TestSubmit(t *testing.T) {
 		Require: map[string]string{"gpu": "a100"},
 		Timeout: 90 * time.Second,
 	}
-	r, err := client.Submit(t.Context(), b.aq, b.pool, b.runs, req)
+	r, err := client.Submit(t.Context(), b.aq, b.insp, b.pool, b.runs, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,12 +269,12 @@ func TestSubmit(t *testing.T) {
 	if req.Evals[0].Run != "" || len(req.Evals[1].Require) != 1 {
 		t.Fatalf("the request changed: %+v", req.Evals)
 	}
-	if _, err := client.Submit(t.Context(), b.aq, b.pool, b.runs, req); !errors.Is(err, run.ErrExists) {
+	if _, err := client.Submit(t.Context(), b.aq, b.insp, b.pool, b.runs, req); !errors.Is(err, run.ErrExists) {
 		t.Fatalf("a name in use: %v, want run.ErrExists", err)
 	}
 
 	// Without a name, one is made of the time.
-	r, err = client.Submit(t.Context(), b.aq, b.pool, b.runs, client.RunRequest{Evals: req.Evals[:1]})
+	r, err = client.Submit(t.Context(), b.aq, b.insp, b.pool, b.runs, client.RunRequest{Evals: req.Evals[:1]})
 	if err != nil || !strings.HasPrefix(r.Name, "run-") || r.Size != 1 {
 		t.Fatalf("unnamed: %+v, %v", r, err)
 	}
@@ -291,7 +291,7 @@ func TestSubmitRetries(t *testing.T) {
 		{5, 5},
 	} {
 		name := fmt.Sprintf("retries%d", tc.maxRetry)
-		if _, err := client.Submit(t.Context(), b.aq, b.pool, b.runs, client.RunRequest{
+		if _, err := client.Submit(t.Context(), b.aq, b.insp, b.pool, b.runs, client.RunRequest{
 			Name: name, Evals: []tasks.Eval{{Spec: json.RawMessage(`{}`)}}, Options: tasks.EvalOptions{MaxRetry: tc.maxRetry},
 		}); err != nil {
 			t.Fatal(err)
@@ -356,7 +356,7 @@ func TestSubmitRefused(t *testing.T) {
 		{"bad eval", client.RunRequest{Name: "r", Evals: []tasks.Eval{{Spec: spec}, {}}}, tasks.ErrBadPayload},
 		{"unservable", client.RunRequest{Name: "r", Evals: []tasks.Eval{{Spec: spec}, {Spec: spec, Require: map[string]string{"gpu": "h100"}}}}, pool.ErrUnservable},
 	} {
-		if _, err := client.Submit(t.Context(), b.aq, b.pool, b.runs, tc.req); !errors.Is(err, tc.want) {
+		if _, err := client.Submit(t.Context(), b.aq, b.insp, b.pool, b.runs, tc.req); !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
 		}
 	}
@@ -378,7 +378,7 @@ func TestCancel(t *testing.T) {
 		return state(t, b, "done") == asynq.TaskStateCompleted
 	})
 	// One slot: the run's first eval holds it, the second waits.
-	if _, err := client.Submit(t.Context(), b.aq, b.pool, b.runs, client.RunRequest{Name: "r", Evals: []tasks.Eval{
+	if _, err := client.Submit(t.Context(), b.aq, b.insp, b.pool, b.runs, client.RunRequest{Name: "r", Evals: []tasks.Eval{
 		{ID: "runs", Spec: json.RawMessage(`{"block":true}`)},
 		{ID: "waits", Spec: json.RawMessage(`{"grade":"passed"}`)},
 	}}); err != nil {

@@ -28,7 +28,7 @@ func submitSuite(t *testing.T, b *bundle, name string, epochs int, grades map[st
 	for _, key := range keys {
 		suite = append(suite, tasks.Eval{ID: key, Spec: json.RawMessage(fmt.Sprintf(`{"grade":%q}`, grades[key]))})
 	}
-	if _, err := client.Submit(t.Context(), b.aq, b.pool, b.runs, client.RunRequest{Name: name, Evals: suite, Epochs: epochs, Options: tasks.EvalOptions{MaxRetry: 2}}); err != nil {
+	if _, err := client.Submit(t.Context(), b.aq, b.insp, b.pool, b.runs, client.RunRequest{Name: name, Evals: suite, Epochs: epochs, Options: tasks.EvalOptions{MaxRetry: 2}}); err != nil {
 		t.Fatal(err)
 	}
 	return suite

@@ -19,7 +19,7 @@ func TestSubmitMeasuresSpecsAsTheWorkerDoes(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	angles := json.RawMessage(`"` + strings.Repeat("<", 400<<10) + `"`)
-	_, err := client.Submit(t.Context(), b.aq, b.pool, b.runs, client.RunRequest{Name: "big", Evals: []tasks.Eval{{Spec: json.RawMessage(`{}`)}, {Spec: angles}}})
+	_, err := client.Submit(t.Context(), b.aq, b.insp, b.pool, b.runs, client.RunRequest{Name: "big", Evals: []tasks.Eval{{Spec: json.RawMessage(`{}`)}, {Spec: angles}}})
 	if !errors.Is(err, tasks.ErrBadPayload) || !strings.Contains(err.Error(), "2457602 bytes") {
 		t.Fatalf("Submit = %v, want ErrBadPayload for a spec of 2457602 bytes", err)
 	}
@@ -34,7 +34,7 @@ func TestSubmitMeasuresSpecsAsTheWorkerDoes(t *testing.T) {
 	const frame = len(`{"grade":"passed","pad":""}`)
 	k := (tasks.MaxSpecBytes - frame) / 6
 	atLimit := json.RawMessage(`{"grade":"passed","pad":"` + strings.Repeat("<", k) + strings.Repeat("x", tasks.MaxSpecBytes-frame-6*k) + `"}`)
-	if _, err := client.Submit(t.Context(), b.aq, b.pool, b.runs, client.RunRequest{Name: "limit", Evals: []tasks.Eval{{Spec: atLimit}}}); err != nil {
+	if _, err := client.Submit(t.Context(), b.aq, b.insp, b.pool, b.runs, client.RunRequest{Name: "limit", Evals: []tasks.Eval{{Spec: atLimit}}}); err != nil {
 		t.Fatalf("Submit of a spec of %d bytes in its task: %v", tasks.MaxSpecBytes, err)
 	}
 	serve(t, b)

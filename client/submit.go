@@ -68,7 +68,7 @@ type RunRequest struct {
 // submission cut short after the run was recorded leaves it
 // run.Incomplete, with the count enqueued: submit it again with Resume, or
 // cancel it.
-func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store, req RunRequest) (run.Run, error) {
+func Submit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *pool.Pool, runs *run.Store, req RunRequest) (run.Run, error) {
 	r := run.Run{Name: cmp.Or(req.Name, "run-"+time.Now().UTC().Format("20060102-150405")), Pool: p.Name(), CreatedAt: time.Now(), Require: req.Require, Retention: req.Retention,
 		Meta: req.Meta, Epochs: max(req.Epochs, 1)}
 	if req.Retention < 0 || req.Retention > 0 && req.Retention < time.Second {
@@ -133,7 +133,7 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 			return run.Run{}, fmt.Errorf("%w: %s", run.ErrExists, r.Name)
 		}
 	}
-	theirs, err := unclaimed(ctx, runs, p.Name(), ids, batch)
+	theirs, err := unclaimed(ctx, insp, runs, p.Name(), ids, batch)
 	if err != nil {
 		return run.Run{}, fmt.Errorf("run %s: %w; nothing of the run was written", r.Name, err)
 	}
@@ -151,7 +151,6 @@ func Submit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store
 		return run.Run{}, err
 	}
 	r.Size, r.Submission = len(r.Keys), run.Incomplete
-	insp := asynq.NewInspectorFromRedisClient(runs.Redis())
 	for i, t := range batch {
 		if ended[r.Keys[i]] {
 			continue
@@ -195,11 +194,10 @@ var ErrEvalIDTaken = fmt.Errorf("eval ID taken by another eval: %w", run.ErrExis
 // before a crash: Resume enqueues past them, and own[i] says batch[i] is
 // one. One EXISTS per eval, pipelined; a task read only for those that
 // exist. ids are batch's.
-func unclaimed(ctx context.Context, runs *run.Store, poolName string, ids []string, batch []*asynq.Task) (own []bool, err error) {
+func unclaimed(ctx context.Context, insp *asynq.Inspector, runs *run.Store, poolName string, ids []string, batch []*asynq.Task) (own []bool, err error) {
 	rdb := runs.Redis()
 	queue := tasks.Queues(poolName).Evals
 	own = make([]bool, len(batch))
-	var insp *asynq.Inspector
 	for start := 0; start < len(batch); start += 10_000 {
 		chunk := batch[start:min(start+10_000, len(batch))]
 		cmds := make([]*redis.IntCmd, len(chunk))
@@ -214,9 +212,6 @@ func unclaimed(ctx context.Context, runs *run.Store, poolName string, ids []stri
 		for i, cmd := range cmds {
 			if cmd.Val() == 0 {
 				continue
-			}
-			if insp == nil {
-				insp = asynq.NewInspectorFromRedisClient(rdb)
 			}
 			if err := sameEval(ctx, insp, poolName, chunk[i]); err != nil {
 				return nil, err

@@ -52,7 +52,7 @@ func TestSubmissionCutShort(t *testing.T) {
 		return info.Pending
 	}
 
-	r, err := client.Submit(ctx, b.aq, p, b.runs, req("resumed"))
+	r, err := client.Submit(ctx, b.aq, b.insp, p, b.runs, req("resumed"))
 	if !errors.Is(err, pool.ErrRedisFull) {
 		t.Fatalf("submit: %v, want ErrRedisFull", err)
 	}
@@ -64,7 +64,7 @@ func TestSubmissionCutShort(t *testing.T) {
 	if err != nil || got.Submission != run.Incomplete || got.Enqueued != enqueued {
 		t.Fatalf("run after the cut: %+v, %v; want incomplete, %d enqueued", got, err, enqueued)
 	}
-	if _, err := client.Submit(ctx, b.aq, p, b.runs, req("resumed")); !errors.Is(err, run.ErrExists) {
+	if _, err := client.Submit(ctx, b.aq, b.insp, p, b.runs, req("resumed")); !errors.Is(err, run.ErrExists) {
 		t.Fatalf("submit again without resume: %v, want ErrExists", err)
 	}
 
@@ -81,7 +81,7 @@ func TestSubmissionCutShort(t *testing.T) {
 	}
 	small.Resume = true
 	for range 2 {
-		r, err := client.Submit(ctx, b.aq, p, b.runs, small)
+		r, err := client.Submit(ctx, b.aq, b.insp, p, b.runs, small)
 		if err != nil || r.Submission != run.Complete {
 			t.Fatalf("resume: %+v, %v", r, err)
 		}
@@ -94,12 +94,12 @@ func TestSubmissionCutShort(t *testing.T) {
 	}
 	other := small
 	other.Evals = other.Evals[:10]
-	if _, err := client.Submit(ctx, b.aq, p, b.runs, other); !errors.Is(err, run.ErrInvalid) {
+	if _, err := client.Submit(ctx, b.aq, b.insp, p, b.runs, other); !errors.Is(err, run.ErrInvalid) {
 		t.Errorf("resume with other evals: %v, want ErrInvalid", err)
 	}
 	relabelled := small
 	relabelled.Meta = map[string]string{"model": "another"}
-	if _, err := client.Submit(ctx, b.aq, p, b.runs, relabelled); !errors.Is(err, run.ErrInvalid) || !strings.Contains(err.Error(), "resume needs the meta it was submitted with") {
+	if _, err := client.Submit(ctx, b.aq, b.insp, p, b.runs, relabelled); !errors.Is(err, run.ErrInvalid) || !strings.Contains(err.Error(), "resume needs the meta it was submitted with") {
 		t.Errorf("resume with other meta: %v, want ErrInvalid saying so", err)
 	}
 
@@ -107,7 +107,7 @@ func TestSubmissionCutShort(t *testing.T) {
 	if err := rdb.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.Submit(ctx, b.aq, p, b.runs, req("cancelled")); !errors.Is(err, pool.ErrRedisFull) {
+	if _, err := client.Submit(ctx, b.aq, b.insp, p, b.runs, req("cancelled")); !errors.Is(err, pool.ErrRedisFull) {
 		t.Fatalf("second submit: %v, want ErrRedisFull", err)
 	}
 	// Cancelling marks the evals in the pool, a write: raise the limit.
@@ -165,7 +165,7 @@ func TestPlantedEvalIsRefused(t *testing.T) {
 			}
 			req := suite(name, `{"grade":"passed"}`, `{"grade":"failed"}`)
 			req.Resume = tt.resume
-			_, err := client.Submit(ctx, b.aq, b.pool, b.runs, req)
+			_, err := client.Submit(ctx, b.aq, b.insp, b.pool, b.runs, req)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("submit: %v, want %v", err, tt.want)
 			}
@@ -182,11 +182,11 @@ func TestPlantedEvalIsRefused(t *testing.T) {
 			if lerr != nil || info.State != asynq.TaskStatePending {
 				t.Fatalf("eval 2: %v, %v", info, lerr)
 			}
-			if _, err := client.Submit(ctx, b.aq, b.pool, b.runs, req); !errors.Is(err, run.ErrExists) || errors.Is(err, client.ErrEvalIDTaken) {
+			if _, err := client.Submit(ctx, b.aq, b.insp, b.pool, b.runs, req); !errors.Is(err, run.ErrExists) || errors.Is(err, client.ErrEvalIDTaken) {
 				t.Errorf("the same run again: %v, want ErrExists", err)
 			}
 			req.Resume = true
-			if r, err := client.Submit(ctx, b.aq, b.pool, b.runs, req); err != nil || r.Submission != run.Complete {
+			if r, err := client.Submit(ctx, b.aq, b.insp, b.pool, b.runs, req); err != nil || r.Submission != run.Complete {
 				t.Errorf("resume: %+v, %v", r, err)
 			}
 		})
@@ -217,7 +217,7 @@ func TestCancelRunInBatches(t *testing.T) {
 	for range n {
 		req.Evals = append(req.Evals, tasks.Eval{Spec: json.RawMessage(`{"grade":"passed"}`)})
 	}
-	if _, err := client.Submit(ctx, b.aq, b.pool, b.runs, req); err != nil {
+	if _, err := client.Submit(ctx, b.aq, b.insp, b.pool, b.runs, req); err != nil {
 		t.Fatal(err)
 	}
 	// A plain eval in the same queue stays.

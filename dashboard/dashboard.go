@@ -79,9 +79,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/api"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/tasks"
@@ -98,10 +98,12 @@ const MonitoringPath = "/monitoring"
 
 // Options configure a dashboard.
 type Options struct {
-	// Pool is the pool the page shows, and the API's. Required.
-	Pool *pool.Pool
-	// Redis is the client the queue metrics and the API read with. Required.
-	Redis redis.UniversalClient
+	// Client reads the pool, the queues and the runs, and serves the API.
+	// Required.
+	Client *evalpool.Client
+	// Pool names the pool the page shows, and the API's. Defaults to
+	// pool.DefaultName.
+	Pool string
 	// Asynqmon connects Asynqmon to Redis. It gets a connection of its own
 	// because Asynqmon closes it when the dashboard closes. Required.
 	Asynqmon asynq.RedisConnOpt
@@ -153,10 +155,8 @@ const DefaultSessionTTL = 12 * time.Hour
 
 func (o *Options) validate() error {
 	switch {
-	case o.Pool == nil:
-		return errors.New("dashboard: Options.Pool is required")
-	case o.Redis == nil:
-		return errors.New("dashboard: Options.Redis is required")
+	case o.Client == nil:
+		return errors.New("dashboard: Options.Client is required")
 	case o.Asynqmon == nil:
 		return errors.New("dashboard: Options.Asynqmon is required")
 	case o.SessionTTL < 0:
@@ -186,7 +186,7 @@ type Dashboard struct {
 	log  zerolog.Logger
 	mux  *http.ServeMux
 	mon  *asynqmon.HTTPHandler
-	insp *asynq.Inspector
+	pool *pool.Pool
 	auth *auth // nil without a token
 	// hosts are Options.AllowedHosts, parsed.
 	hosts []hostRule
@@ -262,15 +262,17 @@ func New(opts Options) (*Dashboard, error) {
 		d.auth = newAuth(opts.AuthToken, opts.SessionTTL)
 		d.auth.log, d.auth.failures = &d.log, failures
 	}
-	apiHandler, err := api.New(api.Options{Redis: opts.Redis, Pool: opts.Pool, Logger: opts.Logger, MaxBodyBytes: opts.MaxBodyBytes})
+	apiHandler, err := api.New(api.Options{Client: opts.Client, Pool: opts.Pool, Logger: opts.Logger, MaxBodyBytes: opts.MaxBodyBytes})
 	if err != nil {
 		return nil, err
 	}
-	d.insp = asynq.NewInspectorFromRedisClient(opts.Redis)
-	if err := opts.Registry.Register(pool.NewStateCollector(opts.Pool)); err != nil {
+	if d.pool, err = opts.Client.Pool(opts.Pool); err != nil {
 		return nil, err
 	}
-	if err := opts.Registry.Register(metrics.NewQueueMetricsCollector(d.insp)); err != nil {
+	if err := opts.Registry.Register(pool.NewStateCollector(d.pool)); err != nil {
+		return nil, err
+	}
+	if err := opts.Registry.Register(metrics.NewQueueMetricsCollector(opts.Client.Inspector())); err != nil {
 		return nil, err
 	}
 	_ = opts.Registry.Register(collectors.NewGoCollector())
@@ -419,7 +421,7 @@ type poolRead struct {
 // the way to the paged endpoint.
 func (d *Dashboard) apiPool(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	counts, err := d.opts.Pool.Counts(ctx)
+	counts, err := d.pool.Counts(ctx)
 	if err != nil {
 		d.unavailable(w, "pool counts", err)
 		return
@@ -434,7 +436,7 @@ func (d *Dashboard) apiPool(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, rd.body)
 		return
 	}
-	st, err := d.opts.Pool.Status(ctx)
+	st, err := d.pool.Status(ctx)
 	if err != nil {
 		d.unavailable(w, "pool status", err)
 		return
@@ -569,7 +571,7 @@ func writeView(w http.ResponseWriter, v any) {
 
 // redisNow is Redis's clock, which the pool's times are of.
 func (d *Dashboard) redisNow(ctx context.Context) (time.Time, error) {
-	return d.opts.Redis.Time(ctx).Result()
+	return d.opts.Client.Redis().Time(ctx).Result()
 }
 
 // PageView is the body of /api/pool/page: a page of the pool's executors,
@@ -653,7 +655,7 @@ func (d *Dashboard) readPage(ctx context.Context, cur pageCursor, count int) (pa
 		}
 	}()
 	for range maxPageReads {
-		batch, after, c, err := d.opts.Pool.Page(ctx, cur.scan, int64(cur.hint))
+		batch, after, c, err := d.pool.Page(ctx, cur.scan, int64(cur.hint))
 		if err != nil {
 			return nil, pageCursor{}, pool.Counts{}, err
 		}
@@ -707,7 +709,7 @@ func (d *Dashboard) apiPoolPage(w http.ResponseWriter, r *http.Request) {
 	if execs == nil {
 		execs = []pool.ExecutorStatus{}
 	}
-	name := d.opts.Pool.Name()
+	name := d.pool.Name()
 	writeView(w, PageView{Pool: name, Now: now, Counts: counts, Cursor: cur.String(), Next: next.String(), Offset: cur.offset,
 		Executors: execs, MonitoringPath: MonitoringPath, EvalsQueue: tasks.Queues(name).Evals})
 }
@@ -752,7 +754,7 @@ func (d *Dashboard) leaseHistory(ctx context.Context, minutes int) (*historyRead
 		return nil, err
 	}
 	from := now.Add(-time.Duration(minutes) * time.Minute)
-	spans, err := d.opts.Pool.History(ctx, from, d.historyLimit)
+	spans, err := d.pool.History(ctx, from, d.historyLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -830,7 +832,7 @@ type waitersRead struct {
 // this.)
 func (d *Dashboard) apiPoolWaiters(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	counts, err := d.opts.Pool.Counts(ctx)
+	counts, err := d.pool.Counts(ctx)
 	if err != nil {
 		d.unavailable(w, "pool counts", err)
 		return
@@ -861,7 +863,7 @@ func (d *Dashboard) readWaiters(ctx context.Context, count int64) (*waitersRead,
 			return rd, nil
 		}
 	}
-	st, err := d.opts.Pool.Status(ctx)
+	st, err := d.pool.Status(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -886,7 +888,7 @@ func (d *Dashboard) asynqmonTask(w http.ResponseWriter, r *http.Request) {
 		d.mon.ServeHTTP(w, r)
 		return
 	}
-	info, err := d.insp.GetTaskInfo(qname, id)
+	info, err := d.opts.Client.Inspector().GetTaskInfo(qname, id)
 	switch {
 	case errors.Is(err, asynq.ErrQueueNotFound), errors.Is(err, asynq.ErrTaskNotFound):
 		http.Error(w, strings.TrimPrefix(err.Error(), "asynq: "), http.StatusNotFound)

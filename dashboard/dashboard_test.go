@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/tasks"
@@ -25,6 +26,7 @@ func TestMain(m *testing.M) { evaltest.Main(m) }
 
 type testBundle struct {
 	client *redis.Client
+	ep     *evalpool.Client
 	pool   *pool.Pool
 	url    string
 }
@@ -50,7 +52,11 @@ func setupTuned(t *testing.T, opts Options, tune func(*Dashboard), urls ...strin
 	srv := evaltest.StartT(t, evaltest.Options{})
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { _ = client.Close() })
-	p, err := pool.New(client, pool.Options{Name: "web"})
+	ep, err := evalpool.NewClient(client, evalpool.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ep.Pool("web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +65,7 @@ func setupTuned(t *testing.T, opts Options, tune func(*Dashboard), urls ...strin
 			t.Fatal(err)
 		}
 	}
-	opts.Pool, opts.Redis, opts.Asynqmon = p, client, asynq.RedisClientOpt{Addr: srv.Addr}
+	opts.Client, opts.Pool, opts.Asynqmon = ep, p.Name(), asynq.RedisClientOpt{Addr: srv.Addr}
 	d, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +76,7 @@ func setupTuned(t *testing.T, opts Options, tune func(*Dashboard), urls ...strin
 	}
 	ts := httptest.NewServer(d)
 	t.Cleanup(ts.Close)
-	return d, &testBundle{client: client, pool: p, url: ts.URL}
+	return d, &testBundle{client: client, ep: ep, pool: p, url: ts.URL}
 }
 
 func get(t *testing.T, url string) (int, string) {
@@ -224,10 +230,10 @@ func TestOptionsValidate(t *testing.T) {
 		opts Options
 		want string
 	}{
-		{"empty", Options{}, "Options.Pool is required"},
-		{"no redis", Options{Pool: b.pool}, "Options.Redis is required"},
-		{"token with spaces", Options{Pool: b.pool, Redis: b.client, Asynqmon: asynq.RedisClientOpt{Addr: "x"}, AuthToken: " t "}, "AuthToken"},
-		{"negative session", Options{Pool: b.pool, Redis: b.client, Asynqmon: asynq.RedisClientOpt{Addr: "x"}, SessionTTL: -time.Second}, "SessionTTL"},
+		{"empty", Options{}, "Options.Client is required"},
+		{"no asynqmon", Options{Client: b.ep}, "Options.Asynqmon is required"},
+		{"token with spaces", Options{Client: b.ep, Asynqmon: asynq.RedisClientOpt{Addr: "x"}, AuthToken: " t "}, "AuthToken"},
+		{"negative session", Options{Client: b.ep, Asynqmon: asynq.RedisClientOpt{Addr: "x"}, SessionTTL: -time.Second}, "SessionTTL"},
 	} {
 		if _, err := New(tc.opts); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: New: %v, want %q", tc.name, err, tc.want)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/api"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
@@ -54,11 +55,11 @@ func fleet(t *testing.T, b *testBundle, n int, opts refexec.Options, labels func
 // runWorker runs a real worker on the bundle's pool until the test ends.
 func runWorker(t *testing.T, b *testBundle, concurrency int) {
 	t.Helper()
-	w, err := worker.New(worker.Config{
-		Redis: b.client, Pools: []*pool.Pool{b.pool}, Concurrency: concurrency, Cleanup: worker.CleanupInline,
+	w, err := evalpool.NewWorker(b.client, evalpool.WorkerConfig{Pools: []string{b.pool.Name()}, Config: worker.Config{
+		Concurrency: concurrency, Cleanup: worker.CleanupInline,
 		PollInterval: 20 * time.Millisecond, NoExecutorDelay: 20 * time.Millisecond,
 		RetryDelay: func(int) time.Duration { return 10 * time.Millisecond },
-	})
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}

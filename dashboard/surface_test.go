@@ -165,7 +165,7 @@ func TestAllowedHosts(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "*", "http://dash.example.com", "dash.example.com/x", ".corp.example:80", "x:http", ":8080", "a b"} {
-		_, err := New(Options{Pool: b.pool, Redis: b.client, Asynqmon: asynq.RedisClientOpt{Addr: "x"}, AllowedHosts: []string{bad}})
+		_, err := New(Options{Client: b.ep, Asynqmon: asynq.RedisClientOpt{Addr: "x"}, AllowedHosts: []string{bad}})
 		if !errors.Is(err, ErrBadAllowedHost) || !strings.Contains(err.Error(), strconv.Quote(bad)) {
 			t.Errorf("AllowedHosts %q: New: %v, want ErrBadAllowedHost naming it", bad, err)
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/redisconn"
@@ -96,12 +97,13 @@ type Demo struct {
 	mini     *miniredis.Miniredis
 	client   redis.UniversalClient
 	conn     asynq.RedisConnOpt
+	ep       *evalpool.Client
 	pool     *pool.Pool
 	metrics  *pool.Metrics
 	execs    []*refexec.Server
 	urls     []string
 	servers  []*http.Server
-	worker   *worker.Worker
+	worker   *evalpool.Worker
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
 	workErr  error
@@ -123,12 +125,16 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 		return nil, err
 	}
 	var err error
-	// The demo's executors fail calls at random on purpose (FailRate): they
-	// are not dead, and quarantining them would only shrink the demo.
-	if d.pool, err = pool.New(d.client, pool.Options{Name: opts.Pool, Logger: &d.log, Metrics: d.metrics}); err != nil {
+	if d.ep, err = evalpool.NewClient(d.client, evalpool.ClientConfig{Logger: &d.log, PoolMetrics: d.metrics}); err != nil {
 		d.Close()
 		return nil, err
 	}
+	if d.pool, err = d.ep.Pool(opts.Pool); err != nil {
+		d.Close()
+		return nil, err
+	}
+	// The demo's executors fail calls at random on purpose (FailRate): they
+	// are not dead, and quarantining them would only shrink the demo.
 	if err := d.pool.Configure(ctx, pool.Settings{QuarantineAfter: -1}); err != nil {
 		d.Close()
 		return nil, err
@@ -137,12 +143,12 @@ func Start(ctx context.Context, opts Options) (*Demo, error) {
 		d.Close()
 		return nil, err
 	}
-	d.worker, err = worker.New(worker.Config{
-		Redis: d.client, Pools: []*pool.Pool{d.pool}, Concurrency: 2 * opts.Executors, Cleanup: worker.CleanupBoth,
+	d.worker, err = evalpool.NewWorker(d.client, evalpool.WorkerConfig{Pools: []string{opts.Pool}, PoolMetrics: d.metrics, Config: worker.Config{
+		Concurrency: 2 * opts.Executors, Cleanup: worker.CleanupBoth,
 		LeaseTTL: 5 * time.Second, ReapInterval: time.Second, PollInterval: 50 * time.Millisecond,
 		NoExecutorDelay: 50 * time.Millisecond, RetryDelay: worker.ExponentialBackoff(50*time.Millisecond, time.Second),
 		Logger: &d.log,
-	})
+	}})
 	if err != nil {
 		d.Close()
 		return nil, err
@@ -198,8 +204,8 @@ func (d *Demo) startExecutors(ctx context.Context) error {
 // Embedded reports whether the demo runs on its in-process Redis.
 func (d *Demo) Embedded() bool { return d.embedded }
 
-// Redis is the demo's Redis client.
-func (d *Demo) Redis() redis.UniversalClient { return d.client }
+// Client is the demo's producer client.
+func (d *Demo) Client() *evalpool.Client { return d.ep }
 
 // AsynqConn connects another Asynq client (Asynqmon) to the demo's Redis.
 func (d *Demo) AsynqConn() asynq.RedisConnOpt { return d.conn }
@@ -237,20 +243,17 @@ type Report struct {
 // reports.
 func (d *Demo) Run(ctx context.Context) (*Report, error) {
 	start := time.Now()
-	aq := asynq.NewClientFromRedisClient(d.client) // shares the client: nothing to close
-	insp := asynq.NewInspectorFromRedisClient(d.client)
+	insp := d.ep.Inspector()
 	runID := time.Now().Format("150405")
 	ids := make([]string, d.opts.Evals)
+	evals := make([]tasks.Eval, len(ids))
 	for i := range ids {
 		ids[i] = fmt.Sprintf("demo-%s-%04d", runID, i)
 		spec, _ := json.Marshal(map[string]any{"task": "add", "a": i, "b": i})
-		t, err := tasks.NewEval(tasks.Eval{ID: ids[i], Pool: d.pool.Name(), Spec: spec, TimeoutS: 60}, tasks.EvalOptions{MaxRetry: 2})
-		if err != nil {
-			return nil, err
-		}
-		if _, err := aq.EnqueueContext(ctx, t); err != nil {
-			return nil, fmt.Errorf("demo: enqueue: %w", err)
-		}
+		evals[i] = tasks.Eval{ID: ids[i], Spec: spec, TimeoutS: 60}
+	}
+	if _, err := d.ep.Enqueue(ctx, d.pool.Name(), evals, evalpool.EnqueueOptions{Eval: tasks.EvalOptions{MaxRetry: 2}}); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
 	}
 	ended := 0
 	rep := &Report{Evals: len(ids), Releases: map[pool.ReleaseOutcome]int{}}
@@ -261,7 +264,7 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 		stopZombie()
 		zombie.Wait()
 	}()
-	err := client.Wait(ctx, insp, d.pool.Name(), ids, 50*time.Millisecond, func(f client.Finished) {
+	err := d.ep.Wait(ctx, d.pool.Name(), ids, client.WaitOptions{Every: 50 * time.Millisecond, Finished: func(f client.Finished) {
 		switch f.Outcome {
 		case client.OutcomePassed:
 			rep.Passed++
@@ -276,7 +279,7 @@ func (d *Demo) Run(ctx context.Context) (*Report, error) {
 		rep.Attempts += f.Retried + 1
 		ended++
 		d.opts.Progress(ended, len(ids))
-	}, nil)
+	}})
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}

@@ -65,7 +65,7 @@ func BenchmarkEvalInline(b *testing.B) {
 	if err := insp.PauseQueue(queue); err != nil {
 		b.Fatal(err)
 	}
-	w, err := New(Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: 16, Cleanup: CleanupInline, PollInterval: 50 * time.Millisecond})
+	w, err := New(testParts(client, p), Config{Concurrency: 16, Cleanup: CleanupInline, PollInterval: 50 * time.Millisecond})
 	if err != nil {
 		b.Fatal(err)
 	}

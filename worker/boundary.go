@@ -265,7 +265,7 @@ func relative(d time.Duration) string {
 // false when Redis did not answer within clockTolerance.
 func (w *Worker) redisOffset(ctx context.Context) (time.Duration, bool) {
 	sent := w.wall()
-	at, err := w.cfg.Redis.Time(ctx).Result()
+	at, err := w.redis.Time(ctx).Result()
 	rtt := w.wall().Sub(sent)
 	if err != nil || rtt > clockTolerance {
 		return 0, false
@@ -357,11 +357,11 @@ func (w *Worker) checkPermissions(ctx context.Context, queues []string) error {
 			[]any{"HDEL", tasks.ResultKey(q, absent), "result"})
 	}
 	for _, cmd := range cmds {
-		if err := w.cfg.Redis.Do(ctx, cmd...).Err(); noPerm(err) {
+		if err := w.redis.Do(ctx, cmd...).Err(); noPerm(err) {
 			return permissionErr(fmt.Sprint(cmd[0], " ", cmd[1]), err)
 		}
 	}
-	sub := w.cfg.Redis.Subscribe(ctx, "asynq:cancel")
+	sub := w.redis.Subscribe(ctx, "asynq:cancel")
 	defer sub.Close()
 	if _, err := sub.Receive(ctx); noPerm(err) {
 		return permissionErr("SUBSCRIBE asynq:cancel", err)

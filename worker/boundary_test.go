@@ -240,7 +240,7 @@ func TestSlowPathNamesTheFixAndArchivesNothing(t *testing.T) {
 		t.Fatalf("the fix names a TTL of %v (%v); want more than %s", need, err, ttl)
 	}
 	t.Logf("the log names the fix: --lease-ttl %s", need)
-	fixed, err := New(Config{Redis: client, Pools: []*pool.Pool{b.pool}, LeaseTTL: need, PollInterval: 20 * time.Millisecond, NoExecutorDelay: 20 * time.Millisecond})
+	fixed, err := New(testParts(client, b.pool), Config{LeaseTTL: need, PollInterval: 20 * time.Millisecond, NoExecutorDelay: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

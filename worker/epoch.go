@@ -49,7 +49,7 @@ func (w *Worker) watchEpochs(ctx context.Context) {
 		}
 		w.recordEnds(ctx)
 		// The policy can change under a running worker (CONFIG SET).
-		if policy, err := maxmemoryPolicy(ctx, w.cfg.Redis); err == nil && policy != lastPolicy {
+		if policy, err := maxmemoryPolicy(ctx, w.redis); err == nil && policy != lastPolicy {
 			if policy != "noeviction" && !w.cfg.AllowEvictingRedis {
 				w.log.Error().Str("maxmemory_policy", policy).Msg("Redis's maxmemory-policy changed: it may now evict the pool's keys and lose executors and evals; set it back to noeviction")
 			}
@@ -102,7 +102,7 @@ func (w *Worker) noteMissing(sp *servedPool, evalID string) {
 // executors and evals without a word. A Redis that does not let us read the
 // policy (managed services often disable CONFIG) gets a warning.
 func (w *Worker) checkEviction(ctx context.Context) error {
-	policy, err := maxmemoryPolicy(ctx, w.cfg.Redis)
+	policy, err := maxmemoryPolicy(ctx, w.redis)
 	switch {
 	case err != nil:
 		w.log.Warn().Err(err).Msg("cannot read Redis's maxmemory-policy; make sure it is noeviction, or Redis may drop the pool's keys")

@@ -29,7 +29,7 @@ func TestEndsAtMaxmemoryAreRecordedLater(t *testing.T) {
 	runs := run.NewStore(rdb, run.Options{})
 	ctx := t.Context()
 	evals := []tasks.Eval{{ID: "a", Spec: json.RawMessage(`{"grade":"passed"}`)}, {ID: "b", Spec: json.RawMessage(`{"grade":"passed"}`)}}
-	if _, err := client.Submit(ctx, b.aq, b.pool, runs, client.RunRequest{Name: "full", Evals: evals}); err != nil {
+	if _, err := client.Submit(ctx, b.aq, b.insp, b.pool, runs, client.RunRequest{Name: "full", Evals: evals}); err != nil {
 		t.Fatal(err)
 	}
 	evaltest.Eventually(t, 10*time.Second, "the evals never ran", func() bool {

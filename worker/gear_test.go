@@ -28,7 +28,7 @@ func TestAnIdleWorkerLooksAtCleanupsSlowly(t *testing.T) {
 	}
 	evaltest.Eventually(t, 10*time.Second, "the worker's eval and cleanup servers never came up", func() bool { return servers() == 2 })
 
-	if rate := evaltest.CommandRate(t, w.cfg.Redis, 3*time.Second); rate > 50 {
+	if rate := evaltest.CommandRate(t, w.redis, 3*time.Second); rate > 50 {
 		t.Errorf("an idle worker sends Redis %.0f commands/s, want at most 50", rate)
 	}
 

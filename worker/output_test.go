@@ -37,14 +37,14 @@ printf '{"status":"passed","score":1,"output":{"text":"%s"}}' "$(head -c ` + "20
 			t.Parallel()
 			w, b := setup(t, Config{Cleanup: mode}, refexec.Options{Exec: grader})
 			start(t, w)
-			rdb := w.cfg.Redis.(*redis.Client)
+			rdb := w.redis.(*redis.Client)
 			store := run.NewStore(rdb, run.Options{})
 			ctx := t.Context()
 			req := client.RunRequest{Name: "out"}
 			for range 3 {
 				req.Evals = append(req.Evals, tasks.Eval{Spec: json.RawMessage(`{}`)})
 			}
-			if _, err := client.Submit(ctx, b.aq, b.pool, store, req); err != nil {
+			if _, err := client.Submit(ctx, b.aq, b.insp, b.pool, store, req); err != nil {
 				t.Fatal(err)
 			}
 			evaltest.Eventually(t, 30*time.Second, "the run's evals ended", func() bool {

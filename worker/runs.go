@@ -149,7 +149,7 @@ func (w *Worker) reapWhenFull(ctx context.Context) {
 // cluster reports its fullest master. Any error leaves the gauges as they
 // were.
 func (w *Worker) watchMemory(ctx context.Context) (full bool) {
-	used, limit, err := memoryOf(ctx, w.cfg.Redis)
+	used, limit, err := memoryOf(ctx, w.redis)
 	if err != nil {
 		w.log.Debug().Err(err).Msg("cannot read Redis's memory")
 		return false

@@ -105,7 +105,7 @@ func (w *Worker) listenWakes(ctx context.Context) (stop func(), err error) {
 		}
 	}
 	for _, sp := range w.pools {
-		conn, err := blockingConn(w.cfg.Redis)
+		conn, err := blockingConn(w.redis)
 		if err != nil {
 			stop()
 			return nil, err

@@ -88,14 +88,39 @@ const (
 // prefers another executor.
 var ErrErrored = errors.New("errored")
 
-// Config configures a Worker.
-type Config struct {
-	// Redis is the client Asynq and the pools share. Required.
+// Parts are what a worker works on, all on one Redis client:
+// evalpool.NewWorker makes them, and every field is required.
+type Parts struct {
+	// Redis is the client Asynq and the pools share.
 	Redis redis.UniversalClient
 	// Pools are the executor pools whose evals this worker runs: it serves
 	// their queues and no other, and refuses a task that names another pool.
-	// At least one is required; their names must differ.
+	// At least one; their names must differ.
 	Pools []*pool.Pool
+	// Asynq enqueues cleanups and evals handed back; Inspector reads
+	// Asynq's state of an eval whose end a run has not recorded.
+	Asynq     *asynq.Client
+	Inspector *asynq.Inspector
+	// Runs records the ends of runs' evals.
+	Runs *run.Store
+}
+
+func (p *Parts) validate() error {
+	if p.Redis == nil || p.Asynq == nil || p.Inspector == nil || p.Runs == nil || len(p.Pools) == 0 {
+		return errors.New("worker: Parts needs Redis, Asynq, Inspector, Runs and at least one pool (evalpool.NewWorker makes them)")
+	}
+	seen := map[string]bool{}
+	for _, p := range p.Pools {
+		if p == nil || seen[p.Name()] {
+			return errors.New("worker: Parts.Pools holds a nil pool or one name twice")
+		}
+		seen[p.Name()] = true
+	}
+	return nil
+}
+
+// Config tunes a Worker. The zero value is usable.
+type Config struct {
 	// AllowEvictingRedis lets the worker start on a Redis whose
 	// maxmemory-policy may evict keys (anything but noeviction). Such a
 	// Redis can drop a pool's keys under memory pressure and lose executors
@@ -167,10 +192,6 @@ type Config struct {
 
 func (c *Config) validate() error {
 	switch {
-	case c.Redis == nil:
-		return errors.New("worker: Config.Redis is required")
-	case len(c.Pools) == 0:
-		return errors.New("worker: Config.Pools needs at least one pool")
 	case c.Concurrency < 0 || c.CleanupConcurrency < 0:
 		return fmt.Errorf("worker: concurrency may not be negative, got %d and %d", c.Concurrency, c.CleanupConcurrency)
 	case c.Cleanup != "" && c.Cleanup != CleanupOutcome && c.Cleanup != CleanupBoth && c.Cleanup != CleanupInline:
@@ -183,13 +204,6 @@ func (c *Config) validate() error {
 		return fmt.Errorf("worker: reap interval must be whole seconds, at least 1s, got %s", c.ReapInterval)
 	case c.NoExecutorDelay < 0, c.ShutdownTimeout < 0, c.PollInterval < 0, c.CleanupPollInterval < 0, c.ProbeTimeout < 0:
 		return errors.New("worker: intervals and timeouts may not be negative")
-	}
-	seen := map[string]bool{}
-	for _, p := range c.Pools {
-		if p == nil || seen[p.Name()] {
-			return errors.New("worker: Config.Pools holds a nil pool or one name twice")
-		}
-		seen[p.Name()] = true
 	}
 	return nil
 }
@@ -243,6 +257,7 @@ func (c *Config) withDefaults() {
 type Worker struct {
 	cfg    Config
 	log    zerolog.Logger
+	redis  redis.UniversalClient
 	client *asynq.Client
 	pools  map[string]*servedPool
 	id     string // names this process's wake lists
@@ -355,14 +370,17 @@ type servedPool struct {
 	clock pool.Clock
 }
 
-// New returns a worker; Run starts it.
-func New(cfg Config) (*Worker, error) {
+// New returns a worker on parts; Run starts it. Programs call
+// evalpool.NewWorker, which makes the parts.
+func New(parts Parts, cfg Config) (*Worker, error) {
+	if err := parts.validate(); err != nil {
+		return nil, err
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	cfg.withDefaults()
-	w := &Worker{cfg: cfg, log: zerolog.Nop(), client: asynq.NewClientFromRedisClient(cfg.Redis), runs: run.NewStore(cfg.Redis, run.Options{}),
-		inspector: asynq.NewInspectorFromRedisClient(cfg.Redis)}
+	w := &Worker{cfg: cfg, log: zerolog.Nop(), redis: parts.Redis, client: parts.Asynq, runs: parts.Runs, inspector: parts.Inspector}
 	if cfg.Logger != nil {
 		w.log = *cfg.Logger
 	}
@@ -370,7 +388,7 @@ func New(cfg Config) (*Worker, error) {
 	_, _ = crand.Read(id)
 	w.id = hex.EncodeToString(id)
 	w.pools = map[string]*servedPool{}
-	for _, p := range cfg.Pools {
+	for _, p := range parts.Pools {
 		w.pools[p.Name()] = &servedPool{pool: p, beats: newHeartbeat(p, cfg.Executor, w.log), wakes: newWakes(p, w.id, w.log)}
 	}
 	return w, nil
@@ -420,7 +438,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// asks only its own queues (a round trip per queue it asks): one that
 	// looks at them every PollInterval, and, while this worker runs evals,
 	// fast ones (gear).
-	evals := asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
+	evals := asynq.NewServerFromRedisClient(w.redis, asynq.Config{
 		Concurrency:              w.cfg.Concurrency,
 		BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
 		Queues:                   evalQueues,
@@ -433,7 +451,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		ShutdownTimeout:          w.cfg.ShutdownTimeout,
 	})
 	cleanupServer := func(poll time.Duration, logger asynq.Logger) *asynq.Server {
-		return asynq.NewServerFromRedisClient(w.cfg.Redis, asynq.Config{
+		return asynq.NewServerFromRedisClient(w.redis, asynq.Config{
 			Concurrency:              max(1, w.cfg.CleanupConcurrency/fastCleanupServers),
 			BaseContext:              func() context.Context { return context.WithoutCancel(ctx) },
 			Queues:                   cleanupQueues,
@@ -472,7 +490,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		geared.Wait()
 		w.gear.close()
 	}()
-	sched := asynq.NewSchedulerFromRedisClient(w.cfg.Redis, &asynq.SchedulerOpts{
+	sched := asynq.NewSchedulerFromRedisClient(w.redis, &asynq.SchedulerOpts{
 		Logger: logger,
 		EnqueueErrorHandler: func(_ *asynq.Task, _ []asynq.Option, err error) {
 			if !errors.Is(err, asynq.ErrDuplicateTask) {
@@ -545,7 +563,7 @@ const afterTimeout = 5 * time.Second
 // the executors accept the worker's signature) and returns the queues its
 // servers serve.
 func (w *Worker) start(ctx context.Context) (evalQueues, cleanupQueues map[string]int, err error) {
-	if err := w.cfg.Redis.Ping(ctx).Err(); err != nil {
+	if err := w.redis.Ping(ctx).Err(); err != nil {
 		return nil, nil, fmt.Errorf("worker: redis: %w", err)
 	}
 	evalQueues, cleanupQueues = map[string]int{}, map[string]int{}
@@ -1035,7 +1053,7 @@ func encodeResult(r tasks.EvalResult) ([]byte, error) {
 // would recreate the task as a stub that refuses its enqueue again.
 func (w *Worker) writeResult(ctx context.Context, t *asynq.Task, evalID string, b []byte) error {
 	queue, _ := asynq.GetQueueName(ctx)
-	n, err := lua.WriteResult.Run(ctx, w.cfg.Redis, []string{tasks.ResultKey(queue, t.ResultWriter().TaskID())}, b).Int()
+	n, err := lua.WriteResult.Run(ctx, w.redis, []string{tasks.ResultKey(queue, t.ResultWriter().TaskID())}, b).Int()
 	if err != nil {
 		return fmt.Errorf("eval %s: write result: %w", evalID, err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/evalpool/evalpool/lua"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/refexec"
+	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
 )
 
@@ -89,7 +90,7 @@ func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...re
 	}
 	b.aq = asynq.NewClientFromRedisClient(client)
 	b.insp = asynq.NewInspectorFromRedisClient(client)
-	cfg.Redis, cfg.Pools, cfg.Logger, cfg.Metrics = client, []*pool.Pool{b.pool}, logger, b.metrics
+	cfg.Logger, cfg.Metrics = logger, b.metrics
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 20 * time.Millisecond
 	}
@@ -99,11 +100,18 @@ func setupOn(t *testing.T, client redis.UniversalClient, cfg Config, execs ...re
 	if cfg.RetryDelay == nil {
 		cfg.RetryDelay = func(int) time.Duration { return 10 * time.Millisecond }
 	}
-	w, err := New(cfg)
+	w, err := New(testParts(client, b.pool), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return w, b
+}
+
+// testParts are a worker's parts on client, as evalpool.NewWorker makes
+// them.
+func testParts(client redis.UniversalClient, pools ...*pool.Pool) Parts {
+	return Parts{Redis: client, Pools: pools, Asynq: asynq.NewClientFromRedisClient(client),
+		Inspector: asynq.NewInspectorFromRedisClient(client), Runs: run.NewStore(client, run.Options{})}
 }
 
 // start runs the worker until the test ends.
@@ -531,21 +539,25 @@ func TestConfigValidate(t *testing.T) {
 	defer c.Close()
 	p, _ := pool.New(c, pool.Options{})
 	same, _ := pool.New(c, pool.Options{})
-	ps := []*pool.Pool{p}
+	noRedis := testParts(c, p)
+	noRedis.Redis = nil
+	noRuns := testParts(c, p)
+	noRuns.Runs = nil
+	for _, parts := range []Parts{noRedis, noRuns, testParts(c), testParts(c, p, same), testParts(c, nil)} {
+		if _, err := New(parts, Config{}); err == nil {
+			t.Errorf("New(%+v) accepted", parts)
+		}
+	}
 	for _, cfg := range []Config{
-		{Pools: ps},
-		{Redis: c},
-		{Redis: c, Pools: []*pool.Pool{p, same}},
-		{Redis: c, Pools: []*pool.Pool{nil}},
-		{Redis: c, Pools: ps, Cleanup: "sometimes"},
-		{Redis: c, Pools: ps, LeaseTTL: time.Millisecond},
-		{Redis: c, Pools: ps, Concurrency: -1},
-		{Redis: c, Pools: ps, ReapInterval: 300 * time.Millisecond},
-		{Redis: c, Pools: ps, ReapInterval: 1500 * time.Millisecond},
-		{Redis: c, Pools: ps, ExecutorWait: MaxExecutorWait + time.Second},
-		{Redis: c, Pools: ps, ShutdownTimeout: -time.Second},
+		{Cleanup: "sometimes"},
+		{LeaseTTL: time.Millisecond},
+		{Concurrency: -1},
+		{ReapInterval: 300 * time.Millisecond},
+		{ReapInterval: 1500 * time.Millisecond},
+		{ExecutorWait: MaxExecutorWait + time.Second},
+		{ShutdownTimeout: -time.Second},
 	} {
-		if _, err := New(cfg); err == nil {
+		if _, err := New(testParts(c, p), cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
 	}
@@ -558,7 +570,7 @@ func TestConfigDefaults(t *testing.T) {
 	c := redis.NewClient(&redis.Options{})
 	defer c.Close()
 	p, _ := pool.New(c, pool.Options{})
-	w, err := New(Config{Redis: c, Pools: []*pool.Pool{p}})
+	w, err := New(testParts(c, p), Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,7 +591,7 @@ func TestConfigDefaults(t *testing.T) {
 			t.Errorf("%s defaults to %v, want %v", name, pair[0], pair[1])
 		}
 	}
-	w, err = New(Config{Redis: c, Pools: []*pool.Pool{p}, ExecutorWait: -1})
+	w, err = New(testParts(c, p), Config{ExecutorWait: -1})
 	if err != nil || w.cfg.ExecutorWait >= 0 {
 		t.Fatalf("ExecutorWait -1: %v, %v; want no wait", w.cfg.ExecutorWait, err)
 	}

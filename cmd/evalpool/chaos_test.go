@@ -92,11 +92,11 @@ echo '{"status":"passed"}'`, lock, graderOverlaps)}
 				return (&executor.Client{}).Healthy(t.Context(), u) == nil
 			})
 		}
-		if r := evalpool(t, url, p.name, append([]string{"pool", "add"}, p.urls...)...); r.code != 0 {
+		if r := runCLI(t, url, p.name, append([]string{"pool", "add"}, p.urls...)...); r.code != 0 {
 			t.Fatalf("pool add to %s: %+v", p.name, r)
 		}
 		// Killed executors are quarantined and probed back, every second.
-		if r := evalpool(t, url, p.name, "pool", "config", "--probe-interval", "1s"); r.code != 0 {
+		if r := runCLI(t, url, p.name, "pool", "config", "--probe-interval", "1s"); r.code != 0 {
 			t.Fatalf("pool config of %s: %+v", p.name, r)
 		}
 	}
@@ -108,7 +108,7 @@ echo '{"status":"passed"}'`, lock, graderOverlaps)}
 		"default": {"http://localhost:" + port(pools[0].urls[0]), "HTTP://LOCALHOST:0" + port(pools[0].urls[1]) + "/."},
 		"b":       {"http://localhost:" + port(pools[0].urls[2])},
 	} {
-		r := evalpool(t, url, name, append([]string{"pool", "add"}, spellings...)...)
+		r := runCLI(t, url, name, append([]string{"pool", "add"}, spellings...)...)
 		if r.code != 1 || strings.Count(r.stdout, "duplicate ") != len(spellings) {
 			t.Fatalf("pool add of other spellings to %s: %+v; want all %d refused", name, r, len(spellings))
 		}
@@ -142,7 +142,7 @@ echo '{"status":"passed"}'`, lock, graderOverlaps)}
 		if err := os.WriteFile(file, []byte(lines.String()), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		r := evalpool(t, url, p.name, "enqueue", "--file", file, "--max-retry", "10", "--timeout", "30s")
+		r := runCLI(t, url, p.name, "enqueue", "--file", file, "--max-retry", "10", "--timeout", "30s")
 		if r.code != 0 {
 			t.Fatalf("enqueue to %s: %+v", p.name, r)
 		}

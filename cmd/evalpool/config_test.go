@@ -18,7 +18,7 @@ func TestPoolConfig(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	cli := func(args ...string) result { return evalpool(t, url, name, args...) }
+	cli := func(args ...string) result { return runCLI(t, url, name, args...) }
 	settings := func() pool.Settings {
 		t.Helper()
 		r := cli("pool", "config", "--json")

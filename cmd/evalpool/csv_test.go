@@ -38,7 +38,7 @@ func TestResultsCSVEscapesFormulas(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r := evalpool(t, srv.URL(), "default", "run", "results", "csv", "--format", "csv")
+	r := runCLI(t, srv.URL(), "default", "run", "results", "csv", "--format", "csv")
 	if r.code != 0 {
 		t.Fatalf("run results: %+v", r)
 	}

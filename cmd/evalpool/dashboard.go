@@ -13,13 +13,12 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/dashboard"
 	"github.com/evalpool/evalpool/demo"
-	"github.com/evalpool/evalpool/pool"
 )
 
 // dashboardFlags are the dashboard's access flags, shared by dashboard and
@@ -104,15 +103,11 @@ dash.example.com or .example.com. That keeps DNS rebinding pages out.`,
 			if err != nil {
 				return err
 			}
-			client, err := a.redis()
+			ep, err := a.evalpool()
 			if err != nil {
 				return err
 			}
-			p, err := a.pool()
-			if err != nil {
-				return err
-			}
-			return a.serveDashboard(c.Context(), listen, metricsAddr, flags, client, p, conn)
+			return a.serveDashboard(c.Context(), listen, metricsAddr, flags, ep, a.poolName, conn)
 		},
 	}
 	c.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to serve on")
@@ -157,13 +152,13 @@ func loopback(listen string) bool {
 	return true
 }
 
-func (a *app) serveDashboard(ctx context.Context, listen, metricsAddr string, flags dashboardFlags, client redis.UniversalClient, p *pool.Pool, conn asynq.RedisConnOpt) error {
+func (a *app) serveDashboard(ctx context.Context, listen, metricsAddr string, flags dashboardFlags, ep *evalpool.Client, poolName string, conn asynq.RedisConnOpt) error {
 	token, err := flags.token()
 	if err != nil {
 		return err
 	}
 	opts := flags.server
-	opts.Pool, opts.Redis, opts.Asynqmon, opts.Logger, opts.Registry = p, client, conn, &a.log, prometheus.NewRegistry()
+	opts.Client, opts.Pool, opts.Asynqmon, opts.Logger, opts.Registry = ep, poolName, conn, &a.log, prometheus.NewRegistry()
 	opts.AuthToken, opts.Admin, opts.AllowedHosts = token, flags.admin, flags.hosts(listen)
 	d, err := dashboard.New(opts)
 	if err != nil {
@@ -272,7 +267,7 @@ report until Ctrl-C.`,
 			}
 			rep.Print(a.stdout)
 			if serve != "" {
-				if err := a.serveDashboard(c.Context(), serve, "", flags, d.Redis(), d.Pool(), d.AsynqConn()); err != nil {
+				if err := a.serveDashboard(c.Context(), serve, "", flags, d.Client(), d.Pool().Name(), d.AsynqConn()); err != nil {
 					return err
 				}
 			}

@@ -44,7 +44,7 @@ func hostDo(t *testing.T, method, url, host, body string, headers ...string) (in
 // is a usage error. (Not parallel: it sets the environment.)
 func TestDashboardAllowedHosts(t *testing.T) {
 	url := evaltest.StartT(t, evaltest.Options{}).URL() // it enqueues: a Redis of its own
-	if r := evalpool(t, url, "default", "pool", "add", "--no-probe", "http://e1"); r.code != 0 {
+	if r := runCLI(t, url, "default", "pool", "add", "--no-probe", "http://e1"); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
 	const token = "cli-token-0123456789abcdef"

@@ -111,7 +111,7 @@ func scrape(t *testing.T, logs *evaltest.LogBuffer) map[string]float64 {
 func TestEndToEnd(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	servers, urls := startExecutors(t, 3, refexec.Options{Latency: 2 * time.Millisecond, FailRate: 0.2})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
@@ -218,7 +218,7 @@ func TestEndToEnd(t *testing.T) {
 func TestWorkerKilledMidEval(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	servers, urls := startExecutors(t, 1, refexec.Options{Latency: 2 * time.Second})
 	cli("pool", "add", urls[0])
 
@@ -275,7 +275,7 @@ func TestWorkerKilledMidEval(t *testing.T) {
 func TestWorkerStopsGracefully(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	servers, urls := startExecutors(t, 1, refexec.Options{Latency: time.Second})
 	cli("pool", "add", urls[0])
 	cmd := exec.Command(os.Args[0], "--redis", url, "worker", "--poll-interval", "50ms")

@@ -20,6 +20,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/spf13/cobra"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/labels"
@@ -99,13 +100,13 @@ unless --allow-empty-pool.`,
 			if err != nil {
 				return usageError{err}
 			}
-			opts := retryOptions(maxRetry)
-			opts.Retention = retention
-			batch := make([]*asynq.Task, len(evals))
+			opts := evalpool.EnqueueOptions{Eval: retryOptions(maxRetry), AllowEmptyPool: allowEmpty}
+			opts.Eval.Retention = retention
+			byID := make(map[string]tasks.Eval, len(evals))
+			ids := make([]string, len(evals))
 			for i := range evals {
 				evals[i].TimeoutS = tasks.TimeoutSeconds(timeout)
 				evals[i].LeaseTTLMs = leaseTTL.Milliseconds()
-				evals[i].Pool = a.poolName
 				if len(required) > 0 {
 					evals[i].Require = maps.Clone(evals[i].Require)
 					if evals[i].Require == nil {
@@ -113,46 +114,29 @@ unless --allow-empty-pool.`,
 					}
 					maps.Copy(evals[i].Require, required)
 				}
-				if batch[i], err = tasks.NewEval(evals[i], opts); err != nil {
-					return fmt.Errorf("eval %d of %d: %w", i+1, len(evals), err)
-				}
+				ids[i], byID[evals[i].ID] = evals[i].ID, evals[i]
 			}
-			rdb, err := a.redis()
+			ep, err := a.evalpool()
 			if err != nil {
 				return err
 			}
-			if err := a.servable(c.Context(), evals, allowEmpty); err != nil {
-				return err
-			}
-			aq := asynq.NewClientFromRedisClient(rdb) // shares rdb: nothing to close
-			ids := make([]string, 0, len(evals))
-			for i, t := range batch {
-				_, err := aq.EnqueueContext(c.Context(), t)
-				switch {
-				case errors.Is(err, asynq.ErrTaskIDConflict):
-					fmt.Fprintf(a.stderr, "eval %s is already enqueued; left as it is\n", evals[i].ID)
-				case err != nil:
-					return fmt.Errorf("enqueue eval %s (%d of %d; those before it are enqueued): %w", evals[i].ID, i+1, len(evals), err)
+			fresh, err := ep.Enqueue(c.Context(), a.poolName, evals, opts)
+			for i, isNew := range fresh {
+				if !isNew {
+					fmt.Fprintf(a.stderr, "eval %s is already enqueued; left as it is\n", ids[i])
 				}
-				ids = append(ids, evals[i].ID)
-				fmt.Fprintln(a.stdout, evals[i].ID)
+				fmt.Fprintln(a.stdout, ids[i])
+			}
+			if err != nil {
+				return a.unservable(err)
 			}
 			if !wait {
 				return nil
 			}
-			byID := make(map[string]*asynq.Task, len(ids))
-			for i, t := range batch {
-				byID[evals[i].ID] = t
-			}
 			return a.waitEvals(c.Context(), ids, func(ctx context.Context, id string) error {
-				// A new client: Asynq's publishes a queue once per client,
-				// and the rewind took the queue's name with the evals.
-				_, err := asynq.NewClientFromRedisClient(rdb).EnqueueContext(ctx, byID[id])
-				if err == nil {
+				fresh, err := ep.Enqueue(ctx, a.poolName, []tasks.Eval{byID[id]}, evalpool.EnqueueOptions{Eval: opts.Eval, AllowEmptyPool: true})
+				if err == nil && fresh[0] {
 					fmt.Fprintf(a.stderr, "\neval %s vanished from Redis (its data went back, or was lost): enqueued again\n", id)
-				}
-				if errors.Is(err, asynq.ErrTaskIDConflict) {
-					err = nil
 				}
 				return err
 			})
@@ -190,16 +174,6 @@ func retryOptions(maxRetry int) tasks.EvalOptions {
 		return tasks.EvalOptions{MaxRetry: -1}
 	}
 	return tasks.EvalOptions{MaxRetry: maxRetry}
-}
-
-// servable refuses evals that no executor registered in the pool could
-// serve, or a pool with none (unless allowEmpty), before any is enqueued.
-func (a *app) servable(ctx context.Context, evals []tasks.Eval, allowEmpty bool) error {
-	p, err := a.pool()
-	if err != nil {
-		return err
-	}
-	return a.unservable(client.Servable(ctx, p, evals, allowEmpty))
 }
 
 // unservable says, of a submission refused for want of executors, where
@@ -391,27 +365,15 @@ func (a *app) evalCommand() *cobra.Command {
 	return c
 }
 
-func (a *app) inspector() (*asynq.Inspector, error) {
-	rdb, err := a.redis()
-	if err != nil {
-		return nil, err
-	}
-	return asynq.NewInspectorFromRedisClient(rdb), nil
-}
-
 // showEvals reads evals of the pool, as `eval show` shows them.
 func (a *app) showEvals(ctx context.Context, ids []string) ([]client.Detail, error) {
-	insp, err := a.inspector()
-	if err != nil {
-		return nil, err
-	}
-	store, err := a.runs()
+	ep, err := a.evalpool()
 	if err != nil {
 		return nil, err
 	}
 	evals := make([]client.Detail, 0, len(ids))
 	for _, id := range ids {
-		d, err := client.Show(ctx, insp, store, a.poolName, id)
+		d, err := ep.Eval(ctx, a.poolName, id)
 		if err != nil {
 			return nil, err
 		}
@@ -496,19 +458,14 @@ func printTail(w io.Writer, name, tail string) {
 // producer's own evals), an eval that vanished is enqueued again. A Redis
 // that fails is waited for (backoff).
 func (a *app) waitEvals(ctx context.Context, ids []string, requeue func(context.Context, string) error) error {
-	insp, err := a.inspector()
+	ep, err := a.evalpool()
 	if err != nil {
 		return err
 	}
 	bar := a.newProgress(len(ids), "evals")
 	bar.Set(0)
 	var passed, failed, archived int
-	store, err := a.runs()
-	if err != nil {
-		return err
-	}
-	err = client.WaitWith(ctx, insp, a.poolName, ids, client.WaitOptions{
-		Runs: store,
+	err = ep.Wait(ctx, a.poolName, ids, client.WaitOptions{
 		Finished: func(f client.Finished) {
 			bar.Set(passed + failed + archived + 1)
 			switch f.Outcome {

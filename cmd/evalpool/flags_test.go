@@ -24,7 +24,7 @@ func TestTimeoutIsWholeSeconds(t *testing.T) {
 		{"run submit", []string{"run", "submit", "--file", suite, "--allow-empty-pool", "--timeout", "1500ms"}},
 	}
 	for _, tt := range tests {
-		r := evalpool(t, srv.URL(), "default", tt.args...)
+		r := runCLI(t, srv.URL(), "default", tt.args...)
 		if r.code != 2 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "whole seconds") {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit 2, one line saying whole seconds, nothing enqueued", tt.name, r.code, r.stdout, r.stderr)
 		}
@@ -36,7 +36,7 @@ func TestTimeoutIsWholeSeconds(t *testing.T) {
 func TestRunSummaryMinPassRateHelpAgrees(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{})
-	help := evalpool(t, srv.URL(), "default", "run", "summary", "--help")
+	help := runCLI(t, srv.URL(), "default", "run", "summary", "--help")
 	var line string
 	for _, l := range strings.Split(help.stdout, "\n") {
 		if strings.Contains(l, "--min-pass-rate") {
@@ -65,7 +65,7 @@ func TestRunSummaryMinPassRateHelpAgrees(t *testing.T) {
 		{[]string{"--min-pass-rate", "1.5"}, 2},
 	}
 	for _, tt := range tests {
-		r := evalpool(t, srv.URL(), "default", append([]string{"run", "summary", "gated"}, tt.args...)...)
+		r := runCLI(t, srv.URL(), "default", append([]string{"run", "summary", "gated"}, tt.args...)...)
 		if r.code != tt.code {
 			t.Errorf("run summary %v: exit %d, want %d: %s", tt.args, r.code, tt.code, r.stderr)
 		}

@@ -81,7 +81,7 @@ func TestDeadExecutorIsQuarantined(t *testing.T) {
 		evals           = 300
 	)
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 
 	var execs []*proc
 	var urls []string
@@ -216,7 +216,7 @@ func TestDeadExecutorIsQuarantined(t *testing.T) {
 func TestLabelRouting(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	servers, urls := startExecutors(t, 3, refexec.Options{Latency: 10 * time.Millisecond})
 	labelArgs := [][]string{{"gpu=a100"}, {"gpu=h100", "region=eu"}, nil}
 	has := map[string]map[string]string{}
@@ -363,7 +363,7 @@ func TestFleetCommands(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	cli := func(args ...string) result { return evalpool(t, url, name, args...) }
+	cli := func(args ...string) result { return runCLI(t, url, name, args...) }
 	const e1, e2 = "http://e1:8080", "http://e2:8080"
 	if r := cli("pool", "add", "--no-probe", e1, e2); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)

@@ -18,7 +18,7 @@ func TestCommandsAtMaxmemory(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{Args: evaltest.FullRedisArgs})
 	url := srv.URL()
-	cli := func(args ...string) result { return evalpool(t, url, "full", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "full", args...) }
 	_, urls := startExecutors(t, 1, refexec.Options{})
 	if r := cli("pool", "add", urls[0]); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)

@@ -23,7 +23,7 @@ func graderRun(t *testing.T, grader string, specs []string, maxRetry int, within
 	t.Helper()
 	srv := evaltest.StartT(t, evaltest.Options{})
 	rdb := srv.Client(t)
-	cli := func(args ...string) result { return evalpool(t, srv.URL(), "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, srv.URL(), "default", args...) }
 	_, urls := startExecutors(t, 3, refexec.Options{Exec: grader})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)

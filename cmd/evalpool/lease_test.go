@@ -43,7 +43,7 @@ func TestHolderPastItsLeaseNeverOverlaps(t *testing.T) {
 			srv := evaltest.StartT(t, evaltest.Options{})
 			url := srv.URL()
 			proxy := evaltest.StartProxy(t, srv.Addr)
-			cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+			cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 			servers, urls := startExecutors(t, 1, refexec.Options{Exec: longOrShort})
 			if r := cli("pool", "add", urls[0]); r.code != 0 {
 				t.Fatalf("pool add: %+v", r)

@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/redisconn"
 )
@@ -103,6 +104,7 @@ type app struct {
 	logLevel zerolog.Level
 	conn     *redisconn.Conn
 	client   redis.UniversalClient
+	ep       *evalpool.Client
 }
 
 func envOr(name, def string) string {
@@ -286,12 +288,31 @@ func (a *app) asynqConn() (asynq.RedisConnOpt, error) {
 	return conn.AsynqConnOpt(), nil
 }
 
-func (a *app) pool() (*pool.Pool, error) {
-	c, err := a.redis()
+// evalpool is the producer's client on --redis, made on first use: every
+// command but the worker's, the executor's and the demo's works through it.
+func (a *app) evalpool() (*evalpool.Client, error) {
+	if a.ep != nil {
+		return a.ep, nil
+	}
+	rdb, err := a.redis()
 	if err != nil {
 		return nil, err
 	}
-	return pool.New(c, pool.Options{Name: a.poolName, Logger: &a.log})
+	a.ep, err = evalpool.NewClient(rdb, evalpool.ClientConfig{Logger: &a.log})
+	return a.ep, err
+}
+
+// pool is the pool of --pool.
+func (a *app) pool() (*pool.Pool, error) {
+	c, err := a.evalpool()
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.Pool(a.poolName)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return p, nil
 }
 
 func (a *app) close() {

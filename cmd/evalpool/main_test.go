@@ -30,8 +30,8 @@ type result struct {
 	stdout, stderr string
 }
 
-// evalpool runs one command line in-process against the test's Redis and pool.
-func evalpool(t *testing.T, redisURL, poolName string, args ...string) result {
+// runCLI runs one command line in-process against the test's Redis and pool.
+func runCLI(t *testing.T, redisURL, poolName string, args ...string) result {
 	t.Helper()
 	var out, errb bytes.Buffer
 	full := append([]string{"--redis", redisURL, "--pool", poolName}, args...)
@@ -43,7 +43,7 @@ func TestPoolCommands(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	cli := func(args ...string) result { return evalpool(t, url, name, args...) }
+	cli := func(args ...string) result { return runCLI(t, url, name, args...) }
 	expect := func(r result, code int, stdout string) {
 		t.Helper()
 		if r.code != code || !strings.Contains(r.stdout, stdout) {
@@ -88,18 +88,18 @@ func TestWrongTokenIsAbsorbed(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	evalpool(t, url, name, "pool", "add", "--no-probe", "http://e1")
-	if r := evalpool(t, url, name, "pool", "release", "http://e1", "--token", "forged"); r.code != 0 || r.stdout != "already_in_pool\n" {
+	runCLI(t, url, name, "pool", "add", "--no-probe", "http://e1")
+	if r := runCLI(t, url, name, "pool", "release", "http://e1", "--token", "forged"); r.code != 0 || r.stdout != "already_in_pool\n" {
 		t.Fatalf("forged release of an idle executor: %+v", r)
 	}
-	evalpool(t, url, name, "pool", "acquire", "--eval", "a")
-	if r := evalpool(t, url, name, "pool", "release", "http://e1", "--token", "forged"); r.code != 0 || r.stdout != "stale_lease\n" {
+	runCLI(t, url, name, "pool", "acquire", "--eval", "a")
+	if r := runCLI(t, url, name, "pool", "release", "http://e1", "--token", "forged"); r.code != 0 || r.stdout != "stale_lease\n" {
 		t.Fatalf("forged release of a leased executor: %+v", r)
 	}
-	if r := evalpool(t, url, name, "pool", "release", "http://nobody", "--token", "forged"); r.code != 0 || r.stdout != "not_leased\n" {
+	if r := runCLI(t, url, name, "pool", "release", "http://nobody", "--token", "forged"); r.code != 0 || r.stdout != "not_leased\n" {
 		t.Fatalf("release of an unknown executor: %+v", r)
 	}
-	if r := evalpool(t, url, name, "pool", "status", "--json"); !strings.Contains(r.stdout, `"leased": 1`) {
+	if r := runCLI(t, url, name, "pool", "status", "--json"); !strings.Contains(r.stdout, `"leased": 1`) {
 		t.Fatalf("a forged release changed the pool: %s", r.stdout)
 	}
 }
@@ -110,18 +110,18 @@ func TestForeignDataInTheCLI(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	if r := evalpool(t, url, name, "pool", "add", "--no-probe", "http://e0"); r.code != 0 {
+	if r := runCLI(t, url, name, "pool", "add", "--no-probe", "http://e0"); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
 	key := keys.ForPool(name).Available()
 	if err := client.Set(t.Context(), key, "hello", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if r := evalpool(t, url, name, "pool", "check"); r.code != 3 || !strings.Contains(r.stdout, key+" holds a string, not a zset") {
+	if r := runCLI(t, url, name, "pool", "check"); r.code != 3 || !strings.Contains(r.stdout, key+" holds a string, not a zset") {
 		t.Errorf("pool check over foreign data: %+v", r)
 	}
 	for _, args := range [][]string{{"pool", "add", "--no-probe", "http://e1"}, {"pool", "acquire", "--eval", "a"}, {"pool", "status"}} {
-		r := evalpool(t, url, name, args...)
+		r := runCLI(t, url, name, args...)
 		if r.code != 1 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, "foreign data") {
 			t.Errorf("%v over foreign data: %+v", args, r)
 		}
@@ -132,11 +132,11 @@ func TestCheckFailsWithExit3(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	evalpool(t, url, name, "pool", "add", "--no-probe", "http://e1")
+	runCLI(t, url, name, "pool", "add", "--no-probe", "http://e1")
 	if err := client.Del(t.Context(), keys.ForPool(name).Available()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	r := evalpool(t, url, name, "pool", "check")
+	r := runCLI(t, url, name, "pool", "check")
 	if r.code != 3 || !strings.Contains(r.stdout, "lost") || !strings.Contains(r.stderr, "1 violations") {
 		t.Fatalf("check of a broken pool: %+v", r)
 	}
@@ -148,14 +148,14 @@ func TestCheckRepairRebuildsALostLabelIndex(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	evalpool(t, url, name, "pool", "add", "--no-probe", "--label", "gpu=a100", "http://e1")
+	runCLI(t, url, name, "pool", "add", "--no-probe", "--label", "gpu=a100", "http://e1")
 	if err := client.Del(t.Context(), keys.ForPool(name).LabelledFor("gpu=a100")).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if r := evalpool(t, url, name, "pool", "check"); r.code != 3 || !strings.Contains(r.stdout, "invariant 8") {
+	if r := runCLI(t, url, name, "pool", "check"); r.code != 3 || !strings.Contains(r.stdout, "invariant 8") {
 		t.Fatalf("check of a lost label index: %+v", r)
 	}
-	if r := evalpool(t, url, name, "pool", "check", "--repair"); r.code != 0 || !strings.Contains(r.stdout, "rebuilt the label indexes of 1 executors") || !strings.Contains(r.stdout, "ok") {
+	if r := runCLI(t, url, name, "pool", "check", "--repair"); r.code != 0 || !strings.Contains(r.stdout, "rebuilt the label indexes of 1 executors") || !strings.Contains(r.stdout, "ok") {
 		t.Fatalf("check --repair: %+v", r)
 	}
 }
@@ -217,7 +217,7 @@ func TestBadInput(t *testing.T) {
 func TestEnqueueFileIsAllOrNothing(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	if r := evalpool(t, url, "default", "pool", "add", "--no-probe", "http://e1"); r.code != 0 {
+	if r := runCLI(t, url, "default", "pool", "add", "--no-probe", "http://e1"); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
 	dir := t.TempDir()
@@ -241,7 +241,7 @@ func TestEnqueueFileIsAllOrNothing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		path := write("bad.jsonl", tt.content)
-		r := evalpool(t, url, "default", "enqueue", "--file", path)
+		r := runCLI(t, url, "default", "enqueue", "--file", path)
 		if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, tt.want) || strings.Count(r.stderr, "\n") != 1 {
 			t.Errorf("%s: %+v; want exit 1, nothing on stdout, one line holding %q", tt.name, r, tt.want)
 		}
@@ -253,23 +253,23 @@ func TestEnqueueFileIsAllOrNothing(t *testing.T) {
 		t.Fatalf("rejected files left Asynq keys behind: %v", keys)
 	}
 
-	r := evalpool(t, url, "default", "enqueue", "--file", write("good.jsonl", good))
+	r := runCLI(t, url, "default", "enqueue", "--file", write("good.jsonl", good))
 	if r.code != 0 || len(strings.Fields(r.stdout)) != 2 || !strings.HasPrefix(r.stdout, "a\n") {
 		t.Fatalf("good file: %+v", r)
 	}
-	r = evalpool(t, url, "default", "eval", "status", "a")
+	r = runCLI(t, url, "default", "eval", "status", "a")
 	if r.code != 0 || !strings.Contains(r.stdout, "pending") {
 		t.Fatalf("eval status: %+v", r)
 	}
-	r = evalpool(t, url, "default", "eval", "result", "a")
+	r = runCLI(t, url, "default", "eval", "result", "a")
 	if r.code != 3 {
 		t.Fatalf("result of a pending eval: %+v, want exit 3", r)
 	}
-	r = evalpool(t, url, "default", "eval", "status", "nope")
+	r = runCLI(t, url, "default", "eval", "status", "nope")
 	if r.code != 1 || !strings.Contains(r.stderr, "eval not found: nope") {
 		t.Fatalf("status of an unknown eval: %+v", r)
 	}
-	r = evalpool(t, url, "default", "enqueue", "--file", write("again.jsonl", `{"eval_id":"a","spec":{}}`))
+	r = runCLI(t, url, "default", "enqueue", "--file", write("again.jsonl", `{"eval_id":"a","spec":{}}`))
 	if r.code != 0 || !strings.Contains(r.stderr, "eval a is already enqueued") {
 		t.Fatalf("re-enqueue: %+v", r)
 	}
@@ -279,11 +279,11 @@ func TestEnqueueFileIsAllOrNothing(t *testing.T) {
 		{"enqueue", "--spec", "{}", "--count", "0"},
 		{"enqueue", "--spec", "{}", "--timeout", "300ms"},
 	} {
-		if r := evalpool(t, url, "default", args...); r.code != 2 {
+		if r := runCLI(t, url, "default", args...); r.code != 2 {
 			t.Errorf("%v: %+v, want exit 2", args, r)
 		}
 	}
-	if r := evalpool(t, url, "default", "enqueue", "--spec", "{nope"); r.code != 1 || !strings.Contains(r.stderr, "--spec is not valid JSON") {
+	if r := runCLI(t, url, "default", "enqueue", "--spec", "{nope"); r.code != 1 || !strings.Contains(r.stderr, "--spec is not valid JSON") {
 		t.Errorf("bad --spec: %+v", r)
 	}
 }
@@ -294,18 +294,18 @@ func TestPoolCommandsOnACluster(t *testing.T) {
 	addrs := evaltest.StartCluster(t, 3)
 	url := "redis://" + addrs[0] + "?addr=" + addrs[1] + "&addr=" + addrs[2]
 	for _, name := range []string{"alpha", "beta", "gamma"} {
-		if r := evalpool(t, url, name, "pool", "add", "--no-probe", "http://e1", "http://e2"); r.code != 0 {
+		if r := runCLI(t, url, name, "pool", "add", "--no-probe", "http://e1", "http://e2"); r.code != 0 {
 			t.Fatalf("pool add on the cluster: %+v", r)
 		}
-		r := evalpool(t, url, name, "pool", "acquire", "--eval", "x", "--json")
+		r := runCLI(t, url, name, "pool", "acquire", "--eval", "x", "--json")
 		var l pool.Lease
 		if err := json.Unmarshal([]byte(r.stdout), &l); r.code != 0 || err != nil {
 			t.Fatalf("acquire on the cluster: %+v", r)
 		}
-		if r := evalpool(t, url, name, "pool", "release", l.URL, "--token", l.Token); r.code != 0 || r.stdout != "released\n" {
+		if r := runCLI(t, url, name, "pool", "release", l.URL, "--token", l.Token); r.code != 0 || r.stdout != "released\n" {
 			t.Fatalf("release on the cluster: %+v", r)
 		}
-		if r := evalpool(t, url, name, "pool", "check"); r.code != 0 {
+		if r := runCLI(t, url, name, "pool", "check"); r.code != 0 {
 			t.Fatalf("check on the cluster: %+v", r)
 		}
 	}

@@ -21,7 +21,7 @@ import (
 func TestMetricsGroupsEpochsAndMeta(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	grader := evaltest.Grader(t, `spec=$(cat)
 case "$spec" in
 *badmetric*) echo '{"status":"passed","score":1,"metrics":{"no spaces":1}}' ;;
@@ -114,12 +114,12 @@ func TestMetaAndEpochsAreChecked(t *testing.T) {
 		{"no epochs", []string{"--epochs", "0"}, "--epochs must be from 1 to 100, got 0"},
 		{"too many epochs", []string{"--epochs", "101"}, "--epochs must be from 1 to 100, got 101"},
 	} {
-		r := evalpool(t, url, "default", append([]string{"run", "submit", "--allow-empty-pool", "--name", "checked", "--file", suite}, tt.args...)...)
+		r := runCLI(t, url, "default", append([]string{"run", "submit", "--allow-empty-pool", "--name", "checked", "--file", suite}, tt.args...)...)
 		if r.code != 2 || !strings.Contains(r.stderr, tt.want) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
 			t.Errorf("%s: %+v; want exit 2 and one line holding %q", tt.name, r, tt.want)
 		}
 	}
-	if r := evalpool(t, url, "default", "run", "list"); strings.Contains(r.stdout, "checked") {
+	if r := runCLI(t, url, "default", "run", "list"); strings.Contains(r.stdout, "checked") {
 		t.Errorf("a refused run was kept: %s", r.stdout)
 	}
 }

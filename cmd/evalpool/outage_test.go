@@ -47,7 +47,7 @@ func TestWaitRidesOutARedisOutage(t *testing.T) {
 			// rewind.
 			srv := evaltest.StartT(t, evaltest.Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}})
 			url := srv.URL()
-			cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+			cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 			_, urls := startExecutors(t, 2, refexec.Options{Latency: 300 * time.Millisecond})
 			if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 				t.Fatalf("pool add: %+v", r)

@@ -18,7 +18,7 @@ func TestPoolAddRefusesSecondSpellingsAndSilentURLs(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
 	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	cli := func(args ...string) result { return evalpool(t, url, name, args...) }
+	cli := func(args ...string) result { return runCLI(t, url, name, args...) }
 	_, urls := startExecutors(t, 1, refexec.Options{})
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(urls[0], "http://"))
 
@@ -62,7 +62,7 @@ func TestTwoPoolsNeverMix(t *testing.T) {
 	for _, p := range []string{"a", "b"} {
 		s, urls := startExecutors(t, 2, refexec.Options{Latency: 5 * time.Millisecond})
 		servers[p] = s
-		if r := evalpool(t, url, p, append([]string{"pool", "add"}, urls...)...); r.code != 0 {
+		if r := runCLI(t, url, p, append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 			t.Fatalf("pool add to %s: %+v", p, r)
 		}
 	}
@@ -71,7 +71,7 @@ func TestTwoPoolsNeverMix(t *testing.T) {
 	startWorker(t, url, append([]string{"--pool", "a,b"}, common...)...)
 	for _, p := range []string{"a", "b"} {
 		n := map[string]string{"a": "20", "b": "30"}[p]
-		if r := evalpool(t, url, p, "enqueue", "--spec", `{}`, "--count", n, "--wait"); r.code != 0 {
+		if r := runCLI(t, url, p, "enqueue", "--spec", `{}`, "--count", n, "--wait"); r.code != 0 {
 			t.Fatalf("evals of pool %s: %+v", p, r)
 		}
 	}
@@ -88,8 +88,8 @@ func TestTwoPoolsNeverMix(t *testing.T) {
 			t.Errorf("pool %s's executors served %d evals, want its own %d", p, served, want)
 		}
 		evaltest.Eventually(t, 10*time.Second, "pool "+p+" never whole", func() bool {
-			return evalpool(t, url, p, "pool", "check").code == 0 &&
-				strings.Contains(evalpool(t, url, p, "pool", "status", "--json").stdout, `"available": 2`)
+			return runCLI(t, url, p, "pool", "check").code == 0 &&
+				strings.Contains(runCLI(t, url, p, "pool", "status", "--json").stdout, `"available": 2`)
 		})
 	}
 }

@@ -16,7 +16,7 @@ import (
 func TestProgressInANonTerminalIsLines(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	_, urls := startExecutors(t, 2, refexec.Options{Latency: time.Millisecond})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)

@@ -53,7 +53,7 @@ func startPyStack(t *testing.T, worker bool, args ...string) *pyStack {
 	t.Helper()
 	s := &pyStack{python: lookPython3(t)}
 	s.redis = evaltest.StartT(t, evaltest.Options{}).URL()
-	s.cli = func(args ...string) result { return evalpool(t, s.redis, "default", args...) }
+	s.cli = func(args ...string) result { return runCLI(t, s.redis, "default", args...) }
 	_, urls := startExecutors(t, 2, refexec.Options{})
 	if r := s.cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)

@@ -26,7 +26,7 @@ func TestPythonClient(t *testing.T) {
 		t.Skip("python3 is not installed")
 	}
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	_, urls := startExecutors(t, 3, refexec.Options{Latency: time.Millisecond, GradeFailRate: 0.2})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)

@@ -41,7 +41,7 @@ func TestRunSummaryAndCSVSayWhy(t *testing.T) {
 		}
 	}
 
-	r := evalpool(t, srv.URL(), "default", "run", "summary", "why")
+	r := runCLI(t, srv.URL(), "default", "run", "summary", "why")
 	for _, want := range []string{
 		`failed q2 output {"got":41,"want":42}`,
 		"errored q3 exit code 3: ValueError: cannot grade",
@@ -52,7 +52,7 @@ func TestRunSummaryAndCSVSayWhy(t *testing.T) {
 		}
 	}
 
-	r = evalpool(t, srv.URL(), "default", "run", "results", "why", "--format", "csv")
+	r = runCLI(t, srv.URL(), "default", "run", "results", "why", "--format", "csv")
 	rows, err := csv.NewReader(strings.NewReader(r.stdout)).ReadAll()
 	if err != nil || len(rows) != 5 {
 		t.Fatalf("%d rows, %v:\n%s", len(rows), err, r.stdout)

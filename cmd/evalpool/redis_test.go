@@ -60,7 +60,7 @@ func TestRedisACLUser(t *testing.T) {
 	t.Parallel()
 	s := evaltest.StartACL(t, "evalpool", "s3cret")
 	url := "redis://evalpool:s3cret@" + s.Addr + "/0"
-	cli := func(args ...string) result { return evalpool(t, url, "acl", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "acl", args...) }
 	if r := cli("pool", "add", "--no-probe", "http://e1", "http://e2"); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
@@ -70,7 +70,7 @@ func TestRedisACLUser(t *testing.T) {
 	if r := cli("enqueue", "--spec", "{}"); r.code != 0 {
 		t.Fatalf("enqueue: %+v", r)
 	}
-	if r := evalpool(t, "redis://evalpool:wrong@"+s.Addr+"/0", "acl", "pool", "status"); r.code != 1 || !strings.Contains(r.stderr, "cannot connect to Redis redis://evalpool:xxxxx@") || !strings.Contains(r.stderr, "WRONGPASS") {
+	if r := runCLI(t, "redis://evalpool:wrong@"+s.Addr+"/0", "acl", "pool", "status"); r.code != 1 || !strings.Contains(r.stderr, "cannot connect to Redis redis://evalpool:xxxxx@") || !strings.Contains(r.stderr, "WRONGPASS") {
 		t.Fatalf("pool status with a wrong password: %+v", r)
 	}
 
@@ -138,7 +138,7 @@ func TestRedisTLS(t *testing.T) {
 	s := evaltest.StartTLS(t, certs, evaltest.Options{})
 	url := "rediss://" + s.Addr + "/0"
 	tlsFlags := []string{"--redis-ca", certs.CAFile, "--redis-cert", certs.ClientCert, "--redis-key", certs.ClientKey}
-	cli := func(flags []string, args ...string) result { return evalpool(t, url, "tls", append(flags, args...)...) }
+	cli := func(flags []string, args ...string) result { return runCLI(t, url, "tls", append(flags, args...)...) }
 	if r := cli(tlsFlags, "pool", "add", "--no-probe", "http://e1"); r.code != 0 {
 		t.Fatalf("pool add over TLS: %+v", r)
 	}

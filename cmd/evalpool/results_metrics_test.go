@@ -24,7 +24,7 @@ func TestResultsMetricsColumns(t *testing.T) {
 		evalrun.Record{Key: "a", Epoch: 2, Group: "math", Status: evalrun.Failed, Score: score(0), Metrics: map[string]float64{"accuracy": 0}},
 		evalrun.Record{Key: "b", Epoch: 1, Status: evalrun.Errored, Error: "boom"})
 
-	r := evalpool(t, srv.URL(), "default", "run", "results", "r", "--format", "csv")
+	r := runCLI(t, srv.URL(), "default", "run", "results", "r", "--format", "csv")
 	if r.code != 0 {
 		t.Fatalf("run results: %+v", r)
 	}
@@ -54,7 +54,7 @@ func TestResultsMetricsColumns(t *testing.T) {
 		}
 	}
 
-	r = evalpool(t, srv.URL(), "default", "run", "results", "r")
+	r = runCLI(t, srv.URL(), "default", "run", "results", "r")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if r.code != 0 || len(lines) != 4 {
 		t.Fatalf("run results: %+v", r)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/hibiken/asynq"
 	"github.com/spf13/cobra"
 
 	"github.com/evalpool/evalpool/client"
@@ -57,19 +56,11 @@ An eval's spec is taken from its Asynq task, which is kept an hour (the run's
 				}
 				opts.Suite = suite
 			}
-			store, p, err := a.runPool(c.Context(), name)
+			ep, err := a.evalpool()
 			if err != nil {
 				return err
 			}
-			insp, err := a.inspector()
-			if err != nil {
-				return err
-			}
-			rdb, err := a.redis()
-			if err != nil {
-				return err
-			}
-			n, err := client.RetryRun(c.Context(), asynq.NewClientFromRedisClient(rdb), insp, p, store, name, opts)
+			n, err := ep.RetryRun(c.Context(), name, opts)
 			if errors.Is(err, client.ErrTaskGone) {
 				return fmt.Errorf("%w: give it with --file SUITE.jsonl, the file the run was submitted from", err)
 			}
@@ -84,7 +75,11 @@ An eval's spec is taken from its Asynq task, which is kept an hour (the run's
 			if !wait {
 				return nil
 			}
-			return a.waitRun(c.Context(), store, name, minPassRate, &rewinds{
+			p, err := a.runPool(c.Context(), name)
+			if err != nil {
+				return err
+			}
+			return a.waitRun(c.Context(), ep.Runs(), name, minPassRate, &rewinds{
 				watch: client.RewindWatch{Pool: p},
 				resubmit: func(context.Context) error {
 					return fmt.Errorf("run %s: Redis's data went back in time, or the run vanished, while its retried evals ran: see `evalpool run status %s`, and retry again", name, name)

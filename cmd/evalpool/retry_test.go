@@ -22,7 +22,7 @@ func TestRunRetry(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{})
 	url := srv.URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	fixed := filepath.Join(t.TempDir(), "fixed")
 	// Until fixed exists, "crash" errors and "wrong" is graded failed.
 	grader := evaltest.Grader(t, `spec=$(cat)
@@ -53,7 +53,7 @@ echo '{"status":"passed","score":1}'
 		}
 		return r.stdout
 	}
-	if r := evalpool(t, url, "default", "run", "retry", "nosuch"); r.code != 1 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "run not found") {
+	if r := runCLI(t, url, "default", "run", "retry", "nosuch"); r.code != 1 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "run not found") {
 		t.Errorf("retry of an unknown run: %+v; want exit 1, one line", r)
 	}
 	if err := os.WriteFile(fixed, nil, 0o644); err != nil {
@@ -71,7 +71,7 @@ echo '{"status":"passed","score":1}'
 		{nil, 0, "nothing to retry in run r", "passed 3, failed 0, errored 0"},
 	}
 	for _, tt := range tests {
-		r := evalpool(t, url, "default", append([]string{"run", "retry", "r"}, tt.args...)...)
+		r := runCLI(t, url, "default", append([]string{"run", "retry", "r"}, tt.args...)...)
 		if r.code != tt.code || !strings.HasPrefix(r.stdout, tt.printed+"\n") {
 			t.Fatalf("run retry r %q: %+v; want exit %d, %q", tt.args, r, tt.code, tt.printed)
 		}
@@ -89,13 +89,13 @@ echo '{"status":"passed","score":1}'
 	if err := asynq.NewInspectorFromRedisClient(rdb).DeleteTask(tasks.QueueEvals, "g/k2"); err != nil {
 		t.Fatal(err)
 	}
-	if r := evalpool(t, url, "default", "run", "retry", "g"); r.code != 1 || !strings.Contains(r.stderr, "1 of its evals") || !strings.Contains(r.stderr, "--file") {
+	if r := runCLI(t, url, "default", "run", "retry", "g"); r.code != 1 || !strings.Contains(r.stderr, "1 of its evals") || !strings.Contains(r.stderr, "--file") {
 		t.Errorf("retry with a task gone: %+v; want exit 1 naming 1 eval and --file", r)
 	}
 	if got := status("g"); !strings.Contains(got, "passed 1, failed 1, errored 1") {
 		t.Errorf("a refused retry changed the run: %s", got)
 	}
-	if r := evalpool(t, url, "default", "run", "retry", "g", "--file", suite, "--wait"); r.code != 0 || !strings.HasPrefix(r.stdout, "retried 2 evals of run g (1 errored, 1 failed)\n") {
+	if r := runCLI(t, url, "default", "run", "retry", "g", "--file", suite, "--wait"); r.code != 0 || !strings.HasPrefix(r.stdout, "retried 2 evals of run g (1 errored, 1 failed)\n") {
 		t.Errorf("retry --file: %+v", r)
 	}
 }

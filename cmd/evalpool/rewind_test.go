@@ -41,7 +41,7 @@ func TestWaitingProducerSurvivesARewind(t *testing.T) {
 			srv := evaltest.StartT(t, evaltest.Options{})
 			url := srv.URL()
 			rdb := srv.Client(t)
-			cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+			cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 			_, urls := startExecutors(t, 2, refexec.Options{Latency: 300 * time.Millisecond})
 			if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 				t.Fatalf("pool add: %+v", r)

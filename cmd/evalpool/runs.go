@@ -10,7 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/spf13/cobra"
 
 	"github.com/evalpool/evalpool/client"
@@ -32,11 +31,11 @@ func (a *app) runCommand() *cobra.Command {
 }
 
 func (a *app) runs() (*evalrun.Store, error) {
-	rdb, err := a.redis()
+	c, err := a.evalpool()
 	if err != nil {
 		return nil, err
 	}
-	return evalrun.NewStore(rdb, evalrun.Options{}), nil
+	return c.Runs(), nil
 }
 
 func (a *app) runSubmit() *cobra.Command {
@@ -110,19 +109,14 @@ when its pass rate (passed over passed, failed and errored) is under
 			if err != nil {
 				return err
 			}
+			ep, err := a.evalpool()
+			if err != nil {
+				return err
+			}
 			p, err := a.pool()
 			if err != nil {
 				return err
 			}
-			store, err := a.runs()
-			if err != nil {
-				return err
-			}
-			rdb, err := a.redis()
-			if err != nil {
-				return err
-			}
-			aq := asynq.NewClientFromRedisClient(rdb)
 			opts := retryOptions(maxRetry)
 			opts.Retention = taskKeep
 			req := client.RunRequest{
@@ -130,7 +124,7 @@ when its pass rate (passed over passed, failed and errored) is under
 				Options: opts, Resume: resume, Retention: retention, AllowEmptyPool: allowEmpty,
 				Meta: runMeta, Epochs: epochs,
 			}
-			r, err := client.Submit(c.Context(), aq, p, store, req)
+			r, err := ep.SubmitRun(c.Context(), a.poolName, req)
 			if err != nil {
 				return a.unservable(err)
 			}
@@ -142,12 +136,10 @@ when its pass rate (passed over passed, failed and errored) is under
 			// The run was taken: enqueued again after a rewind, its evals
 			// wait for executors as they did.
 			req.Name, req.Resume, req.AllowEmptyPool = name, true, true
-			return a.waitRun(c.Context(), store, name, minPassRate, &rewinds{
+			return a.waitRun(c.Context(), ep.Runs(), name, minPassRate, &rewinds{
 				watch: client.RewindWatch{Pool: p},
 				resubmit: func(ctx context.Context) error {
-					// A new Asynq client: it publishes the queue again,
-					// which the rewind took with the evals.
-					_, err := client.Submit(ctx, asynq.NewClientFromRedisClient(rdb), p, store, req)
+					_, err := ep.SubmitRun(ctx, a.poolName, req)
 					return err
 				},
 			})
@@ -339,15 +331,11 @@ func (a *app) runCancel() *cobra.Command {
 		Short: "Cancel a run's evals that have not ended: pending ones never run, running ones stop, those a cut-short submission never enqueued end cancelled",
 		Args:  positional(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
-			store, p, err := a.runPool(c.Context(), args[0])
+			ep, err := a.evalpool()
 			if err != nil {
 				return err
 			}
-			insp, err := a.inspector()
-			if err != nil {
-				return err
-			}
-			n, err := client.CancelRun(c.Context(), insp, p, store, args[0])
+			n, err := ep.CancelRun(c.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -357,37 +345,28 @@ func (a *app) runCancel() *cobra.Command {
 	}
 }
 
-// runPool is the run store and the pool of the run name: commands on a
-// run act on its pool, whatever --pool says.
-func (a *app) runPool(ctx context.Context, name string) (*evalrun.Store, *pool.Pool, error) {
+// runPool is the pool of the run name: commands on a run act on its pool,
+// whatever --pool says.
+func (a *app) runPool(ctx context.Context, name string) (*pool.Pool, error) {
 	store, err := a.runs()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	r, err := store.Get(ctx, name)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	a.poolName = r.Pool
-	p, err := a.pool()
-	return store, p, err
+	return a.pool()
 }
 
 // cancel cancels evals by ID and says what it did.
 func (a *app) cancel(ctx context.Context, ids []string) error {
-	p, err := a.pool()
+	ep, err := a.evalpool()
 	if err != nil {
 		return err
 	}
-	insp, err := a.inspector()
-	if err != nil {
-		return err
-	}
-	store, err := a.runs()
-	if err != nil {
-		return err
-	}
-	n, err := client.Cancel(ctx, insp, p, store, ids)
+	n, err := ep.Cancel(ctx, a.poolName, ids)
 	if err != nil {
 		return err
 	}

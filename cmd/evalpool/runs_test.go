@@ -57,7 +57,7 @@ func runSummary(t *testing.T, cli func(...string) result, args ...string) evalru
 func TestRunOfGradedEvals(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	servers, urls := startExecutors(t, 3, refexec.Options{Latency: time.Millisecond, GradeFailRate: 0.2})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
@@ -111,7 +111,7 @@ func TestRunOfGradedEvals(t *testing.T) {
 func TestRunCompare(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	_, urls := startExecutors(t, 2, refexec.Options{})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
@@ -138,7 +138,7 @@ func TestRunCompare(t *testing.T) {
 func TestRunCancel(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	// The executors note every eval that reaches them.
 	var mu sync.Mutex
 	reached := map[string]bool{}
@@ -246,7 +246,7 @@ func TestInterruptedWaitExits130(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
 	_, urls := startExecutors(t, 1, refexec.Options{})
-	if r := evalpool(t, url, "default", append([]string{"pool", "add"}, urls...)...); r.code != 0 {
+	if r := runCLI(t, url, "default", append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
 	// No worker: the evals wait in the queue until the interrupt.

@@ -37,7 +37,7 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 	const first, second = 100, 20
 	sen := evaltest.StartSentinel(t, evaltest.SentinelOptions{})
 	url := sen.URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	_, urls := startExecutors(t, 2, refexec.Options{Latency: 20 * time.Millisecond})
 	if r := cli(append([]string{"pool", "add"}, urls...)...); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)

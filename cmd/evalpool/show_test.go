@@ -22,7 +22,7 @@ import (
 func TestSeeingAnEval(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	once := filepath.Join(t.TempDir(), "crashed-once")
 	grader := evaltest.Grader(t, `spec=$(cat)
 case "$spec" in

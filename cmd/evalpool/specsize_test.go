@@ -17,7 +17,7 @@ import (
 func TestEnqueueMeasuresSpecsAsTheWorkerDoes(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	angles := `"` + strings.Repeat("<", 400<<10) + `"`
 	file := filepath.Join(t.TempDir(), "evals.jsonl")
 	if err := os.WriteFile(file, []byte(`{"spec":{}}`+"\n"+`{"spec":`+angles+"}\n"), 0o600); err != nil {

@@ -29,7 +29,7 @@ func TestSubmitToAnEmptyPoolIsRefused(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{})
 	rdb := srv.Client(t)
-	if r := evalpool(t, srv.URL(), "default", "pool", "add", "--no-probe", "http://e1"); r.code != 0 {
+	if r := runCLI(t, srv.URL(), "default", "pool", "add", "--no-probe", "http://e1"); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
 	suite := writeSuite(t, "{}", "{}")
@@ -50,7 +50,7 @@ func TestSubmitToAnEmptyPoolIsRefused(t *testing.T) {
 	}
 	for _, c := range commands {
 		for _, p := range places {
-			r := evalpool(t, p.url, p.pool, c.args...)
+			r := runCLI(t, p.url, p.pool, c.args...)
 			want := "no executor registered in pool " + p.pool + " on Redis " + p.url
 			if r.code != 1 || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "--allow-empty-pool") {
 				t.Errorf("%s, %s: %+v; want exit 1, nothing on stdout, one line holding %q and --allow-empty-pool", c.name, p.name, r, want)
@@ -63,11 +63,11 @@ func TestSubmitToAnEmptyPoolIsRefused(t *testing.T) {
 	nothingSubmitted(t, other, "a refused submit to DB 3")
 
 	for _, c := range commands[:3] {
-		if r := evalpool(t, srv.URL(), "later", append(c.args, "--allow-empty-pool")...); r.code != 0 {
+		if r := runCLI(t, srv.URL(), "later", append(c.args, "--allow-empty-pool")...); r.code != 0 {
 			t.Errorf("%s --allow-empty-pool: %+v; want it submitted", c.name, r)
 		}
 	}
-	if r := evalpool(t, srv.URL(), "later", "eval", "status", "lost/k1"); r.code != 0 || !strings.Contains(r.stdout, "pending") {
+	if r := runCLI(t, srv.URL(), "later", "eval", "status", "lost/k1"); r.code != 0 || !strings.Contains(r.stdout, "pending") {
 		t.Errorf("eval status of the run allowed in an empty pool: %+v", r)
 	}
 }
@@ -79,7 +79,7 @@ func TestNonUTF8InputIsRefused(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{})
 	rdb := srv.Client(t)
-	cli := func(args ...string) result { return evalpool(t, srv.URL(), "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, srv.URL(), "default", args...) }
 	if r := cli("pool", "add", "--no-probe", "http://e1"); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}

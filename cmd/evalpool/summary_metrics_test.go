@@ -64,7 +64,7 @@ func TestSummaryPrintsMetrics(t *testing.T) {
 		evalrun.Record{Key: "c", Epoch: 2, Group: "code", Status: C},
 		evalrun.Record{Key: "d", Epoch: 1, Status: E, Error: "executor: unavailable"})
 
-	r := evalpool(t, srv.URL(), "default", "run", "summary", "after", "--compare", "before")
+	r := runCLI(t, srv.URL(), "default", "run", "summary", "after", "--compare", "before")
 	if r.code != 0 {
 		t.Fatalf("run summary: %+v", r)
 	}
@@ -100,7 +100,7 @@ func TestSummaryPrintsMetrics(t *testing.T) {
 		t.Errorf("run summary printed:\n%s\nwant:\n%s", r.stdout, want)
 	}
 
-	r = evalpool(t, srv.URL(), "default", "run", "summary", "after", "--json")
+	r = runCLI(t, srv.URL(), "default", "run", "summary", "after", "--json")
 	var sum struct {
 		Failures []map[string]any `json:"failures"`
 	}
@@ -139,7 +139,7 @@ func score(v float64) *float64 { return &v }
 func TestNothingGradedPassesNoGate(t *testing.T) {
 	t.Parallel()
 	url := evaltest.StartT(t, evaltest.Options{}).URL()
-	cli := func(args ...string) result { return evalpool(t, url, "default", args...) }
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	if r := cli("run", "submit", "--allow-empty-pool", "--name", "void", "--file", writeSuite(t, `{}`, `{}`)); r.code != 0 {
 		t.Fatalf("run submit: %+v", r)
 	}

@@ -45,7 +45,7 @@ func heldPool(t *testing.T, opts refexec.Options) (srv *evaltest.Server, client 
 		t.Fatal(err)
 	}
 	servers, urls := startExecutors(t, 1, opts)
-	if r := evalpool(t, srv.URL(), "default", "pool", "add", urls[0]); r.code != 0 {
+	if r := runCLI(t, srv.URL(), "default", "pool", "add", urls[0]); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
 	hog, err := p.Acquire(t.Context(), "hog", time.Hour)
@@ -69,7 +69,7 @@ func TestWaitersAreServedFirstInFirstOut(t *testing.T) {
 	}
 	const n = 12
 	for i := range n {
-		if r := evalpool(t, srv.URL(), "default", "enqueue", "--spec", `{}`, "--max-retry", "0"); r.code != 0 {
+		if r := runCLI(t, srv.URL(), "default", "enqueue", "--spec", `{}`, "--max-retry", "0"); r.code != 0 {
 			t.Fatalf("enqueue: %+v", r)
 		}
 		evaltest.Eventually(t, 10*time.Second, "eval never began to wait", func() bool {
@@ -123,7 +123,7 @@ func TestKilledWaiterDoesNotStrandAHandedExecutor(t *testing.T) {
 	srv, _, p, servers, release := heldPool(t, refexec.Options{})
 	const ttl, reapEvery = time.Second, time.Second
 	victim := startWorkerProc(t, srv.URL(), "--lease-ttl", ttl.String(), "--poll-interval", "50ms")
-	if r := evalpool(t, srv.URL(), "default", "enqueue", "--spec", `{}`); r.code != 0 {
+	if r := runCLI(t, srv.URL(), "default", "enqueue", "--spec", `{}`); r.code != 0 {
 		t.Fatalf("enqueue: %+v", r)
 	}
 	evaltest.Eventually(t, 10*time.Second, "eval never began to wait", func() bool {

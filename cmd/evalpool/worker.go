@@ -10,23 +10,21 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hibiken/asynq"
-	"github.com/hibiken/asynq/x/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/executor"
-	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/tasks"
 	"github.com/evalpool/evalpool/worker"
 )
 
 func (a *app) workerCommand() *cobra.Command {
 	var (
-		cfg         worker.Config
+		cfg         evalpool.WorkerConfig
 		cleanup     string
 		metricsAddr string
 		retryDelay  time.Duration
@@ -42,26 +40,11 @@ func (a *app) workerCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			poolMetrics, workerMetrics := pool.NewMetrics(), worker.NewMetricsWith(worker.MetricsOptions{PerExecutor: perExecutor})
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(poolMetrics.Collectors()...)
-			reg.MustRegister(workerMetrics.Collectors()...)
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			reg.MustRegister(metrics.NewQueueMetricsCollector(asynq.NewInspectorFromRedisClient(client)))
 			if err := movedToPoolConfig(c); err != nil {
 				return err
 			}
 			// --pool a,b serves several pools; the worker refuses a task of any other.
-			for _, name := range strings.Split(a.poolName, ",") {
-				p, err := pool.New(client, pool.Options{Name: name, Logger: &a.log, Metrics: poolMetrics})
-				if err != nil {
-					return usageError{err}
-				}
-				cfg.Pools = append(cfg.Pools, p)
-			}
-			for _, p := range cfg.Pools { // one gauge set per pool, told apart by its pool label
-				reg.MustRegister(pool.NewStateCollector(p))
-			}
+			cfg.Pools = strings.Split(a.poolName, ",")
 			// The secret is never a flag default: cobra would print it in
 			// the usage text.
 			secret, err := serviceSecret("worker: the executor secret", secretFlag, executor.EnvSecret)
@@ -72,15 +55,19 @@ func (a *app) workerCommand() *cobra.Command {
 				a.log.Warn().Msg("no executor secret (--executor-secret, or " + executor.EnvSecret + "): calls to executors are not signed, and the worker refuses to start if an executor requires one")
 			}
 			cfg.Executor = &executor.Client{Secret: []byte(secret)}
-			cfg.Redis, cfg.Cleanup, cfg.Logger, cfg.Metrics = client, worker.CleanupMode(cleanup), &a.log, workerMetrics
+			cfg.Cleanup, cfg.Logger = worker.CleanupMode(cleanup), &a.log
+			cfg.Metrics = worker.NewMetricsWith(worker.MetricsOptions{PerExecutor: perExecutor})
 			if cfg.ExecutorWait == 0 {
 				cfg.ExecutorWait = -1 // the flag's 0 is no wait; the option's 0 is its default
 			}
 			cfg.RetryDelay = worker.ExponentialBackoff(retryDelay, worker.MaxRetryDelay)
-			w, err := worker.New(cfg)
+			w, err := evalpool.NewWorker(client, cfg)
 			if err != nil {
 				return usageError{err}
 			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(w.Collectors()...)
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			l, err := a.listenMetrics(metricsAddr)
 			if err != nil {
 				return err

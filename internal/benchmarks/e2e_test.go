@@ -21,6 +21,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/refexec"
@@ -101,7 +102,7 @@ func e2eRun(t *testing.T, srv *evaltest.Server, mode string) e2eResult {
 		if mode == string(worker.CleanupBoth) {
 			releasesPerEval = 2
 		}
-		w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: e2eConcurrency, Cleanup: worker.CleanupMode(mode), PollInterval: e2ePoll})
+		w, err := evalpool.NewWorker(client, evalpool.WorkerConfig{Pools: []string{p.Name()}, PoolMetrics: metrics, Config: worker.Config{Concurrency: e2eConcurrency, Cleanup: worker.CleanupMode(mode), PollInterval: e2ePoll}})
 		if err != nil {
 			t.Fatal(err)
 		}

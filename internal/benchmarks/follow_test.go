@@ -17,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/api"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
@@ -61,7 +62,11 @@ func followRun(t *testing.T, srv *evaltest.Server, followers int) followResult {
 			t.Fatal(err)
 		}
 	}
-	h, err := api.New(api.Options{Redis: client, Pool: p})
+	ep, err := evalpool.NewClient(client, evalpool.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := api.New(api.Options{Client: ep, Pool: p.Name()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +120,7 @@ func followRun(t *testing.T, srv *evaltest.Server, followers int) followResult {
 			_, _ = io.Copy(io.Discard, resp.Body)
 		})
 	}
-	w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: 16, Cleanup: worker.CleanupInline, PollInterval: 20 * time.Millisecond})
+	w, err := evalpool.NewWorker(client, evalpool.WorkerConfig{Pools: []string{p.Name()}, Config: worker.Config{Concurrency: 16, Cleanup: worker.CleanupInline, PollInterval: 20 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
@@ -121,7 +122,7 @@ func latencyRun(t *testing.T, srv *evaltest.Server, executors, n int, delay, gap
 			t.Fatal(err)
 		}
 	}
-	w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: 16, PollInterval: 100 * time.Millisecond, Cleanup: mode, Metrics: wmetrics})
+	w, err := evalpool.NewWorker(client, evalpool.WorkerConfig{Pools: []string{p.Name()}, PoolMetrics: metrics, Config: worker.Config{Concurrency: 16, PollInterval: 100 * time.Millisecond, Cleanup: mode, Metrics: wmetrics}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,13 +286,13 @@ func waitingCPU(t *testing.T, srv *evaltest.Server, wait bool) (cpu, acquiresPer
 	ctx, cancel := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
 	for range 8 {
-		cfg := worker.Config{Redis: client, Pools: []*pool.Pool{p}, Concurrency: 32, PollInterval: 100 * time.Millisecond}
+		cfg := evalpool.WorkerConfig{Pools: []string{p.Name()}, PoolMetrics: metrics, Config: worker.Config{Concurrency: 32, PollInterval: 100 * time.Millisecond}}
 		if !wait {
 			// Hand the task back at once and come again: Asynq's retry
 			// schedule does the polling.
 			cfg.ExecutorWait, cfg.NoExecutorDelay = -1, 20*time.Millisecond
 		}
-		w, err := worker.New(cfg)
+		w, err := evalpool.NewWorker(client, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -347,7 +348,7 @@ func idleWorker(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	if _, err := p.Register(t.Context(), pool.Executor{URL: ts.URL}); err != nil {
 		t.Fatal(err)
 	}
-	w, err := worker.New(worker.Config{Redis: client, Pools: []*pool.Pool{p}, Metrics: worker.NewMetrics()})
+	w, err := evalpool.NewWorker(client, evalpool.WorkerConfig{Pools: []string{p.Name()}})
 	if err != nil {
 		t.Fatal(err)
 	}

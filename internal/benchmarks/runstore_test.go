@@ -16,6 +16,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/evalpool/evalpool"
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/internal/keys"
@@ -84,10 +85,10 @@ func bytesPerEval(t *testing.T, srv *evaltest.Server, n int) (perEval, kept, his
 	aq := asynq.NewClientFromRedisClient(rdb)
 	defer aq.Close()
 	m0 := evaltest.Info(t, rdb, "memory", "used_memory")[0]
-	if _, err := client.Submit(ctx, aq, p, store, client.RunRequest{Name: "bytes", Evals: evals}); err != nil {
+	if _, err := client.Submit(ctx, aq, asynq.NewInspectorFromRedisClient(rdb), p, store, client.RunRequest{Name: "bytes", Evals: evals}); err != nil {
 		t.Fatal(err)
 	}
-	w, err := worker.New(worker.Config{Redis: rdb, Pools: []*pool.Pool{p}, Concurrency: 16, Cleanup: worker.CleanupInline, PollInterval: 20 * time.Millisecond})
+	w, err := evalpool.NewWorker(rdb, evalpool.WorkerConfig{Pools: []string{p.Name()}, Config: worker.Config{Concurrency: 16, Cleanup: worker.CleanupInline, PollInterval: 20 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +146,7 @@ func cancelTime(t *testing.T, srv *evaltest.Server, n int) time.Duration {
 	}
 	aq := asynq.NewClientFromRedisClient(rdb)
 	defer aq.Close()
-	if _, err := client.Submit(ctx, aq, p, store, client.RunRequest{Name: "cancelled", Evals: evals}); err != nil {
+	if _, err := client.Submit(ctx, aq, asynq.NewInspectorFromRedisClient(rdb), p, store, client.RunRequest{Name: "cancelled", Evals: evals}); err != nil {
 		t.Fatal(err)
 	}
 	insp := asynq.NewInspectorFromRedisClient(rdb)
