@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -262,9 +261,10 @@ type Worker struct {
 	pools  map[string]*servedPool
 	id     string // names this process's wake lists
 	runs   *run.Store
-	// stopping is set when Run begins to stop: from then on an attempt
-	// releases its executor itself, since the cleanup servers are going.
-	stopping atomic.Bool
+	// endLease is the release policy: how an attempt's lease ends once its
+	// outcome is reported (Config.Cleanup). A stopping worker swaps in
+	// inline, since its cleanup servers are going.
+	endLease atomic.Pointer[endLease]
 	attempts inflight
 	// gear runs the fast cleanup servers while evals run.
 	gear gear
@@ -391,6 +391,7 @@ func New(parts Parts, cfg Config) (*Worker, error) {
 	for _, p := range parts.Pools {
 		w.pools[p.Name()] = &servedPool{pool: p, beats: newHeartbeat(p, cfg.Executor, w.log), wakes: newWakes(p, w.id, w.log)}
 	}
+	w.endLeaseBy(cfg.Cleanup)
 	return w, nil
 }
 
@@ -533,7 +534,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	stopWatch()
 	watch.Wait()
 	w.log.Info().Dur("shutdown_timeout", w.cfg.ShutdownTimeout).Msg("worker stopping: running evals finish, or go back to the queue after the shutdown timeout and return their executors; a second interrupt forces the exit")
-	w.stopping.Store(true)
+	w.endLeaseBy(CleanupInline)
 	sched.Shutdown()
 	stop()
 	// Asynq stops waiting for an attempt after ShutdownTimeout and hands its
@@ -661,165 +662,6 @@ func (w *Worker) servedFor(ctx context.Context, name string) (*servedPool, error
 	return sp, nil
 }
 
-func (w *Worker) handleEval(ctx context.Context, t *asynq.Task) (err error) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer w.attempts.remove(w.attempts.add(cancel))
-	w.gear.busy()
-	e, err := tasks.ParseEval(t.Payload())
-	if err == nil {
-		if id, ok := asynq.GetTaskID(ctx); ok && id != e.ID {
-			// The pool keys leases by eval ID: two tasks sharing one would
-			// re-enter each other's lease.
-			err = fmt.Errorf("%w: eval %s: its task ID is %s; an eval's task ID must be its eval ID", tasks.ErrBadPayload, e.ID, id)
-		}
-	}
-	var sp *servedPool
-	if err == nil {
-		sp, err = w.servedFor(ctx, e.Pool)
-	}
-	if err != nil {
-		// Labelled by the queue's pool, never the payload's: a hostile
-		// payload must not grow the metric's label set.
-		q, _ := asynq.GetQueueName(ctx)
-		owner, _ := tasks.PoolOfQueue(q)
-		w.cfg.Metrics.evals.WithLabelValues(owner, "bad_payload").Inc()
-		return noRetry(err)
-	}
-	ttl := e.LeaseTTL(w.cfg.LeaseTTL)
-	lease, err := w.acquire(ctx, sp, e, ttl)
-	if errors.Is(err, pool.ErrCancelled) || err != nil && ctx.Err() != nil && w.cancelled(ctx, sp, e) {
-		w.cfg.Metrics.evals.WithLabelValues(e.Pool, "cancelled").Inc()
-		w.endInRun(ctx, e, run.Record{Status: run.Cancelled})
-		return noRetry(fmt.Errorf("eval %s: cancelled", e.ID))
-	}
-	if errors.Is(err, pool.ErrNoExecutor) {
-		w.cfg.Metrics.evals.WithLabelValues(e.Pool, "no_executor").Inc()
-		return err
-	}
-	if err != nil {
-		return fmt.Errorf("eval %s: %w", e.ID, err)
-	}
-	defer func() {
-		// A panic skips the handler's own cleanup; turned into an error that
-		// carries the lease, it still reaches the error handler's.
-		if r := recover(); r != nil {
-			w.log.Error().Str("eval", e.ID).Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("eval attempt panicked")
-			err = w.attemptError(ctx, sp, lease, pool.VerdictNone, fmt.Errorf("eval %s: panic: %v", e.ID, r))
-		}
-	}()
-	attempt, _ := asynq.GetRetryCount(ctx)
-	log := w.log.With().Str("eval", e.ID).Str("executor", lease.URL).Int64("fence", lease.Fence).Int("attempt", attempt).Logger()
-	log.Debug().Bool("reentered", lease.Reentered).Msg("eval leased an executor")
-	if e.Run != "" {
-		if err := w.runs.Started(ctx, e.Run, e.Key, lease.URL); err != nil {
-			log.Warn().Err(err).Msg("could not note the eval running in its run")
-		}
-	}
-
-	start := time.Now()
-	res, runErr := w.runOnLease(ctx, sp, e, lease, ttl)
-	took := time.Since(start)
-	w.noteClock(ctx, lease.URL)
-	if runErr == nil {
-		w.handBacks.reset(lease.URL)
-	}
-	if runErr == nil && res.Status == executor.StatusErrored {
-		runErr = fmt.Errorf("eval %s: %w: %s", e.ID, ErrErrored, erroredWhy(res))
-	}
-	// An eval ends with a grade, or errored on its last attempt: its
-	// result is kept. In inline mode it goes in the round trip of the
-	// release, ahead of it; otherwise it is written now, before the
-	// cleanups are enqueued. Nothing waits on the order: Asynq marks the
-	// task done, and a waiting producer sees it, only after the handler
-	// returns.
-	var result []byte
-	if ends := runErr == nil || errors.Is(runErr, ErrErrored) && !w.retries(ctx, runErr); ends {
-		var err error
-		result, err = encodeResult(tasks.EvalResult{
-			EvalID: e.ID, Executor: lease.URL, Fence: lease.Fence, Attempt: attempt,
-			Status: res.Status, Score: res.Score, Metrics: res.Metrics, Output: res.Output, Duration: took.Seconds(),
-			Diagnostics: res.Diagnostics,
-		})
-		runErr = cmp.Or(runErr, err)
-	}
-	// A run's eval's result is kept in its run's record, once: the task
-	// gets it only when the run could not take it now, for the reap's
-	// reconciliation to find there.
-	recorded := result != nil && e.Run != "" && w.endInRun(ctx, e, recordOf(res, took, attempt, lease.URL))
-	if recorded {
-		result = nil
-	}
-	if result != nil && w.cfg.Cleanup != CleanupInline {
-		if err := w.writeResult(ctx, t, e.ID, result); err != nil && runErr == nil {
-			runErr = err
-		} else if err != nil {
-			log.Warn().Err(err).Msg("could not keep the errored eval's result")
-		}
-		result = nil
-	}
-	outcome := res.Status
-	cancelled := runErr != nil && ctx.Err() != nil && w.cancelled(ctx, sp, e)
-	switch {
-	case cancelled:
-		outcome = "cancelled"
-		log.Info().Err(runErr).Msg("eval cancelled; its call to the executor was abandoned")
-		w.endInRun(ctx, e, run.Record{Status: run.Cancelled, Executor: lease.URL, Retries: attempt})
-		runErr = noRetry(fmt.Errorf("eval %s: cancelled: %w", e.ID, runErr))
-	}
-	var hb *handBack
-	switch {
-	case cancelled:
-	case errors.As(runErr, &hb):
-		outcome = hb.outcome // logged at error level with its cause and fix
-	case errors.Is(runErr, ErrErrored):
-		outcome = run.Errored
-		log.Warn().Err(runErr).Dur("took", took).Bool("retrying", w.retries(ctx, runErr)).Msg("eval errored: its grader failed, not its executor")
-	case errors.Is(runErr, executor.ErrBusy):
-		outcome = "busy"
-		log.Error().Err(runErr).Msg("the executor refused the eval: another eval holds it under a live lease, so the pool handed it out twice (Redis lost writes, or one executor is registered twice); the eval will try again")
-	case runErr != nil:
-		outcome = "error"
-		log.Warn().Err(runErr).Dur("took", took).Msg("eval attempt failed")
-	default:
-		log.Info().Str("status", res.Status).Dur("took", took).Msg("eval done")
-	}
-	w.cfg.Metrics.evals.WithLabelValues(e.Pool, outcome).Inc()
-	w.cfg.Metrics.duration.WithLabelValues(e.Pool, outcome).Observe(took.Seconds())
-	verdict := verdictOf(res, runErr)
-	if verdict != pool.VerdictNone {
-		w.cfg.Metrics.verdicts.WithLabelValues(sp.pool.Name(), lease.URL, string(verdict)).Inc()
-	}
-
-	c := tasks.Cleanup{EvalID: e.ID, Pool: sp.pool.Name(), URL: lease.URL, Token: lease.Token, Fence: lease.Fence,
-		Verdict: string(verdict), Retrying: runErr != nil && w.retries(ctx, runErr)}
-	// A stopping worker's cleanup servers are going: an attempt that ends
-	// then releases its executor itself, before the worker exits.
-	if w.cfg.Cleanup == CleanupInline || w.stopping.Load() {
-		if err := w.releaseInline(ctx, t, sp, lease, c, runErr, result); err != nil {
-			runErr = err
-		}
-		if runErr != nil {
-			return w.attemptError(ctx, sp, lease, verdict, runErr)
-		}
-		return nil
-	}
-	if runErr == nil || w.cfg.Cleanup == CleanupBoth {
-		c.Path = tasks.PathSuccess
-		w.enqueueCleanup(ctx, tasks.TypeCleanupSuccess, c)
-	}
-	if runErr != nil || w.cfg.Cleanup == CleanupBoth {
-		c.Path = tasks.PathFailure
-		if runErr != nil {
-			c.Error = runErr.Error()
-		}
-		w.enqueueCleanup(ctx, tasks.TypeCleanupFailure, c)
-	}
-	if runErr != nil {
-		return w.attemptError(ctx, sp, lease, verdict, runErr)
-	}
-	return nil
-}
-
 // cancelled reports whether the eval was cancelled (pool.Cancel): asked
 // when its attempt ends in error with its context done, to tell a cancel
 // from a stopping worker.
@@ -873,50 +715,6 @@ func verdictOf(res executor.Result, runErr error) pool.Verdict {
 		return pool.VerdictUnavailable
 	}
 	return pool.VerdictNone
-}
-
-// releaseInline releases the attempt's executor in its own handler (path
-// inline), and enqueues the cleanup of its outcome only when that release
-// fails: one Redis round trip instead of a task. A result not yet written
-// goes in the same round trip, ahead of the release; its error, if any, is
-// returned, and the attempt fails with it. The error handler still enqueues
-// its failure cleanup for a failed attempt.
-func (w *Worker) releaseInline(ctx context.Context, t *asynq.Task, sp *servedPool, lease pool.Lease, c tasks.Cleanup, runErr error, result []byte) error {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
-	defer cancel()
-	args := pool.ReleaseArgs{Path: tasks.PathInline, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, ByCleanup: true}
-	var written *redis.Cmd
-	if queue, ok := asynq.GetQueueName(ctx); ok && result != nil {
-		args.Pipelined = func(pipe redis.Pipeliner) {
-			written = lua.WriteResult.EvalSha(rctx, pipe, []string{tasks.ResultKey(queue, t.ResultWriter().TaskID())}, result)
-		}
-	}
-	var writeErr error
-	if result != nil && args.Pipelined == nil {
-		writeErr = w.writeResult(ctx, t, lease.EvalID, result)
-	}
-	r, err := sp.pool.ReleaseWith(rctx, lease, args)
-	switch {
-	case written == nil:
-	case written.Err() != nil && strings.HasPrefix(written.Err().Error(), "NOSCRIPT"):
-		writeErr = w.writeResult(rctx, t, lease.EvalID, result) // loads it
-	case written.Err() != nil:
-		writeErr = fmt.Errorf("eval %s: write result: %w", lease.EvalID, written.Err())
-	case written.Val() == int64(0):
-		w.noteTaskGone(lease.EvalID)
-	}
-	if err == nil {
-		w.log.Debug().Str("eval", lease.EvalID).Str("executor", lease.URL).Str("outcome", string(r.Outcome)).Msg("released inline")
-		return writeErr
-	}
-	w.log.Warn().Err(err).Str("eval", lease.EvalID).Str("executor", lease.URL).Msg("inline release failed; a cleanup task will release it")
-	typ := tasks.TypeCleanupSuccess
-	c.Path = tasks.PathSuccess
-	if runErr != nil || writeErr != nil {
-		typ, c.Path, c.Error = tasks.TypeCleanupFailure, tasks.PathFailure, errors.Join(runErr, writeErr).Error()
-	}
-	w.enqueueCleanup(ctx, typ, c)
-	return writeErr
 }
 
 // attemptError wraps a failed attempt's error with its lease and verdict,
