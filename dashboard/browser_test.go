@@ -91,7 +91,7 @@ func TestPoolPageInChromium(t *testing.T) {
 	if n := countState("available"); n != 3 {
 		t.Fatalf("page shows %d available executors, want 3", n)
 	}
-	lease, err := b.pool.Acquire(t.Context(), "eval-browser", time.Minute)
+	lease, err := b.pool.Acquire(t.Context(), "eval-browser", time.Minute, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,12 +111,12 @@ func TestPoolPageInChromium(t *testing.T) {
 	}
 	// A waiting eval is shown in line, apart from the running ones.
 	for _, id := range []string{"eval-2", "eval-3"} {
-		if _, err := b.pool.Acquire(t.Context(), id, time.Minute); err != nil {
+		if _, err := b.pool.Acquire(t.Context(), id, time.Minute, pool.AcquireArgs{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := b.pool.AcquireWith(t.Context(), "eval-waiting", time.Minute, pool.AcquireArgs{Wait: pool.Wait{Wake: b.pool.WakeKey("browser"), PlaceTTL: time.Minute}}); !errors.Is(err, pool.ErrWaiting) {
-		t.Fatalf("AcquireWith a wait on a busy pool: %v", err)
+	if _, err := b.pool.Acquire(t.Context(), "eval-waiting", time.Minute, pool.AcquireArgs{Wait: pool.Wait{Wake: b.pool.WakeKey("browser"), PlaceTTL: time.Minute}}); !errors.Is(err, pool.ErrWaiting) {
+		t.Fatalf("Acquire with a wait on a busy pool: %v", err)
 	}
 	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`tr[data-eval="eval-waiting"]`))); err != nil {
 		t.Fatalf("the page never showed the waiting eval: %v", err)
@@ -181,16 +181,16 @@ func TestPoolHealthInChromium(t *testing.T) {
 	}
 	// gpu2 grades two evals passed and one failed, then fails a call.
 	for i, v := range []pool.Verdict{pool.VerdictPassed, pool.VerdictPassed, pool.VerdictFailed, pool.VerdictUnavailable} {
-		l, err := p.AcquireWith(ctx, fmt.Sprintf("graded-%d", i), time.Minute, pool.AcquireArgs{Require: map[string]string{"gpu": "h100"}})
+		l, err := p.Acquire(ctx, fmt.Sprintf("graded-%d", i), time.Minute, pool.AcquireArgs{Require: map[string]string{"gpu": "h100"}})
 		if err != nil || l.URL != gpu2 {
 			t.Fatalf("acquire on gpu=h100: %s, %v", l.URL, err)
 		}
-		if _, err := p.ReleaseWith(ctx, l, pool.ReleaseArgs{Path: "test", Verdict: v}); err != nil {
+		if _, err := p.Release(ctx, l, pool.ReleaseArgs{Path: "test", Verdict: v}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Quarantined while leased: it serves its eval, then goes out of service.
-	if l, err := p.AcquireWith(ctx, "eval-serving", time.Minute, pool.AcquireArgs{Require: map[string]string{"gpu": "h100"}}); err != nil || l.URL != gpu2 {
+	if l, err := p.Acquire(ctx, "eval-serving", time.Minute, pool.AcquireArgs{Require: map[string]string{"gpu": "h100"}}); err != nil || l.URL != gpu2 {
 		t.Fatalf("acquire on gpu=h100: %s, %v", l.URL, err)
 	}
 	if out, err := p.Quarantine(ctx, gpu2, pool.ReasonOperator); err != nil || out != pool.Quarantined {

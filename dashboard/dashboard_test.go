@@ -93,7 +93,7 @@ func get(t *testing.T, url string) (int, string) {
 func TestEndpoints(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t)
-	l, err := b.pool.Acquire(t.Context(), "eval-7", time.Minute)
+	l, err := b.pool.Acquire(t.Context(), "eval-7", time.Minute, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,11 +165,11 @@ func TestAPIPoolHealth(t *testing.T) {
 	if _, err := b.pool.Register(ctx, pool.Executor{URL: gpu, Labels: map[string]string{"gpu": "a100"}}); err != nil {
 		t.Fatal(err)
 	}
-	l, err := b.pool.AcquireWith(ctx, "graded", time.Minute, pool.AcquireArgs{Require: map[string]string{"gpu": "a100"}})
+	l, err := b.pool.Acquire(ctx, "graded", time.Minute, pool.AcquireArgs{Require: map[string]string{"gpu": "a100"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.pool.ReleaseWith(ctx, l, pool.ReleaseArgs{Path: "test", Verdict: pool.VerdictPassed}); err != nil {
+	if _, err := b.pool.Release(ctx, l, pool.ReleaseArgs{Path: "test", Verdict: pool.VerdictPassed}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.pool.Quarantine(ctx, gpu, pool.ReasonOperator); err != nil {

@@ -288,7 +288,7 @@ func TestPoolTimelineInChromium(t *testing.T) {
 		}
 		ran[l.Executor] = append(ran[l.Executor], run.EvalID("tl", key))
 	}
-	held, err := b.pool.Acquire(t.Context(), "eval-held", time.Minute)
+	held, err := b.pool.Acquire(t.Context(), "eval-held", time.Minute, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}

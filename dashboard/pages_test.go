@@ -82,7 +82,7 @@ func TestPoolPageEndpoint(t *testing.T) {
 	_, b := setup(t)
 	ctx := t.Context()
 	registerN(t, b.pool, 597, 597, "http://x%03d:9001")
-	l, err := b.pool.Acquire(ctx, "eval-page", time.Minute)
+	l, err := b.pool.Acquire(ctx, "eval-page", time.Minute, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestPoolPageAt100k(t *testing.T) {
 	const n = 100_000
 	_, b := setupTuned(t, Options{}, nil)
 	registerN(t, b.pool, n, 1000, "http://x%06d:9001")
-	if _, err := b.pool.Acquire(t.Context(), "eval-1", time.Minute); err != nil {
+	if _, err := b.pool.Acquire(t.Context(), "eval-1", time.Minute, pool.AcquireArgs{}); err != nil {
 		t.Fatal(err)
 	}
 	before := commandCalls(t, b.client)
@@ -230,12 +230,12 @@ func TestPoolPageAt100k(t *testing.T) {
 // ended makes a lease of evalID on url that ends as released.
 func ended(t *testing.T, p *pool.Pool, evalID string, require map[string]string) pool.Lease {
 	t.Helper()
-	l, err := p.AcquireWith(t.Context(), evalID, time.Minute, pool.AcquireArgs{Require: require})
+	l, err := p.Acquire(t.Context(), evalID, time.Minute, pool.AcquireArgs{Require: require})
 	if err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Millisecond)
-	if _, err := p.Release(t.Context(), l, "test"); err != nil {
+	if _, err := p.Release(t.Context(), l, pool.ReleaseArgs{Path: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	return l
@@ -257,7 +257,7 @@ func TestPoolTimelineEndpoint(t *testing.T) {
 	a1 := ended(t, b.pool, "a-1", map[string]string{"host": "a"})
 	ended(t, b.pool, "b-1", map[string]string{"host": "b"})
 	a2 := ended(t, b.pool, "a-2", map[string]string{"host": "a"})
-	if _, err := b.pool.AcquireWith(ctx, "a-running", time.Minute, pool.AcquireArgs{Require: map[string]string{"host": "a"}}); err != nil {
+	if _, err := b.pool.Acquire(ctx, "a-running", time.Minute, pool.AcquireArgs{Require: map[string]string{"host": "a"}}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -322,12 +322,12 @@ func TestPoolWaitersEndpoint(t *testing.T) {
 	fill := func(b *testBundle) {
 		t.Helper()
 		for i := range 3 {
-			if _, err := b.pool.Acquire(t.Context(), fmt.Sprint("busy-", i), time.Minute); err != nil {
+			if _, err := b.pool.Acquire(t.Context(), fmt.Sprint("busy-", i), time.Minute, pool.AcquireArgs{}); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if _, err := b.pool.AcquireWith(t.Context(), "waiting-1", time.Minute, pool.AcquireArgs{Wait: pool.Wait{Wake: b.pool.WakeKey("t"), PlaceTTL: time.Minute}}); !errors.Is(err, pool.ErrWaiting) {
-			t.Fatalf("AcquireWith a wait on a busy pool: %v", err)
+		if _, err := b.pool.Acquire(t.Context(), "waiting-1", time.Minute, pool.AcquireArgs{Wait: pool.Wait{Wake: b.pool.WakeKey("t"), PlaceTTL: time.Minute}}); !errors.Is(err, pool.ErrWaiting) {
+			t.Fatalf("Acquire with a wait on a busy pool: %v", err)
 		}
 	}
 	_, b := setup(t)

@@ -332,7 +332,7 @@ func (d *Demo) replayLateReleases(ctx context.Context, insp *asynq.Inspector, re
 		if err != nil {
 			continue
 		}
-		r, err := d.pool.Release(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID}, PathLateDuplicate)
+		r, err := d.pool.Release(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID}, pool.ReleaseArgs{Path: PathLateDuplicate})
 		if err != nil {
 			continue
 		}

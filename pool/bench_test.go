@@ -31,14 +31,14 @@ var designs = []design{
 	{"evalpool", func(b *testing.B, n int) func(context.Context, int64) error {
 		p := benchPool(b, n)
 		return func(ctx context.Context, i int64) error {
-			l, err := p.Acquire(ctx, "eval-"+strconv.FormatInt(i, 10), time.Minute)
+			l, err := p.Acquire(ctx, "eval-"+strconv.FormatInt(i, 10), time.Minute, AcquireArgs{})
 			if errors.Is(err, ErrNoExecutor) {
 				return nil // a busy pool under parallel load: nothing to release
 			}
 			if err != nil {
 				return err
 			}
-			r, err := p.Release(ctx, l, "bench")
+			r, err := p.Release(ctx, l, ReleaseArgs{Path: "bench"})
 			if err == nil && r.Outcome != Released {
 				err = fmt.Errorf("release: %s", r.Outcome)
 			}
@@ -61,14 +61,14 @@ var designs = []design{
 			b.Fatal(err)
 		}
 		return func(ctx context.Context, i int64) error {
-			l, err := p.AcquireWith(ctx, "eval-"+strconv.FormatInt(i, 10), time.Minute, AcquireArgs{Require: map[string]string{"kind": fmt.Sprint("k", i%10)}})
+			l, err := p.Acquire(ctx, "eval-"+strconv.FormatInt(i, 10), time.Minute, AcquireArgs{Require: map[string]string{"kind": fmt.Sprint("k", i%10)}})
 			if errors.Is(err, ErrNoExecutor) {
 				return nil
 			}
 			if err != nil {
 				return err
 			}
-			r, err := p.Release(ctx, l, "bench")
+			r, err := p.Release(ctx, l, ReleaseArgs{Path: "bench"})
 			if err == nil && r.Outcome != Released {
 				err = fmt.Errorf("release: %s", r.Outcome)
 			}
@@ -191,7 +191,7 @@ func BenchmarkRenew(b *testing.B) {
 				rs := make([]Renewal, n)
 				var err error
 				for i := range rs {
-					if rs[i].Lease, err = p.Acquire(b.Context(), "eval-"+strconv.Itoa(i), time.Hour); err != nil {
+					if rs[i].Lease, err = p.Acquire(b.Context(), "eval-"+strconv.Itoa(i), time.Hour, AcquireArgs{}); err != nil {
 						b.Fatal(err)
 					}
 					rs[i].TTL = time.Hour

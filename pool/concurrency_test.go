@@ -166,7 +166,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 					var l Lease
 					var err error
 					if ttl == long && rng.IntN(2) == 0 {
-						l, err = p.AcquireWith(ctx, id, ttl, AcquireArgs{Wait: Wait{Wake: wake, PlaceTTL: time.Minute}})
+						l, err = p.Acquire(ctx, id, ttl, AcquireArgs{Wait: Wait{Wake: wake, PlaceTTL: time.Minute}})
 						if errors.Is(err, ErrWaiting) {
 							waiting[id] = l.Token
 							count("wait")
@@ -176,7 +176,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 							continue
 						}
 					} else {
-						l, err = p.Acquire(ctx, id, ttl)
+						l, err = p.Acquire(ctx, id, ttl, AcquireArgs{})
 					}
 					if errors.Is(err, ErrNoExecutor) {
 						count("acquire_none")
@@ -193,7 +193,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 					}
 				case op == 3 && len(held) > 0: // a retried attempt re-enters
 					old := anyLease(rng, held)
-					l, err := p.Acquire(ctx, old.EvalID, long)
+					l, err := p.Acquire(ctx, old.EvalID, long, AcquireArgs{})
 					if err != nil || !l.Reentered || l.URL != old.URL {
 						fail("re-acquire of live %s: %+v, %v", old.URL, l, err)
 						return
@@ -207,7 +207,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 					count("reenter")
 				case op <= 5 && len(held) > 0: // release, and sometimes again
 					l := anyLease(rng, held)
-					r, err := p.Release(ctx, l, "success")
+					r, err := p.Release(ctx, l, ReleaseArgs{Path: "success"})
 					if err != nil || r.Outcome != Released {
 						fail("release of live %s: %+v, %v", l.URL, r, err)
 						return
@@ -219,7 +219,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 					mu.Unlock()
 					count("release")
 					if rng.IntN(2) == 0 {
-						r, err := p.ReleaseWith(ctx, l, ReleaseArgs{Path: "failure", ByCleanup: true})
+						r, err := p.Release(ctx, l, ReleaseArgs{Path: "failure", ByCleanup: true})
 						// The lease's other path: absorbed, and known as
 						// such, never an alert.
 						if err != nil || r.Outcome == Released || !r.Duplicate || r.Double {
@@ -236,7 +236,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 					}
 					l := ended[rng.IntN(len(ended))]
 					mu.Unlock()
-					r, err := p.Release(ctx, l, "failure")
+					r, err := p.Release(ctx, l, ReleaseArgs{Path: "failure"})
 					if err != nil || r.Outcome == Released {
 						fail("stale release of %s: %+v, %v", l.URL, r, err)
 						return
@@ -269,7 +269,7 @@ func TestNoDoubleBookingUnderConcurrency(t *testing.T) {
 				return
 			}
 			for _, l := range held {
-				r, err := p.Release(ctx, l, "success")
+				r, err := p.Release(ctx, l, ReleaseArgs{Path: "success"})
 				if err != nil || r.Outcome != Released {
 					fail("final release of %s: %+v, %v", l.URL, r, err)
 					return

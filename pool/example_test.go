@@ -23,14 +23,14 @@ func Example() {
 	if _, err := p.Register(ctx, pool.Executor{URL: "http://executor-1:8080"}); err != nil {
 		panic(err)
 	}
-	lease, err := p.Acquire(ctx, "eval-42", 30*time.Second)
+	lease, err := p.Acquire(ctx, "eval-42", 30*time.Second, pool.AcquireArgs{})
 	if err != nil {
 		panic(err)
 	}
 	fmt.Println("leased", lease.URL, "to", lease.EvalID)
 
 	for _, path := range []string{"success", "failure"} {
-		r, err := p.ReleaseWith(ctx, lease, pool.ReleaseArgs{Path: path, ByCleanup: true})
+		r, err := p.Release(ctx, lease, pool.ReleaseArgs{Path: path, ByCleanup: true})
 		if err != nil {
 			panic(err)
 		}
@@ -53,15 +53,15 @@ func ExamplePool_Release_stale() {
 	defer client.Del(ctx, p.Keys()...)
 	_, _ = p.Register(ctx, pool.Executor{URL: "http://executor-1:8080"})
 
-	a, _ := p.Acquire(ctx, "eval-a", 30*time.Second)
-	_, _ = p.Release(ctx, a, "success")
-	b, _ := p.Acquire(ctx, "eval-b", 30*time.Second)
+	a, _ := p.Acquire(ctx, "eval-a", 30*time.Second, pool.AcquireArgs{})
+	_, _ = p.Release(ctx, a, pool.ReleaseArgs{Path: "success"})
+	b, _ := p.Acquire(ctx, "eval-b", 30*time.Second, pool.AcquireArgs{})
 
-	r, _ := p.Release(ctx, a, "failure") // A's late duplicate
+	r, _ := p.Release(ctx, a, pool.ReleaseArgs{Path: "failure"}) // A's late duplicate
 	fmt.Println(r.Outcome, "held by", r.Holder)
-	_, err := p.Acquire(ctx, "eval-c", 30*time.Second)
+	_, err := p.Acquire(ctx, "eval-c", 30*time.Second, pool.AcquireArgs{})
 	fmt.Println(err)
-	r, _ = p.Release(ctx, b, "success")
+	r, _ = p.Release(ctx, b, pool.ReleaseArgs{Path: "success"})
 	fmt.Println(r.Outcome)
 	// Output:
 	// stale_lease held by eval-b

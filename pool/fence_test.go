@@ -53,7 +53,7 @@ func TestRaiseFence(t *testing.T) {
 			if after := b.client.HGetAll(t.Context(), p.keys.Executors()).Val(); !slices.Contains(tt.raised, true) && !maps.Equal(before, after) {
 				t.Fatalf("a raise refused or of no executor wrote the records: %v, was %v", after, before)
 			}
-			l, err := p.Acquire(t.Context(), "e", time.Minute)
+			l, err := p.Acquire(t.Context(), "e", time.Minute, AcquireArgs{})
 			if err != nil || l.Fence < tt.next {
 				t.Fatalf("next grant: %+v, %v; want a fence of at least %d", l, err, tt.next)
 			}
@@ -118,12 +118,12 @@ func TestFencesStayAboveAfterDataLossAtHighRate(t *testing.T) {
 	for w := range 8 {
 		wg.Go(func() {
 			for i := range 600 {
-				l, err := p.Acquire(ctx, fmt.Sprintf("w%d-%d", w, i), time.Minute)
+				l, err := p.Acquire(ctx, fmt.Sprintf("w%d-%d", w, i), time.Minute, AcquireArgs{})
 				if errors.Is(err, ErrNoExecutor) {
 					continue
 				}
 				if err == nil {
-					_, err = p.Release(ctx, l, "done")
+					_, err = p.Release(ctx, l, ReleaseArgs{Path: "done"})
 				}
 				if err != nil {
 					t.Error(err)

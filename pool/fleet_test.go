@@ -17,7 +17,7 @@ import (
 // release with a verdict, asserting the lease ended.
 func releaseWith(t *testing.T, p *Pool, l Lease, v Verdict) ReleaseResult {
 	t.Helper()
-	r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Verdict: v, Retrying: true})
+	r, err := p.Release(t.Context(), l, ReleaseArgs{Path: "test", Verdict: v, Retrying: true})
 	if err != nil || r.Outcome != Released {
 		t.Fatalf("release %s with %s: %+v, %v", l.URL, v, r, err)
 	}
@@ -131,7 +131,7 @@ func TestQuarantinedIsNeverHandedOut(t *testing.T) {
 		release(t, p, l, Released)
 	}
 	hold := acquire(t, p, "hold", time.Minute)
-	if _, err := p.Acquire(t.Context(), "none-left", time.Minute); !errors.Is(err, ErrNoExecutor) {
+	if _, err := p.Acquire(t.Context(), "none-left", time.Minute, AcquireArgs{}); !errors.Is(err, ErrNoExecutor) {
 		t.Fatalf("acquire with only a quarantined executor left: %v", err)
 	}
 	c, err := p.Counts(t.Context())
@@ -202,11 +202,11 @@ func TestProbeRacesRelease(t *testing.T) {
 		if _, err := p.ReturnToService(ctx, url); err != nil {
 			return err
 		}
-		l, err := p.Acquire(ctx, "racer", time.Minute)
+		l, err := p.Acquire(ctx, "racer", time.Minute, AcquireArgs{})
 		if err != nil {
 			return err
 		}
-		r, err := p.ReleaseWith(ctx, l, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable})
+		r, err := p.Release(ctx, l, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable})
 		if err != nil || r.Quarantined == "" {
 			return fmt.Errorf("release did not quarantine: %+v %v", r, err)
 		}
@@ -261,7 +261,7 @@ func TestQuarantineWhileLeased(t *testing.T) {
 	if _, err := p.Renew(t.Context(), l, time.Minute); err != nil {
 		t.Fatalf("the eval lost its lease to the quarantine: %v", err)
 	}
-	if _, err := p.Acquire(t.Context(), "eval-a", time.Minute); !errors.Is(err, ErrNoExecutor) {
+	if _, err := p.Acquire(t.Context(), "eval-a", time.Minute, AcquireArgs{}); !errors.Is(err, ErrNoExecutor) {
 		t.Fatalf("re-entry into a quarantined executor: %v", err)
 	}
 	if e := statusOf(t, p, l.URL); e.State != StateQuarantined {
@@ -378,7 +378,7 @@ func TestLabelRouting(t *testing.T) {
 				t.Fatalf("CanServe = %v, %v", ok, err)
 			}
 			for i := range 3 { // every time, not by luck of the order
-				l, err := p.AcquireWith(t.Context(), fmt.Sprintf("e%d", i), time.Minute, AcquireArgs{Require: tt.require})
+				l, err := p.Acquire(t.Context(), fmt.Sprintf("e%d", i), time.Minute, AcquireArgs{Require: tt.require})
 				if tt.want == "" {
 					if !errors.Is(err, ErrUnservable) {
 						t.Fatalf("acquire: %v, want ErrUnservable", err)
@@ -406,7 +406,7 @@ func TestAnyEvalTakesLabeledExecutors(t *testing.T) {
 		held = append(held, acquire(t, p, fmt.Sprintf("e%d", i), time.Minute))
 	}
 	assertClean(t, p)
-	if _, err := p.AcquireWith(t.Context(), "gpu", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}}); !errors.Is(err, ErrNoExecutor) || errors.Is(err, ErrUnservable) {
+	if _, err := p.Acquire(t.Context(), "gpu", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}}); !errors.Is(err, ErrNoExecutor) || errors.Is(err, ErrUnservable) {
 		t.Fatalf("the a100 is leased, yet: %v", err)
 	}
 	for _, l := range held {
@@ -422,15 +422,15 @@ func TestLabelWaiterDoesNotBlockOthers(t *testing.T) {
 	t.Parallel()
 	p, b := setupLabeled(t)
 	a100 := map[string]string{"gpu": "a100"}
-	busy, err := p.AcquireWith(t.Context(), "busy", time.Minute, AcquireArgs{Require: a100})
+	busy, err := p.Acquire(t.Context(), "busy", time.Minute, AcquireArgs{Require: a100})
 	if err != nil {
 		t.Fatal(err)
 	}
 	wake := p.WakeKey("w1")
-	if _, err := p.AcquireWith(t.Context(), "wants-a100", time.Minute, AcquireArgs{Require: a100, Wait: Wait{Wake: wake, PlaceTTL: time.Minute}}); !errors.Is(err, ErrWaiting) {
+	if _, err := p.Acquire(t.Context(), "wants-a100", time.Minute, AcquireArgs{Require: a100, Wait: Wait{Wake: wake, PlaceTTL: time.Minute}}); !errors.Is(err, ErrWaiting) {
 		t.Fatalf("want to wait: %v", err)
 	}
-	other, err := p.AcquireWith(t.Context(), "anything", time.Minute, AcquireArgs{Wait: Wait{Wake: wake, PlaceTTL: time.Minute}})
+	other, err := p.Acquire(t.Context(), "anything", time.Minute, AcquireArgs{Wait: Wait{Wake: wake, PlaceTTL: time.Minute}})
 	if err != nil {
 		t.Fatalf("an eval behind the waiter, served by a free executor, waited: %v", err)
 	}
@@ -468,7 +468,7 @@ func TestRelabel(t *testing.T) {
 	if err != nil || regs[0].Outcome != RegisteredRelabeled {
 		t.Fatalf("%+v %v", regs, err)
 	}
-	l, err := p.AcquireWith(t.Context(), "us", time.Minute, AcquireArgs{Require: map[string]string{"region": "us"}})
+	l, err := p.Acquire(t.Context(), "us", time.Minute, AcquireArgs{Require: map[string]string{"region": "us"}})
 	if err != nil || l.URL != "http://a100" {
 		t.Fatalf("%s %v", l.URL, err)
 	}
@@ -480,7 +480,7 @@ func TestRelabel(t *testing.T) {
 	if ok, _ := p.CanServe(t.Context(), map[string]string{"region": "us"}); ok {
 		t.Fatal("region=us still servable after the relabel")
 	}
-	if l, err := p.AcquireWith(t.Context(), "b200", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "b200"}}); err != nil || l.URL != "http://a100" {
+	if l, err := p.Acquire(t.Context(), "b200", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "b200"}}); err != nil || l.URL != "http://a100" {
 		t.Fatalf("%s %v", l.URL, err)
 	}
 	if out, err := p.Relabel(t.Context(), "http://cpu", nil); err != nil || out != Unchanged {
@@ -614,7 +614,7 @@ func TestReentrySupersedesQuietly(t *testing.T) {
 	if !now.Reentered || now.Token == old.Token {
 		t.Fatalf("re-entry: %+v", now)
 	}
-	r, err := p.ReleaseWith(t.Context(), old, ReleaseArgs{Path: "failure", ByCleanup: true})
+	r, err := p.Release(t.Context(), old, ReleaseArgs{Path: "failure", ByCleanup: true})
 	if err != nil || r.Outcome != StaleLease || !r.Duplicate || r.Double {
 		t.Fatalf("the superseded attempt's cleanup: %+v, %v; want stale_lease, a duplicate", r, err)
 	}

@@ -40,13 +40,13 @@ func TestFullRedis(t *testing.T) {
 	if _, err := p.Counts(ctx); err != nil {
 		t.Errorf("counts: %v", err)
 	}
-	if _, err := p.Acquire(ctx, "new", time.Minute); !errors.Is(err, ErrRedisFull) {
+	if _, err := p.Acquire(ctx, "new", time.Minute, AcquireArgs{}); !errors.Is(err, ErrRedisFull) {
 		t.Errorf("acquire: %v, want ErrRedisFull", err)
 	}
 	if _, err := p.Register(ctx, Executor{URL: "http://e4:1"}); !errors.Is(err, ErrRedisFull) {
 		t.Errorf("register: %v, want ErrRedisFull", err)
 	}
-	if r, err := restarted.Release(ctx, held, "test"); err != nil || r.Outcome != Released {
+	if r, err := restarted.Release(ctx, held, ReleaseArgs{Path: "test"}); err != nil || r.Outcome != Released {
 		t.Errorf("release: %+v, %v", r, err)
 	}
 	if _, err := restarted.Renew(ctx, renewed, time.Minute); err != nil {
@@ -62,7 +62,7 @@ func TestFullRedis(t *testing.T) {
 	}
 
 	free()
-	if _, err := p.Acquire(ctx, "new", time.Minute); err != nil {
+	if _, err := p.Acquire(ctx, "new", time.Minute, AcquireArgs{}); err != nil {
 		t.Errorf("acquire after memory was freed: %v", err)
 	}
 	if v, err := p.Check(ctx); err != nil || len(v) > 0 {

@@ -643,13 +643,23 @@ func (l Lease) Remaining() time.Duration { return max(0, time.Until(l.Expires)) 
 // is re-entrant: an eval that still holds an executor (not yet reclaimed, not
 // draining) gets the same one back with a new token and a higher fence, so
 // that only the newest attempt of an eval can renew, release or be served.
-// With nothing free it returns ErrNoExecutor; when the pool's epoch marker is
-// gone, ErrPoolMissing.
-func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration) (Lease, error) {
-	return p.acquire(ctx, evalID, ttl, AcquireArgs{})
+// With nothing free it returns ErrNoExecutor, or, with args.Wait, joins the
+// wait list (ErrWaiting); when the pool's epoch marker is gone,
+// ErrPoolMissing.
+func (p *Pool) Acquire(ctx context.Context, evalID string, ttl time.Duration, args AcquireArgs) (Lease, error) {
+	if args.Wait != (Wait{}) {
+		if err := p.checkWait(args.Wait); err != nil {
+			return Lease{}, err
+		}
+	}
+	if err := ValidateLabels(args.Require); err != nil {
+		return Lease{}, err
+	}
+	return p.acquire(ctx, evalID, ttl, args)
 }
 
-// AcquireArgs are the optional parts of an acquire.
+// AcquireArgs are the optional parts of an acquire. The zero value leases
+// any executor, or none, at once.
 type AcquireArgs struct {
 	// Require lists the labels the executor must have, all of them: the
 	// eval gets the executor idle longest among those that have them. A set
@@ -663,20 +673,6 @@ type AcquireArgs struct {
 	// Wait.Wake (see ParseGrant). A waiter that stops waiting calls Leave,
 	// which gives back an executor handed to it in the race.
 	Wait Wait
-}
-
-// AcquireWith is Acquire for an eval that may require labels, or wait for
-// an executor.
-func (p *Pool) AcquireWith(ctx context.Context, evalID string, ttl time.Duration, args AcquireArgs) (Lease, error) {
-	if args.Wait != (Wait{}) {
-		if err := p.checkWait(args.Wait); err != nil {
-			return Lease{}, err
-		}
-	}
-	if err := ValidateLabels(args.Require); err != nil {
-		return Lease{}, err
-	}
-	return p.acquire(ctx, evalID, ttl, args)
 }
 
 // Wait says how an eval that finds no free executor waits for one.
@@ -930,24 +926,18 @@ type ReleaseArgs struct {
 	// ahead of it: the worker's inline release writes the eval's result with
 	// it, so that an eval costs one round trip fewer. Their replies and
 	// errors are read from the commands Pipelined added; the release's own
-	// error is the only one ReleaseWith returns. Nil sends the release alone.
+	// error is the only one Release returns. Nil sends the release alone.
 	Pipelined func(pipe redis.Pipeliner)
 }
 
 // Release gives the leased executor back, if and only if l still holds it.
 // It is idempotent: a second release, or a release by a holder whose lease
 // was reclaimed and given to someone else, changes nothing and says so in
-// its outcome, which is not an error. path names the caller's route to the
-// release ("success", "failure", "cli", ...) for metrics and logs. Every
-// outcome is counted, and a double release is logged at warn level.
-func (p *Pool) Release(ctx context.Context, l Lease, path string) (ReleaseResult, error) {
-	return p.ReleaseWith(ctx, l, ReleaseArgs{Path: path})
-}
-
-// ReleaseWith is Release with what the attempt made of the executor: the
-// release that ends the lease records the verdict, and may take the
-// executor out of service (ReleaseResult.Quarantined).
-func (p *Pool) ReleaseWith(ctx context.Context, l Lease, args ReleaseArgs) (ReleaseResult, error) {
+// its outcome, which is not an error. Every outcome is counted, and a double
+// release is logged at warn level. The release that ends the lease records
+// args.Verdict, and may take the executor out of service
+// (ReleaseResult.Quarantined).
+func (p *Pool) Release(ctx context.Context, l Lease, args ReleaseArgs) (ReleaseResult, error) {
 	path := args.Path
 	retrying := "0"
 	if args.Retrying {

@@ -118,7 +118,7 @@ func writeField(ctx context.Context, c *redis.Client, k keys.Pool, url, field, v
 
 func acquire(t *testing.T, p *Pool, evalID string, ttl time.Duration) Lease {
 	t.Helper()
-	l, err := p.Acquire(t.Context(), evalID, ttl)
+	l, err := p.Acquire(t.Context(), evalID, ttl, AcquireArgs{})
 	if err != nil {
 		t.Fatalf("acquire for %s: %v", evalID, err)
 	}
@@ -127,7 +127,7 @@ func acquire(t *testing.T, p *Pool, evalID string, ttl time.Duration) Lease {
 
 func release(t *testing.T, p *Pool, l Lease, want ReleaseOutcome) ReleaseResult {
 	t.Helper()
-	r, err := p.Release(t.Context(), l, "test")
+	r, err := p.Release(t.Context(), l, ReleaseArgs{Path: "test"})
 	if err != nil {
 		t.Fatalf("release %s: %v", l.URL, err)
 	}
@@ -168,7 +168,7 @@ func TestAcquireEmptyPool(t *testing.T) {
 	if _, err := p.Deregister(t.Context(), "http://e1"); err != nil {
 		t.Fatal(err)
 	}
-	_, err := p.Acquire(t.Context(), "e1", time.Second)
+	_, err := p.Acquire(t.Context(), "e1", time.Second, AcquireArgs{})
 	if !errors.Is(err, ErrNoExecutor) || errors.Is(err, ErrPoolMissing) {
 		t.Fatalf("err = %v, want ErrNoExecutor alone", err)
 	}
@@ -189,7 +189,7 @@ func TestDuplicateAndDoubleReleases(t *testing.T) {
 	l := acquire(t, p, "eval-a", time.Minute)
 
 	release(t, p, l, Released)
-	r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", ByCleanup: true})
+	r, err := p.Release(t.Context(), l, ReleaseArgs{Path: "test", ByCleanup: true})
 	if err != nil || r.Outcome != AlreadyInPool || !r.Duplicate || r.Double {
 		t.Errorf("the lease's second path: %+v, %v; want already_in_pool, a duplicate, not double", r, err)
 	}
@@ -256,7 +256,7 @@ func TestStaleReleaseKeepsTheHoldersLease(t *testing.T) {
 			if bl.URL != e || bl.Fence <= a.Fence {
 				t.Fatalf("B got %s fence %d, want %s with fence > %d", bl.URL, bl.Fence, e, a.Fence)
 			}
-			r, err := p.ReleaseWith(t.Context(), a, ReleaseArgs{Path: "failure", ByCleanup: true})
+			r, err := p.Release(t.Context(), a, ReleaseArgs{Path: "failure", ByCleanup: true})
 			if err != nil || r.Outcome != StaleLease || r.Double != reclaimed || r.Duplicate == reclaimed || r.Holder != "eval-b" {
 				t.Errorf("late release: %+v, %v; want stale_lease, double=%v, held by eval-b", r, err, reclaimed)
 			}
@@ -264,7 +264,7 @@ func TestStaleReleaseKeepsTheHoldersLease(t *testing.T) {
 			if wantStale := map[bool]int64{true: 1}[reclaimed]; err != nil || st.Executors[0].StaleReleases != wantStale || st.Executors[0].DoubleReleases != wantStale {
 				t.Errorf("status after a late release: %+v, %v", st.Executors[0], err)
 			}
-			if _, err := p.Acquire(t.Context(), "eval-c", time.Minute); !errors.Is(err, ErrNoExecutor) {
+			if _, err := p.Acquire(t.Context(), "eval-c", time.Minute, AcquireArgs{}); !errors.Is(err, ErrNoExecutor) {
 				t.Fatalf("third eval acquire: err = %v, want ErrNoExecutor: B's executor was freed", err)
 			}
 			if _, err := p.Renew(t.Context(), bl, time.Minute); err != nil {
@@ -508,7 +508,7 @@ func TestDeregister(t *testing.T) {
 	}
 	// A draining executor is never handed out again, even to its holder's
 	// retry, and leaves at its release.
-	if _, err := p.Acquire(t.Context(), "eval-b", time.Minute); !errors.Is(err, ErrNoExecutor) {
+	if _, err := p.Acquire(t.Context(), "eval-b", time.Minute, AcquireArgs{}); !errors.Is(err, ErrNoExecutor) {
 		t.Fatalf("acquire while draining: err = %v, want ErrNoExecutor", err)
 	}
 	r := release(t, p, l, Released)
@@ -607,7 +607,7 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	for _, ttl := range []time.Duration{0, -time.Second, time.Microsecond} {
 		p, _ := New(nil, Options{})
-		if _, err := p.Acquire(t.Context(), "e", ttl); !errors.Is(err, ErrInvalid) {
+		if _, err := p.Acquire(t.Context(), "e", ttl, AcquireArgs{}); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Acquire(ttl=%s): err = %v, want ErrInvalid", ttl, err)
 		}
 	}
@@ -679,7 +679,7 @@ func TestReleaseAlong(t *testing.T) {
 		}
 		key := p.keys.Scratch("test-along")
 		var set *redis.StatusCmd
-		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Pipelined: func(pipe redis.Pipeliner) {
+		r, err := p.Release(t.Context(), l, ReleaseArgs{Path: "test", Pipelined: func(pipe redis.Pipeliner) {
 			set = pipe.Set(t.Context(), key, "written", time.Minute)
 		}})
 		if err != nil || r.Outcome != Released {
@@ -705,7 +705,7 @@ func TestOutlivedLeasesAreRememberedForALimit(t *testing.T) {
 	p, b := setup(t, e1)
 	expire := func() { reclaimNow(t, p, e1) }
 	designed := func(l Lease, want ReleaseOutcome) ReleaseResult {
-		r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "failure", ByCleanup: true})
+		r, err := p.Release(t.Context(), l, ReleaseArgs{Path: "failure", ByCleanup: true})
 		if err != nil || r.Outcome != want {
 			t.Fatalf("release of %s: %+v, %v; want %s", l.EvalID, r, err, want)
 		}
@@ -776,7 +776,7 @@ func TestOutlivedLostWithData(t *testing.T) {
 	if err := b.client.Del(t.Context(), p.keys.Outlived()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	r, err := p.ReleaseWith(t.Context(), outlived, ReleaseArgs{Path: "failure", ByCleanup: true})
+	r, err := p.Release(t.Context(), outlived, ReleaseArgs{Path: "failure", ByCleanup: true})
 	if err != nil || r.Outcome != StaleLease || r.Holder != "eval-holder" || r.Double || !r.Duplicate {
 		t.Fatalf("the outlived holder's release after the loss: %+v, %v; want stale_lease, a duplicate, eval-holder still holding", r, err)
 	}

@@ -68,7 +68,7 @@ func lifecycle(t *testing.T, p *Pool) {
 	if _, err := p.Relabel(ctx, "http://e1", map[string]string{"gpu": "a100"}); err != nil {
 		t.Fatal(err)
 	}
-	gpu, err := p.AcquireWith(ctx, "eval-gpu", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
+	gpu, err := p.Acquire(ctx, "eval-gpu", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
 	if err != nil || gpu.URL != "http://e1" {
 		t.Fatalf("acquire gpu=a100: %s, %v", gpu.URL, err)
 	}
@@ -158,7 +158,7 @@ func TestReleaseAlongWhereFunctionsAreDeniedLater(t *testing.T) {
 	}
 	l := acquire(t, p, "eval-b", time.Minute)
 	key := p.keys.Scratch("test-along")
-	r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Pipelined: func(pipe redis.Pipeliner) {
+	r, err := p.Release(t.Context(), l, ReleaseArgs{Path: "test", Pipelined: func(pipe redis.Pipeliner) {
 		pipe.Set(t.Context(), key, "written", time.Minute)
 	}})
 	if err != nil || r.Outcome != Released {
@@ -183,7 +183,7 @@ func TestScriptErrorsAreNotTakenForTheServers(t *testing.T) {
 		if err := p.Cancel(t.Context(), id); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := p.Acquire(t.Context(), id, time.Minute); !errors.Is(err, ErrCancelled) {
+		if _, err := p.Acquire(t.Context(), id, time.Minute, AcquireArgs{}); !errors.Is(err, ErrCancelled) {
 			t.Fatalf("acquire of cancelled %q: %v, want ErrCancelled", id, err)
 		}
 	}
@@ -384,37 +384,41 @@ func TestForeignDataIsReported(t *testing.T) {
 			_, err := p.Deregister(t.Context(), "http://e1")
 			return noLease(err)
 		}, in: []string{idle}},
-		"acquire": {run: func(p *Pool, _ Lease) (Lease, error) { return p.Acquire(t.Context(), "eval-x", time.Minute) },
+		"acquire": {run: func(p *Pool, _ Lease) (Lease, error) {
+			return p.Acquire(t.Context(), "eval-x", time.Minute, AcquireArgs{})
+		},
 			in: []string{idle, saturated, stray, expired}},
 		"acquire requiring labels": {run: func(p *Pool, _ Lease) (Lease, error) {
-			return p.AcquireWith(t.Context(), "eval-x", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
+			return p.Acquire(t.Context(), "eval-x", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
 		}, in: []string{labelled}},
-		"acquire by the holder": {run: func(p *Pool, _ Lease) (Lease, error) { return p.Acquire(t.Context(), "eval-a", time.Minute) },
+		"acquire by the holder": {run: func(p *Pool, _ Lease) (Lease, error) {
+			return p.Acquire(t.Context(), "eval-a", time.Minute, AcquireArgs{})
+		},
 			in: []string{idle, draining}},
 		"acquire or wait": {run: func(p *Pool, _ Lease) (Lease, error) {
-			return p.AcquireWith(t.Context(), "eval-x", time.Minute, AcquireArgs{Wait: Wait{Wake: p.WakeKey("w"), PlaceTTL: time.Minute}})
+			return p.Acquire(t.Context(), "eval-x", time.Minute, AcquireArgs{Wait: Wait{Wake: p.WakeKey("w"), PlaceTTL: time.Minute}})
 		}, in: []string{saturated}},
 		"acquire by a waiter": {run: func(p *Pool, _ Lease) (Lease, error) {
-			return p.AcquireWith(t.Context(), "eval-w", time.Minute, AcquireArgs{Wait: Wait{Wake: p.WakeKey("w"), PlaceTTL: time.Minute}})
+			return p.Acquire(t.Context(), "eval-w", time.Minute, AcquireArgs{Wait: Wait{Wake: p.WakeKey("w"), PlaceTTL: time.Minute}})
 		}, in: []string{saturated, lingering}},
 		"renew": {run: func(p *Pool, held Lease) (Lease, error) {
 			_, err := p.Renew(t.Context(), held, time.Minute)
 			return noLease(err)
 		}, in: []string{idle}},
 		"release": {run: func(p *Pool, held Lease) (Lease, error) {
-			_, err := p.Release(t.Context(), held, "test")
+			_, err := p.Release(t.Context(), held, ReleaseArgs{Path: "test"})
 			return noLease(err)
 		}, in: []string{idle, saturated, draining}},
 		"release unavailable": {run: func(p *Pool, held Lease) (Lease, error) {
-			_, err := p.ReleaseWith(t.Context(), held, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable, Retrying: true})
+			_, err := p.Release(t.Context(), held, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable, Retrying: true})
 			return noLease(err)
 		}, in: []string{idle, failing}},
 		"release stale": {run: func(p *Pool, held Lease) (Lease, error) {
-			_, err := p.ReleaseWith(t.Context(), Lease{URL: held.URL, Token: "t"}, ReleaseArgs{Path: "test", ByCleanup: true})
+			_, err := p.Release(t.Context(), Lease{URL: held.URL, Token: "t"}, ReleaseArgs{Path: "test", ByCleanup: true})
 			return noLease(err)
 		}, in: []string{idle}},
 		"release of a free executor": {run: func(p *Pool, _ Lease) (Lease, error) {
-			_, err := p.Release(t.Context(), Lease{URL: "http://e2", Token: "t"}, "test")
+			_, err := p.Release(t.Context(), Lease{URL: "http://e2", Token: "t"}, ReleaseArgs{Path: "test"})
 			return noLease(err)
 		}, in: []string{idle}},
 		"leave": {run: func(p *Pool, held Lease) (Lease, error) {
@@ -465,7 +469,7 @@ func TestForeignDataIsReported(t *testing.T) {
 		saturated: func(t *testing.T, p *Pool) {
 			acquire(t, p, "eval-b", time.Minute)
 			acquire(t, p, "eval-c", time.Minute)
-			if _, err := p.AcquireWith(t.Context(), "eval-w", time.Minute, AcquireArgs{Wait: Wait{Wake: p.WakeKey("w"), PlaceTTL: time.Minute}}); !errors.Is(err, ErrWaiting) {
+			if _, err := p.Acquire(t.Context(), "eval-w", time.Minute, AcquireArgs{Wait: Wait{Wake: p.WakeKey("w"), PlaceTTL: time.Minute}}); !errors.Is(err, ErrWaiting) {
 				t.Fatalf("eval-w: err = %v, want ErrWaiting", err)
 			}
 		},

@@ -21,11 +21,11 @@ func TestSettingsAreThePools(t *testing.T) {
 		t.Fatalf("Settings = %+v, %v; want %+v", got, err, want)
 	}
 	// The other handle's release applies the threshold of 1.
-	l, err := other.Acquire(t.Context(), "e", time.Minute)
+	l, err := other.Acquire(t.Context(), "e", time.Minute, AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := other.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable})
+	r, err := other.Release(t.Context(), l, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable})
 	if err != nil || r.Quarantined != ReasonUnavailable {
 		t.Fatalf("release = %+v, %v; want quarantined after 1 unavailable", r, err)
 	}
@@ -48,11 +48,11 @@ func TestSettingsNever(t *testing.T) {
 		t.Fatalf("Settings = %+v, %v; want QuarantineAfter -1 (never)", s, err)
 	}
 	for range 2 * DefaultQuarantine {
-		l, err := p.Acquire(t.Context(), "e", time.Minute)
+		l, err := p.Acquire(t.Context(), "e", time.Minute, AcquireArgs{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r, err := p.ReleaseWith(t.Context(), l, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable}); err != nil || r.Quarantined != "" {
+		if r, err := p.Release(t.Context(), l, ReleaseArgs{Path: "test", Verdict: VerdictUnavailable}); err != nil || r.Quarantined != "" {
 			t.Fatalf("release = %+v, %v; want no quarantine", r, err)
 		}
 	}

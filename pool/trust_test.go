@@ -143,7 +143,7 @@ func TestAcquireTrustsNoStaleHolder(t *testing.T) {
 			p, b := setup(t, "http://e1")
 			first := acquire(t, p, "eval-a", time.Minute)
 			keep := tt.brk(t, p, b)
-			l, err := p.Acquire(t.Context(), "eval-a", time.Minute)
+			l, err := p.Acquire(t.Context(), "eval-a", time.Minute, AcquireArgs{})
 			if !errors.Is(err, tt.wantErr) || err == nil && (l.Reentered || l.Token == first.Token) {
 				t.Fatalf("acquire = %+v, %v; want a fresh lease or %v", l, err, tt.wantErr)
 			}
@@ -180,7 +180,7 @@ func TestRegisterAfterTheExecutorsHashIsGone(t *testing.T) {
 	if other.URL == held.URL {
 		t.Fatalf("eval-b got %s, which eval-a holds", other.URL)
 	}
-	if _, err := p.Acquire(t.Context(), "eval-c", time.Minute); !errors.Is(err, ErrNoExecutor) {
+	if _, err := p.Acquire(t.Context(), "eval-c", time.Minute, AcquireArgs{}); !errors.Is(err, ErrNoExecutor) {
 		t.Fatalf("a third acquire on two executors: err = %v, want ErrNoExecutor", err)
 	}
 	release(t, p, held, NotLeased)
@@ -208,7 +208,7 @@ func TestLostRecordNeverGrantsALeasedExecutor(t *testing.T) {
 		t.Fatal(err)
 	}
 	held := acquire(t, p, "eval-a", time.Minute)
-	if l, err := p.AcquireWith(t.Context(), "eval-b", time.Minute, AcquireArgs{Require: map[string]string{"g": "1"}}); err == nil {
+	if l, err := p.Acquire(t.Context(), "eval-b", time.Minute, AcquireArgs{Require: map[string]string{"g": "1"}}); err == nil {
 		t.Fatalf("acquire requiring g=1 got %s, which eval-a holds (%s)", l.URL, held.URL)
 	}
 	if _, err := p.Renew(t.Context(), held, time.Minute); err != nil {
@@ -226,7 +226,7 @@ func TestLostEpochAloneIsWrittenAgain(t *testing.T) {
 	if err := b.client.Del(t.Context(), p.keys.Epoch()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	_, err := p.Acquire(t.Context(), "eval-b", time.Minute)
+	_, err := p.Acquire(t.Context(), "eval-b", time.Minute, AcquireArgs{})
 	if !errors.Is(err, ErrNoExecutor) || errors.Is(err, ErrPoolMissing) {
 		t.Fatalf("acquire with the marker lost alone: %v, want ErrNoExecutor and not ErrPoolMissing", err)
 	}
@@ -272,7 +272,7 @@ func TestRegisterAfterTheDeadlinesAreGone(t *testing.T) {
 	if other.URL == held.URL {
 		t.Fatalf("eval-b got %s, which eval-a holds", other.URL)
 	}
-	if _, err := p.Acquire(t.Context(), "eval-c", time.Minute); !errors.Is(err, ErrNoExecutor) {
+	if _, err := p.Acquire(t.Context(), "eval-c", time.Minute, AcquireArgs{}); !errors.Is(err, ErrNoExecutor) {
 		t.Fatalf("a third acquire on two executors: %v, want ErrNoExecutor", err)
 	}
 }
@@ -293,14 +293,14 @@ func TestRebuildRepairsLostLabelKeys(t *testing.T) {
 			if vs := checkLines(t, p); len(vs) == 0 {
 				t.Fatal("Check saw nothing lost")
 			}
-			if l, err := p.AcquireWith(t.Context(), "eval-a", time.Minute, gpu); err == nil {
+			if l, err := p.Acquire(t.Context(), "eval-a", time.Minute, gpu); err == nil {
 				t.Fatalf("acquire requiring gpu=a100 got %s with its index lost", l.URL)
 			}
 			if _, err := p.Rebuild(t.Context()); err != nil {
 				t.Fatal(err)
 			}
 			assertWhole(t, p, "http://g1", "http://p1")
-			if l, err := p.AcquireWith(t.Context(), "eval-a", time.Minute, gpu); err != nil || l.URL != "http://g1" {
+			if l, err := p.Acquire(t.Context(), "eval-a", time.Minute, gpu); err != nil || l.URL != "http://g1" {
 				t.Fatalf("acquire requiring gpu=a100 after Rebuild = %+v, %v; want http://g1", l, err)
 			}
 		})
@@ -327,7 +327,7 @@ func TestRegisterAfterTheExecutorsHashIsGoneKeepsTheQuarantine(t *testing.T) {
 	b.client.Del(t.Context(), p.keys.Executors())
 	register(t, p, "http://a", "http://b", "http://c")
 	for i := range 2 {
-		if l, err := p.Acquire(t.Context(), fmt.Sprintf("eval-%d", i), time.Minute); err == nil && l.URL == out {
+		if l, err := p.Acquire(t.Context(), fmt.Sprintf("eval-%d", i), time.Minute, AcquireArgs{}); err == nil && l.URL == out {
 			t.Fatalf("acquire got the quarantined %s", out)
 		}
 	}
@@ -466,7 +466,7 @@ func TestLostPoolIsNoticed(t *testing.T) {
 	if err := b.client.Del(t.Context(), p.Keys()...).Err(); err != nil {
 		t.Fatal(err)
 	}
-	_, err = p.Acquire(t.Context(), "eval-a", time.Minute)
+	_, err = p.Acquire(t.Context(), "eval-a", time.Minute, AcquireArgs{})
 	if !errors.Is(err, ErrPoolMissing) || !errors.Is(err, ErrNoExecutor) {
 		t.Fatalf("acquire on a lost pool: err = %v, want ErrPoolMissing and ErrNoExecutor", err)
 	}
@@ -491,7 +491,7 @@ func TestExpiredLeaseWaitsForTheGrace(t *testing.T) {
 	p, b := setupWith(t, Settings{LeaseGrace: grace}, "http://e1")
 	old := acquire(t, p, "eval-a", 10*time.Millisecond)
 	for {
-		l, err := p.Acquire(t.Context(), "eval-b", time.Minute)
+		l, err := p.Acquire(t.Context(), "eval-b", time.Minute, AcquireArgs{})
 		now, terr := b.client.Time(t.Context()).Result()
 		if terr != nil {
 			t.Fatal(terr)
@@ -599,7 +599,7 @@ func TestCorruptionLosesNoExecutor(t *testing.T) {
 			if err := b.client.HSet(t.Context(), p.keys.Executors(), "http://e1", junk).Err(); err != nil {
 				t.Fatal(err)
 			}
-			l, err := p.Acquire(t.Context(), fmt.Sprint("eval-", i), time.Minute)
+			l, err := p.Acquire(t.Context(), fmt.Sprint("eval-", i), time.Minute, AcquireArgs{})
 			if err != nil || l.URL != "http://e1" {
 				t.Fatalf("acquire over the record %s: %+v, %v; want http://e1", junk, l, err)
 			}
@@ -619,7 +619,7 @@ func TestCorruptionLosesNoExecutor(t *testing.T) {
 		if _, err := p.Renew(t.Context(), held, time.Second); err != nil {
 			t.Fatalf("renew after the repair: %v", err)
 		}
-		if _, err := p.Acquire(t.Context(), "eval-b", time.Minute); !errors.Is(err, ErrNoExecutor) {
+		if _, err := p.Acquire(t.Context(), "eval-b", time.Minute, AcquireArgs{}); !errors.Is(err, ErrNoExecutor) {
 			t.Fatalf("acquire while eval-a holds the one executor: %v, want ErrNoExecutor", err)
 		}
 		evaltest.Eventually(t, 10*time.Second, "the lease without a deadline was never reclaimed", func() bool {
@@ -644,7 +644,7 @@ func TestCorruptionLosesNoExecutor(t *testing.T) {
 			if vs := checkLines(t, p); len(vs) > 0 {
 				t.Fatalf("Check = %q", vs)
 			}
-			if _, err := p.Acquire(t.Context(), "eval-x", time.Minute); !errors.Is(err, ErrNoExecutor) {
+			if _, err := p.Acquire(t.Context(), "eval-x", time.Minute, AcquireArgs{}); !errors.Is(err, ErrNoExecutor) {
 				t.Fatalf("acquire of the quarantined executor: %v, want ErrNoExecutor", err)
 			}
 		}},

@@ -80,7 +80,7 @@ func TestMigratesAPoolOfAnOlderRelease(t *testing.T) {
 
 			// The third and fourth executors go to new evals, one of them
 			// requiring a label of theirs.
-			a100, err := p.AcquireWith(t.Context(), "new-a100", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
+			a100, err := p.Acquire(t.Context(), "new-a100", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}})
 			if err != nil {
 				t.Fatalf("acquire requiring gpu=a100 after the migration: %v", err)
 			}
@@ -93,7 +93,7 @@ func TestMigratesAPoolOfAnOlderRelease(t *testing.T) {
 			if a100.URL != "http://e3" && a100.URL != "http://e4" {
 				t.Fatalf("the eval requiring gpu=a100 got %s", a100.URL)
 			}
-			if l, err := p.Acquire(t.Context(), "another", time.Minute); err == nil {
+			if l, err := p.Acquire(t.Context(), "another", time.Minute, AcquireArgs{}); err == nil {
 				t.Fatalf("a fifth acquire got %s, held by %v", l.URL, leased)
 			}
 			// The old release's lease is its eval's: re-entered under a
@@ -137,7 +137,7 @@ func TestMigratesAPoolOfAnOlderRelease(t *testing.T) {
 				for _, eval := range []string{"x1", "x2", "x3"} {
 					ls = append(ls, acquire(t, p, eval, time.Minute))
 				}
-				if l, err := p.AcquireWith(t.Context(), "x-a100", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}}); err == nil {
+				if l, err := p.Acquire(t.Context(), "x-a100", time.Minute, AcquireArgs{Require: map[string]string{"gpu": "a100"}}); err == nil {
 					t.Fatalf("acquire requiring gpu=a100 got %s, leased to one of %v", l.URL, ls)
 				}
 				for _, l := range ls {

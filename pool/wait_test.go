@@ -13,9 +13,9 @@ import (
 func waitFor(t *testing.T, p *Pool, evalID string, wantPos int, d time.Duration) (wake, token string) {
 	t.Helper()
 	wake = p.WakeKey("w-" + evalID)
-	l, err := p.AcquireWith(t.Context(), evalID, time.Minute, AcquireArgs{Wait: Wait{Wake: wake, PlaceTTL: d}})
+	l, err := p.Acquire(t.Context(), evalID, time.Minute, AcquireArgs{Wait: Wait{Wake: wake, PlaceTTL: d}})
 	if !errors.Is(err, ErrWaiting) || !errors.Is(err, ErrNoExecutor) || l.Token == "" {
-		t.Fatalf("%s: AcquireWith a wait = %+v, %v; want ErrWaiting with a token", evalID, l, err)
+		t.Fatalf("%s: Acquire with a wait = %+v, %v; want ErrWaiting with a token", evalID, l, err)
 	}
 	st, err := p.Status(t.Context())
 	if err != nil {
@@ -70,7 +70,7 @@ func TestWaitListHandsOffInOrder(t *testing.T) {
 	// Release hands to eval-b; a newcomer finds nothing free.
 	release(t, p, a, Released)
 	lb := granted(t, p, wakeB, "eval-b", tokB)
-	if _, err := p.Acquire(t.Context(), "eval-newcomer", time.Minute); !errors.Is(err, ErrNoExecutor) {
+	if _, err := p.Acquire(t.Context(), "eval-newcomer", time.Minute, AcquireArgs{}); !errors.Is(err, ErrNoExecutor) {
 		t.Fatalf("a newcomer took the executor before the line: %v", err)
 	}
 

@@ -281,7 +281,7 @@ func (w *Worker) releaseInline(ctx context.Context, t *asynq.Task, o *outcome) e
 	if result != nil && args.Pipelined == nil {
 		writeErr = w.writeResult(ctx, t, lease.EvalID, result)
 	}
-	r, err := o.sp.pool.ReleaseWith(rctx, lease, args)
+	r, err := o.sp.pool.Release(rctx, lease, args)
 	switch {
 	case written == nil:
 	case written.Err() != nil && strings.HasPrefix(written.Err().Error(), "NOSCRIPT"):

@@ -72,7 +72,7 @@ func TestHeartbeatLosesAnUnrenewableLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	const ttl = 300 * time.Millisecond
-	lease, err := p.Acquire(t.Context(), "eval-a", ttl)
+	lease, err := p.Acquire(t.Context(), "eval-a", ttl, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -228,7 +228,7 @@ func TestBusyExecutorRefusesTheSecondHolder(t *testing.T) {
 func TestWaitDoesNotEatTheTimeout(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{}, refexec.Options{Latency: 700 * time.Millisecond})
-	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
+	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func TestWaitDoesNotEatTheTimeout(t *testing.T) {
 		return err == nil && c.Waiters == 1
 	})
 	time.Sleep(1500 * time.Millisecond) // longer than the eval's timeout
-	if _, err := b.pool.Release(t.Context(), hog, "test"); err != nil {
+	if _, err := b.pool.Release(t.Context(), hog, pool.ReleaseArgs{Path: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second)
@@ -255,7 +255,7 @@ func TestWaitDoesNotEatTheTimeout(t *testing.T) {
 func TestStoppingWorkerLeavesTheLine(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{ShutdownTimeout: 200 * time.Millisecond}, refexec.Options{})
-	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
+	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestStoppingWorkerLeavesTheLine(t *testing.T) {
 	if c, err := b.pool.Counts(t.Context()); err != nil || c.Waiters != 0 {
 		t.Fatalf("counts after the worker stopped: %+v, %v; want nobody in line", c, err)
 	}
-	if _, err := b.pool.Release(t.Context(), hog, "test"); err != nil {
+	if _, err := b.pool.Release(t.Context(), hog, pool.ReleaseArgs{Path: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	if c, err := b.pool.Counts(t.Context()); err != nil || c.Available != 1 {

@@ -746,7 +746,7 @@ func (w *Worker) retries(ctx context.Context, err error) bool {
 func (w *Worker) acquire(ctx context.Context, sp *servedPool, e tasks.Eval, ttl time.Duration) (pool.Lease, error) {
 	evalID := e.ID
 	if w.cfg.ExecutorWait <= 0 {
-		lease, err := sp.pool.AcquireWith(ctx, evalID, ttl, pool.AcquireArgs{Require: e.Require})
+		lease, err := sp.pool.Acquire(ctx, evalID, ttl, pool.AcquireArgs{Require: e.Require})
 		if errors.Is(err, pool.ErrPoolMissing) {
 			w.noteMissing(sp, evalID)
 		}
@@ -758,7 +758,7 @@ func (w *Worker) acquire(ctx context.Context, sp *servedPool, e tasks.Eval, ttl 
 	// The place in line outlives the attempt long enough for its task's
 	// next attempt to come back to it.
 	place := pool.Wait{Wake: sp.wakes.key, PlaceTTL: w.cfg.ExecutorWait + 2*w.cfg.NoExecutorDelay + 10*time.Second}
-	lease, err := sp.pool.AcquireWith(ctx, evalID, ttl, pool.AcquireArgs{Require: e.Require, Wait: place})
+	lease, err := sp.pool.Acquire(ctx, evalID, ttl, pool.AcquireArgs{Require: e.Require, Wait: place})
 	if errors.Is(err, pool.ErrPoolMissing) {
 		w.noteMissing(sp, evalID)
 	}
@@ -924,7 +924,7 @@ func (w *Worker) handleCleanup(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return noRetry(err)
 	}
-	r, err := sp.pool.ReleaseWith(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID, Fence: c.Fence},
+	r, err := sp.pool.Release(ctx, pool.Lease{URL: c.URL, Token: c.Token, EvalID: c.EvalID, Fence: c.Fence},
 		pool.ReleaseArgs{Path: c.Path, Verdict: pool.Verdict(c.Verdict), Retrying: c.Retrying, ByCleanup: true})
 	if err != nil {
 		return fmt.Errorf("cleanup of eval %s: %w", c.EvalID, err)

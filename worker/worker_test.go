@@ -193,7 +193,7 @@ func releases(b *testBundle, outcome pool.ReleaseOutcome, path string) float64 {
 func TestBothCleanupsForOneLease(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{}, refexec.Options{})
-	lease, err := b.pool.Acquire(t.Context(), "eval-1", time.Minute)
+	lease, err := b.pool.Acquire(t.Context(), "eval-1", time.Minute, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -396,7 +396,7 @@ func TestJunkExecutorAnswers(t *testing.T) {
 func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{ExecutorWait: -1}, refexec.Options{})
-	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
+	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +405,7 @@ func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
 	evaltest.Eventually(t, 10*time.Second, "eval never found the pool empty", func() bool {
 		return testutil.ToFloat64(b.metrics.evals.WithLabelValues(b.pool.Name(), "no_executor")) >= 3
 	})
-	if _, err := b.pool.Release(t.Context(), hog, "test"); err != nil {
+	if _, err := b.pool.Release(t.Context(), hog, pool.ReleaseArgs{Path: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	if completed, _ := evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second); completed != 1 {
@@ -420,7 +420,7 @@ func TestNoExecutorDoesNotSpendRetries(t *testing.T) {
 func TestAttemptWaitsForAnExecutor(t *testing.T) {
 	t.Parallel()
 	w, b := setup(t, Config{ExecutorWait: time.Minute}, refexec.Options{})
-	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute)
+	hog, err := b.pool.Acquire(t.Context(), "hog", time.Minute, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -431,7 +431,7 @@ func TestAttemptWaitsForAnExecutor(t *testing.T) {
 		return err == nil && len(st.Waiters) == 1 && st.Waiters[0].EvalID == ids[0]
 	})
 	time.Sleep(300 * time.Millisecond) // a polling waiter would ask again meanwhile
-	if _, err := b.pool.Release(t.Context(), hog, "test"); err != nil {
+	if _, err := b.pool.Release(t.Context(), hog, pool.ReleaseArgs{Path: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	evaltest.WaitEvalsDone(t, b.insp, 1, 10*time.Second)
@@ -452,7 +452,7 @@ func TestLostLeaseCancelsTheCall(t *testing.T) {
 	start(t, w)
 	ids := enqueueEvals(t, b, 1, tasks.EvalOptions{MaxRetry: -1}, time.Hour)
 	evaltest.Eventually(t, 10*time.Second, "eval never reached the executor", func() bool { return b.executors[0].Stats().Running })
-	newer, err := b.pool.Acquire(t.Context(), ids[0], time.Minute)
+	newer, err := b.pool.Acquire(t.Context(), ids[0], time.Minute, pool.AcquireArgs{})
 	if err != nil || !newer.Reentered {
 		t.Fatalf("take-over acquire: %+v, %v", newer, err)
 	}
@@ -474,7 +474,7 @@ func TestLostLeaseCancelsTheCall(t *testing.T) {
 	if _, err := b.pool.Renew(t.Context(), newer, time.Minute); err != nil {
 		t.Fatalf("the newer holder lost its lease: %v", err)
 	}
-	if _, err := b.pool.Release(t.Context(), newer, "test"); err != nil {
+	if _, err := b.pool.Release(t.Context(), newer, pool.ReleaseArgs{Path: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	evaltest.Eventually(t, 5*time.Second, "executor still running the cancelled eval", func() bool { return !b.executors[0].Stats().Running })

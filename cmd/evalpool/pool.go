@@ -459,7 +459,7 @@ func (a *app) poolAcquire() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			l, err := p.Acquire(c.Context(), evalID, ttl)
+			l, err := p.Acquire(c.Context(), evalID, ttl, pool.AcquireArgs{})
 			if err != nil {
 				return err
 			}
@@ -497,7 +497,7 @@ func (a *app) poolRelease() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, err := p.Release(c.Context(), pool.Lease{URL: u, Token: token}, "cli")
+			r, err := p.Release(c.Context(), pool.Lease{URL: u, Token: token}, pool.ReleaseArgs{Path: "cli"})
 			if err != nil {
 				return err
 			}

@@ -48,12 +48,12 @@ func heldPool(t *testing.T, opts refexec.Options) (srv *evaltest.Server, client 
 	if r := runCLI(t, srv.URL(), "default", "pool", "add", urls[0]); r.code != 0 {
 		t.Fatalf("pool add: %+v", r)
 	}
-	hog, err := p.Acquire(t.Context(), "hog", time.Hour)
+	hog, err := p.Acquire(t.Context(), "hog", time.Hour, pool.AcquireArgs{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return srv, client, p, servers, func() {
-		if _, err := p.Release(t.Context(), hog, "test"); err != nil {
+		if _, err := p.Release(t.Context(), hog, pool.ReleaseArgs{Path: "test"}); err != nil {
 			t.Fatal(err)
 		}
 	}

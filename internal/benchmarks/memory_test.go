@@ -40,7 +40,7 @@ func memory(t *testing.T, client *redis.Client, md *strings.Builder) {
 		m1 := evaltest.Info(t, client, "memory", "used_memory")[0]
 		var next atomic.Int64
 		n, _, err := parallel(8, memExecutors, time.Minute, func() error {
-			_, err := p.Acquire(t.Context(), fmt.Sprint("eval-", next.Add(1)), time.Hour)
+			_, err := p.Acquire(t.Context(), fmt.Sprint("eval-", next.Add(1)), time.Hour, pool.AcquireArgs{})
 			return err
 		})
 		if err != nil || n != memExecutors {

@@ -122,9 +122,9 @@ func scriptTime(t *testing.T, md *strings.Builder) {
 		}
 		before := scriptUsec(t, c)
 		for i := range pairs {
-			l, err := p.Acquire(ctx, fmt.Sprintf("eval-%d", i), time.Minute)
+			l, err := p.Acquire(ctx, fmt.Sprintf("eval-%d", i), time.Minute, pool.AcquireArgs{})
 			if err == nil {
-				_, err = p.Release(ctx, l, "bench")
+				_, err = p.Release(ctx, l, pool.ReleaseArgs{Path: "bench"})
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -219,12 +219,12 @@ func commandsPerCall(t *testing.T, md *strings.Builder) {
 		var acq, rel float64
 		for i := range n + 1 {
 			before := commandCalls(t, c)
-			l, err := p.AcquireWith(ctx, fmt.Sprintf("eval-%d", i), time.Minute, pool.AcquireArgs{Require: require})
+			l, err := p.Acquire(ctx, fmt.Sprintf("eval-%d", i), time.Minute, pool.AcquireArgs{Require: require})
 			if err != nil {
 				t.Fatal(err)
 			}
 			mid := commandCalls(t, c)
-			if _, err := p.Release(ctx, l, "bench"); err != nil {
+			if _, err := p.Release(ctx, l, pool.ReleaseArgs{Path: "bench"}); err != nil {
 				t.Fatal(err)
 			}
 			if i > 0 { // the first loads the scripts
