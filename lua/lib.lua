@@ -129,7 +129,9 @@ local DEFAULTS = {
 
 -- setting returns the pool's setting name: the settings hash's, else its
 -- default. Only the paths that use one read them (a reclaim, a failure, a
--- probe), so that a lease that passes costs no read.
+-- probe), so that a lease that passes costs no read. A value pool config
+-- would not write (negative, not finite, a share over 1) is the default:
+-- a negative grace would reclaim live leases.
 local function setting(name)
   if not settings then
     settings = {}
@@ -138,7 +140,11 @@ local function setting(name)
       settings[kv[i]] = tonumber(kv[i + 1])
     end
   end
-  return settings[name] or DEFAULTS[name]
+  local v = settings[name]
+  if not v or v ~= v or v < 0 or v == math.huge or (name == 'fail_rate' and v > 1) then
+    return DEFAULTS[name]
+  end
+  return v
 end
 local MAX_LABELS = 4
 

@@ -131,6 +131,15 @@ func (p *Pool) checkTypes(ctx context.Context) ([]Violation, error) {
 	case err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE"):
 		return nil, fmt.Errorf("pool: check the fence of %s: %w", p.name, err)
 	}
+	settings, err := c.HGetAll(ctx, p.keys.Settings()).Result()
+	if err != nil && !redis.HasErrorPrefix(err, "WRONGTYPE") {
+		return nil, fmt.Errorf("pool: check the settings of %s: %w", p.name, err)
+	}
+	for field, value := range settings {
+		if _, ok := settingValue(field, value); !ok || !slices.Contains(settingFields, field) {
+			vs = append(vs, Violation{Invariant: invariantTypes, Problem: fmt.Sprintf("%s holds %s = %q, not a setting pool config writes: the pool applies the default (pool config writes them again)", p.keys.Settings(), field, value)})
+		}
+	}
 	slices.SortFunc(vs, func(a, b Violation) int { return strings.Compare(a.Problem, b.Problem) })
 	return vs, nil
 }

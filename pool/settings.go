@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -98,6 +99,20 @@ const (
 	fieldProbeMax = "probe_max_ms"
 )
 
+// settingFields are the settings hash's fields, in Settings' order.
+var settingFields = []string{fieldGrace, fieldAfter, fieldFailRate, fieldProbe, fieldProbeMax}
+
+// settingValue reads a setting's field as lib.lua's setting does: false for
+// one missing, or not a value Configure writes (the pool applies the
+// default).
+func settingValue(field, s string) (float64, bool) {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || field == fieldFailRate && v > 1 {
+		return 0, false
+	}
+	return v, true
+}
+
 // Configure writes the pool's settings, all at once: every process using
 // the pool applies them from its next call. A zero field is its default.
 func (p *Pool) Configure(ctx context.Context, s Settings) error {
@@ -121,17 +136,13 @@ func (p *Pool) Configure(ctx context.Context, s Settings) error {
 // Settings reads the pool's settings as its scripts apply them: a setting
 // never written, or not a number, is its default.
 func (p *Pool) Settings(ctx context.Context) (Settings, error) {
-	vals, err := p.client.HMGet(ctx, p.keys.Settings(), fieldGrace, fieldAfter, fieldFailRate, fieldProbe, fieldProbeMax).Result()
+	vals, err := p.client.HMGet(ctx, p.keys.Settings(), settingFields...).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return Settings{}, fmt.Errorf("pool: read the settings of %s: %w", p.name, err)
 	}
 	num := func(i int) (float64, bool) {
-		s, ok := vals[i].(string)
-		if !ok {
-			return 0, false
-		}
-		f, err := strconv.ParseFloat(s, 64)
-		return f, err == nil
+		s, _ := vals[i].(string)
+		return settingValue(settingFields[i], s)
 	}
 	var s Settings
 	if v, ok := num(0); ok {

@@ -79,3 +79,36 @@ func TestSettingsValidate(t *testing.T) {
 		t.Fatalf("Settings = %+v, %v; want the test's, unchanged", s, err)
 	}
 }
+
+// TestSettingsForeignValues: values pool config never writes (another
+// program's, a hand-typed HSET) are applied as the defaults, never as
+// written, and pool check names them. A negative grace, applied, would
+// reclaim a live lease and hand its executor to a second eval.
+func TestSettingsForeignValues(t *testing.T) {
+	t.Parallel()
+	p, b := setup(t, "http://e1")
+	ctx := t.Context()
+	if err := b.client.HSet(ctx, p.keys.Settings(), fieldGrace, "-3600000", fieldFailRate, "2", fieldProbe, "nan", fieldAfter, "inf", "colour", "blue").Err(); err != nil {
+		t.Fatal(err)
+	}
+	held := acquire(t, p, "holder", time.Minute)
+	if n, err := p.Reap(ctx); err != nil || n != 0 {
+		t.Fatalf("Reap = %d, %v; a live lease must not be reclaimed, whatever grace is written", n, err)
+	}
+	if l, err := p.Acquire(ctx, "second", time.Minute, AcquireArgs{}); !errors.Is(err, ErrNoExecutor) {
+		t.Fatalf("a second eval acquired %+v, %v while %s holds the only executor", l, err, held.EvalID)
+	}
+	defaults := Settings{LeaseGrace: DefaultLeaseGrace, QuarantineAfter: DefaultQuarantine, ProbeInterval: DefaultProbe, ProbeMaxInterval: DefaultProbeMax}
+	if s, err := p.Settings(ctx); err != nil || s != defaults {
+		t.Fatalf("Settings = %+v, %v; want the defaults %+v", s, err, defaults)
+	}
+	vs, err := p.Check(ctx)
+	if err != nil || len(vs) != 5 {
+		t.Fatalf("Check = %v, %v; want the 5 foreign values named", vs, err)
+	}
+	for _, v := range vs {
+		if v.Invariant != invariantTypes {
+			t.Errorf("violation %s, want invariant %d", v, invariantTypes)
+		}
+	}
+}
