@@ -38,6 +38,11 @@ type RunRequest struct {
 	// Meta and Epochs are client.RunRequest's.
 	Meta   map[string]string `json:"meta,omitempty"`
 	Epochs int               `json:"epochs,omitempty"`
+	// Weight, MaxExecutors and Priority are the run's share of the pool
+	// (client.RunRequest's): 1, no cap and normal when absent.
+	Weight       int    `json:"weight,omitempty"`
+	MaxExecutors int    `json:"max_executors,omitempty"`
+	Priority     string `json:"priority,omitempty"`
 }
 
 // RunEval is one eval of a RunRequest: EvalID is its key in the run (its
@@ -156,7 +161,7 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 		name = "run-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(suffix)
 	}
 	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts, Retention: retention, Resume: req.Resume, AllowEmptyPool: req.AllowEmptyPool,
-		Meta: req.Meta, Epochs: req.Epochs}, nil
+		Meta: req.Meta, Epochs: req.Epochs, Weight: req.Weight, MaxExecutors: req.MaxExecutors, Priority: req.Priority}, nil
 }
 
 // RunItem is a run in GET /runs: as submitted, with its progress.

@@ -53,12 +53,12 @@ func (r Retried) Evals() int { return r.Errored + r.Failed }
 // its line of opts.Suite when the task is gone; any left without one
 // refuses the retry (ErrTaskGone), before anything changed. Then, a batch
 // at a time: the old tasks are deleted (an ID stays taken while its task
-// is kept), the evals reopened in the run (run.Store.Reopen), and enqueued
-// again with the old task's retries, timeout and retention: reopened
-// first, so that no end comes before the run takes it. An enqueue that
-// fails has the evals reopened but not enqueued finished again with their
-// old records, so that none is left pending for ever; the error says how
-// many. An unknown run is run.ErrNotFound; a run another retry holds
+// is kept), the evals reopened in the run (run.Store.Reopen), and queued
+// again for admission with the old task's payload, as the run's other
+// evals: reopened first, so that no end comes before the run takes it. A
+// queue that fails has the evals reopened but not queued finished again
+// with their old records, so that none is left pending for ever; the error
+// says how many. An unknown run is run.ErrNotFound; a run another retry holds
 // (run.Store.LockRetry), run.ErrRetrying; nothing to retry is no error.
 func RetryRun(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *pool.Pool, runs *run.Store, name string, opts RetryOptions) (Retried, error) {
 	var out Retried
@@ -124,27 +124,32 @@ func RetryRun(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *p
 		for _, key := range reopened {
 			left[key] = true
 		}
-		if err == nil {
-			for _, rec := range chunk {
-				if !left[rec.Key] {
-					continue // ended otherwise meanwhile: left as it is
-				}
-				if _, err = aq.EnqueueContext(ctx, batch[rec.Key]); err != nil {
-					err = fmt.Errorf("enqueue eval %s: %w", rec.Key, pool.RedisFull(err))
-					break
-				}
-				delete(left, rec.Key)
-				if rec.Status == run.Errored {
-					out.Errored++
-				} else {
-					out.Failed++
-				}
+		var queued []string
+		var specs [][]byte
+		for _, rec := range chunk {
+			if left[rec.Key] { // else ended otherwise meanwhile: left as it is
+				queued, specs = append(queued, rec.Key), append(specs, batch[rec.Key].Payload())
 			}
+		}
+		if err == nil {
+			err = runs.Queue(ctx, name, queued, specs)
 		}
 		if err != nil {
 			restored := restore(ctx, runs, name, chunk, left)
-			return out, fmt.Errorf("retry run %s: %d evals retried, then: %w (%d of %d reopened but not enqueued ended again as they were)", name, out.Evals(), err, restored, len(left))
+			return out, fmt.Errorf("retry run %s: %d evals retried, then: %w (%d of %d reopened but not queued ended again as they were)", name, out.Evals(), pool.RedisFull(err), restored, len(left))
 		}
+		for _, rec := range chunk {
+			switch {
+			case !left[rec.Key]:
+			case rec.Status == run.Errored:
+				out.Errored++
+			default:
+				out.Failed++
+			}
+		}
+	}
+	if _, err := Admit(ctx, aq, p, runs); err != nil {
+		return out, fmt.Errorf("retry run %s: %d evals retried, and wait for a worker to admit them: %w", name, out.Evals(), err)
 	}
 	return out, nil
 }

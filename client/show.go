@@ -3,6 +3,8 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -74,10 +76,28 @@ type Attempt struct {
 	Stderr   string             `json:"stderr,omitempty"`
 }
 
+// queuedDetail is a run's eval that waits for admission: its spec, and no
+// attempt yet.
+func queuedDetail(id string, spec []byte) Detail {
+	d := Detail{EvalID: id, State: StateQueued, Attempts: []Attempt{}}
+	if e, err := tasks.ParseEval(spec); err == nil {
+		d.Pool, d.Run, d.Key, d.Spec, d.Require, d.TimeoutS = e.Pool, e.Run, e.Key, e.Spec, e.Require, e.TimeoutS
+		d.Group, d.Epoch = e.Group, e.Epoch
+	}
+	return d
+}
+
 // Show reads an eval of a pool: its task in Asynq and, for a run's eval,
 // its run's record (runs may be nil for plain evals).
 func Show(ctx context.Context, insp *asynq.Inspector, runs *run.Store, pool, id string) (Detail, error) {
 	info, err := Lookup(insp, pool, id)
+	if errors.Is(err, ErrEvalNotFound) && runs != nil {
+		if name, key, isRun := strings.Cut(id, "/"); isRun {
+			if spec, ok, werr := runs.Waiting(ctx, name, key); werr == nil && ok {
+				return queuedDetail(id, spec), nil
+			}
+		}
+	}
 	if err != nil {
 		return Detail{}, err
 	}

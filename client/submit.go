@@ -57,11 +57,17 @@ type RunRequest struct {
 	// AllowEmptyPool submits the run to a pool with no executor registered
 	// yet (they are to come), which is otherwise refused (Servable).
 	AllowEmptyPool bool
+	// Weight, MaxExecutors and Priority are the run's share of its pool
+	// against the other runs in flight (run.Run's; run.Store.Admit).
+	Weight       int
+	MaxExecutors int
+	Priority     string
 }
 
 // Submit checks every eval of a run, and that some executor of p can
-// serve each, before anything is written; then records the run and enqueues
-// its evals. It returns the run as recorded. A name in use is
+// serve each, before anything is written; then records the run and its
+// evals, which wait in it to be admitted to the pool's queue by the fair
+// share (Admit), which it runs. It returns the run as recorded. A name in use is
 // run.ErrExists (unless req.Resume); a pool with no executor,
 // pool.ErrEmpty (unless req.AllowEmptyPool); an eval no executor could
 // serve, pool.ErrUnservable; a Redis at maxmemory, pool.ErrRedisFull. A
@@ -70,7 +76,8 @@ type RunRequest struct {
 // cancel it.
 func Submit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *pool.Pool, runs *run.Store, req RunRequest) (run.Run, error) {
 	r := run.Run{Name: cmp.Or(req.Name, "run-"+time.Now().UTC().Format("20060102-150405")), Pool: p.Name(), CreatedAt: time.Now(), Require: req.Require, Retention: req.Retention,
-		Meta: req.Meta, Epochs: max(req.Epochs, 1)}
+		Meta: req.Meta, Epochs: max(req.Epochs, 1), Weight: req.Weight, MaxExecutors: req.MaxExecutors, Priority: req.Priority,
+		MaxRetry: req.Options.MaxRetry, TaskRetention: cmp.Or(req.Options.Retention, tasks.RunTaskRetention)}
 	if req.Retention < 0 || req.Retention > 0 && req.Retention < time.Second {
 		return run.Run{}, fmt.Errorf("%w: run %s: retention %s: want at least 1s", tasks.ErrBadPayload, r.Name, req.Retention)
 	}
@@ -151,35 +158,101 @@ func Submit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *poo
 		return run.Run{}, err
 	}
 	r.Size, r.Submission = len(r.Keys), run.Incomplete
+	var queued []string
+	var specs [][]byte
 	for i, t := range batch {
-		if ended[r.Keys[i]] {
-			continue
+		// An eval that ended is not queued again: the run would run it
+		// twice. One whose task is its own, from before a crash, is in
+		// the pool's queue already.
+		if !ended[r.Keys[i]] && !theirs[i] {
+			queued, specs = append(queued, r.Keys[i]), append(specs, t.Payload())
 		}
-		_, err := aq.EnqueueContext(ctx, t)
-		if errors.Is(err, asynq.ErrTaskIDConflict) {
-			err = nil
-			if !theirs[i] {
-				// Taken since unclaimed looked: by this run's own eval (a
-				// concurrent resume), or by one planted meanwhile.
-				err = sameEval(ctx, insp, p.Name(), t)
-			}
-		}
-		if err != nil {
-			r.Enqueued = i
-			// Best effort, and bounded: Redis may be what failed.
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			if runs.CutShort(cctx, r.Name, i) != nil {
-				r.Enqueued = -1
-			}
-			return r, fmt.Errorf("run %s: enqueue eval %s (%d of %d): the run is incomplete: submit it again with resume, or cancel it: %w", r.Name, r.Keys[i], i+1, len(batch), pool.RedisFull(err))
-		}
+	}
+	if err := runs.Queue(ctx, r.Name, queued, specs); err != nil {
+		r.Enqueued = -1
+		// Best effort, and bounded: Redis may be what failed.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = runs.CutShort(cctx, r.Name, -1)
+		return r, fmt.Errorf("run %s: the run is incomplete: submit it again with resume, or cancel it: %w", r.Name, pool.RedisFull(err))
 	}
 	if err := runs.Submitted(ctx, r.Name); err != nil {
-		return r, fmt.Errorf("%w (every eval is enqueued: submit it again with resume to mark the run complete)", err)
+		return r, fmt.Errorf("%w (every eval is queued: submit it again with resume to mark the run complete)", err)
 	}
 	r.Submission = run.Complete
+	if _, err := Admit(ctx, aq, p, runs); err != nil {
+		return r, fmt.Errorf("run %s is submitted, and waits for a worker to admit its evals: %w", r.Name, err)
+	}
 	return r, nil
+}
+
+// Readmit enqueues again the evals of p's runs that were admitted but are
+// not in its queue: their admitter died before it enqueued them, or
+// Redis's data went back. An eval whose task is there is left alone. A
+// worker runs it at each reap.
+func Readmit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store) (int, error) {
+	admitted, err := runs.Admitted(ctx, p.Name())
+	if err != nil {
+		return 0, err
+	}
+	queue, n := tasks.Queues(p.Name()).Evals, 0
+	for name, specs := range admitted {
+		var lost []string
+		for key, spec := range specs {
+			there, err := runs.Redis().Exists(ctx, tasks.ResultKey(queue, run.EvalID(name, key))).Result()
+			if err != nil {
+				return n, err
+			}
+			if there == 0 {
+				lost = append(lost, spec)
+			}
+		}
+		if len(lost) == 0 {
+			continue
+		}
+		r, err := runs.Get(ctx, name)
+		if err != nil {
+			return n, err
+		}
+		if err := enqueueAdmitted(ctx, aq, r, lost); err != nil {
+			return n, err
+		}
+		n += len(lost)
+	}
+	return n, nil
+}
+
+// Admit admits evals of p's runs to its queue by the fair share
+// (run.Store.Admit), for the executors in service now. Submit runs it; so
+// does a worker when an eval of a run ends, and at each reap.
+func Admit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store) (int, error) {
+	c, err := p.Counts(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return runs.Admit(ctx, p.Name(), int(c.Available+c.Leased), func(ctx context.Context, r run.Run, specs []string) error {
+		return enqueueAdmitted(ctx, aq, r, specs)
+	})
+}
+
+// enqueueAdmitted puts admitted evals of r on its pool's queue, with the
+// run's options; one there already is left as it is.
+func enqueueAdmitted(ctx context.Context, aq *asynq.Client, r run.Run, specs []string) error {
+	opts := tasks.EvalOptions{MaxRetry: r.MaxRetry, Retention: cmp.Or(r.TaskRetention, tasks.RunTaskRetention)}
+	for _, spec := range specs {
+		e, err := tasks.ParseEval([]byte(spec))
+		if err != nil {
+			return err
+		}
+		t, err := tasks.NewEval(e, opts)
+		if err != nil {
+			return err
+		}
+		if _, err := aq.EnqueueContext(ctx, t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+			return fmt.Errorf("enqueue eval %s: %w", e.ID, pool.RedisFull(err))
+		}
+	}
+	return nil
 }
 
 // ErrEvalIDTaken means an eval's ID is held by a task of other content:
@@ -271,8 +344,8 @@ func resumable(ctx context.Context, runs *run.Store, p *pool.Pool, r run.Run) er
 	return nil
 }
 
-// CancelRun cancels every eval of a run that has not ended and, when its
-// submission was cut short, records as cancelled the evals never enqueued,
+// CancelRun cancels every eval of a run that has not ended, those waiting
+// for admission and those a submission cut short never queued included,
 // so that the run ends. Every ID is marked cancelled in the pool first (a
 // resume enqueues those never enqueued, and they never run); then the
 // pending evals are deleted from Asynq and recorded cancelled in their run
@@ -334,14 +407,12 @@ func CancelRun(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *r
 			return c, err
 		}
 	}
-	if r.Submission == run.Incomplete {
-		// Never enqueued (or gone with Redis's data): they end cancelled.
-		if _, err := runs.FinishMany(ctx, name, gone, run.Record{Status: run.Cancelled, At: time.Now()}); err != nil {
-			return c, err
-		}
-	} else {
-		c.Unknown += len(gone)
+	// Not in the queue: waiting for admission, never enqueued (a
+	// submission cut short) or gone with Redis's data. They never run.
+	if _, err := runs.FinishMany(ctx, name, gone, run.Record{Status: run.Cancelled, At: time.Now()}); err != nil {
+		return c, err
 	}
+	c.Pending += len(gone)
 	rest, err := Cancel(ctx, insp, p, runs, others)
 	c.Pending, c.Running, c.Ended, c.Unknown = c.Pending+rest.Pending, c.Running+rest.Running, c.Ended+rest.Ended, c.Unknown+rest.Unknown
 	return c, err

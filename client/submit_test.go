@@ -14,16 +14,17 @@ import (
 
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
 )
 
 // TestSubmissionCutShort submits runs of large evals to a real Redis with a
-// small maxmemory: the enqueues hit the limit part way. The run says it is
-// incomplete and how many were enqueued; once memory is freed a resume
-// enqueues the rest, once each however often it is repeated, and a run cut
-// short can be cancelled to its end instead.
+// small maxmemory: writing their specs hits the limit part way. The run
+// says it is incomplete; once memory is freed a resume queues the rest,
+// and each eval runs once however often it is repeated; a run cut short
+// can be cancelled to its end instead.
 func TestSubmissionCutShort(t *testing.T) {
 	t.Parallel()
 	srv := evaltest.StartT(t, evaltest.Options{Args: evaltest.FullRedisArgs})
@@ -44,39 +45,36 @@ func TestSubmissionCutShort(t *testing.T) {
 		// No executor: the evals are only enqueued.
 		return client.RunRequest{Name: name, Evals: evals, AllowEmptyPool: true}
 	}
-	queued := func() int {
-		info, err := b.insp.GetQueueInfo(tasks.Queues(p.Name()).Evals)
+	// Each eval of the run, once, by its spec: waiting in the run, or
+	// admitted (then in Asynq).
+	specs := func() int {
+		n, err := rdb.HLen(ctx, keys.ForRun("resumed").Specs()).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return info.Pending
+		return int(n)
 	}
 
-	r, err := client.Submit(ctx, b.aq, b.insp, p, b.runs, req("resumed"))
-	if !errors.Is(err, pool.ErrRedisFull) {
+	if _, err := client.Submit(ctx, b.aq, b.insp, p, b.runs, req("resumed")); !errors.Is(err, pool.ErrRedisFull) {
 		t.Fatalf("submit: %v, want ErrRedisFull", err)
 	}
-	enqueued := queued()
-	if enqueued == 0 || enqueued == 60 || r.Enqueued != enqueued {
-		t.Fatalf("submit cut short: %d enqueued, the run says %d", enqueued, r.Enqueued)
+	if n := specs(); n == 60 {
+		t.Fatalf("submit cut short: %d evals kept, want fewer than 60", n)
 	}
 	got, err := b.runs.Get(ctx, "resumed")
-	if err != nil || got.Submission != run.Incomplete || got.Enqueued != enqueued {
-		t.Fatalf("run after the cut: %+v, %v; want incomplete, %d enqueued", got, err, enqueued)
+	if err != nil || got.Submission != run.Incomplete {
+		t.Fatalf("run after the cut: %+v, %v; want incomplete", got, err)
 	}
 	if _, err := client.Submit(ctx, b.aq, b.insp, p, b.runs, req("resumed")); !errors.Is(err, run.ErrExists) {
 		t.Fatalf("submit again without resume: %v, want ErrExists", err)
 	}
 
-	// Free memory: delete the enqueued evals' payloads but the first.
-	for i := 1; i < enqueued; i++ {
-		if err := b.insp.DeleteTask(tasks.Queues(p.Name()).Evals, run.EvalID("resumed", fmt.Sprint(i))); err != nil {
-			t.Fatal(err)
-		}
+	// Free memory: the evals' specs smaller, to fit.
+	if err := rdb.Del(ctx, keys.ForRun("resumed").Specs()).Err(); err != nil {
+		t.Fatal(err)
 	}
-	// The rest smaller, to fit; eval 0, enqueued already, as it was.
 	small := req("resumed")
-	for i := 1; i < len(small.Evals); i++ {
+	for i := range small.Evals {
 		small.Evals[i].Spec = json.RawMessage(`{}`)
 	}
 	small.Resume = true
@@ -85,8 +83,8 @@ func TestSubmissionCutShort(t *testing.T) {
 		if err != nil || r.Submission != run.Complete {
 			t.Fatalf("resume: %+v, %v", r, err)
 		}
-		if n := queued(); n != 60 {
-			t.Fatalf("after resume, %d evals queued; want each of the 60 once", n)
+		if n := specs(); n != 60 {
+			t.Fatalf("after resume, %d evals kept; want each of the 60 once", n)
 		}
 	}
 	if got, _ := b.runs.Get(ctx, "resumed"); got.Submission != run.Complete {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -128,6 +129,10 @@ func WaitWith(ctx context.Context, insp *asynq.Inspector, pool string, ids []str
 				}
 				return err
 			})
+			if errors.Is(err, ErrEvalNotFound) && waiting(ctx, opts.Runs, id) {
+				still = append(still, id) // not admitted yet
+				continue
+			}
 			if errors.Is(err, ErrEvalNotFound) && opts.Requeue != nil {
 				if err := opts.Backoff.Do(ctx, func() error { return opts.Requeue(ctx, id) }); err != nil {
 					return err
@@ -165,6 +170,21 @@ func WaitWith(ctx context.Context, insp *asynq.Inspector, pool string, ids []str
 		}
 	}
 }
+
+// waiting reports whether id is an eval of a run that waits for admission
+// (run.Store.Waiting).
+func waiting(ctx context.Context, runs *run.Store, id string) bool {
+	name, key, isRun := strings.Cut(id, "/")
+	if runs == nil || !isRun {
+		return false
+	}
+	_, ok, _ := runs.Waiting(ctx, name, key)
+	return ok
+}
+
+// StateQueued is the state of a run's eval waiting for admission to its
+// pool's queue: Asynq does not know it yet.
+const StateQueued = "queued"
 
 // Cancelled is what Cancel did.
 type Cancelled struct {

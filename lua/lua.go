@@ -85,6 +85,8 @@ var (
 	runCancel string
 	//go:embed run_reopen.lua
 	runReopen string
+	//go:embed admit_run.lua
+	admitRun string
 )
 
 // The pool's scripts. Each takes the pool's keys in the order lib.lua gives;
@@ -109,6 +111,8 @@ var (
 	RunFinishMany = newScript("", runFinishMany)
 	// RunReopen is a run's: it takes the run's keys, as RunFinish.
 	RunReopen = newScript("", runReopen)
+	// AdmitRun is a run's: it takes the run's keys, as RunFinish.
+	AdmitRun = newScript("", admitRun)
 	// RunCancel is Asynq's: it takes a queue's pending list and tasks.
 	RunCancel = newScript("", runCancel)
 	// RunCut is a run's too: it takes the run's meta key.

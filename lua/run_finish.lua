@@ -9,6 +9,9 @@
 --   KEYS[4] meta     HASH  the run's name, pool, size...
 --   KEYS[5] evals    LIST  the run's eval keys, in order
 --   KEYS[6] ended    LIST  the ended eval keys, in the order they ended
+--   KEYS[7] specs    HASH  eval key -> its task's payload, until it ends
+--   KEYS[8] queued   LIST  eval keys waiting for admission (admit_run.lua)
+--   KEYS[9] admitted SET   eval keys admitted that have not ended
 -- ARGV[1] eval key
 -- ARGV[2] status: passed | failed | errored | cancelled
 -- ARGV[3] the record (JSON object, at least one field); it is stored with
@@ -24,7 +27,10 @@
 
 -- An attempt of an eval that had ended (run again after Redis's data went
 -- back) is running no more either.
+-- An ended eval is in flight no more, and needs its spec no more.
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[9], ARGV[1])
+redis.call('HDEL', KEYS[7], ARGV[1])
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return 0
 end
@@ -37,7 +43,7 @@ if ARGV[5] ~= '' then
   redis.call('HINCRBY', KEYS[2], 'score_n', 1)
 end
 local ttl = redis.call('HGET', KEYS[4], 'retention') or ARGV[6]
-for i = 1, 6 do
+for i = 1, #KEYS do
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
 return 1

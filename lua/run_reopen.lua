@@ -10,6 +10,7 @@
 --   KEYS[4] meta     HASH  the run's name, pool, size, reconciled...
 --   KEYS[5] evals    LIST  the run's eval keys, in order
 --   KEYS[6] ended    LIST  the ended eval keys, in the order they ended
+--   KEYS[7..9]       specs, queued, admitted (run_finish.lua)
 -- ARGV[1] how long the run's keys live from now, in ms, unless the run's
 --         meta names its own retention (ms)
 -- ARGV[2] the statuses to reopen, comma-separated (errored,failed)
@@ -61,7 +62,7 @@ if first then
   end
 end
 local ttl = redis.call('HGET', KEYS[4], 'retention') or ARGV[1]
-for i = 1, 6 do
+for i = 1, #KEYS do
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
 return reopened

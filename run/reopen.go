@@ -83,10 +83,11 @@ var ErrRetrying = errors.New("run being retried")
 // retrier that died frees it then.
 const RetryLockTTL = 10 * time.Minute
 
-// unlockRetry deletes a run's retry lock if it still holds the token.
+// unlockScript deletes a lock (a run's retry lock, a pool's admission
+// lock) if it still holds the token.
 //
 // KEYS[1] the lock; ARGV[1] the token. Returns 1 when deleted, else 0.
-var unlockRetry = redis.NewScript(`
+var unlockScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
 	return redis.call('DEL', KEYS[1])
 end
@@ -99,20 +100,30 @@ func (s *Store) LockRetry(ctx context.Context, name string) (unlock func(), err 
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	token, key := hex.EncodeToString(b), keys.ForRun(name).Retrying()
-	ok, err := s.client.SetNX(ctx, key, token, RetryLockTTL).Result()
+	unlock, err = s.lock(ctx, keys.ForRun(name).Retrying(), RetryLockTTL)
 	if err != nil {
 		return nil, fmt.Errorf("run %s: retry lock: %w", name, lua.Full(err))
 	}
-	if !ok {
+	if unlock == nil {
 		return nil, fmt.Errorf("%w: run %s: another retry of it is under way; try again once it is done", ErrRetrying, name)
+	}
+	return unlock, nil
+}
+
+// lock takes the lock key for ttl, unless another holds it: then unlock is
+// nil.
+func (s *Store) lock(ctx context.Context, key string, ttl time.Duration) (unlock func(), err error) {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	token := hex.EncodeToString(b)
+	ok, err := s.client.SetNX(ctx, key, token, ttl).Result()
+	if err != nil || !ok {
+		return nil, err
 	}
 	return func() {
 		// Best effort: a lock left behind expires.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		_ = unlockRetry.Run(ctx, s.client, []string{key}, token).Err()
+		_ = unlockScript.Run(ctx, s.client, []string{key}, token).Err()
 	}, nil
 }

@@ -121,6 +121,36 @@ type Run struct {
 	// Retention is how long the run's keys live after its last eval
 	// ended. Zero means the Store's (Options.Retention).
 	Retention time.Duration `json:"-"`
+	// Weight is the run's share of its pool against the other runs in
+	// flight (Admit). Defaults to 1; at most MaxWeight.
+	Weight int `json:"weight,omitempty"`
+	// MaxExecutors caps how many of its evals are in flight, and so how
+	// many executors it holds at once. Zero: no cap.
+	MaxExecutors int `json:"max_executors,omitempty"`
+	// Priority is PriorityNormal (the default) or PriorityHigh: served
+	// before the normal runs (Admit).
+	Priority string `json:"priority,omitempty"`
+	// MaxRetry and TaskRetention are the options its evals' tasks are
+	// enqueued with when admitted (tasks.EvalOptions): 0 for the defaults,
+	// a negative MaxRetry for no retry.
+	MaxRetry      int           `json:"-"`
+	TaskRetention time.Duration `json:"-"`
+}
+
+// weight is the run's weight, 1 when unset.
+func (r Run) weight() int { return max(r.Weight, 1) }
+
+// checkShare refuses a weight, cap or priority Admit cannot apply.
+func (r Run) checkShare() error {
+	switch {
+	case r.Weight < 0 || r.Weight > MaxWeight:
+		return fmt.Errorf("%w: run %s: weight %d: want 1 to %d", ErrInvalid, r.Name, r.Weight, MaxWeight)
+	case r.MaxExecutors < 0:
+		return fmt.Errorf("%w: run %s: max executors %d: want 0 (no cap) or more", ErrInvalid, r.Name, r.MaxExecutors)
+	case r.Priority != "" && r.Priority != PriorityNormal && r.Priority != PriorityHigh:
+		return fmt.Errorf("%w: run %s: priority %q: want %s or %s", ErrInvalid, r.Name, r.Priority, PriorityNormal, PriorityHigh)
+	}
+	return nil
 }
 
 // Bounds of a run's Meta and Epochs.
@@ -190,6 +220,9 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 	if r.Epochs < 0 || r.Epochs > MaxEpochs {
 		return fmt.Errorf("%w: run %s: %d epochs: want 1 to %d", ErrInvalid, r.Name, r.Epochs, MaxEpochs)
 	}
+	if err := r.checkShare(); err != nil {
+		return err
+	}
 	req, err := json.Marshal(r.Require)
 	if err != nil {
 		return fmt.Errorf("%w: run %s: %w", ErrInvalid, r.Name, err)
@@ -213,7 +246,8 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 	}
 	_, err = s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 		pipe.HSet(ctx, k.Meta(), "pool", r.Pool, "created_at", r.CreatedAt.UnixMilli(), "size", len(r.Keys), "require", string(req), "meta", string(meta), "epochs", max(r.Epochs, 1), "submission", Incomplete,
-			"retention", retention.Milliseconds())
+			"retention", retention.Milliseconds(), "weight", r.weight(), "max_executors", r.MaxExecutors, "priority", cmp.Or(r.Priority, PriorityNormal),
+			"max_retry", r.MaxRetry, "task_retention", r.TaskRetention.Milliseconds())
 		for start := 0; start < len(evals); start += 10_000 {
 			pipe.RPush(ctx, k.Evals(), evals[start:min(start+10_000, len(evals))]...)
 		}
@@ -303,6 +337,14 @@ func runOf(name string, meta map[string]string, evals []string) (Run, error) {
 	_ = json.Unmarshal([]byte(meta["meta"]), &r.Meta)
 	r.Epochs, _ = strconv.Atoi(meta["epochs"])
 	r.Epochs = max(r.Epochs, 1)
+	r.Weight, _ = strconv.Atoi(meta["weight"])
+	r.Weight = max(r.Weight, 1)
+	r.MaxExecutors, _ = strconv.Atoi(meta["max_executors"])
+	r.Priority = cmp.Or(meta["priority"], PriorityNormal)
+	r.MaxRetry, _ = strconv.Atoi(meta["max_retry"])
+	if ms, err := strconv.ParseInt(meta["task_retention"], 10, 64); err == nil {
+		r.TaskRetention = time.Duration(ms) * time.Millisecond
+	}
 	return r, nil
 }
 

@@ -35,6 +35,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/lua"
 	"github.com/evalpool/evalpool/pool"
@@ -688,6 +689,9 @@ func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) (wr
 	_, err := w.runs.Finish(rctx, e.Run, rec)
 	switch {
 	case err == nil:
+		if sp := w.pools[e.Pool]; sp != nil {
+			w.admit(rctx, sp)
+		}
 		return true
 	case errors.Is(err, run.ErrInvalid):
 	case w.ends.add(e.Run, rec):
@@ -697,6 +701,14 @@ func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) (wr
 		w.log.Error().Err(err).Str("eval", e.ID).Str("run", e.Run).Msg("could not record the eval's end in its run, and too many wait already; the reap's reconciliation records it")
 	}
 	return false
+}
+
+// admit lets the pool's runs have their next evals in flight, by the fair
+// share (client.Admit), once one ended.
+func (w *Worker) admit(ctx context.Context, sp *servedPool) {
+	if _, err := client.Admit(ctx, w.client, sp.pool, w.runs); err != nil {
+		w.log.Warn().Err(err).Str("pool", sp.pool.Name()).Msg("could not admit the runs' next evals; the next end or reap does")
+	}
 }
 
 // verdictOf is what an attempt made of its executor: its grade when it
@@ -956,7 +968,11 @@ func (w *Worker) handleReap(ctx context.Context, t *asynq.Task) error {
 	}
 	if ran {
 		w.reconcileRuns(ctx, sp) // once per interval across the fleet, as the reap
+		if n, err := client.Readmit(ctx, w.client, sp.pool, w.runs); err != nil || n > 0 {
+			w.log.Warn().Err(err).Str("pool", sp.pool.Name()).Int("enqueued", n).Msg("evals admitted but not in the queue, enqueued again")
+		}
 	}
+	w.admit(ctx, sp) // at every reap: an admission a crash cut short
 	// Each due executor is claimed in Redis before it is probed, so the
 	// reaps of many workers probe it once.
 	_, err = sp.pool.ProbeQuarantined(ctx, probeBatch, w.probe)

@@ -52,6 +52,7 @@ func (a *app) runSubmit() *cobra.Command {
 		allowEmpty  bool
 		meta        []string
 		epochs      int
+		share       client.RunRequest // Weight, MaxExecutors, Priority
 	)
 	c := &cobra.Command{
 		Use:   "submit --file suite.jsonl [--name N] [--wait]",
@@ -68,6 +69,11 @@ Redis or DB) is refused unless --allow-empty-pool.
 --epochs k runs each eval k times, as the evals KEY#1 … KEY#k, and the summary
 gives pass@1 and pass@k. --meta key=value says what the run is of (model,
 commit, seed, dataset): the summary and exports show it.
+
+The pool is shared fairly between the runs in flight: each gets executors in
+proportion to --weight (default 1), never more than --max-executors (0: no
+cap); a --priority high run is served before the normal ones, and a normal
+run left with nothing running for 30s still gets one eval at a time.
 
 --wait follows the run with a progress bar, prints its summary, and exits 1
 when its pass rate (passed over passed, failed and errored) is under
@@ -105,6 +111,9 @@ when its pass rate (passed over passed, failed and errored) is under
 			if epochs < 1 || epochs > evalrun.MaxEpochs {
 				return usagef("--epochs must be from 1 to %d, got %d", evalrun.MaxEpochs, epochs)
 			}
+			if share.Weight < 1 || share.Weight > evalrun.MaxWeight || share.MaxExecutors < 0 || share.Priority != evalrun.PriorityNormal && share.Priority != evalrun.PriorityHigh {
+				return usagef("--weight must be from 1 to %d, --max-executors 0 (no cap) or more, --priority normal or high; got %d, %d, %q", evalrun.MaxWeight, share.Weight, share.MaxExecutors, share.Priority)
+			}
 			evals, err := readEvalFile(file)
 			if err != nil {
 				return err
@@ -122,7 +131,7 @@ when its pass rate (passed over passed, failed and errored) is under
 			req := client.RunRequest{
 				Name: name, Evals: evals, Require: required, Timeout: timeout,
 				Options: opts, Resume: resume, Retention: retention, AllowEmptyPool: allowEmpty,
-				Meta: runMeta, Epochs: epochs,
+				Meta: runMeta, Epochs: epochs, Weight: share.Weight, MaxExecutors: share.MaxExecutors, Priority: share.Priority,
 			}
 			r, err := ep.SubmitRun(c.Context(), a.poolName, req)
 			if err != nil {
@@ -157,6 +166,9 @@ when its pass rate (passed over passed, failed and errored) is under
 	f.DurationVar(&taskKeep, "task-retention", tasks.RunTaskRetention, "how long each eval's Asynq task is kept once it ended (the run keeps its result)")
 	f.StringArrayVar(&meta, "meta", nil, "what the run is of, key=value (model=…, commit=…; repeatable): shown in its summary and exports")
 	f.IntVar(&epochs, "epochs", 1, "run each eval this many times (KEY#1 … KEY#k), for pass@1 and pass@k")
+	f.IntVar(&share.Weight, "weight", 1, "the run's share of the pool against the other runs in flight")
+	f.IntVar(&share.MaxExecutors, "max-executors", 0, "the most executors the run holds at once; 0 for no cap")
+	f.StringVar(&share.Priority, "priority", evalrun.PriorityNormal, "normal, or high: served before the normal runs")
 	f.BoolVar(&allowEmpty, "allow-empty-pool", false, "submit even if no executor is registered in the pool yet")
 	f.BoolVar(&resume, "resume", false, "finish the submission of run --name that was cut short: the same file, --epochs and --meta; evals enqueued already are left alone")
 	return c
@@ -315,6 +327,16 @@ func (a *app) runStatus() *cobra.Command {
 			}
 			fmt.Fprintf(a.stdout, "run %s: %d of %d ended: passed %d, failed %d, errored %d, cancelled %d, running %d, pending %d; pass rate %s\n",
 				args[0], p.Done(), p.Size, p.Passed, p.Failed, p.Errored, p.Cancelled, p.Running, p.Pending, passRate(p))
+			sh, err := store.Share(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			limit := "no cap"
+			if sh.MaxExecutors > 0 {
+				limit = fmt.Sprintf("at most %d executors", sh.MaxExecutors)
+			}
+			fmt.Fprintf(a.stdout, "share: weight %d, %s, priority %s; %d executors held now, %d evals in flight, %d waiting for admission\n",
+				sh.Weight, limit, sh.Priority, p.Running, sh.InFlight, sh.Queued)
 			state, enqueued, err := store.Submission(c.Context(), args[0])
 			if err != nil {
 				return err

@@ -21,7 +21,8 @@ which submits the JSON Lines suite ({"eval_id"?, "spec", "require"?,
 summary as `evalpool run submit --wait` does. submit takes the flags of
 `evalpool run submit`, checked before anything is sent: --require KEY=VALUE
 (repeatable), --timeout SECONDS, --max-retry N, --retention DURATION (36h,
-90m, 1h30m), --meta KEY=VALUE (repeatable), --epochs K, --resume,
+90m, 1h30m), --meta KEY=VALUE (repeatable), --epochs K, --weight N,
+--max-executors N, --priority normal|high, --resume,
 --allow-empty-pool; and --no-wait. `summary NAME [--compare OTHER]
 [--min-pass-rate R]` prints a run's summary (with --compare, what changed
 against OTHER: pass rate, metrics, groups, the keys newly failing and newly
@@ -103,14 +104,16 @@ class Client:
             return json.loads(resp.read() or b"null")
 
     def submit_run(self, evals, name=None, require=None, timeout_s=None, max_retry=None, retention_s=None,
-                   resume=None, allow_empty_pool=None, meta=None, epochs=None):
+                   resume=None, allow_empty_pool=None, meta=None, epochs=None, weight=None, max_executors=None,
+                   priority=None):
         """Submits evals (dicts with "spec", and "eval_id", "require", "group"
         if any) as one run; the other arguments are POST /runs' fields of the
         same names, left out when None."""
         body = {"evals": evals}
         for k, v in (("name", name), ("require", require), ("timeout_s", timeout_s), ("max_retry", max_retry),
                      ("retention_s", retention_s), ("resume", resume), ("allow_empty_pool", allow_empty_pool),
-                     ("meta", meta), ("epochs", epochs)):
+                     ("meta", meta), ("epochs", epochs), ("weight", weight), ("max_executors", max_executors),
+                     ("priority", priority)):
             if v is not None:
                 body[k] = v
         return self._request("POST", "/runs", body)
@@ -340,7 +343,7 @@ META_KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 MAX_META, MAX_META_VALUE_BYTES = 32, 512
 MAX_TIMEOUT_S = 7 * 24 * 3600
 MAX_RETENTION_S = 365 * 24 * 3600
-MAX_RETRY, MAX_EPOCHS = 100, 100
+MAX_RETRY, MAX_EPOCHS, MAX_WEIGHT = 100, 100, 1000
 
 
 def run_name(name):
@@ -472,6 +475,12 @@ def main(argv=None):
                    help="what the run is of, key=value (model=…, commit=…; repeatable): shown in its summary")
     s.add_argument("--epochs", type=bounded(1, MAX_EPOCHS), metavar="K",
                    help="run each eval K times (KEY#1 … KEY#K), for pass@1 and pass@K")
+    s.add_argument("--weight", type=bounded(1, MAX_WEIGHT), metavar="N",
+                   help="the run's share of the pool against the other runs in flight (default 1)")
+    s.add_argument("--max-executors", type=bounded(0, 1 << 31), metavar="N",
+                   help="the most executors the run holds at once (default 0: no cap)")
+    s.add_argument("--priority", choices=("normal", "high"),
+                   help="high: served before the normal runs (default normal)")
     s.add_argument("--min-pass-rate", type=share, default=1.0, metavar="R",
                    help="the least pass rate that passes the run (default: every eval must pass)")
     s.add_argument("--allow-empty-pool", action="store_true",
@@ -520,7 +529,8 @@ def main(argv=None):
         evals = read_suite(args.file)
         run = c.submit_run(evals, name=args.name, require=require, timeout_s=args.timeout,
                            max_retry=args.max_retry, retention_s=args.retention, resume=args.resume or None,
-                           allow_empty_pool=args.allow_empty_pool or None, meta=meta, epochs=args.epochs)
+                           allow_empty_pool=args.allow_empty_pool or None, meta=meta, epochs=args.epochs,
+                           weight=args.weight, max_executors=args.max_executors, priority=args.priority)
         print(run["name"], flush=True)
         if args.no_wait:
             return 0

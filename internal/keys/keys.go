@@ -152,9 +152,9 @@ type Run struct{ prefix string }
 // ForRun names the keys of the run name.
 func ForRun(name string) Run { return Run{prefix: "evalpool:run:{" + name + "}:"} }
 
-// Script is the run's keys in the order of run_finish.lua's KEYS[1..6].
+// Script is the run's keys in the order of run_finish.lua's KEYS[1..9].
 func (k Run) Script() []string {
-	return []string{k.Done(), k.Counts(), k.Running(), k.Meta(), k.Evals(), k.Ended()}
+	return []string{k.Done(), k.Counts(), k.Running(), k.Meta(), k.Evals(), k.Ended(), k.Specs(), k.Queued(), k.Admitted()}
 }
 
 // Done is KEYS[1], eval key -> how it ended.
@@ -175,6 +175,24 @@ func (k Run) Evals() string { return k.prefix + "evals" }
 // Ended is KEYS[6], the run's ended eval keys in the order they ended: the
 // log a follower reads from its cursor (run.Store.EndedSince).
 func (k Run) Ended() string { return k.prefix + "ended" }
+
+// Specs is KEYS[7], eval key -> its task's payload, from its submission
+// to its end: what admission enqueues, and enqueues again if it was lost.
+func (k Run) Specs() string { return k.prefix + "specs" }
+
+// Queued is KEYS[8], the eval keys waiting for admission, in order.
+func (k Run) Queued() string { return k.prefix + "queued" }
+
+// Admitted is KEYS[9], the eval keys admitted to the pool's queue that
+// have not ended: the run's evals in flight.
+func (k Run) Admitted() string { return k.prefix + "admitted" }
+
+// Admitting is a pool's admission lock, and Readmit the flag that tells
+// its holder to go round again (run.Store.Admit).
+func Admitting(pool string) string { return "evalpool:runs:admitting:" + pool }
+
+// Readmit: see Admitting.
+func Readmit(pool string) string { return "evalpool:runs:readmit:" + pool }
 
 // Retrying is the token of the retry of the run under way, for a while
 // (run.Store.LockRetry).

@@ -1,0 +1,37 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
+)
+
+// TestRunShareFlags: run submit takes a run's weight, cap and priority,
+// and refuses, in one line and writing nothing, those no run can have; run
+// status shows what the run asked and holds.
+func TestRunShareFlags(t *testing.T) {
+	t.Parallel()
+	client := evaltest.Client(t)
+	url, name := evaltest.URL(t), evaltest.Pool(t, client)
+	cli := func(args ...string) result { return runCLI(t, url, name, args...) }
+	suite := writeSuite(t, `{}`, `{}`)
+	for _, bad := range [][]string{
+		{"--weight", "0"}, {"--weight", "1001"}, {"--max-executors", "-1"}, {"--priority", "urgent"}, {"--priority", ""},
+	} {
+		r := cli(append([]string{"run", "submit", "--file", suite, "--name", "bad", "--allow-empty-pool"}, bad...)...)
+		if r.code != 2 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("run submit %v: %+v; want one line, exit 2", bad, r)
+		}
+	}
+	if r := cli("run", "status", "bad"); r.code == 0 {
+		t.Fatalf("a refused submit wrote its run: %+v", r)
+	}
+	if r := cli("run", "submit", "--file", suite, "--name", "shared", "--allow-empty-pool", "--weight", "3", "--max-executors", "2", "--priority", "high"); r.code != 0 {
+		t.Fatalf("run submit: %+v", r)
+	}
+	r := cli("run", "status", "shared")
+	if r.code != 0 || !strings.Contains(r.stdout, "share: weight 3, at most 2 executors, priority high; 0 executors held now, 2 evals in flight, 0 waiting for admission") {
+		t.Fatalf("run status: %+v", r)
+	}
+}

@@ -1,0 +1,235 @@
+package evalpool_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/evalpool/evalpool"
+	"github.com/evalpool/evalpool/client"
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/pool"
+	"github.com/evalpool/evalpool/refexec"
+	"github.com/evalpool/evalpool/run"
+	"github.com/evalpool/evalpool/tasks"
+	"github.com/evalpool/evalpool/worker"
+)
+
+// runCalls is what the executors saw of each run: its calls in flight now
+// and at most, and its calls' spans, so that a run's share of the pool is
+// measured where it is spent.
+type runCalls struct {
+	next http.Handler
+	mu   sync.Mutex
+	now  map[string]int
+	peak map[string]int
+	// spans are each call's [start, end), by run.
+	spans map[string][][2]time.Time
+}
+
+func (c *runCalls) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/v1/evals") {
+		c.next.ServeHTTP(w, r)
+		return
+	}
+	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	var req struct {
+		EvalID string `json:"eval_id"`
+	}
+	_ = json.Unmarshal(body, &req)
+	name, _, _ := strings.Cut(req.EvalID, "/")
+	start := time.Now()
+	c.mu.Lock()
+	c.now[name]++
+	c.peak[name] = max(c.peak[name], c.now[name])
+	c.mu.Unlock()
+	c.next.ServeHTTP(w, r)
+	c.mu.Lock()
+	c.now[name]--
+	c.spans[name] = append(c.spans[name], [2]time.Time{start, time.Now()})
+	c.mu.Unlock()
+}
+
+// busy is how long the executors spent on run name's calls within
+// [from, to).
+func (c *runCalls) busy(name string, from, to time.Time) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var d time.Duration
+	for _, s := range c.spans[name] {
+		a, b := s[0], s[1]
+		if a.Before(from) {
+			a = from
+		}
+		if b.After(to) {
+			b = to
+		}
+		if b.After(a) {
+			d += b.Sub(a)
+		}
+	}
+	return d
+}
+
+func (c *runCalls) peakOf(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.peak[name]
+}
+
+// fairBundle is a pool of 8 executors whose calls take 50 ms, behind
+// runCalls, and a worker for it.
+type fairBundle struct {
+	c     *evalpool.Client
+	pool  string
+	calls *runCalls
+}
+
+func fairSetup(t *testing.T) *fairBundle {
+	t.Helper()
+	rdb := evaltest.Client(t)
+	b := &fairBundle{pool: evaltest.Pool(t, rdb)}
+	var err error
+	if b.c, err = evalpool.NewClient(rdb, evalpool.ClientConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	fleet, err := refexec.NewFleet(8, refexec.Options{Latency: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.calls = &runCalls{next: fleet, now: map[string]int{}, peak: map[string]int{}, spans: map[string][][2]time.Time{}}
+	srv := httptest.NewServer(b.calls)
+	t.Cleanup(srv.Close)
+	p, err := b.c.Pool(b.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		if _, err := p.Register(t.Context(), pool.Executor{URL: srv.URL + refexec.FleetPath(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := evalpool.NewWorker(rdb, evalpool.WorkerConfig{Pools: []string{b.pool}, Config: worker.Config{
+		Concurrency: 16, Cleanup: worker.CleanupInline, PollInterval: 20 * time.Millisecond, NoExecutorDelay: 20 * time.Millisecond,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Run(t, "worker", w.Run)
+	return b
+}
+
+// submit submits run name of n evals, and returns when it was submitted.
+func (b *fairBundle) submit(t *testing.T, name string, n int, req client.RunRequest) time.Time {
+	t.Helper()
+	req.Name = name
+	for i := range n {
+		req.Evals = append(req.Evals, tasks.Eval{ID: fmt.Sprint(i), Spec: json.RawMessage(`{}`)})
+	}
+	at := time.Now()
+	if _, err := b.c.SubmitRun(t.Context(), b.pool, req); err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+// waitRun waits for every eval of run name to end, and returns when the
+// last did.
+func (b *fairBundle) waitRun(t *testing.T, name string, within time.Duration) time.Time {
+	t.Helper()
+	evaltest.Eventually(t, within, "run "+name+" ended", func() bool {
+		c, err := b.c.Runs().Progress(t.Context(), name)
+		return err == nil && c.Pending == 0 && c.Running == 0
+	})
+	return time.Now()
+}
+
+// cancel ends run name, so that the test does not wait for it.
+func (b *fairBundle) cancel(t *testing.T, name string) {
+	t.Helper()
+	if _, err := b.c.CancelRun(context.WithoutCancel(t.Context()), name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A 10-eval run submitted behind a 5,000-eval one ends within 3× its time
+// alone, with no flag: first come, first served would keep it waiting for
+// the whole backlog (about 30 s here).
+func TestASmallRunIsNotStuckBehindABigOne(t *testing.T) {
+	t.Parallel()
+	b := fairSetup(t)
+	start := b.submit(t, "alone", 10, client.RunRequest{})
+	alone := b.waitRun(t, "alone", 30*time.Second).Sub(start)
+
+	b.submit(t, "big", 5000, client.RunRequest{})
+	defer b.cancel(t, "big")
+	evaltest.Eventually(t, 10*time.Second, "the big run running", func() bool {
+		c, err := b.c.Runs().Progress(t.Context(), "big")
+		return err == nil && c.Done() >= 16
+	})
+	start = b.submit(t, "small", 10, client.RunRequest{})
+	behind := b.waitRun(t, "small", 60*time.Second).Sub(start)
+	t.Logf("a 10-eval run: %s alone, %s behind a 5,000-eval run", alone.Round(time.Millisecond), behind.Round(time.Millisecond))
+	if limit := 3 * max(alone, 500*time.Millisecond); behind > limit {
+		t.Errorf("behind the big run it took %s, more than %s (3× its time alone)", behind, limit)
+	}
+}
+
+// Two backlogged runs of weights 3 and 1 split the executors' time 75/25,
+// give or take 10 points.
+func TestWeightsSplitThePool(t *testing.T) {
+	t.Parallel()
+	b := fairSetup(t)
+	b.submit(t, "three", 2000, client.RunRequest{Weight: 3})
+	defer b.cancel(t, "three")
+	b.submit(t, "one", 2000, client.RunRequest{Weight: 1})
+	defer b.cancel(t, "one")
+	time.Sleep(time.Second) // the rule settles: what was in flight before ends
+	from := time.Now()
+	evaltest.Eventually(t, 30*time.Second, "a window of 4 s", func() bool { return time.Since(from) > 4*time.Second })
+	to := time.Now()
+	three, one := b.calls.busy("three", from, to), b.calls.busy("one", from, to)
+	share := float64(three) / float64(three+one)
+	t.Logf("executor time: weight 3 %s, weight 1 %s: %.0f/%.0f", three.Round(time.Millisecond), one.Round(time.Millisecond), 100*share, 100*(1-share))
+	if share < 0.65 || share > 0.85 {
+		t.Errorf("weight 3 had %.0f%% of the executors' time, want 75 ± 10", 100*share)
+	}
+}
+
+// A run capped at 2 executors never has more than 2 calls at the
+// executors at once, however free the pool; a high priority run submitted
+// behind a backlogged normal one ends as if alone.
+func TestCapAndPriority(t *testing.T) {
+	t.Parallel()
+	b := fairSetup(t)
+	start := b.submit(t, "capped", 40, client.RunRequest{MaxExecutors: 2})
+	b.waitRun(t, "capped", 30*time.Second)
+	if peak := b.calls.peakOf("capped"); peak > 2 || peak == 0 {
+		t.Errorf("the executors saw %d calls of a run capped at 2 at once", peak)
+	}
+	t.Logf("40 evals capped at 2 executors: %s", time.Since(start).Round(time.Millisecond))
+
+	b.submit(t, "normal", 2000, client.RunRequest{})
+	defer b.cancel(t, "normal")
+	evaltest.Eventually(t, 10*time.Second, "the normal run running", func() bool {
+		c, err := b.c.Runs().Progress(t.Context(), "normal")
+		return err == nil && c.Done() >= 16
+	})
+	start = b.submit(t, "urgent", 40, client.RunRequest{Priority: run.PriorityHigh})
+	took := b.waitRun(t, "urgent", 30*time.Second).Sub(start)
+	from := start.Add(took / 4) // what the normal run had in flight ended
+	urgent, normal := b.calls.busy("urgent", from, start.Add(took)), b.calls.busy("normal", from, start.Add(took))
+	t.Logf("a high priority run of 40 behind a normal one of 2,000: %s; executor time then: %s urgent, %s normal", took.Round(time.Millisecond), urgent.Round(time.Millisecond), normal.Round(time.Millisecond))
+	if urgent < 3*normal {
+		t.Errorf("while the high priority run ran, it had %s of the executors' time and the normal one %s: want it served first", urgent, normal)
+	}
+}

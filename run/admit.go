@@ -1,0 +1,328 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/internal/keys"
+	"github.com/evalpool/evalpool/lua"
+)
+
+// Admission. A run's evals do not go to its pool's queue when it is
+// submitted: they wait in the run (Queue), and Admit moves them to the
+// queue a few at a time, so that the queue, and the workers' slots that
+// read it in order, never hold more of one run than its share. The share
+// is the rule of fairness between the pool's runs (docs/design.md, "Fair
+// share"): the runs split the evals in flight, twice the pool's executors,
+// by weight; a run never has more in flight than its MaxExecutors; high
+// priority runs are served first, and a normal run left with nothing in
+// flight for StarveAfter gets one eval in flight whatever they take.
+
+// Priorities of a run.
+const (
+	PriorityNormal = "normal"
+	PriorityHigh   = "high"
+)
+
+// Bounds of a run's weight, and how long a normal run waits with nothing in
+// flight before high priority runs give it one.
+const (
+	MaxWeight   = 1000
+	StarveAfter = 30 * time.Second
+	// MaxActiveRuns is how many of a pool's open runs one admission looks
+	// at, the oldest first: the rest wait for them.
+	MaxActiveRuns = 200
+	admitLockTTL  = 10 * time.Second
+	queueBatch    = 1000
+)
+
+// Queue writes evals of the run name to wait for admission, in order:
+// specs[i] is the payload of the eval keys[i].
+func (s *Store) Queue(ctx context.Context, name string, evalKeys []string, specs [][]byte) error {
+	k := keys.ForRun(name)
+	// The run's keys live as long as its meta, which Create set.
+	ttl, err := s.client.PTTL(ctx, k.Meta()).Result()
+	if err != nil {
+		return fmt.Errorf("run %s: queue: %w", name, err)
+	}
+	for start := 0; start < len(evalKeys); start += queueBatch {
+		end := min(start+queueBatch, len(evalKeys))
+		fields := make([]any, 0, 2*(end-start))
+		queued := make([]any, 0, end-start)
+		for i := start; i < end; i++ {
+			fields = append(fields, evalKeys[i], specs[i])
+			queued = append(queued, evalKeys[i])
+		}
+		// Not a MULTI, which a Redis at maxmemory refuses as EXECABORT: a
+		// spec written without its place in the queue is queued again by
+		// the resume its error asks for.
+		if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			pipe.HSet(ctx, k.Specs(), fields...)
+			pipe.RPush(ctx, k.Queued(), queued...)
+			if ttl > 0 {
+				pipe.PExpire(ctx, k.Specs(), ttl)
+				pipe.PExpire(ctx, k.Queued(), ttl)
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("run %s: queue evals %d to %d: %w", name, start+1, end, lua.Full(err))
+		}
+	}
+	return nil
+}
+
+// Enqueue puts specs of run r, just admitted, on its pool's queue. An eval
+// already there (by its ID) is no error.
+type Enqueue func(ctx context.Context, r Run, specs []string) error
+
+// Admit admits evals of the pool's open runs by the fair share, for a pool
+// of capacity executors in service, and enqueues them. One process admits
+// for a pool at a time; a call that finds another admitting asks it to go
+// round again, and returns. It returns how many it admitted.
+func (s *Store) Admit(ctx context.Context, pool string, capacity int, enqueue Enqueue) (int, error) {
+	total := 0
+	for range 10 {
+		unlock, err := s.lock(ctx, keys.Admitting(pool), admitLockTTL)
+		if err != nil {
+			return total, fmt.Errorf("admit to pool %s: %w", pool, lua.Full(err))
+		}
+		if unlock == nil {
+			return total, s.client.Set(ctx, keys.Readmit(pool), 1, 2*admitLockTTL).Err()
+		}
+		s.client.Del(ctx, keys.Readmit(pool))
+		n, err := s.admit(ctx, pool, capacity, enqueue)
+		unlock()
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if again, err := s.client.Exists(ctx, keys.Readmit(pool)).Result(); err != nil || again == 0 {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// share is an open run as admission sees it.
+type share struct {
+	run              Run
+	inflight, queued int
+	admittedAt       time.Time
+	want             int // in flight after this admission
+}
+
+func (s *Store) admit(ctx context.Context, pool string, capacity int, enqueue Enqueue) (int, error) {
+	names, err := s.client.ZRange(ctx, keys.OpenRuns(pool), 0, MaxActiveRuns-1).Result()
+	if err != nil {
+		return 0, fmt.Errorf("admit to pool %s: %w", pool, err)
+	}
+	metas := make([]*redis.MapStringStringCmd, len(names))
+	inflight := make([]*redis.IntCmd, len(names))
+	queued := make([]*redis.IntCmd, len(names))
+	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, name := range names {
+			k := keys.ForRun(name)
+			metas[i], inflight[i], queued[i] = pipe.HGetAll(ctx, k.Meta()), pipe.SCard(ctx, k.Admitted()), pipe.LLen(ctx, k.Queued())
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, fmt.Errorf("admit to pool %s: %w", pool, err)
+	}
+	var shares []*share
+	for i, name := range names {
+		r, err := runOf(name, metas[i].Val(), nil)
+		if err != nil || queued[i].Val() == 0 && inflight[i].Val() == 0 {
+			continue
+		}
+		sh := &share{run: r, inflight: int(inflight[i].Val()), queued: int(queued[i].Val())}
+		if ms, err := strconv.ParseInt(metas[i].Val()["admitted_at"], 10, 64); err == nil {
+			sh.admittedAt = time.UnixMilli(ms)
+		} else {
+			sh.admittedAt = r.CreatedAt
+		}
+		shares = append(shares, sh)
+	}
+	fairShares(shares, 2*max(capacity, 1), time.Now())
+	total := 0
+	for _, sh := range shares {
+		if sh.want <= sh.inflight || sh.queued == 0 {
+			continue
+		}
+		got, err := lua.AdmitRun.Run(ctx, s.client, keys.ForRun(sh.run.Name).Script(), sh.want-sh.inflight, time.Now().UnixMilli()).Slice()
+		if err != nil {
+			return total, fmt.Errorf("admit run %s: %w", sh.run.Name, lua.Full(err))
+		}
+		var specs []string
+		for _, v := range got[2:] {
+			if spec, ok := v.(string); ok {
+				specs = append(specs, spec)
+			}
+		}
+		if len(specs) > 0 {
+			total += len(specs)
+			if err := enqueue(ctx, sh.run, specs); err != nil {
+				return total, fmt.Errorf("admit run %s: %w", sh.run.Name, err)
+			}
+		}
+	}
+	return total, nil
+}
+
+// fairShares sets each run's want: how many of its evals may be in flight,
+// of budget in all. High priority runs take what they want first; the
+// normal ones share the rest. Within each, runs split by weight, none past
+// what it has to run or its MaxExecutors (weighted max-min fairness), and
+// a run with less than its share lets the others have the difference. A
+// normal run with evals waiting and none in flight since StarveAfter gets
+// one. No run is asked to give back what it has in flight.
+func fairShares(shares []*share, budget int, now time.Time) {
+	left := budget
+	for _, high := range []bool{true, false} {
+		var group []*share
+		for _, sh := range shares {
+			if (sh.run.Priority == PriorityHigh) == high {
+				group = append(group, sh)
+			}
+		}
+		left -= split(group, max(left, 0))
+	}
+	for _, sh := range shares {
+		if sh.run.Priority != PriorityHigh && sh.want == 0 && sh.queued > 0 && now.Sub(sh.admittedAt) > StarveAfter {
+			sh.want = 1
+		}
+	}
+}
+
+// split shares budget among group by weight, water-filling: each gets
+// min(demand, level × weight), at whole evals, the remainder to the least
+// served. It returns what it gave.
+func split(group []*share, budget int) int {
+	demand := func(sh *share) int {
+		d := sh.inflight + sh.queued
+		if c := sh.run.MaxExecutors; c > 0 {
+			d = min(d, c)
+		}
+		return d
+	}
+	slices.SortFunc(group, func(a, b *share) int {
+		return cmpFloat(float64(demand(a))/float64(a.run.weight()), float64(demand(b))/float64(b.run.weight()))
+	})
+	left, weights := budget, 0
+	for _, sh := range group {
+		weights += sh.run.weight()
+	}
+	for _, sh := range group {
+		fair := int(math.Floor(float64(left) * float64(sh.run.weight()) / float64(weights)))
+		sh.want = min(demand(sh), fair)
+		left -= sh.want
+		weights -= sh.run.weight()
+	}
+	// Whole evals left over go one at a time to the least served.
+	for left > 0 {
+		var least *share
+		for _, sh := range group {
+			if sh.want < demand(sh) && (least == nil || float64(sh.want)/float64(sh.run.weight()) < float64(least.want)/float64(least.run.weight())) {
+				least = sh
+			}
+		}
+		if least == nil {
+			break
+		}
+		least.want++
+		left--
+	}
+	return budget - left
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Admitted returns, for each of the pool's open runs (MaxActiveRuns at
+// most) that has evals in flight, their specs by eval key: what its pool's
+// queue should hold, or have held.
+func (s *Store) Admitted(ctx context.Context, pool string) (map[string]map[string]string, error) {
+	names, err := s.client.ZRange(ctx, keys.OpenRuns(pool), 0, MaxActiveRuns-1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("runs of pool %s in flight: %w", pool, err)
+	}
+	out := map[string]map[string]string{}
+	for _, name := range names {
+		k := keys.ForRun(name)
+		admitted, err := s.client.SMembers(ctx, k.Admitted()).Result()
+		if err != nil {
+			return nil, fmt.Errorf("run %s in flight: %w", name, err)
+		}
+		if len(admitted) == 0 {
+			continue
+		}
+		specs, err := s.client.HMGet(ctx, k.Specs(), admitted...).Result()
+		if err != nil {
+			return nil, fmt.Errorf("run %s in flight: %w", name, err)
+		}
+		out[name] = map[string]string{}
+		for i, key := range admitted {
+			if spec, ok := specs[i].(string); ok {
+				out[name][key] = spec
+			}
+		}
+	}
+	return out, nil
+}
+
+// Waiting returns the payload of the eval key of run name while it waits
+// for admission, or is admitted and not yet in its pool's queue; ok is
+// false once it is past that, or for no such eval.
+func (s *Store) Waiting(ctx context.Context, name, key string) (spec []byte, ok bool, err error) {
+	if ValidateName(name) != nil {
+		return nil, false, nil
+	}
+	b, err := s.client.HGet(ctx, keys.ForRun(name).Specs(), key).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("run %s: eval %s: %w", name, key, err)
+	}
+	return b, true, nil
+}
+
+// Share is what a run asked of its pool, and what it has of it now.
+type Share struct {
+	Weight       int    `json:"weight"`
+	MaxExecutors int    `json:"max_executors"`
+	Priority     string `json:"priority"`
+	// InFlight are its evals admitted that have not ended; Queued, those
+	// waiting for admission.
+	InFlight int `json:"in_flight"`
+	Queued   int `json:"queued"`
+}
+
+// Share reads run name's share, in O(1).
+func (s *Store) Share(ctx context.Context, name string) (Share, error) {
+	k := keys.ForRun(name)
+	meta := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta())
+	inflight := redis.NewIntCmd(ctx, "scard", k.Admitted())
+	queued := redis.NewIntCmd(ctx, "llen", k.Queued())
+	if err := s.read(ctx, name, meta, inflight, queued); err != nil {
+		return Share{}, err
+	}
+	r, err := runOf(name, meta.Val(), nil)
+	if err != nil {
+		return Share{}, err
+	}
+	return Share{Weight: r.Weight, MaxExecutors: r.MaxExecutors, Priority: r.Priority, InFlight: int(inflight.Val()), Queued: int(queued.Val())}, nil
+}
