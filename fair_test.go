@@ -1,15 +1,10 @@
 package evalpool_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"net/http/httptest"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,75 +18,12 @@ import (
 	"github.com/evalpool/evalpool/worker"
 )
 
-// runCalls is what the executors saw of each run: its calls in flight now
-// and at most, and its calls' spans, so that a run's share of the pool is
-// measured where it is spent.
-type runCalls struct {
-	next http.Handler
-	mu   sync.Mutex
-	now  map[string]int
-	peak map[string]int
-	// spans are each call's [start, end), by run.
-	spans map[string][][2]time.Time
-}
-
-func (c *runCalls) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/v1/evals") {
-		c.next.ServeHTTP(w, r)
-		return
-	}
-	body, _ := io.ReadAll(r.Body)
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	var req struct {
-		EvalID string `json:"eval_id"`
-	}
-	_ = json.Unmarshal(body, &req)
-	name, _, _ := strings.Cut(req.EvalID, "/")
-	start := time.Now()
-	c.mu.Lock()
-	c.now[name]++
-	c.peak[name] = max(c.peak[name], c.now[name])
-	c.mu.Unlock()
-	c.next.ServeHTTP(w, r)
-	c.mu.Lock()
-	c.now[name]--
-	c.spans[name] = append(c.spans[name], [2]time.Time{start, time.Now()})
-	c.mu.Unlock()
-}
-
-// busy is how long the executors spent on run name's calls within
-// [from, to).
-func (c *runCalls) busy(name string, from, to time.Time) time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var d time.Duration
-	for _, s := range c.spans[name] {
-		a, b := s[0], s[1]
-		if a.Before(from) {
-			a = from
-		}
-		if b.After(to) {
-			b = to
-		}
-		if b.After(a) {
-			d += b.Sub(a)
-		}
-	}
-	return d
-}
-
-func (c *runCalls) peakOf(name string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.peak[name]
-}
-
 // fairBundle is a pool of 8 executors whose calls take 50 ms, behind
 // runCalls, and a worker for it.
 type fairBundle struct {
 	c     *evalpool.Client
 	pool  string
-	calls *runCalls
+	calls *evaltest.RunCalls
 }
 
 func fairSetup(t *testing.T) *fairBundle {
@@ -106,7 +38,7 @@ func fairSetup(t *testing.T) *fairBundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.calls = &runCalls{next: fleet, now: map[string]int{}, peak: map[string]int{}, spans: map[string][][2]time.Time{}}
+	b.calls = evaltest.NewRunCalls(fleet)
 	srv := httptest.NewServer(b.calls)
 	t.Cleanup(srv.Close)
 	p, err := b.c.Pool(b.pool)
@@ -197,7 +129,7 @@ func TestWeightsSplitThePool(t *testing.T) {
 	from := time.Now()
 	evaltest.Eventually(t, 30*time.Second, "a window of 4 s", func() bool { return time.Since(from) > 4*time.Second })
 	to := time.Now()
-	three, one := b.calls.busy("three", from, to), b.calls.busy("one", from, to)
+	three, one := b.calls.Busy("three", from, to), b.calls.Busy("one", from, to)
 	share := float64(three) / float64(three+one)
 	t.Logf("executor time: weight 3 %s, weight 1 %s: %.0f/%.0f", three.Round(time.Millisecond), one.Round(time.Millisecond), 100*share, 100*(1-share))
 	if share < 0.65 || share > 0.85 {
@@ -213,7 +145,7 @@ func TestCapAndPriority(t *testing.T) {
 	b := fairSetup(t)
 	start := b.submit(t, "capped", 40, client.RunRequest{MaxExecutors: 2})
 	b.waitRun(t, "capped", 30*time.Second)
-	if peak := b.calls.peakOf("capped"); peak > 2 || peak == 0 {
+	if peak := b.calls.Peak("capped"); peak > 2 || peak == 0 {
 		t.Errorf("the executors saw %d calls of a run capped at 2 at once", peak)
 	}
 	t.Logf("40 evals capped at 2 executors: %s", time.Since(start).Round(time.Millisecond))
@@ -227,7 +159,7 @@ func TestCapAndPriority(t *testing.T) {
 	start = b.submit(t, "urgent", 40, client.RunRequest{Priority: run.PriorityHigh})
 	took := b.waitRun(t, "urgent", 30*time.Second).Sub(start)
 	from := start.Add(took / 4) // what the normal run had in flight ended
-	urgent, normal := b.calls.busy("urgent", from, start.Add(took)), b.calls.busy("normal", from, start.Add(took))
+	urgent, normal := b.calls.Busy("urgent", from, start.Add(took)), b.calls.Busy("normal", from, start.Add(took))
 	t.Logf("a high priority run of 40 behind a normal one of 2,000: %s; executor time then: %s urgent, %s normal", took.Round(time.Millisecond), urgent.Round(time.Millisecond), normal.Round(time.Millisecond))
 	if urgent < 3*normal {
 		t.Errorf("while the high priority run ran, it had %s of the executors' time and the normal one %s: want it served first", urgent, normal)

@@ -413,3 +413,12 @@ func TestCancel(t *testing.T) {
 		t.Fatalf("the ended eval is %s", s)
 	}
 }
+
+// A negative poll interval is refused in one line, not a panic.
+func TestWaitRefusesANegativeInterval(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if err := client.WaitWith(t.Context(), b.insp, b.pool.Name(), []string{"e"}, client.WaitOptions{Every: -1}); err == nil || !strings.Contains(err.Error(), "may not be negative") {
+		t.Fatalf("WaitWith(Every: -1) = %v, want refused", err)
+	}
+}

@@ -98,6 +98,9 @@ func Submit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *poo
 	if req.Epochs < 0 || req.Epochs > run.MaxEpochs {
 		return run.Run{}, fmt.Errorf("%w: run %s: %d epochs: want 1 to %d", tasks.ErrBadPayload, r.Name, req.Epochs, run.MaxEpochs)
 	}
+	if err := r.CheckShare(); err != nil {
+		return run.Run{}, err
+	}
 	n := len(req.Evals) * r.Epochs
 	batch := make([]*asynq.Task, 0, n)
 	ids := make([]string, 0, n)

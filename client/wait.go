@@ -115,6 +115,9 @@ type WaitOptions struct {
 // calling opts.Finished for each as it ends. It returns the context's
 // cause, with how many are left, if the context ends first.
 func WaitWith(ctx context.Context, insp *asynq.Inspector, pool string, ids []string, opts WaitOptions) error {
+	if opts.Every < 0 {
+		return fmt.Errorf("wait: the poll interval may not be negative, got %s", opts.Every)
+	}
 	pending := append([]string(nil), ids...)
 	tick := time.NewTicker(cmp.Or(opts.Every, DefaultWaitEvery))
 	defer tick.Stop()

@@ -122,26 +122,34 @@ local function bind(keys)
   redis_now, pool_now, settings = nil, nil, nil
 end
 
--- The defaults of the settings (pool.Settings says what each is for).
+-- The defaults of the settings, and their bounds (pool.Settings says what
+-- each is for; pool/settings.go holds the same).
 local DEFAULTS = {
   grace_ms = 2000, quarantine_after = 3, fail_rate = 0, probe_ms = 10000, probe_max_ms = 60000,
+}
+local BOUNDS = {
+  grace_ms = 600000, quarantine_after = 1000000, fail_rate = 1, probe_ms = 86400000, probe_max_ms = 86400000,
 }
 
 -- setting returns the pool's setting name: the settings hash's, else its
 -- default. Only the paths that use one read them (a reclaim, a failure, a
 -- probe), so that a lease that passes costs no read. A value pool config
--- would not write (negative, not finite, a share over 1) is the default:
--- a negative grace would reclaim live leases.
+-- would not write is the default: a share is decimal digits (with a point)
+-- up to 1, any other setting whole decimal digits up to its bound, so that
+-- neither a negative grace (live leases reclaimed) nor a huge one (dead
+-- holders' leases kept) applies, nor what Lua alone would read (0x10).
 local function setting(name)
   if not settings then
     settings = {}
     local kv = redis.call('HGETALL', K_SETTINGS)
     for i = 1, #kv, 2 do
-      settings[kv[i]] = tonumber(kv[i + 1])
+      settings[kv[i]] = kv[i + 1]
     end
   end
-  local v = settings[name]
-  if not v or v ~= v or v < 0 or v == math.huge or (name == 'fail_rate' and v > 1) then
+  local raw = settings[name]
+  local pattern = name == 'fail_rate' and '^%d*%.?%d+$' or '^%d+$'
+  local v = raw and #raw <= 20 and string.match(raw, pattern) and tonumber(raw)
+  if not v or v > BOUNDS[name] then
     return DEFAULTS[name]
   end
   return v

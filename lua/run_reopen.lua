@@ -10,7 +10,9 @@
 --   KEYS[4] meta     HASH  the run's name, pool, size, reconciled...
 --   KEYS[5] evals    LIST  the run's eval keys, in order
 --   KEYS[6] ended    LIST  the ended eval keys, in the order they ended
---   KEYS[7..9]       specs, queued, admitted (run_finish.lua)
+--   KEYS[7] specs    HASH  eval key -> its task's payload, until it ends
+--   KEYS[8] queued   LIST  eval keys waiting for admission (admit_run.lua)
+--   KEYS[9] admitted SET   eval keys admitted that have not ended
 -- ARGV[1] how long the run's keys live from now, in ms, unless the run's
 --         meta names its own retention (ms)
 -- ARGV[2] the statuses to reopen, comma-separated (errored,failed)

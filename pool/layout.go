@@ -136,7 +136,7 @@ func (p *Pool) checkTypes(ctx context.Context) ([]Violation, error) {
 		return nil, fmt.Errorf("pool: check the settings of %s: %w", p.name, err)
 	}
 	for field, value := range settings {
-		if _, ok := settingValue(field, value); !ok || !slices.Contains(settingFields, field) {
+		if _, ok := settingValue(field, value); !ok {
 			vs = append(vs, Violation{Invariant: invariantTypes, Problem: fmt.Sprintf("%s holds %s = %q, not a setting pool config writes: the pool applies the default (pool config writes them again)", p.keys.Settings(), field, value)})
 		}
 	}

@@ -28,6 +28,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -134,6 +135,10 @@ func scriptErr(err error) error {
 	return err
 }
 
+// MaxLeaseTTL bounds a lease's TTL: a lease is renewed while its holder
+// runs, so a long TTL only delays the return of a dead holder's executor.
+const MaxLeaseTTL = 24 * time.Hour
+
 // Defaults of Options.
 const (
 	DefaultName         = "default"
@@ -162,8 +167,8 @@ type Options struct {
 }
 
 func (o *Options) validate() error {
-	if strings.ContainsAny(o.Name, "{},") {
-		return fmt.Errorf("%w: pool name %q may not contain '{', '}' or ','", ErrInvalid, o.Name)
+	if strings.ContainsAny(o.Name, "{},") || strings.ContainsFunc(o.Name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+		return fmt.Errorf("%w: pool name %q may not contain '{', '}', ',', spaces or control characters", ErrInvalid, o.Name)
 	}
 	if o.ReclaimBatch < 0 {
 		return fmt.Errorf("%w: ReclaimBatch may not be negative, got %d", ErrInvalid, o.ReclaimBatch)
@@ -698,8 +703,8 @@ func (p *Pool) acquire(ctx context.Context, evalID string, ttl time.Duration, ar
 	if evalID == "" {
 		return Lease{}, fmt.Errorf("%w: empty eval ID", ErrInvalid)
 	}
-	if ttl < time.Millisecond {
-		return Lease{}, fmt.Errorf("%w: lease TTL must be at least 1ms, got %s", ErrInvalid, ttl)
+	if ttl < time.Millisecond || ttl > MaxLeaseTTL {
+		return Lease{}, fmt.Errorf("%w: lease TTL must be from 1ms to %s, got %s", ErrInvalid, MaxLeaseTTL, ttl)
 	}
 	token, err := newToken()
 	if err != nil {

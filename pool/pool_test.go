@@ -600,12 +600,12 @@ func TestRegisterMany(t *testing.T) {
 
 func TestOptionsValidate(t *testing.T) {
 	t.Parallel()
-	for _, opts := range []Options{{Name: "a{b"}, {Name: "a}"}, {ReclaimBatch: -1}} {
+	for _, opts := range []Options{{Name: "a{b"}, {Name: "a}"}, {Name: " "}, {Name: "x\n"}, {ReclaimBatch: -1}} {
 		if _, err := New(nil, opts); !errors.Is(err, ErrInvalid) {
 			t.Errorf("New(%+v): err = %v, want ErrInvalid", opts, err)
 		}
 	}
-	for _, ttl := range []time.Duration{0, -time.Second, time.Microsecond} {
+	for _, ttl := range []time.Duration{0, -time.Second, time.Microsecond, MaxLeaseTTL + time.Millisecond} {
 		p, _ := New(nil, Options{})
 		if _, err := p.Acquire(t.Context(), "e", ttl, AcquireArgs{}); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Acquire(ttl=%s): err = %v, want ErrInvalid", ttl, err)

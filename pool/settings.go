@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
+	"regexp"
 	"strconv"
 	"time"
 
@@ -18,6 +18,14 @@ const (
 	DefaultQuarantine = 3
 	DefaultProbe      = 10 * time.Second
 	DefaultProbeMax   = time.Minute
+)
+
+// The bounds of Settings; lib.lua's BOUNDS holds the same. A grace longer
+// than this keeps the leases of dead holders for longer than anyone waits.
+const (
+	MaxLeaseGrace      = 10 * time.Minute
+	MaxQuarantineAfter = 1_000_000
+	MaxProbeInterval   = 24 * time.Hour
 )
 
 // Settings are what every process using a pool must agree on. They live
@@ -56,14 +64,18 @@ type Settings struct {
 func (s Settings) validate() error {
 	ms := func(d time.Duration) bool { return d == 0 || d >= time.Millisecond && d%time.Millisecond == 0 }
 	switch {
-	case s.LeaseGrace < 0 || !ms(s.LeaseGrace):
-		return fmt.Errorf("%w: the lease grace is whole milliseconds, not negative, got %s", ErrInvalid, s.LeaseGrace)
+	case s.LeaseGrace < 0 || s.LeaseGrace > MaxLeaseGrace || !ms(s.LeaseGrace):
+		return fmt.Errorf("%w: the lease grace is whole milliseconds up to %s, got %s", ErrInvalid, MaxLeaseGrace, s.LeaseGrace)
+	case s.QuarantineAfter > MaxQuarantineAfter:
+		return fmt.Errorf("%w: quarantine after at most %d calls, got %d", ErrInvalid, MaxQuarantineAfter, s.QuarantineAfter)
 	case s.QuarantineFailRate < 0 || s.QuarantineFailRate > 1 || s.QuarantineFailRate != s.QuarantineFailRate:
 		return fmt.Errorf("%w: the quarantine fail rate is a share from 0 to 1, got %g", ErrInvalid, s.QuarantineFailRate)
-	case s.ProbeInterval < 0 || !ms(s.ProbeInterval):
-		return fmt.Errorf("%w: the probe interval is whole milliseconds, at least 1ms, got %s", ErrInvalid, s.ProbeInterval)
-	case s.ProbeMaxInterval < 0 || !ms(s.ProbeMaxInterval):
-		return fmt.Errorf("%w: the longest probe interval is whole milliseconds, at least 1ms, got %s", ErrInvalid, s.ProbeMaxInterval)
+	case s.ProbeInterval < 0 || s.ProbeInterval > MaxProbeInterval || !ms(s.ProbeInterval):
+		return fmt.Errorf("%w: the probe interval is whole milliseconds up to %s, got %s", ErrInvalid, MaxProbeInterval, s.ProbeInterval)
+	case s.ProbeMaxInterval < 0 || s.ProbeMaxInterval > MaxProbeInterval || !ms(s.ProbeMaxInterval):
+		return fmt.Errorf("%w: the longest probe interval is whole milliseconds up to %s, got %s", ErrInvalid, MaxProbeInterval, s.ProbeMaxInterval)
+	case s.ProbeInterval > 0 && s.ProbeMaxInterval > 0 && s.ProbeMaxInterval < s.ProbeInterval:
+		return fmt.Errorf("%w: the longest probe interval %s is shorter than the first, %s", ErrInvalid, s.ProbeMaxInterval, s.ProbeInterval)
 	}
 	return nil
 }
@@ -102,12 +114,32 @@ const (
 // settingFields are the settings hash's fields, in Settings' order.
 var settingFields = []string{fieldGrace, fieldAfter, fieldFailRate, fieldProbe, fieldProbeMax}
 
+// settingBounds are each field's largest value, in its unit.
+var settingBounds = map[string]float64{
+	fieldGrace: float64(MaxLeaseGrace.Milliseconds()), fieldAfter: MaxQuarantineAfter, fieldFailRate: 1,
+	fieldProbe: float64(MaxProbeInterval.Milliseconds()), fieldProbeMax: float64(MaxProbeInterval.Milliseconds()),
+}
+
+var (
+	wholeDigits   = regexp.MustCompile(`^[0-9]+$`)
+	decimalDigits = regexp.MustCompile(`^[0-9]*\.?[0-9]+$`)
+)
+
 // settingValue reads a setting's field as lib.lua's setting does: false for
 // one missing, or not a value Configure writes (the pool applies the
-// default).
+// default): a share is decimal digits up to 1, any other whole decimal
+// digits up to its bound.
 func settingValue(field, s string) (float64, bool) {
+	pattern := wholeDigits
+	if field == fieldFailRate {
+		pattern = decimalDigits
+	}
+	bound, known := settingBounds[field]
+	if !known || len(s) > 20 || !pattern.MatchString(s) {
+		return 0, false
+	}
 	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || field == fieldFailRate && v > 1 {
+	if err != nil || v > bound {
 		return 0, false
 	}
 	return v, true

@@ -3,7 +3,10 @@ package pool
 import (
 	"errors"
 	"testing"
+
 	"time"
+
+	"github.com/evalpool/evalpool/internal/evaltest"
 )
 
 // TestSettingsAreThePools: settings written through one handle are what
@@ -91,6 +94,11 @@ func TestSettingsForeignValues(t *testing.T) {
 	if err := b.client.HSet(ctx, p.keys.Settings(), fieldGrace, "-3600000", fieldFailRate, "2", fieldProbe, "nan", fieldAfter, "inf", "colour", "blue").Err(); err != nil {
 		t.Fatal(err)
 	}
+	for _, grace := range []string{"1e308", "9223372036854775807", "0x7fffffffffffffff", "99999999999999", "1.5"} {
+		if v, ok := settingValue(fieldGrace, grace); ok {
+			t.Errorf("grace %q read as %g, want refused", grace, v)
+		}
+	}
 	held := acquire(t, p, "holder", time.Minute)
 	if n, err := p.Reap(ctx); err != nil || n != 0 {
 		t.Fatalf("Reap = %d, %v; a live lease must not be reclaimed, whatever grace is written", n, err)
@@ -110,5 +118,39 @@ func TestSettingsForeignValues(t *testing.T) {
 		if v.Invariant != invariantTypes {
 			t.Errorf("violation %s, want invariant %d", v, invariantTypes)
 		}
+	}
+}
+
+// TestForeignGraceIsTheDefault: a grace written by hand that pool config
+// would not write, whether Lua would read it or not, is applied as the
+// default: a lease is not reclaimed before the default grace (0x10 read as
+// 16 ms), and is reclaimed after it (1e308 read as written kept a dead
+// holder's executor for ever); pool check names it.
+func TestForeignGraceIsTheDefault(t *testing.T) {
+	t.Parallel()
+	for _, grace := range []string{"0x10", "1e308", "99999999999999", "1.5"} {
+		t.Run(grace, func(t *testing.T) {
+			t.Parallel()
+			p, b := setup(t, "http://e1")
+			ctx := t.Context()
+			if err := b.client.HSet(ctx, p.keys.Settings(), fieldGrace, grace).Err(); err != nil {
+				t.Fatal(err)
+			}
+			l := acquire(t, p, "dead-holder", 100*time.Millisecond)
+			evaltest.Eventually(t, 5*time.Second, "past the deadline", func() bool {
+				now, err := b.client.Time(ctx).Result()
+				return err == nil && now.After(l.Deadline.Add(300*time.Millisecond))
+			})
+			if n, err := p.Reap(ctx); err != nil || n != 0 {
+				t.Fatalf("Reap within the default grace = %d, %v; want 0", n, err)
+			}
+			waitReclaimable(t, p, l)
+			if n, err := p.Reap(ctx); err != nil || n != 1 {
+				t.Fatalf("Reap past the default grace = %d, %v; want the dead holder's lease reclaimed", n, err)
+			}
+			if vs, err := p.Check(ctx); err != nil || len(vs) != 1 || vs[0].Invariant != invariantTypes {
+				t.Fatalf("Check = %v, %v; want the grace named", vs, err)
+			}
+		})
 	}
 }

@@ -140,8 +140,8 @@ type Run struct {
 // weight is the run's weight, 1 when unset.
 func (r Run) weight() int { return max(r.Weight, 1) }
 
-// checkShare refuses a weight, cap or priority Admit cannot apply.
-func (r Run) checkShare() error {
+// CheckShare refuses a weight, cap or priority Admit cannot apply.
+func (r Run) CheckShare() error {
 	switch {
 	case r.Weight < 0 || r.Weight > MaxWeight:
 		return fmt.Errorf("%w: run %s: weight %d: want 1 to %d", ErrInvalid, r.Name, r.Weight, MaxWeight)
@@ -220,7 +220,7 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 	if r.Epochs < 0 || r.Epochs > MaxEpochs {
 		return fmt.Errorf("%w: run %s: %d epochs: want 1 to %d", ErrInvalid, r.Name, r.Epochs, MaxEpochs)
 	}
-	if err := r.checkShare(); err != nil {
+	if err := r.CheckShare(); err != nil {
 		return err
 	}
 	req, err := json.Marshal(r.Require)

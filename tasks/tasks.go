@@ -124,8 +124,7 @@ const (
 	// may spend up to half of it waiting for an executor, and the eval's own
 	// timeout starts when it has one, so that waiting never eats it.
 	WaitAllowance = 2 * time.Minute
-	// MaxLeaseTTL bounds a lease's TTL: a lease is renewed while its eval
-	// runs, so a long TTL only delays the return of a dead worker's executor.
+	// MaxLeaseTTL bounds a lease's TTL (pool.MaxLeaseTTL).
 	MaxLeaseTTL     = 24 * time.Hour
 	DefaultMaxRetry = 3
 	// CleanupMaxRetry is high: a cleanup that cannot reach Redis must keep

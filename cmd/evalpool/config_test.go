@@ -39,6 +39,8 @@ func TestPoolConfig(t *testing.T) {
 	}{
 		{[]string{"--quarantine-after", "0"}, 0, pool.Settings{LeaseGrace: 2 * time.Second, QuarantineAfter: -1, ProbeInterval: 10 * time.Second, ProbeMaxInterval: time.Minute}},
 		{[]string{"--lease-grace", "500ms", "--probe-interval", "2m"}, 0, pool.Settings{LeaseGrace: 500 * time.Millisecond, QuarantineAfter: -1, ProbeInterval: 2 * time.Minute, ProbeMaxInterval: 2 * time.Minute}},
+		{[]string{"--probe-max-interval", "1m"}, 2, pool.Settings{LeaseGrace: 500 * time.Millisecond, QuarantineAfter: -1, ProbeInterval: 2 * time.Minute, ProbeMaxInterval: 2 * time.Minute}},
+		{[]string{"--lease-grace", "11m"}, 2, pool.Settings{LeaseGrace: 500 * time.Millisecond, QuarantineAfter: -1, ProbeInterval: 2 * time.Minute, ProbeMaxInterval: 2 * time.Minute}},
 		{[]string{"--quarantine-on-fail-rate", "2"}, 2, pool.Settings{LeaseGrace: 500 * time.Millisecond, QuarantineAfter: -1, ProbeInterval: 2 * time.Minute, ProbeMaxInterval: 2 * time.Minute}},
 		{[]string{"--lease-grace", "-1s"}, 2, pool.Settings{LeaseGrace: 500 * time.Millisecond, QuarantineAfter: -1, ProbeInterval: 2 * time.Minute, ProbeMaxInterval: 2 * time.Minute}},
 		{[]string{"--quarantine-after", "5", "--quarantine-on-fail-rate", "0.9"}, 0, pool.Settings{LeaseGrace: 500 * time.Millisecond, QuarantineAfter: 5, QuarantineFailRate: 0.9, ProbeInterval: 2 * time.Minute, ProbeMaxInterval: 2 * time.Minute}},

@@ -385,6 +385,8 @@ keep their values.`,
 				}
 				if f.Changed("probe-max-interval") {
 					cur.ProbeMaxInterval = s.ProbeMaxInterval
+				} else {
+					cur.ProbeMaxInterval = max(cur.ProbeMaxInterval, cur.ProbeInterval) // the longest follows the first up
 				}
 				if err := p.Configure(c.Context(), cur); err != nil {
 					return usageError{err}
