@@ -70,11 +70,12 @@ func (w *Worker) watchEpochs(ctx context.Context) {
 			sp.epoch.mu.Unlock()
 			switch {
 			case last != "" && epoch == "":
-				w.cfg.Metrics.poolLost.WithLabelValues(name).Inc()
+				// Logged before it is counted: whoever sees the count finds the line.
 				w.log.Error().Str("pool", name).Msg("pool data lost: its keys vanished (FLUSHALL, eviction, or a Redis restart without persistence); evals wait until executors are registered again with `evalpool pool add`")
-			case last != "" && epoch != last:
 				w.cfg.Metrics.poolLost.WithLabelValues(name).Inc()
+			case last != "" && epoch != last:
 				w.log.Error().Str("pool", name).Msg("pool data lost and created anew: leases held before are gone; check the executors with `evalpool pool status`")
+				w.cfg.Metrics.poolLost.WithLabelValues(name).Inc()
 			case last == "" && epoch != "" && !migrated:
 				w.log.Info().Str("pool", name).Msg("pool created: executors registered")
 			}
