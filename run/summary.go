@@ -21,6 +21,9 @@ type Summary struct {
 	// Meta and Epochs are the run's (Run).
 	Meta   map[string]string `json:"meta,omitempty"`
 	Epochs int               `json:"epochs"`
+	// Share is what the run asked of its pool, and has of it now; its
+	// executors held now are Counts.Running.
+	Share Share `json:"share"`
 	Counts
 	// PassRate is passed over passed, failed and errored; -1 before any
 	// ended. Cancelled evals do not count.
@@ -166,6 +169,9 @@ func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, e
 		}
 	}
 	sum.Pending = max(0, sum.Size-sum.Done()-sum.Running)
+	if sum.Share, err = s.Share(ctx, name); err != nil {
+		return Summary{}, err
+	}
 	if against != "" {
 		o, other, _, err := s.Records(ctx, against)
 		if err != nil {

@@ -9,7 +9,7 @@ import (
 
 // TestRunShareFlags: run submit takes a run's weight, cap and priority,
 // and refuses, in one line and writing nothing, those no run can have; run
-// status shows what the run asked and holds.
+// status and summary show what the run asked and holds.
 func TestRunShareFlags(t *testing.T) {
 	t.Parallel()
 	client := evaltest.Client(t)
@@ -33,5 +33,8 @@ func TestRunShareFlags(t *testing.T) {
 	r := cli("run", "status", "shared")
 	if r.code != 0 || !strings.Contains(r.stdout, "share: weight 3, at most 2 executors, priority high; 0 executors held now, 2 evals in flight, 0 waiting for admission") {
 		t.Fatalf("run status: %+v", r)
+	}
+	if r := cli("run", "summary", "shared"); r.code != 0 || !strings.Contains(r.stdout, "share weight 3, at most 2 executors (0: no cap), priority high") {
+		t.Fatalf("run summary: %+v", r)
 	}
 }

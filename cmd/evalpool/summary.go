@@ -43,6 +43,9 @@ func printSummary(w io.Writer, s evalrun.Summary) {
 		}
 		fmt.Fprintf(w, "  meta %s\n", strings.Join(kv, " "))
 	}
+	if sh := s.Share; sh.Weight > 1 || sh.MaxExecutors > 0 || sh.Priority == evalrun.PriorityHigh {
+		fmt.Fprintf(w, "  share weight %d, at most %d executors (0: no cap), priority %s\n", sh.Weight, sh.MaxExecutors, sh.Priority)
+	}
 	fmt.Fprintf(w, "  passed %d, failed %d, errored %d, cancelled %d, running %d, pending %d\n", s.Passed, s.Failed, s.Errored, s.Cancelled, s.Running, s.Pending)
 	printIncomplete(w, s.Name, s.Submission, s.Enqueued, s.Size)
 	if s.PassRate >= 0 {
