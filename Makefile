@@ -31,7 +31,7 @@ fuzz: ## Fuzz payload decoding and executor-answer parsing, FUZZTIME (executions
 	$(GO) test -run '^$$' -fuzz '^FuzzParseResult$$' -fuzztime $(FUZZTIME) ./executor
 
 .PHONY: chaos
-chaos: ## The chaos suite: 1,000 evals on real processes under seeded faults (EVALPOOL_CHAOS_SEED=N replays)
+chaos: ## The chaos suite: 1,200 evals (600 in three runs of weights 1, 2, 3) on real processes under seeded faults (EVALPOOL_CHAOS_SEED=N replays)
 	$(GO) test -tags chaos -run '^TestChaos$$' -count=1 -timeout 20m -v ./cmd/evalpool | tee chaos.out | grep -E '^(chaos seed|--- |ok|FAIL|PASS)'
 
 .PHONY: sentinel

@@ -24,15 +24,19 @@ import (
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/refexec"
+	evalrun "github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
 )
 
-// chaosPool is one pool of the chaos run: its executors and its evals.
+// chaosPool is one pool of the chaos run: its executors, its evals, and
+// its runs, which share it by weight.
 type chaosPool struct {
 	name      string
 	executors []*proc
 	urls      []string
 	ids       []string
+	runs      []string
+	runEvals  int
 }
 
 // TestChaos runs evals on real processes (Redis with AOF, two pools on it,
@@ -127,26 +131,38 @@ echo '{"status":"passed"}'`, lock, graderOverlaps)}
 		workers = append(workers, startProc(t, fmt.Sprint("worker-", i), args...))
 	}
 
-	// One eval in twenty outlives its lease two times over.
-	for pi, p := range pools {
-		n := []int{1000, 200}[pi]
-		file := filepath.Join(t.TempDir(), p.name+".jsonl")
+	// One eval in twenty outlives its lease two times over. Pool default
+	// also has three runs of weights 1, 2 and 3 in flight at once, beside
+	// its plain evals.
+	suite := func(name string, n int) string {
+		file := filepath.Join(t.TempDir(), name+".jsonl")
 		var lines strings.Builder
 		for i := range n {
 			sleep := 30
 			if rng.IntN(20) == 0 {
 				sleep = 2500
 			}
-			fmt.Fprintf(&lines, `{"eval_id":"%s-%04d","spec":{"sleep_ms":%d}}`+"\n", p.name, i, sleep)
+			fmt.Fprintf(&lines, `{"eval_id":"%s-%04d","spec":{"sleep_ms":%d}}`+"\n", name, i, sleep)
 		}
 		if err := os.WriteFile(file, []byte(lines.String()), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		r := runCLI(t, url, p.name, "enqueue", "--file", file, "--max-retry", "10", "--timeout", "30s")
+		return file
+	}
+	for pi, p := range pools {
+		r := runCLI(t, url, p.name, "enqueue", "--file", suite(p.name, []int{400, 200}[pi]), "--max-retry", "10", "--timeout", "30s")
 		if r.code != 0 {
 			t.Fatalf("enqueue to %s: %+v", p.name, r)
 		}
 		p.ids = strings.Fields(r.stdout)
+	}
+	for w := 1; w <= 3; w++ {
+		name := fmt.Sprintf("weight%d", w)
+		r := runCLI(t, url, pools[0].name, "run", "submit", "--file", suite(name, 200), "--name", name, "--weight", strconv.Itoa(w), "--max-retry", "10", "--timeout", "30s")
+		if r.code != 0 {
+			t.Fatalf("run submit %s: %+v", name, r)
+		}
+		pools[0].runs, pools[0].runEvals = append(pools[0].runs, name), pools[0].runEvals+200
 	}
 
 	// Counters of executors that get restarted, carried over.
@@ -282,10 +298,40 @@ echo '{"status":"passed"}'`, lock, graderOverlaps)}
 		}
 	}
 
+	// Every eval of the runs ends, each once, on its pool's executors.
+	runs := evalrun.NewStore(client, evalrun.Options{})
+	for _, p := range pools {
+		for _, name := range p.runs {
+			evaltest.Eventually(t, 6*time.Minute, "run "+name+" never ended", func() bool {
+				c, err := runs.Progress(t.Context(), name)
+				return err == nil && c.Pending == 0 && c.Running == 0
+			})
+			_, recs, err := runs.Results(t.Context(), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, rec := range recs {
+				switch rec.Status {
+				case evalrun.Passed, evalrun.Failed:
+					completed++
+				case evalrun.Errored:
+					archived++
+					reasons[reason(rec.Error)]++
+				default:
+					t.Errorf("run %s: eval %s ended %s", name, rec.Key, rec.Status)
+				}
+				if rec.Executor != "" && !slices.Contains(p.urls, rec.Executor) {
+					foreign++
+					t.Errorf("eval %s of run %s ran on %q, not one of its pool's executors", rec.Key, name, rec.Executor)
+				}
+			}
+		}
+	}
+
 	var doubles, stale, lost, violations, total int64
 	overlaps, fenced, expired := gone.Overlaps, gone.Fenced, gone.LeaseExpired
 	for _, p := range pools {
-		total += int64(len(p.ids))
+		total += int64(len(p.ids) + p.runEvals)
 		ps, err := pool.New(client, pool.Options{Name: p.name})
 		if err != nil {
 			t.Fatal(err)
@@ -331,7 +377,7 @@ echo '{"status":"passed"}'`, lock, graderOverlaps)}
 		t.Logf("graders that ran beside another on one executor: %d (%s)", n, strings.Fields(string(b)))
 		overlaps += n
 	}
-	line := fmt.Sprintf("chaos seed=%d: evals %d enqueued in 2 pools, %d completed, %d archived %s, %d on a foreign executor; faults %s; "+
+	line := fmt.Sprintf("chaos seed=%d: evals %d enqueued in 2 pools (600 of them in 3 runs of weights 1, 2, 3), %d completed, %d archived %s, %d on a foreign executor; faults %s; "+
 		"spellings refused %d; second and double releases %d absorbed, %d of them stale; fencing rejections %d; leases expired at executors %d; "+
 		"overlaps %d; executors lost %d; check violations %d",
 		seed, total, completed, archived, formatCounts(reasons), foreign, formatCounts(faults), refused, doubles, stale, fenced, expired,
