@@ -165,3 +165,41 @@ func TestCapAndPriority(t *testing.T) {
 		t.Errorf("while the high priority run ran, it had %s of the executors' time and the normal one %s: want it served first", urgent, normal)
 	}
 }
+
+// A cancelled run leaves nothing to admit: a run submitted after a
+// cancelled high priority backlog runs at once, not one eval per
+// starvation guard behind the backlog's cancelled evals.
+func TestACancelledRunLeavesNothingToAdmit(t *testing.T) {
+	t.Parallel()
+	b := fairSetup(t)
+	b.submit(t, "backlog", 5000, client.RunRequest{Priority: run.PriorityHigh})
+	b.cancel(t, "backlog")
+	start := b.submit(t, "after", 10, client.RunRequest{})
+	took := b.waitRun(t, "after", 30*time.Second).Sub(start)
+	if sh, err := b.c.Runs().Share(t.Context(), "backlog"); err != nil || sh.Queued != 0 || sh.InFlight != 0 {
+		t.Errorf("the cancelled run's share: %+v, %v; want nothing queued or in flight", sh, err)
+	}
+	t.Logf("10 evals after a cancelled high priority run of 5,000: %s", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("10 evals after a cancelled run took %s", took)
+	}
+}
+
+// More open runs than one admission looks at (MaxActiveRuns) all run: a
+// run whose evals ended leaves the admissible runs at once.
+func TestManyRunsAllRun(t *testing.T) {
+	t.Parallel()
+	b := fairSetup(t)
+	start := time.Now()
+	n := run.MaxActiveRuns + 50
+	for i := range n {
+		b.submit(t, fmt.Sprintf("many-%03d", i), 2, client.RunRequest{})
+	}
+	for i := range n {
+		b.waitRun(t, fmt.Sprintf("many-%03d", i), 60*time.Second)
+	}
+	t.Logf("%d runs of 2 evals on 8 executors: %s", n, time.Since(start).Round(time.Millisecond))
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("%d runs of 2 evals took %s", n, took)
+	}
+}

@@ -39,10 +39,11 @@ type RunRequest struct {
 	Meta   map[string]string `json:"meta,omitempty"`
 	Epochs int               `json:"epochs,omitempty"`
 	// Weight, MaxExecutors and Priority are the run's share of the pool
-	// (client.RunRequest's): 1, no cap and normal when absent.
-	Weight       int    `json:"weight,omitempty"`
-	MaxExecutors int    `json:"max_executors,omitempty"`
-	Priority     string `json:"priority,omitempty"`
+	// (client.RunRequest's): 1, no cap and normal when absent; a value
+	// given is checked as given (a weight of 0 is refused).
+	Weight       *int    `json:"weight,omitempty"`
+	MaxExecutors *int    `json:"max_executors,omitempty"`
+	Priority     *string `json:"priority,omitempty"`
 }
 
 // RunEval is one eval of a RunRequest: EvalID is its key in the run (its
@@ -152,6 +153,20 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 		}
 		evals[i] = tasks.Eval{ID: e.EvalID, Spec: e.Spec, Require: e.Require, Group: e.Group}
 	}
+	share := run.Run{Name: req.Name}
+	if req.Weight != nil {
+		if share.Weight = *req.Weight; share.Weight < 1 {
+			return client.RunRequest{}, fmt.Errorf("%w: weight %d: want 1 to %d", run.ErrInvalid, share.Weight, run.MaxWeight)
+		}
+	}
+	if req.MaxExecutors != nil {
+		share.MaxExecutors = *req.MaxExecutors
+	}
+	if req.Priority != nil {
+		if share.Priority = *req.Priority; share.Priority == "" {
+			return client.RunRequest{}, fmt.Errorf("%w: priority \"\": want %s or %s", run.ErrInvalid, run.PriorityNormal, run.PriorityHigh)
+		}
+	}
 	name := req.Name
 	if name == "" {
 		// The CLI's default name, made unique: two runs submitted in one
@@ -161,7 +176,7 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 		name = "run-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(suffix)
 	}
 	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts, Retention: retention, Resume: req.Resume, AllowEmptyPool: req.AllowEmptyPool,
-		Meta: req.Meta, Epochs: req.Epochs, Weight: req.Weight, MaxExecutors: req.MaxExecutors, Priority: req.Priority}, nil
+		Meta: req.Meta, Epochs: req.Epochs, Weight: share.Weight, MaxExecutors: share.MaxExecutors, Priority: share.Priority}, nil
 }
 
 // RunItem is a run in GET /runs: as submitted, with its progress.

@@ -132,7 +132,7 @@ func RetryRun(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *p
 			}
 		}
 		if err == nil {
-			err = runs.Queue(ctx, name, queued, specs)
+			err = runs.Queue(ctx, r, queued, specs)
 		}
 		if err != nil {
 			restored := restore(ctx, runs, name, chunk, left)

@@ -171,7 +171,7 @@ func Submit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *poo
 			queued, specs = append(queued, r.Keys[i]), append(specs, t.Payload())
 		}
 	}
-	if err := runs.Queue(ctx, r.Name, queued, specs); err != nil {
+	if err := runs.Queue(ctx, r, queued, specs); err != nil {
 		r.Enqueued = -1
 		// Best effort, and bounded: Redis may be what failed.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -416,6 +416,9 @@ func CancelRun(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *r
 		return c, err
 	}
 	c.Pending += len(gone)
+	if err := runs.Unqueue(ctx, name); err != nil {
+		return c, err
+	}
 	rest, err := Cancel(ctx, insp, p, runs, others)
 	c.Pending, c.Running, c.Ended, c.Unknown = c.Pending+rest.Pending, c.Running+rest.Running, c.Ended+rest.Ended, c.Unknown+rest.Unknown
 	return c, err

@@ -34,8 +34,10 @@ const (
 // Bounds of a run's weight, and how long a normal run waits with nothing in
 // flight before high priority runs give it one.
 const (
-	MaxWeight   = 1000
-	StarveAfter = 30 * time.Second
+	MaxWeight = 1000
+	// MaxMaxExecutors bounds a run's cap: more is no cap.
+	MaxMaxExecutors = 1_000_000
+	StarveAfter     = 30 * time.Second
 	// MaxActiveRuns is how many of a pool's open runs one admission looks
 	// at, the oldest first: the rest wait for them.
 	MaxActiveRuns = 200
@@ -43,9 +45,10 @@ const (
 	queueBatch    = 1000
 )
 
-// Queue writes evals of the run name to wait for admission, in order:
-// specs[i] is the payload of the eval keys[i].
-func (s *Store) Queue(ctx context.Context, name string, evalKeys []string, specs [][]byte) error {
+// Queue writes evals of run r to wait for admission, in order: specs[i] is
+// the payload of the eval keys[i].
+func (s *Store) Queue(ctx context.Context, r Run, evalKeys []string, specs [][]byte) error {
+	name := r.Name
 	k := keys.ForRun(name)
 	// The run's keys live as long as its meta, which Create set.
 	ttl, err := s.client.PTTL(ctx, k.Meta()).Result()
@@ -74,6 +77,20 @@ func (s *Store) Queue(ctx context.Context, name string, evalKeys []string, specs
 		}); err != nil {
 			return fmt.Errorf("run %s: queue evals %d to %d: %w", name, start+1, end, lua.Full(err))
 		}
+	}
+	// After the evals: an admission that drops the run from the index
+	// looks again, and finds them (admit).
+	if err := s.client.ZAddNX(ctx, keys.Admissible(r.Pool), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: name}).Err(); err != nil {
+		return fmt.Errorf("run %s: queue: %w", name, lua.Full(err))
+	}
+	return nil
+}
+
+// Unqueue drops the evals of run name that wait for admission (a cancel
+// records their ends): none of them is admitted any more.
+func (s *Store) Unqueue(ctx context.Context, name string) error {
+	if err := s.client.Del(ctx, keys.ForRun(name).Queued()).Err(); err != nil {
+		return fmt.Errorf("run %s: unqueue: %w", name, err)
 	}
 	return nil
 }
@@ -110,6 +127,29 @@ func (s *Store) Admit(ctx context.Context, pool string, capacity int, enqueue En
 	return total, nil
 }
 
+// unindex drops run name from the pool's admissible runs, having found it
+// with nothing to admit; a Queue meanwhile has its evals written before it
+// indexes the run, so that what the second look finds is put back.
+func (s *Store) unindex(ctx context.Context, pool, name string) error {
+	k := keys.ForRun(name)
+	if err := s.client.ZRem(ctx, keys.Admissible(pool), name).Err(); err != nil {
+		return fmt.Errorf("admit to pool %s: %w", pool, err)
+	}
+	queued, qerr := s.client.LLen(ctx, k.Queued()).Result()
+	inflight, ierr := s.client.SCard(ctx, k.Admitted()).Result()
+	created, cerr := s.client.HGet(ctx, k.Meta(), "created_at").Int64()
+	if err := errors.Join(qerr, ierr); err != nil {
+		return fmt.Errorf("admit to pool %s: %w", pool, err)
+	}
+	if queued > 0 || inflight > 0 {
+		if cerr != nil {
+			created = time.Now().UnixMilli()
+		}
+		return s.client.ZAddNX(ctx, keys.Admissible(pool), redis.Z{Score: float64(created), Member: name}).Err()
+	}
+	return nil
+}
+
 // share is an open run as admission sees it.
 type share struct {
 	run              Run
@@ -119,7 +159,7 @@ type share struct {
 }
 
 func (s *Store) admit(ctx context.Context, pool string, capacity int, enqueue Enqueue) (int, error) {
-	names, err := s.client.ZRange(ctx, keys.OpenRuns(pool), 0, MaxActiveRuns-1).Result()
+	names, err := s.client.ZRange(ctx, keys.Admissible(pool), 0, MaxActiveRuns-1).Result()
 	if err != nil {
 		return 0, fmt.Errorf("admit to pool %s: %w", pool, err)
 	}
@@ -139,6 +179,9 @@ func (s *Store) admit(ctx context.Context, pool string, capacity int, enqueue En
 	for i, name := range names {
 		r, err := runOf(name, metas[i].Val(), nil)
 		if err != nil || queued[i].Val() == 0 && inflight[i].Val() == 0 {
+			if err := s.unindex(ctx, pool, name); err != nil {
+				return 0, err
+			}
 			continue
 		}
 		sh := &share{run: r, inflight: int(inflight[i].Val()), queued: int(queued[i].Val())}
@@ -251,11 +294,11 @@ func cmpFloat(a, b float64) int {
 	return 0
 }
 
-// Admitted returns, for each of the pool's open runs (MaxActiveRuns at
-// most) that has evals in flight, their specs by eval key: what its pool's
-// queue should hold, or have held.
+// Admitted returns, for each of the pool's admissible runs (MaxActiveRuns
+// at most) that has evals in flight, their specs by eval key: what its
+// pool's queue should hold, or have held.
 func (s *Store) Admitted(ctx context.Context, pool string) (map[string]map[string]string, error) {
-	names, err := s.client.ZRange(ctx, keys.OpenRuns(pool), 0, MaxActiveRuns-1).Result()
+	names, err := s.client.ZRange(ctx, keys.Admissible(pool), 0, MaxActiveRuns-1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("runs of pool %s in flight: %w", pool, err)
 	}

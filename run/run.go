@@ -145,8 +145,8 @@ func (r Run) CheckShare() error {
 	switch {
 	case r.Weight < 0 || r.Weight > MaxWeight:
 		return fmt.Errorf("%w: run %s: weight %d: want 1 to %d", ErrInvalid, r.Name, r.Weight, MaxWeight)
-	case r.MaxExecutors < 0:
-		return fmt.Errorf("%w: run %s: max executors %d: want 0 (no cap) or more", ErrInvalid, r.Name, r.MaxExecutors)
+	case r.MaxExecutors < 0 || r.MaxExecutors > MaxMaxExecutors:
+		return fmt.Errorf("%w: run %s: max executors %d: want 0 (no cap) to %d", ErrInvalid, r.Name, r.MaxExecutors, MaxMaxExecutors)
 	case r.Priority != "" && r.Priority != PriorityNormal && r.Priority != PriorityHigh:
 		return fmt.Errorf("%w: run %s: priority %q: want %s or %s", ErrInvalid, r.Name, r.Priority, PriorityNormal, PriorityHigh)
 	}

@@ -187,6 +187,11 @@ func (k Run) Queued() string { return k.prefix + "queued" }
 // have not ended: the run's evals in flight.
 func (k Run) Admitted() string { return k.prefix + "admitted" }
 
+// Admissible indexes a pool's runs with evals waiting for admission or in
+// flight: name -> ms the run was created, so that admission looks at the
+// oldest first, and at no run that has nothing to admit.
+func Admissible(pool string) string { return "evalpool:runs:admissible:" + pool }
+
 // Admitting is a pool's admission lock, and Readmit the flag that tells
 // its holder to go round again (run.Store.Admit).
 func Admitting(pool string) string { return "evalpool:runs:admitting:" + pool }
