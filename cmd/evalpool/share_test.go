@@ -12,9 +12,10 @@ import (
 // status and summary show what the run asked and holds.
 func TestRunShareFlags(t *testing.T) {
 	t.Parallel()
-	client := evaltest.Client(t)
-	url, name := evaltest.URL(t), evaltest.Pool(t, client)
-	cli := func(args ...string) result { return runCLI(t, url, name, args...) }
+	// A Redis of its own: its evals reach Asynq's queue, which TestBadInput
+	// wants empty on the shared one.
+	url := evaltest.StartT(t, evaltest.Options{}).URL()
+	cli := func(args ...string) result { return runCLI(t, url, "default", args...) }
 	suite := writeSuite(t, `{}`, `{}`)
 	for _, bad := range [][]string{
 		{"--weight", "0"}, {"--weight", "1001"}, {"--max-executors", "-1"}, {"--priority", "urgent"}, {"--priority", ""},
