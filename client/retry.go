@@ -90,14 +90,14 @@ func RetryRun(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *p
 	queue := tasks.Queues(p.Name()).Evals
 	var (
 		picked []run.Record
-		batch  = map[string]*asynq.Task{}
+		specs  = map[string][]byte{}
 		gone   int
 	)
 	for _, rec := range recs {
 		if !slices.Contains(statuses, rec.Status) {
 			continue
 		}
-		t, err := retryTask(insp, p.Name(), r, rec, suite)
+		spec, err := retrySpec(insp, p.Name(), r, rec, suite)
 		if errors.Is(err, ErrTaskGone) {
 			gone++
 			continue
@@ -105,7 +105,7 @@ func RetryRun(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *p
 		if err != nil {
 			return out, fmt.Errorf("retry run %s: %w", name, err)
 		}
-		picked, batch[rec.Key] = append(picked, rec), t
+		picked, specs[rec.Key] = append(picked, rec), spec
 	}
 	if gone > 0 {
 		return out, fmt.Errorf("%w: retry run %s: the tasks of %d of its evals to retry are gone (a run's eval task is kept %s once it ended by default): give the run's suite to enqueue them from; nothing was retried", ErrTaskGone, name, gone, tasks.RunTaskRetention)
@@ -125,14 +125,14 @@ func RetryRun(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *p
 			left[key] = true
 		}
 		var queued []string
-		var specs [][]byte
+		var payloads [][]byte
 		for _, rec := range chunk {
 			if left[rec.Key] { // else ended otherwise meanwhile: left as it is
-				queued, specs = append(queued, rec.Key), append(specs, batch[rec.Key].Payload())
+				queued, payloads = append(queued, rec.Key), append(payloads, specs[rec.Key])
 			}
 		}
 		if err == nil {
-			err = runs.Queue(ctx, r, queued, specs)
+			err = runs.Queue(ctx, r, queued, payloads)
 		}
 		if err != nil {
 			restored := restore(ctx, runs, name, chunk, left)
@@ -175,9 +175,10 @@ func restore(ctx context.Context, runs *run.Store, name string, chunk []run.Reco
 	return n
 }
 
-// retryTask is the task that runs rec's eval again: its old task's
-// payload and options, else its suite line's; ErrTaskGone when neither.
-func retryTask(insp *asynq.Inspector, poolName string, r run.Run, rec run.Record, suite map[string]tasks.Eval) (*asynq.Task, error) {
+// retrySpec is the payload that runs rec's eval again: its old task's,
+// else its suite line's; ErrTaskGone when neither. Its task's options are
+// the run's, as for its first run.
+func retrySpec(insp *asynq.Inspector, poolName string, r run.Run, rec run.Record, suite map[string]tasks.Eval) ([]byte, error) {
 	id := run.EvalID(r.Name, rec.Key)
 	info, err := Lookup(insp, poolName, id)
 	if errors.Is(err, ErrEvalNotFound) {
@@ -196,7 +197,11 @@ func retryTask(insp *asynq.Inspector, poolName string, r run.Run, rec run.Record
 			}
 			maps.Copy(e.Require, r.Require)
 		}
-		return tasks.NewEval(e, tasks.EvalOptions{Retention: tasks.RunTaskRetention})
+		t, err := tasks.NewEval(e, tasks.EvalOptions{})
+		if err != nil {
+			return nil, err
+		}
+		return t.Payload(), nil
 	}
 	if err != nil {
 		return nil, err
@@ -204,8 +209,7 @@ func retryTask(insp *asynq.Inspector, poolName string, r run.Run, rec run.Record
 	if info.State != asynq.TaskStateCompleted && info.State != asynq.TaskStateArchived {
 		return nil, fmt.Errorf("eval %s: its task is %s, not ended (retried already?)", id, info.State)
 	}
-	return asynq.NewTask(tasks.TypeEval, info.Payload, asynq.Queue(info.Queue), asynq.TaskID(id),
-		asynq.MaxRetry(info.MaxRetry), asynq.Timeout(info.Timeout), asynq.Retention(info.Retention)), nil
+	return info.Payload, nil
 }
 
 // suiteOf indexes a run's suite by key: its eval ID, else its position
