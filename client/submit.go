@@ -200,13 +200,18 @@ func Readmit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Stor
 	}
 	queue, n := tasks.Queues(p.Name()).Evals, 0
 	for name, specs := range admitted {
+		there := make(map[string]*redis.IntCmd, len(specs))
+		if _, err := runs.Redis().Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for key := range specs {
+				there[key] = pipe.Exists(ctx, tasks.ResultKey(queue, run.EvalID(name, key)))
+			}
+			return nil
+		}); err != nil {
+			return n, err
+		}
 		var lost []string
 		for key, spec := range specs {
-			there, err := runs.Redis().Exists(ctx, tasks.ResultKey(queue, run.EvalID(name, key))).Result()
-			if err != nil {
-				return n, err
-			}
-			if there == 0 {
+			if there[key].Val() == 0 {
 				lost = append(lost, spec)
 			}
 		}

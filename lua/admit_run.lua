@@ -7,7 +7,7 @@
 -- in its order (KEYS[1..9]: done, counts, running, meta, evals, ended,
 -- specs, queued, admitted).
 -- ARGV[1] how many to admit at most
--- ARGV[2] now, in ms (the caller's clock: it only dates the admission)
+-- ARGV[2] now, in ms (Redis's clock, which the caller read)
 -- Returns {admitted, queued, spec...}: how many of the run's evals are in
 -- flight now, how many still wait, and the specs admitted, in order. A key
 -- that ended already (cancelled before its turn) or is in flight already

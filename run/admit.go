@@ -127,25 +127,24 @@ func (s *Store) Admit(ctx context.Context, pool string, capacity int, enqueue En
 	return total, nil
 }
 
-// unindex drops run name from the pool's admissible runs, having found it
-// with nothing to admit; a Queue meanwhile has its evals written before it
-// indexes the run, so that what the second look finds is put back.
-func (s *Store) unindex(ctx context.Context, pool, name string) error {
+// unindex drops run name, created at created, from the pool's admissible
+// runs, having found it with nothing to admit; a Queue meanwhile has its
+// evals written before it indexes the run, so that what the second look
+// finds is put back.
+func (s *Store) unindex(ctx context.Context, pool, name string, created time.Time) error {
 	k := keys.ForRun(name)
 	if err := s.client.ZRem(ctx, keys.Admissible(pool), name).Err(); err != nil {
 		return fmt.Errorf("admit to pool %s: %w", pool, err)
 	}
-	queued, qerr := s.client.LLen(ctx, k.Queued()).Result()
-	inflight, ierr := s.client.SCard(ctx, k.Admitted()).Result()
-	created, cerr := s.client.HGet(ctx, k.Meta(), "created_at").Int64()
-	if err := errors.Join(qerr, ierr); err != nil {
+	var queued, inflight *redis.IntCmd
+	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		queued, inflight = pipe.LLen(ctx, k.Queued()), pipe.SCard(ctx, k.Admitted())
+		return nil
+	}); err != nil {
 		return fmt.Errorf("admit to pool %s: %w", pool, err)
 	}
-	if queued > 0 || inflight > 0 {
-		if cerr != nil {
-			created = time.Now().UnixMilli()
-		}
-		return s.client.ZAddNX(ctx, keys.Admissible(pool), redis.Z{Score: float64(created), Member: name}).Err()
+	if queued.Val() > 0 || inflight.Val() > 0 {
+		return s.client.ZAddNX(ctx, keys.Admissible(pool), redis.Z{Score: float64(created.UnixMilli()), Member: name}).Err()
 	}
 	return nil
 }
@@ -166,7 +165,11 @@ func (s *Store) admit(ctx context.Context, pool string, capacity int, enqueue En
 	metas := make([]*redis.MapStringStringCmd, len(names))
 	inflight := make([]*redis.IntCmd, len(names))
 	queued := make([]*redis.IntCmd, len(names))
+	// Redis's clock, not this process's, dates admissions and tells a
+	// starving run: every admitter, whatever its clock, reads the same.
+	var clock *redis.TimeCmd
 	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		clock = pipe.Time(ctx)
 		for i, name := range names {
 			k := keys.ForRun(name)
 			metas[i], inflight[i], queued[i] = pipe.HGetAll(ctx, k.Meta()), pipe.SCard(ctx, k.Admitted()), pipe.LLen(ctx, k.Queued())
@@ -179,7 +182,7 @@ func (s *Store) admit(ctx context.Context, pool string, capacity int, enqueue En
 	for i, name := range names {
 		r, err := runOf(name, metas[i].Val(), nil)
 		if err != nil || queued[i].Val() == 0 && inflight[i].Val() == 0 {
-			if err := s.unindex(ctx, pool, name); err != nil {
+			if err := s.unindex(ctx, pool, name, r.CreatedAt); err != nil {
 				return 0, err
 			}
 			continue
@@ -192,13 +195,14 @@ func (s *Store) admit(ctx context.Context, pool string, capacity int, enqueue En
 		}
 		shares = append(shares, sh)
 	}
-	fairShares(shares, 2*max(capacity, 1), time.Now())
+	now := clock.Val()
+	fairShares(shares, 2*max(capacity, 1), now)
 	total := 0
 	for _, sh := range shares {
 		if sh.want <= sh.inflight || sh.queued == 0 {
 			continue
 		}
-		got, err := lua.AdmitRun.Run(ctx, s.client, keys.ForRun(sh.run.Name).Script(), sh.want-sh.inflight, time.Now().UnixMilli()).Slice()
+		got, err := lua.AdmitRun.Run(ctx, s.client, keys.ForRun(sh.run.Name).Script(), sh.want-sh.inflight, now.UnixMilli()).Slice()
 		if err != nil {
 			return total, fmt.Errorf("admit run %s: %w", sh.run.Name, lua.Full(err))
 		}
