@@ -125,7 +125,9 @@ func TestWeightsSplitThePool(t *testing.T) {
 	defer b.cancel(t, "three")
 	b.submit(t, "one", 2000, client.RunRequest{Weight: 1})
 	defer b.cancel(t, "one")
-	time.Sleep(time.Second) // the rule settles: what was in flight before ends
+	// The rule has settled once the light run holds its share, 2 of the 8
+	// executors, at once.
+	evaltest.Eventually(t, 10*time.Second, "the weight 1 run holding its share", func() bool { return b.calls.Peak("one") >= 2 })
 	from := time.Now()
 	evaltest.Eventually(t, 30*time.Second, "a window of 4 s", func() bool { return time.Since(from) > 4*time.Second })
 	to := time.Now()

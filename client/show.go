@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -91,11 +90,9 @@ func queuedDetail(id string, spec []byte) Detail {
 // its run's record (runs may be nil for plain evals).
 func Show(ctx context.Context, insp *asynq.Inspector, runs *run.Store, pool, id string) (Detail, error) {
 	info, err := Lookup(insp, pool, id)
-	if errors.Is(err, ErrEvalNotFound) && runs != nil {
-		if name, key, isRun := strings.Cut(id, "/"); isRun {
-			if spec, ok, werr := runs.Waiting(ctx, name, key); werr == nil && ok {
-				return queuedDetail(id, spec), nil
-			}
+	if errors.Is(err, ErrEvalNotFound) {
+		if spec, queued := waiting(ctx, runs, id); queued {
+			return queuedDetail(id, spec), nil
 		}
 	}
 	if err != nil {

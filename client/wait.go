@@ -132,9 +132,11 @@ func WaitWith(ctx context.Context, insp *asynq.Inspector, pool string, ids []str
 				}
 				return err
 			})
-			if errors.Is(err, ErrEvalNotFound) && waiting(ctx, opts.Runs, id) {
-				still = append(still, id) // not admitted yet
-				continue
+			if errors.Is(err, ErrEvalNotFound) {
+				if _, queued := waiting(ctx, opts.Runs, id); queued {
+					still = append(still, id) // not admitted yet
+					continue
+				}
 			}
 			if errors.Is(err, ErrEvalNotFound) && opts.Requeue != nil {
 				if err := opts.Backoff.Do(ctx, func() error { return opts.Requeue(ctx, id) }); err != nil {
@@ -176,13 +178,14 @@ func WaitWith(ctx context.Context, insp *asynq.Inspector, pool string, ids []str
 
 // waiting reports whether id is an eval of a run that waits for admission
 // (run.Store.Waiting).
-func waiting(ctx context.Context, runs *run.Store, id string) bool {
+// It returns the eval's payload.
+func waiting(ctx context.Context, runs *run.Store, id string) ([]byte, bool) {
 	name, key, isRun := strings.Cut(id, "/")
 	if runs == nil || !isRun {
-		return false
+		return nil, false
 	}
-	_, ok, _ := runs.Waiting(ctx, name, key)
-	return ok
+	spec, ok, err := runs.Waiting(ctx, name, key)
+	return spec, ok && err == nil
 }
 
 // StateQueued is the state of a run's eval waiting for admission to its

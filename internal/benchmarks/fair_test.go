@@ -147,7 +147,8 @@ func fairShare(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 
 		f.submit(t, "three", client.RunRequest{Evals: fairSuite(20_000), Weight: 3})
 		f.submit(t, "one", client.RunRequest{Evals: fairSuite(20_000), Weight: 1})
-		time.Sleep(time.Second) // what was in flight before the second run ends
+		// Settled once the light run holds its share, 2 of the 8 executors.
+		evaltest.Eventually(t, 10*time.Second, "the weight 1 run holding its share", func() bool { return f.calls.Peak("one") >= 2 })
 		from := time.Now()
 		time.Sleep(fairWindow)
 		three, one := f.calls.Busy("three", from, time.Now()), f.calls.Busy("one", from, time.Now())
