@@ -153,19 +153,13 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 		}
 		evals[i] = tasks.Eval{ID: e.EvalID, Spec: e.Spec, Require: e.Require, Group: e.Group}
 	}
-	share := run.Run{Name: req.Name}
-	if req.Weight != nil {
-		if share.Weight = *req.Weight; share.Weight < 1 {
-			return client.RunRequest{}, fmt.Errorf("%w: weight %d: want 1 to %d", run.ErrInvalid, share.Weight, run.MaxWeight)
-		}
+	// A value given is checked as given; the rest of the bounds are
+	// run.Run.CheckShare's.
+	if req.Weight != nil && *req.Weight < 1 {
+		return client.RunRequest{}, fmt.Errorf("%w: weight %d: want 1 to %d", run.ErrInvalid, *req.Weight, run.MaxWeight)
 	}
-	if req.MaxExecutors != nil {
-		share.MaxExecutors = *req.MaxExecutors
-	}
-	if req.Priority != nil {
-		if share.Priority = *req.Priority; share.Priority == "" {
-			return client.RunRequest{}, fmt.Errorf("%w: priority \"\": want %s or %s", run.ErrInvalid, run.PriorityNormal, run.PriorityHigh)
-		}
+	if req.Priority != nil && *req.Priority == "" {
+		return client.RunRequest{}, fmt.Errorf("%w: priority \"\": want %s or %s", run.ErrInvalid, run.PriorityNormal, run.PriorityHigh)
 	}
 	name := req.Name
 	if name == "" {
@@ -176,7 +170,7 @@ func runRequestOf(req RunRequest) (client.RunRequest, error) {
 		name = "run-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(suffix)
 	}
 	return client.RunRequest{Name: name, Evals: evals, Require: req.Require, Timeout: timeout, Options: opts, Retention: retention, Resume: req.Resume, AllowEmptyPool: req.AllowEmptyPool,
-		Meta: req.Meta, Epochs: req.Epochs, Weight: share.Weight, MaxExecutors: share.MaxExecutors, Priority: share.Priority}, nil
+		Meta: req.Meta, Epochs: req.Epochs, Weight: deref(req.Weight), MaxExecutors: deref(req.MaxExecutors), Priority: deref(req.Priority)}, nil
 }
 
 // RunItem is a run in GET /runs: as submitted, with its progress.
@@ -485,4 +479,13 @@ func (h *Handler) retryRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, RetryAnswer{Name: name, Retried: n.Evals(), Errored: n.Errored, Failed: n.Failed})
+}
+
+// deref is *p, or the zero value for none.
+func deref[T any](p *T) T {
+	var v T
+	if p != nil {
+		v = *p
+	}
+	return v
 }
