@@ -29,6 +29,8 @@ type bundle struct {
 	runs *run.Store
 	aq   *asynq.Client
 	insp *asynq.Inspector
+	// release ends, passed, the attempts the stand-in holds (spec.Hold).
+	release chan struct{}
 }
 
 // setup gives a test a Redis of its own (Asynq's queues and the run index
@@ -49,6 +51,7 @@ func setup(t *testing.T) *bundle {
 	return &bundle{
 		rdb: rdb, pool: p, runs: run.NewStore(rdb, run.Options{}),
 		aq: asynq.NewClientFromRedisClient(rdb), insp: asynq.NewInspectorFromRedisClient(rdb),
+		release: make(chan struct{}),
 	}
 }
 
@@ -59,6 +62,8 @@ type spec struct {
 	Grade string `json:"grade"`
 	// Block holds the attempt until it is cancelled.
 	Block bool `json:"block"`
+	// Hold holds the attempt until the test closes bundle.release.
+	Hold bool `json:"hold"`
 }
 
 // serve runs a bare Asynq server of one slot on the pool's evals queue until
@@ -86,6 +91,14 @@ func serve(t *testing.T, b *bundle) {
 		if s.Block {
 			<-ctx.Done()
 			return ctx.Err()
+		}
+		if s.Hold {
+			select {
+			case <-b.release:
+				s.Grade = executor.StatusPassed
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 		if s.Grade != executor.StatusPassed && s.Grade != executor.StatusFailed {
 			return fmt.Errorf("grade %q: %w", s.Grade, asynq.SkipRetry)

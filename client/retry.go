@@ -51,7 +51,9 @@ func (r Retried) Evals() int { return r.Errored + r.Failed }
 //
 // Every eval to retry needs its spec: the payload of its Asynq task, or
 // its line of opts.Suite when the task is gone; any left without one
-// refuses the retry (ErrTaskGone), before anything changed. Then, a batch
+// refuses the retry (ErrTaskGone), before anything changed. A task still
+// active though its run has its end is waited for, up to endingFor: its
+// worker records the end before it returns. Then, a batch
 // at a time: the old tasks are deleted (an ID stays taken while its task
 // is kept), the evals reopened in the run (run.Store.Reopen), and queued
 // again for admission with the old task's payload, as the run's other
@@ -97,7 +99,7 @@ func RetryRun(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *p
 		if !slices.Contains(statuses, rec.Status) {
 			continue
 		}
-		spec, err := retrySpec(insp, p.Name(), r, rec, suite)
+		spec, err := retrySpec(ctx, insp, p.Name(), r, rec, suite)
 		if errors.Is(err, ErrTaskGone) {
 			gone++
 			continue
@@ -175,12 +177,18 @@ func restore(ctx context.Context, runs *run.Store, name string, chunk []run.Reco
 	return n
 }
 
+// endingFor is how long a retry waits for an eval's task to leave the
+// active state once its run has its end: the worker records the end, then
+// ends its lease and admits the run's next evals before Asynq completes
+// the task.
+const endingFor = 10 * time.Second
+
 // retrySpec is the payload that runs rec's eval again: its old task's,
 // else its suite line's; ErrTaskGone when neither. Its task's options are
 // the run's, as for its first run.
-func retrySpec(insp *asynq.Inspector, poolName string, r run.Run, rec run.Record, suite map[string]tasks.Eval) ([]byte, error) {
+func retrySpec(ctx context.Context, insp *asynq.Inspector, poolName string, r run.Run, rec run.Record, suite map[string]tasks.Eval) ([]byte, error) {
 	id := run.EvalID(r.Name, rec.Key)
-	info, err := Lookup(insp, poolName, id)
+	info, err := endedTask(ctx, insp, poolName, id)
 	if errors.Is(err, ErrEvalNotFound) {
 		e, ok := suite[rec.SampleKey()]
 		if !ok {
@@ -210,6 +218,29 @@ func retrySpec(insp *asynq.Inspector, poolName string, r run.Run, rec run.Record
 		return nil, fmt.Errorf("eval %s: its task is %s, not ended (retried already?)", id, info.State)
 	}
 	return info.Payload, nil
+}
+
+// endedTask looks up eval id's task, waiting up to endingFor while it is
+// active.
+func endedTask(ctx context.Context, insp *asynq.Inspector, poolName, id string) (*asynq.TaskInfo, error) {
+	wait, cancel := context.WithTimeout(ctx, endingFor)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		info, err := Lookup(insp, poolName, id)
+		if err != nil || info.State != asynq.TaskStateActive {
+			return info, err
+		}
+		select {
+		case <-wait.Done():
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("eval %s: wait for its task to end: %w", id, err)
+			}
+			return nil, fmt.Errorf("eval %s: its task is still active %s after its run recorded its end: is its worker stuck?", id, endingFor)
+		case <-tick.C:
+		}
+	}
 }
 
 // suiteOf indexes a run's suite by key: its eval ID, else its position

@@ -284,3 +284,50 @@ func TestConcurrentRetriesLeaveNoEvalPending(t *testing.T) {
 	}
 	unlock()
 }
+
+// TestRetryWaitsForAnEndingTask: a worker records an eval's end in its run
+// before Asynq completes the task, so a retry can come between the two;
+// it waits for the task to end instead of refusing the run, and gives up
+// with the caller's context.
+func TestRetryWaitsForAnEndingTask(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	serve(t, b)
+	ctx := t.Context()
+	req := client.RunRequest{Name: "ending", Evals: []tasks.Eval{{ID: "k", Spec: json.RawMessage(`{"hold":true}`)}}}
+	if _, err := client.Submit(ctx, b.aq, b.insp, b.pool, b.runs, req); err != nil {
+		t.Fatal(err)
+	}
+	evaltest.Eventually(t, 10*time.Second, "eval ending/k running", func() bool {
+		if _, err := client.Admit(ctx, b.aq, b.pool, b.runs); err != nil {
+			t.Fatal(err)
+		}
+		return state(t, b, "ending/k") == asynq.TaskStateActive
+	})
+	if _, err := b.runs.Finish(ctx, "ending", run.Record{Key: "k", Status: run.Errored, Error: "boom", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := client.RetryRun(short, b.aq, b.insp, b.pool, b.runs, "ending", client.RetryOptions{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("retry while the task ends: %v; want it to wait for the task until its context ends", err)
+	}
+	if c, _ := b.runs.Progress(ctx, "ending"); c.Errored != 1 {
+		t.Fatalf("a retry given up changed the run: %+v", c)
+	}
+	done := make(chan error, 1)
+	go func() {
+		got, err := client.RetryRun(ctx, b.aq, b.insp, b.pool, b.runs, "ending", client.RetryOptions{})
+		if err == nil && got != (client.Retried{Errored: 1}) {
+			err = fmt.Errorf("retried %+v", got)
+		}
+		done <- err
+	}()
+	close(b.release)
+	if err := <-done; err != nil {
+		t.Fatalf("retry once the task ended: %v; want its eval retried", err)
+	}
+	if c, _ := b.runs.Progress(ctx, "ending"); c.Done() != 0 {
+		t.Fatalf("after the retry: %+v; want its eval open again", c)
+	}
+}
