@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -110,10 +111,12 @@ type EnqueueOptions struct {
 }
 
 // Enqueue enqueues evals outside any run, in order, after checking that
-// some executor of the pool can serve each (client.Servable). It says of
-// each whether it was enqueued now (false: an eval of that ID is enqueued
-// already, and is left as it is). Every eval is checked before any is
-// enqueued; an error part way says how many were.
+// some executor of the pool can serve each (client.Servable). They share
+// the pool as one more run of weight 1: each waits, held in Asynq, for
+// admission (run.HeldFor) to put it on the queue. It says of each whether
+// it was enqueued now (false: an eval of that ID is enqueued already, and
+// is left as it is). Every eval is checked before any is enqueued; an
+// error part way says how many were.
 func (c *Client) Enqueue(ctx context.Context, poolName string, evals []tasks.Eval, opts EnqueueOptions) ([]bool, error) {
 	p, err := c.Pool(poolName)
 	if err != nil {
@@ -132,7 +135,7 @@ func (c *Client) Enqueue(ctx context.Context, poolName string, evals []tasks.Eva
 	aq := c.queue()
 	fresh := make([]bool, len(evals))
 	for i, t := range batch {
-		_, err := aq.EnqueueContext(ctx, t)
+		_, err := aq.EnqueueContext(ctx, t, asynq.ProcessAt(time.Now().Add(run.HeldFor)))
 		switch {
 		case errors.Is(err, asynq.ErrTaskIDConflict):
 		case err != nil:
@@ -140,6 +143,9 @@ func (c *Client) Enqueue(ctx context.Context, poolName string, evals []tasks.Eva
 		default:
 			fresh[i] = true
 		}
+	}
+	if _, err := client.Admit(ctx, aq, c.insp, p, c.runs); err != nil {
+		return fresh, fmt.Errorf("the evals are enqueued, and wait for a worker to admit them: %w", err)
 	}
 	return fresh, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/evalpool/evalpool/client"
 	"github.com/evalpool/evalpool/executor"
 	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/pool"
 	"github.com/evalpool/evalpool/run"
 	"github.com/evalpool/evalpool/tasks"
@@ -433,5 +434,73 @@ func TestWaitRefusesANegativeInterval(t *testing.T) {
 	b := setup(t)
 	if err := client.WaitWith(t.Context(), b.insp, b.pool.Name(), []string{"e"}, client.WaitOptions{Every: -1}); err == nil || !strings.Contains(err.Error(), "may not be negative") {
 		t.Fatalf("WaitWith(Every: -1) = %v, want refused", err)
+	}
+}
+
+// enqueueHeld enqueues an eval of no run held for admission, as
+// evalpool.Client.Enqueue does.
+func enqueueHeld(t *testing.T, b *bundle, id string) {
+	t.Helper()
+	task, err := tasks.NewEval(tasks.Eval{ID: id, Pool: b.pool.Name(), Spec: json.RawMessage(`{"grade":"passed"}`)}, tasks.EvalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.aq.EnqueueContext(t.Context(), task, asynq.ProcessAt(time.Now().Add(run.HeldFor))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Evals of no run wait held until admitted, oldest first, within their
+// share (twice the pool's one executor); a cancel takes one out, held or
+// in flight; Readmit releases one admitted but still held (its admitter
+// died between the two) and forgets one whose task is gone.
+func TestHeldEvals(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	for _, id := range []string{"h1", "h2", "h3"} {
+		enqueueHeld(t, b, id)
+	}
+	if d, err := client.Show(ctx, b.insp, b.runs, b.pool.Name(), "h1"); err != nil || d.State != client.StateQueued {
+		t.Fatalf("a held eval shows as %q, %v; want %q", d.State, err, client.StateQueued)
+	}
+	if n, err := client.Admit(ctx, b.aq, b.insp, b.pool, b.runs); err != nil || n != 2 {
+		t.Fatalf("Admit = %d, %v; want 2, twice the pool's one executor", n, err)
+	}
+	for id, want := range map[string]asynq.TaskState{"h1": asynq.TaskStatePending, "h2": asynq.TaskStatePending, "h3": asynq.TaskStateScheduled} {
+		if got := state(t, b, id); got != want {
+			t.Errorf("after admission %s is %s, want %s", id, got, want)
+		}
+	}
+	inflight := func() []string {
+		t.Helper()
+		ids, err := b.runs.Standalone(ctx, b.pool.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	if got, err := client.Cancel(ctx, b.insp, b.pool, b.runs, []string{"h2", "h3"}); err != nil || got != (client.Cancelled{Pending: 2}) {
+		t.Fatalf("cancel: %+v, %v", got, err)
+	}
+	if got := inflight(); !slices.Equal(got, []string{"h1"}) {
+		t.Fatalf("in flight after the cancel: %v, want [h1]", got)
+	}
+
+	enqueueHeld(t, b, "h4")
+	for _, id := range []string{"h4", "ghost"} {
+		if err := b.rdb.ZAdd(ctx, keys.Standalone(b.pool.Name()), redis.Z{Member: id}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := client.Readmit(ctx, b.aq, b.insp, b.pool, b.runs); err != nil || n != 1 {
+		t.Fatalf("Readmit = %d, %v; want the one admitted but held released", n, err)
+	}
+	if got := state(t, b, "h4"); got != asynq.TaskStatePending {
+		t.Errorf("h4 is %s after Readmit, want pending", got)
+	}
+	if got := inflight(); !slices.Equal(got, []string{"h1", "h4"}) {
+		t.Errorf("in flight after Readmit: %v, want [h1 h4]", got)
 	}
 }

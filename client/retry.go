@@ -150,7 +150,7 @@ func RetryRun(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *p
 			}
 		}
 	}
-	if _, err := Admit(ctx, aq, p, runs); err != nil {
+	if _, err := Admit(ctx, aq, insp, p, runs); err != nil {
 		return out, fmt.Errorf("retry run %s: %d evals retried, and wait for a worker to admit them: %w", name, out.Evals(), err)
 	}
 	return out, nil

@@ -50,7 +50,7 @@ func endAll(t *testing.T, b *bundle, name string) {
 		id := run.EvalID(name, key)
 		var info *asynq.TaskInfo
 		evaltest.Eventually(t, 10*time.Second, "eval "+id+" ended", func() bool {
-			if _, err := client.Admit(t.Context(), b.aq, b.pool, b.runs); err != nil {
+			if _, err := client.Admit(t.Context(), b.aq, b.insp, b.pool, b.runs); err != nil {
 				t.Fatal(err)
 			}
 			info, err = client.Lookup(b.insp, b.pool.Name(), id)
@@ -231,10 +231,10 @@ func TestRetryRunEnqueueLost(t *testing.T) {
 	if c, _ := b.runs.Progress(ctx, "rs"); c.Done() != 0 || len(recs) != 3 {
 		t.Fatalf("after the retry: %+v; want its 3 evals open", c)
 	}
-	if n, err := client.Readmit(ctx, b.aq, b.pool, b.runs); err != nil || n == 0 {
+	if n, err := client.Readmit(ctx, b.aq, b.insp, b.pool, b.runs); err != nil || n == 0 {
 		t.Fatalf("Readmit = %d, %v; want the evals admitted but not enqueued enqueued", n, err)
 	}
-	if n, err := client.Readmit(ctx, b.aq, b.pool, b.runs); err != nil || n != 0 {
+	if n, err := client.Readmit(ctx, b.aq, b.insp, b.pool, b.runs); err != nil || n != 0 {
 		t.Fatalf("Readmit again = %d, %v; want none: each is enqueued once", n, err)
 	}
 	endAll(t, b, "rs")
@@ -299,7 +299,7 @@ func TestRetryWaitsForAnEndingTask(t *testing.T) {
 		t.Fatal(err)
 	}
 	evaltest.Eventually(t, 10*time.Second, "eval ending/k running", func() bool {
-		if _, err := client.Admit(ctx, b.aq, b.pool, b.runs); err != nil {
+		if _, err := client.Admit(ctx, b.aq, b.insp, b.pool, b.runs); err != nil {
 			t.Fatal(err)
 		}
 		return state(t, b, "ending/k") == asynq.TaskStateActive

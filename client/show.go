@@ -98,7 +98,7 @@ func Show(ctx context.Context, insp *asynq.Inspector, runs *run.Store, pool, id 
 	if err != nil {
 		return Detail{}, err
 	}
-	d := Detail{EvalID: id, State: info.State.String(), Retried: info.Retried, LastError: info.LastErr, MaxRetry: max(0, info.MaxRetry-tasks.NoExecutorReserve), Attempts: []Attempt{}}
+	d := Detail{EvalID: id, State: stateOf(info), Retried: info.Retried, LastError: info.LastErr, MaxRetry: max(0, info.MaxRetry-tasks.NoExecutorReserve), Attempts: []Attempt{}}
 	e, perr := tasks.ParseEval(info.Payload)
 	if perr == nil {
 		d.Pool, d.Run, d.Key, d.Spec, d.Require, d.TimeoutS = e.Pool, e.Run, e.Key, e.Spec, e.Require, e.TimeoutS
@@ -133,6 +133,15 @@ func Show(ctx context.Context, insp *asynq.Inspector, runs *run.Store, pool, id 
 		d.Reason = info.LastErr
 	}
 	return d, err
+}
+
+// stateOf is Asynq's state of the eval's task, or StateQueued while it
+// is an eval of no run held for admission.
+func stateOf(info *asynq.TaskInfo) string {
+	if info.State == asynq.TaskStateScheduled && tasks.Held(info.NextProcessAt) {
+		return StateQueued
+	}
+	return info.State.String()
 }
 
 // finalAttempt is how the eval ended, as a run's record has it: its run's,

@@ -183,7 +183,7 @@ func Submit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *poo
 		return r, fmt.Errorf("%w (every eval is queued: submit it again with resume to mark the run complete)", err)
 	}
 	r.Submission = run.Complete
-	if _, err := Admit(ctx, aq, p, runs); err != nil {
+	if _, err := Admit(ctx, aq, insp, p, runs); err != nil {
 		return r, fmt.Errorf("run %s is submitted, and waits for a worker to admit its evals: %w", r.Name, err)
 	}
 	return r, nil
@@ -191,9 +191,10 @@ func Submit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *poo
 
 // Readmit enqueues again the evals of p's runs that were admitted but are
 // not in its queue: their admitter died before it enqueued them, or
-// Redis's data went back. An eval whose task is there is left alone. A
-// worker runs it at each reap.
-func Readmit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store) (int, error) {
+// Redis's data went back; and releases again its evals of no run admitted
+// but still held, forgetting those whose task ended or is gone. An eval
+// whose task is there is left alone. A worker runs it at each reap.
+func Readmit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *pool.Pool, runs *run.Store) (int, error) {
 	admitted, err := runs.Admitted(ctx, p.Name())
 	if err != nil {
 		return 0, err
@@ -227,20 +228,84 @@ func Readmit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Stor
 		}
 		n += len(lost)
 	}
-	return n, nil
+	released, err := rereleaseHeld(ctx, insp, p, runs)
+	return n + released, err
 }
 
-// Admit admits evals of p's runs to its queue by the fair share
-// (run.Store.Admit), for the executors in service now. Submit runs it; so
-// does a worker when an eval of a run ends, and at each reap.
-func Admit(ctx context.Context, aq *asynq.Client, p *pool.Pool, runs *run.Store) (int, error) {
+// rereleaseHeld releases again p's evals of no run admitted but still
+// held, and takes out of flight those whose task ended or is gone.
+func rereleaseHeld(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *run.Store) (int, error) {
+	ids, err := runs.Standalone(ctx, p.Name())
+	if err != nil || len(ids) == 0 {
+		return 0, err
+	}
+	queue := tasks.Queues(p.Name()).Evals
+	states := make([]*redis.StringCmd, len(ids))
+	if _, err := runs.Redis().Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, id := range ids {
+			states[i] = pipe.HGet(ctx, tasks.ResultKey(queue, id), "state")
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, err
+	}
+	var ended []string
+	n := 0
+	for i, id := range ids {
+		switch states[i].Val() {
+		case "scheduled":
+			ok, err := release(insp, runs.Redis(), queue)(ctx, id)
+			if err != nil {
+				return n, err
+			}
+			if ok {
+				n++
+				continue
+			}
+			ended = append(ended, id)
+		case "", "completed", "archived":
+			ended = append(ended, id)
+		}
+	}
+	return n, runs.EndStandalone(ctx, p.Name(), ended...)
+}
+
+// Admit admits evals of p's runs, and its evals of no run, to its queue by
+// the fair share (run.Store.Admit), for the executors in service now.
+// Submit and Enqueue run it; so does a worker when an eval ends, and at
+// each reap.
+func Admit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *pool.Pool, runs *run.Store) (int, error) {
 	c, err := p.Counts(ctx)
 	if err != nil {
 		return 0, err
 	}
-	return runs.Admit(ctx, p.Name(), int(c.Available+c.Leased), func(ctx context.Context, r run.Run, specs []string) error {
-		return enqueueAdmitted(ctx, aq, r, specs)
+	queue := tasks.Queues(p.Name()).Evals
+	return runs.Admit(ctx, p.Name(), int(c.Available+c.Leased), run.Admission{
+		Enqueue: func(ctx context.Context, r run.Run, specs []string) error {
+			return enqueueAdmitted(ctx, aq, r, specs)
+		},
+		Held:    tasks.HeldKey(queue),
+		Release: release(insp, runs.Redis(), queue),
 	})
+}
+
+// release moves a held eval of the queue to its pending list; false when
+// it is gone (cancelled). One another released meanwhile is no error.
+func release(insp *asynq.Inspector, rdb redis.UniversalClient, queue string) func(ctx context.Context, id string) (bool, error) {
+	return func(ctx context.Context, id string) (bool, error) {
+		err := insp.RunTask(queue, id)
+		if err == nil {
+			return true, nil
+		}
+		state, serr := rdb.HGet(ctx, tasks.ResultKey(queue, id), "state").Result()
+		switch {
+		case errors.Is(serr, redis.Nil):
+			return false, nil
+		case serr == nil && state != "scheduled":
+			return true, nil
+		}
+		return false, fmt.Errorf("release eval %s to the queue: %w", id, pool.RedisFull(err))
+	}
 }
 
 // enqueueAdmitted puts admitted evals of r on its pool's queue, with the

@@ -188,8 +188,9 @@ func waiting(ctx context.Context, runs *run.Store, id string) ([]byte, bool) {
 	return spec, ok && err == nil
 }
 
-// StateQueued is the state of a run's eval waiting for admission to its
-// pool's queue: Asynq does not know it yet.
+// StateQueued is the state of an eval waiting for admission to its pool's
+// queue: a run's, which Asynq does not know yet, or one of no run, held
+// in Asynq (run.HeldFor).
 const StateQueued = "queued"
 
 // Cancelled is what Cancel did.
@@ -231,7 +232,7 @@ func Cancel(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *run.
 			continue
 		}
 		c.Pending++
-		if err := recordCancel(ctx, runs, info); err != nil {
+		if err := recordCancel(ctx, runs, p.Name(), info); err != nil {
 			return c, err
 		}
 	}
@@ -240,18 +241,22 @@ func Cancel(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *run.
 			return c, fmt.Errorf("cancel eval %s: %w", info.ID, err)
 		}
 		c.Running++
-		if err := recordCancel(ctx, runs, info); err != nil {
+		if err := recordCancel(ctx, runs, p.Name(), info); err != nil {
 			return c, err
 		}
 	}
 	return c, nil
 }
 
-// recordCancel records a cancelled eval in its run, if it has one.
-func recordCancel(ctx context.Context, runs *run.Store, info *asynq.TaskInfo) error {
+// recordCancel records a cancelled eval in its run, or takes an eval of
+// no run out of flight.
+func recordCancel(ctx context.Context, runs *run.Store, pool string, info *asynq.TaskInfo) error {
 	e, err := tasks.ParseEval(info.Payload)
-	if err != nil || e.Run == "" {
+	if err != nil {
 		return nil
+	}
+	if e.Run == "" {
+		return runs.EndStandalone(ctx, pool, info.ID)
 	}
 	_, err = runs.Finish(ctx, e.Run, run.Record{Key: e.Key, Status: run.Cancelled, At: time.Now()})
 	return err

@@ -24,6 +24,12 @@ import (
 // by weight; a run never has more in flight than its MaxExecutors; high
 // priority runs are served first, and a normal run left with nothing in
 // flight for StarveAfter gets one eval in flight whatever they take.
+//
+// A pool's evals of no run share it as one more run, of weight 1 and
+// normal priority: they wait in Asynq as tasks scheduled HeldFor after
+// their enqueue, so that their ID, spec and cancel are Asynq's as for any
+// task, and admission moves them to the queue oldest first
+// (Admission.Release).
 
 // Priorities of a run.
 const (
@@ -43,6 +49,9 @@ const (
 	MaxActiveRuns = 200
 	admitLockTTL  = 10 * time.Second
 	queueBatch    = 1000
+	// HeldFor is how long after its enqueue an eval of no run is due
+	// while it waits for admission: never, in practice.
+	HeldFor = 100 * 365 * 24 * time.Hour
 )
 
 // Queue writes evals of run r to wait for admission, in order: specs[i] is
@@ -95,15 +104,26 @@ func (s *Store) Unqueue(ctx context.Context, name string) error {
 	return nil
 }
 
-// Enqueue puts specs of run r, just admitted, on its pool's queue. An eval
-// already there (by its ID) is no error.
-type Enqueue func(ctx context.Context, r Run, specs []string) error
+// Admission is how Admit puts the evals it admitted on the pool's queue.
+type Admission struct {
+	// Enqueue puts specs of run r, just admitted, on the pool's queue. An
+	// eval already there (by its ID) is no error.
+	Enqueue func(ctx context.Context, r Run, specs []string) error
+	// Held is the ZSET of the pool's evals of no run waiting for
+	// admission, by the second each is due (tasks.HeldKey). Empty for
+	// none: they are not admitted.
+	Held string
+	// Release moves the held eval id to the pool's queue; false when it is
+	// held no more (cancelled meanwhile).
+	Release func(ctx context.Context, id string) (bool, error)
+}
 
-// Admit admits evals of the pool's open runs by the fair share, for a pool
-// of capacity executors in service, and enqueues them. One process admits
-// for a pool at a time; a call that finds another admitting asks it to go
-// round again, and returns. It returns how many it admitted.
-func (s *Store) Admit(ctx context.Context, pool string, capacity int, enqueue Enqueue) (int, error) {
+// Admit admits evals of the pool's open runs, and its evals of no run, by
+// the fair share, for a pool of capacity executors in service, and puts
+// them on its queue. One process admits for a pool at a time; a call that
+// finds another admitting asks it to go round again, and returns. It
+// returns how many it admitted.
+func (s *Store) Admit(ctx context.Context, pool string, capacity int, a Admission) (int, error) {
 	total := 0
 	for range 10 {
 		unlock, err := s.lock(ctx, keys.Admitting(pool), admitLockTTL)
@@ -114,7 +134,7 @@ func (s *Store) Admit(ctx context.Context, pool string, capacity int, enqueue En
 			return total, s.client.Set(ctx, keys.Readmit(pool), 1, 2*admitLockTTL).Err()
 		}
 		s.client.Del(ctx, keys.Readmit(pool))
-		n, err := s.admit(ctx, pool, capacity, enqueue)
+		n, err := s.admit(ctx, pool, capacity, a)
 		unlock()
 		total += n
 		if err != nil {
@@ -157,7 +177,7 @@ type share struct {
 	want             int // in flight after this admission
 }
 
-func (s *Store) admit(ctx context.Context, pool string, capacity int, enqueue Enqueue) (int, error) {
+func (s *Store) admit(ctx context.Context, pool string, capacity int, a Admission) (int, error) {
 	names, err := s.client.ZRange(ctx, keys.Admissible(pool), 0, MaxActiveRuns-1).Result()
 	if err != nil {
 		return 0, fmt.Errorf("admit to pool %s: %w", pool, err)
@@ -168,8 +188,12 @@ func (s *Store) admit(ctx context.Context, pool string, capacity int, enqueue En
 	// Redis's clock, not this process's, dates admissions and tells a
 	// starving run: every admitter, whatever its clock, reads the same.
 	var clock *redis.TimeCmd
+	var loose standaloneCmds
 	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		clock = pipe.Time(ctx)
+		if a.Held != "" {
+			loose = readStandalone(ctx, pipe, pool, a.Held)
+		}
 		for i, name := range names {
 			k := keys.ForRun(name)
 			metas[i], inflight[i], queued[i] = pipe.HGetAll(ctx, k.Meta()), pipe.SCard(ctx, k.Admitted()), pipe.LLen(ctx, k.Queued())
@@ -195,11 +219,22 @@ func (s *Store) admit(ctx context.Context, pool string, capacity int, enqueue En
 		}
 		shares = append(shares, sh)
 	}
+	if sh := loose.share(); sh != nil {
+		shares = append(shares, sh)
+	}
 	now := clock.Val()
 	fairShares(shares, 2*max(capacity, 1), now)
 	total := 0
 	for _, sh := range shares {
 		if sh.want <= sh.inflight || sh.queued == 0 {
+			continue
+		}
+		if sh.run.Name == "" {
+			n, err := s.admitHeld(ctx, pool, a, sh.want-sh.inflight, now)
+			total += n
+			if err != nil {
+				return total, err
+			}
 			continue
 		}
 		got, err := lua.AdmitRun.Run(ctx, s.client, keys.ForRun(sh.run.Name).Script(), sh.want-sh.inflight, now.UnixMilli()).Slice()
@@ -214,12 +249,105 @@ func (s *Store) admit(ctx context.Context, pool string, capacity int, enqueue En
 		}
 		if len(specs) > 0 {
 			total += len(specs)
-			if err := enqueue(ctx, sh.run, specs); err != nil {
+			if err := a.Enqueue(ctx, sh.run, specs); err != nil {
 				return total, fmt.Errorf("admit run %s: %w", sh.run.Name, err)
 			}
 		}
 	}
 	return total, nil
+}
+
+// standaloneCmds read a pool's evals of no run for admission: how many are
+// in flight, when the last was admitted, how many wait, and since when the
+// oldest.
+type standaloneCmds struct {
+	inflight, held *redis.IntCmd
+	last, oldest   *redis.ZSliceCmd
+}
+
+func readStandalone(ctx context.Context, pipe redis.Pipeliner, pool, held string) standaloneCmds {
+	k := keys.Standalone(pool)
+	return standaloneCmds{
+		inflight: pipe.ZCard(ctx, k), last: pipe.ZRevRangeWithScores(ctx, k, 0, 0),
+		held: pipe.ZCard(ctx, held), oldest: pipe.ZRangeWithScores(ctx, held, 0, 0),
+	}
+}
+
+// share is the evals of no run as one more run, nil when it has none. It
+// was last admitted to when its last eval in flight was; with none in
+// flight, when its oldest waiting eval was enqueued.
+func (c standaloneCmds) share() *share {
+	if c.inflight == nil || c.inflight.Val() == 0 && c.held.Val() == 0 {
+		return nil
+	}
+	sh := &share{run: Run{Weight: 1, Priority: PriorityNormal}, inflight: int(c.inflight.Val()), queued: int(c.held.Val())}
+	switch {
+	case len(c.last.Val()) > 0:
+		sh.admittedAt = time.UnixMilli(int64(c.last.Val()[0].Score))
+	case len(c.oldest.Val()) > 0:
+		sh.admittedAt = time.Unix(int64(c.oldest.Val()[0].Score), 0).Add(-HeldFor)
+	}
+	return sh
+}
+
+// admitHeld admits the n oldest of the pool's held evals: each is in
+// flight before it is released to the queue, so that a release a crash
+// cut short is found (Standalone) and released again.
+func (s *Store) admitHeld(ctx context.Context, pool string, a Admission, n int, now time.Time) (int, error) {
+	ids, err := s.client.ZRange(ctx, a.Held, 0, int64(n-1)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("admit evals of no run to pool %s: %w", pool, err)
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	members := make([]redis.Z, len(ids))
+	for i, id := range ids {
+		members[i] = redis.Z{Score: float64(now.UnixMilli()), Member: id}
+	}
+	if err := s.client.ZAdd(ctx, keys.Standalone(pool), members...).Err(); err != nil {
+		return 0, fmt.Errorf("admit evals of no run to pool %s: %w", pool, lua.Full(err))
+	}
+	admitted := 0
+	for _, id := range ids {
+		ok, err := a.Release(ctx, id)
+		if err != nil {
+			return admitted, fmt.Errorf("admit eval %s: %w", id, err)
+		}
+		if !ok {
+			if err := s.EndStandalone(ctx, pool, id); err != nil {
+				return admitted, err
+			}
+			continue
+		}
+		admitted++
+	}
+	return admitted, nil
+}
+
+// Standalone returns the IDs of the pool's evals of no run in flight.
+func (s *Store) Standalone(ctx context.Context, pool string) ([]string, error) {
+	ids, err := s.client.ZRange(ctx, keys.Standalone(pool), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("evals of no run of pool %s in flight: %w", pool, err)
+	}
+	return ids, nil
+}
+
+// EndStandalone takes evals of no run of the pool out of flight: they
+// ended, or were cancelled.
+func (s *Store) EndStandalone(ctx context.Context, pool string, ids ...string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	members := make([]any, len(ids))
+	for i, id := range ids {
+		members[i] = id
+	}
+	if err := s.client.ZRem(ctx, keys.Standalone(pool), members...).Err(); err != nil {
+		return fmt.Errorf("evals of no run of pool %s: end: %w", pool, err)
+	}
+	return nil
 }
 
 // fairShares sets each run's want: how many of its evals may be in flight,

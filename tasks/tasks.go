@@ -87,6 +87,15 @@ func ResultKey(q, id string) string {
 	return "asynq:{" + q + "}:t:" + id
 }
 
+// HeldKey is the ZSET of queue q's scheduled tasks by the second each is
+// due: Asynq's own (v0.26). An eval of no run waits there for admission
+// (run.HeldFor).
+func HeldKey(q string) string { return "asynq:{" + q + "}:scheduled" }
+
+// Held reports whether a task due at due is an eval of no run waiting for
+// admission (run.HeldFor).
+func Held(due time.Time) bool { return time.Until(due) > run.HeldFor/2 }
+
 // poolOrDefault is the pool a payload names, or DefaultPool for none.
 func poolOrDefault(pool string) string {
 	if pool == "" {

@@ -184,7 +184,7 @@ func (w *Worker) report(ctx context.Context, o *outcome) {
 	case !o.leased():
 		return
 	}
-	if o.result != nil && o.eval.Run != "" && w.endInRun(ctx, o.eval, recordOf(o.res, o.took, o.attempt, o.lease.URL)) {
+	if o.result != nil && w.endInRun(ctx, o.eval, recordOf(o.res, o.took, o.attempt, o.lease.URL)) {
 		o.result = nil
 	}
 	kind := o.res.Status

@@ -674,18 +674,19 @@ func (w *Worker) cancelled(ctx context.Context, sp *servedPool, e tasks.Eval) bo
 	return ok
 }
 
-// endInRun records how an eval of a run ended, if it belongs to one. The
-// first end recorded wins (run.Store.Finish). An end that cannot be written
+// endInRun records how an eval of a run ended; an eval of no run is taken
+// out of flight instead (endStandalone). The first end recorded wins (run.Store.Finish). An end that cannot be written
 // now is kept and written again at each maintenance tick (watchEpochs); a
 // worker killed first loses it, and the reap's reconciliation of the runs
 // records it from Asynq's state.
 func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) (written bool) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
+	defer cancel()
 	if e.Run == "" {
+		w.endStandalone(rctx, e)
 		return false
 	}
 	rec.Key, rec.Group, rec.Epoch, rec.At = e.Key, e.Group, e.Epoch, time.Now()
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
-	defer cancel()
 	_, err := w.runs.Finish(rctx, e.Run, rec)
 	switch {
 	case err == nil:
@@ -703,10 +704,25 @@ func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) (wr
 	return false
 }
 
+// endStandalone takes an eval of no run that ended out of flight, and
+// admits the pool's next. One not taken out now is at the next reap
+// (client.Readmit).
+func (w *Worker) endStandalone(ctx context.Context, e tasks.Eval) {
+	sp := w.pools[e.Pool]
+	if sp == nil {
+		return
+	}
+	if err := w.runs.EndStandalone(ctx, e.Pool, e.ID); err != nil {
+		w.log.Warn().Err(err).Str("eval", e.ID).Msg("could not take the eval out of flight; the next reap does")
+		return
+	}
+	w.admit(ctx, sp)
+}
+
 // admit lets the pool's runs have their next evals in flight, by the fair
 // share (client.Admit), once one ended.
 func (w *Worker) admit(ctx context.Context, sp *servedPool) {
-	if _, err := client.Admit(ctx, w.client, sp.pool, w.runs); err != nil {
+	if _, err := client.Admit(ctx, w.client, w.inspector, sp.pool, w.runs); err != nil {
 		w.log.Warn().Err(err).Str("pool", sp.pool.Name()).Msg("could not admit the runs' next evals; the next end or reap does")
 	}
 }
@@ -968,7 +984,7 @@ func (w *Worker) handleReap(ctx context.Context, t *asynq.Task) error {
 	}
 	if ran {
 		w.reconcileRuns(ctx, sp) // once per interval across the fleet, as the reap
-		if n, err := client.Readmit(ctx, w.client, sp.pool, w.runs); err != nil || n > 0 {
+		if n, err := client.Readmit(ctx, w.client, w.inspector, sp.pool, w.runs); err != nil || n > 0 {
 			w.log.Warn().Err(err).Str("pool", sp.pool.Name()).Int("enqueued", n).Msg("evals admitted but not in the queue, enqueued again")
 		}
 	}

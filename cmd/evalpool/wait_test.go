@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -64,6 +65,16 @@ func heldPool(t *testing.T, opts refexec.Options) (srv *evaltest.Server, client 
 func TestWaitersAreServedFirstInFirstOut(t *testing.T) {
 	t.Parallel()
 	srv, client, p, servers, release := heldPool(t, refexec.Options{Latency: 20 * time.Millisecond})
+	// Admission lets twice the executors in service wait at once: five
+	// more, held for good, let all 12 wait.
+	for i := range 5 {
+		if _, err := p.Register(t.Context(), pool.Executor{URL: fmt.Sprintf("http://127.0.0.1:1/held-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Acquire(t.Context(), fmt.Sprint("hog-", i), time.Hour, pool.AcquireArgs{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for range 2 {
 		startWorkerProc(t, srv.URL(), "--concurrency", "8", "--poll-interval", "50ms")
 	}

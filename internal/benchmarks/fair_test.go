@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/evalpool/evalpool"
@@ -122,8 +123,18 @@ func fairShare(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 			evals[j].ID = fmt.Sprintf("fifo-%d", j)
 			ids[j] = evals[j].ID
 		}
-		if _, err := f.c.Enqueue(t.Context(), "fair", evals, evalpool.EnqueueOptions{}); err != nil {
-			t.Fatal(err)
+		// Straight to the queue, as before the fair share: first come,
+		// first served.
+		aq := asynq.NewClientFromRedisClient(f.c.Redis())
+		for _, e := range evals {
+			e.Pool = "fair"
+			task, err := tasks.NewEval(e, tasks.EvalOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := aq.EnqueueContext(t.Context(), task); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := f.c.Wait(t.Context(), "fair", ids, client.WaitOptions{Every: 20 * time.Millisecond}); err != nil {
 			t.Fatal(err)
@@ -163,7 +174,7 @@ func fairShare(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 		ratios, smallAlone, smallBehind, shares = append(ratios, ratio), append(smallAlone, alone.Seconds()), append(smallBehind, behind.Seconds()), append(shares, share)
 		rows = append(rows, fmt.Sprintf("| %d | %.2f s | %.2f s | %.3f | %.2f s | %.2f s | %.0f/%.0f |", i+1, fifo.Seconds(), admitted.Seconds(), ratio, alone.Seconds(), behind.Seconds(), share, 100-share))
 	}
-	fmt.Fprintf(md, "## Fair share between runs\n\n%d executors whose calls take %s, one worker (concurrency 16, inline cleanup). A run alone: %d evals submitted as a run (admitted by the fair share) against the same evals enqueued first come, first served (`enqueue`), one after the other on the same pool. A 10-eval run alone, and behind a run of %d evals submitted just before it. Two backlogged runs of weights 3 and 1: their share of the executors' time over %s, measured at the executors.\n\n", fairExecutors, fairLatency, fairEvals, fairBacklog, fairWindow)
+	fmt.Fprintf(md, "## Fair share between runs\n\n%d executors whose calls take %s, one worker (concurrency 16, inline cleanup). A run alone: %d evals submitted as a run (admitted by the fair share) against the same evals put on the queue first come, first served, as before the fair share, one after the other on the same pool. A 10-eval run alone, and behind a run of %d evals submitted just before it. Two backlogged runs of weights 3 and 1: their share of the executors' time over %s, measured at the executors.\n\n", fairExecutors, fairLatency, fairEvals, fairBacklog, fairWindow)
 	fmt.Fprintf(md, "| run | %d evals FIFO | as a run | ratio | 10 evals alone | behind %d | weights 3:1 |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", fairEvals, fairBacklog)
 	for _, r := range rows {
 		fmt.Fprintln(md, r)

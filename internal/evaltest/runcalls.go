@@ -15,9 +15,10 @@ func NewRunCalls(next http.Handler) *RunCalls {
 	return &RunCalls{next: next, now: map[string]int{}, peak: map[string]int{}, spans: map[string][][2]time.Time{}}
 }
 
-// RunCalls stands in front of executors and tells what they saw of each run: its calls in flight now
-// and at most, and its calls' spans, so that a run's share of the pool is
-// measured where it is spent.
+// RunCalls stands in front of executors and tells what they saw of each
+// run: its calls in flight now and at most, and its calls' spans, so that
+// a run's share of the pool is measured where it is spent. The evals of no
+// run count as the run "".
 type RunCalls struct {
 	next http.Handler
 	mu   sync.Mutex
@@ -38,7 +39,10 @@ func (c *RunCalls) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		EvalID string `json:"eval_id"`
 	}
 	_ = json.Unmarshal(body, &req)
-	name, _, _ := strings.Cut(req.EvalID, "/")
+	name, _, ofRun := strings.Cut(req.EvalID, "/")
+	if !ofRun {
+		name = ""
+	}
 	start := time.Now()
 	c.mu.Lock()
 	c.now[name]++

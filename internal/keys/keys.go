@@ -192,6 +192,10 @@ func (k Run) Admitted() string { return k.prefix + "admitted" }
 // oldest first, and at no run that has nothing to admit.
 func Admissible(pool string) string { return "evalpool:runs:admissible:" + pool }
 
+// Standalone holds a pool's evals of no run in flight: eval ID -> ms it
+// was admitted (run.Store.Admit).
+func Standalone(pool string) string { return "evalpool:standalone:admitted:" + pool }
+
 // Admitting is a pool's admission lock, and Readmit the flag that tells
 // its holder to go round again (run.Store.Admit).
 func Admitting(pool string) string { return "evalpool:runs:admitting:" + pool }
