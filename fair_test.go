@@ -137,6 +137,19 @@ func TestWeightsSplitThePool(t *testing.T) {
 	if share < 0.65 || share > 0.85 {
 		t.Errorf("weight 3 had %.0f%% of the executors' time, want 75 ± 10", 100*share)
 	}
+	// The runs' own figures agree: both held executors, the heavier more.
+	held := map[string]float64{}
+	for _, name := range []string{"three", "one"} {
+		sh, err := b.c.Runs().Share(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held[name] = sh.HeldLastMinute
+	}
+	t.Logf("executors held over the last minute, by the runs' records: %v", held)
+	if held["one"] <= 0 || held["three"] <= held["one"] || held["three"]+held["one"] > 8.5 {
+		t.Errorf("executors held over the last minute: %v; want both some, weight 3 more, at most the pool's 8 together", held)
+	}
 }
 
 // A run capped at 2 executors never has more than 2 calls at the

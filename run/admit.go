@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -484,7 +485,17 @@ type Share struct {
 	// waiting for admission.
 	InFlight int `json:"in_flight"`
 	Queued   int `json:"queued"`
+	// HeldLastMinute is how many executors it held on average over the
+	// last minute (60 to 70 s), counting the attempts that ended in it.
+	HeldLastMinute float64 `json:"held_last_minute"`
 }
+
+// busySlot and busyRing are run_finish.lua's: a run's executor time is kept
+// by 10 s slot, the last 7.
+const (
+	busySlot = 10 * time.Second
+	busyRing = 7
+)
 
 // Share reads run name's share, in O(1).
 func (s *Store) Share(ctx context.Context, name string) (Share, error) {
@@ -492,12 +503,32 @@ func (s *Store) Share(ctx context.Context, name string) (Share, error) {
 	meta := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta())
 	inflight := redis.NewIntCmd(ctx, "scard", k.Admitted())
 	queued := redis.NewIntCmd(ctx, "llen", k.Queued())
-	if err := s.read(ctx, name, meta, inflight, queued); err != nil {
+	counts := redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts())
+	clock := redis.NewTimeCmd(ctx, "time")
+	if err := s.read(ctx, name, meta, inflight, queued, counts, clock); err != nil {
 		return Share{}, err
 	}
 	r, err := runOf(name, meta.Val(), nil)
 	if err != nil {
 		return Share{}, err
 	}
-	return Share{Weight: r.Weight, MaxExecutors: r.MaxExecutors, Priority: r.Priority, InFlight: int(inflight.Val()), Queued: int(queued.Val())}, nil
+	return Share{Weight: r.Weight, MaxExecutors: r.MaxExecutors, Priority: r.Priority, InFlight: int(inflight.Val()), Queued: int(queued.Val()),
+		HeldLastMinute: heldOver(counts.Val(), clock.Val())}, nil
+}
+
+// heldOver is the executors held on average over the ring's window ending
+// now (its last six slots and the one under way), from the run's counts.
+func heldOver(counts map[string]string, now time.Time) float64 {
+	last := now.UnixMilli() / busySlot.Milliseconds()
+	var busy int64
+	for i := range busyRing {
+		at, ms, ok := strings.Cut(counts["busy"+strconv.Itoa(i)], ":")
+		slot, err1 := strconv.ParseInt(at, 10, 64)
+		n, err2 := strconv.ParseInt(ms, 10, 64)
+		if ok && err1 == nil && err2 == nil && slot > last-busyRing && slot <= last {
+			busy += n
+		}
+	}
+	window := (busyRing-1)*busySlot.Milliseconds() + now.UnixMilli() - last*busySlot.Milliseconds()
+	return math.Round(100*float64(busy)/float64(window)) / 100
 }

@@ -424,7 +424,8 @@ func (s *Store) Finish(ctx context.Context, name string, rec Record) (recorded b
 	if rec.Score != nil && !math.IsNaN(*rec.Score) && !math.IsInf(*rec.Score, 0) {
 		score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
 	}
-	n, err := lua.RunFinish.Run(ctx, s.client, keys.ForRun(name).Script(), rec.Key, rec.Status, raw, rec.Retries, score, s.retention.Milliseconds()).Int()
+	took := int64(rec.Duration * 1000)
+	n, err := lua.RunFinish.Run(ctx, s.client, keys.ForRun(name).Script(), rec.Key, rec.Status, raw, rec.Retries, score, s.retention.Milliseconds(), max(took, 0)).Int()
 	if err != nil {
 		return false, fmt.Errorf("run %s: eval %s ended: %w", name, rec.Key, lua.Full(err))
 	}

@@ -179,3 +179,43 @@ func TestResults(t *testing.T) {
 		}
 	}
 }
+
+// A run's share reads the executors it held over the last minute from the
+// attempts that ended in it: an attempt's time counts where it was spent,
+// so one longer than the window counts as one executor, and a cancel,
+// which held none, counts nothing.
+func TestHeldLastMinute(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		took     []float64 // seconds each attempt held its executor
+		min, max float64
+	}{
+		{"none", nil, 0, 0},
+		{"three of 6 s", []float64{6, 6, 6}, 18.0 / 70, 18.0 / 60},
+		{"one of 5 min", []float64{300}, 1, 1},
+		{"two of 5 min", []float64{300, 300}, 2, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			keys := []string{"cancelled"}
+			for i := range tt.took {
+				keys = append(keys, fmt.Sprint(i))
+			}
+			s, name := setup(t, keys...)
+			for i, took := range tt.took {
+				if _, err := s.Finish(t.Context(), name, run.Record{Key: fmt.Sprint(i), Status: run.Passed, Duration: took}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := s.Finish(t.Context(), name, run.Record{Key: "cancelled", Status: run.Cancelled}); err != nil {
+				t.Fatal(err)
+			}
+			sh, err := s.Share(t.Context(), name)
+			if err != nil || sh.HeldLastMinute < tt.min-0.01 || sh.HeldLastMinute > tt.max+0.01 {
+				t.Errorf("held over the last minute: %v, %v; want %.2f to %.2f", sh.HeldLastMinute, err, tt.min, tt.max)
+			}
+		})
+	}
+}

@@ -335,8 +335,8 @@ func (a *app) runStatus() *cobra.Command {
 			if sh.MaxExecutors > 0 {
 				limit = fmt.Sprintf("at most %d executors", sh.MaxExecutors)
 			}
-			fmt.Fprintf(a.stdout, "share: weight %d, %s, priority %s; %d executors held now, %d evals in flight, %d waiting for admission\n",
-				sh.Weight, limit, sh.Priority, p.Running, sh.InFlight, sh.Queued)
+			fmt.Fprintf(a.stdout, "share: weight %d, %s, priority %s; %d executors held now, %.1f on average over the last minute; %d evals in flight, %d waiting for admission\n",
+				sh.Weight, limit, sh.Priority, p.Running, sh.HeldLastMinute, sh.InFlight, sh.Queued)
 			state, enqueued, err := store.Submission(c.Context(), args[0])
 			if err != nil {
 				return err

@@ -32,7 +32,7 @@ func TestRunShareFlags(t *testing.T) {
 		t.Fatalf("run submit: %+v", r)
 	}
 	r := cli("run", "status", "shared")
-	if r.code != 0 || !strings.Contains(r.stdout, "share: weight 3, at most 2 executors, priority high; 0 executors held now, 2 evals in flight, 0 waiting for admission") {
+	if r.code != 0 || !strings.Contains(r.stdout, "share: weight 3, at most 2 executors, priority high; 0 executors held now, 0.0 on average over the last minute; 2 evals in flight, 0 waiting for admission") {
 		t.Fatalf("run status: %+v", r)
 	}
 	if r := cli("run", "summary", "shared"); r.code != 0 || !strings.Contains(r.stdout, "share weight 3, at most 2 executors (0: no cap), priority high") {
