@@ -370,7 +370,10 @@ func fairShares(shares []*share, budget int, now time.Time) {
 		left -= split(group, max(left, 0))
 	}
 	for _, sh := range shares {
-		if sh.run.Priority != PriorityHigh && sh.want == 0 && sh.queued > 0 && now.Sub(sh.admittedAt) > StarveAfter {
+		// A last admission dated well after now is Redis's clock stepped
+		// back: how long the run waited is unknown, so it is taken as long.
+		waited := now.Sub(sh.admittedAt)
+		if sh.run.Priority != PriorityHigh && sh.want == 0 && sh.queued > 0 && (waited > StarveAfter || waited < -StarveAfter) {
 			sh.want = 1
 		}
 	}
