@@ -225,8 +225,8 @@ func TestManyRunsAllRun(t *testing.T) {
 func TestEvalsOfNoRunShareAsOneRun(t *testing.T) {
 	t.Parallel()
 	b := fairSetup(t)
-	start := b.submit(t, "alone", 10, client.RunRequest{})
-	alone := b.waitRun(t, "alone", 30*time.Second).Sub(start)
+	start := b.submit(t, "nr-alone", 10, client.RunRequest{})
+	alone := b.waitRun(t, "nr-alone", 30*time.Second).Sub(start)
 
 	var evals []tasks.Eval
 	for i := range 2000 {
@@ -241,20 +241,20 @@ func TestEvalsOfNoRunShareAsOneRun(t *testing.T) {
 		}
 	})
 	evaltest.Eventually(t, 10*time.Second, "the evals of no run running", func() bool { return b.calls.Peak("") >= 8 })
-	start = b.submit(t, "small", 10, client.RunRequest{})
-	behind := b.waitRun(t, "small", 60*time.Second).Sub(start)
+	start = b.submit(t, "nr-small", 10, client.RunRequest{})
+	behind := b.waitRun(t, "nr-small", 60*time.Second).Sub(start)
 	t.Logf("a 10-eval run: %s alone, %s behind 2,000 evals of no run", alone.Round(time.Millisecond), behind.Round(time.Millisecond))
 	if limit := 3 * max(alone, 500*time.Millisecond); behind > limit {
 		t.Errorf("behind the evals of no run it took %s, more than %s (3× its time alone)", behind, limit)
 	}
 
-	b.submit(t, "big", 2000, client.RunRequest{})
-	defer b.cancel(t, "big")
-	evaltest.Eventually(t, 10*time.Second, "the run holding its share", func() bool { return b.calls.Peak("big") >= 4 })
+	b.submit(t, "nr-big", 2000, client.RunRequest{})
+	defer b.cancel(t, "nr-big")
+	evaltest.Eventually(t, 10*time.Second, "the run holding its share", func() bool { return b.calls.Peak("nr-big") >= 4 })
 	from := time.Now()
 	evaltest.Eventually(t, 30*time.Second, "a window of 4 s", func() bool { return time.Since(from) > 4*time.Second })
 	to := time.Now()
-	big, solo := b.calls.Busy("big", from, to), b.calls.Busy("", from, to)
+	big, solo := b.calls.Busy("nr-big", from, to), b.calls.Busy("", from, to)
 	share := float64(big) / float64(big+solo)
 	t.Logf("executor time: the run %s, the evals of no run %s: %.0f/%.0f", big.Round(time.Millisecond), solo.Round(time.Millisecond), 100*share, 100*(1-share))
 	if share < 0.4 || share > 0.6 {
