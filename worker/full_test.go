@@ -2,6 +2,7 @@ package worker
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -112,6 +113,67 @@ func TestReapReconcilesLostEnds(t *testing.T) {
 		want := map[string]string{"a": run.Passed, "b": run.Failed, "c": run.Errored}[r.Key]
 		if r.Status != want || r.Group != "g-"+r.Key {
 			t.Errorf("eval %s: %s in group %q, want %s in its payload's group", r.Key, r.Status, r.Group, want)
+		}
+	}
+}
+
+// TestAdmissionWaitsOutAFullRedis fills Redis while a run and evals of no
+// run have evals waiting for admission behind those on the executors:
+// admission is a write Redis refuses then, so they wait; once memory is
+// freed, every one of them runs and ends, and no executor ever had two
+// at once.
+func TestAdmissionWaitsOutAFullRedis(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{Args: evaltest.FullRedisArgs})
+	rdb := srv.Client(t)
+	slow := refexec.Options{Latency: time.Second}
+	w, b := setupOn(t, rdb, Config{ReapInterval: time.Second, Cleanup: CleanupInline, ExecutorWait: -1}, slow, slow)
+	start(t, w)
+	runs := run.NewStore(rdb, run.Options{})
+	ctx := t.Context()
+	var evals []tasks.Eval
+	for i := range 8 {
+		evals = append(evals, tasks.Eval{ID: fmt.Sprint(i), Spec: json.RawMessage(`{"grade":"passed"}`)})
+	}
+	if _, err := client.Submit(ctx, b.aq, b.insp, b.pool, runs, client.RunRequest{Name: "admit-full", Evals: evals}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"solo-1", "solo-2"} {
+		task, err := tasks.NewEval(tasks.Eval{ID: id, Spec: json.RawMessage(`{"grade":"passed"}`)}, tasks.EvalOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.aq.EnqueueContext(ctx, task, asynq.ProcessAt(time.Now().Add(run.HeldFor))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evaltest.Eventually(t, 10*time.Second, "the run's first evals running", func() bool {
+		c, err := runs.Progress(ctx, "admit-full")
+		return err == nil && c.Running == 2
+	})
+	free := evaltest.FillRedis(t, rdb)
+	evaltest.Eventually(t, 10*time.Second, "the ends kept to record later", func() bool {
+		return testutil.ToFloat64(b.metrics.unrecorded) >= 1
+	})
+	if sh, err := runs.Share(ctx, "admit-full"); err != nil || sh.Queued == 0 {
+		t.Fatalf("the run's share while Redis is full: %+v, %v; want evals still waiting for admission", sh, err)
+	}
+	free()
+	evaltest.Eventually(t, 30*time.Second, "every eval ended", func() bool {
+		c, err := runs.Progress(ctx, "admit-full")
+		if err != nil || c.Passed != 8 {
+			return false
+		}
+		for _, id := range []string{"solo-1", "solo-2"} {
+			if info, err := b.insp.GetTaskInfo(tasks.QueueEvals, id); err != nil || info.State != asynq.TaskStateCompleted {
+				return false
+			}
+		}
+		return true
+	})
+	for i, e := range b.executors {
+		if st := e.Stats(); st.Overlaps != 0 {
+			t.Errorf("executor %d: %+v; want no overlap", i, st)
 		}
 	}
 }
