@@ -283,3 +283,40 @@ func TestPoolHealthInChromium(t *testing.T) {
 
 	check("summary", "text", summary, "5 executors", "2 quarantined", "+1 leased, out of service at release")
 }
+
+// A browser that is not logged in is sent to the login page: a scripted
+// `chromium --headless --screenshot` (or --dump-dom) of a page behind the
+// token ends, on the login form, instead of stalling on a 401.
+func TestProtectedPageLeadsToLoginInChromium(t *testing.T) {
+	t.Parallel()
+	_, b := setupWith(t, Options{AuthToken: testToken})
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatalf("chromium not found in PATH: %v", err)
+	}
+	dir := t.TempDir()
+	headless := func(args ...string) []byte {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, path, append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+			"--user-data-dir=" + filepath.Join(dir, "profile"), "--window-size=1280,800"}, args...)...)
+		out, err := cmd.Output()
+		if ctx.Err() != nil {
+			t.Fatalf("chromium %v did not end within 30 s", args)
+		}
+		if err != nil {
+			t.Fatalf("chromium %v: %v", args, err)
+		}
+		return out
+	}
+	dom := headless("--dump-dom", b.url+"/runs/nightly")
+	if !strings.Contains(string(dom), `name="token"`) || !strings.Contains(string(dom), `value="/runs/nightly"`) {
+		t.Fatalf("the page a browser lands on is not the login form for /runs/nightly: %.400s", dom)
+	}
+	shot := filepath.Join(dir, "shot.png")
+	headless("--screenshot="+shot, b.url+"/")
+	if st, err := os.Stat(shot); err != nil || st.Size() == 0 {
+		t.Fatalf("no screenshot: %v", err)
+	}
+}

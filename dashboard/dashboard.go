@@ -31,7 +31,9 @@
 // SameSite=Strict, valid for SessionTTL, a random session ID held in
 // memory: POST /logout ends it, a restart ends them all). Tokens are
 // compared in constant time; wrong ones are logged, counted and limited
-// (FailedLoginBurst and the rest). Without it: 401.
+// (FailedLoginBurst and the rest). Without it: 401, but a browser asking
+// for a page (a GET with no Authorization header) is sent to the login
+// page (303), which a headless screenshot lands on too.
 //
 // Every response carries X-Frame-Options: DENY and CSP frame-ancestors
 // 'none' (Asynqmon's too). Serve adds the server's bounds: timeouts and a
@@ -1051,18 +1053,28 @@ func (a *auth) check(w http.ResponseWriter, r *http.Request) authMethod {
 	return unauthenticated
 }
 
-// unauthorized answers 401: JSON for the APIs, a page that leads to the
-// login for the rest.
+// unauthorized sends a browser asking for a page to the login page (303);
+// anything else gets 401: JSON for the APIs, a page that leads to the
+// login for the rest (a wrong bearer, a POST).
 func (a *auth) unauthorized(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("WWW-Authenticate", `Bearer realm="evalpool"`)
 	const msg = "authentication required: send Authorization: Bearer TOKEN, or log in at /login"
-	if wantsJSON(r) || r.URL.Path == "/metrics" {
-		refuse(w, r, http.StatusUnauthorized, msg)
-		return
-	}
+	page := !wantsJSON(r) && r.URL.Path != "/metrics"
 	// Relative links, so that the dashboard may sit under a proxy's prefix.
 	login := strings.Repeat("../", strings.Count(strings.TrimPrefix(r.URL.Path, "/"), "/")) + "login?next=" + url.QueryEscape(r.URL.Path)
 	w.Header().Set("Cache-Control", "no-store")
+	if page && (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header.Get("Authorization") == "" {
+		// A browser: sent to the login page, which a headless one that
+		// takes a screenshot lands on too (a 401's challenge stalls it).
+		hangUp(w)
+		w.Header().Set("Location", login) // as is: http.Redirect would make it absolute
+		w.WriteHeader(http.StatusSeeOther)
+		return
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="evalpool"`)
+	if !page {
+		refuse(w, r, http.StatusUnauthorized, msg)
+		return
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	hangUp(w)
 	w.WriteHeader(http.StatusUnauthorized)

@@ -290,7 +290,8 @@ func login(t *testing.T, base string) string {
 }
 
 // With a token, every route but /healthz and the login page answers 401
-// to a request without it or with a wrong one, and serves the right one.
+// to a request without it or with a wrong one (a browser asking for a
+// page is sent to the login page instead), and serves the right one.
 func TestAuthRequired(t *testing.T) {
 	t.Parallel()
 	_, b := setupTuned(t, Options{AuthToken: testToken}, unlimited, "http://e1:9001")
@@ -329,12 +330,23 @@ func TestAuthRequired(t *testing.T) {
 			{"forged cookie", []string{"Cookie", SessionCookie + "=99999999999.00ff"}, 401},
 			{"right token", []string{"Authorization", "Bearer " + testToken}, rt.code},
 		} {
-			resp, body := req(t, rt.method, b.url+rt.path, rt.body, tc.headers...)
-			if resp.StatusCode != tc.code {
-				t.Errorf("%s %s, %s: %d %.100q, want %d", rt.method, rt.path, tc.name, resp.StatusCode, body, tc.code)
+			// A browser (no Authorization) asking for a page is sent to
+			// the login page instead.
+			browser := (tc.name == "no token" || tc.name == "forged cookie") && (rt.method == "GET" || rt.method == "HEAD")
+			page := !strings.Contains(rt.path, "/api/") && rt.path != "/metrics"
+			want := tc.code
+			if browser && page {
+				want = http.StatusSeeOther
 			}
-			if tc.code == 401 && resp.Header.Get("WWW-Authenticate") == "" {
+			resp, body := req(t, rt.method, b.url+rt.path, rt.body, tc.headers...)
+			if resp.StatusCode != want {
+				t.Errorf("%s %s, %s: %d %.100q, want %d", rt.method, rt.path, tc.name, resp.StatusCode, body, want)
+			}
+			if want == 401 && resp.Header.Get("WWW-Authenticate") == "" {
 				t.Errorf("%s %s, %s: 401 without WWW-Authenticate", rt.method, rt.path, tc.name)
+			}
+			if loc := resp.Header.Get("Location"); want == http.StatusSeeOther && !strings.Contains(loc, "login?next="+url.QueryEscape(rt.path)) {
+				t.Errorf("%s %s, %s: sent to %q, want the login page", rt.method, rt.path, tc.name, loc)
 			}
 		}
 	}
@@ -345,9 +357,14 @@ func TestAuthRequired(t *testing.T) {
 	if resp, body := req(t, "GET", b.url+"/login?next=/monitoring/", ""); resp.StatusCode != 200 || !strings.Contains(body, `name="token"`) || !strings.Contains(body, `value="/monitoring/"`) {
 		t.Errorf("/login: %d %.300s", resp.StatusCode, body)
 	}
-	// A page asks the browser to log in; the API answers in JSON.
-	if resp, body := req(t, "GET", b.url+"/monitoring/queues", ""); resp.StatusCode != 401 || !strings.Contains(body, "../login?next=%2Fmonitoring%2Fqueues") {
-		t.Errorf("/monitoring/queues without a token: %d %.300s", resp.StatusCode, body)
+	// A browser asking for a page is sent to log in, by a link relative to
+	// the page (the dashboard may sit under a proxy's prefix); a program
+	// with a wrong token is told why; the API answers in JSON.
+	if resp, _ := req(t, "GET", b.url+"/monitoring/queues", ""); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "../login?next=%2Fmonitoring%2Fqueues" {
+		t.Errorf("/monitoring/queues without a token: %d, Location %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if resp, body := req(t, "GET", b.url+"/monitoring/queues", "", "Authorization", "Bearer wrong"); resp.StatusCode != 401 || !strings.Contains(body, "../login?next=%2Fmonitoring%2Fqueues") {
+		t.Errorf("/monitoring/queues with a wrong token: %d %.300s", resp.StatusCode, body)
 	}
 	if resp, body := req(t, "GET", b.url+"/api/v1/runs", ""); resp.StatusCode != 401 || !strings.Contains(body, `"error":"authentication required`) {
 		t.Errorf("/api/v1/runs without a token: %d %.300s", resp.StatusCode, body)

@@ -193,7 +193,7 @@ func TestFrameHeaders(t *testing.T) {
 		{"GET", "/metrics", "", bearer, 200},
 		{"GET", "/healthz", "", nil, 200},
 		{"GET", "/login", "", nil, 200},
-		{"GET", "/monitoring/", "", nil, 401},
+		{"GET", "/monitoring/", "", nil, http.StatusSeeOther},
 		{"GET", "/monitoring/", "attacker.example", bearer, 403},
 		{"GET", "/nothing", "", bearer, 404},
 	} {
@@ -334,9 +334,9 @@ func TestLogout(t *testing.T) {
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "./login" || !cleared {
 		t.Fatalf("logout: %d %q, cookies %v: %.100q", resp.StatusCode, resp.Header.Get("Location"), resp.Header["Set-Cookie"], body)
 	}
-	for _, path := range []string{"/api/pool", "/", "/monitoring/"} {
-		if resp, _ := req(t, "GET", b.url+path, "", "Cookie", cookie); resp.StatusCode != http.StatusUnauthorized {
-			t.Errorf("GET %s with the cookie after logout: %d, want 401", path, resp.StatusCode)
+	for path, want := range map[string]int{"/api/pool": http.StatusUnauthorized, "/": http.StatusSeeOther, "/monitoring/": http.StatusSeeOther} {
+		if resp, _ := req(t, "GET", b.url+path, "", "Cookie", cookie); resp.StatusCode != want {
+			t.Errorf("GET %s with the cookie after logout: %d, want %d (a page sends the browser to log in)", path, resp.StatusCode, want)
 		}
 	}
 	// Without a token there is no session, and no logout button.
