@@ -809,7 +809,8 @@ func (d *Dashboard) apiPoolTimeline(w http.ResponseWriter, r *http.Request) {
 // WaitersView is the body of /api/pool/waiters: the evals waiting for an
 // executor, first in line first.
 type WaitersView struct {
-	// Count is how many there are (pool.Counts, O(log N)).
+	// Count is how many there are: as read with Waiters when they are
+	// listed, so that the two agree; else now (pool.Counts, O(log N)).
 	Count int64 `json:"count"`
 	// Waiters are the first MaxWaitersShown of them, as read at ReadAt (at
 	// most waitersTTL ago): empty when Count is 0 or Skipped says why.
@@ -850,7 +851,7 @@ func (d *Dashboard) apiPoolWaiters(w http.ResponseWriter, r *http.Request) {
 			d.unavailable(w, "pool waiters", err)
 			return
 		}
-		v.ReadAt = rd.now
+		v.ReadAt, v.Count = rd.now, int64(len(rd.waiters))
 		v.Waiters = rd.waiters[:min(len(rd.waiters), MaxWaitersShown)]
 	}
 	writeView(w, v)

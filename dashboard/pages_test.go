@@ -343,6 +343,14 @@ func TestPoolWaitersEndpoint(t *testing.T) {
 	if v.Count != 1 || len(v.Waiters) != 1 || v.Waiters[0].EvalID != "waiting-1" || v.Waiters[0].Position != 1 || v.ReadAt.IsZero() {
 		t.Errorf("one waiter: %s", body)
 	}
+	// A second waiter, within the read every tab shares: the count is the
+	// list's, as read, not one more than the list shows.
+	if _, err := b.pool.Acquire(t.Context(), "waiting-2", time.Minute, pool.AcquireArgs{Wait: pool.Wait{Wake: b.pool.WakeKey("t"), PlaceTTL: time.Minute}}); !errors.Is(err, pool.ErrWaiting) {
+		t.Fatalf("Acquire with a wait on a busy pool: %v", err)
+	}
+	if v, body := getAs[WaitersView](t, b.url+"/api/pool/waiters", 200); v.Count != int64(len(v.Waiters)) {
+		t.Errorf("after a second waiter: the count %d, the list %d: %s", v.Count, len(v.Waiters), body)
+	}
 
 	_, big := setupTuned(t, Options{}, func(d *Dashboard) { d.waitersMax = 2 }, "http://e1:9001", "http://e2:9001", "http://e3:9001")
 	fill(big)
