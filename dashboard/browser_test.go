@@ -320,3 +320,61 @@ func TestProtectedPageLeadsToLoginInChromium(t *testing.T) {
 		t.Fatalf("no screenshot: %v", err)
 	}
 }
+
+// The pool table fits 1,280 px with the columns that matter first (the
+// rest on demand), and with --admin and a token a logged-in operator
+// quarantines, returns and drains an executor from it; without --admin the
+// page offers no action.
+func TestPoolActionsInChromium(t *testing.T) {
+	t.Parallel()
+	for _, admin := range []bool{true, false} {
+		t.Run(fmt.Sprint("admin ", admin), func(t *testing.T) {
+			t.Parallel()
+			_, b := setupWith(t, Options{Admin: admin, AuthToken: testToken})
+			// A fleet's names and labels are longer than the tests' e1.
+			if _, err := b.pool.Register(t.Context(), pool.Executor{URL: "http://sandbox-eu-west-1a-0042.evals.internal.example:9001",
+				Labels: map[string]string{"gpu": "a100", "zone": "eu-west-1a", "image": "python-3.12"}}); err != nil {
+				t.Fatal(err)
+			}
+			ctx := browser(t)
+			if err := chromedp.Do(ctx,
+				chromedp.Navigate(b.url+"/"),
+				chromedp.WaitVisible(chromedp.CSS(`input[name="token"]`)),
+				chromedp.SendKeys(chromedp.CSS(`input[name="token"]`), testToken),
+				chromedp.Submit(chromedp.CSS(`input[name="token"]`)),
+				chromedp.WaitVisible(chromedp.CSS(`tr[data-url="http://e1:9001"]`)),
+			); err != nil {
+				t.Fatal(err)
+			}
+			pollTrue(t, ctx, "the table fits 1,280 px, pass rate and quarantine in view", `(() => {
+				const wide = document.querySelector(".wide"), last = [...wide.querySelectorAll("th")].filter((th) => th.offsetParent !== null).pop();
+				return window.innerWidth <= 1280 && wide.scrollWidth <= wide.clientWidth && last.getBoundingClientRect().right <= window.innerWidth;
+			})()`, 10*time.Second)
+			if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#all-columns"))); err != nil {
+				t.Fatal(err)
+			}
+			pollTrue(t, ctx, "all columns shown on demand", `[...document.querySelectorAll("#executors-table th")].some((th) => th.innerText === "Fence" && th.offsetParent !== null)`, 5*time.Second)
+			actions := evalJS[int](t, ctx, `[...document.querySelectorAll("td.actions button")].filter((b) => b.offsetParent !== null).length`)
+			if !admin {
+				if actions != 0 {
+					t.Fatalf("without --admin the page offers %d actions", actions)
+				}
+				return
+			}
+			row := `tr[data-url="http://e1:9001"]`
+			if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row+` button[data-action="quarantine"]`))); err != nil {
+				t.Fatal(err)
+			}
+			pollTrue(t, ctx, "e1 quarantined", `document.querySelector('`+row+`[data-quarantined="true"]') !== null`, 10*time.Second)
+			if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row+` button[data-action="return"]`))); err != nil {
+				t.Fatal(err)
+			}
+			pollTrue(t, ctx, "e1 back in service", `(() => { const tr = document.querySelector('`+row+`'); return tr !== null && tr.dataset.quarantined === undefined; })()`, 10*time.Second)
+			screenshot(t, ctx, "pool-actions")
+			if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`tr[data-url="http://e2:9001"] button[data-action="remove"]`))); err != nil {
+				t.Fatal(err)
+			}
+			pollTrue(t, ctx, "e2 removed", `document.querySelector('tr[data-url="http://e2:9001"]') === null`, 10*time.Second)
+		})
+	}
+}

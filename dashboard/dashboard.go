@@ -49,7 +49,9 @@
 // scripts) is let through. A reverse proxy must pass the Host header on.
 //
 // Asynqmon is read-only (its UI shows no actions; its API refuses anything
-// but GET and HEAD with 403) unless Options.Admin is set.
+// but GET and HEAD with 403) unless Options.Admin is set. The pool page's
+// actions (POST /api/pool/action: quarantine, return, remove) need
+// Options.Admin and a token both.
 package dashboard
 
 import (
@@ -287,6 +289,7 @@ func New(opts Options) (*Dashboard, error) {
 	d.mux.HandleFunc("GET /api/pool/page", d.apiPoolPage)
 	d.mux.HandleFunc("GET /api/pool/timeline", d.apiPoolTimeline)
 	d.mux.HandleFunc("GET /api/pool/waiters", d.apiPoolWaiters)
+	d.mux.HandleFunc("POST /api/pool/action", d.apiPoolAction)
 	d.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	d.mux.HandleFunc("GET /{$}", page(indexHTML, d.auth != nil))
 	d.mux.HandleFunc("GET /runs", page(runsHTML, d.auth != nil))
@@ -592,6 +595,9 @@ type PageView struct {
 	// MonitoringPath and EvalsQueue make an eval's link into Asynqmon.
 	MonitoringPath string `json:"monitoring_path"`
 	EvalsQueue     string `json:"evals_queue"`
+	// Actions says the page may act on the executors (POST
+	// /api/pool/action): with --admin and a token.
+	Actions bool `json:"actions,omitempty"`
 }
 
 // pageCursor is where a page starts: in the batch Redis's HSCAN answers
@@ -713,7 +719,7 @@ func (d *Dashboard) apiPoolPage(w http.ResponseWriter, r *http.Request) {
 	}
 	name := d.pool.Name()
 	writeView(w, PageView{Pool: name, Now: now, Counts: counts, Cursor: cur.String(), Next: next.String(), Offset: cur.offset,
-		Executors: execs, MonitoringPath: MonitoringPath, EvalsQueue: tasks.Queues(name).Evals})
+		Executors: execs, MonitoringPath: MonitoringPath, EvalsQueue: tasks.Queues(name).Evals, Actions: d.actions()})
 }
 
 // TimelineView is the body of /api/pool/timeline: the leases of the
