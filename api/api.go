@@ -19,7 +19,8 @@
 //     nothing; the second body is not compared with the first.
 //   - A submission or cancel, once its body is read, finishes even if the
 //     client goes away, so that a run is never left half enqueued.
-//   - Evals are submitted to and looked up in Options.Pool; a run is
+//   - Evals are submitted to and looked up in Options.Pool (GET
+//     /evals/{id}?pool=NAME reads one of another pool); a run is
 //     cancelled and retried in the pool it was submitted to.
 //   - Results are NDJSON, one line per eval in the run's order. With
 //     ?follow=1 the stream is the run's ends, each eval once: those so far,

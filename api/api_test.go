@@ -711,3 +711,45 @@ func TestRunRetention(t *testing.T) {
 		}
 	}
 }
+
+// GET /evals/{id} reads the API's pool, or the one ?pool names: an eval of
+// another pool is found there only.
+func TestGetEvalOfPool(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Options{})
+	c, err := evalpool.NewClient(b.client, evalpool.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []tasks.Eval{{ID: "here", Spec: json.RawMessage(`{}`)}, {ID: "there", Spec: json.RawMessage(`{}`)}} {
+		p := b.pool.Name()
+		if e.ID == "there" {
+			p = "other"
+		}
+		if _, err := c.Enqueue(t.Context(), p, []tasks.Eval{e}, evalpool.EnqueueOptions{AllowEmptyPool: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		path, pool string // pool: the eval's, "" for 404
+	}{
+		{"/evals/here", "apitest"},
+		{"/evals/here?pool=", "apitest"},
+		{"/evals/here?pool=apitest", "apitest"},
+		{"/evals/here?pool=other", ""},
+		{"/evals/there", ""},
+		{"/evals/there?pool=other", "other"},
+		{"/evals/there?pool=nope", ""},
+	} {
+		a := do(t, "GET", b.url+tc.path, "")
+		if tc.pool == "" {
+			if a.code != 404 || a.errMsg() == "" {
+				t.Errorf("GET %s: %s, want 404", tc.path, a)
+			}
+			continue
+		}
+		if e := decodeAs[Eval](t, a, 200); e.Pool != tc.pool || e.State != "pending" {
+			t.Errorf("GET %s: %s, want a pending eval of pool %s", tc.path, a, tc.pool)
+		}
+	}
+}

@@ -98,8 +98,11 @@ func (h *Handler) existing(w http.ResponseWriter, r *http.Request, id string) bo
 	return true
 }
 
+// getEval reads the eval in the pool of ?pool, else the API's: a run
+// submitted to another pool has its evals there. A pool with no such eval,
+// or no such pool, is 404.
 func (h *Handler) getEval(w http.ResponseWriter, r *http.Request) {
-	e, err := h.lookup(r.Context(), r.PathValue("id"))
+	e, err := h.c.Eval(r.Context(), cmp.Or(r.URL.Query().Get("pool"), h.opts.Pool), r.PathValue("id"))
 	if err != nil {
 		h.fail(w, r, err)
 		return
