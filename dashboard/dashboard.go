@@ -1,9 +1,9 @@
 // Package dashboard serves what people look at: a live page of the pool's
 // executors, a page a screen at a time with each executor's leases over the
-// last minutes (/), the runs and how each went (/runs, /runs/NAME),
-// Asynqmon for the queues, the pool as JSON, Prometheus metrics, and the
-// JSON API (package api, under /api/v1), from the Go binary alone (no Node
-// build at run time).
+// last minutes (/), the runs and how each went (/runs, /runs/NAME), an
+// eval whole (/evals/ID), Asynqmon for the queues, the pool as JSON,
+// Prometheus metrics, and the JSON API (package api, under /api/v1), from
+// the Go binary alone (no Node build at run time).
 //
 // Cost: the pages poll, so what they poll stays cheap however large the
 // pool, and however many tabs are open. The pool page reads a page of
@@ -16,9 +16,10 @@
 // pools over WaitersMaxExecutors (that list has no API but pool.Status,
 // which reads the whole pool). The run page polls the run's O(1) progress
 // and reads its summary (O(run)) only when an eval ended, at most every few
-// seconds. /api/pool still reads the whole pool, for programs (the pages
-// no longer poll it): at most PoolMaxExecutors, once per second for every
-// request.
+// seconds. The eval page reads GET /api/v1/evals/ID every 2 seconds until
+// the eval ended: O(1), its task and, for a run's eval, its record.
+// /api/pool still reads the whole pool, for programs (the pages no longer
+// poll it): at most PoolMaxExecutors, once per second for every request.
 //
 // Names (Options.AllowedHosts): every route but /healthz answers only a
 // Host the dashboard is reached by, loopback names always, else 403, token
@@ -96,6 +97,9 @@ var indexHTML []byte
 
 //go:embed runs.html
 var runsHTML []byte
+
+//go:embed eval.html
+var evalHTML []byte
 
 // MonitoringPath is where Asynqmon is mounted.
 const MonitoringPath = "/monitoring"
@@ -181,10 +185,10 @@ func (o *Options) validate() error {
 }
 
 // Dashboard is an http.Handler for the pool page (/), the runs pages
-// (/runs, /runs/NAME), what the pool page reads (/api/pool/page,
-// /api/pool/timeline, /api/pool/waiters), /api/pool, the API (/api/v1/),
-// /monitoring/ (Asynqmon), /metrics, /healthz, and /login and /logout when
-// it has a token.
+// (/runs, /runs/NAME), the eval page (/evals/ID), what the pool page reads
+// (/api/pool/page, /api/pool/timeline, /api/pool/waiters), /api/pool, the
+// API (/api/v1/), /monitoring/ (Asynqmon), /metrics, /healthz, and /login
+// and /logout when it has a token.
 type Dashboard struct {
 	opts Options
 	log  zerolog.Logger
@@ -294,6 +298,7 @@ func New(opts Options) (*Dashboard, error) {
 	d.mux.HandleFunc("GET /{$}", page(indexHTML, d.auth != nil))
 	d.mux.HandleFunc("GET /runs", page(runsHTML, d.auth != nil))
 	d.mux.HandleFunc("GET /runs/{name}", page(runsHTML, d.auth != nil))
+	d.mux.HandleFunc("GET /evals/{id...}", page(evalHTML, d.auth != nil)) // a run's eval ID is NAME/KEY
 	if d.auth != nil {
 		d.mux.HandleFunc("GET /login", d.auth.loginPage)
 		d.mux.HandleFunc("POST /login", d.auth.login)

@@ -306,6 +306,7 @@ func TestAuthRequired(t *testing.T) {
 		{"GET", "/api/pool/waiters", "", 200},
 		{"GET", "/runs", "", 200},
 		{"GET", "/runs/nightly", "", 200},
+		{"GET", "/evals/nightly/k1", "", 200},
 		{"GET", "/monitoring/api/queues/evals:web/tasks/run%2Fk1", "", 404},
 		{"GET", "/metrics", "", 200},
 		{"GET", "/monitoring/", "", 200},
