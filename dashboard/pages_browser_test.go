@@ -427,10 +427,11 @@ func TestPoolPaginationInChromium(t *testing.T) {
 
 // TestDocScreenshotsInChromium makes the screenshots of docs/img when
 // EVALPOOL_DOC_SCREENSHOTS=1: a pool of 8 executors that ran a few runs
-// over a minute and a half, one still running.
+// over a minute and a half, one still running, and then an eval a grader
+// failed.
 func TestDocScreenshotsInChromium(t *testing.T) {
 	if os.Getenv("EVALPOOL_DOC_SCREENSHOTS") != "1" {
-		t.Skip("set EVALPOOL_DOC_SCREENSHOTS=1 to write docs/img/pool.png, runs.png and run.png")
+		t.Skip("set EVALPOOL_DOC_SCREENSHOTS=1 to write docs/img/pool.png, runs.png, run.png and eval.png")
 	}
 	_, b := setupTuned(t, Options{}, nil)
 	fleet(t, b, 8, refexec.Options{}, func(i int) map[string]string {
@@ -459,9 +460,9 @@ func TestDocScreenshotsInChromium(t *testing.T) {
 	waitRun(t, b, "nightly-2026-11-25", 36, 2*time.Minute)
 
 	ctx := browser(t)
-	shoot := func(path, ready, name string, width int64) {
+	shoot := func(path, ready, name string, width, height int64) {
 		t.Helper()
-		if err := chromedp.Do(ctx, chromedp.EmulateViewport(width, 900), chromedp.Navigate(b.url+path)); err != nil {
+		if err := chromedp.Do(ctx, chromedp.EmulateViewport(width, height), chromedp.Navigate(b.url+path)); err != nil {
 			t.Fatal(err)
 		}
 		pollTrue(t, ctx, name, ready, 20*time.Second)
@@ -483,7 +484,24 @@ func TestDocScreenshotsInChromium(t *testing.T) {
 		t.Logf("%s: %d KB", out, len(png)>>10)
 	}
 	// The pool page is wide: every column in view.
-	shoot("/", `document.querySelectorAll(".tl .span-released").length > 20`, "pool", 1800)
-	shoot("/runs", `document.querySelectorAll("#runs tr[data-run]").length === 3`, "runs", 1400)
-	shoot("/runs/nightly-2026-11-25", `document.querySelectorAll("#failures tr[data-key]").length > 0 && document.getElementById("p95").innerText !== "–"`, "run", 1400)
+	shoot("/", `document.querySelectorAll(".tl .span-released").length > 20`, "pool", 1800, 900)
+	shoot("/runs", `document.querySelectorAll("#runs tr[data-run]").length === 3`, "runs", 1400, 900)
+	shoot("/runs/nightly-2026-11-25", `document.querySelectorAll("#failures tr[data-key]").length > 0 && document.getElementById("p95").innerText !== "–"`, "run", 1400, 900)
+
+	// A grader of its own, registered once the pool is shot, for an eval
+	// with the log, metrics and output a real one leaves.
+	fleet(t, b, 1, refexec.Options{Exec: docGrader}, func(int) map[string]string { return map[string]string{"grader": "math"} })
+	submitRun(t, b, runRequest{Name: "math-2026-11-25", Evals: []runEval{{EvalID: "math-017", Require: map[string]string{"grader": "math"}, Spec: map[string]any{
+		"dataset": "math-hard", "prompt": "Two fair dice are rolled. What is the probability that both show a six?", "max_tokens": 512, "temperature": 0,
+	}}}})
+	waitRun(t, b, "math-2026-11-25", 1, time.Minute)
+	// Tall: the final attempt in view too.
+	shoot("/evals/math-2026-11-25/math-017", `!document.getElementById("final").hidden`, "eval", 1400, 1500)
 }
+
+// docGrader is the grader of eval.png: it takes a second, logs to stdout
+// and stderr, and fails the eval with a partial score.
+const docGrader = `cat >/dev/null; echo 'loaded checkpoint step-48000'; echo 'prompt: 31 tokens'; sleep 1; echo 'generated 212 tokens in 1.0 s'; ` +
+	`echo 'warning: answer parsed from the last line only' >&2; echo 'math-017: want 1/36, got 1/6' >&2; ` +
+	`echo '{"status":"failed","score":0.4,"metrics":{"exact_match":0,"partial_credit":0.4,"tokens":212,"latency_s":1.02},` +
+	`"output":{"answer":"1/6","expected":"1/36","steps":["P(one six) = 1/6","P(both) = 1/6"]}}'`
