@@ -21,17 +21,23 @@ func TestEvalPage(t *testing.T) {
 		name, path string
 		headers    []string
 		code       int
-		want       string // in the body
+		want       string // in the body; for a 303, where it sends
 	}{
 		{"run's eval", "/evals/nightly/k1", bearer, 200, `action="../../logout"`},
 		{"run's eval, cookie", "/evals/nightly/k1", cookie, 200, `action="../../logout"`},
 		{"escaped slash", "/evals/nightly%2Fk1", bearer, 200, `action="../../logout"`},
 		{"key with a slash", "/evals/nightly/a/b?pool=gpu", bearer, 200, `action="../../../logout"`},
 		{"plain eval", "/evals/e-1", bearer, 200, `action="../logout"`},
-		{"no token", "/evals/nightly/k1", nil, 401, `href="../../login?next=%2Fevals%2Fnightly%2Fk1"`},
+		{"no token: a browser, sent to log in", "/evals/nightly/k1", nil, 303, "../../login?next=%2Fevals%2Fnightly%2Fk1"},
 		{"wrong token", "/evals/nightly/k1", []string{"Authorization", "Bearer wrong-" + testToken}, 401, "log in"},
 	} {
 		resp, body := req(t, "GET", b.url+tc.path, "", tc.headers...)
+		if tc.code == 303 {
+			if resp.StatusCode != tc.code || resp.Header.Get("Location") != tc.want {
+				t.Errorf("%s: GET %s: %d to %q, want %d to %s", tc.name, tc.path, resp.StatusCode, resp.Header.Get("Location"), tc.code, tc.want)
+			}
+			continue
+		}
 		if resp.StatusCode != tc.code || !strings.Contains(body, tc.want) || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
 			t.Errorf("%s: GET %s: %d %q, want %d with %s: %.300s", tc.name, tc.path, resp.StatusCode, resp.Header.Get("Content-Type"), tc.code, tc.want, body)
 			continue
