@@ -708,13 +708,19 @@ func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
 	if err := s.read(ctx, name, counts, size, running); err != nil {
 		return Counts{}, err
 	}
-	n, err := strconv.Atoi(size.Val())
+	return countsOf(name, size.Val(), counts.Val(), running.Val())
+}
+
+// countsOf makes a run's Counts of its meta's size, its counts hash and
+// the length of its running hash: ErrNotFound when it has no size.
+func countsOf(name, size string, counts map[string]string, running int64) (Counts, error) {
+	n, err := strconv.Atoi(size)
 	if err != nil {
 		return Counts{}, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
 	atoi := func(s string) int { v, _ := strconv.Atoi(s); return v }
-	c := Counts{Size: n, Passed: atoi(counts.Val()[Passed]), Failed: atoi(counts.Val()[Failed]),
-		Errored: atoi(counts.Val()[Errored]), Cancelled: atoi(counts.Val()[Cancelled]), Running: int(running.Val())}
+	c := Counts{Size: n, Passed: atoi(counts[Passed]), Failed: atoi(counts[Failed]),
+		Errored: atoi(counts[Errored]), Cancelled: atoi(counts[Cancelled]), Running: int(running)}
 	c.Pending = max(0, n-c.Done()-c.Running)
 	return c, nil
 }
