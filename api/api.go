@@ -32,7 +32,8 @@
 //     (at most MaxListLimit); a run of more than Options.MaxRunEvals evals
 //     is refused (413); followers are capped per run (429) and in all
 //     (503). A run's summary and its results without follow read the run
-//     once per request.
+//     once per request; a page of its ended evals reads at most
+//     run.EvalsScan records, whatever its size.
 //
 // The API has no authentication of its own: the dashboard puts it behind
 // its own (a bearer token, or a login cookie with a same-origin check on
@@ -224,6 +225,7 @@ func (h *Handler) routes() []route {
 		{http.MethodGet, Prefix + "/runs/{name}", h.getRun},
 		{http.MethodGet, Prefix + "/runs/{name}/progress", h.runProgress},
 		{http.MethodGet, Prefix + "/runs/{name}/results", h.runResults},
+		{http.MethodGet, Prefix + "/runs/{name}/evals", h.runEvals},
 		{http.MethodPost, Prefix + "/runs/{name}/cancel", h.cancelRun},
 		{http.MethodPost, Prefix + "/runs/{name}/retry", h.retryRun},
 		{http.MethodPost, Prefix + "/evals", h.submitEval},
