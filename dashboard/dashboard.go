@@ -16,10 +16,13 @@
 // pools over WaitersMaxExecutors (that list has no API but pool.Status,
 // which reads the whole pool). The run page polls the run's O(1) progress
 // and reads its summary (O(run)) only when an eval ended, at most every few
-// seconds. The eval page reads GET /api/v1/evals/ID every 2 seconds until
-// the eval ended: O(1), its task and, for a run's eval, its record.
-// /api/pool still reads the whole pool, for programs (the pages no longer
-// poll it): at most PoolMaxExecutors, once per second for every request.
+// seconds, and the page of ended evals it shows (/api/v1/runs/NAME/evals:
+// at most 1,000 records, whatever the run) only when the progress changed,
+// at most every few seconds. The eval page reads GET /api/v1/evals/ID every
+// 2 seconds until the eval ended: O(1), its task and, for a run's eval, its
+// record. /api/pool still reads the whole pool, for programs (the pages no
+// longer poll it): at most PoolMaxExecutors, once per second for every
+// request.
 //
 // Names (Options.AllowedHosts): every route but /healthz answers only a
 // Host the dashboard is reached by, loopback names always, else 403, token

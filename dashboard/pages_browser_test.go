@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -122,6 +123,7 @@ type runEval struct {
 	EvalID  string            `json:"eval_id"`
 	Spec    map[string]any    `json:"spec"`
 	Require map[string]string `json:"require,omitempty"`
+	Group   string            `json:"group,omitempty"`
 }
 
 type runRequest struct {
@@ -264,6 +266,142 @@ func TestRunsPagesInChromium(t *testing.T) {
 	}
 	pollTrue(t, ctx, "Asynqmon's page of the failed eval", `document.body.innerText.includes("nightly-1/bad-1") && document.body.innerText.includes('"grade": "failed"')`, 20*time.Second)
 	screenshot(t, ctx, "asynqmon-task")
+}
+
+// The run page lists every ended eval, 50 a page: Next and Previous page
+// through them, each once; the outcome filter, the group select (filled
+// from the run's groups) and the search box filter them; each eval links
+// to its page; reasons show as text; and the counts above the list agree
+// with its total.
+func TestRunEvalsListInChromium(t *testing.T) {
+	t.Parallel()
+	_, b := setupTuned(t, Options{}, nil)
+	sim := map[string]string{"kind": "sim"}
+	fleet(t, b, 3, refexec.Options{}, func(int) map[string]string { return sim })
+	const markup = `<b id=injected>markup</b>`
+	fleet(t, b, 1, refexec.Options{Exec: `echo '` + markup + `' >&2; exit 3`}, func(int) map[string]string { return map[string]string{"kind": "noisy"} })
+	runWorker(t, b, 4)
+	rr := runRequest{Name: "evals-1", MaxRetry: new(int)}
+	for i := 1; i <= 62; i++ {
+		rr.Evals = append(rr.Evals, runEval{EvalID: fmt.Sprintf("p-%02d", i), Spec: map[string]any{}, Require: sim, Group: "math"})
+	}
+	for i := 1; i <= 7; i++ {
+		rr.Evals = append(rr.Evals, runEval{EvalID: fmt.Sprint("bad-", i), Spec: map[string]any{"grade": "failed"}, Require: sim, Group: "code"})
+	}
+	rr.Evals = append(rr.Evals, runEval{EvalID: "noisy-1", Spec: map[string]any{}, Require: map[string]string{"kind": "noisy"}, Group: "code"})
+	submitRun(t, b, rr)
+	waitRun(t, b, "evals-1", 70, time.Minute)
+
+	ctx := browser(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(b.url+"/runs/evals-1")); err != nil {
+		t.Fatal(err)
+	}
+	type page struct {
+		Info, Total  string
+		Keys         []string
+		Statuses     []string
+		Links        []string
+		Counted      int // passed + failed + errored + cancelled, as the counts above show them
+		Failed       string
+		Next, Prev   bool
+		GroupOptions []string
+	}
+	read := func() page {
+		return evalJS[page](t, ctx, `(() => {
+			const rows = [...document.querySelectorAll("#evals tr[data-key]")];
+			const n = (k) => document.querySelector('#counts td[data-status="' + k + '"]').innerText;
+			const sel = document.getElementById("f-group-select");
+			return {Info: document.getElementById("evals-info").innerText, Total: document.getElementById("evals-total").dataset.total,
+				Keys: rows.map((tr) => tr.dataset.key), Statuses: rows.map((tr) => tr.dataset.status), Links: rows.map((tr) => tr.querySelector("a.eval").href),
+				Counted: ["passed", "failed", "errored", "cancelled"].reduce((s, k) => s + Number(n(k)), 0), Failed: n("failed"),
+				Next: !document.getElementById("evals-next").disabled, Prev: !document.getElementById("evals-prev").disabled,
+				GroupOptions: sel.hidden ? [] : [...sel.options].map((o) => o.value)};
+		})()`)
+	}
+	wait := func(info string) page {
+		t.Helper()
+		pollTrue(t, ctx, "the evals "+info, fmt.Sprintf(`document.getElementById("evals-info").innerText === %q`, info), 10*time.Second)
+		return read()
+	}
+	set := func(id, value, event string) {
+		t.Helper()
+		evalJS[bool](t, ctx, fmt.Sprintf(`(() => { const e = document.getElementById(%q); e.value = %q; return e.dispatchEvent(new Event(%q)); })()`, id, value, event))
+	}
+	click := func(id string) {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#"+id))); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	p1 := wait("evals 1–50 of 70")
+	if len(p1.Keys) != 50 || !p1.Next || p1.Prev || p1.Total != "70" || p1.Counted != 70 {
+		t.Fatalf("first page: %+v", p1)
+	}
+	if want := b.url + "/evals/" + url.PathEscape("evals-1/"+p1.Keys[0]); p1.Links[0] != want {
+		t.Errorf("%s links to %s, want %s", p1.Keys[0], p1.Links[0], want)
+	}
+	screenshot(t, ctx, "run-evals")
+	click("evals-next")
+	p2 := wait("evals 51–70 of 70")
+	if len(p2.Keys) != 20 || p2.Next || !p2.Prev {
+		t.Fatalf("second page: %+v", p2)
+	}
+	seen := map[string]bool{}
+	for _, k := range append(p1.Keys, p2.Keys...) {
+		if seen[k] {
+			t.Errorf("%s listed twice", k)
+		}
+		seen[k] = true
+	}
+	if len(seen) != 70 {
+		t.Errorf("the two pages list %d evals, want 70", len(seen))
+	}
+	click("evals-prev")
+	if p := wait("evals 1–50 of 70"); !slices.Equal(p.Keys, p1.Keys) {
+		t.Errorf("back to the first page: %v, want %v", p.Keys, p1.Keys)
+	}
+
+	// The outcome filter, from the first page again; the total is the
+	// failed count above the list.
+	click("evals-next")
+	wait("evals 51–70 of 70")
+	set("f-status", "failed", "change")
+	failed := wait("evals 1–7 of 7")
+	if len(failed.Keys) != 7 || failed.Total != failed.Failed || failed.Failed != "7" || failed.Next || failed.Prev || slices.ContainsFunc(failed.Statuses, func(s string) bool { return s != "failed" }) {
+		t.Fatalf("failed: %+v", failed)
+	}
+	// The errored one's reason, markup of its grader's, shows as text.
+	set("f-status", "errored", "change")
+	if p := wait("evals 1–1 of 1"); !slices.Equal(p.Keys, []string{"noisy-1"}) {
+		t.Fatalf("errored: %+v", p)
+	}
+	if evalJS[bool](t, ctx, `document.getElementById("injected") !== null`) {
+		t.Error("the page rendered an executor's stderr as markup")
+	}
+	if r := evalJS[string](t, ctx, `document.querySelector('#evals tr[data-key="noisy-1"] td.reason').innerText`); !strings.Contains(r, markup) {
+		t.Errorf("noisy-1's reason %q, want its stderr as text", r)
+	}
+	set("f-status", "failed", "change")
+	wait("evals 1–7 of 7")
+	// The search box, case-insensitive, on the eval IDs.
+	if err := chromedp.Do(ctx, chromedp.SendKeys(chromedp.CSS("#f-q"), "BAD-3")); err != nil {
+		t.Fatal(err)
+	}
+	if p := wait("evals 1–1"); !slices.Equal(p.Keys, []string{"bad-3"}) || p.Total != "" {
+		t.Fatalf("searched bad-3: %+v", p)
+	}
+	// The group select holds the run's groups; with the search cleared and
+	// any outcome, group code lists the 8 evals of code.
+	if p := read(); !slices.Equal(p.GroupOptions, []string{"", "code", "math"}) {
+		t.Fatalf("group options %q", p.GroupOptions)
+	}
+	set("f-q", "", "input")
+	set("f-status", "", "change")
+	set("f-group-select", "code", "change")
+	if p := wait("evals 1–8"); len(p.Keys) != 8 || p.Counted != 70 {
+		t.Fatalf("group code: %+v", p)
+	}
 }
 
 // The pool page draws each executor's leases of the last 5 minutes: a span
