@@ -220,9 +220,9 @@ func TestRunsPagesInChromium(t *testing.T) {
 		};
 		return out;
 	})()`)
-	wantHref := b.url + "/monitoring/queues/evals%3Aweb/tasks/nightly-1%2Fbad-1"
-	if f := fails["bad-1"]; f.Status != "failed" || !strings.Contains(f.Error, "graded failed") || f.Href != wantHref || f.Link != wantHref {
-		t.Errorf("bad-1: %+v, want failed, graded, linked to %s", f, wantHref)
+	wantHref, wantLink := b.url+"/monitoring/queues/evals%3Aweb/tasks/nightly-1%2Fbad-1", b.url+"/evals/nightly-1%2Fbad-1"
+	if f := fails["bad-1"]; f.Status != "failed" || !strings.Contains(f.Error, "graded failed") || f.Href != wantHref || f.Link != wantLink {
+		t.Errorf("bad-1: %+v, want failed, graded, linked to %s and its task at %s", f, wantLink, wantHref)
 	}
 	if f := fails["broken-1"]; f.Status != "errored" || !strings.Contains(f.Error, "exit status 3; stderr ends: CUDA error: out of memory") || !strings.HasSuffix(f.Href, "/tasks/nightly-1%2Fbroken-1") {
 		t.Errorf("broken-1: %+v, want errored with its error", f)
