@@ -33,7 +33,9 @@
 //     is refused (413); followers are capped per run (429) and in all
 //     (503). A run's summary and its results without follow read the run
 //     once per request; a page of its ended evals reads at most
-//     run.EvalsScan records, whatever its size.
+//     run.EvalsScan records, whatever its size; a comparison of two runs
+//     reads each once, and lists at most ?limit (MaxCompareLimit) evals and
+//     groups of each kind.
 //
 // The API has no authentication of its own: the dashboard puts it behind
 // its own (a bearer token, or a login cookie with a same-origin check on
@@ -224,6 +226,7 @@ func (h *Handler) routes() []route {
 		{http.MethodGet, Prefix + "/runs", h.listRuns},
 		{http.MethodGet, Prefix + "/runs/{name}", h.getRun},
 		{http.MethodGet, Prefix + "/runs/{name}/progress", h.runProgress},
+		{http.MethodGet, Prefix + "/runs/{name}/compare", h.compareRuns},
 		{http.MethodGet, Prefix + "/runs/{name}/results", h.runResults},
 		{http.MethodGet, Prefix + "/runs/{name}/evals", h.runEvals},
 		{http.MethodPost, Prefix + "/runs/{name}/cancel", h.cancelRun},

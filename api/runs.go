@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -252,6 +254,107 @@ func (h *Handler) getRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, sum)
+}
+
+// Bounds of GET /runs/{name}/compare.
+const (
+	// DefaultCompareLimit and MaxCompareLimit are its ?limit: how many
+	// newly failing evals, newly passing evals and groups it lists, each.
+	DefaultCompareLimit = 100
+	MaxCompareLimit     = 1000
+)
+
+// RunComparison is the answer of GET /runs/{name}/compare?against=BASE: the
+// run (Head) against the run BASE, eval key by eval key (run.Comparison),
+// with both runs' counts, and each list capped at ?limit with its count.
+type RunComparison struct {
+	Base ComparedRun `json:"base"`
+	Head ComparedRun `json:"head"`
+	// PassRate is nil while either run has none; Metrics are the metrics
+	// both runs have, their means.
+	PassRate *run.Delta           `json:"pass_rate,omitempty"`
+	Metrics  map[string]run.Delta `json:"metrics,omitempty"`
+	// Groups are the groups both runs have a pass rate of, the largest
+	// regression first (then by name); GroupCount counts them all.
+	Groups     []run.GroupDelta `json:"groups"`
+	GroupCount int              `json:"group_count"`
+	// NewlyFailing are the evals that passed in Base and failed or errored
+	// in Head; NewlyPassing the other way round. Keys only in one run are
+	// in neither.
+	NewlyFailing ChangedEvals `json:"newly_failing"`
+	NewlyPassing ChangedEvals `json:"newly_passing"`
+}
+
+// ComparedRun is one run of a RunComparison.
+type ComparedRun struct {
+	Name string `json:"name"`
+	run.Counts
+	// PassRate is passed over passed, failed and errored; -1 before any
+	// ended.
+	PassRate float64 `json:"pass_rate"`
+}
+
+// ChangedEvals are the evals whose outcome changed one way: Count of them,
+// the first Keys (eval keys, in the head run's order) listed.
+type ChangedEvals struct {
+	Count int      `json:"count"`
+	Keys  []string `json:"keys"`
+}
+
+// compareRuns compares the run with ?against for the dashboard's compare
+// page. Cost: O(size of both runs), whatever ?limit (which bounds the
+// answer only): it reads every record of each run once
+// (run.Store.Summarize), and the counts of the run compared with, O(1).
+func (h *Handler) compareRuns(w http.ResponseWriter, r *http.Request) {
+	name, ok := runName(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	against := q.Get("against")
+	if against == "" {
+		writeError(w, http.StatusBadRequest, "against: the run to compare with is missing")
+		return
+	}
+	if err := run.ValidateName(against); err != nil {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("%s: %s", run.ErrNotFound, against))
+		return
+	}
+	limit := DefaultCompareLimit
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxCompareLimit {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q: want 1 to %d", s, MaxCompareLimit))
+			return
+		}
+		limit = n
+	}
+	// The base's counts first: O(1), and an unknown base is a 404 before
+	// the head is read.
+	base, err := h.runs.Progress(r.Context(), against)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	sum, err := h.runs.Summarize(r.Context(), name, against)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	c := sum.Compare
+	groups := append([]run.GroupDelta{}, c.Groups...)
+	// Stable: groups of the same delta stay in name order.
+	slices.SortStableFunc(groups, func(a, b run.GroupDelta) int { return cmp.Compare(a.PassRate.Delta, b.PassRate.Delta) })
+	capped := func(keys []string) ChangedEvals {
+		return ChangedEvals{Count: len(keys), Keys: keys[:min(len(keys), limit)]}
+	}
+	writeJSON(w, http.StatusOK, RunComparison{
+		Base:     ComparedRun{Name: against, Counts: base, PassRate: passRate(base)},
+		Head:     ComparedRun{Name: name, Counts: sum.Counts, PassRate: sum.PassRate},
+		PassRate: c.PassRate, Metrics: c.Metrics,
+		Groups: groups[:min(len(groups), limit)], GroupCount: len(groups),
+		NewlyFailing: capped(c.NewlyFailing), NewlyPassing: capped(c.NewlyPassing),
+	})
 }
 
 func (h *Handler) runProgress(w http.ResponseWriter, r *http.Request) {
