@@ -1,9 +1,10 @@
 // Package dashboard serves what people look at: a live page of the pool's
 // executors, a page a screen at a time with each executor's leases over the
-// last minutes (/), the runs and how each went (/runs, /runs/NAME), an
-// eval whole (/evals/ID), Asynqmon for the queues, the pool as JSON,
-// Prometheus metrics, and the JSON API (package api, under /api/v1), from
-// the Go binary alone (no Node build at run time).
+// last minutes (/), the runs and how each went (/runs, /runs/NAME), two
+// runs compared (/compare), an eval whole (/evals/ID), Asynqmon for the
+// queues, the pool as JSON, Prometheus metrics, and the JSON API (package
+// api, under /api/v1), from the Go binary alone (no Node build at run
+// time).
 //
 // Cost: the pages poll, so what they poll stays cheap however large the
 // pool, and however many tabs are open. The pool page reads a page of
@@ -20,9 +21,10 @@
 // at most 1,000 records, whatever the run) only when the progress changed,
 // at most every few seconds. The eval page reads GET /api/v1/evals/ID every
 // 2 seconds until the eval ended: O(1), its task and, for a run's eval, its
-// record. /api/pool still reads the whole pool, for programs (the pages no
-// longer poll it): at most PoolMaxExecutors, once per second for every
-// request.
+// record. The compare page (/compare?base=RUN&head=RUN) reads GET
+// /api/v1/runs/HEAD/compare once, not polled: O(size of both runs).
+// /api/pool still reads the whole pool, for programs (the pages no longer
+// poll it): at most PoolMaxExecutors, once per second for every request.
 //
 // Names (Options.AllowedHosts): every route but /healthz answers only a
 // Host the dashboard is reached by, loopback names always, else 403, token
@@ -103,6 +105,9 @@ var runsHTML []byte
 
 //go:embed eval.html
 var evalHTML []byte
+
+//go:embed compare.html
+var compareHTML []byte
 
 // MonitoringPath is where Asynqmon is mounted.
 const MonitoringPath = "/monitoring"
@@ -301,6 +306,7 @@ func New(opts Options) (*Dashboard, error) {
 	d.mux.HandleFunc("GET /{$}", page(indexHTML, d.auth != nil))
 	d.mux.HandleFunc("GET /runs", page(runsHTML, d.auth != nil))
 	d.mux.HandleFunc("GET /runs/{name}", page(runsHTML, d.auth != nil))
+	d.mux.HandleFunc("GET /compare", page(compareHTML, d.auth != nil))
 	d.mux.HandleFunc("GET /evals/{id...}", page(evalHTML, d.auth != nil)) // a run's eval ID is NAME/KEY
 	if d.auth != nil {
 		d.mux.HandleFunc("GET /login", d.auth.loginPage)
