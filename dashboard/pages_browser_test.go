@@ -565,11 +565,11 @@ func TestPoolPaginationInChromium(t *testing.T) {
 
 // TestDocScreenshotsInChromium makes the screenshots of docs/img when
 // EVALPOOL_DOC_SCREENSHOTS=1: a pool of 8 executors that ran a few runs
-// over a minute and a half, one still running, and then an eval a grader
-// failed.
+// over a minute and a half, one still running, then an eval a grader
+// failed, and the last two nightly runs compared.
 func TestDocScreenshotsInChromium(t *testing.T) {
 	if os.Getenv("EVALPOOL_DOC_SCREENSHOTS") != "1" {
-		t.Skip("set EVALPOOL_DOC_SCREENSHOTS=1 to write docs/img/pool.png, runs.png, run.png and eval.png")
+		t.Skip("set EVALPOOL_DOC_SCREENSHOTS=1 to write docs/img/pool.png, runs.png, run.png, eval.png and compare.png")
 	}
 	_, b := setupTuned(t, Options{}, nil)
 	fleet(t, b, 8, refexec.Options{}, func(i int) map[string]string {
@@ -577,6 +577,7 @@ func TestDocScreenshotsInChromium(t *testing.T) {
 	})
 	runWorker(t, b, 8)
 	rng := rand.New(rand.NewPCG(1, 2))
+	groups := []string{"algebra", "geometry", "probability", "number-theory", "combinatorics"}
 	workload := func(name string, n, minMs, maxMs int, failRate float64) runRequest {
 		rr := runRequest{Name: name}
 		for i := range n {
@@ -584,7 +585,7 @@ func TestDocScreenshotsInChromium(t *testing.T) {
 			if rng.Float64() < failRate {
 				spec["grade"] = "failed"
 			}
-			rr.Evals = append(rr.Evals, runEval{EvalID: fmt.Sprintf("case-%03d", i), Spec: spec})
+			rr.Evals = append(rr.Evals, runEval{EvalID: fmt.Sprintf("case-%03d", i), Spec: spec, Group: groups[i%len(groups)]})
 		}
 		return rr
 	}
@@ -635,6 +636,7 @@ func TestDocScreenshotsInChromium(t *testing.T) {
 	waitRun(t, b, "math-2026-11-25", 1, time.Minute)
 	// Tall: the final attempt in view too.
 	shoot("/evals/math-2026-11-25/math-017", `!document.getElementById("final").hidden`, "eval", 1400, 1500)
+	shoot("/compare?base=nightly-2026-11-24&head=nightly-2026-11-25", `document.querySelectorAll("#chart rect.bar").length === 5`, "compare", 1400, 1300)
 }
 
 // docGrader is the grader of eval.png: it takes a second, logs to stdout
