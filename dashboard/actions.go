@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net/http"
 
@@ -59,7 +60,7 @@ func (d *Dashboard) apiPoolAction(w http.ResponseWriter, r *http.Request) {
 	var req ActionRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxActionBytes))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := dec.Decode(&req); err != nil || dec.Decode(&struct{}{}) != io.EOF {
 		badRequest(w, "the action's body: want {\"url\": ..., \"action\": \"quarantine\"|\"return\"|\"remove\"}")
 		return
 	}

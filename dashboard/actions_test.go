@@ -62,6 +62,7 @@ func TestPoolActions(t *testing.T) {
 		{`{"url":"http://e1:9001","action":"delete"}`, "application/json", 400, ""},
 		{`{"url":"http://e1:9001","action":"quarantine","extra":1}`, "application/json", 400, ""},
 		{`{"url":"http://e1:9001"`, "application/json", 400, ""},
+		{`{"url":"http://e1:9001","action":"return"}{"junk"`, "application/json", 400, ""},
 		{`url=http://e1:9001&action=quarantine`, "application/x-www-form-urlencoded", 415, ""},
 	} {
 		resp, body := req(t, "POST", b.url+"/api/pool/action", tc.body, "Authorization", "Bearer "+testToken, "Content-Type", tc.contentType)

@@ -23,7 +23,7 @@ func TestComparePage(t *testing.T) {
 		{"both runs, cookie", "/compare?base=a&head=b", cookie, 200, `action="logout"`},
 		{"the picker", "/compare", bearer, 200, `action="logout"`},
 		{"one run", "/compare?base=a", bearer, 200, `action="logout"`},
-		{"no token: a browser, sent to log in", "/compare?base=a&head=b", nil, 303, "login?next=%2Fcompare"},
+		{"no token: a browser, sent to log in, and back to the same two runs", "/compare?base=a&head=b", nil, 303, "login?next=%2Fcompare%3Fbase%3Da%26head%3Db"},
 		{"no token, the picker", "/compare", nil, 303, "login?next=%2Fcompare"},
 		{"wrong token", "/compare?base=a&head=b", []string{"Authorization", "Bearer wrong-" + testToken}, 401, "log in"},
 	} {

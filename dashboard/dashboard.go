@@ -1081,7 +1081,9 @@ func (a *auth) unauthorized(w http.ResponseWriter, r *http.Request) {
 	const msg = "authentication required: send Authorization: Bearer TOKEN, or log in at /login"
 	page := !wantsJSON(r) && r.URL.Path != "/metrics"
 	// Relative links, so that the dashboard may sit under a proxy's prefix.
-	login := strings.Repeat("../", strings.Count(strings.TrimPrefix(r.URL.Path, "/"), "/")) + "login?next=" + url.QueryEscape(r.URL.Path)
+	// The query goes back with the path: /evals/ID?pool=NAME is another eval
+	// without it.
+	login := strings.Repeat("../", strings.Count(strings.TrimPrefix(r.URL.Path, "/"), "/")) + "login?next=" + url.QueryEscape(r.URL.RequestURI())
 	w.Header().Set("Cache-Control", "no-store")
 	if page && (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header.Get("Authorization") == "" {
 		// A browser: sent to the login page, which a headless one that

@@ -29,6 +29,7 @@ func TestEvalPage(t *testing.T) {
 		{"key with a slash", "/evals/nightly/a/b?pool=gpu", bearer, 200, `action="../../../logout"`},
 		{"plain eval", "/evals/e-1", bearer, 200, `action="../logout"`},
 		{"no token: a browser, sent to log in", "/evals/nightly/k1", nil, 303, "../../login?next=%2Fevals%2Fnightly%2Fk1"},
+		{"no token, another pool: sent to log in, and back to that pool's eval", "/evals/nightly/k1?pool=gpu", nil, 303, "../../login?next=%2Fevals%2Fnightly%2Fk1%3Fpool%3Dgpu"},
 		{"wrong token", "/evals/nightly/k1", []string{"Authorization", "Bearer wrong-" + testToken}, 401, "log in"},
 	} {
 		resp, body := req(t, "GET", b.url+tc.path, "", tc.headers...)

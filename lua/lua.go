@@ -71,6 +71,10 @@ var (
 	clock string
 	//go:embed run_finish.lua
 	runFinish string
+	//go:embed run_busy.lua
+	runBusy string
+	//go:embed run_attempt.lua
+	runAttempt string
 	//go:embed read.lua
 	read string
 	//go:embed run_cut.lua
@@ -106,7 +110,9 @@ var (
 	Probe      = poolScript("probe", probe)
 	Clock      = poolScript("clock", clock)
 	// RunFinish is a run's, not a pool's: it takes the run's keys.
-	RunFinish = newScript("", runFinish)
+	RunFinish = newScript(runBusy, runFinish)
+	// RunAttempt is a run's: it takes the run's keys, as RunFinish.
+	RunAttempt = newScript(runBusy, runAttempt)
 	// RunFinishMany is a run's: it takes the run's keys, as RunFinish.
 	RunFinishMany = newScript("", runFinishMany)
 	// RunReopen is a run's: it takes the run's keys, as RunFinish.

@@ -5,7 +5,7 @@
 -- the hash tag {<run>}:
 --   KEYS[1] done     HASH  eval key -> record JSON {status, score?, ...}
 --   KEYS[2] counts   HASH  status -> evals; retries; score_sum; score_n;
---                          busy0..busy6 -> "slot:ms" (below)
+--                          busy0..busy6 -> "slot:ms" (run_busy.lua)
 --   KEYS[3] running  HASH  eval key -> executor, while an attempt runs
 --   KEYS[4] meta     HASH  the run's name, pool, size...
 --   KEYS[5] evals    LIST  the run's eval keys, in order
@@ -44,28 +44,7 @@ if ARGV[5] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', ARGV[5])
   redis.call('HINCRBY', KEYS[2], 'score_n', 1)
 end
--- The executor time the run spent, by 10 s slot of Redis's clock, in a
--- ring of 7 fields, "slot:ms": the last minute's, whole or in part, for
--- run.Store.Share. An attempt's time goes to the slots it spanned.
-local SLOT, RING = 10000, 7
-local took = tonumber(ARGV[7]) or 0
-if took > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local last = math.floor(now / SLOT)
-  for slot = math.max(math.floor((now - took) / SLOT), last - RING + 1), last do
-    local ms = math.min((slot + 1) * SLOT, now) - math.max(slot * SLOT, now - took)
-    local field = 'busy' .. (slot % RING)
-    local at, sum = string.match(redis.call('HGET', KEYS[2], field) or '', '^(%d+):(%d+)$')
-    at, sum = tonumber(at) or -1, tonumber(sum) or 0
-    if at < slot then
-      sum = 0
-    end
-    if at <= slot then
-      redis.call('HSET', KEYS[2], field, string.format('%d:%d', slot, sum + ms))
-    end
-  end
-end
+spend(KEYS[2], tonumber(ARGV[7]) or 0)
 local ttl = redis.call('HGET', KEYS[4], 'retention') or ARGV[6]
 for i = 1, #KEYS do
   redis.call('PEXPIRE', KEYS[i], ttl)

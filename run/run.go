@@ -407,6 +407,19 @@ func (s *Store) Started(ctx context.Context, name, key, executor string) error {
 	return nil
 }
 
+// AttemptEnded notes that an attempt of eval key of run name, on executor,
+// ended with no graded result (failed and retried, handed back, errored at
+// last, cancelled) after holding it for took: the eval runs there no more,
+// unless a newer attempt runs elsewhere, and the time counts in the run's
+// share (Share.HeldLastMinute). A graded attempt's time comes with its
+// record (Finish).
+func (s *Store) AttemptEnded(ctx context.Context, name, key, executor string, took time.Duration) error {
+	if err := lua.RunAttempt.Run(ctx, s.client, keys.ForRun(name).Script(), key, executor, max(took.Milliseconds(), 0)).Err(); err != nil {
+		return fmt.Errorf("run %s: eval %s: attempt ended: %w", name, key, lua.Full(err))
+	}
+	return nil
+}
+
 // Finish records how an eval of the run ended, unless it ended already: the
 // first end wins, so a cancel and the attempt that was running when it came
 // count once. recorded says whether this one counted.

@@ -184,6 +184,14 @@ func (w *Worker) report(ctx context.Context, o *outcome) {
 	case !o.leased():
 		return
 	}
+	if o.result == nil && o.eval.Run != "" {
+		// Graded, its time comes with its record; else it is noted now.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
+		if err := w.runs.AttemptEnded(rctx, o.eval.Run, o.eval.Key, o.lease.URL, o.took); err != nil {
+			o.log.Debug().Err(err).Msg("could not note the attempt's end in its run")
+		}
+		cancel()
+	}
 	if o.result != nil && w.endInRun(ctx, o.eval, recordOf(o.res, o.took, o.attempt, o.lease.URL)) {
 		o.result = nil
 	}

@@ -177,3 +177,39 @@ func TestAdmissionWaitsOutAFullRedis(t *testing.T) {
 		}
 	}
 }
+
+// TestUngradedAttemptsInTheRunsShare runs a run whose attempts all error
+// and are retried: an eval is noted running only while an attempt of it
+// runs, so the run never shows more evals running than the pool has
+// executors, and every attempt's time, the last one's too, counts in the
+// executors it held over the last minute.
+func TestUngradedAttemptsInTheRunsShare(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{})
+	rdb := srv.Client(t)
+	failing := refexec.Options{Exec: "sleep 0.3; exit 1"}
+	w, b := setupOn(t, rdb, Config{Cleanup: CleanupInline}, failing, failing)
+	start(t, w)
+	runs := run.NewStore(rdb, run.Options{})
+	ctx := t.Context()
+	var evals []tasks.Eval
+	for i := range 4 {
+		evals = append(evals, tasks.Eval{ID: fmt.Sprint(i), Spec: json.RawMessage(`{}`)})
+	}
+	if _, err := client.Submit(ctx, b.aq, b.insp, b.pool, runs, client.RunRequest{Name: "flaky", Evals: evals, Options: tasks.EvalOptions{MaxRetry: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	peak := 0
+	evaltest.Eventually(t, 30*time.Second, "every eval errored", func() bool {
+		c, err := runs.Progress(ctx, "flaky")
+		peak = max(peak, c.Running)
+		return err == nil && c.Errored == 4
+	})
+	if peak > 2 {
+		t.Errorf("the run showed %d evals running on a pool of 2 executors", peak)
+	}
+	// 12 attempts of at least 0.3 s each, over a window of 60 to 70 s.
+	if sh, err := runs.Share(ctx, "flaky"); err != nil || sh.HeldLastMinute < 3.6/70 {
+		t.Errorf("executors held over the last minute: %v, %v; want at least %.2f, its 12 attempts' time", sh.HeldLastMinute, err, 3.6/70)
+	}
+}
