@@ -160,6 +160,7 @@ func TestWriteBenchmarks(t *testing.T) {
 		{"runstore", func() { runStore(t, srv, &md) }},
 		{"follow", func() { follow(t, srv, &md) }},
 		{"fair", func() { fairShare(t, srv, &md) }},
+		{"pages", func() { pages(t, srv, &md) }},
 	}
 	only := os.Getenv("EVALPOOL_BENCH_ONLY") // e.g. "e2e,memory", for working on one figure
 	for _, s := range sections {

@@ -1,0 +1,102 @@
+//go:build bench
+
+package benchmarks
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool"
+	"github.com/evalpool/evalpool/api"
+	"github.com/evalpool/evalpool/internal/evaltest"
+	"github.com/evalpool/evalpool/run"
+)
+
+// pagesEvals is the size of each run the pages read.
+const pagesEvals = 100_000
+
+// pages measures what the dashboard's pages cost to serve at pagesEvals
+// evals per run: each API request a page makes, over HTTP, against two
+// ended runs of that size (one compared with the other).
+func pages(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
+	defer rdb.Close()
+	c, err := evalpool.NewClient(rdb, evalpool.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"pages-base", "pages-head"} {
+		endedRun(t, c.Runs(), name, pagesEvals)
+	}
+	h, err := api.New(api.Options{Client: c, Pool: "pages"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(h)
+	defer ts.Close()
+	requests := []struct{ page, path string }{
+		{"runs list", "/runs?limit=50"},
+		{"run page, progress (polled)", "/runs/pages-head/progress"},
+		{"run page, summary (when an eval ended)", "/runs/pages-head"},
+		{"run page, a page of its evals", "/runs/pages-head/evals?limit=50"},
+		{"run page, evals filtered, none matching", "/runs/pages-head/evals?limit=50&q=nothing-matches"},
+		{"compare page", "/runs/pages-head/compare?against=pages-base"},
+	}
+	md.WriteString("## Pages at 100,000 evals per run\n\n")
+	fmt.Fprintf(md, "What each request of the dashboard's pages costs, served by the API over loopback HTTP, against two ended runs of %s evals each (every eval with a group, a score and an executor); the median of %d requests each. The eval page reads one task and one record (O(1)); the pool page is measured at 100,000 executors in `dashboard.TestPoolPageAt100k`.\n\n", thousands(pagesEvals), 5*runs())
+	md.WriteString("| page, request | time | bytes |\n| --- | ---: | ---: |\n")
+	for _, rq := range requests {
+		var took []float64
+		var size int
+		for range 5 * runs() {
+			start := time.Now()
+			resp, err := http.Get(ts.URL + api.Prefix + rq.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("%s: %d %.200s", rq.path, resp.StatusCode, b)
+			}
+			took, size = append(took, time.Since(start).Seconds()), len(b)
+		}
+		fmt.Fprintf(md, "| %s: `GET %s` | %.1f ms | %s |\n", rq.page, rq.path, 1000*median(took), thousands(size))
+	}
+	md.WriteString("\n")
+}
+
+// endedRun writes run name of n evals, every one ended, straight to the
+// run store.
+func endedRun(t *testing.T, runs *run.Store, name string, n int) {
+	t.Helper()
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprint(i)
+	}
+	if err := runs.Create(t.Context(), run.Run{Name: name, Pool: "pages", CreatedAt: time.Now(), Keys: keys}); err != nil {
+		t.Fatal(err)
+	}
+	var next atomic.Int64
+	if _, _, err := parallel(32, int64(n), 10*time.Minute, func() error {
+		i := int(next.Add(1) - 1)
+		score := float64(i%10) / 10
+		status := run.Passed
+		if i%7 == 0 {
+			status = run.Failed
+		}
+		_, err := runs.Finish(t.Context(), name, run.Record{Key: keys[i], Status: status, Score: &score, Group: fmt.Sprint("g", i%20),
+			Executor: fmt.Sprintf("http://10.0.%d.%d:9001", i%8, i%250), Duration: 1.5, At: time.Now()})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
