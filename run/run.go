@@ -153,6 +153,22 @@ func (r Run) CheckShare() error {
 	return nil
 }
 
+// dated is a date, or a date and time, that a run's name ends with:
+// -YYYYMMDD, with -HHMMSS after it and the API's -XXXXXX (6 hex digits)
+// after that, or -YYYY-MM-DD with a time after it.
+var dated = regexp.MustCompile(`-(\d{8}(-\d{6}(-[0-9a-f]{6})?)?|\d{4}-\d{2}-\d{2}([T_.:-][0-9:._-]*Z?)?)$`)
+
+// Suite is what the run is a run of, to follow from run to run: its meta's
+// "suite" when set, else its name less a date and time it ends with
+// (nightly-20250102 and nightly-2025-01-03T02:00 are of suite nightly; the
+// default names, run-YYYYMMDD-HHMMSS, all of suite run).
+func (r Run) Suite() string {
+	if s := r.Meta["suite"]; s != "" {
+		return s
+	}
+	return dated.ReplaceAllString(r.Name, "")
+}
+
 // Bounds of a run's Meta and Epochs.
 const (
 	MaxMeta         = 32
@@ -713,15 +729,34 @@ func (c Counts) Done() int { return c.Passed + c.Failed + c.Errored + c.Cancelle
 
 // Progress reads a run's counts without reading its records.
 func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
+	c, _, err := s.ProgressScore(ctx, name)
+	return c, err
+}
+
+// ProgressScore is Progress, with the mean score of the run's ended evals
+// that have one (Summary.MeanScore, nil before any) from the sum and count
+// of their scores that Finish keeps beside the counts: O(1).
+func (s *Store) ProgressScore(ctx context.Context, name string) (Counts, *float64, error) {
 	if err := ValidateName(name); err != nil {
-		return Counts{}, err
+		return Counts{}, nil, err
 	}
 	k := keys.ForRun(name)
 	counts, size, running := redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()), redis.NewStringCmd(ctx, "hget", k.Meta(), "size"), redis.NewIntCmd(ctx, "hlen", k.Running())
 	if err := s.read(ctx, name, counts, size, running); err != nil {
-		return Counts{}, err
+		return Counts{}, nil, err
 	}
-	return countsOf(name, size.Val(), counts.Val(), running.Val())
+	c, err := countsOf(name, size.Val(), counts.Val(), running.Val())
+	if err != nil {
+		return Counts{}, nil, err
+	}
+	var mean *float64
+	sum, err1 := strconv.ParseFloat(counts.Val()["score_sum"], 64)
+	n, err2 := strconv.Atoi(counts.Val()["score_n"])
+	if err1 == nil && err2 == nil && n > 0 {
+		v := sum / float64(n)
+		mean = &v
+	}
+	return c, mean, nil
 }
 
 // countsOf makes a run's Counts of its meta's size, its counts hash and

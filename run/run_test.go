@@ -3,6 +3,7 @@ package run_test
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"testing"
@@ -79,6 +80,9 @@ func TestSummary(t *testing.T) {
 		keys = append(keys, fmt.Sprint("k", i))
 	}
 	s, name := setup(t, keys...)
+	if _, mean, err := s.ProgressScore(t.Context(), name); err != nil || mean != nil {
+		t.Fatalf("mean score before any end: %v, %v", mean, err)
+	}
 	for i, key := range keys[:8] {
 		rec := run.Record{Key: key, Status: run.Passed, Score: score(float64(i)), Duration: float64(i + 1), Retries: i % 2}
 		switch i {
@@ -112,6 +116,9 @@ func TestSummary(t *testing.T) {
 	p, _ := s.Progress(t.Context(), name)
 	if p != want {
 		t.Fatalf("Progress %+v disagrees with Summarize %+v", p, want)
+	}
+	if p, mean, err := s.ProgressScore(t.Context(), name); err != nil || p != want || mean == nil || math.Abs(*mean-*sum.MeanScore) > 1e-12 {
+		t.Fatalf("ProgressScore %+v, mean %v, %v; want %+v, mean %v", p, mean, err, want, *sum.MeanScore)
 	}
 }
 

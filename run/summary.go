@@ -36,6 +36,11 @@ type Summary struct {
 	// did.
 	Score   *Stat           `json:"score,omitempty"`
 	Metrics map[string]Stat `json:"metrics,omitempty"`
+	// ScoreHistogram and MetricHistograms bin the graded evals' scores and
+	// each metric's values (Histogram), eval by eval (each epoch is one);
+	// a value that is not finite is left out. nil before any.
+	ScoreHistogram   *Histogram           `json:"score_histogram,omitempty"`
+	MetricHistograms map[string]Histogram `json:"metric_histograms,omitempty"`
 	// PassAt1 and PassAtK are set in a run of several epochs, once some
 	// sample can tell. PassAt1 is the mean over the samples of the share
 	// of their epochs that passed, among those that ended other than
@@ -44,9 +49,11 @@ type Summary struct {
 	// cancelled.
 	PassAt1 *float64 `json:"pass_at_1,omitempty"`
 	PassAtK *float64 `json:"pass_at_k,omitempty"`
-	// Groups sum up each group of the run's ended evals, by name; none
-	// when no eval has a group. An eval without one is in none.
-	Groups []GroupSummary `json:"groups,omitempty"`
+	// Groups sum up each group of the run's ended evals: the first
+	// MaxSummaryGroups by name, and MoreGroups counts the rest. None when
+	// no eval has a group; an eval without one is in none.
+	Groups     []GroupSummary `json:"groups,omitempty"`
+	MoreGroups int            `json:"more_groups,omitempty"`
 	// DurationP50 and DurationP95 are of the graded evals' last attempts,
 	// in seconds.
 	DurationP50 float64 `json:"duration_p50_seconds"`
@@ -70,6 +77,58 @@ type Stat struct {
 	Mean   float64 `json:"mean"`
 	Stderr float64 `json:"stderr"`
 	N      int     `json:"n"`
+}
+
+// HistogramBins is how many bins a Histogram has, unless its values are
+// all the same.
+const HistogramBins = 20
+
+// Histogram counts values in equal bins from Min to Max: HistogramBins of
+// them, or one when Min == Max. Bin i holds the values from Min + i·w up
+// to the next bin's start, w being (Max-Min)/len(Counts); the last bin
+// holds Max too.
+type Histogram struct {
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	Counts []int   `json:"counts"`
+}
+
+// binner makes a Histogram of values it is given twice: each one to see
+// (their range), then each one to count, once every one was seen.
+type binner struct {
+	h    Histogram
+	seen bool
+}
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+func (b *binner) see(v float64) {
+	switch {
+	case !finite(v):
+	case !b.seen:
+		b.h.Min, b.h.Max, b.seen = v, v, true
+	default:
+		b.h.Min, b.h.Max = min(b.h.Min, v), max(b.h.Max, v)
+	}
+}
+
+func (b *binner) count(v float64) {
+	if !finite(v) {
+		return
+	}
+	if b.h.Counts == nil {
+		b.h.Counts = make([]int, HistogramBins)
+		if b.h.Min == b.h.Max {
+			b.h.Counts = make([]int, 1)
+		}
+	}
+	// Halved, so that neither difference overflows (±MaxFloat64); a range
+	// that halves to nothing (subnormal) is one bin's.
+	n, i := len(b.h.Counts), 0
+	if w := b.h.Max/2 - b.h.Min/2; n > 1 && w > 0 {
+		i = min(int((v/2-b.h.Min/2)/w*float64(n)), n-1)
+	}
+	b.h.Counts[i]++
 }
 
 // Outcomes counts how a set of evals ended.
@@ -118,6 +177,10 @@ type Failure struct {
 	Reason string `json:"reason"`
 }
 
+// MaxSummaryGroups bounds a Summary's Groups, so that a suite of 100,000
+// groups (one per task) still sums up small.
+const MaxSummaryGroups = 200
+
 // MaxSummaryFailures bounds a Summary's Failures, so that a summary stays
 // small whatever the run (100,000 failures with their errors and outputs
 // made one of 16 MB).
@@ -132,7 +195,8 @@ type Comparison struct {
 	// PassRate is nil while either run has none.
 	PassRate *Delta           `json:"pass_rate,omitempty"`
 	Metrics  map[string]Delta `json:"metrics,omitempty"`
-	// Groups are the groups both runs have a pass rate of, by name.
+	// Groups are the groups both runs list (Summary.Groups) with a pass
+	// rate, by name.
 	Groups []GroupDelta `json:"groups,omitempty"`
 }
 
@@ -194,6 +258,8 @@ func summarize(r Run, recs []Record) Summary {
 		samples           []*sample // in the run's order, so that sums add up the same each time
 		byKey             = make(map[string]*sample, len(recs))
 		groups            = map[string]*GroupSummary{}
+		scoreBins         binner
+		metricBins        = map[string]*binner{}
 	)
 	for _, rec := range recs {
 		all.add(rec.Status)
@@ -210,6 +276,17 @@ func summarize(r Run, recs []Record) Summary {
 		}
 		if rec.Status == Passed || rec.Status == Failed {
 			durations = append(durations, rec.Duration)
+			if rec.Score != nil {
+				scoreBins.see(*rec.Score)
+			}
+			for name, v := range rec.Metrics {
+				b := metricBins[name]
+				if b == nil {
+					b = &binner{}
+					metricBins[name] = b
+				}
+				b.see(v)
+			}
 		}
 		sm := byKey[rec.SampleKey()]
 		if sm == nil {
@@ -239,6 +316,31 @@ func summarize(r Run, recs []Record) Summary {
 	}
 	if len(durations) > 0 {
 		sum.DurationP50, sum.DurationP95 = quantile(durations, 0.5), quantile(durations, 0.95)
+	}
+	// The bins need the range of the values first: a second loop over the
+	// records in hand, O(run) with nothing kept but the bins.
+	for _, rec := range recs {
+		if rec.Status != Passed && rec.Status != Failed {
+			continue
+		}
+		if rec.Score != nil {
+			scoreBins.count(*rec.Score)
+		}
+		for name, v := range rec.Metrics {
+			metricBins[name].count(v)
+		}
+	}
+	if scoreBins.seen {
+		sum.ScoreHistogram = &scoreBins.h
+	}
+	for name, b := range metricBins {
+		if !b.seen {
+			continue
+		}
+		if sum.MetricHistograms == nil {
+			sum.MetricHistograms = make(map[string]Histogram, len(metricBins))
+		}
+		sum.MetricHistograms[name] = b.h
 	}
 
 	var (
@@ -277,7 +379,11 @@ func summarize(r Run, recs []Record) Summary {
 		v := float64(atK) / float64(atKN)
 		sum.PassAtK = &v
 	}
-	for _, name := range slices.Sorted(maps.Keys(groups)) {
+	for i, name := range slices.Sorted(maps.Keys(groups)) {
+		if i == MaxSummaryGroups {
+			sum.MoreGroups = len(groups) - i
+			break
+		}
 		g := groups[name]
 		g.PassRate = g.passRate()
 		if m := byGroup[name]; m != nil {

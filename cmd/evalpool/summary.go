@@ -31,7 +31,7 @@ func gate(sum evalrun.Summary, minPassRate float64) error {
 }
 
 // maxPrintedGroups bounds the groups a printed summary lists, each way:
-// --json has them all.
+// --json has more (run.MaxSummaryGroups).
 const maxPrintedGroups = 50
 
 func printSummary(w io.Writer, s evalrun.Summary) {
@@ -72,7 +72,7 @@ func printSummary(w io.Writer, s evalrun.Summary) {
 		fmt.Fprintf(w, "  %s %s\n", name, stat(&m))
 	}
 	fmt.Fprintf(w, "  duration p50 %.3fs, p95 %.3fs; %d retries\n", s.DurationP50, s.DurationP95, s.Retries)
-	printGroups(w, s.Groups)
+	printGroups(w, s.Groups, s.MoreGroups)
 	for i, f := range s.Failures {
 		if i == 20 {
 			break
@@ -108,12 +108,12 @@ func printSummary(w io.Writer, s evalrun.Summary) {
 }
 
 // printGroups prints a table of the groups, the first maxPrintedGroups of
-// them.
-func printGroups(w io.Writer, groups []evalrun.GroupSummary) {
+// them, more being the groups the summary did not list.
+func printGroups(w io.Writer, groups []evalrun.GroupSummary, more int) {
 	if len(groups) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "  %d groups:\n", len(groups))
+	fmt.Fprintf(w, "  %d groups:\n", len(groups)+more)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "    group\tpassed/failed/errored\tpass rate\tscore mean")
 	for i, g := range groups {
@@ -130,7 +130,7 @@ func printGroups(w io.Writer, groups []evalrun.GroupSummary) {
 		fmt.Fprintf(tw, "    %s\t%d/%d/%d\t%s\t%s\n", g.Group, g.Passed, g.Failed, g.Errored, rate, score)
 	}
 	_ = tw.Flush()
-	if more := len(groups) - maxPrintedGroups; more > 0 {
+	if more := len(groups) + more - maxPrintedGroups; more > 0 {
 		fmt.Fprintf(w, "    … and %d more groups (run summary --json)\n", more)
 	}
 }
