@@ -182,6 +182,26 @@ type RunItem struct {
 	// PassRate is passed over passed, failed and errored; -1 before any
 	// ended.
 	PassRate float64 `json:"pass_rate"`
+	// MeanScore is the mean score of its ended evals that have one, as
+	// its summary's, read in O(1) (run.Store.ProgressScore); absent
+	// before any.
+	MeanScore *float64 `json:"mean_score,omitempty"`
+	// Suite is what it is a run of (run.Run.Suite): its meta's "suite",
+	// else its name less a date and time it ends with.
+	Suite string `json:"suite"`
+	// Trend is the pass rates of the last MaxTrend (or fewer) runs of its
+	// suite in this list, oldest first, ending with its own: runs the
+	// list's limit left out are not in it.
+	Trend []TrendPoint `json:"trend"`
+}
+
+// MaxTrend bounds a RunItem's Trend.
+const MaxTrend = 20
+
+// TrendPoint is a run in a RunItem's Trend.
+type TrendPoint struct {
+	Name     string  `json:"name"`
+	PassRate float64 `json:"pass_rate"`
 }
 
 // RunList is the answer of GET /runs.
@@ -206,7 +226,7 @@ func (h *Handler) listRuns(w http.ResponseWriter, r *http.Request) {
 	}
 	list := RunList{Runs: []RunItem{}}
 	for _, rn := range runs {
-		c, err := h.runs.Progress(r.Context(), rn.Name)
+		c, mean, err := h.runs.ProgressScore(r.Context(), rn.Name)
 		if errors.Is(err, run.ErrNotFound) {
 			continue // its keys expired since
 		}
@@ -214,7 +234,16 @@ func (h *Handler) listRuns(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
-		list.Runs = append(list.Runs, RunItem{Run: rn, Progress: c, PassRate: passRate(c)})
+		list.Runs = append(list.Runs, RunItem{Run: rn, Progress: c, PassRate: passRate(c), MeanScore: mean, Suite: rn.Suite()})
+	}
+	// The runs come newest first: each suite's trend is added up from its
+	// oldest run.
+	suites := map[string][]TrendPoint{}
+	for i := len(list.Runs) - 1; i >= 0; i-- {
+		it := &list.Runs[i]
+		trend := append(suites[it.Suite], TrendPoint{Name: it.Name, PassRate: it.PassRate})
+		suites[it.Suite] = trend
+		it.Trend = slices.Clone(trend[max(0, len(trend)-MaxTrend):])
 	}
 	writeJSON(w, http.StatusOK, list)
 }
