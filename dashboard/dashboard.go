@@ -19,7 +19,9 @@
 // and reads its summary (O(run)) only when an eval ended, at most every few
 // seconds, and the page of ended evals it shows (/api/v1/runs/NAME/evals:
 // at most 1,000 records, whatever the run) only when the progress changed,
-// at most every few seconds. The eval page reads GET /api/v1/evals/ID every
+// at most every few seconds; its histograms and groups come with the
+// summary, and the runs list's mean scores and suite trends with its O(1)
+// reads of 50 runs. The eval page reads GET /api/v1/evals/ID every
 // 2 seconds until the eval ended: O(1), its task and, for a run's eval, its
 // record. The compare page (/compare?base=RUN&head=RUN) reads GET
 // /api/v1/runs/HEAD/compare once, not polled: O(size of both runs).
