@@ -623,9 +623,9 @@ func TestDocScreenshotsInChromium(t *testing.T) {
 		t.Logf("%s: %d KB", out, len(png)>>10)
 	}
 	// The pool page is wide: every column in view.
-	shoot("/", `document.querySelectorAll(".tl .span-released").length > 20`, "pool", 1800, 900)
+	shoot("/", `document.querySelectorAll(".tl .span-released").length > 20`, "pool", 1280, 900)
 	shoot("/runs", `document.querySelectorAll("#runs tr[data-run]").length === 3`, "runs", 1400, 900)
-	shoot("/runs/nightly-2026-11-25", `document.querySelectorAll("#failures tr[data-key]").length > 0 && document.getElementById("p95").innerText !== "–"`, "run", 1400, 900)
+	shoot("/runs/nightly-2026-11-25", `document.querySelectorAll("#failures tr[data-key]").length > 0 && document.getElementById("p95").innerText !== "–"`, "run", 1400, 1800)
 
 	// A grader of its own, registered once the pool is shot, for an eval
 	// with the log, metrics and output a real one leaves.
