@@ -439,9 +439,9 @@ func TestWaitRefusesANegativeInterval(t *testing.T) {
 
 // enqueueHeld enqueues an eval of no run held for admission, as
 // evalpool.Client.Enqueue does.
-func enqueueHeld(t *testing.T, b *bundle, id string) {
+func enqueueHeld(t *testing.T, b *bundle, id, spec string) {
 	t.Helper()
-	task, err := tasks.NewEval(tasks.Eval{ID: id, Pool: b.pool.Name(), Spec: json.RawMessage(`{"grade":"passed"}`)}, tasks.EvalOptions{})
+	task, err := tasks.NewEval(tasks.Eval{ID: id, Pool: b.pool.Name(), Spec: json.RawMessage(spec)}, tasks.EvalOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,13 +453,14 @@ func enqueueHeld(t *testing.T, b *bundle, id string) {
 // Evals of no run wait held until admitted, oldest first, within their
 // share (twice the pool's one executor); a cancel takes one out, held or
 // in flight; Readmit releases one admitted but still held (its admitter
-// died between the two) and forgets one whose task is gone.
+// died between the two), forgets one whose task is gone, and one whose
+// task is orphaned.
 func TestHeldEvals(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := t.Context()
 	for _, id := range []string{"h1", "h2", "h3"} {
-		enqueueHeld(t, b, id)
+		enqueueHeld(t, b, id, `{"grade":"passed"}`)
 	}
 	if d, err := client.Show(ctx, b.insp, b.runs, b.pool.Name(), "h1"); err != nil || d.State != client.StateQueued {
 		t.Fatalf("a held eval shows as %q, %v; want %q", d.State, err, client.StateQueued)
@@ -488,7 +489,7 @@ func TestHeldEvals(t *testing.T) {
 		t.Fatalf("in flight after the cancel: %v, want [h1]", got)
 	}
 
-	enqueueHeld(t, b, "h4")
+	enqueueHeld(t, b, "h4", `{"hold":true}`)
 	for _, id := range []string{"h4", "ghost"} {
 		if err := b.rdb.ZAdd(ctx, keys.Standalone(b.pool.Name()), redis.Z{Member: id}).Err(); err != nil {
 			t.Fatal(err)
@@ -502,5 +503,22 @@ func TestHeldEvals(t *testing.T) {
 	}
 	if got := inflight(); !slices.Equal(got, []string{"h1", "h4"}) {
 		t.Errorf("in flight after Readmit: %v, want [h1 h4]", got)
+	}
+
+	// h4 runs, and its worker dies: its task stays active, its Asynq lease
+	// passes (set back here rather than waited for, 30 s), and nobody works
+	// on it until Asynq's recoverer hands it out again. It is in flight no
+	// more, so that admission goes on meanwhile.
+	serve(t, b)
+	evaltest.Eventually(t, 10*time.Second, "h4 running", func() bool { return state(t, b, "h4") == asynq.TaskStateActive })
+	if err := b.rdb.ZAdd(ctx, tasks.LeaseKey(tasks.Queues(b.pool.Name()).Evals), redis.Z{Member: "h4", Score: float64(time.Now().Add(-time.Minute).Unix())}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Readmit(ctx, b.aq, b.insp, b.pool, b.runs); err != nil {
+		t.Fatal(err)
+	}
+	close(b.release)
+	if got := inflight(); slices.Contains(got, "h4") {
+		t.Errorf("in flight after h4's lease passed: %v; want it out", got)
 	}
 }

@@ -193,7 +193,11 @@ func Submit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *poo
 // not in its queue: their admitter died before it enqueued them, or
 // Redis's data went back; and releases again its evals of no run admitted
 // but still held, forgetting those whose task ended or is gone. An eval
-// whose task is there is left alone. A worker runs it at each reap.
+// whose task is active with its Asynq lease passed (orphaned: its worker
+// died, or wrote its end to a master that failed over) counts as in flight
+// no more, so that admission goes on while Asynq recovers it. An eval
+// whose task is there otherwise is left alone. A worker runs it at each
+// reap.
 func Readmit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *pool.Pool, runs *run.Store) (int, error) {
 	admitted, err := runs.Admitted(ctx, p.Name())
 	if err != nil {
@@ -201,20 +205,26 @@ func Readmit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *po
 	}
 	queue, n := tasks.Queues(p.Name()).Evals, 0
 	for name, specs := range admitted {
-		there := make(map[string]*redis.IntCmd, len(specs))
-		if _, err := runs.Redis().Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for key := range specs {
-				there[key] = pipe.Exists(ctx, tasks.ResultKey(queue, run.EvalID(name, key)))
-			}
-			return nil
-		}); err != nil {
+		ids := make([]string, 0, len(specs))
+		for key := range specs {
+			ids = append(ids, run.EvalID(name, key))
+		}
+		states, err := taskStates(ctx, runs.Redis(), queue, ids)
+		if err != nil {
 			return n, err
 		}
 		var lost []string
+		var orphaned []string
 		for key, spec := range specs {
-			if there[key].Val() == 0 {
+			switch states[run.EvalID(name, key)] {
+			case "":
 				lost = append(lost, spec)
+			case stateOrphaned:
+				orphaned = append(orphaned, key)
 			}
+		}
+		if err := runs.Unadmit(ctx, name, orphaned...); err != nil {
+			return n, err
 		}
 		if len(lost) == 0 {
 			continue
@@ -233,26 +243,22 @@ func Readmit(ctx context.Context, aq *asynq.Client, insp *asynq.Inspector, p *po
 }
 
 // rereleaseHeld releases again p's evals of no run admitted but still
-// held, and takes out of flight those whose task ended or is gone.
+// held, and takes out of flight those whose task ended, is gone or is
+// orphaned.
 func rereleaseHeld(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, runs *run.Store) (int, error) {
 	ids, err := runs.Standalone(ctx, p.Name())
 	if err != nil || len(ids) == 0 {
 		return 0, err
 	}
 	queue := tasks.Queues(p.Name()).Evals
-	states := make([]*redis.StringCmd, len(ids))
-	if _, err := runs.Redis().Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, id := range ids {
-			states[i] = pipe.HGet(ctx, tasks.ResultKey(queue, id), "state")
-		}
-		return nil
-	}); err != nil && !errors.Is(err, redis.Nil) {
+	states, err := taskStates(ctx, runs.Redis(), queue, ids)
+	if err != nil {
 		return 0, err
 	}
 	var ended []string
 	n := 0
-	for i, id := range ids {
-		switch states[i].Val() {
+	for _, id := range ids {
+		switch states[id] {
 		case "scheduled":
 			ok, err := release(insp, runs.Redis(), queue)(ctx, id)
 			if err != nil {
@@ -263,11 +269,43 @@ func rereleaseHeld(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, run
 				continue
 			}
 			ended = append(ended, id)
-		case "", "completed", "archived":
+		case "", "completed", "archived", stateOrphaned:
 			ended = append(ended, id)
 		}
 	}
 	return n, runs.EndStandalone(ctx, p.Name(), ended...)
+}
+
+// stateOrphaned is taskStates's for an active task whose Asynq lease
+// passed: nobody works on it until Asynq's recoverer hands it out again.
+const stateOrphaned = "orphaned"
+
+// taskStates reads the Asynq state of the queue's tasks ids, "" for one
+// that is gone, stateOrphaned for an active one whose lease passed (by
+// Redis's clock), in one pipeline. The keys are Asynq's own (v0.26):
+// the task's hash and the queue's leases, by the second they end.
+func taskStates(ctx context.Context, rdb redis.UniversalClient, queue string, ids []string) (map[string]string, error) {
+	states := make([]*redis.StringCmd, len(ids))
+	leases := make([]*redis.FloatCmd, len(ids))
+	var clock *redis.TimeCmd
+	if _, err := rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		clock = pipe.Time(ctx)
+		for i, id := range ids {
+			states[i] = pipe.HGet(ctx, tasks.ResultKey(queue, id), "state")
+			leases[i] = pipe.ZScore(ctx, tasks.LeaseKey(queue), id)
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	out := make(map[string]string, len(ids))
+	for i, id := range ids {
+		out[id] = states[i].Val()
+		if out[id] == "active" && leases[i].Err() == nil && leases[i].Val() < float64(clock.Val().Unix()) {
+			out[id] = stateOrphaned
+		}
+	}
+	return out, nil
 }
 
 // Admit admits evals of p's runs, and its evals of no run, to its queue by

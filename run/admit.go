@@ -326,6 +326,23 @@ func (s *Store) admitHeld(ctx context.Context, pool string, a Admission, n int, 
 	return admitted, nil
 }
 
+// Unadmit takes evals of run name out of flight without ending them: their
+// tasks are orphaned, and Asynq hands them out again in time
+// (client.Readmit).
+func (s *Store) Unadmit(ctx context.Context, name string, evalKeys ...string) error {
+	if len(evalKeys) == 0 {
+		return nil
+	}
+	members := make([]any, len(evalKeys))
+	for i, key := range evalKeys {
+		members[i] = key
+	}
+	if err := s.client.SRem(ctx, keys.ForRun(name).Admitted(), members...).Err(); err != nil {
+		return fmt.Errorf("run %s: unadmit: %w", name, err)
+	}
+	return nil
+}
+
 // Standalone returns the IDs of the pool's evals of no run in flight.
 func (s *Store) Standalone(ctx context.Context, pool string) ([]string, error) {
 	ids, err := s.client.ZRange(ctx, keys.Standalone(pool), 0, -1).Result()

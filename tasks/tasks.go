@@ -92,6 +92,10 @@ func ResultKey(q, id string) string {
 // (run.HeldFor).
 func HeldKey(q string) string { return "asynq:{" + q + "}:scheduled" }
 
+// LeaseKey is the ZSET of queue q's active tasks by the second their
+// Asynq lease ends: Asynq's own (v0.26).
+func LeaseKey(q string) string { return "asynq:{" + q + "}:lease" }
+
 // Held reports whether a task due at due is an eval of no run waiting for
 // admission (run.HeldFor).
 func Held(due time.Time) bool { return time.Until(due) > run.HeldFor/2 }
