@@ -176,7 +176,7 @@ func (w *Worker) report(ctx context.Context, o *outcome) {
 		return
 	case !o.leased() && o.cancelled:
 		w.cfg.Metrics.evals.WithLabelValues(o.eval.Pool, "cancelled").Inc()
-		w.endInRun(ctx, o.eval, run.Record{Status: run.Cancelled})
+		w.endEval(ctx, o.eval, run.Record{Status: run.Cancelled})
 		return
 	case !o.leased() && errors.Is(o.err, pool.ErrNoExecutor):
 		w.cfg.Metrics.evals.WithLabelValues(o.eval.Pool, "no_executor").Inc()
@@ -192,7 +192,7 @@ func (w *Worker) report(ctx context.Context, o *outcome) {
 		}
 		cancel()
 	}
-	if o.result != nil && w.endInRun(ctx, o.eval, recordOf(o.res, o.took, o.attempt, o.lease.URL)) {
+	if o.result != nil && w.endEval(ctx, o.eval, recordOf(o.res, o.took, o.attempt, o.lease.URL)) {
 		o.result = nil
 	}
 	kind := o.res.Status
@@ -201,7 +201,7 @@ func (w *Worker) report(ctx context.Context, o *outcome) {
 	case o.cancelled:
 		kind = "cancelled"
 		o.log.Info().Err(o.err).Msg("eval cancelled; its call to the executor was abandoned")
-		w.endInRun(ctx, o.eval, run.Record{Status: run.Cancelled, Executor: o.lease.URL, Retries: o.attempt})
+		w.endEval(ctx, o.eval, run.Record{Status: run.Cancelled, Executor: o.lease.URL, Retries: o.attempt})
 	case errors.As(o.err, &hb):
 		kind = hb.outcome // logged at error level with its cause and fix
 	case errors.Is(o.err, ErrErrored):

@@ -60,7 +60,7 @@ func (u *unrecorded) len() int {
 	return len(u.ends)
 }
 
-// recordEnds records again the ends kept by endInRun; those that fail
+// recordEnds records again the ends kept by endEval; those that fail
 // again are kept for the next tick.
 func (w *Worker) recordEnds(ctx context.Context) {
 	ends := w.ends.take()

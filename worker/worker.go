@@ -674,12 +674,12 @@ func (w *Worker) cancelled(ctx context.Context, sp *servedPool, e tasks.Eval) bo
 	return ok
 }
 
-// endInRun records how an eval of a run ended; an eval of no run is taken
-// out of flight instead (endStandalone). The first end recorded wins (run.Store.Finish). An end that cannot be written
+// endEval records how an eval ended: in its run, or, for an eval of no
+// run, by taking it out of flight (endStandalone). The first end recorded wins (run.Store.Finish). An end that cannot be written
 // now is kept and written again at each maintenance tick (watchEpochs); a
 // worker killed first loses it, and the reap's reconciliation of the runs
 // records it from Asynq's state.
-func (w *Worker) endInRun(ctx context.Context, e tasks.Eval, rec run.Record) (written bool) {
+func (w *Worker) endEval(ctx context.Context, e tasks.Eval, rec run.Record) (written bool) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterTimeout)
 	defer cancel()
 	if e.Run == "" {
@@ -930,7 +930,7 @@ func (w *Worker) handleError(ctx context.Context, t *asynq.Task, err error) {
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
 	if e, perr := tasks.ParseEval(t.Payload()); perr == nil && (errors.Is(err, asynq.SkipRetry) || retried >= maxRetry) {
-		w.endInRun(ctx, e, run.Record{Status: run.Errored, Error: err.Error(), Retries: retried})
+		w.endEval(ctx, e, run.Record{Status: run.Errored, Error: err.Error(), Retries: retried})
 	}
 	var ae *AttemptError
 	if !errors.As(err, &ae) {
