@@ -85,6 +85,20 @@ func (b *fairBundle) waitRun(t *testing.T, name string, within time.Duration) ti
 	return time.Now()
 }
 
+// share is the part of the executors' time that run a had against run
+// other ("": the evals of no run), measured at the executors over 4 s: a
+// window measured, not an event waited for.
+func (b *fairBundle) share(t *testing.T, a, other string) float64 {
+	t.Helper()
+	from := time.Now()
+	time.Sleep(4 * time.Second)
+	to := time.Now()
+	x, y := b.calls.Busy(a, from, to), b.calls.Busy(other, from, to)
+	share := float64(x) / float64(x+y)
+	t.Logf("executor time: %q %s, %q %s: %.0f/%.0f", a, x.Round(time.Millisecond), other, y.Round(time.Millisecond), 100*share, 100*(1-share))
+	return share
+}
+
 // cancel ends run name, so that the test does not wait for it.
 func (b *fairBundle) cancel(t *testing.T, name string) {
 	t.Helper()
@@ -128,13 +142,7 @@ func TestWeightsSplitThePool(t *testing.T) {
 	// The rule has settled once the light run holds its share, 2 of the 8
 	// executors, at once.
 	evaltest.Eventually(t, 10*time.Second, "the weight 1 run holding its share", func() bool { return b.calls.Peak("one") >= 2 })
-	from := time.Now()
-	evaltest.Eventually(t, 30*time.Second, "a window of 4 s", func() bool { return time.Since(from) > 4*time.Second })
-	to := time.Now()
-	three, one := b.calls.Busy("three", from, to), b.calls.Busy("one", from, to)
-	share := float64(three) / float64(three+one)
-	t.Logf("executor time: weight 3 %s, weight 1 %s: %.0f/%.0f", three.Round(time.Millisecond), one.Round(time.Millisecond), 100*share, 100*(1-share))
-	if share < 0.65 || share > 0.85 {
+	if share := b.share(t, "three", "one"); share < 0.65 || share > 0.85 {
 		t.Errorf("weight 3 had %.0f%% of the executors' time, want 75 ± 10", 100*share)
 	}
 	// The runs' own figures agree: both held executors, the heavier more.
@@ -251,13 +259,8 @@ func TestEvalsOfNoRunShareAsOneRun(t *testing.T) {
 	b.submit(t, "nr-big", 2000, client.RunRequest{})
 	defer b.cancel(t, "nr-big")
 	evaltest.Eventually(t, 10*time.Second, "the run holding its share", func() bool { return b.calls.Peak("nr-big") >= 4 })
-	from := time.Now()
-	evaltest.Eventually(t, 30*time.Second, "a window of 4 s", func() bool { return time.Since(from) > 4*time.Second })
-	to := time.Now()
-	big, solo := b.calls.Busy("nr-big", from, to), b.calls.Busy("", from, to)
-	share := float64(big) / float64(big+solo)
-	t.Logf("executor time: the run %s, the evals of no run %s: %.0f/%.0f", big.Round(time.Millisecond), solo.Round(time.Millisecond), 100*share, 100*(1-share))
-	if share < 0.4 || share > 0.6 {
+	if share := b.share(t, "nr-big", ""); share < 0.4 || share > 0.6 {
 		t.Errorf("the run had %.0f%% of the executors' time beside the evals of no run, want 50 ± 10", 100*share)
 	}
 }
+
