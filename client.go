@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -132,10 +131,16 @@ func (c *Client) Enqueue(ctx context.Context, poolName string, evals []tasks.Eva
 	if err := client.Servable(ctx, p, evals, opts.AllowEmptyPool); err != nil {
 		return nil, err
 	}
+	// Redis's clock, not this producer's, dates them: the held evals of
+	// every producer are admitted in the order they came.
+	now, err := c.rdb.Time(ctx).Result()
+	if err != nil {
+		return nil, fmt.Errorf("enqueue: %w", err)
+	}
 	aq := c.queue()
 	fresh := make([]bool, len(evals))
 	for i, t := range batch {
-		_, err := aq.EnqueueContext(ctx, t, asynq.ProcessAt(time.Now().Add(run.HeldFor)))
+		_, err := aq.EnqueueContext(ctx, t, tasks.Hold(now))
 		switch {
 		case errors.Is(err, asynq.ErrTaskIDConflict):
 		case err != nil:

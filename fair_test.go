@@ -264,3 +264,40 @@ func TestEvalsOfNoRunShareAsOneRun(t *testing.T) {
 	}
 }
 
+// Evals of no run are dated by Redis's clock, not their producer's: with
+// the machine's clock an hour off Redis's (stepped here on Redis's side),
+// a held eval is due HeldFor after Redis's now, so that held evals of
+// producers whose clocks differ are admitted in the order they came, and
+// none looks starving, or young, for its producer's clock.
+func TestEvalsOfNoRunAreDatedByRedis(t *testing.T) {
+	t.Parallel()
+	srv := evaltest.StartT(t, evaltest.Options{SteppableClock: true})
+	rdb := srv.Client(t)
+	c, err := evalpool.NewClient(rdb, evalpool.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.StepClock(-time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	redisNow, err := rdb.Time(t.Context()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An empty pool admits two (twice max(0, 1) executors): the third is
+	// held.
+	var evals []tasks.Eval
+	for i := range 3 {
+		evals = append(evals, tasks.Eval{ID: fmt.Sprint("dated-", i), Spec: json.RawMessage(`{}`)})
+	}
+	if _, err := c.Enqueue(t.Context(), "dated", evals, evalpool.EnqueueOptions{AllowEmptyPool: true}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Inspector().GetTaskInfo(tasks.Queues("dated").Evals, "dated-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if due := info.NextProcessAt.Sub(redisNow.Add(run.HeldFor)); due < -2*time.Second || due > 2*time.Second {
+		t.Errorf("a held eval is due %s off Redis's now + HeldFor (Redis's clock is an hour behind the machine's): dated by its producer's clock", due.Round(time.Second))
+	}
+}

@@ -445,7 +445,7 @@ func enqueueHeld(t *testing.T, b *bundle, id, spec string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.aq.EnqueueContext(t.Context(), task, asynq.ProcessAt(time.Now().Add(run.HeldFor))); err != nil {
+	if _, err := b.aq.EnqueueContext(t.Context(), task, tasks.Hold(time.Now())); err != nil {
 		t.Fatal(err)
 	}
 }

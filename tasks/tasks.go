@@ -96,6 +96,11 @@ func HeldKey(q string) string { return "asynq:{" + q + "}:scheduled" }
 // Asynq lease ends: Asynq's own (v0.26).
 func LeaseKey(q string) string { return "asynq:{" + q + "}:lease" }
 
+// Hold is the enqueue option that holds an eval of no run, enqueued at
+// now by Redis's clock, for admission (run.HeldFor): its due time orders
+// it among the held evals of every producer, and dates its wait.
+func Hold(now time.Time) asynq.Option { return asynq.ProcessAt(now.Add(run.HeldFor)) }
+
 // Held reports whether a task due at due is an eval of no run waiting for
 // admission (run.HeldFor).
 func Held(due time.Time) bool { return time.Until(due) > run.HeldFor/2 }

@@ -143,7 +143,7 @@ func TestAdmissionWaitsOutAFullRedis(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.aq.EnqueueContext(ctx, task, asynq.ProcessAt(time.Now().Add(run.HeldFor))); err != nil {
+		if _, err := b.aq.EnqueueContext(ctx, task, tasks.Hold(time.Now())); err != nil {
 			t.Fatal(err)
 		}
 	}
