@@ -324,16 +324,18 @@ type ComparedRun struct {
 }
 
 // ChangedEvals are the evals whose outcome changed one way: Count of them,
-// the first Keys (eval keys, in the head run's order) listed.
+// the first Keys (eval keys, in the order they ended in the head run)
+// listed.
 type ChangedEvals struct {
 	Count int      `json:"count"`
 	Keys  []string `json:"keys"`
 }
 
 // compareRuns compares the run with ?against for the dashboard's compare
-// page. Cost: O(size of both runs), whatever ?limit (which bounds the
-// answer only): it reads every record of each run once
-// (run.Store.Summarize), and the counts of the run compared with, O(1).
+// page. Cost: O(size of both runs) in memory, whatever ?limit (which
+// bounds the answer only), and what Redis sends is what ended since the
+// server last summed up either run (run.Store.Summarize); the counts of
+// the run compared with, O(1).
 func (h *Handler) compareRuns(w http.ResponseWriter, r *http.Request) {
 	name, ok := runName(w, r)
 	if !ok {

@@ -5,7 +5,8 @@
 -- the hash tag {<run>}:
 --   KEYS[1] done     HASH  eval key -> record JSON {status, score?, ...}
 --   KEYS[2] counts   HASH  status -> evals; retries; score_sum; score_n;
---                          busy0..busy6 -> "slot:ms" (run_busy.lua)
+--                          busy0..busy6 -> "slot:ms" (run_busy.lua);
+--                          reopened (run_reopen.lua)
 --   KEYS[3] running  HASH  eval key -> executor, while an attempt runs
 --   KEYS[4] meta     HASH  the run's name, pool, size...
 --   KEYS[5] evals    LIST  the run's eval keys, in order

@@ -5,7 +5,10 @@
 -- Not prefixed by lib.lua: its keys are the run's, those of run_finish.lua
 -- in its order:
 --   KEYS[1] done     HASH  eval key -> record JSON {status, score?, ...}
---   KEYS[2] counts   HASH  status -> evals; retries; score_sum; score_n
+--   KEYS[2] counts   HASH  status -> evals; retries; score_sum; score_n;
+--                          reopened -> ends taken back, ever (a reader
+--                          that tallies the ends as they come starts
+--                          over when it moves: run.Store.Summarize)
 --   KEYS[3] running  HASH  eval key -> executor, while an attempt runs
 --   KEYS[4] meta     HASH  the run's name, pool, size, reconciled...
 --   KEYS[5] evals    LIST  the run's eval keys, in order
@@ -58,6 +61,7 @@ for i = 3, #ARGV, 2 do
   end
 end
 if first then
+  redis.call('HINCRBY', KEYS[2], 'reopened', #reopened)
   local at = redis.call('HGET', KEYS[4], 'reconciled')
   if at and tonumber(at) > first then
     redis.call('HSET', KEYS[4], 'reconciled', first)

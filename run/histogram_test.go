@@ -215,3 +215,12 @@ func TestSuite(t *testing.T) {
 		}
 	}
 }
+
+// summarize tallies recs in their order, as a Summary of r.
+func summarize(r Run, recs []Record) Summary {
+	t := newTally(r.Epochs)
+	for _, rec := range recs {
+		t.add(rec)
+	}
+	return t.summary(r)
+}

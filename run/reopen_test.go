@@ -29,11 +29,11 @@ func TestReopen(t *testing.T) {
 		counts   map[string]string
 	}{
 		{[]string{run.Errored}, []string{"c"},
-			map[string]string{"passed": "1", "failed": "2", "errored": "0", "cancelled": "1", "retries": "2", "score_sum": "1.75", "score_n": "3"}},
+			map[string]string{"passed": "1", "failed": "2", "errored": "0", "cancelled": "1", "retries": "2", "score_sum": "1.75", "score_n": "3", "reopened": "1"}},
 		{[]string{run.Failed}, []string{"b", "e"},
-			map[string]string{"passed": "1", "failed": "0", "errored": "1", "cancelled": "1", "retries": "3", "score_sum": "1", "score_n": "1"}},
+			map[string]string{"passed": "1", "failed": "0", "errored": "1", "cancelled": "1", "retries": "3", "score_sum": "1", "score_n": "1", "reopened": "2"}},
 		{[]string{run.Errored, run.Failed}, []string{"b", "c", "e"},
-			map[string]string{"passed": "1", "failed": "0", "errored": "0", "cancelled": "1", "retries": "0", "score_sum": "1", "score_n": "1"}},
+			map[string]string{"passed": "1", "failed": "0", "errored": "0", "cancelled": "1", "retries": "0", "score_sum": "1", "score_n": "1", "reopened": "3"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want[0]+strconv.Itoa(len(tt.want)), func(t *testing.T) {

@@ -73,6 +73,7 @@ func EvalID(name, key string) string { return name + "/" + key }
 type Store struct {
 	client    redis.UniversalClient
 	retention time.Duration
+	live      *liveRuns
 }
 
 // Options configure a Store. The zero value is usable.
@@ -80,6 +81,12 @@ type Options struct {
 	// Retention is how long a run's keys live after its last eval ended.
 	// Defaults to 7 days (tasks.ResultRetention).
 	Retention time.Duration
+	// LiveEnds bounds the ends the Store's tallies of the runs it summed
+	// up lately hold, over all runs (Summarize): about 150 bytes each, and
+	// the run summed up last is kept whatever its size. Defaults to
+	// DefaultLiveEnds; negative keeps none, so that each summary reads its
+	// run whole.
+	LiveEnds int
 }
 
 // DefaultRetention is Options.Retention's default: the evals' results'.
@@ -87,7 +94,7 @@ const DefaultRetention = 7 * 24 * time.Hour
 
 // NewStore returns a Store on client. It does not touch Redis.
 func NewStore(client redis.UniversalClient, opts Options) *Store {
-	return &Store{client: client, retention: cmp.Or(opts.Retention, DefaultRetention)}
+	return &Store{client: client, retention: cmp.Or(opts.Retention, DefaultRetention), live: &liveRuns{max: max(0, cmp.Or(opts.LiveEnds, DefaultLiveEnds))}}
 }
 
 // Redis is the client the store runs on, for those that read Asynq's keys

@@ -12,7 +12,7 @@ import (
 )
 
 // TestSummaryFailuresBounded: a run of 1,000 failures sums up with the
-// first MaxSummaryFailures of them, in the run's order, and a count of
+// first MaxSummaryFailures of them, in the order they ended, and a count of
 // the rest; Results still has every one.
 func TestSummaryFailuresBounded(t *testing.T) {
 	t.Parallel()

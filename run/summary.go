@@ -1,9 +1,6 @@
 package run
 
 import (
-	"context"
-	"fmt"
-	"maps"
 	"math"
 	"slices"
 	"time"
@@ -60,8 +57,8 @@ type Summary struct {
 	DurationP95 float64 `json:"duration_p95_seconds"`
 	Retries     int     `json:"retries"`
 	// Failures are the first MaxSummaryFailures failed and errored evals,
-	// in the run's order, with their errors; MoreFailures counts the rest
-	// (Results has them all).
+	// in the order they ended, with their errors; MoreFailures counts the
+	// rest (Results has them all).
 	Failures     []Failure `json:"failures"`
 	MoreFailures int       `json:"more_failures,omitempty"`
 	// Compare is what changed against another run, when asked.
@@ -93,43 +90,7 @@ type Histogram struct {
 	Counts []int   `json:"counts"`
 }
 
-// binner makes a Histogram of values it is given twice: each one to see
-// (their range), then each one to count, once every one was seen.
-type binner struct {
-	h    Histogram
-	seen bool
-}
-
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
-
-func (b *binner) see(v float64) {
-	switch {
-	case !finite(v):
-	case !b.seen:
-		b.h.Min, b.h.Max, b.seen = v, v, true
-	default:
-		b.h.Min, b.h.Max = min(b.h.Min, v), max(b.h.Max, v)
-	}
-}
-
-func (b *binner) count(v float64) {
-	if !finite(v) {
-		return
-	}
-	if b.h.Counts == nil {
-		b.h.Counts = make([]int, HistogramBins)
-		if b.h.Min == b.h.Max {
-			b.h.Counts = make([]int, 1)
-		}
-	}
-	// Halved, so that neither difference overflows (±MaxFloat64); a range
-	// that halves to nothing (subnormal) is one bin's.
-	n, i := len(b.h.Counts), 0
-	if w := b.h.Max/2 - b.h.Min/2; n > 1 && w > 0 {
-		i = min(int((v/2-b.h.Min/2)/w*float64(n)), n-1)
-	}
-	b.h.Counts[i]++
-}
 
 // Outcomes counts how a set of evals ended.
 type Outcomes struct {
@@ -214,198 +175,23 @@ type GroupDelta struct {
 	PassRate Delta  `json:"pass_rate"`
 }
 
-// Summarize reads a run and sums it up; with against set, it compares it
-// with that run, eval key by eval key. O(run size), one read of each
-// record.
-func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, error) {
-	r, recs, running, err := s.Records(ctx, name)
-	if err != nil {
-		return Summary{}, err
-	}
-	sum := summarize(r, recs)
-	ended := make(map[string]bool, len(recs))
-	for _, rec := range recs {
-		ended[rec.Key] = true
-	}
-	for key := range running {
-		if !ended[key] {
-			sum.Running++
-		}
-	}
-	sum.Pending = max(0, sum.Size-sum.Done()-sum.Running)
-	if sum.Share, err = s.Share(ctx, name); err != nil {
-		return Summary{}, err
-	}
-	if against != "" {
-		o, other, _, err := s.Records(ctx, against)
-		if err != nil {
-			return Summary{}, fmt.Errorf("compare with %s: %w", against, err)
-		}
-		sum.Compare = compare(against, recs, other)
-		measure(sum.Compare, sum, summarize(o, other))
-	}
-	return sum, nil
-}
-
-// summarize sums up the ended evals recs of r: all of Summary but Running,
-// Pending and Compare.
-func summarize(r Run, recs []Record) Summary {
-	sum := Summary{Name: r.Name, Pool: r.Pool, CreatedAt: r.CreatedAt, Failures: []Failure{}}
-	sum.Size, sum.Submission, sum.Enqueued, sum.Meta, sum.Epochs = r.Size, r.Submission, r.Enqueued, r.Meta, r.Epochs
-	var (
-		all               Outcomes
-		scores, durations []float64
-		samples           []*sample // in the run's order, so that sums add up the same each time
-		byKey             = make(map[string]*sample, len(recs))
-		groups            = map[string]*GroupSummary{}
-		scoreBins         binner
-		metricBins        = map[string]*binner{}
-	)
-	for _, rec := range recs {
-		all.add(rec.Status)
-		sum.Retries += rec.Retries
-		switch {
-		case rec.Status != Failed && rec.Status != Errored:
-		case len(sum.Failures) < MaxSummaryFailures:
-			sum.Failures = append(sum.Failures, Failure{Record: rec, Reason: rec.Reason()})
-		default:
-			sum.MoreFailures++
-		}
-		if rec.Score != nil {
-			scores = append(scores, *rec.Score)
-		}
-		if rec.Status == Passed || rec.Status == Failed {
-			durations = append(durations, rec.Duration)
-			if rec.Score != nil {
-				scoreBins.see(*rec.Score)
-			}
-			for name, v := range rec.Metrics {
-				b := metricBins[name]
-				if b == nil {
-					b = &binner{}
-					metricBins[name] = b
-				}
-				b.see(v)
-			}
-		}
-		sm := byKey[rec.SampleKey()]
-		if sm == nil {
-			sm = &sample{group: rec.Group}
-			byKey[rec.SampleKey()] = sm
-			samples = append(samples, sm)
-		}
-		sm.add(rec)
-		if rec.Group != "" {
-			g := groups[rec.Group]
-			if g == nil {
-				g = &GroupSummary{Group: rec.Group}
-				groups[rec.Group] = g
-			}
-			g.add(rec.Status)
-		}
-	}
-	sum.Passed, sum.Failed, sum.Errored, sum.Cancelled = all.Passed, all.Failed, all.Errored, all.Cancelled
-	sum.PassRate = all.passRate()
-	if len(scores) > 0 {
-		var m mean
-		for _, v := range scores {
-			m.add(v)
-		}
-		avg, median := m.value(), quantile(scores, 0.5)
-		sum.MeanScore, sum.MedianScore = &avg, &median
-	}
-	if len(durations) > 0 {
-		sum.DurationP50, sum.DurationP95 = quantile(durations, 0.5), quantile(durations, 0.95)
-	}
-	// The bins need the range of the values first: a second loop over the
-	// records in hand, O(run) with nothing kept but the bins.
-	for _, rec := range recs {
-		if rec.Status != Passed && rec.Status != Failed {
-			continue
-		}
-		if rec.Score != nil {
-			scoreBins.count(*rec.Score)
-		}
-		for name, v := range rec.Metrics {
-			metricBins[name].count(v)
-		}
-	}
-	if scoreBins.seen {
-		sum.ScoreHistogram = &scoreBins.h
-	}
-	for name, b := range metricBins {
-		if !b.seen {
-			continue
-		}
-		if sum.MetricHistograms == nil {
-			sum.MetricHistograms = make(map[string]Histogram, len(metricBins))
-		}
-		sum.MetricHistograms[name] = b.h
-	}
-
-	var (
-		overall         measures
-		byGroup         = make(map[string]*measures, len(groups))
-		at1             float64
-		at1N, atK, atKN int
-	)
-	for _, sm := range samples {
-		overall.add(sm)
-		if sm.group != "" {
-			m := byGroup[sm.group]
-			if m == nil {
-				m = &measures{}
-				byGroup[sm.group] = m
-			}
-			m.add(sm)
-		}
-		if sm.ended > 0 {
-			at1 += float64(sm.passed) / float64(sm.ended)
-			at1N++
-		}
-		if sm.ended == r.Epochs {
-			atKN++
-			if sm.passed > 0 {
-				atK++
-			}
-		}
-	}
-	sum.Score, sum.Metrics = overall.stats()
-	if r.Epochs > 1 && at1N > 0 {
-		v := at1 / float64(at1N)
-		sum.PassAt1 = &v
-	}
-	if r.Epochs > 1 && atKN > 0 {
-		v := float64(atK) / float64(atKN)
-		sum.PassAtK = &v
-	}
-	for i, name := range slices.Sorted(maps.Keys(groups)) {
-		if i == MaxSummaryGroups {
-			sum.MoreGroups = len(groups) - i
-			break
-		}
-		g := groups[name]
-		g.PassRate = g.passRate()
-		if m := byGroup[name]; m != nil {
-			g.Score, g.Metrics = m.stats()
-		}
-		sum.Groups = append(sum.Groups, *g)
-	}
-	return sum
-}
-
 // sample is the ended epochs of one suite eval (one eval when the run has
 // no epochs).
 type sample struct {
+	// group is the first its epochs name.
 	group   string
 	score   mean
 	metrics map[string]mean
 	// passed and ended count its epochs that passed, and that ended other
-	// than cancelled.
-	passed, ended int
+	// than cancelled; seen counts every epoch that ended.
+	passed, ended, seen int
 }
 
 func (sm *sample) add(rec Record) {
+	sm.seen++
+	if sm.group == "" {
+		sm.group = rec.Group
+	}
 	if rec.Status == Cancelled {
 		return
 	}
@@ -467,6 +253,19 @@ func (ms *measures) add(sm *sample) {
 	}
 }
 
+// clone is a copy of ms to add to, ms unchanged.
+func (ms *measures) clone() *measures {
+	c := &measures{score: ms.score}
+	if ms.metrics != nil {
+		c.metrics = make(map[string]*moments, len(ms.metrics))
+		for name, m := range ms.metrics {
+			mc := *m
+			c.metrics[name] = &mc
+		}
+	}
+	return c
+}
+
 func (ms *measures) stats() (*Stat, map[string]Stat) {
 	var score *Stat
 	if ms.score.n > 0 {
@@ -515,27 +314,6 @@ func (m moments) stat() Stat {
 		st.Stderr = math.Sqrt(m.m2/float64(m.n-1)/float64(m.n)) * m.scale
 	}
 	return st
-}
-
-// compare lists the keys that passed in before and fail (or errored) now,
-// and the other way round. Keys in only one run are neither.
-func compare(against string, now, before []Record) *Comparison {
-	was := map[string]string{}
-	for _, rec := range before {
-		was[rec.Key] = rec.Status
-	}
-	c := &Comparison{Against: against, NewlyFailing: []string{}, NewlyPassing: []string{}}
-	bad := func(status string) bool { return status == Failed || status == Errored }
-	for _, rec := range now {
-		switch prev, ok := was[rec.Key]; {
-		case !ok:
-		case prev == Passed && bad(rec.Status):
-			c.NewlyFailing = append(c.NewlyFailing, rec.Key)
-		case bad(prev) && rec.Status == Passed:
-			c.NewlyPassing = append(c.NewlyPassing, rec.Key)
-		}
-	}
-	return c
 }
 
 // measure adds to c the deltas of the pass rate, of the metrics both runs

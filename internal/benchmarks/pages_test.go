@@ -33,32 +33,61 @@ func pages(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"pages-base", "pages-head"} {
-		endedRun(t, c.Runs(), name, pagesEvals)
+	endedRun(t, c.Runs(), "pages-base", pagesEvals, pagesEvals)
+	// The head run has evals left to end while it is read: ended before
+	// each request of two rows.
+	const ended = 100
+	endedRun(t, c.Runs(), "pages-head", pagesEvals+2*ended*5*runs(), pagesEvals)
+	moved := pagesEvals
+	// serve makes a server of the API with a client of its own, so that it
+	// has summed up no run yet.
+	serve := func() *httptest.Server {
+		c, err := evalpool.NewClient(rdb, evalpool.ClientConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := api.New(api.Options{Client: c, Pool: "pages"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return httptest.NewServer(h)
 	}
-	h, err := api.New(api.Options{Client: c, Pool: "pages"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewServer(h)
+	ts := serve()
 	defer ts.Close()
-	requests := []struct{ page, path string }{
-		{"runs list", "/runs?limit=50"},
-		{"run page, progress (polled)", "/runs/pages-head/progress"},
-		{"run page, summary (when an eval ended)", "/runs/pages-head"},
-		{"run page, a page of its evals", "/runs/pages-head/evals?limit=50"},
-		{"run page, evals filtered, none matching", "/runs/pages-head/evals?limit=50&q=nothing-matches"},
-		{"compare page", "/runs/pages-head/compare?against=pages-base"},
+	requests := []struct {
+		page, path string
+		// first: each request is a new server's first (it reads the run
+		// whole); ended: evals that end before each request.
+		first bool
+		ended int
+	}{
+		{"runs list", "/runs?limit=50", false, 0},
+		{"run page, progress (polled)", "/runs/pages-head/progress", false, 0},
+		{"run page, summary, a server's first read of the run", "/runs/pages-head", true, 0},
+		{fmt.Sprintf("run page, summary, after %d more evals ended", ended), "/runs/pages-head", false, ended},
+		{"run page, summary, none ended since", "/runs/pages-head", false, 0},
+		{"run page, a page of its evals", "/runs/pages-head/evals?limit=50", false, 0},
+		{"run page, evals filtered, none matching", "/runs/pages-head/evals?limit=50&q=nothing-matches", false, 0},
+		{"compare page, a server's first read of the two runs", "/runs/pages-head/compare?against=pages-base", true, 0},
+		{fmt.Sprintf("compare page, after %d more evals ended", ended), "/runs/pages-head/compare?against=pages-base", false, ended},
 	}
 	md.WriteString("## Pages at 100,000 evals per run\n\n")
-	fmt.Fprintf(md, "What each request of the dashboard's pages costs, served by the API over loopback HTTP, against two ended runs of %s evals each (every eval with a group, a score and an executor); the median of %d requests each. The eval page reads one task and one record (O(1)); the pool page is measured at 100,000 executors in `dashboard.TestPoolPageAt100k`.\n\n", thousands(pagesEvals), 5*runs())
+	fmt.Fprintf(md, "What each request of the dashboard's pages costs, served by the API over loopback HTTP, against two runs of %s ended evals each (every eval with a group, a score and an executor), one of them still running; the median of %d requests each. A server sums up a run once whole, then keeps up with it: rows marked \"after N more evals ended\" had N evals end before each request. The eval page reads one task and one record (O(1)); the pool page is measured at 100,000 executors in `dashboard.TestPoolPageAt100k`.\n\n", thousands(pagesEvals), 5*runs())
 	md.WriteString("| page, request | time | bytes |\n| --- | ---: | ---: |\n")
 	for _, rq := range requests {
 		var took []float64
 		var size int
 		for range 5 * runs() {
+			url := ts.URL
+			if rq.first {
+				first := serve()
+				url = first.URL
+				defer first.Close()
+			}
+			finishRange(t, c.Runs(), "pages-head", moved, moved+rq.ended)
+			moved += rq.ended
 			start := time.Now()
-			resp, err := http.Get(ts.URL + api.Prefix + rq.path)
+			resp, err := http.Get(url + api.Prefix + rq.path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -74,9 +103,9 @@ func pages(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	md.WriteString("\n")
 }
 
-// endedRun writes run name of n evals, every one ended, straight to the
-// run store.
-func endedRun(t *testing.T, runs *run.Store, name string, n int) {
+// endedRun writes run name of n evals, the first ended of them ended,
+// straight to the run store.
+func endedRun(t *testing.T, runs *run.Store, name string, n, ended int) {
 	t.Helper()
 	keys := make([]string, n)
 	for i := range keys {
@@ -85,15 +114,22 @@ func endedRun(t *testing.T, runs *run.Store, name string, n int) {
 	if err := runs.Create(t.Context(), run.Run{Name: name, Pool: "pages", CreatedAt: time.Now(), Keys: keys}); err != nil {
 		t.Fatal(err)
 	}
+	finishRange(t, runs, name, 0, ended)
+}
+
+// finishRange ends the evals from to to of a run endedRun wrote.
+func finishRange(t *testing.T, runs *run.Store, name string, from, to int) {
+	t.Helper()
 	var next atomic.Int64
-	if _, _, err := parallel(32, int64(n), 10*time.Minute, func() error {
+	next.Store(int64(from))
+	if _, _, err := parallel(32, int64(to-from), 10*time.Minute, func() error {
 		i := int(next.Add(1) - 1)
 		score := float64(i%10) / 10
 		status := run.Passed
 		if i%7 == 0 {
 			status = run.Failed
 		}
-		_, err := runs.Finish(t.Context(), name, run.Record{Key: keys[i], Status: status, Score: &score, Group: fmt.Sprint("g", i%20),
+		_, err := runs.Finish(t.Context(), name, run.Record{Key: fmt.Sprint(i), Status: status, Score: &score, Group: fmt.Sprint("g", i%20),
 			Executor: fmt.Sprintf("http://10.0.%d.%d:9001", i%8, i%250), Duration: 1.5, At: time.Now()})
 		return err
 	}); err != nil {

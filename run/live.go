@@ -1,0 +1,265 @@
+package run
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/internal/keys"
+)
+
+// DefaultLiveEnds is Options.LiveEnds's default: about 150 MB of tallies
+// at most.
+const DefaultLiveEnds = 1_000_000
+
+// Summarize sums a run up; with against set, it compares it with that
+// run, eval key by eval key.
+//
+// The Store keeps a tally of each run it summed up lately (Options.
+// LiveEnds), so that a run summed up again costs the ends since, read from
+// the run's log of ends: O(1) reads when none ended, O(ended since) when
+// some did, whatever the run's size. The first summary of a run, or one
+// after its ends were taken back (Reopen), lost or rewound, reads every
+// record, O(run). A comparison is O(both runs) in memory.
+func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, error) {
+	var sum Summary
+	summarize := func(now *liveRun) { sum = now.summary() }
+	if against == "" {
+		return sum, s.live.use(ctx, s, name, func(now *liveRun) error { summarize(now); return nil })
+	}
+	if err := ValidateName(against); err != nil {
+		return Summary{}, fmt.Errorf("compare with %s: %w", against, err)
+	}
+	err := s.live.useBoth(ctx, s, name, against, func(now, before *liveRun) {
+		summarize(now)
+		sum.Compare = now.t.compare(against, before.t)
+		measure(sum.Compare, sum, before.t.summary(before.run))
+	})
+	return sum, err
+}
+
+// liveRuns are the tallies a Store keeps, bounded by the ends they hold.
+type liveRuns struct {
+	mu   sync.Mutex
+	runs map[string]*liveRun
+	// ends is what they hold, and max their bound (0: none kept).
+	ends, max int
+	clock     uint64
+}
+
+// liveRun is a run's tally, and where it stands in the run's log of ends.
+type liveRun struct {
+	mu  sync.Mutex
+	run Run
+	t   *tally
+	// cursor is the next entry of the log to add; reopened is the run's
+	// count of ends taken back, as of the tally's start; skew is its
+	// counts' outcomes less the tally's then: they keep that difference
+	// while the tally keeps up.
+	cursor   int64
+	reopened string
+	skew     Outcomes
+	running  int
+	share    Share
+	// used and ends are under liveRuns.mu.
+	used uint64
+	ends int
+}
+
+// use runs fn on the run's tally, brought up to date, under its lock.
+func (l *liveRuns) use(ctx context.Context, s *Store, name string, fn func(*liveRun) error) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	lr := l.runs[name]
+	if lr == nil {
+		lr = &liveRun{}
+		if l.runs == nil {
+			l.runs = map[string]*liveRun{}
+		}
+		if l.max > 0 {
+			l.runs[name] = lr
+		}
+	}
+	l.clock++
+	lr.used = l.clock
+	l.mu.Unlock()
+
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	if err := lr.update(ctx, s, name); err != nil {
+		l.forget(name, lr)
+		return err
+	}
+	l.account(name, lr)
+	return fn(lr)
+}
+
+// useBoth runs fn on the tallies of two runs, a's an error of its own and
+// b's one of "compare with b". It locks them in their names' order, so that
+// two comparisons of the same runs the other way round do not wait on each
+// other.
+func (l *liveRuns) useBoth(ctx context.Context, s *Store, a, b string, fn func(a, b *liveRun)) error {
+	inner := func(name string, outer *liveRun, first bool) error {
+		return l.use(ctx, s, name, func(lr *liveRun) error {
+			if first {
+				fn(outer, lr)
+			} else {
+				fn(lr, outer)
+			}
+			return nil
+		})
+	}
+	wrap := func(err error) error { return fmt.Errorf("compare with %s: %w", b, err) }
+	switch {
+	case a == b:
+		return l.use(ctx, s, a, func(lr *liveRun) error { fn(lr, lr); return nil })
+	case a < b:
+		return l.use(ctx, s, a, func(lr *liveRun) error {
+			if err := inner(b, lr, true); err != nil {
+				return wrap(err)
+			}
+			return nil
+		})
+	default:
+		var outerErr bool
+		err := l.use(ctx, s, b, func(lr *liveRun) error {
+			err := inner(a, lr, false)
+			outerErr = err != nil
+			return err
+		})
+		if err != nil && !outerErr {
+			return wrap(err)
+		}
+		return err
+	}
+}
+
+// account notes the ends lr holds, and forgets the runs used longest ago
+// while the tallies hold more than their bound: the run in use last stays,
+// whatever its size.
+func (l *liveRuns) account(name string, lr *liveRun) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.runs[name] != lr {
+		return
+	}
+	l.ends += len(lr.t.keys) - lr.ends
+	lr.ends = len(lr.t.keys)
+	for l.ends > l.max && len(l.runs) > 1 {
+		var oldest string
+		for n, r := range l.runs {
+			if n != name && (oldest == "" || r.used < l.runs[oldest].used) {
+				oldest = n
+			}
+		}
+		l.ends -= l.runs[oldest].ends
+		delete(l.runs, oldest)
+	}
+}
+
+func (l *liveRuns) forget(name string, lr *liveRun) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.runs[name] == lr {
+		l.ends -= lr.ends
+		delete(l.runs, name)
+	}
+}
+
+// update brings lr up to the run as Redis has it: the ends logged since
+// its cursor, or every record when the tally cannot go on from where it
+// stands (a new run, ends taken back, a log shorter than the cursor, counts
+// that no longer agree with it).
+func (lr *liveRun) update(ctx context.Context, s *Store, name string) error {
+	k := keys.ForRun(name)
+	meta, counts := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts())
+	ended, running := redis.NewIntCmd(ctx, "llen", k.Ended()), redis.NewIntCmd(ctx, "hlen", k.Running())
+	if err := s.read(ctx, name, meta, counts, ended, running); err != nil {
+		return err
+	}
+	r, err := runOf(name, meta.Val(), nil)
+	if err != nil {
+		return err
+	}
+	r.Size, _ = strconv.Atoi(meta.Val()["size"])
+	reopened := counts.Val()["reopened"]
+	if lr.t == nil || !lr.run.CreatedAt.Equal(r.CreatedAt) || reopened != lr.reopened || ended.Val() < lr.cursor {
+		return lr.rebuild(ctx, s, name)
+	}
+	for lr.cursor < ended.Val() {
+		recs, next, err := s.EndedSince(ctx, name, lr.cursor, int(min(ended.Val()-lr.cursor, MaxEndedSince)))
+		if err != nil {
+			return err
+		}
+		for _, rec := range recs {
+			lr.t.add(rec)
+		}
+		lr.cursor = next
+	}
+	if skewOf(counts.Val(), lr.t) != lr.skew {
+		return lr.rebuild(ctx, s, name)
+	}
+	lr.run, lr.running = r, int(running.Val())
+	lr.share, err = s.Share(ctx, name)
+	return err
+}
+
+// rebuild makes lr's tally anew from every record of the run, read in one
+// step with the log's length, in the order they ended.
+func (lr *liveRun) rebuild(ctx context.Context, s *Store, name string) error {
+	k := keys.ForRun(name)
+	meta, counts, done := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Done())
+	ended, running := redis.NewIntCmd(ctx, "llen", k.Ended()), redis.NewIntCmd(ctx, "hlen", k.Running())
+	if err := s.read(ctx, name, meta, counts, done, ended, running); err != nil {
+		return err
+	}
+	r, err := runOf(name, meta.Val(), nil)
+	if err != nil {
+		return err
+	}
+	r.Size, _ = strconv.Atoi(meta.Val()["size"])
+	type positioned struct {
+		rec Record
+		pos int64
+	}
+	recs := make([]positioned, 0, len(done.Val()))
+	for key, raw := range done.Val() {
+		rec, pos, err := decodeStored(key, raw)
+		if err != nil {
+			return fmt.Errorf("run %s: %w", name, err)
+		}
+		recs = append(recs, positioned{rec, pos})
+	}
+	// Records written before the log (no position) first, by key.
+	slices.SortFunc(recs, func(a, b positioned) int { return cmp.Or(cmp.Compare(a.pos, b.pos), cmp.Compare(a.rec.Key, b.rec.Key)) })
+	t := newTally(r.Epochs)
+	for _, p := range recs {
+		t.add(p.rec)
+	}
+	lr.run, lr.t, lr.cursor, lr.running = r, t, ended.Val(), int(running.Val())
+	lr.reopened, lr.skew = counts.Val()["reopened"], skewOf(counts.Val(), t)
+	lr.share, err = s.Share(ctx, name)
+	return err
+}
+
+// skewOf is the outcomes the run's counts hash has less those t has.
+func skewOf(counts map[string]string, t *tally) Outcomes {
+	n := func(status string) int { v, _ := strconv.Atoi(counts[status]); return v }
+	return Outcomes{Passed: n(Passed) - t.all.Passed, Failed: n(Failed) - t.all.Failed, Errored: n(Errored) - t.all.Errored, Cancelled: n(Cancelled) - t.all.Cancelled}
+}
+
+// summary is the run's Summary as lr has it, Compare aside.
+func (lr *liveRun) summary() Summary {
+	sum := lr.t.summary(lr.run)
+	sum.Running = lr.running
+	sum.Pending = max(0, sum.Size-sum.Done()-sum.Running)
+	sum.Share = lr.share
+	return sum
+}
