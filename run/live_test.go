@@ -305,6 +305,7 @@ func TestSummaryLiveCompareBothWays(t *testing.T) {
 	}
 	wg.Wait()
 }
+
 // TestLiveRunsBounded: the tallies hold at most Options.LiveEnds ends, the
 // runs summed up longest ago forgotten first, the last one kept whatever
 // its size.
