@@ -2,7 +2,6 @@ package run
 
 import (
 	"math"
-	"slices"
 	"time"
 )
 
@@ -351,10 +350,8 @@ func measure(c *Comparison, now, before Summary) {
 	}
 }
 
-// quantile is the q-quantile of vs by the nearest rank; vs is sorted in
-// place.
+// quantile is the q-quantile of vs, sorted, by the nearest rank.
 func quantile(vs []float64, q float64) float64 {
-	slices.Sort(vs)
 	i := int(math.Ceil(q*float64(len(vs)))) - 1
 	return vs[max(0, min(i, len(vs)-1))]
 }

@@ -13,7 +13,8 @@ import (
 // moves costs the ends since the last time, not the run (the Store keeps
 // one a run, live). It only adds: an end taken back (Reopen) needs a new
 // tally. A summary of it costs O(groups listed + metrics × bins × log
-// evals + samples whose epochs have not all ended).
+// evals + samples whose epochs have not all ended), and a merge of the
+// values added since the last one into those before, O(evals) in memory.
 type tally struct {
 	epochs int
 	// status is each ended eval's, by key; keys are the ended evals in the
@@ -33,11 +34,9 @@ type tally struct {
 	groupNames                sorted[string]
 	// overall and each group's measures hold the samples whose epochs all
 	// ended; open holds the others, by sample key, until they do.
-	overall   measures
-	open      map[string]*sample
-	at1       float64
-	at1N, atK int
-	atKN      int
+	overall measures
+	open    map[string]*sample
+	passAt  passAt
 	// failures are the first MaxSummaryFailures failed and errored evals
 	// added; moreFailures counts the rest.
 	failures     []Failure
@@ -110,7 +109,7 @@ func (t *tally) add(rec Record) {
 	sm.add(rec)
 	if sm.seen == t.epochs {
 		delete(t.open, key)
-		t.close(sm, &t.overall, t.groupMeasures(sm.group), &t.at1, &t.at1N, &t.atK, &t.atKN)
+		t.close(sm, &t.overall, t.groupMeasures(sm.group), &t.passAt)
 	}
 }
 
@@ -136,23 +135,31 @@ func (t *tally) groupMeasures(group string) *measures {
 	return nil
 }
 
-// close adds a sample's measures and pass@ counts: to the run's, and to
-// its group's when g is not nil.
-func (t *tally) close(sm *sample, overall, g *measures, at1 *float64, at1N, atK, atKN *int) {
+// close adds a sample's measures, to the run's and to its group's when g
+// is not nil, and its pass@ counts.
+func (t *tally) close(sm *sample, overall, g *measures, p *passAt) {
 	overall.add(sm)
 	if g != nil {
 		g.add(sm)
 	}
 	if sm.ended > 0 {
-		*at1 += float64(sm.passed) / float64(sm.ended)
-		*at1N++
+		p.at1 += float64(sm.passed) / float64(sm.ended)
+		p.at1N++
 	}
 	if sm.ended == t.epochs {
-		*atKN++
+		p.atKN++
 		if sm.passed > 0 {
-			*atK++
+			p.atK++
 		}
 	}
+}
+
+// passAt sums the samples' pass@1 (at1, over at1N samples with an epoch
+// that ended other than cancelled) and pass@k (atK samples with an epoch
+// that passed, of atKN whose every epoch ended, none cancelled).
+type passAt struct {
+	at1             float64
+	at1N, atK, atKN int
 }
 
 // summary is the tally as a Summary of r: all of it but Running, Pending,
@@ -188,18 +195,18 @@ func (t *tally) summary(r Run) Summary {
 	for _, name := range names {
 		listed[name] = t.groups[name].measures.clone()
 	}
-	overall, at1, at1N, atK, atKN := t.overall.clone(), t.at1, t.at1N, t.atK, t.atKN
+	overall, p := t.overall.clone(), t.passAt
 	for _, key := range slices.Sorted(maps.Keys(t.open)) {
 		sm := t.open[key]
-		t.close(sm, overall, listed[sm.group], &at1, &at1N, &atK, &atKN)
+		t.close(sm, overall, listed[sm.group], &p)
 	}
 	sum.Score, sum.Metrics = overall.stats()
-	if t.epochs > 1 && at1N > 0 {
-		v := at1 / float64(at1N)
+	if t.epochs > 1 && p.at1N > 0 {
+		v := p.at1 / float64(p.at1N)
 		sum.PassAt1 = &v
 	}
-	if t.epochs > 1 && atKN > 0 {
-		v := float64(atK) / float64(atKN)
+	if t.epochs > 1 && p.atKN > 0 {
+		v := float64(p.atK) / float64(p.atKN)
 		sum.PassAtK = &v
 	}
 	for _, name := range names {

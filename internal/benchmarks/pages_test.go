@@ -35,14 +35,14 @@ func pages(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 	}
 	endedRun(t, c.Runs(), "pages-base", pagesEvals, pagesEvals)
 	// The head run has evals left to end while it is read: ended before
-	// each request of two rows.
+	// each request of three rows.
 	const ended = 100
-	endedRun(t, c.Runs(), "pages-head", pagesEvals+2*ended*5*runs(), pagesEvals)
+	endedRun(t, c.Runs(), "pages-head", pagesEvals+3*ended*5*runs(), pagesEvals)
 	moved := pagesEvals
 	// serve makes a server of the API with a client of its own, so that it
-	// has summed up no run yet.
-	serve := func() *httptest.Server {
-		c, err := evalpool.NewClient(rdb, evalpool.ClientConfig{})
+	// has summed up no run yet; it keeps tallies of the runs unless told.
+	serve := func(opts run.Options) *httptest.Server {
+		c, err := evalpool.NewClient(rdb, evalpool.ClientConfig{Runs: opts})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,24 +52,27 @@ func pages(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 		}
 		return httptest.NewServer(h)
 	}
-	ts := serve()
+	ts, whole := serve(run.Options{}), serve(run.Options{LiveEnds: -1})
 	defer ts.Close()
+	defer whole.Close()
 	requests := []struct {
 		page, path string
 		// first: each request is a new server's first (it reads the run
-		// whole); ended: evals that end before each request.
-		first bool
-		ended int
+		// whole); whole: the server keeps no tally (each request reads the
+		// run whole); ended: evals that end before each request.
+		first, whole bool
+		ended        int
 	}{
-		{"runs list", "/runs?limit=50", false, 0},
-		{"run page, progress (polled)", "/runs/pages-head/progress", false, 0},
-		{"run page, summary, a server's first read of the run", "/runs/pages-head", true, 0},
-		{fmt.Sprintf("run page, summary, after %d more evals ended", ended), "/runs/pages-head", false, ended},
-		{"run page, summary, none ended since", "/runs/pages-head", false, 0},
-		{"run page, a page of its evals", "/runs/pages-head/evals?limit=50", false, 0},
-		{"run page, evals filtered, none matching", "/runs/pages-head/evals?limit=50&q=nothing-matches", false, 0},
-		{"compare page, a server's first read of the two runs", "/runs/pages-head/compare?against=pages-base", true, 0},
-		{fmt.Sprintf("compare page, after %d more evals ended", ended), "/runs/pages-head/compare?against=pages-base", false, ended},
+		{"runs list", "/runs?limit=50", false, false, 0},
+		{"run page, progress (polled)", "/runs/pages-head/progress", false, false, 0},
+		{"run page, summary, a server's first read of the run", "/runs/pages-head", true, false, 0},
+		{fmt.Sprintf("run page, summary, after %d more evals ended", ended), "/runs/pages-head", false, false, ended},
+		{"run page, summary, none ended since", "/runs/pages-head", false, false, 0},
+		{fmt.Sprintf("run page, summary, after %d more evals ended, by a server that keeps no tally", ended), "/runs/pages-head", false, true, ended},
+		{"run page, a page of its evals", "/runs/pages-head/evals?limit=50", false, false, 0},
+		{"run page, evals filtered, none matching", "/runs/pages-head/evals?limit=50&q=nothing-matches", false, false, 0},
+		{"compare page, a server's first read of the two runs", "/runs/pages-head/compare?against=pages-base", true, false, 0},
+		{fmt.Sprintf("compare page, after %d more evals ended", ended), "/runs/pages-head/compare?against=pages-base", false, false, ended},
 	}
 	md.WriteString("## Pages at 100,000 evals per run\n\n")
 	fmt.Fprintf(md, "What each request of the dashboard's pages costs, served by the API over loopback HTTP, against two runs of %s ended evals each (every eval with a group, a score and an executor), one of them still running; the median of %d requests each. A server sums up a run once whole, then keeps up with it: rows marked \"after N more evals ended\" had N evals end before each request. The eval page reads one task and one record (O(1)); the pool page is measured at 100,000 executors in `dashboard.TestPoolPageAt100k`.\n\n", thousands(pagesEvals), 5*runs())
@@ -79,8 +82,11 @@ func pages(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 		var size int
 		for range 5 * runs() {
 			url := ts.URL
-			if rq.first {
-				first := serve()
+			switch {
+			case rq.whole:
+				url = whole.URL
+			case rq.first:
+				first := serve(run.Options{})
 				url = first.URL
 				defer first.Close()
 			}
