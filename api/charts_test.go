@@ -32,7 +32,7 @@ func finished(t *testing.T, b *bundle, name string, at time.Time, meta map[strin
 	}
 }
 
-// GET /runs gives each run its suite, its mean score (read in O(1)) and
+// GET /runs gives each run its suite, its means (read in O(1)) and
 // the trend of its suite's pass rates among the runs listed: oldest first,
 // ending with its own, at most MaxTrend.
 func TestRunListTrend(t *testing.T) {

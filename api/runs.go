@@ -183,9 +183,11 @@ type RunItem struct {
 	// ended.
 	PassRate float64 `json:"pass_rate"`
 	// MeanScore is the mean score of its ended evals that have one, as
-	// its summary's, read in O(1) (run.Store.ProgressScore); absent
+	// its summary's, and MeanMetrics each metric's mean over its graded
+	// evals, eval by eval, read in O(1) (run.Store.ProgressMeans); absent
 	// before any.
-	MeanScore *float64 `json:"mean_score,omitempty"`
+	MeanScore   *float64           `json:"mean_score,omitempty"`
+	MeanMetrics map[string]float64 `json:"mean_metrics,omitempty"`
 	// Suite is what it is a run of (run.Run.Suite): its meta's "suite",
 	// else its name less a date and time it ends with.
 	Suite string `json:"suite"`
@@ -226,7 +228,7 @@ func (h *Handler) listRuns(w http.ResponseWriter, r *http.Request) {
 	}
 	list := RunList{Runs: []RunItem{}}
 	for _, rn := range runs {
-		c, mean, err := h.runs.ProgressScore(r.Context(), rn.Name)
+		c, means, err := h.runs.ProgressMeans(r.Context(), rn.Name)
 		if errors.Is(err, run.ErrNotFound) {
 			continue // its keys expired since
 		}
@@ -234,7 +236,7 @@ func (h *Handler) listRuns(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
-		list.Runs = append(list.Runs, RunItem{Run: rn, Progress: c, PassRate: passRate(c), MeanScore: mean, Suite: rn.Suite()})
+		list.Runs = append(list.Runs, RunItem{Run: rn, Progress: c, PassRate: passRate(c), MeanScore: means.Score, MeanMetrics: means.Metrics, Suite: rn.Suite()})
 	}
 	// The runs come newest first: each suite's trend is added up from its
 	// oldest run.

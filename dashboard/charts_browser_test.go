@@ -126,14 +126,15 @@ func TestRunChartsInChromium(t *testing.T) {
 		t.Errorf("hidden (empty line, chart, select, groups) = %v, want the empty line alone", v)
 	}
 
-	// The list: each run's mean score, and a point per run of its suite so
-	// far, the row's own highlighted.
+	// The list: each run's mean score and its metrics' means, and a point
+	// per run of its suite so far, the row's own highlighted.
 	if err := chromedp.Do(ctx, chromedp.Navigate(b.url+"/runs")); err != nil {
 		t.Fatal(err)
 	}
 	pollTrue(t, ctx, "the list", `document.querySelectorAll("#runs svg.spark").length === 4`, 15*time.Second)
 	type row struct {
 		Mean    string
+		Metrics string
 		Points  []string // data-run of each point, in order
 		Current string
 	}
@@ -141,17 +142,18 @@ func TestRunChartsInChromium(t *testing.T) {
 		const out = {};
 		for (const tr of document.querySelectorAll("#runs tr[data-run]")) out[tr.dataset.run] = {
 			Mean: tr.querySelector("td.mean-score").innerText,
+			Metrics: tr.querySelector("td.metrics").innerText,
 			Points: [...tr.querySelectorAll("svg.spark circle.pt")].map((c) => c.dataset.run),
 			Current: (tr.querySelector("svg.spark circle.current") || {dataset: {}}).dataset.run || ""};
 		return out;
 	})()`)
 	for name, want := range map[string]row{
-		"nightly-2025-01-01": {"–", []string{"nightly-2025-01-01"}, "nightly-2025-01-01"},
-		"nightly-2025-01-02": {"0.5", []string{"nightly-2025-01-01", "nightly-2025-01-02"}, "nightly-2025-01-02"},
-		"nightly-2025-01-03": {"0.625", []string{"nightly-2025-01-01", "nightly-2025-01-02", "nightly-2025-01-03"}, "nightly-2025-01-03"},
-		"other":              {"1", []string{"other"}, "other"},
+		"nightly-2025-01-01": {"–", "–", []string{"nightly-2025-01-01"}, "nightly-2025-01-01"},
+		"nightly-2025-01-02": {"0.5", "–", []string{"nightly-2025-01-01", "nightly-2025-01-02"}, "nightly-2025-01-02"},
+		"nightly-2025-01-03": {"0.625", "acc 0.75 · f1 0.5", []string{"nightly-2025-01-01", "nightly-2025-01-02", "nightly-2025-01-03"}, "nightly-2025-01-03"},
+		"other":              {"1", "–", []string{"other"}, "other"},
 	} {
-		if got := rows[name]; got.Mean != want.Mean || !slices.Equal(got.Points, want.Points) || got.Current != want.Current {
+		if got := rows[name]; got.Mean != want.Mean || got.Metrics != want.Metrics || !slices.Equal(got.Points, want.Points) || got.Current != want.Current {
 			t.Errorf("%s: %+v, want %+v", name, got, want)
 		}
 	}

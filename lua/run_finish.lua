@@ -5,6 +5,7 @@
 -- the hash tag {<run>}:
 --   KEYS[1] done     HASH  eval key -> record JSON {status, score?, ...}
 --   KEYS[2] counts   HASH  status -> evals; retries; score_sum; score_n;
+--                          metric_sum:NAME; metric_n:NAME (graded evals);
 --                          busy0..busy6 -> "slot:ms" (run_busy.lua);
 --                          reopened (run_reopen.lua)
 --   KEYS[3] running  HASH  eval key -> executor, while an attempt runs
@@ -25,6 +26,8 @@
 -- ARGV[6] how long the run's keys live from now, in ms, unless the run's
 --         meta names its own retention (ms)
 -- ARGV[7] how long the attempt held its executor, in ms ('' or 0: none)
+-- ARGV[8..] the metrics to sum, name then value, each pair's (a graded
+--         eval's finite values; none otherwise)
 -- Returns 1 when recorded, 0 when the eval had ended already: the first
 -- end wins (a cancel, then the in-flight attempt finishing, counts once).
 
@@ -44,6 +47,10 @@ redis.call('HINCRBY', KEYS[2], 'retries', tonumber(ARGV[4]) or 0)
 if ARGV[5] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', ARGV[5])
   redis.call('HINCRBY', KEYS[2], 'score_n', 1)
+end
+for i = 8, #ARGV - 1, 2 do
+  redis.call('HINCRBYFLOAT', KEYS[2], 'metric_sum:' .. ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[2], 'metric_n:' .. ARGV[i], 1)
 end
 spend(KEYS[2], tonumber(ARGV[7]) or 0)
 local ttl = redis.call('HGET', KEYS[4], 'retention') or ARGV[6]

@@ -6,6 +6,7 @@
 -- in its order:
 --   KEYS[1] done     HASH  eval key -> record JSON {status, score?, ...}
 --   KEYS[2] counts   HASH  status -> evals; retries; score_sum; score_n;
+--                          metric_sum:NAME; metric_n:NAME;
 --                          reopened -> ends taken back, ever (a reader
 --                          that tallies the ends as they come starts
 --                          over when it moves: run.Store.Summarize)
@@ -37,9 +38,9 @@ for i = 3, #ARGV, 2 do
   if raw then
     local rec = cjson.decode(raw)
     -- A record written before the short form spells its fields out.
-    local status, score, retries = rec.s, rec.c, rec.r
+    local status, score, retries, metrics = rec.s, rec.c, rec.r, rec.m
     if status == nil then
-      status, score, retries = rec.status, rec.score, rec.retries
+      status, score, retries, metrics = rec.status, rec.score, rec.retries, rec.metrics
     end
     if wanted[status] then
       redis.call('HDEL', KEYS[1], ARGV[i])
@@ -51,6 +52,16 @@ for i = 3, #ARGV, 2 do
         -- %.17g: the score exactly as Finish added it.
         redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', string.format('%.17g', -score))
         redis.call('HINCRBY', KEYS[2], 'score_n', -1)
+      end
+      -- A metric run_finish.lua summed (a graded eval's, finite); an end
+      -- recorded before it summed metrics has no count to take back from.
+      if (status == 'passed' or status == 'failed') and type(metrics) == 'table' then
+        for name, v in pairs(metrics) do
+          if type(v) == 'number' and tonumber(redis.call('HGET', KEYS[2], 'metric_n:' .. name) or 0) > 0 then
+            redis.call('HINCRBYFLOAT', KEYS[2], 'metric_sum:' .. name, string.format('%.17g', -v))
+            redis.call('HINCRBY', KEYS[2], 'metric_n:' .. name, -1)
+          end
+        end
       end
       reopened[#reopened + 1] = ARGV[i]
       local pos = tonumber(ARGV[i + 1])

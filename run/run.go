@@ -15,8 +15,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -461,7 +463,15 @@ func (s *Store) Finish(ctx context.Context, name string, rec Record) (recorded b
 		score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
 	}
 	took := int64(rec.Duration * 1000)
-	n, err := lua.RunFinish.Run(ctx, s.client, keys.ForRun(name).Script(), rec.Key, rec.Status, raw, rec.Retries, score, s.retention.Milliseconds(), max(took, 0)).Int()
+	args := []any{rec.Key, rec.Status, raw, rec.Retries, score, s.retention.Milliseconds(), max(took, 0)}
+	if rec.Status == Passed || rec.Status == Failed {
+		for _, m := range slices.Sorted(maps.Keys(rec.Metrics)) {
+			if v := rec.Metrics[m]; finite(v) {
+				args = append(args, m, strconv.FormatFloat(v, 'g', -1, 64))
+			}
+		}
+	}
+	n, err := lua.RunFinish.Run(ctx, s.client, keys.ForRun(name).Script(), args...).Int()
 	if err != nil {
 		return false, fmt.Errorf("run %s: eval %s ended: %w", name, rec.Key, lua.Full(err))
 	}
@@ -736,34 +746,60 @@ func (c Counts) Done() int { return c.Passed + c.Failed + c.Errored + c.Cancelle
 
 // Progress reads a run's counts without reading its records.
 func (s *Store) Progress(ctx context.Context, name string) (Counts, error) {
-	c, _, err := s.ProgressScore(ctx, name)
+	c, _, err := s.ProgressMeans(ctx, name)
 	return c, err
 }
 
-// ProgressScore is Progress, with the mean score of the run's ended evals
-// that have one (Summary.MeanScore, nil before any) from the sum and count
-// of their scores that Finish keeps beside the counts: O(1).
-func (s *Store) ProgressScore(ctx context.Context, name string) (Counts, *float64, error) {
+// Means are a run's means that Finish keeps sums and counts of beside its
+// counts, read in O(1).
+type Means struct {
+	// Score is the mean score of its ended evals that have one
+	// (Summary.MeanScore); nil before any.
+	Score *float64
+	// Metrics are each metric's mean over its graded evals: eval by eval,
+	// where Summary.Metrics are sample by sample (the same when every
+	// sample has as many epochs graded).
+	Metrics map[string]float64
+}
+
+// ProgressMeans is Progress, with the run's Means: O(1).
+func (s *Store) ProgressMeans(ctx context.Context, name string) (Counts, Means, error) {
 	if err := ValidateName(name); err != nil {
-		return Counts{}, nil, err
+		return Counts{}, Means{}, err
 	}
 	k := keys.ForRun(name)
 	counts, size, running := redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()), redis.NewStringCmd(ctx, "hget", k.Meta(), "size"), redis.NewIntCmd(ctx, "hlen", k.Running())
 	if err := s.read(ctx, name, counts, size, running); err != nil {
-		return Counts{}, nil, err
+		return Counts{}, Means{}, err
 	}
 	c, err := countsOf(name, size.Val(), counts.Val(), running.Val())
 	if err != nil {
-		return Counts{}, nil, err
+		return Counts{}, Means{}, err
 	}
-	var mean *float64
-	sum, err1 := strconv.ParseFloat(counts.Val()["score_sum"], 64)
-	n, err2 := strconv.Atoi(counts.Val()["score_n"])
-	if err1 == nil && err2 == nil && n > 0 {
-		v := sum / float64(n)
-		mean = &v
+	// A sum past float64 (two values of 1e308) or below one in n has no
+	// mean to give.
+	mean := func(sum, n string) (float64, bool) {
+		s, err1 := strconv.ParseFloat(sum, 64)
+		n64, err2 := strconv.Atoi(n)
+		return s / float64(n64), err1 == nil && err2 == nil && n64 > 0
 	}
-	return c, mean, nil
+	var m Means
+	if v, ok := mean(counts.Val()["score_sum"], counts.Val()["score_n"]); ok {
+		m.Score = &v
+	}
+	for field, n := range counts.Val() {
+		name, ok := strings.CutPrefix(field, "metric_n:")
+		if !ok {
+			continue
+		}
+		if v, ok := mean(counts.Val()["metric_sum:"+name], n); ok {
+			if m.Metrics == nil {
+				m.Metrics = map[string]float64{}
+			}
+			m.Metrics[name] = v
+		}
+	}
+	return c, m, nil
 }
 
 // countsOf makes a run's Counts of its meta's size, its counts hash and

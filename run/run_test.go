@@ -80,8 +80,8 @@ func TestSummary(t *testing.T) {
 		keys = append(keys, fmt.Sprint("k", i))
 	}
 	s, name := setup(t, keys...)
-	if _, mean, err := s.ProgressScore(t.Context(), name); err != nil || mean != nil {
-		t.Fatalf("mean score before any end: %v, %v", mean, err)
+	if _, means, err := s.ProgressMeans(t.Context(), name); err != nil || means.Score != nil || means.Metrics != nil {
+		t.Fatalf("means before any end: %+v, %v", means, err)
 	}
 	for i, key := range keys[:8] {
 		rec := run.Record{Key: key, Status: run.Passed, Score: score(float64(i)), Duration: float64(i + 1), Retries: i % 2}
@@ -117,9 +117,52 @@ func TestSummary(t *testing.T) {
 	if p != want {
 		t.Fatalf("Progress %+v disagrees with Summarize %+v", p, want)
 	}
-	if p, mean, err := s.ProgressScore(t.Context(), name); err != nil || p != want || mean == nil || math.Abs(*mean-*sum.MeanScore) > 1e-12 {
-		t.Fatalf("ProgressScore %+v, mean %v, %v; want %+v, mean %v", p, mean, err, want, *sum.MeanScore)
+	if p, means, err := s.ProgressMeans(t.Context(), name); err != nil || p != want || means.Score == nil || math.Abs(*means.Score-*sum.MeanScore) > 1e-12 {
+		t.Fatalf("ProgressMeans %+v, %+v, %v; want %+v, mean score %v", p, means, err, want, *sum.MeanScore)
 	}
+}
+
+// TestProgressMeans: the metrics' means Finish keeps sums of are the
+// graded evals', as the summary's in a run without epochs, and a retry
+// takes an end's values back out of them.
+func TestProgressMeans(t *testing.T) {
+	t.Parallel()
+	s, name := setup(t, "a", "b", "c", "d")
+	for _, rec := range []run.Record{
+		{Key: "a", Status: run.Passed, Metrics: map[string]float64{"f1": 1, "steps": 10}},
+		{Key: "b", Status: run.Failed, Metrics: map[string]float64{"f1": 0.5}},
+		{Key: "c", Status: run.Errored, Metrics: map[string]float64{"f1": 0, "steps": 99}},
+		{Key: "d", Status: run.Failed, Metrics: map[string]float64{"f1": 0, "steps": 20}},
+	} {
+		if _, err := s.Finish(t.Context(), name, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(step string, want map[string]float64) {
+		t.Helper()
+		_, means, err := s.ProgressMeans(t.Context(), name)
+		if err != nil || len(means.Metrics) != len(want) {
+			t.Fatalf("%s: means %+v, %v; want metrics %v", step, means, err, want)
+		}
+		sum, err := s.Summarize(t.Context(), name, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m, v := range want {
+			if math.Abs(means.Metrics[m]-v) > 1e-12 || math.Abs(sum.Metrics[m].Mean-v) > 1e-12 {
+				t.Errorf("%s: %s's mean %v, the summary's %v; want %v", step, m, means.Metrics[m], sum.Metrics[m].Mean, v)
+			}
+		}
+	}
+	check("ended", map[string]float64{"f1": 0.5, "steps": 15})
+	r, err := s.Get(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reopen(t.Context(), r, []string{"d"}, run.Failed); err != nil {
+		t.Fatal(err)
+	}
+	check("d retried", map[string]float64{"f1": 0.75, "steps": 10})
 }
 
 func TestCompare(t *testing.T) {
