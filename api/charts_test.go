@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/run"
 )
 
@@ -33,8 +34,8 @@ func finished(t *testing.T, b *bundle, name string, at time.Time, meta map[strin
 }
 
 // GET /runs gives each run its suite, its means (read in O(1)) and
-// the trend of its suite's pass rates among the runs listed: oldest first,
-// ending with its own, at most MaxTrend.
+// the trend of its suite's pass rates, listed or not: oldest first, ending
+// with its own, at most MaxTrend; a run gone is not in it.
 func TestRunListTrend(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Options{})
@@ -93,13 +94,26 @@ func TestRunListTrend(t *testing.T) {
 		t.Errorf("other: %+v; empty: %+v", o, e)
 	}
 
-	// A trend is of the runs listed: a limit shortens it.
-	list = decodeAs[RunList](t, do(t, "GET", b.url+"/runs?limit=4", ""), 200)
-	if names, _ := rates(list.Runs[3].Trend); list.Runs[3].Name != "nightly-2025-01-23" || !slices.Equal(names, []string{"nightly-2025-01-23"}) {
-		t.Errorf("with ?limit=4, %s's trend %v", list.Runs[3].Name, names)
+	// A trend reaches past the runs listed, and leaves out a run gone
+	// (its keys expired).
+	if err := b.client.Del(t.Context(), keys.ForRun("nightly-2025-01-10").Script()...).Err(); err != nil {
+		t.Fatal(err)
 	}
-	if names, _ := rates(list.Runs[2].Trend); !slices.Equal(names, []string{"nightly-2025-01-23", "adhoc"}) {
+	list = decodeAs[RunList](t, do(t, "GET", b.url+"/runs?limit=4", ""), 200)
+	var want []string
+	for n := 3; n <= 23; n++ {
+		if n != 10 {
+			want = append(want, fmt.Sprintf("nightly-2025-01-%02d", n))
+		}
+	}
+	if names, got := rates(list.Runs[3].Trend); list.Runs[3].Name != "nightly-2025-01-23" || !slices.Equal(names, want) || got[0] != 3.0/4 {
+		t.Errorf("with ?limit=4, %s's trend %v %v; want %v", list.Runs[3].Name, names, got, want)
+	}
+	if names, _ := rates(list.Runs[2].Trend); !slices.Equal(names, append(want[1:], "adhoc")) {
 		t.Errorf("with ?limit=4, adhoc's trend %v", names)
+	}
+	if b.client.ZScore(t.Context(), keys.Suite("nightly"), "nightly-2025-01-10").Err() == nil {
+		t.Error("the run gone is still in its suite's index")
 	}
 	raw := string(do(t, "GET", b.url+"/runs?limit=1", "").body)
 	for _, want := range []string{`"suite":"empty"`, `"trend":[{"name":"empty","pass_rate":-1}]`} {

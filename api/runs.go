@@ -192,8 +192,8 @@ type RunItem struct {
 	// else its name less a date and time it ends with.
 	Suite string `json:"suite"`
 	// Trend is the pass rates of the last MaxTrend (or fewer) runs of its
-	// suite in this list, oldest first, ending with its own: runs the
-	// list's limit left out are not in it.
+	// suite still kept, listed or not, oldest first, ending with its own
+	// (run.Store.Trends).
 	Trend []TrendPoint `json:"trend"`
 }
 
@@ -201,10 +201,7 @@ type RunItem struct {
 const MaxTrend = 20
 
 // TrendPoint is a run in a RunItem's Trend.
-type TrendPoint struct {
-	Name     string  `json:"name"`
-	PassRate float64 `json:"pass_rate"`
-}
+type TrendPoint = run.TrendPoint
 
 // RunList is the answer of GET /runs.
 type RunList struct {
@@ -226,6 +223,11 @@ func (h *Handler) listRuns(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	trends, err := h.runs.Trends(r.Context(), runs, MaxTrend)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	list := RunList{Runs: []RunItem{}}
 	for _, rn := range runs {
 		c, means, err := h.runs.ProgressMeans(r.Context(), rn.Name)
@@ -236,16 +238,8 @@ func (h *Handler) listRuns(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
-		list.Runs = append(list.Runs, RunItem{Run: rn, Progress: c, PassRate: passRate(c), MeanScore: means.Score, MeanMetrics: means.Metrics, Suite: rn.Suite()})
-	}
-	// The runs come newest first: each suite's trend is added up from its
-	// oldest run.
-	suites := map[string][]TrendPoint{}
-	for i := len(list.Runs) - 1; i >= 0; i-- {
-		it := &list.Runs[i]
-		trend := append(suites[it.Suite], TrendPoint{Name: it.Name, PassRate: it.PassRate})
-		suites[it.Suite] = trend
-		it.Trend = slices.Clone(trend[max(0, len(trend)-MaxTrend):])
+		list.Runs = append(list.Runs, RunItem{Run: rn, Progress: c, PassRate: passRate(c), MeanScore: means.Score, MeanMetrics: means.Metrics, Suite: rn.Suite(),
+			Trend: trends[rn.Name]})
 	}
 	writeJSON(w, http.StatusOK, list)
 }

@@ -157,7 +157,7 @@ func TestRunChartsInChromium(t *testing.T) {
 			t.Errorf("%s: %+v, want %+v", name, got, want)
 		}
 	}
-	if title := evalJS[string](t, ctx, `document.querySelector('#runs tr[data-run="other"] svg.spark > title').textContent`); title != "suite "+suiteMarkup+": the pass rates of its last 1 runs listed" {
+	if title := evalJS[string](t, ctx, `document.querySelector('#runs tr[data-run="other"] svg.spark > title').textContent`); title != "suite "+suiteMarkup+": the pass rates of its last 1 runs" {
 		t.Errorf("other's sparkline says %q", title)
 	}
 	if evalJS[bool](t, ctx, `document.getElementById("injected-suite") !== null`) {

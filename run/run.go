@@ -285,6 +285,9 @@ func (s *Store) Create(ctx context.Context, r Run) error {
 		err = s.client.ZAdd(ctx, keys.Runs, redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name}).Err()
 	}
 	if err == nil {
+		err = s.indexSuite(ctx, r)
+	}
+	if err == nil {
 		err = s.client.ZAdd(ctx, keys.OpenRuns(r.Pool), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name}).Err()
 	}
 	if err != nil {

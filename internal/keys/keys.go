@@ -24,6 +24,10 @@ const Instances = "evalpool:instances"
 // Runs indexes every run (name -> ms it was created), across pools.
 const Runs = "evalpool:runs"
 
+// Suite indexes the runs of one suite (run.Run.Suite): name -> ms it was
+// created, the newest run.MaxSuiteRuns kept.
+func Suite(suite string) string { return "evalpool:suite:" + suite }
+
 // OpenRuns indexes a pool's runs not known to have ended: name -> ms when
 // the reap's reconciliation next looks at it. A run leaves it once every
 // eval's end is recorded.

@@ -1,0 +1,113 @@
+package run
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/evalpool/evalpool/internal/keys"
+)
+
+// MaxSuiteRuns bounds a suite's index: its newest runs, as many.
+const MaxSuiteRuns = 100
+
+// TrendPoint is a run in its suite's trend: its pass rate, -1 before any
+// eval was graded or errored.
+type TrendPoint struct {
+	Name     string  `json:"name"`
+	PassRate float64 `json:"pass_rate"`
+}
+
+// indexSuite adds r to its suite's index, which keeps the newest
+// MaxSuiteRuns.
+func (s *Store) indexSuite(ctx context.Context, r Run) error {
+	k := keys.Suite(r.Suite())
+	_, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.ZAdd(ctx, k, redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.Name})
+		pipe.ZRemRangeByRank(ctx, k, 0, -MaxSuiteRuns-1)
+		return nil
+	})
+	return err
+}
+
+// Trends gives each run of runs (newest first, as List has them) the pass
+// rates of its suite's last n runs, oldest first, ending with its own,
+// whether List gave them or not: the runs of a suite newer than the oldest
+// it gave are all in runs, so that a read of its index for n more, and of
+// the counts of those, is enough. Two round trips, O(runs × n) reads at
+// most. A run gone since is left out, and out of its suite's index.
+func (s *Store) Trends(ctx context.Context, runs []Run, n int) (map[string][]TrendPoint, error) {
+	type point struct {
+		TrendPoint
+		suite   string
+		created int64
+		listed  bool
+		counts  *redis.SliceCmd
+		name    *redis.StringCmd
+	}
+	points := map[string]*point{}
+	perSuite := map[string]int{}
+	for _, r := range runs {
+		points[r.Name] = &point{TrendPoint: TrendPoint{Name: r.Name}, suite: r.Suite(), created: r.CreatedAt.UnixMilli(), listed: true}
+		perSuite[r.Suite()]++
+	}
+	index := map[string]*redis.ZSliceCmd{}
+	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for suite, listed := range perSuite {
+			index[suite] = pipe.ZRevRangeWithScores(ctx, keys.Suite(suite), 0, int64(listed+n-1))
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("runs: suites: %w", err)
+	}
+	for suite, cmd := range index {
+		for _, z := range cmd.Val() {
+			if name, _ := z.Member.(string); points[name] == nil {
+				points[name] = &point{TrendPoint: TrendPoint{Name: name}, suite: suite, created: int64(z.Score)}
+			}
+		}
+	}
+	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for name, p := range points {
+			k := keys.ForRun(name)
+			p.counts, p.name = pipe.HMGet(ctx, k.Counts(), Passed, Failed, Errored), pipe.HGet(ctx, k.Meta(), "name")
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("runs: pass rates: %w", err)
+	}
+	suites := map[string][]*point{}
+	for name, p := range points {
+		if !p.listed && p.name.Val() != name {
+			_ = s.client.ZRem(ctx, keys.Suite(p.suite), name).Err()
+			continue
+		}
+		var o Outcomes
+		for i, field := range []*int{&o.Passed, &o.Failed, &o.Errored} {
+			v, _ := p.counts.Val()[i].(string)
+			*field, _ = strconv.Atoi(v)
+		}
+		p.PassRate = o.passRate()
+		suites[p.suite] = append(suites[p.suite], p)
+	}
+	trends := make(map[string][]TrendPoint, len(runs))
+	for _, pts := range suites {
+		slices.SortFunc(pts, func(a, b *point) int { return cmp.Or(cmp.Compare(a.created, b.created), cmp.Compare(a.Name, b.Name)) })
+		for i, p := range pts {
+			if !p.listed {
+				continue
+			}
+			trend := make([]TrendPoint, 0, n)
+			for _, q := range pts[max(0, i+1-n) : i+1] {
+				trend = append(trend, q.TrendPoint)
+			}
+			trends[p.Name] = trend
+		}
+	}
+	return trends, nil
+}
