@@ -28,19 +28,22 @@ const DefaultLiveEnds = 1_000_000
 // record, O(run). A comparison is O(both runs) in memory.
 func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, error) {
 	var sum Summary
-	summarize := func(now *liveRun) { sum = now.summary() }
+	var err error
 	if against == "" {
-		return sum, s.live.use(ctx, s, name, func(now *liveRun) error { summarize(now); return nil })
+		err = s.live.use(ctx, s, name, func(now *liveRun) error { sum = now.summary(); return nil })
+	} else if err = ValidateName(against); err != nil {
+		err = fmt.Errorf("compare with %s: %w", against, err)
+	} else {
+		err = s.live.useBoth(ctx, s, name, against, func(now, before *liveRun) {
+			sum = now.summary()
+			sum.Compare = now.t.compare(against, before.t)
+			measure(sum.Compare, sum, before.t.summary(before.run))
+		})
 	}
-	if err := ValidateName(against); err != nil {
-		return Summary{}, fmt.Errorf("compare with %s: %w", against, err)
+	if err != nil {
+		return Summary{}, err
 	}
-	err := s.live.useBoth(ctx, s, name, against, func(now, before *liveRun) {
-		summarize(now)
-		sum.Compare = now.t.compare(against, before.t)
-		measure(sum.Compare, sum, before.t.summary(before.run))
-	})
-	return sum, err
+	return sum, nil
 }
 
 // liveRuns are the tallies a Store keeps, bounded by the ends they hold.
@@ -101,44 +104,38 @@ func (l *liveRuns) use(ctx context.Context, s *Store, name string, fn func(*live
 	return fn(lr)
 }
 
-// useBoth runs fn on the tallies of two runs, a's an error of its own and
-// b's one of "compare with b". It locks them in their names' order, so that
-// two comparisons of the same runs the other way round do not wait on each
+// useBoth runs fn on the tallies of two runs: an error of b's says
+// "compare with b". It locks them in their names' order, so that two
+// comparisons of the same runs the other way round do not wait on each
 // other.
 func (l *liveRuns) useBoth(ctx context.Context, s *Store, a, b string, fn func(a, b *liveRun)) error {
-	inner := func(name string, outer *liveRun, first bool) error {
-		return l.use(ctx, s, name, func(lr *liveRun) error {
-			if first {
-				fn(outer, lr)
-			} else {
-				fn(lr, outer)
-			}
-			return nil
-		})
-	}
-	wrap := func(err error) error { return fmt.Errorf("compare with %s: %w", b, err) }
-	switch {
-	case a == b:
+	if a == b {
 		return l.use(ctx, s, a, func(lr *liveRun) error { fn(lr, lr); return nil })
-	case a < b:
-		return l.use(ctx, s, a, func(lr *liveRun) error {
-			if err := inner(b, lr, true); err != nil {
-				return wrap(err)
+	}
+	x, y := a, b
+	if y < x {
+		x, y = y, x
+	}
+	var inner error
+	err := l.use(ctx, s, x, func(lx *liveRun) error {
+		inner = l.use(ctx, s, y, func(ly *liveRun) error {
+			if x == a {
+				fn(lx, ly)
+			} else {
+				fn(ly, lx)
 			}
 			return nil
 		})
-	default:
-		var outerErr bool
-		err := l.use(ctx, s, b, func(lr *liveRun) error {
-			err := inner(a, lr, false)
-			outerErr = err != nil
-			return err
-		})
-		if err != nil && !outerErr {
-			return wrap(err)
-		}
-		return err
+		return nil
+	})
+	failed := x
+	if err == nil {
+		err, failed = inner, y
 	}
+	if err != nil && failed == b {
+		return fmt.Errorf("compare with %s: %w", b, err)
+	}
+	return err
 }
 
 // account notes the ends lr holds, and forgets the runs used longest ago
