@@ -95,25 +95,31 @@ func TestRunListTrend(t *testing.T) {
 	}
 
 	// A trend reaches past the runs listed, and leaves out a run gone
-	// (its keys expired).
-	if err := b.client.Del(t.Context(), keys.ForRun("nightly-2025-01-10").Script()...).Err(); err != nil {
-		t.Fatal(err)
+	// (its keys expired), and one made again under its name in another
+	// suite.
+	for _, name := range []string{"nightly-2025-01-10", "nightly-2025-01-11"} {
+		if err := b.client.Del(t.Context(), keys.ForRun(name).Script()...).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
+	finished(t, b, "nightly-2025-01-11", start.Add(-time.Minute), map[string]string{"suite": "other"}, run.Record{Status: run.Passed})
 	list = decodeAs[RunList](t, do(t, "GET", b.url+"/runs?limit=4", ""), 200)
 	var want []string
-	for n := 3; n <= 23; n++ {
-		if n != 10 {
+	for n := 2; n <= 23; n++ {
+		if n != 10 && n != 11 {
 			want = append(want, fmt.Sprintf("nightly-2025-01-%02d", n))
 		}
 	}
-	if names, got := rates(list.Runs[3].Trend); list.Runs[3].Name != "nightly-2025-01-23" || !slices.Equal(names, want) || got[0] != 3.0/4 {
+	if names, got := rates(list.Runs[3].Trend); list.Runs[3].Name != "nightly-2025-01-23" || !slices.Equal(names, want) || got[0] != 2.0/3 {
 		t.Errorf("with ?limit=4, %s's trend %v %v; want %v", list.Runs[3].Name, names, got, want)
 	}
 	if names, _ := rates(list.Runs[2].Trend); !slices.Equal(names, append(want[1:], "adhoc")) {
 		t.Errorf("with ?limit=4, adhoc's trend %v", names)
 	}
-	if b.client.ZScore(t.Context(), keys.Suite("nightly"), "nightly-2025-01-10").Err() == nil {
-		t.Error("the run gone is still in its suite's index")
+	for _, name := range []string{"nightly-2025-01-10", "nightly-2025-01-11"} {
+		if b.client.ZScore(t.Context(), keys.Suite("nightly"), name).Err() == nil {
+			t.Errorf("%s, gone, is still in its suite's index", name)
+		}
 	}
 	raw := string(do(t, "GET", b.url+"/runs?limit=1", "").body)
 	for _, want := range []string{`"suite":"empty"`, `"trend":[{"name":"empty","pass_rate":-1}]`} {

@@ -160,6 +160,15 @@ func TestRunChartsInChromium(t *testing.T) {
 	if title := evalJS[string](t, ctx, `document.querySelector('#runs tr[data-run="other"] svg.spark > title').textContent`); title != "suite "+suiteMarkup+": the pass rates of its last 1 runs" {
 		t.Errorf("other's sparkline says %q", title)
 	}
+	// The list fits 1,280 px, the columns that matter first, the rest on
+	// demand.
+	if !evalJS[bool](t, ctx, `window.innerWidth <= 1280 && document.getElementById("runs-table").getBoundingClientRect().right <= window.innerWidth`) {
+		t.Errorf("the runs table is %v px wide in a window of %v", evalJS[float64](t, ctx, `document.getElementById("runs-table").getBoundingClientRect().right`), evalJS[float64](t, ctx, `window.innerWidth`))
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#all-columns"))); err != nil {
+		t.Fatal(err)
+	}
+	pollTrue(t, ctx, "all columns shown on demand", `[...document.querySelectorAll("#runs-table th")].some((th) => th.innerText === "Cancelled" && th.offsetParent !== null)`, 5*time.Second)
 	if evalJS[bool](t, ctx, `document.getElementById("injected-suite") !== null`) {
 		t.Error("the list rendered a suite as markup")
 	}

@@ -581,7 +581,8 @@ func TestDocScreenshotsInChromium(t *testing.T) {
 	workload := func(name string, n, minMs, maxMs int, failRate float64) runRequest {
 		rr := runRequest{Name: name}
 		for i := range n {
-			spec := map[string]any{"sleep_ms": minMs + rng.IntN(maxMs-minMs)}
+			spec := map[string]any{"sleep_ms": minMs + rng.IntN(maxMs-minMs),
+				"metrics": map[string]float64{"tokens": float64(200 + rng.IntN(800)), "steps": float64(1 + rng.IntN(9))}}
 			if rng.Float64() < failRate {
 				spec["grade"] = "failed"
 			}

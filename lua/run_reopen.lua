@@ -28,6 +28,19 @@
 -- stays (the log only grows): its next end is logged again, and the
 -- record's "p" tells that end from this one.
 
+-- unsum takes v back out of a sum of the counts and its count. A sum
+-- whose count is back to 0 goes: Redis sums in long double, so that taking
+-- back a value far larger than the rest (1e308, beside 0.5) may leave a
+-- remainder, which a sum of no value must not keep.
+local function unsum(sum, n, v)
+  if redis.call('HINCRBY', KEYS[2], n, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], sum, n)
+  else
+    -- %.17g: the value exactly as Finish added it.
+    redis.call('HINCRBYFLOAT', KEYS[2], sum, string.format('%.17g', -v))
+  end
+end
+
 local wanted = {}
 for s in string.gmatch(ARGV[2], '[^,]+') do
   wanted[s] = true
@@ -49,17 +62,14 @@ for i = 3, #ARGV, 2 do
         redis.call('HINCRBY', KEYS[2], 'retries', -retries)
       end
       if type(score) == 'number' then
-        -- %.17g: the score exactly as Finish added it.
-        redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', string.format('%.17g', -score))
-        redis.call('HINCRBY', KEYS[2], 'score_n', -1)
+        unsum('score_sum', 'score_n', score)
       end
       -- A metric run_finish.lua summed (a graded eval's, finite); an end
       -- recorded before it summed metrics has no count to take back from.
       if (status == 'passed' or status == 'failed') and type(metrics) == 'table' then
         for name, v in pairs(metrics) do
           if type(v) == 'number' and tonumber(redis.call('HGET', KEYS[2], 'metric_n:' .. name) or 0) > 0 then
-            redis.call('HINCRBYFLOAT', KEYS[2], 'metric_sum:' .. name, string.format('%.17g', -v))
-            redis.call('HINCRBY', KEYS[2], 'metric_n:' .. name, -1)
+            unsum('metric_sum:' .. name, 'metric_n:' .. name, v)
           end
         end
       end

@@ -67,7 +67,8 @@ type Options struct {
 	FailRate float64
 	// GradeFailRate is the share of simulated evals that run and are graded
 	// failed (score 0), in [0, 1], unless the spec says {"grade": "passed"
-	// or "failed"}. Ignored with Exec.
+	// or "failed"}. A spec's "metrics" (an object of numbers) are answered
+	// as the grade's. Ignored with Exec.
 	GradeFailRate float64
 	// Logger receives a line per eval. Defaults to discarding.
 	Logger *zerolog.Logger
@@ -851,6 +852,8 @@ func (s *Server) execute(ctx context.Context, req executor.Request) (executor.Re
 		SleepMs *int64 `json:"sleep_ms"`
 		// Grade forces the simulated grade: "passed" or "failed".
 		Grade string `json:"grade"`
+		// Metrics are answered as the grade's metrics.
+		Metrics map[string]float64 `json:"metrics"`
 	}
 	if json.Unmarshal(req.Spec, &sim) == nil && sim.SleepMs != nil && *sim.SleepMs >= 0 {
 		latency = time.Duration(*sim.SleepMs) * time.Millisecond
@@ -872,5 +875,5 @@ func (s *Server) execute(ctx context.Context, req executor.Request) (executor.Re
 	if sim.Grade == executor.StatusFailed || sim.Grade == "" && s.opts.GradeFailRate > 0 && mrand.Float64() < s.opts.GradeFailRate {
 		score, status = 0, executor.StatusFailed
 	}
-	return executor.Result{Status: status, Score: &score}, nil
+	return executor.Result{Status: status, Score: &score, Metrics: sim.Metrics}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strconv"
 	"sync"
@@ -46,11 +47,12 @@ func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, e
 	return sum, nil
 }
 
-// liveRuns are the tallies a Store keeps, bounded by the ends they hold.
+// liveRuns are the tallies a Store keeps, bounded by what they weigh.
 type liveRuns struct {
 	mu   sync.Mutex
 	runs map[string]*liveRun
-	// ends is what they hold, and max their bound (0: none kept).
+	// ends is what they weigh, in ends, and max their bound (0: none
+	// kept).
 	ends, max int
 	clock     uint64
 }
@@ -60,16 +62,18 @@ type liveRun struct {
 	mu  sync.Mutex
 	run Run
 	t   *tally
-	// cursor is the next entry of the log to add; reopened is the run's
+	// cursor is the next entry of the log to add, and last the one before
+	// it; reopened is the run's
 	// count of ends taken back, as of the tally's start; skew is its
 	// counts' outcomes less the tally's then: they keep that difference
 	// while the tally keeps up.
 	cursor   int64
+	last     logEntry
 	reopened string
 	skew     Outcomes
 	running  int
 	share    Share
-	// used and ends are under liveRuns.mu.
+	// used, and ends, what it weighs (account), are under liveRuns.mu.
 	used uint64
 	ends int
 }
@@ -138,17 +142,23 @@ func (l *liveRuns) useBoth(ctx context.Context, s *Store, a, b string, fn func(a
 	return err
 }
 
+// runWeight is what a tally weighs besides its ends, in ends: its run's
+// meta (up to 16 KB) and its failures (100, their errors clipped to
+// 1,000 characters), so that many small runs are bounded as one big one.
+const runWeight = 300
+
 // account notes the ends lr holds, and forgets the runs used longest ago
-// while the tallies hold more than their bound: the run in use last stays,
-// whatever its size.
+// while the tallies weigh more than their bound: the run in use last
+// stays, whatever its size.
 func (l *liveRuns) account(name string, lr *liveRun) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.runs[name] != lr {
 		return
 	}
-	l.ends += len(lr.t.keys) - lr.ends
-	lr.ends = len(lr.t.keys)
+	weight := len(lr.t.keys) + runWeight
+	l.ends += weight - lr.ends
+	lr.ends = weight
 	for l.ends > l.max && len(l.runs) > 1 {
 		var oldest string
 		for n, r := range l.runs {
@@ -178,7 +188,8 @@ func (lr *liveRun) update(ctx context.Context, s *Store, name string) error {
 	k := keys.ForRun(name)
 	meta, counts := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts())
 	ended, running := redis.NewIntCmd(ctx, "llen", k.Ended()), redis.NewIntCmd(ctx, "hlen", k.Running())
-	if err := s.read(ctx, name, meta, counts, ended, running); err != nil {
+	lastKey, lastRec := redis.NewStringCmd(ctx, "lindex", k.Ended(), max(lr.cursor-1, 0)), redis.NewStringCmd(ctx, "hget", k.Done(), lr.last.key)
+	if err := s.read(ctx, name, meta, counts, ended, running, lastKey, lastRec); err != nil {
 		return err
 	}
 	r, err := runOf(name, meta.Val(), nil)
@@ -187,18 +198,19 @@ func (lr *liveRun) update(ctx context.Context, s *Store, name string) error {
 	}
 	r.Size, _ = strconv.Atoi(meta.Val()["size"])
 	reopened := counts.Val()["reopened"]
-	if lr.t == nil || !lr.run.CreatedAt.Equal(r.CreatedAt) || reopened != lr.reopened || ended.Val() < lr.cursor {
+	if lr.t == nil || !lr.run.CreatedAt.Equal(r.CreatedAt) || reopened != lr.reopened || ended.Val() < lr.cursor ||
+		lr.cursor > 0 && entryOf(lastKey.Val(), lastRec.Val()) != lr.last {
 		return lr.rebuild(ctx, s, name)
 	}
 	for lr.cursor < ended.Val() {
-		recs, next, err := s.EndedSince(ctx, name, lr.cursor, int(min(ended.Val()-lr.cursor, MaxEndedSince)))
+		recs, next, last, err := s.endedSince(ctx, name, lr.cursor, int(min(ended.Val()-lr.cursor, MaxEndedSince)))
 		if err != nil {
 			return err
 		}
 		for _, rec := range recs {
 			lr.t.add(rec)
 		}
-		lr.cursor = next
+		lr.cursor, lr.last = next, last
 	}
 	if skewOf(counts.Val(), lr.t) != lr.skew {
 		return lr.rebuild(ctx, s, name)
@@ -214,7 +226,8 @@ func (lr *liveRun) rebuild(ctx context.Context, s *Store, name string) error {
 	k := keys.ForRun(name)
 	meta, counts, done := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Done())
 	ended, running := redis.NewIntCmd(ctx, "llen", k.Ended()), redis.NewIntCmd(ctx, "hlen", k.Running())
-	if err := s.read(ctx, name, meta, counts, done, ended, running); err != nil {
+	lastKey := redis.NewStringCmd(ctx, "lindex", k.Ended(), -1)
+	if err := s.read(ctx, name, meta, counts, done, ended, running, lastKey); err != nil {
 		return err
 	}
 	r, err := runOf(name, meta.Val(), nil)
@@ -241,9 +254,28 @@ func (lr *liveRun) rebuild(ctx context.Context, s *Store, name string) error {
 		t.add(p.rec)
 	}
 	lr.run, lr.t, lr.cursor, lr.running = r, t, ended.Val(), int(running.Val())
+	lr.last = logEntry{}
+	if ended.Val() > 0 {
+		lr.last = entryOf(lastKey.Val(), done.Val()[lastKey.Val()])
+	}
 	lr.reopened, lr.skew = counts.Val()["reopened"], skewOf(counts.Val(), t)
 	lr.share, err = s.Share(ctx, name)
 	return err
+}
+
+// logEntry is an entry of a run's log of ends as a tally read it: the
+// eval's key and a digest of its record then. A log that lost entries and
+// grew back past the tally's cursor (Redis rewound, the evals run again)
+// has another entry, or another record, where the tally's last one was.
+type logEntry struct {
+	key    string
+	digest uint64
+}
+
+func entryOf(key, record string) logEntry {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(record))
+	return logEntry{key, h.Sum64()}
 }
 
 // skewOf is the outcomes the run's counts hash has less those t has.

@@ -201,8 +201,10 @@ func TestSummaryLiveReadsWhatEnded(t *testing.T) {
 
 // TestSummaryLiveStartsOver: a tally that cannot go on from where it stands
 // is made anew, so that the summary is still the run's: the run replaced
-// by another of its name, its log of ends cut short (a Redis rewound), its
-// counts lost, the run gone.
+// by another of its name, its log of ends cut short, its counts lost, its
+// log and counts lost then grown back past the tally, Redis rewound and
+// the evals it lost ended again (other records, as many of each status),
+// the run gone.
 func TestSummaryLiveStartsOver(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -227,6 +229,40 @@ func TestSummaryLiveStartsOver(t *testing.T) {
 				t.Fatal(err)
 			}
 			if _, err := b.whole.Finish(t.Context(), "r", run.Record{Key: "c", Status: run.Failed}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"log and counts lost, then grown back", func(t *testing.T, b *liveBundle, k keys.Run) {
+			if err := b.server.Client(t).Del(t.Context(), k.Ended(), k.Counts(), k.Done()).Err(); err != nil {
+				t.Fatal(err)
+			}
+			for _, rec := range []run.Record{{Key: "c", Status: run.Passed}, {Key: "a", Status: run.Failed}, {Key: "b", Status: run.Passed}} {
+				if _, err := b.whole.Finish(t.Context(), "r", rec); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{"Redis rewound, the lost ends ended again", func(t *testing.T, b *liveBundle, k keys.Run) {
+			c := b.server.Client(t)
+			dumps := map[string]string{}
+			for _, key := range k.Script() {
+				if d, err := c.Dump(t.Context(), key).Result(); err == nil {
+					dumps[key] = d
+				}
+			}
+			if _, err := b.whole.Finish(t.Context(), "r", run.Record{Key: "c", Status: run.Failed, Score: score(0.9), Error: "before the rewind"}); err != nil {
+				t.Fatal(err)
+			}
+			b.same(t, "before the rewind", "r", "")
+			if err := c.Del(t.Context(), k.Script()...).Err(); err != nil {
+				t.Fatal(err)
+			}
+			for key, d := range dumps {
+				if err := c.Restore(t.Context(), key, 0, d).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := b.whole.Finish(t.Context(), "r", run.Record{Key: "c", Status: run.Failed, Score: score(0.1), Error: "after the rewind"}); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -306,12 +342,12 @@ func TestSummaryLiveCompareBothWays(t *testing.T) {
 	wg.Wait()
 }
 
-// TestLiveRunsBounded: the tallies hold at most Options.LiveEnds ends, the
-// runs summed up longest ago forgotten first, the last one kept whatever
-// its size.
+// TestLiveRunsBounded: the tallies weigh at most Options.LiveEnds ends,
+// each run 300 more, the runs summed up longest ago forgotten first, the
+// last one kept whatever its size.
 func TestLiveRunsBounded(t *testing.T) {
 	t.Parallel()
-	s := run.NewStore(evaltest.StartT(t, evaltest.Options{}).Client(t), run.Options{LiveEnds: 100})
+	s := run.NewStore(evaltest.StartT(t, evaltest.Options{}).Client(t), run.Options{LiveEnds: 700})
 	ctx := t.Context()
 	for _, tt := range []struct {
 		name string
@@ -333,12 +369,12 @@ func TestLiveRunsBounded(t *testing.T) {
 		kept      []string
 		ends      int
 	}{
-		{"a", []string{"a"}, 40},
-		{"b", []string{"a", "b"}, 80},
-		{"a", []string{"a", "b"}, 80},
-		{"c", []string{"a", "c"}, 80}, // b was used longest ago
-		{"big", []string{"big"}, 150},
-		{"a", []string{"a"}, 40},
+		{"a", []string{"a"}, 340},
+		{"b", []string{"a", "b"}, 680},
+		{"a", []string{"a", "b"}, 680},
+		{"c", []string{"a", "c"}, 680}, // b was used longest ago
+		{"big", []string{"big"}, 450},
+		{"a", []string{"a"}, 340},
 	} {
 		if _, err := s.Summarize(ctx, step.summarize, ""); err != nil {
 			t.Fatal(err)

@@ -34,16 +34,27 @@ func (r Record) Reason() string {
 			why += ": " + last
 		}
 	case len(r.Output) > 0 && string(r.Output) != "null":
-		var b bytes.Buffer
-		if json.Compact(&b, r.Output) != nil {
-			b.Reset()
-			b.Write(r.Output)
-		}
-		why = "output " + b.String()
+		why = "output " + compact(r.Output)
 	default:
 		why = last
 	}
 	return clip(strings.Join(strings.Fields(why), " "), MaxReason)
+}
+
+// compact is raw on one line, without the escapes of <, > and & that
+// storing it as JSON added (its objects' keys sorted). Raw that is not JSON
+// is as it is.
+func compact(raw json.RawMessage) string {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	var v any
+	var b bytes.Buffer
+	e := json.NewEncoder(&b)
+	e.SetEscapeHTML(false)
+	if d.Decode(&v) != nil || e.Encode(v) != nil {
+		return string(raw)
+	}
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // lastLine is the last line of s that holds more than blanks.

@@ -84,8 +84,9 @@ type Options struct {
 	// Defaults to 7 days (tasks.ResultRetention).
 	Retention time.Duration
 	// LiveEnds bounds the ends the Store's tallies of the runs it summed
-	// up lately hold, over all runs (Summarize): about 150 bytes each, and
-	// the run summed up last is kept whatever its size. Defaults to
+	// up lately hold, over all runs (Summarize): about 150 bytes each, a
+	// run weighing 300 more (its meta and listed failures), and the run
+	// summed up last is kept whatever its size. Defaults to
 	// DefaultLiveEnds; negative keeps none, so that each summary reads its
 	// run whole.
 	LiveEnds int
@@ -654,22 +655,28 @@ const MaxEndedSince = 10_000
 // cursor below 0, or a max outside 1..MaxEndedSince, is ErrInvalid; an
 // unknown run, ErrNotFound.
 func (s *Store) EndedSince(ctx context.Context, name string, cursor int64, max int) (recs []Record, next int64, err error) {
+	recs, next, _, err = s.endedSince(ctx, name, cursor, max)
+	return recs, next, err
+}
+
+// endedSince is EndedSince, with the last entry it read (zero when none).
+func (s *Store) endedSince(ctx context.Context, name string, cursor int64, max int) (recs []Record, next int64, last logEntry, err error) {
 	if err := ValidateName(name); err != nil {
-		return nil, cursor, err
+		return nil, cursor, last, err
 	}
 	if cursor < 0 || max < 1 || max > MaxEndedSince {
-		return nil, cursor, fmt.Errorf("%w: run %s: ended since %d, at most %d: want a cursor ≥ 0 and 1 to %d records", ErrInvalid, name, cursor, max, MaxEndedSince)
+		return nil, cursor, last, fmt.Errorf("%w: run %s: ended since %d, at most %d: want a cursor ≥ 0 and 1 to %d records", ErrInvalid, name, cursor, max, MaxEndedSince)
 	}
 	k := keys.ForRun(name)
 	found, ended := redis.NewStringCmd(ctx, "hget", k.Meta(), "name"), redis.NewStringSliceCmd(ctx, "lrange", k.Ended(), cursor, cursor+int64(max)-1)
 	if err := s.read(ctx, name, found, ended); err != nil {
-		return nil, cursor, err
+		return nil, cursor, last, err
 	}
 	if found.Val() != name {
-		return nil, cursor, fmt.Errorf("%w: %s", ErrNotFound, name)
+		return nil, cursor, last, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
 	if len(ended.Val()) == 0 {
-		return nil, cursor, nil
+		return nil, cursor, last, nil
 	}
 	// The run's name is read after the records: a record missing is an
 	// eval reopened while the run is there, an expired run when not.
@@ -679,11 +686,14 @@ func (s *Store) EndedSince(ctx context.Context, name string, cursor int64, max i
 		found = pipe.HGet(ctx, k.Meta(), "name")
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, cursor, fmt.Errorf("run %s: %w", name, err)
+		return nil, cursor, last, fmt.Errorf("run %s: %w", name, err)
 	}
 	if found.Val() != name {
-		return nil, cursor, fmt.Errorf("%w: %s", ErrNotFound, name)
+		return nil, cursor, last, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
+	n := len(ended.Val())
+	lastRaw, _ := raws.Val()[n-1].(string)
+	last = entryOf(ended.Val()[n-1], lastRaw)
 	recs = make([]Record, 0, len(raws.Val()))
 	for i, raw := range raws.Val() {
 		str, ok := raw.(string)
@@ -692,14 +702,14 @@ func (s *Store) EndedSince(ctx context.Context, name string, cursor int64, max i
 		}
 		rec, pos, err := decodeStored(ended.Val()[i], str)
 		if err != nil {
-			return nil, cursor, fmt.Errorf("run %s: %w", name, err)
+			return nil, cursor, last, fmt.Errorf("run %s: %w", name, err)
 		}
 		if pos != 0 && pos != cursor+int64(i)+1 {
 			continue // it ended again, later in the log
 		}
 		recs = append(recs, rec)
 	}
-	return recs, cursor + int64(len(raws.Val())), nil
+	return recs, cursor + int64(len(raws.Val())), last, nil
 }
 
 // Results is every eval of the run, in the run's order: how it ended when

@@ -163,6 +163,28 @@ func TestProgressMeans(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("d retried", map[string]float64{"f1": 0.75, "steps": 10})
+
+	// Sums of values near the largest float64, all taken back, leave no
+	// remainder behind for the next values.
+	s, name = setup(t, "a", "b", "c", "d")
+	for _, key := range []string{"a", "b", "c"} {
+		if _, err := s.Finish(t.Context(), name, run.Record{Key: key, Status: run.Failed, Score: score(1e308), Metrics: map[string]float64{"f1": 1e308}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err = s.Get(t.Context(), name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reopen(t.Context(), r, r.Keys, run.Failed); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Finish(t.Context(), name, run.Record{Key: "d", Status: run.Passed, Score: score(0.5), Metrics: map[string]float64{"f1": 2}}); err != nil {
+		t.Fatal(err)
+	}
+	check("huge values retried", map[string]float64{"f1": 2})
+	if _, means, err := s.ProgressMeans(t.Context(), name); err != nil || means.Score == nil || *means.Score != 0.5 {
+		t.Fatalf("mean score after huge ones retried: %+v, %v; want 0.5", means, err)
+	}
 }
 
 func TestCompare(t *testing.T) {

@@ -3,8 +3,10 @@ package run_test
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/internal/keys"
@@ -39,6 +41,31 @@ func TestSummaryFailuresBounded(t *testing.T) {
 	}
 	if _, rows, err := s.Results(t.Context(), name); err != nil || len(rows) != n {
 		t.Fatalf("results: %d rows, %v", len(rows), err)
+	}
+}
+
+// TestSummaryFailuresListedSmall: a failure a summary lists says why in a
+// line, without the grader's output, stdout and stderr (100 KB each here),
+// its error clipped, so that 100 of them weigh little in the summary and
+// in the tally behind it; Results has the record whole.
+func TestSummaryFailuresListedSmall(t *testing.T) {
+	t.Parallel()
+	s, name := setup(t, "k")
+	big := strings.Repeat("x", 100_000)
+	rec := run.Record{Key: "k", Status: run.Failed, Error: "wrong answer " + big, Output: json.RawMessage(`"` + big + `"`), Stdout: big, Stderr: big + "\nAssertionError"}
+	if _, err := s.Finish(t.Context(), name, rec); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := s.Summarize(t.Context(), name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := sum.Failures[0]
+	if f.Output != nil || f.Stdout != "" || f.Stderr != "" || utf8.RuneCountInString(f.Error) != run.MaxFailureError || !strings.HasPrefix(f.Reason, "wrong answer xxx") {
+		t.Errorf("failure listed with %d bytes of output, %d of stdout, %d of stderr, an error of %d characters, reason %.40q", len(f.Output), len(f.Stdout), len(f.Stderr), utf8.RuneCountInString(f.Error), f.Reason)
+	}
+	if _, rows, err := s.Results(t.Context(), name); err != nil || rows[0].Stderr != rec.Stderr || rows[0].Error != rec.Error {
+		t.Errorf("results lost the record whole: %v", err)
 	}
 }
 

@@ -56,8 +56,9 @@ type Summary struct {
 	DurationP95 float64 `json:"duration_p95_seconds"`
 	Retries     int     `json:"retries"`
 	// Failures are the first MaxSummaryFailures failed and errored evals,
-	// in the order they ended, with their errors; MoreFailures counts the
-	// rest (Results has them all).
+	// in the order they ended, with why (listed less their output, stdout
+	// and stderr, their errors clipped to MaxFailureError); MoreFailures
+	// counts the rest (Results has them all, whole).
 	Failures     []Failure `json:"failures"`
 	MoreFailures int       `json:"more_failures,omitempty"`
 	// Compare is what changed against another run, when asked.

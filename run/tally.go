@@ -66,7 +66,7 @@ func (t *tally) add(rec Record) {
 	t.retries += rec.Retries
 	if rec.Status == Failed || rec.Status == Errored {
 		if len(t.failures) < MaxSummaryFailures {
-			t.failures = append(t.failures, Failure{Record: rec, Reason: rec.Reason()})
+			t.failures = append(t.failures, listedFailure(rec))
 		} else {
 			t.moreFailures++
 		}
@@ -111,6 +111,21 @@ func (t *tally) add(rec Record) {
 		delete(t.open, key)
 		t.close(sm, &t.overall, t.groupMeasures(sm.group), &t.passAt)
 	}
+}
+
+// MaxFailureError bounds the error of a failure a summary lists, in
+// characters.
+const MaxFailureError = 1000
+
+// listedFailure is rec as a summary lists it among its failures, with its
+// reason: less its output, stdout and stderr, its error clipped to
+// MaxFailureError, so that a summary, and the tally behind it, stay small
+// whatever the grader wrote (the eval's page and Results have it whole).
+func listedFailure(rec Record) Failure {
+	f := Failure{Record: rec, Reason: rec.Reason()}
+	f.Output, f.Stdout, f.Stderr = nil, "", ""
+	f.Error = clip(f.Error, MaxFailureError)
+	return f
 }
 
 // sampleKey is rec's sample's: its SampleKey, or in a run of epochs the

@@ -38,9 +38,11 @@ func (s *Store) indexSuite(ctx context.Context, r Run) error {
 // Trends gives each run of runs (newest first, as List has them) the pass
 // rates of its suite's last n runs, oldest first, ending with its own,
 // whether List gave them or not: the runs of a suite newer than the oldest
-// it gave are all in runs, so that a read of its index for n more, and of
-// the counts of those, is enough. Two round trips, O(runs × n) reads at
-// most. A run gone since is left out, and out of its suite's index.
+// it gave are all in runs, so that a read of its index for n more (2n, for
+// runs gone it may still hold), and of the counts of those, is enough. Two
+// round trips, O(runs × n) reads at most. A run gone since, or made again
+// under its name, is left out, and out of its suite's index: more than n
+// of them in one read shorten a trend until the next.
 func (s *Store) Trends(ctx context.Context, runs []Run, n int) (map[string][]TrendPoint, error) {
 	type point struct {
 		TrendPoint
@@ -48,18 +50,22 @@ func (s *Store) Trends(ctx context.Context, runs []Run, n int) (map[string][]Tre
 		created int64
 		listed  bool
 		counts  *redis.SliceCmd
-		name    *redis.StringCmd
+		meta    *redis.SliceCmd
 	}
-	points := map[string]*point{}
+	// A run by its suite and name: an index may still hold a run made
+	// again under its name in another suite.
+	type at struct{ suite, name string }
+	points := map[at]*point{}
 	perSuite := map[string]int{}
 	for _, r := range runs {
-		points[r.Name] = &point{TrendPoint: TrendPoint{Name: r.Name}, suite: r.Suite(), created: r.CreatedAt.UnixMilli(), listed: true}
+		points[at{r.Suite(), r.Name}] = &point{TrendPoint: TrendPoint{Name: r.Name}, suite: r.Suite(), created: r.CreatedAt.UnixMilli(), listed: true}
 		perSuite[r.Suite()]++
 	}
+	// n more than listed, and n more again for the runs gone it may hold.
 	index := map[string]*redis.ZSliceCmd{}
 	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for suite, listed := range perSuite {
-			index[suite] = pipe.ZRevRangeWithScores(ctx, keys.Suite(suite), 0, int64(listed+n-1))
+			index[suite] = pipe.ZRevRangeWithScores(ctx, keys.Suite(suite), 0, int64(listed+2*n-1))
 		}
 		return nil
 	}); err != nil {
@@ -67,24 +73,26 @@ func (s *Store) Trends(ctx context.Context, runs []Run, n int) (map[string][]Tre
 	}
 	for suite, cmd := range index {
 		for _, z := range cmd.Val() {
-			if name, _ := z.Member.(string); points[name] == nil {
-				points[name] = &point{TrendPoint: TrendPoint{Name: name}, suite: suite, created: int64(z.Score)}
+			if name, _ := z.Member.(string); points[at{suite, name}] == nil {
+				points[at{suite, name}] = &point{TrendPoint: TrendPoint{Name: name}, suite: suite, created: int64(z.Score)}
 			}
 		}
 	}
 	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for name, p := range points {
-			k := keys.ForRun(name)
-			p.counts, p.name = pipe.HMGet(ctx, k.Counts(), Passed, Failed, Errored), pipe.HGet(ctx, k.Meta(), "name")
+		for _, p := range points {
+			k := keys.ForRun(p.Name)
+			p.counts, p.meta = pipe.HMGet(ctx, k.Counts(), Passed, Failed, Errored), pipe.HMGet(ctx, k.Meta(), "name", "created_at")
 		}
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("runs: pass rates: %w", err)
 	}
 	suites := map[string][]*point{}
-	for name, p := range points {
-		if !p.listed && p.name.Val() != name {
-			_ = s.client.ZRem(ctx, keys.Suite(p.suite), name).Err()
+	for _, p := range points {
+		// Gone, or another run of its name since (of another suite: the
+		// same suite's index has it anew).
+		if created, _ := p.meta.Val()[1].(string); !p.listed && (p.meta.Val()[0] != p.Name || created != strconv.FormatInt(p.created, 10)) {
+			_ = s.client.ZRem(ctx, keys.Suite(p.suite), p.Name).Err()
 			continue
 		}
 		var o Outcomes
