@@ -186,17 +186,13 @@ func (l *liveRuns) forget(name string, lr *liveRun) {
 // that no longer agree with it).
 func (lr *liveRun) update(ctx context.Context, s *Store, name string) error {
 	k := keys.ForRun(name)
-	meta, counts := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts())
-	ended, running := redis.NewIntCmd(ctx, "llen", k.Ended()), redis.NewIntCmd(ctx, "hlen", k.Running())
+	sn := newSnapshot(ctx, k)
 	lastKey, lastRec := redis.NewStringCmd(ctx, "lindex", k.Ended(), max(lr.cursor-1, 0)), redis.NewStringCmd(ctx, "hget", k.Done(), lr.last.key)
-	if err := s.read(ctx, name, meta, counts, ended, running, lastKey, lastRec); err != nil {
-		return err
-	}
-	r, err := runOf(name, meta.Val(), nil)
+	r, err := sn.read(ctx, s, name, lastKey, lastRec)
 	if err != nil {
 		return err
 	}
-	r.Size, _ = strconv.Atoi(meta.Val()["size"])
+	counts, ended, running := sn.counts, sn.ended, sn.running
 	reopened := counts.Val()["reopened"]
 	if lr.t == nil || !lr.run.CreatedAt.Equal(r.CreatedAt) || reopened != lr.reopened || ended.Val() < lr.cursor ||
 		lr.cursor > 0 && entryOf(lastKey.Val(), lastRec.Val()) != lr.last {
@@ -224,17 +220,13 @@ func (lr *liveRun) update(ctx context.Context, s *Store, name string) error {
 // step with the log's length, in the order they ended.
 func (lr *liveRun) rebuild(ctx context.Context, s *Store, name string) error {
 	k := keys.ForRun(name)
-	meta, counts, done := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Done())
-	ended, running := redis.NewIntCmd(ctx, "llen", k.Ended()), redis.NewIntCmd(ctx, "hlen", k.Running())
-	lastKey := redis.NewStringCmd(ctx, "lindex", k.Ended(), -1)
-	if err := s.read(ctx, name, meta, counts, done, ended, running, lastKey); err != nil {
-		return err
-	}
-	r, err := runOf(name, meta.Val(), nil)
+	sn := newSnapshot(ctx, k)
+	done, lastKey := redis.NewMapStringStringCmd(ctx, "hgetall", k.Done()), redis.NewStringCmd(ctx, "lindex", k.Ended(), -1)
+	r, err := sn.read(ctx, s, name, done, lastKey)
 	if err != nil {
 		return err
 	}
-	r.Size, _ = strconv.Atoi(meta.Val()["size"])
+	counts, ended, running := sn.counts, sn.ended, sn.running
 	type positioned struct {
 		rec Record
 		pos int64
@@ -261,6 +253,29 @@ func (lr *liveRun) rebuild(ctx context.Context, s *Store, name string) error {
 	lr.reopened, lr.skew = counts.Val()["reopened"], skewOf(counts.Val(), t)
 	lr.share, err = s.Share(ctx, name)
 	return err
+}
+
+// snapshot is what a tally reads of its run, in one step with what else
+// it needs: its meta, its counts, the length of its log of ends and how
+// many evals run.
+type snapshot struct {
+	meta, counts   *redis.MapStringStringCmd
+	ended, running *redis.IntCmd
+}
+
+func newSnapshot(ctx context.Context, k keys.Run) snapshot {
+	return snapshot{meta: redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta()), counts: redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()),
+		ended: redis.NewIntCmd(ctx, "llen", k.Ended()), running: redis.NewIntCmd(ctx, "hlen", k.Running())}
+}
+
+// read reads the snapshot and more, and the run of its meta.
+func (sn snapshot) read(ctx context.Context, s *Store, name string, more ...redis.Cmder) (Run, error) {
+	if err := s.read(ctx, name, append([]redis.Cmder{sn.meta, sn.counts, sn.ended, sn.running}, more...)...); err != nil {
+		return Run{}, err
+	}
+	r, err := runOf(name, sn.meta.Val(), nil)
+	r.Size, _ = strconv.Atoi(sn.meta.Val()["size"])
+	return r, err
 }
 
 // logEntry is an entry of a run's log of ends as a tally read it: the
