@@ -182,8 +182,9 @@ func (l *liveRuns) forget(name string, lr *liveRun) {
 
 // update brings lr up to the run as Redis has it: the ends logged since
 // its cursor, or every record when the tally cannot go on from where it
-// stands (a new run, ends taken back, a log shorter than the cursor, counts
-// that no longer agree with it).
+// stands (another run of its name, ends taken back, a log shorter than the
+// cursor or with another entry where its last was, counts that no longer
+// agree with it).
 func (lr *liveRun) update(ctx context.Context, s *Store, name string) error {
 	k := keys.ForRun(name)
 	sn := newSnapshot(ctx, k)
@@ -194,7 +195,7 @@ func (lr *liveRun) update(ctx context.Context, s *Store, name string) error {
 	}
 	counts, ended, running := sn.counts, sn.ended, sn.running
 	reopened := counts.Val()["reopened"]
-	if lr.t == nil || !lr.run.CreatedAt.Equal(r.CreatedAt) || reopened != lr.reopened || ended.Val() < lr.cursor ||
+	if lr.t == nil || !lr.run.CreatedAt.Equal(r.CreatedAt) || lr.run.Epochs != r.Epochs || lr.run.Size != r.Size || reopened != lr.reopened || ended.Val() < lr.cursor ||
 		lr.cursor > 0 && entryOf(lastKey.Val(), lastRec.Val()) != lr.last {
 		return lr.rebuild(ctx, s, name)
 	}

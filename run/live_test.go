@@ -301,6 +301,27 @@ func TestSummaryLiveStartsOver(t *testing.T) {
 			b.same(t, "after", "r", "")
 		})
 	}
+	t.Run("run replaced before any end, as old, with epochs", func(t *testing.T) {
+		t.Parallel()
+		b := setupLive(t)
+		created := time.Now()
+		if err := b.whole.Create(t.Context(), run.Run{Name: "r", Pool: "default", CreatedAt: created, Keys: []string{"a", "b"}}); err != nil {
+			t.Fatal(err)
+		}
+		b.same(t, "before", "r", "")
+		if err := b.server.Client(t).FlushAll(t.Context()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.whole.Create(t.Context(), run.Run{Name: "r", Pool: "default", CreatedAt: created, Keys: []string{"a#1", "a#2"}, Epochs: 2}); err != nil {
+			t.Fatal(err)
+		}
+		for _, rec := range []run.Record{{Key: "a#1", Epoch: 1, Status: run.Passed, Score: score(1)}, {Key: "a#2", Epoch: 2, Status: run.Failed, Score: score(0)}} {
+			if _, err := b.whole.Finish(t.Context(), "r", rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b.same(t, "after", "r", "")
+	})
 	t.Run("run gone", func(t *testing.T) {
 		t.Parallel()
 		b := setupLive(t)
