@@ -6,6 +6,7 @@
 --   KEYS[1] done     HASH  eval key -> record JSON {status, score?, ...}
 --   KEYS[2] counts   HASH  status -> evals; retries; score_sum; score_n;
 --                          metric_sum:NAME; metric_n:NAME (graded evals);
+--                          metrics -> the names summed
 --                          busy0..busy6 -> "slot:ms" (run_busy.lua);
 --                          reopened (run_reopen.lua)
 --   KEYS[3] running  HASH  eval key -> executor, while an attempt runs
@@ -26,7 +27,9 @@
 -- ARGV[6] how long the run's keys live from now, in ms, unless the run's
 --         meta names its own retention (ms)
 -- ARGV[7] how long the attempt held its executor, in ms ('' or 0: none)
--- ARGV[8..] the metrics to sum, name then value, each pair's (a graded
+-- ARGV[8] how many metrics' names the run sums at most: a name past them
+--         is not summed
+-- ARGV[9..] the metrics to sum, name then value, each pair's (a graded
 --         eval's finite values; none otherwise)
 -- Returns 1 when recorded, 0 when the eval had ended already: the first
 -- end wins (a cancel, then the in-flight attempt finishing, counts once).
@@ -48,9 +51,14 @@ if ARGV[5] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', ARGV[5])
   redis.call('HINCRBY', KEYS[2], 'score_n', 1)
 end
-for i = 8, #ARGV - 1, 2 do
-  redis.call('HINCRBYFLOAT', KEYS[2], 'metric_sum:' .. ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBY', KEYS[2], 'metric_n:' .. ARGV[i], 1)
+for i = 9, #ARGV - 1, 2 do
+  local n = 'metric_n:' .. ARGV[i]
+  if redis.call('HEXISTS', KEYS[2], n) == 1 or tonumber(redis.call('HGET', KEYS[2], 'metrics') or 0) < tonumber(ARGV[8]) then
+    if redis.call('HINCRBY', KEYS[2], n, 1) == 1 then
+      redis.call('HINCRBY', KEYS[2], 'metrics', 1)
+    end
+    redis.call('HINCRBYFLOAT', KEYS[2], 'metric_sum:' .. ARGV[i], ARGV[i + 1])
+  end
 end
 spend(KEYS[2], tonumber(ARGV[7]) or 0)
 local ttl = redis.call('HGET', KEYS[4], 'retention') or ARGV[6]

@@ -6,7 +6,7 @@
 -- in its order:
 --   KEYS[1] done     HASH  eval key -> record JSON {status, score?, ...}
 --   KEYS[2] counts   HASH  status -> evals; retries; score_sum; score_n;
---                          metric_sum:NAME; metric_n:NAME;
+--                          metric_sum:NAME; metric_n:NAME; metrics;
 --                          reopened -> ends taken back, ever (a reader
 --                          that tallies the ends as they come starts
 --                          over when it moves: run.Store.Summarize)
@@ -29,12 +29,16 @@
 -- record's "p" tells that end from this one.
 
 -- unsum takes v back out of a sum of the counts and its count. A sum
--- whose count is back to 0 goes: Redis sums in long double, so that taking
--- back a value far larger than the rest (1e308, beside 0.5) may leave a
--- remainder, which a sum of no value must not keep.
-local function unsum(sum, n, v)
+-- whose count is back to 0 goes, and out of names when given: Redis sums in
+-- long double, so that taking back a value far larger than the rest
+-- (1e308, beside 0.5) may leave a remainder, which a sum of no value must
+-- not keep.
+local function unsum(sum, n, v, names)
   if redis.call('HINCRBY', KEYS[2], n, -1) <= 0 then
     redis.call('HDEL', KEYS[2], sum, n)
+    if names then
+      redis.call('HINCRBY', KEYS[2], names, -1)
+    end
   else
     -- %.17g: the value exactly as Finish added it.
     redis.call('HINCRBYFLOAT', KEYS[2], sum, string.format('%.17g', -v))
@@ -69,7 +73,7 @@ for i = 3, #ARGV, 2 do
       if (status == 'passed' or status == 'failed') and type(metrics) == 'table' then
         for name, v in pairs(metrics) do
           if type(v) == 'number' and tonumber(redis.call('HGET', KEYS[2], 'metric_n:' .. name) or 0) > 0 then
-            unsum('metric_sum:' .. name, 'metric_n:' .. name, v)
+            unsum('metric_sum:' .. name, 'metric_n:' .. name, v, 'metrics')
           end
         end
       end

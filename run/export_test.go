@@ -5,10 +5,10 @@ import (
 	"slices"
 )
 
-// Tallies is the runs whose tallies s keeps, by name, and the ends they
-// hold, for the tests of the bound.
+// Tallies is the runs whose tallies s keeps, by name, and the memory they
+// take, as estimated, for the tests of the bound.
 func (s *Store) Tallies() ([]string, int) {
 	s.live.mu.Lock()
 	defer s.live.mu.Unlock()
-	return slices.Sorted(maps.Keys(s.live.runs)), s.live.ends
+	return slices.Sorted(maps.Keys(s.live.runs)), s.live.bytes
 }

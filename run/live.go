@@ -14,15 +14,15 @@ import (
 	"github.com/evalpool/evalpool/internal/keys"
 )
 
-// DefaultLiveEnds is Options.LiveEnds's default: about 150 MB of tallies
-// at most.
-const DefaultLiveEnds = 1_000_000
+// DefaultLiveBytes is Options.LiveBytes's default: 128 MB, a million ends
+// of a score and a few metrics.
+const DefaultLiveBytes = 128 << 20
 
 // Summarize sums a run up; with against set, it compares it with that
 // run, eval key by eval key.
 //
 // The Store keeps a tally of each run it summed up lately (Options.
-// LiveEnds), so that a run summed up again costs the ends since, read from
+// LiveBytes), so that a run summed up again costs the ends since, read from
 // the run's log of ends: O(1) reads when none ended, O(ended since) when
 // some did, whatever the run's size. The first summary of a run, or one
 // after its ends were taken back (Reopen), lost or rewound, reads every
@@ -47,14 +47,14 @@ func (s *Store) Summarize(ctx context.Context, name, against string) (Summary, e
 	return sum, nil
 }
 
-// liveRuns are the tallies a Store keeps, bounded by what they weigh.
+// liveRuns are the tallies a Store keeps, bounded by the memory they
+// take, as estimated.
 type liveRuns struct {
 	mu   sync.Mutex
 	runs map[string]*liveRun
-	// ends is what they weigh, in ends, and max their bound (0: none
-	// kept).
-	ends, max int
-	clock     uint64
+	// bytes is what they take, and max their bound (0: none kept).
+	bytes, max int
+	clock      uint64
 }
 
 // liveRun is a run's tally, and where it stands in the run's log of ends.
@@ -73,9 +73,9 @@ type liveRun struct {
 	skew     Outcomes
 	running  int
 	share    Share
-	// used, and ends, what it weighs (account), are under liveRuns.mu.
-	used uint64
-	ends int
+	// used, and bytes, what it takes (account), are under liveRuns.mu.
+	used  uint64
+	bytes int
 }
 
 // use runs fn on the run's tally, brought up to date, under its lock.
@@ -142,31 +142,33 @@ func (l *liveRuns) useBoth(ctx context.Context, s *Store, a, b string, fn func(a
 	return err
 }
 
-// runWeight is what a tally weighs besides its ends, in ends: its run's
-// meta (up to 16 KB) and its failures (100, their errors clipped to
-// 1,000 characters), so that many small runs are bounded as one big one.
-const runWeight = 300
+// runBytes is what a tally takes besides its ends and its run's meta, so
+// that many small runs are bounded as one big one.
+const runBytes = 2048
 
-// account notes the ends lr holds, and forgets the runs used longest ago
-// while the tallies weigh more than their bound: the run in use last
-// stays, whatever its size.
+// account notes the memory lr takes, and forgets the runs used longest ago
+// while the tallies take more than their bound: the run in use last stays,
+// whatever its size.
 func (l *liveRuns) account(name string, lr *liveRun) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.runs[name] != lr {
 		return
 	}
-	weight := len(lr.t.keys) + runWeight
-	l.ends += weight - lr.ends
-	lr.ends = weight
-	for l.ends > l.max && len(l.runs) > 1 {
+	bytes := lr.t.bytes + runBytes
+	for k, v := range lr.run.Meta {
+		bytes += len(k) + len(v) + nameBytes
+	}
+	l.bytes += bytes - lr.bytes
+	lr.bytes = bytes
+	for l.bytes > l.max && len(l.runs) > 1 {
 		var oldest string
 		for n, r := range l.runs {
 			if n != name && (oldest == "" || r.used < l.runs[oldest].used) {
 				oldest = n
 			}
 		}
-		l.ends -= l.runs[oldest].ends
+		l.bytes -= l.runs[oldest].bytes
 		delete(l.runs, oldest)
 	}
 }
@@ -175,7 +177,7 @@ func (l *liveRuns) forget(name string, lr *liveRun) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.runs[name] == lr {
-		l.ends -= lr.ends
+		l.bytes -= lr.bytes
 		delete(l.runs, name)
 	}
 }

@@ -27,7 +27,7 @@ func setupLive(t *testing.T) *liveBundle {
 	t.Helper()
 	srv := evaltest.StartT(t, evaltest.Options{})
 	c := srv.Client(t)
-	return &liveBundle{server: srv, live: run.NewStore(c, run.Options{}), whole: run.NewStore(c, run.Options{LiveEnds: -1})}
+	return &liveBundle{server: srv, live: run.NewStore(c, run.Options{}), whole: run.NewStore(c, run.Options{LiveBytes: -1})}
 }
 
 // same fails the test unless the live store sums up name (against
@@ -363,46 +363,60 @@ func TestSummaryLiveCompareBothWays(t *testing.T) {
 	wg.Wait()
 }
 
-// TestLiveRunsBounded: the tallies weigh at most Options.LiveEnds ends,
-// each run 300 more, the runs summed up longest ago forgotten first, the
-// last one kept whatever its size.
+// TestLiveRunsBounded: the tallies take at most Options.LiveBytes, as
+// estimated, the runs summed up longest ago forgotten first, the last one
+// kept whatever its size.
 func TestLiveRunsBounded(t *testing.T) {
 	t.Parallel()
-	s := run.NewStore(evaltest.StartT(t, evaltest.Options{}).Client(t), run.Options{LiveEnds: 700})
+	c := evaltest.StartT(t, evaltest.Options{}).Client(t)
 	ctx := t.Context()
 	for _, tt := range []struct {
 		name string
 		ends int
-	}{{"a", 40}, {"b", 40}, {"c", 40}, {"big", 150}} {
+	}{{"a", 40}, {"b", 40}, {"c", 40}, {"big", 400}} {
 		keys := make([]string, tt.ends)
 		for i := range keys {
 			keys[i] = fmt.Sprint(i)
 		}
-		if err := s.Create(ctx, run.Run{Name: tt.name, Pool: "default", CreatedAt: time.Now(), Keys: keys}); err != nil {
+		if err := run.NewStore(c, run.Options{}).Create(ctx, run.Run{Name: tt.name, Pool: "default", CreatedAt: time.Now(), Keys: keys}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.FinishMany(ctx, tt.name, keys, run.Record{Status: run.Passed}); err != nil {
+		if _, err := run.NewStore(c, run.Options{}).FinishMany(ctx, tt.name, keys, run.Record{Status: run.Passed}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	// What a small run and the big one take, each alone.
+	weigh := func(name string) int {
+		s := run.NewStore(c, run.Options{})
+		if _, err := s.Summarize(ctx, name, ""); err != nil {
+			t.Fatal(err)
+		}
+		_, bytes := s.Tallies()
+		return bytes
+	}
+	small, big := weigh("a"), weigh("big")
+	if big < 3*small {
+		t.Fatalf("a run of 400 ends takes %d bytes, one of 40 %d", big, small)
+	}
+	s := run.NewStore(c, run.Options{LiveBytes: 2*small + small/2})
 	for _, step := range []struct {
 		summarize string
 		kept      []string
-		ends      int
+		bytes     int
 	}{
-		{"a", []string{"a"}, 340},
-		{"b", []string{"a", "b"}, 680},
-		{"a", []string{"a", "b"}, 680},
-		{"c", []string{"a", "c"}, 680}, // b was used longest ago
-		{"big", []string{"big"}, 450},
-		{"a", []string{"a"}, 340},
+		{"a", []string{"a"}, small},
+		{"b", []string{"a", "b"}, 2 * small},
+		{"a", []string{"a", "b"}, 2 * small},
+		{"c", []string{"a", "c"}, 2 * small}, // b was used longest ago
+		{"big", []string{"big"}, big},
+		{"a", []string{"a"}, small},
 	} {
 		if _, err := s.Summarize(ctx, step.summarize, ""); err != nil {
 			t.Fatal(err)
 		}
-		kept, ends := s.Tallies()
-		if !slices.Equal(kept, step.kept) || ends != step.ends {
-			t.Fatalf("after summing up %s: tallies of %q, %d ends; want %q, %d", step.summarize, kept, ends, step.kept, step.ends)
+		kept, bytes := s.Tallies()
+		if !slices.Equal(kept, step.kept) || bytes != step.bytes {
+			t.Fatalf("after summing up %s: tallies of %q, %d bytes; want %q, %d", step.summarize, kept, bytes, step.kept, step.bytes)
 		}
 	}
 }

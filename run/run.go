@@ -83,13 +83,13 @@ type Options struct {
 	// Retention is how long a run's keys live after its last eval ended.
 	// Defaults to 7 days (tasks.ResultRetention).
 	Retention time.Duration
-	// LiveEnds bounds the ends the Store's tallies of the runs it summed
-	// up lately hold, over all runs (Summarize): about 150 bytes each, a
-	// run weighing 300 more (its meta and listed failures), and the run
-	// summed up last is kept whatever its size. Defaults to
-	// DefaultLiveEnds; negative keeps none, so that each summary reads its
-	// run whole.
-	LiveEnds int
+	// LiveBytes bounds the memory the Store's tallies of the runs it
+	// summed up lately take, over all runs, as it estimates it
+	// (Summarize): about 120 bytes an end of a score and a duration, more
+	// with metrics, groups and epochs. The run summed up last is kept
+	// whatever its size. Defaults to DefaultLiveBytes; negative keeps
+	// none, so that each summary reads its run whole.
+	LiveBytes int
 }
 
 // DefaultRetention is Options.Retention's default: the evals' results'.
@@ -97,7 +97,7 @@ const DefaultRetention = 7 * 24 * time.Hour
 
 // NewStore returns a Store on client. It does not touch Redis.
 func NewStore(client redis.UniversalClient, opts Options) *Store {
-	return &Store{client: client, retention: cmp.Or(opts.Retention, DefaultRetention), live: &liveRuns{max: max(0, cmp.Or(opts.LiveEnds, DefaultLiveEnds))}}
+	return &Store{client: client, retention: cmp.Or(opts.Retention, DefaultRetention), live: &liveRuns{max: max(0, cmp.Or(opts.LiveBytes, DefaultLiveBytes))}}
 }
 
 // Redis is the client the store runs on, for those that read Asynq's keys
@@ -383,21 +383,28 @@ func (s *Store) List(ctx context.Context, limit int) ([]Run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("runs: %w", err)
 	}
-	var runs []Run
-	for _, name := range names {
-		meta, err := s.client.HGetAll(ctx, keys.ForRun(name).Meta()).Result()
-		if err != nil {
-			return nil, fmt.Errorf("runs: %w", err)
+	metas := make([]*redis.MapStringStringCmd, len(names))
+	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, name := range names {
+			metas[i] = pipe.HGetAll(ctx, keys.ForRun(name).Meta())
 		}
-		n, _ := strconv.Atoi(meta["size"])
-		r, err := runOf(name, meta, nil)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("runs: %w", err)
+	}
+	var runs []Run
+	var gone []any
+	for i, name := range names {
+		r, err := runOf(name, metas[i].Val(), nil)
 		if errors.Is(err, ErrNotFound) {
-			// Its keys expired: drop it from the index too.
-			_ = s.client.ZRem(ctx, keys.Runs, name).Err()
+			gone = append(gone, name) // its keys expired: drop it from the index too
 			continue
 		}
-		r.Size = n
+		r.Size, _ = strconv.Atoi(metas[i].Val()["size"])
 		runs = append(runs, r)
+	}
+	if len(gone) > 0 {
+		_ = s.client.ZRem(ctx, keys.Runs, gone...).Err()
 	}
 	return runs, nil
 }
@@ -467,7 +474,7 @@ func (s *Store) Finish(ctx context.Context, name string, rec Record) (recorded b
 		score = strconv.FormatFloat(*rec.Score, 'g', -1, 64)
 	}
 	took := int64(rec.Duration * 1000)
-	args := []any{rec.Key, rec.Status, raw, rec.Retries, score, s.retention.Milliseconds(), max(took, 0)}
+	args := []any{rec.Key, rec.Status, raw, rec.Retries, score, s.retention.Milliseconds(), max(took, 0), MaxRunMetrics}
 	if rec.Status == Passed || rec.Status == Failed {
 		for _, m := range slices.Sorted(maps.Keys(rec.Metrics)) {
 			if v := rec.Metrics[m]; finite(v) {

@@ -291,3 +291,39 @@ func TestHeldLastMinute(t *testing.T) {
 		})
 	}
 }
+
+// TestRunMetricsBounded: a run sums up, and sums for the runs list, the
+// metrics of its first MaxRunMetrics names, whatever names its graders
+// make up, and counts the values left out.
+func TestRunMetricsBounded(t *testing.T) {
+	t.Parallel()
+	const evals, perEval = 10, 32
+	var ks []string
+	for i := range evals {
+		ks = append(ks, fmt.Sprint("k", i))
+	}
+	s, name := setup(t, ks...)
+	for i, key := range ks {
+		m := map[string]float64{}
+		for j := range perEval {
+			m[fmt.Sprintf("m%02d-%02d", i, j)] = float64(j)
+		}
+		if _, err := s.Finish(t.Context(), name, run.Record{Key: key, Status: run.Passed, Metrics: m}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum, err := s.Summarize(t.Context(), name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, means, err := s.ProgressMeans(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first two evals' names, in the order they ended.
+	if len(sum.Metrics) != run.MaxRunMetrics || len(sum.MetricHistograms) != run.MaxRunMetrics || sum.MetricsLeftOut != evals*perEval-run.MaxRunMetrics ||
+		len(means.Metrics) != run.MaxRunMetrics || means.Metrics["m01-31"] != 31 {
+		t.Errorf("%d metrics (%d histograms), %d values left out; the list %d metrics (m01-31 %v); want %d, %d left out",
+			len(sum.Metrics), len(sum.MetricHistograms), sum.MetricsLeftOut, len(means.Metrics), means.Metrics["m01-31"], run.MaxRunMetrics, evals*perEval-run.MaxRunMetrics)
+	}
+}

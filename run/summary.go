@@ -32,6 +32,9 @@ type Summary struct {
 	// did.
 	Score   *Stat           `json:"score,omitempty"`
 	Metrics map[string]Stat `json:"metrics,omitempty"`
+	// MetricsLeftOut counts the values of metrics past the run's first
+	// MaxRunMetrics names, left out of Metrics and MetricHistograms.
+	MetricsLeftOut int `json:"metrics_left_out,omitempty"`
 	// ScoreHistogram and MetricHistograms bin the graded evals' scores and
 	// each metric's values (Histogram), eval by eval (each epoch is one);
 	// a value that is not finite is left out. nil before any.
@@ -236,7 +239,8 @@ type measures struct {
 	metrics map[string]*moments
 }
 
-func (ms *measures) add(sm *sample) {
+// add adds sm's measures; it returns how many metrics' moments it made.
+func (ms *measures) add(sm *sample) (made int) {
 	if sm.score.n > 0 {
 		ms.score.add(sm.score.value())
 	}
@@ -248,9 +252,11 @@ func (ms *measures) add(sm *sample) {
 		if m == nil {
 			m = &moments{}
 			ms.metrics[name] = m
+			made++
 		}
 		m.add(v.value())
 	}
+	return made
 }
 
 // clone is a copy of ms to add to, ms unchanged.

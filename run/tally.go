@@ -41,6 +41,10 @@ type tally struct {
 	// added; moreFailures counts the rest.
 	failures     []Failure
 	moreFailures int
+	// metricsLeftOut counts the values of metrics past MaxRunMetrics.
+	metricsLeftOut int
+	// bytes is what the tally takes in memory, estimated.
+	bytes int
 }
 
 // groupTally is a group's outcomes, eval by eval, and its measures,
@@ -62,11 +66,15 @@ func (t *tally) add(rec Record) {
 	}
 	t.status[rec.Key] = rec.Status
 	t.keys = append(t.keys, rec.Key)
+	t.bytes += endBytes + len(rec.Key)
+	rec.Metrics = t.kept(rec)
 	t.all.add(rec.Status)
 	t.retries += rec.Retries
 	if rec.Status == Failed || rec.Status == Errored {
 		if len(t.failures) < MaxSummaryFailures {
-			t.failures = append(t.failures, listedFailure(rec))
+			f := listedFailure(rec)
+			t.failures = append(t.failures, f)
+			t.bytes += failureBytes + len(f.Key) + len(f.Error) + len(f.Reason) + len(f.Executor) + len(f.Group) + len(f.Metrics)*valueBytes
 		} else {
 			t.moreFailures++
 		}
@@ -74,6 +82,7 @@ func (t *tally) add(rec Record) {
 	if rec.Score != nil {
 		t.scoreMean.add(*rec.Score)
 		t.scored.add(*rec.Score)
+		t.bytes += valueBytes
 	}
 	if rec.Status == Passed || rec.Status == Failed {
 		t.durations.add(rec.Duration)
@@ -81,15 +90,11 @@ func (t *tally) add(rec Record) {
 			t.graded.add(*rec.Score)
 		}
 		for name, v := range rec.Metrics {
-			vs := t.metrics[name]
-			if vs == nil {
-				vs = &sorted[float64]{}
-				t.metrics[name] = vs
-			}
 			if finite(v) {
-				vs.add(v)
+				t.metrics[name].add(v)
 			}
 		}
+		t.bytes += (2 + len(rec.Metrics)) * valueBytes
 	}
 	if rec.Group != "" {
 		g := t.groups[rec.Group]
@@ -97,6 +102,7 @@ func (t *tally) add(rec Record) {
 			g = &groupTally{}
 			t.groups[rec.Group] = g
 			t.groupNames.add(rec.Group)
+			t.bytes += nameBytes + 2*len(rec.Group)
 		}
 		g.add(rec.Status)
 	}
@@ -109,8 +115,51 @@ func (t *tally) add(rec Record) {
 	sm.add(rec)
 	if sm.seen == t.epochs {
 		delete(t.open, key)
-		t.close(sm, &t.overall, t.groupMeasures(sm.group), &t.passAt)
+		t.bytes += momentsBytes * t.close(sm, &t.overall, t.groupMeasures(sm.group), &t.passAt)
+	} else {
+		t.bytes += nameBytes + len(key) + len(rec.Metrics)*nameBytes
 	}
+}
+
+// MaxRunMetrics bounds the metrics a run's summary has, and that the runs
+// list sums: the first names its graded evals gave, in the order they
+// ended (by name within an eval). The others' values are left out, and
+// counted (Summary.MetricsLeftOut).
+const MaxRunMetrics = 64
+
+// What a tally takes in memory, in bytes, as it estimates it
+// (liveRuns.account): by what it holds, beside the lengths of the strings
+// it keeps. An end of a key, a score and a duration measured 114 bytes.
+const (
+	endBytes     = 100 // an eval's status and its place in the order
+	valueBytes   = 16  // a value kept sorted, with the merge's slack
+	nameBytes    = 120 // a map's entry: a group, a sample, a metric's
+	momentsBytes = 120 // a metric's moments in a group or the run's
+	failureBytes = 600 // a listed failure, besides its strings
+)
+
+// kept is rec's metrics among the run's MaxRunMetrics: a graded eval's new
+// name joins them while there is room.
+func (t *tally) kept(rec Record) map[string]float64 {
+	graded := rec.Status == Passed || rec.Status == Failed
+	var out map[string]float64
+	for _, name := range slices.Sorted(maps.Keys(rec.Metrics)) {
+		if _, ok := t.metrics[name]; !ok {
+			if !graded || len(t.metrics) == MaxRunMetrics {
+				if graded {
+					t.metricsLeftOut++
+				}
+				continue
+			}
+			t.metrics[name] = &sorted[float64]{}
+			t.bytes += nameBytes + len(name)
+		}
+		if out == nil {
+			out = make(map[string]float64, len(rec.Metrics))
+		}
+		out[name] = rec.Metrics[name]
+	}
+	return out
 }
 
 // MaxFailureError bounds the error of a failure a summary lists, in
@@ -151,11 +200,12 @@ func (t *tally) groupMeasures(group string) *measures {
 }
 
 // close adds a sample's measures, to the run's and to its group's when g
-// is not nil, and its pass@ counts.
-func (t *tally) close(sm *sample, overall, g *measures, p *passAt) {
-	overall.add(sm)
+// is not nil, and its pass@ counts. It returns how many metrics' moments it
+// made.
+func (t *tally) close(sm *sample, overall, g *measures, p *passAt) (made int) {
+	made = overall.add(sm)
 	if g != nil {
-		g.add(sm)
+		made += g.add(sm)
 	}
 	if sm.ended > 0 {
 		p.at1 += float64(sm.passed) / float64(sm.ended)
@@ -167,6 +217,7 @@ func (t *tally) close(sm *sample, overall, g *measures, p *passAt) {
 			p.atK++
 		}
 	}
+	return made
 }
 
 // passAt sums the samples' pass@1 (at1, over at1N samples with an epoch
@@ -181,7 +232,7 @@ type passAt struct {
 // Share and Compare.
 func (t *tally) summary(r Run) Summary {
 	sum := Summary{Name: r.Name, Pool: r.Pool, CreatedAt: r.CreatedAt, Submission: r.Submission, Enqueued: r.Enqueued, Meta: r.Meta, Epochs: r.Epochs,
-		Retries: t.retries, Failures: append([]Failure{}, t.failures...), MoreFailures: t.moreFailures}
+		Retries: t.retries, Failures: append([]Failure{}, t.failures...), MoreFailures: t.moreFailures, MetricsLeftOut: t.metricsLeftOut}
 	sum.Size = r.Size
 	sum.Passed, sum.Failed, sum.Errored, sum.Cancelled = t.all.Passed, t.all.Failed, t.all.Errored, t.all.Cancelled
 	sum.PassRate = t.all.passRate()

@@ -40,7 +40,7 @@ func (s *Store) indexSuite(ctx context.Context, r Run) error {
 // whether List gave them or not: the runs of a suite newer than the oldest
 // it gave are all in runs, so that a read of its index for n more (2n, for
 // runs gone it may still hold), and of the counts of those, is enough. Two
-// round trips, O(runs × n) reads at most. A run gone since, or made again
+// round trips (a third to drop runs gone), O(runs × n) reads at most. A run gone since, or made again
 // under its name, is left out, and out of its suite's index: more than n
 // of them in one read shorten a trend until the next.
 func (s *Store) Trends(ctx context.Context, runs []Run, n int) (map[string][]TrendPoint, error) {
@@ -88,11 +88,12 @@ func (s *Store) Trends(ctx context.Context, runs []Run, n int) (map[string][]Tre
 		return nil, fmt.Errorf("runs: pass rates: %w", err)
 	}
 	suites := map[string][]*point{}
+	var gone []*point
 	for _, p := range points {
 		// Gone, or another run of its name since (of another suite: the
 		// same suite's index has it anew).
 		if created, _ := p.meta.Val()[1].(string); !p.listed && (p.meta.Val()[0] != p.Name || created != strconv.FormatInt(p.created, 10)) {
-			_ = s.client.ZRem(ctx, keys.Suite(p.suite), p.Name).Err()
+			gone = append(gone, p)
 			continue
 		}
 		var o Outcomes
@@ -102,6 +103,14 @@ func (s *Store) Trends(ctx context.Context, runs []Run, n int) (map[string][]Tre
 		}
 		p.PassRate = o.passRate()
 		suites[p.suite] = append(suites[p.suite], p)
+	}
+	if len(gone) > 0 {
+		_, _ = s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, p := range gone {
+				pipe.ZRem(ctx, keys.Suite(p.suite), p.Name)
+			}
+			return nil
+		})
 	}
 	trends := make(map[string][]TrendPoint, len(runs))
 	for _, pts := range suites {

@@ -52,7 +52,7 @@ func pages(t *testing.T, srv *evaltest.Server, md *strings.Builder) {
 		}
 		return httptest.NewServer(h)
 	}
-	ts, whole := serve(run.Options{}), serve(run.Options{LiveEnds: -1})
+	ts, whole := serve(run.Options{}), serve(run.Options{LiveBytes: -1})
 	defer ts.Close()
 	defer whole.Close()
 	requests := []struct {
