@@ -520,20 +520,35 @@ const (
 // Share reads run name's share, in O(1).
 func (s *Store) Share(ctx context.Context, name string) (Share, error) {
 	k := keys.ForRun(name)
-	meta := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta())
-	inflight := redis.NewIntCmd(ctx, "scard", k.Admitted())
-	queued := redis.NewIntCmd(ctx, "llen", k.Queued())
-	counts := redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts())
-	clock := redis.NewTimeCmd(ctx, "time")
-	if err := s.read(ctx, name, meta, inflight, queued, counts, clock); err != nil {
+	meta, counts := redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta()), redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts())
+	sr := newShareRead(ctx, k)
+	if err := s.read(ctx, name, append(sr.cmds(), meta, counts)...); err != nil {
 		return Share{}, err
 	}
 	r, err := runOf(name, meta.Val(), nil)
 	if err != nil {
 		return Share{}, err
 	}
-	return Share{Weight: r.Weight, MaxExecutors: r.MaxExecutors, Priority: r.Priority, InFlight: int(inflight.Val()), Queued: int(queued.Val()),
-		HeldLastMinute: heldOver(counts.Val(), clock.Val())}, nil
+	return sr.share(r, counts.Val()), nil
+}
+
+// shareRead is what a Share reads besides the run's meta and counts, which
+// a reader of those too (a tally's snapshot) reads once for both.
+type shareRead struct {
+	inflight, queued *redis.IntCmd
+	clock            *redis.TimeCmd
+}
+
+func newShareRead(ctx context.Context, k keys.Run) shareRead {
+	return shareRead{inflight: redis.NewIntCmd(ctx, "scard", k.Admitted()), queued: redis.NewIntCmd(ctx, "llen", k.Queued()), clock: redis.NewTimeCmd(ctx, "time")}
+}
+
+func (sr shareRead) cmds() []redis.Cmder { return []redis.Cmder{sr.inflight, sr.queued, sr.clock} }
+
+// share is r's Share, of its counts and what sr read.
+func (sr shareRead) share(r Run, counts map[string]string) Share {
+	return Share{Weight: r.Weight, MaxExecutors: r.MaxExecutors, Priority: r.Priority, InFlight: int(sr.inflight.Val()), Queued: int(sr.queued.Val()),
+		HeldLastMinute: heldOver(counts, sr.clock.Val())}
 }
 
 // heldOver is the executors held on average over the ring's window ending

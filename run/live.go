@@ -214,9 +214,8 @@ func (lr *liveRun) update(ctx context.Context, s *Store, name string) error {
 	if skewOf(counts.Val(), lr.t) != lr.skew {
 		return lr.rebuild(ctx, s, name)
 	}
-	lr.run, lr.running = r, int(running.Val())
-	lr.share, err = s.Share(ctx, name)
-	return err
+	lr.run, lr.running, lr.share = r, int(running.Val()), sn.share.share(r, counts.Val())
+	return nil
 }
 
 // rebuild makes lr's tally anew from every record of the run, read in one
@@ -254,26 +253,28 @@ func (lr *liveRun) rebuild(ctx context.Context, s *Store, name string) error {
 		lr.last = entryOf(lastKey.Val(), done.Val()[lastKey.Val()])
 	}
 	lr.reopened, lr.skew = counts.Val()["reopened"], skewOf(counts.Val(), t)
-	lr.share, err = s.Share(ctx, name)
-	return err
+	lr.share = sn.share.share(r, counts.Val())
+	return nil
 }
 
 // snapshot is what a tally reads of its run, in one step with what else
-// it needs: its meta, its counts, the length of its log of ends and how
-// many evals run.
+// it needs: its meta, its counts, the length of its log of ends, how many
+// evals run, and the rest of its share.
 type snapshot struct {
 	meta, counts   *redis.MapStringStringCmd
 	ended, running *redis.IntCmd
+	share          shareRead
 }
 
 func newSnapshot(ctx context.Context, k keys.Run) snapshot {
 	return snapshot{meta: redis.NewMapStringStringCmd(ctx, "hgetall", k.Meta()), counts: redis.NewMapStringStringCmd(ctx, "hgetall", k.Counts()),
-		ended: redis.NewIntCmd(ctx, "llen", k.Ended()), running: redis.NewIntCmd(ctx, "hlen", k.Running())}
+		ended: redis.NewIntCmd(ctx, "llen", k.Ended()), running: redis.NewIntCmd(ctx, "hlen", k.Running()), share: newShareRead(ctx, k)}
 }
 
 // read reads the snapshot and more, and the run of its meta.
 func (sn snapshot) read(ctx context.Context, s *Store, name string, more ...redis.Cmder) (Run, error) {
-	if err := s.read(ctx, name, append([]redis.Cmder{sn.meta, sn.counts, sn.ended, sn.running}, more...)...); err != nil {
+	cmds := append([]redis.Cmder{sn.meta, sn.counts, sn.ended, sn.running}, sn.share.cmds()...)
+	if err := s.read(ctx, name, append(cmds, more...)...); err != nil {
 		return Run{}, err
 	}
 	r, err := runOf(name, sn.meta.Val(), nil)

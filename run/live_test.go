@@ -13,13 +13,16 @@ import (
 	"github.com/evalpool/evalpool/internal/evaltest"
 	"github.com/evalpool/evalpool/internal/keys"
 	"github.com/evalpool/evalpool/run"
+	"github.com/redis/go-redis/v9"
 )
 
 // liveBundle is a store that keeps its tallies (live) and one that reads
 // each run whole (whole), on a Redis of the test's own, so that what a
 // summary reads shows in its byte counts.
 type liveBundle struct {
-	server      *evaltest.Server
+	server *evaltest.Server
+	// client is the stores'.
+	client      *redis.Client
 	live, whole *run.Store
 }
 
@@ -27,7 +30,7 @@ func setupLive(t *testing.T) *liveBundle {
 	t.Helper()
 	srv := evaltest.StartT(t, evaltest.Options{})
 	c := srv.Client(t)
-	return &liveBundle{server: srv, live: run.NewStore(c, run.Options{}), whole: run.NewStore(c, run.Options{LiveBytes: -1})}
+	return &liveBundle{server: srv, client: c, live: run.NewStore(c, run.Options{}), whole: run.NewStore(c, run.Options{LiveBytes: -1})}
 }
 
 // same fails the test unless the live store sums up name (against
@@ -150,7 +153,8 @@ func TestSummaryLive(t *testing.T) {
 
 // TestSummaryLiveReadsWhatEnded: once a run of 20,000 ended evals was
 // summed up, summing it up again reads what ended since, not the run:
-// Redis sends a few KB, where the first summary took MBs.
+// Redis sends a few KB, where the first summary took MBs, and a summary
+// when none ended is one round trip.
 func TestSummaryLiveReadsWhatEnded(t *testing.T) {
 	t.Parallel()
 	b := setupLive(t)
@@ -189,9 +193,13 @@ func TestSummaryLiveReadsWhatEnded(t *testing.T) {
 	first := sent("first summary", summarize)
 	finish(n, n+10)
 	again := sent("summary after 10 more ended", summarize)
+	trips := evaltest.CountRoundTrips(b.client)
 	idle := sent("summary after none ended", summarize)
 	if first < 1e6 || again > 20_000 || idle > 10_000 {
 		t.Fatalf("Redis sent %.0f bytes for the first summary, %.0f after 10 more ended, %.0f after none: want MBs, then a few KB", first, again, idle)
+	}
+	if n := trips.N(); n != 1 {
+		t.Errorf("a summary when none ended took %d round trips, want 1", n)
 	}
 	sum := b.same(t, "after", "big", "")
 	if sum.Passed != n+10 || len(sum.Groups) != run.MaxSummaryGroups || sum.MoreGroups != 100 {

@@ -70,3 +70,34 @@ func (h *ScriptCalls) runs(cmd redis.Cmder) bool {
 	}
 	return false
 }
+
+// RoundTrips counts the round trips a client makes to Redis: a command, or
+// a pipeline of them, each one. Tests that promise "one read" count with
+// it.
+type RoundTrips struct{ n atomic.Int64 }
+
+// CountRoundTrips starts counting the round trips c makes.
+func CountRoundTrips(c *redis.Client) *RoundTrips {
+	h := &RoundTrips{}
+	c.AddHook(h)
+	return h
+}
+
+// N is how many round trips there were so far.
+func (h *RoundTrips) N() int64 { return h.n.Load() }
+
+func (h *RoundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *RoundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *RoundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
