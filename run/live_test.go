@@ -212,7 +212,7 @@ func TestSummaryLiveReadsWhatEnded(t *testing.T) {
 // by another of its name, its log of ends cut short, its counts lost, its
 // log and counts lost then grown back past the tally, Redis rewound and
 // the evals it lost ended again (other records, as many of each status),
-// the run gone.
+// an end recorded by the release before the log, the run gone.
 func TestSummaryLiveStartsOver(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -271,6 +271,17 @@ func TestSummaryLiveStartsOver(t *testing.T) {
 				}
 			}
 			if _, err := b.whole.Finish(t.Context(), "r", run.Record{Key: "c", Status: run.Failed, Score: score(0.1), Error: "after the rewind"}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"an end recorded by the release before the log", func(t *testing.T, b *liveBundle, k keys.Run) {
+			// Its own JSON, counted, not logged: as that release's Finish.
+			old, _ := json.Marshal(run.Record{Key: "c", Status: run.Failed, Score: score(0.5), Error: "old release"})
+			if _, err := b.client.TxPipelined(t.Context(), func(pipe redis.Pipeliner) error {
+				pipe.HSet(t.Context(), k.Done(), "c", old)
+				pipe.HIncrBy(t.Context(), k.Counts(), run.Failed, 1)
+				return nil
+			}); err != nil {
 				t.Fatal(err)
 			}
 		}},
