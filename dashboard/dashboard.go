@@ -499,12 +499,18 @@ func page(html []byte, logout bool) http.HandlerFunc {
 		w.Header().Set("Content-Security-Policy", csp)
 		body := html
 		if logout {
-			// Relative, so that the dashboard may sit under a proxy's prefix.
-			action := strings.Repeat("../", strings.Count(strings.TrimPrefix(r.URL.Path, "/"), "/")) + "logout"
+			action := toRoot(r) + "logout"
 			body = bytes.Replace(html, []byte(logoutMarker), []byte(`<form method="post" action="`+action+`" class="logout"><button type="submit">Log out</button></form>`), 1)
 		}
 		_, _ = w.Write(body)
 	}
+}
+
+// toRoot is the relative path from r's page to the dashboard's root, so
+// that its links hold under a proxy's prefix: a "../" for each directory
+// the browser sees, the path as sent (an eval ID's %2F is no directory).
+func toRoot(r *http.Request) string {
+	return strings.Repeat("../", strings.Count(strings.TrimPrefix(r.URL.EscapedPath(), "/"), "/"))
 }
 
 // logoutMarker is where a page takes its logout button.
@@ -1082,10 +1088,9 @@ func (a *auth) check(w http.ResponseWriter, r *http.Request) authMethod {
 func (a *auth) unauthorized(w http.ResponseWriter, r *http.Request) {
 	const msg = "authentication required: send Authorization: Bearer TOKEN, or log in at /login"
 	page := !wantsJSON(r) && r.URL.Path != "/metrics"
-	// Relative links, so that the dashboard may sit under a proxy's prefix.
 	// The query goes back with the path: /evals/ID?pool=NAME is another eval
 	// without it.
-	login := strings.Repeat("../", strings.Count(strings.TrimPrefix(r.URL.Path, "/"), "/")) + "login?next=" + url.QueryEscape(r.URL.RequestURI())
+	login := toRoot(r) + "login?next=" + url.QueryEscape(r.URL.RequestURI())
 	w.Header().Set("Cache-Control", "no-store")
 	if page && (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header.Get("Authorization") == "" {
 		// A browser: sent to the login page, which a headless one that

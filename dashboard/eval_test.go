@@ -25,7 +25,8 @@ func TestEvalPage(t *testing.T) {
 	}{
 		{"run's eval", "/evals/nightly/k1", bearer, 200, `action="../../logout"`},
 		{"run's eval, cookie", "/evals/nightly/k1", cookie, 200, `action="../../logout"`},
-		{"escaped slash", "/evals/nightly%2Fk1", bearer, 200, `action="../../logout"`},
+		{"escaped slash: one directory, as the browser sees it", "/evals/nightly%2Fk1", bearer, 200, `action="../logout"`},
+		{"escaped slash, no token: sent to log in", "/evals/nightly%2Fk1", nil, 303, "../login?next=%2Fevals%2Fnightly%252Fk1"},
 		{"key with a slash", "/evals/nightly/a/b?pool=gpu", bearer, 200, `action="../../../logout"`},
 		{"plain eval", "/evals/e-1", bearer, 200, `action="../logout"`},
 		{"no token: a browser, sent to log in", "/evals/nightly/k1", nil, 303, "../../login?next=%2Fevals%2Fnightly%2Fk1"},
