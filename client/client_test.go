@@ -509,14 +509,24 @@ func TestHeldEvals(t *testing.T) {
 	// passes (set back here rather than waited for, 30 s), and nobody works
 	// on it until Asynq's recoverer hands it out again. It is in flight no
 	// more, so that admission goes on meanwhile.
+	// A lease 5 s past by Redis's clock is a live worker's whose clock is
+	// 5 s behind: h4 stays in flight, as Asynq's recoverer leaves it.
 	serve(t, b)
 	evaltest.Eventually(t, 10*time.Second, "h4 running", func() bool { return state(t, b, "h4") == asynq.TaskStateActive })
-	if err := b.rdb.ZAdd(ctx, tasks.LeaseKey(tasks.Queues(b.pool.Name()).Evals), redis.Z{Member: "h4", Score: float64(time.Now().Add(-time.Minute).Unix())}).Err(); err != nil {
-		t.Fatal(err)
+	setLease := func(ago time.Duration) {
+		t.Helper()
+		if err := b.rdb.ZAdd(ctx, tasks.LeaseKey(tasks.Queues(b.pool.Name()).Evals), redis.Z{Member: "h4", Score: float64(time.Now().Add(-ago).Unix())}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.Readmit(ctx, b.aq, b.insp, b.pool, b.runs); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if _, err := client.Readmit(ctx, b.aq, b.insp, b.pool, b.runs); err != nil {
-		t.Fatal(err)
+	setLease(5 * time.Second)
+	if got := inflight(); !slices.Contains(got, "h4") {
+		t.Errorf("in flight after h4's lease passed by 5 s (its worker's clock behind): %v; want it still in", got)
 	}
+	setLease(time.Minute)
 	close(b.release)
 	if got := inflight(); slices.Contains(got, "h4") {
 		t.Errorf("in flight after h4's lease passed: %v; want it out", got)

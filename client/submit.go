@@ -277,12 +277,20 @@ func rereleaseHeld(ctx context.Context, insp *asynq.Inspector, p *pool.Pool, run
 }
 
 // stateOrphaned is taskStates's for an active task whose Asynq lease
-// passed: nobody works on it until Asynq's recoverer hands it out again.
+// passed leaseSkew ago: nobody works on it until Asynq's recoverer hands
+// it out again.
 const stateOrphaned = "orphaned"
 
+// leaseSkew is how long past its lease a task may be before it counts as
+// orphaned, since a lease is dated by its worker's clock, which may be
+// behind Redis's: hosts that keep time (NTP) differ by far less. Asynq's
+// recoverer allows 30 s; admission waits less, as it waits for orphans
+// after a failover (TestSentinelFailoverUnderLoad).
+const leaseSkew = 10 * time.Second
+
 // taskStates reads the Asynq state of the queue's tasks ids, "" for one
-// that is gone, stateOrphaned for an active one whose lease passed (by
-// Redis's clock), in one pipeline. The keys are Asynq's own (v0.26):
+// that is gone, stateOrphaned for an active one whose lease passed
+// leaseSkew ago (by Redis's clock), in one pipeline. The keys are Asynq's own (v0.26):
 // the task's hash and the queue's leases, by the second they end.
 func taskStates(ctx context.Context, rdb redis.UniversalClient, queue string, ids []string) (map[string]string, error) {
 	states := make([]*redis.StringCmd, len(ids))
@@ -301,7 +309,7 @@ func taskStates(ctx context.Context, rdb redis.UniversalClient, queue string, id
 	out := make(map[string]string, len(ids))
 	for i, id := range ids {
 		out[id] = states[i].Val()
-		if out[id] == "active" && leases[i].Err() == nil && leases[i].Val() < float64(clock.Val().Unix()) {
+		if out[id] == "active" && leases[i].Err() == nil && leases[i].Val() < float64(clock.Val().Add(-leaseSkew).Unix()) {
 			out[id] = stateOrphaned
 		}
 	}
