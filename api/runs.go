@@ -299,8 +299,9 @@ type RunComparison struct {
 	// both runs have, their means.
 	PassRate *run.Delta           `json:"pass_rate,omitempty"`
 	Metrics  map[string]run.Delta `json:"metrics,omitempty"`
-	// Groups are the groups both runs have a pass rate of, the largest
-	// regression first (then by name); GroupCount counts them all.
+	// Groups are the groups both runs have a pass rate of (the
+	// run.MaxSummaryGroups that changed most), the largest regression
+	// first (then by name); GroupCount counts them all.
 	Groups     []run.GroupDelta `json:"groups"`
 	GroupCount int              `json:"group_count"`
 	// NewlyFailing are the evals that passed in Base and failed or errored
@@ -379,7 +380,7 @@ func (h *Handler) compareRuns(w http.ResponseWriter, r *http.Request) {
 		Base:     ComparedRun{Name: against, Counts: base, PassRate: passRate(base)},
 		Head:     ComparedRun{Name: name, Counts: sum.Counts, PassRate: sum.PassRate},
 		PassRate: c.PassRate, Metrics: c.Metrics,
-		Groups: groups[:min(len(groups), limit)], GroupCount: len(groups),
+		Groups: groups[:min(len(groups), limit)], GroupCount: len(groups) + c.MoreGroups,
 		NewlyFailing: capped(c.NewlyFailing), NewlyPassing: capped(c.NewlyPassing),
 	})
 }

@@ -159,9 +159,11 @@ type Comparison struct {
 	// PassRate is nil while either run has none.
 	PassRate *Delta           `json:"pass_rate,omitempty"`
 	Metrics  map[string]Delta `json:"metrics,omitempty"`
-	// Groups are the groups both runs list (Summary.Groups) with a pass
-	// rate, by name.
-	Groups []GroupDelta `json:"groups,omitempty"`
+	// Groups are the groups both runs have a pass rate of, every one of
+	// them weighed: the MaxSummaryGroups whose pass rate changed most, by
+	// name; MoreGroups counts the rest.
+	Groups     []GroupDelta `json:"groups,omitempty"`
+	MoreGroups int          `json:"more_groups,omitempty"`
 }
 
 // Delta is a measure in the run compared with (Before) and in the run
@@ -322,18 +324,19 @@ func (m moments) stat() Stat {
 	return st
 }
 
-// measure adds to c the deltas of the pass rate, of the metrics both runs
-// have and of the pass rates of the groups both have, from before to now.
-func measure(c *Comparison, now, before Summary) {
-	// A difference of two finite means can overflow (1e308 and -1e308):
-	// it saturates, as JSON has no infinity.
-	delta := func(b, a float64) Delta {
-		d := a - b
-		if math.IsInf(d, 0) {
-			d = math.Copysign(math.MaxFloat64, d)
-		}
-		return Delta{Before: b, After: a, Delta: d}
+// delta is a measure from b to a. A difference of two finite means can
+// overflow (1e308 and -1e308): it saturates, as JSON has no infinity.
+func delta(b, a float64) Delta {
+	d := a - b
+	if math.IsInf(d, 0) {
+		d = math.Copysign(math.MaxFloat64, d)
 	}
+	return Delta{Before: b, After: a, Delta: d}
+}
+
+// measure adds to c the deltas of the pass rate and of the metrics both
+// runs have, from before to now.
+func measure(c *Comparison, now, before Summary) {
 	if now.PassRate >= 0 && before.PassRate >= 0 {
 		d := delta(before.PassRate, now.PassRate)
 		c.PassRate = &d
@@ -344,15 +347,6 @@ func measure(c *Comparison, now, before Summary) {
 				c.Metrics = map[string]Delta{}
 			}
 			c.Metrics[name] = delta(b.Mean, st.Mean)
-		}
-	}
-	was := make(map[string]float64, len(before.Groups))
-	for _, g := range before.Groups {
-		was[g.Group] = g.PassRate
-	}
-	for _, g := range now.Groups {
-		if b, ok := was[g.Group]; ok && b >= 0 && g.PassRate >= 0 {
-			c.Groups = append(c.Groups, GroupDelta{Group: g.Group, PassRate: delta(b, g.PassRate)})
 		}
 	}
 }

@@ -277,6 +277,40 @@ func TestCompareDeltas(t *testing.T) {
 	}
 }
 
+// TestCompareWeighsEveryGroup: a comparison weighs every group both runs
+// have, not only the first MaxSummaryGroups by name: of 300, the one that
+// regressed, last by name, is listed, and the rest counted.
+func TestCompareWeighsEveryGroup(t *testing.T) {
+	t.Parallel()
+	const groups = 300
+	ends := func(failing string) ([]string, []run.Record) {
+		var ks []string
+		var recs []run.Record
+		for i := range groups {
+			g := fmt.Sprintf("g%03d", i)
+			rec := run.Record{Key: g, Group: g, Status: run.Passed}
+			if g == failing {
+				rec.Status = run.Failed
+			}
+			ks, recs = append(ks, g), append(recs, rec)
+		}
+		return ks, recs
+	}
+	ks, recs := ends("")
+	s, before := create(t, 1, ks, recs...)
+	ks, recs = ends("g299")
+	_, now := create(t, 1, ks, recs...)
+	sum, err := s.Summarize(t.Context(), now, before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := sum.Compare
+	i := slices.IndexFunc(c.Groups, func(g run.GroupDelta) bool { return g.Group == "g299" })
+	if len(c.Groups) != run.MaxSummaryGroups || c.MoreGroups != groups-run.MaxSummaryGroups || i < 0 || c.Groups[i].PassRate.Delta != -1 {
+		t.Fatalf("%d groups compared, %d more, g299 at %d; want %d, %d more, g299 listed with a delta of -1", len(c.Groups), c.MoreGroups, i, run.MaxSummaryGroups, groups-run.MaxSummaryGroups)
+	}
+}
+
 // TestSummaryLargeRun: a run of 10,000 ended evals (2,000 samples of 5
 // epochs) with 3 metrics and 20 groups sums up in a few times the reading
 // of its records: no work grows faster than the run. Not parallel, to time

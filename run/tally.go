@@ -3,6 +3,7 @@ package run
 import (
 	"cmp"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strconv"
@@ -354,8 +355,8 @@ func (s *sorted[T]) values() []T {
 }
 
 // compare lists the keys that passed in before and fail (or errored) in
-// t, and the other way round, in the order t has them. Keys in only one
-// run are neither.
+// t, and the other way round, in the order t has them (keys in only one
+// run are neither), and the pass rates of the groups both have.
 func (t *tally) compare(against string, before *tally) *Comparison {
 	c := &Comparison{Against: against, NewlyFailing: []string{}, NewlyPassing: []string{}}
 	bad := func(status string) bool { return status == Failed || status == Errored }
@@ -367,5 +368,18 @@ func (t *tally) compare(against string, before *tally) *Comparison {
 			c.NewlyPassing = append(c.NewlyPassing, key)
 		}
 	}
+	for name, g := range t.groups {
+		if b := before.groups[name]; b != nil && b.passRate() >= 0 && g.passRate() >= 0 {
+			c.Groups = append(c.Groups, GroupDelta{Group: name, PassRate: delta(b.passRate(), g.passRate())})
+		}
+	}
+	// The most changed, then by name.
+	slices.SortFunc(c.Groups, func(a, b GroupDelta) int {
+		return cmp.Or(cmp.Compare(math.Abs(b.PassRate.Delta), math.Abs(a.PassRate.Delta)), cmp.Compare(a.Group, b.Group))
+	})
+	if len(c.Groups) > MaxSummaryGroups {
+		c.Groups, c.MoreGroups = c.Groups[:MaxSummaryGroups], len(c.Groups)-MaxSummaryGroups
+	}
+	slices.SortFunc(c.Groups, func(a, b GroupDelta) int { return cmp.Compare(a.Group, b.Group) })
 	return c
 }
