@@ -4,6 +4,8 @@ package dashboard
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,12 +28,15 @@ const evalGrader = `cat >/dev/null; echo 'loading 4 cases'; echo '<img src=x one
 func TestEvalPageInChromium(t *testing.T) {
 	t.Parallel()
 	_, b := setupTuned(t, Options{}, nil)
-	fleet(t, b, 1, refexec.Options{}, func(int) map[string]string { return map[string]string{"kind": "sim"} })
+	// The held eval's grader runs until the test lets it end, by a file.
+	gate := filepath.Join(t.TempDir(), "go")
+	held := fmt.Sprintf(`cat >/dev/null; while [ ! -e %s ]; do sleep 0.05; done; echo '{"status":"passed","score":1}'`, gate)
+	fleet(t, b, 1, refexec.Options{Exec: held}, func(int) map[string]string { return map[string]string{"kind": "held"} })
 	grader := fleet(t, b, 1, refexec.Options{Exec: evalGrader}, func(int) map[string]string { return map[string]string{"kind": "grader"} })[0]
 	runWorker(t, b, 2)
 	submitRun(t, b, runRequest{Name: "nightly-7", MaxRetry: new(int), Evals: []runEval{
 		{EvalID: "bad", Spec: map[string]any{"question": "6*7", "expected": "42"}, Require: map[string]string{"kind": "grader"}},
-		{EvalID: "slow", Spec: map[string]any{"sleep_ms": 6000}, Require: map[string]string{"kind": "sim"}},
+		{EvalID: "slow", Spec: map[string]any{"question": "1+1"}, Require: map[string]string{"kind": "held"}},
 	}})
 	ctx := browser(t)
 
@@ -43,6 +48,9 @@ func TestEvalPageInChromium(t *testing.T) {
 		t.Errorf("title %q", title)
 	}
 	evalJS[bool](t, ctx, `window.notReloaded = true`)
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	pollTrue(t, ctx, "the slow eval's end", `document.getElementById("outcome").innerText === "passed" && !document.getElementById("final").hidden`, 20*time.Second)
 	if !evalJS[bool](t, ctx, `window.notReloaded === true`) {
 		t.Error("the page reloaded to show the eval's end")
