@@ -128,25 +128,15 @@ func (s *Store) Evals(ctx context.Context, name string, q EvalsQuery) (EvalsPage
 	ended := entries.Val()
 	read := len(ended) // entries walked, up to the last one the page holds
 	for from, n := 0, q.Limit; from < len(ended) && len(page.Records) < q.Limit; from, n = from+n, 2*n {
-		batch := ended[from:min(from+n, len(ended))]
-		raws, err := s.client.HMGet(ctx, k.Done(), batch...).Result()
+		recs, _, err := s.ends(ctx, name, ended[from:min(from+n, len(ended))], q.Cursor+int64(from))
 		if err != nil {
-			return EvalsPage{}, fmt.Errorf("run %s: %w", name, err)
+			return EvalsPage{}, err
 		}
-		for i, raw := range raws {
-			str, ok := raw.(string)
-			if !ok {
-				continue // reopened, not ended again yet
-			}
-			rec, pos, err := decodeStored(batch[i], str)
-			if err != nil {
-				return EvalsPage{}, fmt.Errorf("run %s: %w", name, err)
-			}
-			at := q.Cursor + int64(from+i) + 1 // the entry's position in the log
-			if pos != 0 && pos != at || !q.match(name, rec) {
+		for i, rec := range recs {
+			if rec == nil || !q.match(name, *rec) {
 				continue
 			}
-			page.Records = append(page.Records, rec)
+			page.Records = append(page.Records, *rec)
 			if len(page.Records) == q.Limit {
 				read = from + i + 1
 				break

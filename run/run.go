@@ -682,41 +682,61 @@ func (s *Store) endedSince(ctx context.Context, name string, cursor int64, max i
 	if found.Val() != name {
 		return nil, cursor, last, fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
-	if len(ended.Val()) == 0 {
+	n := len(ended.Val())
+	if n == 0 {
 		return nil, cursor, last, nil
 	}
-	// The run's name is read after the records: a record missing is an
-	// eval reopened while the run is there, an expired run when not.
+	logged, lastRaw, err := s.ends(ctx, name, ended.Val(), cursor)
+	if err != nil {
+		return nil, cursor, last, err
+	}
+	for _, rec := range logged {
+		if rec != nil {
+			recs = append(recs, *rec)
+		}
+	}
+	return recs, cursor + int64(n), entryOf(ended.Val()[n-1], lastRaw), nil
+}
+
+// ends reads the records of entries of the run's log of ends, the first
+// at position from (from 0), in one round trip with the run's name after
+// them: a record missing is an eval reopened while the run is there, an
+// expired run when not (ErrNotFound). An entry whose eval is reopened, or
+// ended again later in the log, is nil; lastRaw is the last entry's record
+// as stored ("" when none).
+func (s *Store) ends(ctx context.Context, name string, entries []string, from int64) (recs []*Record, lastRaw string, err error) {
+	k := keys.ForRun(name)
 	var raws *redis.SliceCmd
+	var found *redis.StringCmd
 	if _, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		raws = pipe.HMGet(ctx, k.Done(), ended.Val()...)
+		raws = pipe.HMGet(ctx, k.Done(), entries...)
 		found = pipe.HGet(ctx, k.Meta(), "name")
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, cursor, last, fmt.Errorf("run %s: %w", name, err)
+		return nil, "", fmt.Errorf("run %s: %w", name, err)
 	}
 	if found.Val() != name {
-		return nil, cursor, last, fmt.Errorf("%w: %s", ErrNotFound, name)
+		return nil, "", fmt.Errorf("%w: %s", ErrNotFound, name)
 	}
-	n := len(ended.Val())
-	lastRaw, _ := raws.Val()[n-1].(string)
-	last = entryOf(ended.Val()[n-1], lastRaw)
-	recs = make([]Record, 0, len(raws.Val()))
+	recs = make([]*Record, len(entries))
 	for i, raw := range raws.Val() {
 		str, ok := raw.(string)
+		if i == len(entries)-1 {
+			lastRaw = str
+		}
 		if !ok {
 			continue // reopened, not ended again yet
 		}
-		rec, pos, err := decodeStored(ended.Val()[i], str)
+		rec, pos, err := decodeStored(entries[i], str)
 		if err != nil {
-			return nil, cursor, last, fmt.Errorf("run %s: %w", name, err)
+			return nil, "", fmt.Errorf("run %s: %w", name, err)
 		}
-		if pos != 0 && pos != cursor+int64(i)+1 {
+		if pos != 0 && pos != from+int64(i)+1 {
 			continue // it ended again, later in the log
 		}
-		recs = append(recs, rec)
+		recs[i] = &rec
 	}
-	return recs, cursor + int64(len(raws.Val())), last, nil
+	return recs, lastRaw, nil
 }
 
 // Results is every eval of the run, in the run's order: how it ended when
