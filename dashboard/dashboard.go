@@ -111,6 +111,14 @@ var evalHTML []byte
 //go:embed compare.html
 var compareHTML []byte
 
+//go:embed common.js
+var commonJS []byte
+
+// withCommon is a page with common.js in its script, where it says
+// /*common.js*/: one copy of the helpers the pages share, hashed with the
+// page's script by its CSP.
+func withCommon(html []byte) []byte { return bytes.Replace(html, []byte("/*common.js*/"), commonJS, 1) }
+
 // MonitoringPath is where Asynqmon is mounted.
 const MonitoringPath = "/monitoring"
 
@@ -493,6 +501,7 @@ func writeJSON(w http.ResponseWriter, body []byte) {
 // page as markup, it could neither run nor send anything anywhere. With a
 // token, the page's nav has a logout button.
 func page(html []byte, logout bool) http.HandlerFunc {
+	html = withCommon(html)
 	csp := pageCSP(html)
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
