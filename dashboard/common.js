@@ -1,4 +1,4 @@
-// common.js: the helpers of the runs, eval and compare pages, spliced into
+// common.js: the helpers of the dashboard's pages, spliced into
 // each page's script where it says /*common.js*/ (withCommon), so that the
 // page's strict CSP hashes them with it. They read the page's `base`, its
 // root under a proxy's prefix, when called. Every string from the API goes
