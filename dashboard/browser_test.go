@@ -7,6 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -362,6 +365,7 @@ func TestPoolActionsInChromium(t *testing.T) {
 				return
 			}
 			row := `tr[data-url="http://e1:9001"]`
+			crossSiteActions(t, ctx, b.url)
 			if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row+` button[data-action="quarantine"]`))); err != nil {
 				t.Fatal(err)
 			}
@@ -376,5 +380,44 @@ func TestPoolActionsInChromium(t *testing.T) {
 			}
 			pollTrue(t, ctx, "e2 removed", `document.querySelector('tr[data-url="http://e2:9001"]') === null`, 10*time.Second)
 		})
+	}
+}
+
+// crossSiteActions opens, in the logged-in browser, a page of another
+// port of the same host (same site: the login cookie goes with its
+// requests) that asks the dashboard at dash to quarantine e1 every way a
+// page can without the dashboard's consent: a no-cors POST of the JSON as
+// text/plain, one that names application/json (which no-cors drops), and
+// a CORS one (whose preflight the dashboard does not answer). The requests
+// reach the dashboard, and e1 stays in service.
+func crossSiteActions(t *testing.T, ctx context.Context, dash string) {
+	t.Helper()
+	attack := fmt.Sprintf(`<!doctype html><script>
+const body = JSON.stringify({url: "http://e1:9001", action: "quarantine"});
+const to = %q + "/api/pool/action";
+window.reached = 0;
+Promise.allSettled([
+  fetch(to, {method: "POST", mode: "no-cors", credentials: "include", headers: {"Content-Type": "text/plain"}, body}),
+  fetch(to, {method: "POST", mode: "no-cors", credentials: "include", headers: {"Content-Type": "application/json"}, body}),
+  fetch(to, {method: "POST", mode: "cors", credentials: "include", headers: {"Content-Type": "application/json"}, body}),
+]).then((rs) => { window.reached = rs.filter((r) => r.status === "fulfilled").length; window.done = true; });
+</script>`, dash)
+	attacker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		_, _ = io.WriteString(w, attack)
+	}))
+	t.Cleanup(attacker.Close)
+	if err := chromedp.Do(ctx, chromedp.Navigate(attacker.URL)); err != nil {
+		t.Fatal(err)
+	}
+	pollTrue(t, ctx, "the attacking page's requests settled", `window.done === true`, 10*time.Second)
+	if n := evalJS[int](t, ctx, `window.reached`); n != 2 {
+		t.Errorf("%d of the no-cors requests reached the dashboard, want 2: the test would not attack", n)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(dash+"/"), chromedp.WaitVisible(chromedp.CSS(`tr[data-url="http://e1:9001"]`))); err != nil {
+		t.Fatal(err)
+	}
+	if evalJS[bool](t, ctx, `document.querySelector('tr[data-url="http://e1:9001"]').dataset.quarantined !== undefined`) {
+		t.Fatal("a page of another port quarantined e1 through the logged-in browser")
 	}
 }
