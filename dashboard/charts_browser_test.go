@@ -11,15 +11,8 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/evalpool/evalpool/refexec"
+	"github.com/evalpool/evalpool/run"
 )
-
-// suiteRun is a run request with metadata.
-type suiteRun struct {
-	Name     string            `json:"name"`
-	MaxRetry *int              `json:"max_retry,omitempty"`
-	Meta     map[string]string `json:"meta,omitempty"`
-	Evals    []runEval         `json:"evals"`
-}
 
 // The run page draws the histogram of the score and of each metric from
 // the summary's bins (a select switches which), or a muted line when
@@ -45,7 +38,7 @@ func TestRunChartsInChromium(t *testing.T) {
 	errored := runEval{EvalID: "e", Spec: map[string]any{"status": "errored", "error": "no grade"}, Require: echo}
 	// Three runs of suite nightly, one after the other (the list orders
 	// them by when they were submitted), then one of another suite.
-	runs := []suiteRun{
+	runs := []runRequest{
 		{Name: "nightly-2025-01-01", Evals: []runEval{errored}},
 		{Name: "nightly-2025-01-02", Evals: []runEval{result("a", "passed", 1, "", nil), result("b", "failed", 0, "", nil)}},
 		{Name: "nightly-2025-01-03", Evals: []runEval{
@@ -76,7 +69,7 @@ func TestRunChartsInChromium(t *testing.T) {
 	}
 	// binned lays counts out over HistogramBins bars.
 	binned := func(counts map[int]int) []string {
-		out := make([]string, 20)
+		out := make([]string, run.HistogramBins)
 		for i := range out {
 			out[i] = fmt.Sprint(counts[i])
 		}

@@ -127,9 +127,10 @@ type runEval struct {
 }
 
 type runRequest struct {
-	Name     string    `json:"name"`
-	MaxRetry *int      `json:"max_retry,omitempty"`
-	Evals    []runEval `json:"evals"`
+	Name     string            `json:"name"`
+	MaxRetry *int              `json:"max_retry,omitempty"`
+	Meta     map[string]string `json:"meta,omitempty"`
+	Evals    []runEval         `json:"evals"`
 }
 
 // pollTrue waits until the page's expression is true.
