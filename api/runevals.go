@@ -70,13 +70,8 @@ func (h *Handler) runEvals(w http.ResponseWriter, r *http.Request) {
 		}
 		q.Cursor = n
 	}
-	if s := query.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > run.MaxEvalsLimit {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q: want 1 to %d", s, run.MaxEvalsLimit))
-			return
-		}
-		q.Limit = n
+	if q.Limit, ok = limitParam(w, query, run.DefaultEvalsLimit, run.MaxEvalsLimit); !ok {
+		return
 	}
 	page, err := h.runs.Evals(r.Context(), name, q)
 	if err != nil {

@@ -209,14 +209,9 @@ type RunList struct {
 }
 
 func (h *Handler) listRuns(w http.ResponseWriter, r *http.Request) {
-	limit := DefaultListLimit
-	if s := r.URL.Query().Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > MaxListLimit {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q: want 1 to %d", s, MaxListLimit))
-			return
-		}
-		limit = n
+	limit, ok := limitParam(w, r.URL.Query(), DefaultListLimit, MaxListLimit)
+	if !ok {
+		return
 	}
 	runs, err := h.runs.List(r.Context(), limit)
 	if err != nil {
@@ -242,6 +237,21 @@ func (h *Handler) listRuns(w http.ResponseWriter, r *http.Request) {
 			Trend: trends[rn.Name]})
 	}
 	writeJSON(w, http.StatusOK, list)
+}
+
+// limitParam is the query's ?limit, def when absent; one out of 1..max is
+// answered 400, and ok is false.
+func limitParam(w http.ResponseWriter, q url.Values, def, max int) (limit int, ok bool) {
+	s := q.Get("limit")
+	if s == "" {
+		return def, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > max {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q: want 1 to %d", s, max))
+		return 0, false
+	}
+	return n, true
 }
 
 func passRate(c run.Counts) float64 {
@@ -348,14 +358,9 @@ func (h *Handler) compareRuns(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("%s: %s", run.ErrNotFound, against))
 		return
 	}
-	limit := DefaultCompareLimit
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > MaxCompareLimit {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q: want 1 to %d", s, MaxCompareLimit))
-			return
-		}
-		limit = n
+	limit, ok := limitParam(w, q, DefaultCompareLimit, MaxCompareLimit)
+	if !ok {
+		return
 	}
 	// The base's counts first: O(1), and an unknown base is a 404 before
 	// the head is read.
