@@ -510,7 +510,7 @@ type Share struct {
 	HeldLastMinute float64 `json:"held_last_minute"`
 }
 
-// busySlot and busyRing are run_finish.lua's: a run's executor time is kept
+// busySlot and busyRing are run_busy.lua's (SLOT, RING): a run's executor time is kept
 // by 10 s slot, the last 7.
 const (
 	busySlot = 10 * time.Second

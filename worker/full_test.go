@@ -153,11 +153,17 @@ func TestAdmissionWaitsOutAFullRedis(t *testing.T) {
 		return err == nil && c.Running == 2
 	})
 	free := evaltest.FillRedis(t, rdb)
+	full, err := runs.Share(ctx, "admit-full")
+	if err != nil || full.Queued == 0 {
+		t.Fatalf("the run's share once Redis is full: %+v, %v; want evals still waiting for admission", full, err)
+	}
+	// Both evals running end while Redis is full, and each one's admission
+	// of the next is refused whole.
 	evaltest.Eventually(t, 10*time.Second, "the ends kept to record later", func() bool {
-		return testutil.ToFloat64(b.metrics.unrecorded) >= 1
+		return testutil.ToFloat64(b.metrics.unrecorded) >= 2
 	})
-	if sh, err := runs.Share(ctx, "admit-full"); err != nil || sh.Queued == 0 {
-		t.Fatalf("the run's share while Redis is full: %+v, %v; want evals still waiting for admission", sh, err)
+	if sh, err := runs.Share(ctx, "admit-full"); err != nil || sh.Queued != full.Queued || sh.InFlight != full.InFlight {
+		t.Fatalf("the run's share after two evals ended while Redis is full: %+v, %v; want it as it was, %+v", sh, err, full)
 	}
 	free()
 	evaltest.Eventually(t, 30*time.Second, "every eval ended", func() bool {
